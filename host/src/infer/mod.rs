@@ -1,0 +1,113 @@
+//! Native inference, behind three small traits so that the rest of Sluice
+//! never knows which engine runs: a [`Backend`] loads a [`Model`], a model
+//! builds a [`Plan`] per batch size, a plan runs a batch.
+//!
+//! The only backend today is tract ([`tract::TractBackend`]): pure Rust, no
+//! native libraries, the same on ARM and x86.
+//!
+//! Invariant: inference happens only in the scheduler ([`crate::schedule`]),
+//! which owns the plans; these traits are its tools.
+
+pub mod tract;
+
+use crate::types::{DType, Tensor};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Loads models of one format.
+pub trait Backend: Send + Sync {
+    /// Parse and check a model; `name` is used in messages.
+    fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<dyn Model>, ModelError>;
+}
+
+/// A loaded model whose axis 0 is the batch axis.
+pub trait Model: Send + Sync {
+    fn name(&self) -> &str;
+    fn inputs(&self) -> &[TensorSpec];
+    fn outputs(&self) -> &[TensorSpec];
+    /// The plan for batches of exactly `batch` items, built once and cached.
+    fn plan(&self, batch: usize) -> Result<Arc<dyn Plan>, ModelError>;
+}
+
+/// A ready-to-run computation for one batch size.
+pub trait Plan: Send + Sync {
+    /// Run on inputs in model input order, each with the plan's batch size on
+    /// axis 0; outputs come in model output order.
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError>;
+}
+
+/// Name, element type and shape of a model input or output; `None` is a
+/// dimension the model leaves open (axis 0, the batch, always is).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TensorSpec {
+    pub name: String,
+    #[serde(serialize_with = "serialize_dtype")]
+    pub dtype: DType,
+    pub shape: Vec<Option<usize>>,
+}
+
+fn serialize_dtype<S: serde::Serializer>(dtype: &DType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{dtype:?}").to_lowercase())
+}
+
+impl TensorSpec {
+    /// Check one item's tensor (leading batch axis of 1) against this spec.
+    pub fn check_item(&self, tensor: &Tensor) -> Result<(), String> {
+        if tensor.dtype != self.dtype {
+            return Err(format!("input `{}` must be {:?}, got {:?}", self.name, self.dtype, tensor.dtype));
+        }
+        let fits = tensor.shape.len() == self.shape.len()
+            && tensor.shape.first() == Some(&1)
+            && tensor.shape[1..].iter().zip(&self.shape[1..]).all(|(d, s)| s.is_none_or(|s| s == *d));
+        if !fits {
+            return Err(format!(
+                "input `{}` must have shape {} with a batch axis of 1, got {:?}",
+                self.name,
+                self.shape_text(),
+                tensor.shape
+            ));
+        }
+        if !tensor.is_consistent() {
+            return Err(format!("input `{}`: {} bytes do not fill shape {:?}", self.name, tensor.data.len(), tensor.shape));
+        }
+        Ok(())
+    }
+
+    /// The shape as text, `N` for open dimensions: `[N, 64]`.
+    pub fn shape_text(&self) -> String {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.map_or("N".into(), |d| d.to_string())).collect();
+        format!("[{}]", dims.join(", "))
+    }
+}
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelError {
+    #[error("model `{model}`: cannot read {path}: {message}")]
+    Read { model: String, path: String, message: String },
+    #[error("model `{model}`: SHA-256 mismatch: expected {expected}, file has {actual}")]
+    Digest { model: String, expected: String, actual: String },
+    #[error("model `{model}`: not a valid ONNX model: {message}")]
+    Parse { model: String, message: String },
+    #[error("model `{model}`: unsupported operator(s) {ops}: {message}")]
+    Unsupported { model: String, ops: String, message: String },
+    #[error("model `{model}`: {message}")]
+    Run { model: String, message: String },
+}
+
+/// Read a model file and check its SHA-256 when one is expected.
+pub fn read_model_file(model: &str, path: &Path, expected_sha256: Option<&str>) -> Result<Vec<u8>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::Read {
+        model: model.into(),
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if let Some(expected) = expected_sha256 {
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if !actual.eq_ignore_ascii_case(expected.trim()) {
+            return Err(ModelError::Digest { model: model.into(), expected: expected.into(), actual });
+        }
+    }
+    Ok(bytes)
+}

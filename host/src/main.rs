@@ -1,0 +1,115 @@
+//! The `sluice` command: a thin layer over the `sluice` library.
+
+use clap::{Parser, Subcommand};
+use sluice::plugin::BUNDLED_PREFIX;
+use std::path::PathBuf;
+
+/// Sluice runs sandboxed WebAssembly pre- and post-processing plugins around
+/// native ONNX inference on edge devices, and keeps results on the device
+/// until they are delivered upstream.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    /// Log filter, e.g. `info`, `sluice=debug` (also read from RUST_LOG).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bundled digits pipeline over its held-out images and report.
+    Demo {
+        /// The demo's configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a pipeline once over files or folders; print JSON Lines results in input order.
+    Infer {
+        #[arg(long)]
+        config: PathBuf,
+        /// Which pipeline, when the configuration has several.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Input files or folders.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Work with ONNX models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Show a model's inputs, outputs and operators, whether tract supports
+    /// them, and how the scheduler would run its batches (measured).
+    Inspect {
+        file: PathBuf,
+        /// Largest batch to measure.
+        #[arg(long, default_value_t = 32)]
+        max_batch_size: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a plugin's world, imports, exports and what it would be granted.
+    Inspect {
+        /// A `.wasm` component, or `bundled:NAME` for a plugin shipped in this binary.
+        file: String,
+        /// Show the grants this configuration gives to the plugin named by `--plugin`.
+        #[arg(long, requires = "plugin")]
+        config: Option<PathBuf>,
+        /// The plugin's name in `--config`.
+        #[arg(long, requires = "config")]
+        plugin: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the plugins shipped inside this binary.
+    List,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo { config } => sluice::demo::run(config)?,
+        Command::Infer { config, pipeline, inputs } => sluice::cli::infer(&config, pipeline.as_deref(), &inputs)?,
+        Command::Model(ModelCommand::Inspect { file, max_batch_size, json }) => {
+            sluice::cli::model_inspect(&file, max_batch_size, json)?
+        }
+        Command::Plugin(PluginCommand::Inspect { file, config, plugin, json }) => {
+            sluice::cli::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json)?
+        }
+        Command::Plugin(PluginCommand::List) => {
+            for name in sluice::bundled::names() {
+                println!("{BUNDLED_PREFIX}{name}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `sluice plugin inspect`: what a component is, what it asks for, and what
+//! it would be granted.
+
+use super::{PluginHost, PluginKind};
+use crate::config::Grants;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use wasmtime::component::Component;
+
+/// Everything `plugin inspect` reports about one component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentReport {
+    pub size_bytes: usize,
+    pub sha256: String,
+    /// The Sluice world it targets, if any.
+    pub world: Option<&'static str>,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Whether the host can satisfy every import, and why not.
+    pub link_error: Option<String>,
+    /// The capabilities the plugin would get from its configuration.
+    pub granted: Vec<String>,
+    /// Imports whose capability is not granted: calls to them will fail.
+    pub denied: Vec<String>,
+}
+
+/// Compile `wasm` and describe it; `grants` is what its configuration grants.
+pub fn inspect_component(host: &PluginHost, wasm: &[u8], grants: &Grants) -> anyhow::Result<ComponentReport> {
+    let engine = host.engine().engine();
+    let component = Component::new(engine, wasm).map_err(|e| {
+        anyhow::anyhow!("not a WebAssembly component: {}", super::root_cause(&e))
+    })?;
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let link_error = host.linker.instantiate_pre(&component).err().map(|e| format!("{e:#}"));
+    let (granted, denied) = capabilities(&imports, grants);
+    Ok(ComponentReport {
+        size_bytes: wasm.len(),
+        sha256: hex::encode(Sha256::digest(wasm)),
+        world: PluginKind::of(&component, engine).map(PluginKind::world),
+        imports,
+        exports,
+        link_error,
+        granted,
+        denied,
+    })
+}
+
+/// Pair the capability-bearing WASI imports with the grants.
+fn capabilities(imports: &[String], grants: &Grants) -> (Vec<String>, Vec<String>) {
+    let mut granted = Vec::new();
+    for dir in &grants.dirs {
+        let mode = if dir.writable { "read-write" } else { "read-only" };
+        granted.push(format!("directory {} as {} ({mode})", dir.host.display(), dir.guest));
+    }
+    for key in grants.env.keys() {
+        granted.push(format!("environment variable {key}"));
+    }
+    if grants.stdio {
+        granted.push("host stdout/stderr".into());
+    }
+    for addr in &grants.network {
+        granted.push(format!("network address {addr}"));
+    }
+    let uses = |prefix: &str| imports.iter().any(|i| i.starts_with(prefix));
+    let mut denied = Vec::new();
+    if uses("wasi:filesystem/") && grants.dirs.is_empty() {
+        denied.push("wasi:filesystem: no directories granted, every open fails".into());
+    }
+    if uses("wasi:cli/environment") && grants.env.is_empty() {
+        denied.push("wasi:cli/environment: no variables granted, the environment is empty".into());
+    }
+    if uses("wasi:sockets/") && grants.network.is_empty() {
+        denied.push("wasi:sockets: no addresses granted, every connect and bind fails".into());
+    }
+    (granted, denied)
+}
+
+impl fmt::Display for ComponentReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "size:     {} bytes", self.size_bytes)?;
+        writeln!(f, "sha256:   {}", self.sha256)?;
+        match self.world {
+            Some(world) => writeln!(f, "world:    {world}")?,
+            None => writeln!(f, "world:    none (not a Sluice plugin: it exports no sluice:plugin interface)")?,
+        }
+        match &self.link_error {
+            None => writeln!(f, "links:    yes, the host provides every import")?,
+            Some(e) => writeln!(f, "links:    NO: {e}")?,
+        }
+        let list = |f: &mut fmt::Formatter<'_>, title: &str, items: &[String], empty: &str| {
+            writeln!(f, "{title}:")?;
+            if items.is_empty() {
+                writeln!(f, "  {empty}")?;
+            }
+            items.iter().try_for_each(|i| writeln!(f, "  {i}"))
+        };
+        list(f, "exports", &self.exports, "(none)")?;
+        list(f, "imports", &self.imports, "(none)")?;
+        list(f, "granted", &self.granted, "nothing: no files, network, environment or stdio")?;
+        if !self.denied.is_empty() {
+            list(f, "denied", &self.denied, "")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,421 @@
+//! The plugin runtime: loads pre- and post-processing plugins (WebAssembly
+//! components, see `wit/`) and calls them batch by batch, sandboxed.
+//!
+//! Invariants:
+//! * a plugin sees only what its [`Grants`] allow (nothing by default);
+//! * every call runs under the plugin's deadline and memory cap;
+//! * a call returns exactly one result per item, in order, whatever the
+//!   plugin does: a trap, a timeout or a broken contract becomes an
+//!   [`ItemError`] on the affected items only, the instance is discarded and a
+//!   fresh one serves the next call;
+//! * loading a plugin either yields a ready, initialized plugin or one
+//!   [`PluginError`] naming the plugin and the cause.
+
+mod bindings;
+mod cache;
+mod engine;
+mod inspect;
+mod nn;
+pub(crate) mod limits;
+mod sandbox;
+
+pub use cache::CacheOutcome;
+pub use engine::{EngineOptions, PluginEngine};
+pub use inspect::{ComponentReport, inspect_component};
+pub use limits::PluginLimits;
+pub use nn::{MAX_GUEST_ITEMS, scheduler_nn};
+pub use sandbox::PluginState;
+
+use crate::config::{Grants, PluginConfig};
+use crate::error::{PluginError, PluginErrorCause};
+use crate::types::{DType, Document, Fault, Inferred, ItemError, ItemResults, Metadata, RawItem, Tensor};
+use bindings::{POSTPROCESS_EXPORT, PREPROCESS_EXPORT, post, pre, wit};
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi_nn::wit::WasiNnCtx;
+
+/// A plugin path of the form `bundled:NAME` names a plugin shipped inside
+/// the `sluice` binary.
+pub const BUNDLED_PREFIX: &str = "bundled:";
+
+/// Which plugin world a component targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    Preprocessor,
+    Postprocessor,
+}
+
+impl PluginKind {
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Preprocessor => "sluice:plugin/preprocessor@0.1.0",
+            PluginKind::Postprocessor => "sluice:plugin/postprocessor@0.1.0",
+        }
+    }
+
+    fn export(self) -> &'static str {
+        match self {
+            PluginKind::Preprocessor => PREPROCESS_EXPORT,
+            PluginKind::Postprocessor => POSTPROCESS_EXPORT,
+        }
+    }
+
+    /// The kind of a component, from what it exports.
+    pub fn of(component: &Component, engine: &wasmtime::Engine) -> Option<PluginKind> {
+        let ty = component.component_type();
+        let mut exports = ty.exports(engine).map(|(name, _)| name);
+        exports.find_map(|name| match name {
+            PREPROCESS_EXPORT => Some(PluginKind::Preprocessor),
+            POSTPROCESS_EXPORT => Some(PluginKind::Postprocessor),
+            _ => None,
+        })
+    }
+}
+
+/// Builds the `wasi:nn` context of each new plugin instance, so that guests
+/// reach the host's models and scheduler.
+pub type NnContextFactory = Arc<dyn Fn() -> WasiNnCtx + Send + Sync>;
+
+/// Loads plugins into one engine and one linker.
+pub struct PluginHost {
+    engine: PluginEngine,
+    linker: Linker<PluginState>,
+    nn: NnContextFactory,
+}
+
+impl PluginHost {
+    /// A host whose guests see no `wasi:nn` models.
+    pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+        let no_models: NnContextFactory =
+            Arc::new(|| WasiNnCtx::new([], wasmtime_wasi_nn::InMemoryRegistry::new().into()));
+        Self::with_nn(options, no_models)
+    }
+
+    /// A host whose guests reach models through `nn`.
+    pub fn with_nn(options: &EngineOptions, nn: NnContextFactory) -> anyhow::Result<Self> {
+        let engine = PluginEngine::new(options)?;
+        let mut linker = Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)?;
+        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, PluginState::nn_view)?;
+        Ok(PluginHost { engine, linker, nn })
+    }
+
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// Load, link and initialize plugin `name`; it must be of `kind`.
+    pub fn load(&self, name: &str, config: &PluginConfig, kind: PluginKind) -> Result<Plugin, PluginError> {
+        let fail = |cause| PluginError::new(name, cause);
+        let wasm = read_wasm(&config.path).map_err(fail)?;
+        let engine = self.engine.engine();
+        let (component, cache) = self
+            .engine
+            .cache()
+            .load(engine, &wasm)
+            .map_err(|e| fail(PluginErrorCause::NotAComponent(root_cause(&e))))?;
+        if PluginKind::of(&component, engine) != Some(kind) {
+            let exports: Vec<String> =
+                component.component_type().exports(engine).map(|(name, _)| name.to_owned()).collect();
+            return Err(fail(PluginErrorCause::WrongWorld { exports: exports.join(", "), expected: kind.export().into() }));
+        }
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| fail(PluginErrorCause::Link(format!("{e:#}"))))?;
+        let prepared = match kind {
+            PluginKind::Preprocessor => pre::PreprocessorPre::new(instance_pre).map(Prepared::Pre),
+            PluginKind::Postprocessor => post::PostprocessorPre::new(instance_pre).map(Prepared::Post),
+        }
+        .map_err(|e| fail(PluginErrorCause::Link(format!("{e:#}"))))?;
+        let config_json = serde_json::to_string(&config.config).expect("a TOML table is valid JSON");
+        let plugin = Plugin {
+            name: name.into(),
+            kind,
+            digest: hex::encode(Sha256::digest(&wasm)),
+            cache,
+            prepared,
+            config_json,
+            grants: config.grants.clone(),
+            limits: PluginLimits { timeout: config.timeout(), memory_bytes: config.memory_bytes() },
+            nn: self.nn.clone(),
+            idle: Mutex::new(Vec::new()),
+        };
+        // Start one instance now so that a broken plugin is refused at
+        // start-up, with its own message, rather than on the first item.
+        let live = plugin.instantiate()?;
+        plugin.check_in(live);
+        Ok(plugin)
+    }
+}
+
+/// Reads a plugin's bytes from a file or from the bundled set.
+fn read_wasm(path: &str) -> Result<Cow<'static, [u8]>, PluginErrorCause> {
+    if let Some(name) = path.strip_prefix(BUNDLED_PREFIX) {
+        return crate::bundled::get(name).map(Cow::Borrowed).ok_or_else(|| {
+            PluginErrorCause::UnknownBundled(name.to_owned(), crate::bundled::names().join(", "))
+        });
+    }
+    std::fs::read(path)
+        .map(Cow::Owned)
+        .map_err(|source| PluginErrorCause::Read { path: path.into(), source })
+}
+
+/// The last error in a chain, which is what a user needs to read
+/// ("failed to parse WebAssembly module" hides the cause).
+fn root_cause(error: &wasmtime::Error) -> String {
+    error.chain().last().map(|e| e.to_string()).unwrap_or_default()
+}
+
+enum Prepared {
+    Pre(pre::PreprocessorPre<PluginState>),
+    Post(post::PostprocessorPre<PluginState>),
+}
+
+enum Exports {
+    Pre(pre::Preprocessor),
+    Post(post::Postprocessor),
+}
+
+/// A running instance with its store. After a trap it is dropped, never reused.
+struct Live {
+    store: Store<PluginState>,
+    exports: Exports,
+}
+
+/// A loaded, initialized plugin. Calls may come from many threads; each call
+/// takes an idle instance or creates one.
+pub struct Plugin {
+    name: Arc<str>,
+    kind: PluginKind,
+    digest: String,
+    cache: CacheOutcome,
+    prepared: Prepared,
+    config_json: String,
+    grants: Grants,
+    limits: PluginLimits,
+    nn: NnContextFactory,
+    idle: Mutex<Vec<Live>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("kind", &self.kind).field("digest", &self.digest).finish()
+    }
+}
+
+/// How many idle instances a plugin keeps for reuse.
+const MAX_IDLE_INSTANCES: usize = 4;
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> PluginKind {
+        self.kind
+    }
+
+    /// SHA-256 of the component's bytes, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Whether the compiled component came from the cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    pub fn limits(&self) -> PluginLimits {
+        self.limits
+    }
+
+    /// Turn raw inputs into tensors; one result per input, in order.
+    pub fn preprocess(&self, items: &[RawItem]) -> ItemResults<Vec<Tensor>> {
+        self.run(items, &|live, items| {
+            let Exports::Pre(exports) = &live.exports else { unreachable!("kind checked at load") };
+            let inputs: Vec<_> = items.iter().map(to_wit_raw).collect();
+            let results = exports.sluice_plugin_preprocess().call_preprocess(&mut live.store, &inputs)?;
+            Ok(results
+                .into_iter()
+                .map(|r| r.map(|ts| ts.into_iter().map(from_wit_tensor).collect()).map_err(|e| self.item_error(e)))
+                .collect())
+        })
+    }
+
+    /// Turn model outputs into documents; one result per output, in order.
+    pub fn postprocess(&self, items: &[Inferred]) -> ItemResults<Document> {
+        self.run(items, &|live, items| {
+            let Exports::Post(exports) = &live.exports else { unreachable!("kind checked at load") };
+            let outputs: Vec<_> = items
+                .iter()
+                .map(|item| post::exports::sluice::plugin::postprocess::InferenceOutput {
+                    meta: to_wit_meta(&item.meta),
+                    tensors: item.tensors.iter().map(to_wit_tensor).collect(),
+                })
+                .collect();
+            let results = exports.sluice_plugin_postprocess().call_postprocess(&mut live.store, &outputs)?;
+            Ok(results
+                .into_iter()
+                .map(|r| {
+                    r.map(|d| Document { content_type: d.content_type, body: d.body }).map_err(|e| self.item_error(e))
+                })
+                .collect())
+        })
+    }
+
+    /// Call the plugin on a batch and isolate failures: if the batch call
+    /// fails as a whole (trap, deadline, memory cap), the instance is dropped
+    /// and each item is retried alone on a fresh instance, so only the items
+    /// that cause the failure carry it.
+    fn run<I, O>(
+        &self,
+        items: &[I],
+        call: &dyn Fn(&mut Live, &[I]) -> wasmtime::Result<ItemResults<O>>,
+    ) -> ItemResults<O> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let mut live = match self.check_out() {
+            Ok(live) => live,
+            Err(e) => {
+                let fault = Fault::Trap(format!("cannot start a fresh instance: {}", e.cause));
+                return items.iter().map(|_| Err(self.fault(fault.clone()))).collect();
+            }
+        };
+        live.store.set_epoch_deadline(self.limits.deadline_ticks());
+        match call(&mut live, items) {
+            Ok(results) if results.len() == items.len() => {
+                self.check_in(live);
+                results
+            }
+            Ok(results) => {
+                let fault = Fault::Contract(format!("returned {} results for {} items", results.len(), items.len()));
+                tracing::warn!(plugin = %self.name, "{fault}; discarding the instance");
+                items.iter().map(|_| Err(self.fault(fault.clone()))).collect()
+            }
+            Err(error) => {
+                let fault = self.classify(&live, &error);
+                drop(live);
+                tracing::warn!(plugin = %self.name, items = items.len(), "{fault}; instance discarded");
+                if items.len() == 1 {
+                    vec![Err(self.fault(fault))]
+                } else {
+                    items.chunks(1).flat_map(|item| self.run(item, call)).collect()
+                }
+            }
+        }
+    }
+
+    fn classify(&self, live: &Live, error: &wasmtime::Error) -> Fault {
+        if live.store.data().limiter.was_hit() {
+            return Fault::MemoryCap { cap_bytes: live.store.data().limiter.cap_bytes() };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Fault::Deadline(self.limits.timeout),
+            Some(trap) => {
+                let stderr = live.store.data().captured_stderr();
+                Fault::Trap(if stderr.is_empty() { trap.to_string() } else { format!("{trap}; stderr: {stderr}") })
+            }
+            None => Fault::Trap(format!("{error:#}")),
+        }
+    }
+
+    fn fault(&self, fault: Fault) -> ItemError {
+        ItemError::PluginFault { plugin: self.name.to_string(), fault }
+    }
+
+    fn item_error(&self, error: wit::ItemError) -> ItemError {
+        let plugin = self.name.to_string();
+        match error {
+            wit::ItemError::InvalidInput(message) => ItemError::InvalidInput { plugin, message },
+            wit::ItemError::Unsupported(message) => ItemError::Unsupported { plugin, message },
+            wit::ItemError::Internal(message) => ItemError::Internal { plugin, message },
+        }
+    }
+
+    fn check_out(&self) -> Result<Live, PluginError> {
+        let idle = self.idle.lock().unwrap().pop();
+        match idle {
+            Some(live) => Ok(live),
+            None => self.instantiate(),
+        }
+    }
+
+    fn check_in(&self, live: Live) {
+        let mut idle = self.idle.lock().unwrap();
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(live);
+        }
+    }
+
+    /// A fresh instance, initialized with the plugin's configuration.
+    fn instantiate(&self) -> Result<Live, PluginError> {
+        let fail = |cause| PluginError::new(&self.name, cause);
+        let state = PluginState::new(self.name.clone(), &self.grants, self.limits.memory_bytes, (self.nn)()).map_err(fail)?;
+        let engine = match &self.prepared {
+            Prepared::Pre(p) => p.engine(),
+            Prepared::Post(p) => p.engine(),
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let trapped = |store: &Store<PluginState>, e: wasmtime::Error| {
+            let stderr = store.data().captured_stderr();
+            let message = if stderr.is_empty() { format!("{e:#}") } else { format!("{e:#}; stderr: {stderr}") };
+            fail(PluginErrorCause::InitTrapped(message))
+        };
+        let (exports, init) = match &self.prepared {
+            Prepared::Pre(p) => {
+                let exports = p.instantiate(&mut store).map_err(|e| trapped(&store, e))?;
+                let init = exports.sluice_plugin_preprocess().call_init(&mut store, &self.config_json);
+                (Exports::Pre(exports), init)
+            }
+            Prepared::Post(p) => {
+                let exports = p.instantiate(&mut store).map_err(|e| trapped(&store, e))?;
+                let init = exports.sluice_plugin_postprocess().call_init(&mut store, &self.config_json);
+                (Exports::Post(exports), init)
+            }
+        };
+        match init {
+            Ok(Ok(())) => Ok(Live { store, exports }),
+            Ok(Err(message)) => Err(fail(PluginErrorCause::InitRefused(message))),
+            Err(e) => Err(trapped(&store, e)),
+        }
+    }
+}
+
+fn to_wit_meta(meta: &Metadata) -> wit::Metadata {
+    wit::Metadata { id: meta.id.clone(), content_type: meta.content_type.clone(), attributes: meta.attributes.clone() }
+}
+
+fn to_wit_raw(item: &RawItem) -> pre::exports::sluice::plugin::preprocess::RawInput {
+    pre::exports::sluice::plugin::preprocess::RawInput { meta: to_wit_meta(&item.meta), data: item.data.clone() }
+}
+
+fn to_wit_tensor(t: &Tensor) -> wit::Tensor {
+    let dtype = match t.dtype {
+        DType::F16 => wit::Dtype::Fp16,
+        DType::F32 => wit::Dtype::Fp32,
+        DType::F64 => wit::Dtype::Fp64,
+        DType::BF16 => wit::Dtype::Bf16,
+        DType::U8 => wit::Dtype::U8,
+        DType::I32 => wit::Dtype::I32,
+        DType::I64 => wit::Dtype::I64,
+    };
+    wit::Tensor { name: t.name.clone(), dtype, shape: t.shape.iter().map(|&d| d as u32).collect(), data: t.data.clone() }
+}
+
+fn from_wit_tensor(t: wit::Tensor) -> Tensor {
+    let dtype = match t.dtype {
+        wit::Dtype::Fp16 => DType::F16,
+        wit::Dtype::Fp32 => DType::F32,
+        wit::Dtype::Fp64 => DType::F64,
+        wit::Dtype::Bf16 => DType::BF16,
+        wit::Dtype::U8 => DType::U8,
+        wit::Dtype::I32 => DType::I32,
+        wit::Dtype::I64 => DType::I64,
+    };
+    Tensor { name: t.name, dtype, shape: t.shape.into_iter().map(|d| d as usize).collect(), data: t.data }
+}

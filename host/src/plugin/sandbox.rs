@@ -1,0 +1,99 @@
+//! What a plugin instance can reach: its store state and the WASI context
+//! built from its grants. Nothing is reachable unless granted: no
+//! directories, no environment, no sockets, no stdio.
+
+use super::bindings::log;
+use super::limits::MemoryCap;
+use crate::config::Grants;
+use crate::error::PluginErrorCause;
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_nn::wit::WasiNnCtx;
+
+/// How much of a plugin's stderr the host keeps to explain a trap (a Rust
+/// panic message lands there). Plugins should log through `log` instead.
+const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
+
+/// The data of one plugin instance's store.
+pub struct PluginState {
+    pub(crate) plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) nn: WasiNnCtx,
+    pub(crate) limiter: MemoryCap,
+    stderr: Option<MemoryOutputPipe>,
+}
+
+impl PluginState {
+    pub fn new(plugin: Arc<str>, grants: &Grants, memory_bytes: usize, nn: WasiNnCtx) -> Result<Self, PluginErrorCause> {
+        let mut builder = WasiCtxBuilder::new();
+        let stderr = if grants.stdio {
+            builder.inherit_stdout().inherit_stderr();
+            None
+        } else {
+            let pipe = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+            builder.stderr(pipe.clone());
+            Some(pipe)
+        };
+        for (key, value) in &grants.env {
+            builder.env(key, value);
+        }
+        for dir in &grants.dirs {
+            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| PluginErrorCause::Grant {
+                    path: dir.host.clone(),
+                    source: std::io::Error::other(format!("{e:#}")),
+                })?;
+        }
+        if !grants.network.is_empty() {
+            let allowed: Arc<[std::net::SocketAddr]> = grants.network.clone().into();
+            builder.socket_addr_check(move |addr, _use| {
+                let ok = allowed.contains(&addr);
+                Box::pin(async move { ok })
+            });
+        }
+        Ok(PluginState {
+            plugin,
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            nn,
+            limiter: MemoryCap::new(memory_bytes),
+            stderr,
+        })
+    }
+
+    /// What the plugin wrote to stderr (e.g. a panic message), if captured.
+    pub fn captured_stderr(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&p.contents()).trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn nn_view(&mut self) -> wasmtime_wasi_nn::wit::WasiNnView<'_> {
+        wasmtime_wasi_nn::wit::WasiNnView::new(&mut self.table, &mut self.nn)
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}

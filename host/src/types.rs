@@ -1,0 +1,157 @@
+//! The data that flows between pipeline stages, in one place.
+//!
+//! ingest -> [`RawItem`] -> preprocess -> [`Tensor`]s -> schedule/infer ->
+//! [`Tensor`]s -> postprocess -> [`Document`] -> outbox -> sync.
+//!
+//! Every stage returns one `Result<_, ItemError>` per item, in input order,
+//! so that one bad item never fails the batch it travels in.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What the host knows about an input item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Stable id of the item, unique per device and pipeline.
+    pub id: String,
+    /// MIME type of the raw bytes.
+    pub content_type: String,
+    /// Free-form pairs from the ingest source (file name, sensor, ...).
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Metadata {
+    pub fn new(id: impl Into<String>, content_type: impl Into<String>) -> Self {
+        Metadata { id: id.into(), content_type: content_type.into(), attributes: Vec::new() }
+    }
+
+    pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// An input as it was ingested: bytes plus metadata.
+#[derive(Debug, Clone)]
+pub struct RawItem {
+    pub meta: Metadata,
+    pub data: Vec<u8>,
+}
+
+/// Element type of a [`Tensor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F16,
+    F32,
+    F64,
+    BF16,
+    U8,
+    I32,
+    I64,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::U8 => 1,
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::I32 => 4,
+            DType::F64 | DType::I64 => 8,
+        }
+    }
+}
+
+/// A named, dense, row-major tensor; `data` holds little-endian elements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Tensor {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor { name: name.into(), dtype: DType::F32, shape, data }
+    }
+
+    /// Number of elements the shape describes.
+    pub fn element_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether `data` holds exactly what the shape and dtype describe.
+    pub fn is_consistent(&self) -> bool {
+        self.data.len() == self.element_count() * self.dtype.size()
+    }
+
+    /// The elements as `f32` if the dtype is `F32`.
+    pub fn f32_values(&self) -> Option<Vec<f32>> {
+        (self.dtype == DType::F32 && self.is_consistent())
+            .then(|| self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+}
+
+/// A model's output tensors for one item, with the item's metadata.
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    pub meta: Metadata,
+    pub tensors: Vec<Tensor>,
+}
+
+/// A result document produced by a postprocessor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Why one item failed. It travels with the item; its neighbours go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    /// The plugin found the item malformed.
+    #[error("plugin `{plugin}` rejected the item as invalid: {message}")]
+    InvalidInput { plugin: String, message: String },
+    /// The plugin does not handle this kind of item.
+    #[error("plugin `{plugin}` does not support the item: {message}")]
+    Unsupported { plugin: String, message: String },
+    /// The plugin reported an internal failure.
+    #[error("plugin `{plugin}` failed internally: {message}")]
+    Internal { plugin: String, message: String },
+    /// The plugin instance trapped, ran out of time or memory; it was
+    /// discarded and replaced.
+    #[error("plugin `{plugin}` was stopped: {fault}")]
+    PluginFault { plugin: String, fault: Fault },
+    /// Inference failed for the item.
+    #[error("model `{model}`: {message}")]
+    Inference { model: String, message: String },
+}
+
+/// How a plugin instance failed while handling an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The call ran past its deadline.
+    Deadline(Duration),
+    /// The instance tried to grow its memory past the cap.
+    MemoryCap { cap_bytes: usize },
+    /// Any other trap (panic, unreachable, out-of-bounds...).
+    Trap(String),
+    /// The plugin broke the contract (e.g. returned the wrong number of results).
+    Contract(String),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Deadline(d) => write!(f, "deadline of {} ms exceeded", d.as_millis()),
+            Fault::MemoryCap { cap_bytes } => write!(f, "memory cap of {} MiB exceeded", cap_bytes >> 20),
+            Fault::Trap(m) => write!(f, "trapped: {m}"),
+            Fault::Contract(m) => write!(f, "broke the plugin contract: {m}"),
+        }
+    }
+}
+
+/// One result per item, in input order.
+pub type ItemResults<T> = Vec<Result<T, ItemError>>;

@@ -1,0 +1,373 @@
+//! # image-preprocess
+//!
+//! A Sluice preprocessor that turns one PNG or JPEG image into one `f32`
+//! tensor: decode, convert to gray or RGB, resize (or check the size),
+//! normalize each channel and lay the values out as NCHW, NHWC or flat.
+//!
+//! * The format is detected from the magic bytes; the item's content type is
+//!   only used to name an unsupported format when the bytes are unknown.
+//! * Images above `max_pixels` are refused from their header, before the
+//!   pixels are decoded (decompression-bomb guard).
+//! * Decoded pixels are converted to 8 bits per channel (16-bit PNGs are
+//!   scaled down, alpha is dropped, RGB is turned to gray with Rec. 709
+//!   weights), then resized with the configured filter.
+//! * `value = (pixel * scale - mean[c]) / std[c]` is evaluated in `f64` and
+//!   rounded to `f32` once, through a 256-entry table per channel. So with
+//!   `scale = 1/240` the value is exactly the `f32` nearest to `pixel / 240`.
+//! * The tensor has a leading batch axis of 1: `[1, C, H, W]`, `[1, H, W, C]`
+//!   or `[1, C*H*W]`.
+//!
+//! See `README.md` for the configuration keys.
+
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageResult, Pixel};
+use serde::Deserialize;
+use sluice_guest::{ItemError, Preprocessor, RawInput, Tensor};
+use std::io::Cursor;
+
+/// How the decoded image is brought to `width` x `height`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Resize to exactly `width` x `height`, ignoring the aspect ratio.
+    #[default]
+    Exact,
+    /// Keep the aspect ratio: scale until the image covers `width` x `height`
+    /// (for a square target: the shorter side matches), then center-crop.
+    ShorterSide,
+    /// No resizing: the image must already be `width` x `height`.
+    None,
+}
+
+/// Resampling filter, as in `image::imageops::FilterType`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filter {
+    Nearest,
+    #[default]
+    Triangle,
+    CatmullRom,
+    Lanczos3,
+}
+
+impl Filter {
+    fn to_image(self) -> FilterType {
+        match self {
+            Filter::Nearest => FilterType::Nearest,
+            Filter::Triangle => FilterType::Triangle,
+            Filter::CatmullRom => FilterType::CatmullRom,
+            Filter::Lanczos3 => FilterType::Lanczos3,
+        }
+    }
+}
+
+/// Channels of the output tensor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Color {
+    Gray,
+    #[default]
+    Rgb,
+}
+
+impl Color {
+    fn channels(self) -> usize {
+        match self {
+            Color::Gray => 1,
+            Color::Rgb => 3,
+        }
+    }
+}
+
+/// Order of the output values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// `[1, C, H, W]`
+    #[default]
+    Nchw,
+    /// `[1, H, W, C]`
+    Nhwc,
+    /// `[1, C*H*W]`, values in NCHW order.
+    Flat,
+}
+
+/// The plugin's `config` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of the output tensor.
+    #[serde(default = "default_output")]
+    pub output: String,
+    /// Target width in pixels.
+    pub width: u32,
+    /// Target height in pixels.
+    pub height: u32,
+    #[serde(default)]
+    pub resize: Resize,
+    #[serde(default)]
+    pub filter: Filter,
+    #[serde(default)]
+    pub color: Color,
+    #[serde(default)]
+    pub layout: Layout,
+    /// Multiplies the 8-bit pixel value.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Subtracted after scaling; one value for all channels or one per channel.
+    #[serde(default = "default_mean")]
+    pub mean: Vec<f64>,
+    /// Divides after subtracting the mean; one value or one per channel.
+    #[serde(default = "default_std")]
+    pub std: Vec<f64>,
+    /// Largest decoded image accepted, in pixels (width * height).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn default_output() -> String {
+    "input".into()
+}
+fn default_scale() -> f64 {
+    1.0 / 255.0
+}
+fn default_mean() -> Vec<f64> {
+    vec![0.0]
+}
+fn default_std() -> Vec<f64> {
+    vec![1.0]
+}
+fn default_max_pixels() -> u64 {
+    40_000_000
+}
+
+/// The preprocessor: a checked configuration plus one lookup table per
+/// channel mapping an 8-bit pixel to its normalized value.
+#[derive(Debug)]
+pub struct ImagePreprocess {
+    config: Config,
+    /// `lut[c][p] = ((p * scale - mean[c]) / std[c]) as f32`
+    lut: Vec<[f32; 256]>,
+    shape: Vec<u32>,
+}
+
+impl ImagePreprocess {
+    /// Check `config` and build the normalization tables.
+    pub fn from_config(config: Config) -> Result<Self, String> {
+        if config.output.is_empty() {
+            return Err("`output` must not be empty".into());
+        }
+        if config.width == 0 || config.height == 0 {
+            return Err(format!(
+                "`width` and `height` must be at least 1 (got {} x {})",
+                config.width, config.height
+            ));
+        }
+        if config.max_pixels == 0 {
+            return Err("`max_pixels` must be at least 1".into());
+        }
+        let pixels = config.width as u64 * config.height as u64;
+        if pixels > config.max_pixels {
+            return Err(format!(
+                "`width` x `height` = {} x {} = {pixels} pixels is above `max_pixels` ({})",
+                config.width, config.height, config.max_pixels
+            ));
+        }
+        let channels = config.color.channels();
+        let elements = pixels * channels as u64;
+        if elements > u32::MAX as u64 {
+            return Err(format!("the output tensor would hold {elements} values, too many"));
+        }
+        if !config.scale.is_finite() || config.scale == 0.0 {
+            return Err(format!("`scale` must be a finite, non-zero number (got {})", config.scale));
+        }
+        let mean = per_channel("mean", &config.mean, channels, config.color)?;
+        let std = per_channel("std", &config.std, channels, config.color)?;
+        if let Some(c) = mean.iter().position(|m| !m.is_finite()) {
+            return Err(format!("`mean[{c}]` must be finite (got {})", mean[c]));
+        }
+        if let Some(c) = std.iter().position(|s| !s.is_finite() || *s == 0.0) {
+            return Err(format!("`std[{c}]` must be finite and non-zero (got {})", std[c]));
+        }
+        let lut = normalization_tables(config.scale, &mean, &std);
+        for (c, table) in lut.iter().enumerate() {
+            if let Some(p) = table.iter().position(|v| !v.is_finite()) {
+                return Err(format!(
+                    "`scale`, `mean` and `std` map pixel value {p} of channel {c} to {}, which is not a finite f32",
+                    table[p]
+                ));
+            }
+        }
+        let (w, h, c) = (config.width, config.height, channels as u32);
+        let shape = match config.layout {
+            Layout::Nchw => vec![1, c, h, w],
+            Layout::Nhwc => vec![1, h, w, c],
+            Layout::Flat => vec![1, c * h * w],
+        };
+        Ok(Self { config, lut, shape })
+    }
+
+    /// Decode, fit and normalize one image.
+    pub fn process(&self, data: &[u8], content_type: &str) -> Result<Tensor, ItemError> {
+        let image = decode(data, content_type, self.config.max_pixels)?;
+        let values = match self.config.color {
+            Color::Gray => self.pixels_to_values(&self.fit(image.into_luma8())?),
+            Color::Rgb => self.pixels_to_values(&self.fit(image.into_rgb8())?),
+        };
+        Ok(Tensor::from_f32(self.config.output.clone(), &self.shape, &values))
+    }
+
+    /// Bring an 8-bit image to `width` x `height` as configured.
+    fn fit<P>(&self, image: ImageBuffer<P, Vec<u8>>) -> Result<ImageBuffer<P, Vec<u8>>, ItemError>
+    where
+        P: Pixel<Subpixel = u8> + 'static,
+    {
+        let (tw, th) = (self.config.width, self.config.height);
+        let (w, h) = image.dimensions();
+        if (w, h) == (tw, th) {
+            return Ok(image);
+        }
+        let filter = self.config.filter.to_image();
+        match self.config.resize {
+            Resize::None => Err(ItemError::invalid(format!(
+                "image is {w} x {h}, expected exactly {tw} x {th} (resize = \"none\")"
+            ))),
+            Resize::Exact => Ok(imageops::resize(&image, tw, th, filter)),
+            Resize::ShorterSide => {
+                let (rw, rh) = cover_size(w, h, tw, th);
+                let resized = if (rw, rh) == (w, h) { image } else { imageops::resize(&image, rw, rh, filter) };
+                let (x, y) = ((rw - tw) / 2, (rh - th) / 2);
+                Ok(imageops::crop_imm(&resized, x, y, tw, th).to_image())
+            }
+        }
+    }
+
+    /// Normalize interleaved 8-bit pixels (HWC) into the configured layout.
+    fn pixels_to_values<P>(&self, image: &ImageBuffer<P, Vec<u8>>) -> Vec<f32>
+    where
+        P: Pixel<Subpixel = u8>,
+    {
+        let raw: &[u8] = image.as_raw();
+        let channels = self.lut.len();
+        match self.config.layout {
+            Layout::Nhwc => raw.iter().enumerate().map(|(i, &p)| self.lut[i % channels][p as usize]).collect(),
+            Layout::Nchw | Layout::Flat => {
+                if channels == 1 {
+                    return raw.iter().map(|&p| self.lut[0][p as usize]).collect();
+                }
+                let mut out = Vec::with_capacity(raw.len());
+                for (c, table) in self.lut.iter().enumerate() {
+                    out.extend(raw.iter().skip(c).step_by(channels).map(|&p| table[p as usize]));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// `values` broadcast to one per channel: a list of 1 or of `channels`.
+fn per_channel(key: &str, values: &[f64], channels: usize, color: Color) -> Result<Vec<f64>, String> {
+    match values.len() {
+        1 => Ok(vec![values[0]; channels]),
+        n if n == channels => Ok(values.to_vec()),
+        n => Err(format!(
+            "`{key}` has {n} values; with color = \"{}\" it needs {}",
+            match color {
+                Color::Gray => "gray",
+                Color::Rgb => "rgb",
+            },
+            if channels == 1 { "1".to_string() } else { format!("1 or {channels}") }
+        )),
+    }
+}
+
+/// One table per channel: `((p * scale - mean) / std)` in `f64`, rounded to
+/// `f32` once.
+pub fn normalization_tables(scale: f64, mean: &[f64], std: &[f64]) -> Vec<[f32; 256]> {
+    mean.iter()
+        .zip(std)
+        .map(|(&m, &s)| {
+            let mut table = [0f32; 256];
+            for (p, v) in table.iter_mut().enumerate() {
+                *v = ((p as f64 * scale - m) / s) as f32;
+            }
+            table
+        })
+        .collect()
+}
+
+/// The smallest size with the image's aspect ratio that covers
+/// `tw` x `th`: each side is at least its target.
+pub fn cover_size(w: u32, h: u32, tw: u32, th: u32) -> (u32, u32) {
+    let s = f64::max(tw as f64 / w as f64, th as f64 / h as f64);
+    let rw = ((w as f64 * s).round() as u32).max(tw);
+    let rh = ((h as f64 * s).round() as u32).max(th);
+    (rw, rh)
+}
+
+/// Decode PNG or JPEG `data`, refusing images above `max_pixels` from their
+/// header. The format comes from the magic bytes; `content_type` only helps
+/// to name an unsupported format.
+pub fn decode(data: &[u8], content_type: &str, max_pixels: u64) -> Result<DynamicImage, ItemError> {
+    if data.is_empty() {
+        return Err(ItemError::invalid("cannot decode image: the input is empty"));
+    }
+    match image::guess_format(data) {
+        Ok(ImageFormat::Png) => decode_with(PngDecoder::new(Cursor::new(data)), "image/png", max_pixels),
+        Ok(ImageFormat::Jpeg) => decode_with(JpegDecoder::new(Cursor::new(data)), "image/jpeg", max_pixels),
+        Ok(other) => Err(ItemError::unsupported(format!(
+            "{} images are not supported (detected from the data); this plugin decodes PNG and JPEG",
+            other.to_mime_type()
+        ))),
+        Err(_) => {
+            let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let ours = ["image/png", "image/jpeg", "image/jpg", "image/pjpeg"];
+            if essence.starts_with("image/") && !ours.contains(&essence.as_str()) {
+                Err(ItemError::unsupported(format!(
+                    "content type {essence} is not supported; this plugin decodes PNG and JPEG"
+                )))
+            } else {
+                let head: Vec<String> = data.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                Err(ItemError::invalid(format!(
+                    "cannot decode image: the data is neither PNG nor JPEG (it starts with {})",
+                    head.join(" ")
+                )))
+            }
+        }
+    }
+}
+
+fn decode_with<D: ImageDecoder>(decoder: ImageResult<D>, mime: &str, max_pixels: u64) -> Result<DynamicImage, ItemError> {
+    let cannot = |e: image::ImageError| ItemError::invalid(format!("cannot decode {mime}: {e}"));
+    let decoder = decoder.map_err(cannot)?;
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(ItemError::invalid(format!(
+            "image is {w} x {h} = {pixels} pixels, above max_pixels ({max_pixels}); refused before decoding"
+        )));
+    }
+    if pixels == 0 {
+        return Err(ItemError::invalid(format!("cannot decode {mime}: the image is {w} x {h}")));
+    }
+    DynamicImage::from_decoder(decoder).map_err(cannot)
+}
+
+impl Preprocessor for ImagePreprocess {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        Self::from_config(config)
+    }
+
+    fn preprocess(&mut self, input: RawInput) -> Result<Vec<Tensor>, ItemError> {
+        Ok(vec![self.process(&input.data, &input.meta.content_type)?])
+    }
+}
+
+sluice_guest::export_preprocessor!(ImagePreprocess);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+//! # misbehave
+//!
+//! A test preprocessor that misbehaves on request, so the host's tests can
+//! prove sandboxing and isolation: deadlines, memory caps, file and
+//! environment grants, traps and per-item errors. The item's bytes, read as
+//! UTF-8 text (surrounding whitespace trimmed), choose what it does:
+//!
+//! | item text          | behaviour                                                        |
+//! |--------------------|------------------------------------------------------------------|
+//! | `loop`             | spins forever                                                    |
+//! | `alloc:<MiB>`      | allocates and touches that many MiB, then echoes the item        |
+//! | `open:<path>`      | reads the file: u8 tensor `file`, or `internal("open <path>: <error>")` |
+//! | `env:<NAME>`       | reads the variable: u8 tensor `env`, or `internal("env <NAME>: not set")` |
+//! | `panic`            | panics (a trap)                                                  |
+//! | `invalid` / `unsupported` / `internal` | that item error, message `requested <kind>`  |
+//! | anything else      | echo: u8 tensor `echo` of shape `[1, len]` holding the bytes     |
+//!
+//! Not for production use.
+
+use serde::Deserialize;
+use sluice_guest::{ItemError, Preprocessor, RawInput, Tensor};
+use std::hint::black_box;
+
+/// The plugin's `config` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `new` fails with "fail_init was requested".
+    #[serde(default)]
+    pub fail_init: bool,
+    /// `new` logs "misbehave ready" at info level.
+    #[serde(default)]
+    pub log_on_init: bool,
+}
+
+pub struct Misbehave;
+
+/// A u8 tensor `[1, len]` holding `bytes`.
+fn bytes_tensor(name: &str, bytes: &[u8]) -> Tensor {
+    Tensor::new(name, &[1, bytes.len() as u32], bytes)
+}
+
+impl Preprocessor for Misbehave {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.fail_init {
+            return Err("fail_init was requested".into());
+        }
+        if config.log_on_init {
+            sluice_guest::info!("misbehave ready");
+        }
+        Ok(Misbehave)
+    }
+
+    fn preprocess(&mut self, input: RawInput) -> Result<Vec<Tensor>, ItemError> {
+        let text = std::str::from_utf8(&input.data).map(str::trim).unwrap_or("");
+        let echo = || Ok(vec![bytes_tensor("echo", &input.data)]);
+        if text == "loop" {
+            let mut counter: u64 = 0;
+            loop {
+                counter = black_box(counter.wrapping_add(1));
+            }
+        } else if let Some(mib) = text.strip_prefix("alloc:") {
+            let mib: usize = mib
+                .trim()
+                .parse()
+                .map_err(|e| ItemError::invalid(format!("alloc:<MiB> needs a whole number of MiB: {e}")))?;
+            // More than the address space is an allocation failure too: trap.
+            let bytes = mib.checked_mul(1 << 20).unwrap_or_else(|| panic!("alloc:{mib}: more than the address space"));
+            let block = black_box(vec![1u8; bytes]);
+            // Read it back so the allocation and the fill cannot be elided.
+            black_box(block.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
+            drop(block);
+            echo()
+        } else if let Some(path) = text.strip_prefix("open:") {
+            match std::fs::read(path) {
+                Ok(content) => Ok(vec![bytes_tensor("file", &content)]),
+                Err(e) => Err(ItemError::internal(format!("open {path}: {e}"))),
+            }
+        } else if let Some(name) = text.strip_prefix("env:") {
+            match std::env::var(name) {
+                Ok(value) => Ok(vec![bytes_tensor("env", value.as_bytes())]),
+                Err(_) => Err(ItemError::internal(format!("env {name}: not set"))),
+            }
+        } else {
+            match text {
+                "panic" => panic!("misbehave: panic requested"),
+                "invalid" => Err(ItemError::invalid("requested invalid")),
+                "unsupported" => Err(ItemError::unsupported("requested unsupported")),
+                "internal" => Err(ItemError::internal("requested internal")),
+                _ => echo(),
+            }
+        }
+    }
+}
+
+sluice_guest::export_preprocessor!(Misbehave);
