@@ -259,3 +259,8 @@ macro_rules! export_postprocessor {
         );
     };
 }
+
+/// The README's example is compiled as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;
