@@ -34,3 +34,4 @@ fi
 echo "$RAPIDOCR_WHL_SHA256  $RAPIDOCR_WHL" | sha256sum -c --quiet -
 
 "$VENV/bin/python" "$HERE/make_models.py" --rapidocr-wheel "$RAPIDOCR_WHL"
+"$VENV/bin/python" "$HERE/make_test_models.py" "$HERE/test"

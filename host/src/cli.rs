@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Grants};
 use crate::infer::tract::{TractBackend, operator_support};
-use crate::infer::{Backend, read_model_file};
+use crate::infer::{Backend, InputShapes, read_model_file};
 use crate::ingest::{list_files, read_file_item};
 use crate::pipeline::Outcome;
 use crate::plugin::{BUNDLED_PREFIX, EngineOptions, PluginHost, inspect_component};
@@ -83,13 +83,13 @@ pub fn error_kind(error: &ItemError) -> &'static str {
 }
 
 /// `sluice model inspect`.
-pub fn model_inspect(file: &Path, max_batch_size: usize, json: bool) -> anyhow::Result<()> {
+pub fn model_inspect(file: &Path, shapes: &InputShapes, max_batch_size: usize, json: bool) -> anyhow::Result<()> {
     let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let bytes = read_model_file(&name, file, None)?;
     let ops = operator_support(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid ONNX model: {e}", file.display()))?;
     let unsupported: Vec<&str> = ops.iter().filter(|(_, ok)| !ok).map(|(op, _)| op.as_str()).collect();
     let scheduler = if unsupported.is_empty() {
-        let model = TractBackend.load(&name, &bytes)?;
+        let model = TractBackend.load(&name, &bytes, shapes)?;
         Some(Scheduler::start(model, BatchConfig { max_batch_size, ..BatchConfig::default() })?)
     } else {
         None
@@ -123,6 +123,16 @@ pub fn model_inspect(file: &Path, max_batch_size: usize, json: bool) -> anyhow::
         println!("  chunk {:>3} x {} thread(s): {:>10.1}{chosen}", m.chunk, m.threads, m.micros_per_item);
     }
     Ok(())
+}
+
+/// Parse `NAME=D,D,D` (an input's dimensions after the batch axis).
+pub fn parse_input_shape(arg: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, dims) = arg.split_once('=').ok_or_else(|| format!("`{arg}`: expected NAME=D,D,..."))?;
+    let dims = dims
+        .split(',')
+        .map(|d| d.trim().parse::<usize>().map_err(|e| format!("`{arg}`: dimension `{d}`: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok((name.to_owned(), dims))
 }
 
 /// `sluice plugin inspect`.

@@ -159,6 +159,10 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// Expected SHA-256 of the file, hex; a mismatch refuses the model.
     pub sha256: Option<String>,
+    /// Dimensions after the batch axis for inputs the model leaves open,
+    /// e.g. `input_shapes.x = [3, 48, 192]`.
+    #[serde(default)]
+    pub input_shapes: crate::infer::InputShapes,
     /// How requests for this model are batched.
     #[serde(default)]
     pub batching: crate::schedule::BatchConfig,

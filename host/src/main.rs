@@ -50,6 +50,10 @@ enum ModelCommand {
     /// them, and how the scheduler would run its batches (measured).
     Inspect {
         file: PathBuf,
+        /// Dimensions after the batch axis of an input the model leaves open,
+        /// e.g. `x=3,48,192`; repeat for several inputs.
+        #[arg(long = "input-shape", value_parser = sluice::cli::parse_input_shape)]
+        input_shapes: Vec<(String, Vec<usize>)>,
         /// Largest batch to measure.
         #[arg(long, default_value_t = 32)]
         max_batch_size: usize,
@@ -99,8 +103,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo { config } => sluice::demo::run(config)?,
         Command::Infer { config, pipeline, inputs } => sluice::cli::infer(&config, pipeline.as_deref(), &inputs)?,
-        Command::Model(ModelCommand::Inspect { file, max_batch_size, json }) => {
-            sluice::cli::model_inspect(&file, max_batch_size, json)?
+        Command::Model(ModelCommand::Inspect { file, input_shapes, max_batch_size, json }) => {
+            sluice::cli::model_inspect(&file, &input_shapes.into_iter().collect(), max_batch_size, json)?
         }
         Command::Plugin(PluginCommand::Inspect { file, config, plugin, json }) => {
             sluice::cli::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json)?

@@ -34,7 +34,7 @@ impl Runtime {
         let mut schedulers = BTreeMap::new();
         for (name, model) in &config.models {
             let started = read_model_file(name, &model.path, model.sha256.as_deref())
-                .and_then(|bytes| TractBackend.load(name, &bytes))
+                .and_then(|bytes| TractBackend.load(name, &bytes, &model.input_shapes))
                 .and_then(|loaded| Scheduler::start(loaded, model.batching.clone()));
             match started {
                 Ok(scheduler) => {

@@ -19,8 +19,8 @@
 
 use crate::infer::{Model, ModelError, TensorSpec};
 use crate::types::{ItemError, Tensor};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,8 @@ pub struct BatchConfig {
     pub max_batch_size: usize,
     /// How long the first request of a batch may wait for company.
     pub max_queue_delay_ms: u64,
-    /// Requests waiting beyond this are refused with "queue full".
+    /// Requests admitted but not yet answered, at most; more are refused at
+    /// once with "queue full" rather than growing memory and latency.
     pub queue_capacity: usize,
     /// A request not started within this is answered with a timeout.
     pub request_timeout_ms: u64,
@@ -154,7 +155,10 @@ struct Request {
 /// A handle to one model's scheduler; cheap to clone and share.
 #[derive(Clone)]
 pub struct Scheduler {
-    queue: SyncSender<Request>,
+    queue: Sender<Request>,
+    /// Requests admitted and not yet answered: the queue's real length,
+    /// including those gathered into a batch that has not run yet.
+    outstanding: Arc<AtomicUsize>,
     model: Arc<dyn Model>,
     stats: Arc<SchedulerStats>,
     choice: Arc<ExecutionChoice>,
@@ -180,17 +184,24 @@ impl Scheduler {
             choice.chunk,
             choice.threads
         );
-        let (queue, requests) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let (queue, requests) = mpsc::channel();
         let stats = Arc::new(SchedulerStats::default());
         let config = Arc::new(config);
         let choice = Arc::new(choice);
-        let runner = BatchRunner { model: model.clone(), stats: stats.clone(), choice: choice.clone(), config: config.clone() };
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let runner = BatchRunner {
+            model: model.clone(),
+            stats: stats.clone(),
+            choice: choice.clone(),
+            config: config.clone(),
+            outstanding: outstanding.clone(),
+        };
         // The thread ends when the last handle (and so the queue) is dropped.
         std::thread::Builder::new()
             .name(format!("sluice-sched-{}", model.name()))
             .spawn(move || runner.serve(requests))
             .expect("spawn scheduler thread");
-        Ok(Scheduler { queue, model, stats, choice, config })
+        Ok(Scheduler { queue, outstanding, model, stats, choice, config })
     }
 
     pub fn model(&self) -> &Arc<dyn Model> {
@@ -229,15 +240,17 @@ impl Scheduler {
     }
 
     fn submit(&self, inputs: Vec<Tensor>) -> Result<mpsc::Receiver<Reply>, ItemError> {
-        let (reply, rx) = mpsc::sync_channel(1);
-        match self.queue.try_send(Request { inputs, enqueued: Instant::now(), reply }) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
-                self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
-                Err(self.error(&format!("queue full ({} waiting); retry later", self.config.queue_capacity)))
-            }
-            Err(TrySendError::Disconnected(_)) => Err(self.error("the scheduler has stopped")),
+        if self.outstanding.fetch_add(1, Ordering::AcqRel) >= self.config.queue_capacity {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(self.error(&format!("queue full ({} waiting); retry later", self.config.queue_capacity)));
         }
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.queue.send(Request { inputs, enqueued: Instant::now(), reply }).map_err(|_| {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.error("the scheduler has stopped")
+        })?;
+        Ok(rx)
     }
 
     fn error(&self, message: &str) -> ItemError {
@@ -251,6 +264,7 @@ struct BatchRunner {
     stats: Arc<SchedulerStats>,
     choice: Arc<ExecutionChoice>,
     config: Arc<BatchConfig>,
+    outstanding: Arc<AtomicUsize>,
 }
 
 impl BatchRunner {
@@ -274,6 +288,12 @@ impl BatchRunner {
     }
 
     fn run_batch(&self, batch: Vec<Request>) {
+        let answered = batch.len();
+        self.answer_batch(batch);
+        self.outstanding.fetch_sub(answered, Ordering::AcqRel);
+    }
+
+    fn answer_batch(&self, batch: Vec<Request>) {
         let now = Instant::now();
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let mut valid = Vec::with_capacity(batch.len());

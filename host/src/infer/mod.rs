@@ -17,9 +17,13 @@ use std::sync::Arc;
 
 /// Loads models of one format.
 pub trait Backend: Send + Sync {
-    /// Parse and check a model; `name` is used in messages.
-    fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<dyn Model>, ModelError>;
+    /// Parse and check a model; `name` is used in messages. `shapes` fixes
+    /// input dimensions the model leaves open (besides the batch axis).
+    fn load(&self, name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Arc<dyn Model>, ModelError>;
 }
+
+/// Per input name, the dimensions after the batch axis.
+pub type InputShapes = std::collections::BTreeMap<String, Vec<usize>>;
 
 /// A loaded model whose axis 0 is the batch axis.
 pub trait Model: Send + Sync {

@@ -6,7 +6,7 @@
 //! 1.3-6x slower than one with a concrete batch (measured), so plans are
 //! never run symbolic.
 
-use super::{Backend, Model, ModelError, Plan, TensorSpec};
+use super::{Backend, InputShapes, Model, ModelError, Plan, TensorSpec};
 use crate::types::{DType, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,8 +19,8 @@ use tract_onnx::tract_hir::internal::DimLike;
 pub struct TractBackend;
 
 impl Backend for TractBackend {
-    fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<dyn Model>, ModelError> {
-        Ok(Arc::new(TractModel::load(name, bytes)?))
+    fn load(&self, name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Arc<dyn Model>, ModelError> {
+        Ok(Arc::new(TractModel::load(name, bytes, shapes)?))
     }
 }
 
@@ -50,19 +50,27 @@ fn unimplemented_ops(model: &InferenceModel) -> Vec<String> {
 
 struct TractModel {
     name: String,
-    /// Decluttered, with the batch axis symbolic.
-    typed: TypedModel,
-    batch: Symbol,
+    source: Source,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     plans: Mutex<HashMap<usize, Arc<TractPlan>>>,
 }
 
+/// What plans are built from.
+enum Source {
+    /// Typed and decluttered once with the batch axis as symbol `N`; each
+    /// plan substitutes `N` and optimizes. The usual case.
+    Symbolic { typed: TypedModel, batch: Symbol },
+    /// Some graphs only type-check with a concrete batch (e.g. a Reshape that
+    /// bakes the batch in); each plan starts again from the parsed model.
+    PerBatch { parsed: InferenceModel, inputs: Vec<(DatumType, TVec<TDim>)> },
+}
+
 impl TractModel {
-    fn load(name: &str, bytes: &[u8]) -> Result<Self, ModelError> {
+    fn load(name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Self, ModelError> {
         let parse_error = |e: TractError| ModelError::Parse { model: name.into(), message: format!("{e:#}") };
         let onnx = tract_onnx::onnx();
-        let mut model = match onnx.model_for_read(&mut &*bytes) {
+        let parsed = match onnx.model_for_read(&mut &*bytes) {
             Ok(model) => model,
             // Some exporters write value infos or output shapes that tract
             // disagrees with; they carry no information tract needs.
@@ -72,7 +80,7 @@ impl TractModel {
                 .model_for_read(&mut &*bytes)
                 .map_err(|_| parse_error(first))?,
         };
-        let missing = unimplemented_ops(&model);
+        let missing = unimplemented_ops(&parsed);
         if !missing.is_empty() {
             return Err(ModelError::Unsupported {
                 model: name.into(),
@@ -80,50 +88,105 @@ impl TractModel {
                 message: "tract does not implement them".into(),
             });
         }
-        let batch = model.symbols.sym("N");
-        for ix in 0..model.inputs.len() {
-            let fact = model.input_fact(ix).map_err(parse_error)?;
-            let dt = fact.datum_type.concretize().unwrap_or(DatumType::F32);
-            if fact.shape.is_open() || fact.shape.dims().next().is_none() {
-                return Err(ModelError::Parse {
-                    model: name.into(),
-                    message: format!("input #{ix} has no known rank; Sluice needs a batch axis 0"),
-                });
-            }
-            let mut dims: TVec<TDim> =
-                fact.shape.dims().map(|d| d.concretize().unwrap_or_else(|| batch.to_dim())).collect();
+        let input_facts = input_facts(name, &parsed, shapes)?;
+        let batch = parsed.symbols.sym("N");
+        let mut symbolic = parsed.clone();
+        for (ix, (dt, dims)) in input_facts.iter().enumerate() {
+            let mut dims = dims.clone();
             dims[0] = batch.to_dim();
-            model.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(parse_error)?;
+            symbolic.set_input_fact(ix, InferenceFact::dt_shape(*dt, dims)).map_err(parse_error)?;
         }
-        let typed = model
-            .into_typed()
-            .and_then(|m| m.into_decluttered())
-            .map_err(|e| ModelError::Unsupported { model: name.into(), ops: "?".into(), message: format!("{e:#}") })?;
-        let spec = |fact: &TypedFact, name: String| -> Result<TensorSpec, ModelError> {
-            Ok(TensorSpec {
-                name,
-                dtype: dtype_of(fact.datum_type)
-                    .ok_or_else(|| parse_error(TractError::msg(format!("tensor type {:?} is not supported", fact.datum_type))))?,
-                shape: fact.shape.iter().map(|d| d.to_usize().ok()).collect(),
-            })
+        let (source, typed) = match symbolic.into_typed().and_then(|m| m.into_decluttered()) {
+            Ok(typed) => (Source::Symbolic { typed: typed.clone(), batch }, typed),
+            Err(symbolic_error) => {
+                tracing::info!(model = name, "cannot type with a symbolic batch ({symbolic_error:#}); planning per batch size");
+                let source = Source::PerBatch { parsed, inputs: input_facts };
+                let typed = source.typed_for(1).map_err(|e| ModelError::Unsupported {
+                    model: name.into(),
+                    ops: "?".into(),
+                    message: format!("{e:#}"),
+                })?;
+                (source, typed)
+            }
+        };
+        let batch_axis_open = |mut spec: TensorSpec| {
+            spec.shape[0] = None;
+            spec
+        };
+        let spec = |outlet: OutletId, name: String| -> Result<TensorSpec, ModelError> {
+            let fact = typed.outlet_fact(outlet).map_err(parse_error)?;
+            let dtype = dtype_of(fact.datum_type)
+                .ok_or_else(|| parse_error(TractError::msg(format!("tensor `{name}` has unsupported type {:?}", fact.datum_type))))?;
+            if fact.shape.rank() == 0 {
+                return Err(parse_error(TractError::msg(format!("tensor `{name}` is a scalar; Sluice needs a batch axis 0"))));
+            }
+            Ok(batch_axis_open(TensorSpec { name, dtype, shape: fact.shape.iter().map(|d| d.to_usize().ok()).collect() }))
         };
         let inputs = typed
             .input_outlets()
             .map_err(parse_error)?
             .iter()
-            .map(|o| spec(typed.outlet_fact(*o).map_err(parse_error)?, typed.node(o.node).name.clone()))
+            .map(|o| spec(*o, typed.node(o.node).name.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let outputs = typed
             .output_outlets()
             .map_err(parse_error)?
             .iter()
-            .map(|o| {
-                let label = typed.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| typed.node(o.node).name.clone());
-                spec(typed.outlet_fact(*o).map_err(parse_error)?, label)
-            })
+            .map(|o| spec(*o, typed.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| typed.node(o.node).name.clone())))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(TractModel { name: name.into(), typed, batch, inputs, outputs, plans: Mutex::default() })
+        Ok(TractModel { name: name.into(), source, inputs, outputs, plans: Mutex::default() })
     }
+}
+
+impl Source {
+    /// The decluttered model for one batch size.
+    fn typed_for(&self, batch_size: usize) -> TractResult<TypedModel> {
+        match self {
+            Source::Symbolic { typed, batch } => {
+                typed.set_symbols(&HashMap::from([(batch.clone(), TDim::Val(batch_size as i64))]))
+            }
+            Source::PerBatch { parsed, inputs } => {
+                let mut model = parsed.clone();
+                for (ix, (dt, dims)) in inputs.iter().enumerate() {
+                    let mut dims = dims.clone();
+                    dims[0] = batch_size.to_dim();
+                    model.set_input_fact(ix, InferenceFact::dt_shape(*dt, dims))?;
+                }
+                model.into_typed()?.into_decluttered()
+            }
+        }
+    }
+}
+
+/// Element type and dimensions of each input; axis 0 is the batch, the other
+/// axes come from the model or, where it leaves them open, from `shapes`.
+fn input_facts(name: &str, model: &InferenceModel, shapes: &InputShapes) -> Result<Vec<(DatumType, TVec<TDim>)>, ModelError> {
+    let error = |message: String| ModelError::Parse { model: name.into(), message };
+    (0..model.inputs.len())
+        .map(|ix| {
+            let input_name = &model.node(model.inputs[ix].node).name;
+            let fact = model.input_fact(ix).map_err(|e| error(format!("{e:#}")))?;
+            let dt = fact.datum_type.concretize().unwrap_or(DatumType::F32);
+            if let Some(configured) = shapes.get(input_name) {
+                let mut dims: TVec<TDim> = tvec![TDim::Val(1)];
+                dims.extend(configured.iter().map(|&d| d.to_dim()));
+                return Ok((dt, dims));
+            }
+            let set_shape = || format!("set it with `input_shapes.{input_name} = [...]` (the dimensions after the batch)");
+            if fact.shape.is_open() || fact.shape.dims().next().is_none() {
+                return Err(error(format!("input `{input_name}` has no known rank; {}", set_shape())));
+            }
+            let mut dims = TVec::new();
+            for (axis, dim) in fact.shape.dims().enumerate() {
+                match (axis, dim.concretize()) {
+                    (0, _) => dims.push(TDim::Val(1)),
+                    (_, Some(d)) if d.to_i64().is_ok_and(|d| d > 0) => dims.push(d),
+                    _ => return Err(error(format!("input `{input_name}` has an open dimension at axis {axis}; {}", set_shape()))),
+                }
+            }
+            Ok((dt, dims))
+        })
+        .collect()
 }
 
 impl Model for TractModel {
@@ -143,17 +206,12 @@ impl Model for TractModel {
         if let Some(plan) = self.plans.lock().unwrap().get(&batch) {
             return Ok(plan.clone());
         }
-        let error = |e: TractError| ModelError::Run {
-            model: self.name.clone(),
-            message: format!("cannot plan batch size {batch}: {e:#}"),
-        };
-        let symbols = HashMap::from([(self.batch.clone(), TDim::Val(batch as i64))]);
         let runnable = self
-            .typed
-            .set_symbols(&symbols)
+            .source
+            .typed_for(batch)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
-            .map_err(error)?;
+            .map_err(|e| ModelError::Run { model: self.name.clone(), message: format!("cannot plan batch size {batch}: {e:#}") })?;
         let plan = Arc::new(TractPlan { model: self.name.clone(), runnable });
         self.plans.lock().unwrap().insert(batch, plan.clone());
         Ok(plan)
