@@ -138,7 +138,7 @@ fn concurrent_wasi_nn_guest_calls_are_merged_into_batches() {
     let config = BatchConfig { max_batch_size: 32, max_queue_delay_ms: 500, execution: ExecutionMode::Stacked, ..BatchConfig::default() };
     let scheduler = Scheduler::start(digits_model(), config).unwrap();
     let schedulers = BTreeMap::from([("digits".to_owned(), scheduler.clone())]);
-    let host = PluginHost::with_nn(&EngineOptions::default(), scheduler_nn(&schedulers)).unwrap();
+    let host = PluginHost::with_nn(&EngineOptions::default(), scheduler_nn(&schedulers, 0)).unwrap();
     let guest = load(&host, "nn-guest", "nn-guest", PluginKind::Preprocessor, "[plugins.p.config]\nmodel = \"digits\"\ninput = \"input\"\n");
 
     let files: Vec<String> = (0..8).map(|i| format!("{i:04}.png")).collect();
@@ -293,4 +293,27 @@ fn a_preprocessor_producing_the_wrong_tensor_fails_each_item_clearly() {
     let outcomes = runtime.pipeline(None).unwrap().process(vec![text("a", "hello"), text("b", "invalid")]);
     assert!(matches!(&outcomes[0].result, Err(ItemError::Inference { message, .. }) if message.contains("input `input`")), "{:?}", outcomes[0]);
     assert!(matches!(&outcomes[1].result, Err(ItemError::InvalidInput { .. })), "{:?}", outcomes[1]);
+}
+
+#[test]
+fn guests_load_model_bytes_only_when_configured_and_under_the_cap() {
+    let models = repo_root().join("models/digits");
+    let size = std::fs::metadata(models.join("digits_mlp.onnx")).unwrap().len() as usize;
+    let body = format!(
+        "[plugins.p.config]\nmodel_file = \"/m/digits_mlp.onnx\"\ninput = \"input\"\n[plugins.p.grants]\ndirs = [{{ host = {:?}, guest = \"/m\" }}]\n",
+        models.display().to_string()
+    );
+    let digit = item("d", "application/octet-stream", digit_tensor("0000.png").data);
+    // wasmtime-wasi-nn hands the guest only "Failed while accessing backend";
+    // the reason (not allowed, over the cap) goes to the host log.
+    for (cap, expect) in [(0, Err("load")), (size - 1, Err("load")), (size, Ok(()))] {
+        let host = PluginHost::with_nn(&EngineOptions::default(), scheduler_nn(&BTreeMap::new(), cap)).unwrap();
+        let guest = load(&host, "nn-guest", "nn-guest", PluginKind::Preprocessor, &body);
+        let result = guest.preprocess(std::slice::from_ref(&digit)).remove(0);
+        match (expect, result) {
+            (Ok(()), Ok(tensors)) => assert_eq!(tensors[0].shape, vec![1, 10]),
+            (Err(needle), Err(ItemError::Internal { message, .. })) => assert!(message.contains(needle), "cap {cap}: {message}"),
+            (expect, result) => panic!("cap {cap}: expected {expect:?}, got {result:?}"),
+        }
+    }
 }

@@ -63,6 +63,10 @@ pub struct RuntimeConfig {
     /// on-demand allocation when the machine cannot reserve the address space.
     #[serde(default)]
     pub pooling: Pooling,
+    /// Largest model a plugin may load from its own bytes through `wasi:nn`
+    /// `load`; 0 (the default) refuses such loads.
+    #[serde(default)]
+    pub guest_model_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -50,7 +50,7 @@ impl Runtime {
             max_instances: (config.plugins.len() as u32).max(1) * INSTANCES_PER_PLUGIN,
             cache_dir: Some(config.cache_dir()),
         };
-        let host = PluginHost::with_nn(&options, scheduler_nn(&schedulers))?;
+        let host = PluginHost::with_nn(&options, scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes))?;
         // Each plugin is loaded once, as the kind its first pipeline needs.
         let mut plugins: BTreeMap<&str, Option<Arc<Plugin>>> = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {

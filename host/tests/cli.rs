@@ -75,3 +75,45 @@ fn a_config_with_a_misspelled_key_names_it() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("memroy_mb"), "{}", stderr(&out));
 }
+
+fn repo(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn infer_prints_one_json_line_per_input_in_order_with_errors_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    for (ix, file) in ["0000.png", "0001.png", "0002.png"].iter().enumerate() {
+        std::fs::copy(repo(&format!("models/digits/heldout/{file}")), dir.path().join(format!("{ix}-digit.png"))).unwrap();
+    }
+    std::fs::write(dir.path().join("1b-broken.png"), b"not a png").unwrap();
+    let out = sluice(&["infer", "--config", &repo("examples/digits/sluice.toml"), dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let inputs: Vec<&str> = lines.iter().map(|l| l["input"].as_str().unwrap().rsplit('/').next().unwrap()).collect();
+    assert_eq!(inputs, ["0-digit.png", "1-digit.png", "1b-broken.png", "2-digit.png"]);
+    let labels = std::fs::read_to_string(repo("models/digits/heldout/labels.csv")).unwrap();
+    let label_of = |file: &str| labels.lines().find(|l| l.starts_with(file)).unwrap().split(',').nth(1).unwrap().to_owned();
+    assert_eq!(lines[0]["result"]["label"], label_of("0000.png"));
+    assert_eq!(lines[2]["error_kind"], "invalid-input");
+    assert!(lines[2]["error"].as_str().unwrap().contains("digits-pre"), "{}", lines[2]);
+    assert!(stderr(&out).contains("1 of 4 input(s) failed"), "{}", stderr(&out));
+}
+
+#[test]
+fn model_inspect_shows_io_operators_and_the_measured_execution_choice() {
+    let out = sluice(&["model", "inspect", &repo("models/digits/digits_mlp.onnx"), "--max-batch-size", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needle in ["operators:  Gemm, Relu, Softmax", "input F32 [N, 64]", "probabilities F32 [N, 10]", "<- chosen", "chunk   8 x 1"] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let json = sluice(&["model", "inspect", &repo("models/digits/digits_mlp.onnx"), "--max-batch-size", "4", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(report["execution"]["measurements"].as_array().unwrap().len() >= 3);
+
+    let unsupported = sluice(&["model", "inspect", &repo("models/test/unsupported_scaler.onnx")]);
+    assert!(!unsupported.status.success());
+    assert!(stdout(&unsupported).contains("Scaler (UNSUPPORTED)"));
+    assert!(stderr(&unsupported).contains("tract does not implement: Scaler"), "{}", stderr(&unsupported));
+}

@@ -9,11 +9,14 @@
 //! Host work done on a guest's behalf is not covered by the guest's epoch
 //! deadline or memory cap, so it is bounded here: a guest batch may hold at
 //! most [`MAX_GUEST_ITEMS`] items, and each item waits at most the model's
-//! request timeout in the queue. Loading model bytes from a guest is refused:
-//! models are the operator's choice, made in the configuration.
+//! request timeout in the queue. Loading model bytes from a guest (`load`)
+//! is refused unless the configuration sets a size cap for it
+//! (`runtime.guest_model_max_bytes`): models are the operator's choice.
 
 use super::NnContextFactory;
-use crate::schedule::Scheduler;
+use crate::infer::tract::TractBackend;
+use crate::infer::{Backend, InputShapes};
+use crate::schedule::{BatchConfig, ExecutionMode, Scheduler};
 use crate::types::{DType, ItemError, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +27,9 @@ use wasmtime_wasi_nn::{ExecutionContext, Graph, GraphRegistry};
 /// The most items one guest `compute` may submit.
 pub const MAX_GUEST_ITEMS: usize = 256;
 
-/// A factory giving every new plugin instance the host's models by name.
-pub fn scheduler_nn(schedulers: &std::collections::BTreeMap<String, Scheduler>) -> NnContextFactory {
+/// A factory giving every new plugin instance the host's models by name,
+/// and, if `guest_model_max_bytes` is above 0, models loaded from guest bytes.
+pub fn scheduler_nn(schedulers: &std::collections::BTreeMap<String, Scheduler>, guest_model_max_bytes: usize) -> NnContextFactory {
     let graphs = Arc::new(schedulers.clone());
     Arc::new(move || {
         let registry = NamedGraphs(
@@ -34,7 +38,7 @@ pub fn scheduler_nn(schedulers: &std::collections::BTreeMap<String, Scheduler>) 
                 .map(|(name, s)| (name.clone(), Graph::from(Box::new(SchedulerGraph(s.clone())) as Box<dyn BackendGraph>)))
                 .collect(),
         );
-        WasiNnCtx::new([wasmtime_wasi_nn::Backend::from(NoGuestModels)], registry.into())
+        WasiNnCtx::new([wasmtime_wasi_nn::Backend::from(GuestModels { max_bytes: guest_model_max_bytes })], registry.into())
     })
 }
 
@@ -50,18 +54,43 @@ impl GraphRegistry for NamedGraphs {
     }
 }
 
-/// Answers `load` (model bytes from the guest) with a refusal.
-struct NoGuestModels;
+/// Serves `load` (model bytes from the guest): refused when `max_bytes` is
+/// 0, else loaded with tract behind a scheduler of its own. Such a model
+/// runs stacked in small batches without the start-up measurement, which
+/// would cost more than a guest's call is worth.
+struct GuestModels {
+    max_bytes: usize,
+}
 
-impl BackendInner for NoGuestModels {
+impl BackendInner for GuestModels {
     fn encoding(&self) -> GraphEncoding {
         GraphEncoding::Onnx
     }
-    fn load(&mut self, _builders: &[&[u8]], _target: ExecutionTarget) -> Result<Graph, BackendError> {
-        Err(BackendError::BackendAccess(wasmtime::format_err!(
-            "loading model bytes from a plugin is not allowed; use `load-by-name` with a model from the host configuration"
-        )))
+
+    fn load(&mut self, builders: &[&[u8]], _target: ExecutionTarget) -> Result<Graph, BackendError> {
+        if self.max_bytes == 0 {
+            return Err(access(
+                "loading model bytes from a plugin is not allowed; use `load-by-name` with a model from the host \
+                 configuration, or set runtime.guest_model_max_bytes"
+                    .into(),
+            ));
+        }
+        let [bytes] = builders else {
+            return Err(BackendError::InvalidNumberOfBuilders(1, builders.len()));
+        };
+        if bytes.len() > self.max_bytes {
+            return Err(access(format!(
+                "the model is {} bytes, over runtime.guest_model_max_bytes = {}",
+                bytes.len(),
+                self.max_bytes
+            )));
+        }
+        let model = TractBackend.load("guest-model", bytes, &InputShapes::new()).map_err(|e| access(e.to_string()))?;
+        let config = BatchConfig { max_batch_size: 8, execution: ExecutionMode::Stacked, threads: 1, ..BatchConfig::default() };
+        let scheduler = Scheduler::start(model, config).map_err(|e| access(e.to_string()))?;
+        Ok(Graph::from(Box::new(SchedulerGraph(scheduler)) as Box<dyn BackendGraph>))
     }
+
     fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
         None
     }
@@ -84,7 +113,10 @@ struct SchedulerContext {
     outputs: Vec<Tensor>,
 }
 
+/// A backend error. wasmtime-wasi-nn shows guests only a generic message
+/// for these, so the reason is logged here for the operator.
 fn access(message: String) -> BackendError {
+    tracing::warn!("wasi:nn call refused: {message}");
     BackendError::BackendAccess(wasmtime::format_err!("{message}"))
 }
 
