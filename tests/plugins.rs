@@ -135,6 +135,18 @@ fn init_refusing_its_config_is_one_error_naming_the_plugin() {
 }
 
 #[test]
+fn a_plugin_trapping_in_init_is_one_error_with_the_panic_message() {
+    let host = host();
+    let err = host.load("crashy", &plugin_config("misbehave", "[plugins.p.config]\npanic_init = true\n"), PRE).unwrap_err();
+    assert_eq!(err.plugin, "crashy");
+    assert!(
+        matches!(&err.cause, PluginErrorCause::InitTrapped(m) if m.contains("panic_init was requested")),
+        "{err}"
+    );
+    misbehave(&host, "");
+}
+
+#[test]
 fn an_unknown_config_key_is_named_by_init() {
     let host = host();
     let err = host.load("typo", &plugin_config("misbehave", "[plugins.p.config]\nfail_inti = true\n"), PRE).unwrap_err();

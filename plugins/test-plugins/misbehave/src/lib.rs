@@ -31,6 +31,9 @@ pub struct Config {
     /// `new` logs "misbehave ready" at info level.
     #[serde(default)]
     pub log_on_init: bool,
+    /// `new` panics (a trap during init).
+    #[serde(default)]
+    pub panic_init: bool,
 }
 
 pub struct Misbehave;
@@ -46,6 +49,9 @@ impl Preprocessor for Misbehave {
     fn new(config: Config) -> Result<Self, String> {
         if config.fail_init {
             return Err("fail_init was requested".into());
+        }
+        if config.panic_init {
+            panic!("misbehave: panic_init was requested");
         }
         if config.log_on_init {
             sluice_guest::info!("misbehave ready");
