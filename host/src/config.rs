@@ -27,6 +27,15 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// The on-device store of results awaiting upload (`sluice run`).
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Where and how results are shipped upstream (`sluice run`).
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Where `sluice run` takes its inputs from.
+    #[serde(default)]
+    pub ingest: IngestConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +190,230 @@ pub struct PipelineConfig {
     pub postprocess: String,
 }
 
+/// `[outbox]`: bounds of the on-device result store (see [`crate::outbox`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most bytes of pending results (ids plus documents) kept on the device.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub max_bytes: u64,
+    /// Results older than this are dropped (counted as `expired`); 0 keeps
+    /// them until the byte cap applies.
+    #[serde(default = "default_outbox_max_age_secs")]
+    pub max_age_secs: u64,
+    /// What to do when a new result does not fit under `max_bytes`.
+    #[serde(default)]
+    pub when_full: FullPolicy,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { max_bytes: default_outbox_max_bytes(), max_age_secs: default_outbox_max_age_secs(), when_full: FullPolicy::default() }
+    }
+}
+
+fn default_outbox_max_bytes() -> u64 {
+    256 << 20
+}
+
+fn default_outbox_max_age_secs() -> u64 {
+    7 * 24 * 3600
+}
+
+/// What the outbox does with a result that does not fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Delete the oldest pending results until the new one fits (counted as
+    /// `dropped_oldest`): recent data matters most on a device that was
+    /// offline for long.
+    #[default]
+    DropOldest,
+    /// Keep what is stored, refuse the new result (counted as `rejected_full`).
+    RejectNew,
+}
+
+/// `[sync]`: shipping results upstream (see [`crate::sync`]). Without `url`,
+/// results stay in the outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// The collector's base URL, `http://` or `https://`, e.g. `https://collector.example`.
+    pub url: Option<String>,
+    /// This device's bearer token.
+    pub token: Option<String>,
+    /// A file holding the bearer token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Most results in one upload.
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// Most uncompressed bytes in one upload (a single larger result still goes alone).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Deadline of one upload, connection included.
+    #[serde(default = "default_sync_timeout_ms")]
+    pub timeout_ms: u64,
+    /// First retry delay after a failed upload; doubles per failure, with jitter.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Cap of the retry delay.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// How often an idle uploader looks for new results (it is also woken
+    /// when results are stored).
+    #[serde(default = "default_sync_interval_ms")]
+    pub interval_ms: u64,
+    /// zstd level of uploads (1 fast .. 19 small).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            token_file: None,
+            batch_max_records: default_batch_max_records(),
+            batch_max_bytes: default_batch_max_bytes(),
+            timeout_ms: default_sync_timeout_ms(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            interval_ms: default_sync_interval_ms(),
+            zstd_level: default_zstd_level(),
+        }
+    }
+}
+
+fn default_batch_max_records() -> usize {
+    500
+}
+fn default_batch_max_bytes() -> usize {
+    1 << 20
+}
+fn default_sync_timeout_ms() -> u64 {
+    10_000
+}
+fn default_backoff_initial_ms() -> u64 {
+    500
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_sync_interval_ms() -> u64 {
+    1_000
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+
+impl SyncConfig {
+    /// The bearer token, from `token` or `token_file`.
+    pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid(format!("sync.token_file {} is empty", path.display())));
+        }
+        Ok(Some(token))
+    }
+}
+
+/// `[ingest]`: where `sluice run` takes inputs from (see [`crate::agent`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A folder watched for input files; each is deleted once durably accepted.
+    /// Writers should create files under a name starting with `.` and rename
+    /// them when complete: dot files are ignored.
+    pub folder: Option<PathBuf>,
+    /// The pipeline for files of `folder`; default: the only pipeline.
+    pub folder_pipeline: Option<String>,
+    /// How often the folder is scanned.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// Address of the local HTTP ingest endpoint, e.g. `127.0.0.1:8470`
+    /// (port 0: any free port, printed at start-up).
+    pub listen: Option<String>,
+    /// Largest accepted input.
+    #[serde(default = "default_max_input_bytes")]
+    pub max_input_bytes: usize,
+    /// Most bytes of accepted inputs waiting for their pipeline; beyond,
+    /// ingest answers 503 and files wait in the folder.
+    #[serde(default = "default_max_pending_bytes")]
+    pub max_pending_bytes: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            folder: None,
+            folder_pipeline: None,
+            poll_ms: default_poll_ms(),
+            listen: None,
+            max_input_bytes: default_max_input_bytes(),
+            max_pending_bytes: default_max_pending_bytes(),
+        }
+    }
+}
+
+fn default_poll_ms() -> u64 {
+    250
+}
+fn default_max_input_bytes() -> usize {
+    16 << 20
+}
+fn default_max_pending_bytes() -> u64 {
+    256 << 20
+}
+
+impl Config {
+    fn check_store_and_forward(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.outbox.max_bytes == 0 {
+            return invalid("outbox.max_bytes must be above 0".into());
+        }
+        if let Some(url) = &self.sync.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(format!("sync.url `{url}` must start with http:// or https://"));
+            }
+            if self.sync.token.is_none() && self.sync.token_file.is_none() {
+                return invalid("sync.url is set but neither sync.token nor sync.token_file is".into());
+            }
+        }
+        if self.sync.token.is_some() && self.sync.token_file.is_some() {
+            return invalid("set one of sync.token and sync.token_file, not both".into());
+        }
+        if self.sync.batch_max_records == 0 || self.sync.batch_max_bytes == 0 {
+            return invalid("sync.batch_max_records and sync.batch_max_bytes must be above 0".into());
+        }
+        if self.sync.timeout_ms == 0 || self.sync.backoff_initial_ms == 0 || self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
+            return invalid("sync.timeout_ms and sync.backoff_initial_ms must be above 0, and backoff_max_ms at least backoff_initial_ms".into());
+        }
+        if !(1..=19).contains(&self.sync.zstd_level) {
+            return invalid(format!("sync.zstd_level {} is outside 1..=19", self.sync.zstd_level));
+        }
+        if let Some(listen) = &self.ingest.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid(format!("ingest.listen `{listen}` is not an ip:port address"));
+        }
+        if let Some(pipeline) = &self.ingest.folder_pipeline
+            && !self.pipelines.contains_key(pipeline)
+        {
+            return invalid(format!("ingest.folder_pipeline names pipeline `{pipeline}`, which is not configured under [pipelines]"));
+        }
+        if self.ingest.poll_ms == 0 || self.ingest.max_input_bytes == 0 {
+            return invalid("ingest.poll_ms and ingest.max_input_bytes must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Read, parse and check a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -206,6 +439,12 @@ impl Config {
             }
         };
         resolve(&mut self.device.data_dir);
+        if let Some(folder) = &mut self.ingest.folder {
+            resolve(folder);
+        }
+        if let Some(file) = &mut self.sync.token_file {
+            resolve(file);
+        }
         if let Some(dir) = &mut self.runtime.cache_dir {
             resolve(dir);
         }
@@ -223,6 +462,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        self.check_store_and_forward()?;
         for (name, plugin) in &self.plugins {
             if plugin.timeout_ms == 0 {
                 return Err(ConfigError::Invalid(format!("plugins.{name}.timeout_ms must be above 0")));

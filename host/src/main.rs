@@ -36,12 +36,48 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Run the device agent: ingest from a folder and HTTP, infer, keep
+    /// results in the outbox, sync them upstream; SIGTERM drains and exits.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a collector: receive results from devices into SQLite.
+    Collect {
+        /// Address to listen on, e.g. 0.0.0.0:8480.
+        #[arg(long)]
+        listen: String,
+        /// The SQLite database results go to.
+        #[arg(long)]
+        db: PathBuf,
+        /// A file of `DEVICE=TOKEN` lines.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// A device's token, `DEVICE=TOKEN`; repeatable.
+        #[arg(long = "token", value_parser = sluice::collector::Tokens::parse_pair)]
+        token: Vec<(String, String)>,
+    },
+    /// Inspect the device's outbox.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Work with ONNX models.
     #[command(subcommand)]
     Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Pending results, bytes, oldest, last sync, last error, drop counters.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +145,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Inspect { file, config, plugin, json }) => {
             sluice::cli::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json)?
         }
+        Command::Run { config } => sluice::agent::run(&config)?,
+        Command::Collect { listen, db, tokens, token } => {
+            let mut all = match tokens {
+                Some(file) => sluice::collector::Tokens::from_file(&file)?,
+                None => sluice::collector::Tokens::default(),
+            };
+            for (device, secret) in token {
+                all.insert(&device, &secret);
+            }
+            sluice::collector::serve(&listen, &db, all)?
+        }
+        Command::Outbox(OutboxCommand::Status { config, json }) => sluice::agent::outbox_status(&config, json)?,
         Command::Plugin(PluginCommand::List) => {
             for name in sluice::bundled::names() {
                 println!("{BUNDLED_PREFIX}{name}");

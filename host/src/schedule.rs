@@ -86,9 +86,9 @@ pub struct Measurement {
 /// Histograms of what the scheduler did.
 #[derive(Debug, Default)]
 pub struct SchedulerStats {
-    /// Batches by size bucket (1, 2, 4, ... up to 64+).
+    /// Batches run, by size bucket (1, 2-3, 4-7, ... 128+).
     batch_sizes: [AtomicU64; 8],
-    /// Requests by queue time bucket (<0.1 ms, <1 ms, <5 ms, <10 ms, <50 ms, <100 ms, <1 s, more).
+    /// Items by queue time bucket (<0.1 ms, <1 ms, <5 ms, <10 ms, <50 ms, <100 ms, <1 s, more).
     queue_times: [AtomicU64; 8],
     pub batches: AtomicU64,
     pub items: AtomicU64,
@@ -106,10 +106,10 @@ impl SchedulerStats {
         self.items.fetch_add(size as u64, Ordering::Relaxed);
     }
 
-    fn record_queue_time(&self, waited: Duration) {
+    fn record_queue_time(&self, waited: Duration, items: usize) {
         let us = waited.as_micros() as u64;
         let bucket = QUEUE_TIME_BOUNDS_US.iter().position(|&b| us < b).unwrap_or(7);
-        self.queue_times[bucket].fetch_add(1, Ordering::Relaxed);
+        self.queue_times[bucket].fetch_add(items as u64, Ordering::Relaxed);
     }
 
     /// A plain snapshot for reports.
@@ -146,10 +146,13 @@ pub struct StatsSnapshot {
 
 type Reply = Result<Vec<Tensor>, ItemError>;
 
+/// One caller's items, queued together and answered together (one channel
+/// message each way, however many items: that keeps the per-item cost of the
+/// scheduler to a few microseconds).
 struct Request {
-    inputs: Vec<Tensor>,
+    items: Vec<Vec<Tensor>>,
     enqueued: Instant,
-    reply: SyncSender<Reply>,
+    reply: SyncSender<Vec<Reply>>,
 }
 
 /// A handle to one model's scheduler; cheap to clone and share.
@@ -226,31 +229,43 @@ impl Scheduler {
     }
 
     /// Infer many items; they may share batches with other callers' items.
-    /// One result per item, in order.
-    pub fn infer_many(&self, items: Vec<Vec<Tensor>>) -> Vec<Reply> {
-        let pending: Vec<Result<mpsc::Receiver<Reply>, ItemError>> = items.into_iter().map(|inputs| self.submit(inputs)).collect();
-        pending
-            .into_iter()
-            .map(|p| {
-                p.and_then(|rx| {
-                    rx.recv().unwrap_or_else(|_| Err(self.error("the scheduler stopped before answering")))
-                })
-            })
-            .collect()
+    /// One result per item, in order. Items beyond the queue's free capacity
+    /// are refused ("queue full"), the others are served.
+    pub fn infer_many(&self, mut items: Vec<Vec<Tensor>>) -> Vec<Reply> {
+        let admitted = self.admit(items.len());
+        let refused = items.split_off(admitted);
+        let mut replies = if items.is_empty() {
+            Vec::new()
+        } else {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let n = items.len();
+            match self.queue.send(Request { items, enqueued: Instant::now(), reply }) {
+                Ok(()) => rx.recv().unwrap_or_else(|_| (0..n).map(|_| Err(self.error("the scheduler stopped before answering"))).collect()),
+                Err(_) => {
+                    self.outstanding.fetch_sub(n, Ordering::AcqRel);
+                    (0..n).map(|_| Err(self.error("the scheduler has stopped"))).collect()
+                }
+            }
+        };
+        if !refused.is_empty() {
+            self.stats.rejected_full.fetch_add(refused.len() as u64, Ordering::Relaxed);
+            let message = format!("queue full ({} waiting); retry later", self.config.queue_capacity);
+            replies.extend(refused.iter().map(|_| Err(self.error(&message))));
+        }
+        replies
     }
 
-    fn submit(&self, inputs: Vec<Tensor>) -> Result<mpsc::Receiver<Reply>, ItemError> {
-        if self.outstanding.fetch_add(1, Ordering::AcqRel) >= self.config.queue_capacity {
-            self.outstanding.fetch_sub(1, Ordering::AcqRel);
-            self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
-            return Err(self.error(&format!("queue full ({} waiting); retry later", self.config.queue_capacity)));
+    /// Reserve queue capacity for up to `n` items; returns how many fit.
+    fn admit(&self, n: usize) -> usize {
+        let capacity = self.config.queue_capacity;
+        let mut current = self.outstanding.load(Ordering::Acquire);
+        loop {
+            let admitted = n.min(capacity.saturating_sub(current));
+            match self.outstanding.compare_exchange(current, current + admitted, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return admitted,
+                Err(now) => current = now,
+            }
         }
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.queue.send(Request { inputs, enqueued: Instant::now(), reply }).map_err(|_| {
-            self.outstanding.fetch_sub(1, Ordering::AcqRel);
-            self.error("the scheduler has stopped")
-        })?;
-        Ok(rx)
     }
 
     fn error(&self, message: &str) -> ItemError {
@@ -272,14 +287,19 @@ impl BatchRunner {
         let max_delay = Duration::from_millis(self.config.max_queue_delay_ms);
         while let Ok(first) = requests.recv() {
             let close_at = first.enqueued + max_delay;
+            let mut items = first.items.len();
             let mut batch = vec![first];
-            while batch.len() < self.config.max_batch_size {
+            while items < self.config.max_batch_size {
                 match requests.recv_timeout(close_at.saturating_duration_since(Instant::now())) {
-                    Ok(request) => batch.push(request),
+                    Ok(request) => {
+                        items += request.items.len();
+                        batch.push(request);
+                    }
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
             self.run_batch(batch);
+            self.outstanding.fetch_sub(items, Ordering::AcqRel);
         }
     }
 
@@ -287,37 +307,46 @@ impl BatchRunner {
         ItemError::Inference { model: self.model.name().into(), message }
     }
 
+    /// Check every item, run the valid ones together, answer every request.
     fn run_batch(&self, batch: Vec<Request>) {
-        let answered = batch.len();
-        self.answer_batch(batch);
-        self.outstanding.fetch_sub(answered, Ordering::AcqRel);
-    }
-
-    fn answer_batch(&self, batch: Vec<Request>) {
         let now = Instant::now();
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        let mut valid = Vec::with_capacity(batch.len());
-        for request in batch {
+        let mut replies: Vec<Vec<Option<Reply>>> = Vec::with_capacity(batch.len());
+        let mut valid = Vec::new();
+        let mut slots = Vec::new();
+        let mut reply_to = Vec::with_capacity(batch.len());
+        for (r, request) in batch.into_iter().enumerate() {
             let waited = now.duration_since(request.enqueued);
-            self.stats.record_queue_time(waited);
-            if waited > timeout {
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                let _ = request.reply.send(Err(self.error(format!("not started within {} ms", timeout.as_millis()))));
-            } else if let Err(message) = check_inputs(self.model.inputs(), &request.inputs) {
-                let _ = request.reply.send(Err(self.error(message)));
-            } else {
-                valid.push(request);
+            self.stats.record_queue_time(waited, request.items.len());
+            let expired = waited > timeout;
+            if expired {
+                self.stats.timed_out.fetch_add(request.items.len() as u64, Ordering::Relaxed);
+            }
+            let mut answers = Vec::with_capacity(request.items.len());
+            for (i, inputs) in request.items.into_iter().enumerate() {
+                if expired {
+                    answers.push(Some(Err(self.error(format!("not started within {} ms", timeout.as_millis())))));
+                } else if let Err(message) = check_inputs(self.model.inputs(), &inputs) {
+                    answers.push(Some(Err(self.error(message))));
+                } else {
+                    answers.push(None);
+                    valid.push(inputs);
+                    slots.push((r, i));
+                }
+            }
+            replies.push(answers);
+            reply_to.push(request.reply);
+        }
+        if !valid.is_empty() {
+            let chunks = split_into_chunks(valid.len(), self.choice.chunk);
+            chunks.iter().for_each(|&size| self.stats.record_batch(size));
+            let outputs = run_chunks(self.model.as_ref(), valid, &chunks, self.choice.threads);
+            for ((r, i), output) in slots.into_iter().zip(outputs) {
+                replies[r][i] = Some(output.map_err(|e| self.error(e)));
             }
         }
-        if valid.is_empty() {
-            return;
-        }
-        self.stats.record_batch(valid.len());
-        let chunks = split_into_chunks(valid.len(), self.choice.chunk);
-        let inputs: Vec<Vec<Tensor>> = valid.iter_mut().map(|r| std::mem::take(&mut r.inputs)).collect();
-        let outputs = run_chunks(self.model.as_ref(), inputs, &chunks, self.choice.threads);
-        for (request, output) in valid.into_iter().zip(outputs) {
-            let _ = request.reply.send(output.map_err(|e| self.error(e)));
+        for (reply, answers) in reply_to.into_iter().zip(replies) {
+            let _ = reply.send(answers.into_iter().map(|a| a.expect("every item answered")).collect());
         }
     }
 }

@@ -1,0 +1,369 @@
+//! `sluice run` as a real child process against a real collector on
+//! loopback: SIGTERM drains and exits 0; SIGKILL at random points during
+//! ingest and sync, many times in a row, loses no acknowledged input and
+//! stores none twice; a batch acknowledged upstream but not recorded before
+//! the kill is not stored twice; folder inputs are taken exactly once; a
+//! damaged outbox is moved aside at start-up.
+//!
+//! Lives in `host/tests/` for `CARGO_BIN_EXE_sluice`.
+
+#[path = "../../tests/fault_proxy.rs"]
+mod fault_proxy;
+
+use fault_proxy::{Fault, FaultProxy};
+use rand::{RngExt, SeedableRng};
+use sluice::collector::{Collector, Tokens};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEVICE: &str = "dev-agent";
+const TOKEN: &str = "agent-secret";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Digit images to post, as bytes.
+fn images() -> Vec<Vec<u8>> {
+    let dir = repo().join("models/digits/heldout");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    files.iter().take(64).map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+fn collector(dir: &Path) -> Collector {
+    let mut tokens = Tokens::default();
+    tokens.insert(DEVICE, TOKEN);
+    Collector::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), &dir.join("collector.sqlite"), tokens).unwrap()
+}
+
+/// The digits example with absolute paths, a test data dir, a shared plugin
+/// cache, loopback ingest and quick sync retries.
+fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>, extra: &str) -> PathBuf {
+    let example = std::fs::read_to_string(repo().join("examples/digits/sluice.toml")).unwrap();
+    let base = example.split("# --- `sluice run`").next().unwrap();
+    let root = repo().display().to_string();
+    let base = base
+        .replace("data_dir = \"../../target/sluice-demo\"", &format!("data_dir = {:?}", dir.join("data").display().to_string()))
+        .replace("\"../../", &format!("\"{root}/"))
+        .replace("id = \"demo-gateway\"", &format!("id = \"{DEVICE}\""));
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-plugin-cache");
+    let folder = folder.map(|f| format!("folder = {:?}\npoll_ms = 20\n", f.display().to_string())).unwrap_or_default();
+    let text = format!(
+        "{base}\n[runtime]\ncache_dir = {:?}\n\n[ingest]\nlisten = \"127.0.0.1:0\"\n{folder}\n\
+         [sync]\nurl = {sync_url:?}\ntoken = {TOKEN:?}\ntimeout_ms = 1000\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
+         interval_ms = 50\nbatch_max_records = 16\n{extra}",
+        cache.display().to_string()
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Agent {
+    child: Child,
+    url: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    /// Start `sluice run` and wait (bounded) until it is ready.
+    fn start(config: &Path) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--log", "error", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice run");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = etx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut url = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("sluice run: ingest listening on ") => {
+                    url = Some(line.trim_start_matches("sluice run: ingest listening on ").to_owned())
+                }
+                Ok(line) if line == "sluice run: ready" => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let errors: Vec<String> = erx.try_iter().collect();
+                    panic!("sluice run did not become ready: {}", errors.join("\n"));
+                }
+            }
+        }
+        Agent { child, url: url.expect("ingest address printed"), stderr: erx }
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; returns the exit code (bounded wait).
+    fn sigterm(mut self) -> i32 {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sluice run did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+}
+
+/// POST one image; the id if it was acknowledged.
+fn ingest(client: &reqwest::blocking::Client, url: &str, image: &[u8]) -> Option<String> {
+    let response = client
+        .post(format!("{url}/v1/ingest/digits"))
+        .header("Content-Type", "image/png")
+        .body(image.to_vec())
+        .send()
+        .ok()?;
+    if response.status().as_u16() != 202 {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_str(&response.text().ok()?).ok()?;
+    body["id"].as_str().map(str::to_owned)
+}
+
+/// All results stored for the device: id -> document.
+fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
+    let mut all = BTreeMap::new();
+    let mut after = i64::MIN;
+    for _ in 0..1000 {
+        let text = client()
+            .get(format!("{}/v1/devices/{DEVICE}/results?after={after}&limit=1000", collector.url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let page = body["results"].as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        for doc in page {
+            after = doc["seq"].as_i64().unwrap();
+            assert!(all.insert(doc["id"].as_str().unwrap().to_owned(), doc).is_none(), "a result stored twice");
+        }
+    }
+    all
+}
+
+/// Poll until `done` holds (bounded).
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero_and_every_result_arrives_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let agent = Agent::start(&write_config(dir.path(), &collector.url(), None, ""));
+    let client = client();
+    let acked: BTreeSet<String> = images().iter().map(|img| ingest(&client, &agent.url, img).expect("202")).collect();
+    assert_eq!(acked.len(), 64);
+    // Unknown pipelines are refused by name.
+    let response = client.post(format!("{}/v1/ingest/nope", agent.url)).body("x").send().unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert!(response.text().unwrap().contains("`nope`"));
+
+    assert!(wait_until(Duration::from_secs(30), || stored(&collector).len() == 64), "results did not arrive");
+    let results = stored(&collector);
+    assert_eq!(results.keys().cloned().collect::<BTreeSet<_>>(), acked);
+    let doc = results.values().next().unwrap();
+    assert_eq!(doc["provenance"]["model_sha256"], "7aeb717bde754c67e4cf1af823f89ad76eb15876f93c05849b39ff088259d5fd");
+    assert!(doc["result"]["body"]["label"].is_string(), "{doc}");
+    assert!(doc["timings"]["infer_us"].is_u64(), "{doc}");
+    assert_eq!(agent.sigterm(), 0);
+
+    // `outbox status` reads the file the agent left.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["outbox", "status", "--json", "--config"])
+        .arg(dir.path().join("sluice.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pending_records"], 0);
+    assert_eq!(status["counters"]["uploaded"], 64);
+}
+
+#[test]
+fn sigkill_at_random_points_loses_no_acknowledged_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    // The proxy fails some rounds' uploads so that results pile up in the
+    // outbox and kills also land during retries and batch re-sends.
+    let proxy = FaultProxy::start(collector.addr(), Fault::Pass);
+    let config = write_config(dir.path(), &proxy.url(), None, "");
+    let images = images();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut acked = BTreeSet::new();
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < 12 && started.elapsed() < Duration::from_secs(45) {
+        rounds += 1;
+        proxy.set(match rng.random_range(0..3) {
+            0 => Fault::Status500,
+            1 => Fault::CutAnswer,
+            _ => Fault::Pass,
+        });
+        let agent = Agent::start(&config);
+        let (tx, rx) = mpsc::channel();
+        let (url, batch) = (agent.url.clone(), images.clone());
+        let count = rng.random_range(5..40);
+        let poster = std::thread::spawn(move || {
+            let client = client();
+            for image in batch.iter().cycle().take(count) {
+                match ingest(&client, &url, image) {
+                    Some(id) => tx.send(id).unwrap(),
+                    None => break, // The agent died under us.
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(10..400)));
+        agent.sigkill();
+        poster.join().unwrap();
+        acked.extend(rx.try_iter());
+    }
+    assert!(acked.len() > 20, "too few inputs were acknowledged to test anything: {}", acked.len());
+
+    // A last, clean run delivers everything.
+    proxy.set(Fault::Pass);
+    let agent = Agent::start(&config);
+    let delivered = wait_until(Duration::from_secs(60), || {
+        let stored = stored(&collector);
+        acked.iter().all(|id| stored.contains_key(id))
+    });
+    let stderr = agent.stderr_text();
+    assert_eq!(agent.sigterm(), 0);
+    let stored = stored(&collector);
+    let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains_key(*id)).collect();
+    assert!(delivered && missing.is_empty(), "{} of {} acknowledged inputs missing after {rounds} kills: {missing:?}\n{stderr}", missing.len(), acked.len());
+    eprintln!("{rounds} SIGKILL rounds: {} acknowledged, {} stored (each once)", acked.len(), stored.len());
+}
+
+#[test]
+fn a_batch_acknowledged_but_not_recorded_before_a_kill_is_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let proxy = FaultProxy::start(collector.addr(), Fault::HoldAnswer);
+    let config = write_config(dir.path(), &proxy.url(), None, "");
+    let agent = Agent::start(&config);
+    let client = client();
+    let acked: BTreeSet<String> = images().iter().take(10).map(|img| ingest(&client, &agent.url, img).expect("202")).collect();
+    // The collector stored a batch; its answer is held; kill the uploader now.
+    assert!(FaultProxy::wait_for(&proxy.forwarded, 1, Duration::from_secs(30)));
+    let first = stored(&collector).len();
+    assert!(first > 0);
+    agent.sigkill();
+
+    proxy.set(Fault::Pass);
+    let agent = Agent::start(&config);
+    assert!(wait_until(Duration::from_secs(30), || stored(&collector).len() == acked.len()));
+    assert_eq!(agent.sigterm(), 0);
+    let stored = stored(&collector);
+    assert_eq!(stored.keys().cloned().collect::<BTreeSet<_>>(), acked);
+}
+
+#[test]
+fn folder_inputs_are_taken_exactly_once_across_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let config = write_config(dir.path(), &collector.url(), Some(&inbox), "");
+    let images = images();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut names = BTreeSet::new();
+    for round in 0..5 {
+        for n in 0..20 {
+            let name = format!("r{round}-{n:02}.png");
+            // Write under a dot name, then rename: the agent never sees half a file.
+            std::fs::write(inbox.join(format!(".{name}")), &images[n % images.len()]).unwrap();
+            std::fs::rename(inbox.join(format!(".{name}")), inbox.join(&name)).unwrap();
+            names.insert(name);
+        }
+        let agent = Agent::start(&config);
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+        agent.sigkill();
+    }
+    let agent = Agent::start(&config);
+    let all_in = wait_until(Duration::from_secs(60), || stored(&collector).len() >= names.len());
+    assert_eq!(agent.sigterm(), 0);
+    assert!(all_in, "only {} of {} files arrived", stored(&collector).len(), names.len());
+    let files: Vec<String> =
+        stored(&collector).values().map(|doc| doc["input"]["attributes"]["file"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(files.len(), names.len(), "a file was ingested twice");
+    assert_eq!(files.into_iter().collect::<BTreeSet<_>>(), names);
+    let left: Vec<_> = std::fs::read_dir(&inbox).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from(".sluice-claimed")]);
+}
+
+#[test]
+fn a_damaged_outbox_is_moved_aside_and_the_agent_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let config = write_config(dir.path(), &collector.url(), None, "");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/outbox.sqlite"), vec![0x5a; 64 * 1024]).unwrap();
+    let agent = Agent::start(&config);
+    let id = ingest(&client(), &agent.url, &images()[0]).expect("202 on a fresh outbox");
+    assert!(wait_until(Duration::from_secs(30), || stored(&collector).contains_key(&id)));
+    let stderr = agent.stderr_text();
+    assert_eq!(agent.sigterm(), 0);
+    assert!(stderr.contains("the outbox was damaged") && stderr.contains("moved it to"), "{stderr}");
+    let moved: Vec<String> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("outbox.sqlite.damaged-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+}

@@ -1,0 +1,167 @@
+//! A real TCP proxy on loopback that sits between an uploader and a real
+//! collector and misbehaves on demand: answers 500, hangs, forwards the
+//! request and then cuts the answer short, or forwards and holds the answer
+//! (so a test can kill the uploader after the collector stored the batch but
+//! before the uploader heard about it). Shared by `tests/sync.rs` and
+//! `host/tests/agent.rs` through `#[path]`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward requests and answers untouched.
+    Pass,
+    /// Answer `500` without forwarding.
+    Status500,
+    /// Read the request, never answer (until the proxy stops).
+    Hang,
+    /// Forward the request; send back half the answer and close.
+    CutAnswer,
+    /// Forward the request; keep the answer and the connection (until the proxy stops).
+    HoldAnswer,
+}
+
+pub struct FaultProxy {
+    addr: SocketAddr,
+    fault: Arc<Mutex<Fault>>,
+    stop: Arc<AtomicBool>,
+    /// Requests that reached the collector (forwarded).
+    pub forwarded: Arc<AtomicUsize>,
+    /// Requests seen at all.
+    pub seen: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: SocketAddr, fault: Fault) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let proxy = FaultProxy {
+            addr: listener.local_addr().unwrap(),
+            fault: Arc::new(Mutex::new(fault)),
+            stop: Arc::new(AtomicBool::new(false)),
+            forwarded: Arc::new(AtomicUsize::new(0)),
+            seen: Arc::new(AtomicUsize::new(0)),
+        };
+        let (f, stop, forwarded, seen) = (proxy.fault.clone(), proxy.stop.clone(), proxy.forwarded.clone(), proxy.seen.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (f, stop, forwarded, seen) = (f.clone(), stop.clone(), forwarded.clone(), seen.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve(client, upstream, &f, &stop, &forwarded, &seen);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    /// Wait until `counter` reaches `n` (bounded).
+    pub fn wait_for(counter: &AtomicUsize, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if counter.load(Ordering::SeqCst) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One HTTP/1.1 message: head and body, by Content-Length.
+fn read_message(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        head.extend_from_slice(line.as_bytes());
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    head.extend_from_slice(&body);
+    Ok(Some(head))
+}
+
+fn hold(stop: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn serve(
+    client: TcpStream,
+    upstream: SocketAddr,
+    fault: &Mutex<Fault>,
+    stop: &AtomicBool,
+    forwarded: &AtomicUsize,
+    seen: &AtomicUsize,
+) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = client.try_clone()?;
+    let mut reader = BufReader::new(client);
+    while let Some(request) = read_message(&mut reader)? {
+        seen.fetch_add(1, Ordering::SeqCst);
+        let fault = *fault.lock().unwrap();
+        if fault == Fault::Status500 {
+            writer.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nboom!")?;
+            continue;
+        }
+        if fault == Fault::Hang {
+            hold(stop);
+            return Ok(());
+        }
+        let up = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
+        up.set_read_timeout(Some(Duration::from_secs(10)))?;
+        (&up).write_all(&request)?;
+        let answer = read_message(&mut BufReader::new(up))?.unwrap_or_default();
+        forwarded.fetch_add(1, Ordering::SeqCst);
+        match fault {
+            Fault::CutAnswer => {
+                writer.write_all(&answer[..answer.len() / 2])?;
+                return Ok(());
+            }
+            Fault::HoldAnswer => {
+                hold(stop);
+                return Ok(());
+            }
+            _ => writer.write_all(&answer)?,
+        }
+    }
+    Ok(())
+}

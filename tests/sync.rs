@@ -1,0 +1,266 @@
+//! The uploader against a real collector on loopback, directly and through a
+//! real TCP proxy that fails on demand: whatever goes wrong, every result
+//! reaches the collector exactly once and leaves the outbox only when
+//! acknowledged.
+
+#[path = "fault_proxy.rs"]
+mod fault_proxy;
+
+use fault_proxy::{Fault, FaultProxy};
+use sluice::collector::{Collector, Tokens};
+use sluice::config::{OutboxConfig, SyncConfig};
+use sluice::outbox::{NewRecord, Outbox, counter};
+use sluice::sync::{SyncError, Uploader, backoff};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+const DEVICE: &str = "dev-1";
+const TOKEN: &str = "secret-1";
+
+fn tokens() -> Tokens {
+    let mut tokens = Tokens::default();
+    tokens.insert(DEVICE, TOKEN);
+    tokens.insert("dev-2", "secret-2");
+    tokens
+}
+
+fn collector(dir: &std::path::Path) -> Collector {
+    Collector::start(TcpListener::bind("127.0.0.1:0").unwrap(), &dir.join("collector.sqlite"), tokens()).unwrap()
+}
+
+fn sync_config(url: &str, token: &str) -> SyncConfig {
+    SyncConfig {
+        url: Some(url.to_owned()),
+        token: Some(token.to_owned()),
+        batch_max_records: 40,
+        timeout_ms: 500,
+        backoff_initial_ms: 10,
+        backoff_max_ms: 100,
+        ..SyncConfig::default()
+    }
+}
+
+fn doc(device: &str, seq: u64) -> NewRecord {
+    let id = format!("{device}/p/{seq}");
+    let body = serde_json::json!({ "id": id, "device": device, "pipeline": "p", "seq": seq, "result": { "label": seq % 10 } });
+    NewRecord { id, body: body.to_string().into_bytes() }
+}
+
+fn outbox_with(dir: &std::path::Path, n: u64) -> Arc<Outbox> {
+    let outbox = Outbox::open_in(&dir.join("device"), OutboxConfig::default()).unwrap();
+    outbox.append((0..n).map(|s| doc(DEVICE, s)).collect()).unwrap();
+    Arc::new(outbox)
+}
+
+fn get(url: &str, token: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::blocking::Client::new().get(url).bearer_auth(token).timeout(Duration::from_secs(5)).send().unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_str(&response.text().unwrap()).unwrap_or(serde_json::Value::Null))
+}
+
+fn count(collector: &Collector, device: &str, token: &str) -> u64 {
+    let (status, body) = get(&format!("{}/v1/devices/{device}/count", collector.url()), token);
+    assert_eq!(status, 200, "{body}");
+    body["count"].as_u64().unwrap()
+}
+
+/// Every seq of `0..n` stored exactly once, in order.
+fn assert_all_once(collector: &Collector, n: u64) {
+    let (status, body) = get(&format!("{}/v1/devices/{DEVICE}/results?limit=10000", collector.url()), TOKEN);
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = body["results"].as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..n).collect::<Vec<_>>());
+}
+
+fn sync(uploader: &Uploader) -> Result<sluice::sync::SyncReport, SyncError> {
+    uploader.sync_once(&AtomicBool::new(false))
+}
+
+#[test]
+fn everything_arrives_once_and_leaves_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let outbox = outbox_with(dir.path(), 250);
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&collector.url(), TOKEN), DEVICE).unwrap();
+    let report = sync(&uploader).unwrap();
+    assert_eq!((report.batches, report.records), (7, 250));
+    assert_eq!(outbox.pending(), (0, 0));
+    assert_eq!(count(&collector, DEVICE, TOKEN), 250);
+    assert_all_once(&collector, 250);
+    let status = outbox.status().unwrap();
+    assert_eq!(status.counters[counter::UPLOADED], 250);
+    assert!(status.last_sync_at_ms.is_some());
+}
+
+#[test]
+fn collector_down_then_up_delivers_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on: connection refused.
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let outbox = outbox_with(dir.path(), 100);
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&format!("http://{addr}"), TOKEN), DEVICE).unwrap();
+    for _ in 0..3 {
+        let error = sync(&uploader).unwrap_err();
+        assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
+    }
+    assert_eq!(outbox.pending().0, 100);
+    let status = outbox.status().unwrap();
+    assert!(status.last_error.as_deref().unwrap().contains("unreachable"), "{status:?}");
+
+    // The collector comes up on that address.
+    let collector = Collector::start(TcpListener::bind(addr).unwrap(), &dir.path().join("collector.sqlite"), tokens()).unwrap();
+    sync(&uploader).unwrap();
+    assert_eq!(outbox.pending().0, 0);
+    assert_all_once(&collector, 100);
+}
+
+#[test]
+fn a_500_is_retried_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let proxy = FaultProxy::start(collector.addr(), Fault::Status500);
+    let outbox = outbox_with(dir.path(), 100);
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let error = sync(&uploader).unwrap_err();
+    assert!(matches!(error, SyncError::Status { status: 500, .. }), "{error}");
+    assert_eq!(outbox.pending().0, 100);
+    proxy.set(Fault::Pass);
+    sync(&uploader).unwrap();
+    assert_eq!(outbox.pending().0, 0);
+    assert_all_once(&collector, 100);
+}
+
+#[test]
+fn a_hanging_collector_times_out_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let proxy = FaultProxy::start(collector.addr(), Fault::Hang);
+    let outbox = outbox_with(dir.path(), 60);
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let started = std::time::Instant::now();
+    let error = sync(&uploader).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "the request deadline applies");
+    assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
+    assert_eq!(outbox.pending().0, 60);
+    proxy.set(Fault::Pass);
+    sync(&uploader).unwrap();
+    assert_all_once(&collector, 60);
+}
+
+#[test]
+fn an_answer_cut_short_after_the_collector_stored_is_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let proxy = FaultProxy::start(collector.addr(), Fault::CutAnswer);
+    let outbox = outbox_with(dir.path(), 100);
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let error = sync(&uploader).unwrap_err();
+    assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
+    // The collector has the first batch; the device does not know it.
+    assert_eq!(count(&collector, DEVICE, TOKEN), 40);
+    assert_eq!(outbox.pending().0, 100);
+    proxy.set(Fault::Pass);
+    sync(&uploader).unwrap();
+    assert_eq!(outbox.pending().0, 0);
+    assert_all_once(&collector, 100);
+}
+
+#[test]
+fn a_retried_batch_survives_a_device_restart_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let proxy = FaultProxy::start(collector.addr(), Fault::CutAnswer);
+    {
+        let outbox = outbox_with(dir.path(), 30);
+        let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+        sync(&uploader).unwrap_err();
+        assert_eq!(count(&collector, DEVICE, TOKEN), 30);
+    }
+    // "Restart": a new outbox handle and uploader on the same file; new
+    // results arrived meanwhile.
+    let outbox = Arc::new(Outbox::open_in(&dir.path().join("device"), OutboxConfig::default()).unwrap());
+    outbox.append((30..50).map(|s| doc(DEVICE, s)).collect()).unwrap();
+    proxy.set(Fault::Pass);
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    sync(&uploader).unwrap();
+    assert_all_once(&collector, 50);
+    assert_eq!(outbox.counter(counter::UPLOADED).unwrap(), 50);
+}
+
+#[test]
+fn a_device_cannot_write_another_devices_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let outbox = outbox_with(dir.path(), 10);
+    // dev-2's token, dev-1's records.
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&collector.url(), "secret-2"), DEVICE).unwrap();
+    let error = sync(&uploader).unwrap_err();
+    assert!(matches!(error, SyncError::Status { status: 403, .. }), "{error}");
+    assert!(error.to_string().contains("dev-2"), "{error}");
+    assert_eq!(count(&collector, DEVICE, TOKEN), 0);
+    assert_eq!(outbox.pending().0, 10, "a refusal that may pass keeps the records");
+    // Reading another device's results is refused too; an unknown token is 401.
+    assert_eq!(get(&format!("{}/v1/devices/{DEVICE}/count", collector.url()), "secret-2").0, 403);
+    assert_eq!(get(&format!("{}/v1/devices/{DEVICE}/count", collector.url()), "nope").0, 401);
+}
+
+#[test]
+fn the_collector_dedupes_by_record_id_when_a_batch_is_re_formed() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let post = |key: &str, seqs: std::ops::Range<u64>| {
+        let records: Vec<serde_json::Value> =
+            seqs.map(|s| serde_json::from_slice(&doc(DEVICE, s).body).unwrap()).collect();
+        let body = serde_json::json!({ "device": DEVICE, "key": key, "records": records }).to_string();
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/batches", collector.url()))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", key)
+            .header("Content-Encoding", "zstd")
+            .body(zstd::encode_all(body.as_bytes(), 3).unwrap())
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        serde_json::from_str::<serde_json::Value>(&response.text().unwrap()).unwrap()
+    };
+    assert_eq!(post("k1", 0..10), serde_json::json!({ "stored": 10, "duplicates": 0, "replayed": false }));
+    assert_eq!(post("k1", 0..10)["replayed"], true);
+    assert_eq!(post("k2", 5..15), serde_json::json!({ "stored": 5, "duplicates": 5, "replayed": false }));
+    assert_all_once(&collector, 15);
+    let (_, page) = get(&format!("{}/v1/devices/{DEVICE}/results?after=9&limit=3", collector.url()), TOKEN);
+    let seqs: Vec<u64> = page["results"].as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [10, 11, 12]);
+}
+
+#[test]
+fn a_batch_refused_for_good_is_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let outbox = Arc::new(Outbox::open_in(&dir.path().join("device"), OutboxConfig::default()).unwrap());
+    // An id that does not match its fields: the collector answers 400.
+    let bad = serde_json::json!({ "id": "dev-1/p/7", "device": DEVICE, "pipeline": "p", "seq": 8 });
+    outbox.append(vec![NewRecord { id: "dev-1/p/7".into(), body: bad.to_string().into_bytes() }]).unwrap();
+    let uploader = Uploader::new(outbox.clone(), &sync_config(&collector.url(), TOKEN), DEVICE).unwrap();
+    let report = sync(&uploader).unwrap();
+    assert_eq!(report.rejected, 1);
+    let status = outbox.status().unwrap();
+    assert_eq!(status.counters[counter::REJECTED_UPSTREAM], 1);
+    assert!(status.last_error.unwrap().contains("is not `dev-1/p/8`"));
+    // The queue goes on.
+    outbox.append(vec![doc(DEVICE, 0)]).unwrap();
+    sync(&uploader).unwrap();
+    assert_all_once(&collector, 1);
+}
+
+#[test]
+fn backoff_doubles_up_to_its_cap_with_jitter() {
+    for failures in 1..40 {
+        let expected = (100u64 << (failures - 1).min(20)).min(5_000);
+        let d = backoff(100, 5_000, failures).as_millis() as u64;
+        assert!((expected / 2..=expected).contains(&d), "failure {failures}: {d} ms, expected {}..={expected}", expected / 2);
+    }
+    let samples: std::collections::BTreeSet<u128> = (0..50).map(|_| backoff(1000, 1000, 5).as_millis()).collect();
+    assert!(samples.len() > 5, "jitter spreads retries: {samples:?}");
+}
