@@ -47,12 +47,18 @@ impl FaultProxy {
             forwarded: Arc::new(AtomicUsize::new(0)),
             seen: Arc::new(AtomicUsize::new(0)),
         };
-        let (f, stop, forwarded, seen) = (proxy.fault.clone(), proxy.stop.clone(), proxy.forwarded.clone(), proxy.seen.clone());
+        let (f, stop, forwarded, seen) = (
+            proxy.fault.clone(),
+            proxy.stop.clone(),
+            proxy.forwarded.clone(),
+            proxy.seen.clone(),
+        );
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let (f, stop, forwarded, seen) = (f.clone(), stop.clone(), forwarded.clone(), seen.clone());
+                        let (f, stop, forwarded, seen) =
+                            (f.clone(), stop.clone(), forwarded.clone(), seen.clone());
                         std::thread::spawn(move || {
                             let _ = serve(client, upstream, &f, &stop, &forwarded, &seen);
                         });

@@ -7,13 +7,20 @@ use sluice::outbox::{NewInput, NewRecord, Outbox, counter};
 use std::time::Instant;
 
 fn config(max_bytes: u64, when_full: FullPolicy) -> OutboxConfig {
-    OutboxConfig { max_bytes, max_age_secs: 0, when_full }
+    OutboxConfig {
+        max_bytes,
+        max_age_secs: 0,
+        when_full,
+    }
 }
 
 fn record(seq: u64, body_len: usize) -> NewRecord {
     let id = format!("dev/p/{seq}");
     let pad = "x".repeat(body_len.saturating_sub(40));
-    NewRecord { id: id.clone(), body: format!(r#"{{"id":"{id}","pad":"{pad}"}}"#).into_bytes() }
+    NewRecord {
+        id: id.clone(),
+        body: format!(r#"{{"id":"{id}","pad":"{pad}"}}"#).into_bytes(),
+    }
 }
 
 fn records(range: std::ops::Range<u64>, body_len: usize) -> Vec<NewRecord> {
@@ -53,7 +60,9 @@ fn records_go_out_in_batches_and_leave_only_when_acknowledged() {
 fn batch_byte_limit_is_respected_but_one_large_record_still_goes() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
-    outbox.append(vec![record(0, 5000), record(1, 100), record(2, 100)]).unwrap();
+    outbox
+        .append(vec![record(0, 5000), record(1, 100), record(2, 100)])
+        .unwrap();
     let first = outbox.next_batch(100, 1000).unwrap().unwrap();
     assert_eq!(first.records.len(), 1, "the oversized record goes alone");
     outbox.ack_batch(first.id).unwrap();
@@ -68,13 +77,27 @@ fn a_formed_batch_keeps_its_key_and_records_across_a_restart() {
         let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
         outbox.append(records(0..30, 80)).unwrap();
         let batch = outbox.next_batch(20, 1 << 20).unwrap().unwrap();
-        (batch.key, batch.records.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
+        (
+            batch.key,
+            batch
+                .records
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>(),
+        )
     };
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     outbox.append(records(30..40, 80)).unwrap();
     let batch = outbox.next_batch(50, 1 << 20).unwrap().unwrap();
     assert_eq!(batch.key, key);
-    assert_eq!(batch.records.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        batch
+            .records
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>(),
+        ids
+    );
 }
 
 #[test]
@@ -108,7 +131,10 @@ fn drop_oldest_stays_under_the_cap_and_counts_across_restarts() {
     let outbox = Outbox::open_in(dir.path(), config(cap, FullPolicy::DropOldest)).unwrap();
     let status = outbox.status().unwrap();
     assert!(status.pending_bytes <= cap);
-    assert_eq!(status.counters[counter::DROPPED_OLDEST] as u64 + status.pending_records, 200);
+    assert_eq!(
+        status.counters[counter::DROPPED_OLDEST] as u64 + status.pending_records,
+        200
+    );
     // The newest survived, the oldest went.
     let batch = outbox.next_batch(1000, 1 << 20).unwrap().unwrap();
     assert_eq!(batch.records.last().unwrap().0, "dev/p/199");
@@ -125,7 +151,10 @@ fn reject_new_keeps_the_old_and_counts_the_refused() {
     assert_eq!(report.stored + report.rejected_full, 100);
     let batch = outbox.next_batch(1000, 1 << 20).unwrap().unwrap();
     assert_eq!(batch.records[0].0, "dev/p/0");
-    assert_eq!(outbox.counter(counter::REJECTED_FULL).unwrap() as u64, report.rejected_full);
+    assert_eq!(
+        outbox.counter(counter::REJECTED_FULL).unwrap() as u64,
+        report.rejected_full
+    );
     // Room again after an upload.
     outbox.ack_batch(batch.id).unwrap();
     assert_eq!(outbox.append(records(100..110, 100)).unwrap().stored, 10);
@@ -139,19 +168,29 @@ fn a_record_larger_than_the_cap_is_refused_under_either_policy() {
         outbox.append(records(0..3, 100)).unwrap();
         let report = outbox.append(vec![record(9, 2_000)]).unwrap();
         assert_eq!(report.rejected_too_large, 1, "{policy:?}");
-        assert_eq!(outbox.pending().0, 3, "{policy:?}: nothing dropped for a record that can never fit");
+        assert_eq!(
+            outbox.pending().0,
+            3,
+            "{policy:?}: nothing dropped for a record that can never fit"
+        );
     }
 }
 
 #[test]
 fn records_past_their_age_expire_and_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let config = OutboxConfig { max_age_secs: 60, ..OutboxConfig::default() };
+    let config = OutboxConfig {
+        max_age_secs: 60,
+        ..OutboxConfig::default()
+    };
     let outbox = Outbox::open_in(dir.path(), config).unwrap();
     outbox.append(records(0..10, 50)).unwrap();
     outbox.next_batch(5, 1 << 20).unwrap().unwrap();
     assert_eq!(outbox.expire(sluice::outbox::now_ms()).unwrap(), 0);
-    assert_eq!(outbox.expire(sluice::outbox::now_ms() + 61_000).unwrap(), 10);
+    assert_eq!(
+        outbox.expire(sluice::outbox::now_ms() + 61_000).unwrap(),
+        10
+    );
     assert_eq!(outbox.pending(), (0, 0));
     assert!(outbox.next_batch(5, 1 << 20).unwrap().is_none());
     assert_eq!(outbox.counter(counter::EXPIRED).unwrap(), 10);
@@ -172,14 +211,32 @@ fn journal_items_become_records_in_one_transaction() {
     // Sequence numbers start at the clock (microseconds), so a fresh file
     // never reuses ids of a file moved aside.
     let now_us = sluice::outbox::now_ms() * 1000;
-    assert!((now_us - 60_000_000..=now_us).contains(&seqs[0]), "{} vs {now_us}", seqs[0]);
+    assert!(
+        (now_us - 60_000_000..=now_us).contains(&seqs[0]),
+        "{} vs {now_us}",
+        seqs[0]
+    );
     assert_eq!(outbox.journal_bytes(), 50);
 
     let items = outbox.journal_items("p", 3).unwrap();
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), seqs[..3]);
-    assert_eq!(items[1].attributes, vec![("file".to_owned(), "1.txt".to_owned())]);
-    let done: Vec<NewRecord> = items.iter().map(|i| NewRecord { id: format!("dev/p/{}", i.seq), body: b"{}".to_vec() }).collect();
-    outbox.complete(&items.iter().map(|i| i.seq).collect::<Vec<_>>(), done.clone()).unwrap();
+    assert_eq!(
+        items[1].attributes,
+        vec![("file".to_owned(), "1.txt".to_owned())]
+    );
+    let done: Vec<NewRecord> = items
+        .iter()
+        .map(|i| NewRecord {
+            id: format!("dev/p/{}", i.seq),
+            body: b"{}".to_vec(),
+        })
+        .collect();
+    outbox
+        .complete(
+            &items.iter().map(|i| i.seq).collect::<Vec<_>>(),
+            done.clone(),
+        )
+        .unwrap();
     // Processing the same items again (after a crash) adds nothing.
     let report = outbox.complete(&[], done).unwrap();
     assert_eq!(report.duplicates, 3);
@@ -196,13 +253,29 @@ fn journal_items_become_records_in_one_transaction() {
 fn a_corrupted_outbox_is_moved_aside_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.sqlite");
-    std::fs::write(&path, b"this is not a database, just some bytes that were left here".repeat(100)).unwrap();
+    std::fs::write(
+        &path,
+        b"this is not a database, just some bytes that were left here".repeat(100),
+    )
+    .unwrap();
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     let recovery = outbox.recovered().expect("damage detected");
     assert!(recovery.moved_to.exists());
-    let name = recovery.moved_to.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("outbox.sqlite.damaged-") && name.ends_with('Z'), "{name}");
-    assert!(recovery.reason.contains("not a database"), "{}", recovery.reason);
+    let name = recovery
+        .moved_to
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("outbox.sqlite.damaged-") && name.ends_with('Z'),
+        "{name}"
+    );
+    assert!(
+        recovery.reason.contains("not a database"),
+        "{}",
+        recovery.reason
+    );
     assert_eq!(outbox.append(records(0..3, 50)).unwrap().stored, 3);
 }
 
@@ -222,7 +295,12 @@ fn a_truncated_outbox_is_moved_aside_and_replaced() {
     let _ = std::fs::remove_file(dir.path().join("outbox.sqlite-wal"));
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len > 500_000, "{len}");
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
 
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     let recovery = outbox.recovered().expect("truncation detected");
@@ -241,7 +319,11 @@ fn a_foreign_sqlite_file_is_not_mistaken_for_an_outbox() {
     }
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     let recovery = outbox.recovered().expect("foreign file detected");
-    assert!(recovery.reason.contains("not a Sluice outbox"), "{}", recovery.reason);
+    assert!(
+        recovery.reason.contains("not a Sluice outbox"),
+        "{}",
+        recovery.reason
+    );
     assert!(recovery.moved_to.exists());
 }
 
@@ -287,11 +369,16 @@ fn group_commit_keeps_up_with_inference() {
     let per_batch = 1_000u64;
     let started = Instant::now();
     for start in (0..total).step_by(per_batch as usize) {
-        outbox.append(records(start..start + per_batch, 300)).unwrap();
+        outbox
+            .append(records(start..start + per_batch, 300))
+            .unwrap();
     }
     let elapsed = started.elapsed();
     let rate = total as f64 / elapsed.as_secs_f64();
-    eprintln!("outbox append: {total} records of ~300 B in batches of {per_batch}: {:.0} records/s", rate);
+    eprintln!(
+        "outbox append: {total} records of ~300 B in batches of {per_batch}: {:.0} records/s",
+        rate
+    );
     assert_eq!(outbox.pending().0, total);
     // Generous floor so a loaded CI machine passes; the target is tens of thousands per second.
     assert!(rate > 5_000.0, "{rate:.0} records/s");

@@ -5,7 +5,7 @@
 
 use sluice::error::PluginErrorCause;
 use sluice::plugin::{CacheOutcome, EngineOptions, PluginHost, PluginKind};
-use sluice::types::{Fault, ItemError, Metadata, Inferred, Tensor};
+use sluice::types::{Fault, Inferred, ItemError, Metadata, Tensor};
 use sluice_tests::*;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,9 @@ fn fault_of(result: &Result<Vec<Tensor>, ItemError>) -> &Fault {
 }
 
 fn echoed(result: &Result<Vec<Tensor>, ItemError>, expected: &str) {
-    let tensors = result.as_ref().unwrap_or_else(|e| panic!("expected an echo, got {e}"));
+    let tensors = result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("expected an echo, got {e}"));
     assert_eq!(tensors[0].name, "echo");
     assert_eq!(tensors[0].data, expected.as_bytes());
 }
@@ -43,10 +45,28 @@ fn typed_item_errors_reach_the_host_and_spare_their_neighbours() {
     ]);
     assert_eq!(results.len(), 4);
     let plugin = "misbehave".to_owned();
-    assert_eq!(results[0], Err(ItemError::InvalidInput { plugin: plugin.clone(), message: "requested invalid".into() }));
+    assert_eq!(
+        results[0],
+        Err(ItemError::InvalidInput {
+            plugin: plugin.clone(),
+            message: "requested invalid".into()
+        })
+    );
     echoed(&results[1], "hello");
-    assert_eq!(results[2], Err(ItemError::Unsupported { plugin: plugin.clone(), message: "requested unsupported".into() }));
-    assert_eq!(results[3], Err(ItemError::Internal { plugin, message: "requested internal".into() }));
+    assert_eq!(
+        results[2],
+        Err(ItemError::Unsupported {
+            plugin: plugin.clone(),
+            message: "requested unsupported".into()
+        })
+    );
+    assert_eq!(
+        results[3],
+        Err(ItemError::Internal {
+            plugin,
+            message: "requested internal".into()
+        })
+    );
 }
 
 #[test]
@@ -57,9 +77,16 @@ fn an_infinite_loop_is_stopped_at_its_deadline_and_only_its_item_fails() {
     let results = plugin.preprocess(&[text("a", "first"), text("b", "loop"), text("c", "last")]);
     // The batch call hits the deadline, then each item is retried alone:
     // two deadlines in all. A generous bound: this only proves it stops.
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     echoed(&results[0], "first");
-    assert_eq!(fault_of(&results[1]), &Fault::Deadline(Duration::from_millis(200)));
+    assert_eq!(
+        fault_of(&results[1]),
+        &Fault::Deadline(Duration::from_millis(200))
+    );
     echoed(&results[2], "last");
     // The instance was replaced: the plugin still serves.
     echoed(&plugin.preprocess(&[text("d", "again")])[0], "again");
@@ -69,9 +96,18 @@ fn an_infinite_loop_is_stopped_at_its_deadline_and_only_its_item_fails() {
 fn allocating_past_the_memory_cap_fails_that_item_with_a_memory_fault() {
     let host = host();
     let plugin = misbehave(&host, "memory_mb = 32");
-    let results = plugin.preprocess(&[text("a", "alloc:4"), text("b", "alloc:64"), text("c", "small")]);
+    let results = plugin.preprocess(&[
+        text("a", "alloc:4"),
+        text("b", "alloc:64"),
+        text("c", "small"),
+    ]);
     assert!(results[0].is_ok(), "{:?}", results[0]);
-    assert_eq!(fault_of(&results[1]), &Fault::MemoryCap { cap_bytes: 32 << 20 });
+    assert_eq!(
+        fault_of(&results[1]),
+        &Fault::MemoryCap {
+            cap_bytes: 32 << 20
+        }
+    );
     echoed(&results[2], "small");
 }
 
@@ -81,7 +117,9 @@ fn a_panic_is_reported_with_its_message_and_the_instance_is_replaced() {
     let plugin = misbehave(&host, "");
     let results = plugin.preprocess(&[text("a", "panic")]);
     match fault_of(&results[0]) {
-        Fault::Trap(message) => assert!(message.contains("misbehave: panic requested"), "{message}"),
+        Fault::Trap(message) => {
+            assert!(message.contains("misbehave: panic requested"), "{message}")
+        }
         other => panic!("expected a trap, got {other:?}"),
     }
     echoed(&plugin.preprocess(&[text("b", "fine")])[0], "fine");
@@ -96,7 +134,9 @@ fn files_outside_the_grants_cannot_be_opened() {
     for path in [secret.path().to_str().unwrap(), "/etc/passwd", "/", "."] {
         let results = plugin.preprocess(&[text("a", &format!("open:{path}"))]);
         match &results[0] {
-            Err(ItemError::Internal { message, .. }) => assert!(message.starts_with(&format!("open {path}:")), "{message}"),
+            Err(ItemError::Internal { message, .. }) => {
+                assert!(message.starts_with(&format!("open {path}:")), "{message}")
+            }
             other => panic!("opening {path} without a grant must fail, got {other:?}"),
         }
     }
@@ -107,11 +147,21 @@ fn a_granted_directory_is_readable_and_read_only_by_default() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("labels.txt"), "cat\ndog\n").unwrap();
     let host = host();
-    let body = format!("[plugins.p.grants]\ndirs = [{{ host = {:?}, guest = \"/data\" }}]\n", dir.path().display().to_string());
+    let body = format!(
+        "[plugins.p.grants]\ndirs = [{{ host = {:?}, guest = \"/data\" }}]\n",
+        dir.path().display().to_string()
+    );
     let plugin = misbehave(&host, &body);
-    let results = plugin.preprocess(&[text("a", "open:/data/labels.txt"), text("b", "open:/data/../../etc/passwd")]);
+    let results = plugin.preprocess(&[
+        text("a", "open:/data/labels.txt"),
+        text("b", "open:/data/../../etc/passwd"),
+    ]);
     assert_eq!(results[0].as_ref().unwrap()[0].data, b"cat\ndog\n");
-    assert!(matches!(&results[1], Err(ItemError::Internal { .. })), "escaping the grant must fail: {:?}", results[1]);
+    assert!(
+        matches!(&results[1], Err(ItemError::Internal { .. })),
+        "escaping the grant must fail: {:?}",
+        results[1]
+    );
 }
 
 #[test]
@@ -120,16 +170,29 @@ fn environment_variables_are_invisible_unless_granted() {
     // PATH is set for this process; the plugin must not see it.
     let plugin = misbehave(&host, "[plugins.p.grants]\nenv = { GREETING = \"hi\" }\n");
     let results = plugin.preprocess(&[text("a", "env:PATH"), text("b", "env:GREETING")]);
-    assert!(matches!(&results[0], Err(ItemError::Internal { message, .. }) if message.contains("not set")), "{:?}", results[0]);
+    assert!(
+        matches!(&results[0], Err(ItemError::Internal { message, .. }) if message.contains("not set")),
+        "{:?}",
+        results[0]
+    );
     assert_eq!(results[1].as_ref().unwrap()[0].data, b"hi");
 }
 
 #[test]
 fn init_refusing_its_config_is_one_error_naming_the_plugin() {
     let host = host();
-    let err = host.load("broken", &plugin_config("misbehave", "[plugins.p.config]\nfail_init = true\n"), PRE).unwrap_err();
+    let err = host
+        .load(
+            "broken",
+            &plugin_config("misbehave", "[plugins.p.config]\nfail_init = true\n"),
+            PRE,
+        )
+        .unwrap_err();
     assert_eq!(err.plugin, "broken");
-    assert!(matches!(&err.cause, PluginErrorCause::InitRefused(m) if m.contains("fail_init was requested")), "{err}");
+    assert!(
+        matches!(&err.cause, PluginErrorCause::InitRefused(m) if m.contains("fail_init was requested")),
+        "{err}"
+    );
     // The same host still loads healthy plugins.
     misbehave(&host, "");
 }
@@ -137,7 +200,13 @@ fn init_refusing_its_config_is_one_error_naming_the_plugin() {
 #[test]
 fn a_plugin_trapping_in_init_is_one_error_with_the_panic_message() {
     let host = host();
-    let err = host.load("crashy", &plugin_config("misbehave", "[plugins.p.config]\npanic_init = true\n"), PRE).unwrap_err();
+    let err = host
+        .load(
+            "crashy",
+            &plugin_config("misbehave", "[plugins.p.config]\npanic_init = true\n"),
+            PRE,
+        )
+        .unwrap_err();
     assert_eq!(err.plugin, "crashy");
     assert!(
         matches!(&err.cause, PluginErrorCause::InitTrapped(m) if m.contains("panic_init was requested")),
@@ -149,7 +218,13 @@ fn a_plugin_trapping_in_init_is_one_error_with_the_panic_message() {
 #[test]
 fn an_unknown_config_key_is_named_by_init() {
     let host = host();
-    let err = host.load("typo", &plugin_config("misbehave", "[plugins.p.config]\nfail_inti = true\n"), PRE).unwrap_err();
+    let err = host
+        .load(
+            "typo",
+            &plugin_config("misbehave", "[plugins.p.config]\nfail_inti = true\n"),
+            PRE,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("fail_inti"), "{err}");
 }
 
@@ -159,7 +234,10 @@ fn a_missing_file_is_refused_naming_plugin_and_path() {
     let mut config = plugin_config("misbehave", "");
     config.path = "/nonexistent/plugin.wasm".into();
     let err = host.load("ghost", &config, PRE).unwrap_err().to_string();
-    assert!(err.contains("plugin `ghost`") && err.contains("/nonexistent/plugin.wasm"), "{err}");
+    assert!(
+        err.contains("plugin `ghost`") && err.contains("/nonexistent/plugin.wasm"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -167,34 +245,63 @@ fn bytes_that_are_not_a_component_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let host = host();
     // A core module (not a component) and garbage.
-    for (file, bytes) in [("core.wasm", &b"\0asm\x01\0\0\0"[..]), ("junk.wasm", &b"not wasm at all"[..])] {
+    for (file, bytes) in [
+        ("core.wasm", &b"\0asm\x01\0\0\0"[..]),
+        ("junk.wasm", &b"not wasm at all"[..]),
+    ] {
         let path = dir.path().join(file);
         std::fs::write(&path, bytes).unwrap();
         let mut config = plugin_config("misbehave", "");
         config.path = path.display().to_string();
         let err = host.load("bad", &config, PRE).unwrap_err();
-        assert!(matches!(err.cause, PluginErrorCause::NotAComponent(_)), "{file}: {err}");
+        assert!(
+            matches!(err.cause, PluginErrorCause::NotAComponent(_)),
+            "{file}: {err}"
+        );
     }
 }
 
 #[test]
 fn a_component_of_the_wrong_world_is_refused() {
     let host = host();
-    let err = host.load("cmd", &plugin_config("not-a-plugin", ""), PRE).unwrap_err();
-    assert!(matches!(&err.cause, PluginErrorCause::WrongWorld { exports, .. } if exports.contains("wasi:cli/run")), "{err}");
+    let err = host
+        .load("cmd", &plugin_config("not-a-plugin", ""), PRE)
+        .unwrap_err();
+    assert!(
+        matches!(&err.cause, PluginErrorCause::WrongWorld { exports, .. } if exports.contains("wasi:cli/run")),
+        "{err}"
+    );
     // A preprocessor is not a postprocessor either.
-    let err = host.load("pre", &plugin_config("misbehave", ""), PluginKind::Postprocessor).unwrap_err();
-    assert!(matches!(err.cause, PluginErrorCause::WrongWorld { .. }), "{err}");
+    let err = host
+        .load(
+            "pre",
+            &plugin_config("misbehave", ""),
+            PluginKind::Postprocessor,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err.cause, PluginErrorCause::WrongWorld { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn compiled_plugins_are_cached_across_hosts() {
     let cache = tempfile::tempdir().unwrap();
-    let options = EngineOptions { cache_dir: Some(cache.path().to_owned()), ..EngineOptions::default() };
+    let options = EngineOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..EngineOptions::default()
+    };
     let config = plugin_config("misbehave", "");
-    let first = PluginHost::new(&options).unwrap().load("m", &config, PRE).unwrap();
+    let first = PluginHost::new(&options)
+        .unwrap()
+        .load("m", &config, PRE)
+        .unwrap();
     assert_eq!(first.cache_outcome(), CacheOutcome::Compiled);
-    let second = PluginHost::new(&options).unwrap().load("m", &config, PRE).unwrap();
+    let second = PluginHost::new(&options)
+        .unwrap()
+        .load("m", &config, PRE)
+        .unwrap();
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
     echoed(&second.preprocess(&[text("a", "cached")])[0], "cached");
 
@@ -202,29 +309,56 @@ fn compiled_plugins_are_cached_across_hosts() {
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"truncated").unwrap();
     }
-    let third = PluginHost::new(&options).unwrap().load("m", &config, PRE).unwrap();
+    let third = PluginHost::new(&options)
+        .unwrap()
+        .load("m", &config, PRE)
+        .unwrap();
     assert_eq!(third.cache_outcome(), CacheOutcome::Compiled);
 }
 
 #[test]
 fn pooling_and_on_demand_allocation_behave_the_same() {
     for pooling in [sluice::config::Pooling::On, sluice::config::Pooling::Off] {
-        let host = PluginHost::new(&EngineOptions { pooling, ..EngineOptions::default() }).unwrap();
-        assert_eq!(host.engine().is_pooling(), pooling == sluice::config::Pooling::On);
+        let host = PluginHost::new(&EngineOptions {
+            pooling,
+            ..EngineOptions::default()
+        })
+        .unwrap();
+        assert_eq!(
+            host.engine().is_pooling(),
+            pooling == sluice::config::Pooling::On
+        );
         let plugin = misbehave(&host, "memory_mb = 32");
         let results = plugin.preprocess(&[text("a", "x"), text("b", "alloc:64")]);
         echoed(&results[0], "x");
-        assert_eq!(fault_of(&results[1]), &Fault::MemoryCap { cap_bytes: 32 << 20 });
+        assert_eq!(
+            fault_of(&results[1]),
+            &Fault::MemoryCap {
+                cap_bytes: 32 << 20
+            }
+        );
     }
 }
 
 #[test]
 fn postprocessors_receive_metadata_and_tensors() {
     let host = host();
-    let plugin = load(&host, "echo-post", "echo-postprocess", PluginKind::Postprocessor, "");
+    let plugin = load(
+        &host,
+        "echo-post",
+        "echo-postprocess",
+        PluginKind::Postprocessor,
+        "",
+    );
     let tensor = Tensor::from_f32("scores", vec![1, 3], &[0.1, 0.2, 0.7]);
-    let ok = Inferred { meta: Metadata::new("item-1", "image/png"), tensors: vec![tensor.clone()] };
-    let bad = Inferred { meta: Metadata::new("item-2", "image/png").with_attribute("fail", "1"), tensors: vec![tensor] };
+    let ok = Inferred {
+        meta: Metadata::new("item-1", "image/png"),
+        tensors: vec![tensor.clone()],
+    };
+    let bad = Inferred {
+        meta: Metadata::new("item-2", "image/png").with_attribute("fail", "1"),
+        tensors: vec![tensor],
+    };
     let results = plugin.postprocess(&[ok, bad]);
     let doc = results[0].as_ref().unwrap();
     assert_eq!(doc.content_type, "application/json");
@@ -232,5 +366,7 @@ fn postprocessors_receive_metadata_and_tensors() {
     assert_eq!(json["id"], "item-1");
     assert_eq!(json["tensors"][0]["name"], "scores");
     assert_eq!(json["tensors"][0]["shape"], serde_json::json!([1, 3]));
-    assert!(matches!(&results[1], Err(ItemError::InvalidInput { message, .. }) if message == "requested failure"));
+    assert!(
+        matches!(&results[1], Err(ItemError::InvalidInput { message, .. }) if message == "requested failure")
+    );
 }

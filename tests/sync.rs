@@ -27,7 +27,12 @@ fn tokens() -> Tokens {
 }
 
 fn collector(dir: &std::path::Path) -> Collector {
-    Collector::start(TcpListener::bind("127.0.0.1:0").unwrap(), &dir.join("collector.sqlite"), tokens()).unwrap()
+    Collector::start(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        &dir.join("collector.sqlite"),
+        tokens(),
+    )
+    .unwrap()
 }
 
 fn sync_config(url: &str, token: &str) -> SyncConfig {
@@ -45,32 +50,59 @@ fn sync_config(url: &str, token: &str) -> SyncConfig {
 fn doc(device: &str, seq: u64) -> NewRecord {
     let id = format!("{device}/p/{seq}");
     let body = serde_json::json!({ "id": id, "device": device, "pipeline": "p", "seq": seq, "result": { "label": seq % 10 } });
-    NewRecord { id, body: body.to_string().into_bytes() }
+    NewRecord {
+        id,
+        body: body.to_string().into_bytes(),
+    }
 }
 
 fn outbox_with(dir: &std::path::Path, n: u64) -> Arc<Outbox> {
     let outbox = Outbox::open_in(&dir.join("device"), OutboxConfig::default()).unwrap();
-    outbox.append((0..n).map(|s| doc(DEVICE, s)).collect()).unwrap();
+    outbox
+        .append((0..n).map(|s| doc(DEVICE, s)).collect())
+        .unwrap();
     Arc::new(outbox)
 }
 
 fn get(url: &str, token: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::blocking::Client::new().get(url).bearer_auth(token).timeout(Duration::from_secs(5)).send().unwrap();
+    let response = reqwest::blocking::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .unwrap();
     let status = response.status().as_u16();
-    (status, serde_json::from_str(&response.text().unwrap()).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&response.text().unwrap()).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 fn count(collector: &Collector, device: &str, token: &str) -> u64 {
-    let (status, body) = get(&format!("{}/v1/devices/{device}/count", collector.url()), token);
+    let (status, body) = get(
+        &format!("{}/v1/devices/{device}/count", collector.url()),
+        token,
+    );
     assert_eq!(status, 200, "{body}");
     body["count"].as_u64().unwrap()
 }
 
 /// Every seq of `0..n` stored exactly once, in order.
 fn assert_all_once(collector: &Collector, n: u64) {
-    let (status, body) = get(&format!("{}/v1/devices/{DEVICE}/results?limit=10000", collector.url()), TOKEN);
+    let (status, body) = get(
+        &format!(
+            "{}/v1/devices/{DEVICE}/results?limit=10000",
+            collector.url()
+        ),
+        TOKEN,
+    );
     assert_eq!(status, 200);
-    let seqs: Vec<u64> = body["results"].as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (0..n).collect::<Vec<_>>());
 }
 
@@ -83,7 +115,12 @@ fn everything_arrives_once_and_leaves_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
     let outbox = outbox_with(dir.path(), 250);
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&collector.url(), TOKEN), DEVICE).unwrap();
+    let uploader = Uploader::new(
+        outbox.clone(),
+        &sync_config(&collector.url(), TOKEN),
+        DEVICE,
+    )
+    .unwrap();
     let report = sync(&uploader).unwrap();
     assert_eq!((report.batches, report.records), (7, 250));
     assert_eq!(outbox.pending(), (0, 0));
@@ -98,19 +135,39 @@ fn everything_arrives_once_and_leaves_the_outbox() {
 fn collector_down_then_up_delivers_everything_once() {
     let dir = tempfile::tempdir().unwrap();
     // A port nobody listens on: connection refused.
-    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let outbox = outbox_with(dir.path(), 100);
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&format!("http://{addr}"), TOKEN), DEVICE).unwrap();
+    let uploader = Uploader::new(
+        outbox.clone(),
+        &sync_config(&format!("http://{addr}"), TOKEN),
+        DEVICE,
+    )
+    .unwrap();
     for _ in 0..3 {
         let error = sync(&uploader).unwrap_err();
         assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
     }
     assert_eq!(outbox.pending().0, 100);
     let status = outbox.status().unwrap();
-    assert!(status.last_error.as_deref().unwrap().contains("unreachable"), "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("unreachable"),
+        "{status:?}"
+    );
 
     // The collector comes up on that address.
-    let collector = Collector::start(TcpListener::bind(addr).unwrap(), &dir.path().join("collector.sqlite"), tokens()).unwrap();
+    let collector = Collector::start(
+        TcpListener::bind(addr).unwrap(),
+        &dir.path().join("collector.sqlite"),
+        tokens(),
+    )
+    .unwrap();
     sync(&uploader).unwrap();
     assert_eq!(outbox.pending().0, 0);
     assert_all_once(&collector, 100);
@@ -122,9 +179,13 @@ fn a_500_is_retried_without_loss_or_duplicates() {
     let collector = collector(dir.path());
     let proxy = FaultProxy::start(collector.addr(), Fault::Status500);
     let outbox = outbox_with(dir.path(), 100);
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader =
+        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
     let error = sync(&uploader).unwrap_err();
-    assert!(matches!(error, SyncError::Status { status: 500, .. }), "{error}");
+    assert!(
+        matches!(error, SyncError::Status { status: 500, .. }),
+        "{error}"
+    );
     assert_eq!(outbox.pending().0, 100);
     proxy.set(Fault::Pass);
     sync(&uploader).unwrap();
@@ -138,10 +199,14 @@ fn a_hanging_collector_times_out_and_is_retried() {
     let collector = collector(dir.path());
     let proxy = FaultProxy::start(collector.addr(), Fault::Hang);
     let outbox = outbox_with(dir.path(), 60);
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader =
+        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
     let started = std::time::Instant::now();
     let error = sync(&uploader).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "the request deadline applies");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the request deadline applies"
+    );
     assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
     assert_eq!(outbox.pending().0, 60);
     proxy.set(Fault::Pass);
@@ -155,7 +220,8 @@ fn an_answer_cut_short_after_the_collector_stored_is_not_stored_twice() {
     let collector = collector(dir.path());
     let proxy = FaultProxy::start(collector.addr(), Fault::CutAnswer);
     let outbox = outbox_with(dir.path(), 100);
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader =
+        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
     let error = sync(&uploader).unwrap_err();
     assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
     // The collector has the first batch; the device does not know it.
@@ -174,16 +240,21 @@ fn a_retried_batch_survives_a_device_restart_with_the_same_key() {
     let proxy = FaultProxy::start(collector.addr(), Fault::CutAnswer);
     {
         let outbox = outbox_with(dir.path(), 30);
-        let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+        let uploader =
+            Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
         sync(&uploader).unwrap_err();
         assert_eq!(count(&collector, DEVICE, TOKEN), 30);
     }
     // "Restart": a new outbox handle and uploader on the same file; new
     // results arrived meanwhile.
-    let outbox = Arc::new(Outbox::open_in(&dir.path().join("device"), OutboxConfig::default()).unwrap());
-    outbox.append((30..50).map(|s| doc(DEVICE, s)).collect()).unwrap();
+    let outbox =
+        Arc::new(Outbox::open_in(&dir.path().join("device"), OutboxConfig::default()).unwrap());
+    outbox
+        .append((30..50).map(|s| doc(DEVICE, s)).collect())
+        .unwrap();
     proxy.set(Fault::Pass);
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader =
+        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
     sync(&uploader).unwrap();
     assert_all_once(&collector, 50);
     assert_eq!(outbox.counter(counter::UPLOADED).unwrap(), 50);
@@ -195,15 +266,41 @@ fn a_device_cannot_write_another_devices_results() {
     let collector = collector(dir.path());
     let outbox = outbox_with(dir.path(), 10);
     // dev-2's token, dev-1's records.
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&collector.url(), "secret-2"), DEVICE).unwrap();
+    let uploader = Uploader::new(
+        outbox.clone(),
+        &sync_config(&collector.url(), "secret-2"),
+        DEVICE,
+    )
+    .unwrap();
     let error = sync(&uploader).unwrap_err();
-    assert!(matches!(error, SyncError::Status { status: 403, .. }), "{error}");
+    assert!(
+        matches!(error, SyncError::Status { status: 403, .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("dev-2"), "{error}");
     assert_eq!(count(&collector, DEVICE, TOKEN), 0);
-    assert_eq!(outbox.pending().0, 10, "a refusal that may pass keeps the records");
+    assert_eq!(
+        outbox.pending().0,
+        10,
+        "a refusal that may pass keeps the records"
+    );
     // Reading another device's results is refused too; an unknown token is 401.
-    assert_eq!(get(&format!("{}/v1/devices/{DEVICE}/count", collector.url()), "secret-2").0, 403);
-    assert_eq!(get(&format!("{}/v1/devices/{DEVICE}/count", collector.url()), "nope").0, 401);
+    assert_eq!(
+        get(
+            &format!("{}/v1/devices/{DEVICE}/count", collector.url()),
+            "secret-2"
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        get(
+            &format!("{}/v1/devices/{DEVICE}/count", collector.url()),
+            "nope"
+        )
+        .0,
+        401
+    );
 }
 
 #[test]
@@ -211,9 +308,11 @@ fn the_collector_dedupes_by_record_id_when_a_batch_is_re_formed() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
     let post = |key: &str, seqs: std::ops::Range<u64>| {
-        let records: Vec<serde_json::Value> =
-            seqs.map(|s| serde_json::from_slice(&doc(DEVICE, s).body).unwrap()).collect();
-        let body = serde_json::json!({ "device": DEVICE, "key": key, "records": records }).to_string();
+        let records: Vec<serde_json::Value> = seqs
+            .map(|s| serde_json::from_slice(&doc(DEVICE, s).body).unwrap())
+            .collect();
+        let body =
+            serde_json::json!({ "device": DEVICE, "key": key, "records": records }).to_string();
         let response = reqwest::blocking::Client::new()
             .post(format!("{}/v1/batches", collector.url()))
             .bearer_auth(TOKEN)
@@ -225,12 +324,29 @@ fn the_collector_dedupes_by_record_id_when_a_batch_is_re_formed() {
         assert_eq!(response.status().as_u16(), 200);
         serde_json::from_str::<serde_json::Value>(&response.text().unwrap()).unwrap()
     };
-    assert_eq!(post("k1", 0..10), serde_json::json!({ "stored": 10, "duplicates": 0, "replayed": false }));
+    assert_eq!(
+        post("k1", 0..10),
+        serde_json::json!({ "stored": 10, "duplicates": 0, "replayed": false })
+    );
     assert_eq!(post("k1", 0..10)["replayed"], true);
-    assert_eq!(post("k2", 5..15), serde_json::json!({ "stored": 5, "duplicates": 5, "replayed": false }));
+    assert_eq!(
+        post("k2", 5..15),
+        serde_json::json!({ "stored": 5, "duplicates": 5, "replayed": false })
+    );
     assert_all_once(&collector, 15);
-    let (_, page) = get(&format!("{}/v1/devices/{DEVICE}/results?after=9&limit=3", collector.url()), TOKEN);
-    let seqs: Vec<u64> = page["results"].as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let (_, page) = get(
+        &format!(
+            "{}/v1/devices/{DEVICE}/results?after=9&limit=3",
+            collector.url()
+        ),
+        TOKEN,
+    );
+    let seqs: Vec<u64> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [10, 11, 12]);
 }
 
@@ -238,11 +354,22 @@ fn the_collector_dedupes_by_record_id_when_a_batch_is_re_formed() {
 fn a_batch_refused_for_good_is_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
-    let outbox = Arc::new(Outbox::open_in(&dir.path().join("device"), OutboxConfig::default()).unwrap());
+    let outbox =
+        Arc::new(Outbox::open_in(&dir.path().join("device"), OutboxConfig::default()).unwrap());
     // An id that does not match its fields: the collector answers 400.
     let bad = serde_json::json!({ "id": "dev-1/p/7", "device": DEVICE, "pipeline": "p", "seq": 8 });
-    outbox.append(vec![NewRecord { id: "dev-1/p/7".into(), body: bad.to_string().into_bytes() }]).unwrap();
-    let uploader = Uploader::new(outbox.clone(), &sync_config(&collector.url(), TOKEN), DEVICE).unwrap();
+    outbox
+        .append(vec![NewRecord {
+            id: "dev-1/p/7".into(),
+            body: bad.to_string().into_bytes(),
+        }])
+        .unwrap();
+    let uploader = Uploader::new(
+        outbox.clone(),
+        &sync_config(&collector.url(), TOKEN),
+        DEVICE,
+    )
+    .unwrap();
     let report = sync(&uploader).unwrap();
     assert_eq!(report.rejected, 1);
     let status = outbox.status().unwrap();
@@ -259,8 +386,14 @@ fn backoff_doubles_up_to_its_cap_with_jitter() {
     for failures in 1..40 {
         let expected = (100u64 << (failures - 1).min(20)).min(5_000);
         let d = backoff(100, 5_000, failures).as_millis() as u64;
-        assert!((expected / 2..=expected).contains(&d), "failure {failures}: {d} ms, expected {}..={expected}", expected / 2);
+        assert!(
+            (expected / 2..=expected).contains(&d),
+            "failure {failures}: {d} ms, expected {}..={expected}",
+            expected / 2
+        );
     }
-    let samples: std::collections::BTreeSet<u128> = (0..50).map(|_| backoff(1000, 1000, 5).as_millis()).collect();
+    let samples: std::collections::BTreeSet<u128> = (0..50)
+        .map(|_| backoff(1000, 1000, 5).as_millis())
+        .collect();
     assert!(samples.len() > 5, "jitter spreads retries: {samples:?}");
 }

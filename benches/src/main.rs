@@ -58,7 +58,11 @@ enum Command {
 fn main() -> Result<()> {
     let report = match Cli::parse().command {
         Command::Engine { peer_dir } => engine(&peer_dir)?,
-        Command::Pipeline { job, repeat, execution } => pipeline(&job, repeat, &execution)?,
+        Command::Pipeline {
+            job,
+            repeat,
+            execution,
+        } => pipeline(&job, repeat, &execution)?,
         Command::Overheads { mobilenet } => overheads(mobilenet.as_deref())?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -66,7 +70,10 @@ fn main() -> Result<()> {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Peak resident set size of this process so far, in MiB.
@@ -94,31 +101,56 @@ fn time_per_run(budget: Duration, mut f: impl FnMut()) -> f64 {
 
 fn load_model(path: &Path, shapes: &InputShapes) -> Result<Arc<dyn Model>> {
     let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-    Ok(TractBackend.load(&name, &std::fs::read(path).with_context(|| path.display().to_string())?, shapes)?)
+    Ok(TractBackend.load(
+        &name,
+        &std::fs::read(path).with_context(|| path.display().to_string())?,
+        shapes,
+    )?)
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect())
 }
 
 /// tract vs onnxruntime on identical inputs.
 fn engine(peer_dir: &Path) -> Result<Value> {
     let index: Value = serde_json::from_slice(&std::fs::read(peer_dir.join("index.json"))?)?;
     let mut rows = Vec::new();
-    for case in index["cases"].as_array().context("index.json has no `cases`")? {
+    for case in index["cases"]
+        .as_array()
+        .context("index.json has no `cases`")?
+    {
         let model_path = repo_root().join(case["path"].as_str().context("case.path")?);
         let batch = case["batch"].as_u64().context("case.batch")? as usize;
         let shape: Vec<usize> = serde_json::from_value(case["input_shape"].clone())?;
-        let shapes = InputShapes::from([(case["input_name"].as_str().unwrap().to_owned(), shape[1..].to_vec())]);
+        let shapes = InputShapes::from([(
+            case["input_name"].as_str().unwrap().to_owned(),
+            shape[1..].to_vec(),
+        )]);
         let model = load_model(&model_path, &shapes)?;
-        let input = Tensor::from_f32(case["input_name"].as_str().unwrap(), shape.clone(), &read_f32(&peer_dir.join(case["inputs_file"].as_str().unwrap()))?);
+        let input = Tensor::from_f32(
+            case["input_name"].as_str().unwrap(),
+            shape.clone(),
+            &read_f32(&peer_dir.join(case["inputs_file"].as_str().unwrap()))?,
+        );
         let expected = read_f32(&peer_dir.join(case["outputs_file"].as_str().unwrap()))?;
         let plan = model.plan(batch)?;
         let outputs = plan.run(vec![input.clone()])?;
         let got = outputs[0].f32_values().context("f32 output")?;
-        let max_abs_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        anyhow::ensure!(got.len() == expected.len(), "{}: output sizes differ", model_path.display());
+        let max_abs_diff = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        anyhow::ensure!(
+            got.len() == expected.len(),
+            "{}: output sizes differ",
+            model_path.display()
+        );
         // One thread: one plan. Two threads: the batch split in two halves
         // run in parallel (tract has no intra-op threads in this build).
         let one = time_per_run(Duration::from_millis(1500), || {
@@ -155,27 +187,55 @@ fn split_batch(t: &Tensor, parts: usize) -> Vec<Tensor> {
         .map(|i| {
             let mut shape = t.shape.clone();
             shape[0] /= parts;
-            Tensor { name: t.name.clone(), dtype: t.dtype, shape, data: t.data[i * len..(i + 1) * len].to_vec() }
+            Tensor {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape,
+                data: t.data[i * len..(i + 1) * len].to_vec(),
+            }
         })
         .collect()
 }
 
 /// The inputs of a job, as the ingest stage would make them.
 fn job_items(job: &str) -> Result<Vec<RawItem>> {
-    let item = |id: String, content_type: &str, data: Vec<u8>| RawItem { meta: sluice::types::Metadata::new(id, content_type), data };
+    let item = |id: String, content_type: &str, data: Vec<u8>| RawItem {
+        meta: sluice::types::Metadata::new(id, content_type),
+        data,
+    };
     match job {
         "digits" => {
             let dir = repo_root().join("models/digits/heldout");
-            let mut files: Vec<PathBuf> =
-                std::fs::read_dir(&dir)?.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "png"))
+                .collect();
             files.sort();
-            files.iter().map(|f| Ok(item(f.display().to_string(), "image/png", std::fs::read(f)?))).collect()
+            files
+                .iter()
+                .map(|f| {
+                    Ok(item(
+                        f.display().to_string(),
+                        "image/png",
+                        std::fs::read(f)?,
+                    ))
+                })
+                .collect()
         }
         "anomaly" => {
             let text = std::fs::read_to_string(repo_root().join("models/anomaly/heldout.csv"))?;
             let mut lines = text.lines();
             let header = lines.next().unwrap();
-            Ok(lines.enumerate().map(|(i, row)| item(format!("row-{i}"), "text/csv", format!("{header}\n{row}\n").into_bytes())).collect())
+            Ok(lines
+                .enumerate()
+                .map(|(i, row)| {
+                    item(
+                        format!("row-{i}"),
+                        "text/csv",
+                        format!("{header}\n{row}\n").into_bytes(),
+                    )
+                })
+                .collect())
         }
         other => anyhow::bail!("unknown job `{other}` (digits | anomaly)"),
     }
@@ -222,8 +282,13 @@ fn pipeline(job: &str, repeat: usize, execution: &str) -> Result<Value> {
 
 /// The digits preprocessing, natively: what the wasm plugin does.
 fn native_digits_preprocess(png: &[u8]) -> Tensor {
-    let image = image::load_from_memory_with_format(png, image::ImageFormat::Png).unwrap().to_luma8();
-    let values: Vec<f32> = image.pixels().map(|p| p.0[0] as f32 * (1.0 / 240.0)).collect();
+    let image = image::load_from_memory_with_format(png, image::ImageFormat::Png)
+        .unwrap()
+        .to_luma8();
+    let values: Vec<f32> = image
+        .pixels()
+        .map(|p| p.0[0] as f32 * (1.0 / 240.0))
+        .collect();
     Tensor::from_f32("input", vec![1, 64], &values)
 }
 
@@ -232,7 +297,10 @@ fn native_classify(t: &Tensor, labels: &[String]) -> Vec<u8> {
     let scores = t.f32_values().unwrap();
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let top: Vec<Value> = order[..3].iter().map(|&i| json!({"label": labels[i], "index": i, "score": scores[i]})).collect();
+    let top: Vec<Value> = order[..3]
+        .iter()
+        .map(|&i| json!({"label": labels[i], "index": i, "score": scores[i]}))
+        .collect();
     serde_json::to_vec(&json!({"label": labels[order[0]], "index": order[0], "score": scores[order[0]], "top": top})).unwrap()
 }
 
@@ -244,24 +312,56 @@ fn overheads(mobilenet: Option<&Path>) -> Result<Value> {
     let n = items.len() as f64;
 
     // Plugin boundary: wasm plugins vs the same logic in native Rust.
-    let tensors: Vec<Vec<Tensor>> = items.iter().map(|i| vec![native_digits_preprocess(&i.data)]).collect();
+    let tensors: Vec<Vec<Tensor>> = items
+        .iter()
+        .map(|i| vec![native_digits_preprocess(&i.data)])
+        .collect();
     let outputs: Vec<sluice::types::Inferred> = pipeline
         .scheduler
         .infer_many(tensors.clone())
         .into_iter()
         .zip(&items)
-        .map(|(o, i)| sluice::types::Inferred { meta: i.meta.clone(), tensors: o.unwrap() })
+        .map(|(o, i)| sluice::types::Inferred {
+            meta: i.meta.clone(),
+            tensors: o.unwrap(),
+        })
         .collect();
     let labels: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     let budget = Duration::from_millis(1000);
-    let wasm_pre = time_per_run(budget, || batches.iter().for_each(|b| drop(pipeline.preprocess.preprocess(b))));
-    let native_pre = time_per_run(budget, || items.iter().for_each(|i| drop(native_digits_preprocess(&i.data))));
-    let wasm_post = time_per_run(budget, || outputs.chunks(32).for_each(|b| drop(pipeline.postprocess.postprocess(b))));
-    let native_post = time_per_run(budget, || outputs.iter().for_each(|o| drop(native_classify(&o.tensors[0], &labels))));
+    let wasm_pre = time_per_run(budget, || {
+        batches
+            .iter()
+            .for_each(|b| drop(pipeline.preprocess.preprocess(b)))
+    });
+    let native_pre = time_per_run(budget, || {
+        items
+            .iter()
+            .for_each(|i| drop(native_digits_preprocess(&i.data)))
+    });
+    let wasm_post = time_per_run(budget, || {
+        outputs
+            .chunks(32)
+            .for_each(|b| drop(pipeline.postprocess.postprocess(b)))
+    });
+    let native_post = time_per_run(budget, || {
+        outputs
+            .iter()
+            .for_each(|o| drop(native_classify(&o.tensors[0], &labels)))
+    });
 
     // Scheduler vs tract directly, on the same batches of 32.
-    let mut models = vec![("digits MLP".to_owned(), repo_root().join("models/digits/digits_mlp.onnx"), InputShapes::new(), 32usize)];
-    models.push(("anomaly autoencoder".into(), repo_root().join("models/anomaly/autoencoder.onnx"), InputShapes::new(), 32));
+    let mut models = vec![(
+        "digits MLP".to_owned(),
+        repo_root().join("models/digits/digits_mlp.onnx"),
+        InputShapes::new(),
+        32usize,
+    )];
+    models.push((
+        "anomaly autoencoder".into(),
+        repo_root().join("models/anomaly/autoencoder.onnx"),
+        InputShapes::new(),
+        32,
+    ));
     models.push((
         "text direction".into(),
         repo_root().join("models/text-direction/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
@@ -281,7 +381,13 @@ fn overheads(mobilenet: Option<&Path>) -> Result<Value> {
         let plan = model.plan(*batch)?;
         let scheduler = Scheduler::start(
             model.clone(),
-            BatchConfig { max_batch_size: *batch, max_queue_delay_ms: 0, execution: ExecutionMode::Stacked, threads: 1, ..BatchConfig::default() },
+            BatchConfig {
+                max_batch_size: *batch,
+                max_queue_delay_ms: 0,
+                execution: ExecutionMode::Stacked,
+                threads: 1,
+                ..BatchConfig::default()
+            },
         )?;
         let budget = Duration::from_millis(if *batch > 8 { 800 } else { 1500 });
         let mut raw = 0.0;
@@ -303,8 +409,17 @@ fn overheads(mobilenet: Option<&Path>) -> Result<Value> {
         // Batching: the adaptive choice vs always stacked vs always one by one.
         let many: Vec<Vec<Tensor>> = (0..*batch * 4).map(|_| example.clone()).collect();
         let mut row = json!({ "model": name, "max_batch": batch, "items": many.len() });
-        for mode in [ExecutionMode::Auto, ExecutionMode::Stacked, ExecutionMode::Single] {
-            let config = BatchConfig { max_batch_size: *batch, max_queue_delay_ms: 0, execution: mode, ..BatchConfig::default() };
+        for mode in [
+            ExecutionMode::Auto,
+            ExecutionMode::Stacked,
+            ExecutionMode::Single,
+        ] {
+            let config = BatchConfig {
+                max_batch_size: *batch,
+                max_queue_delay_ms: 0,
+                execution: mode,
+                ..BatchConfig::default()
+            };
             let scheduler = Scheduler::start(model.clone(), config)?;
             let seconds = time_per_run(budget, || drop(scheduler.infer_many(many.clone())));
             let key = format!("{mode:?}").to_lowercase();
@@ -334,10 +449,17 @@ fn example_item(model: &dyn Model) -> Vec<Tensor> {
         .inputs()
         .iter()
         .map(|spec| {
-            let shape: Vec<usize> = spec.shape.iter().enumerate().map(|(axis, d)| if axis == 0 { 1 } else { d.unwrap_or(1) }).collect();
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, d)| if axis == 0 { 1 } else { d.unwrap_or(1) })
+                .collect();
             let count: usize = shape.iter().product();
             // Deterministic, non-trivial values.
-            let values: Vec<f32> = (0..count).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+            let values: Vec<f32> = (0..count)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+                .collect();
             Tensor::from_f32(spec.name.clone(), shape, &values)
         })
         .collect()
@@ -349,7 +471,12 @@ fn stack(items: &[Vec<Tensor>]) -> Vec<Tensor> {
             let first = &items[0][input];
             let mut shape = first.shape.clone();
             shape[0] = items.len();
-            Tensor { name: first.name.clone(), dtype: first.dtype, shape, data: items.iter().flat_map(|i| i[input].data.clone()).collect() }
+            Tensor {
+                name: first.name.clone(),
+                dtype: first.dtype,
+                shape,
+                data: items.iter().flat_map(|i| i[input].data.clone()).collect(),
+            }
         })
         .collect()
 }

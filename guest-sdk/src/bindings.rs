@@ -30,7 +30,7 @@ pub mod postprocessor {
     });
 }
 
-pub use preprocessor::exports::sluice::plugin::preprocess;
 pub use postprocessor::exports::sluice::plugin::postprocess;
+pub use preprocessor::exports::sluice::plugin::preprocess;
 pub use preprocessor::sluice::plugin::{log as host_log, types};
 pub use preprocessor::wasi::nn;

@@ -109,7 +109,10 @@ impl std::fmt::Display for ItemError {
 impl Metadata {
     /// The value of attribute `key`, if the ingest source set it.
     pub fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -117,7 +120,10 @@ impl Document {
     /// A JSON document.
     pub fn json(value: &impl serde::Serialize) -> Result<Self, ItemError> {
         let body = serde_json::to_vec(value).map_err(ItemError::internal)?;
-        Ok(Document { content_type: "application/json".into(), body })
+        Ok(Document {
+            content_type: "application/json".into(),
+            body,
+        })
     }
 }
 
@@ -145,7 +151,10 @@ pub trait Preprocessor: Sized + 'static {
 
     /// Turn a batch of inputs into tensors, one result per input, in order.
     fn preprocess_batch(&mut self, inputs: Vec<RawInput>) -> Vec<Result<Vec<Tensor>, ItemError>> {
-        inputs.into_iter().map(|input| self.preprocess(input)).collect()
+        inputs
+            .into_iter()
+            .map(|input| self.preprocess(input))
+            .collect()
     }
 }
 
@@ -162,8 +171,14 @@ pub trait Postprocessor: Sized + 'static {
     fn postprocess(&mut self, output: InferenceOutput) -> Result<Document, ItemError>;
 
     /// Turn a batch of outputs into documents, one result per output, in order.
-    fn postprocess_batch(&mut self, outputs: Vec<InferenceOutput>) -> Vec<Result<Document, ItemError>> {
-        outputs.into_iter().map(|output| self.postprocess(output)).collect()
+    fn postprocess_batch(
+        &mut self,
+        outputs: Vec<InferenceOutput>,
+    ) -> Vec<Result<Document, ItemError>> {
+        outputs
+            .into_iter()
+            .map(|output| self.postprocess(output))
+            .collect()
     }
 }
 
@@ -180,14 +195,22 @@ fn parse_config<C: serde::de::DeserializeOwned>(json: &str) -> Result<C, String>
 }
 
 fn with_plugin<P: 'static, R>(not_ready: R, f: impl FnOnce(&mut P) -> R) -> R {
-    PLUGIN.with(|cell| match cell.borrow_mut().as_mut().and_then(|p| p.downcast_mut::<P>()) {
-        Some(plugin) => f(plugin),
-        None => not_ready,
+    PLUGIN.with(|cell| {
+        match cell
+            .borrow_mut()
+            .as_mut()
+            .and_then(|p| p.downcast_mut::<P>())
+        {
+            Some(plugin) => f(plugin),
+            None => not_ready,
+        }
     })
 }
 
 fn not_initialized<T>(n: usize) -> Vec<Result<T, ItemError>> {
-    (0..n).map(|_| Err(ItemError::internal("plugin used before init"))).collect()
+    (0..n)
+        .map(|_| Err(ItemError::internal("plugin used before init")))
+        .collect()
 }
 
 #[doc(hidden)]
@@ -201,7 +224,9 @@ pub mod __export {
         Ok(())
     }
 
-    pub fn preprocess<P: Preprocessor>(items: Vec<RawInput>) -> Vec<Result<Vec<Tensor>, ItemError>> {
+    pub fn preprocess<P: Preprocessor>(
+        items: Vec<RawInput>,
+    ) -> Vec<Result<Vec<Tensor>, ItemError>> {
         let n = items.len();
         with_plugin(not_initialized(n), |p: &mut P| p.preprocess_batch(items))
     }
@@ -212,7 +237,9 @@ pub mod __export {
         Ok(())
     }
 
-    pub fn postprocess<P: Postprocessor>(items: Vec<InferenceOutput>) -> Vec<Result<Document, ItemError>> {
+    pub fn postprocess<P: Postprocessor>(
+        items: Vec<InferenceOutput>,
+    ) -> Vec<Result<Document, ItemError>> {
         let n = items.len();
         with_plugin(not_initialized(n), |p: &mut P| p.postprocess_batch(items))
     }

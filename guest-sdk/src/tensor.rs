@@ -42,12 +42,22 @@ impl Tensor {
     /// not hold exactly `values.len()` elements: that is a bug in the plugin.
     pub fn new<T: Element>(name: impl Into<String>, shape: &[u32], values: &[T]) -> Tensor {
         let count: usize = shape.iter().map(|&d| d as usize).product();
-        assert_eq!(count, values.len(), "shape {shape:?} does not hold {} values", values.len());
+        assert_eq!(
+            count,
+            values.len(),
+            "shape {shape:?} does not hold {} values",
+            values.len()
+        );
         let mut data = Vec::with_capacity(values.len() * T::DTYPE.size());
         for &v in values {
             v.write_le(&mut data);
         }
-        Tensor { name: name.into(), dtype: T::DTYPE, shape: shape.to_vec(), data }
+        Tensor {
+            name: name.into(),
+            dtype: T::DTYPE,
+            shape: shape.to_vec(),
+            data,
+        }
     }
 
     /// A `f32` tensor; see [`Tensor::new`].
@@ -78,7 +88,11 @@ impl Tensor {
     /// Check the shape; `None` in `expected` accepts any size on that axis.
     pub fn expect_shape(&self, expected: &[Option<u32>]) -> Result<(), ItemError> {
         let fits = self.shape.len() == expected.len()
-            && self.shape.iter().zip(expected).all(|(&d, e)| e.is_none_or(|e| e == d));
+            && self
+                .shape
+                .iter()
+                .zip(expected)
+                .all(|(&d, e)| e.is_none_or(|e| e == d));
         if fits {
             Ok(())
         } else {
@@ -94,13 +108,31 @@ impl Tensor {
         self.validate()?;
         let d = &self.data;
         Ok(match self.dtype {
-            Dtype::Fp32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::Fp64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-            Dtype::Fp16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::Bf16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::Fp32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::Fp64 => d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            Dtype::Fp16 => d
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::Bf16 => d
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             Dtype::U8 => d.iter().map(|&b| b as f32).collect(),
-            Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-            Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
         })
     }
 }
@@ -119,9 +151,18 @@ mod tests {
 
     #[test]
     fn converts_every_integer_and_float_dtype_to_f32() {
-        assert_eq!(Tensor::new("u", &[3], &[0u8, 7, 255]).to_f32().unwrap(), vec![0.0, 7.0, 255.0]);
-        assert_eq!(Tensor::new("i", &[2], &[-3i64, 9]).to_f32().unwrap(), vec![-3.0, 9.0]);
-        assert_eq!(Tensor::new("d", &[1], &[0.5f64]).to_f32().unwrap(), vec![0.5]);
+        assert_eq!(
+            Tensor::new("u", &[3], &[0u8, 7, 255]).to_f32().unwrap(),
+            vec![0.0, 7.0, 255.0]
+        );
+        assert_eq!(
+            Tensor::new("i", &[2], &[-3i64, 9]).to_f32().unwrap(),
+            vec![-3.0, 9.0]
+        );
+        assert_eq!(
+            Tensor::new("d", &[1], &[0.5f64]).to_f32().unwrap(),
+            vec![0.5]
+        );
         let h = Tensor {
             name: "h".into(),
             dtype: Dtype::Fp16,
@@ -136,7 +177,9 @@ mod tests {
         let mut t = Tensor::from_f32("pixels", &[4], &[0.0; 4]);
         t.data.pop();
         match t.to_f32() {
-            Err(ItemError::InvalidInput(m)) => assert!(m.contains("pixels") && m.contains("15"), "{m}"),
+            Err(ItemError::InvalidInput(m)) => {
+                assert!(m.contains("pixels") && m.contains("15"), "{m}")
+            }
             other => panic!("expected invalid input, got {other:?}"),
         }
     }

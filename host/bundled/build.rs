@@ -16,7 +16,10 @@ const TEST_PLUGINS_DIR: &str = "test-plugins";
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
+    let root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
 
@@ -24,7 +27,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    println!("cargo:rerun-if-changed={}", root.join("guest-sdk").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("guest-sdk").display()
+    );
 
     let crates = plugin_crates(&plugins);
     for (_, dir, _) in &crates {
@@ -40,7 +46,13 @@ fn main() {
         .args(["build", "--release", "--target", TARGET, "--target-dir"])
         .arg(&target_dir);
     // The outer build's flags and target settings are for the host, not for wasm.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cargo.env_remove(var);
     }
     for (key, _) in std::env::vars() {
@@ -49,15 +61,31 @@ fn main() {
         }
     }
     let status = cargo.status().expect("run cargo to build the plugins");
-    assert!(status.success(), "building the plugins in {} for {TARGET} failed", plugins.display());
+    assert!(
+        status.success(),
+        "building the plugins in {} for {TARGET} failed",
+        plugins.display()
+    );
 
     let release = target_dir.join(TARGET).join("release");
-    let mut code = String::from("/// Every built plugin: (name, is a test fixture, path to the .wasm).\npub static PLUGIN_FILES: &[(&str, bool, &str)] = &[\n");
-    let mut embedded = String::from("/// The product plugins, embedded: (name, bytes).\npub static EMBEDDED: &[(&str, &[u8])] = &[\n");
+    let mut code = String::from(
+        "/// Every built plugin: (name, is a test fixture, path to the .wasm).\npub static PLUGIN_FILES: &[(&str, bool, &str)] = &[\n",
+    );
+    let mut embedded = String::from(
+        "/// The product plugins, embedded: (name, bytes).\npub static EMBEDDED: &[(&str, &[u8])] = &[\n",
+    );
     for (name, _, is_test) in &crates {
         let file = release.join(format!("{}.wasm", name.replace('-', "_")));
-        let file = if file.exists() { file } else { release.join(format!("{name}.wasm")) };
-        assert!(file.exists(), "plugin `{name}` produced no {}", file.display());
+        let file = if file.exists() {
+            file
+        } else {
+            release.join(format!("{name}.wasm"))
+        };
+        assert!(
+            file.exists(),
+            "plugin `{name}` produced no {}",
+            file.display()
+        );
         let path = file.display().to_string();
         code.push_str(&format!("    ({name:?}, {is_test}, {path:?}),\n"));
         if !is_test {
@@ -77,7 +105,14 @@ fn plugin_crates(plugins: &Path) -> Vec<(String, PathBuf, bool)> {
         if let Ok(text) = std::fs::read_to_string(&manifest) {
             let name = text
                 .lines()
-                .find_map(|l| l.trim().strip_prefix("name").map(|r| r.trim_start_matches([' ', '=']).trim().trim_matches('"').to_owned()))
+                .find_map(|l| {
+                    l.trim().strip_prefix("name").map(|r| {
+                        r.trim_start_matches([' ', '='])
+                            .trim()
+                            .trim_matches('"')
+                            .to_owned()
+                    })
+                })
                 .unwrap_or_else(|| panic!("{} has no package name", manifest.display()));
             crates.push((name, dir, is_test));
         }
@@ -113,16 +148,26 @@ fn ensure_target_installed() {
     if libdir.is_some_and(|dir| dir.join("libstd").exists() || has_std(&dir)) {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
-    let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+    println!(
+        "cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)"
+    );
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status();
     match status {
         Ok(s) if s.success() => {}
-        _ => panic!("the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it by hand"),
+        _ => panic!(
+            "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it by hand"
+        ),
     }
 }
 
 fn has_std(dir: &Path) -> bool {
     std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+        })
         .unwrap_or(false)
 }

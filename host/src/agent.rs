@@ -71,6 +71,7 @@ pub struct Provenance {
 
 /// A running agent.
 pub struct Agent {
+    runtime: Arc<Runtime>,
     ingest_addr: Option<SocketAddr>,
     outbox: Arc<Outbox>,
     work: Arc<Signal>,
@@ -84,7 +85,10 @@ impl Agent {
     /// Open the outbox, start the pipelines, the workers, the ingest sources
     /// and the uploader.
     pub fn start(config: Config) -> anyhow::Result<Agent> {
-        let outbox = Arc::new(Outbox::open_in(&config.device.data_dir, config.outbox.clone())?);
+        let outbox = Arc::new(Outbox::open_in(
+            &config.device.data_dir,
+            config.outbox.clone(),
+        )?);
         if let Some(recovery) = outbox.recovered() {
             eprintln!(
                 "sluice run: the outbox was damaged ({}); moved it to {} and started a fresh one",
@@ -100,17 +104,39 @@ impl Agent {
 
         for name in runtime.pipelines.keys() {
             let provenance = provenance(&runtime, name)?;
-            let (runtime, outbox, work, uploads, device, name) =
-                (runtime.clone(), outbox.clone(), work.clone(), uploads.clone(), device.clone(), name.clone());
-            threads.push(std::thread::Builder::new().name(format!("sluice-{name}")).spawn(move || {
-                worker(&runtime, &name, &device, &provenance, &outbox, &work, &uploads)
-            })?);
+            let (runtime, outbox, work, uploads, device, name) = (
+                runtime.clone(),
+                outbox.clone(),
+                work.clone(),
+                uploads.clone(),
+                device.clone(),
+                name.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-{name}"))
+                    .spawn(move || {
+                        worker(
+                            &runtime,
+                            &name,
+                            &device,
+                            &provenance,
+                            &outbox,
+                            &work,
+                            &uploads,
+                        )
+                    })?,
+            );
         }
 
         if let Some(folder) = &config.ingest.folder {
             let pipeline = match &config.ingest.folder_pipeline {
                 Some(p) => p.clone(),
-                None => runtime.pipeline(None).context("ingest.folder_pipeline")?.name.clone(),
+                None => runtime
+                    .pipeline(None)
+                    .context("ingest.folder_pipeline")?
+                    .name
+                    .clone(),
             };
             anyhow::ensure!(
                 runtime.pipelines.contains_key(&pipeline),
@@ -118,14 +144,24 @@ impl Agent {
             );
             std::fs::create_dir_all(folder.join(CLAIM_DIR))
                 .with_context(|| format!("cannot create the ingest folder {}", folder.display()))?;
-            let (folder, outbox, work, ingest) = (folder.clone(), outbox.clone(), work.clone(), config.ingest.clone());
-            threads.push(std::thread::Builder::new().name("sluice-folder".into()).spawn(move || {
-                watch_folder(&folder, &pipeline, &outbox, &work, &ingest)
-            })?);
+            let (folder, outbox, work, ingest) = (
+                folder.clone(),
+                outbox.clone(),
+                work.clone(),
+                config.ingest.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sluice-folder".into())
+                    .spawn(move || watch_folder(&folder, &pipeline, &outbox, &work, &ingest))?,
+            );
         }
 
         let uploader = match &config.sync.url {
-            Some(_) => Some(crate::sync::spawn(Uploader::new(outbox.clone(), &config.sync, &device)?, uploads.clone())),
+            Some(_) => Some(crate::sync::spawn(
+                Uploader::new(outbox.clone(), &config.sync, &device)?,
+                uploads.clone(),
+            )),
             None => None,
         };
 
@@ -139,7 +175,16 @@ impl Agent {
         // Work left in the journal by the previous run starts at once.
         work.wake();
         uploads.wake();
-        Ok(Agent { ingest_addr, outbox, work, uploads, threads, uploader, http })
+        Ok(Agent {
+            runtime,
+            ingest_addr,
+            outbox,
+            work,
+            uploads,
+            threads,
+            uploader,
+            http,
+        })
     }
 
     /// The bound address of the HTTP ingest endpoint.
@@ -149,6 +194,11 @@ impl Agent {
 
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// The pipelines, schedulers and plugins the agent runs.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// Stop taking inputs, finish in-flight batches and uploads, and return.
@@ -172,11 +222,16 @@ impl Agent {
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     // Register the handlers before start-up, so an early SIGTERM drains too.
-    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (mut term, mut int) = {
         let _guard = signals.enter();
         use tokio::signal::unix::{SignalKind, signal};
-        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
     };
     let agent = Agent::start(config)?;
     if let Some(addr) = agent.ingest_addr() {
@@ -205,9 +260,15 @@ fn provenance(runtime: &Runtime, name: &str) -> anyhow::Result<Provenance> {
     let model_sha256 = match &model.sha256 {
         // Already checked against the file at start-up.
         Some(sha) => sha.to_ascii_lowercase(),
-        None => hex::encode(Sha256::digest(
-            std::fs::read(&model.path).with_context(|| format!("model `{}`: cannot read {}", spec.model, model.path.display()))?,
-        )),
+        None => hex::encode(Sha256::digest(std::fs::read(&model.path).with_context(
+            || {
+                format!(
+                    "model `{}`: cannot read {}",
+                    spec.model,
+                    model.path.display()
+                )
+            },
+        )?)),
     };
     Ok(Provenance {
         model: spec.model.clone(),
@@ -225,7 +286,12 @@ pub fn result_id(device: &str, pipeline: &str, seq: i64) -> String {
 }
 
 /// The document stored and shipped for one processed input.
-pub fn result_record(device: &str, item: &JournalItem, outcome: &Outcome, provenance: &Provenance) -> NewRecord {
+pub fn result_record(
+    device: &str,
+    item: &JournalItem,
+    outcome: &Outcome,
+    provenance: &Provenance,
+) -> NewRecord {
     let mut doc = serde_json::json!({
         "id": outcome.id,
         "device": device,
@@ -245,21 +311,34 @@ pub fn result_record(device: &str, item: &JournalItem, outcome: &Outcome, proven
     match &outcome.result {
         Ok(document) => {
             let body = if document.content_type == "application/json" {
-                serde_json::from_slice(&document.body).unwrap_or_else(|_| String::from_utf8_lossy(&document.body).into())
+                serde_json::from_slice(&document.body)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&document.body).into())
             } else {
                 serde_json::Value::from(String::from_utf8_lossy(&document.body).into_owned())
             };
-            doc["result"] = serde_json::json!({ "content_type": document.content_type, "body": body });
+            doc["result"] =
+                serde_json::json!({ "content_type": document.content_type, "body": body });
         }
         Err(error) => {
             doc["error"] = serde_json::json!({ "kind": crate::cli::error_kind(error), "message": error.to_string() });
         }
     }
-    NewRecord { id: outcome.id.clone(), body: doc.to_string().into_bytes() }
+    NewRecord {
+        id: outcome.id.clone(),
+        body: doc.to_string().into_bytes(),
+    }
 }
 
 /// One pipeline's worker: oldest journal items -> pipeline -> outbox.
-fn worker(runtime: &Runtime, name: &str, device: &str, provenance: &Provenance, outbox: &Outbox, work: &Signal, uploads: &Signal) {
+fn worker(
+    runtime: &Runtime,
+    name: &str,
+    device: &str,
+    provenance: &Provenance,
+    outbox: &Outbox,
+    work: &Signal,
+    uploads: &Signal,
+) {
     let pipeline = &runtime.pipelines[name];
     let config = pipeline.scheduler.config();
     // Enough items to keep every scheduler thread busy with full batches.
@@ -282,14 +361,21 @@ fn worker(runtime: &Runtime, name: &str, device: &str, provenance: &Provenance, 
         let raw: Vec<RawItem> = items
             .iter()
             .map(|item| {
-                let mut meta = Metadata::new(result_id(device, name, item.seq), item.content_type.clone());
+                let mut meta =
+                    Metadata::new(result_id(device, name, item.seq), item.content_type.clone());
                 meta.attributes = item.attributes.clone();
-                RawItem { meta, data: item.data.clone() }
+                RawItem {
+                    meta,
+                    data: item.data.clone(),
+                }
             })
             .collect();
         let outcomes = process_all(pipeline, raw, &|_| {});
-        let records: Vec<NewRecord> =
-            items.iter().zip(&outcomes).map(|(item, outcome)| result_record(device, item, outcome, provenance)).collect();
+        let records: Vec<NewRecord> = items
+            .iter()
+            .zip(&outcomes)
+            .map(|(item, outcome)| result_record(device, item, outcome, provenance))
+            .collect();
         let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
         // Commit results and retire the inputs together; on failure (a full
         // disk) keep the results and retry, the inputs stay journaled.
@@ -302,7 +388,11 @@ fn worker(runtime: &Runtime, name: &str, device: &str, provenance: &Provenance, 
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::error!(pipeline = name, "cannot store {} result(s): {e}", records.len());
+                    tracing::error!(
+                        pipeline = name,
+                        "cannot store {} result(s): {e}",
+                        records.len()
+                    );
                     if work.stopped() {
                         return;
                     }
@@ -314,7 +404,13 @@ fn worker(runtime: &Runtime, name: &str, device: &str, provenance: &Provenance, 
 }
 
 /// Poll `folder`: claim, accept, then delete each file.
-fn watch_folder(folder: &Path, pipeline: &str, outbox: &Outbox, work: &Signal, ingest: &crate::config::IngestConfig) {
+fn watch_folder(
+    folder: &Path,
+    pipeline: &str,
+    outbox: &Outbox,
+    work: &Signal,
+    ingest: &crate::config::IngestConfig,
+) {
     let claimed = folder.join(CLAIM_DIR);
     let mut failures = 0u32;
     let mut counter = 0u64;
@@ -359,12 +455,19 @@ fn claim_new_files(
         *counter += 1;
         // Unique and sortable: time, then a counter within this run.
         let claim = format!("{:020}-{:06}-{name}", now_ms(), *counter % 1_000_000);
-        std::fs::rename(&path, claimed.join(&claim)).with_context(|| format!("cannot claim {}", path.display()))?;
+        std::fs::rename(&path, claimed.join(&claim))
+            .with_context(|| format!("cannot claim {}", path.display()))?;
     }
     Ok(())
 }
 
-/// Accept every claimed file into the journal, then delete it.
+/// Claimed files accepted per transaction: one fsync for the group.
+const ACCEPT_GROUP_FILES: usize = 256;
+const ACCEPT_GROUP_BYTES: usize = 16 << 20;
+
+/// Accept every claimed file into the journal, then delete it. Files are
+/// accepted in groups, each group in one transaction, so a folder of many
+/// small files costs a few fsyncs rather than several per file.
 fn accept_claimed_files(
     claimed: &Path,
     pipeline: &str,
@@ -378,30 +481,58 @@ fn accept_claimed_files(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    for claim in names {
-        let path = claimed.join(&claim);
-        if !outbox.is_claimed(&claim)? {
-            let data = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut names = names.into_iter().peekable();
+    while names.peek().is_some() {
+        // The next group: claims to accept now, and claims already accepted
+        // (by a run that crashed before deleting the file), to delete only.
+        let (mut group, mut done, mut bytes) = (Vec::new(), Vec::new(), 0);
+        while group.len() < ACCEPT_GROUP_FILES && bytes < ACCEPT_GROUP_BYTES {
+            let Some(claim) = names.next() else { break };
+            if outbox.is_claimed(&claim)? {
+                done.push(claim);
+                continue;
+            }
+            let path = claimed.join(&claim);
             let original = claim.splitn(3, '-').nth(2).unwrap_or(&claim).to_owned();
+            let data =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             if data.len() > ingest.max_input_bytes {
-                tracing::error!(file = original, bytes = data.len(), max = ingest.max_input_bytes, "input too large; deleted");
+                tracing::error!(
+                    file = original,
+                    bytes = data.len(),
+                    max = ingest.max_input_bytes,
+                    "input too large; deleted"
+                );
                 std::fs::remove_file(&path)?;
                 continue;
             }
+            bytes += data.len();
             let input = NewInput {
                 pipeline: pipeline.to_owned(),
                 content_type: crate::ingest::content_type_of(Path::new(&original)).to_owned(),
                 attributes: vec![("file".into(), original)],
                 data,
             };
-            outbox.accept_claimed(&input, Some(&claim))?;
+            group.push((claim, input));
+        }
+        if !group.is_empty() {
+            let inputs: Vec<(&NewInput, Option<&str>)> = group
+                .iter()
+                .map(|(claim, input)| (input, Some(claim.as_str())))
+                .collect();
+            outbox.accept_many(&inputs)?;
             work.wake();
         }
-        std::fs::remove_file(&path).with_context(|| format!("cannot delete {}", path.display()))?;
-        // The deletion must be on disk before the claim is forgotten, or a
-        // power cut could bring the file back unclaimed.
+        done.extend(group.into_iter().map(|(claim, _)| claim));
+        for claim in &done {
+            let path = claimed.join(claim);
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot delete {}", path.display()))?;
+        }
+        // The deletions must be on disk before the claims are forgotten, or
+        // a power cut could bring a file back unclaimed.
         std::fs::File::open(claimed).and_then(|d| d.sync_all()).ok();
-        outbox.forget_claim(&claim)?;
+        outbox.forget_claims(&done)?;
     }
     Ok(())
 }
@@ -421,8 +552,13 @@ fn serve_ingest(
     runtime: &Runtime,
     outbox: &Arc<Outbox>,
     work: &Arc<Signal>,
-) -> anyhow::Result<(SocketAddr, tokio::runtime::Runtime, tokio::sync::oneshot::Sender<()>)> {
-    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("ingest.listen: cannot listen on {listen}"))?;
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::runtime::Runtime,
+    tokio::sync::oneshot::Sender<()>,
+)> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("ingest.listen: cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let state = Arc::new(IngestState {
@@ -439,10 +575,15 @@ fn serve_ingest(
         .route("/v1/ingest/{pipeline}", axum::routing::post(post_ingest))
         .layer(DefaultBodyLimit::max(config.ingest.max_input_bytes))
         .with_state(state);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("sluice-ingest").enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-ingest")
+        .enable_all()
+        .build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("listener from a bound std listener");
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .expect("listener from a bound std listener");
         let served = axum::serve(listener, app).with_graceful_shutdown(async {
             let _ = stopped.await;
         });
@@ -464,17 +605,35 @@ async fn post_ingest(
     body: Bytes,
 ) -> Response {
     if !state.pipelines.contains(&pipeline) {
-        return json_error(StatusCode::NOT_FOUND, format!("no running pipeline `{pipeline}` (running: {:?})", state.pipelines));
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no running pipeline `{pipeline}` (running: {:?})",
+                state.pipelines
+            ),
+        );
     }
     if body.len() > state.max_input_bytes {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("input of {} bytes exceeds ingest.max_input_bytes ({})", body.len(), state.max_input_bytes));
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "input of {} bytes exceeds ingest.max_input_bytes ({})",
+                body.len(),
+                state.max_input_bytes
+            ),
+        );
     }
     if state.outbox.journal_bytes() + body.len() as u64 > state.max_pending_bytes {
         let mut response = json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} bytes of inputs are waiting (ingest.max_pending_bytes); retry later", state.outbox.journal_bytes()),
+            format!(
+                "{} bytes of inputs are waiting (ingest.max_pending_bytes); retry later",
+                state.outbox.journal_bytes()
+            ),
         );
-        response.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, "1".parse().unwrap());
         return response;
     }
     let content_type = headers
@@ -482,7 +641,12 @@ async fn post_ingest(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let input = NewInput { pipeline: pipeline.clone(), content_type, attributes: Vec::new(), data: body.to_vec() };
+    let input = NewInput {
+        pipeline: pipeline.clone(),
+        content_type,
+        attributes: Vec::new(),
+        data: body.to_vec(),
+    };
     let outbox = state.outbox.clone();
     // The commit fsyncs: off the async workers.
     let accepted = tokio::task::spawn_blocking(move || outbox.accept(&input)).await;
@@ -490,15 +654,24 @@ async fn post_ingest(
         Ok(Ok(seq)) => {
             state.work.wake();
             let id = result_id(&state.device, &pipeline, seq);
-            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "id": id, "seq": seq }))).into_response()
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "id": id, "seq": seq })),
+            )
+                .into_response()
         }
         Ok(Err(e @ OutboxError::DiskFull { .. })) => {
             let mut response = json_error(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
-            response.headers_mut().insert(header::RETRY_AFTER, "5".parse().unwrap());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, "5".parse().unwrap());
             response
         }
         Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("ingest task failed: {e}")),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("ingest task failed: {e}"),
+        ),
     }
 }
 

@@ -22,7 +22,12 @@ pub fn infer(config: &Path, pipeline: Option<&str>, inputs: &[PathBuf]) -> anyho
     let items = files
         .iter()
         .enumerate()
-        .map(|(ix, path)| read_file_item(path, format!("{}/{}/{ix}", runtime.config.device.id, pipeline.name)))
+        .map(|(ix, path)| {
+            read_file_item(
+                path,
+                format!("{}/{}/{ix}", runtime.config.device.id, pipeline.name),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let bar = progress_bar(items.len());
     let outcomes = process_all(pipeline, items, &|n| bar.inc(n as u64));
@@ -34,7 +39,10 @@ pub fn infer(config: &Path, pipeline: Option<&str>, inputs: &[PathBuf]) -> anyho
         writeln!(out, "{}", outcome_json(path, outcome))?;
     }
     if failed > 0 {
-        eprintln!("{failed} of {} input(s) failed; see their `error` fields", outcomes.len());
+        eprintln!(
+            "{failed} of {} input(s) failed; see their `error` fields",
+            outcomes.len()
+        );
     }
     Ok(())
 }
@@ -58,7 +66,8 @@ pub fn outcome_json(input: &Path, outcome: &Outcome) -> serde_json::Value {
     match &outcome.result {
         Ok(document) => {
             record["result"] = if document.content_type == "application/json" {
-                serde_json::from_slice(&document.body).unwrap_or_else(|_| String::from_utf8_lossy(&document.body).into())
+                serde_json::from_slice(&document.body)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&document.body).into())
             } else {
                 String::from_utf8_lossy(&document.body).into()
             };
@@ -83,14 +92,33 @@ pub fn error_kind(error: &ItemError) -> &'static str {
 }
 
 /// `sluice model inspect`.
-pub fn model_inspect(file: &Path, shapes: &InputShapes, max_batch_size: usize, json: bool) -> anyhow::Result<()> {
-    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+pub fn model_inspect(
+    file: &Path,
+    shapes: &InputShapes,
+    max_batch_size: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let bytes = read_model_file(&name, file, None)?;
-    let ops = operator_support(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid ONNX model: {e}", file.display()))?;
-    let unsupported: Vec<&str> = ops.iter().filter(|(_, ok)| !ok).map(|(op, _)| op.as_str()).collect();
+    let ops = operator_support(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid ONNX model: {e}", file.display()))?;
+    let unsupported: Vec<&str> = ops
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(op, _)| op.as_str())
+        .collect();
     let scheduler = if unsupported.is_empty() {
         let model = TractBackend.load(&name, &bytes, shapes)?;
-        Some(Scheduler::start(model, BatchConfig { max_batch_size, ..BatchConfig::default() })?)
+        Some(Scheduler::start(
+            model,
+            BatchConfig {
+                max_batch_size,
+                ..BatchConfig::default()
+            },
+        )?)
     } else {
         None
     };
@@ -106,31 +134,60 @@ pub fn model_inspect(file: &Path, shapes: &InputShapes, max_batch_size: usize, j
         return Ok(());
     }
     println!("model:      {}", file.display());
-    println!("operators:  {}", ops.iter().map(|(op, ok)| if *ok { op.clone() } else { format!("{op} (UNSUPPORTED)") }).collect::<Vec<_>>().join(", "));
+    println!(
+        "operators:  {}",
+        ops.iter()
+            .map(|(op, ok)| if *ok {
+                op.clone()
+            } else {
+                format!("{op} (UNSUPPORTED)")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let Some(scheduler) = scheduler else {
         bail!("tract does not implement: {}", unsupported.join(", "));
     };
-    for (title, specs) in [("inputs", scheduler.model().inputs()), ("outputs", scheduler.model().outputs())] {
+    for (title, specs) in [
+        ("inputs", scheduler.model().inputs()),
+        ("outputs", scheduler.model().outputs()),
+    ] {
         println!("{title}:");
         for spec in specs {
             println!("  {} {:?} {}", spec.name, spec.dtype, spec.shape_text());
         }
     }
     let choice = scheduler.execution();
-    println!("execution:  chunks of up to {} item(s) on {} thread(s) (measured below, µs per item)", choice.chunk, choice.threads);
+    println!(
+        "execution:  chunks of up to {} item(s) on {} thread(s) (measured below, µs per item)",
+        choice.chunk, choice.threads
+    );
     for m in &choice.measurements {
-        let chosen = if m.chunk == choice.chunk && m.threads == choice.threads { "  <- chosen" } else { "" };
-        println!("  chunk {:>3} x {} thread(s): {:>10.1}{chosen}", m.chunk, m.threads, m.micros_per_item);
+        let chosen = if m.chunk == choice.chunk && m.threads == choice.threads {
+            "  <- chosen"
+        } else {
+            ""
+        };
+        println!(
+            "  chunk {:>3} x {} thread(s): {:>10.1}{chosen}",
+            m.chunk, m.threads, m.micros_per_item
+        );
     }
     Ok(())
 }
 
 /// Parse `NAME=D,D,D` (an input's dimensions after the batch axis).
 pub fn parse_input_shape(arg: &str) -> Result<(String, Vec<usize>), String> {
-    let (name, dims) = arg.split_once('=').ok_or_else(|| format!("`{arg}`: expected NAME=D,D,..."))?;
+    let (name, dims) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("`{arg}`: expected NAME=D,D,..."))?;
     let dims = dims
         .split(',')
-        .map(|d| d.trim().parse::<usize>().map_err(|e| format!("`{arg}`: dimension `{d}`: {e}")))
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("`{arg}`: dimension `{d}`: {e}"))
+        })
         .collect::<Result<_, _>>()?;
     Ok((name.to_owned(), dims))
 }
@@ -149,7 +206,12 @@ pub fn plugin_inspect(file: &str, config: Option<(&Path, &str)>, json: bool) -> 
     };
     let wasm = match file.strip_prefix(BUNDLED_PREFIX) {
         Some(name) => crate::bundled::get(name)
-            .with_context(|| format!("no bundled plugin `{name}` (bundled: {})", crate::bundled::names().join(", ")))?
+            .with_context(|| {
+                format!(
+                    "no bundled plugin `{name}` (bundled: {})",
+                    crate::bundled::names().join(", ")
+                )
+            })?
             .to_vec(),
         None => std::fs::read(file).with_context(|| format!("cannot read {file}"))?,
     };

@@ -62,7 +62,9 @@ impl Tokens {
 
     /// Parse `DEVICE=TOKEN` (as given to `--token`).
     pub fn parse_pair(pair: &str) -> Result<(String, String), String> {
-        let (device, token) = pair.split_once('=').ok_or_else(|| format!("`{pair}`: expected DEVICE=TOKEN"))?;
+        let (device, token) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}`: expected DEVICE=TOKEN"))?;
         let (device, token) = (device.trim(), token.trim());
         if device.is_empty() || token.is_empty() {
             return Err(format!("`{pair}`: device and token must not be empty"));
@@ -72,14 +74,16 @@ impl Tokens {
 
     /// Read a tokens file: one `DEVICE=TOKEN` per line, `#` comments.
     pub fn from_file(path: &Path) -> anyhow::Result<Tokens> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read tokens file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read tokens file {}: {e}", path.display()))?;
         let mut tokens = Tokens::default();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (device, token) = Tokens::parse_pair(line).map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), n + 1))?;
+            let (device, token) = Tokens::parse_pair(line)
+                .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), n + 1))?;
             tokens.insert(&device, &token);
         }
         Ok(tokens)
@@ -111,26 +115,40 @@ pub struct Collector {
 impl Collector {
     /// Serve on `listener` (already bound) with its own runtime thread,
     /// storing into `db` (created if missing).
-    pub fn start(listener: std::net::TcpListener, db: &Path, tokens: Tokens) -> anyhow::Result<Collector> {
+    pub fn start(
+        listener: std::net::TcpListener,
+        db: &Path,
+        tokens: Tokens,
+    ) -> anyhow::Result<Collector> {
         let app = app(open_db(db)?, tokens);
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let thread = std::thread::Builder::new().name("collector".into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener from a bound std listener");
-                let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                    let _ = rx.await;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("collector".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("listener from a bound std listener");
+                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    });
+                    if let Err(e) = served.await {
+                        tracing::error!("collector stopped: {e}");
+                    }
                 });
-                if let Err(e) = served.await {
-                    tracing::error!("collector stopped: {e}");
-                }
-            });
-            // Do not wait for connections that a client left hanging.
-            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-        })?;
-        Ok(Collector { addr, shutdown: Some(tx), thread: Some(thread) })
+                // Do not wait for connections that a client left hanging.
+                runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            })?;
+        Ok(Collector {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -168,10 +186,17 @@ pub fn serve(listen: &str, db: &Path, tokens: Tokens) -> anyhow::Result<()> {
     if tokens.is_empty() {
         anyhow::bail!("no device tokens: give --tokens FILE or --token DEVICE=TOKEN");
     }
-    let listener = std::net::TcpListener::bind(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let collector = Collector::start(listener, db, tokens)?;
-    println!("sluice collect: listening on {}, storing into {}", collector.url(), db.display());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    println!(
+        "sluice collect: listening on {}, storing into {}",
+        collector.url(),
+        db.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(shutdown_signal());
     collector.shutdown();
     Ok(())
@@ -182,7 +207,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -196,7 +222,8 @@ fn open_db(path: &Path) -> anyhow::Result<Connection> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let conn = Connection::open(path).map_err(|e| anyhow::anyhow!("collector database {}: {e}", path.display()))?;
+    let conn = Connection::open(path)
+        .map_err(|e| anyhow::anyhow!("collector database {}: {e}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.execute_batch(
@@ -225,7 +252,10 @@ fn open_db(path: &Path) -> anyhow::Result<Connection> {
 }
 
 fn app(db: Connection, tokens: Tokens) -> Router {
-    let shared = Arc::new(Shared { db: Mutex::new(db), tokens });
+    let shared = Arc::new(Shared {
+        db: Mutex::new(db),
+        tokens,
+    });
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/batches", post(post_batch))
@@ -236,7 +266,11 @@ fn app(db: Connection, tokens: Tokens) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -262,21 +296,38 @@ fn check_record(device: &str, record: &serde_json::Value, ix: usize) -> Result<R
         field("pipeline").and_then(|v| v.as_str()),
         field("seq").and_then(|v| v.as_i64()),
     ) else {
-        return Err(error(StatusCode::BAD_REQUEST, format!("record {ix}: needs string `id`, `device`, `pipeline` and integer `seq`")));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("record {ix}: needs string `id`, `device`, `pipeline` and integer `seq`"),
+        ));
     };
     if rec_device != device || !id.starts_with(&format!("{device}/")) {
         return Err(error(
             StatusCode::FORBIDDEN,
-            format!("record {ix} (`{id}`) belongs to device `{rec_device}`; this token is device `{device}`'s"),
+            format!(
+                "record {ix} (`{id}`) belongs to device `{rec_device}`; this token is device `{device}`'s"
+            ),
         ));
     }
     if id != format!("{device}/{pipeline}/{seq}") {
-        return Err(error(StatusCode::BAD_REQUEST, format!("record {ix}: id `{id}` is not `{device}/{pipeline}/{seq}`")));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("record {ix}: id `{id}` is not `{device}/{pipeline}/{seq}`"),
+        ));
     }
-    Ok(Row { id: id.to_owned(), pipeline: pipeline.to_owned(), seq, body: record.to_string() })
+    Ok(Row {
+        id: id.to_owned(),
+        pipeline: pipeline.to_owned(),
+        seq,
+        body: record.to_string(),
+    })
 }
 
-async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(device) = shared.tokens.device_of(&headers).map(str::to_owned) else {
         return error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
     };
@@ -285,11 +336,19 @@ async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
     // off the async workers.
     tokio::task::spawn_blocking(move || store_batch(&shared, &device, &headers, &body))
         .await
-        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("batch handler failed: {e}")))
+        .unwrap_or_else(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("batch handler failed: {e}"),
+            )
+        })
 }
 
 fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
     let json = match encoding {
         "zstd" => {
             let mut out = Vec::new();
@@ -297,33 +356,70 @@ fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: &[u8]) 
                 Ok(d) => d,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("zstd body: {e}")),
             };
-            if let Err(e) = decoder.take(MAX_DECOMPRESSED_BYTES + 1).read_to_end(&mut out) {
+            if let Err(e) = decoder
+                .take(MAX_DECOMPRESSED_BYTES + 1)
+                .read_to_end(&mut out)
+            {
                 return error(StatusCode::BAD_REQUEST, format!("zstd body: {e}"));
             }
             if out.len() as u64 > MAX_DECOMPRESSED_BYTES {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, format!("batch exceeds {MAX_DECOMPRESSED_BYTES} bytes decompressed"));
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("batch exceeds {MAX_DECOMPRESSED_BYTES} bytes decompressed"),
+                );
             }
             out
         }
         "identity" => body.to_vec(),
-        other => return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding `{other}` is not supported (zstd or none)")),
+        other => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding `{other}` is not supported (zstd or none)"),
+            );
+        }
     };
     let batch: BatchBody = match serde_json::from_slice(&json) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("batch is not valid JSON of the expected shape: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("batch is not valid JSON of the expected shape: {e}"),
+            );
+        }
     };
     if batch.device != device {
-        return error(StatusCode::FORBIDDEN, format!("batch claims device `{}`; this token is device `{device}`'s", batch.device));
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "batch claims device `{}`; this token is device `{device}`'s",
+                batch.device
+            ),
+        );
     }
     if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok())
         && key != batch.key
     {
-        return error(StatusCode::BAD_REQUEST, format!("Idempotency-Key `{key}` differs from the body's key `{}`", batch.key));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Idempotency-Key `{key}` differs from the body's key `{}`",
+                batch.key
+            ),
+        );
     }
     if batch.key.is_empty() || batch.key.len() > 200 {
-        return error(StatusCode::BAD_REQUEST, "batch key must have 1 to 200 characters");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "batch key must have 1 to 200 characters",
+        );
     }
-    let rows = match batch.records.iter().enumerate().map(|(ix, r)| check_record(device, r, ix)).collect::<Result<Vec<_>, _>>() {
+    let rows = match batch
+        .records
+        .iter()
+        .enumerate()
+        .map(|(ix, r)| check_record(device, r, ix))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(rows) => rows,
         Err(response) => return response,
     };
@@ -331,12 +427,16 @@ fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: &[u8]) 
     let stored = (|| -> rusqlite::Result<serde_json::Value> {
         let tx = db.transaction()?;
         let known: Option<(i64, i64)> = tx
-            .query_row("SELECT stored, duplicates FROM batches WHERE device = ?1 AND key = ?2", [device, &batch.key], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT stored, duplicates FROM batches WHERE device = ?1 AND key = ?2",
+                [device, &batch.key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         if let Some((stored, duplicates)) = known {
-            return Ok(serde_json::json!({ "stored": stored, "duplicates": duplicates, "replayed": true }));
+            return Ok(
+                serde_json::json!({ "stored": stored, "duplicates": duplicates, "replayed": true }),
+            );
         }
         let now = crate::outbox::now_ms();
         let (mut stored, mut duplicates) = (0i64, 0i64);
@@ -346,7 +446,16 @@ fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: &[u8]) 
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING",
             )?;
             for row in &rows {
-                if insert.execute(params![row.id, device, row.pipeline, row.seq, batch.key, now, row.body])? == 1 {
+                if insert.execute(params![
+                    row.id,
+                    device,
+                    row.pipeline,
+                    row.seq,
+                    batch.key,
+                    now,
+                    row.body
+                ])? == 1
+                {
                     stored += 1;
                 } else {
                     duplicates += 1;
@@ -364,7 +473,10 @@ fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: &[u8]) 
         Ok(answer) => (StatusCode::OK, axum::Json(answer)).into_response(),
         Err(e) => {
             tracing::error!(device, "cannot store batch: {e}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the batch: {e}"))
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot store the batch: {e}"),
+            )
         }
     }
 }
@@ -372,19 +484,35 @@ fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: &[u8]) 
 /// The device named in the path, if the token is that device's.
 fn authorize(shared: &Shared, headers: &HeaderMap, device: &str) -> Result<(), Response> {
     match shared.tokens.device_of(headers) {
-        None => Err(error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token")),
-        Some(own) if own != device => Err(error(StatusCode::FORBIDDEN, format!("this token is device `{own}`'s, not `{device}`'s"))),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown bearer token",
+        )),
+        Some(own) if own != device => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("this token is device `{own}`'s, not `{device}`'s"),
+        )),
         Some(_) => Ok(()),
     }
 }
 
-async fn get_count(State(shared): State<Arc<Shared>>, headers: HeaderMap, UrlPath(device): UrlPath<String>) -> Response {
+async fn get_count(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(device): UrlPath<String>,
+) -> Response {
     if let Err(response) = authorize(&shared, &headers, &device) {
         return response;
     }
     let db = shared.db.lock().unwrap_or_else(|p| p.into_inner());
-    match db.query_row("SELECT COUNT(*) FROM results WHERE device = ?1", [&device], |r| r.get::<_, i64>(0)) {
-        Ok(count) => axum::Json(serde_json::json!({ "device": device, "count": count })).into_response(),
+    match db.query_row(
+        "SELECT COUNT(*) FROM results WHERE device = ?1",
+        [&device],
+        |r| r.get::<_, i64>(0),
+    ) {
+        Ok(count) => {
+            axum::Json(serde_json::json!({ "device": device, "count": count })).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -407,12 +535,22 @@ async fn get_results(
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
     let db = shared.db.lock().unwrap_or_else(|p| p.into_inner());
     let results = (|| -> rusqlite::Result<Vec<serde_json::Value>> {
-        let mut select = db.prepare_cached("SELECT body FROM results WHERE device = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
-        let rows = select.query_map(params![device, query.after.unwrap_or(i64::MIN), limit], |r| r.get::<_, String>(0))?;
-        rows.map(|body| body.map(|b: String| serde_json::from_str(&b).unwrap_or(serde_json::Value::String(b)))).collect()
+        let mut select = db.prepare_cached(
+            "SELECT body FROM results WHERE device = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = select.query_map(
+            params![device, query.after.unwrap_or(i64::MIN), limit],
+            |r| r.get::<_, String>(0),
+        )?;
+        rows.map(|body| {
+            body.map(|b: String| serde_json::from_str(&b).unwrap_or(serde_json::Value::String(b)))
+        })
+        .collect()
     })();
     match results {
-        Ok(results) => axum::Json(serde_json::json!({ "device": device, "results": results })).into_response(),
+        Ok(results) => {
+            axum::Json(serde_json::json!({ "device": device, "results": results })).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

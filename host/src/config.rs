@@ -51,7 +51,10 @@ pub struct DeviceConfig {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        Self { id: default_device_id(), data_dir: default_data_dir() }
+        Self {
+            id: default_device_id(),
+            data_dir: default_data_dir(),
+        }
     }
 }
 
@@ -208,7 +211,11 @@ pub struct OutboxConfig {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        Self { max_bytes: default_outbox_max_bytes(), max_age_secs: default_outbox_max_age_secs(), when_full: FullPolicy::default() }
+        Self {
+            max_bytes: default_outbox_max_bytes(),
+            max_age_secs: default_outbox_max_age_secs(),
+            when_full: FullPolicy::default(),
+        }
     }
 }
 
@@ -313,11 +320,19 @@ impl SyncConfig {
         if let Some(token) = &self.token {
             return Ok(Some(token.clone()));
         }
-        let Some(path) = &self.token_file else { return Ok(None) };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let token = text.lines().next().unwrap_or("").trim().to_owned();
         if token.is_empty() {
-            return Err(ConfigError::Invalid(format!("sync.token_file {} is empty", path.display())));
+            return Err(ConfigError::Invalid(format!(
+                "sync.token_file {} is empty",
+                path.display()
+            )));
         }
         Ok(Some(token))
     }
@@ -379,33 +394,49 @@ impl Config {
         }
         if let Some(url) = &self.sync.url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return invalid(format!("sync.url `{url}` must start with http:// or https://"));
+                return invalid(format!(
+                    "sync.url `{url}` must start with http:// or https://"
+                ));
             }
             if self.sync.token.is_none() && self.sync.token_file.is_none() {
-                return invalid("sync.url is set but neither sync.token nor sync.token_file is".into());
+                return invalid(
+                    "sync.url is set but neither sync.token nor sync.token_file is".into(),
+                );
             }
         }
         if self.sync.token.is_some() && self.sync.token_file.is_some() {
             return invalid("set one of sync.token and sync.token_file, not both".into());
         }
         if self.sync.batch_max_records == 0 || self.sync.batch_max_bytes == 0 {
-            return invalid("sync.batch_max_records and sync.batch_max_bytes must be above 0".into());
+            return invalid(
+                "sync.batch_max_records and sync.batch_max_bytes must be above 0".into(),
+            );
         }
-        if self.sync.timeout_ms == 0 || self.sync.backoff_initial_ms == 0 || self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
+        if self.sync.timeout_ms == 0
+            || self.sync.backoff_initial_ms == 0
+            || self.sync.backoff_max_ms < self.sync.backoff_initial_ms
+        {
             return invalid("sync.timeout_ms and sync.backoff_initial_ms must be above 0, and backoff_max_ms at least backoff_initial_ms".into());
         }
         if !(1..=19).contains(&self.sync.zstd_level) {
-            return invalid(format!("sync.zstd_level {} is outside 1..=19", self.sync.zstd_level));
+            return invalid(format!(
+                "sync.zstd_level {} is outside 1..=19",
+                self.sync.zstd_level
+            ));
         }
         if let Some(listen) = &self.ingest.listen
             && listen.parse::<std::net::SocketAddr>().is_err()
         {
-            return invalid(format!("ingest.listen `{listen}` is not an ip:port address"));
+            return invalid(format!(
+                "ingest.listen `{listen}` is not an ip:port address"
+            ));
         }
         if let Some(pipeline) = &self.ingest.folder_pipeline
             && !self.pipelines.contains_key(pipeline)
         {
-            return invalid(format!("ingest.folder_pipeline names pipeline `{pipeline}`, which is not configured under [pipelines]"));
+            return invalid(format!(
+                "ingest.folder_pipeline names pipeline `{pipeline}`, which is not configured under [pipelines]"
+            ));
         }
         if self.ingest.poll_ms == 0 || self.ingest.max_input_bytes == 0 {
             return invalid("ingest.poll_ms and ingest.max_input_bytes must be above 0".into());
@@ -417,8 +448,10 @@ impl Config {
 impl Config {
     /// Read, parse and check a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(|e| e.in_file(path))
     }
@@ -435,7 +468,7 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = normalize(&base.join(&*p));
             }
         };
         resolve(&mut self.device.data_dir);
@@ -449,8 +482,12 @@ impl Config {
             resolve(dir);
         }
         for plugin in self.plugins.values_mut() {
-            if !plugin.path.starts_with(crate::plugin::BUNDLED_PREFIX) && Path::new(&plugin.path).is_relative() {
-                plugin.path = base.join(&plugin.path).to_string_lossy().into_owned();
+            if !plugin.path.starts_with(crate::plugin::BUNDLED_PREFIX)
+                && Path::new(&plugin.path).is_relative()
+            {
+                plugin.path = normalize(&base.join(&plugin.path))
+                    .to_string_lossy()
+                    .into_owned();
             }
             for dir in &mut plugin.grants.dirs {
                 resolve(&mut dir.host);
@@ -465,14 +502,21 @@ impl Config {
         self.check_store_and_forward()?;
         for (name, plugin) in &self.plugins {
             if plugin.timeout_ms == 0 {
-                return Err(ConfigError::Invalid(format!("plugins.{name}.timeout_ms must be above 0")));
+                return Err(ConfigError::Invalid(format!(
+                    "plugins.{name}.timeout_ms must be above 0"
+                )));
             }
             if plugin.memory_mb == 0 {
-                return Err(ConfigError::Invalid(format!("plugins.{name}.memory_mb must be above 0")));
+                return Err(ConfigError::Invalid(format!(
+                    "plugins.{name}.memory_mb must be above 0"
+                )));
             }
         }
         for (name, pipeline) in &self.pipelines {
-            for (key, plugin) in [("preprocess", &pipeline.preprocess), ("postprocess", &pipeline.postprocess)] {
+            for (key, plugin) in [
+                ("preprocess", &pipeline.preprocess),
+                ("postprocess", &pipeline.postprocess),
+            ] {
                 if !self.plugins.contains_key(plugin) {
                     return Err(ConfigError::Invalid(format!(
                         "pipelines.{name}.{key} names plugin `{plugin}`, which is not configured under [plugins]"
@@ -491,7 +535,33 @@ impl Config {
 
     /// Where compiled plugins are cached.
     pub fn cache_dir(&self) -> PathBuf {
-        self.runtime.cache_dir.clone().unwrap_or_else(|| self.device.data_dir.join("cache"))
+        self.runtime
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.device.data_dir.join("cache"))
+    }
+}
+
+/// `base/./x/../y` as `base/y`, lexically (as Cargo does), so that paths in
+/// messages read the way a user would write them.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
     }
 }
 
@@ -501,9 +571,12 @@ mod tests {
 
     #[test]
     fn misspelled_key_is_named_in_the_error() {
-        let err = Config::parse("[plugins.pre]\npath = \"x.wasm\"\ntimout_ms = 5\n", Path::new("/etc"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[plugins.pre]\npath = \"x.wasm\"\ntimout_ms = 5\n",
+            Path::new("/etc"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("timout_ms"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -517,9 +590,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.plugins["pre"].path, "/etc/sluice/p/pre.wasm");
-        assert_eq!(config.plugins["pre"].grants.dirs[0].host, Path::new("/etc/sluice/m"));
+        assert_eq!(
+            config.plugins["pre"].grants.dirs[0].host,
+            Path::new("/etc/sluice/m")
+        );
         assert_eq!(config.plugins["b"].path, "bundled:image-preprocess");
-        assert_eq!(config.cache_dir(), Path::new("/etc/sluice/sluice-data/cache"));
+        assert_eq!(
+            config.cache_dir(),
+            Path::new("/etc/sluice/sluice-data/cache")
+        );
     }
 
     #[test]
@@ -539,6 +618,9 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("pipelines.p.preprocess") && err.contains("`nope`"), "{err}");
+        assert!(
+            err.contains("pipelines.p.preprocess") && err.contains("`nope`"),
+            "{err}"
+        );
     }
 }

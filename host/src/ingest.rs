@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 
 /// The MIME type Sluice assumes for a file, from its extension.
 pub fn content_type_of(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("png") => "image/png",
         Some("jpg" | "jpeg") => "image/jpeg",
         Some("json") => "application/json",
@@ -24,13 +29,18 @@ pub fn list_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
             entries.sort();
             files.extend(list_files(&entries)?);
         } else if path.exists() {
             files.push(path.clone());
         } else {
-            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{}: no such file or folder", path.display())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{}: no such file or folder", path.display()),
+            ));
         }
     }
     Ok(files)
@@ -38,7 +48,9 @@ pub fn list_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 
 /// Read one file as an item; its id is `prefix` plus its position.
 pub fn read_file_item(path: &Path, id: String) -> std::io::Result<RawItem> {
-    let data = std::fs::read(path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    let meta = Metadata::new(id, content_type_of(path)).with_attribute("file", path.display().to_string());
+    let data = std::fs::read(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let meta =
+        Metadata::new(id, content_type_of(path)).with_attribute("file", path.display().to_string());
     Ok(RawItem { meta, data })
 }

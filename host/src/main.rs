@@ -19,11 +19,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the bundled digits pipeline over its held-out images and report.
+    /// The whole path on bundled defaults: the digits agent ingests its
+    /// held-out images, infers, stores results in its outbox and syncs them
+    /// to an embedded collector on loopback; prints what was processed,
+    /// stored and delivered.
     Demo {
-        /// The demo's configuration.
+        /// The demo's configuration (default: examples/digits/sluice.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where the demo keeps its state (default: the configuration's data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run a pipeline once over files or folders; print JSON Lines results in input order.
     Infer {
@@ -137,16 +143,36 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo { config } => sluice::demo::run(config)?,
-        Command::Infer { config, pipeline, inputs } => sluice::cli::infer(&config, pipeline.as_deref(), &inputs)?,
-        Command::Model(ModelCommand::Inspect { file, input_shapes, max_batch_size, json }) => {
-            sluice::cli::model_inspect(&file, &input_shapes.into_iter().collect(), max_batch_size, json)?
-        }
-        Command::Plugin(PluginCommand::Inspect { file, config, plugin, json }) => {
-            sluice::cli::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json)?
-        }
+        Command::Demo { config, data_dir } => sluice::demo::run(config, data_dir)?,
+        Command::Infer {
+            config,
+            pipeline,
+            inputs,
+        } => sluice::cli::infer(&config, pipeline.as_deref(), &inputs)?,
+        Command::Model(ModelCommand::Inspect {
+            file,
+            input_shapes,
+            max_batch_size,
+            json,
+        }) => sluice::cli::model_inspect(
+            &file,
+            &input_shapes.into_iter().collect(),
+            max_batch_size,
+            json,
+        )?,
+        Command::Plugin(PluginCommand::Inspect {
+            file,
+            config,
+            plugin,
+            json,
+        }) => sluice::cli::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json)?,
         Command::Run { config } => sluice::agent::run(&config)?,
-        Command::Collect { listen, db, tokens, token } => {
+        Command::Collect {
+            listen,
+            db,
+            tokens,
+            token,
+        } => {
             let mut all = match tokens {
                 Some(file) => sluice::collector::Tokens::from_file(&file)?,
                 None => sluice::collector::Tokens::default(),
@@ -156,7 +182,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             sluice::collector::serve(&listen, &db, all)?
         }
-        Command::Outbox(OutboxCommand::Status { config, json }) => sluice::agent::outbox_status(&config, json)?,
+        Command::Outbox(OutboxCommand::Status { config, json }) => {
+            sluice::agent::outbox_status(&config, json)?
+        }
         Command::Plugin(PluginCommand::List) => {
             for name in sluice::bundled::names() {
                 println!("{BUNDLED_PREFIX}{name}");

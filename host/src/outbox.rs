@@ -86,6 +86,8 @@ CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 /// Names of the persisted counters.
 pub mod counter {
+    /// Records stored (every result that entered the outbox).
+    pub const STORED: &str = "stored";
     /// Records deleted to make room under `drop-oldest`.
     pub const DROPPED_OLDEST: &str = "dropped_oldest";
     /// New records refused under `reject-new`.
@@ -226,7 +228,10 @@ pub struct Outbox {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Outbox {
@@ -252,15 +257,29 @@ impl Outbox {
                     outbox = %path.display(), moved_to = %moved_to.display(),
                     "outbox is damaged ({message}); moved it aside and starting a fresh one"
                 );
-                recovered = Some(Recovery { moved_to, reason: message });
+                recovered = Some(Recovery {
+                    moved_to,
+                    reason: message,
+                });
                 open_checked(path)?
             }
             Err(e) => return Err(e),
         };
         let err = |e| sql_error(path, e);
-        let (pending_bytes, pending_records): (i64, i64) =
-            conn.query_row("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(err)?;
-        let journal_bytes: i64 = conn.query_row("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM journal", [], |r| r.get(0)).map_err(err)?;
+        let (pending_bytes, pending_records): (i64, i64) = conn
+            .query_row(
+                "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(err)?;
+        let journal_bytes: i64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM journal",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
         let outbox = Outbox {
             path: path.to_owned(),
             config,
@@ -280,19 +299,35 @@ impl Outbox {
     /// while an agent runs): no creation, no recovery, no expiry.
     pub fn open_read_only(path: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
         if !path.exists() {
-            return Err(OutboxError::Other { path: path.to_owned(), message: "no such file (has the agent run yet?)".into() });
+            return Err(OutboxError::Other {
+                path: path.to_owned(),
+                message: "no such file (has the agent run yet?)".into(),
+            });
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_error(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| sql_error(path, e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| sql_error(path, e))?;
         check_identity(&conn, path)?;
         let (pending_bytes, pending_records): (i64, i64) = conn
-            .query_row("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(|e| sql_error(path, e))?;
         Ok(Outbox {
             path: path.to_owned(),
             config,
-            inner: Mutex::new(Inner { conn, pending_bytes: pending_bytes as u64, pending_records: pending_records as u64, journal_bytes: 0 }),
+            inner: Mutex::new(Inner {
+                conn,
+                pending_bytes: pending_bytes as u64,
+                pending_records: pending_records as u64,
+                journal_bytes: 0,
+            }),
             recovered: None,
         })
     }
@@ -327,9 +362,18 @@ impl Outbox {
 
     /// In one transaction: store `records` and delete the journal rows
     /// `journal_seqs` whose results they are. Either both happen or neither.
-    pub fn complete(&self, journal_seqs: &[i64], records: Vec<NewRecord>) -> Result<AppendReport, OutboxError> {
+    pub fn complete(
+        &self,
+        journal_seqs: &[i64],
+        records: Vec<NewRecord>,
+    ) -> Result<AppendReport, OutboxError> {
         let mut inner = self.lock();
-        let Inner { conn, pending_bytes, pending_records, journal_bytes } = &mut *inner;
+        let Inner {
+            conn,
+            pending_bytes,
+            pending_records,
+            journal_bytes,
+        } = &mut *inner;
         let mut bytes = *pending_bytes;
         let mut count = *pending_records;
         let mut jbytes = *journal_bytes;
@@ -337,7 +381,8 @@ impl Outbox {
         let tx = conn.transaction().map_err(|e| sql_error(&self.path, e))?;
         let result = (|| -> rusqlite::Result<()> {
             {
-                let mut delete = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 RETURNING LENGTH(data)")?;
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 RETURNING LENGTH(data)")?;
                 for seq in journal_seqs {
                     if let Some(len) = delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
                         jbytes = jbytes.saturating_sub(len as u64);
@@ -361,7 +406,8 @@ impl Outbox {
                             continue;
                         }
                         FullPolicy::DropOldest => {
-                            let (freed, dropped) = drop_oldest(&tx, bytes + size - self.config.max_bytes)?;
+                            let (freed, dropped) =
+                                drop_oldest(&tx, bytes + size - self.config.max_bytes)?;
                             bytes -= freed;
                             count -= dropped;
                             report.dropped_oldest += dropped;
@@ -378,6 +424,7 @@ impl Outbox {
             }
             drop(insert);
             for (name, n) in [
+                (counter::STORED, report.stored),
                 (counter::DROPPED_OLDEST, report.dropped_oldest),
                 (counter::REJECTED_FULL, report.rejected_full),
                 (counter::REJECTED_TOO_LARGE, report.rejected_too_large),
@@ -387,12 +434,19 @@ impl Outbox {
             }
             Ok(())
         })();
-        result.and_then(|()| tx.commit()).map_err(|e| sql_error(&self.path, e))?;
+        result
+            .and_then(|()| tx.commit())
+            .map_err(|e| sql_error(&self.path, e))?;
         *pending_bytes = bytes;
         *pending_records = count;
         *journal_bytes = jbytes;
         if report.dropped_oldest + report.rejected_full + report.rejected_too_large > 0 {
-            tracing::warn!(?report, max_bytes = self.config.max_bytes, "outbox full: policy {:?} applied", self.config.when_full);
+            tracing::warn!(
+                ?report,
+                max_bytes = self.config.max_bytes,
+                "outbox full: policy {:?} applied",
+                self.config.when_full
+            );
         }
         Ok(report)
     }
@@ -405,7 +459,12 @@ impl Outbox {
         }
         let cutoff = now_ms - (self.config.max_age_secs as i64).saturating_mul(1000);
         let mut inner = self.lock();
-        let Inner { conn, pending_bytes, pending_records, .. } = &mut *inner;
+        let Inner {
+            conn,
+            pending_bytes,
+            pending_records,
+            ..
+        } = &mut *inner;
         let tx = conn.transaction().map_err(|e| sql_error(&self.path, e))?;
         let (freed, n) = (|| -> rusqlite::Result<(u64, u64)> {
             let (freed, n): (i64, i64) = tx.query_row(
@@ -425,7 +484,11 @@ impl Outbox {
         *pending_bytes -= freed;
         *pending_records -= n;
         if n > 0 {
-            tracing::warn!(expired = n, max_age_secs = self.config.max_age_secs, "outbox: expired old results");
+            tracing::warn!(
+                expired = n,
+                max_age_secs = self.config.max_age_secs,
+                "outbox: expired old results"
+            );
         }
         Ok(n)
     }
@@ -434,9 +497,16 @@ impl Outbox {
     /// key, same records, also after a restart), else a new one of up to
     /// `max_records` records and about `max_bytes` bytes, committed before it
     /// is returned. `None` when nothing is pending.
-    pub fn next_batch(&self, max_records: usize, max_bytes: usize) -> Result<Option<Batch>, OutboxError> {
+    pub fn next_batch(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, OutboxError> {
         let mut inner = self.lock();
-        let tx = inner.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
+        let tx = inner
+            .conn
+            .transaction()
+            .map_err(|e| sql_error(&self.path, e))?;
         let batch = (|| -> rusqlite::Result<Option<Batch>> {
             let existing: Option<(i64, String)> =
                 tx.query_row("SELECT id, key FROM batches ORDER BY id LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
@@ -495,9 +565,19 @@ impl Outbox {
         self.remove_batch(batch_id, counter::REJECTED_UPSTREAM, Some(reason))
     }
 
-    fn remove_batch(&self, batch_id: i64, counter_name: &str, error: Option<&str>) -> Result<u64, OutboxError> {
+    fn remove_batch(
+        &self,
+        batch_id: i64,
+        counter_name: &str,
+        error: Option<&str>,
+    ) -> Result<u64, OutboxError> {
         let mut inner = self.lock();
-        let Inner { conn, pending_bytes, pending_records, .. } = &mut *inner;
+        let Inner {
+            conn,
+            pending_bytes,
+            pending_records,
+            ..
+        } = &mut *inner;
         let tx = conn.transaction().map_err(|e| sql_error(&self.path, e))?;
         let (freed, n) = (|| -> rusqlite::Result<(u64, u64)> {
             let (freed, n): (i64, i64) = tx.query_row(
@@ -529,7 +609,9 @@ impl Outbox {
     pub fn record_sync_error(&self, message: &str) -> Result<(), OutboxError> {
         let inner = self.lock();
         let now = now_ms().to_string();
-        set_meta(&inner.conn, "last_error", message).and_then(|()| set_meta(&inner.conn, "last_error_at_ms", &now)).map_err(|e| self.err(e))
+        set_meta(&inner.conn, "last_error", message)
+            .and_then(|()| set_meta(&inner.conn, "last_error_at_ms", &now))
+            .map_err(|e| self.err(e))
     }
 
     /// Remember that the collector was reached and nothing was pending.
@@ -541,30 +623,45 @@ impl Outbox {
     /// Accept an input into the journal, durably. Returns its sequence
     /// number, which makes its id.
     pub fn accept(&self, input: &NewInput) -> Result<i64, OutboxError> {
-        self.accept_claimed(input, None)
+        Ok(self.accept_many(&[(input, None)])?[0])
     }
 
-    /// Accept an input and, in the same transaction, remember the claimed
-    /// file it came from (see [`Outbox::is_claimed`]).
-    pub fn accept_claimed(&self, input: &NewInput, claimed_file: Option<&str>) -> Result<i64, OutboxError> {
+    /// Accept inputs in one transaction (one fsync for all of them): all or
+    /// none. Each may name the claimed file it came from, remembered in the
+    /// same transaction (see [`Outbox::is_claimed`]). Returns the sequence
+    /// numbers, in order.
+    pub fn accept_many(
+        &self,
+        inputs: &[(&NewInput, Option<&str>)],
+    ) -> Result<Vec<i64>, OutboxError> {
         let mut inner = self.lock();
-        let tx = inner.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
-        let attributes = serde_json::to_string(&input.attributes).expect("pairs of strings serialize");
-        let seq = (|| -> rusqlite::Result<i64> {
-            tx.execute(
+        let tx = inner
+            .conn
+            .transaction()
+            .map_err(|e| sql_error(&self.path, e))?;
+        let seqs = (|| -> rusqlite::Result<Vec<i64>> {
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO journal(pipeline, content_type, attributes, data, accepted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![input.pipeline, input.content_type, attributes, input.data, now_ms()],
             )?;
-            let seq = tx.last_insert_rowid();
-            if let Some(name) = claimed_file {
-                tx.execute("INSERT OR IGNORE INTO claimed_files(name) VALUES (?1)", [name])?;
+            let mut claim = tx.prepare_cached("INSERT OR IGNORE INTO claimed_files(name) VALUES (?1)")?;
+            let mut seqs = Vec::with_capacity(inputs.len());
+            for (input, claimed_file) in inputs {
+                let attributes = serde_json::to_string(&input.attributes).expect("pairs of strings serialize");
+                insert.execute(params![input.pipeline, input.content_type, attributes, input.data, now_ms()])?;
+                seqs.push(tx.last_insert_rowid());
+                if let Some(name) = claimed_file {
+                    claim.execute([name])?;
+                }
             }
-            Ok(seq)
+            Ok(seqs)
         })()
         .map_err(|e| sql_error(&self.path, e))?;
         tx.commit().map_err(|e| self.err(e))?;
-        inner.journal_bytes += input.data.len() as u64;
-        Ok(seq)
+        inner.journal_bytes += inputs
+            .iter()
+            .map(|(input, _)| input.data.len() as u64)
+            .sum::<u64>();
+        Ok(seqs)
     }
 
     /// Bytes of inputs accepted but not yet processed.
@@ -577,20 +674,37 @@ impl Outbox {
         let inner = self.lock();
         inner
             .conn
-            .query_row("SELECT 1 FROM claimed_files WHERE name = ?1", [name], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM claimed_files WHERE name = ?1",
+                [name],
+                |_| Ok(()),
+            )
             .optional()
             .map(|r| r.is_some())
             .map_err(|e| self.err(e))
     }
 
-    /// Forget a claimed file once it has been deleted.
-    pub fn forget_claim(&self, name: &str) -> Result<(), OutboxError> {
-        let inner = self.lock();
-        inner.conn.execute("DELETE FROM claimed_files WHERE name = ?1", [name]).map(|_| ()).map_err(|e| self.err(e))
+    /// Forget claimed files once they have been deleted.
+    pub fn forget_claims(&self, names: &[String]) -> Result<(), OutboxError> {
+        let mut inner = self.lock();
+        let tx = inner.conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM claimed_files WHERE name = ?1")
+                .map_err(|e| self.err(e))?;
+            for name in names {
+                delete.execute([name]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Up to `limit` journal items of `pipeline`, oldest first.
-    pub fn journal_items(&self, pipeline: &str, limit: usize) -> Result<Vec<JournalItem>, OutboxError> {
+    pub fn journal_items(
+        &self,
+        pipeline: &str,
+        limit: usize,
+    ) -> Result<Vec<JournalItem>, OutboxError> {
         let inner = self.lock();
         let mut select = inner
             .conn
@@ -627,16 +741,21 @@ impl Outbox {
         let inner = self.lock();
         let conn = &inner.conn;
         let q = || -> rusqlite::Result<Status> {
-            let (pending_bytes, pending_records, oldest): (i64, i64, Option<i64>) = conn.query_row(
-                "SELECT COALESCE(SUM(bytes), 0), COUNT(*), MIN(created_at_ms) FROM records",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            let (pending_bytes, pending_records, oldest): (i64, i64, Option<i64>) = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(bytes), 0), COUNT(*), MIN(created_at_ms) FROM records",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
             let batches: i64 = conn.query_row("SELECT COUNT(*) FROM batches", [], |r| r.get(0))?;
-            let (journal_items, journal_bytes): (i64, i64) =
-                conn.query_row("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (journal_items, journal_bytes): (i64, i64) = conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM journal",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             let mut counters = BTreeMap::new();
             for name in [
+                counter::STORED,
                 counter::UPLOADED,
                 counter::DROPPED_OLDEST,
                 counter::REJECTED_FULL,
@@ -648,12 +767,15 @@ impl Outbox {
                 counters.insert(name.to_owned(), 0);
             }
             let mut select = conn.prepare("SELECT name, value FROM counters")?;
-            for row in select.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            for row in
+                select.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            {
                 let (name, value) = row?;
                 counters.insert(name, value);
             }
             let meta = |key: &str| -> rusqlite::Result<Option<String>> {
-                conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+                conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()
             };
             Ok(Status {
                 path: self.path.clone(),
@@ -678,7 +800,9 @@ impl Outbox {
         let inner = self.lock();
         inner
             .conn
-            .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()
             .map(|v| v.unwrap_or(0))
             .map_err(|e| self.err(e))
@@ -688,7 +812,10 @@ impl Outbox {
     /// disk's own size; writes beyond fail as [`OutboxError::DiskFull`]).
     pub fn limit_file_pages(&self, pages: u64) -> Result<(), OutboxError> {
         let inner = self.lock();
-        inner.conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(())).map_err(|e| self.err(e))
+        inner
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -697,23 +824,42 @@ impl Outbox {
 fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
     let damaged = |e: rusqlite::Error| sql_error(path, e);
     let conn = Connection::open(path).map_err(damaged)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(damaged)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(damaged)?;
     // WAL: readers (status) never block the writer; FULL: a commit is on disk
     // (WAL fsynced) before it returns, which is what "accepted" promises.
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(damaged)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(damaged)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(OutboxError::Other { path: path.to_owned(), message: format!("cannot switch to WAL mode (got `{mode}`)") });
+        return Err(OutboxError::Other {
+            path: path.to_owned(),
+            message: format!("cannot switch to WAL mode (got `{mode}`)"),
+        });
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;").map_err(damaged)?;
-    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(damaged)?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
+        .map_err(damaged)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(damaged)?;
     if check != "ok" {
-        return Err(OutboxError::Damaged { path: path.to_owned(), message: format!("integrity check failed: {check}") });
+        return Err(OutboxError::Damaged {
+            path: path.to_owned(),
+            message: format!("integrity check failed: {check}"),
+        });
     }
-    let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(damaged)?;
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(damaged)?;
     if version == 0 {
-        let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0)).map_err(damaged)?;
+        let tables: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(damaged)?;
         if tables > 0 {
-            return Err(OutboxError::Damaged { path: path.to_owned(), message: "a SQLite file that is not a Sluice outbox".into() });
+            return Err(OutboxError::Damaged {
+                path: path.to_owned(),
+                message: "a SQLite file that is not a Sluice outbox".into(),
+            });
         }
         create_schema(&conn).map_err(damaged)?;
     }
@@ -729,9 +875,17 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
         // that ids stay unique upstream even if a damaged outbox (and its
         // counter) was moved aside: a file ingesting below a million inputs
         // per second never catches up with the clock.
-        let start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('journal', ?1)", [start])?;
-        conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"))
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        conn.execute(
+            "INSERT INTO sqlite_sequence(name, seq) VALUES ('journal', ?1)",
+            [start],
+        )?;
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+        ))
     })();
     match result {
         Ok(()) => conn.execute_batch("COMMIT"),
@@ -743,16 +897,24 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 fn check_identity(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
-    let ids = conn.query_row("PRAGMA application_id", [], |r| r.get::<_, i32>(0)).and_then(|app| {
-        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i32>(0)).map(|v| (app, v))
-    });
+    let ids = conn
+        .query_row("PRAGMA application_id", [], |r| r.get::<_, i32>(0))
+        .and_then(|app| {
+            conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i32>(0))
+                .map(|v| (app, v))
+        });
     match ids {
         Ok((APPLICATION_ID, SCHEMA_VERSION)) => Ok(()),
         Ok((APPLICATION_ID, v)) => Err(OutboxError::Other {
             path: path.to_owned(),
-            message: format!("schema version {v} is not supported by this sluice (expects {SCHEMA_VERSION})"),
+            message: format!(
+                "schema version {v} is not supported by this sluice (expects {SCHEMA_VERSION})"
+            ),
         }),
-        Ok(_) => Err(OutboxError::Damaged { path: path.to_owned(), message: "a SQLite file that is not a Sluice outbox".into() }),
+        Ok(_) => Err(OutboxError::Damaged {
+            path: path.to_owned(),
+            message: "a SQLite file that is not a Sluice outbox".into(),
+        }),
         Err(e) => Err(sql_error(path, e)),
     }
 }
@@ -760,10 +922,16 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
 /// Rename a damaged outbox (and its WAL) to `<name>.damaged-<timestamp>`.
 fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
     let stamp = utc_stamp(SystemTime::now());
-    let target = path.with_file_name(format!("{}.damaged-{stamp}", path.file_name().unwrap_or_default().to_string_lossy()));
+    let target = path.with_file_name(format!(
+        "{}.damaged-{stamp}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     std::fs::rename(path, &target).map_err(|e| OutboxError::Other {
         path: path.to_owned(),
-        message: format!("damaged, and cannot move it aside to {}: {e}", target.display()),
+        message: format!(
+            "damaged, and cannot move it aside to {}: {e}",
+            target.display()
+        ),
     })?;
     for suffix in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{suffix}", path.display()));
@@ -779,7 +947,10 @@ fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
 
 /// `YYYYMMDDTHHMMSSZ` for a time (UTC, no dependency on a date crate).
 pub fn utc_stamp(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -791,7 +962,12 @@ pub fn utc_stamp(time: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Delete the oldest records until at least `need` bytes are freed.
@@ -800,11 +976,13 @@ pub fn utc_stamp(time: SystemTime) -> String {
 /// per-record dedupe keeps already-delivered records from being stored twice.
 fn drop_oldest(tx: &Transaction, need: u64) -> rusqlite::Result<(u64, u64)> {
     let (mut freed, mut dropped) = (0u64, 0u64);
-    let mut select = tx.prepare_cached("SELECT rowid, bytes, batch FROM records ORDER BY rowid LIMIT 64")?;
+    let mut select =
+        tx.prepare_cached("SELECT rowid, bytes, batch FROM records ORDER BY rowid LIMIT 64")?;
     let mut delete = tx.prepare_cached("DELETE FROM records WHERE rowid = ?1")?;
     while freed < need {
-        let rows: Vec<(i64, i64, Option<i64>)> =
-            select.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        let rows: Vec<(i64, i64, Option<i64>)> = select
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
         if rows.is_empty() {
             break;
         }
@@ -832,7 +1010,9 @@ fn dissolve_batch(tx: &Transaction, batch: i64) -> rusqlite::Result<()> {
 /// Dissolve every batch holding a record matching `condition` (with `?1`).
 fn dissolve_batches_of(tx: &Transaction, condition: &str, arg: i64) -> rusqlite::Result<()> {
     let batches: Vec<i64> = tx
-        .prepare(&format!("SELECT DISTINCT batch FROM records WHERE batch IS NOT NULL AND {condition}"))?
+        .prepare(&format!(
+            "SELECT DISTINCT batch FROM records WHERE batch IS NOT NULL AND {condition}"
+        ))?
         .query_map([arg], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for batch in batches {
@@ -872,7 +1052,9 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
         // ENOSPC on write to SQLITE_FULL, and SQLITE_IOERR_WRITE covers the rest.
         match f.code {
             ErrorCode::DiskFull => return OutboxError::DiskFull { path, message },
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => return OutboxError::Damaged { path, message },
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                return OutboxError::Damaged { path, message };
+            }
             _ => {}
         }
     }

@@ -69,7 +69,10 @@ impl Pipeline {
         for (slot, outputs) in infer_slots.into_iter().zip(inferred) {
             match outputs {
                 Ok(tensors) => {
-                    to_post.push(Inferred { meta: items[slot].meta.clone(), tensors });
+                    to_post.push(Inferred {
+                        meta: items[slot].meta.clone(),
+                        tensors,
+                    });
                     post_slots.push(slot);
                 }
                 Err(e) => results[slot] = Some(Err(e)),

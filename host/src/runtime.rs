@@ -46,22 +46,33 @@ impl Runtime {
 
         let options = EngineOptions {
             pooling: config.runtime.pooling,
-            max_memory_bytes: config.plugins.values().map(|p| p.memory_bytes()).max().unwrap_or(64 << 20),
+            max_memory_bytes: config
+                .plugins
+                .values()
+                .map(|p| p.memory_bytes())
+                .max()
+                .unwrap_or(64 << 20),
             max_instances: (config.plugins.len() as u32).max(1) * INSTANCES_PER_PLUGIN,
             cache_dir: Some(config.cache_dir()),
         };
-        let host = PluginHost::with_nn(&options, scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes))?;
+        let host = PluginHost::with_nn(
+            &options,
+            scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes),
+        )?;
         // Each plugin is loaded once, as the kind its first pipeline needs.
         let mut plugins: BTreeMap<&str, Option<Arc<Plugin>>> = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
-            for (plugin, kind) in
-                [(&pipeline.preprocess, PluginKind::Preprocessor), (&pipeline.postprocess, PluginKind::Postprocessor)]
-            {
-                plugins.entry(plugin).or_insert_with(|| match host.load(plugin, &config.plugins[plugin], kind) {
-                    Ok(loaded) => Some(Arc::new(loaded)),
-                    Err(e) => {
-                        problems.push(format!("{e} (needed by pipeline `{name}`)"));
-                        None
+            for (plugin, kind) in [
+                (&pipeline.preprocess, PluginKind::Preprocessor),
+                (&pipeline.postprocess, PluginKind::Postprocessor),
+            ] {
+                plugins.entry(plugin).or_insert_with(|| {
+                    match host.load(plugin, &config.plugins[plugin], kind) {
+                        Ok(loaded) => Some(Arc::new(loaded)),
+                        Err(e) => {
+                            problems.push(format!("{e} (needed by pipeline `{name}`)"));
+                            None
+                        }
                     }
                 });
             }
@@ -77,10 +88,17 @@ impl Runtime {
             if let (Some(pre), Some(scheduler), Some(post)) = parts {
                 pipelines.insert(
                     name.clone(),
-                    Pipeline { name: name.clone(), preprocess: pre.clone(), scheduler: scheduler.clone(), postprocess: post.clone() },
+                    Pipeline {
+                        name: name.clone(),
+                        preprocess: pre.clone(),
+                        scheduler: scheduler.clone(),
+                        postprocess: post.clone(),
+                    },
                 );
             } else {
-                problems.push(format!("pipeline `{name}` is disabled: a plugin or model it needs did not start"));
+                problems.push(format!(
+                    "pipeline `{name}` is disabled: a plugin or model it needs did not start"
+                ));
             }
         }
         for problem in &problems {
@@ -91,14 +109,23 @@ impl Runtime {
         }
         let pipelines_named = pipelines.keys().cloned().collect::<Vec<_>>();
         tracing::info!(pipelines = ?pipelines_named, "runtime started");
-        Ok(Runtime { config, host, schedulers, pipelines, problems })
+        Ok(Runtime {
+            config,
+            host,
+            schedulers,
+            pipelines,
+            problems,
+        })
     }
 
     /// The pipeline called `name`, or the only one when `name` is `None`.
     pub fn pipeline(&self, name: Option<&str>) -> anyhow::Result<&Pipeline> {
         match name {
             Some(name) => self.pipelines.get(name).ok_or_else(|| {
-                anyhow::anyhow!("no running pipeline `{name}` (running: {:?})", self.pipelines.keys().collect::<Vec<_>>())
+                anyhow::anyhow!(
+                    "no running pipeline `{name}` (running: {:?})",
+                    self.pipelines.keys().collect::<Vec<_>>()
+                )
             }),
             None if self.pipelines.len() == 1 => Ok(self.pipelines.values().next().unwrap()),
             None => anyhow::bail!(
@@ -114,7 +141,11 @@ impl Runtime {
 /// as many batches in flight as the scheduler has threads, so that batches
 /// from concurrent callers merge. `progress` is called with each finished
 /// batch's size. Outcomes come back in input order.
-pub fn process_all(pipeline: &Pipeline, items: Vec<RawItem>, progress: &(dyn Fn(usize) + Sync)) -> Vec<Outcome> {
+pub fn process_all(
+    pipeline: &Pipeline,
+    items: Vec<RawItem>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Vec<Outcome> {
     let batch = pipeline.scheduler.config().max_batch_size.max(1);
     let workers = pipeline.scheduler.config().threads.max(1);
     let chunks: Vec<Vec<RawItem>> = {
@@ -126,7 +157,10 @@ pub fn process_all(pipeline: &Pipeline, items: Vec<RawItem>, progress: &(dyn Fn(
         chunks
     };
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let chunks: Vec<std::sync::Mutex<Option<Vec<RawItem>>>> = chunks.into_iter().map(|c| std::sync::Mutex::new(Some(c))).collect();
+    let chunks: Vec<std::sync::Mutex<Option<Vec<RawItem>>>> = chunks
+        .into_iter()
+        .map(|c| std::sync::Mutex::new(Some(c)))
+        .collect();
     let mut done: Vec<(usize, Vec<Outcome>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers.min(chunks.len()).max(1))
             .map(|_| {
@@ -134,7 +168,10 @@ pub fn process_all(pipeline: &Pipeline, items: Vec<RawItem>, progress: &(dyn Fn(
                     let mut mine = Vec::new();
                     loop {
                         let ix = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(chunk) = chunks.get(ix).and_then(|c| c.lock().unwrap().take()) else { break };
+                        let Some(chunk) = chunks.get(ix).and_then(|c| c.lock().unwrap().take())
+                        else {
+                            break;
+                        };
                         let outcomes = pipeline.process(chunk);
                         progress(outcomes.len());
                         mine.push((ix, outcomes));
@@ -143,8 +180,13 @@ pub fn process_all(pipeline: &Pipeline, items: Vec<RawItem>, progress: &(dyn Fn(
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("pipeline worker panicked")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("pipeline worker panicked"))
+            .collect()
     });
     done.sort_by_key(|(ix, _)| *ix);
-    done.into_iter().flat_map(|(_, outcomes)| outcomes).collect()
+    done.into_iter()
+        .flat_map(|(_, outcomes)| outcomes)
+        .collect()
 }

@@ -19,9 +19,9 @@
 
 use crate::infer::{Model, ModelError, TensorSpec};
 use crate::types::{ItemError, Tensor};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Batching settings of one model. Defaults follow common serving practice
@@ -108,28 +108,39 @@ impl SchedulerStats {
 
     fn record_queue_time(&self, waited: Duration, items: usize) {
         let us = waited.as_micros() as u64;
-        let bucket = QUEUE_TIME_BOUNDS_US.iter().position(|&b| us < b).unwrap_or(7);
+        let bucket = QUEUE_TIME_BOUNDS_US
+            .iter()
+            .position(|&b| us < b)
+            .unwrap_or(7);
         self.queue_times[bucket].fetch_add(items as u64, Ordering::Relaxed);
     }
 
     /// A plain snapshot for reports.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let load = |a: &[AtomicU64; 8]| a.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>();
+        let load = |a: &[AtomicU64; 8]| {
+            a.iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        };
         StatsSnapshot {
             batches: self.batches.load(Ordering::Relaxed),
             items: self.items.load(Ordering::Relaxed),
             rejected_full: self.rejected_full.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
-            batch_size_histogram: ["1", "2-3", "4-7", "8-15", "16-31", "32-63", "64-127", "128+"]
-                .iter()
-                .map(|s| s.to_string())
-                .zip(load(&self.batch_sizes))
-                .collect(),
-            queue_time_histogram: ["<0.1ms", "<1ms", "<5ms", "<10ms", "<50ms", "<100ms", "<1s", ">=1s"]
-                .iter()
-                .map(|s| s.to_string())
-                .zip(load(&self.queue_times))
-                .collect(),
+            batch_size_histogram: [
+                "1", "2-3", "4-7", "8-15", "16-31", "32-63", "64-127", "128+",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .zip(load(&self.batch_sizes))
+            .collect(),
+            queue_time_histogram: [
+                "<0.1ms", "<1ms", "<5ms", "<10ms", "<50ms", "<100ms", "<1s", ">=1s",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .zip(load(&self.queue_times))
+            .collect(),
         }
     }
 }
@@ -177,7 +188,11 @@ impl Scheduler {
         } else {
             config.threads
         };
-        let config = BatchConfig { threads, max_batch_size: config.max_batch_size.max(1), ..config };
+        let config = BatchConfig {
+            threads,
+            max_batch_size: config.max_batch_size.max(1),
+            ..config
+        };
         let choice = choose_execution(model.as_ref(), &config)?;
         tracing::info!(
             model = model.name(),
@@ -204,7 +219,14 @@ impl Scheduler {
             .name(format!("sluice-sched-{}", model.name()))
             .spawn(move || runner.serve(requests))
             .expect("spawn scheduler thread");
-        Ok(Scheduler { queue, outstanding, model, stats, choice, config })
+        Ok(Scheduler {
+            queue,
+            outstanding,
+            model,
+            stats,
+            choice,
+            config,
+        })
     }
 
     pub fn model(&self) -> &Arc<dyn Model> {
@@ -225,7 +247,9 @@ impl Scheduler {
 
     /// Infer one item (tensors with a batch axis of 1); blocks until done.
     pub fn infer(&self, inputs: Vec<Tensor>) -> Reply {
-        self.infer_many(vec![inputs]).pop().expect("one reply per request")
+        self.infer_many(vec![inputs])
+            .pop()
+            .expect("one reply per request")
     }
 
     /// Infer many items; they may share batches with other callers' items.
@@ -239,17 +263,32 @@ impl Scheduler {
         } else {
             let (reply, rx) = mpsc::sync_channel(1);
             let n = items.len();
-            match self.queue.send(Request { items, enqueued: Instant::now(), reply }) {
-                Ok(()) => rx.recv().unwrap_or_else(|_| (0..n).map(|_| Err(self.error("the scheduler stopped before answering"))).collect()),
+            match self.queue.send(Request {
+                items,
+                enqueued: Instant::now(),
+                reply,
+            }) {
+                Ok(()) => rx.recv().unwrap_or_else(|_| {
+                    (0..n)
+                        .map(|_| Err(self.error("the scheduler stopped before answering")))
+                        .collect()
+                }),
                 Err(_) => {
                     self.outstanding.fetch_sub(n, Ordering::AcqRel);
-                    (0..n).map(|_| Err(self.error("the scheduler has stopped"))).collect()
+                    (0..n)
+                        .map(|_| Err(self.error("the scheduler has stopped")))
+                        .collect()
                 }
             }
         };
         if !refused.is_empty() {
-            self.stats.rejected_full.fetch_add(refused.len() as u64, Ordering::Relaxed);
-            let message = format!("queue full ({} waiting); retry later", self.config.queue_capacity);
+            self.stats
+                .rejected_full
+                .fetch_add(refused.len() as u64, Ordering::Relaxed);
+            let message = format!(
+                "queue full ({} waiting); retry later",
+                self.config.queue_capacity
+            );
             replies.extend(refused.iter().map(|_| Err(self.error(&message))));
         }
         replies
@@ -261,7 +300,12 @@ impl Scheduler {
         let mut current = self.outstanding.load(Ordering::Acquire);
         loop {
             let admitted = n.min(capacity.saturating_sub(current));
-            match self.outstanding.compare_exchange(current, current + admitted, Ordering::AcqRel, Ordering::Acquire) {
+            match self.outstanding.compare_exchange(
+                current,
+                current + admitted,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return admitted,
                 Err(now) => current = now,
             }
@@ -269,7 +313,10 @@ impl Scheduler {
     }
 
     fn error(&self, message: &str) -> ItemError {
-        ItemError::Inference { model: self.model.name().into(), message: message.into() }
+        ItemError::Inference {
+            model: self.model.name().into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -304,7 +351,10 @@ impl BatchRunner {
     }
 
     fn error(&self, message: String) -> ItemError {
-        ItemError::Inference { model: self.model.name().into(), message }
+        ItemError::Inference {
+            model: self.model.name().into(),
+            message,
+        }
     }
 
     /// Check every item, run the valid ones together, answer every request.
@@ -320,12 +370,16 @@ impl BatchRunner {
             self.stats.record_queue_time(waited, request.items.len());
             let expired = waited > timeout;
             if expired {
-                self.stats.timed_out.fetch_add(request.items.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .timed_out
+                    .fetch_add(request.items.len() as u64, Ordering::Relaxed);
             }
             let mut answers = Vec::with_capacity(request.items.len());
             for (i, inputs) in request.items.into_iter().enumerate() {
                 if expired {
-                    answers.push(Some(Err(self.error(format!("not started within {} ms", timeout.as_millis())))));
+                    answers.push(Some(Err(
+                        self.error(format!("not started within {} ms", timeout.as_millis()))
+                    )));
                 } else if let Err(message) = check_inputs(self.model.inputs(), &inputs) {
                     answers.push(Some(Err(self.error(message))));
                 } else {
@@ -339,14 +393,21 @@ impl BatchRunner {
         }
         if !valid.is_empty() {
             let chunks = split_into_chunks(valid.len(), self.choice.chunk);
-            chunks.iter().for_each(|&size| self.stats.record_batch(size));
+            chunks
+                .iter()
+                .for_each(|&size| self.stats.record_batch(size));
             let outputs = run_chunks(self.model.as_ref(), valid, &chunks, self.choice.threads);
             for ((r, i), output) in slots.into_iter().zip(outputs) {
                 replies[r][i] = Some(output.map_err(|e| self.error(e)));
             }
         }
         for (reply, answers) in reply_to.into_iter().zip(replies) {
-            let _ = reply.send(answers.into_iter().map(|a| a.expect("every item answered")).collect());
+            let _ = reply.send(
+                answers
+                    .into_iter()
+                    .map(|a| a.expect("every item answered"))
+                    .collect(),
+            );
         }
     }
 }
@@ -355,15 +416,26 @@ impl BatchRunner {
 fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), String> {
     if inputs.len() != specs.len() {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        return Err(format!("the model takes {} input(s) {names:?}, got {}", specs.len(), inputs.len()));
+        return Err(format!(
+            "the model takes {} input(s) {names:?}, got {}",
+            specs.len(),
+            inputs.len()
+        ));
     }
-    specs.iter().zip(inputs).try_for_each(|(spec, tensor)| spec.check_item(tensor))
+    specs
+        .iter()
+        .zip(inputs)
+        .try_for_each(|(spec, tensor)| spec.check_item(tensor))
 }
 
 /// Chunk sizes for `n` items: powers of two no larger than `max_chunk`,
 /// largest first, so plans exist for few sizes and nothing is padded.
 fn split_into_chunks(n: usize, max_chunk: usize) -> Vec<usize> {
-    let largest = if max_chunk.is_power_of_two() { max_chunk } else { max_chunk.next_power_of_two() / 2 };
+    let largest = if max_chunk.is_power_of_two() {
+        max_chunk
+    } else {
+        max_chunk.next_power_of_two() / 2
+    };
     let mut chunks = Vec::new();
     let mut left = n;
     while left > 0 {
@@ -380,7 +452,12 @@ fn split_into_chunks(n: usize, max_chunk: usize) -> Vec<usize> {
 /// Run items (already checked) in chunks, spread over `threads` threads.
 /// Returns one result per item, in order. A failing chunk is retried item by
 /// item so that one bad item cannot fail its neighbours.
-fn run_chunks(model: &dyn Model, items: Vec<Vec<Tensor>>, chunks: &[usize], threads: usize) -> Vec<Result<Vec<Tensor>, String>> {
+fn run_chunks(
+    model: &dyn Model,
+    items: Vec<Vec<Tensor>>,
+    chunks: &[usize],
+    threads: usize,
+) -> Vec<Result<Vec<Tensor>, String>> {
     let mut groups: Vec<Vec<Vec<Tensor>>> = Vec::with_capacity(chunks.len());
     let mut rest = items.into_iter();
     for &size in chunks {
@@ -390,7 +467,10 @@ fn run_chunks(model: &dyn Model, items: Vec<Vec<Tensor>>, chunks: &[usize], thre
         let n = group.len();
         match run_stacked(model, &group) {
             Ok(outputs) => outputs.into_iter().map(Ok).collect(),
-            Err(_) if n > 1 => group.into_iter().map(|item| run_stacked(model, &[item]).map(|mut o| o.remove(0))).collect(),
+            Err(_) if n > 1 => group
+                .into_iter()
+                .map(|item| run_stacked(model, &[item]).map(|mut o| o.remove(0)))
+                .collect(),
             Err(e) => vec![Err(e)],
         }
     };
@@ -398,7 +478,8 @@ fn run_chunks(model: &dyn Model, items: Vec<Vec<Tensor>>, chunks: &[usize], thre
         return groups.into_iter().flat_map(run_group).collect();
     }
     // Round-robin groups over threads, then put results back in order.
-    let mut lanes: Vec<Vec<(usize, Vec<Vec<Tensor>>)>> = (0..threads.min(groups.len())).map(|_| Vec::new()).collect();
+    let mut lanes: Vec<Vec<(usize, Vec<Vec<Tensor>>)>> =
+        (0..threads.min(groups.len())).map(|_| Vec::new()).collect();
     let lane_count = lanes.len();
     for (ix, group) in groups.into_iter().enumerate() {
         lanes[ix % lane_count].push((ix, group));
@@ -406,9 +487,18 @@ fn run_chunks(model: &dyn Model, items: Vec<Vec<Tensor>>, chunks: &[usize], thre
     let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, String>>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = lanes
             .into_iter()
-            .map(|lane| scope.spawn(move || lane.into_iter().map(|(ix, g)| (ix, run_group(g))).collect::<Vec<_>>()))
+            .map(|lane| {
+                scope.spawn(move || {
+                    lane.into_iter()
+                        .map(|(ix, g)| (ix, run_group(g)))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("inference thread panicked")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("inference thread panicked"))
+            .collect()
     });
     results.sort_by_key(|(ix, _)| *ix);
     results.into_iter().flat_map(|(_, r)| r).collect()
@@ -427,20 +517,39 @@ fn run_stacked(model: &dyn Model, items: &[Vec<Tensor>]) -> Result<Vec<Vec<Tenso
             for item in items {
                 data.extend_from_slice(&item[input].data);
             }
-            Tensor { name: first.name.clone(), dtype: first.dtype, shape, data }
+            Tensor {
+                name: first.name.clone(),
+                dtype: first.dtype,
+                shape,
+                data,
+            }
         })
         .collect();
     let outputs = plan.run(stacked).map_err(|e| e.to_string())?;
-    let mut per_item: Vec<Vec<Tensor>> = (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
+    let mut per_item: Vec<Vec<Tensor>> =
+        (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
     for output in outputs {
         if output.shape.first() != Some(&n) {
-            return Err(format!("output `{}` has shape {:?}, expected batch axis {n}", output.name, output.shape));
+            return Err(format!(
+                "output `{}` has shape {:?}, expected batch axis {n}",
+                output.name, output.shape
+            ));
         }
         let item_len = output.data.len() / n;
         let mut shape = output.shape.clone();
         shape[0] = 1;
-        for (ix, bytes) in output.data.chunks_exact(item_len.max(1)).enumerate().take(n) {
-            per_item[ix].push(Tensor { name: output.name.clone(), dtype: output.dtype, shape: shape.clone(), data: bytes.to_vec() });
+        for (ix, bytes) in output
+            .data
+            .chunks_exact(item_len.max(1))
+            .enumerate()
+            .take(n)
+        {
+            per_item[ix].push(Tensor {
+                name: output.name.clone(),
+                dtype: output.dtype,
+                shape: shape.clone(),
+                data: bytes.to_vec(),
+            });
         }
     }
     Ok(per_item)
@@ -457,7 +566,10 @@ fn candidate_chunks(max_batch: usize) -> Vec<usize> {
 
 /// Build and warm up every plan, and measure which way of running a full
 /// batch costs least per item.
-fn choose_execution(model: &dyn Model, config: &BatchConfig) -> Result<ExecutionChoice, ModelError> {
+fn choose_execution(
+    model: &dyn Model,
+    config: &BatchConfig,
+) -> Result<ExecutionChoice, ModelError> {
     let candidates = candidate_chunks(config.max_batch_size);
     let example = example_item(model)?;
     // Warm-up: building each plan optimizes it; the first run allocates.
@@ -468,7 +580,11 @@ fn choose_execution(model: &dyn Model, config: &BatchConfig) -> Result<Execution
         })?;
     }
     let largest = *candidates.last().unwrap();
-    let fixed = |chunk: usize| ExecutionChoice { chunk, threads: 1, measurements: Vec::new() };
+    let fixed = |chunk: usize| ExecutionChoice {
+        chunk,
+        threads: 1,
+        measurements: Vec::new(),
+    };
     match config.execution {
         ExecutionMode::Stacked => return Ok(fixed(largest)),
         ExecutionMode::Single => return Ok(fixed(1)),
@@ -476,7 +592,11 @@ fn choose_execution(model: &dyn Model, config: &BatchConfig) -> Result<Execution
     }
     let batch = largest;
     let mut measurements = Vec::new();
-    let thread_options: Vec<usize> = if config.threads > 1 { vec![1, config.threads] } else { vec![1] };
+    let thread_options: Vec<usize> = if config.threads > 1 {
+        vec![1, config.threads]
+    } else {
+        vec![1]
+    };
     for &chunk in &candidates {
         for &threads in &thread_options {
             if threads > 1 && chunk == batch {
@@ -491,14 +611,22 @@ fn choose_execution(model: &dyn Model, config: &BatchConfig) -> Result<Execution
                 runs += 1;
             }
             let micros_per_item = started.elapsed().as_secs_f64() * 1e6 / (runs * batch) as f64;
-            measurements.push(Measurement { chunk, threads, micros_per_item });
+            measurements.push(Measurement {
+                chunk,
+                threads,
+                micros_per_item,
+            });
         }
     }
     let best = measurements
         .iter()
         .min_by(|a, b| a.micros_per_item.total_cmp(&b.micros_per_item))
         .expect("at least one measurement");
-    Ok(ExecutionChoice { chunk: best.chunk, threads: best.threads, measurements: measurements.clone() })
+    Ok(ExecutionChoice {
+        chunk: best.chunk,
+        threads: best.threads,
+        measurements: measurements.clone(),
+    })
 }
 
 /// A zero-filled item matching the model's inputs, for warm-up and timing.
@@ -507,14 +635,27 @@ fn example_item(model: &dyn Model) -> Result<Vec<Tensor>, ModelError> {
         .inputs()
         .iter()
         .map(|spec| {
-            let shape: Option<Vec<usize>> =
-                spec.shape.iter().enumerate().map(|(axis, d)| if axis == 0 { Some(1) } else { *d }).collect();
+            let shape: Option<Vec<usize>> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, d)| if axis == 0 { Some(1) } else { *d })
+                .collect();
             let shape = shape.ok_or_else(|| ModelError::Run {
                 model: model.name().into(),
-                message: format!("input `{}` has open dimensions {} besides the batch", spec.name, spec.shape_text()),
+                message: format!(
+                    "input `{}` has open dimensions {} besides the batch",
+                    spec.name,
+                    spec.shape_text()
+                ),
             })?;
             let len = shape.iter().product::<usize>() * spec.dtype.size();
-            Ok(Tensor { name: spec.name.clone(), dtype: spec.dtype, shape, data: vec![0; len] })
+            Ok(Tensor {
+                name: spec.name.clone(),
+                dtype: spec.dtype,
+                shape,
+                data: vec![0; len],
+            })
         })
         .collect()
 }

@@ -31,7 +31,11 @@ pub enum SyncError {
     Unreachable { url: String, message: String },
     /// The collector answered with an error that may pass (5xx, 401, 403, 408, 429).
     #[error("collector {url} answered {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
 }
@@ -115,8 +119,12 @@ pub struct Uploader {
 impl Uploader {
     /// An uploader to `config.url`; fails if the configuration has no URL or token.
     pub fn new(outbox: Arc<Outbox>, config: &SyncConfig, device: &str) -> anyhow::Result<Uploader> {
-        let Some(url) = &config.url else { anyhow::bail!("sync.url is not configured") };
-        let Some(token) = config.bearer_token()? else { anyhow::bail!("sync.token (or sync.token_file) is not configured") };
+        let Some(url) = &config.url else {
+            anyhow::bail!("sync.url is not configured")
+        };
+        let Some(token) = config.bearer_token()? else {
+            anyhow::bail!("sync.token (or sync.token_file) is not configured")
+        };
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.timeout_ms))
@@ -137,7 +145,10 @@ impl Uploader {
     pub fn sync_once(&self, stop: &AtomicBool) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         while !stop.load(Ordering::SeqCst) {
-            let Some(batch) = self.outbox.next_batch(self.config.batch_max_records, self.config.batch_max_bytes)? else {
+            let Some(batch) = self
+                .outbox
+                .next_batch(self.config.batch_max_records, self.config.batch_max_bytes)?
+            else {
                 self.outbox.record_sync_ok()?;
                 break;
             };
@@ -147,7 +158,10 @@ impl Uploader {
                     report.batches += 1;
                 }
                 Err(SyncError::Status { status, body, url }) if is_permanent(status) => {
-                    let reason = format!("collector {url} refused batch {} for good ({status}): {body}", batch.key);
+                    let reason = format!(
+                        "collector {url} refused batch {} for good ({status}): {body}",
+                        batch.key
+                    );
                     tracing::error!("{reason}; dropping its {} record(s)", batch.records.len());
                     report.rejected += self.outbox.reject_batch(batch.id, &reason)?;
                 }
@@ -163,7 +177,10 @@ impl Uploader {
     /// POST one batch; `Ok` only on a `2xx` answer read in full.
     fn send(&self, batch: &Batch) -> Result<(), SyncError> {
         let body = encode_batch(&self.device, batch, self.config.zstd_level);
-        let unreachable = |e: reqwest::Error| SyncError::Unreachable { url: self.endpoint.clone(), message: error_chain(&e) };
+        let unreachable = |e: reqwest::Error| SyncError::Unreachable {
+            url: self.endpoint.clone(),
+            message: error_chain(&e),
+        };
         let response = self
             .client
             .post(&self.endpoint)
@@ -181,7 +198,11 @@ impl Uploader {
         if status.is_success() {
             Ok(())
         } else {
-            Err(SyncError::Status { url: self.endpoint.clone(), status: status.as_u16(), body: text.chars().take(500).collect() })
+            Err(SyncError::Status {
+                url: self.endpoint.clone(),
+                status: status.as_u16(),
+                body: text.chars().take(500).collect(),
+            })
         }
     }
 
@@ -206,7 +227,11 @@ impl Uploader {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let delay = backoff(self.config.backoff_initial_ms, self.config.backoff_max_ms, failures);
+                    let delay = backoff(
+                        self.config.backoff_initial_ms,
+                        self.config.backoff_max_ms,
+                        failures,
+                    );
                     tracing::warn!(retry_in_ms = delay.as_millis() as u64, "sync failed: {e}");
                     signal.sleep(delay);
                 }
@@ -217,7 +242,10 @@ impl Uploader {
 
 /// Run the uploader on its own thread until `signal` stops.
 pub fn spawn(uploader: Uploader, signal: Arc<Signal>) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new().name("sluice-sync".into()).spawn(move || uploader.run(&signal)).expect("spawn the sync thread")
+    std::thread::Builder::new()
+        .name("sluice-sync".into())
+        .spawn(move || uploader.run(&signal))
+        .expect("spawn the sync thread")
 }
 
 /// 4xx answers that retrying cannot fix.
@@ -229,7 +257,10 @@ fn is_permanent(status: u16) -> bool {
 /// capped at `max`, then "equal jitter": half fixed, half random, so retries
 /// spread out yet never come back at once.
 pub fn backoff(initial_ms: u64, max_ms: u64, failures: u32) -> Duration {
-    let exp = initial_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(32)).min(max_ms).max(1);
+    let exp = initial_ms
+        .saturating_mul(1u64 << failures.saturating_sub(1).min(32))
+        .min(max_ms)
+        .max(1);
     let half = exp / 2;
     Duration::from_millis(half + rand::random_range(0..=exp - half))
 }
@@ -242,7 +273,11 @@ pub fn encode_batch(device: &str, batch: &Batch, level: i32) -> Vec<u8> {
     json.extend_from_slice(b"{\"device\":");
     json.extend_from_slice(serde_json::to_string(device).expect("string").as_bytes());
     json.extend_from_slice(b",\"key\":");
-    json.extend_from_slice(serde_json::to_string(&batch.key).expect("string").as_bytes());
+    json.extend_from_slice(
+        serde_json::to_string(&batch.key)
+            .expect("string")
+            .as_bytes(),
+    );
     json.extend_from_slice(b",\"records\":[");
     for (ix, (_, body)) in batch.records.iter().enumerate() {
         if ix > 0 {

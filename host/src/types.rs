@@ -22,7 +22,11 @@ pub struct Metadata {
 
 impl Metadata {
     pub fn new(id: impl Into<String>, content_type: impl Into<String>) -> Self {
-        Metadata { id: id.into(), content_type: content_type.into(), attributes: Vec::new() }
+        Metadata {
+            id: id.into(),
+            content_type: content_type.into(),
+            attributes: Vec::new(),
+        }
     }
 
     pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -74,7 +78,12 @@ pub struct Tensor {
 impl Tensor {
     pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Tensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor { name: name.into(), dtype: DType::F32, shape, data }
+        Tensor {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+            data,
+        }
     }
 
     /// Number of elements the shape describes.
@@ -89,8 +98,12 @@ impl Tensor {
 
     /// The elements as `f32` if the dtype is `F32`.
     pub fn f32_values(&self) -> Option<Vec<f32>> {
-        (self.dtype == DType::F32 && self.is_consistent())
-            .then(|| self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        (self.dtype == DType::F32 && self.is_consistent()).then(|| {
+            self.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
     }
 }
 
@@ -146,7 +159,9 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::Deadline(d) => write!(f, "deadline of {} ms exceeded", d.as_millis()),
-            Fault::MemoryCap { cap_bytes } => write!(f, "memory cap of {} MiB exceeded", cap_bytes >> 20),
+            Fault::MemoryCap { cap_bytes } => {
+                write!(f, "memory cap of {} MiB exceeded", cap_bytes >> 20)
+            }
             Fault::Trap(m) => write!(f, "trapped: {m}"),
             Fault::Contract(m) => write!(f, "broke the plugin contract: {m}"),
         }

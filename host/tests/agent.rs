@@ -24,7 +24,10 @@ const DEVICE: &str = "dev-agent";
 const TOKEN: &str = "agent-secret";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Digit images to post, as bytes.
@@ -36,13 +39,22 @@ fn images() -> Vec<Vec<u8>> {
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .collect();
     files.sort();
-    files.iter().take(64).map(|p| std::fs::read(p).unwrap()).collect()
+    files
+        .iter()
+        .take(64)
+        .map(|p| std::fs::read(p).unwrap())
+        .collect()
 }
 
 fn collector(dir: &Path) -> Collector {
     let mut tokens = Tokens::default();
     tokens.insert(DEVICE, TOKEN);
-    Collector::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), &dir.join("collector.sqlite"), tokens).unwrap()
+    Collector::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        &dir.join("collector.sqlite"),
+        tokens,
+    )
+    .unwrap()
 }
 
 /// The digits example with absolute paths, a test data dir, a shared plugin
@@ -52,11 +64,16 @@ fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>, extra: &str) 
     let base = example.split("# --- `sluice run`").next().unwrap();
     let root = repo().display().to_string();
     let base = base
-        .replace("data_dir = \"../../target/sluice-demo\"", &format!("data_dir = {:?}", dir.join("data").display().to_string()))
+        .replace(
+            "data_dir = \"../../target/sluice-demo\"",
+            &format!("data_dir = {:?}", dir.join("data").display().to_string()),
+        )
         .replace("\"../../", &format!("\"{root}/"))
         .replace("id = \"demo-gateway\"", &format!("id = \"{DEVICE}\""));
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-plugin-cache");
-    let folder = folder.map(|f| format!("folder = {:?}\npoll_ms = 20\n", f.display().to_string())).unwrap_or_default();
+    let folder = folder
+        .map(|f| format!("folder = {:?}\npoll_ms = 20\n", f.display().to_string()))
+        .unwrap_or_default();
     let text = format!(
         "{base}\n[runtime]\ncache_dir = {:?}\n\n[ingest]\nlisten = \"127.0.0.1:0\"\n{folder}\n\
          [sync]\nurl = {sync_url:?}\ntoken = {TOKEN:?}\ntimeout_ms = 1000\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
@@ -87,14 +104,20 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });
         let (etx, erx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = etx.send(line);
             }
         });
@@ -104,7 +127,10 @@ impl Agent {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.starts_with("sluice run: ingest listening on ") => {
-                    url = Some(line.trim_start_matches("sluice run: ingest listening on ").to_owned())
+                    url = Some(
+                        line.trim_start_matches("sluice run: ingest listening on ")
+                            .to_owned(),
+                    )
                 }
                 Ok(line) if line == "sluice run: ready" => break,
                 Ok(_) => {}
@@ -115,7 +141,11 @@ impl Agent {
                 }
             }
         }
-        Agent { child, url: url.expect("ingest address printed"), stderr: erx }
+        Agent {
+            child,
+            url: url.expect("ingest address printed"),
+            stderr: erx,
+        }
     }
 
     fn sigkill(mut self) {
@@ -125,7 +155,10 @@ impl Agent {
 
     /// SIGTERM; returns the exit code (bounded wait).
     fn sigterm(mut self) -> i32 {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -146,7 +179,10 @@ impl Agent {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
 }
 
 /// POST one image; the id if it was acknowledged.
@@ -170,7 +206,10 @@ fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
     let mut after = i64::MIN;
     for _ in 0..1000 {
         let text = client()
-            .get(format!("{}/v1/devices/{DEVICE}/results?after={after}&limit=1000", collector.url()))
+            .get(format!(
+                "{}/v1/devices/{DEVICE}/results?after={after}&limit=1000",
+                collector.url()
+            ))
             .bearer_auth(TOKEN)
             .send()
             .unwrap()
@@ -183,7 +222,11 @@ fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
         }
         for doc in page {
             after = doc["seq"].as_i64().unwrap();
-            assert!(all.insert(doc["id"].as_str().unwrap().to_owned(), doc).is_none(), "a result stored twice");
+            assert!(
+                all.insert(doc["id"].as_str().unwrap().to_owned(), doc)
+                    .is_none(),
+                "a result stored twice"
+            );
         }
     }
     all
@@ -207,18 +250,31 @@ fn sigterm_drains_and_exits_zero_and_every_result_arrives_once() {
     let collector = collector(dir.path());
     let agent = Agent::start(&write_config(dir.path(), &collector.url(), None, ""));
     let client = client();
-    let acked: BTreeSet<String> = images().iter().map(|img| ingest(&client, &agent.url, img).expect("202")).collect();
+    let acked: BTreeSet<String> = images()
+        .iter()
+        .map(|img| ingest(&client, &agent.url, img).expect("202"))
+        .collect();
     assert_eq!(acked.len(), 64);
     // Unknown pipelines are refused by name.
-    let response = client.post(format!("{}/v1/ingest/nope", agent.url)).body("x").send().unwrap();
+    let response = client
+        .post(format!("{}/v1/ingest/nope", agent.url))
+        .body("x")
+        .send()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 404);
     assert!(response.text().unwrap().contains("`nope`"));
 
-    assert!(wait_until(Duration::from_secs(30), || stored(&collector).len() == 64), "results did not arrive");
+    assert!(
+        wait_until(Duration::from_secs(30), || stored(&collector).len() == 64),
+        "results did not arrive"
+    );
     let results = stored(&collector);
     assert_eq!(results.keys().cloned().collect::<BTreeSet<_>>(), acked);
     let doc = results.values().next().unwrap();
-    assert_eq!(doc["provenance"]["model_sha256"], "7aeb717bde754c67e4cf1af823f89ad76eb15876f93c05849b39ff088259d5fd");
+    assert_eq!(
+        doc["provenance"]["model_sha256"],
+        "7aeb717bde754c67e4cf1af823f89ad76eb15876f93c05849b39ff088259d5fd"
+    );
     assert!(doc["result"]["body"]["label"].is_string(), "{doc}");
     assert!(doc["timings"]["infer_us"].is_u64(), "{doc}");
     assert_eq!(agent.sigterm(), 0);
@@ -229,7 +285,11 @@ fn sigterm_drains_and_exits_zero_and_every_result_arrives_once() {
         .arg(dir.path().join("sluice.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["pending_records"], 0);
     assert_eq!(status["counters"]["uploaded"], 64);
@@ -273,7 +333,11 @@ fn sigkill_at_random_points_loses_no_acknowledged_input() {
         poster.join().unwrap();
         acked.extend(rx.try_iter());
     }
-    assert!(acked.len() > 20, "too few inputs were acknowledged to test anything: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "too few inputs were acknowledged to test anything: {}",
+        acked.len()
+    );
 
     // A last, clean run delivers everything.
     proxy.set(Fault::Pass);
@@ -285,9 +349,21 @@ fn sigkill_at_random_points_loses_no_acknowledged_input() {
     let stderr = agent.stderr_text();
     assert_eq!(agent.sigterm(), 0);
     let stored = stored(&collector);
-    let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains_key(*id)).collect();
-    assert!(delivered && missing.is_empty(), "{} of {} acknowledged inputs missing after {rounds} kills: {missing:?}\n{stderr}", missing.len(), acked.len());
-    eprintln!("{rounds} SIGKILL rounds: {} acknowledged, {} stored (each once)", acked.len(), stored.len());
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        delivered && missing.is_empty(),
+        "{} of {} acknowledged inputs missing after {rounds} kills: {missing:?}\n{stderr}",
+        missing.len(),
+        acked.len()
+    );
+    eprintln!(
+        "{rounds} SIGKILL rounds: {} acknowledged, {} stored (each once)",
+        acked.len(),
+        stored.len()
+    );
 }
 
 #[test]
@@ -298,16 +374,26 @@ fn a_batch_acknowledged_but_not_recorded_before_a_kill_is_not_stored_twice() {
     let config = write_config(dir.path(), &proxy.url(), None, "");
     let agent = Agent::start(&config);
     let client = client();
-    let acked: BTreeSet<String> = images().iter().take(10).map(|img| ingest(&client, &agent.url, img).expect("202")).collect();
+    let acked: BTreeSet<String> = images()
+        .iter()
+        .take(10)
+        .map(|img| ingest(&client, &agent.url, img).expect("202"))
+        .collect();
     // The collector stored a batch; its answer is held; kill the uploader now.
-    assert!(FaultProxy::wait_for(&proxy.forwarded, 1, Duration::from_secs(30)));
+    assert!(FaultProxy::wait_for(
+        &proxy.forwarded,
+        1,
+        Duration::from_secs(30)
+    ));
     let first = stored(&collector).len();
     assert!(first > 0);
     agent.sigkill();
 
     proxy.set(Fault::Pass);
     let agent = Agent::start(&config);
-    assert!(wait_until(Duration::from_secs(30), || stored(&collector).len() == acked.len()));
+    assert!(wait_until(Duration::from_secs(30), || stored(&collector)
+        .len()
+        == acked.len()));
     assert_eq!(agent.sigterm(), 0);
     let stored = stored(&collector);
     assert_eq!(stored.keys().cloned().collect::<BTreeSet<_>>(), acked);
@@ -336,14 +422,31 @@ fn folder_inputs_are_taken_exactly_once_across_kills() {
         agent.sigkill();
     }
     let agent = Agent::start(&config);
-    let all_in = wait_until(Duration::from_secs(60), || stored(&collector).len() >= names.len());
+    let all_in = wait_until(Duration::from_secs(60), || {
+        stored(&collector).len() >= names.len()
+    });
     assert_eq!(agent.sigterm(), 0);
-    assert!(all_in, "only {} of {} files arrived", stored(&collector).len(), names.len());
-    let files: Vec<String> =
-        stored(&collector).values().map(|doc| doc["input"]["attributes"]["file"].as_str().unwrap().to_owned()).collect();
+    assert!(
+        all_in,
+        "only {} of {} files arrived",
+        stored(&collector).len(),
+        names.len()
+    );
+    let files: Vec<String> = stored(&collector)
+        .values()
+        .map(|doc| {
+            doc["input"]["attributes"]["file"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
     assert_eq!(files.len(), names.len(), "a file was ingested twice");
     assert_eq!(files.into_iter().collect::<BTreeSet<_>>(), names);
-    let left: Vec<_> = std::fs::read_dir(&inbox).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, vec![std::ffi::OsString::from(".sluice-claimed")]);
 }
 
@@ -356,10 +459,14 @@ fn a_damaged_outbox_is_moved_aside_and_the_agent_goes_on() {
     std::fs::write(dir.path().join("data/outbox.sqlite"), vec![0x5a; 64 * 1024]).unwrap();
     let agent = Agent::start(&config);
     let id = ingest(&client(), &agent.url, &images()[0]).expect("202 on a fresh outbox");
-    assert!(wait_until(Duration::from_secs(30), || stored(&collector).contains_key(&id)));
+    assert!(wait_until(Duration::from_secs(30), || stored(&collector)
+        .contains_key(&id)));
     let stderr = agent.stderr_text();
     assert_eq!(agent.sigterm(), 0);
-    assert!(stderr.contains("the outbox was damaged") && stderr.contains("moved it to"), "{stderr}");
+    assert!(
+        stderr.contains("the outbox was damaged") && stderr.contains("moved it to"),
+        "{stderr}"
+    );
     let moved: Vec<String> = std::fs::read_dir(dir.path().join("data"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

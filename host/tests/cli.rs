@@ -3,7 +3,10 @@
 use std::process::{Command, Output};
 
 fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().expect("run sluice")
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice")
 }
 
 fn stdout(output: &Output) -> String {
@@ -19,8 +22,57 @@ fn help_lists_the_commands() {
     let out = sluice(&["--help"]);
     assert!(out.status.success());
     for command in ["demo", "infer", "plugin", "model"] {
-        assert!(stdout(&out).contains(command), "{command} missing from help:\n{}", stdout(&out));
+        assert!(
+            stdout(&out).contains(command),
+            "{command} missing from help:\n{}",
+            stdout(&out)
+        );
     }
+}
+
+#[test]
+fn the_demo_delivers_every_result_once_to_its_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sluice(&["demo", "--data-dir", dir.path().to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("processed:   450 results in the outbox"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delivered:   450 results acknowledged by the collector"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pending:     0 results left in the outbox"),
+        "{text}"
+    );
+    assert!(text.contains("upstream:    450 results stored"), "{text}");
+    let accuracy: f64 = text
+        .split("accuracy:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(accuracy > 0.97, "{text}");
+
+    // The collector's own database holds each result once, with its provenance.
+    let results = std::fs::read_to_string(dir.path().join("demo/results.jsonl")).unwrap();
+    let docs: Vec<serde_json::Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: std::collections::BTreeSet<&str> =
+        docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!((docs.len(), ids.len()), (450, 450));
+    assert!(
+        docs.iter()
+            .all(|d| d["provenance"]["model_sha256"].as_str().unwrap().len() == 64)
+    );
 }
 
 #[test]
@@ -33,24 +85,55 @@ fn plugin_inspect_describes_every_bundled_plugin() {
         let out = sluice(&["plugin", "inspect", name]);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
         let text = stdout(&out);
-        let world = if name.contains("preprocess") { "sluice:plugin/preprocessor@0.1.0" } else { "sluice:plugin/postprocessor@0.1.0" };
-        assert!(text.contains(&format!("world:    {world}")), "{name}:\n{text}");
+        let world = if name.contains("preprocess") {
+            "sluice:plugin/preprocessor@0.1.0"
+        } else {
+            "sluice:plugin/postprocessor@0.1.0"
+        };
+        assert!(
+            text.contains(&format!("world:    {world}")),
+            "{name}:\n{text}"
+        );
         assert!(text.contains("links:    yes"), "{name}:\n{text}");
-        assert!(text.contains("nothing: no files, network, environment or stdio"), "{name}:\n{text}");
+        assert!(
+            text.contains("nothing: no files, network, environment or stdio"),
+            "{name}:\n{text}"
+        );
 
         let json = sluice(&["plugin", "inspect", name, "--json"]);
         let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("valid JSON");
         assert_eq!(report["world"], world);
-        assert!(report["exports"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().starts_with("sluice:plugin/")));
+        assert!(
+            report["exports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e.as_str().unwrap().starts_with("sluice:plugin/"))
+        );
     }
 }
 
 #[test]
 fn plugin_inspect_shows_the_grants_of_a_configuration() {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/digits/sluice.toml");
-    let out = sluice(&["plugin", "inspect", "bundled:classify-postprocess", "--config", config, "--plugin", "digits-post"]);
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/digits/sluice.toml"
+    );
+    let out = sluice(&[
+        "plugin",
+        "inspect",
+        "bundled:classify-postprocess",
+        "--config",
+        config,
+        "--plugin",
+        "digits-post",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("as /model (read-only)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("as /model (read-only)"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -60,17 +143,29 @@ fn plugin_inspect_explains_a_file_that_is_not_a_component() {
     std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
     let out = sluice(&["plugin", "inspect", file.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a WebAssembly component"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a WebAssembly component"),
+        "{}",
+        stderr(&out)
+    );
     let missing = sluice(&["plugin", "inspect", "bundled:nope"]);
     assert!(!missing.status.success());
-    assert!(stderr(&missing).contains("image-preprocess"), "lists what is bundled: {}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("image-preprocess"),
+        "lists what is bundled: {}",
+        stderr(&missing)
+    );
 }
 
 #[test]
 fn a_config_with_a_misspelled_key_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, "[plugins.pre]\npath = \"bundled:image-preprocess\"\nmemroy_mb = 3\n").unwrap();
+    std::fs::write(
+        &config,
+        "[plugins.pre]\npath = \"bundled:image-preprocess\"\nmemroy_mb = 3\n",
+    )
+    .unwrap();
     let out = sluice(&["infer", "--config", config.to_str().unwrap(), "x.png"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("memroy_mb"), "{}", stderr(&out));
@@ -84,36 +179,104 @@ fn repo(path: &str) -> String {
 fn infer_prints_one_json_line_per_input_in_order_with_errors_in_place() {
     let dir = tempfile::tempdir().unwrap();
     for (ix, file) in ["0000.png", "0001.png", "0002.png"].iter().enumerate() {
-        std::fs::copy(repo(&format!("models/digits/heldout/{file}")), dir.path().join(format!("{ix}-digit.png"))).unwrap();
+        std::fs::copy(
+            repo(&format!("models/digits/heldout/{file}")),
+            dir.path().join(format!("{ix}-digit.png")),
+        )
+        .unwrap();
     }
     std::fs::write(dir.path().join("1b-broken.png"), b"not a png").unwrap();
-    let out = sluice(&["infer", "--config", &repo("examples/digits/sluice.toml"), dir.path().to_str().unwrap()]);
+    let out = sluice(&[
+        "infer",
+        "--config",
+        &repo("examples/digits/sluice.toml"),
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let inputs: Vec<&str> = lines.iter().map(|l| l["input"].as_str().unwrap().rsplit('/').next().unwrap()).collect();
-    assert_eq!(inputs, ["0-digit.png", "1-digit.png", "1b-broken.png", "2-digit.png"]);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let inputs: Vec<&str> = lines
+        .iter()
+        .map(|l| l["input"].as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        inputs,
+        ["0-digit.png", "1-digit.png", "1b-broken.png", "2-digit.png"]
+    );
     let labels = std::fs::read_to_string(repo("models/digits/heldout/labels.csv")).unwrap();
-    let label_of = |file: &str| labels.lines().find(|l| l.starts_with(file)).unwrap().split(',').nth(1).unwrap().to_owned();
+    let label_of = |file: &str| {
+        labels
+            .lines()
+            .find(|l| l.starts_with(file))
+            .unwrap()
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(lines[0]["result"]["label"], label_of("0000.png"));
     assert_eq!(lines[2]["error_kind"], "invalid-input");
-    assert!(lines[2]["error"].as_str().unwrap().contains("digits-pre"), "{}", lines[2]);
-    assert!(stderr(&out).contains("1 of 4 input(s) failed"), "{}", stderr(&out));
+    assert!(
+        lines[2]["error"].as_str().unwrap().contains("digits-pre"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        stderr(&out).contains("1 of 4 input(s) failed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn model_inspect_shows_io_operators_and_the_measured_execution_choice() {
-    let out = sluice(&["model", "inspect", &repo("models/digits/digits_mlp.onnx"), "--max-batch-size", "8"]);
+    let out = sluice(&[
+        "model",
+        "inspect",
+        &repo("models/digits/digits_mlp.onnx"),
+        "--max-batch-size",
+        "8",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for needle in ["operators:  Gemm, Relu, Softmax", "input F32 [N, 64]", "probabilities F32 [N, 10]", "<- chosen", "chunk   8 x 1"] {
+    for needle in [
+        "operators:  Gemm, Relu, Softmax",
+        "input F32 [N, 64]",
+        "probabilities F32 [N, 10]",
+        "<- chosen",
+        "chunk   8 x 1",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
-    let json = sluice(&["model", "inspect", &repo("models/digits/digits_mlp.onnx"), "--max-batch-size", "4", "--json"]);
+    let json = sluice(&[
+        "model",
+        "inspect",
+        &repo("models/digits/digits_mlp.onnx"),
+        "--max-batch-size",
+        "4",
+        "--json",
+    ]);
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert!(report["execution"]["measurements"].as_array().unwrap().len() >= 3);
+    assert!(
+        report["execution"]["measurements"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 3
+    );
 
-    let unsupported = sluice(&["model", "inspect", &repo("models/test/unsupported_scaler.onnx")]);
+    let unsupported = sluice(&[
+        "model",
+        "inspect",
+        &repo("models/test/unsupported_scaler.onnx"),
+    ]);
     assert!(!unsupported.status.success());
     assert!(stdout(&unsupported).contains("Scaler (UNSUPPORTED)"));
-    assert!(stderr(&unsupported).contains("tract does not implement: Scaler"), "{}", stderr(&unsupported));
+    assert!(
+        stderr(&unsupported).contains("tract does not implement: Scaler"),
+        "{}",
+        stderr(&unsupported)
+    );
 }

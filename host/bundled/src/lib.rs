@@ -8,7 +8,10 @@ include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 /// The embedded bytes of product plugin `name` (e.g. `image-preprocess`).
 pub fn get(name: &str) -> Option<&'static [u8]> {
-    EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    EMBEDDED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }
 
 /// Names of the embedded product plugins.
@@ -18,5 +21,8 @@ pub fn names() -> Vec<&'static str> {
 
 /// Path of the built `.wasm` of any plugin, test fixtures included.
 pub fn path(name: &str) -> Option<&'static std::path::Path> {
-    PLUGIN_FILES.iter().find(|(n, _, _)| *n == name).map(|(_, _, p)| std::path::Path::new(*p))
+    PLUGIN_FILES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, p)| std::path::Path::new(*p))
 }

@@ -19,7 +19,12 @@ use std::sync::Arc;
 pub trait Backend: Send + Sync {
     /// Parse and check a model; `name` is used in messages. `shapes` fixes
     /// input dimensions the model leaves open (besides the batch axis).
-    fn load(&self, name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Arc<dyn Model>, ModelError>;
+    fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        shapes: &InputShapes,
+    ) -> Result<Arc<dyn Model>, ModelError>;
 }
 
 /// Per input name, the dimensions after the batch axis.
@@ -59,11 +64,17 @@ impl TensorSpec {
     /// Check one item's tensor (leading batch axis of 1) against this spec.
     pub fn check_item(&self, tensor: &Tensor) -> Result<(), String> {
         if tensor.dtype != self.dtype {
-            return Err(format!("input `{}` must be {:?}, got {:?}", self.name, self.dtype, tensor.dtype));
+            return Err(format!(
+                "input `{}` must be {:?}, got {:?}",
+                self.name, self.dtype, tensor.dtype
+            ));
         }
         let fits = tensor.shape.len() == self.shape.len()
             && tensor.shape.first() == Some(&1)
-            && tensor.shape[1..].iter().zip(&self.shape[1..]).all(|(d, s)| s.is_none_or(|s| s == *d));
+            && tensor.shape[1..]
+                .iter()
+                .zip(&self.shape[1..])
+                .all(|(d, s)| s.is_none_or(|s| s == *d));
         if !fits {
             return Err(format!(
                 "input `{}` must have shape {} with a batch axis of 1, got {:?}",
@@ -73,14 +84,23 @@ impl TensorSpec {
             ));
         }
         if !tensor.is_consistent() {
-            return Err(format!("input `{}`: {} bytes do not fill shape {:?}", self.name, tensor.data.len(), tensor.shape));
+            return Err(format!(
+                "input `{}`: {} bytes do not fill shape {:?}",
+                self.name,
+                tensor.data.len(),
+                tensor.shape
+            ));
         }
         Ok(())
     }
 
     /// The shape as text, `N` for open dimensions: `[N, 64]`.
     pub fn shape_text(&self) -> String {
-        let dims: Vec<String> = self.shape.iter().map(|d| d.map_or("N".into(), |d| d.to_string())).collect();
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .map(|d| d.map_or("N".into(), |d| d.to_string()))
+            .collect();
         format!("[{}]", dims.join(", "))
     }
 }
@@ -89,19 +109,35 @@ impl TensorSpec {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     #[error("model `{model}`: cannot read {path}: {message}")]
-    Read { model: String, path: String, message: String },
+    Read {
+        model: String,
+        path: String,
+        message: String,
+    },
     #[error("model `{model}`: SHA-256 mismatch: expected {expected}, file has {actual}")]
-    Digest { model: String, expected: String, actual: String },
+    Digest {
+        model: String,
+        expected: String,
+        actual: String,
+    },
     #[error("model `{model}`: not a valid ONNX model: {message}")]
     Parse { model: String, message: String },
     #[error("model `{model}`: unsupported operator(s) {ops}: {message}")]
-    Unsupported { model: String, ops: String, message: String },
+    Unsupported {
+        model: String,
+        ops: String,
+        message: String,
+    },
     #[error("model `{model}`: {message}")]
     Run { model: String, message: String },
 }
 
 /// Read a model file and check its SHA-256 when one is expected.
-pub fn read_model_file(model: &str, path: &Path, expected_sha256: Option<&str>) -> Result<Vec<u8>, ModelError> {
+pub fn read_model_file(
+    model: &str,
+    path: &Path,
+    expected_sha256: Option<&str>,
+) -> Result<Vec<u8>, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::Read {
         model: model.into(),
         path: path.display().to_string(),
@@ -110,7 +146,11 @@ pub fn read_model_file(model: &str, path: &Path, expected_sha256: Option<&str>) 
     if let Some(expected) = expected_sha256 {
         let actual = hex::encode(Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(expected.trim()) {
-            return Err(ModelError::Digest { model: model.into(), expected: expected.into(), actual });
+            return Err(ModelError::Digest {
+                model: model.into(),
+                expected: expected.into(),
+                actual,
+            });
         }
     }
     Ok(bytes)

@@ -19,7 +19,12 @@ use tract_onnx::tract_hir::internal::DimLike;
 pub struct TractBackend;
 
 impl Backend for TractBackend {
-    fn load(&self, name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Arc<dyn Model>, ModelError> {
+    fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        shapes: &InputShapes,
+    ) -> Result<Arc<dyn Model>, ModelError> {
         Ok(Arc::new(TractModel::load(name, bytes, shapes)?))
     }
 }
@@ -27,21 +32,32 @@ impl Backend for TractBackend {
 /// The ONNX operator types a model uses, with whether tract implements them.
 pub fn operator_support(bytes: &[u8]) -> Result<Vec<(String, bool)>, String> {
     let onnx = tract_onnx::onnx();
-    let proto = onnx.proto_model_for_read(&mut &*bytes).map_err(|e| format!("{e:#}"))?;
+    let proto = onnx
+        .proto_model_for_read(&mut &*bytes)
+        .map_err(|e| format!("{e:#}"))?;
     let graph = proto.graph.as_ref().ok_or("the model has no graph")?;
     let mut ops: Vec<String> = graph.node.iter().map(|n| n.op_type.clone()).collect();
     ops.sort();
     ops.dedup();
-    let model = onnx.model_for_read(&mut &*bytes).map_err(|e| format!("{e:#}"))?;
+    let model = onnx
+        .model_for_read(&mut &*bytes)
+        .map_err(|e| format!("{e:#}"))?;
     let missing = unimplemented_ops(&model);
-    Ok(ops.into_iter().map(|op| (op.clone(), !missing.contains(&op))).collect())
+    Ok(ops
+        .into_iter()
+        .map(|op| (op.clone(), !missing.contains(&op)))
+        .collect())
 }
 
 fn unimplemented_ops(model: &InferenceModel) -> Vec<String> {
     let mut ops: Vec<String> = model
         .nodes()
         .iter()
-        .filter_map(|n| n.op.name().strip_prefix("Unimplemented(").map(|s| s.trim_end_matches(')').to_owned()))
+        .filter_map(|n| {
+            n.op.name()
+                .strip_prefix("Unimplemented(")
+                .map(|s| s.trim_end_matches(')').to_owned())
+        })
         .collect();
     ops.sort();
     ops.dedup();
@@ -63,12 +79,18 @@ enum Source {
     Symbolic { typed: TypedModel, batch: Symbol },
     /// Some graphs only type-check with a concrete batch (e.g. a Reshape that
     /// bakes the batch in); each plan starts again from the parsed model.
-    PerBatch { parsed: InferenceModel, inputs: Vec<(DatumType, TVec<TDim>)> },
+    PerBatch {
+        parsed: InferenceModel,
+        inputs: Vec<(DatumType, TVec<TDim>)>,
+    },
 }
 
 impl TractModel {
     fn load(name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Self, ModelError> {
-        let parse_error = |e: TractError| ModelError::Parse { model: name.into(), message: format!("{e:#}") };
+        let parse_error = |e: TractError| ModelError::Parse {
+            model: name.into(),
+            message: format!("{e:#}"),
+        };
         let onnx = tract_onnx::onnx();
         let parsed = match onnx.model_for_read(&mut &*bytes) {
             Ok(model) => model,
@@ -94,13 +116,27 @@ impl TractModel {
         for (ix, (dt, dims)) in input_facts.iter().enumerate() {
             let mut dims = dims.clone();
             dims[0] = batch.to_dim();
-            symbolic.set_input_fact(ix, InferenceFact::dt_shape(*dt, dims)).map_err(parse_error)?;
+            symbolic
+                .set_input_fact(ix, InferenceFact::dt_shape(*dt, dims))
+                .map_err(parse_error)?;
         }
         let (source, typed) = match symbolic.into_typed().and_then(|m| m.into_decluttered()) {
-            Ok(typed) => (Source::Symbolic { typed: typed.clone(), batch }, typed),
+            Ok(typed) => (
+                Source::Symbolic {
+                    typed: typed.clone(),
+                    batch,
+                },
+                typed,
+            ),
             Err(symbolic_error) => {
-                tracing::info!(model = name, "cannot type with a symbolic batch ({symbolic_error:#}); planning per batch size");
-                let source = Source::PerBatch { parsed, inputs: input_facts };
+                tracing::info!(
+                    model = name,
+                    "cannot type with a symbolic batch ({symbolic_error:#}); planning per batch size"
+                );
+                let source = Source::PerBatch {
+                    parsed,
+                    inputs: input_facts,
+                };
                 let typed = source.typed_for(1).map_err(|e| ModelError::Unsupported {
                     model: name.into(),
                     ops: "?".into(),
@@ -115,12 +151,22 @@ impl TractModel {
         };
         let spec = |outlet: OutletId, name: String| -> Result<TensorSpec, ModelError> {
             let fact = typed.outlet_fact(outlet).map_err(parse_error)?;
-            let dtype = dtype_of(fact.datum_type)
-                .ok_or_else(|| parse_error(TractError::msg(format!("tensor `{name}` has unsupported type {:?}", fact.datum_type))))?;
+            let dtype = dtype_of(fact.datum_type).ok_or_else(|| {
+                parse_error(TractError::msg(format!(
+                    "tensor `{name}` has unsupported type {:?}",
+                    fact.datum_type
+                )))
+            })?;
             if fact.shape.rank() == 0 {
-                return Err(parse_error(TractError::msg(format!("tensor `{name}` is a scalar; Sluice needs a batch axis 0"))));
+                return Err(parse_error(TractError::msg(format!(
+                    "tensor `{name}` is a scalar; Sluice needs a batch axis 0"
+                ))));
             }
-            Ok(batch_axis_open(TensorSpec { name, dtype, shape: fact.shape.iter().map(|d| d.to_usize().ok()).collect() }))
+            Ok(batch_axis_open(TensorSpec {
+                name,
+                dtype,
+                shape: fact.shape.iter().map(|d| d.to_usize().ok()).collect(),
+            }))
         };
         let inputs = typed
             .input_outlets()
@@ -132,9 +178,23 @@ impl TractModel {
             .output_outlets()
             .map_err(parse_error)?
             .iter()
-            .map(|o| spec(*o, typed.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| typed.node(o.node).name.clone())))
+            .map(|o| {
+                spec(
+                    *o,
+                    typed
+                        .outlet_label(*o)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| typed.node(o.node).name.clone()),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(TractModel { name: name.into(), source, inputs, outputs, plans: Mutex::default() })
+        Ok(TractModel {
+            name: name.into(),
+            source,
+            inputs,
+            outputs,
+            plans: Mutex::default(),
+        })
     }
 }
 
@@ -142,9 +202,10 @@ impl Source {
     /// The decluttered model for one batch size.
     fn typed_for(&self, batch_size: usize) -> TractResult<TypedModel> {
         match self {
-            Source::Symbolic { typed, batch } => {
-                typed.set_symbols(&HashMap::from([(batch.clone(), TDim::Val(batch_size as i64))]))
-            }
+            Source::Symbolic { typed, batch } => typed.set_symbols(&HashMap::from([(
+                batch.clone(),
+                TDim::Val(batch_size as i64),
+            )])),
             Source::PerBatch { parsed, inputs } => {
                 let mut model = parsed.clone();
                 for (ix, (dt, dims)) in inputs.iter().enumerate() {
@@ -160,8 +221,15 @@ impl Source {
 
 /// Element type and dimensions of each input; axis 0 is the batch, the other
 /// axes come from the model or, where it leaves them open, from `shapes`.
-fn input_facts(name: &str, model: &InferenceModel, shapes: &InputShapes) -> Result<Vec<(DatumType, TVec<TDim>)>, ModelError> {
-    let error = |message: String| ModelError::Parse { model: name.into(), message };
+fn input_facts(
+    name: &str,
+    model: &InferenceModel,
+    shapes: &InputShapes,
+) -> Result<Vec<(DatumType, TVec<TDim>)>, ModelError> {
+    let error = |message: String| ModelError::Parse {
+        model: name.into(),
+        message,
+    };
     (0..model.inputs.len())
         .map(|ix| {
             let input_name = &model.node(model.inputs[ix].node).name;
@@ -211,8 +279,14 @@ impl Model for TractModel {
             .typed_for(batch)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
-            .map_err(|e| ModelError::Run { model: self.name.clone(), message: format!("cannot plan batch size {batch}: {e:#}") })?;
-        let plan = Arc::new(TractPlan { model: self.name.clone(), runnable });
+            .map_err(|e| ModelError::Run {
+                model: self.name.clone(),
+                message: format!("cannot plan batch size {batch}: {e:#}"),
+            })?;
+        let plan = Arc::new(TractPlan {
+            model: self.name.clone(),
+            runnable,
+        });
         self.plans.lock().unwrap().insert(batch, plan.clone());
         Ok(plan)
     }
@@ -225,18 +299,37 @@ struct TractPlan {
 
 impl Plan for TractPlan {
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
-        let error = |message: String| ModelError::Run { model: self.model.clone(), message };
+        let error = |message: String| ModelError::Run {
+            model: self.model.clone(),
+            message,
+        };
         let values = inputs
             .iter()
-            .map(|t| to_tract(t).map(TValue::from).map_err(|e| error(format!("input `{}`: {e:#}", t.name))))
+            .map(|t| {
+                to_tract(t)
+                    .map(TValue::from)
+                    .map_err(|e| error(format!("input `{}`: {e:#}", t.name)))
+            })
             .collect::<Result<TVec<_>, _>>()?;
-        let outputs = self.runnable.run(values).map_err(|e| error(format!("{e:#}")))?;
-        let names = self.runnable.model().output_outlets().map_err(|e| error(format!("{e:#}")))?;
+        let outputs = self
+            .runnable
+            .run(values)
+            .map_err(|e| error(format!("{e:#}")))?;
+        let names = self
+            .runnable
+            .model()
+            .output_outlets()
+            .map_err(|e| error(format!("{e:#}")))?;
         outputs
             .into_iter()
             .zip(names.iter())
             .map(|(value, outlet)| {
-                let name = self.runnable.model().outlet_label(*outlet).unwrap_or("output").to_owned();
+                let name = self
+                    .runnable
+                    .model()
+                    .outlet_label(*outlet)
+                    .unwrap_or("output")
+                    .to_owned();
                 from_tract(&value, name).map_err(error)
             })
             .collect()
@@ -268,15 +361,31 @@ fn datum_of(dtype: DType) -> Option<DatumType> {
 }
 
 fn to_tract(t: &Tensor) -> TractResult<tract_onnx::prelude::Tensor> {
-    let dt = datum_of(t.dtype).ok_or_else(|| TractError::msg(format!("{:?} is not supported by tract", t.dtype)))?;
+    let dt = datum_of(t.dtype)
+        .ok_or_else(|| TractError::msg(format!("{:?} is not supported by tract", t.dtype)))?;
     if !t.is_consistent() {
-        return Err(TractError::msg(format!("{} bytes do not fill shape {:?} of {:?}", t.data.len(), t.shape, t.dtype)));
+        return Err(TractError::msg(format!(
+            "{} bytes do not fill shape {:?} of {:?}",
+            t.data.len(),
+            t.shape,
+            t.dtype
+        )));
     }
     // SAFETY: `dt` is a plain numeric type and the length was checked above.
     unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &t.shape, &t.data) }
 }
 
 fn from_tract(value: &TValue, name: String) -> Result<Tensor, String> {
-    let dtype = dtype_of(value.datum_type()).ok_or_else(|| format!("output `{name}` has unsupported type {:?}", value.datum_type()))?;
-    Ok(Tensor { name, dtype, shape: value.shape().to_vec(), data: value.as_bytes().to_vec() })
+    let dtype = dtype_of(value.datum_type()).ok_or_else(|| {
+        format!(
+            "output `{name}` has unsupported type {:?}",
+            value.datum_type()
+        )
+    })?;
+    Ok(Tensor {
+        name,
+        dtype,
+        shape: value.shape().to_vec(),
+        data: value.as_bytes().to_vec(),
+    })
 }

@@ -33,11 +33,18 @@ impl ComponentCache {
     pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        ComponentCache { dir, engine_key: format!("{:016x}", hasher.finish()) }
+        ComponentCache {
+            dir,
+            engine_key: format!("{:016x}", hasher.finish()),
+        }
     }
 
     /// The component for `wasm`, from the cache or compiled now.
-    pub fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, CacheOutcome)> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(path) = self.entry_path(wasm) else {
             return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
         };
@@ -49,7 +56,9 @@ impl ComponentCache {
             // engine compatibility before use, and we recompile if that fails.
             match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(e) => tracing::warn!(path = %path.display(), "discarding unusable compiled plugin: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "discarding unusable compiled plugin: {e:#}")
+                }
             }
         }
         let component = Component::new(engine, wasm)?;
@@ -61,7 +70,11 @@ impl ComponentCache {
 
     fn entry_path(&self, wasm: &[u8]) -> Option<PathBuf> {
         let digest = hex::encode(Sha256::digest(wasm));
-        Some(self.dir.as_ref()?.join(format!("{digest}-{}.cwasm", self.engine_key)))
+        Some(
+            self.dir
+                .as_ref()?
+                .join(format!("{digest}-{}.cwasm", self.engine_key)),
+        )
     }
 }
 

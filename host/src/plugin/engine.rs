@@ -23,7 +23,12 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { pooling: Pooling::Auto, max_memory_bytes: 64 << 20, max_instances: 16, cache_dir: None }
+        EngineOptions {
+            pooling: Pooling::Auto,
+            max_memory_bytes: 64 << 20,
+            max_instances: 16,
+            cache_dir: None,
+        }
     }
 }
 
@@ -53,7 +58,12 @@ impl PluginEngine {
         };
         let cache = ComponentCache::new(&engine, options.cache_dir.clone());
         let ticker = EpochTicker::start(engine.clone());
-        Ok(PluginEngine { engine, cache, pooling, ticker })
+        Ok(PluginEngine {
+            engine,
+            cache,
+            pooling,
+            ticker,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -130,7 +140,10 @@ impl EpochTicker {
                 }
             })
             .expect("spawn epoch ticker thread");
-        EpochTicker { stop, thread: Some(thread) }
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn stop(&mut self) {

@@ -25,15 +25,28 @@ pub struct ComponentReport {
 }
 
 /// Compile `wasm` and describe it; `grants` is what its configuration grants.
-pub fn inspect_component(host: &PluginHost, wasm: &[u8], grants: &Grants) -> anyhow::Result<ComponentReport> {
+pub fn inspect_component(
+    host: &PluginHost,
+    wasm: &[u8],
+    grants: &Grants,
+) -> anyhow::Result<ComponentReport> {
     let engine = host.engine().engine();
-    let component = Component::new(engine, wasm).map_err(|e| {
-        anyhow::anyhow!("not a WebAssembly component: {}", super::root_cause(&e))
-    })?;
+    let component = Component::new(engine, wasm)
+        .map_err(|e| anyhow::anyhow!("not a WebAssembly component: {}", super::root_cause(&e)))?;
     let ty = component.component_type();
-    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
-    let link_error = host.linker.instantiate_pre(&component).err().map(|e| format!("{e:#}"));
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let link_error = host
+        .linker
+        .instantiate_pre(&component)
+        .err()
+        .map(|e| format!("{e:#}"));
     let (granted, denied) = capabilities(&imports, grants);
     Ok(ComponentReport {
         size_bytes: wasm.len(),
@@ -51,8 +64,16 @@ pub fn inspect_component(host: &PluginHost, wasm: &[u8], grants: &Grants) -> any
 fn capabilities(imports: &[String], grants: &Grants) -> (Vec<String>, Vec<String>) {
     let mut granted = Vec::new();
     for dir in &grants.dirs {
-        let mode = if dir.writable { "read-write" } else { "read-only" };
-        granted.push(format!("directory {} as {} ({mode})", dir.host.display(), dir.guest));
+        let mode = if dir.writable {
+            "read-write"
+        } else {
+            "read-only"
+        };
+        granted.push(format!(
+            "directory {} as {} ({mode})",
+            dir.host.display(),
+            dir.guest
+        ));
     }
     for key in grants.env.keys() {
         granted.push(format!("environment variable {key}"));
@@ -83,7 +104,10 @@ impl fmt::Display for ComponentReport {
         writeln!(f, "sha256:   {}", self.sha256)?;
         match self.world {
             Some(world) => writeln!(f, "world:    {world}")?,
-            None => writeln!(f, "world:    none (not a Sluice plugin: it exports no sluice:plugin interface)")?,
+            None => writeln!(
+                f,
+                "world:    none (not a Sluice plugin: it exports no sluice:plugin interface)"
+            )?,
         }
         match &self.link_error {
             None => writeln!(f, "links:    yes, the host provides every import")?,
@@ -98,7 +122,12 @@ impl fmt::Display for ComponentReport {
         };
         list(f, "exports", &self.exports, "(none)")?;
         list(f, "imports", &self.imports, "(none)")?;
-        list(f, "granted", &self.granted, "nothing: no files, network, environment or stdio")?;
+        list(
+            f,
+            "granted",
+            &self.granted,
+            "nothing: no files, network, environment or stdio",
+        )?;
         if !self.denied.is_empty() {
             list(f, "denied", &self.denied, "")?;
         }

@@ -51,7 +51,11 @@ impl MemoryCap {
             .tables(64)
             .memories(8)
             .build();
-        MemoryCap { cap_bytes, inner, hit: false }
+        MemoryCap {
+            cap_bytes,
+            inner,
+            hit: false,
+        }
     }
 
     pub fn cap_bytes(&self) -> usize {
@@ -65,13 +69,23 @@ impl MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let allowed = self.inner.memory_growing(current, desired, maximum)?;
         self.hit |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
 
@@ -94,7 +108,10 @@ mod tests {
 
     #[test]
     fn deadline_rounds_up_to_whole_ticks_plus_one() {
-        let limits = |ms| PluginLimits { timeout: Duration::from_millis(ms), memory_bytes: 0 };
+        let limits = |ms| PluginLimits {
+            timeout: Duration::from_millis(ms),
+            memory_bytes: 0,
+        };
         assert_eq!(limits(1).deadline_ticks(), 2);
         assert_eq!(limits(10).deadline_ticks(), 2);
         assert_eq!(limits(11).deadline_ticks(), 3);

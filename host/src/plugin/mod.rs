@@ -15,8 +15,8 @@ mod bindings;
 mod cache;
 mod engine;
 mod inspect;
-mod nn;
 pub(crate) mod limits;
+mod nn;
 mod sandbox;
 
 pub use cache::CacheOutcome;
@@ -28,7 +28,9 @@ pub use sandbox::PluginState;
 
 use crate::config::{Grants, PluginConfig};
 use crate::error::{PluginError, PluginErrorCause};
-use crate::types::{DType, Document, Fault, Inferred, ItemError, ItemResults, Metadata, RawItem, Tensor};
+use crate::types::{
+    DType, Document, Fault, Inferred, ItemError, ItemResults, Metadata, RawItem, Tensor,
+};
 use bindings::{POSTPROCESS_EXPORT, PREPROCESS_EXPORT, post, pre, wit};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -109,7 +111,12 @@ impl PluginHost {
     }
 
     /// Load, link and initialize plugin `name`; it must be of `kind`.
-    pub fn load(&self, name: &str, config: &PluginConfig, kind: PluginKind) -> Result<Plugin, PluginError> {
+    pub fn load(
+        &self,
+        name: &str,
+        config: &PluginConfig,
+        kind: PluginKind,
+    ) -> Result<Plugin, PluginError> {
         let fail = |cause| PluginError::new(name, cause);
         let wasm = read_wasm(&config.path).map_err(fail)?;
         let engine = self.engine.engine();
@@ -119,17 +126,29 @@ impl PluginHost {
             .load(engine, &wasm)
             .map_err(|e| fail(PluginErrorCause::NotAComponent(root_cause(&e))))?;
         if PluginKind::of(&component, engine) != Some(kind) {
-            let exports: Vec<String> =
-                component.component_type().exports(engine).map(|(name, _)| name.to_owned()).collect();
-            return Err(fail(PluginErrorCause::WrongWorld { exports: exports.join(", "), expected: kind.export().into() }));
+            let exports: Vec<String> = component
+                .component_type()
+                .exports(engine)
+                .map(|(name, _)| name.to_owned())
+                .collect();
+            return Err(fail(PluginErrorCause::WrongWorld {
+                exports: exports.join(", "),
+                expected: kind.export().into(),
+            }));
         }
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| fail(PluginErrorCause::Link(format!("{e:#}"))))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(PluginErrorCause::Link(format!("{e:#}"))))?;
         let prepared = match kind {
             PluginKind::Preprocessor => pre::PreprocessorPre::new(instance_pre).map(Prepared::Pre),
-            PluginKind::Postprocessor => post::PostprocessorPre::new(instance_pre).map(Prepared::Post),
+            PluginKind::Postprocessor => {
+                post::PostprocessorPre::new(instance_pre).map(Prepared::Post)
+            }
         }
         .map_err(|e| fail(PluginErrorCause::Link(format!("{e:#}"))))?;
-        let config_json = serde_json::to_string(&config.config).expect("a TOML table is valid JSON");
+        let config_json =
+            serde_json::to_string(&config.config).expect("a TOML table is valid JSON");
         let plugin = Plugin {
             name: name.into(),
             kind,
@@ -138,7 +157,10 @@ impl PluginHost {
             prepared,
             config_json,
             grants: config.grants.clone(),
-            limits: PluginLimits { timeout: config.timeout(), memory_bytes: config.memory_bytes() },
+            limits: PluginLimits {
+                timeout: config.timeout(),
+                memory_bytes: config.memory_bytes(),
+            },
             nn: self.nn.clone(),
             idle: Mutex::new(Vec::new()),
         };
@@ -159,13 +181,20 @@ fn read_wasm(path: &str) -> Result<Cow<'static, [u8]>, PluginErrorCause> {
     }
     std::fs::read(path)
         .map(Cow::Owned)
-        .map_err(|source| PluginErrorCause::Read { path: path.into(), source })
+        .map_err(|source| PluginErrorCause::Read {
+            path: path.into(),
+            source,
+        })
 }
 
 /// The last error in a chain, which is what a user needs to read
 /// ("failed to parse WebAssembly module" hides the cause).
 fn root_cause(error: &wasmtime::Error) -> String {
-    error.chain().last().map(|e| e.to_string()).unwrap_or_default()
+    error
+        .chain()
+        .last()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
 }
 
 enum Prepared {
@@ -201,7 +230,11 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name).field("kind", &self.kind).field("digest", &self.digest).finish()
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -234,12 +267,19 @@ impl Plugin {
     /// Turn raw inputs into tensors; one result per input, in order.
     pub fn preprocess(&self, items: &[RawItem]) -> ItemResults<Vec<Tensor>> {
         self.run(items, &|live, items| {
-            let Exports::Pre(exports) = &live.exports else { unreachable!("kind checked at load") };
+            let Exports::Pre(exports) = &live.exports else {
+                unreachable!("kind checked at load")
+            };
             let inputs: Vec<_> = items.iter().map(to_wit_raw).collect();
-            let results = exports.sluice_plugin_preprocess().call_preprocess(&mut live.store, &inputs)?;
+            let results = exports
+                .sluice_plugin_preprocess()
+                .call_preprocess(&mut live.store, &inputs)?;
             Ok(results
                 .into_iter()
-                .map(|r| r.map(|ts| ts.into_iter().map(from_wit_tensor).collect()).map_err(|e| self.item_error(e)))
+                .map(|r| {
+                    r.map(|ts| ts.into_iter().map(from_wit_tensor).collect())
+                        .map_err(|e| self.item_error(e))
+                })
                 .collect())
         })
     }
@@ -247,19 +287,29 @@ impl Plugin {
     /// Turn model outputs into documents; one result per output, in order.
     pub fn postprocess(&self, items: &[Inferred]) -> ItemResults<Document> {
         self.run(items, &|live, items| {
-            let Exports::Post(exports) = &live.exports else { unreachable!("kind checked at load") };
+            let Exports::Post(exports) = &live.exports else {
+                unreachable!("kind checked at load")
+            };
             let outputs: Vec<_> = items
                 .iter()
-                .map(|item| post::exports::sluice::plugin::postprocess::InferenceOutput {
-                    meta: to_wit_meta(&item.meta),
-                    tensors: item.tensors.iter().map(to_wit_tensor).collect(),
-                })
+                .map(
+                    |item| post::exports::sluice::plugin::postprocess::InferenceOutput {
+                        meta: to_wit_meta(&item.meta),
+                        tensors: item.tensors.iter().map(to_wit_tensor).collect(),
+                    },
+                )
                 .collect();
-            let results = exports.sluice_plugin_postprocess().call_postprocess(&mut live.store, &outputs)?;
+            let results = exports
+                .sluice_plugin_postprocess()
+                .call_postprocess(&mut live.store, &outputs)?;
             Ok(results
                 .into_iter()
                 .map(|r| {
-                    r.map(|d| Document { content_type: d.content_type, body: d.body }).map_err(|e| self.item_error(e))
+                    r.map(|d| Document {
+                        content_type: d.content_type,
+                        body: d.body,
+                    })
+                    .map_err(|e| self.item_error(e))
                 })
                 .collect())
         })
@@ -281,7 +331,10 @@ impl Plugin {
             Ok(live) => live,
             Err(e) => {
                 let fault = Fault::Trap(format!("cannot start a fresh instance: {}", e.cause));
-                return items.iter().map(|_| Err(self.fault(fault.clone()))).collect();
+                return items
+                    .iter()
+                    .map(|_| Err(self.fault(fault.clone())))
+                    .collect();
             }
         };
         live.store.set_epoch_deadline(self.limits.deadline_ticks());
@@ -291,9 +344,16 @@ impl Plugin {
                 results
             }
             Ok(results) => {
-                let fault = Fault::Contract(format!("returned {} results for {} items", results.len(), items.len()));
+                let fault = Fault::Contract(format!(
+                    "returned {} results for {} items",
+                    results.len(),
+                    items.len()
+                ));
                 tracing::warn!(plugin = %self.name, "{fault}; discarding the instance");
-                items.iter().map(|_| Err(self.fault(fault.clone()))).collect()
+                items
+                    .iter()
+                    .map(|_| Err(self.fault(fault.clone())))
+                    .collect()
             }
             Err(error) => {
                 let fault = self.classify(&live, &error);
@@ -302,7 +362,10 @@ impl Plugin {
                 if items.len() == 1 {
                     vec![Err(self.fault(fault))]
                 } else {
-                    items.chunks(1).flat_map(|item| self.run(item, call)).collect()
+                    items
+                        .chunks(1)
+                        .flat_map(|item| self.run(item, call))
+                        .collect()
                 }
             }
         }
@@ -310,20 +373,29 @@ impl Plugin {
 
     fn classify(&self, live: &Live, error: &wasmtime::Error) -> Fault {
         if live.store.data().limiter.was_hit() {
-            return Fault::MemoryCap { cap_bytes: live.store.data().limiter.cap_bytes() };
+            return Fault::MemoryCap {
+                cap_bytes: live.store.data().limiter.cap_bytes(),
+            };
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => Fault::Deadline(self.limits.timeout),
             Some(trap) => {
                 let stderr = live.store.data().captured_stderr();
-                Fault::Trap(if stderr.is_empty() { trap.to_string() } else { format!("{trap}; stderr: {stderr}") })
+                Fault::Trap(if stderr.is_empty() {
+                    trap.to_string()
+                } else {
+                    format!("{trap}; stderr: {stderr}")
+                })
             }
             None => Fault::Trap(format!("{error:#}")),
         }
     }
 
     fn fault(&self, fault: Fault) -> ItemError {
-        ItemError::PluginFault { plugin: self.name.to_string(), fault }
+        ItemError::PluginFault {
+            plugin: self.name.to_string(),
+            fault,
+        }
     }
 
     fn item_error(&self, error: wit::ItemError) -> ItemError {
@@ -353,7 +425,13 @@ impl Plugin {
     /// A fresh instance, initialized with the plugin's configuration.
     fn instantiate(&self) -> Result<Live, PluginError> {
         let fail = |cause| PluginError::new(&self.name, cause);
-        let state = PluginState::new(self.name.clone(), &self.grants, self.limits.memory_bytes, (self.nn)()).map_err(fail)?;
+        let state = PluginState::new(
+            self.name.clone(),
+            &self.grants,
+            self.limits.memory_bytes,
+            (self.nn)(),
+        )
+        .map_err(fail)?;
         let engine = match &self.prepared {
             Prepared::Pre(p) => p.engine(),
             Prepared::Post(p) => p.engine(),
@@ -363,18 +441,26 @@ impl Plugin {
         store.set_epoch_deadline(self.limits.deadline_ticks());
         let trapped = |store: &Store<PluginState>, e: wasmtime::Error| {
             let stderr = store.data().captured_stderr();
-            let message = if stderr.is_empty() { format!("{e:#}") } else { format!("{e:#}; stderr: {stderr}") };
+            let message = if stderr.is_empty() {
+                format!("{e:#}")
+            } else {
+                format!("{e:#}; stderr: {stderr}")
+            };
             fail(PluginErrorCause::InitTrapped(message))
         };
         let (exports, init) = match &self.prepared {
             Prepared::Pre(p) => {
                 let exports = p.instantiate(&mut store).map_err(|e| trapped(&store, e))?;
-                let init = exports.sluice_plugin_preprocess().call_init(&mut store, &self.config_json);
+                let init = exports
+                    .sluice_plugin_preprocess()
+                    .call_init(&mut store, &self.config_json);
                 (Exports::Pre(exports), init)
             }
             Prepared::Post(p) => {
                 let exports = p.instantiate(&mut store).map_err(|e| trapped(&store, e))?;
-                let init = exports.sluice_plugin_postprocess().call_init(&mut store, &self.config_json);
+                let init = exports
+                    .sluice_plugin_postprocess()
+                    .call_init(&mut store, &self.config_json);
                 (Exports::Post(exports), init)
             }
         };
@@ -387,11 +473,18 @@ impl Plugin {
 }
 
 fn to_wit_meta(meta: &Metadata) -> wit::Metadata {
-    wit::Metadata { id: meta.id.clone(), content_type: meta.content_type.clone(), attributes: meta.attributes.clone() }
+    wit::Metadata {
+        id: meta.id.clone(),
+        content_type: meta.content_type.clone(),
+        attributes: meta.attributes.clone(),
+    }
 }
 
 fn to_wit_raw(item: &RawItem) -> pre::exports::sluice::plugin::preprocess::RawInput {
-    pre::exports::sluice::plugin::preprocess::RawInput { meta: to_wit_meta(&item.meta), data: item.data.clone() }
+    pre::exports::sluice::plugin::preprocess::RawInput {
+        meta: to_wit_meta(&item.meta),
+        data: item.data.clone(),
+    }
 }
 
 fn to_wit_tensor(t: &Tensor) -> wit::Tensor {
@@ -404,7 +497,12 @@ fn to_wit_tensor(t: &Tensor) -> wit::Tensor {
         DType::I32 => wit::Dtype::I32,
         DType::I64 => wit::Dtype::I64,
     };
-    wit::Tensor { name: t.name.clone(), dtype, shape: t.shape.iter().map(|&d| d as u32).collect(), data: t.data.clone() }
+    wit::Tensor {
+        name: t.name.clone(),
+        dtype,
+        shape: t.shape.iter().map(|&d| d as u32).collect(),
+        data: t.data.clone(),
+    }
 }
 
 fn from_wit_tensor(t: wit::Tensor) -> Tensor {
@@ -417,5 +515,10 @@ fn from_wit_tensor(t: wit::Tensor) -> Tensor {
         wit::Dtype::I32 => DType::I32,
         wit::Dtype::I64 => DType::I64,
     };
-    Tensor { name: t.name, dtype, shape: t.shape.into_iter().map(|d| d as usize).collect(), data: t.data }
+    Tensor {
+        name: t.name,
+        dtype,
+        shape: t.shape.into_iter().map(|d| d as usize).collect(),
+        data: t.data,
+    }
 }

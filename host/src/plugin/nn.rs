@@ -20,7 +20,10 @@ use crate::schedule::{BatchConfig, ExecutionMode, Scheduler};
 use crate::types::{DType, ItemError, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
-use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, BackendGraph, BackendInner, BackendFromDir, Id, NamedTensor};
+use wasmtime_wasi_nn::backend::{
+    BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id,
+    NamedTensor,
+};
 use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType, WasiNnCtx};
 use wasmtime_wasi_nn::{ExecutionContext, Graph, GraphRegistry};
 
@@ -29,16 +32,29 @@ pub const MAX_GUEST_ITEMS: usize = 256;
 
 /// A factory giving every new plugin instance the host's models by name,
 /// and, if `guest_model_max_bytes` is above 0, models loaded from guest bytes.
-pub fn scheduler_nn(schedulers: &std::collections::BTreeMap<String, Scheduler>, guest_model_max_bytes: usize) -> NnContextFactory {
+pub fn scheduler_nn(
+    schedulers: &std::collections::BTreeMap<String, Scheduler>,
+    guest_model_max_bytes: usize,
+) -> NnContextFactory {
     let graphs = Arc::new(schedulers.clone());
     Arc::new(move || {
         let registry = NamedGraphs(
             graphs
                 .iter()
-                .map(|(name, s)| (name.clone(), Graph::from(Box::new(SchedulerGraph(s.clone())) as Box<dyn BackendGraph>)))
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        Graph::from(Box::new(SchedulerGraph(s.clone())) as Box<dyn BackendGraph>),
+                    )
+                })
                 .collect(),
         );
-        WasiNnCtx::new([wasmtime_wasi_nn::Backend::from(GuestModels { max_bytes: guest_model_max_bytes })], registry.into())
+        WasiNnCtx::new(
+            [wasmtime_wasi_nn::Backend::from(GuestModels {
+                max_bytes: guest_model_max_bytes,
+            })],
+            registry.into(),
+        )
     })
 }
 
@@ -67,7 +83,11 @@ impl BackendInner for GuestModels {
         GraphEncoding::Onnx
     }
 
-    fn load(&mut self, builders: &[&[u8]], _target: ExecutionTarget) -> Result<Graph, BackendError> {
+    fn load(
+        &mut self,
+        builders: &[&[u8]],
+        _target: ExecutionTarget,
+    ) -> Result<Graph, BackendError> {
         if self.max_bytes == 0 {
             return Err(access(
                 "loading model bytes from a plugin is not allowed; use `load-by-name` with a model from the host \
@@ -85,10 +105,19 @@ impl BackendInner for GuestModels {
                 self.max_bytes
             )));
         }
-        let model = TractBackend.load("guest-model", bytes, &InputShapes::new()).map_err(|e| access(e.to_string()))?;
-        let config = BatchConfig { max_batch_size: 8, execution: ExecutionMode::Stacked, threads: 1, ..BatchConfig::default() };
+        let model = TractBackend
+            .load("guest-model", bytes, &InputShapes::new())
+            .map_err(|e| access(e.to_string()))?;
+        let config = BatchConfig {
+            max_batch_size: 8,
+            execution: ExecutionMode::Stacked,
+            threads: 1,
+            ..BatchConfig::default()
+        };
         let scheduler = Scheduler::start(model, config).map_err(|e| access(e.to_string()))?;
-        Ok(Graph::from(Box::new(SchedulerGraph(scheduler)) as Box<dyn BackendGraph>))
+        Ok(Graph::from(
+            Box::new(SchedulerGraph(scheduler)) as Box<dyn BackendGraph>
+        ))
     }
 
     fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
@@ -100,8 +129,11 @@ struct SchedulerGraph(Scheduler);
 
 impl BackendGraph for SchedulerGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let context: Box<dyn BackendExecutionContext> =
-            Box::new(SchedulerContext { scheduler: self.0.clone(), inputs: HashMap::new(), outputs: Vec::new() });
+        let context: Box<dyn BackendExecutionContext> = Box::new(SchedulerContext {
+            scheduler: self.0.clone(),
+            inputs: HashMap::new(),
+            outputs: Vec::new(),
+        });
         Ok(context.into())
     }
 }
@@ -125,11 +157,16 @@ impl SchedulerContext {
         let specs = self.scheduler.model().inputs();
         match id {
             Id::Index(ix) if (*ix as usize) < specs.len() => Ok(*ix as usize),
-            Id::Name(name) => specs
-                .iter()
-                .position(|s| &s.name == name)
-                .ok_or_else(|| access(format!("model `{}` has no input `{name}`", self.scheduler.model().name()))),
-            Id::Index(ix) => Err(access(format!("model `{}` has no input #{ix}", self.scheduler.model().name()))),
+            Id::Name(name) => specs.iter().position(|s| &s.name == name).ok_or_else(|| {
+                access(format!(
+                    "model `{}` has no input `{name}`",
+                    self.scheduler.model().name()
+                ))
+            }),
+            Id::Index(ix) => Err(access(format!(
+                "model `{}` has no input #{ix}",
+                self.scheduler.model().name()
+            ))),
         }
     }
 
@@ -137,13 +174,21 @@ impl SchedulerContext {
     fn run(&mut self) -> Result<(), BackendError> {
         let specs = self.scheduler.model().inputs();
         let inputs: Vec<&Tensor> = (0..specs.len())
-            .map(|ix| self.inputs.get(&ix).ok_or_else(|| access(format!("input `{}` was not set", specs[ix].name))))
+            .map(|ix| {
+                self.inputs
+                    .get(&ix)
+                    .ok_or_else(|| access(format!("input `{}` was not set", specs[ix].name)))
+            })
             .collect::<Result<_, _>>()?;
         let n = inputs[0].shape.first().copied().unwrap_or(0);
         if n == 0 || n > MAX_GUEST_ITEMS || inputs.iter().any(|t| t.shape.first() != Some(&n)) {
-            return Err(access(format!("inputs must share a batch axis of 1 to {MAX_GUEST_ITEMS} items")));
+            return Err(access(format!(
+                "inputs must share a batch axis of 1 to {MAX_GUEST_ITEMS} items"
+            )));
         }
-        let items: Vec<Vec<Tensor>> = (0..n).map(|i| inputs.iter().map(|t| item_slice(t, i, n)).collect()).collect();
+        let items: Vec<Vec<Tensor>> = (0..n)
+            .map(|i| inputs.iter().map(|t| item_slice(t, i, n)).collect())
+            .collect();
         let replies = self.scheduler.infer_many(items);
         let replies: Vec<Vec<Tensor>> = replies
             .into_iter()
@@ -154,8 +199,16 @@ impl SchedulerContext {
                 let first = &replies[0][o];
                 let mut shape = first.shape.clone();
                 shape[0] = n;
-                let data = replies.iter().flat_map(|r| r[o].data.iter().copied()).collect();
-                Tensor { name: first.name.clone(), dtype: first.dtype, shape, data }
+                let data = replies
+                    .iter()
+                    .flat_map(|r| r[o].data.iter().copied())
+                    .collect();
+                Tensor {
+                    name: first.name.clone(),
+                    dtype: first.dtype,
+                    shape,
+                    data,
+                }
             })
             .collect();
         Ok(())
@@ -167,7 +220,12 @@ fn item_slice(t: &Tensor, i: usize, n: usize) -> Tensor {
     let len = t.data.len() / n;
     let mut shape = t.shape.clone();
     shape[0] = 1;
-    Tensor { name: t.name.clone(), dtype: t.dtype, shape, data: t.data[i * len..(i + 1) * len].to_vec() }
+    Tensor {
+        name: t.name.clone(),
+        dtype: t.dtype,
+        shape,
+        data: t.data[i * len..(i + 1) * len].to_vec(),
+    }
 }
 
 impl BackendExecutionContext for SchedulerContext {
@@ -183,10 +241,15 @@ impl BackendExecutionContext for SchedulerContext {
             Id::Index(ix) => self.outputs.get(*ix as usize),
             Id::Name(name) => self.outputs.iter().find(|t| &t.name == name),
         };
-        found.map(to_nn).ok_or_else(|| access(format!("no output {id:?}; call compute first")))
+        found
+            .map(to_nn)
+            .ok_or_else(|| access(format!("no output {id:?}; call compute first")))
     }
 
-    fn compute(&mut self, inputs: Option<Vec<NamedTensor>>) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+    fn compute(
+        &mut self,
+        inputs: Option<Vec<NamedTensor>>,
+    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
         let Some(inputs) = inputs else {
             return self.run().map(|()| None);
         };
@@ -196,7 +259,15 @@ impl BackendExecutionContext for SchedulerContext {
             self.inputs.insert(ix, from_nn(name.clone(), tensor)?);
         }
         self.run()?;
-        Ok(Some(self.outputs.iter().map(|t| NamedTensor { name: t.name.clone(), tensor: to_nn(t) }).collect()))
+        Ok(Some(
+            self.outputs
+                .iter()
+                .map(|t| NamedTensor {
+                    name: t.name.clone(),
+                    tensor: to_nn(t),
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -210,9 +281,19 @@ fn from_nn(name: String, t: &wasmtime_wasi_nn::Tensor) -> Result<Tensor, Backend
         TensorType::I32 => DType::I32,
         TensorType::I64 => DType::I64,
     };
-    let tensor = Tensor { name, dtype, shape: t.dimensions.iter().map(|&d| d as usize).collect(), data: t.data.clone() };
+    let tensor = Tensor {
+        name,
+        dtype,
+        shape: t.dimensions.iter().map(|&d| d as usize).collect(),
+        data: t.data.clone(),
+    };
     if !tensor.is_consistent() {
-        return Err(access(format!("tensor `{}`: {} bytes do not fill shape {:?}", tensor.name, tensor.data.len(), tensor.shape)));
+        return Err(access(format!(
+            "tensor `{}`: {} bytes do not fill shape {:?}",
+            tensor.name,
+            tensor.data.len(),
+            tensor.shape
+        )));
     }
     Ok(tensor)
 }
@@ -227,5 +308,9 @@ fn to_nn(t: &Tensor) -> wasmtime_wasi_nn::Tensor {
         DType::I32 => TensorType::I32,
         DType::I64 => TensorType::I64,
     };
-    wasmtime_wasi_nn::Tensor::new(t.shape.iter().map(|&d| d as u32).collect(), ty, t.data.clone())
+    wasmtime_wasi_nn::Tensor::new(
+        t.shape.iter().map(|&d| d as u32).collect(),
+        ty,
+        t.data.clone(),
+    )
 }

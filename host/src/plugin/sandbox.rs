@@ -27,7 +27,12 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub fn new(plugin: Arc<str>, grants: &Grants, memory_bytes: usize, nn: WasiNnCtx) -> Result<Self, PluginErrorCause> {
+    pub fn new(
+        plugin: Arc<str>,
+        grants: &Grants,
+        memory_bytes: usize,
+        nn: WasiNnCtx,
+    ) -> Result<Self, PluginErrorCause> {
         let mut builder = WasiCtxBuilder::new();
         let stderr = if grants.stdio {
             builder.inherit_stdout().inherit_stderr();
@@ -41,7 +46,11 @@ impl PluginState {
             builder.env(key, value);
         }
         for dir in &grants.dirs {
-            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
             builder
                 .preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(|e| PluginErrorCause::Grant {
@@ -81,7 +90,10 @@ impl PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
