@@ -7,7 +7,7 @@ use sluice::infer::tract::TractBackend;
 use sluice::infer::{Backend, InputShapes, ModelError, read_model_file};
 use sluice::plugin::{EngineOptions, PluginHost, PluginKind, scheduler_nn};
 use sluice::runtime::{Runtime, process_all};
-use sluice::schedule::{BatchConfig, ExecutionMode, Scheduler};
+use sluice::schedule::{BatchConfig, ExecutionCache, ExecutionMode, Scheduler};
 use sluice::types::{DType, ItemError, RawItem, Tensor};
 use sluice_tests::*;
 use std::collections::BTreeMap;
@@ -263,6 +263,37 @@ fn concurrent_wasi_nn_guest_calls_are_merged_into_batches() {
             "{a:?} vs {b:?}"
         );
     }
+}
+
+#[test]
+fn the_measured_execution_choice_is_remembered_per_model_and_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ExecutionCache::new(dir.path(), &"ab".repeat(32));
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
+    let first = Scheduler::start_cached(digits_model(), batching(8), Some(&cache)).unwrap();
+    assert_eq!(files(), 1, "the measurement is kept");
+    // Measurements are timings: equal to the last bit only when reused.
+    let again = Scheduler::start_cached(digits_model(), batching(8), Some(&cache)).unwrap();
+    assert_eq!(again.execution(), first.execution());
+    assert!(!first.execution().measurements.is_empty());
+
+    // Other settings (or another model digest) measure afresh.
+    let other = Scheduler::start_cached(digits_model(), batching(16), Some(&cache)).unwrap();
+    assert_eq!(files(), 2);
+    assert!(other.execution().measurements.iter().any(|m| m.chunk == 16));
+    let other_model = ExecutionCache::new(dir.path(), &"cd".repeat(32));
+    Scheduler::start_cached(digits_model(), batching(8), Some(&other_model)).unwrap();
+    assert_eq!(files(), 3);
+
+    // A damaged file costs a measurement, never the start.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"{not json").unwrap();
+    }
+    let remeasured = Scheduler::start_cached(digits_model(), batching(8), Some(&cache)).unwrap();
+    assert_ne!(
+        remeasured.execution().measurements,
+        first.execution().measurements
+    );
 }
 
 #[test]

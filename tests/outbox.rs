@@ -218,7 +218,10 @@ fn journal_items_become_records_in_one_transaction() {
     );
     assert_eq!(outbox.journal_bytes(), 50);
 
-    let items = outbox.journal_items("p", 3).unwrap();
+    let items = outbox.journal_items("p", 0, 3).unwrap();
+    // Items already taken (up to a sequence number) are skipped.
+    let later = outbox.journal_items("p", items[0].seq, 3).unwrap();
+    assert_eq!(later.first().map(|i| i.seq), items.get(1).map(|i| i.seq));
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), seqs[..3]);
     assert_eq!(
         items[1].attributes,
@@ -243,7 +246,7 @@ fn journal_items_become_records_in_one_transaction() {
     drop(outbox);
 
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
-    assert_eq!(outbox.journal_items("p", 10).unwrap().len(), 2);
+    assert_eq!(outbox.journal_items("p", 0, 10).unwrap().len(), 2);
     assert_eq!(outbox.journal_bytes(), 20);
     assert_eq!(outbox.pending().0, 3);
     assert!(outbox.accept(&input(9)).unwrap() > seqs[4]);

@@ -19,7 +19,7 @@ Jobs:
              {"score", "threshold", "label": "anomaly"|"normal", "alert"}.
              Accuracy (alert vs label) must equal expected.json's 0.894737.
   mobilenet  --images synthetic RGB JPEGs (default 32, seeded, 320x240 and
-             640x480), written once to a temp dir before timing; Pillow decode,
+             640x480), written once to a temp dir (or --images-dir) before timing; Pillow decode,
              bilinear resize to 224x224, /255, ImageNet mean/std, NCHW, batches
              of 8, the MobileNetV2 from models/mobilenetv2/make_mobilenetv2.py
              (--model, required), argmax -> {"label", "index", "score"}
@@ -216,7 +216,11 @@ def synthetic_jpegs(directory, count, seed=0):
 def mobilenet_job(args, tmp):
     if not args.model:
         raise SystemExit("--job mobilenet needs --model PATH (make it with models/mobilenetv2/make_mobilenetv2.py PATH)")
-    names = synthetic_jpegs(tmp, args.images)
+    # With --images-dir the images are written there (the same seeded bytes
+    # every time) so that `sluice-bench pipeline --job mobilenet` reads them too.
+    directory = args.images_dir or tmp
+    os.makedirs(directory, exist_ok=True)
+    names = synthetic_jpegs(directory, args.images)
     data = {}
     for path in names:
         with open(path, "rb") as f:
@@ -254,6 +258,7 @@ def main():
     ap.add_argument("--outbox", help="SQLite outbox to create (must not exist; default: a temp file, removed)")
     ap.add_argument("--model", help="mobilenet only: the MobileNetV2 ONNX file")
     ap.add_argument("--images", type=int, default=32, help="mobilenet only: synthetic images (default: %(default)s)")
+    ap.add_argument("--images-dir", help="mobilenet only: write the synthetic images here and keep them (default: a temp dir)")
     ap.add_argument("--out", help="write the JSON report here (default: stdout)")
     args = ap.parse_args()
     if args.repeat < 1:

@@ -9,12 +9,16 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use sluice::config::Config;
+use sluice::agent::Agent;
+use sluice::collector::{Collector, Tokens};
+use sluice::config::{Config, OutboxConfig, SyncConfig};
 use sluice::infer::tract::TractBackend;
 use sluice::infer::{Backend, InputShapes, Model};
-use sluice::runtime::{Runtime, process_all};
+use sluice::outbox::{NewInput, NewRecord, Outbox};
+use sluice::runtime::Runtime;
 use sluice::schedule::{BatchConfig, ExecutionMode, Scheduler};
-use sluice::types::{RawItem, Tensor};
+use sluice::sync::Uploader;
+use sluice::types::{RawItem, Tensor, stack_items};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,9 +38,11 @@ enum Command {
         #[arg(long)]
         peer_dir: PathBuf,
     },
-    /// A whole pipeline (plugins, scheduler, tract) over a job's inputs.
+    /// Sluice end to end, as deployed: the agent accepts a job's inputs
+    /// into its journal, runs them through the plugins, the scheduler and
+    /// tract, and stores every result durably in its outbox.
     Pipeline {
-        /// digits | anomaly
+        /// digits | anomaly | mobilenet
         #[arg(long)]
         job: String,
         /// Process the input set this many times.
@@ -45,6 +51,36 @@ enum Command {
         /// auto | stacked | single
         #[arg(long, default_value = "auto")]
         execution: String,
+        /// mobilenet: the MobileNetV2 ONNX file.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// mobilenet: the JPEG images (the peer's `--images-dir`).
+        #[arg(long)]
+        images_dir: Option<PathBuf>,
+        /// Compiled plugins and execution choices, kept across runs as on a
+        /// device (run once to fill, then measure).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Time to the first result of `sluice infer` on one digit, as a new
+    /// process: with the plugin and execution caches empty (cold) and filled
+    /// (warm); peak RSS of each process.
+    Startup {
+        /// The `sluice` binary to run.
+        #[arg(long)]
+        sluice: PathBuf,
+        /// Also run this runtime-only build (no compiler) on the caches the
+        /// full build filled.
+        #[arg(long)]
+        runtime_only: Option<PathBuf>,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
+    /// Durable outbox appends per second, and upload throughput to a
+    /// collector on loopback.
+    Outbox {
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
     },
     /// Per-item overheads: the plugin boundary (wasm vs native), the
     /// scheduler vs calling tract directly, and batching choices per model.
@@ -52,6 +88,10 @@ enum Command {
         /// A MobileNetV2 ONNX file (made by models/mobilenetv2/make_mobilenetv2.py).
         #[arg(long)]
         mobilenet: Option<PathBuf>,
+        /// JPEG images: also measure the plugin boundary of MobileNetV2's
+        /// image preprocessing (needs --mobilenet).
+        #[arg(long)]
+        images_dir: Option<PathBuf>,
     },
 }
 
@@ -62,8 +102,27 @@ fn main() -> Result<()> {
             job,
             repeat,
             execution,
-        } => pipeline(&job, repeat, &execution)?,
-        Command::Overheads { mobilenet } => overheads(mobilenet.as_deref())?,
+            model,
+            images_dir,
+            cache_dir,
+        } => pipeline(
+            &job,
+            repeat,
+            &execution,
+            model.as_deref(),
+            images_dir.as_deref(),
+            cache_dir,
+        )?,
+        Command::Startup {
+            sluice,
+            runtime_only,
+            runs,
+        } => startup(&sluice, runtime_only.as_deref(), runs)?,
+        Command::Outbox { records } => outbox(records)?,
+        Command::Overheads {
+            mobilenet,
+            images_dir,
+        } => overheads(mobilenet.as_deref(), images_dir.as_deref())?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -198,28 +257,37 @@ fn split_batch(t: &Tensor, parts: usize) -> Vec<Tensor> {
 }
 
 /// The inputs of a job, as the ingest stage would make them.
-fn job_items(job: &str) -> Result<Vec<RawItem>> {
-    let item = |id: String, content_type: &str, data: Vec<u8>| RawItem {
-        meta: sluice::types::Metadata::new(id, content_type),
-        data,
+fn job_items(job: &str, images_dir: Option<&Path>) -> Result<Vec<RawItem>> {
+    let files_in = |dir: &Path, extension: &str| -> Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| dir.display().to_string())?
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == extension))
+            .collect();
+        files.sort();
+        Ok(files)
+    };
+    let file_item = |f: &PathBuf, content_type: &str| -> Result<RawItem> {
+        let mut meta = sluice::types::Metadata::new(f.display().to_string(), content_type);
+        meta.attributes = vec![(
+            "file".into(),
+            f.file_name().unwrap().to_string_lossy().into_owned(),
+        )];
+        Ok(RawItem {
+            meta,
+            data: std::fs::read(f)?,
+        })
     };
     match job {
-        "digits" => {
-            let dir = repo_root().join("models/digits/heldout");
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "png"))
-                .collect();
-            files.sort();
-            files
+        "digits" => files_in(&repo_root().join("models/digits/heldout"), "png")?
+            .iter()
+            .map(|f| file_item(f, "image/png"))
+            .collect(),
+        "mobilenet" => {
+            let dir = images_dir.context("--job mobilenet needs --images-dir")?;
+            files_in(dir, "jpg")?
                 .iter()
-                .map(|f| {
-                    Ok(item(
-                        f.display().to_string(),
-                        "image/png",
-                        std::fs::read(f)?,
-                    ))
-                })
+                .map(|f| file_item(f, "image/jpeg"))
                 .collect()
         }
         "anomaly" => {
@@ -228,17 +296,59 @@ fn job_items(job: &str) -> Result<Vec<RawItem>> {
             let header = lines.next().unwrap();
             Ok(lines
                 .enumerate()
-                .map(|(i, row)| {
-                    item(
-                        format!("row-{i}"),
-                        "text/csv",
-                        format!("{header}\n{row}\n").into_bytes(),
-                    )
+                .map(|(i, row)| RawItem {
+                    meta: sluice::types::Metadata::new(format!("row-{i}"), "text/csv"),
+                    data: format!("{header}\n{row}\n").into_bytes(),
                 })
                 .collect())
         }
-        other => anyhow::bail!("unknown job `{other}` (digits | anomaly)"),
+        other => anyhow::bail!("unknown job `{other}` (digits | anomaly | mobilenet)"),
     }
+}
+
+/// The MobileNetV2 job: what a user would write for an ImageNet classifier.
+fn mobilenet_config(model: &Path) -> Result<Config> {
+    let dir = tempfile::tempdir()?.keep();
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[plugins.pre]
+path = "bundled:image-preprocess"
+timeout_ms = 10000
+[plugins.pre.config]
+output = "input"
+width = 224
+height = 224
+resize = "exact"
+filter = "triangle"
+layout = "nchw"
+scale = 0.00392156862745098
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+
+[plugins.post]
+path = "bundled:classify-postprocess"
+[plugins.post.config]
+input = "logits"
+softmax = true
+top_k = 1
+
+[models.mobilenet]
+path = "{}"
+[models.mobilenet.batching]
+max_batch_size = 8
+
+[pipelines.mobilenet]
+preprocess = "pre"
+model = "mobilenet"
+postprocess = "post"
+"#,
+            model.canonicalize()?.display()
+        ),
+    )?;
+    Ok(Config::load(&path)?)
 }
 
 fn execution_mode(name: &str) -> Result<ExecutionMode> {
@@ -250,33 +360,284 @@ fn execution_mode(name: &str) -> Result<ExecutionMode> {
     })
 }
 
-fn start_job(job: &str, execution: ExecutionMode) -> Result<Runtime> {
-    let mut config = Config::load(&repo_root().join("examples").join(job).join("sluice.toml"))?;
+fn job_config(
+    job: &str,
+    execution: ExecutionMode,
+    model: Option<&Path>,
+    cache_dir: Option<PathBuf>,
+) -> Result<Config> {
+    let mut config = match job {
+        "mobilenet" => mobilenet_config(model.context("--job mobilenet needs --model")?)?,
+        _ => Config::load(&repo_root().join("examples").join(job).join("sluice.toml"))?,
+    };
     let data_dir = tempfile::tempdir()?.keep();
     config.device.data_dir = data_dir.clone();
-    config.runtime.cache_dir = Some(data_dir.join("cache"));
+    config.runtime.cache_dir = Some(cache_dir.unwrap_or_else(|| data_dir.join("cache")));
+    config.ingest = Default::default();
+    config.sync = Default::default();
     for model in config.models.values_mut() {
         model.batching.execution = execution;
     }
-    Runtime::start(config)
+    Ok(config)
 }
 
-/// Sluice end to end over a job's inputs, `repeat` times.
-fn pipeline(job: &str, repeat: usize, execution: &str) -> Result<Value> {
-    let runtime = start_job(job, execution_mode(execution)?)?;
-    let pipeline = runtime.pipeline(None)?;
-    let items = job_items(job)?;
-    let all: Vec<RawItem> = (0..repeat).flat_map(|_| items.iter().cloned()).collect();
-    let n = all.len();
+fn start_job(job: &str, execution: ExecutionMode) -> Result<Runtime> {
+    Runtime::start(job_config(job, execution, None, None)?)
+}
+
+/// Sluice end to end over a job's inputs, `repeat` times: accepted into the
+/// agent's journal in one transaction, then timed until every result is
+/// durably in the outbox (the peer times from its first input to its last
+/// commit; it keeps no journal of inputs).
+fn pipeline(
+    job: &str,
+    repeat: usize,
+    execution: &str,
+    model: Option<&Path>,
+    images_dir: Option<&Path>,
+    cache_dir: Option<PathBuf>,
+) -> Result<Value> {
+    let config = job_config(job, execution_mode(execution)?, model, cache_dir)?;
+    let name = config
+        .pipelines
+        .keys()
+        .next()
+        .context("the job has no pipeline")?
+        .clone();
+    let agent = Agent::start(config)?;
+    let inputs: Vec<NewInput> = job_items(job, images_dir)?
+        .into_iter()
+        .map(|item| NewInput {
+            pipeline: name.clone(),
+            content_type: item.meta.content_type,
+            attributes: item.meta.attributes,
+            data: item.data,
+        })
+        .collect();
+    let n = (inputs.len() * repeat) as u64;
     let started = Instant::now();
-    let outcomes = process_all(pipeline, all, &|_| {});
+    // One transaction per pass over the inputs, as a burst of arrivals.
+    for _ in 0..repeat {
+        agent.accept(&inputs)?;
+    }
+    drop(inputs);
+    while agent.outbox().pending().0 < n {
+        std::thread::sleep(Duration::from_micros(500));
+    }
     let seconds = started.elapsed().as_secs_f64();
-    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
-    anyhow::ensure!(failed == 0, "{failed} items failed");
-    Ok(json!({
+    let peak_rss = peak_rss_mib(); // before reading the results back
+    let batch = agent
+        .outbox()
+        .next_batch(n as usize, usize::MAX)?
+        .context("no results")?;
+    let docs: Vec<Value> = batch
+        .records
+        .iter()
+        .map(|(_, body)| serde_json::from_slice(body))
+        .collect::<Result<_, _>>()?;
+    let failed = docs.iter().filter(|d| d.get("error").is_some()).count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} items failed: {}",
+        docs.iter().find(|d| d.get("error").is_some()).unwrap()
+    );
+    let accuracy = (job == "digits").then(|| {
+        let labels =
+            std::fs::read_to_string(repo_root().join("models/digits/heldout/labels.csv")).unwrap();
+        let labels: std::collections::HashMap<&str, &str> = labels
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(','))
+            .collect();
+        let correct = docs
+            .iter()
+            .filter(|d| {
+                labels.get(d["input"]["attributes"]["file"].as_str().unwrap())
+                    == d["result"]["body"]["label"].as_str().as_ref()
+            })
+            .count();
+        correct as f64 / docs.len() as f64
+    });
+    let pipeline = agent.runtime().pipeline(None)?;
+    let report = json!({
         "job": job, "execution": execution, "items": n, "seconds": seconds,
-        "items_per_s": n as f64 / seconds, "peak_rss_mib": peak_rss_mib(),
+        "items_per_s": n as f64 / seconds, "peak_rss_mib": peak_rss,
+        "accuracy": accuracy,
         "chosen": pipeline.scheduler.execution(),
+        "batches": pipeline.scheduler.stats().batch_size_histogram,
+    });
+    agent.shutdown();
+    Ok(report)
+}
+
+/// Spawn `sluice infer` on one digit; seconds to its first line of output,
+/// and the process's peak RSS in MiB.
+fn first_result(sluice: &Path, data_dir: &Path) -> Result<(f64, f64)> {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(sluice)
+        .current_dir(repo_root())
+        .args([
+            "infer",
+            "--config",
+            "examples/digits/sluice.toml",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .arg("models/digits/heldout/0000.png")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| sluice.display().to_string())?;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    loop {
+        anyhow::ensure!(
+            stdout.read(&mut byte)? == 1,
+            "{} printed no result",
+            sluice.display()
+        );
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // wait4 gives this child's own peak RSS (std's wait does not).
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pid of our own child and valid out-pointers.
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    anyhow::ensure!(
+        waited > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{} failed",
+        sluice.display()
+    );
+    Ok((seconds, usage.ru_maxrss as f64 / 1024.0))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Cold and warm start to the first result, alternating so noise hits both.
+fn startup(sluice: &Path, runtime_only: Option<&Path>, runs: usize) -> Result<Value> {
+    let warm_dir = tempfile::tempdir()?;
+    first_result(sluice, warm_dir.path())?; // fills the caches
+    let (mut cold, mut warm, mut lean) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let cold_dir = tempfile::tempdir()?;
+        cold.push(first_result(sluice, cold_dir.path())?);
+        warm.push(first_result(sluice, warm_dir.path())?);
+        if let Some(lean_binary) = runtime_only {
+            lean.push(first_result(lean_binary, warm_dir.path())?);
+        }
+    }
+    let summary = |runs: &[(f64, f64)]| {
+        (!runs.is_empty()).then(|| {
+            json!({
+                "median_ms": median(runs.iter().map(|r| r.0 * 1e3).collect()),
+                "min_ms": runs.iter().map(|r| r.0 * 1e3).fold(f64::INFINITY, f64::min),
+                "peak_rss_mib": median(runs.iter().map(|r| r.1).collect()),
+            })
+        })
+    };
+    Ok(json!({
+        "runs": runs,
+        "cold_compile": summary(&cold),
+        "warm_cached": summary(&warm),
+        "runtime_only_cached": summary(&lean),
+    }))
+}
+
+/// A result document the size of a digits result.
+fn sample_record(seq: usize) -> NewRecord {
+    let id = format!("bench-device/digits/{seq}");
+    let body = json!({
+        "id": id, "device": "bench-device", "pipeline": "digits", "seq": seq,
+        "accepted_at_ms": 1_795_000_000_000u64 + seq as u64, "completed_at_ms": 1_795_000_000_005u64 + seq as u64,
+        "input": {"content_type": "image/png", "bytes": 97, "attributes": {"file": format!("{seq:04}.png")}},
+        "provenance": {"model": "digits", "model_sha256": "7aeb717bde754c67e4cf1af823f89ad76eb15876f93c05849b39ff088259d5fd",
+            "preprocess": "digits-pre", "preprocess_sha256": "0f".repeat(32), "postprocess": "digits-post", "postprocess_sha256": "a1".repeat(32)},
+        "sluice_version": "0.1.0", "timings": {"preprocess_us": 210, "infer_us": 95, "postprocess_us": 120},
+        "result": {"content_type": "application/json", "body": {"index": seq % 10, "label": (seq % 10).to_string(), "score": 0.98,
+            "top": [{"index": seq % 10, "label": (seq % 10).to_string(), "score": 0.98}, {"index": 3, "label": "3", "score": 0.013}, {"index": 0, "label": "0", "score": 0.0009}]}},
+    });
+    NewRecord {
+        id,
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// Appends per second (group commit as the agent does it, and one commit
+/// per record for contrast), then upload throughput over loopback.
+fn outbox(records: usize) -> Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let all: Vec<NewRecord> = (0..records).map(sample_record).collect();
+    let bytes: u64 = all.iter().map(|r| r.size()).sum();
+
+    let mut appends = Vec::new();
+    for group in [64usize, 512, 1] {
+        let path = dir.path().join(format!("append-{group}.sqlite"));
+        let outbox = Outbox::open(&path, OutboxConfig::default())?;
+        let take = if group == 1 {
+            records.min(500)
+        } else {
+            records
+        };
+        let started = Instant::now();
+        for chunk in all[..take].chunks(group) {
+            outbox.append(chunk.to_vec())?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        appends.push(json!({"records_per_commit": group, "records": take, "records_per_s": take as f64 / seconds}));
+    }
+
+    // Upload the 64-per-commit outbox to a collector on loopback.
+    let outbox = Arc::new(Outbox::open(
+        &dir.path().join("append-64.sqlite"),
+        OutboxConfig::default(),
+    )?);
+    let mut tokens = Tokens::default();
+    tokens.insert("bench-device", "bench-token");
+    let collector = Collector::start(
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        &dir.path().join("collector.sqlite"),
+        tokens,
+    )?;
+    let sync_config = SyncConfig {
+        url: Some(collector.url()),
+        token: Some("bench-token".into()),
+        ..SyncConfig::default()
+    };
+    let uploader = Uploader::new(outbox.clone(), &sync_config, "bench-device")?;
+    let started = Instant::now();
+    let report = uploader.sync_once(&std::sync::atomic::AtomicBool::new(false))?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.records == records as u64 && outbox.pending().0 == 0,
+        "upload incomplete: {report:?}"
+    );
+    let example = sluice::outbox::Batch {
+        id: 0,
+        key: "k".into(),
+        records: all[..sync_config.batch_max_records.min(records)]
+            .iter()
+            .map(|r| (r.id.clone(), r.body.clone()))
+            .collect(),
+    };
+    let raw: usize = example.records.iter().map(|r| r.1.len()).sum();
+    let compressed =
+        sluice::sync::encode_batch("bench-device", &example, sync_config.zstd_level).len();
+    collector.shutdown();
+    Ok(json!({
+        "record_bytes": bytes as f64 / records as f64,
+        "appends": appends,
+        "sync": {
+            "records": records, "batches": report.batches, "batch_max_records": sync_config.batch_max_records,
+            "records_per_s": records as f64 / seconds, "mib_per_s": bytes as f64 / seconds / (1 << 20) as f64,
+            "zstd_ratio": raw as f64 / compressed as f64,
+        },
     }))
 }
 
@@ -304,10 +665,55 @@ fn native_classify(t: &Tensor, labels: &[String]) -> Vec<u8> {
     serde_json::to_vec(&json!({"label": labels[order[0]], "index": order[0], "score": scores[order[0]], "top": top})).unwrap()
 }
 
-fn overheads(mobilenet: Option<&Path>) -> Result<Value> {
+/// MobileNetV2's preprocessing, natively: what the wasm plugin does with the
+/// job's configuration (decode, resize to 224x224, normalize, NCHW).
+fn native_imagenet_preprocess(jpeg: &[u8]) -> Tensor {
+    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+    const STD: [f32; 3] = [0.229, 0.224, 0.225];
+    let image = image::load_from_memory(jpeg).unwrap().to_rgb8();
+    let image = image::imageops::resize(&image, 224, 224, image::imageops::FilterType::Triangle);
+    let mut values = vec![0f32; 3 * 224 * 224];
+    for (i, pixel) in image.pixels().enumerate() {
+        for c in 0..3 {
+            values[c * 224 * 224 + i] = (pixel.0[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+        }
+    }
+    Tensor::from_f32("input", vec![1, 3, 224, 224], &values)
+}
+
+/// The image preprocessing of MobileNetV2 in wasm vs native, µs per item.
+fn mobilenet_boundary(model: &Path, images_dir: &Path) -> Result<Value> {
+    let runtime = Runtime::start(job_config(
+        "mobilenet",
+        ExecutionMode::Single,
+        Some(model),
+        None,
+    )?)?;
+    let pipeline = runtime.pipeline(None)?;
+    let items = job_items("mobilenet", Some(images_dir))?;
+    let n = items.len() as f64;
+    let budget = Duration::from_millis(2000);
+    let wasm = time_per_run(budget, || {
+        items
+            .chunks(8)
+            .for_each(|b| drop(pipeline.preprocess.preprocess(b)))
+    });
+    let native = time_per_run(budget, || {
+        items
+            .iter()
+            .for_each(|i| drop(native_imagenet_preprocess(&i.data)))
+    });
+    Ok(json!({
+        "items": n,
+        "wasm_preprocess_us_per_item": wasm * 1e6 / n,
+        "native_preprocess_us_per_item": native * 1e6 / n,
+    }))
+}
+
+fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Value> {
     let runtime = start_job("digits", ExecutionMode::Auto)?;
     let pipeline = runtime.pipeline(None)?;
-    let items = job_items("digits")?;
+    let items = job_items("digits", None)?;
     let batches: Vec<&[RawItem]> = items.chunks(32).collect();
     let n = items.len() as f64;
 
@@ -377,7 +783,7 @@ fn overheads(mobilenet: Option<&Path>) -> Result<Value> {
         let model = load_model(path, shapes)?;
         let example = example_item(model.as_ref());
         let items: Vec<Vec<Tensor>> = (0..*batch).map(|_| example.clone()).collect();
-        let stacked = stack(&items);
+        let stacked = stack_items(&items);
         let plan = model.plan(*batch)?;
         let scheduler = Scheduler::start(
             model.clone(),
@@ -439,6 +845,10 @@ fn overheads(mobilenet: Option<&Path>) -> Result<Value> {
             "wasm_postprocess_us_per_item": wasm_post * 1e6 / n,
             "native_postprocess_us_per_item": native_post * 1e6 / n,
         },
+        "plugin_boundary_mobilenet": match (mobilenet, images_dir) {
+            (Some(model), Some(dir)) => Some(mobilenet_boundary(model, dir)?),
+            _ => None,
+        },
         "scheduler_vs_raw_tract": scheduler_rows,
         "batching": batching_rows,
     }))
@@ -461,22 +871,6 @@ fn example_item(model: &dyn Model) -> Vec<Tensor> {
                 .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
                 .collect();
             Tensor::from_f32(spec.name.clone(), shape, &values)
-        })
-        .collect()
-}
-
-fn stack(items: &[Vec<Tensor>]) -> Vec<Tensor> {
-    (0..items[0].len())
-        .map(|input| {
-            let first = &items[0][input];
-            let mut shape = first.shape.clone();
-            shape[0] = items.len();
-            Tensor {
-                name: first.name.clone(),
-                dtype: first.dtype,
-                shape,
-                data: items.iter().flat_map(|i| i[input].data.clone()).collect(),
-            }
         })
         .collect()
 }

@@ -48,7 +48,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,6 +70,7 @@ pub struct Provenance {
 
 /// A running agent.
 pub struct Agent {
+    device: String,
     runtime: Arc<Runtime>,
     ingest_addr: Option<SocketAddr>,
     outbox: Arc<Outbox>,
@@ -103,7 +103,7 @@ impl Agent {
         let mut threads = Vec::new();
 
         for name in runtime.pipelines.keys() {
-            let provenance = provenance(&runtime, name)?;
+            let provenance = provenance(&runtime, name);
             let (runtime, outbox, work, uploads, device, name) = (
                 runtime.clone(),
                 outbox.clone(),
@@ -176,6 +176,7 @@ impl Agent {
         work.wake();
         uploads.wake();
         Ok(Agent {
+            device,
             runtime,
             ingest_addr,
             outbox,
@@ -194,6 +195,27 @@ impl Agent {
 
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// Accept inputs durably, in one transaction, and wake their pipelines
+    /// (the ingest of a program embedding the agent). Returns their result
+    /// ids, in order. Each input must name a running pipeline.
+    pub fn accept(&self, inputs: &[NewInput]) -> anyhow::Result<Vec<String>> {
+        if let Some(bad) = inputs
+            .iter()
+            .find(|i| !self.runtime.pipelines.contains_key(&i.pipeline))
+        {
+            anyhow::bail!("no running pipeline `{}`", bad.pipeline);
+        }
+        let seqs = self
+            .outbox
+            .accept_many(&inputs.iter().map(|i| (i, None)).collect::<Vec<_>>())?;
+        self.work.wake();
+        Ok(inputs
+            .iter()
+            .zip(seqs)
+            .map(|(input, seq)| result_id(&self.device, &input.pipeline, seq))
+            .collect())
     }
 
     /// The pipelines, schedulers and plugins the agent runs.
@@ -253,31 +275,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 /// Model and plugin digests of pipeline `name`.
-fn provenance(runtime: &Runtime, name: &str) -> anyhow::Result<Provenance> {
+fn provenance(runtime: &Runtime, name: &str) -> Provenance {
     let pipeline = &runtime.pipelines[name];
     let spec = &runtime.config.pipelines[name];
-    let model = &runtime.config.models[&spec.model];
-    let model_sha256 = match &model.sha256 {
-        // Already checked against the file at start-up.
-        Some(sha) => sha.to_ascii_lowercase(),
-        None => hex::encode(Sha256::digest(std::fs::read(&model.path).with_context(
-            || {
-                format!(
-                    "model `{}`: cannot read {}",
-                    spec.model,
-                    model.path.display()
-                )
-            },
-        )?)),
-    };
-    Ok(Provenance {
+    Provenance {
         model: spec.model.clone(),
-        model_sha256,
+        model_sha256: runtime.model_sha256[&spec.model].clone(),
         preprocess: spec.preprocess.clone(),
         preprocess_sha256: pipeline.preprocess.digest().to_owned(),
         postprocess: spec.postprocess.clone(),
         postprocess_sha256: pipeline.postprocess.digest().to_owned(),
-    })
+    }
 }
 
 /// The id of the result of journal item `seq`.
@@ -330,6 +338,12 @@ pub fn result_record(
 }
 
 /// One pipeline's worker: oldest journal items -> pipeline -> outbox.
+///
+/// Processing and storing overlap: while one group of results is being
+/// committed (an fsync), the next group is already going through the
+/// pipeline. At most one group waits for its commit; a commit that cannot
+/// proceed (a full disk) therefore stops processing too, and the inputs stay
+/// in the journal until their results are stored.
 fn worker(
     runtime: &Runtime,
     name: &str,
@@ -341,44 +355,74 @@ fn worker(
 ) {
     let pipeline = &runtime.pipelines[name];
     let config = pipeline.scheduler.config();
-    // Enough items to keep every scheduler thread busy with full batches.
-    let chunk = (config.max_batch_size.max(1) * config.threads.max(1)).clamp(1, 1024);
-    let mut failures = 0u32;
-    while !work.stopped() {
-        let items = match outbox.journal_items(name, chunk) {
-            Ok(items) => items,
-            Err(e) => {
-                failures += 1;
-                tracing::error!(pipeline = name, "cannot read the journal: {e}");
-                work.sleep(crate::sync::backoff(100, 10_000, failures));
-                continue;
-            }
-        };
-        if items.is_empty() {
-            work.wait(Duration::from_millis(500));
-            continue;
-        }
-        let raw: Vec<RawItem> = items
-            .iter()
-            .map(|item| {
-                let mut meta =
-                    Metadata::new(result_id(device, name, item.seq), item.content_type.clone());
-                meta.attributes = item.attributes.clone();
-                RawItem {
-                    meta,
-                    data: item.data.clone(),
+    // Enough items to keep every scheduler thread busy with full batches,
+    // several times over so that one fsync covers many of them.
+    let group = (config.max_batch_size.max(1) * config.threads.max(1) * 4).clamp(1, 1024);
+    let (to_store, stored) = std::sync::mpsc::sync_channel::<(Vec<i64>, Vec<NewRecord>)>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || store_results(name, outbox, work, uploads, stored));
+        // Journal rows up to here are in the pipeline or waiting for their
+        // commit; they are deleted only by that commit.
+        let mut taken_up_to = 0;
+        let mut failures = 0u32;
+        while !work.stopped() {
+            let items = match outbox.journal_items(name, taken_up_to, group) {
+                Ok(items) => items,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(pipeline = name, "cannot read the journal: {e}");
+                    work.sleep(crate::sync::backoff(100, 10_000, failures));
+                    continue;
                 }
-            })
-            .collect();
-        let outcomes = process_all(pipeline, raw, &|_| {});
-        let records: Vec<NewRecord> = items
-            .iter()
-            .zip(&outcomes)
-            .map(|(item, outcome)| result_record(device, item, outcome, provenance))
-            .collect();
-        let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
-        // Commit results and retire the inputs together; on failure (a full
-        // disk) keep the results and retry, the inputs stay journaled.
+            };
+            failures = 0;
+            let Some(last) = items.last() else {
+                work.wait(Duration::from_millis(500));
+                continue;
+            };
+            taken_up_to = last.seq;
+            let raw: Vec<RawItem> = items
+                .iter()
+                .map(|item| {
+                    let mut meta =
+                        Metadata::new(result_id(device, name, item.seq), item.content_type.clone());
+                    meta.attributes = item.attributes.clone();
+                    RawItem {
+                        meta,
+                        data: item.data.clone(),
+                    }
+                })
+                .collect();
+            let outcomes = process_all(pipeline, raw, &|_| {});
+            let records: Vec<NewRecord> = items
+                .iter()
+                .zip(&outcomes)
+                .map(|(item, outcome)| result_record(device, item, outcome, provenance))
+                .collect();
+            if to_store
+                .send((items.iter().map(|i| i.seq).collect(), records))
+                .is_err()
+            {
+                break; // the store thread stopped
+            }
+        }
+        // Let the store thread commit what it was given, then end.
+        drop(to_store);
+    });
+}
+
+/// Commit each group of results and retire its inputs, in one transaction.
+/// On failure (a full disk) keep the results and retry with backoff; the
+/// inputs stay journaled meanwhile.
+fn store_results(
+    name: &str,
+    outbox: &Outbox,
+    work: &Signal,
+    uploads: &Signal,
+    groups: std::sync::mpsc::Receiver<(Vec<i64>, Vec<NewRecord>)>,
+) {
+    let mut failures = 0u32;
+    for (seqs, records) in groups {
         loop {
             match outbox.complete(&seqs, records.clone()) {
                 Ok(_) => {

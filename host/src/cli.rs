@@ -6,7 +6,7 @@ use crate::infer::tract::{TractBackend, operator_support};
 use crate::infer::{Backend, InputShapes, read_model_file};
 use crate::ingest::{list_files, read_file_item};
 use crate::pipeline::Outcome;
-use crate::plugin::{BUNDLED_PREFIX, EngineOptions, PluginHost, inspect_component};
+use crate::plugin::{BUNDLED_PREFIX, CacheOutcome, EngineOptions, PluginHost, inspect_component};
 use crate::runtime::{Runtime, process_all};
 use crate::schedule::{BatchConfig, Scheduler};
 use crate::types::ItemError;
@@ -15,8 +15,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `sluice infer`: one pass of a pipeline over files, JSON Lines on stdout.
-pub fn infer(config: &Path, pipeline: Option<&str>, inputs: &[PathBuf]) -> anyhow::Result<()> {
-    let runtime = Runtime::start(Config::load(config)?)?;
+pub fn infer(
+    config: &Path,
+    pipeline: Option<&str>,
+    inputs: &[PathBuf],
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(config)?;
+    if let Some(dir) = data_dir {
+        config.device.data_dir = dir;
+    }
+    let runtime = Runtime::start(config)?;
     let pipeline = runtime.pipeline(pipeline)?;
     let files = list_files(inputs)?;
     let items = files
@@ -192,17 +201,42 @@ pub fn parse_input_shape(arg: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.to_owned(), dims))
 }
 
+/// `sluice plugin compile`: fill the compiled-plugin cache for every plugin
+/// of a configuration (for devices running a runtime-only build).
+pub fn plugin_compile(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = Config::load(config)?;
+    if let Some(dir) = data_dir {
+        config.device.data_dir = dir;
+    }
+    let host = PluginHost::new(&EngineOptions::for_config(&config))?;
+    let mut failed = 0;
+    for (name, plugin) in &config.plugins {
+        match host.precompile(name, plugin) {
+            Ok(CacheOutcome::Hit) => println!("{name}: already compiled"),
+            Ok(CacheOutcome::Compiled) => println!("{name}: compiled"),
+            Err(e) => {
+                failed += 1;
+                println!("{name}: {e}");
+            }
+        }
+    }
+    println!("cache: {}", config.cache_dir().display());
+    anyhow::ensure!(failed == 0, "{failed} plugin(s) could not be compiled");
+    Ok(())
+}
+
 /// `sluice plugin inspect`.
 pub fn plugin_inspect(file: &str, config: Option<(&Path, &str)>, json: bool) -> anyhow::Result<()> {
-    let grants = match config {
+    // With a configuration: its grants, and its compiled-plugin cache.
+    let (grants, cache_dir) = match config {
         Some((path, name)) => {
             let config = Config::load(path)?;
             let Some(plugin) = config.plugins.get(name) else {
                 bail!("{} configures no plugin named `{name}`", path.display());
             };
-            plugin.grants.clone()
+            (plugin.grants.clone(), Some(config.cache_dir()))
         }
-        None => Grants::default(),
+        None => (Grants::default(), None),
     };
     let wasm = match file.strip_prefix(BUNDLED_PREFIX) {
         Some(name) => crate::bundled::get(name)
@@ -215,7 +249,10 @@ pub fn plugin_inspect(file: &str, config: Option<(&Path, &str)>, json: bool) -> 
             .to_vec(),
         None => std::fs::read(file).with_context(|| format!("cannot read {file}"))?,
     };
-    let host = PluginHost::new(&EngineOptions::default())?;
+    let host = PluginHost::new(&EngineOptions {
+        cache_dir,
+        ..EngineOptions::default()
+    })?;
     let report = inspect_component(&host, &wasm, &grants).with_context(|| file.to_owned())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

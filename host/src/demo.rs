@@ -125,8 +125,11 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
             .send()?
             .error_for_status()?
             .json()?;
-        if delivered["count"].as_u64().unwrap_or(0) >= n {
+        if delivered_after.is_none() && delivered["count"].as_u64().unwrap_or(0) >= n {
             delivered_after = Some(started.elapsed());
+        }
+        // Done once the device has recorded the collector's acknowledgements.
+        if delivered_after.is_some() && status.pending_records == 0 {
             break;
         }
         if started.elapsed() > DELIVERY_DEADLINE {

@@ -41,6 +41,9 @@ enum Command {
         /// Input files or folders.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// Keep state (the compiled-plugin cache) here instead of the configuration's data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run the device agent: ingest from a folder and HTTP, infer, keep
     /// results in the outbox, sync them upstream; SIGTERM drains and exits.
@@ -123,6 +126,15 @@ enum PluginCommand {
     },
     /// List the plugins shipped inside this binary.
     List,
+    /// Compile every plugin of a configuration into its cache, so that a
+    /// runtime-only build (no compiler) can load them.
+    Compile {
+        #[arg(long)]
+        config: PathBuf,
+        /// Use this data directory's cache instead of the configuration's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -148,7 +160,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             pipeline,
             inputs,
-        } => sluice::cli::infer(&config, pipeline.as_deref(), &inputs)?,
+            data_dir,
+        } => sluice::cli::infer(&config, pipeline.as_deref(), &inputs, data_dir)?,
         Command::Model(ModelCommand::Inspect {
             file,
             input_shapes,
@@ -184,6 +197,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Outbox(OutboxCommand::Status { config, json }) => {
             sluice::agent::outbox_status(&config, json)?
+        }
+        Command::Plugin(PluginCommand::Compile { config, data_dir }) => {
+            sluice::cli::plugin_compile(&config, data_dir)?
         }
         Command::Plugin(PluginCommand::List) => {
             for name in sluice::bundled::names() {

@@ -458,31 +458,15 @@ impl Outbox {
             return Ok(0);
         }
         let cutoff = now_ms - (self.config.max_age_secs as i64).saturating_mul(1000);
-        let mut inner = self.lock();
-        let Inner {
-            conn,
-            pending_bytes,
-            pending_records,
-            ..
-        } = &mut *inner;
-        let tx = conn.transaction().map_err(|e| sql_error(&self.path, e))?;
-        let (freed, n) = (|| -> rusqlite::Result<(u64, u64)> {
-            let (freed, n): (i64, i64) = tx.query_row(
-                "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records WHERE created_at_ms < ?1",
-                [cutoff],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+        let n = self.delete_records("created_at_ms < ?1", cutoff, counter::EXPIRED, |tx, n| {
+            // A batch in flight that loses records is dissolved; the rest go
+            // out in a new one (the collector keeps one copy per id).
             if n > 0 {
-                dissolve_batches_of(&tx, "created_at_ms < ?1", cutoff)?;
-                tx.execute("DELETE FROM records WHERE created_at_ms < ?1", [cutoff])?;
-                bump(&tx, counter::EXPIRED, n as u64)?;
+                dissolve_batches_of(tx, "created_at_ms < ?1", cutoff)
+            } else {
+                Ok(())
             }
-            Ok((freed as u64, n as u64))
-        })()
-        .map_err(|e| sql_error(&self.path, e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        *pending_bytes -= freed;
-        *pending_records -= n;
+        })?;
         if n > 0 {
             tracing::warn!(
                 expired = n,
@@ -571,6 +555,29 @@ impl Outbox {
         counter_name: &str,
         error: Option<&str>,
     ) -> Result<u64, OutboxError> {
+        self.delete_records("batch = ?1", batch_id, counter_name, |tx, _| {
+            tx.execute("DELETE FROM batches WHERE id = ?1", [batch_id])?;
+            let now = now_ms().to_string();
+            match error {
+                None => set_meta(tx, "last_sync_at_ms", &now),
+                Some(reason) => {
+                    set_meta(tx, "last_error", reason)?;
+                    set_meta(tx, "last_error_at_ms", &now)
+                }
+            }
+        })
+    }
+
+    /// In one transaction: run `also` (given how many records match), delete
+    /// the records matching `condition` (SQL over `records`, `?1` = `arg`),
+    /// and count them under `counter_name`. Returns how many were deleted.
+    fn delete_records(
+        &self,
+        condition: &str,
+        arg: i64,
+        counter_name: &str,
+        also: impl FnOnce(&Transaction, u64) -> rusqlite::Result<()>,
+    ) -> Result<u64, OutboxError> {
         let mut inner = self.lock();
         let Inner {
             conn,
@@ -581,21 +588,13 @@ impl Outbox {
         let tx = conn.transaction().map_err(|e| sql_error(&self.path, e))?;
         let (freed, n) = (|| -> rusqlite::Result<(u64, u64)> {
             let (freed, n): (i64, i64) = tx.query_row(
-                "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records WHERE batch = ?1",
-                [batch_id],
+                &format!("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records WHERE {condition}"),
+                [arg],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            tx.execute("DELETE FROM records WHERE batch = ?1", [batch_id])?;
-            tx.execute("DELETE FROM batches WHERE id = ?1", [batch_id])?;
+            also(&tx, n as u64)?;
+            tx.execute(&format!("DELETE FROM records WHERE {condition}"), [arg])?;
             bump(&tx, counter_name, n as u64)?;
-            let now = now_ms().to_string();
-            match error {
-                None => set_meta(&tx, "last_sync_at_ms", &now)?,
-                Some(reason) => {
-                    set_meta(&tx, "last_error", reason)?;
-                    set_meta(&tx, "last_error_at_ms", &now)?;
-                }
-            }
             Ok((freed as u64, n as u64))
         })()
         .map_err(|e| sql_error(&self.path, e))?;
@@ -699,10 +698,12 @@ impl Outbox {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Up to `limit` journal items of `pipeline`, oldest first.
+    /// Up to `limit` journal items of `pipeline` with a sequence number
+    /// above `after`, oldest first.
     pub fn journal_items(
         &self,
         pipeline: &str,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<JournalItem>, OutboxError> {
         let inner = self.lock();
@@ -710,11 +711,11 @@ impl Outbox {
             .conn
             .prepare_cached(
                 "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms FROM journal
-                 WHERE pipeline = ?1 ORDER BY seq LIMIT ?2",
+                 WHERE pipeline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
         let rows = select
-            .query_map(params![pipeline, limit as i64], |r| {
+            .query_map(params![pipeline, after, limit as i64], |r| {
                 let attributes: String = r.get(3)?;
                 Ok(JournalItem {
                     seq: r.get(0)?,

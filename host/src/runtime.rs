@@ -9,8 +9,9 @@ use crate::config::Config;
 use crate::infer::{Backend, read_model_file, tract::TractBackend};
 use crate::pipeline::{Outcome, Pipeline};
 use crate::plugin::{EngineOptions, Plugin, PluginHost, PluginKind, scheduler_nn};
-use crate::schedule::Scheduler;
+use crate::schedule::{ExecutionCache, Scheduler};
 use crate::types::RawItem;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -19,12 +20,11 @@ pub struct Runtime {
     pub host: PluginHost,
     pub schedulers: BTreeMap<String, Scheduler>,
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// SHA-256 (hex) of each running model's file.
+    pub model_sha256: BTreeMap<String, String>,
     /// What failed at start-up, one message each.
     pub problems: Vec<String>,
 }
-
-/// Instances a plugin may have alive at once: its idle pool plus callers.
-const INSTANCES_PER_PLUGIN: u32 = 8;
 
 impl Runtime {
     /// Start everything `config` describes. Fails only if nothing usable is
@@ -32,11 +32,20 @@ impl Runtime {
     pub fn start(config: Config) -> anyhow::Result<Runtime> {
         let mut problems = Vec::new();
         let mut schedulers = BTreeMap::new();
+        let mut model_sha256 = BTreeMap::new();
         for (name, model) in &config.models {
-            let started = read_model_file(name, &model.path, model.sha256.as_deref())
-                .and_then(|bytes| TractBackend.load(name, &bytes, &model.input_shapes))
-                .and_then(|loaded| Scheduler::start(loaded, model.batching.clone()));
-            match started {
+            let started = std::time::Instant::now();
+            let scheduler = read_model_file(name, &model.path, model.sha256.as_deref()).and_then(|bytes| {
+                // Already checked against the file when configured.
+                let sha256 = model.sha256.clone().unwrap_or_else(|| hex::encode(Sha256::digest(&bytes))).to_ascii_lowercase();
+                let loaded = TractBackend.load(name, &bytes, &model.input_shapes)?;
+                tracing::debug!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
+                let remembered = ExecutionCache::new(&config.cache_dir(), &sha256);
+                let scheduler = Scheduler::start_cached(loaded, model.batching.clone(), Some(&remembered))?;
+                model_sha256.insert(name.clone(), sha256);
+                Ok(scheduler)
+            });
+            match scheduler {
                 Ok(scheduler) => {
                     schedulers.insert(name.clone(), scheduler);
                 }
@@ -44,19 +53,8 @@ impl Runtime {
             }
         }
 
-        let options = EngineOptions {
-            pooling: config.runtime.pooling,
-            max_memory_bytes: config
-                .plugins
-                .values()
-                .map(|p| p.memory_bytes())
-                .max()
-                .unwrap_or(64 << 20),
-            max_instances: (config.plugins.len() as u32).max(1) * INSTANCES_PER_PLUGIN,
-            cache_dir: Some(config.cache_dir()),
-        };
         let host = PluginHost::with_nn(
-            &options,
+            &EngineOptions::for_config(&config),
             scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes),
         )?;
         // Each plugin is loaded once, as the kind its first pipeline needs.
@@ -114,6 +112,7 @@ impl Runtime {
             host,
             schedulers,
             pipelines,
+            model_sha256,
             problems,
         })
     }

@@ -75,6 +75,30 @@ pub struct Tensor {
     pub data: Vec<u8>,
 }
 
+/// Join items (each a list of tensors with a batch axis of 1, in the same
+/// order) into one tensor per position, along the batch axis: item `i` is
+/// row `i`. Names and dtypes are the first item's.
+pub fn stack_items(items: &[Vec<Tensor>]) -> Vec<Tensor> {
+    let n = items.len();
+    (0..items.first().map_or(0, Vec::len))
+        .map(|position| {
+            let first = &items[0][position];
+            let mut shape = first.shape.clone();
+            shape[0] = n;
+            let mut data = Vec::with_capacity(first.data.len() * n);
+            for item in items {
+                data.extend_from_slice(&item[position].data);
+            }
+            Tensor {
+                name: first.name.clone(),
+                dtype: first.dtype,
+                shape,
+                data,
+            }
+        })
+        .collect()
+}
+
 impl Tensor {
     pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Tensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();

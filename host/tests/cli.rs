@@ -76,6 +76,51 @@ fn the_demo_delivers_every_result_once_to_its_collector() {
 }
 
 #[test]
+fn plugin_compile_fills_the_cache_a_restart_loads_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/digits/sluice.toml"
+    );
+    let data_dir = dir.path().to_str().unwrap();
+    let first = sluice(&[
+        "plugin",
+        "compile",
+        "--config",
+        config,
+        "--data-dir",
+        data_dir,
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("digits-pre: compiled"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stdout(&first).contains("digits-post: compiled"),
+        "{}",
+        stdout(&first)
+    );
+    let cached = std::fs::read_dir(dir.path().join("cache")).unwrap().count();
+    assert_eq!(cached, 2, "one .cwasm per plugin");
+
+    let again = sluice(&[
+        "plugin",
+        "compile",
+        "--config",
+        config,
+        "--data-dir",
+        data_dir,
+    ]);
+    assert!(
+        stdout(&again).contains("digits-pre: already compiled"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[test]
 fn plugin_inspect_describes_every_bundled_plugin() {
     let list = sluice(&["plugin", "list"]);
     assert!(list.status.success(), "{}", stderr(&list));

@@ -37,6 +37,10 @@ pub trait Model: Send + Sync {
     fn outputs(&self) -> &[TensorSpec];
     /// The plan for batches of exactly `batch` items, built once and cached.
     fn plan(&self, batch: usize) -> Result<Arc<dyn Plan>, ModelError>;
+    /// Drop cached plans for batches larger than `batch`: each plan holds
+    /// its own optimized copy of the weights, so unused ones cost memory
+    /// (hundreds of MB for a conv net). They are rebuilt if asked for again.
+    fn release_plans_above(&self, batch: usize);
 }
 
 /// A ready-to-run computation for one batch size.

@@ -290,6 +290,10 @@ impl Model for TractModel {
         self.plans.lock().unwrap().insert(batch, plan.clone());
         Ok(plan)
     }
+
+    fn release_plans_above(&self, batch: usize) {
+        self.plans.lock().unwrap().retain(|&size, _| size <= batch);
+    }
 }
 
 struct TractPlan {

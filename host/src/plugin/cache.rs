@@ -2,17 +2,24 @@
 //! (small Rust plugins) to seconds (an 18 MB componentize-py plugin), so each
 //! compiled component is kept on disk as a `.cwasm` and reused across restarts.
 //!
-//! The key is the SHA-256 of the `.wasm` bytes plus the engine's
-//! compatibility hash (target, tunables, epoch/fuel settings, wasmtime
-//! version): a `.cwasm` is only valid for an engine configured exactly like
-//! the one that produced it. An entry that still fails to load (truncated by a
-//! crash, written by another build) is recompiled and overwritten.
+//! The file is named after the SHA-256 of the `.wasm` bytes plus a key of
+//! the engine's settings that both kinds of build compute alike: a full build
+//! (with the Cranelift compiler) fills the cache, and a runtime-only build
+//! (`--no-default-features`, no compiler, about 12 MB smaller) can only load
+//! from it. Wasmtime checks every `.cwasm` against the loading engine
+//! (version, target, CPU features, tunables, wasm features) before use; an
+//! entry that fails that check or is damaged (truncated by a crash) is
+//! recompiled and overwritten by a full build, and refused with a clear
+//! message by a runtime-only one.
 
 use sha2::{Digest, Sha256};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// Part of every cache file name. Change it when `engine.rs` changes a
+/// setting that affects compiled code, so old entries are not even tried.
+const ENGINE_SETTINGS: &str = "wasmtime-48.0.8;component-model;epoch-interruption";
 
 /// Where a component came from and how it was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +37,11 @@ pub struct ComponentCache {
 
 impl ComponentCache {
     /// A cache in `dir`, or none at all (always compile) when `dir` is `None`.
-    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        let key = format!("{ENGINE_SETTINGS};{}", std::env::consts::ARCH);
         ComponentCache {
             dir,
-            engine_key: format!("{:016x}", hasher.finish()),
+            engine_key: hex::encode(&Sha256::digest(key.as_bytes())[..8]),
         }
     }
 
@@ -46,7 +52,7 @@ impl ComponentCache {
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(path) = self.entry_path(wasm) else {
-            return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
+            return Ok((compile(engine, wasm, None)?, CacheOutcome::Compiled));
         };
         if let Ok(compiled) = std::fs::read(&path) {
             // Read, not mapped: a file changed under a live mapping would
@@ -61,7 +67,7 @@ impl ComponentCache {
                 }
             }
         }
-        let component = Component::new(engine, wasm)?;
+        let component = compile(engine, wasm, Some(&path))?;
         if let Err(e) = store_atomically(&path, &component.serialize()?) {
             tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e}");
         }
@@ -76,6 +82,36 @@ impl ComponentCache {
                 .join(format!("{digest}-{}.cwasm", self.engine_key)),
         )
     }
+}
+
+/// Compile `wasm` for `engine` (full builds).
+#[cfg(feature = "compiler")]
+fn compile(
+    engine: &Engine,
+    wasm: &[u8],
+    _cache_entry: Option<&Path>,
+) -> wasmtime::Result<Component> {
+    Component::new(engine, wasm)
+}
+
+/// Runtime-only builds cannot compile: say what to do instead.
+#[cfg(not(feature = "compiler"))]
+fn compile(
+    _engine: &Engine,
+    _wasm: &[u8],
+    cache_entry: Option<&Path>,
+) -> wasmtime::Result<Component> {
+    Err(match cache_entry {
+        Some(path) => wasmtime::format_err!(
+            "this runtime-only build of Sluice cannot compile plugins, and this one is not precompiled \
+             ({} is missing): precompile it with `sluice plugin compile` on a full build of the same version, \
+             and copy the cache",
+            path.display()
+        ),
+        None => wasmtime::format_err!(
+            "this runtime-only build of Sluice cannot compile plugins and has no cache directory"
+        ),
+    })
 }
 
 /// Write to a temporary file, then rename: a crash leaves either the old

@@ -32,6 +32,26 @@ impl Default for EngineOptions {
     }
 }
 
+/// Instances a plugin may have alive at once: its idle pool plus callers.
+const INSTANCES_PER_PLUGIN: u32 = 8;
+
+impl EngineOptions {
+    /// What the plugins of `config` need.
+    pub fn for_config(config: &crate::config::Config) -> EngineOptions {
+        EngineOptions {
+            pooling: config.runtime.pooling,
+            max_memory_bytes: config
+                .plugins
+                .values()
+                .map(|p| p.memory_bytes())
+                .max()
+                .unwrap_or(64 << 20),
+            max_instances: (config.plugins.len() as u32).max(1) * INSTANCES_PER_PLUGIN,
+            cache_dir: Some(config.cache_dir()),
+        }
+    }
+}
+
 /// The engine, its compiled-plugin cache and its epoch ticker.
 pub struct PluginEngine {
     engine: Engine,
@@ -56,7 +76,7 @@ impl PluginEngine {
                 }
             },
         };
-        let cache = ComponentCache::new(&engine, options.cache_dir.clone());
+        let cache = ComponentCache::new(options.cache_dir.clone());
         let ticker = EpochTicker::start(engine.clone());
         Ok(PluginEngine {
             engine,

@@ -5,7 +5,6 @@ use super::{PluginHost, PluginKind};
 use crate::config::Grants;
 use sha2::{Digest, Sha256};
 use std::fmt;
-use wasmtime::component::Component;
 
 /// Everything `plugin inspect` reports about one component.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -31,8 +30,11 @@ pub fn inspect_component(
     grants: &Grants,
 ) -> anyhow::Result<ComponentReport> {
     let engine = host.engine().engine();
-    let component = Component::new(engine, wasm)
-        .map_err(|e| anyhow::anyhow!("not a WebAssembly component: {}", super::root_cause(&e)))?;
+    let (component, _) = host
+        .engine()
+        .cache()
+        .load(engine, wasm)
+        .map_err(|e| anyhow::anyhow!("{}", super::cache_error(&e)))?;
     let ty = component.component_type();
     let imports: Vec<String> = ty
         .imports(engine)

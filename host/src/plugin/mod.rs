@@ -110,6 +110,23 @@ impl PluginHost {
         &self.engine
     }
 
+    /// Make sure plugin `name` is compiled in the cache (a full build
+    /// compiles it if needed; a runtime-only build can only check).
+    pub fn precompile(
+        &self,
+        name: &str,
+        config: &PluginConfig,
+    ) -> Result<CacheOutcome, PluginError> {
+        let fail = |cause| PluginError::new(name, cause);
+        let wasm = read_wasm(&config.path).map_err(fail)?;
+        let (_, outcome) = self
+            .engine
+            .cache()
+            .load(self.engine.engine(), &wasm)
+            .map_err(|e| fail(cache_error(&e)))?;
+        Ok(outcome)
+    }
+
     /// Load, link and initialize plugin `name`; it must be of `kind`.
     pub fn load(
         &self,
@@ -124,7 +141,7 @@ impl PluginHost {
             .engine
             .cache()
             .load(engine, &wasm)
-            .map_err(|e| fail(PluginErrorCause::NotAComponent(root_cause(&e))))?;
+            .map_err(|e| fail(cache_error(&e)))?;
         if PluginKind::of(&component, engine) != Some(kind) {
             let exports: Vec<String> = component
                 .component_type()
@@ -173,6 +190,16 @@ impl PluginHost {
 }
 
 /// Reads a plugin's bytes from a file or from the bundled set.
+/// Why a component could not be had from the cache: with a compiler, the
+/// bytes are not a component; without one, it was not precompiled.
+fn cache_error(e: &wasmtime::Error) -> PluginErrorCause {
+    if cfg!(feature = "compiler") {
+        PluginErrorCause::NotAComponent(root_cause(e))
+    } else {
+        PluginErrorCause::Other(root_cause(e))
+    }
+}
+
 fn read_wasm(path: &str) -> Result<Cow<'static, [u8]>, PluginErrorCause> {
     if let Some(name) = path.strip_prefix(BUNDLED_PREFIX) {
         return crate::bundled::get(name).map(Cow::Borrowed).ok_or_else(|| {

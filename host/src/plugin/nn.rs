@@ -17,7 +17,7 @@ use super::NnContextFactory;
 use crate::infer::tract::TractBackend;
 use crate::infer::{Backend, InputShapes};
 use crate::schedule::{BatchConfig, ExecutionMode, Scheduler};
-use crate::types::{DType, ItemError, Tensor};
+use crate::types::{DType, ItemError, Tensor, stack_items};
 use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime_wasi_nn::backend::{
@@ -194,23 +194,7 @@ impl SchedulerContext {
             .into_iter()
             .collect::<Result<_, ItemError>>()
             .map_err(|e| access(e.to_string()))?;
-        self.outputs = (0..replies[0].len())
-            .map(|o| {
-                let first = &replies[0][o];
-                let mut shape = first.shape.clone();
-                shape[0] = n;
-                let data = replies
-                    .iter()
-                    .flat_map(|r| r[o].data.iter().copied())
-                    .collect();
-                Tensor {
-                    name: first.name.clone(),
-                    dtype: first.dtype,
-                    shape,
-                    data,
-                }
-            })
-            .collect();
+        self.outputs = stack_items(&replies);
         Ok(())
     }
 }

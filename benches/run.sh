@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Reproduce BENCHMARKS.md: bash benches/run.sh
+#
+# Runs Sluice (sluice-bench, release build) and its peer (Python +
+# onnxruntime, benches/peer/) side by side on this machine, keeps every raw
+# result as JSON under target/bench/, and renders BENCHMARKS.md from them.
+# Takes about 15 minutes after the release builds (the first of which takes
+# about 15 minutes more on 2 cores). Needs python3 and PyPI for the peer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=target/bench
+ROUNDS="${ROUNDS:-3}"   # alternating Sluice/peer rounds per pipeline job
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+
+echo "== toolchain and builds"
+rustup target add wasm32-wasip2
+# The runtime-only build (no compiler) first, then the full one: both land in
+# target/release, and the full one must be there at the end.
+cargo build --release -p sluice --no-default-features --features bundled-plugins
+cp target/release/sluice "$OUT/sluice-runtime-only"
+cargo build --release -p sluice -p sluice-benches
+cp target/release/sluice "$OUT/sluice"
+strip -o "$OUT/sluice.stripped" "$OUT/sluice"
+strip -o "$OUT/sluice-runtime-only.stripped" "$OUT/sluice-runtime-only"
+BENCH=target/release/sluice-bench
+
+echo "== the peer's Python"
+VENV="${TMPDIR:-/tmp}/sluice-models-venv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r benches/peer/requirements.txt
+PY="$VENV/bin/python"
+[ -f "$OUT/mobilenetv2.onnx" ] || "$PY" models/mobilenetv2/make_mobilenetv2.py "$OUT/mobilenetv2.onnx"
+MOBILENET="$OUT/mobilenetv2.onnx"
+CORES="$(nproc)"
+
+echo "== engine: onnxruntime, then tract on the same inputs (twice, alternating)"
+for round in 1 2; do
+  "$PY" benches/peer/engine.py --data-dir "$OUT/peer-engine" --out "$OUT/engine-peer-$round.json" \
+    --threads "1,$CORES" \
+    digits=models/digits/digits_mlp.onnx \
+    anomaly=models/anomaly/autoencoder.onnx \
+    text-direction=models/text-direction/ch_ppocr_mobile_v2.0_cls_infer.onnx:x=Nx3x48x192 \
+    mobilenetv2="$MOBILENET"
+  "$BENCH" engine --peer-dir "$OUT/peer-engine" > "$OUT/engine-sluice-$round.json"
+done
+
+echo "== pipelines: Sluice and the peer, alternating"
+# Sluice runs as a restarted device does: compiled plugins and the measured
+# execution choice come from its cache, filled by one untimed run.
+CACHE="$OUT/cache"
+for job in digits anomaly mobilenet; do
+  case "$job" in
+    mobilenet) repeat=3; extra=(--model "$MOBILENET" --images-dir "$OUT/images") ;;
+    *) repeat=20; extra=() ;;
+  esac
+  "$PY" benches/peer/pipeline.py --job "$job" --repeat 1 --threads "$CORES" "${extra[@]}" > /dev/null
+  "$BENCH" pipeline --job "$job" --repeat 1 --cache-dir "$CACHE" "${extra[@]}" > /dev/null
+  for round in $(seq "$ROUNDS"); do
+    "$BENCH" pipeline --job "$job" --repeat "$repeat" --cache-dir "$CACHE" "${extra[@]}" \
+      > "$OUT/pipeline-$job-sluice-$round.json"
+    "$PY" benches/peer/pipeline.py --job "$job" --repeat "$repeat" --threads "$CORES" "${extra[@]}" \
+      --out "$OUT/pipeline-$job-peer-$round.json"
+  done
+done
+
+echo "== overheads: plugin boundary, scheduler, batching"
+"$BENCH" overheads --mobilenet "$MOBILENET" --images-dir "$OUT/images" > "$OUT/overheads.json"
+
+echo "== start-up"
+"$BENCH" startup --sluice "$OUT/sluice" --runtime-only "$OUT/sluice-runtime-only" > "$OUT/startup.json"
+
+echo "== outbox and sync"
+"$BENCH" outbox > "$OUT/outbox.json"
+
+echo "== report"
+"$PY" benches/report.py "$OUT" > BENCHMARKS.md
+echo "wrote BENCHMARKS.md"

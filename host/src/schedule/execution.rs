@@ -1,0 +1,421 @@
+//! How a batch runs, and how that is chosen.
+//!
+//! A batch is split into chunks of at most [`ExecutionChoice::chunk`] items
+//! (powers of two, so plans exist for few sizes and nothing is padded); each
+//! chunk is stacked into one tensor and run by the plan for its size; chunks
+//! are spread over [`ExecutionChoice::threads`] threads.
+//!
+//! The choice is measured, not assumed: at load every candidate (chunk,
+//! threads) runs a full batch and the cheapest per item wins. Small dense
+//! models gain from stacking; convolution nets in tract lose per item as the
+//! batch grows and are better run as small chunks in parallel. Measuring
+//! takes a noticeable part of start-up (about 160 ms for the digits MLP), so
+//! the result is remembered per machine, model and settings
+//! ([`ExecutionCache`]): a restart reuses it and starts in tens of ms.
+
+use super::BatchConfig;
+use crate::infer::{Model, ModelError};
+use crate::types::{Tensor, stack_items};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutionMode {
+    Auto,
+    Stacked,
+    Single,
+}
+
+/// How the scheduler runs a batch: split into chunks of at most `chunk`
+/// items, each chunk stacked into one tensor, chunks spread over `threads`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExecutionChoice {
+    pub chunk: usize,
+    pub threads: usize,
+    /// Measured cost per item, in microseconds, for each (chunk, threads).
+    pub measurements: Vec<Measurement>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Measurement {
+    pub chunk: usize,
+    pub threads: usize,
+    pub micros_per_item: f64,
+}
+
+/// Chunk sizes for `n` items: powers of two no larger than `max_chunk`,
+/// largest first, so plans exist for few sizes and nothing is padded.
+pub(super) fn split_into_chunks(n: usize, max_chunk: usize) -> Vec<usize> {
+    let largest = if max_chunk.is_power_of_two() {
+        max_chunk
+    } else {
+        max_chunk.next_power_of_two() / 2
+    };
+    let mut chunks = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let mut size = largest.max(1);
+        while size > left {
+            size /= 2;
+        }
+        chunks.push(size);
+        left -= size;
+    }
+    chunks
+}
+
+/// Run items (already checked) in chunks, spread over `threads` threads.
+/// Returns one result per item, in order. A failing chunk is retried item by
+/// item so that one bad item cannot fail its neighbours.
+pub(super) fn run_chunks(
+    model: &dyn Model,
+    items: Vec<Vec<Tensor>>,
+    chunks: &[usize],
+    threads: usize,
+) -> Vec<Result<Vec<Tensor>, String>> {
+    let mut groups: Vec<Vec<Vec<Tensor>>> = Vec::with_capacity(chunks.len());
+    let mut rest = items.into_iter();
+    for &size in chunks {
+        groups.push(rest.by_ref().take(size).collect());
+    }
+    let run_group = |group: Vec<Vec<Tensor>>| -> Vec<Result<Vec<Tensor>, String>> {
+        let n = group.len();
+        match run_stacked(model, &group) {
+            Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+            Err(_) if n > 1 => group
+                .into_iter()
+                .map(|item| run_stacked(model, &[item]).map(|mut o| o.remove(0)))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        }
+    };
+    if threads <= 1 || groups.len() <= 1 {
+        return groups.into_iter().flat_map(run_group).collect();
+    }
+    // Round-robin groups over threads, then put results back in order.
+    let mut lanes: Vec<Vec<(usize, Vec<Vec<Tensor>>)>> =
+        (0..threads.min(groups.len())).map(|_| Vec::new()).collect();
+    let lane_count = lanes.len();
+    for (ix, group) in groups.into_iter().enumerate() {
+        lanes[ix % lane_count].push((ix, group));
+    }
+    let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, String>>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .map(|lane| {
+                scope.spawn(move || {
+                    lane.into_iter()
+                        .map(|(ix, g)| (ix, run_group(g)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("inference thread panicked"))
+            .collect()
+    });
+    results.sort_by_key(|(ix, _)| *ix);
+    results.into_iter().flat_map(|(_, r)| r).collect()
+}
+
+/// Stack items along axis 0, run the plan for that size, split the outputs.
+fn run_stacked(model: &dyn Model, items: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, String> {
+    let n = items.len();
+    let plan = model.plan(n).map_err(|e| e.to_string())?;
+    let stacked = stack_items(items);
+    let outputs = plan.run(stacked).map_err(|e| e.to_string())?;
+    let mut per_item: Vec<Vec<Tensor>> =
+        (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in outputs {
+        if output.shape.first() != Some(&n) {
+            return Err(format!(
+                "output `{}` has shape {:?}, expected batch axis {n}",
+                output.name, output.shape
+            ));
+        }
+        let item_len = output.data.len() / n;
+        let mut shape = output.shape.clone();
+        shape[0] = 1;
+        for (ix, bytes) in output
+            .data
+            .chunks_exact(item_len.max(1))
+            .enumerate()
+            .take(n)
+        {
+            per_item[ix].push(Tensor {
+                name: output.name.clone(),
+                dtype: output.dtype,
+                shape: shape.clone(),
+                data: bytes.to_vec(),
+            });
+        }
+    }
+    Ok(per_item)
+}
+
+/// Candidate chunk sizes: powers of two up to the largest batch.
+fn candidate_chunks(max_batch: usize) -> Vec<usize> {
+    let mut sizes = vec![1];
+    while sizes.last().unwrap() * 2 <= max_batch {
+        sizes.push(sizes.last().unwrap() * 2);
+    }
+    sizes
+}
+
+/// Build and warm up every plan, and measure which way of running a full
+/// batch costs least per item.
+pub(super) fn choose_execution(
+    model: &dyn Model,
+    config: &BatchConfig,
+    cache: Option<&ExecutionCache>,
+) -> Result<ExecutionChoice, ModelError> {
+    let candidates = candidate_chunks(config.max_batch_size);
+    let example = example_item(model)?;
+    let started = Instant::now();
+    let fixed = |chunk: usize| ExecutionChoice {
+        chunk,
+        threads: 1,
+        measurements: Vec::new(),
+    };
+    let remembered = match config.execution {
+        ExecutionMode::Stacked => Some(fixed(*candidates.last().unwrap())),
+        ExecutionMode::Single => Some(fixed(1)),
+        ExecutionMode::Auto => cache
+            .and_then(|c| c.load(config))
+            .filter(|c| candidates.contains(&c.chunk) && (1..=config.threads).contains(&c.threads)),
+    };
+    let choice = match remembered {
+        Some(choice) => choice,
+        None => {
+            let choice = measure(model, config, &candidates, &example)?;
+            tracing::debug!(
+                model = model.name(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "execution measured"
+            );
+            if let Some(cache) = cache {
+                cache.store(config, &choice);
+            }
+            choice
+        }
+    };
+    // Batches run as chunks of powers of two up to the chosen size: only
+    // those plans are kept.
+    model.release_plans_above(choice.chunk);
+    for size in candidates.into_iter().filter(|&size| size <= choice.chunk) {
+        warm_up(model, &example, size)?;
+    }
+    tracing::debug!(
+        model = model.name(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "plans ready"
+    );
+    Ok(choice)
+}
+
+/// Build the plan for `size` items and run it once: building optimizes it,
+/// the first run allocates; both belong before serving, so that the first
+/// real batch is not slow.
+fn warm_up(model: &dyn Model, example: &[Tensor], size: usize) -> Result<(), ModelError> {
+    run_stacked(model, &vec![example.to_vec(); size])
+        .map(drop)
+        .map_err(|message| ModelError::Run {
+            model: model.name().into(),
+            message: format!("warm-up at batch {size}: {message}"),
+        })
+}
+
+/// A chunk size this much slower per item than the best so far ends the
+/// search: a margin well above measurement noise on a shared machine (conv
+/// nets in tract lose 1.7x and more per doubling).
+const GIVE_UP_RATIO: f64 = 1.5;
+
+/// Time a full batch for every candidate (chunk, threads); the cheapest per
+/// item wins. One plan exists at a time (a batch of the largest size splits
+/// into equal chunks), which keeps the peak memory of start-up to one plan.
+/// Once a chunk size costs clearly more per item than the best so far
+/// (conv nets in tract), larger ones are not tried: they would cost more
+/// still, and their plans and activations are the largest (MobileNetV2 at
+/// batch 8 needs about 2.5x the memory of batch 1).
+fn measure(
+    model: &dyn Model,
+    config: &BatchConfig,
+    candidates: &[usize],
+    example: &[Tensor],
+) -> Result<ExecutionChoice, ModelError> {
+    let batch = *candidates.last().unwrap();
+    let mut measurements = Vec::new();
+    let thread_options: Vec<usize> = if config.threads > 1 {
+        vec![1, config.threads]
+    } else {
+        vec![1]
+    };
+    for &chunk in candidates {
+        warm_up(model, example, chunk)?;
+        for &threads in &thread_options {
+            if threads > 1 && chunk == batch {
+                continue; // one chunk cannot be spread
+            }
+            let chunks = split_into_chunks(batch, chunk);
+            // The fastest of at least two runs and ~20 ms of work: other
+            // load on the machine only ever makes a run slower.
+            let started = Instant::now();
+            let mut fastest = Duration::MAX;
+            let mut runs = 0;
+            while runs < 2 || (started.elapsed() < Duration::from_millis(20) && runs < 50) {
+                let items = vec![example.to_vec(); batch];
+                let run = Instant::now();
+                run_chunks(model, items, &chunks, threads);
+                fastest = fastest.min(run.elapsed());
+                runs += 1;
+            }
+            let micros_per_item = fastest.as_secs_f64() * 1e6 / batch as f64;
+            measurements.push(Measurement {
+                chunk,
+                threads,
+                micros_per_item,
+            });
+        }
+        model.release_plans_above(0);
+        let best_here = measurements
+            .iter()
+            .filter(|m| m.chunk == chunk)
+            .map(|m| m.micros_per_item)
+            .fold(f64::INFINITY, f64::min);
+        let best_so_far = measurements
+            .iter()
+            .map(|m| m.micros_per_item)
+            .fold(f64::INFINITY, f64::min);
+        if best_here > GIVE_UP_RATIO * best_so_far {
+            break;
+        }
+    }
+    let best = measurements
+        .iter()
+        .min_by(|a, b| a.micros_per_item.total_cmp(&b.micros_per_item))
+        .expect("at least one measurement");
+    Ok(ExecutionChoice {
+        chunk: best.chunk,
+        threads: best.threads,
+        measurements: measurements.clone(),
+    })
+}
+
+/// Remembers measured execution choices on disk, one small JSON file per
+/// (model digest, batch settings, Sluice version, CPU model, core count):
+/// anything that could change the outcome is in the key, so a different
+/// model, setting, build or machine measures afresh. Delete the files to
+/// force a new measurement. Failures to read or write only cost a
+/// measurement; they are never fatal.
+#[derive(Debug, Clone)]
+pub struct ExecutionCache {
+    dir: PathBuf,
+    model_sha256: String,
+}
+
+impl ExecutionCache {
+    /// Choices for the model whose file has SHA-256 `model_sha256`, kept in `dir`.
+    pub fn new(dir: &Path, model_sha256: &str) -> ExecutionCache {
+        ExecutionCache {
+            dir: dir.to_owned(),
+            model_sha256: model_sha256.to_ascii_lowercase(),
+        }
+    }
+
+    fn path(&self, config: &BatchConfig) -> PathBuf {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name") || l.starts_with("CPU part"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let key = format!(
+            "{}|{}|batch={}|threads={}|{cpu}|cores={cores}",
+            env!("CARGO_PKG_VERSION"),
+            self.model_sha256,
+            config.max_batch_size,
+            config.threads
+        );
+        let digest = hex::encode(&Sha256::digest(key.as_bytes())[..16]);
+        self.dir.join(format!("execution-{digest}.json"))
+    }
+
+    fn load(&self, config: &BatchConfig) -> Option<ExecutionChoice> {
+        let bytes = std::fs::read(self.path(config)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn store(&self, config: &BatchConfig, choice: &ExecutionChoice) {
+        let path = self.path(config);
+        let partial = path.with_extension("json.partial");
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                std::fs::write(
+                    &partial,
+                    serde_json::to_vec_pretty(choice).expect("a choice serializes"),
+                )
+            })
+            .and_then(|()| std::fs::rename(&partial, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), "cannot remember the execution choice: {e}");
+        }
+    }
+}
+
+/// A zero-filled item matching the model's inputs, for warm-up and timing.
+fn example_item(model: &dyn Model) -> Result<Vec<Tensor>, ModelError> {
+    model
+        .inputs()
+        .iter()
+        .map(|spec| {
+            let shape: Option<Vec<usize>> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, d)| if axis == 0 { Some(1) } else { *d })
+                .collect();
+            let shape = shape.ok_or_else(|| ModelError::Run {
+                model: model.name().into(),
+                message: format!(
+                    "input `{}` has open dimensions {} besides the batch",
+                    spec.name,
+                    spec.shape_text()
+                ),
+            })?;
+            let len = shape.iter().product::<usize>() * spec.dtype.size();
+            Ok(Tensor {
+                name: spec.name.clone(),
+                dtype: spec.dtype,
+                shape,
+                data: vec![0; len],
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_batch_with_powers_of_two() {
+        assert_eq!(split_into_chunks(32, 32), vec![32]);
+        assert_eq!(split_into_chunks(17, 32), vec![16, 1]);
+        assert_eq!(split_into_chunks(7, 2), vec![2, 2, 2, 1]);
+        assert_eq!(split_into_chunks(5, 1), vec![1; 5]);
+        assert_eq!(split_into_chunks(10, 12), vec![8, 2]);
+    }
+
+    #[test]
+    fn candidates_are_powers_of_two_up_to_the_max() {
+        assert_eq!(candidate_chunks(32), vec![1, 2, 4, 8, 16, 32]);
+        assert_eq!(candidate_chunks(12), vec![1, 2, 4, 8]);
+        assert_eq!(candidate_chunks(1), vec![1]);
+    }
+}

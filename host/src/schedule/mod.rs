@@ -1,0 +1,346 @@
+//! The batch scheduler: the only place inference happens.
+//!
+//! Every request for a model — from the host pipeline or from a guest's
+//! `wasi:nn` `compute` — goes into that model's bounded queue. One scheduler
+//! thread per model takes requests as they come, waits at most
+//! `max_queue_delay` after the first one for more, and runs up to
+//! `max_batch_size` of them together.
+//!
+//! How a batch runs is measured, not assumed, at start-up (see
+//! [`execution`]): chunk size and thread count are the fastest per item on
+//! this machine, remembered across restarts.
+//!
+//! Invariants: every request gets exactly one reply; replies for one caller
+//! come back in the caller's order; a bad request (wrong shape, expired)
+//! fails alone; a full queue refuses new requests at once instead of growing.
+
+mod execution;
+mod stats;
+
+pub use execution::{ExecutionCache, ExecutionChoice, ExecutionMode, Measurement};
+pub use stats::{SchedulerStats, StatsSnapshot};
+
+use crate::infer::{Model, ModelError, TensorSpec};
+use crate::types::{ItemError, Tensor};
+use execution::{choose_execution, run_chunks, split_into_chunks};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
+use std::time::{Duration, Instant};
+
+/// Batching settings of one model. Defaults follow common serving practice
+/// (Triton, TF Serving): small batches of small delay.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Largest number of items run together.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch may wait for company.
+    pub max_queue_delay_ms: u64,
+    /// Requests admitted but not yet answered, at most; more are refused at
+    /// once with "queue full" rather than growing memory and latency.
+    pub queue_capacity: usize,
+    /// A request not started within this is answered with a timeout.
+    pub request_timeout_ms: u64,
+    /// Threads inference may use; 0 = all cores.
+    pub threads: usize,
+    /// `auto` measures; `stacked` always runs one tensor of the whole batch;
+    /// `single` always runs items one by one (for comparison).
+    pub execution: ExecutionMode,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch_size: 32,
+            max_queue_delay_ms: 5,
+            queue_capacity: 1024,
+            request_timeout_ms: 10_000,
+            threads: 0,
+            execution: ExecutionMode::Auto,
+        }
+    }
+}
+
+type Reply = Result<Vec<Tensor>, ItemError>;
+
+/// One caller's items, queued together and answered together (one channel
+/// message each way, however many items: that keeps the per-item cost of the
+/// scheduler to a few microseconds).
+struct Request {
+    items: Vec<Vec<Tensor>>,
+    enqueued: Instant,
+    reply: SyncSender<Vec<Reply>>,
+}
+
+/// A handle to one model's scheduler; cheap to clone and share.
+#[derive(Clone)]
+pub struct Scheduler {
+    queue: Sender<Request>,
+    /// Requests admitted and not yet answered: the queue's real length,
+    /// including those gathered into a batch that has not run yet.
+    outstanding: Arc<AtomicUsize>,
+    model: Arc<dyn Model>,
+    stats: Arc<SchedulerStats>,
+    choice: Arc<ExecutionChoice>,
+    config: Arc<BatchConfig>,
+}
+
+impl Scheduler {
+    /// Plan and warm up `model`, measure how to run its batches, and start
+    /// its scheduler thread.
+    pub fn start(model: Arc<dyn Model>, config: BatchConfig) -> Result<Scheduler, ModelError> {
+        Scheduler::start_cached(model, config, None)
+    }
+
+    /// Like [`Scheduler::start`], reusing a measurement remembered in `cache`
+    /// (and remembering a new one there).
+    pub fn start_cached(
+        model: Arc<dyn Model>,
+        config: BatchConfig,
+        cache: Option<&ExecutionCache>,
+    ) -> Result<Scheduler, ModelError> {
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.threads
+        };
+        let config = BatchConfig {
+            threads,
+            max_batch_size: config.max_batch_size.max(1),
+            ..config
+        };
+        let choice = choose_execution(model.as_ref(), &config, cache)?;
+        tracing::info!(
+            model = model.name(),
+            chunk = choice.chunk,
+            threads = choice.threads,
+            "execution chosen: batches run as chunks of up to {} item(s) on {} thread(s)",
+            choice.chunk,
+            choice.threads
+        );
+        let (queue, requests) = mpsc::channel();
+        let stats = Arc::new(SchedulerStats::default());
+        let config = Arc::new(config);
+        let choice = Arc::new(choice);
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let runner = BatchRunner {
+            model: model.clone(),
+            stats: stats.clone(),
+            choice: choice.clone(),
+            config: config.clone(),
+            outstanding: outstanding.clone(),
+        };
+        // The thread ends when the last handle (and so the queue) is dropped.
+        std::thread::Builder::new()
+            .name(format!("sluice-sched-{}", model.name()))
+            .spawn(move || runner.serve(requests))
+            .expect("spawn scheduler thread");
+        Ok(Scheduler {
+            queue,
+            outstanding,
+            model,
+            stats,
+            choice,
+            config,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<dyn Model> {
+        &self.model
+    }
+
+    pub fn execution(&self) -> &ExecutionChoice {
+        &self.choice
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Infer one item (tensors with a batch axis of 1); blocks until done.
+    pub fn infer(&self, inputs: Vec<Tensor>) -> Reply {
+        self.infer_many(vec![inputs])
+            .pop()
+            .expect("one reply per request")
+    }
+
+    /// Infer many items; they may share batches with other callers' items.
+    /// One result per item, in order. Items beyond the queue's free capacity
+    /// are refused ("queue full"), the others are served.
+    pub fn infer_many(&self, mut items: Vec<Vec<Tensor>>) -> Vec<Reply> {
+        let admitted = self.admit(items.len());
+        let refused = items.split_off(admitted);
+        let mut replies = if items.is_empty() {
+            Vec::new()
+        } else {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let n = items.len();
+            match self.queue.send(Request {
+                items,
+                enqueued: Instant::now(),
+                reply,
+            }) {
+                Ok(()) => rx.recv().unwrap_or_else(|_| {
+                    (0..n)
+                        .map(|_| Err(self.error("the scheduler stopped before answering")))
+                        .collect()
+                }),
+                Err(_) => {
+                    self.outstanding.fetch_sub(n, Ordering::AcqRel);
+                    (0..n)
+                        .map(|_| Err(self.error("the scheduler has stopped")))
+                        .collect()
+                }
+            }
+        };
+        if !refused.is_empty() {
+            self.stats
+                .rejected_full
+                .fetch_add(refused.len() as u64, Ordering::Relaxed);
+            let message = format!(
+                "queue full ({} waiting); retry later",
+                self.config.queue_capacity
+            );
+            replies.extend(refused.iter().map(|_| Err(self.error(&message))));
+        }
+        replies
+    }
+
+    /// Reserve queue capacity for up to `n` items; returns how many fit.
+    fn admit(&self, n: usize) -> usize {
+        let capacity = self.config.queue_capacity;
+        let mut current = self.outstanding.load(Ordering::Acquire);
+        loop {
+            let admitted = n.min(capacity.saturating_sub(current));
+            match self.outstanding.compare_exchange(
+                current,
+                current + admitted,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return admitted,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn error(&self, message: &str) -> ItemError {
+        ItemError::Inference {
+            model: self.model.name().into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The scheduler thread's state.
+struct BatchRunner {
+    model: Arc<dyn Model>,
+    stats: Arc<SchedulerStats>,
+    choice: Arc<ExecutionChoice>,
+    config: Arc<BatchConfig>,
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl BatchRunner {
+    fn serve(self, requests: mpsc::Receiver<Request>) {
+        let max_delay = Duration::from_millis(self.config.max_queue_delay_ms);
+        while let Ok(first) = requests.recv() {
+            let close_at = first.enqueued + max_delay;
+            let mut items = first.items.len();
+            let mut batch = vec![first];
+            while items < self.config.max_batch_size {
+                match requests.recv_timeout(close_at.saturating_duration_since(Instant::now())) {
+                    Ok(request) => {
+                        items += request.items.len();
+                        batch.push(request);
+                    }
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.run_batch(batch);
+            self.outstanding.fetch_sub(items, Ordering::AcqRel);
+        }
+    }
+
+    fn error(&self, message: String) -> ItemError {
+        ItemError::Inference {
+            model: self.model.name().into(),
+            message,
+        }
+    }
+
+    /// Check every item, run the valid ones together, answer every request.
+    fn run_batch(&self, batch: Vec<Request>) {
+        let now = Instant::now();
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let mut replies: Vec<Vec<Option<Reply>>> = Vec::with_capacity(batch.len());
+        let mut valid = Vec::new();
+        let mut slots = Vec::new();
+        let mut reply_to = Vec::with_capacity(batch.len());
+        for (r, request) in batch.into_iter().enumerate() {
+            let waited = now.duration_since(request.enqueued);
+            self.stats.record_queue_time(waited, request.items.len());
+            let expired = waited > timeout;
+            if expired {
+                self.stats
+                    .timed_out
+                    .fetch_add(request.items.len() as u64, Ordering::Relaxed);
+            }
+            let mut answers = Vec::with_capacity(request.items.len());
+            for (i, inputs) in request.items.into_iter().enumerate() {
+                if expired {
+                    answers.push(Some(Err(
+                        self.error(format!("not started within {} ms", timeout.as_millis()))
+                    )));
+                } else if let Err(message) = check_inputs(self.model.inputs(), &inputs) {
+                    answers.push(Some(Err(self.error(message))));
+                } else {
+                    answers.push(None);
+                    valid.push(inputs);
+                    slots.push((r, i));
+                }
+            }
+            replies.push(answers);
+            reply_to.push(request.reply);
+        }
+        if !valid.is_empty() {
+            let chunks = split_into_chunks(valid.len(), self.choice.chunk);
+            chunks
+                .iter()
+                .for_each(|&size| self.stats.record_batch(size));
+            let outputs = run_chunks(self.model.as_ref(), valid, &chunks, self.choice.threads);
+            for ((r, i), output) in slots.into_iter().zip(outputs) {
+                replies[r][i] = Some(output.map_err(|e| self.error(e)));
+            }
+        }
+        for (reply, answers) in reply_to.into_iter().zip(replies) {
+            let _ = reply.send(
+                answers
+                    .into_iter()
+                    .map(|a| a.expect("every item answered"))
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// Check an item's tensors against the model's inputs, by name or position.
+fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), String> {
+    if inputs.len() != specs.len() {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "the model takes {} input(s) {names:?}, got {}",
+            specs.len(),
+            inputs.len()
+        ));
+    }
+    specs
+        .iter()
+        .zip(inputs)
+        .try_for_each(|(spec, tensor)| spec.check_item(tensor))
+}
