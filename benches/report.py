@@ -115,6 +115,7 @@ for job in ("digits", "anomaly", "mobilenet"):
         "peer_ips": statistics.median(t["items_per_s"] for t in theirs),
         "speed": statistics.median(o["items_per_s"] / t["items_per_s"] for o, t in pairs),
         "sluice_rss": statistics.median(o["peak_rss_mib"] for o in ours),
+        "rss_at_end": ours[0].get("rss_at_end") or {},
         "peer_rss": statistics.median(t["peak_rss_mib"] for t in theirs),
         "rss": statistics.median(o["peak_rss_mib"] / t["peak_rss_mib"] for o, t in pairs),
         "items": ours[0]["items"],
@@ -337,22 +338,35 @@ for job, row in pipeline_rows.items():
         }.get(job, "see the overheads above")
         losses.append(f"- **{job} throughput**: {row['speed']:.2f}x the peer: {why}.")
     if row["rss"] > 0.25:
+        split = row["rss_at_end"]
+        where = ""
+        if split.get("file_mib") is not None:
+            where = (f" At the end of the run {split['file_mib']:.0f} MiB of the resident memory were file pages "
+                     f"(the {sizes[0][1] / 2**20 if sizes else 0:.0f} MiB executable: wasmtime with Cranelift, tract's "
+                     "kernels, SQLite, the HTTP stack, paged in as it runs; shared and reclaimable) and "
+                     f"{split['anon_mib']:.0f} MiB allocated (plugin instances, the model and its plans, "
+                     "SQLite's page cache, buffers).")
         losses.append(
             f"- **{job} peak RSS**: {fmt(row['sluice_rss'])} MiB, {row['rss']:.2f}x the peer's "
-            f"{fmt(row['peer_rss'])} MiB (target: 0.25x). Most of it is the binary itself: the "
-            f"{sizes[0][1] / 2**20 if sizes else 0:.0f} MiB stripped executable (wasmtime with Cranelift, "
-            "tract's kernels, SQLite, the HTTP stack) is mapped and paged in as it runs; what the process "
-            "allocates is plugin instances, the model and SQLite's page cache."
-            + (" For MobileNetV2, tract's plans keep every intermediate activation of a run alive, "
-               "where onnxruntime plans and reuses its arena." if job == "mobilenet" else ""))
+            f"{fmt(row['peer_rss'])} MiB (target: 0.25x).{where}"
+            + (" tract's plans keep each intermediate activation of a run until the run ends, where "
+               "onnxruntime plans and reuses one arena." if job == "mobilenet" else ""))
 for model, batch, threads, r in engine_losses:
+    one = ours_engine.get((model, batch, 1))
+    if threads > 1 and one is not None and one < ours_engine.get((model, batch, 2), 0):
+        why = (f": splitting so small a batch over two threads costs more (thread start-up per call) than it "
+               f"saves; on one thread tract takes {one:.3f} ms. Sluice's scheduler measures this and runs such "
+               "models on one thread (see Batching)")
+    elif model in ("mobilenetv2", "text-direction"):
+        why = (": onnxruntime's convolution kernels (MLAS, with fused activations and direct depthwise "
+               "convolutions) are faster than tract's on this CPU"
+               + (", and tract also loses per item as the batch grows" if batch > 1 else "")
+               + (", and onnxruntime spreads one batch over both cores where tract has no intra-op threads "
+                  "in this build" if threads > 1 else ""))
+    else:
+        why = ""
     losses.append(f"- **engine, {model} at batch {batch}, {threads} thread(s)**: tract takes {r:.2f}x "
-                  "onnxruntime's time" + (
-                      ": tract has no intra-op parallelism here, so one item cannot use the second core"
-                      if batch == 1 and threads > 1 else
-                      ": onnxruntime's MLAS kernels (im2col-free depthwise and pointwise convolutions, "
-                      "fused activations) are faster than tract's on this CPU" if model in ("mobilenetv2", "text-direction")
-                      else ": per-call overhead dominates such a small model") + ".")
+                  f"onnxruntime's time{why}.")
 if boundary and boundary["wasm_preprocess_us_per_item"] > boundary["native_preprocess_us_per_item"]:
     w, n = boundary["wasm_preprocess_us_per_item"], boundary["native_preprocess_us_per_item"]
     losses.append(f"- **plugin boundary**: digits preprocessing costs {w - n:.1f} µs more per item in wasm "

@@ -4,7 +4,6 @@
 
 use sluice::config::{FullPolicy, OutboxConfig};
 use sluice::outbox::{NewInput, NewRecord, Outbox, counter};
-use std::time::Instant;
 
 fn config(max_bytes: u64, when_full: FullPolicy) -> OutboxConfig {
     OutboxConfig {
@@ -364,25 +363,21 @@ fn a_full_disk_is_an_error_that_passes() {
     outbox.append(records(900_000..900_010, 400)).unwrap();
 }
 
+/// Group commit at volume: every record is stored once, in order, and the
+/// counts stay exact. (Its speed is measured in `benches/`, not here.)
 #[test]
-fn group_commit_keeps_up_with_inference() {
+fn many_group_commits_store_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
-    let total = 100_000u64;
-    let per_batch = 1_000u64;
-    let started = Instant::now();
-    for start in (0..total).step_by(per_batch as usize) {
-        outbox
-            .append(records(start..start + per_batch, 300))
-            .unwrap();
+    let (total, per_commit) = (20_000u64, 500u64);
+    for start in (0..total).step_by(per_commit as usize) {
+        let report = outbox.append(records(start..start + per_commit, 300)).unwrap();
+        assert_eq!(report.stored, per_commit);
     }
-    let elapsed = started.elapsed();
-    let rate = total as f64 / elapsed.as_secs_f64();
-    eprintln!(
-        "outbox append: {total} records of ~300 B in batches of {per_batch}: {:.0} records/s",
-        rate
-    );
     assert_eq!(outbox.pending().0, total);
-    // Generous floor so a loaded CI machine passes; the target is tens of thousands per second.
-    assert!(rate > 5_000.0, "{rate:.0} records/s");
+    let batch = outbox.next_batch(total as usize, usize::MAX).unwrap().unwrap();
+    let ids: Vec<&str> = batch.records.iter().map(|(id, _)| id.as_str()).collect();
+    let expected: Vec<String> = records(0..total, 0).into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(outbox.status().unwrap().counters[counter::STORED], total as i64);
 }

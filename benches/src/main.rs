@@ -145,6 +145,21 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// Resident memory now, split into file-backed pages (the executable and
+/// libraries, shared and reclaimable) and anonymous ones (what the process
+/// allocated), in MiB, from `/proc/self/smaps_rollup`.
+fn rss_split_mib() -> Value {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+    };
+    json!({ "file_mib": field("Rss_File:"), "anon_mib": field("Rss_Anon:") })
+}
+
 /// Run `f` repeatedly for at least `budget` (and at least 3 times, after one
 /// warm-up); mean seconds per run.
 fn time_per_run(budget: Duration, mut f: impl FnMut()) -> f64 {
@@ -426,6 +441,7 @@ fn pipeline(
     }
     let seconds = started.elapsed().as_secs_f64();
     let peak_rss = peak_rss_mib(); // before reading the results back
+    let rss_now = rss_split_mib();
     let batch = agent
         .outbox()
         .next_batch(n as usize, usize::MAX)?
@@ -461,7 +477,7 @@ fn pipeline(
     let pipeline = agent.runtime().pipeline(None)?;
     let report = json!({
         "job": job, "execution": execution, "items": n, "seconds": seconds,
-        "items_per_s": n as f64 / seconds, "peak_rss_mib": peak_rss,
+        "items_per_s": n as f64 / seconds, "peak_rss_mib": peak_rss, "rss_at_end": rss_now,
         "accuracy": accuracy,
         "chosen": pipeline.scheduler.execution(),
         "batches": pipeline.scheduler.stats().batch_size_histogram,
@@ -553,15 +569,21 @@ fn startup(sluice: &Path, runtime_only: Option<&Path>, runs: usize) -> Result<Va
 /// A result document the size of a digits result.
 fn sample_record(seq: usize) -> NewRecord {
     let id = format!("bench-device/digits/{seq}");
+    // Scores and timings vary as real ones do (a fixed LCG, so runs agree).
+    let noise = |k: usize| ((seq * 2_654_435_761 + k * 40_503) % 1_000_003) as f64 / 1_000_003.0;
+    let score = 0.5 + noise(1) / 2.0;
     let body = json!({
         "id": id, "device": "bench-device", "pipeline": "digits", "seq": seq,
         "accepted_at_ms": 1_795_000_000_000u64 + seq as u64, "completed_at_ms": 1_795_000_000_005u64 + seq as u64,
         "input": {"content_type": "image/png", "bytes": 97, "attributes": {"file": format!("{seq:04}.png")}},
         "provenance": {"model": "digits", "model_sha256": "7aeb717bde754c67e4cf1af823f89ad76eb15876f93c05849b39ff088259d5fd",
             "preprocess": "digits-pre", "preprocess_sha256": "0f".repeat(32), "postprocess": "digits-post", "postprocess_sha256": "a1".repeat(32)},
-        "sluice_version": "0.1.0", "timings": {"preprocess_us": 210, "infer_us": 95, "postprocess_us": 120},
-        "result": {"content_type": "application/json", "body": {"index": seq % 10, "label": (seq % 10).to_string(), "score": 0.98,
-            "top": [{"index": seq % 10, "label": (seq % 10).to_string(), "score": 0.98}, {"index": 3, "label": "3", "score": 0.013}, {"index": 0, "label": "0", "score": 0.0009}]}},
+        "sluice_version": "0.1.0",
+        "timings": {"preprocess_us": 150 + (noise(2) * 200.0) as u64, "infer_us": 60 + (noise(3) * 90.0) as u64, "postprocess_us": 80 + (noise(4) * 90.0) as u64},
+        "result": {"content_type": "application/json", "body": {"index": seq % 10, "label": (seq % 10).to_string(), "score": score,
+            "top": [{"index": seq % 10, "label": (seq % 10).to_string(), "score": score},
+                    {"index": (seq + 3) % 10, "label": ((seq + 3) % 10).to_string(), "score": (1.0 - score) * noise(5)},
+                    {"index": (seq + 7) % 10, "label": ((seq + 7) % 10).to_string(), "score": (1.0 - score) * noise(6) / 4.0}]}},
     });
     NewRecord {
         id,

@@ -10,6 +10,7 @@
 //!    -> journal (committed, fsynced: only now "accepted": 202 / file deleted)
 //!    -> worker per pipeline: Pipeline::process over the oldest journal items
 //!    -> ONE transaction: results into `records`, journal rows deleted
+//!       (while it commits, the worker already processes the next group)
 //!    -> uploader: batches -> collector -> deleted once acknowledged
 //! ```
 //!
