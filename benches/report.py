@@ -249,8 +249,8 @@ if boundary:
         emit(f"| MobileNetV2 preprocess (JPEG, 224x224) | {w:.0f} | {n:.0f} | {w - n:+.0f} µs ({w / n:.2f}x) |")
     emit("")
 if sched:
-    emit("**Scheduler vs calling tract directly** on the same batch (stacked, one thread): the "
-         "scheduler adds queueing, per-item checks, stacking and splitting.")
+    emit("**Scheduler vs calling tract directly** on the same batch (stacked, one thread; fastest run "
+         "of each, alternating): the scheduler adds queueing, per-item checks, stacking and splitting.")
     emit("")
     emit("| model | batch | raw tract µs/item | via scheduler µs/item | overhead |")
     emit("| --- | ---: | ---: | ---: | ---: |")

@@ -75,5 +75,6 @@ echo "== outbox and sync"
 "$BENCH" outbox > "$OUT/outbox.json"
 
 echo "== report"
-"$PY" benches/report.py "$OUT" > BENCHMARKS.md
+"$PY" benches/report.py "$OUT" > "$OUT/BENCHMARKS.md"
+cp "$OUT/BENCHMARKS.md" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"
