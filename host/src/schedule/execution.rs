@@ -413,6 +413,29 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_choice_comes_back_to_the_last_bit() {
+        // A measured 15.626750000000001 came back as 15.62675 before
+        // serde_json's exact float parsing was enabled.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ExecutionCache::new(dir.path(), &"ab".repeat(32));
+        let config = BatchConfig::default();
+        let choice = ExecutionChoice {
+            chunk: 8,
+            threads: 1,
+            measurements: [15.62675_f64.next_up(), 0.1 + 0.2, 41.61275, 4.080125]
+                .into_iter()
+                .map(|micros_per_item| Measurement {
+                    chunk: 1,
+                    threads: 1,
+                    micros_per_item,
+                })
+                .collect(),
+        };
+        cache.store(&config, &choice);
+        assert_eq!(cache.load(&config), Some(choice));
+    }
+
+    #[test]
     fn candidates_are_powers_of_two_up_to_the_max() {
         assert_eq!(candidate_chunks(32), vec![1, 2, 4, 8, 16, 32]);
         assert_eq!(candidate_chunks(12), vec![1, 2, 4, 8]);
