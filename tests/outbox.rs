@@ -371,13 +371,21 @@ fn many_group_commits_store_every_record_once() {
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     let (total, per_commit) = (20_000u64, 500u64);
     for start in (0..total).step_by(per_commit as usize) {
-        let report = outbox.append(records(start..start + per_commit, 300)).unwrap();
+        let report = outbox
+            .append(records(start..start + per_commit, 300))
+            .unwrap();
         assert_eq!(report.stored, per_commit);
     }
     assert_eq!(outbox.pending().0, total);
-    let batch = outbox.next_batch(total as usize, usize::MAX).unwrap().unwrap();
+    let batch = outbox
+        .next_batch(total as usize, usize::MAX)
+        .unwrap()
+        .unwrap();
     let ids: Vec<&str> = batch.records.iter().map(|(id, _)| id.as_str()).collect();
     let expected: Vec<String> = records(0..total, 0).into_iter().map(|r| r.id).collect();
     assert_eq!(ids, expected);
-    assert_eq!(outbox.status().unwrap().counters[counter::STORED], total as i64);
+    assert_eq!(
+        outbox.status().unwrap().counters[counter::STORED],
+        total as i64
+    );
 }

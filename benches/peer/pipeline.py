@@ -35,8 +35,9 @@ created_at INTEGER (Unix ms)). --outbox PATH must not exist yet; by default a
 fresh file in a temp dir, removed afterwards.
 
 Report (one JSON document, stdout or --out): job, items, seconds, items_per_s,
-peak_rss_mib (getrusage ru_maxrss / 1024; Linux reports KiB), accuracy,
-versions, and the settings used.
+peak_rss_mib (getrusage ru_maxrss / 1024; Linux reports KiB), rss_at_end
+(file-backed and anonymous resident MiB after the run), accuracy, versions,
+and the settings used.
 
 Expects the venv made by models/build.sh (${TMPDIR:-/tmp}/sluice-models-venv)
 or any Python 3.11 with the packages pinned in benches/peer/requirements.txt.
@@ -249,6 +250,20 @@ def mobilenet_job(args, tmp):
 
 # ---------------------------------------------------------------- main
 
+
+def rss_split_mib():
+    """Resident memory now, as `sluice-bench` reports it: file-backed pages
+    (the interpreter and libraries, shared and reclaimable) and anonymous ones
+    (what the process allocated), in MiB, from /proc/self/status."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("RssFile", "RssAnon"):
+                fields[name] = int(value.split()[0]) / 1024
+    return {"file_mib": fields.get("RssFile"), "anon_mib": fields.get("RssAnon")}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", required=True, choices=["digits", "anomaly", "mobilenet"])
@@ -293,6 +308,7 @@ def main():
             if abs(accuracy - expected) >= 5e-7:
                 raise SystemExit(f"{args.job}: accuracy {accuracy:.6f} != the model's {expected}; this peer is broken")
         peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_at_end = rss_split_mib()
         report = {
             "peer": "python+onnxruntime",
             "job": args.job,
@@ -300,6 +316,7 @@ def main():
             "seconds": round(seconds, 6),
             "items_per_s": round(n / seconds, 3),
             "peak_rss_mib": round(peak_rss_mib, 1),
+            "rss_at_end": rss_at_end,
             "accuracy": None if accuracy is None else round(accuracy, 6),
             "repeat": args.repeat,
             "batch_size": batch_size,

@@ -839,8 +839,12 @@ fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Valu
         // keep each side's fastest run.
         let (mut raw, mut via) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..3 {
-            raw = raw.min(fastest_run(budget, || drop(plan.run(stacked.clone()).unwrap())));
-            via = via.min(fastest_run(budget, || drop(scheduler.infer_many(items.clone()))));
+            raw = raw.min(fastest_run(budget, || {
+                drop(plan.run(stacked.clone()).unwrap())
+            }));
+            via = via.min(fastest_run(budget, || {
+                drop(scheduler.infer_many(items.clone()))
+            }));
         }
         scheduler_rows.push(json!({
             "model": name, "batch": batch,

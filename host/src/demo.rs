@@ -191,7 +191,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
         inbox.display()
     );
     println!(
-        "  start-up:    {:.0} ms (plugins loaded from cache or compiled, model planned and measured)",
+        "  start-up:    {:.0} ms (plugins compiled or loaded from the cache; model planned, its execution measured or remembered)",
         startup.as_secs_f64() * 1e3
     );
     println!(

@@ -104,7 +104,9 @@ pub fn rank(scores: &[f32], softmax: bool, top_k: usize) -> Result<Vec<(usize, f
         exps.iter().map(|e| (e / sum) as f32).collect()
     } else {
         if let Some(i) = scores.iter().position(|s| s.is_infinite()) {
-            return Err(format!("score {i} is infinite, which JSON cannot carry (softmax = false)"));
+            return Err(format!(
+                "score {i} is infinite, which JSON cannot carry (softmax = false)"
+            ));
         }
         scores.to_vec()
     };
@@ -142,7 +144,12 @@ impl ClassifyPostprocess {
             }
             (None, None) => None,
         };
-        Ok(Self { input: config.input, softmax: config.softmax, top_k: config.top_k as usize, labels })
+        Ok(Self {
+            input: config.input,
+            softmax: config.softmax,
+            top_k: config.top_k as usize,
+            labels,
+        })
     }
 
     /// Classify one score vector.
@@ -163,9 +170,21 @@ impl ClassifyPostprocess {
             Some(labels) => labels[i].clone(),
             None => i.to_string(),
         };
-        let top: Vec<Class> = ranked.into_iter().map(|(index, score)| Class { label: label(index), index, score }).collect();
+        let top: Vec<Class> = ranked
+            .into_iter()
+            .map(|(index, score)| Class {
+                label: label(index),
+                index,
+                score,
+            })
+            .collect();
         let best = top[0].clone();
-        Ok(Classification { label: best.label, index: best.index, score: best.score, top })
+        Ok(Classification {
+            label: best.label,
+            index: best.index,
+            score: best.score,
+            top,
+        })
     }
 }
 

@@ -41,13 +41,19 @@ fn softmax_is_stable() {
 
 #[test]
 fn non_finite_scores_are_refused() {
-    assert!(rank(&[0.1, f32::NAN], false, 1).unwrap_err().contains("NaN"));
+    assert!(
+        rank(&[0.1, f32::NAN], false, 1)
+            .unwrap_err()
+            .contains("NaN")
+    );
     assert!(rank(&[0.1, f32::NAN], true, 1).unwrap_err().contains("NaN"));
     assert!(rank(&[f32::INFINITY, 0.0], true, 1).is_err());
     assert!(rank(&[f32::INFINITY, 0.0], false, 1).is_err());
     assert!(rank(&[], false, 1).is_err());
     let p = plugin("{}").unwrap();
-    assert!(matches!(p.classify(&[f32::NAN]), Err(ItemError::InvalidInput(m)) if m.contains("probabilities")));
+    assert!(
+        matches!(p.classify(&[f32::NAN]), Err(ItemError::InvalidInput(m)) if m.contains("probabilities"))
+    );
 }
 
 #[test]
@@ -56,7 +62,9 @@ fn inline_labels_and_count_mismatch() {
     let c = p.classify(&[0.2, 0.8]).unwrap();
     assert_eq!((c.label.as_str(), c.index, c.top.len()), ("dog", 1, 1));
     match p.classify(&[0.2, 0.3, 0.5]) {
-        Err(ItemError::InvalidInput(m)) => assert!(m.contains("2 labels") && m.contains("3 classes"), "{m}"),
+        Err(ItemError::InvalidInput(m)) => {
+            assert!(m.contains("2 labels") && m.contains("3 classes"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -67,14 +75,29 @@ fn labels_file_is_read_once_and_errors_name_the_path() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("labels.txt");
     std::fs::write(&path, "zero\r\n one \ntwo\n\n").unwrap();
-    let p = plugin(&format!(r#"{{"labels_file": {:?}}}"#, path.to_str().unwrap())).unwrap();
+    let p = plugin(&format!(
+        r#"{{"labels_file": {:?}}}"#,
+        path.to_str().unwrap()
+    ))
+    .unwrap();
     assert_eq!(p.classify(&[0.0, 0.0, 1.0]).unwrap().label, "two");
     assert_eq!(p.classify(&[0.0, 1.0, 0.0]).unwrap().label, "one");
     std::fs::remove_dir_all(&dir).unwrap();
     let err = plugin(r#"{"labels_file": "/no/such/labels.txt"}"#).unwrap_err();
-    assert!(err.contains("/no/such/labels.txt") && err.contains("No such file"), "{err}");
-    assert!(plugin(r#"{"labels_file": "x", "labels": ["a"]}"#).unwrap_err().contains("not both"));
-    assert!(plugin(r#"{"label": ["a"]}"#).unwrap_err().contains("`label`"));
+    assert!(
+        err.contains("/no/such/labels.txt") && err.contains("No such file"),
+        "{err}"
+    );
+    assert!(
+        plugin(r#"{"labels_file": "x", "labels": ["a"]}"#)
+            .unwrap_err()
+            .contains("not both")
+    );
+    assert!(
+        plugin(r#"{"label": ["a"]}"#)
+            .unwrap_err()
+            .contains("`label`")
+    );
 }
 
 #[test]

@@ -178,10 +178,15 @@ impl ImagePreprocess {
         let channels = config.color.channels();
         let elements = pixels * channels as u64;
         if elements > u32::MAX as u64 {
-            return Err(format!("the output tensor would hold {elements} values, too many"));
+            return Err(format!(
+                "the output tensor would hold {elements} values, too many"
+            ));
         }
         if !config.scale.is_finite() || config.scale == 0.0 {
-            return Err(format!("`scale` must be a finite, non-zero number (got {})", config.scale));
+            return Err(format!(
+                "`scale` must be a finite, non-zero number (got {})",
+                config.scale
+            ));
         }
         let mean = per_channel("mean", &config.mean, channels, config.color)?;
         let std = per_channel("std", &config.std, channels, config.color)?;
@@ -189,7 +194,10 @@ impl ImagePreprocess {
             return Err(format!("`mean[{c}]` must be finite (got {})", mean[c]));
         }
         if let Some(c) = std.iter().position(|s| !s.is_finite() || *s == 0.0) {
-            return Err(format!("`std[{c}]` must be finite and non-zero (got {})", std[c]));
+            return Err(format!(
+                "`std[{c}]` must be finite and non-zero (got {})",
+                std[c]
+            ));
         }
         let lut = normalization_tables(config.scale, &mean, &std);
         for (c, table) in lut.iter().enumerate() {
@@ -216,7 +224,11 @@ impl ImagePreprocess {
             Color::Gray => self.pixels_to_values(&self.fit(image.into_luma8())?),
             Color::Rgb => self.pixels_to_values(&self.fit(image.into_rgb8())?),
         };
-        Ok(Tensor::from_f32(self.config.output.clone(), &self.shape, &values))
+        Ok(Tensor::from_f32(
+            self.config.output.clone(),
+            &self.shape,
+            &values,
+        ))
     }
 
     /// Bring an 8-bit image to `width` x `height` as configured.
@@ -237,7 +249,11 @@ impl ImagePreprocess {
             Resize::Exact => Ok(imageops::resize(&image, tw, th, filter)),
             Resize::ShorterSide => {
                 let (rw, rh) = cover_size(w, h, tw, th);
-                let resized = if (rw, rh) == (w, h) { image } else { imageops::resize(&image, rw, rh, filter) };
+                let resized = if (rw, rh) == (w, h) {
+                    image
+                } else {
+                    imageops::resize(&image, rw, rh, filter)
+                };
                 let (x, y) = ((rw - tw) / 2, (rh - th) / 2);
                 Ok(imageops::crop_imm(&resized, x, y, tw, th).to_image())
             }
@@ -252,14 +268,23 @@ impl ImagePreprocess {
         let raw: &[u8] = image.as_raw();
         let channels = self.lut.len();
         match self.config.layout {
-            Layout::Nhwc => raw.iter().enumerate().map(|(i, &p)| self.lut[i % channels][p as usize]).collect(),
+            Layout::Nhwc => raw
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| self.lut[i % channels][p as usize])
+                .collect(),
             Layout::Nchw | Layout::Flat => {
                 if channels == 1 {
                     return raw.iter().map(|&p| self.lut[0][p as usize]).collect();
                 }
                 let mut out = Vec::with_capacity(raw.len());
                 for (c, table) in self.lut.iter().enumerate() {
-                    out.extend(raw.iter().skip(c).step_by(channels).map(|&p| table[p as usize]));
+                    out.extend(
+                        raw.iter()
+                            .skip(c)
+                            .step_by(channels)
+                            .map(|&p| table[p as usize]),
+                    );
                 }
                 out
             }
@@ -268,7 +293,12 @@ impl ImagePreprocess {
 }
 
 /// `values` broadcast to one per channel: a list of 1 or of `channels`.
-fn per_channel(key: &str, values: &[f64], channels: usize, color: Color) -> Result<Vec<f64>, String> {
+fn per_channel(
+    key: &str,
+    values: &[f64],
+    channels: usize,
+    color: Color,
+) -> Result<Vec<f64>, String> {
     match values.len() {
         1 => Ok(vec![values[0]; channels]),
         n if n == channels => Ok(values.to_vec()),
@@ -278,7 +308,11 @@ fn per_channel(key: &str, values: &[f64], channels: usize, color: Color) -> Resu
                 Color::Gray => "gray",
                 Color::Rgb => "rgb",
             },
-            if channels == 1 { "1".to_string() } else { format!("1 or {channels}") }
+            if channels == 1 {
+                "1".to_string()
+            } else {
+                format!("1 or {channels}")
+            }
         )),
     }
 }
@@ -312,17 +346,30 @@ pub fn cover_size(w: u32, h: u32, tw: u32, th: u32) -> (u32, u32) {
 /// to name an unsupported format.
 pub fn decode(data: &[u8], content_type: &str, max_pixels: u64) -> Result<DynamicImage, ItemError> {
     if data.is_empty() {
-        return Err(ItemError::invalid("cannot decode image: the input is empty"));
+        return Err(ItemError::invalid(
+            "cannot decode image: the input is empty",
+        ));
     }
     match image::guess_format(data) {
-        Ok(ImageFormat::Png) => decode_with(PngDecoder::new(Cursor::new(data)), "image/png", max_pixels),
-        Ok(ImageFormat::Jpeg) => decode_with(JpegDecoder::new(Cursor::new(data)), "image/jpeg", max_pixels),
+        Ok(ImageFormat::Png) => {
+            decode_with(PngDecoder::new(Cursor::new(data)), "image/png", max_pixels)
+        }
+        Ok(ImageFormat::Jpeg) => decode_with(
+            JpegDecoder::new(Cursor::new(data)),
+            "image/jpeg",
+            max_pixels,
+        ),
         Ok(other) => Err(ItemError::unsupported(format!(
             "{} images are not supported (detected from the data); this plugin decodes PNG and JPEG",
             other.to_mime_type()
         ))),
         Err(_) => {
-            let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let essence = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             let ours = ["image/png", "image/jpeg", "image/jpg", "image/pjpeg"];
             if essence.starts_with("image/") && !ours.contains(&essence.as_str()) {
                 Err(ItemError::unsupported(format!(
@@ -339,7 +386,11 @@ pub fn decode(data: &[u8], content_type: &str, max_pixels: u64) -> Result<Dynami
     }
 }
 
-fn decode_with<D: ImageDecoder>(decoder: ImageResult<D>, mime: &str, max_pixels: u64) -> Result<DynamicImage, ItemError> {
+fn decode_with<D: ImageDecoder>(
+    decoder: ImageResult<D>,
+    mime: &str,
+    max_pixels: u64,
+) -> Result<DynamicImage, ItemError> {
     let cannot = |e: image::ImageError| ItemError::invalid(format!("cannot decode {mime}: {e}"));
     let decoder = decoder.map_err(cannot)?;
     let (w, h) = decoder.dimensions();
@@ -350,7 +401,9 @@ fn decode_with<D: ImageDecoder>(decoder: ImageResult<D>, mime: &str, max_pixels:
         )));
     }
     if pixels == 0 {
-        return Err(ItemError::invalid(format!("cannot decode {mime}: the image is {w} x {h}")));
+        return Err(ItemError::invalid(format!(
+            "cannot decode {mime}: the image is {w} x {h}"
+        )));
     }
     DynamicImage::from_decoder(decoder).map_err(cannot)
 }

@@ -45,11 +45,19 @@ fn digits_path_is_bit_exact() {
 fn every_8_bit_value_matches_f32_division() {
     let lut = normalization_tables(1.0 / 240.0, &[0.0], &[1.0]);
     for p in 0..=255u32 {
-        assert_eq!(lut[0][p as usize].to_bits(), (p as f32 / 240.0).to_bits(), "pixel {p}");
+        assert_eq!(
+            lut[0][p as usize].to_bits(),
+            (p as f32 / 240.0).to_bits(),
+            "pixel {p}"
+        );
     }
     let lut = normalization_tables(1.0 / 255.0, &[0.0], &[1.0]);
     for p in 0..=255u32 {
-        assert_eq!(lut[0][p as usize].to_bits(), (p as f32 / 255.0).to_bits(), "pixel {p}");
+        assert_eq!(
+            lut[0][p as usize].to_bits(),
+            (p as f32 / 255.0).to_bits(),
+            "pixel {p}"
+        );
     }
 }
 
@@ -67,17 +75,38 @@ fn gray_from_rgb_keeps_equal_channels() {
 #[test]
 fn layouts_and_per_channel_normalization() {
     // 2 x 1 image: pixel 0 = (10, 20, 30), pixel 1 = (40, 50, 60).
-    let img = RgbImage::from_fn(2, 1, |x, _| if x == 0 { Rgb([10, 20, 30]) } else { Rgb([40, 50, 60]) });
+    let img = RgbImage::from_fn(2, 1, |x, _| {
+        if x == 0 {
+            Rgb([10, 20, 30])
+        } else {
+            Rgb([40, 50, 60])
+        }
+    });
     let bytes = png(img);
     let base = r#""width": 2, "height": 1, "scale": 1, "mean": [0, 10, 20], "std": [1, 2, 5]"#;
-    let nchw = plugin(&format!("{{{base}}}")).unwrap().process(&bytes, "").unwrap();
+    let nchw = plugin(&format!("{{{base}}}"))
+        .unwrap()
+        .process(&bytes, "")
+        .unwrap();
     assert_eq!(nchw.shape, vec![1, 3, 1, 2]);
-    assert_eq!(nchw.to_f32().unwrap(), vec![10.0, 40.0, 5.0, 20.0, 2.0, 8.0]);
-    let nhwc = plugin(&format!(r#"{{{base}, "layout": "nhwc", "output": "x"}}"#)).unwrap().process(&bytes, "").unwrap();
+    assert_eq!(
+        nchw.to_f32().unwrap(),
+        vec![10.0, 40.0, 5.0, 20.0, 2.0, 8.0]
+    );
+    let nhwc = plugin(&format!(r#"{{{base}, "layout": "nhwc", "output": "x"}}"#))
+        .unwrap()
+        .process(&bytes, "")
+        .unwrap();
     assert_eq!(nhwc.name, "x");
     assert_eq!(nhwc.shape, vec![1, 1, 2, 3]);
-    assert_eq!(nhwc.to_f32().unwrap(), vec![10.0, 5.0, 2.0, 40.0, 20.0, 8.0]);
-    let flat = plugin(&format!(r#"{{{base}, "layout": "flat"}}"#)).unwrap().process(&bytes, "").unwrap();
+    assert_eq!(
+        nhwc.to_f32().unwrap(),
+        vec![10.0, 5.0, 2.0, 40.0, 20.0, 8.0]
+    );
+    let flat = plugin(&format!(r#"{{{base}, "layout": "flat"}}"#))
+        .unwrap()
+        .process(&bytes, "")
+        .unwrap();
     assert_eq!(flat.shape, vec![1, 6]);
     assert_eq!(flat.to_f32().unwrap(), nchw.to_f32().unwrap());
 }
@@ -85,15 +114,24 @@ fn layouts_and_per_channel_normalization() {
 #[test]
 fn default_scale_is_one_over_255() {
     let p = plugin(r#"{"width": 1, "height": 1}"#).unwrap();
-    let values = p.process(&png(RgbImage::from_pixel(1, 1, Rgb([255, 0, 51]))), "").unwrap().to_f32().unwrap();
+    let values = p
+        .process(&png(RgbImage::from_pixel(1, 1, Rgb([255, 0, 51]))), "")
+        .unwrap()
+        .to_f32()
+        .unwrap();
     assert_eq!(values, vec![1.0, 0.0, 0.2]);
 }
 
 #[test]
 fn resize_modes() {
-    let img = GrayImage::from_fn(40, 20, |x, _| Luma([if (15..25).contains(&x) { 200 } else { 0 }]));
+    let img = GrayImage::from_fn(40, 20, |x, _| {
+        Luma([if (15..25).contains(&x) { 200 } else { 0 }])
+    });
     let bytes = png(img);
-    let exact = plugin(r#"{"width": 10, "height": 10, "color": "gray"}"#).unwrap().process(&bytes, "").unwrap();
+    let exact = plugin(r#"{"width": 10, "height": 10, "color": "gray"}"#)
+        .unwrap()
+        .process(&bytes, "")
+        .unwrap();
     assert_eq!(exact.shape, vec![1, 1, 10, 10]);
     // Shorter side: 40 x 20 -> 20 x 10 (the band 15..25 becomes 7.5..12.5),
     // the center crop keeps columns 5..15: the band lands at 2.5..7.5, i.e.
@@ -104,15 +142,27 @@ fn resize_modes() {
         .unwrap();
     assert_eq!(cropped.shape, vec![1, 1, 10, 10]);
     let row: Vec<f32> = cropped.to_f32().unwrap()[..10].to_vec();
-    let bright: Vec<usize> = row.iter().enumerate().filter(|(_, v)| **v > 0.5).map(|(i, _)| i).collect();
+    let bright: Vec<usize> = row
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v > 0.5)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(bright, vec![2, 3, 4, 5, 6], "{row:?}");
-    let none = plugin(r#"{"width": 10, "height": 10, "resize": "none"}"#).unwrap().process(&bytes, "");
+    let none = plugin(r#"{"width": 10, "height": 10, "resize": "none"}"#)
+        .unwrap()
+        .process(&bytes, "");
     match none {
-        Err(ItemError::InvalidInput(m)) => assert!(m.contains("40 x 20") && m.contains("10 x 10"), "{m}"),
+        Err(ItemError::InvalidInput(m)) => {
+            assert!(m.contains("40 x 20") && m.contains("10 x 10"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
     for filter in ["nearest", "triangle", "catmull-rom", "lanczos3"] {
-        let p = plugin(&format!(r#"{{"width": 7, "height": 5, "filter": "{filter}"}}"#)).unwrap();
+        let p = plugin(&format!(
+            r#"{{"width": 7, "height": 5, "filter": "{filter}"}}"#
+        ))
+        .unwrap();
         assert_eq!(p.process(&bytes, "").unwrap().shape, vec![1, 3, 5, 7]);
     }
 }
@@ -128,8 +178,14 @@ fn cover_size_covers_the_target() {
 
 #[test]
 fn decodes_jpeg_whatever_the_content_type_says() {
-    let jpeg = encode(RgbImage::from_pixel(16, 12, Rgb([120, 60, 30])), ImageFormat::Jpeg);
-    let t = plugin(r#"{"width": 4, "height": 4}"#).unwrap().process(&jpeg, "image/png").unwrap();
+    let jpeg = encode(
+        RgbImage::from_pixel(16, 12, Rgb([120, 60, 30])),
+        ImageFormat::Jpeg,
+    );
+    let t = plugin(r#"{"width": 4, "height": 4}"#)
+        .unwrap()
+        .process(&jpeg, "image/png")
+        .unwrap();
     assert_eq!(t.shape, vec![1, 3, 4, 4]);
     let v = t.to_f32().unwrap();
     assert!((v[0] - 120.0 / 255.0).abs() < 0.05, "{}", v[0]);
@@ -164,7 +220,9 @@ fn large_images_are_refused_from_the_header() {
     let p = plugin(r#"{"width": 4, "height": 4, "max_pixels": 5000}"#).unwrap();
     assert!(p.process(&png(GrayImage::new(70, 70)), "").is_ok());
     match p.process(&png(GrayImage::new(80, 80)), "") {
-        Err(ItemError::InvalidInput(m)) => assert!(m.contains("6400") && m.contains("max_pixels"), "{m}"),
+        Err(ItemError::InvalidInput(m)) => {
+            assert!(m.contains("6400") && m.contains("max_pixels"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
     // A PNG header claiming 100000 x 100000 with no pixel data at all.
@@ -185,7 +243,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -199,7 +261,10 @@ fn config_errors_name_the_key() {
     assert!(err(r#"{"width": 4, "height": 4, "resize": "fit"}"#).contains("shorter-side"));
     assert!(err(r#"{"width": 4, "height": 4, "mean": [1, 2]}"#).contains("`mean` has 2 values"));
     assert!(err(r#"{"width": 4, "height": 4, "std": [1, 0, 1]}"#).contains("std[1]"));
-    assert!(err(r#"{"width": 4, "height": 4, "color": "gray", "std": [1, 1, 1]}"#).contains("it needs 1"));
+    assert!(
+        err(r#"{"width": 4, "height": 4, "color": "gray", "std": [1, 1, 1]}"#)
+            .contains("it needs 1")
+    );
     assert!(err(r#"{"width": 0, "height": 4}"#).contains("at least 1"));
     assert!(err(r#"{"width": 4, "height": 4, "scale": 0}"#).contains("scale"));
     assert!(err(r#"{"width": 100, "height": 100, "max_pixels": 9999}"#).contains("max_pixels"));

@@ -78,7 +78,12 @@ pub struct Standardizer {
 
 impl Standardizer {
     /// Check names and statistics; `origin` names where they came from.
-    pub fn new(features: Vec<String>, mean: Vec<f64>, scale: Vec<f64>, origin: &str) -> Result<Self, String> {
+    pub fn new(
+        features: Vec<String>,
+        mean: Vec<f64>,
+        scale: Vec<f64>,
+        origin: &str,
+    ) -> Result<Self, String> {
         if features.is_empty() {
             return Err(format!("{origin}: `features` is empty"));
         }
@@ -99,13 +104,23 @@ impl Standardizer {
                 ));
             }
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(format!("{origin}: `{key}` of feature `{}` is not finite", features[i]));
+                return Err(format!(
+                    "{origin}: `{key}` of feature `{}` is not finite",
+                    features[i]
+                ));
             }
         }
         if let Some(i) = scale.iter().position(|&s| s == 0.0) {
-            return Err(format!("{origin}: `scale` of feature `{}` is 0", features[i]));
+            return Err(format!(
+                "{origin}: `scale` of feature `{}` is 0",
+                features[i]
+            ));
         }
-        Ok(Self { features, mean, scale })
+        Ok(Self {
+            features,
+            mean,
+            scale,
+        })
     }
 
     /// Build from the plugin config, reading `scaler_file` if set.
@@ -122,13 +137,17 @@ impl Standardizer {
         if config.mean.is_some() || config.scale.is_some() {
             return Err("set `mean`/`scale` or `scaler_file`, not both".into());
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read scaler_file `{path}`: {e}"))?;
-        let file: ScalerFile =
-            serde_json::from_str(&text).map_err(|e| format!("cannot parse scaler_file `{path}`: {e}"))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read scaler_file `{path}`: {e}"))?;
+        let file: ScalerFile = serde_json::from_str(&text)
+            .map_err(|e| format!("cannot parse scaler_file `{path}`: {e}"))?;
         let origin = format!("scaler_file `{path}`");
         let features = match (&config.features, file.features) {
-            (None, None) => return Err(format!("{origin} has no `features`; set `features` in the config")),
+            (None, None) => {
+                return Err(format!(
+                    "{origin} has no `features`; set `features` in the config"
+                ));
+            }
             (Some(ours), Some(theirs)) if *ours != theirs => {
                 return Err(format!(
                     "`features` {ours:?} differs from the features of {origin} {theirs:?}; \
@@ -143,11 +162,20 @@ impl Standardizer {
 
     /// Standardize raw values given in feature order.
     pub fn apply(&self, raw: &[f64]) -> Vec<f32> {
-        raw.iter().zip(&self.mean).zip(&self.scale).map(|((x, m), s)| ((x - m) / s) as f32).collect()
+        raw.iter()
+            .zip(&self.mean)
+            .zip(&self.scale)
+            .map(|((x, m), s)| ((x - m) / s) as f32)
+            .collect()
     }
 
     /// Parse one record and return its raw values in feature order.
-    pub fn parse(&self, data: &[u8], content_type: &str, format: Format) -> Result<Vec<f64>, ItemError> {
+    pub fn parse(
+        &self,
+        data: &[u8],
+        content_type: &str,
+        format: Format,
+    ) -> Result<Vec<f64>, ItemError> {
         let text = std::str::from_utf8(data)
             .map_err(|e| ItemError::invalid(format!("the record is not UTF-8 text: {e}")))?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -158,15 +186,19 @@ impl Standardizer {
     }
 
     fn parse_json(&self, text: &str) -> Result<Vec<f64>, ItemError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| ItemError::invalid(format!("cannot parse JSON record: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ItemError::invalid(format!("cannot parse JSON record: {e}")))?;
         let Value::Object(object) = value else {
-            return Err(ItemError::invalid("the JSON record must be an object of feature: number"));
+            return Err(ItemError::invalid(
+                "the JSON record must be an object of feature: number",
+            ));
         };
         self.features
             .iter()
             .map(|name| {
-                let value = object.get(name).ok_or_else(|| ItemError::invalid(format!("missing feature `{name}`")))?;
+                let value = object
+                    .get(name)
+                    .ok_or_else(|| ItemError::invalid(format!("missing feature `{name}`")))?;
                 let number = match value {
                     Value::Number(n) => n.as_f64(),
                     Value::String(s) => s.trim().parse::<f64>().ok(),
@@ -174,19 +206,25 @@ impl Standardizer {
                 };
                 match number {
                     Some(x) if x.is_finite() => Ok(x),
-                    _ => Err(ItemError::invalid(format!("feature `{name}` is not a finite number: {value}"))),
+                    _ => Err(ItemError::invalid(format!(
+                        "feature `{name}` is not a finite number: {value}"
+                    ))),
                 }
             })
             .collect()
     }
 
     fn parse_csv(&self, text: &str) -> Result<Vec<f64>, ItemError> {
-        let lines: Vec<Vec<&str>> =
-            text.lines().filter(|l| !l.trim().is_empty()).map(split_csv_line).collect();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(split_csv_line)
+            .collect();
         match lines.as_slice() {
             [] => Err(ItemError::invalid("the CSV record is empty")),
             [only] => {
-                let numbers: Option<Vec<f64>> = only.iter().map(|f| f.parse::<f64>().ok()).collect();
+                let numbers: Option<Vec<f64>> =
+                    only.iter().map(|f| f.parse::<f64>().ok()).collect();
                 match numbers {
                     Some(values) if values.len() == self.features.len() => {
                         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -203,7 +241,9 @@ impl Standardizer {
                         values.len(),
                         self.features.len()
                     ))),
-                    None => Err(ItemError::invalid("the CSV record has a header line but no data line")),
+                    None => Err(ItemError::invalid(
+                        "the CSV record has a header line but no data line",
+                    )),
                 }
             }
             [header, row] => self.parse_csv_row(header, row),
@@ -233,12 +273,16 @@ impl Standardizer {
                     )));
                 };
                 if columns.next().is_some() {
-                    return Err(ItemError::invalid(format!("the CSV header names feature `{name}` twice")));
+                    return Err(ItemError::invalid(format!(
+                        "the CSV header names feature `{name}` twice"
+                    )));
                 }
                 let field = row[column];
                 match field.parse::<f64>() {
                     Ok(x) if x.is_finite() => Ok(x),
-                    _ => Err(ItemError::invalid(format!("feature `{name}` is not a finite number: `{field}`"))),
+                    _ => Err(ItemError::invalid(format!(
+                        "feature `{name}` is not a finite number: `{field}`"
+                    ))),
                 }
             })
             .collect()
@@ -250,14 +294,23 @@ pub fn resolve_format(format: Format, content_type: &str, text: &str) -> Format 
     if format != Format::Auto {
         return format;
     }
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if essence == "application/json" || essence.ends_with("+json") {
         return Format::Json;
     }
     if essence == "text/csv" {
         return Format::Csv;
     }
-    if text.trim_start().starts_with('{') { Format::Json } else { Format::Csv }
+    if text.trim_start().starts_with('{') {
+        Format::Json
+    } else {
+        Format::Csv
+    }
 }
 
 /// Split one CSV line on commas; trim spaces and a pair of surrounding
@@ -266,7 +319,10 @@ pub fn split_csv_line(line: &str) -> Vec<&str> {
     line.split(',')
         .map(|f| {
             let f = f.trim();
-            f.strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(f).trim()
+            f.strip_prefix('"')
+                .and_then(|f| f.strip_suffix('"'))
+                .unwrap_or(f)
+                .trim()
         })
         .collect()
 }
@@ -286,13 +342,23 @@ impl Preprocessor for TabularPreprocess {
             return Err("`output` must not be empty".into());
         }
         let standardizer = Standardizer::from_config(&config)?;
-        Ok(Self { output: config.output, format: config.format, standardizer })
+        Ok(Self {
+            output: config.output,
+            format: config.format,
+            standardizer,
+        })
     }
 
     fn preprocess(&mut self, input: RawInput) -> Result<Vec<Tensor>, ItemError> {
-        let raw = self.standardizer.parse(&input.data, &input.meta.content_type, self.format)?;
+        let raw = self
+            .standardizer
+            .parse(&input.data, &input.meta.content_type, self.format)?;
         let values = self.standardizer.apply(&raw);
-        Ok(vec![Tensor::from_f32(self.output.clone(), &[1, values.len() as u32], &values)])
+        Ok(vec![Tensor::from_f32(
+            self.output.clone(),
+            &[1, values.len() as u32],
+            &values,
+        )])
     }
 }
 

@@ -8,7 +8,8 @@ fn standardizer(json: &str) -> Result<Standardizer, String> {
 }
 
 fn abc() -> Standardizer {
-    standardizer(r#"{"features": ["a", "b", "c"], "mean": [1, 2, 3], "scale": [2, 4, 0.5]}"#).unwrap()
+    standardizer(r#"{"features": ["a", "b", "c"], "mean": [1, 2, 3], "scale": [2, 4, 0.5]}"#)
+        .unwrap()
 }
 
 fn invalid(r: Result<Vec<f64>, ItemError>) -> String {
@@ -21,7 +22,13 @@ fn invalid(r: Result<Vec<f64>, ItemError>) -> String {
 #[test]
 fn standardizes_in_feature_order() {
     let s = abc();
-    let raw = s.parse(br#"{"c": 4, "a": 3, "b": 10, "extra": "ignored"}"#, "", Format::Auto).unwrap();
+    let raw = s
+        .parse(
+            br#"{"c": 4, "a": 3, "b": 10, "extra": "ignored"}"#,
+            "",
+            Format::Auto,
+        )
+        .unwrap();
     assert_eq!(raw, vec![3.0, 10.0, 4.0]);
     assert_eq!(s.apply(&raw), vec![1.0, 2.0, 2.0]);
 }
@@ -35,10 +42,22 @@ fn defaults_are_mean_0_scale_1() {
 #[test]
 fn json_errors_name_the_feature() {
     let s = abc();
-    assert!(invalid(s.parse(br#"{"a": 1, "b": 2}"#, "", Format::Auto)).contains("missing feature `c`"));
-    assert!(invalid(s.parse(br#"{"a": 1, "b": "x", "c": 3}"#, "", Format::Auto)).contains("feature `b`"));
-    assert!(invalid(s.parse(br#"{"a": 1, "b": null, "c": 3}"#, "", Format::Auto)).contains("feature `b`"));
-    assert_eq!(s.parse(br#"{"a": 1, "b": " 2.5 ", "c": 3}"#, "", Format::Auto).unwrap(), vec![1.0, 2.5, 3.0]);
+    assert!(
+        invalid(s.parse(br#"{"a": 1, "b": 2}"#, "", Format::Auto)).contains("missing feature `c`")
+    );
+    assert!(
+        invalid(s.parse(br#"{"a": 1, "b": "x", "c": 3}"#, "", Format::Auto))
+            .contains("feature `b`")
+    );
+    assert!(
+        invalid(s.parse(br#"{"a": 1, "b": null, "c": 3}"#, "", Format::Auto))
+            .contains("feature `b`")
+    );
+    assert_eq!(
+        s.parse(br#"{"a": 1, "b": " 2.5 ", "c": 3}"#, "", Format::Auto)
+            .unwrap(),
+        vec![1.0, 2.5, 3.0]
+    );
     assert!(invalid(s.parse(br#"{"a": 1,"#, "", Format::Auto)).contains("JSON"));
     assert!(invalid(s.parse(b"[1, 2, 3]", "application/json", Format::Auto)).contains("object"));
     assert!(invalid(s.parse(b"\xff\xfe", "", Format::Auto)).contains("UTF-8"));
@@ -48,14 +67,24 @@ fn json_errors_name_the_feature() {
 fn csv_with_header_ignores_extra_columns() {
     let s = abc();
     let csv = b"c, b,a ,label\r\n4,10,3,1\r\n";
-    assert_eq!(s.parse(csv, "text/csv", Format::Auto).unwrap(), vec![3.0, 10.0, 4.0]);
-    assert_eq!(s.parse(b"\xef\xbb\xbfa,b,c\n1,2,3", "", Format::Auto).unwrap(), vec![1.0, 2.0, 3.0]);
+    assert_eq!(
+        s.parse(csv, "text/csv", Format::Auto).unwrap(),
+        vec![3.0, 10.0, 4.0]
+    );
+    assert_eq!(
+        s.parse(b"\xef\xbb\xbfa,b,c\n1,2,3", "", Format::Auto)
+            .unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
 }
 
 #[test]
 fn csv_without_header_needs_exactly_the_features() {
     let s = abc();
-    assert_eq!(s.parse(b" 1, 2 ,3\n", "", Format::Auto).unwrap(), vec![1.0, 2.0, 3.0]);
+    assert_eq!(
+        s.parse(b" 1, 2 ,3\n", "", Format::Auto).unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
     assert!(invalid(s.parse(b"1,2,3,4", "", Format::Auto)).contains("4 numbers but 3 features"));
     assert!(invalid(s.parse(b"a,b,c", "", Format::Auto)).contains("no data line"));
 }
@@ -74,11 +103,23 @@ fn csv_errors() {
 
 #[test]
 fn format_resolution() {
-    assert_eq!(resolve_format(Format::Auto, "application/json; charset=utf-8", "a,b"), Format::Json);
+    assert_eq!(
+        resolve_format(Format::Auto, "application/json; charset=utf-8", "a,b"),
+        Format::Json
+    );
     assert_eq!(resolve_format(Format::Auto, "text/csv", "{"), Format::Csv);
-    assert_eq!(resolve_format(Format::Auto, "", "  \n{\"a\": 1}"), Format::Json);
-    assert_eq!(resolve_format(Format::Auto, "application/octet-stream", "a,b"), Format::Csv);
-    assert_eq!(resolve_format(Format::Csv, "application/json", "{"), Format::Csv);
+    assert_eq!(
+        resolve_format(Format::Auto, "", "  \n{\"a\": 1}"),
+        Format::Json
+    );
+    assert_eq!(
+        resolve_format(Format::Auto, "application/octet-stream", "a,b"),
+        Format::Csv
+    );
+    assert_eq!(
+        resolve_format(Format::Csv, "application/json", "{"),
+        Format::Csv
+    );
     // An explicit format wins over the content type.
     let s = abc();
     assert!(s.parse(br#"{"a": 1}"#, "", Format::Csv).is_err());
@@ -90,12 +131,20 @@ fn config_errors() {
     assert!(err("{}").contains("features"));
     assert!(err(r#"{"features": []}"#).contains("empty"));
     assert!(err(r#"{"features": ["a", "a"]}"#).contains("twice"));
-    assert!(err(r#"{"features": ["a", "b"], "mean": [1]}"#).contains("`mean` has 1 values but there are 2"));
-    assert!(err(r#"{"features": ["a", "b"], "scale": [1, 0]}"#).contains("`scale` of feature `b` is 0"));
+    assert!(
+        err(r#"{"features": ["a", "b"], "mean": [1]}"#)
+            .contains("`mean` has 1 values but there are 2")
+    );
+    assert!(
+        err(r#"{"features": ["a", "b"], "scale": [1, 0]}"#).contains("`scale` of feature `b` is 0")
+    );
     assert!(err(r#"{"features": ["a"], "fromat": "csv"}"#).contains("fromat"));
     assert!(err(r#"{"features": ["a"], "format": "xml"}"#).contains("xml"));
     let e = err(r#"{"scaler_file": "/no/such/scaler.json"}"#);
-    assert!(e.contains("/no/such/scaler.json") && e.contains("No such file"), "{e}");
+    assert!(
+        e.contains("/no/such/scaler.json") && e.contains("No such file"),
+        "{e}"
+    );
     assert!(err(r#"{"scaler_file": "x", "mean": [0]}"#).contains("not both"));
 }
 
@@ -105,17 +154,31 @@ fn scaler_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("scaler.json");
     let path_str = path.to_str().unwrap();
-    std::fs::write(&path, r#"{"features": ["x", "y"], "mean": [1.5, -2], "scale": [0.5, 4], "n_samples": 10}"#)
-        .unwrap();
+    std::fs::write(
+        &path,
+        r#"{"features": ["x", "y"], "mean": [1.5, -2], "scale": [0.5, 4], "n_samples": 10}"#,
+    )
+    .unwrap();
     let s = standardizer(&format!(r#"{{"scaler_file": {path_str:?}}}"#)).unwrap();
     assert_eq!(s.features, vec!["x", "y"]);
     assert_eq!(s.apply(&[2.0, 2.0]), vec![1.0, 1.0]);
     // Same features in the config: fine. Different: refused.
-    assert!(standardizer(&format!(r#"{{"scaler_file": {path_str:?}, "features": ["x", "y"]}}"#)).is_ok());
-    let e = standardizer(&format!(r#"{{"scaler_file": {path_str:?}, "features": ["y", "x"]}}"#)).unwrap_err();
+    assert!(
+        standardizer(&format!(
+            r#"{{"scaler_file": {path_str:?}, "features": ["x", "y"]}}"#
+        ))
+        .is_ok()
+    );
+    let e = standardizer(&format!(
+        r#"{{"scaler_file": {path_str:?}, "features": ["y", "x"]}}"#
+    ))
+    .unwrap_err();
     assert!(e.contains("differs"), "{e}");
     std::fs::write(&path, r#"{"mean": [0], "scale": [0]}"#).unwrap();
-    let e = standardizer(&format!(r#"{{"scaler_file": {path_str:?}, "features": ["x"]}}"#)).unwrap_err();
+    let e = standardizer(&format!(
+        r#"{{"scaler_file": {path_str:?}, "features": ["x"]}}"#
+    ))
+    .unwrap_err();
     assert!(e.contains("scaler_file") && e.contains("is 0"), "{e}");
     std::fs::write(&path, r#"{"features": ["x"], "mean": [0]}"#).unwrap();
     let e = standardizer(&format!(r#"{{"scaler_file": {path_str:?}}}"#)).unwrap_err();

@@ -63,7 +63,10 @@ impl ThresholdPostprocess {
             return Err("`input` must not be empty".into());
         }
         if !config.threshold.is_finite() {
-            return Err(format!("`threshold` must be a finite number (got {})", config.threshold));
+            return Err(format!(
+                "`threshold` must be a finite number (got {})",
+                config.threshold
+            ));
         }
         Ok(Self { config })
     }
@@ -71,11 +74,23 @@ impl ThresholdPostprocess {
     /// Judge one score.
     pub fn judge(&self, score: f32) -> Result<Verdict<'_>, ItemError> {
         if score.is_nan() {
-            return Err(ItemError::invalid(format!("tensor `{}`: the score is NaN", self.config.input)));
+            return Err(ItemError::invalid(format!(
+                "tensor `{}`: the score is NaN",
+                self.config.input
+            )));
         }
         let alert = score > self.config.threshold;
-        let label = if alert { &self.config.above } else { &self.config.below };
-        Ok(Verdict { score, threshold: self.config.threshold, label, alert })
+        let label = if alert {
+            &self.config.above
+        } else {
+            &self.config.below
+        };
+        Ok(Verdict {
+            score,
+            threshold: self.config.threshold,
+            label,
+            alert,
+        })
     }
 }
 
@@ -132,7 +147,11 @@ mod tests {
     #[test]
     fn config_errors_name_the_key() {
         assert!(plugin("{}").unwrap_err().contains("threshold"));
-        assert!(plugin(r#"{"threshold": 1, "abvoe": "x"}"#).unwrap_err().contains("abvoe"));
+        assert!(
+            plugin(r#"{"threshold": 1, "abvoe": "x"}"#)
+                .unwrap_err()
+                .contains("abvoe")
+        );
         assert!(plugin(r#"{"threshold": 1, "input": ""}"#).is_err());
     }
 

@@ -68,9 +68,19 @@ impl Postprocessor for EchoPostprocess {
         let tensors = output
             .tensors
             .iter()
-            .map(|t| TensorSummary { name: &t.name, dtype: dtype_name(t.dtype), shape: &t.shape, len_bytes: t.data.len() })
+            .map(|t| TensorSummary {
+                name: &t.name,
+                dtype: dtype_name(t.dtype),
+                shape: &t.shape,
+                len_bytes: t.data.len(),
+            })
             .collect();
-        Document::json(&Echo { id: &meta.id, content_type: &meta.content_type, attributes: &meta.attributes, tensors })
+        Document::json(&Echo {
+            id: &meta.id,
+            content_type: &meta.content_type,
+            attributes: &meta.attributes,
+            tensors,
+        })
     }
 }
 

@@ -60,7 +60,9 @@ impl Preprocessor for Misbehave {
     }
 
     fn preprocess(&mut self, input: RawInput) -> Result<Vec<Tensor>, ItemError> {
-        let text = std::str::from_utf8(&input.data).map(str::trim).unwrap_or("");
+        let text = std::str::from_utf8(&input.data)
+            .map(str::trim)
+            .unwrap_or("");
         let echo = || Ok(vec![bytes_tensor("echo", &input.data)]);
         if text == "loop" {
             let mut counter: u64 = 0;
@@ -68,12 +70,13 @@ impl Preprocessor for Misbehave {
                 counter = black_box(counter.wrapping_add(1));
             }
         } else if let Some(mib) = text.strip_prefix("alloc:") {
-            let mib: usize = mib
-                .trim()
-                .parse()
-                .map_err(|e| ItemError::invalid(format!("alloc:<MiB> needs a whole number of MiB: {e}")))?;
+            let mib: usize = mib.trim().parse().map_err(|e| {
+                ItemError::invalid(format!("alloc:<MiB> needs a whole number of MiB: {e}"))
+            })?;
             // More than the address space is an allocation failure too: trap.
-            let bytes = mib.checked_mul(1 << 20).unwrap_or_else(|| panic!("alloc:{mib}: more than the address space"));
+            let bytes = mib
+                .checked_mul(1 << 20)
+                .unwrap_or_else(|| panic!("alloc:{mib}: more than the address space"));
             let block = black_box(vec![1u8; bytes]);
             // Read it back so the allocation and the fill cannot be elided.
             black_box(block.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());

@@ -40,15 +40,27 @@ impl Preprocessor for NnGuest {
         };
         let graph = match &self.config.model_file {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| ItemError::internal(format!("read {path}: {e}")))?;
-                graph::load(&[bytes], graph::GraphEncoding::Onnx, graph::ExecutionTarget::Cpu).map_err(|e| nn_error("load", e))?
+                let bytes = std::fs::read(path)
+                    .map_err(|e| ItemError::internal(format!("read {path}: {e}")))?;
+                graph::load(
+                    &[bytes],
+                    graph::GraphEncoding::Onnx,
+                    graph::ExecutionTarget::Cpu,
+                )
+                .map_err(|e| nn_error("load", e))?
             }
-            None => graph::load_by_name(&self.config.model).map_err(|e| nn_error("load-by-name", e))?,
+            None => {
+                graph::load_by_name(&self.config.model).map_err(|e| nn_error("load-by-name", e))?
+            }
         };
-        let context = graph.init_execution_context().map_err(|e| nn_error("init-execution-context", e))?;
+        let context = graph
+            .init_execution_context()
+            .map_err(|e| nn_error("init-execution-context", e))?;
         let dims = [1, (input.data.len() / 4) as u32];
         let tensor = tensor::Tensor::new(&dims, tensor::TensorType::Fp32, &input.data);
-        let outputs = context.compute(vec![(self.config.input.clone(), tensor)]).map_err(|e| nn_error("compute", e))?;
+        let outputs = context
+            .compute(vec![(self.config.input.clone(), tensor)])
+            .map_err(|e| nn_error("compute", e))?;
         outputs
             .into_iter()
             .map(|(name, t)| {
@@ -56,7 +68,12 @@ impl Preprocessor for NnGuest {
                     tensor::TensorType::Fp32 => sluice_guest::Dtype::Fp32,
                     other => return Err(ItemError::unsupported(format!("output type {other:?}"))),
                 };
-                Ok(Tensor { name, dtype, shape: t.dimensions(), data: t.data() })
+                Ok(Tensor {
+                    name,
+                    dtype,
+                    shape: t.dimensions(),
+                    data: t.data(),
+                })
             })
             .collect()
     }
