@@ -266,14 +266,17 @@ if boundary:
         emit(f"| MobileNetV2 preprocess (JPEG, 224x224) | {w:.0f} | {n:.0f} | {w - n:+.0f} µs ({w / n:.2f}x) |")
     emit("")
 if sched:
-    emit("**Scheduler vs calling tract directly** on the same batch (stacked, one thread; fastest run "
-         "of each, alternating): the scheduler adds queueing, per-item checks, stacking and splitting.")
+    emit("**Scheduler vs calling tract directly** on the same batch (stacked, one thread; single runs "
+         "of each in alternating pairs, medians, the overhead from the per-pair differences and ratios): "
+         "the scheduler adds queueing, per-item checks, stacking and splitting.")
     emit("")
-    emit("| model | batch | raw tract µs/item | via scheduler µs/item | overhead |")
-    emit("| --- | ---: | ---: | ---: | ---: |")
+    emit("| model | batch | raw tract µs/item | via scheduler µs/item | overhead | middle half of the pairs |")
+    emit("| --- | ---: | ---: | ---: | ---: | ---: |")
     for row in sched.values():
+        low, high = row.get("overhead_percent_quartiles", [float("nan")] * 2)
         emit(f"| {row['model']} | {row['batch']} | {fmt(row['raw_tract_us_per_item'])} | "
-             f"{fmt(row['scheduler_us_per_item'])} | {row['overhead_us_per_item']:+.1f} µs ({row['overhead_percent']:+.1f}%) |")
+             f"{fmt(row['scheduler_us_per_item'])} | {row['overhead_us_per_item']:+.1f} µs ({row['overhead_percent']:+.1f}%) | "
+             f"{low:+.1f}% to {high:+.1f}% |")
     emit("")
 batching = overheads.get("batching", [])
 if batching:

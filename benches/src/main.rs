@@ -160,21 +160,57 @@ fn rss_split_mib() -> Value {
     json!({ "file_mib": field("RssFile:"), "anon_mib": field("RssAnon:") })
 }
 
-/// The fastest of repeated runs of `f` (at least 3, for at least `budget`),
-/// in seconds: for comparing two ways of doing the same work, where other
-/// load on the machine only ever adds time.
-fn fastest_run(budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let started = Instant::now();
-    let mut fastest = f64::INFINITY;
-    let mut runs = 0u32;
-    while runs < 3 || started.elapsed() < budget {
+/// Two ways of doing the same work, timed in alternating single runs.
+struct Paired {
+    /// Median seconds per run of the first and of the second way.
+    first: f64,
+    second: f64,
+    /// Medians of the per-pair difference (second - first, seconds) and
+    /// ratio (second / first).
+    difference: f64,
+    ratio: f64,
+    /// The middle half of the per-pair ratios: how much noise there was.
+    ratio_quartiles: (f64, f64),
+}
+
+/// Time `first` and `second` in pairs of single runs (after one warm-up
+/// each), swapping which goes first every pair, for at least `budget` and
+/// `min_pairs` pairs. Noise on a shared machine comes and goes within
+/// seconds; pairing puts both sides under the same noise, and medians of the
+/// per-pair figures ignore the pairs it hit hardest.
+fn paired_runs(
+    budget: Duration,
+    min_pairs: usize,
+    mut first: impl FnMut(),
+    mut second: impl FnMut(),
+) -> Paired {
+    first();
+    second();
+    let time = |f: &mut dyn FnMut()| {
         let run = Instant::now();
         f();
-        fastest = fastest.min(run.elapsed().as_secs_f64());
-        runs += 1;
+        run.elapsed().as_secs_f64()
+    };
+    let started = Instant::now();
+    let mut pairs: Vec<(f64, f64)> = Vec::new();
+    while pairs.len() < min_pairs || started.elapsed() < budget {
+        pairs.push(if pairs.len() % 2 == 0 {
+            let a = time(&mut first);
+            (a, time(&mut second))
+        } else {
+            let b = time(&mut second);
+            (time(&mut first), b)
+        });
     }
-    fastest
+    let mut ratios: Vec<f64> = pairs.iter().map(|p| p.1 / p.0).collect();
+    ratios.sort_by(f64::total_cmp);
+    Paired {
+        first: median(pairs.iter().map(|p| p.0).collect()),
+        second: median(pairs.iter().map(|p| p.1).collect()),
+        difference: median(pairs.iter().map(|p| p.1 - p.0).collect()),
+        ratio: median(ratios.clone()),
+        ratio_quartiles: (ratios[ratios.len() / 4], ratios[ratios.len() * 3 / 4]),
+    }
 }
 
 /// Run `f` repeatedly for at least `budget` (and at least 3 times, after one
@@ -834,27 +870,29 @@ fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Valu
                 ..BatchConfig::default()
             },
         )?;
-        let budget = Duration::from_millis(if *batch > 8 { 800 } else { 1500 });
-        // Alternate the two, three rounds, so that noise hits both alike;
-        // keep each side's fastest run.
-        let (mut raw, mut via) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..3 {
-            raw = raw.min(fastest_run(budget, || {
-                drop(plan.run(stacked.clone()).unwrap())
-            }));
-            via = via.min(fastest_run(budget, || {
-                drop(scheduler.infer_many(items.clone()))
-            }));
-        }
+        // MobileNetV2 runs take about half a second each: 31 pairs keep the
+        // median's noise near a percent or two on a busy machine.
+        let paired = paired_runs(
+            Duration::from_secs(3),
+            31,
+            || drop(plan.run(stacked.clone()).unwrap()),
+            || drop(scheduler.infer_many(items.clone())),
+        );
+        let per_item = 1e6 / *batch as f64;
         scheduler_rows.push(json!({
             "model": name, "batch": batch,
-            "raw_tract_us_per_item": raw * 1e6 / *batch as f64,
-            "scheduler_us_per_item": via * 1e6 / *batch as f64,
-            "overhead_us_per_item": (via - raw) * 1e6 / *batch as f64,
-            "overhead_percent": (via / raw - 1.0) * 100.0,
+            "raw_tract_us_per_item": paired.first * per_item,
+            "scheduler_us_per_item": paired.second * per_item,
+            "overhead_us_per_item": paired.difference * per_item,
+            "overhead_percent": (paired.ratio - 1.0) * 100.0,
+            "overhead_percent_quartiles": [
+                (paired.ratio_quartiles.0 - 1.0) * 100.0,
+                (paired.ratio_quartiles.1 - 1.0) * 100.0,
+            ],
         }));
 
         // Batching: the adaptive choice vs always stacked vs always one by one.
+        let budget = Duration::from_millis(if *batch > 8 { 800 } else { 1500 });
         let many: Vec<Vec<Tensor>> = (0..*batch * 4).map(|_| example.clone()).collect();
         let mut row = json!({ "model": name, "max_batch": batch, "items": many.len() });
         for mode in [
