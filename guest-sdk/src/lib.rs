@@ -114,6 +114,23 @@ impl Metadata {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The item's content type without parameters, lower-cased: see [`media_type`].
+    pub fn media_type(&self) -> String {
+        media_type(&self.content_type)
+    }
+}
+
+/// A content type without its parameters, lower-cased, for comparing:
+/// `Text/CSV; charset=utf-8` is `text/csv`. Ingest sources pass on what
+/// clients sent, so plugins should not compare content types verbatim.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 impl Document {
@@ -291,3 +308,13 @@ macro_rules! export_postprocessor {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExample;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn media_type_drops_parameters_and_case() {
+        assert_eq!(super::media_type("Text/CSV; charset=utf-8"), "text/csv");
+        assert_eq!(super::media_type(" image/PNG "), "image/png");
+        assert_eq!(super::media_type(""), "");
+    }
+}

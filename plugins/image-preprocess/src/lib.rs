@@ -364,12 +364,7 @@ pub fn decode(data: &[u8], content_type: &str, max_pixels: u64) -> Result<Dynami
             other.to_mime_type()
         ))),
         Err(_) => {
-            let essence = content_type
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let essence = sluice_guest::media_type(content_type);
             let ours = ["image/png", "image/jpeg", "image/jpg", "image/pjpeg"];
             if essence.starts_with("image/") && !ours.contains(&essence.as_str()) {
                 Err(ItemError::unsupported(format!(

@@ -294,12 +294,7 @@ pub fn resolve_format(format: Format, content_type: &str, text: &str) -> Format 
     if format != Format::Auto {
         return format;
     }
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = sluice_guest::media_type(content_type);
     if essence == "application/json" || essence.ends_with("+json") {
         return Format::Json;
     }
