@@ -269,7 +269,7 @@ if boundary:
     emit("")
 if sched:
     emit("**Scheduler vs calling tract directly** on the same batch (stacked, one thread; single runs "
-         "of each in alternating pairs, medians, the overhead from the per-pair differences and ratios): "
+         "of each in alternating pairs, medians; the overhead from the median per-pair ratio): "
          "the scheduler adds queueing, per-item checks, stacking and splitting.")
     emit("")
     emit("| model | batch | raw tract µs/item | via scheduler µs/item | overhead | middle half of the pairs |")

@@ -205,7 +205,7 @@ fn paired_runs(
     Paired {
         first: median(pairs.iter().map(|p| p.0).collect()),
         second: median(pairs.iter().map(|p| p.1).collect()),
-        ratio: median(ratios.clone()),
+        ratio: ratios[ratios.len() / 2],
         ratio_quartiles: (ratios[ratios.len() / 4], ratios[ratios.len() * 3 / 4]),
     }
 }
