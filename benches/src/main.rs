@@ -10,15 +10,14 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use sluice::agent::Agent;
-use sluice::collector::{Collector, Tokens};
 use sluice::config::{Config, OutboxConfig, SyncConfig};
-use sluice::infer::tract::TractBackend;
-use sluice::infer::{Backend, InputShapes, Model};
+use sluice::infer::{InputShapes, Model, onnx_engine};
 use sluice::outbox::{NewInput, NewRecord, Outbox};
 use sluice::runtime::Runtime;
 use sluice::schedule::{BatchConfig, ExecutionMode, Scheduler};
-use sluice::sync::Uploader;
 use sluice::types::{RawItem, Tensor, stack_items};
+use sluice::uplink::Uploader;
+use sluice_collector::{Collector, Tokens};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,7 +224,7 @@ fn time_per_run(budget: Duration, mut f: impl FnMut()) -> f64 {
 
 fn load_model(path: &Path, shapes: &InputShapes) -> Result<Arc<dyn Model>> {
     let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-    Ok(TractBackend.load(
+    Ok(onnx_engine().load(
         &name,
         &std::fs::read(path).with_context(|| path.display().to_string())?,
         shapes,
@@ -671,7 +670,7 @@ fn outbox(records: usize) -> Result<Value> {
         OutboxConfig::default(),
     )?);
     let mut tokens = Tokens::default();
-    tokens.insert("bench-device", "bench-token");
+    tokens.insert("bench-device", "bench-token")?;
     let collector = Collector::start(
         std::net::TcpListener::bind("127.0.0.1:0")?,
         &dir.path().join("collector.sqlite"),
@@ -682,7 +681,10 @@ fn outbox(records: usize) -> Result<Value> {
         token: Some("bench-token".into()),
         ..SyncConfig::default()
     };
-    let uploader = Uploader::new(outbox.clone(), &sync_config, "bench-device")?;
+    let tokio = tokio::runtime::Runtime::new()?;
+    let uplink =
+        sluice::uplink::from_config(&sync_config, tokio.handle())?.context("sync.url is set")?;
+    let uploader = Uploader::new(outbox.clone(), uplink, &sync_config, "bench-device");
     let started = Instant::now();
     let report = uploader.sync_once(&std::sync::atomic::AtomicBool::new(false))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -699,8 +701,9 @@ fn outbox(records: usize) -> Result<Value> {
             .collect(),
     };
     let raw: usize = example.records.iter().map(|r| r.1.len()).sum();
+    let wire = sluice::uplink::to_wire("bench-device", &example).map_err(anyhow::Error::msg)?;
     let compressed =
-        sluice::sync::encode_batch("bench-device", &example, sync_config.zstd_level).len();
+        zstd::encode_all(&serde_json::to_vec(&wire)?[..], sync_config.zstd_level)?.len();
     collector.shutdown();
     Ok(json!({
         "record_bytes": bytes as f64 / records as f64,

@@ -39,11 +39,19 @@ fn main() {
 
     ensure_target_installed();
 
-    let target_dir = out_dir.join("wasm");
+    // Release builds of the host embed fully optimized (LTO) plugins; dev
+    // builds (tests, `cargo run`) the same code without LTO, built faster.
+    let profile = match std::env::var("PROFILE").as_deref() {
+        Ok("release") => "release",
+        _ => "quick",
+    };
+    // One folder for every build of the host: plugins are built once per
+    // change, not once per host profile or feature set.
+    let target_dir = plugin_target_dir(&out_dir);
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
         .current_dir(&plugins)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .args(["build", "--profile", profile, "--target", TARGET, "--target-dir"])
         .arg(&target_dir);
     // The outer build's flags and target settings are for the host, not for wasm.
     for var in [
@@ -67,7 +75,7 @@ fn main() {
         plugins.display()
     );
 
-    let release = target_dir.join(TARGET).join("release");
+    let release = target_dir.join(TARGET).join(profile);
     let mut code = String::from(
         "/// Every built plugin: (name, is a test fixture, path to the .wasm).\npub static PLUGIN_FILES: &[(&str, bool, &str)] = &[\n",
     );
@@ -95,6 +103,17 @@ fn main() {
     code.push_str("];\n");
     embedded.push_str("];\n");
     std::fs::write(out_dir.join("plugins.rs"), code + &embedded).unwrap();
+}
+
+/// `<target>/wasm-plugins`, found from this build script's `OUT_DIR`
+/// (`<target>/<profile>/build/<crate>-<hash>/out`), else inside `OUT_DIR`.
+fn plugin_target_dir(out_dir: &Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|name| name == "build"))
+        .and_then(|build| build.parent()?.parent())
+        .map(|target| target.join("wasm-plugins"))
+        .unwrap_or_else(|| out_dir.join("wasm"))
 }
 
 /// (package name, crate directory, is a test fixture) for every plugin crate.

@@ -96,7 +96,7 @@ pub enum Pooling {
 pub struct PluginConfig {
     /// Path to the `.wasm` component, or `bundled:NAME` for a plugin shipped
     /// inside the `sluice` binary.
-    pub path: String,
+    pub path: PluginSource,
     /// Wall-clock budget of one call into the plugin (one batch).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -109,6 +109,44 @@ pub struct PluginConfig {
     /// What the plugin may touch. Nothing by default.
     #[serde(default)]
     pub grants: Grants,
+}
+
+/// Where a plugin's component comes from: `bundled:NAME` (shipped inside
+/// the binary) or a path to a `.wasm` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A plugin shipped inside the binary, by name.
+    Bundled(String),
+    /// A component file.
+    File(PathBuf),
+}
+
+impl PluginSource {
+    /// The prefix of bundled plugins' paths.
+    pub const BUNDLED_PREFIX: &str = "bundled:";
+
+    /// `bundled:NAME` or a file path.
+    pub fn parse(text: &str) -> PluginSource {
+        match text.strip_prefix(Self::BUNDLED_PREFIX) {
+            Some(name) => PluginSource::Bundled(name.to_owned()),
+            None => PluginSource::File(PathBuf::from(text)),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginSource::Bundled(name) => write!(f, "{}{name}", Self::BUNDLED_PREFIX),
+            PluginSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PluginSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|text| PluginSource::parse(&text))
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -172,7 +210,12 @@ pub struct DirGrant {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// The model file.
     pub path: PathBuf,
+    /// The inference engine that runs it (see `sluice model inspect` and
+    /// [`crate::infer::ENGINES`]); default `tract`.
+    #[serde(default = "default_engine")]
+    pub engine: String,
     /// Expected SHA-256 of the file, hex; a mismatch refuses the model.
     pub sha256: Option<String>,
     /// Dimensions after the batch axis for inputs the model leaves open,
@@ -182,6 +225,10 @@ pub struct ModelConfig {
     /// How requests for this model are batched.
     #[serde(default)]
     pub batching: crate::schedule::BatchConfig,
+}
+
+fn default_engine() -> String {
+    crate::infer::DEFAULT_ENGINE.to_owned()
 }
 
 /// A pipeline: preprocess plugin -> model -> postprocess plugin.
@@ -323,16 +370,16 @@ impl SyncConfig {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
             path: path.clone(),
             source,
         })?;
         let token = text.lines().next().unwrap_or("").trim().to_owned();
         if token.is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "sync.token_file {} is empty",
-                path.display()
-            )));
+            return Err(ConfigError::value(
+                "sync.token_file",
+                format!("{} is empty", path.display()),
+            ));
         }
         Ok(Some(token))
     }
@@ -387,65 +434,6 @@ fn default_max_pending_bytes() -> u64 {
 }
 
 impl Config {
-    fn check_store_and_forward(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.outbox.max_bytes == 0 {
-            return invalid("outbox.max_bytes must be above 0".into());
-        }
-        if let Some(url) = &self.sync.url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return invalid(format!(
-                    "sync.url `{url}` must start with http:// or https://"
-                ));
-            }
-            if self.sync.token.is_none() && self.sync.token_file.is_none() {
-                return invalid(
-                    "sync.url is set but neither sync.token nor sync.token_file is".into(),
-                );
-            }
-        }
-        if self.sync.token.is_some() && self.sync.token_file.is_some() {
-            return invalid("set one of sync.token and sync.token_file, not both".into());
-        }
-        if self.sync.batch_max_records == 0 || self.sync.batch_max_bytes == 0 {
-            return invalid(
-                "sync.batch_max_records and sync.batch_max_bytes must be above 0".into(),
-            );
-        }
-        if self.sync.timeout_ms == 0
-            || self.sync.backoff_initial_ms == 0
-            || self.sync.backoff_max_ms < self.sync.backoff_initial_ms
-        {
-            return invalid("sync.timeout_ms and sync.backoff_initial_ms must be above 0, and backoff_max_ms at least backoff_initial_ms".into());
-        }
-        if !(1..=19).contains(&self.sync.zstd_level) {
-            return invalid(format!(
-                "sync.zstd_level {} is outside 1..=19",
-                self.sync.zstd_level
-            ));
-        }
-        if let Some(listen) = &self.ingest.listen
-            && listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return invalid(format!(
-                "ingest.listen `{listen}` is not an ip:port address"
-            ));
-        }
-        if let Some(pipeline) = &self.ingest.folder_pipeline
-            && !self.pipelines.contains_key(pipeline)
-        {
-            return invalid(format!(
-                "ingest.folder_pipeline names pipeline `{pipeline}`, which is not configured under [pipelines]"
-            ));
-        }
-        if self.ingest.poll_ms == 0 || self.ingest.max_input_bytes == 0 {
-            return invalid("ingest.poll_ms and ingest.max_input_bytes must be above 0".into());
-        }
-        Ok(())
-    }
-}
-
-impl Config {
     /// Read, parse and check a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -458,8 +446,7 @@ impl Config {
 
     /// Parse configuration text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = toml::from_str(text).map_err(ConfigError::Parse)?;
         config.resolve_paths(base);
         config.check()?;
         Ok(config)
@@ -482,12 +469,8 @@ impl Config {
             resolve(dir);
         }
         for plugin in self.plugins.values_mut() {
-            if !plugin.path.starts_with(crate::plugin::BUNDLED_PREFIX)
-                && Path::new(&plugin.path).is_relative()
-            {
-                plugin.path = normalize(&base.join(&plugin.path))
-                    .to_string_lossy()
-                    .into_owned();
+            if let PluginSource::File(path) = &mut plugin.path {
+                resolve(path);
             }
             for dir in &mut plugin.grants.dirs {
                 resolve(&mut dir.host);
@@ -499,36 +482,143 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        self.check_store_and_forward()?;
+        let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
+        if let Err(e) = sluice_protocol::check_name(&self.device.id) {
+            return value("device.id", format!("`{}` {e}", self.device.id));
+        }
         for (name, plugin) in &self.plugins {
             if plugin.timeout_ms == 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "plugins.{name}.timeout_ms must be above 0"
-                )));
+                return value(
+                    &format!("plugins.{name}.timeout_ms"),
+                    "must be above 0".into(),
+                );
             }
             if plugin.memory_mb == 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "plugins.{name}.memory_mb must be above 0"
-                )));
+                return value(
+                    &format!("plugins.{name}.memory_mb"),
+                    "must be above 0".into(),
+                );
             }
         }
+        // A plugin is loaded once, as one kind: it cannot be a preprocessor
+        // in one place and a postprocessor in another.
+        let mut roles: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
         for (name, pipeline) in &self.pipelines {
-            for (key, plugin) in [
+            if let Err(e) = sluice_protocol::check_name(name) {
+                return value(&format!("pipelines.{name}"), format!("the name {e}"));
+            }
+            for (role, plugin) in [
                 ("preprocess", &pipeline.preprocess),
                 ("postprocess", &pipeline.postprocess),
             ] {
+                let key = format!("pipelines.{name}.{role}");
                 if !self.plugins.contains_key(plugin) {
-                    return Err(ConfigError::Invalid(format!(
-                        "pipelines.{name}.{key} names plugin `{plugin}`, which is not configured under [plugins]"
-                    )));
+                    return value(
+                        &key,
+                        format!("names plugin `{plugin}`, which is not configured under [plugins]"),
+                    );
+                }
+                match roles.insert(plugin, (role, name)) {
+                    Some((other_role, other)) if other_role != role => {
+                        return value(
+                            &key,
+                            format!(
+                                "plugin `{plugin}` is already the {other_role} plugin of pipeline `{other}`; a plugin is either a preprocessor or a postprocessor"
+                            ),
+                        );
+                    }
+                    _ => {}
                 }
             }
             if !self.models.contains_key(&pipeline.model) {
-                return Err(ConfigError::Invalid(format!(
-                    "pipelines.{name}.model names model `{}`, which is not configured under [models]",
-                    pipeline.model
-                )));
+                return value(
+                    &format!("pipelines.{name}.model"),
+                    format!(
+                        "names model `{}`, which is not configured under [models]",
+                        pipeline.model
+                    ),
+                );
             }
+        }
+        for (name, model) in &self.models {
+            if !crate::infer::ENGINES.contains(&model.engine.as_str()) {
+                return value(
+                    &format!("models.{name}.engine"),
+                    format!(
+                        "`{}` is not an engine of this build (engines: {})",
+                        model.engine,
+                        crate::infer::ENGINES.join(", ")
+                    ),
+                );
+            }
+        }
+        self.check_store_and_forward()
+    }
+
+    fn check_store_and_forward(&self) -> Result<(), ConfigError> {
+        let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
+        if self.outbox.max_bytes == 0 {
+            return value("outbox.max_bytes", "must be above 0".into());
+        }
+        if let Some(url) = &self.sync.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return value(
+                    "sync.url",
+                    format!("`{url}` must start with http:// or https://"),
+                );
+            }
+            if self.sync.token.is_none() && self.sync.token_file.is_none() {
+                return value(
+                    "sync.url",
+                    "is set but neither sync.token nor sync.token_file is".into(),
+                );
+            }
+        }
+        if self.sync.token.is_some() && self.sync.token_file.is_some() {
+            return value(
+                "sync.token",
+                "set one of sync.token and sync.token_file, not both".into(),
+            );
+        }
+        for (key, v) in [
+            ("sync.batch_max_records", self.sync.batch_max_records as u64),
+            ("sync.batch_max_bytes", self.sync.batch_max_bytes as u64),
+            ("sync.timeout_ms", self.sync.timeout_ms),
+            ("sync.backoff_initial_ms", self.sync.backoff_initial_ms),
+            ("ingest.poll_ms", self.ingest.poll_ms),
+            ("ingest.max_input_bytes", self.ingest.max_input_bytes as u64),
+        ] {
+            if v == 0 {
+                return value(key, "must be above 0".into());
+            }
+        }
+        if self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
+            return value(
+                "sync.backoff_max_ms",
+                "must be at least sync.backoff_initial_ms".into(),
+            );
+        }
+        if !(1..=19).contains(&self.sync.zstd_level) {
+            return value(
+                "sync.zstd_level",
+                format!("{} is outside 1..=19", self.sync.zstd_level),
+            );
+        }
+        if let Some(listen) = &self.ingest.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return value(
+                "ingest.listen",
+                format!("`{listen}` is not an ip:port address"),
+            );
+        }
+        if let Some(pipeline) = &self.ingest.folder_pipeline
+            && !self.pipelines.contains_key(pipeline)
+        {
+            return value(
+                "ingest.folder_pipeline",
+                format!("names pipeline `{pipeline}`, which is not configured under [pipelines]"),
+            );
         }
         Ok(())
     }
@@ -589,12 +679,18 @@ mod tests {
             Path::new("/etc/sluice"),
         )
         .unwrap();
-        assert_eq!(config.plugins["pre"].path, "/etc/sluice/p/pre.wasm");
+        assert_eq!(
+            config.plugins["pre"].path,
+            PluginSource::File("/etc/sluice/p/pre.wasm".into())
+        );
         assert_eq!(
             config.plugins["pre"].grants.dirs[0].host,
             Path::new("/etc/sluice/m")
         );
-        assert_eq!(config.plugins["b"].path, "bundled:image-preprocess");
+        assert_eq!(
+            config.plugins["b"].path,
+            PluginSource::Bundled("image-preprocess".into())
+        );
         assert_eq!(
             config.cache_dir(),
             Path::new("/etc/sluice/sluice-data/cache")

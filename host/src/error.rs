@@ -4,25 +4,57 @@
 
 use std::path::PathBuf;
 
+/// Why a configuration was refused. Always names the file, the key or both.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config {}: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Parse(String),
-    #[error("{0}")]
-    Invalid(String),
+    /// The text is not TOML of the expected shape (the message names the
+    /// key and line).
+    #[error(transparent)]
+    Parse(toml::de::Error),
+    /// A value is out of its range or inconsistent with another.
+    #[error("{key}: {problem}")]
+    Value {
+        /// The key, e.g. `sync.zstd_level`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// `sync.token_file` cannot be read.
+    #[error("cannot read sync.token_file {}: {source}", path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Any of the above, in this configuration file.
     #[error("config {}: {inner}", path.display())]
     InFile {
+        /// The file.
         path: PathBuf,
+        /// The error.
         inner: Box<ConfigError>,
     },
 }
 
 impl ConfigError {
+    /// A bad value of `key`.
+    pub fn value(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Value {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
     pub(crate) fn in_file(self, path: &std::path::Path) -> Self {
         ConfigError::InFile {
             path: path.to_owned(),

@@ -3,45 +3,48 @@
 //! Sluice runs on IoT gateways and edge devices. Third-party WebAssembly
 //! plugins prepare inputs and interpret outputs; inference runs natively in
 //! the host; results are kept on the device and shipped upstream when the
-//! network is there.
+//! network is there. This crate is the device: the library and the `sluice`
+//! binary. The wire types it shares with collectors are in
+//! [`sluice_protocol`]; the collector is the separate `sluice-collector`.
 //!
-//! The pipeline, one module per stage:
+//! The stages, one home each:
 //!
 //! ```text
-//! ingest -> preprocess -> schedule/batch -> infer -> postprocess -> outbox -> sync
-//!           \_______ plugin ______/                   \__ plugin __/
+//! ingest -> preprocess -> schedule -> infer -> postprocess -> outbox -> uplink
+//!           \_ plugin _/                      \_ plugin __/
 //! ```
 //!
-//! * [`types`]: the data that flows between stages;
-//! * [`ingest`]: inputs from files and folders;
+//! * [`ingest`]: where inputs enter ([`ingest::Source`]: folder, HTTP);
 //! * [`plugin`]: the WebAssembly plugin runtime (sandbox, limits, cache),
 //!   which runs the preprocess and postprocess stages;
 //! * [`schedule`]: the batch scheduler, the only place inference happens;
-//! * [`infer`]: the inference backends behind it (tract);
+//! * [`infer`]: the inference engines behind it ([`infer::Backend`]: tract);
 //! * [`pipeline`]: one pipeline's stages joined;
-//! * [`runtime`]: everything assembled from a [`config::Config`];
 //! * [`outbox`]: the crash-safe on-device store of accepted inputs and of
 //!   results awaiting upload;
-//! * [`sync`]: the uploader shipping results to a collector;
-//! * [`collector`]: the upstream HTTP service receiving them;
-//! * [`agent`]: `sluice run`, the long-running device agent joining it all.
+//! * [`uplink`]: shipping results upstream ([`uplink::Uplink`]: HTTP);
+//! * [`record`]: the result record each input becomes;
+//! * [`runtime`]: models, plugins and pipelines assembled from a [`Config`];
+//! * [`agent`]: `sluice run`, wiring it all together;
+//! * [`types`]: the data that flows between stages; [`config`] and
+//!   [`error`]: the configuration and start-up errors.
 
 pub mod agent;
 pub mod bundled;
-pub mod cli;
-pub mod collector;
 pub mod config;
-pub mod demo;
 pub mod error;
 pub mod infer;
 pub mod ingest;
 pub mod outbox;
 pub mod pipeline;
 pub mod plugin;
+pub mod record;
 pub mod runtime;
 pub mod schedule;
-pub mod sync;
 pub mod types;
+pub mod uplink;
+pub mod wake;
+mod worker;
 
 pub use config::Config;
 pub use error::{ConfigError, PluginError};

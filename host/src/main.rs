@@ -1,7 +1,10 @@
-//! The `sluice` command: a thin layer over the `sluice` library.
+//! The `sluice` command: parses arguments and prints; the work is in the
+//! `sluice` library.
+
+mod cmd;
 
 use clap::{Parser, Subcommand};
-use sluice::plugin::BUNDLED_PREFIX;
+use sluice::config::PluginSource;
 use std::path::PathBuf;
 
 /// Sluice runs sandboxed WebAssembly pre- and post-processing plugins around
@@ -10,8 +13,8 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
-    /// Log filter, e.g. `info`, `sluice=debug` (also read from RUST_LOG).
-    #[arg(long, global = true, default_value = "warn")]
+    /// Log filter, e.g. `info`, `sluice=debug`; RUST_LOG if not given.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -21,8 +24,8 @@ struct Cli {
 enum Command {
     /// The whole path on bundled defaults: the digits agent ingests its
     /// held-out images, infers, stores results in its outbox and syncs them
-    /// to an embedded collector on loopback; prints what was processed,
-    /// stored and delivered.
+    /// to a collector (sluice-collector) on loopback; prints what was
+    /// processed, stored and delivered.
     Demo {
         /// The demo's configuration (default: examples/digits/sluice.toml).
         #[arg(long)]
@@ -50,21 +53,6 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
-    },
-    /// Run a collector: receive results from devices into SQLite.
-    Collect {
-        /// Address to listen on, e.g. 0.0.0.0:8480.
-        #[arg(long)]
-        listen: String,
-        /// The SQLite database results go to.
-        #[arg(long)]
-        db: PathBuf,
-        /// A file of `DEVICE=TOKEN` lines.
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// A device's token, `DEVICE=TOKEN`; repeatable.
-        #[arg(long = "token", value_parser = sluice::collector::Tokens::parse_pair)]
-        token: Vec<(String, String)>,
     },
     /// Inspect the device's outbox.
     #[command(subcommand)]
@@ -97,8 +85,11 @@ enum ModelCommand {
         file: PathBuf,
         /// Dimensions after the batch axis of an input the model leaves open,
         /// e.g. `x=3,48,192`; repeat for several inputs.
-        #[arg(long = "input-shape", value_parser = sluice::cli::parse_input_shape)]
+        #[arg(long = "input-shape", value_parser = cmd::inspect::parse_input_shape)]
         input_shapes: Vec<(String, Vec<usize>)>,
+        /// The engine to load it with.
+        #[arg(long, default_value = sluice::infer::DEFAULT_ENGINE)]
+        engine: String,
         /// Largest batch to measure.
         #[arg(long, default_value_t = 32)]
         max_batch_size: usize,
@@ -139,9 +130,8 @@ enum PluginCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
         .init();
     match run(cli.command) {
@@ -155,57 +145,44 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo { config, data_dir } => sluice::demo::run(config, data_dir)?,
+        Command::Demo { config, data_dir } => cmd::demo::run(config, data_dir),
         Command::Infer {
             config,
             pipeline,
             inputs,
             data_dir,
-        } => sluice::cli::infer(&config, pipeline.as_deref(), &inputs, data_dir)?,
+        } => cmd::infer::run(&config, pipeline.as_deref(), &inputs, data_dir),
         Command::Model(ModelCommand::Inspect {
             file,
             input_shapes,
+            engine,
             max_batch_size,
             json,
-        }) => sluice::cli::model_inspect(
+        }) => cmd::inspect::model(
             &file,
+            &engine,
             &input_shapes.into_iter().collect(),
             max_batch_size,
             json,
-        )?,
+        ),
         Command::Plugin(PluginCommand::Inspect {
             file,
             config,
             plugin,
             json,
-        }) => sluice::cli::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json)?,
-        Command::Run { config } => sluice::agent::run(&config)?,
-        Command::Collect {
-            listen,
-            db,
-            tokens,
-            token,
-        } => {
-            let mut all = match tokens {
-                Some(file) => sluice::collector::Tokens::from_file(&file)?,
-                None => sluice::collector::Tokens::default(),
-            };
-            for (device, secret) in token {
-                all.insert(&device, &secret);
-            }
-            sluice::collector::serve(&listen, &db, all)?
-        }
+        }) => cmd::inspect::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json),
+        Command::Run { config } => cmd::run::run(&config),
         Command::Outbox(OutboxCommand::Status { config, json }) => {
-            sluice::agent::outbox_status(&config, json)?
+            cmd::run::outbox_status(&config, json)
         }
         Command::Plugin(PluginCommand::Compile { config, data_dir }) => {
-            sluice::cli::plugin_compile(&config, data_dir)?
+            cmd::inspect::plugin_compile(&config, data_dir)
         }
         Command::Plugin(PluginCommand::List) => {
             for name in sluice::bundled::names() {
-                println!("{BUNDLED_PREFIX}{name}");
+                println!("{}", PluginSource::Bundled(name.to_string()));
             }
+            Ok(())
         }
     }
-    Ok(())
 }

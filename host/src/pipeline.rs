@@ -11,6 +11,7 @@ use crate::types::{Document, Inferred, ItemError, RawItem};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[derive(Clone)]
 pub struct Pipeline {
     pub name: String,
     pub preprocess: Arc<Plugin>,
@@ -27,12 +28,7 @@ pub struct Outcome {
     pub timings: StageTimings,
 }
 
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct StageTimings {
-    pub preprocess_us: u64,
-    pub infer_us: u64,
-    pub postprocess_us: u64,
-}
+pub use sluice_protocol::StageTimings;
 
 fn micros(since: Instant) -> u64 {
     Duration::as_micros(&since.elapsed()) as u64
@@ -96,4 +92,58 @@ impl Pipeline {
             })
             .collect()
     }
+}
+
+/// Run `items` through `pipeline` in batches of the model's batch size, with
+/// as many batches in flight as the scheduler has threads, so that batches
+/// from concurrent callers merge. `progress` is called with each finished
+/// batch's size. Outcomes come back in input order.
+pub fn process_all(
+    pipeline: &Pipeline,
+    items: Vec<RawItem>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Vec<Outcome> {
+    let batch = pipeline.scheduler.config().max_batch_size.max(1);
+    let workers = pipeline.scheduler.config().threads.max(1);
+    let chunks: Vec<Vec<RawItem>> = {
+        let mut chunks = Vec::new();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            chunks.push(items.by_ref().take(batch).collect());
+        }
+        chunks
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let chunks: Vec<std::sync::Mutex<Option<Vec<RawItem>>>> = chunks
+        .into_iter()
+        .map(|c| std::sync::Mutex::new(Some(c)))
+        .collect();
+    let mut done: Vec<(usize, Vec<Outcome>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.min(chunks.len()).max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let ix = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(ix).and_then(|c| c.lock().unwrap().take())
+                        else {
+                            break;
+                        };
+                        let outcomes = pipeline.process(chunk);
+                        progress(outcomes.len());
+                        mine.push((ix, outcomes));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("pipeline worker panicked"))
+            .collect()
+    });
+    done.sort_by_key(|(ix, _)| *ix);
+    done.into_iter()
+        .flat_map(|(_, outcomes)| outcomes)
+        .collect()
 }

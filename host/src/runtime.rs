@@ -2,34 +2,72 @@
 //! schedulers, the plugin host, plugins, and the pipelines joining them.
 //!
 //! A broken plugin or model disables only the pipelines that use it: start-up
-//! reports each problem (naming the plugin or model and the cause) and goes
-//! on with the rest.
+//! records each [`Problem`] (naming the plugin or model and the cause) and
+//! goes on with the rest.
 
 use crate::config::Config;
-use crate::infer::{Backend, read_model_file, tract::TractBackend};
-use crate::pipeline::{Outcome, Pipeline};
+use crate::error::PluginError;
+use crate::infer::{ModelError, read_model_file};
+use crate::pipeline::Pipeline;
 use crate::plugin::{EngineOptions, Plugin, PluginHost, PluginKind, scheduler_nn};
 use crate::schedule::{ExecutionCache, Scheduler};
-use crate::types::RawItem;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Something that failed at start-up; the rest started without it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Problem {
+    /// A model could not be read, checked, loaded or measured.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A plugin could not be loaded.
+    #[error("{error} (needed by pipeline `{pipeline}`)")]
+    Plugin {
+        /// Why.
+        error: PluginError,
+        /// The first pipeline that needs it.
+        pipeline: String,
+    },
+    /// A pipeline lacks a plugin or model that failed.
+    #[error("pipeline `{pipeline}` is disabled: a plugin or model it needs did not start")]
+    PipelineDisabled {
+        /// The pipeline.
+        pipeline: String,
+    },
+}
+
+/// Why nothing could start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The plugin engine could not be set up.
+    #[error("cannot set up the plugin engine: {0}")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The configuration has pipelines, and none could start.
+    #[error("no pipeline could start:\n  {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    NoPipeline {
+        /// What failed.
+        problems: Vec<Problem>,
+    },
+}
+
+/// Models, plugins and pipelines of one configuration, running.
 pub struct Runtime {
-    pub config: Config,
-    pub host: PluginHost,
-    pub schedulers: BTreeMap<String, Scheduler>,
-    pub pipelines: BTreeMap<String, Pipeline>,
+    pub(crate) config: Config,
+    host: PluginHost,
+    schedulers: BTreeMap<String, Scheduler>,
+    pipelines: BTreeMap<String, Pipeline>,
     /// SHA-256 (hex) of each running model's file.
-    pub model_sha256: BTreeMap<String, String>,
-    /// What failed at start-up, one message each.
-    pub problems: Vec<String>,
+    pub(crate) model_sha256: BTreeMap<String, String>,
+    problems: Vec<Problem>,
 }
 
 impl Runtime {
     /// Start everything `config` describes. Fails only if nothing usable is
     /// left; otherwise the problems are in [`Runtime::problems`].
-    pub fn start(config: Config) -> anyhow::Result<Runtime> {
+    pub fn start(config: Config) -> Result<Runtime, StartError> {
         let mut problems = Vec::new();
         let mut schedulers = BTreeMap::new();
         let mut model_sha256 = BTreeMap::new();
@@ -38,7 +76,11 @@ impl Runtime {
             let scheduler = read_model_file(name, &model.path, model.sha256.as_deref()).and_then(|bytes| {
                 // Already checked against the file when configured.
                 let sha256 = model.sha256.clone().unwrap_or_else(|| hex::encode(Sha256::digest(&bytes))).to_ascii_lowercase();
-                let loaded = TractBackend.load(name, &bytes, &model.input_shapes)?;
+                let engine = crate::infer::engine(&model.engine).ok_or_else(|| ModelError::Run {
+                    model: name.clone(),
+                    message: format!("no engine `{}` in this build", model.engine),
+                })?;
+                let loaded = engine.load(name, &bytes, &model.input_shapes)?;
                 tracing::debug!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
                 let remembered = ExecutionCache::new(&config.cache_dir(), &sha256);
                 let scheduler = Scheduler::start_cached(loaded, model.batching.clone(), Some(&remembered))?;
@@ -49,15 +91,17 @@ impl Runtime {
                 Ok(scheduler) => {
                     schedulers.insert(name.clone(), scheduler);
                 }
-                Err(e) => problems.push(e.to_string()),
+                Err(e) => problems.push(Problem::Model(e)),
             }
         }
 
         let host = PluginHost::with_nn(
             &EngineOptions::for_config(&config),
             scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes),
-        )?;
-        // Each plugin is loaded once, as the kind its first pipeline needs.
+        )
+        .map_err(|e| StartError::Engine(e.into()))?;
+        // Each plugin is loaded once, as the kind its pipelines need (the
+        // configuration guarantees a plugin has one role).
         let mut plugins: BTreeMap<&str, Option<Arc<Plugin>>> = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
             for (plugin, kind) in [
@@ -67,8 +111,11 @@ impl Runtime {
                 plugins.entry(plugin).or_insert_with(|| {
                     match host.load(plugin, &config.plugins[plugin], kind) {
                         Ok(loaded) => Some(Arc::new(loaded)),
-                        Err(e) => {
-                            problems.push(format!("{e} (needed by pipeline `{name}`)"));
+                        Err(error) => {
+                            problems.push(Problem::Plugin {
+                                error,
+                                pipeline: name.clone(),
+                            });
                             None
                         }
                     }
@@ -94,16 +141,16 @@ impl Runtime {
                     },
                 );
             } else {
-                problems.push(format!(
-                    "pipeline `{name}` is disabled: a plugin or model it needs did not start"
-                ));
+                problems.push(Problem::PipelineDisabled {
+                    pipeline: name.clone(),
+                });
             }
         }
         for problem in &problems {
             tracing::error!("{problem}");
         }
         if pipelines.is_empty() && !config.pipelines.is_empty() {
-            anyhow::bail!("no pipeline could start:\n  {}", problems.join("\n  "));
+            return Err(StartError::NoPipeline { problems });
         }
         let pipelines_named = pipelines.keys().cloned().collect::<Vec<_>>();
         tracing::info!(pipelines = ?pipelines_named, "runtime started");
@@ -117,75 +164,69 @@ impl Runtime {
         })
     }
 
+    /// The configuration it runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The plugin host.
+    pub fn host(&self) -> &PluginHost {
+        &self.host
+    }
+
+    /// The scheduler of model `name`, if it runs.
+    pub fn scheduler(&self, name: &str) -> Option<&Scheduler> {
+        self.schedulers.get(name)
+    }
+
+    /// The running pipelines, by name.
+    pub fn pipelines(&self) -> impl Iterator<Item = &Pipeline> {
+        self.pipelines.values()
+    }
+
+    /// What failed at start-up.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// SHA-256 (hex) of running model `name`'s file.
+    pub fn model_sha256(&self, name: &str) -> Option<&str> {
+        self.model_sha256.get(name).map(String::as_str)
+    }
+
     /// The pipeline called `name`, or the only one when `name` is `None`.
-    pub fn pipeline(&self, name: Option<&str>) -> anyhow::Result<&Pipeline> {
+    pub fn pipeline(&self, name: Option<&str>) -> Result<&Pipeline, PipelineChoiceError> {
+        let running = || self.pipelines.keys().cloned().collect::<Vec<_>>();
         match name {
-            Some(name) => self.pipelines.get(name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no running pipeline `{name}` (running: {:?})",
-                    self.pipelines.keys().collect::<Vec<_>>()
-                )
-            }),
-            None if self.pipelines.len() == 1 => Ok(self.pipelines.values().next().unwrap()),
-            None => anyhow::bail!(
-                "the configuration has {} pipelines; choose one with --pipeline ({:?})",
-                self.pipelines.len(),
-                self.pipelines.keys().collect::<Vec<_>>()
-            ),
+            Some(name) => self
+                .pipelines
+                .get(name)
+                .ok_or_else(|| PipelineChoiceError::Unknown {
+                    name: name.to_owned(),
+                    running: running(),
+                }),
+            None if self.pipelines.len() == 1 => Ok(self.pipelines.values().next().expect("one")),
+            None => Err(PipelineChoiceError::Ambiguous { running: running() }),
         }
     }
 }
 
-/// Run `items` through `pipeline` in batches of the model's batch size, with
-/// as many batches in flight as the scheduler has threads, so that batches
-/// from concurrent callers merge. `progress` is called with each finished
-/// batch's size. Outcomes come back in input order.
-pub fn process_all(
-    pipeline: &Pipeline,
-    items: Vec<RawItem>,
-    progress: &(dyn Fn(usize) + Sync),
-) -> Vec<Outcome> {
-    let batch = pipeline.scheduler.config().max_batch_size.max(1);
-    let workers = pipeline.scheduler.config().threads.max(1);
-    let chunks: Vec<Vec<RawItem>> = {
-        let mut chunks = Vec::new();
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            chunks.push(items.by_ref().take(batch).collect());
-        }
-        chunks
-    };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let chunks: Vec<std::sync::Mutex<Option<Vec<RawItem>>>> = chunks
-        .into_iter()
-        .map(|c| std::sync::Mutex::new(Some(c)))
-        .collect();
-    let mut done: Vec<(usize, Vec<Outcome>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers.min(chunks.len()).max(1))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let ix = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(chunk) = chunks.get(ix).and_then(|c| c.lock().unwrap().take())
-                        else {
-                            break;
-                        };
-                        let outcomes = pipeline.process(chunk);
-                        progress(outcomes.len());
-                        mine.push((ix, outcomes));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("pipeline worker panicked"))
-            .collect()
-    });
-    done.sort_by_key(|(ix, _)| *ix);
-    done.into_iter()
-        .flat_map(|(_, outcomes)| outcomes)
-        .collect()
+/// Why [`Runtime::pipeline`] found none.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineChoiceError {
+    /// No running pipeline has that name.
+    #[error("no running pipeline `{name}` (running: {running:?})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The running pipelines.
+        running: Vec<String>,
+    },
+    /// No name was given and there is not exactly one pipeline.
+    #[error("choose a pipeline with --pipeline (running: {running:?})")]
+    Ambiguous {
+        /// The running pipelines.
+        running: Vec<String>,
+    },
 }

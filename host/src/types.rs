@@ -166,6 +166,20 @@ pub enum ItemError {
     Inference { model: String, message: String },
 }
 
+impl ItemError {
+    /// A stable, machine-readable name of the error's kind, as results
+    /// carry it upstream.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ItemError::InvalidInput { .. } => "invalid-input",
+            ItemError::Unsupported { .. } => "unsupported",
+            ItemError::Internal { .. } => "internal",
+            ItemError::PluginFault { .. } => "plugin-fault",
+            ItemError::Inference { .. } => "inference",
+        }
+    }
+}
+
 /// How a plugin instance failed while handling an item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {

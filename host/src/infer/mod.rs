@@ -2,13 +2,35 @@
 //! never knows which engine runs: a [`Backend`] loads a [`Model`], a model
 //! builds a [`Plan`] per batch size, a plan runs a batch.
 //!
-//! The only backend today is tract ([`tract::TractBackend`]): pure Rust, no
-//! native libraries, the same on ARM and x86.
+//! Engines are chosen by name (`engine` in a model's configuration) through
+//! [`engine`]; nothing else constructs one. The only engine today is tract
+//! ([`tract::TractBackend`]): pure Rust, no native libraries, the same on ARM
+//! and x86. Another engine is one new file here plus one line in [`engine`].
 //!
 //! Invariant: inference happens only in the scheduler ([`crate::schedule`]),
 //! which owns the plans; these traits are its tools.
 
 pub mod tract;
+
+/// The engine used when a model's configuration names none.
+pub const DEFAULT_ENGINE: &str = "tract";
+
+/// The engines of this build, by the name a configuration uses.
+pub const ENGINES: &[&str] = &["tract"];
+
+/// The engine called `name`.
+pub fn engine(name: &str) -> Option<&'static dyn Backend> {
+    match name {
+        "tract" => Some(&tract::TractBackend),
+        _ => None,
+    }
+}
+
+/// The engine for ONNX models that plugins load themselves through
+/// `wasi:nn` (`graph-encoding::onnx`).
+pub fn onnx_engine() -> &'static dyn Backend {
+    engine(DEFAULT_ENGINE).expect("the default engine is always built")
+}
 
 use crate::types::{DType, Tensor};
 use sha2::{Digest, Sha256};
@@ -25,6 +47,10 @@ pub trait Backend: Send + Sync {
         bytes: &[u8],
         shapes: &InputShapes,
     ) -> Result<Arc<dyn Model>, ModelError>;
+
+    /// The operator types a model uses, each with whether this engine
+    /// implements it (`sluice model inspect`).
+    fn operators(&self, name: &str, bytes: &[u8]) -> Result<Vec<(String, bool)>, ModelError>;
 }
 
 /// Per input name, the dimensions after the batch axis.

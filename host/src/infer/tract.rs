@@ -27,10 +27,17 @@ impl Backend for TractBackend {
     ) -> Result<Arc<dyn Model>, ModelError> {
         Ok(Arc::new(TractModel::load(name, bytes, shapes)?))
     }
+
+    fn operators(&self, name: &str, bytes: &[u8]) -> Result<Vec<(String, bool)>, ModelError> {
+        operator_support(bytes).map_err(|message| ModelError::Parse {
+            model: name.to_owned(),
+            message,
+        })
+    }
 }
 
 /// The ONNX operator types a model uses, with whether tract implements them.
-pub fn operator_support(bytes: &[u8]) -> Result<Vec<(String, bool)>, String> {
+fn operator_support(bytes: &[u8]) -> Result<Vec<(String, bool)>, String> {
     let onnx = tract_onnx::onnx();
     let proto = onnx
         .proto_model_for_read(&mut &*bytes)

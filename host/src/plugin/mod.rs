@@ -26,7 +26,7 @@ pub use limits::PluginLimits;
 pub use nn::{MAX_GUEST_ITEMS, scheduler_nn};
 pub use sandbox::PluginState;
 
-use crate::config::{Grants, PluginConfig};
+use crate::config::{Grants, PluginConfig, PluginSource};
 use crate::error::{PluginError, PluginErrorCause};
 use crate::types::{
     DType, Document, Fault, Inferred, ItemError, ItemResults, Metadata, RawItem, Tensor,
@@ -38,10 +38,6 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi_nn::wit::WasiNnCtx;
-
-/// A plugin path of the form `bundled:NAME` names a plugin shipped inside
-/// the `sluice` binary.
-pub const BUNDLED_PREFIX: &str = "bundled:";
 
 /// Which plugin world a component targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +185,6 @@ impl PluginHost {
     }
 }
 
-/// Reads a plugin's bytes from a file or from the bundled set.
 /// Why a component could not be had from the cache: with a compiler, the
 /// bytes are not a component; without one, it was not precompiled.
 fn cache_error(e: &wasmtime::Error) -> PluginErrorCause {
@@ -200,18 +195,26 @@ fn cache_error(e: &wasmtime::Error) -> PluginErrorCause {
     }
 }
 
-fn read_wasm(path: &str) -> Result<Cow<'static, [u8]>, PluginErrorCause> {
-    if let Some(name) = path.strip_prefix(BUNDLED_PREFIX) {
-        return crate::bundled::get(name).map(Cow::Borrowed).ok_or_else(|| {
-            PluginErrorCause::UnknownBundled(name.to_owned(), crate::bundled::names().join(", "))
-        });
+/// A plugin's bytes, from its file or from the bundled set.
+pub fn read_wasm(source: &PluginSource) -> Result<Cow<'static, [u8]>, PluginErrorCause> {
+    match source {
+        PluginSource::Bundled(name) => {
+            crate::bundled::get(name).map(Cow::Borrowed).ok_or_else(|| {
+                PluginErrorCause::UnknownBundled(
+                    name.to_owned(),
+                    crate::bundled::names().join(", "),
+                )
+            })
+        }
+        PluginSource::File(path) => {
+            std::fs::read(path)
+                .map(Cow::Owned)
+                .map_err(|source| PluginErrorCause::Read {
+                    path: path.clone(),
+                    source,
+                })
+        }
     }
-    std::fs::read(path)
-        .map(Cow::Owned)
-        .map_err(|source| PluginErrorCause::Read {
-            path: path.into(),
-            source,
-        })
 }
 
 /// The last error in a chain, which is what a user needs to read

@@ -14,8 +14,7 @@
 //! (`runtime.guest_model_max_bytes`): models are the operator's choice.
 
 use super::NnContextFactory;
-use crate::infer::tract::TractBackend;
-use crate::infer::{Backend, InputShapes};
+use crate::infer::InputShapes;
 use crate::schedule::{BatchConfig, ExecutionMode, Scheduler};
 use crate::types::{DType, ItemError, Tensor, stack_items};
 use std::collections::HashMap;
@@ -105,7 +104,7 @@ impl BackendInner for GuestModels {
                 self.max_bytes
             )));
         }
-        let model = TractBackend
+        let model = crate::infer::onnx_engine()
             .load("guest-model", bytes, &InputShapes::new())
             .map_err(|e| access(e.to_string()))?;
         let config = BatchConfig {

@@ -1,9 +1,9 @@
 //! The bundled plugins, run as real components in a real host: each one's
 //! configuration, happy path and item errors.
 
+use crate::common::*;
 use sluice::plugin::{Plugin, PluginKind};
 use sluice::types::{DType, Document, Inferred, ItemError, Metadata, Tensor};
-use sluice_tests::*;
 use std::io::Cursor;
 
 const PRE: PluginKind = PluginKind::Preprocessor;

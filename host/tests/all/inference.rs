@@ -2,14 +2,14 @@
 //! the digits and anomaly pipelines, batching through the scheduler (also
 //! for guests calling `wasi:nn`), and each way a model or a tensor can be bad.
 
+use crate::common::*;
 use sluice::config::Config;
-use sluice::infer::tract::TractBackend;
-use sluice::infer::{Backend, InputShapes, ModelError, read_model_file};
+use sluice::infer::{InputShapes, ModelError, onnx_engine, read_model_file};
+use sluice::pipeline::process_all;
 use sluice::plugin::{EngineOptions, PluginHost, PluginKind, scheduler_nn};
-use sluice::runtime::{Runtime, process_all};
+use sluice::runtime::Runtime;
 use sluice::schedule::{BatchConfig, ExecutionCache, ExecutionMode, Scheduler};
 use sluice::types::{DType, ItemError, RawItem, Tensor};
-use sluice_tests::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -27,18 +27,28 @@ fn start_example(example: &str, batching: BatchConfig) -> Runtime {
         .join(example)
         .join("sluice.toml");
     let mut config = Config::load(&path).unwrap();
-    let cache = tempfile::tempdir().unwrap().keep();
-    config.runtime.cache_dir = Some(cache);
+    config.runtime.cache_dir = Some(shared_cache_dir());
     for model in config.models.values_mut() {
         model.batching = batching.clone();
     }
     Runtime::start(config).unwrap()
 }
 
+/// Batching with a pinned execution (one stacked tensor per batch): tests
+/// must not depend on what a measurement on a busy machine chose.
 fn batching(max_batch_size: usize) -> BatchConfig {
     BatchConfig {
         max_batch_size,
+        execution: ExecutionMode::Stacked,
         ..BatchConfig::default()
+    }
+}
+
+/// Batching whose execution is measured (and remembered).
+fn measured(max_batch_size: usize) -> BatchConfig {
+    BatchConfig {
+        execution: ExecutionMode::Auto,
+        ..batching(max_batch_size)
     }
 }
 
@@ -185,7 +195,7 @@ fn anomaly_pipeline_matches_the_models_auc_and_alerts() {
 
 fn digits_model() -> std::sync::Arc<dyn sluice::infer::Model> {
     let path = repo_root().join("models/digits/digits_mlp.onnx");
-    TractBackend
+    onnx_engine()
         .load("digits", &std::fs::read(path).unwrap(), &InputShapes::new())
         .unwrap()
 }
@@ -270,29 +280,36 @@ fn the_measured_execution_choice_is_remembered_per_model_and_settings() {
     let dir = tempfile::tempdir().unwrap();
     let cache = ExecutionCache::new(dir.path(), &"ab".repeat(32));
     let files = || std::fs::read_dir(dir.path()).unwrap().count();
-    let first = Scheduler::start_cached(digits_model(), batching(8), Some(&cache)).unwrap();
+    let first = Scheduler::start_cached(digits_model(), measured(8), Some(&cache)).unwrap();
     assert_eq!(files(), 1, "the measurement is kept");
     // Measurements are timings: equal to the last bit only when reused.
-    let again = Scheduler::start_cached(digits_model(), batching(8), Some(&cache)).unwrap();
+    let again = Scheduler::start_cached(digits_model(), measured(8), Some(&cache)).unwrap();
     assert_eq!(again.execution(), first.execution());
     assert!(!first.execution().measurements.is_empty());
 
     // Other settings (or another model digest) measure afresh.
-    let other = Scheduler::start_cached(digits_model(), batching(16), Some(&cache)).unwrap();
+    let other = Scheduler::start_cached(digits_model(), measured(16), Some(&cache)).unwrap();
     assert_eq!(files(), 2);
     assert!(other.execution().measurements.iter().any(|m| m.chunk == 16));
     let other_model = ExecutionCache::new(dir.path(), &"cd".repeat(32));
-    Scheduler::start_cached(digits_model(), batching(8), Some(&other_model)).unwrap();
+    Scheduler::start_cached(digits_model(), measured(8), Some(&other_model)).unwrap();
     assert_eq!(files(), 3);
 
-    // A damaged file costs a measurement, never the start.
+    // A damaged file costs a measurement, never the start: it is measured
+    // again and remembered again.
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"{not json").unwrap();
     }
-    let remeasured = Scheduler::start_cached(digits_model(), batching(8), Some(&cache)).unwrap();
-    assert_ne!(
-        remeasured.execution().measurements,
-        first.execution().measurements
+    let remeasured = Scheduler::start_cached(digits_model(), measured(8), Some(&cache)).unwrap();
+    assert!(!remeasured.execution().measurements.is_empty());
+    let rewritten = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .filter(|bytes| bytes.as_slice() != b"{not json")
+        .count();
+    assert_eq!(
+        rewritten, 1,
+        "the new measurement replaced the damaged file"
     );
 }
 
@@ -411,7 +428,7 @@ fn a_request_not_started_in_time_is_answered_with_a_timeout() {
 
 fn load_error(path: &Path, sha256: Option<&str>) -> ModelError {
     match read_model_file("m", path, sha256)
-        .and_then(|bytes| TractBackend.load("m", &bytes, &InputShapes::new()))
+        .and_then(|bytes| onnx_engine().load("m", &bytes, &InputShapes::new()))
     {
         Ok(_) => panic!("{} must be refused", path.display()),
         Err(e) => e,
@@ -457,7 +474,7 @@ fn bad_models_are_refused_with_the_cause() {
     let err = load_error(&text_direction, None);
     assert!(err.to_string().contains("input_shapes.x"), "{err}");
     let shapes = InputShapes::from([("x".to_owned(), vec![3, 48, 192])]);
-    let model = TractBackend
+    let model = onnx_engine()
         .load(
             "text-direction",
             &std::fs::read(&text_direction).unwrap(),
@@ -479,15 +496,14 @@ fn a_broken_plugin_disables_only_its_pipeline() {
     );
     let config = Config::parse(&broken, &repo_root().join("examples/digits")).unwrap();
     let runtime = Runtime::start(config).unwrap();
-    assert!(runtime.pipelines.contains_key("digits"));
-    assert!(!runtime.pipelines.contains_key("haunted"));
+    assert!(runtime.pipeline(Some("digits")).is_ok());
+    assert!(runtime.pipeline(Some("haunted")).is_err());
+    let problems: Vec<String> = runtime.problems().iter().map(|p| p.to_string()).collect();
     assert!(
-        runtime
-            .problems
+        problems
             .iter()
             .any(|p| p.contains("plugin `ghost`") && p.contains("/nonexistent/ghost.wasm")),
-        "{:?}",
-        runtime.problems
+        "{problems:?}"
     );
     let (items, _) = digit_items();
     let outcomes = process_all(

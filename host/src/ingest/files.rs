@@ -1,5 +1,5 @@
-//! Ingest: turn inputs from the outside world into [`RawItem`]s with stable
-//! ids and metadata. Today: files and folders (`sluice infer`).
+//! Files as inputs: media types from extensions, and the one-shot reading
+//! of files and folders behind `sluice infer`.
 //!
 //! Invariant: items come out in a deterministic order (arguments in order,
 //! folder entries sorted by name), so results can be matched to inputs.
@@ -46,7 +46,7 @@ pub fn list_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Read one file as an item; its id is `prefix` plus its position.
+/// Read one file as an item with id `id`.
 pub fn read_file_item(path: &Path, id: String) -> std::io::Result<RawItem> {
     let data = std::fs::read(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;

@@ -1,126 +1,42 @@
-//! The commands behind `sluice`'s subcommands. They print for people (or
-//! JSON for programs); the binary only parses arguments and calls these.
+//! `sluice model inspect` and `sluice plugin inspect / compile`: what a
+//! model or plugin is, and how this machine would run it.
 
-use crate::config::{Config, Grants};
-use crate::infer::tract::{TractBackend, operator_support};
-use crate::infer::{Backend, InputShapes, read_model_file};
-use crate::ingest::{list_files, read_file_item};
-use crate::pipeline::Outcome;
-use crate::plugin::{BUNDLED_PREFIX, CacheOutcome, EngineOptions, PluginHost, inspect_component};
-use crate::runtime::{Runtime, process_all};
-use crate::schedule::{BatchConfig, Scheduler};
-use crate::types::ItemError;
 use anyhow::{Context, bail};
-use std::io::Write;
+use sluice::config::{Config, Grants, PluginSource};
+use sluice::infer::{InputShapes, read_model_file};
+use sluice::plugin::{CacheOutcome, EngineOptions, PluginHost, inspect_component, read_wasm};
+use sluice::schedule::{BatchConfig, Scheduler};
 use std::path::{Path, PathBuf};
 
-/// `sluice infer`: one pass of a pipeline over files, JSON Lines on stdout.
-pub fn infer(
-    config: &Path,
-    pipeline: Option<&str>,
-    inputs: &[PathBuf],
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let mut config = Config::load(config)?;
-    if let Some(dir) = data_dir {
-        config.device.data_dir = dir;
-    }
-    let runtime = Runtime::start(config)?;
-    let pipeline = runtime.pipeline(pipeline)?;
-    let files = list_files(inputs)?;
-    let items = files
-        .iter()
-        .enumerate()
-        .map(|(ix, path)| {
-            read_file_item(
-                path,
-                format!("{}/{}/{ix}", runtime.config.device.id, pipeline.name),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let bar = progress_bar(items.len());
-    let outcomes = process_all(pipeline, items, &|n| bar.inc(n as u64));
-    bar.finish_and_clear();
-    let mut out = std::io::stdout().lock();
-    let mut failed = 0;
-    for (path, outcome) in files.iter().zip(&outcomes) {
-        failed += usize::from(outcome.result.is_err());
-        writeln!(out, "{}", outcome_json(path, outcome))?;
-    }
-    if failed > 0 {
-        eprintln!(
-            "{failed} of {} input(s) failed; see their `error` fields",
-            outcomes.len()
-        );
-    }
-    Ok(())
-}
-
-/// A progress bar on stderr, shown only on a terminal and for long runs.
-pub fn progress_bar(len: usize) -> indicatif::ProgressBar {
-    if len < 64 || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} items, {per_sec}, eta {eta}")
-            .expect("valid progress template"),
-    );
-    bar
-}
-
-/// One JSON Lines record for an outcome.
-pub fn outcome_json(input: &Path, outcome: &Outcome) -> serde_json::Value {
-    let mut record = serde_json::json!({ "id": outcome.id, "input": input.display().to_string() });
-    match &outcome.result {
-        Ok(document) => {
-            record["result"] = if document.content_type == "application/json" {
-                serde_json::from_slice(&document.body)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&document.body).into())
-            } else {
-                String::from_utf8_lossy(&document.body).into()
-            };
-        }
-        Err(error) => {
-            record["error"] = error.to_string().into();
-            record["error_kind"] = error_kind(error).into();
-        }
-    }
-    record
-}
-
-/// A stable, machine-readable name for an error's kind.
-pub fn error_kind(error: &ItemError) -> &'static str {
-    match error {
-        ItemError::InvalidInput { .. } => "invalid-input",
-        ItemError::Unsupported { .. } => "unsupported",
-        ItemError::Internal { .. } => "internal",
-        ItemError::PluginFault { .. } => "plugin-fault",
-        ItemError::Inference { .. } => "inference",
-    }
-}
-
 /// `sluice model inspect`.
-pub fn model_inspect(
+pub fn model(
     file: &Path,
+    engine: &str,
     shapes: &InputShapes,
     max_batch_size: usize,
     json: bool,
 ) -> anyhow::Result<()> {
+    let backend = sluice::infer::engine(engine).with_context(|| {
+        format!(
+            "no engine `{engine}` in this build (engines: {})",
+            sluice::infer::ENGINES.join(", ")
+        )
+    })?;
     let name = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let bytes = read_model_file(&name, file, None)?;
-    let ops = operator_support(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a valid ONNX model: {e}", file.display()))?;
+    let ops = backend
+        .operators(&name, &bytes)
+        .with_context(|| file.display().to_string())?;
     let unsupported: Vec<&str> = ops
         .iter()
         .filter(|(_, ok)| !ok)
         .map(|(op, _)| op.as_str())
         .collect();
     let scheduler = if unsupported.is_empty() {
-        let model = TractBackend.load(&name, &bytes, shapes)?;
+        let model = backend.load(&name, &bytes, shapes)?;
         Some(Scheduler::start(
             model,
             BatchConfig {
@@ -155,7 +71,7 @@ pub fn model_inspect(
             .join(", ")
     );
     let Some(scheduler) = scheduler else {
-        bail!("tract does not implement: {}", unsupported.join(", "));
+        bail!("{engine} does not implement: {}", unsupported.join(", "));
     };
     for (title, specs) in [
         ("inputs", scheduler.model().inputs()),
@@ -238,17 +154,7 @@ pub fn plugin_inspect(file: &str, config: Option<(&Path, &str)>, json: bool) -> 
         }
         None => (Grants::default(), None),
     };
-    let wasm = match file.strip_prefix(BUNDLED_PREFIX) {
-        Some(name) => crate::bundled::get(name)
-            .with_context(|| {
-                format!(
-                    "no bundled plugin `{name}` (bundled: {})",
-                    crate::bundled::names().join(", ")
-                )
-            })?
-            .to_vec(),
-        None => std::fs::read(file).with_context(|| format!("cannot read {file}"))?,
-    };
+    let wasm = read_wasm(&PluginSource::parse(file)).with_context(|| file.to_owned())?;
     let host = PluginHost::new(&EngineOptions {
         cache_dir,
         ..EngineOptions::default()

@@ -1,5 +1,6 @@
 //! The `sluice` binary as a user runs it.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn sluice(args: &[&str]) -> Output {
@@ -21,19 +22,34 @@ fn stderr(output: &Output) -> String {
 fn help_lists_the_commands() {
     let out = sluice(&["--help"]);
     assert!(out.status.success());
-    for command in ["demo", "infer", "plugin", "model"] {
+    let text = stdout(&out);
+    let commands: Vec<&str> = text
+        .split("Commands:")
+        .nth(1)
+        .expect("a Commands section")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for command in ["demo", "infer", "run", "outbox", "plugin", "model"] {
         assert!(
-            stdout(&out).contains(command),
-            "{command} missing from help:\n{}",
-            stdout(&out)
+            commands.contains(&command),
+            "{command} missing: {commands:?}"
         );
     }
+    assert!(
+        !commands.contains(&"collect"),
+        "the collector is its own program: {commands:?}"
+    );
 }
 
 #[test]
 fn the_demo_delivers_every_result_once_to_its_collector() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = sluice(&["demo", "--data-dir", dir.path().to_str().unwrap()]);
+    // Kept across runs like a user's data dir: the compiled plugins and the
+    // measured execution are reused, the demo's own state starts empty.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-data");
+    let out = sluice(&["demo", "--data-dir", dir.to_str().unwrap()]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(
@@ -61,7 +77,7 @@ fn the_demo_delivers_every_result_once_to_its_collector() {
     assert!(accuracy > 0.97, "{text}");
 
     // The collector's own database holds each result once, with its provenance.
-    let results = std::fs::read_to_string(dir.path().join("demo/results.jsonl")).unwrap();
+    let results = std::fs::read_to_string(dir.join("demo/results.jsonl")).unwrap();
     let docs: Vec<serde_json::Value> = results
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -244,8 +260,31 @@ fn infer_prints_one_json_line_per_input_in_order_with_errors_in_place() {
         .collect();
     let inputs: Vec<&str> = lines
         .iter()
-        .map(|l| l["input"].as_str().unwrap().rsplit('/').next().unwrap())
+        .map(|l| {
+            l["input"]["attributes"]["file"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+        })
         .collect();
+    // The same record shape the agent ships upstream.
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "demo-gateway/digits/0",
+            "demo-gateway/digits/1",
+            "demo-gateway/digits/2",
+            "demo-gateway/digits/3"
+        ]
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["kind"] == "result" && l["provenance"]["model_sha256"].is_string())
+    );
     assert_eq!(
         inputs,
         ["0-digit.png", "1-digit.png", "1b-broken.png", "2-digit.png"]
@@ -261,10 +300,13 @@ fn infer_prints_one_json_line_per_input_in_order_with_errors_in_place() {
             .unwrap()
             .to_owned()
     };
-    assert_eq!(lines[0]["result"]["label"], label_of("0000.png"));
-    assert_eq!(lines[2]["error_kind"], "invalid-input");
+    assert_eq!(lines[0]["result"]["body"]["label"], label_of("0000.png"));
+    assert_eq!(lines[2]["error"]["kind"], "invalid-input");
     assert!(
-        lines[2]["error"].as_str().unwrap().contains("digits-pre"),
+        lines[2]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("digits-pre"),
         "{}",
         lines[2]
     );
@@ -290,11 +332,12 @@ fn model_inspect_shows_io_operators_and_the_measured_execution_choice() {
         "operators:  Gemm, Relu, Softmax",
         "input F32 [N, 64]",
         "probabilities F32 [N, 10]",
-        "<- chosen",
-        "chunk   8 x 1",
+        "chunk   1 x 1",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    // Which candidate wins is a measurement; that one is marked is not.
+    assert_eq!(text.matches("<- chosen").count(), 1, "{text}");
     let json = sluice(&[
         "model",
         "inspect",
@@ -304,12 +347,13 @@ fn model_inspect_shows_io_operators_and_the_measured_execution_choice() {
         "--json",
     ]);
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let execution = &report["execution"];
+    let measured = execution["measurements"].as_array().unwrap();
     assert!(
-        report["execution"]["measurements"]
-            .as_array()
-            .unwrap()
-            .len()
-            >= 3
+        measured
+            .iter()
+            .any(|m| m["chunk"] == execution["chunk"] && m["threads"] == execution["threads"]),
+        "the choice is one of the measured candidates: {execution}"
     );
 
     let unsupported = sluice(&[

@@ -4,15 +4,11 @@
 //! stores none twice; a batch acknowledged upstream but not recorded before
 //! the kill is not stored twice; folder inputs are taken exactly once; a
 //! damaged outbox is moved aside at start-up.
-//!
-//! Lives in `host/tests/` for `CARGO_BIN_EXE_sluice`.
 
-#[path = "../../tests/fault_proxy.rs"]
-mod fault_proxy;
-
-use fault_proxy::{Fault, FaultProxy};
+use crate::common::{hex_sha256, http, repo_root};
+use crate::fault_proxy::{Fault, FaultProxy};
 use rand::{RngExt, SeedableRng};
-use sluice::collector::{Collector, Tokens};
+use sluice_collector::{Collector, Tokens};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -23,16 +19,9 @@ use std::time::{Duration, Instant};
 const DEVICE: &str = "dev-agent";
 const TOKEN: &str = "agent-secret";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
 /// Digit images to post, as bytes.
 fn images() -> Vec<Vec<u8>> {
-    let dir = repo().join("models/digits/heldout");
+    let dir = repo_root().join("models/digits/heldout");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -48,7 +37,7 @@ fn images() -> Vec<Vec<u8>> {
 
 fn collector(dir: &Path) -> Collector {
     let mut tokens = Tokens::default();
-    tokens.insert(DEVICE, TOKEN);
+    tokens.insert(DEVICE, TOKEN).unwrap();
     Collector::start(
         std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         &dir.join("collector.sqlite"),
@@ -58,31 +47,72 @@ fn collector(dir: &Path) -> Collector {
 }
 
 /// The digits example with absolute paths, a test data dir, a shared plugin
-/// cache, loopback ingest and quick sync retries.
-fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>, extra: &str) -> PathBuf {
-    let example = std::fs::read_to_string(repo().join("examples/digits/sluice.toml")).unwrap();
-    let base = example.split("# --- `sluice run`").next().unwrap();
-    let root = repo().display().to_string();
-    let base = base
-        .replace(
-            "data_dir = \"../../target/sluice-demo\"",
-            &format!("data_dir = {:?}", dir.join("data").display().to_string()),
-        )
-        .replace("\"../../", &format!("\"{root}/"))
-        .replace("id = \"demo-gateway\"", &format!("id = \"{DEVICE}\""));
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-plugin-cache");
-    let folder = folder
-        .map(|f| format!("folder = {:?}\npoll_ms = 20\n", f.display().to_string()))
-        .unwrap_or_default();
-    let text = format!(
-        "{base}\n[runtime]\ncache_dir = {:?}\n\n[ingest]\nlisten = \"127.0.0.1:0\"\n{folder}\n\
-         [sync]\nurl = {sync_url:?}\ntoken = {TOKEN:?}\ntimeout_ms = 1000\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n\
-         interval_ms = 50\nbatch_max_records = 16\n{extra}",
-        cache.display().to_string()
+/// cache, loopback ingest and quick sync retries: edited as TOML values,
+/// never as text.
+fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
+    use toml::Value;
+    let example = repo_root().join("examples/digits");
+    let text = std::fs::read_to_string(example.join("sluice.toml")).unwrap();
+    let mut config: toml::Table = toml::from_str(&text).unwrap();
+    let path = |p: &Path| Value::String(p.display().to_string());
+    let absolute = |v: &mut Value| {
+        let relative = v.as_str().expect("a path").to_owned();
+        if !relative.starts_with("bundled:") {
+            *v = path(&example.join(relative));
+        }
+    };
+    for (_, model) in config["models"].as_table_mut().unwrap().iter_mut() {
+        absolute(&mut model["path"]);
+    }
+    for (_, plugin) in config["plugins"].as_table_mut().unwrap().iter_mut() {
+        absolute(&mut plugin["path"]);
+        if let Some(dirs) = plugin
+            .get_mut("grants")
+            .and_then(|g| g.get_mut("dirs"))
+            .and_then(Value::as_array_mut)
+        {
+            for grant in dirs {
+                absolute(&mut grant["host"]);
+            }
+        }
+    }
+    let table = |pairs: Vec<(&str, Value)>| {
+        Value::Table(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    };
+    config.insert(
+        "device".into(),
+        table(vec![
+            ("id", DEVICE.into()),
+            ("data_dir", path(&dir.join("data"))),
+        ]),
     );
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-plugin-cache");
+    config.insert("runtime".into(), table(vec![("cache_dir", path(&cache))]));
+    let mut ingest = vec![("listen", "127.0.0.1:0".into())];
+    if let Some(folder) = folder {
+        ingest.extend([("folder", path(folder)), ("poll_ms", 20.into())]);
+    }
+    config.insert("ingest".into(), table(ingest));
+    config.insert(
+        "sync".into(),
+        table(vec![
+            ("url", sync_url.into()),
+            ("token", TOKEN.into()),
+            ("timeout_ms", 1000.into()),
+            ("backoff_initial_ms", 20.into()),
+            ("backoff_max_ms", 200.into()),
+            ("interval_ms", 50.into()),
+            ("batch_max_records", 16.into()),
+        ]),
+    );
+    config.remove("outbox");
+    let file = dir.join("sluice.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    // What the agent will load must be what the test meant.
+    let loaded = sluice::config::Config::load(&file).unwrap();
+    assert_eq!(loaded.device.id, DEVICE);
+    assert_eq!(loaded.device.data_dir, dir.join("data"));
+    file
 }
 
 struct Agent {
@@ -178,25 +208,21 @@ impl Agent {
     }
 }
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
 /// POST one image; the id if it was acknowledged.
-fn ingest(client: &reqwest::blocking::Client, url: &str, image: &[u8]) -> Option<String> {
-    let response = client
+fn ingest(url: &str, image: &[u8]) -> Option<String> {
+    let request = reqwest::Client::new()
         .post(format!("{url}/v1/ingest/digits"))
         .header("Content-Type", "image/png")
         .body(image.to_vec())
-        .send()
-        .ok()?;
-    if response.status().as_u16() != 202 {
+        .timeout(Duration::from_secs(5));
+    let (status, body) = crate::common::tokio().block_on(async {
+        let response = request.send().await.ok()?;
+        Some((response.status().as_u16(), response.bytes().await.ok()?))
+    })?;
+    if status != 202 {
         return None;
     }
-    let body: serde_json::Value = serde_json::from_str(&response.text().ok()?).ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&body).ok()?;
     body["id"].as_str().map(str::to_owned)
 }
 
@@ -205,17 +231,16 @@ fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
     let mut all = BTreeMap::new();
     let mut after = i64::MIN;
     for _ in 0..1000 {
-        let text = client()
-            .get(format!(
-                "{}/v1/devices/{DEVICE}/results?after={after}&limit=1000",
-                collector.url()
-            ))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let (status, body) = http(
+            reqwest::Client::new()
+                .get(format!(
+                    "{}/v1/devices/{DEVICE}/results?after={after}&limit=1000",
+                    collector.url()
+                ))
+                .bearer_auth(TOKEN),
+        );
+        assert_eq!(status, 200);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let page = body["results"].as_array().unwrap().clone();
         if page.is_empty() {
             break;
@@ -248,21 +273,20 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 fn sigterm_drains_and_exits_zero_and_every_result_arrives_once() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
-    let agent = Agent::start(&write_config(dir.path(), &collector.url(), None, ""));
-    let client = client();
+    let agent = Agent::start(&write_config(dir.path(), &collector.url(), None));
     let acked: BTreeSet<String> = images()
         .iter()
-        .map(|img| ingest(&client, &agent.url, img).expect("202"))
+        .map(|img| ingest(&agent.url, img).expect("202"))
         .collect();
     assert_eq!(acked.len(), 64);
     // Unknown pipelines are refused by name.
-    let response = client
-        .post(format!("{}/v1/ingest/nope", agent.url))
-        .body("x")
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 404);
-    assert!(response.text().unwrap().contains("`nope`"));
+    let (status, body) = http(
+        reqwest::Client::new()
+            .post(format!("{}/v1/ingest/nope", agent.url))
+            .body("x"),
+    );
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("`nope`"));
 
     assert!(
         wait_until(Duration::from_secs(30), || stored(&collector).len() == 64),
@@ -271,10 +295,13 @@ fn sigterm_drains_and_exits_zero_and_every_result_arrives_once() {
     let results = stored(&collector);
     assert_eq!(results.keys().cloned().collect::<BTreeSet<_>>(), acked);
     let doc = results.values().next().unwrap();
+    let model = std::fs::read(repo_root().join("models/digits/digits_mlp.onnx")).unwrap();
     assert_eq!(
         doc["provenance"]["model_sha256"],
-        "7aeb717bde754c67e4cf1af823f89ad76eb15876f93c05849b39ff088259d5fd"
+        hex_sha256(&model),
+        "the record names the model that made it"
     );
+    assert_eq!(doc["kind"], "result");
     assert!(doc["result"]["body"]["label"].is_string(), "{doc}");
     assert!(doc["timings"]["infer_us"].is_u64(), "{doc}");
     assert_eq!(agent.sigterm(), 0);
@@ -302,7 +329,7 @@ fn sigkill_at_random_points_loses_no_acknowledged_input() {
     // The proxy fails some rounds' uploads so that results pile up in the
     // outbox and kills also land during retries and batch re-sends.
     let proxy = FaultProxy::start(collector.addr(), Fault::Pass);
-    let config = write_config(dir.path(), &proxy.url(), None, "");
+    let config = write_config(dir.path(), &proxy.url(), None);
     let images = images();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut acked = BTreeSet::new();
@@ -320,9 +347,8 @@ fn sigkill_at_random_points_loses_no_acknowledged_input() {
         let (url, batch) = (agent.url.clone(), images.clone());
         let count = rng.random_range(5..40);
         let poster = std::thread::spawn(move || {
-            let client = client();
             for image in batch.iter().cycle().take(count) {
-                match ingest(&client, &url, image) {
+                match ingest(&url, image) {
                     Some(id) => tx.send(id).unwrap(),
                     None => break, // The agent died under us.
                 }
@@ -371,13 +397,12 @@ fn a_batch_acknowledged_but_not_recorded_before_a_kill_is_not_stored_twice() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
     let proxy = FaultProxy::start(collector.addr(), Fault::HoldAnswer);
-    let config = write_config(dir.path(), &proxy.url(), None, "");
+    let config = write_config(dir.path(), &proxy.url(), None);
     let agent = Agent::start(&config);
-    let client = client();
     let acked: BTreeSet<String> = images()
         .iter()
         .take(10)
-        .map(|img| ingest(&client, &agent.url, img).expect("202"))
+        .map(|img| ingest(&agent.url, img).expect("202"))
         .collect();
     // The collector stored a batch; its answer is held; kill the uploader now.
     assert!(FaultProxy::wait_for(
@@ -405,7 +430,7 @@ fn folder_inputs_are_taken_exactly_once_across_kills() {
     let collector = collector(dir.path());
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
-    let config = write_config(dir.path(), &collector.url(), Some(&inbox), "");
+    let config = write_config(dir.path(), &collector.url(), Some(&inbox));
     let images = images();
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut names = BTreeSet::new();
@@ -454,11 +479,11 @@ fn folder_inputs_are_taken_exactly_once_across_kills() {
 fn a_damaged_outbox_is_moved_aside_and_the_agent_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
-    let config = write_config(dir.path(), &collector.url(), None, "");
+    let config = write_config(dir.path(), &collector.url(), None);
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/outbox.sqlite"), vec![0x5a; 64 * 1024]).unwrap();
     let agent = Agent::start(&config);
-    let id = ingest(&client(), &agent.url, &images()[0]).expect("202 on a fresh outbox");
+    let id = ingest(&agent.url, &images()[0]).expect("202 on a fresh outbox");
     assert!(wait_until(Duration::from_secs(30), || stored(&collector)
         .contains_key(&id)));
     let stderr = agent.stderr_text();

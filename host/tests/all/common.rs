@@ -1,5 +1,8 @@
 //! Shared helpers for the integration tests: load the real plugins built by
-//! `sluice-bundled` into a real host.
+//! `sluice-bundled` into a real host, with one compiled-plugin cache shared
+//! by every test (compiling a component with Cranelift takes long; the cache
+//! is keyed by the component's digest and the engine's settings, so sharing
+//! it cannot change what a test sees).
 
 use sluice::config::{Config, PluginConfig};
 use sluice::plugin::{EngineOptions, Plugin, PluginHost, PluginKind};
@@ -14,14 +17,23 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// The compiled-plugin (and execution) cache shared by the tests.
+pub fn shared_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
+
 /// Path of a built plugin (product or test fixture).
 pub fn plugin_path(name: &str) -> &'static Path {
     sluice_bundled::path(name).unwrap_or_else(|| panic!("no built plugin named {name}"))
 }
 
-/// A host with no compiled-plugin cache.
+/// A host with the shared compiled-plugin cache.
 pub fn host() -> PluginHost {
-    PluginHost::new(&EngineOptions::default()).expect("plugin host")
+    PluginHost::new(&EngineOptions {
+        cache_dir: Some(shared_cache_dir()),
+        ..EngineOptions::default()
+    })
+    .expect("plugin host")
 }
 
 /// Parse one `[plugins.NAME]` table written as TOML (without the header);
@@ -52,4 +64,38 @@ pub fn item(id: &str, content_type: &str, data: impl Into<Vec<u8>>) -> RawItem {
 /// A text item, for the `misbehave` test plugin.
 pub fn text(id: &str, data: &str) -> RawItem {
     item(id, "text/plain", data)
+}
+
+/// The tests' tokio runtime (for the uplink and HTTP requests).
+pub fn tokio() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+/// Send `request` (bounded in time); its status and body.
+pub fn http(request: reqwest::RequestBuilder) -> (u16, Vec<u8>) {
+    tokio().block_on(async {
+        let response = request
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .expect("send the request");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.bytes().await.expect("read the answer").to_vec(),
+        )
+    })
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -3,10 +3,11 @@
 //! The `misbehave` fixture does what each item's text asks (see
 //! `plugins/test-plugins/misbehave`).
 
+use crate::common::*;
+use sluice::config::PluginSource;
 use sluice::error::PluginErrorCause;
 use sluice::plugin::{CacheOutcome, EngineOptions, PluginHost, PluginKind};
 use sluice::types::{Fault, Inferred, ItemError, Metadata, Tensor};
-use sluice_tests::*;
 use std::time::{Duration, Instant};
 
 const PRE: PluginKind = PluginKind::Preprocessor;
@@ -232,7 +233,7 @@ fn an_unknown_config_key_is_named_by_init() {
 fn a_missing_file_is_refused_naming_plugin_and_path() {
     let host = host();
     let mut config = plugin_config("misbehave", "");
-    config.path = "/nonexistent/plugin.wasm".into();
+    config.path = PluginSource::File("/nonexistent/plugin.wasm".into());
     let err = host.load("ghost", &config, PRE).unwrap_err().to_string();
     assert!(
         err.contains("plugin `ghost`") && err.contains("/nonexistent/plugin.wasm"),
@@ -252,7 +253,7 @@ fn bytes_that_are_not_a_component_are_refused() {
         let path = dir.path().join(file);
         std::fs::write(&path, bytes).unwrap();
         let mut config = plugin_config("misbehave", "");
-        config.path = path.display().to_string();
+        config.path = PluginSource::File(path.clone());
         let err = host.load("bad", &config, PRE).unwrap_err();
         assert!(
             matches!(err.cause, PluginErrorCause::NotAComponent(_)),

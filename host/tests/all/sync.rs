@@ -3,14 +3,12 @@
 //! reaches the collector exactly once and leaves the outbox only when
 //! acknowledged.
 
-#[path = "fault_proxy.rs"]
-mod fault_proxy;
-
-use fault_proxy::{Fault, FaultProxy};
-use sluice::collector::{Collector, Tokens};
+use crate::common::{http, tokio};
+use crate::fault_proxy::{Fault, FaultProxy};
 use sluice::config::{OutboxConfig, SyncConfig};
 use sluice::outbox::{NewRecord, Outbox, counter};
-use sluice::sync::{SyncError, Uploader, backoff};
+use sluice::uplink::{SyncReport, UplinkError, Uploader};
+use sluice_collector::{Collector, Tokens};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -21,8 +19,8 @@ const TOKEN: &str = "secret-1";
 
 fn tokens() -> Tokens {
     let mut tokens = Tokens::default();
-    tokens.insert(DEVICE, TOKEN);
-    tokens.insert("dev-2", "secret-2");
+    tokens.insert(DEVICE, TOKEN).unwrap();
+    tokens.insert("dev-2", "secret-2").unwrap();
     tokens
 }
 
@@ -65,17 +63,20 @@ fn outbox_with(dir: &std::path::Path, n: u64) -> Arc<Outbox> {
 }
 
 fn get(url: &str, token: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::blocking::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .unwrap();
-    let status = response.status().as_u16();
+    let (status, body) = http(reqwest::Client::new().get(url).bearer_auth(token));
     (
         status,
-        serde_json::from_str(&response.text().unwrap()).unwrap_or(serde_json::Value::Null),
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// An uploader of `outbox` to `url` with `token`.
+fn uploader(outbox: &Arc<Outbox>, url: &str, token: &str) -> Uploader {
+    let config = sync_config(url, token);
+    let uplink = sluice::uplink::from_config(&config, tokio().handle())
+        .unwrap()
+        .expect("sync.url is set");
+    Uploader::new(outbox.clone(), uplink, &config, DEVICE)
 }
 
 fn count(collector: &Collector, device: &str, token: &str) -> u64 {
@@ -106,7 +107,7 @@ fn assert_all_once(collector: &Collector, n: u64) {
     assert_eq!(seqs, (0..n).collect::<Vec<_>>());
 }
 
-fn sync(uploader: &Uploader) -> Result<sluice::sync::SyncReport, SyncError> {
+fn sync(uploader: &Uploader) -> Result<SyncReport, UplinkError> {
     uploader.sync_once(&AtomicBool::new(false))
 }
 
@@ -115,12 +116,7 @@ fn everything_arrives_once_and_leaves_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
     let outbox = outbox_with(dir.path(), 250);
-    let uploader = Uploader::new(
-        outbox.clone(),
-        &sync_config(&collector.url(), TOKEN),
-        DEVICE,
-    )
-    .unwrap();
+    let uploader = uploader(&outbox, &collector.url(), TOKEN);
     let report = sync(&uploader).unwrap();
     assert_eq!((report.batches, report.records), (7, 250));
     assert_eq!(outbox.pending(), (0, 0));
@@ -140,15 +136,10 @@ fn collector_down_then_up_delivers_everything_once() {
         .local_addr()
         .unwrap();
     let outbox = outbox_with(dir.path(), 100);
-    let uploader = Uploader::new(
-        outbox.clone(),
-        &sync_config(&format!("http://{addr}"), TOKEN),
-        DEVICE,
-    )
-    .unwrap();
+    let uploader = uploader(&outbox, &format!("http://{addr}"), TOKEN);
     for _ in 0..3 {
         let error = sync(&uploader).unwrap_err();
-        assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
+        assert!(matches!(error, UplinkError::Unreachable { .. }), "{error}");
     }
     assert_eq!(outbox.pending().0, 100);
     let status = outbox.status().unwrap();
@@ -179,11 +170,10 @@ fn a_500_is_retried_without_loss_or_duplicates() {
     let collector = collector(dir.path());
     let proxy = FaultProxy::start(collector.addr(), Fault::Status500);
     let outbox = outbox_with(dir.path(), 100);
-    let uploader =
-        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader = uploader(&outbox, &proxy.url(), TOKEN);
     let error = sync(&uploader).unwrap_err();
     assert!(
-        matches!(error, SyncError::Status { status: 500, .. }),
+        matches!(error, UplinkError::Refused { status: 500, .. }),
         "{error}"
     );
     assert_eq!(outbox.pending().0, 100);
@@ -199,15 +189,14 @@ fn a_hanging_collector_times_out_and_is_retried() {
     let collector = collector(dir.path());
     let proxy = FaultProxy::start(collector.addr(), Fault::Hang);
     let outbox = outbox_with(dir.path(), 60);
-    let uploader =
-        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader = uploader(&outbox, &proxy.url(), TOKEN);
     let started = std::time::Instant::now();
     let error = sync(&uploader).unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "the request deadline applies"
     );
-    assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
+    assert!(matches!(error, UplinkError::Unreachable { .. }), "{error}");
     assert_eq!(outbox.pending().0, 60);
     proxy.set(Fault::Pass);
     sync(&uploader).unwrap();
@@ -220,10 +209,9 @@ fn an_answer_cut_short_after_the_collector_stored_is_not_stored_twice() {
     let collector = collector(dir.path());
     let proxy = FaultProxy::start(collector.addr(), Fault::CutAnswer);
     let outbox = outbox_with(dir.path(), 100);
-    let uploader =
-        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader = uploader(&outbox, &proxy.url(), TOKEN);
     let error = sync(&uploader).unwrap_err();
-    assert!(matches!(error, SyncError::Unreachable { .. }), "{error}");
+    assert!(matches!(error, UplinkError::Unreachable { .. }), "{error}");
     // The collector has the first batch; the device does not know it.
     assert_eq!(count(&collector, DEVICE, TOKEN), 40);
     assert_eq!(outbox.pending().0, 100);
@@ -240,8 +228,7 @@ fn a_retried_batch_survives_a_device_restart_with_the_same_key() {
     let proxy = FaultProxy::start(collector.addr(), Fault::CutAnswer);
     {
         let outbox = outbox_with(dir.path(), 30);
-        let uploader =
-            Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+        let uploader = uploader(&outbox, &proxy.url(), TOKEN);
         sync(&uploader).unwrap_err();
         assert_eq!(count(&collector, DEVICE, TOKEN), 30);
     }
@@ -253,8 +240,7 @@ fn a_retried_batch_survives_a_device_restart_with_the_same_key() {
         .append((30..50).map(|s| doc(DEVICE, s)).collect())
         .unwrap();
     proxy.set(Fault::Pass);
-    let uploader =
-        Uploader::new(outbox.clone(), &sync_config(&proxy.url(), TOKEN), DEVICE).unwrap();
+    let uploader = uploader(&outbox, &proxy.url(), TOKEN);
     sync(&uploader).unwrap();
     assert_all_once(&collector, 50);
     assert_eq!(outbox.counter(counter::UPLOADED).unwrap(), 50);
@@ -266,15 +252,10 @@ fn a_device_cannot_write_another_devices_results() {
     let collector = collector(dir.path());
     let outbox = outbox_with(dir.path(), 10);
     // dev-2's token, dev-1's records.
-    let uploader = Uploader::new(
-        outbox.clone(),
-        &sync_config(&collector.url(), "secret-2"),
-        DEVICE,
-    )
-    .unwrap();
+    let uploader = uploader(&outbox, &collector.url(), "secret-2");
     let error = sync(&uploader).unwrap_err();
     assert!(
-        matches!(error, SyncError::Status { status: 403, .. }),
+        matches!(error, UplinkError::Refused { status: 403, .. }),
         "{error}"
     );
     assert!(error.to_string().contains("dev-2"), "{error}");
@@ -313,25 +294,25 @@ fn the_collector_dedupes_by_record_id_when_a_batch_is_re_formed() {
             .collect();
         let body =
             serde_json::json!({ "device": DEVICE, "key": key, "records": records }).to_string();
-        let response = reqwest::blocking::Client::new()
-            .post(format!("{}/v1/batches", collector.url()))
-            .bearer_auth(TOKEN)
-            .header("Idempotency-Key", key)
-            .header("Content-Encoding", "zstd")
-            .body(zstd::encode_all(body.as_bytes(), 3).unwrap())
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        serde_json::from_str::<serde_json::Value>(&response.text().unwrap()).unwrap()
+        let (status, answer) = http(
+            reqwest::Client::new()
+                .post(format!("{}/v1/batches", collector.url()))
+                .bearer_auth(TOKEN)
+                .header("Idempotency-Key", key)
+                .header("Content-Encoding", "zstd")
+                .body(zstd::encode_all(body.as_bytes(), 3).unwrap()),
+        );
+        assert_eq!(status, 200);
+        serde_json::from_slice::<serde_json::Value>(&answer).unwrap()
     };
     assert_eq!(
         post("k1", 0..10),
-        serde_json::json!({ "stored": 10, "duplicates": 0, "replayed": false })
+        serde_json::json!({ "protocol": 1, "key": "k1", "stored": 10, "duplicates": 0, "replayed": false })
     );
     assert_eq!(post("k1", 0..10)["replayed"], true);
     assert_eq!(
         post("k2", 5..15),
-        serde_json::json!({ "stored": 5, "duplicates": 5, "replayed": false })
+        serde_json::json!({ "protocol": 1, "key": "k2", "stored": 5, "duplicates": 5, "replayed": false })
     );
     assert_all_once(&collector, 15);
     let (_, page) = get(
@@ -364,12 +345,7 @@ fn a_batch_refused_for_good_is_dropped_and_counted() {
             body: bad.to_string().into_bytes(),
         }])
         .unwrap();
-    let uploader = Uploader::new(
-        outbox.clone(),
-        &sync_config(&collector.url(), TOKEN),
-        DEVICE,
-    )
-    .unwrap();
+    let uploader = uploader(&outbox, &collector.url(), TOKEN);
     let report = sync(&uploader).unwrap();
     assert_eq!(report.rejected, 1);
     let status = outbox.status().unwrap();
@@ -379,21 +355,4 @@ fn a_batch_refused_for_good_is_dropped_and_counted() {
     outbox.append(vec![doc(DEVICE, 0)]).unwrap();
     sync(&uploader).unwrap();
     assert_all_once(&collector, 1);
-}
-
-#[test]
-fn backoff_doubles_up_to_its_cap_with_jitter() {
-    for failures in 1..40 {
-        let expected = (100u64 << (failures - 1).min(20)).min(5_000);
-        let d = backoff(100, 5_000, failures).as_millis() as u64;
-        assert!(
-            (expected / 2..=expected).contains(&d),
-            "failure {failures}: {d} ms, expected {}..={expected}",
-            expected / 2
-        );
-    }
-    let samples: std::collections::BTreeSet<u128> = (0..50)
-        .map(|_| backoff(1000, 1000, 5).as_millis())
-        .collect();
-    assert!(samples.len() > 5, "jitter spreads retries: {samples:?}");
 }

@@ -1,6 +1,8 @@
 //! `sluice demo`: the whole mission on bundled defaults, on one machine.
 //!
-//! 1. starts an embedded collector (the upstream) on a free loopback port;
+//! 1. starts the collector (`sluice-collector`, the upstream, a separate
+//!    program as in production) on a free loopback port, with its own SQLite
+//!    store (from a checkout, `cargo run` builds it first if it is missing);
 //! 2. starts the device agent of `examples/digits/sluice.toml` (bundled image
 //!    preprocessor -> tract MLP -> bundled classification postprocessor),
 //!    syncing to that collector;
@@ -15,14 +17,15 @@
 //! results) and starts it empty each time, so runs are comparable and never
 //! touch the state of a `sluice run` agent using the same configuration.
 
-use crate::agent::Agent;
-use crate::collector::{Collector, Tokens};
-use crate::config::Config;
-use crate::outbox::counter;
-use anyhow::Context;
+use anyhow::{Context, bail};
+use sluice::agent::Agent;
+use sluice::config::Config;
+use sluice::outbox::counter;
+use sluice_protocol::{DeviceCount, DeviceResults, Outcome, ResultRecord, paths};
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The demo configuration, relative to the repository root.
@@ -44,6 +47,7 @@ fn default_config() -> anyhow::Result<PathBuf> {
         })
 }
 
+/// `sluice demo`.
 pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let config_path = match config {
         Some(path) => path,
@@ -56,7 +60,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
     let base = config_path.parent().unwrap_or(Path::new("."));
     let heldout = base.join("../../models/digits/heldout");
     let labels = read_labels(&heldout.join("labels.csv"))?;
-    let images: Vec<PathBuf> = crate::ingest::list_files(&[heldout.clone()])?
+    let images: Vec<PathBuf> = sluice::ingest::files::list_files(&[heldout.clone()])?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .collect();
@@ -79,15 +83,9 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
         .sync
         .bearer_token()?
         .unwrap_or_else(|| "demo-token".into());
-    let mut tokens = Tokens::default();
-    tokens.insert(&device, &token);
     let collector_db = work.join("collector.sqlite");
-    let collector = Collector::start(
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-        &collector_db,
-        tokens,
-    )?;
-    config.sync.url = Some(collector.url());
+    let collector = Collector::start(&collector_db, &device, &token)?;
+    config.sync.url = Some(collector.url.clone());
     config.sync.token = Some(token.clone());
     config.sync.token_file = None;
     config.ingest.folder = Some(inbox.clone());
@@ -104,13 +102,20 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
         std::fs::rename(&partial, inbox.join(name))?;
     }
 
+    let tokio = super::tokio_runtime()?;
     let started = Instant::now();
-    let agent = Agent::start(config)?;
+    let agent = Agent::start_on(config, tokio.handle())?;
     let startup = started.elapsed();
-    let client = reqwest::blocking::Client::builder()
+    let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let count_url = format!("{}/v1/devices/{device}/count", collector.url());
+    let get = |path: String| {
+        let request = client
+            .get(format!("{}{path}", collector.url))
+            .bearer_auth(&token);
+        tokio.block_on(async { request.send().await?.error_for_status()?.bytes().await })
+    };
+    let count_path = paths::device_count(&device);
     let n = images.len() as u64;
     let (mut processed_after, mut delivered_after) = (None, None);
     loop {
@@ -119,13 +124,8 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
         if processed_after.is_none() && stored >= n {
             processed_after = Some(started.elapsed());
         }
-        let delivered: serde_json::Value = client
-            .get(&count_url)
-            .bearer_auth(&token)
-            .send()?
-            .error_for_status()?
-            .json()?;
-        if delivered_after.is_none() && delivered["count"].as_u64().unwrap_or(0) >= n {
+        let delivered: DeviceCount = serde_json::from_slice(&get(count_path.clone())?)?;
+        if delivered_after.is_none() && delivered.count >= n {
             delivered_after = Some(started.elapsed());
         }
         // Done once the device has recorded the collector's acknowledgements.
@@ -138,44 +138,39 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
         std::thread::sleep(Duration::from_millis(10));
     }
     let status = agent.outbox().status()?;
-    let stats = agent.runtime().pipeline(None)?.scheduler.stats();
-    let choice = agent
+    let pipeline = agent.runtime().pipeline(None)?;
+    let stats = pipeline.scheduler.stats();
+    let choice = pipeline.scheduler.execution().clone();
+    let problems: Vec<String> = agent
         .runtime()
-        .pipeline(None)?
-        .scheduler
-        .execution()
-        .clone();
-    let problems = agent.runtime().problems.clone();
+        .problems()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     agent.shutdown();
 
-    let results: serde_json::Value = client
-        .get(format!(
-            "{}/v1/devices/{device}/results?limit=10000",
-            collector.url()
-        ))
-        .bearer_auth(&token)
-        .send()?
-        .error_for_status()?
-        .json()?;
-    let results = results["results"].as_array().cloned().unwrap_or_default();
-    collector.shutdown();
+    let results: DeviceResults<ResultRecord> = serde_json::from_slice(&get(format!(
+        "{}?limit=10000",
+        paths::device_results(&device)
+    ))?)?;
+    let results = results.results;
+    collector.stop();
 
     let results_path = work.join("results.jsonl");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&results_path)?);
     let (mut ok, mut correct) = (0, 0);
-    for doc in &results {
-        if doc.get("result").is_some() {
+    for record in &results {
+        if let Outcome::Result(result) = &record.outcome {
             ok += 1;
-            let file = doc["input"]["attributes"]["file"]
-                .as_str()
-                .unwrap_or_default();
-            correct += usize::from(
-                labels
-                    .get(file)
-                    .is_some_and(|l| doc["result"]["body"]["label"] == *l),
-            );
+            let label = record
+                .input
+                .attributes
+                .get("file")
+                .and_then(|file| labels.get(file));
+            correct += usize::from(label.is_some_and(|l| result.body["label"] == *l));
         }
-        writeln!(out, "{doc}")?;
+        serde_json::to_writer(&mut out, record)?;
+        writeln!(out)?;
     }
     out.flush()?;
 
@@ -260,4 +255,125 @@ fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         .filter_map(|line| line.split_once(','))
         .map(|(file, label)| (file.trim().to_owned(), label.trim().to_owned()))
         .collect())
+}
+
+/// The demo's upstream: a `sluice-collector` process.
+struct Collector {
+    child: Child,
+    url: String,
+}
+
+impl Collector {
+    /// Start `sluice-collector` on a free loopback port for `device`.
+    fn start(db: &Path, device: &str, token: &str) -> anyhow::Result<Collector> {
+        let program = collector_program()?;
+        let mut child = Command::new(&program)
+            .args(["--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .arg("--token")
+            .arg(format!("{device}={token}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut collector = Collector {
+            child,
+            url: String::new(),
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("sluice-collector did not start within 30 s")?;
+        collector.url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(|w| w.trim_end_matches(',').to_owned())
+            .with_context(|| {
+                format!(
+                    "sluice-collector said `{}`, not where it listens",
+                    line.trim()
+                )
+            })?;
+        Ok(collector)
+    }
+
+    /// SIGTERM, and wait (bounded) for it to finish its requests.
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        #[cfg(unix)]
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Where `sluice-collector` is: `$SLUICE_COLLECTOR`, beside this binary, or
+/// (when run by `cargo run` from a checkout) built now with cargo; else on
+/// the `PATH`.
+fn collector_program() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SLUICE_COLLECTOR") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let beside = exe.with_file_name(format!("sluice-collector{}", std::env::consts::EXE_SUFFIX));
+    if beside.exists() {
+        return Ok(beside);
+    }
+    // `cargo run` sets CARGO and CARGO_MANIFEST_DIR for the program it runs.
+    if let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) {
+        eprintln!("sluice demo: building sluice-collector, the demo's upstream (once)");
+        let mut build = Command::new(cargo);
+        build.current_dir(manifest_dir).args([
+            "build",
+            "--quiet",
+            "-p",
+            "sluice-collector",
+            "--bin",
+            "sluice-collector",
+        ]);
+        if exe
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "release")
+        {
+            build.arg("--release");
+        }
+        let status = build.status().context("cannot run cargo")?;
+        if !status.success() || !beside.exists() {
+            bail!("building sluice-collector failed (try `cargo build -p sluice-collector`)");
+        }
+        return Ok(beside);
+    }
+    Ok(PathBuf::from("sluice-collector"))
 }

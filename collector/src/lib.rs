@@ -1,0 +1,167 @@
+//! # sluice-collector: the upstream receiver of Sluice results
+//!
+//! Devices running `sluice run` upload their results here; the collector
+//! authenticates each device by its bearer token and stores every result
+//! exactly once in one SQLite file. It is a separate program
+//! (`sluice-collector`) and crate: the device binary contains none of it.
+//! The wire types are in [`sluice_protocol`].
+//!
+//! Endpoints (every one but health needs `Authorization: Bearer <device
+//! token>`; a token belongs to exactly one device):
+//!
+//! * `POST /v1/batches`: an [`UploadBatch`](sluice_protocol::UploadBatch).
+//!   Headers: `Idempotency-Key` (the batch key), `Content-Encoding: zstd` (or
+//!   none), `Content-Type: application/json`. Answers `200`
+//!   [`BatchAck`](sluice_protocol::BatchAck) once the batch is durably
+//!   stored; `401` without a known token; `403` when the batch or any record
+//!   claims another device; `400` for a malformed batch (naming the problem);
+//!   `413` past the size limits ([`http::MAX_BODY_BYTES`] compressed,
+//!   [`http::MAX_DECOMPRESSED_BYTES`] decompressed).
+//! * `GET /v1/devices/{id}/count`: [`DeviceCount`](sluice_protocol::DeviceCount).
+//! * `GET /v1/devices/{id}/results?after=SEQ&limit=N`:
+//!   [`DeviceResults`](sluice_protocol::DeviceResults) in `seq` order, `seq >
+//!   after` (default: all), at most `limit` (default 100, at most 10 000).
+//! * `GET /v1/health`: `ok`, without authentication.
+//!
+//! Storage invariants are in [`store`].
+
+#![deny(missing_docs)]
+
+pub mod http;
+pub mod store;
+mod tokens;
+
+pub use store::{Store, StoreError};
+pub use tokens::{TokenError, Tokens};
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Why a collector cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectorError {
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No device has a token: nothing could ever be stored.
+    #[error("no device tokens: give --tokens FILE or --token DEVICE=TOKEN")]
+    NoTokens,
+    /// The listener or the runtime could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectorError {
+    let what = what.into();
+    move |source| CollectorError::Io { what, source }
+}
+
+/// A collector running in the background of the calling process (tests,
+/// embedding); `sluice-collector` runs [`serve`] instead.
+pub struct Collector {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Serve on `listener` (already bound), storing into `db` (created if
+    /// missing), on a runtime thread of its own.
+    pub fn start(
+        listener: std::net::TcpListener,
+        db: &Path,
+        tokens: Tokens,
+    ) -> Result<Collector, CollectorError> {
+        if tokens.is_empty() {
+            return Err(CollectorError::NoTokens);
+        }
+        let app = http::router(Store::open(db)?, tokens);
+        let addr = listener.local_addr().map_err(io("collector listener"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("collector listener"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sluice-collector")
+            .enable_all()
+            .build()
+            .map_err(io("collector runtime"))?;
+        let thread = std::thread::Builder::new()
+            .name("sluice-collector".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("a bound, non-blocking std listener converts");
+                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    });
+                    if let Err(e) = served.await {
+                        tracing::error!("collector stopped: {e}");
+                    }
+                });
+                // Do not wait for connections that a client left hanging.
+                runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            })
+            .map_err(io("collector thread"))?;
+        Ok(Collector {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the base URL devices sync to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop accepting, finish requests in flight, and return.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Serve on `listener`, storing into `store`, until `shutdown` resolves;
+/// then finish the requests in flight. Runs on the caller's tokio runtime.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    tokens: Tokens,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CollectorError> {
+    if tokens.is_empty() {
+        return Err(CollectorError::NoTokens);
+    }
+    let app = http::router(store, tokens);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(io("collector server"))
+}

@@ -1,0 +1,98 @@
+//! `sluice-collector`: receive results from Sluice devices into SQLite.
+
+use clap::Parser;
+use sluice_collector::{Store, Tokens};
+use std::path::PathBuf;
+
+/// Receive results from Sluice devices and store each exactly once in one
+/// SQLite file. Devices authenticate with their own bearer token.
+#[derive(Parser)]
+#[command(name = "sluice-collector", version, about, long_about = None)]
+struct Cli {
+    /// Address to listen on, e.g. 0.0.0.0:8480 (port 0: any free port).
+    #[arg(long)]
+    listen: String,
+    /// The SQLite database results go to (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// A file of `DEVICE=TOKEN` lines (`#` comments).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// A device's token, `DEVICE=TOKEN`; repeatable.
+    #[arg(long = "token", value_parser = parse_pair)]
+    token: Vec<(String, String)>,
+    /// Log filter, e.g. `info`, `sluice_collector=debug`; RUST_LOG if not given.
+    #[arg(long, env = "RUST_LOG", default_value = "warn")]
+    log: String,
+}
+
+fn parse_pair(pair: &str) -> Result<(String, String), String> {
+    Tokens::parse_pair(pair).map_err(|e| e.to_string())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut tokens = match &cli.tokens {
+        Some(file) => Tokens::from_file(file)?,
+        None => Tokens::default(),
+    };
+    for (device, secret) in &cli.token {
+        tokens.insert(device, secret)?;
+    }
+    if tokens.is_empty() {
+        anyhow::bail!("no device tokens: give --tokens FILE or --token DEVICE=TOKEN");
+    }
+    let store = Store::open(&cli.db)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-collector")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&cli.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
+        println!(
+            "sluice-collector: listening on http://{}, storing into {}",
+            listener.local_addr()?,
+            cli.db.display()
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        sluice_collector::serve(listener, store, tokens, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    // Do not wait for connections that a client left hanging.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,173 @@
+//! Device tokens: which bearer token belongs to which device.
+//!
+//! Invariants: a token belongs to exactly one device (a token given to two
+//! devices is refused when the table is built, since one of them would be
+//! locked out for good); device names follow [`sluice_protocol::check_name`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Why a token table cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// A `DEVICE=TOKEN` pair is malformed.
+    #[error("`{pair}`: {problem}")]
+    Malformed {
+        /// The pair as given (token hidden).
+        pair: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The device name is not acceptable.
+    #[error("device `{device}`: {source}")]
+    BadDevice {
+        /// The device name.
+        device: String,
+        /// Why.
+        source: sluice_protocol::NameError,
+    },
+    /// The same token was given to two devices.
+    #[error("devices `{first}` and `{second}` have the same token; every device needs its own")]
+    Shared {
+        /// The device that had the token first.
+        first: String,
+        /// The device given it again.
+        second: String,
+    },
+    /// The tokens file cannot be read.
+    #[error("cannot read tokens file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A line of the tokens file is wrong.
+    #[error("{} line {line}: {source}", path.display())]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        source: Box<TokenError>,
+    },
+}
+
+/// Bearer tokens and the device each belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    by_token: HashMap<String, String>,
+}
+
+impl Tokens {
+    /// Add `device`'s token. Refuses a bad device name and a token that
+    /// already belongs to another device.
+    pub fn insert(&mut self, device: &str, token: &str) -> Result<(), TokenError> {
+        sluice_protocol::check_name(device).map_err(|source| TokenError::BadDevice {
+            device: device.to_owned(),
+            source,
+        })?;
+        if token.is_empty() {
+            return Err(TokenError::Malformed {
+                pair: format!("{device}="),
+                problem: "the token is empty".into(),
+            });
+        }
+        match self.by_token.get(token) {
+            Some(first) if first != device => Err(TokenError::Shared {
+                first: first.clone(),
+                second: device.to_owned(),
+            }),
+            _ => {
+                self.by_token.insert(token.to_owned(), device.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// Parse `DEVICE=TOKEN` (as given to `--token`).
+    pub fn parse_pair(pair: &str) -> Result<(String, String), TokenError> {
+        let malformed = |problem: &str| TokenError::Malformed {
+            pair: pair.split('=').next().unwrap_or_default().to_owned() + "=...",
+            problem: problem.into(),
+        };
+        let (device, token) = pair
+            .split_once('=')
+            .ok_or_else(|| malformed("expected DEVICE=TOKEN"))?;
+        let (device, token) = (device.trim(), token.trim());
+        if device.is_empty() || token.is_empty() {
+            return Err(malformed("device and token must not be empty"));
+        }
+        Ok((device.to_owned(), token.to_owned()))
+    }
+
+    /// Read a tokens file: one `DEVICE=TOKEN` per line, `#` comments.
+    pub fn from_file(path: &Path) -> Result<Tokens, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut tokens = Tokens::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            Tokens::parse_pair(line)
+                .and_then(|(device, token)| tokens.insert(&device, &token))
+                .map_err(|e| TokenError::Line {
+                    path: path.to_owned(),
+                    line: n + 1,
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(tokens)
+    }
+
+    /// No device has a token.
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
+
+    /// The device whose token is in `authorization` (`Bearer TOKEN`).
+    pub fn device_of(&self, authorization: Option<&str>) -> Option<&str> {
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        self.by_token.get(token).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_token_for_two_devices_is_refused() {
+        let mut tokens = Tokens::default();
+        tokens.insert("a", "t").unwrap();
+        tokens.insert("a", "t").unwrap();
+        assert!(matches!(
+            tokens.insert("b", "t"),
+            Err(TokenError::Shared { .. })
+        ));
+        assert_eq!(tokens.device_of(Some("Bearer t")), Some("a"));
+    }
+
+    #[test]
+    fn bad_device_names_and_pairs_are_refused() {
+        let mut tokens = Tokens::default();
+        assert!(matches!(
+            tokens.insert("a/b", "t"),
+            Err(TokenError::BadDevice { .. })
+        ));
+        assert!(Tokens::parse_pair("nodelimiter").is_err());
+        assert!(Tokens::parse_pair("a=").is_err());
+        assert_eq!(
+            Tokens::parse_pair(" a = t ").unwrap(),
+            ("a".to_owned(), "t".to_owned())
+        );
+        assert_eq!(tokens.device_of(Some("Basic t")), None);
+        assert_eq!(tokens.device_of(None), None);
+    }
+}

@@ -1,0 +1,292 @@
+//! The watched folder: files dropped into `[ingest] folder` become inputs
+//! of `folder_pipeline`, and are deleted once durably accepted.
+//!
+//! Invariants:
+//! * a file is first renamed into `<folder>/.sluice-claimed/` under a unique
+//!   claim name; the claim name is committed with the journal row, so a crash
+//!   between accepting and deleting the file never ingests it twice, and a
+//!   claimed file not yet accepted is accepted at the next scan;
+//! * dot files are ignored: writers create files under a dot name and
+//!   rename them when complete;
+//! * files are accepted in groups, one transaction (one fsync) per group;
+//! * one bad file (unreadable, too large, gone) fails alone: the others flow;
+//! * when too many inputs wait (back-pressure), files stay in the folder.
+
+use super::{Context, Incoming, IngestError, Running, Sink, Source};
+use crate::config::IngestConfig;
+use crate::outbox::NewInput;
+use crate::wake::{Wake, backoff};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Subfolder of the ingest folder holding files being accepted.
+pub const CLAIM_DIR: &str = ".sluice-claimed";
+
+/// Claimed files accepted per transaction: one fsync for the group.
+const ACCEPT_GROUP_FILES: usize = 256;
+/// Bytes of claimed files read per transaction, at most (besides one file).
+const ACCEPT_GROUP_BYTES: u64 = 16 << 20;
+
+/// The folder source.
+pub struct FolderSource {
+    folder: PathBuf,
+    pipeline: Option<String>,
+    poll: Duration,
+}
+
+impl FolderSource {
+    /// The folder source of `[ingest]`, if it names a folder. Files go to
+    /// `folder_pipeline`, else to `default_pipeline`.
+    pub fn from_config(
+        config: &IngestConfig,
+        default_pipeline: Option<&str>,
+    ) -> Result<Option<FolderSource>, IngestError> {
+        let Some(folder) = &config.folder else {
+            return Ok(None);
+        };
+        Ok(Some(FolderSource {
+            folder: folder.clone(),
+            pipeline: config
+                .folder_pipeline
+                .clone()
+                .or(default_pipeline.map(str::to_owned)),
+            poll: Duration::from_millis(config.poll_ms),
+        }))
+    }
+}
+
+impl Source for FolderSource {
+    fn describe(&self) -> String {
+        format!("folder {}", self.folder.display())
+    }
+
+    fn start(self: Box<Self>, sink: Arc<Sink>, _: &Context) -> Result<Running, IngestError> {
+        let name = self.describe();
+        let setup = |message: String| IngestError::Setup {
+            source_name: name.clone(),
+            message,
+        };
+        let pipeline = self.pipeline.clone().ok_or_else(|| {
+            setup("several pipelines run: choose one with ingest.folder_pipeline".into())
+        })?;
+        sink.check_pipeline(&pipeline)?;
+        let claimed = self.folder.join(CLAIM_DIR);
+        std::fs::create_dir_all(&claimed)
+            .map_err(|e| setup(format!("cannot create {}: {e}", claimed.display())))?;
+        let wake = Wake::new();
+        let watcher = Watcher {
+            folder: self.folder,
+            claimed,
+            pipeline,
+            poll: self.poll,
+            sink,
+            wake: wake.clone(),
+            counter: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("sluice-folder".into())
+            .spawn(move || watcher.run())
+            .map_err(|e| setup(format!("cannot start its thread: {e}")))?;
+        Ok(Running::new(
+            name,
+            move || wake.stop(),
+            move || {
+                let _ = thread.join();
+            },
+        ))
+    }
+}
+
+/// A claim name: `<ms since epoch, 20 digits>-<counter, 6 digits>-<original name>`,
+/// unique within the folder and sorting in arrival order.
+fn claim_name(now_ms: i64, counter: u64, original: &str) -> String {
+    format!("{now_ms:020}-{:06}-{original}", counter % 1_000_000)
+}
+
+/// The original file name inside a claim name.
+fn original_name(claim: &str) -> &str {
+    claim.splitn(3, '-').nth(2).unwrap_or(claim)
+}
+
+/// Why a claimed file is not an input.
+enum Unusable {
+    /// Not now (unreadable, not a regular file): leave it where it is.
+    Keep(String),
+    /// Never (too large): delete it.
+    Refuse(String),
+}
+
+struct Watcher {
+    folder: PathBuf,
+    claimed: PathBuf,
+    pipeline: String,
+    poll: Duration,
+    sink: Arc<Sink>,
+    wake: Arc<Wake>,
+    counter: u64,
+}
+
+impl Watcher {
+    fn run(mut self) {
+        let mut failures = 0u32;
+        while !self.wake.stopped() {
+            self.claim_new_files();
+            match self.accept_claimed_files() {
+                Ok(()) => {
+                    failures = 0;
+                    self.wake.sleep(self.poll);
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(folder = %self.folder.display(), "folder ingest: {e:#}");
+                    let poll = self.poll.as_millis() as u64;
+                    self.wake.sleep(backoff(poll, 30_000.max(poll), failures));
+                }
+            }
+        }
+    }
+
+    /// Move complete files (regular files, not dot files) into the claim
+    /// folder under unique names, while there is room for them.
+    fn claim_new_files(&mut self) {
+        let entries = match std::fs::read_dir(&self.folder) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::error!(folder = %self.folder.display(), "cannot list the ingest folder: {e}");
+                return;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for path in files {
+            if self.sink.check_room(0).is_err() {
+                break; // Back-pressure: the files wait in the folder.
+            }
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            self.counter += 1;
+            let claim = claim_name(crate::outbox::now_ms(), self.counter, &name);
+            if let Err(e) = std::fs::rename(&path, self.claimed.join(&claim)) {
+                // Gone meanwhile, or not ours to move: the others go on.
+                tracing::error!(file = %path.display(), "cannot claim: {e}");
+            }
+        }
+    }
+
+    /// Read one claimed file as an input, or say why not now, or never.
+    fn read_claim(&self, claim: &str) -> Result<Incoming, Unusable> {
+        let path = self.claimed.join(claim);
+        let keep = |e: std::io::Error| Unusable::Keep(e.to_string());
+        let meta = std::fs::symlink_metadata(&path).map_err(keep)?;
+        if !meta.is_file() {
+            return Err(Unusable::Keep("not a regular file".into()));
+        }
+        // Checked before reading: a huge file must not be read into memory.
+        let too_large = |e: IngestError| Unusable::Refuse(e.to_string());
+        self.sink.check_size(meta.len()).map_err(too_large)?;
+        let data = std::fs::read(&path).map_err(keep)?;
+        self.sink.check_size(data.len() as u64).map_err(too_large)?;
+        let original = original_name(claim).to_owned();
+        Ok(Incoming {
+            input: NewInput {
+                pipeline: self.pipeline.clone(),
+                content_type: super::content_type_of(Path::new(&original)).to_owned(),
+                attributes: vec![("file".into(), original)],
+                data,
+            },
+            claim: Some(claim.to_owned()),
+        })
+    }
+
+    /// Accept every claimed file into the journal, then delete it, in groups.
+    fn accept_claimed_files(&self) -> Result<(), IngestError> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.claimed)
+            .map_err(|e| IngestError::Setup {
+                source_name: format!("folder {}", self.folder.display()),
+                message: format!("cannot list {}: {e}", self.claimed.display()),
+            })?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut names = names.into_iter().peekable();
+        while names.peek().is_some() && !self.wake.stopped() {
+            // The next group: claims to accept now, and claims already
+            // accepted (by a run that crashed before deleting the file), to
+            // delete only.
+            let (mut group, mut done, mut bytes) = (Vec::new(), Vec::new(), 0u64);
+            while group.len() < ACCEPT_GROUP_FILES && bytes < ACCEPT_GROUP_BYTES {
+                let Some(claim) = names.next() else { break };
+                if self.sink.outbox.is_claimed(&claim)? {
+                    done.push(claim);
+                    continue;
+                }
+                match self.read_claim(&claim) {
+                    Ok(incoming) => {
+                        bytes += incoming.input.data.len() as u64;
+                        group.push(incoming);
+                    }
+                    Err(Unusable::Refuse(reason)) => {
+                        tracing::error!(
+                            file = original_name(&claim),
+                            "not an acceptable input ({reason}); deleted"
+                        );
+                        done.push(claim);
+                    }
+                    Err(Unusable::Keep(reason)) => {
+                        tracing::error!(
+                            file = %self.claimed.join(&claim).display(),
+                            "cannot take it ({reason}); left in place, the others go on"
+                        );
+                    }
+                }
+            }
+            if !group.is_empty() {
+                self.sink.accept(&group)?;
+            }
+            done.extend(group.into_iter().filter_map(|i| i.claim));
+            for claim in &done {
+                let path = self.claimed.join(claim);
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::error!(file = %path.display(), "cannot delete: {e}");
+                }
+            }
+            // The deletions must be on disk before the claims are forgotten,
+            // or a power cut could bring a file back unclaimed.
+            std::fs::File::open(&self.claimed)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| IngestError::Setup {
+                    source_name: format!("folder {}", self.folder.display()),
+                    message: format!("cannot sync {}: {e}", self.claimed.display()),
+                })?;
+            self.sink.outbox.forget_claims(&done)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_name_keeps_the_original_name_and_sorts_by_arrival() {
+        let a = claim_name(1_700_000_000_000, 7, "x-1.png");
+        let b = claim_name(1_700_000_000_000, 8, "a.png");
+        assert_eq!(original_name(&a), "x-1.png");
+        assert_eq!(original_name(&b), "a.png");
+        assert!(a < b);
+        assert!(claim_name(999, 1_000_001, "z") < claim_name(1000, 0, "a"));
+    }
+}

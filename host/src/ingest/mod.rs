@@ -1,0 +1,271 @@
+//! Ingest: where inputs enter the device. Every way in is a [`Source`]
+//! (today the watched [`folder`] and the local [`http`] endpoint; an MQTT
+//! subscription would be one new file) delivering into one [`Sink`].
+//!
+//! Invariants:
+//! * an input is acknowledged to its sender (HTTP `202`, file deleted) only
+//!   after [`Sink::accept`] returned, i.e. after its journal row is
+//!   committed and fsynced in the outbox: an accepted input survives SIGKILL
+//!   and power loss;
+//! * its result id `<device>/<pipeline>/<seq>` is fixed at acceptance;
+//! * back-pressure is never a result: when more than `max_pending_bytes` of
+//!   inputs wait, sources stop taking new ones ([`IngestError::Busy`]) and
+//!   nothing is stored or dropped;
+//! * accepting wakes only the workers of the pipelines that got inputs.
+
+pub mod files;
+pub mod folder;
+pub mod http;
+
+use crate::config::{Config, IngestConfig};
+use crate::outbox::{NewInput, Outbox, OutboxError};
+use crate::wake::Wake;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use files::content_type_of;
+
+/// Why an input was not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// No running pipeline has this name.
+    #[error("no running pipeline `{name}` (running: {running:?})")]
+    UnknownPipeline {
+        /// The name asked for.
+        name: String,
+        /// The pipelines that run.
+        running: Vec<String>,
+    },
+    /// The input is larger than `ingest.max_input_bytes`.
+    #[error("input of {bytes} bytes exceeds ingest.max_input_bytes ({max})")]
+    TooLarge {
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Too many bytes of inputs wait for their pipelines; retry later.
+    #[error(
+        "{pending} bytes of inputs are waiting (ingest.max_pending_bytes = {max}); retry later"
+    )]
+    Busy {
+        /// Bytes waiting.
+        pending: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The outbox could not take the input (a full disk: retry later).
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// A source could not be set up.
+    #[error("{source_name}: {message}")]
+    Setup {
+        /// The source.
+        source_name: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// An input offered to the [`Sink`].
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The input.
+    pub input: NewInput,
+    /// The claimed file it came from (folder source), remembered with it.
+    pub claim: Option<String>,
+}
+
+/// What acceptance gave an input (also the body of HTTP ingest's `202`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Accepted {
+    /// Its result id, `<device>/<pipeline>/<seq>`.
+    pub id: String,
+    /// Its sequence number in the journal.
+    pub seq: i64,
+}
+
+/// Where every source delivers: the outbox's journal, with the size and
+/// back-pressure limits, and the wake-ups of the pipelines' workers.
+pub struct Sink {
+    device: String,
+    outbox: Arc<Outbox>,
+    workers: BTreeMap<String, Arc<Wake>>,
+    max_input_bytes: u64,
+    max_pending_bytes: u64,
+}
+
+impl Sink {
+    /// A sink into `outbox` for `device`, waking `workers` (one per running
+    /// pipeline, by name).
+    pub fn new(
+        device: &str,
+        outbox: Arc<Outbox>,
+        workers: BTreeMap<String, Arc<Wake>>,
+        config: &IngestConfig,
+    ) -> Sink {
+        Sink {
+            device: device.to_owned(),
+            outbox,
+            workers,
+            max_input_bytes: config.max_input_bytes as u64,
+            max_pending_bytes: config.max_pending_bytes,
+        }
+    }
+
+    /// The running pipelines' names.
+    pub fn pipelines(&self) -> Vec<String> {
+        self.workers.keys().cloned().collect()
+    }
+
+    /// Check that `pipeline` runs.
+    pub fn check_pipeline(&self, pipeline: &str) -> Result<(), IngestError> {
+        if self.workers.contains_key(pipeline) {
+            Ok(())
+        } else {
+            Err(IngestError::UnknownPipeline {
+                name: pipeline.to_owned(),
+                running: self.pipelines(),
+            })
+        }
+    }
+
+    /// The largest input accepted.
+    pub fn max_input_bytes(&self) -> u64 {
+        self.max_input_bytes
+    }
+
+    /// Check an input's size against `ingest.max_input_bytes`.
+    pub fn check_size(&self, bytes: u64) -> Result<(), IngestError> {
+        if bytes > self.max_input_bytes {
+            return Err(IngestError::TooLarge {
+                bytes,
+                max: self.max_input_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Check that `bytes` more of inputs may wait (`ingest.max_pending_bytes`).
+    /// Cheap and lock-free: async handlers call it.
+    pub fn check_room(&self, bytes: u64) -> Result<(), IngestError> {
+        let pending = self.outbox.journal_bytes();
+        if pending.saturating_add(bytes) > self.max_pending_bytes {
+            return Err(IngestError::Busy {
+                pending,
+                max: self.max_pending_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Accept `inputs` durably, in one transaction (one fsync), all or none,
+    /// and wake their pipelines' workers. Blocks: call it off async workers.
+    pub fn accept(&self, inputs: &[Incoming]) -> Result<Vec<Accepted>, IngestError> {
+        for incoming in inputs {
+            self.check_pipeline(&incoming.input.pipeline)?;
+            self.check_size(incoming.input.data.len() as u64)?;
+        }
+        let seqs = self.outbox.accept_many(
+            &inputs
+                .iter()
+                .map(|i| (&i.input, i.claim.as_deref()))
+                .collect::<Vec<_>>(),
+        )?;
+        let mut woken = Vec::new();
+        for incoming in inputs {
+            let pipeline = incoming.input.pipeline.as_str();
+            if !woken.contains(&pipeline) {
+                woken.push(pipeline);
+                self.workers[pipeline].wake();
+            }
+        }
+        Ok(inputs
+            .iter()
+            .zip(seqs)
+            .map(|(incoming, seq)| Accepted {
+                id: sluice_protocol::result_id(&self.device, &incoming.input.pipeline, seq),
+                seq,
+            })
+            .collect())
+    }
+}
+
+/// What sources run with.
+pub struct Context {
+    /// The process's tokio runtime (for sources that serve async I/O).
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A way inputs come in. Implementations live one per file in this module
+/// and are listed in [`from_config`].
+pub trait Source: Send {
+    /// What it is, for messages (`folder /var/spool/sluice`).
+    fn describe(&self) -> String;
+
+    /// The network address it listens on, if it does.
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    /// Start delivering into `sink` in the background; return at once.
+    fn start(self: Box<Self>, sink: Arc<Sink>, context: &Context) -> Result<Running, IngestError>;
+}
+
+/// A started source: how to stop it and wait for it.
+pub struct Running {
+    name: String,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+    join: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Running {
+    /// A source running as `stop` (ask it to end) and `join` (wait until it has).
+    pub fn new(
+        name: String,
+        stop: impl FnOnce() + Send + 'static,
+        join: impl FnOnce() + Send + 'static,
+    ) -> Running {
+        Running {
+            name,
+            stop: Some(Box::new(stop)),
+            join: Some(Box::new(join)),
+        }
+    }
+
+    /// What it is.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stop taking inputs (returns at once).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+
+    /// Stop, and wait until inputs in flight are accepted or refused.
+    pub fn join(mut self) {
+        self.stop();
+        if let Some(join) = self.join.take() {
+            join();
+        }
+    }
+}
+
+/// The sources a configuration asks for, not started yet.
+pub fn from_config(
+    config: &Config,
+    default_pipeline: Option<&str>,
+) -> Result<Vec<Box<dyn Source>>, IngestError> {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if let Some(source) = folder::FolderSource::from_config(&config.ingest, default_pipeline)? {
+        sources.push(Box::new(source));
+    }
+    if let Some(source) = http::HttpSource::from_config(&config.ingest)? {
+        sources.push(Box::new(source));
+    }
+    Ok(sources)
+}

@@ -1,0 +1,145 @@
+//! The HTTP(S) uplink: `POST <sync.url>/v1/batches` with the device's bearer
+//! token, the batch zstd-compressed, its key in `Idempotency-Key`; rustls,
+//! no OpenSSL. Runs on the process's tokio runtime.
+//!
+//! Invariants: an answer counts as an acknowledgement only if it is a `2xx`
+//! whose body, read in full and at most [`MAX_ANSWER_BYTES`], is a
+//! [`BatchAck`]; every request has a deadline (`sync.timeout_ms`).
+
+use super::{Uplink, UplinkError};
+use crate::config::SyncConfig;
+use crate::error::ConfigError;
+use sluice_protocol::{self as protocol, BatchAck, RawBatch};
+use std::time::Duration;
+
+/// Largest answer read from the collector: an acknowledgement is a few
+/// hundred bytes; anything larger is not one, and must not fill memory.
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// Delivers batches to a collector over HTTP(S).
+pub struct HttpUplink {
+    endpoint: String,
+    token: String,
+    zstd_level: i32,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HttpUplink {
+    /// An uplink to the collector at `url` (its base URL), authenticating
+    /// with `token`.
+    pub fn new(
+        url: &str,
+        token: String,
+        config: &SyncConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<HttpUplink, ConfigError> {
+        let endpoint = format!("{}{}", url.trim_end_matches('/'), protocol::paths::BATCHES);
+        reqwest::Url::parse(&endpoint)
+            .map_err(|e| ConfigError::value("sync.url", format!("`{url}` is not a URL: {e}")))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.timeout_ms))
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError::value("sync.url", format!("cannot set up HTTP: {e}")))?;
+        Ok(HttpUplink {
+            endpoint,
+            token,
+            zstd_level: config.zstd_level,
+            client,
+            runtime,
+        })
+    }
+
+    async fn post(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
+        let json = serde_json::to_vec(batch).expect("a raw batch serializes");
+        let body =
+            zstd::encode_all(&json[..], self.zstd_level).expect("zstd into memory cannot fail");
+        let unreachable = |e: reqwest::Error| UplinkError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            message: error_chain(&e),
+        };
+        let mut response = self
+            .client
+            .post(&self.endpoint)
+            .bearer_auth(&self.token)
+            .header(protocol::IDEMPOTENCY_KEY, &batch.key)
+            .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
+            .header(
+                reqwest::header::CONTENT_ENCODING,
+                protocol::CONTENT_ENCODING,
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        // Read the whole answer, bounded: a connection closed mid-answer is
+        // not an acknowledgement, and a huge answer is not one either.
+        let mut answer = Vec::new();
+        let mut oversize = false;
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+                oversize = true;
+                break;
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let code = status.as_u16();
+            return Err(UplinkError::Refused {
+                endpoint: self.endpoint.clone(),
+                status: code,
+                body: String::from_utf8_lossy(&answer).chars().take(500).collect(),
+                permanent: is_permanent(code),
+            });
+        }
+        let not_ack = |problem: String| UplinkError::NotAcknowledged {
+            endpoint: self.endpoint.clone(),
+            key: batch.key.clone(),
+            problem,
+        };
+        if oversize {
+            return Err(not_ack(format!(
+                "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        serde_json::from_slice::<BatchAck>(&answer).map_err(|e| {
+            not_ack(format!(
+                "the answer is not an acknowledgement ({e}): {}",
+                String::from_utf8_lossy(&answer)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ))
+        })
+    }
+}
+
+impl Uplink for HttpUplink {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
+        self.runtime.block_on(self.post(batch))
+    }
+}
+
+/// 4xx answers that retrying cannot fix.
+fn is_permanent(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 429)
+}
+
+/// An error with its causes, one line (reqwest hides the useful part in `source`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

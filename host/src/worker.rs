@@ -1,0 +1,154 @@
+//! A pipeline's worker: takes the oldest accepted inputs of one pipeline
+//! from the journal, runs them through the [`Pipeline`], and stores their
+//! results in the outbox.
+//!
+//! Invariants:
+//! * a group's results are stored and its inputs retired from the journal
+//!   in ONE transaction ([`Outbox::complete`]): after a crash an input is
+//!   either still journaled (and processed again, under the same id) or has
+//!   its result stored, never both, never neither;
+//! * processing and storing overlap: while one group is being committed (an
+//!   fsync), the next is already in the pipeline; at most one group waits
+//!   for its commit, so a commit that cannot proceed (a full disk) stops
+//!   processing too and inputs wait in the journal;
+//! * a failed commit is retried with backoff, with the same results; it is
+//!   never turned into a lost or failed result;
+//! * on stop, the group in the pipeline finishes and is committed.
+
+use crate::outbox::{NewRecord, Outbox};
+use crate::pipeline::{Pipeline, process_all};
+use crate::record::{result_record, to_outbox};
+use crate::types::{Metadata, RawItem};
+use crate::wake::{Wake, backoff};
+use sluice_protocol::Provenance;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::time::Duration;
+
+/// How long an idle worker waits before looking at the journal again even
+/// without a wake-up (a safety net; accepting wakes it at once).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// What one worker needs.
+pub struct Worker {
+    /// The device's id, part of every result id.
+    pub device: String,
+    /// The pipeline it runs.
+    pub pipeline: Pipeline,
+    /// Written into every result.
+    pub provenance: Provenance,
+    /// Where inputs come from and results go.
+    pub outbox: Arc<Outbox>,
+    /// Woken when inputs of this pipeline are accepted; stops the worker.
+    pub wake: Arc<Wake>,
+    /// Woken when results are stored (the uploader).
+    pub stored: Arc<Wake>,
+}
+
+/// A group of results and the journal rows they retire.
+struct Done {
+    seqs: Vec<i64>,
+    records: Vec<NewRecord>,
+}
+
+impl Worker {
+    /// Run until woken with stop; returns once the last group is committed
+    /// (or the commit was abandoned because of the stop).
+    pub fn run(self) {
+        let config = self.pipeline.scheduler.config();
+        // Enough items to keep every scheduler thread busy with full batches,
+        // several times over so that one fsync covers many of them.
+        let group = (config.max_batch_size.max(1) * config.threads.max(1) * 4).clamp(1, 1024);
+        let (to_store, stored) = sync_channel::<Done>(1);
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.store(stored));
+            // Journal rows up to here are in the pipeline or waiting for
+            // their commit; only that commit deletes them.
+            let mut taken_up_to = 0;
+            let mut failures = 0u32;
+            let name = self.pipeline.name.as_str();
+            while !self.wake.stopped() {
+                let items = match self.outbox.journal_items(name, taken_up_to, group) {
+                    Ok(items) => items,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(pipeline = name, "cannot read the journal: {e}");
+                        self.wake.sleep(backoff(100, 10_000, failures));
+                        continue;
+                    }
+                };
+                failures = 0;
+                let Some(last) = items.last() else {
+                    self.wake.wait(IDLE_POLL);
+                    continue;
+                };
+                taken_up_to = last.seq;
+                let raw: Vec<RawItem> = items
+                    .iter()
+                    .map(|item| {
+                        let mut meta = Metadata::new(
+                            sluice_protocol::result_id(&self.device, name, item.seq),
+                            item.content_type.clone(),
+                        );
+                        meta.attributes = item.attributes.clone();
+                        RawItem {
+                            meta,
+                            data: item.data.clone(),
+                        }
+                    })
+                    .collect();
+                let outcomes = process_all(&self.pipeline, raw, &|_| {});
+                let completed_at_ms = crate::outbox::now_ms();
+                let records = items
+                    .iter()
+                    .zip(&outcomes)
+                    .map(|(item, outcome)| {
+                        to_outbox(&result_record(
+                            &self.device,
+                            &self.provenance,
+                            item.into(),
+                            outcome,
+                            completed_at_ms,
+                        ))
+                    })
+                    .collect();
+                let seqs = items.iter().map(|i| i.seq).collect();
+                if to_store.send(Done { seqs, records }).is_err() {
+                    break; // the store thread stopped
+                }
+            }
+            // Let the store thread commit what it was given, then end.
+            drop(to_store);
+        });
+    }
+
+    /// Commit each group; on failure (a full disk) keep the results and
+    /// retry with backoff while the inputs stay journaled.
+    fn store(&self, groups: Receiver<Done>) {
+        let name = self.pipeline.name.as_str();
+        let mut failures = 0u32;
+        for done in groups {
+            loop {
+                match self.outbox.complete(&done.seqs, done.records.clone()) {
+                    Ok(_) => {
+                        failures = 0;
+                        self.stored.wake();
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(
+                            pipeline = name,
+                            "cannot store {} result(s): {e}",
+                            done.records.len()
+                        );
+                        if self.wake.stopped() {
+                            return;
+                        }
+                        self.wake.sleep(backoff(100, 10_000, failures));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Sluice's integration tests, one binary (as wasmtime's `tests/all` and
+//! ripgrep's `tests/tests.rs`), so the whole dependency graph is linked once.
+//! Real plugins compiled to wasm, real models, real SQLite, a real collector
+//! on loopback, the real `sluice` binary.
+
+mod common;
+mod fault_proxy;
+
+mod agent;
+mod bundled_plugins;
+mod cli;
+mod inference;
+mod outbox;
+mod plugins;
+mod sync;

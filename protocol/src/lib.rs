@@ -1,0 +1,513 @@
+//! # The Sluice wire protocol
+//!
+//! The types exchanged between a Sluice device and an upstream collector,
+//! in one place, so that the device (`sluice`) and the collector
+//! (`sluice-collector`) cannot drift apart and so that anyone writing their
+//! own collector has one definition to follow (see `PROTOCOL.md` beside this
+//! crate for the prose version).
+//!
+//! * [`Record`]: what a device ships upstream, one per processed input
+//!   ([`ResultRecord`], with its provenance); more kinds (drift events,
+//!   install reports) join as new variants of [`RecordKind`].
+//! * [`UploadBatch`]: records sent together under one idempotency key
+//!   (`POST` [`paths::BATCHES`], body zstd-compressed JSON).
+//! * [`BatchAck`]: the collector's acknowledgement, naming the batch key; only
+//!   a well-formed acknowledgement of the batch that was sent lets a device
+//!   delete anything.
+//! * [`ErrorBody`]: the JSON body of every error answer.
+//!
+//! Versioning: every batch and acknowledgement carries [`PROTOCOL_VERSION`].
+//! A collector refuses batches of a version it does not know with `400`, so
+//! a device newer than its collector fails loudly instead of losing data.
+//!
+//! Invariants of ids: a result's id is `<device>/<pipeline>/<seq>`
+//! ([`result_id`]); device and pipeline names are restricted by
+//! [`check_name`] (no `/`), so an id names exactly one device.
+
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The HTTP header carrying a batch's idempotency key (also used by the
+/// device's own ingest endpoint for inputs).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The media type of batch bodies (before `Content-Encoding`).
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// The only `Content-Encoding` of batch bodies besides none.
+pub const CONTENT_ENCODING: &str = "zstd";
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 200;
+
+/// Longest device or pipeline name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// URL paths of the collector's endpoints.
+pub mod paths {
+    /// `POST`: an [`UploadBatch`](crate::UploadBatch).
+    pub const BATCHES: &str = "/v1/batches";
+    /// `GET`: `ok` when the service runs (no authentication).
+    pub const HEALTH: &str = "/v1/health";
+
+    /// `GET`: a [`DeviceCount`](crate::DeviceCount).
+    pub fn device_count(device: &str) -> String {
+        format!("/v1/devices/{device}/count")
+    }
+
+    /// `GET ?after=SEQ&limit=N`: a [`DeviceResults`](crate::DeviceResults).
+    pub fn device_results(device: &str) -> String {
+        format!("/v1/devices/{device}/results")
+    }
+}
+
+/// Why a device or pipeline name is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`].
+    #[error("has {0} bytes; at most {MAX_NAME_LEN} are allowed")]
+    TooLong(usize),
+    /// The name has a character outside `A-Z a-z 0-9 . _ -`.
+    #[error("has the character {0:?}; only A-Z, a-z, 0-9, '.', '_' and '-' are allowed")]
+    BadChar(char),
+}
+
+/// Check a device or pipeline name: 1 to [`MAX_NAME_LEN`] bytes of
+/// `A-Z a-z 0-9 . _ -`. Names are parts of ids and URL paths, so a `/` (or
+/// anything needing escaping) would let one device's ids pass for another's.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(NameError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// The id of the result of input `seq` of `pipeline` on `device`.
+pub fn result_id(device: &str, pipeline: &str, seq: i64) -> String {
+    format!("{device}/{pipeline}/{seq}")
+}
+
+/// The kinds of records a device ships.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// The outcome of one input ([`ResultRecord`]). Records written before
+    /// the field existed carry no `kind` and are results.
+    #[default]
+    Result,
+}
+
+/// What every record has, whatever its kind: enough for a collector to
+/// authorize, deduplicate and order it without knowing the kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordHeader {
+    /// The record's kind.
+    #[serde(default)]
+    pub kind: RecordKind,
+    /// Unique id, `<device>/<pipeline>/<seq>`.
+    pub id: String,
+    /// The device that made it.
+    pub device: String,
+    /// The pipeline that made it.
+    pub pipeline: String,
+    /// Its sequence number on the device (orders a device's records).
+    pub seq: i64,
+}
+
+impl RecordHeader {
+    /// Check that the record belongs to `device` and that its id is the one
+    /// its fields make.
+    pub fn check(&self, device: &str) -> Result<(), RecordError> {
+        if self.device != device {
+            return Err(RecordError::OtherDevice {
+                id: self.id.clone(),
+                device: self.device.clone(),
+            });
+        }
+        let expected = result_id(&self.device, &self.pipeline, self.seq);
+        if self.id != expected {
+            return Err(RecordError::BadId {
+                id: self.id.clone(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a record is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The record claims another device than the one sending it.
+    #[error("record `{id}` belongs to device `{device}`")]
+    OtherDevice {
+        /// The record's id.
+        id: String,
+        /// The device it claims.
+        device: String,
+    },
+    /// The id is not `<device>/<pipeline>/<seq>`.
+    #[error("id `{id}` is not `{expected}`")]
+    BadId {
+        /// The record's id.
+        id: String,
+        /// The id its fields make.
+        expected: String,
+    },
+}
+
+/// A record shipped upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum Record {
+    /// The outcome of one input.
+    Result(ResultRecord),
+}
+
+/// The outcome of one input: what came in, what it became, and exactly
+/// which code and model made it. `sluice infer` prints the same shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// Always [`RecordKind::Result`].
+    #[serde(default)]
+    pub kind: RecordKind,
+    /// Unique id, `<device>/<pipeline>/<seq>` ([`result_id`]).
+    pub id: String,
+    /// The device that made it.
+    pub device: String,
+    /// The pipeline that made it.
+    pub pipeline: String,
+    /// The input's sequence number on the device, fixed when it was accepted.
+    pub seq: i64,
+    /// When the input was accepted, ms since the Unix epoch (device clock).
+    pub accepted_at_ms: i64,
+    /// When the result was made, ms since the Unix epoch (device clock).
+    pub completed_at_ms: i64,
+    /// What came in.
+    pub input: InputInfo,
+    /// Which model and plugins made the result.
+    pub provenance: Provenance,
+    /// The Sluice version that made it.
+    pub sluice_version: String,
+    /// Time the item's batch spent in each stage.
+    pub timings: StageTimings,
+    /// The result, or why there is none.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl ResultRecord {
+    /// The fields every record has.
+    pub fn header(&self) -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Result,
+            id: self.id.clone(),
+            device: self.device.clone(),
+            pipeline: self.pipeline.clone(),
+            seq: self.seq,
+        }
+    }
+}
+
+/// What is known of an input.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InputInfo {
+    /// Its media type.
+    pub content_type: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Where it came from (e.g. `file`), as its source recorded it.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The model and plugins that made a result, each with the SHA-256 (hex)
+/// of what ran.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The model's name in the device configuration.
+    pub model: String,
+    /// SHA-256 of the model file.
+    pub model_sha256: String,
+    /// The preprocessing plugin's name.
+    pub preprocess: String,
+    /// SHA-256 of its component.
+    pub preprocess_sha256: String,
+    /// The postprocessing plugin's name.
+    pub postprocess: String,
+    /// SHA-256 of its component.
+    pub postprocess_sha256: String,
+}
+
+/// Time one item's batch spent in each stage, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// In the preprocessing plugin.
+    pub preprocess_us: u64,
+    /// In the scheduler and the engine.
+    pub infer_us: u64,
+    /// In the postprocessing plugin.
+    pub postprocess_us: u64,
+}
+
+/// A result or an error, never both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The postprocessor's document.
+    Result(ResultBody),
+    /// Why the item has no result.
+    Error(ItemFailure),
+}
+
+/// A postprocessor's document. JSON documents are embedded as JSON; any
+/// other content type as a string (lossy UTF-8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultBody {
+    /// The document's media type.
+    pub content_type: String,
+    /// The document.
+    pub body: serde_json::Value,
+}
+
+impl ResultBody {
+    /// A document as it goes on the wire.
+    pub fn new(content_type: &str, body: &[u8]) -> ResultBody {
+        let text = || serde_json::Value::String(String::from_utf8_lossy(body).into_owned());
+        let is_json = content_type
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        ResultBody {
+            content_type: content_type.to_owned(),
+            body: if is_json {
+                serde_json::from_slice(body).unwrap_or_else(|_| text())
+            } else {
+                text()
+            },
+        }
+    }
+}
+
+/// Why one item failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemFailure {
+    /// A stable, machine-readable kind: `invalid-input`, `unsupported`,
+    /// `internal`, `plugin-fault`, `inference`, ...
+    pub kind: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// Records sent together under one idempotency key: the body of
+/// `POST` [`paths::BATCHES`]. `R` is [`Record`] to read a batch, or a raw
+/// JSON value for a device that ships records it stored as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadBatch<R> {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    #[serde(default = "version_one")]
+    pub protocol: u32,
+    /// The sending device; must be the one its token belongs to.
+    pub device: String,
+    /// The idempotency key, also sent as the [`IDEMPOTENCY_KEY`] header.
+    pub key: String,
+    /// The records.
+    pub records: Vec<R>,
+}
+
+fn version_one() -> u32 {
+    1
+}
+
+/// A batch whose records are kept as the JSON text they were stored as:
+/// what a device sends, and what a collector reads before checking each record.
+pub type RawBatch = UploadBatch<Box<serde_json::value::RawValue>>;
+
+/// The collector's answer to a batch it stored (`200`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAck {
+    /// [`PROTOCOL_VERSION`] of the collector.
+    pub protocol: u32,
+    /// The key of the batch acknowledged.
+    pub key: String,
+    /// Records newly stored.
+    pub stored: u64,
+    /// Records already stored under the same id (sent before).
+    pub duplicates: u64,
+    /// The batch key was known: nothing was stored this time.
+    pub replayed: bool,
+}
+
+/// The body of every error answer (`4xx`, `5xx`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong, naming the thing and the cause.
+    pub error: String,
+}
+
+impl ErrorBody {
+    /// An error body with `message`.
+    pub fn new(message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: message.into(),
+        }
+    }
+}
+
+/// `GET` [`paths::device_count`]: results stored for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCount {
+    /// The device.
+    pub device: String,
+    /// How many records are stored for it.
+    pub count: u64,
+}
+
+/// `GET` [`paths::device_results`]: a device's records in `seq` order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceResults<R = serde_json::Value> {
+    /// The device.
+    pub device: String,
+    /// Its records with `seq > after`, at most `limit`.
+    pub results: Vec<R>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(outcome: Outcome) -> ResultRecord {
+        ResultRecord {
+            kind: RecordKind::Result,
+            id: result_id("gw-1", "digits", 7),
+            device: "gw-1".into(),
+            pipeline: "digits".into(),
+            seq: 7,
+            accepted_at_ms: 1,
+            completed_at_ms: 2,
+            input: InputInfo {
+                content_type: "image/png".into(),
+                bytes: 3,
+                attributes: [("file".to_owned(), "a.png".to_owned())].into(),
+            },
+            provenance: Provenance::default(),
+            sluice_version: "0.1.0".into(),
+            timings: StageTimings::default(),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_result_record_has_the_documented_shape_and_round_trips() {
+        let ok = record(Outcome::Result(ResultBody::new(
+            "application/json",
+            br#"{"label":"3"}"#,
+        )));
+        let json = serde_json::to_value(&ok).unwrap();
+        assert_eq!(json["kind"], "result");
+        assert_eq!(json["id"], "gw-1/digits/7");
+        assert_eq!(json["result"]["body"]["label"], "3");
+        assert!(json.get("error").is_none());
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, Record::Result(ok));
+
+        let failed = record(Outcome::Error(ItemFailure {
+            kind: "invalid-input".into(),
+            message: "not a PNG".into(),
+        }));
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["error"]["kind"], "invalid-input");
+        assert!(json.get("result").is_none());
+    }
+
+    #[test]
+    fn records_stored_before_the_kind_field_still_read_as_results() {
+        let mut json = serde_json::to_value(record(Outcome::Error(ItemFailure {
+            kind: "internal".into(),
+            message: "x".into(),
+        })))
+        .unwrap();
+        json.as_object_mut().unwrap().remove("kind");
+        let header: RecordHeader = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(header.kind, RecordKind::Result);
+        assert!(matches!(
+            serde_json::from_value::<Record>(json),
+            Ok(Record::Result(_))
+        ));
+    }
+
+    #[test]
+    fn non_json_documents_travel_as_text() {
+        let body = ResultBody::new("text/plain", b"cat");
+        assert_eq!(body.body, serde_json::json!("cat"));
+        let broken = ResultBody::new("application/json; charset=utf-8", b"{nope");
+        assert_eq!(broken.body, serde_json::json!("{nope"));
+    }
+
+    #[test]
+    fn a_header_must_belong_to_its_sender_and_make_its_own_id() {
+        let header = record(Outcome::Error(ItemFailure {
+            kind: "internal".into(),
+            message: String::new(),
+        }))
+        .header();
+        assert_eq!(header.check("gw-1"), Ok(()));
+        assert!(matches!(
+            header.check("gw-2"),
+            Err(RecordError::OtherDevice { .. })
+        ));
+        let forged = RecordHeader {
+            id: "gw-1/digits/8".into(),
+            ..header
+        };
+        assert!(matches!(
+            forged.check("gw-1"),
+            Err(RecordError::BadId { .. })
+        ));
+    }
+
+    #[test]
+    fn names_with_separators_or_odd_characters_are_refused() {
+        assert_eq!(check_name("gateway-17.eu_1"), Ok(()));
+        assert_eq!(check_name(""), Err(NameError::Empty));
+        assert_eq!(check_name("a/b"), Err(NameError::BadChar('/')));
+        assert_eq!(check_name("a b"), Err(NameError::BadChar(' ')));
+        assert_eq!(check_name(&"x".repeat(65)), Err(NameError::TooLong(65)));
+    }
+
+    #[test]
+    fn a_raw_batch_carries_stored_records_verbatim() {
+        let stored = r#"{"id":"d/p/1","device":"d","pipeline":"p","seq":1}"#;
+        let batch: RawBatch = UploadBatch {
+            protocol: PROTOCOL_VERSION,
+            device: "d".into(),
+            key: "k".into(),
+            records: vec![serde_json::value::RawValue::from_string(stored.into()).unwrap()],
+        };
+        let text = serde_json::to_string(&batch).unwrap();
+        assert!(text.contains(stored), "{text}");
+        let back: RawBatch = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.records[0].get(), stored);
+    }
+}
