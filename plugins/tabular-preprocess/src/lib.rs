@@ -7,15 +7,19 @@
 //!
 //! * JSON: an object `{"name": number, ...}`; keys that are not features are
 //!   ignored; a number may also be given as a numeric string (`"21.5"`).
-//! * CSV: a header line and exactly one data line (columns that are not
-//!   features, such as a trailing `label`, are ignored), or a single line of
-//!   exactly F numbers in feature order. Fields are split on `,` and trimmed;
-//!   quoting is not supported.
+//! * CSV (RFC 4180, parsed with the `csv` crate): a header line and exactly
+//!   one data line (columns that are not features, such as a trailing
+//!   `label`, are ignored), or a single line of exactly F numbers in feature
+//!   order. Fields are separated by `,`; a field in double quotes may hold
+//!   commas, line breaks and `""` for a literal `"` (the quote must be the
+//!   field's first character). Fields are trimmed; lines end in LF, CRLF or
+//!   CR; blank lines are skipped.
 //! * Feature names, means and scales come from the config or from a scaler
 //!   file (`{"features": [...], "mean": [...], "scale": [...]}`).
 //!
 //! See `README.md` for the configuration keys.
 
+use csv::StringRecord;
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_guest::{ItemError, Preprocessor, RawInput, Tensor};
@@ -214,47 +218,61 @@ impl Standardizer {
             .collect()
     }
 
+    /// Parse a CSV record, reading at most three non-blank rows: a third
+    /// one fails the item at once, without parsing the rest.
     fn parse_csv(&self, text: &str) -> Result<Vec<f64>, ItemError> {
-        let lines: Vec<Vec<&str>> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(split_csv_line)
-            .collect();
-        match lines.as_slice() {
-            [] => Err(ItemError::invalid("the CSV record is empty")),
-            [only] => {
-                let numbers: Option<Vec<f64>> =
-                    only.iter().map(|f| f.parse::<f64>().ok()).collect();
-                match numbers {
-                    Some(values) if values.len() == self.features.len() => {
-                        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                            return Err(ItemError::invalid(format!(
-                                "feature `{}` is not a finite number: {}",
-                                self.features[i], only[i]
-                            )));
-                        }
-                        Ok(values)
-                    }
-                    Some(values) => Err(ItemError::invalid(format!(
-                        "the CSV record is one line of {} numbers but {} features are configured \
-                         (without a header line the fields must be exactly the features, in order)",
-                        values.len(),
-                        self.features.len()
-                    ))),
-                    None => Err(ItemError::invalid(
-                        "the CSV record has a header line but no data line",
-                    )),
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let mut first = StringRecord::new();
+        if !next_csv_row(&mut reader, &mut first)? {
+            return Err(ItemError::invalid("the CSV record is empty"));
+        }
+        let mut second = StringRecord::new();
+        if !next_csv_row(&mut reader, &mut second)? {
+            return self.parse_csv_line(&first);
+        }
+        // Stop at the first row past the data line: the rest is not parsed.
+        if next_csv_row(&mut reader, &mut StringRecord::new())? {
+            return Err(ItemError::invalid(
+                "the CSV record has more than one data line; send exactly one record per item",
+            ));
+        }
+        self.parse_csv_row(&first, &second)
+    }
+
+    /// A CSV record of one line: exactly the features' values, in order.
+    fn parse_csv_line(&self, only: &StringRecord) -> Result<Vec<f64>, ItemError> {
+        let numbers: Option<Vec<f64>> = only.iter().map(|f| f.parse::<f64>().ok()).collect();
+        match numbers {
+            Some(values) if values.len() == self.features.len() => {
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(ItemError::invalid(format!(
+                        "feature `{}` is not a finite number: {}",
+                        self.features[i], &only[i]
+                    )));
                 }
+                Ok(values)
             }
-            [header, row] => self.parse_csv_row(header, row),
-            [_, rows @ ..] => Err(ItemError::invalid(format!(
-                "the CSV record has {} data lines; send exactly one record per item",
-                rows.len()
+            Some(values) => Err(ItemError::invalid(format!(
+                "the CSV record is one line of {} numbers but {} features are configured \
+                 (without a header line the fields must be exactly the features, in order)",
+                values.len(),
+                self.features.len()
             ))),
+            None => Err(ItemError::invalid(
+                "the CSV record has a header line but no data line",
+            )),
         }
     }
 
-    fn parse_csv_row(&self, header: &[&str], row: &[&str]) -> Result<Vec<f64>, ItemError> {
+    fn parse_csv_row(
+        &self,
+        header: &StringRecord,
+        row: &StringRecord,
+    ) -> Result<Vec<f64>, ItemError> {
         if header.len() != row.len() {
             return Err(ItemError::invalid(format!(
                 "the CSV header has {} columns but the data line has {}",
@@ -265,11 +283,11 @@ impl Standardizer {
         self.features
             .iter()
             .map(|name| {
-                let mut columns = header.iter().enumerate().filter(|(_, h)| *h == name);
+                let mut columns = header.iter().enumerate().filter(|(_, h)| h == name);
                 let Some((column, _)) = columns.next() else {
                     return Err(ItemError::invalid(format!(
                         "missing feature `{name}` (the CSV header has: {})",
-                        header.join(", ")
+                        header.iter().collect::<Vec<_>>().join(", ")
                     )));
                 };
                 if columns.next().is_some() {
@@ -277,7 +295,7 @@ impl Standardizer {
                         "the CSV header names feature `{name}` twice"
                     )));
                 }
-                let field = row[column];
+                let field = &row[column];
                 match field.parse::<f64>() {
                     Ok(x) if x.is_finite() => Ok(x),
                     _ => Err(ItemError::invalid(format!(
@@ -286,6 +304,24 @@ impl Standardizer {
                 }
             })
             .collect()
+    }
+}
+
+/// Read the next CSV row that is not a blank line into `record` (reusing its
+/// buffers); `false` at the end of the text.
+fn next_csv_row(
+    reader: &mut csv::Reader<&[u8]>,
+    record: &mut StringRecord,
+) -> Result<bool, ItemError> {
+    loop {
+        let more = reader
+            .read_record(record)
+            .map_err(|e| ItemError::invalid(format!("cannot parse the CSV record: {e}")))?;
+        // The reader skips empty lines; a line of only spaces is one field
+        // that trimming left empty.
+        if !more || !(record.len() == 1 && record[0].is_empty()) {
+            return Ok(more);
+        }
     }
 }
 
@@ -306,20 +342,6 @@ pub fn resolve_format(format: Format, content_type: &str, text: &str) -> Format 
     } else {
         Format::Csv
     }
-}
-
-/// Split one CSV line on commas; trim spaces and a pair of surrounding
-/// double quotes from each field.
-pub fn split_csv_line(line: &str) -> Vec<&str> {
-    line.split(',')
-        .map(|f| {
-            let f = f.trim();
-            f.strip_prefix('"')
-                .and_then(|f| f.strip_suffix('"'))
-                .unwrap_or(f)
-                .trim()
-        })
-        .collect()
 }
 
 #[derive(Debug)]

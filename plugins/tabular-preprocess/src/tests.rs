@@ -96,9 +96,110 @@ fn csv_errors() {
     assert!(invalid(s.parse(b"a,b,c\n1,x,3", "", Format::Auto)).contains("feature `b`"));
     assert!(invalid(s.parse(b"a,b,c\n1,NaN,3", "", Format::Auto)).contains("feature `b`"));
     assert!(invalid(s.parse(b"a,b,c\n1,2", "", Format::Auto)).contains("3 columns"));
-    assert!(invalid(s.parse(b"a,b,c\n1,2,3\n4,5,6", "", Format::Auto)).contains("2 data lines"));
+    assert!(
+        invalid(s.parse(b"a,b,c\n1,2,3\n4,5,6", "", Format::Auto))
+            .contains("more than one data line")
+    );
     assert!(invalid(s.parse(b"a,b,c,a\n1,2,3,4", "", Format::Auto)).contains("twice"));
     assert!(invalid(s.parse(b"  \n", "", Format::Auto)).contains("empty"));
+}
+
+#[test]
+fn csv_quoted_comma_stays_one_field() {
+    let s = abc();
+    // A quoted text column holding commas: the numbers around it keep their columns.
+    let csv = b"id,a,note,b,c,label\n7,1,\"hello, world, again\",2,3,x\n";
+    assert_eq!(
+        s.parse(csv, "text/csv", Format::Auto).unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    // A quoted header name with a comma is one column too.
+    assert_eq!(
+        s.parse(b"\"x,y\",a,b,c\n9,1,2,3", "", Format::Auto)
+            .unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    // Quoted numbers are numbers; a thousands separator is not (numbers are
+    // parsed as Rust `f64`), and the error shows the whole field.
+    assert_eq!(
+        s.parse(
+            b"\"a\",\"b\",\"c\"\n\"1\",\" 2.5 \",\"3\"",
+            "",
+            Format::Auto
+        )
+        .unwrap(),
+        vec![1.0, 2.5, 3.0]
+    );
+    assert_eq!(
+        s.parse(b"\"1\",\"2\",\"3\"", "", Format::Auto).unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    let e = invalid(s.parse(b"a,b,c\n1,\"1,000\",3", "", Format::Auto));
+    assert!(
+        e.contains("feature `b` is not a finite number: `1,000`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn csv_escaped_double_quotes() {
+    let s = abc();
+    let csv = b"a,note,b,c\n1,\"a \"\"quoted\"\", word\",2,3";
+    assert_eq!(s.parse(csv, "", Format::Auto).unwrap(), vec![1.0, 2.0, 3.0]);
+    // `""` inside quotes is one `"`: a header naming a feature with quotes.
+    let s = standardizer(r#"{"features": ["width \"cm\"", "b"]}"#).unwrap();
+    assert_eq!(
+        s.parse(b"\"width \"\"cm\"\"\",b\n4,5", "", Format::Auto)
+            .unwrap(),
+        vec![4.0, 5.0]
+    );
+    let e = invalid(s.parse(b"\"width \"\"cm\"\"\",b\n\"4\"\"\",5", "", Format::Auto));
+    assert!(
+        e.contains(r#"feature `width "cm"` is not a finite number: `4"`"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn csv_line_endings() {
+    let s = abc();
+    // CRLF throughout, and a CRLF inside a quoted field, which is not a new line.
+    let csv = b"a,note,b,c\r\n1,\"line one\r\nline two\",2,3\r\n";
+    assert_eq!(
+        s.parse(csv, "text/csv", Format::Auto).unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    // Bare CR line endings.
+    assert_eq!(
+        s.parse(b"a,b,c\r1,2,3\r", "", Format::Auto).unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    // Blank and space-only lines are skipped.
+    assert_eq!(
+        s.parse(b"\r\n  \r\na,b,c\r\n\r\n1,2,3\r\n \r\n", "", Format::Auto)
+            .unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+}
+
+#[test]
+fn csv_malformed_rows_fail_the_item() {
+    let s = abc();
+    // A quoted comma does not make an extra field: 2 fields, not 3.
+    let e = invalid(s.parse(b"a,b,c\n\"1,2\",3", "", Format::Auto));
+    assert!(
+        e.contains("the CSV header has 3 columns but the data line has 2"),
+        "{e}"
+    );
+    let e = invalid(s.parse(b"a,b,c\n1,2,\"3,4\",5", "", Format::Auto));
+    assert!(
+        e.contains("the CSV header has 3 columns but the data line has 4"),
+        "{e}"
+    );
+    // A second data line fails the item (a quoted line break inside the data
+    // line does not start one).
+    let e = invalid(s.parse(b"a,b,c\n1,2,\"x\ny\"\n\n4,5,6\n7,8,9", "", Format::Auto));
+    assert!(e.contains("more than one data line"), "{e}");
 }
 
 #[test]
