@@ -51,7 +51,14 @@ fn main() {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
         .current_dir(&plugins)
-        .args(["build", "--profile", profile, "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--profile",
+            profile,
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // The outer build's flags and target settings are for the host, not for wasm.
     for var in [

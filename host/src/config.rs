@@ -79,6 +79,25 @@ pub struct RuntimeConfig {
     /// `load`; 0 (the default) refuses such loads.
     #[serde(default)]
     pub guest_model_max_bytes: usize,
+    /// Threads running pipeline batches (plugin calls, waiting for the
+    /// scheduler), shared by all pipelines; 0 (the default) = one per core,
+    /// at most [`RuntimeConfig::MAX_WORKERS`]. Each plugin may have this many
+    /// instances busy at once.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl RuntimeConfig {
+    /// The most pipeline threads a configuration may ask for.
+    pub const MAX_WORKERS: usize = 256;
+
+    /// `workers`, with 0 resolved to the number of cores.
+    pub fn resolved_workers(&self) -> usize {
+        match self.workers {
+            0 => crate::schedule::available_cores().min(Self::MAX_WORKERS),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -483,6 +502,16 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
+        if self.runtime.workers > RuntimeConfig::MAX_WORKERS {
+            return value(
+                "runtime.workers",
+                format!(
+                    "{} is above {}",
+                    self.runtime.workers,
+                    RuntimeConfig::MAX_WORKERS
+                ),
+            );
+        }
         if let Err(e) = sluice_protocol::check_name(&self.device.id) {
             return value("device.id", format!("`{}` {e}", self.device.id));
         }

@@ -11,12 +11,22 @@ use crate::types::{Document, Inferred, ItemError, RawItem};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// One pipeline's parts, joined. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
+    /// Its name in the configuration.
     pub name: String,
+    /// The preprocessing plugin.
     pub preprocess: Arc<Plugin>,
+    /// The scheduler of its model.
     pub scheduler: Scheduler,
+    /// The postprocessing plugin.
     pub postprocess: Arc<Plugin>,
+    /// The threads [`process_all`] runs batches on, shared by every pipeline
+    /// of a runtime: they call plugins and wait for the scheduler, so they are
+    /// not the inference threads. Their number bounds how many calls a plugin
+    /// serves at once, and so its instances.
+    pub pool: Arc<rayon::ThreadPool>,
 }
 
 /// What became of one input.
@@ -94,56 +104,30 @@ impl Pipeline {
     }
 }
 
-/// Run `items` through `pipeline` in batches of the model's batch size, with
-/// as many batches in flight as the scheduler has threads, so that batches
-/// from concurrent callers merge. `progress` is called with each finished
-/// batch's size. Outcomes come back in input order.
+/// Run `items` through `pipeline` in batches of the model's batch size, as
+/// many batches at once as the pipeline's pool has threads, so that batches
+/// from concurrent callers merge in the scheduler. `progress` is called with
+/// each finished batch's size. Outcomes come back in input order.
 pub fn process_all(
     pipeline: &Pipeline,
     items: Vec<RawItem>,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<Outcome> {
+    use rayon::prelude::*;
     let batch = pipeline.scheduler.config().max_batch_size.max(1);
-    let workers = pipeline.scheduler.config().threads.max(1);
-    let chunks: Vec<Vec<RawItem>> = {
-        let mut chunks = Vec::new();
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            chunks.push(items.by_ref().take(batch).collect());
-        }
+    let mut chunks = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(batch).collect::<Vec<_>>());
+    }
+    pipeline.pool.install(|| {
         chunks
-    };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let chunks: Vec<std::sync::Mutex<Option<Vec<RawItem>>>> = chunks
-        .into_iter()
-        .map(|c| std::sync::Mutex::new(Some(c)))
-        .collect();
-    let mut done: Vec<(usize, Vec<Outcome>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers.min(chunks.len()).max(1))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let ix = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(chunk) = chunks.get(ix).and_then(|c| c.lock().unwrap().take())
-                        else {
-                            break;
-                        };
-                        let outcomes = pipeline.process(chunk);
-                        progress(outcomes.len());
-                        mine.push((ix, outcomes));
-                    }
-                    mine
-                })
+            .into_par_iter()
+            .flat_map_iter(|chunk| {
+                let outcomes = pipeline.process(chunk);
+                progress(outcomes.len());
+                outcomes
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("pipeline worker panicked"))
             .collect()
-    });
-    done.sort_by_key(|(ix, _)| *ix);
-    done.into_iter()
-        .flat_map(|(_, outcomes)| outcomes)
-        .collect()
+    })
 }

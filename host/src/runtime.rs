@@ -42,7 +42,7 @@ pub enum Problem {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The plugin engine could not be set up.
+    /// The plugin engine or the pipeline threads could not be set up.
     #[error("cannot set up the plugin engine: {0}")]
     Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The configuration has pipelines, and none could start.
@@ -100,6 +100,12 @@ impl Runtime {
             scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes),
         )
         .map_err(|e| StartError::Engine(e.into()))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.runtime.resolved_workers())
+            .thread_name(|ix| format!("sluice-pipeline-{ix}"))
+            .build()
+            .map(Arc::new)
+            .map_err(|e| StartError::Engine(e.into()))?;
         // Each plugin is loaded once, as the kind its pipelines need (the
         // configuration guarantees a plugin has one role).
         let mut plugins: BTreeMap<&str, Option<Arc<Plugin>>> = BTreeMap::new();
@@ -138,6 +144,7 @@ impl Runtime {
                         preprocess: pre.clone(),
                         scheduler: scheduler.clone(),
                         postprocess: post.clone(),
+                        pool: pool.clone(),
                     },
                 );
             } else {

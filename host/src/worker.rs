@@ -55,10 +55,10 @@ impl Worker {
     /// Run until woken with stop; returns once the last group is committed
     /// (or the commit was abandoned because of the stop).
     pub fn run(self) {
-        let config = self.pipeline.scheduler.config();
-        // Enough items to keep every scheduler thread busy with full batches,
+        let batch = self.pipeline.scheduler.config().max_batch_size.max(1);
+        // Enough items to keep every pipeline thread busy with full batches,
         // several times over so that one fsync covers many of them.
-        let group = (config.max_batch_size.max(1) * config.threads.max(1) * 4).clamp(1, 1024);
+        let group = (batch * self.pipeline.pool.current_num_threads() * 4).clamp(1, 1024);
         let (to_store, stored) = sync_channel::<Done>(1);
         std::thread::scope(|scope| {
             scope.spawn(|| self.store(stored));

@@ -12,6 +12,21 @@
 
 pub mod tract;
 
+/// The process's one pool of inference threads, one per core: every
+/// scheduler spreads the chunks of a batch over it (instead of spawning
+/// threads per batch). Nothing that waits on a scheduler ever runs on it, so
+/// a chunk never waits behind a caller.
+pub fn pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(crate::schedule::available_cores())
+            .thread_name(|ix| format!("sluice-infer-{ix}"))
+            .build()
+            .expect("start the inference threads")
+    })
+}
+
 /// The engine used when a model's configuration names none.
 pub const DEFAULT_ENGINE: &str = "tract";
 

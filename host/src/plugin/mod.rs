@@ -269,7 +269,7 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// How many idle instances a plugin keeps for reuse.
-const MAX_IDLE_INSTANCES: usize = 4;
+pub(crate) const MAX_IDLE_INSTANCES: usize = 4;
 
 impl Plugin {
     pub fn name(&self) -> &str {

@@ -94,29 +94,22 @@ pub(super) fn run_chunks(
     if threads <= 1 || groups.len() <= 1 {
         return groups.into_iter().flat_map(run_group).collect();
     }
-    // Round-robin groups over threads, then put results back in order.
+    // Round-robin groups over `threads` lanes run on the inference pool,
+    // then put results back in order.
+    let lane_count = threads.min(groups.len());
     let mut lanes: Vec<Vec<(usize, Vec<Vec<Tensor>>)>> =
-        (0..threads.min(groups.len())).map(|_| Vec::new()).collect();
-    let lane_count = lanes.len();
+        (0..lane_count).map(|_| Vec::new()).collect();
     for (ix, group) in groups.into_iter().enumerate() {
         lanes[ix % lane_count].push((ix, group));
     }
-    let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, String>>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = lanes
-            .into_iter()
-            .map(|lane| {
-                scope.spawn(move || {
-                    lane.into_iter()
-                        .map(|(ix, g)| (ix, run_group(g)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("inference thread panicked"))
-            .collect()
-    });
+    use rayon::prelude::*;
+    let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, String>>)> =
+        crate::infer::pool().install(|| {
+            lanes
+                .into_par_iter()
+                .flat_map_iter(|lane| lane.into_iter().map(|(ix, g)| (ix, run_group(g))))
+                .collect()
+        });
     results.sort_by_key(|(ix, _)| *ix);
     results.into_iter().flat_map(|(_, r)| r).collect()
 }

@@ -62,6 +62,22 @@ impl Default for BatchConfig {
     }
 }
 
+impl BatchConfig {
+    /// `threads`, with 0 resolved to the number of cores.
+    pub fn resolved_threads(&self) -> usize {
+        if self.threads == 0 {
+            available_cores()
+        } else {
+            self.threads
+        }
+    }
+}
+
+/// The cores this process may use.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 type Reply = Result<Vec<Tensor>, ItemError>;
 
 /// One caller's items, queued together and answered together (one channel
@@ -100,13 +116,8 @@ impl Scheduler {
         config: BatchConfig,
         cache: Option<&ExecutionCache>,
     ) -> Result<Scheduler, ModelError> {
-        let threads = if config.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            config.threads
-        };
         let config = BatchConfig {
-            threads,
+            threads: config.resolved_threads(),
             max_batch_size: config.max_batch_size.max(1),
             ..config
         };

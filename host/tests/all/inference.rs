@@ -584,3 +584,31 @@ fn guests_load_model_bytes_only_when_configured_and_under_the_cap() {
         }
     }
 }
+
+#[test]
+fn runtime_workers_set_the_pipeline_threads_and_every_item_succeeds() {
+    let path = repo_root().join("examples/digits/sluice.toml");
+    let mut config = Config::load(&path).unwrap();
+    config.runtime.cache_dir = Some(shared_cache_dir());
+    config.runtime.pooling = sluice::config::Pooling::On;
+    config.runtime.workers = 12;
+    for model in config.models.values_mut() {
+        model.batching = batching(4);
+    }
+    let runtime = Runtime::start(config).unwrap();
+    let pipeline = runtime.pipeline(None).unwrap();
+    assert_eq!(pipeline.pool.current_num_threads(), 12);
+    let (items, _) = digit_items();
+    // 12 workers, batches of 4: up to 12 calls into each plugin at once.
+    let outcomes = process_all(pipeline, items.clone(), &|_| {});
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}

@@ -371,3 +371,39 @@ fn postprocessors_receive_metadata_and_tensors() {
         matches!(&results[1], Err(ItemError::InvalidInput { message, .. }) if message == "requested failure")
     );
 }
+
+#[test]
+fn every_worker_gets_an_instance_when_all_call_at_once() {
+    // More concurrent callers than the instance pool once allowed (8 per
+    // plugin), all inside the plugin at the same time.
+    let workers = 12;
+    let toml = format!(
+        "[runtime]\npooling = \"on\"\nworkers = {workers}\n[plugins.p]\npath = {:?}\n",
+        plugin_path("misbehave").display().to_string()
+    );
+    let config = sluice::config::Config::parse(&toml, std::path::Path::new("/")).unwrap();
+    let host = PluginHost::new(&EngineOptions {
+        cache_dir: Some(shared_cache_dir()),
+        ..EngineOptions::for_config(&config)
+    })
+    .unwrap();
+    let plugin = host.load("p", &config.plugins["p"], PRE).unwrap();
+    let barrier = std::sync::Barrier::new(workers);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..workers)
+            .map(|ix| {
+                let (plugin, barrier) = (&plugin, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    plugin.preprocess(&[text(&format!("w{ix}"), "sleep:300")])
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .flat_map(|call| call.join().unwrap())
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect()
+    });
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -12,6 +12,7 @@
 //! | `open:<path>`      | reads the file: u8 tensor `file`, or `internal("open <path>: <error>")` |
 //! | `env:<NAME>`       | reads the variable: u8 tensor `env`, or `internal("env <NAME>: not set")` |
 //! | `panic`            | panics (a trap)                                                  |
+//! | `sleep:<ms>`       | sleeps that long, then echoes the item                           |
 //! | `invalid` / `unsupported` / `internal` | that item error, message `requested <kind>`  |
 //! | anything else      | echo: u8 tensor `echo` of shape `[1, len]` holding the bytes     |
 //!
@@ -81,6 +82,13 @@ impl Preprocessor for Misbehave {
             // Read it back so the allocation and the fill cannot be elided.
             black_box(block.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
             drop(block);
+            echo()
+        } else if let Some(ms) = text.strip_prefix("sleep:") {
+            let ms: u64 = ms
+                .trim()
+                .parse()
+                .map_err(|e| ItemError::invalid(format!("sleep:<ms> needs a whole number: {e}")))?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
             echo()
         } else if let Some(path) = text.strip_prefix("open:") {
             match std::fs::read(path) {
