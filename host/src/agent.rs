@@ -425,7 +425,7 @@ fn store_results(
     let mut failures = 0u32;
     for (seqs, records) in groups {
         loop {
-            match outbox.complete(&seqs, records.clone()) {
+            match outbox.complete(&seqs, &records) {
                 Ok(_) => {
                     failures = 0;
                     uploads.wake();
