@@ -129,7 +129,7 @@ impl Worker {
         let mut failures = 0u32;
         for done in groups {
             loop {
-                match self.outbox.complete(&done.seqs, done.records.clone()) {
+                match self.outbox.complete(&done.seqs, &done.records) {
                     Ok(_) => {
                         failures = 0;
                         self.stored.wake();

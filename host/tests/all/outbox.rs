@@ -209,7 +209,10 @@ fn journal_items_become_records_in_one_transaction() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
     // Sequence numbers start at the clock (microseconds), so a fresh file
     // never reuses ids of a file moved aside.
-    let now_us = sluice::outbox::now_ms() * 1000;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
     assert!(
         (now_us - 60_000_000..=now_us).contains(&seqs[0]),
         "{} vs {now_us}",
@@ -234,13 +237,10 @@ fn journal_items_become_records_in_one_transaction() {
         })
         .collect();
     outbox
-        .complete(
-            &items.iter().map(|i| i.seq).collect::<Vec<_>>(),
-            done.clone(),
-        )
+        .complete(&items.iter().map(|i| i.seq).collect::<Vec<_>>(), &done)
         .unwrap();
     // Processing the same items again (after a crash) adds nothing.
-    let report = outbox.complete(&[], done).unwrap();
+    let report = outbox.complete(&[], &done).unwrap();
     assert_eq!(report.duplicates, 3);
     drop(outbox);
 

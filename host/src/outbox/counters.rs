@@ -1,0 +1,233 @@
+//! What the outbox remembers about itself: persisted counters (`counters`),
+//! the outcome of the last sync (`meta`), and the [`Status`] built from
+//! them for `sluice outbox status`.
+//!
+//! Invariants:
+//! * Every persisted counter is a [`Counter`], named once by
+//!   [`Counter::name`]; the names are the keys in the file and in
+//!   [`Status::counters`], so they never change.
+//! * A counter is bumped in the transaction that did what it counts, so it
+//!   survives exactly what the change survives; counters only grow.
+//! * [`Outbox::status`] reads the file, not the in-memory mirrors, so a
+//!   read-only handle sees what a running agent has committed.
+
+use super::{Outbox, OutboxError, now_ms};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A persisted counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Records stored (every result that entered the outbox).
+    Stored,
+    /// Records acknowledged by the collector.
+    Uploaded,
+    /// Records deleted to make room under `drop-oldest`.
+    DroppedOldest,
+    /// New records refused under `reject-new`.
+    RejectedFull,
+    /// Records larger than the whole cap, refused under either policy.
+    RejectedTooLarge,
+    /// Records older than `max_age_secs`, deleted.
+    Expired,
+    /// Records the collector refused permanently (4xx other than auth).
+    RejectedUpstream,
+    /// Records already stored under the same id (an input processed twice).
+    Duplicates,
+}
+
+impl Counter {
+    /// Every counter, in the order `sluice outbox status` lists them.
+    pub const ALL: [Counter; 8] = [
+        Counter::Stored,
+        Counter::Uploaded,
+        Counter::DroppedOldest,
+        Counter::RejectedFull,
+        Counter::RejectedTooLarge,
+        Counter::Expired,
+        Counter::RejectedUpstream,
+        Counter::Duplicates,
+    ];
+
+    /// The counter's name in the file and in [`Status::counters`].
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Stored => "stored",
+            Counter::Uploaded => "uploaded",
+            Counter::DroppedOldest => "dropped_oldest",
+            Counter::RejectedFull => "rejected_full",
+            Counter::RejectedTooLarge => "rejected_too_large",
+            Counter::Expired => "expired",
+            Counter::RejectedUpstream => "rejected_upstream",
+            Counter::Duplicates => "duplicates",
+        }
+    }
+}
+
+/// Names of the persisted counters, as strings (see [`Counter`]).
+pub mod counter {
+    use super::Counter;
+
+    /// [`Counter::Stored`].
+    pub const STORED: &str = Counter::Stored.name();
+    /// [`Counter::DroppedOldest`].
+    pub const DROPPED_OLDEST: &str = Counter::DroppedOldest.name();
+    /// [`Counter::RejectedFull`].
+    pub const REJECTED_FULL: &str = Counter::RejectedFull.name();
+    /// [`Counter::RejectedTooLarge`].
+    pub const REJECTED_TOO_LARGE: &str = Counter::RejectedTooLarge.name();
+    /// [`Counter::Expired`].
+    pub const EXPIRED: &str = Counter::Expired.name();
+    /// [`Counter::RejectedUpstream`].
+    pub const REJECTED_UPSTREAM: &str = Counter::RejectedUpstream.name();
+    /// [`Counter::Uploaded`].
+    pub const UPLOADED: &str = Counter::Uploaded.name();
+    /// [`Counter::Duplicates`].
+    pub const DUPLICATES: &str = Counter::Duplicates.name();
+}
+
+/// Keys of the sync outcome in `meta`.
+const LAST_SYNC_AT_MS: &str = "last_sync_at_ms";
+const LAST_ERROR: &str = "last_error";
+const LAST_ERROR_AT_MS: &str = "last_error_at_ms";
+
+/// What [`Outbox::status`] reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub path: PathBuf,
+    pub pending_records: u64,
+    pub pending_bytes: u64,
+    pub max_bytes: u64,
+    pub oldest_created_at_ms: Option<i64>,
+    pub batches_in_flight: u64,
+    pub journal_items: u64,
+    pub journal_bytes: u64,
+    pub last_sync_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
+    pub counters: BTreeMap<String, i64>,
+}
+
+impl Outbox {
+    /// Counters, last sync, sizes: what `sluice outbox status` shows.
+    pub fn status(&self) -> Result<Status, OutboxError> {
+        self.read(|conn| {
+            let (pending_bytes, pending_records, oldest): (i64, i64, Option<i64>) = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(bytes), 0), COUNT(*), MIN(created_at_ms) FROM records",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+            let batches: i64 = conn.query_row("SELECT COUNT(*) FROM batches", [], |r| r.get(0))?;
+            let (journal_items, journal_bytes): (i64, i64) = conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM journal",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let mut counters: BTreeMap<String, i64> = Counter::ALL
+                .iter()
+                .map(|c| (c.name().to_owned(), 0))
+                .collect();
+            let mut select = conn.prepare("SELECT name, value FROM counters")?;
+            for row in
+                select.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            {
+                let (name, value) = row?;
+                counters.insert(name, value);
+            }
+            let meta = |key: &str| -> rusqlite::Result<Option<String>> {
+                conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()
+            };
+            Ok(Status {
+                path: self.path.clone(),
+                pending_records: pending_records as u64,
+                pending_bytes: pending_bytes as u64,
+                max_bytes: self.config.max_bytes,
+                oldest_created_at_ms: oldest,
+                batches_in_flight: batches as u64,
+                journal_items: journal_items as u64,
+                journal_bytes: journal_bytes as u64,
+                last_sync_at_ms: meta(LAST_SYNC_AT_MS)?.and_then(|v| v.parse().ok()),
+                last_error: meta(LAST_ERROR)?,
+                last_error_at_ms: meta(LAST_ERROR_AT_MS)?.and_then(|v| v.parse().ok()),
+                counters,
+            })
+        })
+    }
+
+    /// A persisted counter's value, by name (see [`counter`]).
+    pub fn counter(&self, name: &str) -> Result<i64, OutboxError> {
+        self.read(|conn| {
+            conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map(|v| v.unwrap_or(0))
+        })
+    }
+
+    /// Remember why the last sync attempt failed (shown by `outbox status`).
+    pub fn record_sync_error(&self, message: &str) -> Result<(), OutboxError> {
+        self.write(|tx, _| note_sync_error(tx, message))
+    }
+
+    /// Remember that the collector was reached and nothing was pending.
+    pub fn record_sync_ok(&self) -> Result<(), OutboxError> {
+        self.write(|tx, _| note_sync_ok(tx))
+    }
+}
+
+/// Add `n` to `counter` (nothing for 0).
+pub(super) fn bump(conn: &Connection, counter: Counter, n: u64) -> rusqlite::Result<()> {
+    if n > 0 {
+        conn.prepare_cached(
+            "INSERT INTO counters(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+        )?
+        .execute(params![counter.name(), n as i64])?;
+    }
+    Ok(())
+}
+
+/// Note a successful sync, now.
+pub(super) fn note_sync_ok(conn: &Connection) -> rusqlite::Result<()> {
+    set_meta(conn, LAST_SYNC_AT_MS, &now_ms().to_string())
+}
+
+/// Note a failed sync and why, now.
+pub(super) fn note_sync_error(conn: &Connection, reason: &str) -> rusqlite::Result<()> {
+    set_meta(conn, LAST_ERROR, reason)?;
+    set_meta(conn, LAST_ERROR_AT_MS, &now_ms().to_string())
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_names_are_unique_and_match_the_string_constants() {
+        let names: std::collections::BTreeSet<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), Counter::ALL.len());
+        for name in [
+            counter::STORED,
+            counter::DROPPED_OLDEST,
+            counter::REJECTED_FULL,
+            counter::REJECTED_TOO_LARGE,
+            counter::EXPIRED,
+            counter::REJECTED_UPSTREAM,
+            counter::UPLOADED,
+            counter::DUPLICATES,
+        ] {
+            assert!(names.contains(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The ingest side: inputs accepted but not yet processed (`journal`), and
+//! the files of a watched folder that were accepted (`claimed_files`).
+//!
+//! Invariants:
+//! * An input is acknowledged to its sender only after its row has been
+//!   committed ([`Outbox::accept_many`] returns after the fsync); a batch of
+//!   inputs is accepted whole or not at all.
+//! * A journal row leaves only with its result, in the transaction that
+//!   stores the result ([`Outbox::complete`], via [`retire`]).
+//! * A claimed file is remembered in the same transaction as its input, so
+//!   after a crash the folder watcher can tell a file already accepted
+//!   (delete it) from one that was not (accept it); it is forgotten only
+//!   once the file is gone ([`Outbox::forget_claims`]).
+//! * [`Outbox::journal_bytes`] mirrors `SUM(LENGTH(data))` and is updated
+//!   after each commit; it reads an atomic, never the connection, so async
+//!   ingest handlers can call it for back-pressure without blocking.
+
+use super::{Outbox, OutboxError, now_ms};
+use rusqlite::{OptionalExtension, Transaction, params};
+use std::sync::atomic::Ordering;
+
+/// An input accepted into the journal.
+#[derive(Debug, Clone)]
+pub struct NewInput {
+    pub pipeline: String,
+    pub content_type: String,
+    pub attributes: Vec<(String, String)>,
+    pub data: Vec<u8>,
+}
+
+/// An input waiting in the journal.
+#[derive(Debug, Clone)]
+pub struct JournalItem {
+    pub seq: i64,
+    pub pipeline: String,
+    pub content_type: String,
+    pub attributes: Vec<(String, String)>,
+    pub data: Vec<u8>,
+    pub accepted_at_ms: i64,
+}
+
+impl Outbox {
+    /// Accept an input into the journal, durably. Returns its sequence
+    /// number, which makes its id.
+    pub fn accept(&self, input: &NewInput) -> Result<i64, OutboxError> {
+        Ok(self.accept_many(&[(input, None)])?[0])
+    }
+
+    /// Accept inputs in one transaction (one fsync for all of them): all or
+    /// none. Each may name the claimed file it came from, remembered in the
+    /// same transaction (see [`Outbox::is_claimed`]). Returns the sequence
+    /// numbers, in order.
+    pub fn accept_many(
+        &self,
+        inputs: &[(&NewInput, Option<&str>)],
+    ) -> Result<Vec<i64>, OutboxError> {
+        self.write(|tx, sizes| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO journal(pipeline, content_type, attributes, data, accepted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut claim =
+                tx.prepare_cached("INSERT OR IGNORE INTO claimed_files(name) VALUES (?1)")?;
+            let mut seqs = Vec::with_capacity(inputs.len());
+            for (input, claimed_file) in inputs {
+                let attributes =
+                    serde_json::to_string(&input.attributes).expect("pairs of strings serialize");
+                insert.execute(params![
+                    input.pipeline,
+                    input.content_type,
+                    attributes,
+                    input.data,
+                    now_ms()
+                ])?;
+                seqs.push(tx.last_insert_rowid());
+                if let Some(name) = claimed_file {
+                    claim.execute([name])?;
+                }
+                sizes.journal_bytes += input.data.len() as u64;
+            }
+            Ok(seqs)
+        })
+    }
+
+    /// Bytes of inputs accepted but not yet processed. Never waits for the
+    /// connection: it reads a mirror updated after each commit.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Up to `limit` journal items of `pipeline` with a sequence number
+    /// above `after`, oldest first.
+    pub fn journal_items(
+        &self,
+        pipeline: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<JournalItem>, OutboxError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms FROM journal
+                 WHERE pipeline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![pipeline, after, limit as i64], |r| {
+                let attributes: String = r.get(3)?;
+                Ok(JournalItem {
+                    seq: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    content_type: r.get(2)?,
+                    attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                    data: r.get(4)?,
+                    accepted_at_ms: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Whether the claimed file `name` was already accepted.
+    pub fn is_claimed(&self, name: &str) -> Result<bool, OutboxError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT 1 FROM claimed_files WHERE name = ?1",
+                [name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+        })
+    }
+
+    /// Forget claimed files once they have been deleted.
+    pub fn forget_claims(&self, names: &[String]) -> Result<(), OutboxError> {
+        self.write(|tx, _| {
+            let mut delete = tx.prepare_cached("DELETE FROM claimed_files WHERE name = ?1")?;
+            for name in names {
+                delete.execute([name])?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Delete the journal rows `seqs` (their results are being stored in the
+/// same transaction). Returns the bytes of input data they held; rows
+/// already gone count nothing.
+pub(super) fn retire(tx: &Transaction, seqs: &[i64]) -> rusqlite::Result<u64> {
+    let mut delete =
+        tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 RETURNING LENGTH(data)")?;
+    let mut freed = 0u64;
+    for seq in seqs {
+        if let Some(len) = delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
+            freed += len as u64;
+        }
+    }
+    Ok(freed)
+}

@@ -1,0 +1,364 @@
+//! The outbox: the device's crash-safe store of accepted inputs and of
+//! results awaiting upload, one SQLite file at `<data_dir>/outbox.sqlite`.
+//!
+//! Tables:
+//! * `journal`: inputs accepted by ingest but not yet processed. An input is
+//!   acknowledged to its sender only after its row is committed.
+//! * `claimed_files`: files of a watched folder that were accepted into the
+//!   journal but not yet deleted from the folder.
+//! * `records`: results (or an item's error) awaiting upload, each under a
+//!   stable, unique id `<device>/<pipeline>/<seq>`.
+//! * `batches`: uploads formed but not yet acknowledged upstream. A record's
+//!   batch assignment is committed *before* the upload is sent, so a retry
+//!   (even after a restart) sends the same records under the same
+//!   idempotency key.
+//! * `counters` and `meta`: persisted counters (dropped, rejected, expired,
+//!   uploaded...) and the last sync time and error.
+//!
+//! They share one file, and so one transaction, because handing an input
+//! over to its result ([`Outbox::complete`]) must delete the journal row and
+//! store the record atomically. The code is split by role, each file owning
+//! its tables:
+//! * `schema`: creating, checking and recovering the file;
+//! * `journal`: the ingest side, accepted inputs and claimed files;
+//! * `records`: pending results, their size cap and age limit;
+//! * `batches`: the upload ledger;
+//! * `counters`: persisted counters, sync meta and [`Outbox::status`].
+//!
+//! Invariants:
+//! * **Durable acknowledgements.** The database runs in WAL mode with
+//!   `synchronous=FULL`: every commit fsyncs the WAL, so whatever a commit
+//!   returned survives power loss and SIGKILL. Throughput comes from group
+//!   commit ([`Outbox::append`] and [`Outbox::complete`] take many records
+//!   per transaction, so one fsync covers the whole batch), not from weaker
+//!   syncing.
+//! * **One way to write.** Once the file is open, every change to it goes
+//!   through one private helper that runs it as a single transaction under
+//!   the connection's lock. The sizes mirrored in memory (pending records
+//!   and bytes, journal bytes) change only once that transaction has
+//!   committed, and every SQLite error is classified the same way
+//!   ([`OutboxError`]).
+//! * **Exactly once per input.** Journal sequence numbers are never reused
+//!   (`AUTOINCREMENT`), and a fresh file starts them at the current time in
+//!   microseconds, so that ids stay unique even after a damaged file was
+//!   moved aside. A result is stored under its input's id with `INSERT OR
+//!   IGNORE` in the same transaction that deletes the journal row, so an
+//!   input processed again after a crash cannot produce a second result.
+//! * **Bounded.** Pending records never exceed `max_bytes` (ids plus
+//!   documents; SQLite adds a few percent of page overhead) and are dropped
+//!   after `max_age_secs`; every drop is counted, by cause, in the file.
+//! * **Deleted only when acknowledged.** Records leave the outbox through
+//!   [`Outbox::ack_batch`] (the collector confirmed the batch), the size cap,
+//!   the age limit, or a permanent refusal upstream, each counted.
+//! * **No crash on a full disk.** `SQLITE_FULL` and `ENOSPC` surface as
+//!   [`OutboxError::DiskFull`]; the transaction is rolled back and nothing
+//!   changes, so callers back off and retry while uploads (which free space)
+//!   go on.
+//! * **Damage is detected at start-up.** [`Outbox::open`] runs SQLite's
+//!   `quick_check`; a damaged or foreign file is moved aside as
+//!   `outbox.sqlite.damaged-<UTC timestamp>` (with its `-wal`) and a fresh one
+//!   is created, with the reason kept in [`Outbox::recovered`].
+
+mod batches;
+mod counters;
+mod journal;
+mod records;
+mod schema;
+
+pub use batches::Batch;
+pub use counters::{Counter, Status, counter};
+pub use journal::{JournalItem, NewInput};
+pub use records::{AppendReport, NewRecord};
+pub use schema::Recovery;
+
+use crate::config::OutboxConfig;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// File name of the outbox inside the data directory.
+pub const FILE_NAME: &str = "outbox.sqlite";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The disk (or the file's page limit) is full; nothing was changed.
+    #[error("outbox {}: disk full: {message}", path.display())]
+    DiskFull { path: PathBuf, message: String },
+    /// The file is damaged, or not an outbox.
+    #[error("outbox {}: damaged: {message}", path.display())]
+    Damaged { path: PathBuf, message: String },
+    #[error("outbox {}: {message}", path.display())]
+    Other { path: PathBuf, message: String },
+}
+
+impl OutboxError {
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, OutboxError::DiskFull { .. })
+    }
+}
+
+/// Sizes mirrored in memory, so that appends need no scan and ingest's
+/// back-pressure needs no query. A writing transaction works on a copy,
+/// kept only if the transaction commits.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// `COUNT(*)` of `records`.
+    pending_records: u64,
+    /// `SUM(bytes)` of `records`.
+    pending_bytes: u64,
+    /// `SUM(LENGTH(data))` of `journal`.
+    journal_bytes: u64,
+}
+
+impl Sizes {
+    /// Count what the file holds (at open).
+    fn load(conn: &Connection) -> rusqlite::Result<Sizes> {
+        let (pending_bytes, pending_records): (i64, i64) = conn.query_row(
+            "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let journal_bytes: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM journal",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Sizes {
+            pending_records: pending_records as u64,
+            pending_bytes: pending_bytes as u64,
+            journal_bytes: journal_bytes as u64,
+        })
+    }
+}
+
+struct Inner {
+    conn: Connection,
+    pending_records: u64,
+    pending_bytes: u64,
+}
+
+/// The outbox. All methods may be called from many threads; they serialize
+/// on one connection (SQLite has one writer anyway), except
+/// [`Outbox::journal_bytes`], which reads a mirror and never waits.
+pub struct Outbox {
+    path: PathBuf,
+    config: OutboxConfig,
+    inner: Mutex<Inner>,
+    /// Changed only under `inner`'s lock, after a commit; read without it.
+    journal_bytes: AtomicU64,
+    recovered: Option<Recovery>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Outbox {
+    /// Open (or create) `<data_dir>/outbox.sqlite`, creating `data_dir`.
+    pub fn open_in(data_dir: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| OutboxError::Other {
+            path: data_dir.to_owned(),
+            message: format!("cannot create the data directory: {e}"),
+        })?;
+        Outbox::open(&data_dir.join(FILE_NAME), config)
+    }
+
+    /// Open (or create) the outbox at `path`. A damaged file is moved aside
+    /// and replaced by a fresh one (see [`Outbox::recovered`]); only a file
+    /// that cannot be moved or created is an error.
+    pub fn open(path: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
+        let (conn, recovered) = schema::open_or_recover(path)?;
+        let outbox = Outbox::new(path, config, conn, recovered)?;
+        outbox.expire(now_ms())?;
+        Ok(outbox)
+    }
+
+    /// Open an existing outbox for reading only (`sluice outbox status`
+    /// while an agent runs): no creation, no recovery, no expiry.
+    pub fn open_read_only(path: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
+        if !path.exists() {
+            return Err(OutboxError::Other {
+                path: path.to_owned(),
+                message: "no such file (has the agent run yet?)".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_error(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| sql_error(path, e))?;
+        schema::check_identity(&conn, path)?;
+        Outbox::new(path, config, conn, None)
+    }
+
+    fn new(
+        path: &Path,
+        config: OutboxConfig,
+        conn: Connection,
+        recovered: Option<Recovery>,
+    ) -> Result<Outbox, OutboxError> {
+        let sizes = Sizes::load(&conn).map_err(|e| sql_error(path, e))?;
+        Ok(Outbox {
+            path: path.to_owned(),
+            config,
+            inner: Mutex::new(Inner {
+                conn,
+                pending_records: sizes.pending_records,
+                pending_bytes: sizes.pending_bytes,
+            }),
+            journal_bytes: AtomicU64::new(sizes.journal_bytes),
+            recovered,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &OutboxConfig {
+        &self.config
+    }
+
+    /// Set when the file found at start-up was damaged and moved aside.
+    pub fn recovered(&self) -> Option<&Recovery> {
+        self.recovered.as_ref()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock left no half-done transaction
+        // (rusqlite rolls back on drop), so the connection is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `f` in one transaction and commit it; the only way anything is
+    /// written. `f` may change the sizes it is given; they replace the
+    /// mirrored ones only once the commit succeeded. On any error the
+    /// transaction is rolled back and nothing changes, on disk or in memory.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction, &mut Sizes) -> rusqlite::Result<T>,
+    ) -> Result<T, OutboxError> {
+        let mut inner = self.lock();
+        let Inner {
+            conn,
+            pending_records,
+            pending_bytes,
+        } = &mut *inner;
+        let mut sizes = Sizes {
+            pending_records: *pending_records,
+            pending_bytes: *pending_bytes,
+            // Only changed under this lock, so this is the current value.
+            journal_bytes: self.journal_bytes.load(Ordering::Relaxed),
+        };
+        let value = conn
+            .transaction()
+            .and_then(|tx| {
+                let value = f(&tx, &mut sizes)?;
+                tx.commit()?;
+                Ok(value)
+            })
+            .map_err(|e| sql_error(&self.path, e))?;
+        *pending_records = sizes.pending_records;
+        *pending_bytes = sizes.pending_bytes;
+        self.journal_bytes
+            .store(sizes.journal_bytes, Ordering::Relaxed);
+        Ok(value)
+    }
+
+    /// Run the queries of `f` on the connection (no transaction).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, OutboxError> {
+        f(&self.lock().conn).map_err(|e| sql_error(&self.path, e))
+    }
+
+    /// Limit the file to `pages` pages of SQLite (a hard guard below the
+    /// disk's own size; writes beyond fail as [`OutboxError::DiskFull`]).
+    pub fn limit_file_pages(&self, pages: u64) -> Result<(), OutboxError> {
+        let pages = i64::try_from(pages).unwrap_or(i64::MAX);
+        self.read(|conn| conn.pragma_update_and_check(None, "max_page_count", pages, |_| Ok(())))
+    }
+}
+
+/// Classify a SQLite error: full disk, damage, or anything else.
+fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
+    let path = path.to_owned();
+    let message = e.to_string();
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        // Extended I/O codes carry errno only in the OS error; SQLite maps
+        // ENOSPC on write to SQLITE_FULL, and SQLITE_IOERR_WRITE covers the rest.
+        match f.code {
+            ErrorCode::DiskFull => return OutboxError::DiskFull { path, message },
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                return OutboxError::Damaged { path, message };
+            }
+            _ => {}
+        }
+    }
+    OutboxError::Other { path, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(len: usize) -> NewInput {
+        NewInput {
+            pipeline: "p".into(),
+            content_type: "application/octet-stream".into(),
+            attributes: Vec::new(),
+            data: vec![7; len],
+        }
+    }
+
+    #[test]
+    fn journal_bytes_never_waits_for_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+        outbox.accept(&input(30)).unwrap();
+        // A writer holding the connection (say, through an fsync) does not
+        // block back-pressure checks.
+        let _busy = outbox.lock();
+        assert_eq!(outbox.journal_bytes(), 30);
+    }
+
+    #[test]
+    fn a_read_only_handle_reports_the_journal_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+        writer
+            .accept_many(&[(&input(10), None), (&input(25), Some("a.bin"))])
+            .unwrap();
+        let reader =
+            Outbox::open_read_only(&dir.path().join(FILE_NAME), OutboxConfig::default()).unwrap();
+        assert_eq!(reader.journal_bytes(), 35);
+        assert_eq!(reader.status().unwrap().journal_bytes, 35);
+    }
+
+    #[test]
+    fn a_failed_write_changes_no_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+        outbox.accept(&input(10)).unwrap();
+        let before = (outbox.pending(), outbox.journal_bytes());
+        let failed = outbox.write(|tx, sizes| {
+            sizes.pending_records += 1;
+            sizes.journal_bytes += 100;
+            tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+        });
+        assert!(
+            matches!(failed, Err(OutboxError::Other { .. })),
+            "{failed:?}"
+        );
+        assert_eq!((outbox.pending(), outbox.journal_bytes()), before);
+    }
+}

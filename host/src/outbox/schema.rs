@@ -1,0 +1,250 @@
+//! The file itself: creating the schema, checking that a file is an intact
+//! outbox, and moving a damaged one aside.
+//!
+//! Invariants:
+//! * A file is an outbox only if it carries `APPLICATION_ID` ("SLCE") and a
+//!   `user_version` of `SCHEMA_VERSION`. An empty file is given the
+//!   schema; any other SQLite file is foreign and treated as damaged, never
+//!   written to.
+//! * The schema, the starting sequence number and the identity are written
+//!   in one transaction, so a crash while creating leaves an empty file,
+//!   which is created again at the next start.
+//! * A fresh file starts journal sequence numbers at the clock in
+//!   microseconds, so ids stay unique upstream even after a damaged file
+//!   (and its counter) was moved aside.
+//! * Damage found at open (failed `quick_check`, not a database, foreign
+//!   file) is never fatal: the file and its `-wal`/`-shm` are renamed to
+//!   `<name>.damaged-YYYYMMDDTHHMMSSZ` and a fresh file takes its place. Only
+//!   a file that can be neither moved nor created is an error.
+//! * An outbox of another schema version is an error, not damage: that
+//!   file is left as it is, for the sluice that wrote it.
+
+use super::{OutboxError, sql_error};
+use rusqlite::{Connection, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Marks a SQLite file as a Sluice outbox (`PRAGMA application_id`), "SLCE".
+const APPLICATION_ID: i32 = 0x534C_4345;
+const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE journal(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    data BLOB NOT NULL,
+    accepted_at_ms INTEGER NOT NULL
+);
+CREATE INDEX journal_pipeline ON journal(pipeline, seq);
+CREATE TABLE claimed_files(name TEXT PRIMARY KEY);
+CREATE TABLE records(
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    batch INTEGER
+);
+CREATE INDEX records_batch ON records(batch) WHERE batch IS NOT NULL;
+CREATE TABLE batches(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// Why the previous file was moved aside at start-up.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Where the damaged file now is.
+    pub moved_to: PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// Open (or create) the outbox at `path`; if it is damaged, move it aside
+/// and open a fresh one in its place, saying why.
+pub(super) fn open_or_recover(path: &Path) -> Result<(Connection, Option<Recovery>), OutboxError> {
+    match open_checked(path) {
+        Ok(conn) => Ok((conn, None)),
+        Err(OutboxError::Damaged { message, .. }) => {
+            let moved_to = move_aside(path)?;
+            tracing::error!(
+                outbox = %path.display(), moved_to = %moved_to.display(),
+                "outbox is damaged ({message}); moved it aside and starting a fresh one"
+            );
+            let recovery = Recovery {
+                moved_to,
+                reason: message,
+            };
+            Ok((open_checked(path)?, Some(recovery)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Open `path`, create the schema if the file is new, and check that it is
+/// an intact outbox. Damage is reported as [`OutboxError::Damaged`].
+fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
+    let damaged = |e: rusqlite::Error| sql_error(path, e);
+    let mut conn = Connection::open(path).map_err(damaged)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(damaged)?;
+    // WAL: readers (status) never block the writer; FULL: a commit is on disk
+    // (WAL fsynced) before it returns, which is what "accepted" promises.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(damaged)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OutboxError::Other {
+            path: path.to_owned(),
+            message: format!("cannot switch to WAL mode (got `{mode}`)"),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
+        .map_err(damaged)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(damaged)?;
+    if check != "ok" {
+        return Err(OutboxError::Damaged {
+            path: path.to_owned(),
+            message: format!("integrity check failed: {check}"),
+        });
+    }
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(damaged)?;
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(damaged)?;
+        if tables > 0 {
+            return Err(OutboxError::Damaged {
+                path: path.to_owned(),
+                message: "a SQLite file that is not a Sluice outbox".into(),
+            });
+        }
+        create_schema(&mut conn).map_err(damaged)?;
+    }
+    check_identity(&conn, path)?;
+    Ok(conn)
+}
+
+fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    // Start sequence numbers at the current time in microseconds, so
+    // that ids stay unique upstream even if a damaged outbox (and its
+    // counter) was moved aside: a file ingesting below a million inputs
+    // per second never catches up with the clock.
+    let start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    tx.execute(
+        "INSERT INTO sqlite_sequence(name, seq) VALUES ('journal', ?1)",
+        [start],
+    )?;
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
+
+/// Check that `conn` holds an outbox of the schema version this build knows.
+pub(super) fn check_identity(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
+    let ids = conn
+        .query_row("PRAGMA application_id", [], |r| r.get::<_, i32>(0))
+        .and_then(|app| {
+            conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i32>(0))
+                .map(|v| (app, v))
+        });
+    match ids {
+        Ok((APPLICATION_ID, SCHEMA_VERSION)) => Ok(()),
+        Ok((APPLICATION_ID, v)) => Err(OutboxError::Other {
+            path: path.to_owned(),
+            message: format!(
+                "schema version {v} is not supported by this sluice (expects {SCHEMA_VERSION})"
+            ),
+        }),
+        Ok(_) => Err(OutboxError::Damaged {
+            path: path.to_owned(),
+            message: "a SQLite file that is not a Sluice outbox".into(),
+        }),
+        Err(e) => Err(sql_error(path, e)),
+    }
+}
+
+/// Rename a damaged outbox (and its WAL) to `<name>.damaged-<timestamp>`.
+fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
+    let stamp = utc_stamp(SystemTime::now());
+    let target = path.with_file_name(format!(
+        "{}.damaged-{stamp}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::rename(path, &target).map_err(|e| OutboxError::Other {
+        path: path.to_owned(),
+        message: format!(
+            "damaged, and cannot move it aside to {}: {e}",
+            target.display()
+        ),
+    })?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", path.display()));
+        if side.exists() {
+            let moved = PathBuf::from(format!("{}{suffix}", target.display()));
+            if std::fs::rename(&side, &moved).is_err() {
+                let _ = std::fs::remove_file(&side);
+            }
+        }
+    }
+    Ok(target)
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a time (UTC): RFC 3339 without its separators, so
+/// it sorts by time and is safe in a file name everywhere. A clock before
+/// 1970 or after 9999 is clamped to that range.
+fn utc_stamp(time: SystemTime) -> String {
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    let time = time.clamp(
+        UNIX_EPOCH,
+        UNIX_EPOCH + Duration::from_secs(LAST_SECOND_OF_9999),
+    );
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn stamps_are_compact_utc() {
+        // 2024-02-29T23:59:59Z, a leap day.
+        assert_eq!(utc_stamp(at(1_709_251_199)), "20240229T235959Z");
+        assert_eq!(utc_stamp(at(1_709_251_200)), "20240301T000000Z");
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
+        // Subseconds are dropped, not rounded.
+        assert_eq!(
+            utc_stamp(at(1_709_251_199) + Duration::from_millis(999)),
+            "20240229T235959Z"
+        );
+    }
+
+    #[test]
+    fn stamps_of_clocks_out_of_range_are_clamped() {
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH - Duration::from_secs(1)),
+            "19700101T000000Z"
+        );
+        assert_eq!(utc_stamp(at(u64::from(u32::MAX) * 100)), "99991231T235959Z");
+    }
+}
