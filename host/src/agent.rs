@@ -159,8 +159,9 @@ impl Agent {
 
         let housekeeping = Wake::new();
         let thread = spawn("sluice-housekeeping", {
-            let (outbox, wake) = (outbox.clone(), housekeeping.clone());
-            move || housekeep(&outbox, &wake)
+            let (outbox, wake, ingest) =
+                (outbox.clone(), housekeeping.clone(), config.ingest.clone());
+            move || housekeep(&outbox, &ingest, &wake)
         })?;
         agent.background.push((housekeeping, thread));
 
@@ -254,20 +255,33 @@ impl Drop for Agent {
     }
 }
 
-/// Outbox retention while the agent runs: results older than
-/// `max_age_secs` are dropped (and counted) even when nothing uploads.
-fn housekeep(outbox: &Outbox, wake: &Wake) {
+/// How often housekeeping looks at the outbox.
+const HOUSEKEEPING_TICK: Duration = Duration::from_secs(1);
+
+/// Outbox retention while the agent runs, whether or not anything uploads:
+/// results older than `max_age_secs` are dropped (and counted), ingest
+/// idempotency keys past their window or count are forgotten.
+fn housekeep(outbox: &Outbox, ingest: &crate::config::IngestConfig, wake: &Wake) {
     let max_age = outbox.config().max_age_secs;
-    if max_age == 0 {
-        return;
-    }
     // Often enough that nothing outlives its age by more than a tenth of
     // it (at most a minute), rarely enough to cost nothing.
-    let every = Duration::from_millis((max_age * 100).clamp(100, 60_000));
+    let expire_every = Duration::from_millis(max_age.saturating_mul(100).clamp(1_000, 60_000));
+    let mut last_expiry: Option<std::time::Instant> = None;
     while !wake.stopped() {
-        if let Err(e) = outbox.expire(crate::outbox::now_ms()) {
-            tracing::warn!("outbox expiry failed: {e}");
+        let now = crate::outbox::now_ms();
+        if max_age > 0 && last_expiry.is_none_or(|t| t.elapsed() >= expire_every) {
+            last_expiry = Some(std::time::Instant::now());
+            if let Err(e) = outbox.expire(now) {
+                tracing::warn!("outbox expiry failed: {e}");
+            }
         }
-        wake.sleep(every);
+        let window_ms =
+            i64::try_from(ingest.idempotency_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let Err(e) =
+            outbox.prune_ingest_keys(now.saturating_sub(window_ms), ingest.idempotency_max_keys)
+        {
+            tracing::warn!("forgetting old idempotency keys failed: {e}");
+        }
+        wake.sleep(HOUSEKEEPING_TICK);
     }
 }

@@ -427,6 +427,13 @@ pub struct IngestConfig {
     /// ingest answers 503 and files wait in the folder.
     #[serde(default = "default_max_pending_bytes")]
     pub max_pending_bytes: u64,
+    /// How long an HTTP `Idempotency-Key` is remembered: a retry within this
+    /// window gets the first request's id and stores nothing.
+    #[serde(default = "default_idempotency_window_secs")]
+    pub idempotency_window_secs: u64,
+    /// Most idempotency keys remembered (the oldest are forgotten first).
+    #[serde(default = "default_idempotency_max_keys")]
+    pub idempotency_max_keys: u64,
 }
 
 impl Default for IngestConfig {
@@ -438,6 +445,8 @@ impl Default for IngestConfig {
             listen: None,
             max_input_bytes: default_max_input_bytes(),
             max_pending_bytes: default_max_pending_bytes(),
+            idempotency_window_secs: default_idempotency_window_secs(),
+            idempotency_max_keys: default_idempotency_max_keys(),
         }
     }
 }
@@ -450,6 +459,12 @@ fn default_max_input_bytes() -> usize {
 }
 fn default_max_pending_bytes() -> u64 {
     256 << 20
+}
+fn default_idempotency_window_secs() -> u64 {
+    24 * 3600
+}
+fn default_idempotency_max_keys() -> u64 {
+    100_000
 }
 
 impl Config {
@@ -620,6 +635,15 @@ impl Config {
             if v == 0 {
                 return value(key, "must be above 0".into());
             }
+        }
+        if self.ingest.idempotency_max_keys > 10_000_000 {
+            return value(
+                "ingest.idempotency_max_keys",
+                format!("{} is above 10000000", self.ingest.idempotency_max_keys),
+            );
+        }
+        if self.ingest.idempotency_window_secs > 30 * 24 * 3600 {
+            return value("ingest.idempotency_window_secs", "is above 30 days".into());
         }
         if self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
             return value(

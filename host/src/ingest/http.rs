@@ -2,9 +2,14 @@
 //! tokio runtime:
 //!
 //! * `POST /v1/ingest/{pipeline}`: body = the raw input, `Content-Type` its
-//!   media type; `202 {"id", "seq"}` once durably accepted; `404` unknown
-//!   pipeline; `413` too large; `503` too much waiting (retry later, with
-//!   `Retry-After`); `507` disk full.
+//!   media type, optional `Idempotency-Key`; `202 {"id", "seq", "replayed"}`
+//!   once durably accepted; `404` unknown pipeline; `413` too large; `503`
+//!   too much waiting (retry later, with `Retry-After`); `507` disk full;
+//!   `400` a malformed key; `422` a key reused for a different input.
+//!
+//! A client that did not get its answer (the agent was killed mid-request,
+//! the connection dropped) retries with the same `Idempotency-Key`: it gets
+//! the same id, `"replayed": true`, and no second result is made.
 //! * `GET /v1/status`: the outbox status as JSON. `GET /v1/health`: `ok`.
 //!
 //! Invariants: the body limit is enforced while reading (axum's
@@ -114,6 +119,8 @@ fn refusal(error: &IngestError) -> Response {
         IngestError::UnknownPipeline { .. } => (StatusCode::NOT_FOUND, None),
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
         IngestError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
+        IngestError::BadKey => (StatusCode::BAD_REQUEST, None),
+        IngestError::KeyConflict { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
         IngestError::Outbox(e) if e.is_disk_full() => (StatusCode::INSUFFICIENT_STORAGE, Some("5")),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
@@ -140,26 +147,38 @@ async fn post_ingest(
     if let Err(e) = checked {
         return refusal(&e);
     }
+    let key = match headers
+        .get(sluice_protocol::IDEMPOTENCY_KEY)
+        .map(|v| v.to_str())
+    {
+        None => None,
+        Some(Ok(key)) => Some(key.to_owned()),
+        Some(Err(_)) => return refusal(&IngestError::BadKey),
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let incoming = Incoming {
-        input: NewInput {
-            pipeline,
-            content_type,
-            attributes: Vec::new(),
-            data: body.into(),
-        },
-        claim: None,
+    let input = NewInput {
+        pipeline,
+        content_type,
+        attributes: Vec::new(),
+        data: body.into(),
     };
     let sink = sink.clone();
     // The commit fsyncs: off the async workers.
-    match tokio::task::spawn_blocking(move || sink.accept(std::slice::from_ref(&incoming))).await {
-        Ok(Ok(mut accepted)) => {
-            (StatusCode::ACCEPTED, axum::Json(accepted.remove(0))).into_response()
+    let accepted = tokio::task::spawn_blocking(move || match key {
+        Some(key) => sink.accept_keyed(input, &key),
+        None => {
+            let incoming = Incoming { input, claim: None };
+            sink.accept(std::slice::from_ref(&incoming))
+                .map(|mut accepted| accepted.remove(0))
         }
+    })
+    .await;
+    match accepted {
+        Ok(Ok(accepted)) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
         Ok(Err(e)) => refusal(&e),
         Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,

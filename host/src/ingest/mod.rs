@@ -18,7 +18,7 @@ pub mod folder;
 pub mod http;
 
 use crate::config::{Config, IngestConfig};
-use crate::outbox::{NewInput, Outbox, OutboxError};
+use crate::outbox::{KeyedAccept, NewInput, Outbox, OutboxError};
 use crate::wake::Wake;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +58,18 @@ pub enum IngestError {
     /// The outbox could not take the input (a full disk: retry later).
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The idempotency key was used before for another input.
+    #[error("Idempotency-Key `{key}` was used before for a different input")]
+    KeyConflict {
+        /// The key.
+        key: String,
+    },
+    /// The idempotency key is not 1 to 200 visible ASCII characters.
+    #[error(
+        "Idempotency-Key must be 1 to {} visible ASCII characters",
+        sluice_protocol::MAX_KEY_LEN
+    )]
+    BadKey,
     /// A source could not be set up.
     #[error("{source_name}: {message}")]
     Setup {
@@ -84,6 +96,9 @@ pub struct Accepted {
     pub id: String,
     /// Its sequence number in the journal.
     pub seq: i64,
+    /// It was accepted before under the same idempotency key: this is that
+    /// acceptance, and nothing new was stored.
+    pub replayed: bool,
 }
 
 /// Where every source delivers: the outbox's journal, with the size and
@@ -187,9 +202,44 @@ impl Sink {
             .map(|(incoming, seq)| Accepted {
                 id: sluice_protocol::result_id(&self.device, &incoming.input.pipeline, seq),
                 seq,
+                replayed: false,
             })
             .collect())
     }
+
+    /// Accept `input` durably under idempotency `key`: a retry of an
+    /// accepted input (same key, same pipeline, type and bytes) gets the
+    /// first acceptance back and stores nothing. Blocks (fsync).
+    pub fn accept_keyed(&self, input: NewInput, key: &str) -> Result<Accepted, IngestError> {
+        check_key(key)?;
+        self.check_pipeline(&input.pipeline)?;
+        self.check_size(input.data.len() as u64)?;
+        let (seq, replayed) = match self.outbox.accept_keyed(&input, key)? {
+            KeyedAccept::New(seq) => {
+                self.workers[&input.pipeline].wake();
+                (seq, false)
+            }
+            KeyedAccept::Replayed(seq) => (seq, true),
+            _ => {
+                return Err(IngestError::KeyConflict {
+                    key: key.to_owned(),
+                });
+            }
+        };
+        Ok(Accepted {
+            id: sluice_protocol::result_id(&self.device, &input.pipeline, seq),
+            seq,
+            replayed,
+        })
+    }
+}
+
+/// An idempotency key is 1 to [`sluice_protocol::MAX_KEY_LEN`] visible
+/// ASCII characters (as HTTP header values can carry them unescaped).
+pub fn check_key(key: &str) -> Result<(), IngestError> {
+    let ok = (1..=sluice_protocol::MAX_KEY_LEN).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if ok { Ok(()) } else { Err(IngestError::BadKey) }
 }
 
 /// What sources run with.

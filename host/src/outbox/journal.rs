@@ -11,6 +11,11 @@
 //!   after a crash the folder watcher can tell a file already accepted
 //!   (delete it) from one that was not (accept it); it is forgotten only
 //!   once the file is gone ([`Outbox::forget_claims`]).
+//! * An input accepted under an idempotency key ([`Outbox::accept_keyed`])
+//!   is stored with the key in the same transaction; the same key again
+//!   with the same content returns the same sequence number and stores
+//!   nothing, with other content it is refused. Keys are kept for the
+//!   configured window and count ([`Outbox::prune_ingest_keys`]).
 //! * [`Outbox::journal_bytes`] mirrors `SUM(LENGTH(data))` and is updated
 //!   after each commit; it reads an atomic, never the connection, so async
 //!   ingest handlers can call it for back-pressure without blocking.
@@ -39,7 +44,93 @@ pub struct JournalItem {
     pub accepted_at_ms: i64,
 }
 
+/// What [`Outbox::accept_keyed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyedAccept {
+    /// A new input, accepted under this sequence number.
+    New(i64),
+    /// The key was known with the same content: nothing stored; this is the
+    /// sequence number it was accepted under.
+    Replayed(i64),
+    /// The key was known with other content: nothing stored.
+    Conflict,
+}
+
+/// The digest an idempotency key is bound to: pipeline, type and bytes.
+fn input_digest(input: &NewInput) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [input.pipeline.as_bytes(), input.content_type.as_bytes()] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.update(&input.data);
+    hash.finalize().to_vec()
+}
+
 impl Outbox {
+    /// Accept `input` under idempotency `key`, durably, unless the key was
+    /// seen: then the first acceptance's sequence number is returned (same
+    /// content) or the input is refused (other content). The key and the
+    /// input are committed together, so a crash cannot keep one without the
+    /// other.
+    pub fn accept_keyed(&self, input: &NewInput, key: &str) -> Result<KeyedAccept, OutboxError> {
+        let digest = input_digest(input);
+        self.write(|tx, sizes| {
+            let known: Option<(Vec<u8>, i64)> = tx
+                .query_row(
+                    "SELECT digest, seq FROM ingest_keys WHERE key = ?1",
+                    [key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((known, seq)) = known {
+                return Ok(if known == digest {
+                    KeyedAccept::Replayed(seq)
+                } else {
+                    KeyedAccept::Conflict
+                });
+            }
+            let seq = insert_input(tx, input)?;
+            tx.execute(
+                "INSERT INTO ingest_keys(key, digest, seq, accepted_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![key, digest, seq, now_ms()],
+            )?;
+            sizes.journal_bytes += input.data.len() as u64;
+            Ok(KeyedAccept::New(seq))
+        })
+    }
+
+    /// Forget idempotency keys accepted before `older_than_ms`, and the
+    /// oldest beyond the newest `keep`. Returns how many were forgotten.
+    pub fn prune_ingest_keys(&self, older_than_ms: i64, keep: u64) -> Result<u64, OutboxError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        // Most passes find nothing to forget: no write transaction for them.
+        let (count, oldest): (i64, Option<i64>) = self.read(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*), MIN(accepted_at_ms) FROM ingest_keys",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })?;
+        if count <= keep && oldest.is_none_or(|t| t >= older_than_ms) {
+            return Ok(0);
+        }
+        self.write(|tx, _| {
+            let old = tx.execute(
+                "DELETE FROM ingest_keys WHERE accepted_at_ms < ?1",
+                [older_than_ms],
+            )?;
+            let over = tx.execute(
+                "DELETE FROM ingest_keys WHERE key IN
+                 (SELECT key FROM ingest_keys ORDER BY accepted_at_ms DESC LIMIT -1 OFFSET ?1)",
+                [keep],
+            )?;
+            Ok((old + over) as u64)
+        })
+    }
+
     /// Accept an input into the journal, durably. Returns its sequence
     /// number, which makes its id.
     pub fn accept(&self, input: &NewInput) -> Result<i64, OutboxError> {
@@ -55,23 +146,11 @@ impl Outbox {
         inputs: &[(&NewInput, Option<&str>)],
     ) -> Result<Vec<i64>, OutboxError> {
         self.write(|tx, sizes| {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO journal(pipeline, content_type, attributes, data, accepted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
             let mut claim =
                 tx.prepare_cached("INSERT OR IGNORE INTO claimed_files(name) VALUES (?1)")?;
             let mut seqs = Vec::with_capacity(inputs.len());
             for (input, claimed_file) in inputs {
-                let attributes =
-                    serde_json::to_string(&input.attributes).expect("pairs of strings serialize");
-                insert.execute(params![
-                    input.pipeline,
-                    input.content_type,
-                    attributes,
-                    input.data,
-                    now_ms()
-                ])?;
-                seqs.push(tx.last_insert_rowid());
+                seqs.push(insert_input(tx, input)?);
                 if let Some(name) = claimed_file {
                     claim.execute([name])?;
                 }
@@ -138,6 +217,22 @@ impl Outbox {
             Ok(())
         })
     }
+}
+
+/// Insert one journal row; its sequence number.
+fn insert_input(tx: &Transaction, input: &NewInput) -> rusqlite::Result<i64> {
+    let attributes = serde_json::to_string(&input.attributes).expect("pairs of strings serialize");
+    tx.prepare_cached(
+        "INSERT INTO journal(pipeline, content_type, attributes, data, accepted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        input.pipeline,
+        input.content_type,
+        attributes,
+        input.data,
+        now_ms()
+    ])?;
+    Ok(tx.last_insert_rowid())
 }
 
 /// Delete the journal rows `seqs` (their results are being stored in the

@@ -67,7 +67,7 @@ mod schema;
 
 pub use batches::Batch;
 pub use counters::{Counter, Status, counter};
-pub use journal::{JournalItem, NewInput};
+pub use journal::{JournalItem, KeyedAccept, NewInput};
 pub use records::{AppendReport, NewRecord};
 pub use schema::Recovery;
 

@@ -16,8 +16,9 @@
 //!   file) is never fatal: the file and its `-wal`/`-shm` are renamed to
 //!   `<name>.damaged-YYYYMMDDTHHMMSSZ` and a fresh file takes its place. Only
 //!   a file that can be neither moved nor created is an error.
-//! * An outbox of another schema version is an error, not damage: that
-//!   file is left as it is, for the sluice that wrote it.
+//! * An outbox of an older schema version is migrated in one transaction
+//!   (each step in `MIGRATIONS`); one of a newer version is an error, not
+//!   damage: that file is left as it is, for the sluice that wrote it.
 
 use super::{OutboxError, sql_error};
 use rusqlite::{Connection, TransactionBehavior};
@@ -26,7 +27,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Marks a SQLite file as a Sluice outbox (`PRAGMA application_id`), "SLCE".
 const APPLICATION_ID: i32 = 0x534C_4345;
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
+
+/// What each schema version adds to the one before, applied in order to an
+/// older outbox at open (in one transaction), so an upgrade keeps its data.
+const MIGRATIONS: &[(i32, &str)] = &[(2, INGEST_KEYS)];
+
+/// Version 2: idempotency keys of HTTP ingest (see `journal.rs`).
+const INGEST_KEYS: &str = "
+CREATE TABLE ingest_keys(
+    key TEXT PRIMARY KEY,
+    digest BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    accepted_at_ms INTEGER NOT NULL
+);
+CREATE INDEX ingest_keys_age ON ingest_keys(accepted_at_ms);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE journal(
@@ -129,14 +145,29 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
             });
         }
         create_schema(&mut conn).map_err(damaged)?;
+    } else if (1..SCHEMA_VERSION).contains(&version) {
+        migrate(&mut conn, version).map_err(damaged)?;
     }
     check_identity(&conn, path)?;
     Ok(conn)
 }
 
+/// Bring an outbox of schema `from` to [`SCHEMA_VERSION`].
+fn migrate(conn: &mut Connection, from: i32) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (version, step) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", version)?;
+    }
+    tx.commit()
+}
+
 fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
+    for (_, step) in MIGRATIONS {
+        tx.execute_batch(step)?;
+    }
     // Start sequence numbers at the current time in microseconds, so
     // that ids stay unique upstream even if a damaged outbox (and its
     // counter) was moved aside: a file ingesting below a million inputs
@@ -164,6 +195,13 @@ pub(super) fn check_identity(conn: &Connection, path: &Path) -> Result<(), Outbo
         });
     match ids {
         Ok((APPLICATION_ID, SCHEMA_VERSION)) => Ok(()),
+        // Read-only handles see an older file as it is (a running older
+        // agent's); its tables are a subset of this version's.
+        Ok((APPLICATION_ID, v))
+            if (1..SCHEMA_VERSION).contains(&v) && conn.is_readonly("main").unwrap_or(false) =>
+        {
+            Ok(())
+        }
         Ok((APPLICATION_ID, v)) => Err(OutboxError::Other {
             path: path.to_owned(),
             message: format!(

@@ -499,3 +499,86 @@ fn a_damaged_outbox_is_moved_aside_and_the_agent_goes_on() {
         .collect();
     assert_eq!(moved.len(), 1, "{moved:?}");
 }
+
+/// POST `body` to the digits pipeline with an `Idempotency-Key`.
+fn post_keyed(url: &str, body: &[u8], key: &str) -> (u16, serde_json::Value) {
+    let (status, answer) = http(
+        reqwest::Client::new()
+            .post(format!("{url}/v1/ingest/digits"))
+            .header("Content-Type", "image/png")
+            .header("Idempotency-Key", key)
+            .body(body.to_vec()),
+    );
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn a_retry_with_the_same_idempotency_key_around_a_kill_makes_one_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let config = write_config(dir.path(), &collector.url(), None);
+    let images = images();
+    let agent = Agent::start(&config);
+    let (status, first) = post_keyed(&agent.url, &images[0], "client-42-req-7");
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["replayed"], false);
+    // The agent dies; the client, not knowing whether it was taken, retries.
+    agent.sigkill();
+    let agent = Agent::start(&config);
+    let (status, again) = post_keyed(&agent.url, &images[0], "client-42-req-7");
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["id"], first["id"], "the same input keeps its id");
+    assert_eq!(again["replayed"], true);
+    // The key bound to other bytes is refused; a malformed key too.
+    let (status, conflict) = post_keyed(&agent.url, &images[1], "client-42-req-7");
+    assert_eq!(status, 422, "{conflict}");
+    assert!(
+        conflict["error"]
+            .as_str()
+            .unwrap()
+            .contains("client-42-req-7")
+    );
+    assert_eq!(post_keyed(&agent.url, &images[1], "bad key").0, 400);
+
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert!(wait_until(Duration::from_secs(30), || stored(&collector)
+        .contains_key(&id)));
+    assert_eq!(agent.sigterm(), 0);
+    let stored = stored(&collector);
+    assert_eq!(
+        stored.keys().cloned().collect::<Vec<_>>(),
+        vec![id],
+        "exactly one result upstream"
+    );
+}
+
+#[test]
+fn results_expire_while_the_agent_runs_without_any_uplink() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), "http://127.0.0.1:9", None);
+    let mut config = sluice::config::Config::load(&file).unwrap();
+    config.sync = sluice::config::SyncConfig::default();
+    config.ingest = sluice::config::IngestConfig::default();
+    config.outbox.max_age_secs = 1;
+    let agent = sluice::agent::Agent::start(config).unwrap();
+    let old: Vec<sluice::outbox::NewRecord> = (0..5)
+        .map(|n| sluice::outbox::NewRecord {
+            id: format!("{DEVICE}/digits/{n}"),
+            body: b"{}".to_vec(),
+        })
+        .collect();
+    agent.outbox().append(old).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.outbox().pending().0 == 0),
+        "nothing expired while running"
+    );
+    let expired = agent
+        .outbox()
+        .counter(sluice::outbox::counter::EXPIRED)
+        .unwrap();
+    assert_eq!(expired, 5);
+    agent.shutdown();
+}

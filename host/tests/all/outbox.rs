@@ -3,7 +3,7 @@
 //! hand-over, damaged files, a full disk.
 
 use sluice::config::{FullPolicy, OutboxConfig};
-use sluice::outbox::{NewInput, NewRecord, Outbox, counter};
+use sluice::outbox::{KeyedAccept, NewInput, NewRecord, Outbox, counter};
 
 fn config(max_bytes: u64, when_full: FullPolicy) -> OutboxConfig {
     OutboxConfig {
@@ -388,4 +388,91 @@ fn many_group_commits_store_every_record_once() {
         outbox.status().unwrap().counters[counter::STORED],
         total as i64
     );
+}
+
+fn input(pipeline: &str, data: &[u8]) -> NewInput {
+    NewInput {
+        pipeline: pipeline.into(),
+        content_type: "image/png".into(),
+        attributes: Vec::new(),
+        data: data.to_vec(),
+    }
+}
+
+#[test]
+fn an_idempotency_key_accepts_once_and_refuses_other_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let first = outbox.accept_keyed(&input("p", b"abc"), "k-1").unwrap();
+    let KeyedAccept::New(seq) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        outbox.accept_keyed(&input("p", b"abc"), "k-1").unwrap(),
+        KeyedAccept::Replayed(seq)
+    );
+    // Same key, other bytes or another pipeline: refused, nothing stored.
+    for other in [input("p", b"abd"), input("q", b"abc")] {
+        assert_eq!(
+            outbox.accept_keyed(&other, "k-1").unwrap(),
+            KeyedAccept::Conflict
+        );
+    }
+    assert_eq!(outbox.journal_items("p", 0, 10).unwrap().len(), 1);
+    assert_eq!(outbox.journal_items("q", 0, 10).unwrap().len(), 0);
+    assert_eq!(outbox.journal_bytes(), 3);
+    // The key outlives its input's processing, and a restart.
+    outbox.complete(&[seq], &[record(1, 50)]).unwrap();
+    drop(outbox);
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    assert_eq!(
+        outbox.accept_keyed(&input("p", b"abc"), "k-1").unwrap(),
+        KeyedAccept::Replayed(seq)
+    );
+    assert!(outbox.journal_items("p", 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn idempotency_keys_are_forgotten_past_their_window_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    for n in 0..10 {
+        outbox
+            .accept_keyed(&input("p", &[n]), &format!("k-{n}"))
+            .unwrap();
+    }
+    // Nothing is old, and all fit: nothing forgotten.
+    assert_eq!(outbox.prune_ingest_keys(0, 10).unwrap(), 0);
+    // Keep the newest 4.
+    assert_eq!(outbox.prune_ingest_keys(0, 4).unwrap(), 6);
+    // Everything accepted before now + 1 s is past a window ending then.
+    let later = sluice::outbox::now_ms() + 1_000;
+    assert_eq!(outbox.prune_ingest_keys(later, 100).unwrap(), 4);
+    // A forgotten key accepts anew.
+    assert!(matches!(
+        outbox.accept_keyed(&input("p", &[0]), "k-0").unwrap(),
+        KeyedAccept::New(_)
+    ));
+}
+
+#[test]
+fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    outbox.append(records(0..3, 60)).unwrap();
+    let seq = outbox.accept(&input("p", b"x")).unwrap();
+    drop(outbox);
+    // What version 1 had: no idempotency keys.
+    let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    conn.execute_batch("DROP TABLE ingest_keys; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    assert!(outbox.recovered().is_none(), "an old outbox is not damage");
+    assert_eq!(outbox.pending().0, 3);
+    assert_eq!(outbox.journal_items("p", 0, 10).unwrap()[0].seq, seq);
+    assert!(matches!(
+        outbox.accept_keyed(&input("p", b"y"), "k").unwrap(),
+        KeyedAccept::New(_)
+    ));
 }
