@@ -358,6 +358,13 @@ fn every_bundled_plugin_is_embedded_and_loads_from_the_binary() {
         );
         let bytes = sluice::bundled::get(expected).unwrap();
         assert_eq!(bytes, std::fs::read(plugin_path(expected)).unwrap());
+        // The embedded bytes are a component of a Sluice world that links
+        // against this host.
+        let report =
+            sluice::plugin::inspect_component(&host(), bytes, &sluice::config::Grants::default())
+                .unwrap();
+        assert!(report.world.is_some(), "{expected}: {report:?}");
+        assert!(report.link_error.is_none(), "{expected}: {report:?}");
     }
     assert!(
         !names.contains(&"misbehave"),

@@ -24,6 +24,10 @@ pub enum Fault {
     CutAnswer,
     /// Forward the request; keep the answer and the connection (until the proxy stops).
     HoldAnswer,
+    /// Close the connection without answering (a collector that is down).
+    Close,
+    /// Answer `200` with an HTML page without forwarding (a captive portal).
+    Portal200,
 }
 
 pub struct FaultProxy {
@@ -146,6 +150,21 @@ fn serve(
         let fault = *fault.lock().unwrap();
         if fault == Fault::Status500 {
             writer.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nboom!")?;
+            continue;
+        }
+        if fault == Fault::Close {
+            return Ok(());
+        }
+        if fault == Fault::Portal200 {
+            let page = b"<html><body>Please log in to the hotel Wi-Fi</body></html>";
+            writer.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/html\r\n\r\n",
+                    page.len()
+                )
+                .as_bytes(),
+            )?;
+            writer.write_all(page)?;
             continue;
         }
         if fault == Fault::Hang {

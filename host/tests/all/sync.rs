@@ -130,13 +130,11 @@ fn everything_arrives_once_and_leaves_the_outbox() {
 #[test]
 fn collector_down_then_up_delivers_everything_once() {
     let dir = tempfile::tempdir().unwrap();
-    // A port nobody listens on: connection refused.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let collector = collector(dir.path());
+    // Down: every connection closes without an answer.
+    let proxy = FaultProxy::start(collector.addr(), Fault::Close);
     let outbox = outbox_with(dir.path(), 100);
-    let uploader = uploader(&outbox, &format!("http://{addr}"), TOKEN);
+    let uploader = uploader(&outbox, &proxy.url(), TOKEN);
     for _ in 0..3 {
         let error = sync(&uploader).unwrap_err();
         assert!(matches!(error, UplinkError::Unreachable { .. }), "{error}");
@@ -151,17 +149,34 @@ fn collector_down_then_up_delivers_everything_once() {
             .contains("unreachable"),
         "{status:?}"
     );
-
-    // The collector comes up on that address.
-    let collector = Collector::start(
-        TcpListener::bind(addr).unwrap(),
-        &dir.path().join("collector.sqlite"),
-        tokens(),
-    )
-    .unwrap();
+    // The collector comes up.
+    proxy.set(Fault::Pass);
     sync(&uploader).unwrap();
     assert_eq!(outbox.pending().0, 0);
     assert_all_once(&collector, 100);
+}
+
+#[test]
+fn a_200_that_is_not_an_acknowledgement_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let proxy = FaultProxy::start(collector.addr(), Fault::Portal200);
+    let outbox = outbox_with(dir.path(), 50);
+    let uploader = uploader(&outbox, &proxy.url(), TOKEN);
+    let error = sync(&uploader).unwrap_err();
+    assert!(
+        matches!(error, UplinkError::NotAcknowledged { .. }),
+        "{error}"
+    );
+    assert_eq!(
+        outbox.pending().0,
+        50,
+        "a captive portal's page deletes nothing"
+    );
+    assert_eq!(count(&collector, DEVICE, TOKEN), 0);
+    proxy.set(Fault::Pass);
+    sync(&uploader).unwrap();
+    assert_all_once(&collector, 50);
 }
 
 #[test]
