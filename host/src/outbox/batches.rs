@@ -25,6 +25,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 /// comes back from [`Outbox::next_batch`] until it is acknowledged.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// Its row in the outbox (for acknowledging it).
     pub id: i64,
     /// The idempotency key sent upstream.
     pub key: String,

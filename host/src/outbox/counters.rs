@@ -95,17 +95,29 @@ const LAST_ERROR_AT_MS: &str = "last_error_at_ms";
 /// What [`Outbox::status`] reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
+    /// The outbox file.
     pub path: PathBuf,
+    /// Results waiting for upload.
     pub pending_records: u64,
+    /// Their bytes (ids and documents).
     pub pending_bytes: u64,
+    /// `outbox.max_bytes`.
     pub max_bytes: u64,
+    /// When the oldest waiting result was stored, ms since the Unix epoch.
     pub oldest_created_at_ms: Option<i64>,
+    /// Batches formed and sent (or being sent), not yet acknowledged.
     pub batches_in_flight: u64,
+    /// Inputs accepted and not yet processed.
     pub journal_items: u64,
+    /// Their bytes.
     pub journal_bytes: u64,
+    /// When an upload last succeeded or found nothing to send.
     pub last_sync_at_ms: Option<i64>,
+    /// Why the last upload failed, if it did.
     pub last_error: Option<String>,
+    /// When it failed.
     pub last_error_at_ms: Option<i64>,
+    /// Every persisted counter by name (see [`Counter`]).
     pub counters: BTreeMap<String, i64>,
 }
 

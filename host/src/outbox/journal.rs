@@ -27,20 +27,30 @@ use std::sync::atomic::Ordering;
 /// An input accepted into the journal.
 #[derive(Debug, Clone)]
 pub struct NewInput {
+    /// The pipeline it is for.
     pub pipeline: String,
+    /// Its media type.
     pub content_type: String,
+    /// Where it came from (e.g. `file`), carried into its result.
     pub attributes: Vec<(String, String)>,
+    /// The input itself.
     pub data: Vec<u8>,
 }
 
 /// An input waiting in the journal.
 #[derive(Debug, Clone)]
 pub struct JournalItem {
+    /// Its sequence number: part of its result's id, never reused.
     pub seq: i64,
+    /// The pipeline it is for.
     pub pipeline: String,
+    /// Its media type.
     pub content_type: String,
+    /// Where it came from.
     pub attributes: Vec<(String, String)>,
+    /// The input itself.
     pub data: Vec<u8>,
+    /// When it was accepted, ms since the Unix epoch.
     pub accepted_at_ms: i64,
 }
 

@@ -81,19 +81,57 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// File name of the outbox inside the data directory.
 pub const FILE_NAME: &str = "outbox.sqlite";
 
+/// Why an outbox operation failed. Always names the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutboxError {
     /// The disk (or the file's page limit) is full; nothing was changed.
-    #[error("outbox {}: disk full: {message}", path.display())]
-    DiskFull { path: PathBuf, message: String },
+    #[error("outbox {}: disk full: {source}", path.display())]
+    DiskFull {
+        /// The outbox file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
     /// The file is damaged, or not an outbox.
-    #[error("outbox {}: damaged: {message}", path.display())]
-    Damaged { path: PathBuf, message: String },
-    #[error("outbox {}: {message}", path.display())]
-    Other { path: PathBuf, message: String },
+    #[error("outbox {}: damaged: {reason}", path.display())]
+    Damaged {
+        /// The outbox file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// SQLite failed otherwise.
+    #[error("outbox {}: {source}", path.display())]
+    Sqlite {
+        /// The outbox file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A file operation around the database failed.
+    #[error("outbox {}: {what}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The outbox was written by a newer Sluice (left untouched), or is
+    /// otherwise unusable as it is.
+    #[error("outbox {}: {reason}", path.display())]
+    Unusable {
+        /// The outbox file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl OutboxError {
+    /// Whether this is a full disk (retry later; uploads free space).
     pub fn is_disk_full(&self) -> bool {
         matches!(self, OutboxError::DiskFull { .. })
     }
@@ -162,9 +200,10 @@ pub fn now_ms() -> i64 {
 impl Outbox {
     /// Open (or create) `<data_dir>/outbox.sqlite`, creating `data_dir`.
     pub fn open_in(data_dir: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| OutboxError::Other {
+        std::fs::create_dir_all(data_dir).map_err(|source| OutboxError::Io {
             path: data_dir.to_owned(),
-            message: format!("cannot create the data directory: {e}"),
+            what: "cannot create the data directory".into(),
+            source,
         })?;
         Outbox::open(&data_dir.join(FILE_NAME), config)
     }
@@ -183,9 +222,9 @@ impl Outbox {
     /// while an agent runs): no creation, no recovery, no expiry.
     pub fn open_read_only(path: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
         if !path.exists() {
-            return Err(OutboxError::Other {
+            return Err(OutboxError::Unusable {
                 path: path.to_owned(),
-                message: "no such file (has the agent run yet?)".into(),
+                reason: "no such file (has the agent run yet?)".into(),
             });
         }
         let conn = Connection::open_with_flags(
@@ -219,10 +258,12 @@ impl Outbox {
         })
     }
 
+    /// The outbox file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Its bounds.
     pub fn config(&self) -> &OutboxConfig {
         &self.config
     }
@@ -297,14 +338,17 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
         // Extended I/O codes carry errno only in the OS error; SQLite maps
         // ENOSPC on write to SQLITE_FULL, and SQLITE_IOERR_WRITE covers the rest.
         match f.code {
-            ErrorCode::DiskFull => return OutboxError::DiskFull { path, message },
+            ErrorCode::DiskFull => return OutboxError::DiskFull { path, source: e },
             ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
-                return OutboxError::Damaged { path, message };
+                return OutboxError::Damaged {
+                    path,
+                    reason: e.to_string(),
+                };
             }
             _ => {}
         }
     }
-    OutboxError::Other { path, message }
+    OutboxError::Sqlite { path, source: e }
 }
 
 #[cfg(test)]
@@ -356,7 +400,7 @@ mod tests {
             tx.execute("INSERT INTO no_such_table VALUES (1)", [])
         });
         assert!(
-            matches!(failed, Err(OutboxError::Other { .. })),
+            matches!(failed, Err(OutboxError::Sqlite { .. })),
             "{failed:?}"
         );
         assert_eq!((outbox.pending(), outbox.journal_bytes()), before);

@@ -43,6 +43,7 @@ impl NewRecord {
 /// What an append did with each record, by cause.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendReport {
+    /// Newly stored.
     pub stored: u64,
     /// Already stored under the same id; ignored.
     pub duplicates: u64,

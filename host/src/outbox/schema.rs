@@ -87,7 +87,9 @@ pub struct Recovery {
 pub(super) fn open_or_recover(path: &Path) -> Result<(Connection, Option<Recovery>), OutboxError> {
     match open_checked(path) {
         Ok(conn) => Ok((conn, None)),
-        Err(OutboxError::Damaged { message, .. }) => {
+        Err(OutboxError::Damaged {
+            reason: message, ..
+        }) => {
             let moved_to = move_aside(path)?;
             tracing::error!(
                 outbox = %path.display(), moved_to = %moved_to.display(),
@@ -115,9 +117,9 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(damaged)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(OutboxError::Other {
+        return Err(OutboxError::Unusable {
             path: path.to_owned(),
-            message: format!("cannot switch to WAL mode (got `{mode}`)"),
+            reason: format!("cannot switch to WAL mode (got `{mode}`)"),
         });
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
@@ -128,7 +130,7 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
     if check != "ok" {
         return Err(OutboxError::Damaged {
             path: path.to_owned(),
-            message: format!("integrity check failed: {check}"),
+            reason: format!("integrity check failed: {check}"),
         });
     }
     let version: i32 = conn
@@ -141,7 +143,7 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
         if tables > 0 {
             return Err(OutboxError::Damaged {
                 path: path.to_owned(),
-                message: "a SQLite file that is not a Sluice outbox".into(),
+                reason: "a SQLite file that is not a Sluice outbox".into(),
             });
         }
         create_schema(&mut conn).map_err(damaged)?;
@@ -202,15 +204,15 @@ pub(super) fn check_identity(conn: &Connection, path: &Path) -> Result<(), Outbo
         {
             Ok(())
         }
-        Ok((APPLICATION_ID, v)) => Err(OutboxError::Other {
+        Ok((APPLICATION_ID, v)) => Err(OutboxError::Unusable {
             path: path.to_owned(),
-            message: format!(
+            reason: format!(
                 "schema version {v} is not supported by this sluice (expects {SCHEMA_VERSION})"
             ),
         }),
         Ok(_) => Err(OutboxError::Damaged {
             path: path.to_owned(),
-            message: "a SQLite file that is not a Sluice outbox".into(),
+            reason: "a SQLite file that is not a Sluice outbox".into(),
         }),
         Err(e) => Err(sql_error(path, e)),
     }
@@ -223,12 +225,10 @@ fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
         "{}.damaged-{stamp}",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
-    std::fs::rename(path, &target).map_err(|e| OutboxError::Other {
+    std::fs::rename(path, &target).map_err(|source| OutboxError::Io {
         path: path.to_owned(),
-        message: format!(
-            "damaged, and cannot move it aside to {}: {e}",
-            target.display()
-        ),
+        what: format!("damaged, and cannot move it aside to {}", target.display()),
+        source,
     })?;
     for suffix in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{suffix}", path.display()));
