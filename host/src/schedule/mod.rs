@@ -276,8 +276,7 @@ impl BatchRunner {
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
-            self.run_batch(batch);
-            self.outstanding.fetch_sub(items, Ordering::AcqRel);
+            self.run_batch(batch, items);
         }
     }
 
@@ -288,8 +287,9 @@ impl BatchRunner {
         }
     }
 
-    /// Check every item, run the valid ones together, answer every request.
-    fn run_batch(&self, batch: Vec<Request>) {
+    /// Check every item, run the valid ones together, answer every request
+    /// (`items` in all).
+    fn run_batch(&self, batch: Vec<Request>, items: usize) {
         let now = Instant::now();
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let mut replies: Vec<Vec<Option<Reply>>> = Vec::with_capacity(batch.len());
@@ -330,6 +330,9 @@ impl BatchRunner {
                 replies[r][i] = Some(output.map_err(|e| self.error(e.detail())));
             }
         }
+        // Free the capacity before answering: a caller that has its answer
+        // may send again at once, and must find room.
+        self.outstanding.fetch_sub(items, Ordering::AcqRel);
         for (reply, answers) in reply_to.into_iter().zip(replies) {
             let _ = reply.send(
                 answers
