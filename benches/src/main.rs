@@ -446,7 +446,7 @@ fn job_config(
 }
 
 fn start_job(job: &str, execution: ExecutionMode) -> Result<Runtime> {
-    Runtime::start(job_config(job, execution, None, None)?)
+    Ok(Runtime::start(job_config(job, execution, None, None)?)?)
 }
 
 /// Sluice end to end over a job's inputs, `repeat` times: accepted into the
@@ -528,8 +528,8 @@ fn pipeline(
         "job": job, "execution": execution, "items": n, "seconds": seconds,
         "items_per_s": n as f64 / seconds, "peak_rss_mib": peak_rss, "rss_at_end": rss_now,
         "accuracy": accuracy,
-        "chosen": pipeline.scheduler.execution(),
-        "batches": pipeline.scheduler.stats().batch_size_histogram,
+        "chosen": pipeline.scheduler().execution(),
+        "batches": pipeline.scheduler().stats().batch_size_histogram,
     });
     agent.shutdown();
     Ok(report)
@@ -771,7 +771,7 @@ fn mobilenet_boundary(model: &Path, images_dir: &Path) -> Result<Value> {
     let wasm = time_per_run(budget, || {
         items
             .chunks(8)
-            .for_each(|b| drop(pipeline.preprocess.preprocess(b)))
+            .for_each(|b| drop(pipeline.preprocess().preprocess(b)))
     });
     let native = time_per_run(budget, || {
         items
@@ -798,7 +798,7 @@ fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Valu
         .map(|i| vec![native_digits_preprocess(&i.data)])
         .collect();
     let outputs: Vec<sluice::types::Inferred> = pipeline
-        .scheduler
+        .scheduler()
         .infer_many(tensors.clone())
         .into_iter()
         .zip(&items)
@@ -812,7 +812,7 @@ fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Valu
     let wasm_pre = time_per_run(budget, || {
         batches
             .iter()
-            .for_each(|b| drop(pipeline.preprocess.preprocess(b)))
+            .for_each(|b| drop(pipeline.preprocess().preprocess(b)))
     });
     let native_pre = time_per_run(budget, || {
         items
@@ -822,7 +822,7 @@ fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Valu
     let wasm_post = time_per_run(budget, || {
         outputs
             .chunks(32)
-            .for_each(|b| drop(pipeline.postprocess.postprocess(b)))
+            .for_each(|b| drop(pipeline.postprocess().postprocess(b)))
     });
     let native_post = time_per_run(budget, || {
         outputs

@@ -60,6 +60,8 @@
 //! * The plugin sees no files, network, environment or stdio unless its
 //!   configuration grants them. Log through [`log`] instead of printing.
 
+#![deny(missing_docs)]
+
 mod tensor;
 pub use tensor::Element;
 pub mod log;

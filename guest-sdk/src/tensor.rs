@@ -17,7 +17,9 @@ impl Dtype {
 
 /// Element types a [`Tensor`] can be built from.
 pub trait Element: Copy {
+    /// The tensor element type of `Self`.
     const DTYPE: Dtype;
+    /// Append `self` to `out`, little-endian (the tensor data layout).
     fn write_le(self, out: &mut Vec<u8>);
 }
 

@@ -111,7 +111,7 @@ impl Agent {
         let stored = Wake::new();
         let wakes: BTreeMap<String, Arc<Wake>> = runtime
             .pipelines()
-            .map(|p| (p.name.clone(), Wake::new()))
+            .map(|p| (p.name().to_owned(), Wake::new()))
             .collect();
         let sink = Arc::new(Sink::new(
             &device,
@@ -131,17 +131,17 @@ impl Agent {
             own_tokio: None,
         };
         for pipeline in runtime.pipelines() {
-            let wake = wakes[&pipeline.name].clone();
+            let wake = wakes[pipeline.name()].clone();
             let worker = Worker {
                 device: device.clone(),
                 pipeline: pipeline.clone(),
-                provenance: crate::record::provenance(&runtime, &pipeline.name)
+                provenance: crate::record::provenance(&runtime, pipeline.name())
                     .expect("every running pipeline has its parts"),
                 outbox: outbox.clone(),
                 wake: wake.clone(),
                 stored: stored.clone(),
             };
-            let thread = spawn(&format!("sluice-{}", pipeline.name), move || worker.run())?;
+            let thread = spawn(&format!("sluice-{}", pipeline.name()), move || worker.run())?;
             // Work left in the journal by the previous run starts at once.
             wake.wake();
             agent.workers.push((wake, thread));
@@ -165,7 +165,7 @@ impl Agent {
         })?;
         agent.background.push((housekeeping, thread));
 
-        let only = runtime.pipeline(None).ok().map(|p| p.name.clone());
+        let only = runtime.pipeline(None).ok().map(|p| p.name().to_owned());
         let context = Context {
             runtime: tokio.clone(),
         };

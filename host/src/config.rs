@@ -17,14 +17,19 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[device]`: who this device is and where it keeps its state.
     #[serde(default)]
     pub device: DeviceConfig,
+    /// `[runtime]`: the plugin engine and the pipeline threads.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// `[plugins.NAME]`: the plugins, by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// `[models.NAME]`: the models, by name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+    /// `[pipelines.NAME]`: the pipelines, by name.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
     /// The on-device store of results awaiting upload (`sluice run`).
@@ -38,6 +43,7 @@ pub struct Config {
     pub ingest: IngestConfig,
 }
 
+/// `[device]`: who this device is and where it keeps its state.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
@@ -66,6 +72,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("sluice-data")
 }
 
+/// `[runtime]`: the plugin engine and the pipeline threads.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -100,12 +107,18 @@ impl RuntimeConfig {
     }
 }
 
+/// `runtime.pooling`: whether plugin instances come from wasmtime's pooling
+/// allocator (fast instantiation, a large address-space reservation).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Pooling {
+    /// Try the pooling allocator; allocate on demand if it cannot start.
     #[default]
     Auto,
+    /// Always pool; failing to reserve the pool is an error.
     On,
+    /// Always allocate on demand.
     Off,
 }
 
@@ -133,6 +146,7 @@ pub struct PluginConfig {
 /// Where a plugin's component comes from: `bundled:NAME` (shipped inside
 /// the binary) or a path to a `.wasm` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PluginSource {
     /// A plugin shipped inside the binary, by name.
     Bundled(String),
@@ -181,10 +195,12 @@ fn empty_table() -> toml::Table {
 }
 
 impl PluginConfig {
+    /// `timeout_ms` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
 
+    /// `memory_mb` in bytes.
     pub fn memory_bytes(&self) -> usize {
         (self.memory_mb as usize).saturating_mul(1 << 20)
     }
@@ -209,11 +225,13 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// Whether nothing at all is granted.
     pub fn is_empty(&self) -> bool {
         self.dirs.is_empty() && self.env.is_empty() && !self.stdio && self.network.is_empty()
     }
 }
 
+/// A host directory a plugin may see.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirGrant {
@@ -221,6 +239,7 @@ pub struct DirGrant {
     pub host: PathBuf,
     /// Where the plugin sees it, e.g. `/model`.
     pub guest: String,
+    /// Whether the plugin may write there (default: read-only).
     #[serde(default)]
     pub writable: bool,
 }
@@ -254,8 +273,11 @@ fn default_engine() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// The preprocessing plugin, by its name under `[plugins]`.
     pub preprocess: String,
+    /// The model, by its name under `[models]`.
     pub model: String,
+    /// The postprocessing plugin, by its name under `[plugins]`.
     pub postprocess: String,
 }
 
@@ -296,6 +318,7 @@ fn default_outbox_max_age_secs() -> u64 {
 /// What the outbox does with a result that does not fit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum FullPolicy {
     /// Delete the oldest pending results until the new one fits (counted as
     /// `dropped_oldest`): recent data matters most on a device that was
@@ -306,7 +329,7 @@ pub enum FullPolicy {
     RejectNew,
 }
 
-/// `[sync]`: shipping results upstream (see [`crate::sync`]). Without `url`,
+/// `[sync]`: shipping results upstream (see [`crate::uplink`]). Without `url`,
 /// results stay in the outbox.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -137,7 +137,7 @@ fn main() -> std::process::ExitCode {
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cmd::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

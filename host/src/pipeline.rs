@@ -14,25 +14,19 @@ use std::time::{Duration, Instant};
 /// One pipeline's parts, joined. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
-    /// Its name in the configuration.
-    pub name: String,
-    /// The preprocessing plugin.
-    pub preprocess: Arc<Plugin>,
-    /// The scheduler of its model.
-    pub scheduler: Scheduler,
-    /// The postprocessing plugin.
-    pub postprocess: Arc<Plugin>,
-    /// The threads [`process_all`] runs batches on, shared by every pipeline
-    /// of a runtime: they call plugins and wait for the scheduler, so they are
-    /// not the inference threads. Their number bounds how many calls a plugin
-    /// serves at once, and so its instances.
-    pub pool: Arc<rayon::ThreadPool>,
+    name: String,
+    preprocess: Arc<Plugin>,
+    scheduler: Scheduler,
+    postprocess: Arc<Plugin>,
+    pool: Arc<rayon::ThreadPool>,
 }
 
 /// What became of one input.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The input's id ([`crate::types::Metadata::id`]).
     pub id: String,
+    /// Its result document, or why it has none.
     pub result: Result<Document, ItemError>,
     /// Time the item's batch spent in each stage.
     pub timings: StageTimings,
@@ -45,6 +39,51 @@ fn micros(since: Instant) -> u64 {
 }
 
 impl Pipeline {
+    /// Join the parts of pipeline `name`.
+    pub(crate) fn new(
+        name: String,
+        preprocess: Arc<Plugin>,
+        scheduler: Scheduler,
+        postprocess: Arc<Plugin>,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Pipeline {
+        Pipeline {
+            name,
+            preprocess,
+            scheduler,
+            postprocess,
+            pool,
+        }
+    }
+
+    /// Its name in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The preprocessing plugin.
+    pub fn preprocess(&self) -> &Arc<Plugin> {
+        &self.preprocess
+    }
+
+    /// The scheduler of its model.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The postprocessing plugin.
+    pub fn postprocess(&self) -> &Arc<Plugin> {
+        &self.postprocess
+    }
+
+    /// The threads [`process_all`] runs batches on, shared by every pipeline
+    /// of a runtime: they call plugins and wait for the scheduler, so they are
+    /// not the inference threads. Their number bounds how many calls a plugin
+    /// serves at once, and so its instances.
+    pub fn pool(&self) -> &Arc<rayon::ThreadPool> {
+        &self.pool
+    }
+
     /// Run every stage over `items`.
     pub fn process(&self, items: Vec<RawItem>) -> Vec<Outcome> {
         let mut timings = StageTimings::default();

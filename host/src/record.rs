@@ -25,9 +25,9 @@ pub fn provenance(runtime: &Runtime, name: &str) -> Option<Provenance> {
         model: spec.model.clone(),
         model_sha256: runtime.model_sha256.get(&spec.model)?.clone(),
         preprocess: spec.preprocess.clone(),
-        preprocess_sha256: pipeline.preprocess.digest().to_owned(),
+        preprocess_sha256: pipeline.preprocess().digest().to_owned(),
         postprocess: spec.postprocess.clone(),
-        postprocess_sha256: pipeline.postprocess.digest().to_owned(),
+        postprocess_sha256: pipeline.postprocess().digest().to_owned(),
     })
 }
 

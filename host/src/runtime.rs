@@ -6,7 +6,7 @@
 //! goes on with the rest.
 
 use crate::config::Config;
-use crate::error::PluginError;
+use crate::error::{EngineError, PluginError};
 use crate::infer::{ModelError, read_model_file};
 use crate::pipeline::Pipeline;
 use crate::plugin::{EngineOptions, Plugin, PluginHost, PluginKind, scheduler_nn};
@@ -26,6 +26,7 @@ pub enum Problem {
     #[error("{error} (needed by pipeline `{pipeline}`)")]
     Plugin {
         /// Why.
+        #[source]
         error: PluginError,
         /// The first pipeline that needs it.
         pipeline: String,
@@ -42,9 +43,12 @@ pub enum Problem {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The plugin engine or the pipeline threads could not be set up.
+    /// The plugin engine could not be set up.
     #[error("cannot set up the plugin engine: {0}")]
-    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Engine(#[source] EngineError),
+    /// The pipeline threads could not be started.
+    #[error("cannot start the pipeline threads: {0}")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
     /// The configuration has pipelines, and none could start.
     #[error("no pipeline could start:\n  {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
     NoPipeline {
@@ -76,9 +80,9 @@ impl Runtime {
             let scheduler = read_model_file(name, &model.path, model.sha256.as_deref()).and_then(|bytes| {
                 // Already checked against the file when configured.
                 let sha256 = model.sha256.clone().unwrap_or_else(|| hex::encode(Sha256::digest(&bytes))).to_ascii_lowercase();
-                let engine = crate::infer::engine(&model.engine).ok_or_else(|| ModelError::Run {
+                let engine = crate::infer::engine(&model.engine).ok_or_else(|| ModelError::UnknownEngine {
                     model: name.clone(),
-                    message: format!("no engine `{}` in this build", model.engine),
+                    engine: model.engine.clone(),
                 })?;
                 let loaded = engine.load(name, &bytes, &model.input_shapes)?;
                 tracing::debug!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
@@ -99,13 +103,13 @@ impl Runtime {
             &EngineOptions::for_config(&config),
             scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes),
         )
-        .map_err(|e| StartError::Engine(e.into()))?;
+        .map_err(StartError::Engine)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.runtime.resolved_workers())
             .thread_name(|ix| format!("sluice-pipeline-{ix}"))
             .build()
             .map(Arc::new)
-            .map_err(|e| StartError::Engine(e.into()))?;
+            .map_err(StartError::Threads)?;
         // Each plugin is loaded once, as the kind its pipelines need (the
         // configuration guarantees a plugin has one role).
         let mut plugins: BTreeMap<&str, Option<Arc<Plugin>>> = BTreeMap::new();
@@ -139,13 +143,13 @@ impl Runtime {
             if let (Some(pre), Some(scheduler), Some(post)) = parts {
                 pipelines.insert(
                     name.clone(),
-                    Pipeline {
-                        name: name.clone(),
-                        preprocess: pre.clone(),
-                        scheduler: scheduler.clone(),
-                        postprocess: post.clone(),
-                        pool: pool.clone(),
-                    },
+                    Pipeline::new(
+                        name.clone(),
+                        pre.clone(),
+                        scheduler.clone(),
+                        post.clone(),
+                        pool.clone(),
+                    ),
                 );
             } else {
                 problems.push(Problem::PipelineDisabled {

@@ -21,6 +21,7 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// Metadata with no attributes.
     pub fn new(id: impl Into<String>, content_type: impl Into<String>) -> Self {
         Metadata {
             id: id.into(),
@@ -29,6 +30,7 @@ impl Metadata {
         }
     }
 
+    /// The same, with one more attribute.
     pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.attributes.push((key.into(), value.into()));
         self
@@ -38,19 +40,29 @@ impl Metadata {
 /// An input as it was ingested: bytes plus metadata.
 #[derive(Debug, Clone)]
 pub struct RawItem {
+    /// What the host knows about it.
     pub meta: Metadata,
+    /// Its bytes, as received.
     pub data: Vec<u8>,
 }
 
 /// Element type of a [`Tensor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DType {
+    /// IEEE 754 half precision.
     F16,
+    /// IEEE 754 single precision.
     F32,
+    /// IEEE 754 double precision.
     F64,
+    /// bfloat16.
     BF16,
+    /// Unsigned byte.
     U8,
+    /// 32-bit signed integer.
     I32,
+    /// 64-bit signed integer.
     I64,
 }
 
@@ -69,9 +81,13 @@ impl DType {
 /// A named, dense, row-major tensor; `data` holds little-endian elements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
+    /// The name of the model input or output it is for.
     pub name: String,
+    /// Its element type.
     pub dtype: DType,
+    /// Its dimensions; axis 0 is the batch axis wherever a batch is meant.
     pub shape: Vec<usize>,
+    /// The elements, little-endian, row-major.
     pub data: Vec<u8>,
 }
 
@@ -100,6 +116,8 @@ pub fn stack_items(items: &[Vec<Tensor>]) -> Vec<Tensor> {
 }
 
 impl Tensor {
+    /// An `F32` tensor of `values` with `shape` (not checked: see
+    /// [`Tensor::is_consistent`]).
     pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Tensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor {
@@ -134,36 +152,71 @@ impl Tensor {
 /// A model's output tensors for one item, with the item's metadata.
 #[derive(Debug, Clone)]
 pub struct Inferred {
+    /// The input item's metadata.
     pub meta: Metadata,
+    /// The model's outputs, in model output order, each with a batch axis of 1.
     pub tensors: Vec<Tensor>,
 }
 
 /// A result document produced by a postprocessor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
+    /// MIME type of `body`, e.g. `application/json`.
     pub content_type: String,
+    /// The document's bytes.
     pub body: Vec<u8>,
 }
 
 /// Why one item failed. It travels with the item; its neighbours go on.
+///
+/// The messages are text on purpose: they come from plugins (across the
+/// WebAssembly boundary) or describe one item, and travel upstream in its
+/// result record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ItemError {
     /// The plugin found the item malformed.
     #[error("plugin `{plugin}` rejected the item as invalid: {message}")]
-    InvalidInput { plugin: String, message: String },
+    InvalidInput {
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin's message.
+        message: String,
+    },
     /// The plugin does not handle this kind of item.
     #[error("plugin `{plugin}` does not support the item: {message}")]
-    Unsupported { plugin: String, message: String },
+    Unsupported {
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin's message.
+        message: String,
+    },
     /// The plugin reported an internal failure.
     #[error("plugin `{plugin}` failed internally: {message}")]
-    Internal { plugin: String, message: String },
+    Internal {
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin's message.
+        message: String,
+    },
     /// The plugin instance trapped, ran out of time or memory; it was
     /// discarded and replaced.
     #[error("plugin `{plugin}` was stopped: {fault}")]
-    PluginFault { plugin: String, fault: Fault },
-    /// Inference failed for the item.
+    PluginFault {
+        /// The plugin's name.
+        plugin: String,
+        /// What happened to the instance.
+        fault: Fault,
+    },
+    /// Inference failed for the item (refused by a full queue, expired,
+    /// inputs of the wrong shape, or the model failed on it).
     #[error("model `{model}`: {message}")]
-    Inference { model: String, message: String },
+    Inference {
+        /// The model's name.
+        model: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl ItemError {
@@ -182,11 +235,15 @@ impl ItemError {
 
 /// How a plugin instance failed while handling an item.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
-    /// The call ran past its deadline.
+    /// The call ran past its deadline (the plugin's timeout).
     Deadline(Duration),
     /// The instance tried to grow its memory past the cap.
-    MemoryCap { cap_bytes: usize },
+    MemoryCap {
+        /// The cap, in bytes.
+        cap_bytes: usize,
+    },
     /// Any other trap (panic, unreachable, out-of-bounds...).
     Trap(String),
     /// The plugin broke the contract (e.g. returned the wrong number of results).

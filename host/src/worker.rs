@@ -55,10 +55,10 @@ impl Worker {
     /// Run until woken with stop; returns once the last group is committed
     /// (or the commit was abandoned because of the stop).
     pub fn run(self) {
-        let batch = self.pipeline.scheduler.config().max_batch_size.max(1);
+        let batch = self.pipeline.scheduler().config().max_batch_size.max(1);
         // Enough items to keep every pipeline thread busy with full batches,
         // several times over so that one fsync covers many of them.
-        let group = (batch * self.pipeline.pool.current_num_threads() * 4).clamp(1, 1024);
+        let group = (batch * self.pipeline.pool().current_num_threads() * 4).clamp(1, 1024);
         let (to_store, stored) = sync_channel::<Done>(1);
         std::thread::scope(|scope| {
             scope.spawn(|| self.store(stored));
@@ -66,7 +66,7 @@ impl Worker {
             // their commit; only that commit deletes them.
             let mut taken_up_to = 0;
             let mut failures = 0u32;
-            let name = self.pipeline.name.as_str();
+            let name = self.pipeline.name();
             while !self.wake.stopped() {
                 let items = match self.outbox.journal_items(name, taken_up_to, group) {
                     Ok(items) => items,
@@ -125,7 +125,7 @@ impl Worker {
     /// Commit each group; on failure (a full disk) keep the results and
     /// retry with backoff while the inputs stay journaled.
     fn store(&self, groups: Receiver<Done>) {
-        let name = self.pipeline.name.as_str();
+        let name = self.pipeline.name();
         let mut failures = 0u32;
         for done in groups {
             loop {

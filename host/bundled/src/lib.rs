@@ -4,6 +4,8 @@
 //! Product plugins are embedded ([`get`]); every plugin, test fixtures
 //! included, is also available as a file ([`path`]) for tests and benches.
 
+#![deny(missing_docs)]
+
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 /// The embedded bytes of product plugin `name` (e.g. `image-preprocess`).

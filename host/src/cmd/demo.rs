@@ -139,8 +139,8 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
     }
     let status = agent.outbox().status()?;
     let pipeline = agent.runtime().pipeline(None)?;
-    let stats = pipeline.scheduler.stats();
-    let choice = pipeline.scheduler.execution().clone();
+    let stats = pipeline.scheduler().stats();
+    let choice = pipeline.scheduler().execution().clone();
     let problems: Vec<String> = agent
         .runtime()
         .problems()

@@ -27,7 +27,7 @@ pub fn run(
     let runtime = Runtime::start(config)?;
     let pipeline = runtime.pipeline(pipeline)?;
     let provenance =
-        provenance(&runtime, &pipeline.name).context("the pipeline's parts are running")?;
+        provenance(&runtime, pipeline.name()).context("the pipeline's parts are running")?;
     let files = list_files(inputs)?;
     let accepted_at_ms = sluice::outbox::now_ms();
     let items = files
@@ -36,7 +36,7 @@ pub fn run(
         .map(|(ix, path)| {
             read_file_item(
                 path,
-                sluice_protocol::result_id(&device, &pipeline.name, ix as i64),
+                sluice_protocol::result_id(&device, pipeline.name(), ix as i64),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -44,7 +44,7 @@ pub fn run(
         .iter()
         .enumerate()
         .map(|(ix, item)| ItemInfo {
-            pipeline: pipeline.name.clone(),
+            pipeline: pipeline.name().to_owned(),
             seq: ix as i64,
             accepted_at_ms,
             input: InputInfo {

@@ -130,6 +130,7 @@ pub fn plugin_compile(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
         match host.precompile(name, plugin) {
             Ok(CacheOutcome::Hit) => println!("{name}: already compiled"),
             Ok(CacheOutcome::Compiled) => println!("{name}: compiled"),
+            Ok(other) => println!("{name}: {other:?}"),
             Err(e) => {
                 failed += 1;
                 println!("{name}: {e}");

@@ -6,6 +6,24 @@ pub mod infer;
 pub mod inspect;
 pub mod run;
 
+/// `error` and its causes, joined by ": " like `{:#}`, leaving out a cause
+/// whose text is already shown: the library's errors name their cause in
+/// their own message and also keep it as their `source()`.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 /// The one tokio runtime of a `sluice` process.
 pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

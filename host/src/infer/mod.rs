@@ -16,7 +16,7 @@ pub mod tract;
 /// scheduler spreads the chunks of a batch over it (instead of spawning
 /// threads per batch). Nothing that waits on a scheduler ever runs on it, so
 /// a chunk never waits behind a caller.
-pub fn pool() -> &'static rayon::ThreadPool {
+pub(crate) fn pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
@@ -47,9 +47,10 @@ pub fn onnx_engine() -> &'static dyn Backend {
     engine(DEFAULT_ENGINE).expect("the default engine is always built")
 }
 
+use crate::error::{BoxError, chain_text};
 use crate::types::{DType, Tensor};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Loads models of one format.
@@ -73,8 +74,11 @@ pub type InputShapes = std::collections::BTreeMap<String, Vec<usize>>;
 
 /// A loaded model whose axis 0 is the batch axis.
 pub trait Model: Send + Sync {
+    /// The model's name in the configuration (used in messages).
     fn name(&self) -> &str;
+    /// The inputs, in the order [`Plan::run`] takes them.
     fn inputs(&self) -> &[TensorSpec];
+    /// The outputs, in the order [`Plan::run`] returns them.
     fn outputs(&self) -> &[TensorSpec];
     /// The plan for batches of exactly `batch` items, built once and cached.
     fn plan(&self, batch: usize) -> Result<Arc<dyn Plan>, ModelError>;
@@ -95,9 +99,12 @@ pub trait Plan: Send + Sync {
 /// dimension the model leaves open (axis 0, the batch, always is).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TensorSpec {
+    /// The tensor's name in the model.
     pub name: String,
+    /// Its element type.
     #[serde(serialize_with = "serialize_dtype")]
     pub dtype: DType,
+    /// Its dimensions; `None` where open (always axis 0, the batch).
     pub shape: Vec<Option<usize>>,
 }
 
@@ -107,7 +114,7 @@ fn serialize_dtype<S: serde::Serializer>(dtype: &DType, s: S) -> Result<S::Ok, S
 
 impl TensorSpec {
     /// Check one item's tensor (leading batch axis of 1) against this spec.
-    pub fn check_item(&self, tensor: &Tensor) -> Result<(), String> {
+    pub(crate) fn check_item(&self, tensor: &Tensor) -> Result<(), String> {
         if tensor.dtype != self.dtype {
             return Err(format!(
                 "input `{}` must be {:?}, got {:?}",
@@ -150,31 +157,161 @@ impl TensorSpec {
     }
 }
 
-/// Why a model could not be loaded or run.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why a model could not be loaded, planned or run. Every variant names the
+/// model; engine errors are kept as the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
-    #[error("model `{model}`: cannot read {path}: {message}")]
+    /// The model file cannot be read.
+    #[error("model `{model}`: cannot read {}: {source}", path.display())]
     Read {
+        /// The model's name.
         model: String,
-        path: String,
-        message: String,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
     },
+    /// The file's SHA-256 is not the configured one.
     #[error("model `{model}`: SHA-256 mismatch: expected {expected}, file has {actual}")]
     Digest {
+        /// The model's name.
         model: String,
+        /// The configured digest, as written.
         expected: String,
+        /// The file's digest, lower-case hex.
         actual: String,
     },
-    #[error("model `{model}`: not a valid ONNX model: {message}")]
-    Parse { model: String, message: String },
-    #[error("model `{model}`: unsupported operator(s) {ops}: {message}")]
-    Unsupported {
+    /// No engine of that name in this build.
+    #[error("model `{model}`: no engine `{engine}` in this build")]
+    UnknownEngine {
+        /// The model's name.
         model: String,
-        ops: String,
-        message: String,
+        /// The engine asked for.
+        engine: String,
     },
-    #[error("model `{model}`: {message}")]
-    Run { model: String, message: String },
+    /// The bytes are not a model the engine can parse.
+    #[error("model `{model}`: not a valid ONNX model: {}", chain_text(source.as_ref()))]
+    Parse {
+        /// The model's name.
+        model: String,
+        /// The engine's error.
+        source: BoxError,
+    },
+    /// The model uses operators the engine does not implement.
+    #[error("model `{model}`: unsupported operator(s) {}: {engine} does not implement them", ops.join(", "))]
+    Unsupported {
+        /// The model's name.
+        model: String,
+        /// The engine.
+        engine: &'static str,
+        /// The missing operator types, sorted.
+        ops: Vec<String>,
+    },
+    /// An input's dimensions after the batch axis are not all known, and
+    /// the configuration does not give them.
+    #[error(
+        "model `{model}`: input `{input}` has {}; set it with `input_shapes.{input} = [...]` (the dimensions after the batch)",
+        match axis { Some(axis) => format!("an open dimension at axis {axis}"), None => "no known rank".to_owned() }
+    )]
+    OpenInput {
+        /// The model's name.
+        model: String,
+        /// The input.
+        input: String,
+        /// The first open axis after the batch; `None` when not even the
+        /// rank is known.
+        axis: Option<usize>,
+    },
+    /// A model input or output has an element type Sluice does not carry.
+    #[error("model `{model}`: tensor `{tensor}` has unsupported type {dtype}")]
+    UnsupportedType {
+        /// The model's name.
+        model: String,
+        /// The input or output.
+        tensor: String,
+        /// The engine's name of the type.
+        dtype: String,
+    },
+    /// A model input or output is a scalar: it has no batch axis.
+    #[error("model `{model}`: tensor `{tensor}` is a scalar; Sluice needs a batch axis 0")]
+    Scalar {
+        /// The model's name.
+        model: String,
+        /// The input or output.
+        tensor: String,
+    },
+    /// The engine cannot build the plan for a batch size.
+    #[error("model `{model}`: cannot plan batch size {batch}: {}", chain_text(source.as_ref()))]
+    Plan {
+        /// The model's name.
+        model: String,
+        /// The batch size.
+        batch: usize,
+        /// The engine's error.
+        source: BoxError,
+    },
+    /// A plan failed to run.
+    #[error("model `{model}`: {}", chain_text(source.as_ref()))]
+    Run {
+        /// The model's name.
+        model: String,
+        /// The engine's error.
+        source: BoxError,
+    },
+    /// An output came back without the batch's size on axis 0.
+    #[error("model `{model}`: output `{output}` has shape {shape:?}, expected batch axis {batch}")]
+    BatchAxis {
+        /// The model's name.
+        model: String,
+        /// The output.
+        output: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The batch size it should have on axis 0.
+        batch: usize,
+    },
+    /// Building or running a plan failed while warming up at start-up.
+    #[error("model `{model}`: warm-up at batch {batch}: {}", source.detail())]
+    WarmUp {
+        /// The model's name.
+        model: String,
+        /// The batch size being warmed up.
+        batch: usize,
+        /// What failed.
+        source: Box<ModelError>,
+    },
+}
+
+impl ModelError {
+    /// The name of the model concerned.
+    pub fn model(&self) -> &str {
+        match self {
+            ModelError::Read { model, .. }
+            | ModelError::Digest { model, .. }
+            | ModelError::UnknownEngine { model, .. }
+            | ModelError::Parse { model, .. }
+            | ModelError::Unsupported { model, .. }
+            | ModelError::OpenInput { model, .. }
+            | ModelError::UnsupportedType { model, .. }
+            | ModelError::Scalar { model, .. }
+            | ModelError::Plan { model, .. }
+            | ModelError::Run { model, .. }
+            | ModelError::BatchAxis { model, .. }
+            | ModelError::WarmUp { model, .. } => model,
+        }
+    }
+
+    /// The message without its leading "model `NAME`: ", for messages
+    /// that name the model already.
+    pub(crate) fn detail(&self) -> String {
+        let text = self.to_string();
+        let prefix = format!("model `{}`: ", self.model());
+        match text.strip_prefix(&prefix) {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        }
+    }
 }
 
 /// Read a model file and check its SHA-256 when one is expected.
@@ -183,10 +320,10 @@ pub fn read_model_file(
     path: &Path,
     expected_sha256: Option<&str>,
 ) -> Result<Vec<u8>, ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
         model: model.into(),
-        path: path.display().to_string(),
-        message: e.to_string(),
+        path: path.to_owned(),
+        source,
     })?;
     if let Some(expected) = expected_sha256 {
         let actual = hex::encode(Sha256::digest(&bytes));

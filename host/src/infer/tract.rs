@@ -29,26 +29,32 @@ impl Backend for TractBackend {
     }
 
     fn operators(&self, name: &str, bytes: &[u8]) -> Result<Vec<(String, bool)>, ModelError> {
-        operator_support(bytes).map_err(|message| ModelError::Parse {
-            model: name.to_owned(),
-            message,
-        })
+        operator_support(bytes).map_err(|e| parse_error(name, e))
+    }
+}
+
+/// The engine's name in messages.
+const ENGINE: &str = "tract";
+
+fn parse_error(model: &str, error: TractError) -> ModelError {
+    ModelError::Parse {
+        model: model.into(),
+        source: error.into(),
     }
 }
 
 /// The ONNX operator types a model uses, with whether tract implements them.
-fn operator_support(bytes: &[u8]) -> Result<Vec<(String, bool)>, String> {
+fn operator_support(bytes: &[u8]) -> TractResult<Vec<(String, bool)>> {
     let onnx = tract_onnx::onnx();
-    let proto = onnx
-        .proto_model_for_read(&mut &*bytes)
-        .map_err(|e| format!("{e:#}"))?;
-    let graph = proto.graph.as_ref().ok_or("the model has no graph")?;
+    let proto = onnx.proto_model_for_read(&mut &*bytes)?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| TractError::msg("the model has no graph"))?;
     let mut ops: Vec<String> = graph.node.iter().map(|n| n.op_type.clone()).collect();
     ops.sort();
     ops.dedup();
-    let model = onnx
-        .model_for_read(&mut &*bytes)
-        .map_err(|e| format!("{e:#}"))?;
+    let model = onnx.model_for_read(&mut &*bytes)?;
     let missing = unimplemented_ops(&model);
     Ok(ops
         .into_iter()
@@ -94,10 +100,7 @@ enum Source {
 
 impl TractModel {
     fn load(name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Self, ModelError> {
-        let parse_error = |e: TractError| ModelError::Parse {
-            model: name.into(),
-            message: format!("{e:#}"),
-        };
+        let parse_error = |e: TractError| parse_error(name, e);
         let onnx = tract_onnx::onnx();
         let parsed = match onnx.model_for_read(&mut &*bytes) {
             Ok(model) => model,
@@ -113,8 +116,8 @@ impl TractModel {
         if !missing.is_empty() {
             return Err(ModelError::Unsupported {
                 model: name.into(),
-                ops: missing.join(", "),
-                message: "tract does not implement them".into(),
+                engine: ENGINE,
+                ops: missing,
             });
         }
         let input_facts = input_facts(name, &parsed, shapes)?;
@@ -144,10 +147,10 @@ impl TractModel {
                     parsed,
                     inputs: input_facts,
                 };
-                let typed = source.typed_for(1).map_err(|e| ModelError::Unsupported {
+                let typed = source.typed_for(1).map_err(|e| ModelError::Plan {
                     model: name.into(),
-                    ops: "?".into(),
-                    message: format!("{e:#}"),
+                    batch: 1,
+                    source: e.into(),
                 })?;
                 (source, typed)
             }
@@ -156,18 +159,19 @@ impl TractModel {
             spec.shape[0] = None;
             spec
         };
+        let model_name = name;
         let spec = |outlet: OutletId, name: String| -> Result<TensorSpec, ModelError> {
             let fact = typed.outlet_fact(outlet).map_err(parse_error)?;
-            let dtype = dtype_of(fact.datum_type).ok_or_else(|| {
-                parse_error(TractError::msg(format!(
-                    "tensor `{name}` has unsupported type {:?}",
-                    fact.datum_type
-                )))
+            let dtype = dtype_of(fact.datum_type).ok_or_else(|| ModelError::UnsupportedType {
+                model: model_name.into(),
+                tensor: name.clone(),
+                dtype: format!("{:?}", fact.datum_type),
             })?;
             if fact.shape.rank() == 0 {
-                return Err(parse_error(TractError::msg(format!(
-                    "tensor `{name}` is a scalar; Sluice needs a batch axis 0"
-                ))));
+                return Err(ModelError::Scalar {
+                    model: model_name.into(),
+                    tensor: name,
+                });
             }
             Ok(batch_axis_open(TensorSpec {
                 name,
@@ -233,30 +237,30 @@ fn input_facts(
     model: &InferenceModel,
     shapes: &InputShapes,
 ) -> Result<Vec<(DatumType, TVec<TDim>)>, ModelError> {
-    let error = |message: String| ModelError::Parse {
+    let open = |input: &str, axis: Option<usize>| ModelError::OpenInput {
         model: name.into(),
-        message,
+        input: input.into(),
+        axis,
     };
     (0..model.inputs.len())
         .map(|ix| {
             let input_name = &model.node(model.inputs[ix].node).name;
-            let fact = model.input_fact(ix).map_err(|e| error(format!("{e:#}")))?;
+            let fact = model.input_fact(ix).map_err(|e| parse_error(name, e))?;
             let dt = fact.datum_type.concretize().unwrap_or(DatumType::F32);
             if let Some(configured) = shapes.get(input_name) {
                 let mut dims: TVec<TDim> = tvec![TDim::Val(1)];
                 dims.extend(configured.iter().map(|&d| d.to_dim()));
                 return Ok((dt, dims));
             }
-            let set_shape = || format!("set it with `input_shapes.{input_name} = [...]` (the dimensions after the batch)");
             if fact.shape.is_open() || fact.shape.dims().next().is_none() {
-                return Err(error(format!("input `{input_name}` has no known rank; {}", set_shape())));
+                return Err(open(input_name, None));
             }
             let mut dims = TVec::new();
             for (axis, dim) in fact.shape.dims().enumerate() {
                 match (axis, dim.concretize()) {
                     (0, _) => dims.push(TDim::Val(1)),
                     (_, Some(d)) if d.to_i64().is_ok_and(|d| d > 0) => dims.push(d),
-                    _ => return Err(error(format!("input `{input_name}` has an open dimension at axis {axis}; {}", set_shape()))),
+                    _ => return Err(open(input_name, Some(axis))),
                 }
             }
             Ok((dt, dims))
@@ -286,9 +290,10 @@ impl Model for TractModel {
             .typed_for(batch)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
-            .map_err(|e| ModelError::Run {
+            .map_err(|e| ModelError::Plan {
                 model: self.name.clone(),
-                message: format!("cannot plan batch size {batch}: {e:#}"),
+                batch,
+                source: e.into(),
             })?;
         let plan = Arc::new(TractPlan {
             model: self.name.clone(),
@@ -310,27 +315,16 @@ struct TractPlan {
 
 impl Plan for TractPlan {
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
-        let error = |message: String| ModelError::Run {
+        let error = |e: TractError| ModelError::Run {
             model: self.model.clone(),
-            message,
+            source: e.into(),
         };
         let values = inputs
             .iter()
-            .map(|t| {
-                to_tract(t)
-                    .map(TValue::from)
-                    .map_err(|e| error(format!("input `{}`: {e:#}", t.name)))
-            })
+            .map(|t| self.to_tract(t).map(TValue::from))
             .collect::<Result<TVec<_>, _>>()?;
-        let outputs = self
-            .runnable
-            .run(values)
-            .map_err(|e| error(format!("{e:#}")))?;
-        let names = self
-            .runnable
-            .model()
-            .output_outlets()
-            .map_err(|e| error(format!("{e:#}")))?;
+        let outputs = self.runnable.run(values).map_err(error)?;
+        let names = self.runnable.model().output_outlets().map_err(error)?;
         outputs
             .into_iter()
             .zip(names.iter())
@@ -341,9 +335,48 @@ impl Plan for TractPlan {
                     .outlet_label(*outlet)
                     .unwrap_or("output")
                     .to_owned();
-                from_tract(&value, name).map_err(error)
+                self.from_tract(&value, name)
             })
             .collect()
+    }
+}
+
+impl TractPlan {
+    fn to_tract(&self, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, ModelError> {
+        let dt = datum_of(t.dtype).ok_or_else(|| ModelError::UnsupportedType {
+            model: self.model.clone(),
+            tensor: t.name.clone(),
+            dtype: format!("{:?}", t.dtype),
+        })?;
+        let run_error = |e: TractError| ModelError::Run {
+            model: self.model.clone(),
+            source: e.context(format!("input `{}`", t.name)).into(),
+        };
+        if !t.is_consistent() {
+            return Err(run_error(TractError::msg(format!(
+                "{} bytes do not fill shape {:?} of {:?}",
+                t.data.len(),
+                t.shape,
+                t.dtype
+            ))));
+        }
+        // SAFETY: `dt` is a plain numeric type and the length was checked above.
+        unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &t.shape, &t.data) }
+            .map_err(run_error)
+    }
+
+    fn from_tract(&self, value: &TValue, name: String) -> Result<Tensor, ModelError> {
+        let dtype = dtype_of(value.datum_type()).ok_or_else(|| ModelError::UnsupportedType {
+            model: self.model.clone(),
+            tensor: name.clone(),
+            dtype: format!("{:?}", value.datum_type()),
+        })?;
+        Ok(Tensor {
+            name,
+            dtype,
+            shape: value.shape().to_vec(),
+            data: value.as_bytes().to_vec(),
+        })
     }
 }
 
@@ -368,35 +401,5 @@ fn datum_of(dtype: DType) -> Option<DatumType> {
         DType::I32 => DatumType::I32,
         DType::I64 => DatumType::I64,
         DType::BF16 => return None,
-    })
-}
-
-fn to_tract(t: &Tensor) -> TractResult<tract_onnx::prelude::Tensor> {
-    let dt = datum_of(t.dtype)
-        .ok_or_else(|| TractError::msg(format!("{:?} is not supported by tract", t.dtype)))?;
-    if !t.is_consistent() {
-        return Err(TractError::msg(format!(
-            "{} bytes do not fill shape {:?} of {:?}",
-            t.data.len(),
-            t.shape,
-            t.dtype
-        )));
-    }
-    // SAFETY: `dt` is a plain numeric type and the length was checked above.
-    unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &t.shape, &t.data) }
-}
-
-fn from_tract(value: &TValue, name: String) -> Result<Tensor, String> {
-    let dtype = dtype_of(value.datum_type()).ok_or_else(|| {
-        format!(
-            "output `{name}` has unsupported type {:?}",
-            value.datum_type()
-        )
-    })?;
-    Ok(Tensor {
-        name,
-        dtype,
-        shape: value.shape().to_vec(),
-        data: value.as_bytes().to_vec(),
     })
 }

@@ -23,6 +23,7 @@ const ENGINE_SETTINGS: &str = "wasmtime-48.0.8;component-model;epoch-interruptio
 
 /// Where a component came from and how it was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CacheOutcome {
     /// Loaded a precompiled `.cwasm` from the cache.
     Hit,
@@ -30,7 +31,8 @@ pub enum CacheOutcome {
     Compiled,
 }
 
-pub struct ComponentCache {
+/// The compiled components of one engine, on disk (or nowhere).
+pub(crate) struct ComponentCache {
     dir: Option<PathBuf>,
     engine_key: String,
 }

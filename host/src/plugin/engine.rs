@@ -4,6 +4,7 @@
 use super::cache::ComponentCache;
 use super::limits::EPOCH_TICK;
 use crate::config::Pooling;
+use crate::error::EngineError;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// What the engine must accommodate; derived from the plugin configuration.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
+    /// Whether instances come from wasmtime's pooling allocator.
     pub pooling: Pooling,
     /// The largest memory cap of any plugin: the size of one pool slot.
     pub max_memory_bytes: usize,
@@ -53,7 +55,7 @@ impl EngineOptions {
 /// threads call them: each worker holds at most one instance of a plugin at
 /// a time (a call that traps drops its instance before a fresh one is made),
 /// and each plugin keeps a few idle ones for reuse.
-pub fn instances_for(plugins: usize, workers: usize) -> u32 {
+pub(crate) fn instances_for(plugins: usize, workers: usize) -> u32 {
     let per_plugin = workers.max(1) + super::MAX_IDLE_INSTANCES;
     u32::try_from(plugins.max(1) * per_plugin).unwrap_or(u32::MAX)
 }
@@ -67,10 +69,13 @@ pub struct PluginEngine {
 }
 
 impl PluginEngine {
-    pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+    /// An engine for `options`, with its cache and a running epoch ticker.
+    pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
+        let create =
+            |config: &Config| Engine::new(config).map_err(|e| EngineError::Create(e.into()));
         let (engine, pooling) = match options.pooling {
-            Pooling::Off => (Engine::new(&base_config())?, false),
-            Pooling::On => (Engine::new(&pooled_config(options))?, true),
+            Pooling::Off => (create(&base_config())?, false),
+            Pooling::On => (create(&pooled_config(options))?, true),
             Pooling::Auto => match Engine::new(&pooled_config(options)) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
@@ -78,7 +83,7 @@ impl PluginEngine {
                     // space; on-demand allocation is slower to instantiate but
                     // otherwise equivalent.
                     tracing::warn!("pooling allocator unavailable, allocating on demand: {e:#}");
-                    (Engine::new(&base_config())?, false)
+                    (create(&base_config())?, false)
                 }
             },
         };
@@ -92,11 +97,13 @@ impl PluginEngine {
         })
     }
 
-    pub fn engine(&self) -> &Engine {
+    /// The wasmtime engine.
+    pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    pub fn cache(&self) -> &ComponentCache {
+    /// The compiled-plugin cache.
+    pub(crate) fn cache(&self) -> &ComponentCache {
         &self.cache
     }
 

@@ -3,17 +3,22 @@
 
 use super::{PluginHost, PluginKind};
 use crate::config::Grants;
+use crate::error::PluginErrorCause;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// Everything `plugin inspect` reports about one component.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ComponentReport {
+    /// Size of the component file.
     pub size_bytes: usize,
+    /// SHA-256 of the component's bytes, hex.
     pub sha256: String,
     /// The Sluice world it targets, if any.
     pub world: Option<&'static str>,
+    /// The interfaces it imports, as named in the component.
     pub imports: Vec<String>,
+    /// The interfaces it exports.
     pub exports: Vec<String>,
     /// Whether the host can satisfy every import, and why not.
     pub link_error: Option<String>,
@@ -28,13 +33,13 @@ pub fn inspect_component(
     host: &PluginHost,
     wasm: &[u8],
     grants: &Grants,
-) -> anyhow::Result<ComponentReport> {
+) -> Result<ComponentReport, PluginErrorCause> {
     let engine = host.engine().engine();
     let (component, _) = host
         .engine()
         .cache()
         .load(engine, wasm)
-        .map_err(|e| anyhow::anyhow!("{}", super::cache_error(&e)))?;
+        .map_err(super::cache_error)?;
     let ty = component.component_type();
     let imports: Vec<String> = ty
         .imports(engine)

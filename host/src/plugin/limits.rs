@@ -16,14 +16,16 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The limits of one plugin, from its configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct PluginLimits {
+    /// Wall-clock budget of one call (one batch).
     pub timeout: Duration,
+    /// Linear-memory cap of one instance, in bytes.
     pub memory_bytes: usize,
 }
 
 impl PluginLimits {
     /// The call deadline in epoch ticks (at least one; one extra tick because
     /// the current tick may be about to end).
-    pub fn deadline_ticks(&self) -> u64 {
+    pub(crate) fn deadline_ticks(&self) -> u64 {
         let ticks = self.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
         ticks.max(1) + 1
     }

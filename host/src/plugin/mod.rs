@@ -24,10 +24,10 @@ pub use engine::{EngineOptions, PluginEngine};
 pub use inspect::{ComponentReport, inspect_component};
 pub use limits::PluginLimits;
 pub use nn::{MAX_GUEST_ITEMS, scheduler_nn};
-pub use sandbox::PluginState;
+pub(crate) use sandbox::PluginState;
 
 use crate::config::{Grants, PluginConfig, PluginSource};
-use crate::error::{PluginError, PluginErrorCause};
+use crate::error::{EngineError, PluginError, PluginErrorCause};
 use crate::types::{
     DType, Document, Fault, Inferred, ItemError, ItemResults, Metadata, RawItem, Tensor,
 };
@@ -41,12 +41,16 @@ use wasmtime_wasi_nn::wit::WasiNnCtx;
 
 /// Which plugin world a component targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PluginKind {
+    /// Raw input bytes in, tensors out.
     Preprocessor,
+    /// Model outputs in, a result document out.
     Postprocessor,
 }
 
 impl PluginKind {
+    /// The WIT world of this kind, e.g. `sluice:plugin/preprocessor@0.1.0`.
     pub fn world(self) -> &'static str {
         match self {
             PluginKind::Preprocessor => "sluice:plugin/preprocessor@0.1.0",
@@ -62,7 +66,7 @@ impl PluginKind {
     }
 
     /// The kind of a component, from what it exports.
-    pub fn of(component: &Component, engine: &wasmtime::Engine) -> Option<PluginKind> {
+    pub(crate) fn of(component: &Component, engine: &wasmtime::Engine) -> Option<PluginKind> {
         let ty = component.component_type();
         let mut exports = ty.exports(engine).map(|(name, _)| name);
         exports.find_map(|name| match name {
@@ -86,22 +90,26 @@ pub struct PluginHost {
 
 impl PluginHost {
     /// A host whose guests see no `wasi:nn` models.
-    pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+    pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
         let no_models: NnContextFactory =
             Arc::new(|| WasiNnCtx::new([], wasmtime_wasi_nn::InMemoryRegistry::new().into()));
         Self::with_nn(options, no_models)
     }
 
     /// A host whose guests reach models through `nn`.
-    pub fn with_nn(options: &EngineOptions, nn: NnContextFactory) -> anyhow::Result<Self> {
+    pub fn with_nn(options: &EngineOptions, nn: NnContextFactory) -> Result<Self, EngineError> {
         let engine = PluginEngine::new(options)?;
         let mut linker = Linker::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)?;
-        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, PluginState::nn_view)?;
+        let linker_error = |e: wasmtime::Error| EngineError::Linker(e.into());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(linker_error)?;
+        bindings::log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)
+            .map_err(linker_error)?;
+        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, PluginState::nn_view)
+            .map_err(linker_error)?;
         Ok(PluginHost { engine, linker, nn })
     }
 
+    /// The engine its plugins run in.
     pub fn engine(&self) -> &PluginEngine {
         &self.engine
     }
@@ -119,7 +127,7 @@ impl PluginHost {
             .engine
             .cache()
             .load(self.engine.engine(), &wasm)
-            .map_err(|e| fail(cache_error(&e)))?;
+            .map_err(|e| fail(cache_error(e)))?;
         Ok(outcome)
     }
 
@@ -137,7 +145,7 @@ impl PluginHost {
             .engine
             .cache()
             .load(engine, &wasm)
-            .map_err(|e| fail(cache_error(&e)))?;
+            .map_err(|e| fail(cache_error(e)))?;
         if PluginKind::of(&component, engine) != Some(kind) {
             let exports: Vec<String> = component
                 .component_type()
@@ -152,14 +160,14 @@ impl PluginHost {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| fail(PluginErrorCause::Link(format!("{e:#}"))))?;
+            .map_err(|e| fail(PluginErrorCause::Link(e.into())))?;
         let prepared = match kind {
             PluginKind::Preprocessor => pre::PreprocessorPre::new(instance_pre).map(Prepared::Pre),
             PluginKind::Postprocessor => {
                 post::PostprocessorPre::new(instance_pre).map(Prepared::Post)
             }
         }
-        .map_err(|e| fail(PluginErrorCause::Link(format!("{e:#}"))))?;
+        .map_err(|e| fail(PluginErrorCause::Link(e.into())))?;
         let config_json =
             serde_json::to_string(&config.config).expect("a TOML table is valid JSON");
         let plugin = Plugin {
@@ -187,11 +195,11 @@ impl PluginHost {
 
 /// Why a component could not be had from the cache: with a compiler, the
 /// bytes are not a component; without one, it was not precompiled.
-fn cache_error(e: &wasmtime::Error) -> PluginErrorCause {
+fn cache_error(e: wasmtime::Error) -> PluginErrorCause {
     if cfg!(feature = "compiler") {
-        PluginErrorCause::NotAComponent(root_cause(e))
+        PluginErrorCause::NotAComponent(e.into())
     } else {
-        PluginErrorCause::Other(root_cause(e))
+        PluginErrorCause::NotPrecompiled(e.into())
     }
 }
 
@@ -200,10 +208,10 @@ pub fn read_wasm(source: &PluginSource) -> Result<Cow<'static, [u8]>, PluginErro
     match source {
         PluginSource::Bundled(name) => {
             crate::bundled::get(name).map(Cow::Borrowed).ok_or_else(|| {
-                PluginErrorCause::UnknownBundled(
-                    name.to_owned(),
-                    crate::bundled::names().join(", "),
-                )
+                PluginErrorCause::UnknownBundled {
+                    name: name.to_owned(),
+                    bundled: crate::bundled::names(),
+                }
             })
         }
         PluginSource::File(path) => {
@@ -215,16 +223,6 @@ pub fn read_wasm(source: &PluginSource) -> Result<Cow<'static, [u8]>, PluginErro
                 })
         }
     }
-}
-
-/// The last error in a chain, which is what a user needs to read
-/// ("failed to parse WebAssembly module" hides the cause).
-fn root_cause(error: &wasmtime::Error) -> String {
-    error
-        .chain()
-        .last()
-        .map(|e| e.to_string())
-        .unwrap_or_default()
 }
 
 enum Prepared {
@@ -272,10 +270,12 @@ impl std::fmt::Debug for Plugin {
 pub(crate) const MAX_IDLE_INSTANCES: usize = 4;
 
 impl Plugin {
+    /// Its name in the configuration.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Whether it is a preprocessor or a postprocessor.
     pub fn kind(&self) -> PluginKind {
         self.kind
     }
@@ -290,6 +290,7 @@ impl Plugin {
         self.cache
     }
 
+    /// Its call deadline and memory cap.
     pub fn limits(&self) -> PluginLimits {
         self.limits
     }
@@ -470,13 +471,10 @@ impl Plugin {
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(self.limits.deadline_ticks());
         let trapped = |store: &Store<PluginState>, e: wasmtime::Error| {
-            let stderr = store.data().captured_stderr();
-            let message = if stderr.is_empty() {
-                format!("{e:#}")
-            } else {
-                format!("{e:#}; stderr: {stderr}")
-            };
-            fail(PluginErrorCause::InitTrapped(message))
+            fail(PluginErrorCause::InitTrapped {
+                source: e.into(),
+                stderr: store.data().captured_stderr(),
+            })
         };
         let (exports, init) = match &self.prepared {
             Prepared::Pre(p) => {

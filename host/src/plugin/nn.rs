@@ -106,14 +106,14 @@ impl BackendInner for GuestModels {
         }
         let model = crate::infer::onnx_engine()
             .load("guest-model", bytes, &InputShapes::new())
-            .map_err(|e| access(e.to_string()))?;
+            .map_err(refused)?;
         let config = BatchConfig {
             max_batch_size: 8,
             execution: ExecutionMode::Stacked,
             threads: 1,
             ..BatchConfig::default()
         };
-        let scheduler = Scheduler::start(model, config).map_err(|e| access(e.to_string()))?;
+        let scheduler = Scheduler::start(model, config).map_err(refused)?;
         Ok(Graph::from(
             Box::new(SchedulerGraph(scheduler)) as Box<dyn BackendGraph>
         ))
@@ -149,6 +149,12 @@ struct SchedulerContext {
 fn access(message: String) -> BackendError {
     tracing::warn!("wasi:nn call refused: {message}");
     BackendError::BackendAccess(wasmtime::format_err!("{message}"))
+}
+
+/// A backend error caused by `error`, which it keeps as its source.
+fn refused(error: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+    tracing::warn!("wasi:nn call refused: {error}");
+    BackendError::BackendAccess(wasmtime::Error::new(error))
 }
 
 impl SchedulerContext {
@@ -192,7 +198,7 @@ impl SchedulerContext {
         let replies: Vec<Vec<Tensor>> = replies
             .into_iter()
             .collect::<Result<_, ItemError>>()
-            .map_err(|e| access(e.to_string()))?;
+            .map_err(refused)?;
         self.outputs = stack_items(&replies);
         Ok(())
     }

@@ -17,7 +17,7 @@ use wasmtime_wasi_nn::wit::WasiNnCtx;
 const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
 
 /// The data of one plugin instance's store.
-pub struct PluginState {
+pub(crate) struct PluginState {
     pub(crate) plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -55,7 +55,7 @@ impl PluginState {
                 .preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(|e| PluginErrorCause::Grant {
                     path: dir.host.clone(),
-                    source: std::io::Error::other(format!("{e:#}")),
+                    source: e.into(),
                 })?;
         }
         if !grants.network.is_empty() {

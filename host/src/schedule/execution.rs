@@ -20,11 +20,17 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// How a model's batches are run (`batching.execution`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum ExecutionMode {
+    /// Measure at start-up (or reuse a remembered measurement) and run the
+    /// cheapest way per item.
     Auto,
+    /// Always run the whole batch as one stacked tensor.
     Stacked,
+    /// Always run items one by one (for comparison).
     Single,
 }
 
@@ -32,16 +38,22 @@ pub enum ExecutionMode {
 /// items, each chunk stacked into one tensor, chunks spread over `threads`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExecutionChoice {
+    /// The largest chunk, in items (a power of two).
     pub chunk: usize,
+    /// How many inference threads the chunks of one batch are spread over.
     pub threads: usize,
     /// Measured cost per item, in microseconds, for each (chunk, threads).
     pub measurements: Vec<Measurement>,
 }
 
+/// The measured cost of one way of running a full batch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Measurement {
+    /// Largest chunk, in items.
     pub chunk: usize,
+    /// Threads the chunks were spread over.
     pub threads: usize,
+    /// The fastest run's wall-clock time divided by the batch size, in µs.
     pub micros_per_item: f64,
 }
 
@@ -74,13 +86,13 @@ pub(super) fn run_chunks(
     items: Vec<Vec<Tensor>>,
     chunks: &[usize],
     threads: usize,
-) -> Vec<Result<Vec<Tensor>, String>> {
+) -> Vec<Result<Vec<Tensor>, ModelError>> {
     let mut groups: Vec<Vec<Vec<Tensor>>> = Vec::with_capacity(chunks.len());
     let mut rest = items.into_iter();
     for &size in chunks {
         groups.push(rest.by_ref().take(size).collect());
     }
-    let run_group = |group: Vec<Vec<Tensor>>| -> Vec<Result<Vec<Tensor>, String>> {
+    let run_group = |group: Vec<Vec<Tensor>>| -> Vec<Result<Vec<Tensor>, ModelError>> {
         let n = group.len();
         match run_stacked(model, &group) {
             Ok(outputs) => outputs.into_iter().map(Ok).collect(),
@@ -103,8 +115,8 @@ pub(super) fn run_chunks(
         lanes[ix % lane_count].push((ix, group));
     }
     use rayon::prelude::*;
-    let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, String>>)> =
-        crate::infer::pool().install(|| {
+    let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, ModelError>>)> = crate::infer::pool()
+        .install(|| {
             lanes
                 .into_par_iter()
                 .flat_map_iter(|lane| lane.into_iter().map(|(ix, g)| (ix, run_group(g))))
@@ -115,19 +127,21 @@ pub(super) fn run_chunks(
 }
 
 /// Stack items along axis 0, run the plan for that size, split the outputs.
-fn run_stacked(model: &dyn Model, items: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, String> {
+fn run_stacked(model: &dyn Model, items: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, ModelError> {
     let n = items.len();
-    let plan = model.plan(n).map_err(|e| e.to_string())?;
+    let plan = model.plan(n)?;
     let stacked = stack_items(items);
-    let outputs = plan.run(stacked).map_err(|e| e.to_string())?;
+    let outputs = plan.run(stacked)?;
     let mut per_item: Vec<Vec<Tensor>> =
         (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
     for output in outputs {
         if output.shape.first() != Some(&n) {
-            return Err(format!(
-                "output `{}` has shape {:?}, expected batch axis {n}",
-                output.name, output.shape
-            ));
+            return Err(ModelError::BatchAxis {
+                model: model.name().into(),
+                output: output.name,
+                shape: output.shape,
+                batch: n,
+            });
         }
         let item_len = output.data.len() / n;
         let mut shape = output.shape.clone();
@@ -215,9 +229,10 @@ pub(super) fn choose_execution(
 fn warm_up(model: &dyn Model, example: &[Tensor], size: usize) -> Result<(), ModelError> {
     run_stacked(model, &vec![example.to_vec(); size])
         .map(drop)
-        .map_err(|message| ModelError::Run {
+        .map_err(|e| ModelError::WarmUp {
             model: model.name().into(),
-            message: format!("warm-up at batch {size}: {message}"),
+            batch: size,
+            source: Box::new(e),
         })
 }
 
@@ -367,20 +382,22 @@ fn example_item(model: &dyn Model) -> Result<Vec<Tensor>, ModelError> {
         .inputs()
         .iter()
         .map(|spec| {
-            let shape: Option<Vec<usize>> = spec
+            let shape: Vec<usize> = spec
                 .shape
                 .iter()
                 .enumerate()
-                .map(|(axis, d)| if axis == 0 { Some(1) } else { *d })
-                .collect();
-            let shape = shape.ok_or_else(|| ModelError::Run {
-                model: model.name().into(),
-                message: format!(
-                    "input `{}` has open dimensions {} besides the batch",
-                    spec.name,
-                    spec.shape_text()
-                ),
-            })?;
+                .map(|(axis, d)| {
+                    if axis == 0 {
+                        Ok(1)
+                    } else {
+                        d.ok_or_else(|| ModelError::OpenInput {
+                            model: model.name().into(),
+                            input: spec.name.clone(),
+                            axis: Some(axis),
+                        })
+                    }
+                })
+                .collect::<Result<_, _>>()?;
             let len = shape.iter().product::<usize>() * spec.dtype.size();
             Ok(Tensor {
                 name: spec.name.clone(),

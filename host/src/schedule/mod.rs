@@ -18,11 +18,12 @@ mod execution;
 mod stats;
 
 pub use execution::{ExecutionCache, ExecutionChoice, ExecutionMode, Measurement};
-pub use stats::{SchedulerStats, StatsSnapshot};
+pub use stats::StatsSnapshot;
 
 use crate::infer::{Model, ModelError, TensorSpec};
 use crate::types::{ItemError, Tensor};
 use execution::{choose_execution, run_chunks, split_into_chunks};
+use stats::SchedulerStats;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
@@ -74,7 +75,7 @@ impl BatchConfig {
 }
 
 /// The cores this process may use.
-pub fn available_cores() -> usize {
+pub(crate) fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -157,18 +158,22 @@ impl Scheduler {
         })
     }
 
+    /// The model it serves.
     pub fn model(&self) -> &Arc<dyn Model> {
         &self.model
     }
 
+    /// How its batches run, as chosen at start-up.
     pub fn execution(&self) -> &ExecutionChoice {
         &self.choice
     }
 
+    /// Its settings, with `threads` resolved and `max_batch_size` at least 1.
     pub fn config(&self) -> &BatchConfig {
         &self.config
     }
 
+    /// What it has done so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
@@ -210,9 +215,7 @@ impl Scheduler {
             }
         };
         if !refused.is_empty() {
-            self.stats
-                .rejected_full
-                .fetch_add(refused.len() as u64, Ordering::Relaxed);
+            self.stats.record_rejected_full(refused.len());
             let message = format!(
                 "queue full ({} waiting); retry later",
                 self.config.queue_capacity
@@ -273,8 +276,7 @@ impl BatchRunner {
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
-            self.run_batch(batch);
-            self.outstanding.fetch_sub(items, Ordering::AcqRel);
+            self.run_batch(batch, items);
         }
     }
 
@@ -285,8 +287,9 @@ impl BatchRunner {
         }
     }
 
-    /// Check every item, run the valid ones together, answer every request.
-    fn run_batch(&self, batch: Vec<Request>) {
+    /// Check every item, run the valid ones together, answer every request
+    /// (`items` in all).
+    fn run_batch(&self, batch: Vec<Request>, items: usize) {
         let now = Instant::now();
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let mut replies: Vec<Vec<Option<Reply>>> = Vec::with_capacity(batch.len());
@@ -298,9 +301,7 @@ impl BatchRunner {
             self.stats.record_queue_time(waited, request.items.len());
             let expired = waited > timeout;
             if expired {
-                self.stats
-                    .timed_out
-                    .fetch_add(request.items.len() as u64, Ordering::Relaxed);
+                self.stats.record_timed_out(request.items.len());
             }
             let mut answers = Vec::with_capacity(request.items.len());
             for (i, inputs) in request.items.into_iter().enumerate() {
@@ -326,9 +327,12 @@ impl BatchRunner {
                 .for_each(|&size| self.stats.record_batch(size));
             let outputs = run_chunks(self.model.as_ref(), valid, &chunks, self.choice.threads);
             for ((r, i), output) in slots.into_iter().zip(outputs) {
-                replies[r][i] = Some(output.map_err(|e| self.error(e)));
+                replies[r][i] = Some(output.map_err(|e| self.error(e.detail())));
             }
         }
+        // Free the capacity before answering: a caller that has its answer
+        // may send again at once, and must find room.
+        self.outstanding.fetch_sub(items, Ordering::AcqRel);
         for (reply, answers) in reply_to.into_iter().zip(replies) {
             let _ = reply.send(
                 answers

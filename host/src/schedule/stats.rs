@@ -5,17 +5,18 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Histograms of what the scheduler did.
+/// Histograms and counters of what a scheduler did; read through
+/// [`SchedulerStats::snapshot`].
 #[derive(Debug, Default)]
-pub struct SchedulerStats {
+pub(crate) struct SchedulerStats {
     /// Batches run, by size bucket (1, 2-3, 4-7, ... 128+).
     batch_sizes: [AtomicU64; 8],
     /// Items by queue time bucket (<0.1 ms, <1 ms, <5 ms, <10 ms, <50 ms, <100 ms, <1 s, more).
     queue_times: [AtomicU64; 8],
-    pub batches: AtomicU64,
-    pub items: AtomicU64,
-    pub rejected_full: AtomicU64,
-    pub timed_out: AtomicU64,
+    batches: AtomicU64,
+    items: AtomicU64,
+    rejected_full: AtomicU64,
+    timed_out: AtomicU64,
 }
 
 const QUEUE_TIME_BOUNDS_US: [u64; 7] = [100, 1_000, 5_000, 10_000, 50_000, 100_000, 1_000_000];
@@ -26,6 +27,15 @@ impl SchedulerStats {
         self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.items.fetch_add(size as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn record_rejected_full(&self, items: usize) {
+        self.rejected_full
+            .fetch_add(items as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn record_timed_out(&self, items: usize) {
+        self.timed_out.fetch_add(items as u64, Ordering::Relaxed);
     }
 
     pub(super) fn record_queue_time(&self, waited: Duration, items: usize) {
@@ -67,12 +77,19 @@ impl SchedulerStats {
     }
 }
 
+/// What a scheduler did since it started, at one moment.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatsSnapshot {
+    /// Batches (chunks) run.
     pub batches: u64,
+    /// Items run in them.
     pub items: u64,
+    /// Items refused because the queue was full.
     pub rejected_full: u64,
+    /// Items answered with a timeout because they waited too long to start.
     pub timed_out: u64,
+    /// Batches by size: (bucket label such as `"4-7"`, count).
     pub batch_size_histogram: Vec<(String, u64)>,
+    /// Items by time spent queued: (bucket label such as `"<5ms"`, count).
     pub queue_time_histogram: Vec<(String, u64)>,
 }

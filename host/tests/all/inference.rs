@@ -98,7 +98,7 @@ fn digits_pipeline_matches_the_models_accuracy_at_batch_1_and_32() {
             (accuracy - model_accuracy).abs() <= 1.0 / items.len() as f64,
             "batch {batch}: {accuracy} vs {model_accuracy}"
         );
-        let stats = pipeline.scheduler.stats();
+        let stats = pipeline.scheduler().stats();
         assert_eq!(stats.items, items.len() as u64);
         if batch == 32 {
             assert!(
@@ -449,7 +449,7 @@ fn bad_models_are_refused_with_the_cause() {
         None,
     );
     assert!(
-        matches!(&err, ModelError::Unsupported { ops, .. } if ops == "Scaler"),
+        matches!(&err, ModelError::Unsupported { ops, .. } if ops == &["Scaler"]),
         "{err}"
     );
 
@@ -465,6 +465,13 @@ fn bad_models_are_refused_with_the_cause() {
     let err = load_error(&dir.path().join("missing.onnx"), None);
     assert!(
         matches!(&err, ModelError::Read { path, .. } if path.ends_with("missing.onnx")),
+        "{err}"
+    );
+    // The OS error is kept as the source, not flattened into text.
+    let os_error = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>());
+    assert_eq!(
+        os_error.map(std::io::Error::kind),
+        Some(std::io::ErrorKind::NotFound),
         "{err}"
     );
 
@@ -597,7 +604,7 @@ fn runtime_workers_set_the_pipeline_threads_and_every_item_succeeds() {
     }
     let runtime = Runtime::start(config).unwrap();
     let pipeline = runtime.pipeline(None).unwrap();
-    assert_eq!(pipeline.pool.current_num_threads(), 12);
+    assert_eq!(pipeline.pool().current_num_threads(), 12);
     let (items, _) = digit_items();
     // 12 workers, batches of 4: up to 12 calls into each plugin at once.
     let outcomes = process_all(pipeline, items.clone(), &|_| {});

@@ -210,7 +210,7 @@ fn a_plugin_trapping_in_init_is_one_error_with_the_panic_message() {
         .unwrap_err();
     assert_eq!(err.plugin, "crashy");
     assert!(
-        matches!(&err.cause, PluginErrorCause::InitTrapped(m) if m.contains("panic_init was requested")),
+        matches!(&err.cause, PluginErrorCause::InitTrapped { stderr, .. } if stderr.contains("panic_init was requested")),
         "{err}"
     );
     misbehave(&host, "");
@@ -234,10 +234,21 @@ fn a_missing_file_is_refused_naming_plugin_and_path() {
     let host = host();
     let mut config = plugin_config("misbehave", "");
     config.path = PluginSource::File("/nonexistent/plugin.wasm".into());
-    let err = host.load("ghost", &config, PRE).unwrap_err().to_string();
+    let err = host.load("ghost", &config, PRE).unwrap_err();
+    let text = err.to_string();
     assert!(
-        err.contains("plugin `ghost`") && err.contains("/nonexistent/plugin.wasm"),
-        "{err}"
+        text.contains("plugin `ghost`") && text.contains("/nonexistent/plugin.wasm"),
+        "{text}"
+    );
+    // The chain goes down to the OS error.
+    let cause = std::error::Error::source(&err).expect("the cause");
+    let os_error = cause
+        .source()
+        .and_then(|e| e.downcast_ref::<std::io::Error>());
+    assert_eq!(
+        os_error.map(std::io::Error::kind),
+        Some(std::io::ErrorKind::NotFound),
+        "{text}"
     );
 }
 
@@ -257,6 +268,11 @@ fn bytes_that_are_not_a_component_are_refused() {
         let err = host.load("bad", &config, PRE).unwrap_err();
         assert!(
             matches!(err.cause, PluginErrorCause::NotAComponent(_)),
+            "{file}: {err}"
+        );
+        // wasmtime's error is kept as the source.
+        assert!(
+            std::error::Error::source(&err.cause).is_some(),
             "{file}: {err}"
         );
     }
