@@ -29,6 +29,8 @@
 //! * [`types`]: the data that flows between stages; [`config`] and
 //!   [`error`]: the configuration and start-up errors.
 
+#![deny(missing_docs)]
+
 pub mod agent;
 pub mod bundled;
 pub mod config;

@@ -274,6 +274,7 @@ pub struct StageTimings {
 /// A result or an error, never both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// The postprocessor's document.
     Result(ResultBody),

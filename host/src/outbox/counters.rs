@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 /// A persisted counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Counter {
     /// Records stored (every result that entered the outbox).
     Stored,

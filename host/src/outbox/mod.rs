@@ -333,7 +333,6 @@ impl Outbox {
 /// Classify a SQLite error: full disk, damage, or anything else.
 fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
     let path = path.to_owned();
-    let message = e.to_string();
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
         // Extended I/O codes carry errno only in the OS error; SQLite maps
         // ENOSPC on write to SQLITE_FULL, and SQLITE_IOERR_WRITE covers the rest.
