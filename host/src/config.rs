@@ -795,4 +795,29 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_device_id_that_could_pass_for_another_is_refused() {
+        for id in ["a/b", "", "gate way"] {
+            let err = Config::parse(&format!("[device]\nid = {id:?}\n"), Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("device.id"), "{id:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_plugin_cannot_be_both_preprocessor_and_postprocessor() {
+        let err = Config::parse(
+            "[plugins.p]\npath = \"p.wasm\"\n[models.m]\npath = \"m.onnx\"\n\
+             [pipelines.x]\npreprocess = \"p\"\nmodel = \"m\"\npostprocess = \"p\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pipelines.x.postprocess") && err.contains("already the preprocess"),
+            "{err}"
+        );
+    }
 }
