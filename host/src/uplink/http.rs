@@ -58,7 +58,8 @@ impl HttpUplink {
             zstd::encode_all(&json[..], self.zstd_level).expect("zstd into memory cannot fail");
         let unreachable = |e: reqwest::Error| UplinkError::Unreachable {
             endpoint: self.endpoint.clone(),
-            message: error_chain(&e),
+            // reqwest hides the useful part (refused, reset) in `source`.
+            message: crate::error::chain_text(&e),
         };
         let mut response = self
             .client
@@ -130,16 +131,4 @@ impl Uplink for HttpUplink {
 /// 4xx answers that retrying cannot fix.
 fn is_permanent(status: u16) -> bool {
     (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 429)
-}
-
-/// An error with its causes, one line (reqwest hides the useful part in `source`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
