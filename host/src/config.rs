@@ -8,6 +8,7 @@
 //! * every pipeline names plugins and models that exist.
 
 use crate::error::ConfigError;
+use crate::schedule::BatchConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -404,6 +405,14 @@ fn default_zstd_level() -> i32 {
 }
 
 impl SyncConfig {
+    /// The most records one upload may carry (the reference collector's
+    /// default limit per batch).
+    pub const MAX_BATCH_RECORDS: u64 = 10_000;
+    /// The most uncompressed bytes of records one upload may carry (below
+    /// the reference collector's default limit, leaving room for the
+    /// batch's own fields).
+    pub const MAX_BATCH_BYTES: u64 = 16 << 20;
+
     /// The bearer token, from `token` or `token_file`.
     pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
         if let Some(token) = &self.token {
@@ -540,32 +549,9 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
-        if self.runtime.workers > RuntimeConfig::MAX_WORKERS {
-            return value(
-                "runtime.workers",
-                format!(
-                    "{} is above {}",
-                    self.runtime.workers,
-                    RuntimeConfig::MAX_WORKERS
-                ),
-            );
-        }
+        self.check_ranges()?;
         if let Err(e) = sluice_protocol::check_name(&self.device.id) {
             return value("device.id", format!("`{}` {e}", self.device.id));
-        }
-        for (name, plugin) in &self.plugins {
-            if plugin.timeout_ms == 0 {
-                return value(
-                    &format!("plugins.{name}.timeout_ms"),
-                    "must be above 0".into(),
-                );
-            }
-            if plugin.memory_mb == 0 {
-                return value(
-                    &format!("plugins.{name}.memory_mb"),
-                    "must be above 0".into(),
-                );
-            }
         }
         // A plugin is loaded once, as one kind: it cannot be a preprocessor
         // in one place and a postprocessor in another.
@@ -624,9 +610,6 @@ impl Config {
 
     fn check_store_and_forward(&self) -> Result<(), ConfigError> {
         let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
-        if self.outbox.max_bytes == 0 {
-            return value("outbox.max_bytes", "must be above 0".into());
-        }
         if let Some(url) = &self.sync.url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return value(
@@ -647,39 +630,6 @@ impl Config {
                 "set one of sync.token and sync.token_file, not both".into(),
             );
         }
-        for (key, v) in [
-            ("sync.batch_max_records", self.sync.batch_max_records as u64),
-            ("sync.batch_max_bytes", self.sync.batch_max_bytes as u64),
-            ("sync.timeout_ms", self.sync.timeout_ms),
-            ("sync.backoff_initial_ms", self.sync.backoff_initial_ms),
-            ("ingest.poll_ms", self.ingest.poll_ms),
-            ("ingest.max_input_bytes", self.ingest.max_input_bytes as u64),
-        ] {
-            if v == 0 {
-                return value(key, "must be above 0".into());
-            }
-        }
-        if self.ingest.idempotency_max_keys > 10_000_000 {
-            return value(
-                "ingest.idempotency_max_keys",
-                format!("{} is above 10000000", self.ingest.idempotency_max_keys),
-            );
-        }
-        if self.ingest.idempotency_window_secs > 30 * 24 * 3600 {
-            return value("ingest.idempotency_window_secs", "is above 30 days".into());
-        }
-        if self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
-            return value(
-                "sync.backoff_max_ms",
-                "must be at least sync.backoff_initial_ms".into(),
-            );
-        }
-        if !(1..=19).contains(&self.sync.zstd_level) {
-            return value(
-                "sync.zstd_level",
-                format!("{} is outside 1..=19", self.sync.zstd_level),
-            );
-        }
         if let Some(listen) = &self.ingest.listen
             && listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -697,6 +647,169 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Every number against its documented range (`docs/limits.md`): a
+    /// value outside it is refused at load, naming the key, never found out
+    /// by running out of memory or time.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        const KIB: i128 = 1 << 10;
+        const GIB: i128 = 1 << 30;
+        const MINUTE_MS: i128 = 60_000;
+        const DAY_SECS: i128 = 24 * 3600;
+        let (runtime, ingest, outbox, sync) =
+            (&self.runtime, &self.ingest, &self.outbox, &self.sync);
+        let mut ranges: Vec<(String, i128, i128, i128)> = vec![
+            (
+                "runtime.workers".into(),
+                runtime.workers as i128,
+                0,
+                RuntimeConfig::MAX_WORKERS as i128,
+            ),
+            (
+                "runtime.guest_model_max_bytes".into(),
+                runtime.guest_model_max_bytes as i128,
+                0,
+                GIB,
+            ),
+            (
+                "outbox.max_bytes".into(),
+                outbox.max_bytes.into(),
+                64 * KIB,
+                1i128 << 40,
+            ),
+            (
+                "outbox.max_age_secs".into(),
+                outbox.max_age_secs.into(),
+                0,
+                3650 * DAY_SECS,
+            ),
+            (
+                "sync.batch_max_records".into(),
+                sync.batch_max_records as i128,
+                1,
+                SyncConfig::MAX_BATCH_RECORDS.into(),
+            ),
+            (
+                "sync.batch_max_bytes".into(),
+                sync.batch_max_bytes as i128,
+                KIB,
+                SyncConfig::MAX_BATCH_BYTES.into(),
+            ),
+            (
+                "sync.timeout_ms".into(),
+                sync.timeout_ms.into(),
+                100,
+                10 * MINUTE_MS,
+            ),
+            (
+                "sync.backoff_initial_ms".into(),
+                sync.backoff_initial_ms.into(),
+                1,
+                60 * MINUTE_MS,
+            ),
+            (
+                "sync.backoff_max_ms".into(),
+                sync.backoff_max_ms.into(),
+                sync.backoff_initial_ms.into(),
+                24 * 60 * MINUTE_MS,
+            ),
+            (
+                "sync.interval_ms".into(),
+                sync.interval_ms.into(),
+                1,
+                60 * MINUTE_MS,
+            ),
+            ("sync.zstd_level".into(), sync.zstd_level.into(), 1, 19),
+            (
+                "ingest.poll_ms".into(),
+                ingest.poll_ms.into(),
+                1,
+                10 * MINUTE_MS,
+            ),
+            (
+                "ingest.max_input_bytes".into(),
+                ingest.max_input_bytes as i128,
+                1,
+                GIB,
+            ),
+            (
+                "ingest.max_pending_bytes".into(),
+                ingest.max_pending_bytes.into(),
+                ingest.max_input_bytes as i128,
+                1i128 << 40,
+            ),
+            (
+                "ingest.idempotency_window_secs".into(),
+                ingest.idempotency_window_secs.into(),
+                0,
+                30 * DAY_SECS,
+            ),
+            (
+                "ingest.idempotency_max_keys".into(),
+                ingest.idempotency_max_keys.into(),
+                0,
+                10_000_000,
+            ),
+        ];
+        for (name, plugin) in &self.plugins {
+            let key = |field: &str| format!("plugins.{name}.{field}");
+            ranges.push((
+                key("timeout_ms"),
+                plugin.timeout_ms.into(),
+                1,
+                10 * MINUTE_MS,
+            ));
+            ranges.push((key("memory_mb"), plugin.memory_mb.into(), 1, 4 * KIB));
+        }
+        for (name, model) in &self.models {
+            let b = &model.batching;
+            let key = |field: &str| format!("models.{name}.batching.{field}");
+            ranges.extend([
+                (
+                    key("max_batch_size"),
+                    b.max_batch_size as i128,
+                    1,
+                    BatchConfig::MAX_BATCH_SIZE as i128,
+                ),
+                (
+                    key("max_queue_delay_ms"),
+                    b.max_queue_delay_ms.into(),
+                    0,
+                    MINUTE_MS,
+                ),
+                // Below the batch size a full batch could never be queued,
+                // and every item past it would wait for capacity.
+                (
+                    key("queue_capacity"),
+                    b.queue_capacity as i128,
+                    b.max_batch_size as i128,
+                    1_000_000,
+                ),
+                (
+                    key("request_timeout_ms"),
+                    b.request_timeout_ms.into(),
+                    1,
+                    60 * MINUTE_MS,
+                ),
+                (
+                    key("threads"),
+                    b.threads as i128,
+                    0,
+                    RuntimeConfig::MAX_WORKERS as i128,
+                ),
+            ]);
+        }
+        match ranges
+            .into_iter()
+            .find(|(_, v, lo, hi)| !(lo..=hi).contains(&v))
+        {
+            Some((key, v, lo, hi)) => Err(ConfigError::value(
+                &key,
+                format!("{v} is outside the allowed range {lo}..={hi}"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Where compiled plugins are cached.
@@ -819,5 +932,65 @@ mod tests {
             err.contains("pipelines.x.postprocess") && err.contains("already the preprocess"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_number_out_of_its_range_is_refused_naming_the_key() {
+        let model = "[models.m]\npath = \"m.onnx\"\n[models.m.batching]\n";
+        for (text, key) in [
+            (
+                format!("{model}max_batch_size = 100000000\n"),
+                "models.m.batching.max_batch_size",
+            ),
+            (
+                format!("{model}max_batch_size = 0\n"),
+                "models.m.batching.max_batch_size",
+            ),
+            (
+                format!("{model}queue_capacity = 0\n"),
+                "models.m.batching.queue_capacity",
+            ),
+            (
+                format!("{model}max_batch_size = 64\nqueue_capacity = 63\n"),
+                "models.m.batching.queue_capacity",
+            ),
+            (
+                format!("{model}request_timeout_ms = 0\n"),
+                "models.m.batching.request_timeout_ms",
+            ),
+            (
+                "[plugins.p]\npath = \"p.wasm\"\nmemory_mb = 1000000\n".into(),
+                "plugins.p.memory_mb",
+            ),
+            (
+                "[plugins.p]\npath = \"p.wasm\"\ntimeout_ms = 0\n".into(),
+                "plugins.p.timeout_ms",
+            ),
+            ("[outbox]\nmax_bytes = 0\n".into(), "outbox.max_bytes"),
+            (
+                "[sync]\nbatch_max_records = 1000000\n".into(),
+                "sync.batch_max_records",
+            ),
+            ("[sync]\nzstd_level = -5\n".into(), "sync.zstd_level"),
+            (
+                "[sync]\nbackoff_initial_ms = 50\nbackoff_max_ms = 10\n".into(),
+                "sync.backoff_max_ms",
+            ),
+            (
+                "[ingest]\nmax_input_bytes = 100\nmax_pending_bytes = 99\n".into(),
+                "ingest.max_pending_bytes",
+            ),
+            ("[runtime]\nworkers = 100000\n".into(), "runtime.workers"),
+        ] {
+            let err = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("outside the allowed range"),
+                "{text}: {err}"
+            );
+        }
+        let fine = format!("{model}max_batch_size = 64\nqueue_capacity = 64\n");
+        Config::parse(&fine, Path::new("/")).unwrap();
     }
 }

@@ -208,13 +208,24 @@ pub enum ItemError {
         /// What happened to the instance.
         fault: Fault,
     },
-    /// Inference failed for the item (refused by a full queue, expired,
-    /// inputs of the wrong shape, or the model failed on it).
+    /// Inference failed for the item (inputs of the wrong shape, or the
+    /// model failed on it).
     #[error("model `{model}`: {message}")]
     Inference {
         /// The model's name.
         model: String,
         /// What failed.
+        message: String,
+    },
+    /// The model's scheduler could not take the item now (its queue was
+    /// full, the item waited past `request_timeout_ms`, or it is stopping).
+    /// Back-pressure, not a result: the agent keeps such inputs journaled
+    /// and tries them again ([`ItemError::is_transient`]).
+    #[error("model `{model}` is busy: {message}")]
+    Busy {
+        /// The model's name.
+        model: String,
+        /// Why the item was not taken.
         message: String,
     },
 }
@@ -229,7 +240,14 @@ impl ItemError {
             ItemError::Internal { .. } => "internal",
             ItemError::PluginFault { .. } => "plugin-fault",
             ItemError::Inference { .. } => "inference",
+            ItemError::Busy { .. } => "busy",
         }
+    }
+
+    /// Whether the item itself is fine and trying again later can succeed
+    /// (overload, shutdown), as opposed to a verdict about the item.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ItemError::Busy { .. })
     }
 }
 

@@ -13,10 +13,13 @@
 //!   processing too and inputs wait in the journal;
 //! * a failed commit is retried with backoff, with the same results; it is
 //!   never turned into a lost or failed result;
+//! * back-pressure is never a result: an input the model's scheduler cannot
+//!   take now (queue full, waited too long) is tried again until it is
+//!   taken, and left journaled if the worker stops first;
 //! * on stop, the group in the pipeline finishes and is committed.
 
-use crate::outbox::{NewRecord, Outbox};
-use crate::pipeline::{Pipeline, process_all};
+use crate::outbox::{JournalItem, NewRecord, Outbox};
+use crate::pipeline::{Outcome, Pipeline, process_all};
 use crate::record::{result_record, to_outbox};
 use crate::types::{Metadata, RawItem};
 use crate::wake::{Wake, backoff};
@@ -83,22 +86,17 @@ impl Worker {
                     continue;
                 };
                 taken_up_to = last.seq;
-                let raw: Vec<RawItem> = items
-                    .iter()
-                    .map(|item| {
-                        let mut meta = Metadata::new(
-                            sluice_protocol::result_id(&self.device, name, item.seq),
-                            item.content_type.clone(),
-                        );
-                        meta.attributes = item.attributes.clone();
-                        RawItem {
-                            meta,
-                            data: item.data.clone(),
-                        }
-                    })
-                    .collect();
-                let outcomes = process_all(&self.pipeline, raw, &|_| {});
+                let outcomes = self.process(&items);
                 let completed_at_ms = crate::outbox::now_ms();
+                // Inputs the model could not take (only left when stopping)
+                // stay journaled: the next start processes them.
+                let (items, outcomes): (Vec<&JournalItem>, Vec<Outcome>) = items
+                    .iter()
+                    .zip(outcomes)
+                    .filter(|(_, outcome)| {
+                        !outcome.result.as_ref().is_err_and(|e| e.is_transient())
+                    })
+                    .unzip();
                 let records = items
                     .iter()
                     .zip(&outcomes)
@@ -106,7 +104,7 @@ impl Worker {
                         to_outbox(&result_record(
                             &self.device,
                             &self.provenance,
-                            item.into(),
+                            (*item).into(),
                             outcome,
                             completed_at_ms,
                         ))
@@ -120,6 +118,50 @@ impl Worker {
             // Let the store thread commit what it was given, then end.
             drop(to_store);
         });
+    }
+
+    /// Run `items` through the pipeline. Items the model's scheduler could
+    /// not take (a full queue, shared with other pipelines and `wasi:nn`
+    /// guests) are back-pressure, not results: they are tried again, with
+    /// backoff, until taken or the worker stops.
+    fn process(&self, items: &[JournalItem]) -> Vec<Outcome> {
+        let name = self.pipeline.name();
+        let raw = |item: &JournalItem| {
+            let mut meta = Metadata::new(
+                sluice_protocol::result_id(&self.device, name, item.seq),
+                item.content_type.clone(),
+            );
+            meta.attributes = item.attributes.clone();
+            RawItem {
+                meta,
+                data: item.data.clone(),
+            }
+        };
+        let mut outcomes = process_all(&self.pipeline, items.iter().map(raw).collect(), &|_| {});
+        let mut attempts = 0u32;
+        loop {
+            let busy: Vec<usize> = (0..outcomes.len())
+                .filter(|&i| outcomes[i].result.as_ref().is_err_and(|e| e.is_transient()))
+                .collect();
+            if busy.is_empty() || self.wake.stopped() {
+                return outcomes;
+            }
+            attempts = attempts.saturating_add(1);
+            tracing::debug!(
+                pipeline = name,
+                items = busy.len(),
+                "model busy; trying again"
+            );
+            self.wake.sleep(backoff(5, 1_000, attempts));
+            let again = process_all(
+                &self.pipeline,
+                busy.iter().map(|&i| raw(&items[i])).collect(),
+                &|_| {},
+            );
+            for (i, outcome) in busy.into_iter().zip(again) {
+                outcomes[i] = outcome;
+            }
+        }
     }
 
     /// Commit each group; on failure (a full disk) keep the results and

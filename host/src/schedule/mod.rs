@@ -64,6 +64,9 @@ impl Default for BatchConfig {
 }
 
 impl BatchConfig {
+    /// The largest `max_batch_size` a configuration may ask for.
+    pub const MAX_BATCH_SIZE: usize = 4096;
+
     /// `threads`, with 0 resolved to the number of cores.
     pub fn resolved_threads(&self) -> usize {
         if self.threads == 0 {
@@ -203,13 +206,13 @@ impl Scheduler {
             }) {
                 Ok(()) => rx.recv().unwrap_or_else(|_| {
                     (0..n)
-                        .map(|_| Err(self.error("the scheduler stopped before answering")))
+                        .map(|_| Err(self.busy("the scheduler stopped before answering")))
                         .collect()
                 }),
                 Err(_) => {
                     self.outstanding.fetch_sub(n, Ordering::AcqRel);
                     (0..n)
-                        .map(|_| Err(self.error("the scheduler has stopped")))
+                        .map(|_| Err(self.busy("the scheduler has stopped")))
                         .collect()
                 }
             }
@@ -220,7 +223,7 @@ impl Scheduler {
                 "queue full ({} waiting); retry later",
                 self.config.queue_capacity
             );
-            replies.extend(refused.iter().map(|_| Err(self.error(&message))));
+            replies.extend(refused.iter().map(|_| Err(self.busy(&message))));
         }
         replies
     }
@@ -243,8 +246,8 @@ impl Scheduler {
         }
     }
 
-    fn error(&self, message: &str) -> ItemError {
-        ItemError::Inference {
+    fn busy(&self, message: &str) -> ItemError {
+        ItemError::Busy {
             model: self.model.name().into(),
             message: message.into(),
         }
@@ -306,9 +309,10 @@ impl BatchRunner {
             let mut answers = Vec::with_capacity(request.items.len());
             for (i, inputs) in request.items.into_iter().enumerate() {
                 if expired {
-                    answers.push(Some(Err(
-                        self.error(format!("not started within {} ms", timeout.as_millis()))
-                    )));
+                    answers.push(Some(Err(ItemError::Busy {
+                        model: self.model.name().into(),
+                        message: format!("not started within {} ms", timeout.as_millis()),
+                    })));
                 } else if let Err(message) = check_inputs(self.model.inputs(), &inputs) {
                     answers.push(Some(Err(self.error(message))));
                 } else {

@@ -582,3 +582,49 @@ fn results_expire_while_the_agent_runs_without_any_uplink() {
     assert_eq!(expired, 5);
     agent.shutdown();
 }
+
+#[test]
+fn a_full_model_queue_holds_inputs_back_and_never_becomes_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let file = write_config(dir.path(), &collector.url(), Some(&inbox));
+    let mut config = sluice::config::Config::load(&file).unwrap();
+    config.ingest.listen = None;
+    // Four pipeline threads send batches of one into a queue of one: three
+    // of four find it full, over and over.
+    config.runtime.workers = 4;
+    let batching = &mut config.models.get_mut("digits").unwrap().batching;
+    batching.max_batch_size = 1;
+    batching.queue_capacity = 1;
+    batching.max_queue_delay_ms = 0;
+    let images = images();
+    for (n, image) in images.iter().enumerate() {
+        std::fs::write(inbox.join(format!(".{n:02}.png")), image).unwrap();
+        std::fs::rename(
+            inbox.join(format!(".{n:02}.png")),
+            inbox.join(format!("{n:02}.png")),
+        )
+        .unwrap();
+    }
+    let agent = sluice::agent::Agent::start(config).unwrap();
+    let arrived = wait_until(Duration::from_secs(60), || {
+        stored(&collector).len() == images.len()
+    });
+    agent.shutdown();
+    assert!(
+        arrived,
+        "only {} of {} arrived",
+        stored(&collector).len(),
+        images.len()
+    );
+    let failed: Vec<String> = stored(&collector)
+        .values()
+        .filter_map(|doc| doc.get("error").map(|e| e.to_string()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "back-pressure stored as results: {failed:?}"
+    );
+}

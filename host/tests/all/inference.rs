@@ -400,7 +400,7 @@ fn a_full_queue_refuses_new_requests_at_once() {
     assert!(results[..4].iter().all(Result::is_ok));
     for result in &results[4..] {
         assert!(
-            matches!(result, Err(ItemError::Inference { message, .. }) if message.contains("queue full")),
+            matches!(result, Err(ItemError::Busy { message, .. }) if message.contains("queue full")),
             "{result:?}"
         );
     }
@@ -420,7 +420,7 @@ fn a_request_not_started_in_time_is_answered_with_a_timeout() {
     let scheduler = Scheduler::start(digits_model(), config).unwrap();
     let result = scheduler.infer(vec![digit_tensor("0000.png")]);
     assert!(
-        matches!(&result, Err(ItemError::Inference { message, .. }) if message.contains("not started within 10 ms")),
+        matches!(&result, Err(ItemError::Busy { message, .. }) if message.contains("not started within 10 ms")),
         "{result:?}"
     );
     assert_eq!(scheduler.stats().timed_out, 1);
