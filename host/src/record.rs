@@ -49,6 +49,8 @@ pub fn wire_outcome(outcome: &Outcome) -> WireOutcome {
 pub struct ItemInfo {
     /// The pipeline it went through.
     pub pipeline: String,
+    /// The outbox instance it was accepted into (`None` for `sluice infer`).
+    pub outbox: Option<String>,
     /// Its sequence number (its position, for `sluice infer`).
     pub seq: i64,
     /// When it was accepted, ms since the Unix epoch.
@@ -57,10 +59,12 @@ pub struct ItemInfo {
     pub input: InputInfo,
 }
 
-impl From<&JournalItem> for ItemInfo {
-    fn from(item: &JournalItem) -> ItemInfo {
+impl ItemInfo {
+    /// What is known of `item`, accepted into outbox instance `outbox`.
+    pub fn of(item: &JournalItem, outbox: Option<&str>) -> ItemInfo {
         ItemInfo {
             pipeline: item.pipeline.clone(),
+            outbox: outbox.map(str::to_owned),
             seq: item.seq,
             accepted_at_ms: item.accepted_at_ms,
             input: InputInfo {
@@ -86,6 +90,7 @@ pub fn result_record(
         id: outcome.id.clone(),
         device: device.to_owned(),
         pipeline: item.pipeline,
+        outbox: item.outbox,
         seq: item.seq,
         accepted_at_ms: item.accepted_at_ms,
         completed_at_ms,

@@ -20,7 +20,7 @@
 
 use crate::outbox::{JournalItem, NewRecord, Outbox};
 use crate::pipeline::{Outcome, Pipeline, process_all};
-use crate::record::{result_record, to_outbox};
+use crate::record::{ItemInfo, result_record, to_outbox};
 use crate::types::{Metadata, RawItem};
 use crate::wake::{Wake, backoff};
 use sluice_protocol::Provenance;
@@ -104,7 +104,7 @@ impl Worker {
                         to_outbox(&result_record(
                             &self.device,
                             &self.provenance,
-                            (*item).into(),
+                            ItemInfo::of(item, self.outbox.instance()),
                             outcome,
                             completed_at_ms,
                         ))
@@ -128,7 +128,7 @@ impl Worker {
         let name = self.pipeline.name();
         let raw = |item: &JournalItem| {
             let mut meta = Metadata::new(
-                sluice_protocol::result_id(&self.device, name, item.seq),
+                self.outbox.result_id(&self.device, name, item.seq),
                 item.content_type.clone(),
             );
             meta.attributes = item.attributes.clone();

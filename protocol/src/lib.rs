@@ -20,9 +20,13 @@
 //! A collector refuses batches of a version it does not know with `400`, so
 //! a device newer than its collector fails loudly instead of losing data.
 //!
-//! Invariants of ids: a result's id is `<device>/<pipeline>/<seq>`
+//! Invariants of ids: a result's id is `<device>/<pipeline>/<outbox>-<seq>`
 //! ([`result_id`]); device and pipeline names are restricted by
-//! [`check_name`] (no `/`), so an id names exactly one device.
+//! [`check_name`] (no `/`), so an id names exactly one device. `outbox` is
+//! the device's outbox instance, random when the outbox file was created:
+//! ids stay unique when a device's outbox starts again from nothing (a
+//! damaged file moved aside, a wiped data directory) with its clock set back
+//! (boards without a real-time clock), where `seq` alone would repeat.
 
 #![deny(missing_docs)]
 
@@ -100,9 +104,14 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     }
 }
 
-/// The id of the result of input `seq` of `pipeline` on `device`.
-pub fn result_id(device: &str, pipeline: &str, seq: i64) -> String {
-    format!("{device}/{pipeline}/{seq}")
+/// The id of the result of input `seq` of `pipeline` on `device`, accepted
+/// into outbox instance `outbox` (`None` outside an outbox: `sluice infer`,
+/// and records written before instances existed).
+pub fn result_id(device: &str, pipeline: &str, outbox: Option<&str>, seq: i64) -> String {
+    match outbox {
+        Some(outbox) => format!("{device}/{pipeline}/{outbox}-{seq}"),
+        None => format!("{device}/{pipeline}/{seq}"),
+    }
 }
 
 /// The kinds of records a device ships.
@@ -123,12 +132,15 @@ pub struct RecordHeader {
     /// The record's kind.
     #[serde(default)]
     pub kind: RecordKind,
-    /// Unique id, `<device>/<pipeline>/<seq>`.
+    /// Unique id, `<device>/<pipeline>/<outbox>-<seq>` ([`result_id`]).
     pub id: String,
     /// The device that made it.
     pub device: String,
     /// The pipeline that made it.
     pub pipeline: String,
+    /// The device's outbox instance it was accepted into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<String>,
     /// Its sequence number on the device (orders a device's records).
     pub seq: i64,
 }
@@ -143,7 +155,12 @@ impl RecordHeader {
                 device: self.device.clone(),
             });
         }
-        let expected = result_id(&self.device, &self.pipeline, self.seq);
+        let expected = result_id(
+            &self.device,
+            &self.pipeline,
+            self.outbox.as_deref(),
+            self.seq,
+        );
         if self.id != expected {
             return Err(RecordError::BadId {
                 id: self.id.clone(),
@@ -166,7 +183,7 @@ pub enum RecordError {
         /// The device it claims.
         device: String,
     },
-    /// The id is not `<device>/<pipeline>/<seq>`.
+    /// The id is not `<device>/<pipeline>/<outbox>-<seq>`.
     #[error("id `{id}` is not `{expected}`")]
     BadId {
         /// The record's id.
@@ -192,12 +209,16 @@ pub struct ResultRecord {
     /// Always [`RecordKind::Result`].
     #[serde(default)]
     pub kind: RecordKind,
-    /// Unique id, `<device>/<pipeline>/<seq>` ([`result_id`]).
+    /// Unique id, `<device>/<pipeline>/<outbox>-<seq>` ([`result_id`]).
     pub id: String,
     /// The device that made it.
     pub device: String,
     /// The pipeline that made it.
     pub pipeline: String,
+    /// The device's outbox instance the input was accepted into (`None`
+    /// for `sluice infer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<String>,
     /// The input's sequence number on the device, fixed when it was accepted.
     pub seq: i64,
     /// When the input was accepted, ms since the Unix epoch (device clock).
@@ -225,6 +246,7 @@ impl ResultRecord {
             id: self.id.clone(),
             device: self.device.clone(),
             pipeline: self.pipeline.clone(),
+            outbox: self.outbox.clone(),
             seq: self.seq,
         }
     }
@@ -401,9 +423,10 @@ mod tests {
     fn record(outcome: Outcome) -> ResultRecord {
         ResultRecord {
             kind: RecordKind::Result,
-            id: result_id("gw-1", "digits", 7),
+            id: result_id("gw-1", "digits", Some("5eed"), 7),
             device: "gw-1".into(),
             pipeline: "digits".into(),
+            outbox: Some("5eed".into()),
             seq: 7,
             accepted_at_ms: 1,
             completed_at_ms: 2,
@@ -478,14 +501,23 @@ mod tests {
             header.check("gw-2"),
             Err(RecordError::OtherDevice { .. })
         ));
-        let forged = RecordHeader {
-            id: "gw-1/digits/8".into(),
+        for id in ["gw-1/digits/5eed-8", "gw-1/digits/7", "gw-1/digits/beef-7"] {
+            let forged = RecordHeader {
+                id: id.into(),
+                ..header.clone()
+            };
+            assert!(
+                matches!(forged.check("gw-1"), Err(RecordError::BadId { .. })),
+                "{id}"
+            );
+        }
+        // Records from before outbox instances keep their old ids.
+        let old = RecordHeader {
+            id: "gw-1/digits/7".into(),
+            outbox: None,
             ..header
         };
-        assert!(matches!(
-            forged.check("gw-1"),
-            Err(RecordError::BadId { .. })
-        ));
+        assert_eq!(old.check("gw-1"), Ok(()));
     }
 
     #[test]

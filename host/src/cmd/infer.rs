@@ -36,7 +36,7 @@ pub fn run(
         .map(|(ix, path)| {
             read_file_item(
                 path,
-                sluice_protocol::result_id(&device, pipeline.name(), ix as i64),
+                sluice_protocol::result_id(&device, pipeline.name(), None, ix as i64),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -45,6 +45,7 @@ pub fn run(
         .enumerate()
         .map(|(ix, item)| ItemInfo {
             pipeline: pipeline.name().to_owned(),
+            outbox: None,
             seq: ix as i64,
             accepted_at_ms,
             input: InputInfo {

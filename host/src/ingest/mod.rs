@@ -200,7 +200,9 @@ impl Sink {
             .iter()
             .zip(seqs)
             .map(|(incoming, seq)| Accepted {
-                id: sluice_protocol::result_id(&self.device, &incoming.input.pipeline, seq),
+                id: self
+                    .outbox
+                    .result_id(&self.device, &incoming.input.pipeline, seq),
                 seq,
                 replayed: false,
             })
@@ -227,7 +229,7 @@ impl Sink {
             }
         };
         Ok(Accepted {
-            id: sluice_protocol::result_id(&self.device, &input.pipeline, seq),
+            id: self.outbox.result_id(&self.device, &input.pipeline, seq),
             seq,
             replayed,
         })

@@ -7,7 +7,8 @@
 //! * `claimed_files`: files of a watched folder that were accepted into the
 //!   journal but not yet deleted from the folder.
 //! * `records`: results (or an item's error) awaiting upload, each under a
-//!   stable, unique id `<device>/<pipeline>/<seq>`.
+//!   stable, unique id `<device>/<pipeline>/<instance>-<seq>`
+//!   ([`Outbox::result_id`]).
 //! * `batches`: uploads formed but not yet acknowledged upstream. A record's
 //!   batch assignment is committed *before* the upload is sent, so a retry
 //!   (even after a restart) sends the same records under the same
@@ -39,9 +40,9 @@
 //!   committed, and every SQLite error is classified the same way
 //!   ([`OutboxError`]).
 //! * **Exactly once per input.** Journal sequence numbers are never reused
-//!   (`AUTOINCREMENT`), and a fresh file starts them at the current time in
-//!   microseconds, so that ids stay unique even after a damaged file was
-//!   moved aside. A result is stored under its input's id with `INSERT OR
+//!   (`AUTOINCREMENT`), and every file has a random instance id that is part
+//!   of every result id, so ids stay unique even after a damaged file was
+//!   moved aside, whatever the clock says. A result is stored under its input's id with `INSERT OR
 //!   IGNORE` in the same transaction that deletes the journal row, so an
 //!   input processed again after a crash cannot produce a second result.
 //! * **Bounded.** Pending records never exceed `max_bytes` (ids plus
@@ -72,7 +73,7 @@ pub use records::{AppendReport, NewRecord};
 pub use schema::Recovery;
 
 use crate::config::OutboxConfig;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,6 +188,7 @@ pub struct Outbox {
     /// Changed only under `inner`'s lock, after a commit; read without it.
     journal_bytes: AtomicU64,
     recovered: Option<Recovery>,
+    instance: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -245,7 +247,14 @@ impl Outbox {
         recovered: Option<Recovery>,
     ) -> Result<Outbox, OutboxError> {
         let sizes = Sizes::load(&conn).map_err(|e| sql_error(path, e))?;
+        let instance = conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| sql_error(path, e))?;
         Ok(Outbox {
+            instance,
             path: path.to_owned(),
             config,
             inner: Mutex::new(Inner {
@@ -266,6 +275,18 @@ impl Outbox {
     /// Its bounds.
     pub fn config(&self) -> &OutboxConfig {
         &self.config
+    }
+
+    /// This outbox file's instance id, random at its creation and part of
+    /// every result id (`None` only for a read-only view of a file written
+    /// by an older sluice).
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
+
+    /// The id of the result of input `seq` of `pipeline` on `device`.
+    pub fn result_id(&self, device: &str, pipeline: &str, seq: i64) -> String {
+        sluice_protocol::result_id(device, pipeline, self.instance(), seq)
     }
 
     /// Set when the file found at start-up was damaged and moved aside.

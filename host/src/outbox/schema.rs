@@ -3,17 +3,21 @@
 //!
 //! Invariants:
 //! * A file is an outbox only if it carries `APPLICATION_ID` ("SLCE") and a
-//!   `user_version` of `SCHEMA_VERSION`. An empty file is given the
-//!   schema; any other SQLite file is foreign and treated as damaged, never
-//!   written to.
-//! * The schema, the starting sequence number and the identity are written
-//!   in one transaction, so a crash while creating leaves an empty file,
-//!   which is created again at the next start.
-//! * A fresh file starts journal sequence numbers at the clock in
-//!   microseconds, so ids stay unique upstream even after a damaged file
-//!   (and its counter) was moved aside.
+//!   `user_version` of `SCHEMA_VERSION`; any other SQLite file is foreign
+//!   and treated as damaged, never written to.
+//! * A new outbox is made complete under a temporary name (`<name>.new`) and
+//!   renamed into place, so the real path never holds a half-made file:
+//!   a file there of 0 bytes was truncated or wiped, and is damage (its
+//!   pending results are gone), not a new outbox.
+//! * Every outbox has an instance id (`meta.instance`, 64 random bits) that
+//!   is part of every result id ([`sluice_protocol::result_id`]): a fresh
+//!   file after a damaged one was moved aside, or a wiped data directory,
+//!   never reuses an id already delivered, even when the clock was set back
+//!   (boards without a real-time clock restore the same time at each boot).
+//!   Sequence numbers still start at the clock in microseconds, so that
+//!   records keep their order upstream when the clock is right.
 //! * Damage found at open (failed `quick_check`, not a database, foreign
-//!   file) is never fatal: the file and its `-wal`/`-shm` are renamed to
+//!   file, an empty file) is never fatal: the file and its `-wal`/`-shm` are renamed to
 //!   `<name>.damaged-YYYYMMDDTHHMMSSZ` and a fresh file takes its place. Only
 //!   a file that can be neither moved nor created is an error.
 //! * An outbox of an older schema version is migrated in one transaction
@@ -27,11 +31,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Marks a SQLite file as a Sluice outbox (`PRAGMA application_id`), "SLCE".
 const APPLICATION_ID: i32 = 0x534C_4345;
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// What each schema version adds to the one before, applied in order to an
 /// older outbox at open (in one transaction), so an upgrade keeps its data.
-const MIGRATIONS: &[(i32, &str)] = &[(2, INGEST_KEYS)];
+const MIGRATIONS: &[(i32, &str)] = &[(2, INGEST_KEYS), (3, INSTANCE)];
+
+/// Version 3: the outbox instance id, random, written once.
+const INSTANCE: &str =
+    "INSERT OR IGNORE INTO meta(key, value) VALUES ('instance', lower(hex(randomblob(8))));";
 
 /// Version 2: idempotency keys of HTTP ingest (see `journal.rs`).
 const INGEST_KEYS: &str = "
@@ -109,6 +117,24 @@ pub(super) fn open_or_recover(path: &Path) -> Result<(Connection, Option<Recover
 /// an intact outbox. Damage is reported as [`OutboxError::Damaged`].
 fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
     let damaged = |e: rusqlite::Error| sql_error(path, e);
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 => {
+            return Err(OutboxError::Damaged {
+                path: path.to_owned(),
+                reason: "the file is empty (0 bytes): truncated or wiped, its results are gone"
+                    .into(),
+            });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path)?,
+        Err(source) => {
+            return Err(OutboxError::Io {
+                path: path.to_owned(),
+                what: "cannot read the outbox file's metadata".into(),
+                source,
+            });
+        }
+    }
     let mut conn = Connection::open(path).map_err(damaged)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(damaged)?;
     // WAL: readers (status) never block the writer; FULL: a commit is on disk
@@ -136,18 +162,7 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(damaged)?;
-    if version == 0 {
-        let tables: i64 = conn
-            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(damaged)?;
-        if tables > 0 {
-            return Err(OutboxError::Damaged {
-                path: path.to_owned(),
-                reason: "a SQLite file that is not a Sluice outbox".into(),
-            });
-        }
-        create_schema(&mut conn).map_err(damaged)?;
-    } else if (1..SCHEMA_VERSION).contains(&version) {
+    if (1..SCHEMA_VERSION).contains(&version) {
         migrate(&mut conn, version).map_err(damaged)?;
     }
     check_identity(&conn, path)?;
@@ -164,7 +179,44 @@ fn migrate(conn: &mut Connection, from: i32) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// Make a complete outbox at `path` (which does not exist): under a
+/// temporary name first, renamed into place once it is on disk.
+fn create(path: &Path) -> Result<(), OutboxError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| OutboxError::Io {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    };
+    let new = PathBuf::from(format!("{}.new", path.display()));
+    for leftover in ["", "-journal", "-wal", "-shm"] {
+        let leftover = PathBuf::from(format!("{}{leftover}", new.display()));
+        match std::fs::remove_file(&leftover) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("cannot remove a half-made outbox")(e));
+            }
+            _ => {}
+        }
+    }
+    let mut conn = Connection::open(&new).map_err(|e| sql_error(&new, e))?;
+    create_schema(&mut conn).map_err(|e| sql_error(&new, e))?;
+    conn.close().map_err(|(_, e)| sql_error(&new, e))?;
+    std::fs::rename(&new, path).map_err(io("cannot move a new outbox into place"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The rename is durable only once the directory is synced.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("cannot sync the data directory"))?;
+    }
+    Ok(())
+}
+
 fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
+    // A new file is in rollback-journal mode: its commit is complete in the
+    // file itself (synchronous FULL), with no WAL beside it to rename.
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
     for (_, step) in MIGRATIONS {

@@ -312,6 +312,57 @@ fn a_truncated_outbox_is_moved_aside_and_replaced() {
 }
 
 #[test]
+fn an_outbox_cut_to_zero_bytes_is_damage_not_a_new_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite");
+    {
+        let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+        assert!(outbox.recovered().is_none(), "a new outbox is not damage");
+        outbox.append(records(0..200, 100)).unwrap();
+    }
+    let _ = std::fs::remove_file(dir.path().join("outbox.sqlite-wal"));
+    std::fs::File::create(&path).unwrap(); // truncates to 0 bytes
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let recovery = outbox.recovered().expect("an emptied outbox is reported");
+    assert!(recovery.reason.contains("0 bytes"), "{}", recovery.reason);
+    assert!(recovery.moved_to.exists());
+    assert_eq!(outbox.append(records(0..3, 50)).unwrap().stored, 3);
+}
+
+#[test]
+fn a_fresh_outbox_never_reuses_ids_even_with_the_clock_set_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let seq = first.accept(&input("p", b"x")).unwrap();
+    let old_id = first.result_id("dev", "p", seq);
+    drop(first);
+    // The data directory is wiped; the board boots with its clock restored
+    // to the same saved time, so the new file's counter starts where the old
+    // one did.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    drop(Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    conn.execute(
+        "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'journal'",
+        [seq - 1],
+    )
+    .unwrap();
+    drop(conn);
+    let second = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let again = second.accept(&input("p", b"y")).unwrap();
+    assert_eq!(
+        again, seq,
+        "the counter repeats, as it would on such a board"
+    );
+    let new_id = second.result_id("dev", "p", again);
+    assert_ne!(new_id, old_id, "a new outbox must not reuse a delivered id");
+    assert!(
+        new_id.starts_with("dev/p/") && new_id.ends_with(&format!("-{seq}")),
+        "{new_id}"
+    );
+}
+
+#[test]
 fn a_foreign_sqlite_file_is_not_mistaken_for_an_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.sqlite");
@@ -462,13 +513,23 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
     outbox.append(records(0..3, 60)).unwrap();
     let seq = outbox.accept(&input("p", b"x")).unwrap();
     drop(outbox);
-    // What version 1 had: no idempotency keys.
+    // What version 1 had: no idempotency keys, no instance id.
     let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
-    conn.execute_batch("DROP TABLE ingest_keys; PRAGMA user_version = 1;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE ingest_keys; DELETE FROM meta WHERE key = 'instance'; PRAGMA user_version = 1;",
+    )
+    .unwrap();
     drop(conn);
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     assert!(outbox.recovered().is_none(), "an old outbox is not damage");
+    let instance = outbox
+        .instance()
+        .expect("an instance id is made")
+        .to_owned();
+    assert_eq!(instance.len(), 16, "{instance}");
+    drop(outbox);
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    assert_eq!(outbox.instance(), Some(instance.as_str()), "kept once made");
     assert_eq!(outbox.pending().0, 3);
     assert_eq!(outbox.journal_items("p", 0, 10).unwrap()[0].seq, seq);
     assert!(matches!(
