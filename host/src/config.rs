@@ -296,6 +296,11 @@ pub struct OutboxConfig {
     /// What to do when a new result does not fit under `max_bytes`.
     #[serde(default)]
     pub when_full: FullPolicy,
+    /// Most bytes of records the collector refused, kept aside for an
+    /// operator (`sluice outbox set-aside`); past it the oldest are deleted
+    /// (counted as `set_aside_dropped`).
+    #[serde(default = "default_outbox_max_set_aside_bytes")]
+    pub max_set_aside_bytes: u64,
 }
 
 impl Default for OutboxConfig {
@@ -304,8 +309,13 @@ impl Default for OutboxConfig {
             max_bytes: default_outbox_max_bytes(),
             max_age_secs: default_outbox_max_age_secs(),
             when_full: FullPolicy::default(),
+            max_set_aside_bytes: default_outbox_max_set_aside_bytes(),
         }
     }
+}
+
+fn default_outbox_max_set_aside_bytes() -> u64 {
+    16 << 20
 }
 
 fn default_outbox_max_bytes() -> u64 {

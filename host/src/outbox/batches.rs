@@ -9,9 +9,10 @@
 //!   unacknowledged, [`Outbox::next_batch`] returns it again rather than
 //!   forming another.
 //! * A batch's records leave the outbox only with its acknowledgement
-//!   ([`Outbox::ack_batch`], counted as `uploaded`) or a permanent refusal
-//!   ([`Outbox::reject_batch`], counted as `rejected_upstream`), in the same
-//!   transaction that deletes the batch and notes the sync's outcome.
+//!   ([`Outbox::ack_batch`], counted as `uploaded`), in the same transaction
+//!   that deletes the batch and notes the sync's outcome. A batch refused as
+//!   invalid is split ([`Outbox::split_batch`]) until the refused record is
+//!   alone, and only that one is set aside.
 //! * A batch that loses records to the cap or the age limit is dissolved:
 //!   the rest go back to pending and are sent again under a new key. A
 //!   batch left with no records at all is deleted, not sent.
@@ -61,47 +62,97 @@ impl Outbox {
             if rows.is_empty() {
                 return Ok(None);
             }
-            // 128 random bits: unique across devices, restarts and outbox files.
-            let key = format!("{:032x}", rand::random::<u128>());
-            tx.execute(
-                "INSERT INTO batches(key, created_at_ms) VALUES (?1, ?2)",
-                params![key, now_ms()],
-            )?;
-            let id = tx.last_insert_rowid();
-            let mut assign = tx.prepare_cached("UPDATE records SET batch = ?1 WHERE rowid = ?2")?;
-            for (rowid, _, _) in &rows {
-                assign.execute([id, *rowid])?;
-            }
+            let (id, key) = form_batch(tx, rows.iter().map(|(rowid, _, _)| *rowid))?;
             let records = rows.into_iter().map(|(_, id, body)| (id, body)).collect();
             Ok(Some(Batch { id, key, records }))
         })
     }
 
-    /// The collector acknowledged batch `batch_id`: delete its records.
-    pub fn ack_batch(&self, batch_id: i64) -> Result<u64, OutboxError> {
-        self.remove_batch(batch_id, Counter::Uploaded, None)
-    }
-
-    /// The collector refused batch `batch_id` for good: delete its records,
-    /// count them as `rejected_upstream` and keep `reason` as the last error.
-    pub fn reject_batch(&self, batch_id: i64, reason: &str) -> Result<u64, OutboxError> {
-        self.remove_batch(batch_id, Counter::RejectedUpstream, Some(reason))
-    }
-
-    fn remove_batch(
-        &self,
-        batch_id: i64,
-        counter: Counter,
-        error: Option<&str>,
-    ) -> Result<u64, OutboxError> {
-        self.delete_records(Selection::InBatch(batch_id), counter, |tx, _| {
-            tx.execute("DELETE FROM batches WHERE id = ?1", [batch_id])?;
-            match error {
-                None => note_sync_ok(tx),
-                Some(reason) => note_sync_error(tx, reason),
+    /// The collector refused batch `batch_id` as invalid (`reason`): find
+    /// the record it refuses without losing the others. A batch of several
+    /// records is split into two halves under new keys, the first half sent
+    /// next; a batch of one has its record set aside (kept, counted as
+    /// `rejected_upstream`). A bad record among `n` is found in about
+    /// `log2(n)` uploads, and every good one is delivered.
+    pub fn split_batch(&self, batch_id: i64, reason: &str) -> Result<Split, OutboxError> {
+        let max_set_aside = self.config.max_set_aside_bytes;
+        self.write(|tx, sizes| {
+            let rows: Vec<(i64, String)> = tx
+                .prepare_cached("SELECT rowid, id FROM records WHERE batch = ?1 ORDER BY rowid")?
+                .query_map([batch_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            dissolve_batch(tx, batch_id)?;
+            match rows.as_slice() {
+                [] => Ok(Split::Empty),
+                [(rowid, id)] => {
+                    super::set_aside::set_aside(tx, sizes, *rowid, reason, max_set_aside)?;
+                    Ok(Split::SetAside { id: id.clone() })
+                }
+                _ => {
+                    let (first, second) = rows.split_at(rows.len() / 2);
+                    for half in [first, second] {
+                        form_batch(tx, half.iter().map(|(rowid, _)| *rowid))?;
+                    }
+                    note_sync_error(tx, reason)?;
+                    Ok(Split::Halved {
+                        first: first.len(),
+                        second: second.len(),
+                    })
+                }
             }
         })
     }
+
+    /// The collector acknowledged batch `batch_id`: delete its records.
+    pub fn ack_batch(&self, batch_id: i64) -> Result<u64, OutboxError> {
+        self.remove_batch(batch_id, Counter::Uploaded)
+    }
+
+    fn remove_batch(&self, batch_id: i64, counter: Counter) -> Result<u64, OutboxError> {
+        self.delete_records(Selection::InBatch(batch_id), counter, |tx, _| {
+            tx.execute("DELETE FROM batches WHERE id = ?1", [batch_id])?;
+            note_sync_ok(tx)
+        })
+    }
+}
+
+/// What [`Outbox::split_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Split {
+    /// The batch became two, of these sizes, to be sent in order.
+    Halved {
+        /// Records in the half sent next.
+        first: usize,
+        /// Records in the other half.
+        second: usize,
+    },
+    /// The batch's only record was set aside.
+    SetAside {
+        /// Its id.
+        id: String,
+    },
+    /// The batch had no records left; it was deleted.
+    Empty,
+}
+
+/// Make a new batch of the records `rowids`, under a new key; its id and key.
+fn form_batch(
+    tx: &Transaction,
+    rowids: impl Iterator<Item = i64>,
+) -> rusqlite::Result<(i64, String)> {
+    // 128 random bits: unique across devices, restarts and outbox files.
+    let key = format!("{:032x}", rand::random::<u128>());
+    tx.execute(
+        "INSERT INTO batches(key, created_at_ms) VALUES (?1, ?2)",
+        params![key, now_ms()],
+    )?;
+    let id = tx.last_insert_rowid();
+    let mut assign = tx.prepare_cached("UPDATE records SET batch = ?1 WHERE rowid = ?2")?;
+    for rowid in rowids {
+        assign.execute([id, rowid])?;
+    }
+    Ok((id, key))
 }
 
 /// `(rowid, id, body)` of the oldest records in no batch: up to

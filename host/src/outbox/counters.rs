@@ -32,15 +32,18 @@ pub enum Counter {
     RejectedTooLarge,
     /// Records older than `max_age_secs`, deleted.
     Expired,
-    /// Records the collector refused permanently (4xx other than auth).
+    /// Records the collector refused as invalid, each found alone by
+    /// splitting its batch, and set aside (kept, see `set_aside`).
     RejectedUpstream,
+    /// Set-aside records deleted to stay under `max_set_aside_bytes`.
+    SetAsideDropped,
     /// Records already stored under the same id (an input processed twice).
     Duplicates,
 }
 
 impl Counter {
     /// Every counter, in the order `sluice outbox status` lists them.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Stored,
         Counter::Uploaded,
         Counter::DroppedOldest,
@@ -48,6 +51,7 @@ impl Counter {
         Counter::RejectedTooLarge,
         Counter::Expired,
         Counter::RejectedUpstream,
+        Counter::SetAsideDropped,
         Counter::Duplicates,
     ];
 
@@ -61,6 +65,7 @@ impl Counter {
             Counter::RejectedTooLarge => "rejected_too_large",
             Counter::Expired => "expired",
             Counter::RejectedUpstream => "rejected_upstream",
+            Counter::SetAsideDropped => "set_aside_dropped",
             Counter::Duplicates => "duplicates",
         }
     }
@@ -82,6 +87,8 @@ pub mod counter {
     pub const EXPIRED: &str = Counter::Expired.name();
     /// [`Counter::RejectedUpstream`].
     pub const REJECTED_UPSTREAM: &str = Counter::RejectedUpstream.name();
+    /// [`Counter::SetAsideDropped`].
+    pub const SET_ASIDE_DROPPED: &str = Counter::SetAsideDropped.name();
     /// [`Counter::Uploaded`].
     pub const UPLOADED: &str = Counter::Uploaded.name();
     /// [`Counter::Duplicates`].
@@ -108,6 +115,10 @@ pub struct Status {
     pub oldest_created_at_ms: Option<i64>,
     /// Batches formed and sent (or being sent), not yet acknowledged.
     pub batches_in_flight: u64,
+    /// Records the collector refused, kept aside (see `sluice outbox set-aside`).
+    pub set_aside_records: u64,
+    /// Their bytes.
+    pub set_aside_bytes: u64,
     /// Inputs accepted and not yet processed.
     pub journal_items: u64,
     /// Their bytes.
@@ -138,6 +149,11 @@ impl Outbox {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            let (set_aside_records, set_aside_bytes): (i64, i64) = conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM set_aside",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             let mut counters: BTreeMap<String, i64> = Counter::ALL
                 .iter()
                 .map(|c| (c.name().to_owned(), 0))
@@ -160,6 +176,8 @@ impl Outbox {
                 max_bytes: self.config.max_bytes,
                 oldest_created_at_ms: oldest,
                 batches_in_flight: batches as u64,
+                set_aside_records: set_aside_records as u64,
+                set_aside_bytes: set_aside_bytes as u64,
                 journal_items: journal_items as u64,
                 journal_bytes: journal_bytes as u64,
                 last_sync_at_ms: meta(LAST_SYNC_AT_MS)?.and_then(|v| v.parse().ok()),
@@ -237,6 +255,7 @@ mod tests {
             counter::REJECTED_TOO_LARGE,
             counter::EXPIRED,
             counter::REJECTED_UPSTREAM,
+            counter::SET_ASIDE_DROPPED,
             counter::UPLOADED,
             counter::DUPLICATES,
         ] {

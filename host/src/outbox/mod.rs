@@ -9,6 +9,7 @@
 //! * `records`: results (or an item's error) awaiting upload, each under a
 //!   stable, unique id `<device>/<pipeline>/<instance>-<seq>`
 //!   ([`Outbox::result_id`]).
+//! * `set_aside`: records the collector refused, found one by one.
 //! * `batches`: uploads formed but not yet acknowledged upstream. A record's
 //!   batch assignment is committed *before* the upload is sent, so a retry
 //!   (even after a restart) sends the same records under the same
@@ -24,6 +25,7 @@
 //! * `journal`: the ingest side, accepted inputs and claimed files;
 //! * `records`: pending results, their size cap and age limit;
 //! * `batches`: the upload ledger;
+//! * `set_aside`: records the collector refused, kept and counted;
 //! * `counters`: persisted counters, sync meta and [`Outbox::status`].
 //!
 //! Invariants:
@@ -49,8 +51,9 @@
 //!   documents; SQLite adds a few percent of page overhead) and are dropped
 //!   after `max_age_secs`; every drop is counted, by cause, in the file.
 //! * **Deleted only when acknowledged.** Records leave the outbox through
-//!   [`Outbox::ack_batch`] (the collector confirmed the batch), the size cap,
-//!   the age limit, or a permanent refusal upstream, each counted.
+//!   [`Outbox::ack_batch`] (the collector confirmed the batch), the size cap
+//!   or the age limit, each counted. A record the collector refuses is set
+//!   aside, alone, and kept ([`Outbox::split_batch`]).
 //! * **No crash on a full disk.** `SQLITE_FULL` and `ENOSPC` surface as
 //!   [`OutboxError::DiskFull`]; the transaction is rolled back and nothing
 //!   changes, so callers back off and retry while uploads (which free space)
@@ -65,12 +68,14 @@ mod counters;
 mod journal;
 mod records;
 mod schema;
+mod set_aside;
 
-pub use batches::Batch;
+pub use batches::{Batch, Split};
 pub use counters::{Counter, Status, counter};
 pub use journal::{JournalItem, KeyedAccept, NewInput};
 pub use records::{AppendReport, NewRecord};
 pub use schema::Recovery;
+pub use set_aside::SetAside;
 
 use crate::config::OutboxConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};

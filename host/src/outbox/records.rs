@@ -57,7 +57,7 @@ pub struct AppendReport {
 
 impl AppendReport {
     /// Each count with the persisted counter it adds to.
-    fn counts(&self) -> [(Counter, u64); 5] {
+    pub(super) fn counts(&self) -> [(Counter, u64); 5] {
         [
             (Counter::Stored, self.stored),
             (Counter::DroppedOldest, self.dropped_oldest),
@@ -158,7 +158,9 @@ impl Outbox {
         }
         let cutoff = now_ms - (self.config.max_age_secs as i64).saturating_mul(1000);
         let old = Selection::CreatedBefore(cutoff);
+        let mut set_aside = 0;
         let n = self.delete_records(old, Counter::Expired, |tx, n| {
+            set_aside = super::set_aside::expire(tx, cutoff)?;
             // A batch in flight that loses records is dissolved; the rest go
             // out in a new one (the collector keeps one copy per id).
             if n > 0 {
@@ -167,6 +169,7 @@ impl Outbox {
                 Ok(())
             }
         })?;
+        let n = n + set_aside;
         if n > 0 {
             tracing::warn!(
                 expired = n,
@@ -210,7 +213,7 @@ impl Outbox {
 
 /// Insert `records` under the cap, keeping `sizes` up to date. Returns what
 /// happened to each (the counters are not bumped here).
-fn store(
+pub(super) fn store(
     tx: &Transaction,
     sizes: &mut Sizes,
     config: &OutboxConfig,

@@ -31,11 +31,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Marks a SQLite file as a Sluice outbox (`PRAGMA application_id`), "SLCE".
 const APPLICATION_ID: i32 = 0x534C_4345;
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// What each schema version adds to the one before, applied in order to an
 /// older outbox at open (in one transaction), so an upgrade keeps its data.
-const MIGRATIONS: &[(i32, &str)] = &[(2, INGEST_KEYS), (3, INSTANCE)];
+const MIGRATIONS: &[(i32, &str)] = &[(2, INGEST_KEYS), (3, INSTANCE), (4, SET_ASIDE)];
+
+/// Version 4: records the collector refused, kept (see `set_aside.rs`).
+const SET_ASIDE: &str = "
+CREATE TABLE set_aside(
+    id TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    set_aside_at_ms INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL
+);
+";
 
 /// Version 3: the outbox instance id, random, written once.
 const INSTANCE: &str =

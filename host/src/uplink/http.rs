@@ -93,7 +93,6 @@ impl HttpUplink {
                 endpoint: self.endpoint.clone(),
                 status: code,
                 body: String::from_utf8_lossy(&answer).chars().take(500).collect(),
-                permanent: is_permanent(code),
             });
         }
         let not_ack = |problem: String| UplinkError::NotAcknowledged {
@@ -126,9 +125,4 @@ impl Uplink for HttpUplink {
     fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
         self.runtime.block_on(self.post(batch))
     }
-}
-
-/// 4xx answers that retrying cannot fix.
-fn is_permanent(status: u16) -> bool {
-    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 429)
 }

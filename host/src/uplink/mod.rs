@@ -4,9 +4,14 @@
 //!
 //! The [`Uploader`] owns what does not depend on the transport:
 //! * records leave the outbox only when the uplink returns an
-//!   acknowledgement of *that* batch (its key); a batch refused for good is
-//!   dropped and counted as `rejected_upstream`, so one bad batch cannot
-//!   block the queue forever;
+//!   acknowledgement of *that* batch (its key);
+//! * a batch the collector refuses as invalid ([`UplinkError::is_about_content`]:
+//!   `400`, `409`, `413`, `422`, or a stored record that cannot be sent) is
+//!   split in halves under new keys until the refused record is alone, and
+//!   only that record is set aside (kept, counted, reported): one bad record
+//!   neither blocks the queue nor takes good records with it. Every other
+//!   refusal (auth, a wrong URL, overload) is retried with backoff, keeping
+//!   everything;
 //! * a batch is formed and committed in the outbox before it is sent, and
 //!   the same batch (same key, same records) is sent until it is
 //!   acknowledged, across restarts: the collector stores it once;
@@ -20,7 +25,7 @@
 pub mod http;
 
 use crate::config::SyncConfig;
-use crate::outbox::{Batch, Outbox, OutboxError};
+use crate::outbox::{Batch, Outbox, OutboxError, Split};
 use crate::wake::{Wake, backoff};
 use serde_json::value::RawValue;
 use sluice_protocol::{BatchAck, PROTOCOL_VERSION, RawBatch, UploadBatch};
@@ -40,8 +45,7 @@ pub enum UplinkError {
         /// What happened, with its causes.
         message: String,
     },
-    /// The upstream refused the batch. `permanent`: retrying the same batch
-    /// cannot help (a malformed batch), as opposed to auth or overload.
+    /// The upstream refused the batch.
     #[error("{endpoint} answered {status}: {body}")]
     Refused {
         /// Where it was sent.
@@ -50,8 +54,15 @@ pub enum UplinkError {
         status: u16,
         /// The start of the answer's body.
         body: String,
-        /// Whether retrying can help.
-        permanent: bool,
+    },
+    /// A stored record cannot be put on the wire (not JSON): the batch is
+    /// split like one the collector refused.
+    #[error("batch {key} cannot be sent: {problem}")]
+    Unsendable {
+        /// The batch's key.
+        key: String,
+        /// Which record, and what is wrong with it.
+        problem: String,
     },
     /// The answer is not an acknowledgement of the batch sent (a proxy's or
     /// captive portal's page, another batch's key): nothing is deleted.
@@ -67,6 +78,20 @@ pub enum UplinkError {
     /// The outbox failed.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+}
+
+impl UplinkError {
+    /// Whether the batch's content was refused (some record in it is
+    /// invalid, conflicts with one stored, or the batch is too large), as
+    /// opposed to the device (auth), the address, or the collector's load:
+    /// splitting the batch can get its good records through.
+    pub fn is_about_content(&self) -> bool {
+        match self {
+            UplinkError::Refused { status, .. } => matches!(status, 400 | 409 | 413 | 422),
+            UplinkError::Unsendable { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// A transport that delivers batches upstream.
@@ -109,8 +134,10 @@ pub struct SyncReport {
     pub batches: u64,
     /// Records acknowledged.
     pub records: u64,
-    /// Records dropped because the collector refused their batch for good.
-    pub rejected: u64,
+    /// Batches split because the collector refused their content.
+    pub splits: u64,
+    /// Records the collector refused, each found alone and set aside.
+    pub set_aside: u64,
 }
 
 /// Ships one device's outbox through one uplink.
@@ -155,18 +182,23 @@ impl Uploader {
                     report.records += self.outbox.ack_batch(batch.id)?;
                     report.batches += 1;
                 }
-                Err(UplinkError::Refused {
-                    endpoint,
-                    status,
-                    body,
-                    permanent: true,
-                }) => {
-                    let reason = format!(
-                        "{endpoint} refused batch {} for good ({status}): {body}",
-                        batch.key
-                    );
-                    tracing::error!("{reason}; dropping its {} record(s)", batch.records.len());
-                    report.rejected += self.outbox.reject_batch(batch.id, &reason)?;
+                Err(e) if e.is_about_content() => {
+                    let reason = e.to_string();
+                    match self.outbox.split_batch(batch.id, &reason)? {
+                        Split::Halved { first, second } => {
+                            report.splits += 1;
+                            tracing::warn!(
+                                "{reason}; looking for the refused record: sending it again as {first} + {second} record(s)"
+                            );
+                        }
+                        Split::SetAside { id } => {
+                            report.set_aside += 1;
+                            tracing::error!(
+                                "record `{id}` refused upstream, set aside (see `sluice outbox set-aside`): {reason}"
+                            );
+                        }
+                        _ => {}
+                    }
                 }
                 Err(e) => {
                     let _ = self.outbox.record_sync_error(&e.to_string());
@@ -179,18 +211,10 @@ impl Uploader {
 
     /// Deliver one batch; `Ok` only on an acknowledgement of its key.
     fn send(&self, batch: &Batch) -> Result<(), UplinkError> {
-        let wire = match to_wire(&self.device, batch) {
-            Ok(wire) => wire,
-            Err(problem) => {
-                // Never sendable as it is: refused for good, like a 400.
-                return Err(UplinkError::Refused {
-                    endpoint: self.uplink.endpoint().to_owned(),
-                    status: 400,
-                    body: problem,
-                    permanent: true,
-                });
-            }
-        };
+        let wire = to_wire(&self.device, batch).map_err(|problem| UplinkError::Unsendable {
+            key: batch.key.clone(),
+            problem,
+        })?;
         let ack = self.uplink.deliver(&wire)?;
         if ack.key != batch.key {
             return Err(UplinkError::NotAcknowledged {

@@ -7,6 +7,7 @@ use sluice::outbox::{KeyedAccept, NewInput, NewRecord, Outbox, counter};
 
 fn config(max_bytes: u64, when_full: FullPolicy) -> OutboxConfig {
     OutboxConfig {
+        max_set_aside_bytes: 1 << 20,
         max_bytes,
         max_age_secs: 0,
         when_full,

@@ -347,27 +347,77 @@ fn the_collector_dedupes_by_record_id_when_a_batch_is_re_formed() {
 }
 
 #[test]
-fn a_batch_refused_for_good_is_dropped_and_counted() {
+fn one_bad_record_is_set_aside_and_every_good_one_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
     let outbox =
         Arc::new(Outbox::open_in(&dir.path().join("device"), OutboxConfig::default()).unwrap());
-    // An id that does not match its fields: the collector answers 400.
-    let bad = serde_json::json!({ "id": "dev-1/p/7", "device": DEVICE, "pipeline": "p", "seq": 8 });
-    outbox
-        .append(vec![NewRecord {
-            id: "dev-1/p/7".into(),
+    // 199 good records around one whose id does not match its fields: the
+    // collector refuses any batch holding it.
+    let mut records: Vec<NewRecord> = (0..199).map(|s| doc(DEVICE, s)).collect();
+    let bad =
+        serde_json::json!({ "id": "dev-1/p/7000", "device": DEVICE, "pipeline": "p", "seq": 8000 });
+    records.insert(
+        120,
+        NewRecord {
+            id: "dev-1/p/7000".into(),
             body: bad.to_string().into_bytes(),
-        }])
+        },
+    );
+    outbox.append(records).unwrap();
+    let config = SyncConfig {
+        batch_max_records: 200,
+        ..sync_config(&collector.url(), TOKEN)
+    };
+    let uplink = sluice::uplink::from_config(&config, tokio().handle())
+        .unwrap()
         .unwrap();
-    let uploader = uploader(&outbox, &collector.url(), TOKEN);
+    let uploader = Uploader::new(outbox.clone(), uplink, &config, DEVICE);
     let report = sync(&uploader).unwrap();
-    assert_eq!(report.rejected, 1);
+    assert_eq!(report.set_aside, 1, "{report:?}");
+    assert!(report.splits <= 8, "found by halving: {report:?}");
+    assert_eq!(report.records, 199, "{report:?}");
+    assert_all_once(&collector, 199);
+
+    // Kept, counted and reported, not deleted.
     let status = outbox.status().unwrap();
+    assert_eq!(status.pending_records, 0);
+    assert_eq!(status.set_aside_records, 1);
     assert_eq!(status.counters[counter::REJECTED_UPSTREAM], 1);
-    assert!(status.last_error.unwrap().contains("is not `dev-1/p/8`"));
-    // The queue goes on.
-    outbox.append(vec![doc(DEVICE, 0)]).unwrap();
-    sync(&uploader).unwrap();
-    assert_all_once(&collector, 1);
+    let aside = outbox.set_aside_records(10).unwrap();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(aside[0].id, "dev-1/p/7000");
+    assert!(
+        aside[0].reason.contains("422") && aside[0].reason.contains("dev-1/p/8000"),
+        "{}",
+        aside[0].reason
+    );
+    // Once upstream is fixed, an operator sends it again.
+    assert_eq!(outbox.requeue_set_aside().unwrap().duplicates, 0);
+    assert_eq!(outbox.status().unwrap().set_aside_records, 0);
+    assert_eq!(outbox.pending().0, 1);
+}
+
+#[test]
+fn a_refusal_that_is_not_about_the_records_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let outbox = outbox_with(dir.path(), 10);
+    // A wrong path (404) and a wrong token (401) say nothing about the
+    // records: retried later, nothing dropped or set aside.
+    for (url, token) in [
+        (format!("{}/not-here", collector.url()), TOKEN),
+        (collector.url(), "wrong-token"),
+    ] {
+        let err = sync(&uploader(&outbox, &url, token)).unwrap_err();
+        assert!(!err.is_about_content(), "{err}");
+        let status = outbox.status().unwrap();
+        assert_eq!(
+            (status.pending_records, status.set_aside_records),
+            (10, 0),
+            "{err}"
+        );
+    }
+    sync(&uploader(&outbox, &collector.url(), TOKEN)).unwrap();
+    assert_all_once(&collector, 10);
 }
