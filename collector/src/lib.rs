@@ -11,27 +11,36 @@
 //!
 //! * `POST /v1/batches`: an [`UploadBatch`](sluice_protocol::UploadBatch).
 //!   Headers: `Idempotency-Key` (the batch key), `Content-Encoding: zstd` (or
-//!   none), `Content-Type: application/json`. Answers `200`
+//!   none), `Content-Type: application/json`. The token is checked before
+//!   any of the body is read. Answers `200`
 //!   [`BatchAck`](sluice_protocol::BatchAck) once the batch is durably
-//!   stored; `401` without a known token; `403` when the batch or any record
-//!   claims another device; `400` for a malformed batch (naming the problem);
-//!   `413` past the size limits ([`http::MAX_BODY_BYTES`] compressed,
-//!   [`http::MAX_DECOMPRESSED_BYTES`] decompressed).
+//!   stored; `401` without a known token; `403` when the batch claims
+//!   another device than the token's; `400` for a malformed batch; `422`
+//!   for an invalid record (the [`ErrorBody`](sluice_protocol::ErrorBody)
+//!   names its index); `409` for a key already used for other records, or
+//!   a record id already stored with another body; `413` past the
+//!   [`Limits`] on size and record count; `408` when the body is not read
+//!   in time; `503` with `Retry-After` when too many batches are in progress.
 //! * `GET /v1/devices/{id}/count`: [`DeviceCount`](sluice_protocol::DeviceCount).
 //! * `GET /v1/devices/{id}/results?after=SEQ&limit=N`:
 //!   [`DeviceResults`](sluice_protocol::DeviceResults) in `seq` order, `seq >
-//!   after` (default: all), at most `limit` (default 100, at most 10 000).
+//!   after` (default: all), at most `limit` (default 100, at most
+//!   [`Limits::max_results_page`]).
 //! * `GET /v1/health`: `ok`, without authentication.
 //!
-//! Storage invariants are in [`store`].
+//! Storage invariants are in [`store`]; every bound on what a client can
+//! make the collector hold is in [`Limits`].
 
 #![deny(missing_docs)]
 
 pub mod http;
+mod limits;
+mod server;
 pub mod store;
 mod tokens;
 
-pub use store::{Store, StoreError};
+pub use limits::{CONNECTION_BUFFER_BYTES, Limits, RECORD_OVERHEAD_BYTES};
+pub use store::{BatchError, Store, StoreError};
 pub use tokens::{TokenError, Tokens};
 
 use std::net::SocketAddr;
@@ -44,6 +53,9 @@ pub enum CollectorError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A limit is unusable (zero).
+    #[error("{0}")]
+    Limits(String),
     /// No device has a token: nothing could ever be stored.
     #[error("no device tokens: give --tokens FILE or --token DEVICE=TOKEN")]
     NoTokens,
@@ -72,16 +84,28 @@ pub struct Collector {
 
 impl Collector {
     /// Serve on `listener` (already bound), storing into `db` (created if
-    /// missing), on a runtime thread of its own.
+    /// missing), on a runtime thread of its own, with the default
+    /// [`Limits`].
     pub fn start(
         listener: std::net::TcpListener,
         db: &Path,
         tokens: Tokens,
     ) -> Result<Collector, CollectorError> {
+        Collector::start_with(listener, db, tokens, Limits::default())
+    }
+
+    /// [`Collector::start`] with `limits`.
+    pub fn start_with(
+        listener: std::net::TcpListener,
+        db: &Path,
+        tokens: Tokens,
+        limits: Limits,
+    ) -> Result<Collector, CollectorError> {
         if tokens.is_empty() {
             return Err(CollectorError::NoTokens);
         }
-        let app = http::router(Store::open(db)?, tokens);
+        limits.check().map_err(CollectorError::Limits)?;
+        let app = http::router_with(Store::open(db)?, tokens, limits.clone());
         let addr = listener.local_addr().map_err(io("collector listener"))?;
         listener
             .set_nonblocking(true)
@@ -99,12 +123,10 @@ impl Collector {
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)
                         .expect("a bound, non-blocking std listener converts");
-                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                    server::run(listener, app, &limits, async {
                         let _ = rx.await;
-                    });
-                    if let Err(e) = served.await {
-                        tracing::error!("collector stopped: {e}");
-                    }
+                    })
+                    .await;
                 });
                 // Do not wait for connections that a client left hanging.
                 runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -149,19 +171,30 @@ impl Drop for Collector {
 }
 
 /// Serve on `listener`, storing into `store`, until `shutdown` resolves;
-/// then finish the requests in flight. Runs on the caller's tokio runtime.
+/// then finish the requests in flight. Runs on the caller's tokio runtime,
+/// with the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
     tokens: Tokens,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
+    serve_with(listener, store, tokens, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with `limits`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    tokens: Tokens,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CollectorError> {
     if tokens.is_empty() {
         return Err(CollectorError::NoTokens);
     }
-    let app = http::router(store, tokens);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(io("collector server"))
+    limits.check().map_err(CollectorError::Limits)?;
+    let app = http::router_with(store, tokens, limits.clone());
+    server::run(listener, app, &limits, shutdown).await;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! `sluice-collector`: receive results from Sluice devices into SQLite.
 
 use clap::Parser;
-use sluice_collector::{Store, Tokens};
+use sluice_collector::{Limits, Store, Tokens};
 use std::path::PathBuf;
 
 /// Receive results from Sluice devices and store each exactly once in one
@@ -24,6 +24,49 @@ struct Cli {
     /// Log filter, e.g. `info`, `sluice_collector=debug`; RUST_LOG if not given.
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     log: String,
+    /// Largest request body read (as sent, compressed), in bytes; past it: 413.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_body_bytes)]
+    max_body_bytes: usize,
+    /// Largest batch after decompression, in bytes; past it: 413.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_decompressed_bytes)]
+    max_decompressed_bytes: usize,
+    /// Most records in one batch; past it: 413.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_batch_records)]
+    max_batch_records: usize,
+    /// Most batches read, decoded and stored at once; past it: 503 with Retry-After.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_concurrent_batches)]
+    max_concurrent_batches: usize,
+    /// Most open connections; past it new ones wait in the listen queue.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_connections)]
+    max_connections: usize,
+    /// Longest wait for a request's headers, also the idle keep-alive timeout (e.g. 10s).
+    #[arg(long, default_value_t = Limits::DEFAULT.header_read_timeout.into())]
+    header_timeout: humantime::Duration,
+    /// Longest time to read a batch's body (e.g. 60s); past it: 408.
+    #[arg(long, default_value_t = Limits::DEFAULT.body_read_timeout.into())]
+    body_timeout: humantime::Duration,
+    /// Most results one GET .../results returns.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_results_page)]
+    max_results_page: u32,
+    /// Longest wait on shutdown for requests in flight (e.g. 10s).
+    #[arg(long, default_value_t = Limits::DEFAULT.shutdown_grace.into())]
+    shutdown_grace: humantime::Duration,
+}
+
+impl Cli {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_batch_records: self.max_batch_records,
+            max_concurrent_batches: self.max_concurrent_batches,
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_timeout.into(),
+            body_read_timeout: self.body_timeout.into(),
+            max_results_page: self.max_results_page,
+            shutdown_grace: self.shutdown_grace.into(),
+        }
+    }
 }
 
 fn parse_pair(pair: &str) -> Result<(String, String), String> {
@@ -56,6 +99,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if tokens.is_empty() {
         anyhow::bail!("no device tokens: give --tokens FILE or --token DEVICE=TOKEN");
     }
+    let limits = cli.limits();
+    limits.check().map_err(anyhow::Error::msg)?;
     let store = Store::open(&cli.db)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -73,7 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
         use std::io::Write;
         std::io::stdout().flush()?;
-        sluice_collector::serve(listener, store, tokens, shutdown_signal()).await?;
+        sluice_collector::serve_with(listener, store, tokens, limits, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     // Do not wait for connections that a client left hanging.

@@ -1,45 +1,83 @@
 //! The collector's store: one SQLite file of results and batch keys.
 //!
 //! Invariants (exactly-once storage):
-//! * a batch key is stored with its records in one transaction; a batch
-//!   whose key is known is acknowledged again (`replayed`) without storing
-//!   anything, so a retried upload never stores twice;
-//! * results are unique by id (`PRIMARY KEY`; ids start with their device,
-//!   whose name cannot contain `/`), so even a batch re-formed under a new
-//!   key stores each result once;
+//! * a batch key is stored with its records, and the SHA-256 of the
+//!   records ([`content_digest`]), in one transaction; a known key with the
+//!   same digest is acknowledged again (`replayed`) without storing
+//!   anything, so a retried upload never stores twice; a known key with
+//!   another digest is refused ([`BatchError::KeyReused`]): acknowledging it
+//!   would make the device delete records that were never stored;
+//! * results are unique by device and id (`PRIMARY KEY(device, id)`): a
+//!   device can neither shadow nor be shadowed by another's ids, and a
+//!   batch re-formed under a new key stores each result once; an id sent
+//!   again with another body refuses the whole batch
+//!   ([`BatchError::IdConflict`]) rather than keep one of the two silently;
 //! * a commit returns only once it is on disk (WAL, `synchronous=FULL`), so
 //!   an acknowledged batch survives a crash of the collector;
 //! * the file is marked as a collector store (`application_id`,
-//!   `user_version`); another SQLite file is refused, not written into.
+//!   `user_version`); another SQLite file is refused, not written into;
+//!   a file of schema 1 (results unique by id alone) is migrated to
+//!   schema 2 when opened, in one transaction.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
 use sluice_protocol::{BatchAck, PROTOCOL_VERSION};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Marks a SQLite file as a Sluice collector store, "SLCC".
 const APPLICATION_ID: i32 = 0x534C_4343;
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS results(
-    id TEXT PRIMARY KEY,
+const RESULTS_TABLE: &str = "
+CREATE TABLE results(
     device TEXT NOT NULL,
+    id TEXT NOT NULL,
     pipeline TEXT NOT NULL,
     seq INTEGER NOT NULL,
     batch_key TEXT NOT NULL,
     received_at_ms INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    PRIMARY KEY(device, id)
 );
-CREATE INDEX IF NOT EXISTS results_device_seq ON results(device, seq);
-CREATE TABLE IF NOT EXISTS batches(
+CREATE INDEX results_device_seq ON results(device, seq);
+";
+
+/// `digest` is the hex SHA-256 of the batch's records ([`content_digest`]);
+/// NULL for batches stored by schema 1, which kept none.
+const BATCHES_TABLE: &str = "
+CREATE TABLE batches(
     device TEXT NOT NULL,
     key TEXT NOT NULL,
     received_at_ms INTEGER NOT NULL,
     stored INTEGER NOT NULL,
     duplicates INTEGER NOT NULL,
+    digest TEXT,
     PRIMARY KEY(device, key)
 );
+";
+
+/// Schema 1 to 2: results become unique by `(device, id)` and batches get
+/// their digest. SQLite cannot change a primary key in place, so the
+/// results are copied into a new table.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE results RENAME TO results_v1;
+DROP INDEX IF EXISTS results_device_seq;
+CREATE TABLE results(
+    device TEXT NOT NULL,
+    id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    batch_key TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY(device, id)
+);
+INSERT INTO results(device, id, pipeline, seq, batch_key, received_at_ms, body)
+    SELECT device, id, pipeline, seq, batch_key, received_at_ms, body FROM results_v1;
+DROP TABLE results_v1;
+CREATE INDEX results_device_seq ON results(device, seq);
+ALTER TABLE batches ADD COLUMN digest TEXT;
 ";
 
 /// A store operation failed.
@@ -62,6 +100,15 @@ pub enum StoreError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The file's schema is not one this collector knows (a newer
+    /// collector wrote it).
+    #[error("collector database {} has schema version {found}; this collector knows 1 and {SCHEMA_VERSION} (was it written by a newer sluice-collector?)", path.display())]
+    UnknownSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i32,
+    },
     /// The file is a SQLite database of something else.
     #[error("{} is not a Sluice collector database (application_id {found:#x})", path.display())]
     Foreign {
@@ -72,17 +119,75 @@ pub enum StoreError {
     },
 }
 
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The batch key is known, for other records.
+    #[error(
+        "batch key `{key}` was already used by device `{device}` for a batch with other records; a new batch needs a new key"
+    )]
+    KeyReused {
+        /// The device.
+        device: String,
+        /// The batch key.
+        key: String,
+    },
+    /// A record's id is already stored for its device, with another body.
+    #[error(
+        "record {index}: id `{id}` is already stored for device `{device}` with a different body; nothing of the batch was stored"
+    )]
+    IdConflict {
+        /// The device.
+        device: String,
+        /// The record's index in the batch.
+        index: usize,
+        /// Its id.
+        id: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// One record to store, already checked.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub struct Row<'a> {
     /// The record's id.
     pub id: String,
     /// Its pipeline.
     pub pipeline: String,
     /// Its sequence number.
     pub seq: i64,
-    /// The record as JSON text.
-    pub body: String,
+    /// The record as JSON text, as it was sent (borrowed from the batch
+    /// rather than copied: a batch can be tens of MiB).
+    pub body: &'a str,
+}
+
+/// The SHA-256 of a batch's records: each record's JSON text, in order,
+/// preceded by its length (8 bytes, little endian), so that no two
+/// different lists of records hash the same bytes.
+pub fn content_digest<'a>(records: impl IntoIterator<Item = &'a str>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for record in records {
+        hasher.update((record.len() as u64).to_le_bytes());
+        hasher.update(record.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// Whether two JSON texts of the same record are the same record: equal
+/// text, or equal values (a device re-serializing a record may change its
+/// spacing or key order, which is no conflict).
+fn same_record(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (
+                serde_json::from_str::<serde_json::Value>(a),
+                serde_json::from_str::<serde_json::Value>(b),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// The store. Methods block (they fsync): call them off async workers.
@@ -121,9 +226,9 @@ impl Store {
             });
         }
         if app == 0 {
-            // A new file, or one written before the marker existed: the
-            // schema below is the same (IF NOT EXISTS), and the tables of a
-            // foreign file would make it fail rather than be mixed into.
+            // A new file, or one written before the marker existed (schema
+            // 1, migrated below); the tables of a foreign file would make
+            // it fail rather than be mixed into.
             let foreign: i64 = conn
                 .query_row(
                     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN ('results', 'batches')",
@@ -137,10 +242,41 @@ impl Store {
                     found: app,
                 });
             }
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
+            let init = if tables == 0 {
+                format!("{RESULTS_TABLE} {BATCHES_TABLE} PRAGMA user_version = {SCHEMA_VERSION};")
+            } else {
+                "PRAGMA user_version = 1;".to_owned()
+            };
             conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {init} PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
             ))
             .map_err(sql)?;
+        }
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        match version {
+            1 => {
+                conn.execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(sql)?;
+                tracing::info!("migrated {} to schema {SCHEMA_VERSION}", path.display());
+            }
+            SCHEMA_VERSION => {}
+            found => {
+                return Err(StoreError::UnknownSchema {
+                    path: path.to_owned(),
+                    found,
+                });
+            }
         }
         Ok(Store {
             path: path.to_owned(),
@@ -166,22 +302,26 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Store batch `key` of `device` with its `rows`, once: a known key is
-    /// answered as replayed; ids already stored count as duplicates.
+    /// Store batch `key` of `device` with its `rows`, once: a known key
+    /// with the same records is answered as replayed, with other records
+    /// refused; ids already stored with the same body count as duplicates,
+    /// with another body refuse the batch. Nothing is stored unless the
+    /// whole batch is.
     pub fn store_batch(
         &self,
         device: &str,
         key: &str,
-        rows: &[Row],
-    ) -> Result<BatchAck, StoreError> {
+        rows: &[Row<'_>],
+    ) -> Result<BatchAck, BatchError> {
+        let digest = hex::encode(content_digest(rows.iter().map(|r| r.body)));
         let mut conn = self.lock();
-        let result = (|| -> rusqlite::Result<BatchAck> {
+        let result = (|| -> rusqlite::Result<Result<BatchAck, BatchError>> {
             let tx = conn.transaction()?;
-            let known: Option<(i64, i64)> = tx
+            let known: Option<(i64, i64, Option<String>)> = tx
                 .query_row(
-                    "SELECT stored, duplicates FROM batches WHERE device = ?1 AND key = ?2",
+                    "SELECT stored, duplicates, digest FROM batches WHERE device = ?1 AND key = ?2",
                     [device, key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
             let mut ack = BatchAck {
@@ -191,22 +331,33 @@ impl Store {
                 duplicates: 0,
                 replayed: false,
             };
-            if let Some((stored, duplicates)) = known {
+            if let Some((stored, duplicates, known_digest)) = known {
+                // Batches stored by schema 1 have no digest: they are
+                // acknowledged as before, since they cannot be compared.
+                if known_digest.is_some_and(|known| known != digest) {
+                    return Ok(Err(BatchError::KeyReused {
+                        device: device.to_owned(),
+                        key: key.to_owned(),
+                    }));
+                }
                 ack.stored = stored as u64;
                 ack.duplicates = duplicates as u64;
                 ack.replayed = true;
-                return Ok(ack);
+                return Ok(Ok(ack));
             }
             let now = now_ms();
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO results(id, device, pipeline, seq, batch_key, received_at_ms, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING",
+                    "INSERT INTO results(device, id, pipeline, seq, batch_key, received_at_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(device, id) DO NOTHING",
                 )?;
-                for row in rows {
+                let mut stored_body = tx.prepare_cached(
+                    "SELECT CAST(body AS TEXT) FROM results WHERE device = ?1 AND id = ?2",
+                )?;
+                for (index, row) in rows.iter().enumerate() {
                     if insert.execute(params![
-                        row.id,
                         device,
+                        row.id,
                         row.pipeline,
                         row.seq,
                         key,
@@ -215,19 +366,29 @@ impl Store {
                     ])? == 1
                     {
                         ack.stored += 1;
-                    } else {
-                        ack.duplicates += 1;
+                        continue;
                     }
+                    let existing: String =
+                        stored_body.query_row([device, &row.id], |r| r.get(0))?;
+                    if !same_record(&existing, row.body) {
+                        // Dropping `tx` rolls the batch back.
+                        return Ok(Err(BatchError::IdConflict {
+                            device: device.to_owned(),
+                            index,
+                            id: row.id.clone(),
+                        }));
+                    }
+                    ack.duplicates += 1;
                 }
             }
             tx.execute(
-                "INSERT INTO batches(device, key, received_at_ms, stored, duplicates) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![device, key, now, ack.stored as i64, ack.duplicates as i64],
+                "INSERT INTO batches(device, key, received_at_ms, stored, duplicates, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![device, key, now, ack.stored as i64, ack.duplicates as i64, digest],
             )?;
             tx.commit()?;
-            Ok(ack)
+            Ok(Ok(ack))
         })();
-        result.map_err(|e| self.sql(e))
+        result.map_err(|e| BatchError::Store(self.sql(e)))?
     }
 
     /// How many results are stored for `device`.

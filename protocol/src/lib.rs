@@ -387,13 +387,29 @@ pub struct BatchAck {
 pub struct ErrorBody {
     /// What was wrong, naming the thing and the cause.
     pub error: String,
+    /// The index (0-based, in `records`) of the record the error is about,
+    /// when it is about one record (`422` invalid record, `409` id already
+    /// stored with another body): a device that splits a refused batch can
+    /// set that record aside at once. Absent otherwise, and from collectors
+    /// that predate the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
 }
 
 impl ErrorBody {
-    /// An error body with `message`.
+    /// An error body with `message`, about the batch as a whole.
     pub fn new(message: impl Into<String>) -> ErrorBody {
         ErrorBody {
             error: message.into(),
+            record: None,
+        }
+    }
+
+    /// An error body with `message` about record `index` of the batch.
+    pub fn for_record(index: u64, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: message.into(),
+            record: Some(index),
         }
     }
 }
@@ -527,6 +543,20 @@ mod tests {
         assert_eq!(check_name("a/b"), Err(NameError::BadChar('/')));
         assert_eq!(check_name("a b"), Err(NameError::BadChar(' ')));
         assert_eq!(check_name(&"x".repeat(65)), Err(NameError::TooLong(65)));
+    }
+
+    #[test]
+    fn an_error_body_names_its_record_only_when_it_has_one() {
+        let batch = serde_json::to_value(ErrorBody::new("bad batch")).unwrap();
+        assert_eq!(batch, serde_json::json!({"error": "bad batch"}));
+        let record = serde_json::to_value(ErrorBody::for_record(3, "bad record")).unwrap();
+        assert_eq!(
+            record,
+            serde_json::json!({"error": "bad record", "record": 3})
+        );
+        // A body from a collector that predates the field still reads.
+        let old: ErrorBody = serde_json::from_str(r#"{"error":"x"}"#).unwrap();
+        assert_eq!(old.record, None);
     }
 
     #[test]

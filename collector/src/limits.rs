@@ -1,0 +1,141 @@
+//! Every bound the collector puts on what clients can make it hold: bytes,
+//! records, requests in progress, connections and time.
+//!
+//! Each has a default ([`Limits::DEFAULT`]), a `sluice-collector` flag (named
+//! in the field's documentation and in the error a client gets at the
+//! limit), and a row in `docs/limits.md`. The point of having all of them:
+//! what one client, authenticated or not, can make the collector allocate
+//! or keep open is bounded, so a broken or hostile device cannot take the
+//! collector down for the others ([`Limits::memory_bound`]).
+
+use std::time::Duration;
+
+/// The collector's bounds. Build with `Limits { field: value,
+/// ..Limits::default() }` (a field added later then gets its default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body read, as sent (compressed), in bytes
+    /// (`--max-body-bytes`). Past it: `413`, without reading further.
+    pub max_body_bytes: usize,
+    /// Largest batch after decompression, in bytes
+    /// (`--max-decompressed-bytes`): the guard against compression bombs.
+    /// Past it: `413`.
+    pub max_decompressed_bytes: usize,
+    /// Most records in one batch (`--max-batch-records`). Past it: `413`.
+    /// Bounds the per-record bookkeeping, which is not covered by the byte
+    /// limits (a batch of 10 million empty records fits in 32 MiB).
+    pub max_batch_records: usize,
+    /// Most batches read, decoded and stored at once
+    /// (`--max-concurrent-batches`). Past it a batch is answered `503` with
+    /// `Retry-After` at once, before its body is read: devices retry anyway,
+    /// and answering beats queueing, whose memory would be unbounded or
+    /// whose waits would run into the devices' own timeouts.
+    pub max_concurrent_batches: usize,
+    /// Most open connections (`--max-connections`). Past it new connections
+    /// wait, unaccepted, in the kernel's listen queue until one closes; the
+    /// timeouts below make sure one does.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers (`--header-timeout`), counted
+    /// from when the connection starts waiting for them: from the accept,
+    /// and on a kept-alive connection from the end of the previous answer,
+    /// so it is also the idle keep-alive timeout (that is how hyper's timer
+    /// works). Past it the connection is closed without an answer.
+    pub header_read_timeout: Duration,
+    /// Longest time to read a batch's body (`--body-timeout`), from the
+    /// handler's start. Past it: `408`.
+    pub body_read_timeout: Duration,
+    /// Most results one `GET .../results` returns (`--max-results-page`);
+    /// a larger `limit` is lowered to it.
+    pub max_results_page: u32,
+    /// Longest wait, on shutdown, for requests in flight to finish
+    /// (`--shutdown-grace`).
+    pub shutdown_grace: Duration,
+}
+
+/// Size of the buffer hyper reads one connection's headers and body chunks
+/// into (its `max_buf_size`; hyper's default is ~400 KiB). Headers larger
+/// than this are refused (`431`); it is what an idle or slow connection
+/// costs at most, so it multiplies [`Limits::max_connections`].
+pub const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
+
+/// What one accepted record costs besides its bytes: its borrowed JSON
+/// slice, its parsed header (id and pipeline, at most ~150 bytes once
+/// checked) and the row built from it. An over-estimate, for
+/// [`Limits::memory_bound`].
+pub const RECORD_OVERHEAD_BYTES: usize = 512;
+
+impl Limits {
+    /// The defaults of `sluice-collector`.
+    pub const DEFAULT: Limits = Limits {
+        max_body_bytes: 16 << 20,
+        max_decompressed_bytes: 32 << 20,
+        max_batch_records: 10_000,
+        max_concurrent_batches: 8,
+        max_connections: 512,
+        header_read_timeout: Duration::from_secs(10),
+        body_read_timeout: Duration::from_secs(60),
+        max_results_page: 10_000,
+        shutdown_grace: Duration::from_secs(10),
+    };
+
+    /// What requests can make the collector hold at once, in bytes, beyond
+    /// its baseline (code, SQLite's cache, threads): every batch in
+    /// progress with its compressed body, its decompressed text and its
+    /// records' bookkeeping, plus every connection's buffer. (A plain JSON
+    /// batch is not copied: its body is its text.)
+    pub fn memory_bound(&self) -> u64 {
+        let per_batch = self.max_body_bytes as u64
+            + self.max_decompressed_bytes as u64
+            + (self.max_batch_records * RECORD_OVERHEAD_BYTES) as u64;
+        self.max_concurrent_batches as u64 * per_batch
+            + self.max_connections as u64 * CONNECTION_BUFFER_BYTES as u64
+    }
+
+    /// Refuse limits that would make the collector unusable (a zero).
+    pub fn check(&self) -> Result<(), String> {
+        let zero = [
+            (
+                "max_body_bytes (--max-body-bytes)",
+                self.max_body_bytes == 0,
+            ),
+            (
+                "max_decompressed_bytes (--max-decompressed-bytes)",
+                self.max_decompressed_bytes == 0,
+            ),
+            (
+                "max_batch_records (--max-batch-records)",
+                self.max_batch_records == 0,
+            ),
+            (
+                "max_concurrent_batches (--max-concurrent-batches)",
+                self.max_concurrent_batches == 0,
+            ),
+            (
+                "max_connections (--max-connections)",
+                self.max_connections == 0,
+            ),
+            (
+                "header_read_timeout (--header-timeout)",
+                self.header_read_timeout.is_zero(),
+            ),
+            (
+                "body_read_timeout (--body-timeout)",
+                self.body_read_timeout.is_zero(),
+            ),
+            (
+                "max_results_page (--max-results-page)",
+                self.max_results_page == 0,
+            ),
+        ];
+        match zero.iter().find(|(_, is_zero)| *is_zero) {
+            Some((name, _)) => Err(format!("limit {name} must be more than 0")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::DEFAULT
+    }
+}

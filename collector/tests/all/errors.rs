@@ -1,0 +1,75 @@
+//! Errors a person running `sluice-collector` reads: the path and the cause.
+
+use std::process::Command;
+
+fn collector(db: &std::path::Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+        .args(["--listen", "127.0.0.1:0", "--token", "a=ta", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_database_in_a_folder_that_is_a_file_names_the_path_and_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let db = file.join("sub").join("c.db");
+    let (ok, stderr) = collector(&db);
+    assert!(!ok);
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+    assert!(stderr.contains("Not a directory"), "{stderr}");
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_names_the_path_and_the_cause() {
+    // A folder where the file should be (root ignores permissions, so an
+    // unwritable folder would not fail here).
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stderr) = collector(dir.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unable to open database file"), "{stderr}");
+
+    let foreign = dir.path().join("other.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE mine(x);")
+        .unwrap();
+    let (ok, stderr) = collector(&foreign);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&foreign.display().to_string())
+            && stderr.contains("not a Sluice collector database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_zero_limit_is_refused_naming_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "a=ta",
+            "--max-connections",
+            "0",
+            "--db",
+        ])
+        .arg(dir.path().join("c.db"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--max-connections"), "{stderr}");
+}

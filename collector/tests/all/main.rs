@@ -1,0 +1,10 @@
+//! The collector's integration tests, in one binary: real HTTP on
+//! loopback, real SQLite files in temporary folders, every wait bounded.
+
+mod batches;
+mod common;
+mod connections;
+mod errors;
+mod memory;
+mod props;
+mod store;
