@@ -75,6 +75,20 @@ enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Results the collector refused, kept aside: id, when, why.
+    SetAside {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the set-aside results again (once the collector that refused
+    /// them was fixed): they go back to pending, under the outbox's cap.
+    Requeue {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +189,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::Status { config, json }) => {
             cmd::run::outbox_status(&config, json)
         }
+        Command::Outbox(OutboxCommand::SetAside { config, json }) => {
+            cmd::run::outbox_set_aside(&config, json)
+        }
+        Command::Outbox(OutboxCommand::Requeue { config }) => cmd::run::outbox_requeue(&config),
         Command::Plugin(PluginCommand::Compile { config, data_dir }) => {
             cmd::inspect::plugin_compile(&config, data_dir)
         }

@@ -50,15 +50,55 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// `sluice outbox status --config FILE`: read-only, safe while the agent runs.
 pub fn outbox_status(config_path: &Path, json: bool) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
-    let path = config.device.data_dir.join(sluice::outbox::FILE_NAME);
-    let outbox = Outbox::open_read_only(&path, config.outbox.clone())?;
-    let status = outbox.status()?;
+    let status = open_read_only(config_path)?.status()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print!("{}", format_status(&status, now_ms()));
     }
+    Ok(())
+}
+
+fn open_read_only(config_path: &Path) -> anyhow::Result<Outbox> {
+    let config = Config::load(config_path)?;
+    let path = config.device.data_dir.join(sluice::outbox::FILE_NAME);
+    Ok(Outbox::open_read_only(&path, config.outbox)?)
+}
+
+/// `sluice outbox set-aside`: the records the collector refused.
+pub fn outbox_set_aside(config_path: &Path, json: bool) -> anyhow::Result<()> {
+    let records = open_read_only(config_path)?.set_aside_records(u32::MAX)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("no results set aside");
+    }
+    let now = now_ms();
+    for record in records {
+        println!(
+            "{}  ({} bytes, {:.0} s ago)\n  {}",
+            record.id,
+            record.bytes,
+            (now - record.set_aside_at_ms) as f64 / 1000.0,
+            record.reason
+        );
+    }
+    Ok(())
+}
+
+/// `sluice outbox requeue`: send the set-aside records again.
+pub fn outbox_requeue(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let outbox = Outbox::open_in(&config.device.data_dir, config.outbox)?;
+    let report = outbox.requeue_set_aside()?;
+    println!(
+        "requeued {} result(s) ({} already pending, {} refused by the outbox's cap)",
+        report.stored,
+        report.duplicates,
+        report.rejected_full + report.rejected_too_large
+    );
     Ok(())
 }
 
@@ -69,7 +109,7 @@ fn format_status(status: &Status, now: i64) -> String {
         None => "never".into(),
     };
     let mut text = format!(
-        "outbox:        {}\npending:       {} result(s), {} of {} bytes ({:.1}%)\noldest:        {}\nin flight:     {} batch(es)\njournal:       {} input(s) waiting, {} bytes\nlast sync:     {}\nlast error:    {}\n",
+        "outbox:        {}\npending:       {} result(s), {} of {} bytes ({:.1}%)\noldest:        {}\nin flight:     {} batch(es)\nset aside:     {} result(s) refused upstream, {} bytes (sluice outbox set-aside)\njournal:       {} input(s) waiting, {} bytes\nlast sync:     {}\nlast error:    {}\n",
         status.path.display(),
         status.pending_records,
         status.pending_bytes,
@@ -80,6 +120,8 @@ fn format_status(status: &Status, now: i64) -> String {
             None => "-".into(),
         },
         status.batches_in_flight,
+        status.set_aside_records,
+        status.set_aside_bytes,
         status.journal_items,
         status.journal_bytes,
         ago(status.last_sync_at_ms),

@@ -369,3 +369,55 @@ fn model_inspect_shows_io_operators_and_the_measured_execution_choice() {
         stderr(&unsupported)
     );
 }
+
+#[test]
+fn outbox_commands_show_requeue_and_count_what_the_collector_refused() {
+    use sluice::config::OutboxConfig;
+    use sluice::outbox::{NewRecord, Outbox, Split};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[device]\nid = \"gw\"\ndata_dir = \"data\"\n").unwrap();
+    {
+        let outbox = Outbox::open_in(&dir.path().join("data"), OutboxConfig::default()).unwrap();
+        outbox
+            .append(vec![NewRecord {
+                id: "gw/p/1".into(),
+                body: b"{}".to_vec(),
+            }])
+            .unwrap();
+        let batch = outbox.next_batch(10, 1 << 20).unwrap().unwrap();
+        let split = outbox
+            .split_batch(batch.id, "collector answered 422: record 0 is bad")
+            .unwrap();
+        assert_eq!(
+            split,
+            Split::SetAside {
+                id: "gw/p/1".into()
+            }
+        );
+    }
+    let config = config.to_str().unwrap();
+    let status = stdout(&sluice(&["outbox", "status", "--config", config]));
+    assert!(
+        status.contains("set aside:     1 result(s) refused upstream"),
+        "{status}"
+    );
+    assert!(status.contains("rejected_upstream    1"), "{status}");
+    let listed = stdout(&sluice(&["outbox", "set-aside", "--config", config]));
+    assert!(
+        listed.contains("gw/p/1") && listed.contains("record 0 is bad"),
+        "{listed}"
+    );
+    let requeued = sluice(&["outbox", "requeue", "--config", config]);
+    assert!(requeued.status.success(), "{}", stderr(&requeued));
+    assert!(
+        stdout(&requeued).contains("requeued 1 result(s)"),
+        "{}",
+        stdout(&requeued)
+    );
+    let status = stdout(&sluice(&["outbox", "status", "--config", config]));
+    assert!(
+        status.contains("pending:       1 result(s)") && status.contains("set aside:     0"),
+        "{status}"
+    );
+}

@@ -393,7 +393,7 @@ fn one_bad_record_is_set_aside_and_every_good_one_is_delivered() {
         aside[0].reason
     );
     // Once upstream is fixed, an operator sends it again.
-    assert_eq!(outbox.requeue_set_aside().unwrap().duplicates, 0);
+    assert_eq!(outbox.requeue_set_aside().unwrap().stored, 1);
     assert_eq!(outbox.status().unwrap().set_aside_records, 0);
     assert_eq!(outbox.pending().0, 1);
 }
@@ -420,4 +420,38 @@ fn a_refusal_that_is_not_about_the_records_keeps_everything() {
     }
     sync(&uploader(&outbox, &collector.url(), TOKEN)).unwrap();
     assert_all_once(&collector, 10);
+}
+
+#[test]
+fn a_result_id_already_stored_with_other_content_is_a_conflict_not_an_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let first = outbox_with(&dir.path().join("a"), 3);
+    sync(&uploader(&first, &collector.url(), TOKEN)).unwrap();
+    // Another outbox of the same device makes a different record under an
+    // id already delivered (what clock-based ids did after a reset).
+    let second = Arc::new(
+        Outbox::open_in(
+            &dir.path().join("b").join("device"),
+            OutboxConfig::default(),
+        )
+        .unwrap(),
+    );
+    let mut clash = doc(DEVICE, 1);
+    clash.body = String::from_utf8(clash.body)
+        .unwrap()
+        .replace("\"label\":1", "\"label\":7")
+        .into_bytes();
+    second.append(vec![clash, doc(DEVICE, 3)]).unwrap();
+    let report = sync(&uploader(&second, &collector.url(), TOKEN)).unwrap();
+    assert_eq!((report.records, report.set_aside), (1, 1), "{report:?}");
+    let status = second.status().unwrap();
+    assert_eq!(
+        status.counters[counter::UPLOADED],
+        1,
+        "the clash is not counted as uploaded"
+    );
+    let aside = second.set_aside_records(10).unwrap();
+    assert!(aside[0].reason.contains("409"), "{}", aside[0].reason);
+    assert_all_once(&collector, 4);
 }
