@@ -451,14 +451,21 @@ impl SyncConfig {
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// A folder watched for input files; each is deleted once durably accepted.
-    /// Writers should create files under a name starting with `.` and rename
-    /// them when complete: dot files are ignored.
+    /// Dot files are ignored: writers should create files under a name
+    /// starting with `.` and rename them when complete (otherwise a file is
+    /// taken once it stayed unchanged for `settle_ms`).
     pub folder: Option<PathBuf>,
     /// The pipeline for files of `folder`; default: the only pipeline.
     pub folder_pipeline: Option<String>,
     /// How often the folder is scanned.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// A file of `folder` is taken only once its size and modification time
+    /// stayed the same for this long, so a file still being written is not
+    /// taken half-written. Writers that create files under a dot name and
+    /// rename them when complete can set 0.
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
     /// Address of the local HTTP ingest endpoint, e.g. `127.0.0.1:8470`
     /// (port 0: any free port, printed at start-up).
     pub listen: Option<String>,
@@ -484,6 +491,7 @@ impl Default for IngestConfig {
             folder: None,
             folder_pipeline: None,
             poll_ms: default_poll_ms(),
+            settle_ms: default_settle_ms(),
             listen: None,
             max_input_bytes: default_max_input_bytes(),
             max_pending_bytes: default_max_pending_bytes(),
@@ -495,6 +503,9 @@ impl Default for IngestConfig {
 
 fn default_poll_ms() -> u64 {
     250
+}
+fn default_settle_ms() -> u64 {
+    500
 }
 fn default_max_input_bytes() -> usize {
     16 << 20

@@ -217,6 +217,12 @@ pub enum ItemError {
         /// What failed.
         message: String,
     },
+    /// Ingest refused the input (too large): it never reached the pipeline.
+    #[error("refused at ingest: {message}")]
+    Refused {
+        /// Why.
+        message: String,
+    },
     /// The model's scheduler could not take the item now (its queue was
     /// full, the item waited past `request_timeout_ms`, or it is stopping).
     /// Back-pressure, not a result: the agent keeps such inputs journaled
@@ -241,6 +247,7 @@ impl ItemError {
             ItemError::PluginFault { .. } => "plugin-fault",
             ItemError::Inference { .. } => "inference",
             ItemError::Busy { .. } => "busy",
+            ItemError::Refused { .. } => "refused",
         }
     }
 

@@ -21,7 +21,7 @@
 use crate::outbox::{JournalItem, NewRecord, Outbox};
 use crate::pipeline::{Outcome, Pipeline, process_all};
 use crate::record::{ItemInfo, result_record, to_outbox};
-use crate::types::{Metadata, RawItem};
+use crate::types::{ItemError, Metadata, RawItem};
 use crate::wake::{Wake, backoff};
 use sluice_protocol::Provenance;
 use std::sync::Arc;
@@ -126,6 +126,30 @@ impl Worker {
     /// backoff, until taken or the worker stops.
     fn process(&self, items: &[JournalItem]) -> Vec<Outcome> {
         let name = self.pipeline.name();
+        if items.iter().any(|item| item.refused.is_some()) {
+            // Inputs refused at ingest have their failure as their result;
+            // the others run.
+            let (refused, run): (Vec<usize>, Vec<usize>) =
+                (0..items.len()).partition(|&i| items[i].refused.is_some());
+            let run_items: Vec<JournalItem> = run.iter().map(|&i| items[i].clone()).collect();
+            let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
+            for (i, outcome) in run.into_iter().zip(self.process(&run_items)) {
+                outcomes[i] = Some(outcome);
+            }
+            for i in refused {
+                outcomes[i] = Some(Outcome {
+                    id: self.outbox.result_id(&self.device, name, items[i].seq),
+                    result: Err(ItemError::Refused {
+                        message: items[i].refused.clone().unwrap_or_default(),
+                    }),
+                    timings: Default::default(),
+                });
+            }
+            return outcomes
+                .into_iter()
+                .map(|o| o.expect("every item has an outcome"))
+                .collect();
+        }
         let raw = |item: &JournalItem| {
             let mut meta = Metadata::new(
                 self.outbox.result_id(&self.device, name, item.seq),

@@ -91,9 +91,11 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
     config.ingest.folder = Some(inbox.clone());
     config.ingest.folder_pipeline = None;
     config.ingest.listen = None;
-
     // Inputs arrive as a writer should deliver them: written under a dot
-    // name, then renamed, so the agent never reads a half-written file.
+    // name, then renamed, so the agent never reads a half-written file and
+    // need not wait for files to settle.
+    config.ingest.settle_ms = 0;
+
     for image in &images {
         let name = image.file_name().unwrap();
         let partial = inbox.join(format!(".{}", name.to_string_lossy()));

@@ -6,19 +6,30 @@
 //!   claim name; the claim name is committed with the journal row, so a crash
 //!   between accepting and deleting the file never ingests it twice, and a
 //!   claimed file not yet accepted is accepted at the next scan;
-//! * dot files are ignored: writers create files under a dot name and
-//!   rename them when complete;
+//! * only complete files are claimed: dot files are ignored (writers create
+//!   files under a dot name and rename them when complete), and any other
+//!   file only once its size and modification time stayed the same for
+//!   `ingest.settle_ms` (measured on the monotonic clock, whatever the
+//!   file's timestamps say);
+//! * only regular files are read, opened without following links and
+//!   without blocking (a FIFO or a device never stalls ingest), and never
+//!   more than `max_input_bytes` of them;
+//! * a file too large to accept is not silently deleted: it becomes a
+//!   failed result (`refused`), counted and shipped like any other;
 //! * files are accepted in groups, one transaction (one fsync) per group;
-//! * one bad file (unreadable, too large, gone) fails alone: the others flow;
+//! * one bad file (unreadable, a directory, a name too long, gone) fails
+//!   alone, reported once: the others flow;
 //! * when too many inputs wait (back-pressure), files stay in the folder.
 
 use super::{Context, Incoming, IngestError, Running, Sink, Source};
 use crate::config::IngestConfig;
 use crate::outbox::NewInput;
 use crate::wake::{Wake, backoff};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Subfolder of the ingest folder holding files being accepted.
 pub const CLAIM_DIR: &str = ".sluice-claimed";
@@ -27,12 +38,15 @@ pub const CLAIM_DIR: &str = ".sluice-claimed";
 const ACCEPT_GROUP_FILES: usize = 256;
 /// Bytes of claimed files read per transaction, at most (besides one file).
 const ACCEPT_GROUP_BYTES: u64 = 16 << 20;
+/// Longest file name most filesystems take (bytes).
+const NAME_MAX: usize = 255;
 
 /// The folder source.
 pub struct FolderSource {
     folder: PathBuf,
     pipeline: Option<String>,
     poll: Duration,
+    settle: Duration,
 }
 
 impl FolderSource {
@@ -52,6 +66,7 @@ impl FolderSource {
                 .clone()
                 .or(default_pipeline.map(str::to_owned)),
             poll: Duration::from_millis(config.poll_ms),
+            settle: Duration::from_millis(config.settle_ms),
         }))
     }
 }
@@ -80,9 +95,12 @@ impl Source for FolderSource {
             claimed,
             pipeline,
             poll: self.poll,
+            settle: self.settle,
             sink,
             wake: wake.clone(),
             counter: 0,
+            seen: HashMap::new(),
+            reported: HashSet::new(),
         };
         let thread = std::thread::Builder::new()
             .name("sluice-folder".into())
@@ -99,9 +117,24 @@ impl Source for FolderSource {
 }
 
 /// A claim name: `<ms since epoch, 20 digits>-<counter, 6 digits>-<original name>`,
-/// unique within the folder and sorting in arrival order.
+/// unique within the folder and sorting in arrival order. An original name
+/// too long to fit is cut (keeping its extension, which tells its type).
 fn claim_name(now_ms: i64, counter: u64, original: &str) -> String {
-    format!("{now_ms:020}-{:06}-{original}", counter % 1_000_000)
+    let prefix = format!("{now_ms:020}-{:06}-", counter % 1_000_000);
+    let room = NAME_MAX - prefix.len();
+    if original.len() <= room {
+        return prefix + original;
+    }
+    let extension = Path::new(original)
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .filter(|e| e.len() < 32)
+        .unwrap_or_default();
+    let mut cut = room - extension.len() - 1;
+    while !original.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}~{extension}", &original[..cut])
 }
 
 /// The original file name inside a claim name.
@@ -113,8 +146,15 @@ fn original_name(claim: &str) -> &str {
 enum Unusable {
     /// Not now (unreadable, not a regular file): leave it where it is.
     Keep(String),
-    /// Never (too large): delete it.
+    /// Never (too large): its result is this failure.
     Refuse(String),
+}
+
+/// What a file looked like when first seen unchanged.
+struct Sighting {
+    len: u64,
+    modified: Option<SystemTime>,
+    since: Instant,
 }
 
 struct Watcher {
@@ -122,9 +162,15 @@ struct Watcher {
     claimed: PathBuf,
     pipeline: String,
     poll: Duration,
+    settle: Duration,
     sink: Arc<Sink>,
     wake: Arc<Wake>,
     counter: u64,
+    /// Files of the folder not yet claimed, as last seen (bounded by the
+    /// folder's contents: forgotten once gone).
+    seen: HashMap<PathBuf, Sighting>,
+    /// Claims that cannot be taken and were reported (reported once).
+    reported: HashSet<String>,
 }
 
 impl Watcher {
@@ -157,12 +203,40 @@ impl Watcher {
                 return;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.path())
-            .collect();
+        let now = Instant::now();
+        let mut present = HashSet::new();
+        let mut files: Vec<PathBuf> = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            if !entry.file_type().is_ok_and(|t| t.is_file())
+                || entry.file_name().to_string_lossy().starts_with('.')
+            {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let path = entry.path();
+            present.insert(path.clone());
+            let (len, modified) = (meta.len(), meta.modified().ok());
+            let settled = match self.seen.get(&path) {
+                Some(s) if s.len == len && s.modified == modified => {
+                    now.duration_since(s.since) >= self.settle
+                }
+                _ => {
+                    self.seen.insert(
+                        path.clone(),
+                        Sighting {
+                            len,
+                            modified,
+                            since: now,
+                        },
+                    );
+                    self.settle.is_zero()
+                }
+            };
+            if settled {
+                files.push(path);
+            }
+        }
+        self.seen.retain(|path, _| present.contains(path));
         files.sort();
         for path in files {
             if self.sink.check_room(0).is_err() {
@@ -175,40 +249,64 @@ impl Watcher {
                 .into_owned();
             self.counter += 1;
             let claim = claim_name(crate::outbox::now_ms(), self.counter, &name);
-            if let Err(e) = std::fs::rename(&path, self.claimed.join(&claim)) {
+            match std::fs::rename(&path, self.claimed.join(&claim)) {
+                Ok(()) => {
+                    self.seen.remove(&path);
+                }
                 // Gone meanwhile, or not ours to move: the others go on.
-                tracing::error!(file = %path.display(), "cannot claim: {e}");
+                Err(e) => {
+                    if self.reported.insert(path.display().to_string()) {
+                        tracing::error!(file = %path.display(), "cannot claim it ({e}); the others go on");
+                    }
+                }
             }
         }
     }
 
     /// Read one claimed file as an input, or say why not now, or never.
-    fn read_claim(&self, claim: &str) -> Result<Incoming, Unusable> {
+    fn read_claim(&self, claim: &str) -> Result<Vec<u8>, Unusable> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.claimed.join(claim);
         let keep = |e: std::io::Error| Unusable::Keep(e.to_string());
-        let meta = std::fs::symlink_metadata(&path).map_err(keep)?;
+        // Not following links, not blocking: whatever sits under this name
+        // now (a FIFO, a device, a link swapped in after the listing) is
+        // looked at through this handle only.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(keep)?;
+        let meta = file.metadata().map_err(keep)?;
         if !meta.is_file() {
             return Err(Unusable::Keep("not a regular file".into()));
         }
-        // Checked before reading: a huge file must not be read into memory.
+        // Checked before reading, and the read is bounded: a huge file (or
+        // one still growing) is never read into memory.
         let too_large = |e: IngestError| Unusable::Refuse(e.to_string());
         self.sink.check_size(meta.len()).map_err(too_large)?;
-        let data = std::fs::read(&path).map_err(keep)?;
+        let max = self.sink.max_input_bytes();
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        (&mut file)
+            .take(max + 1)
+            .read_to_end(&mut data)
+            .map_err(keep)?;
         self.sink.check_size(data.len() as u64).map_err(too_large)?;
+        Ok(data)
+    }
+
+    /// The input a claimed file makes, with `data`.
+    fn input(&self, claim: &str, data: Vec<u8>) -> NewInput {
         let original = original_name(claim).to_owned();
-        Ok(Incoming {
-            input: NewInput {
-                pipeline: self.pipeline.clone(),
-                content_type: super::content_type_of(Path::new(&original)).to_owned(),
-                attributes: vec![("file".into(), original)],
-                data,
-            },
-            claim: Some(claim.to_owned()),
-        })
+        NewInput {
+            pipeline: self.pipeline.clone(),
+            content_type: super::content_type_of(Path::new(&original)).to_owned(),
+            attributes: vec![("file".into(), original)],
+            data,
+        }
     }
 
     /// Accept every claimed file into the journal, then delete it, in groups.
-    fn accept_claimed_files(&self) -> Result<(), IngestError> {
+    fn accept_claimed_files(&mut self) -> Result<(), IngestError> {
         let mut names: Vec<String> = std::fs::read_dir(&self.claimed)
             .map_err(|e| IngestError::Setup {
                 source_name: format!("folder {}", self.folder.display()),
@@ -231,22 +329,29 @@ impl Watcher {
                     continue;
                 }
                 match self.read_claim(&claim) {
-                    Ok(incoming) => {
-                        bytes += incoming.input.data.len() as u64;
-                        group.push(incoming);
+                    Ok(data) => {
+                        bytes += data.len() as u64;
+                        group.push(Incoming {
+                            input: self.input(&claim, data),
+                            claim: Some(claim),
+                        });
                     }
                     Err(Unusable::Refuse(reason)) => {
-                        tracing::error!(
+                        tracing::warn!(
                             file = original_name(&claim),
-                            "not an acceptable input ({reason}); deleted"
+                            "refused ({reason}); its result says so"
                         );
+                        self.sink
+                            .refuse(&self.input(&claim, Vec::new()), &reason, Some(&claim))?;
                         done.push(claim);
                     }
                     Err(Unusable::Keep(reason)) => {
-                        tracing::error!(
-                            file = %self.claimed.join(&claim).display(),
-                            "cannot take it ({reason}); left in place, the others go on"
-                        );
+                        if self.reported.insert(claim.clone()) {
+                            tracing::error!(
+                                file = %self.claimed.join(&claim).display(),
+                                "cannot take it ({reason}); left in place, the others go on"
+                            );
+                        }
                     }
                 }
             }
@@ -272,6 +377,18 @@ impl Watcher {
                 })?;
             self.sink.outbox.forget_claims(&done)?;
         }
+        // Forget reports of claims that are gone (bounded by the folder).
+        let left: HashSet<String> = std::fs::read_dir(&self.claimed)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let seen = &self.seen;
+        self.reported
+            .retain(|name| left.contains(name) || seen.contains_key(Path::new(name)));
         Ok(())
     }
 }
@@ -288,5 +405,14 @@ mod tests {
         assert_eq!(original_name(&b), "a.png");
         assert!(a < b);
         assert!(claim_name(999, 1_000_001, "z") < claim_name(1000, 0, "a"));
+    }
+
+    #[test]
+    fn a_claim_name_always_fits_a_file_name_and_keeps_the_extension() {
+        let long = format!("{}.png", "ä".repeat(120)); // 244 bytes
+        let claim = claim_name(1_700_000_000_000, 1, &long);
+        assert!(claim.len() <= NAME_MAX, "{}", claim.len());
+        assert!(claim.ends_with("~.png"), "{claim}");
+        assert!(original_name(&claim).starts_with("ää"));
     }
 }

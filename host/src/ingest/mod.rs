@@ -209,6 +209,25 @@ impl Sink {
             .collect())
     }
 
+    /// Record durably that `input` (given without its data) was refused
+    /// for `reason`: its result will be that failure, counted and shipped
+    /// like any other. Blocks (fsync).
+    pub fn refuse(
+        &self,
+        input: &NewInput,
+        reason: &str,
+        claim: Option<&str>,
+    ) -> Result<Accepted, IngestError> {
+        self.check_pipeline(&input.pipeline)?;
+        let seq = self.outbox.accept_refused(input, reason, claim)?;
+        self.workers[&input.pipeline].wake();
+        Ok(Accepted {
+            id: self.outbox.result_id(&self.device, &input.pipeline, seq),
+            seq,
+            replayed: false,
+        })
+    }
+
     /// Accept `input` durably under idempotency `key`: a retry of an
     /// accepted input (same key, same pipeline, type and bytes) gets the
     /// first acceptance back and stores nothing. Blocks (fsync).

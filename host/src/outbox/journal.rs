@@ -52,6 +52,9 @@ pub struct JournalItem {
     pub data: Vec<u8>,
     /// When it was accepted, ms since the Unix epoch.
     pub accepted_at_ms: i64,
+    /// Why ingest refused it ([`Outbox::accept_refused`]): its result is
+    /// this failure, and `data` is empty.
+    pub refused: Option<String>,
 }
 
 /// What [`Outbox::accept_keyed`] did.
@@ -170,6 +173,36 @@ impl Outbox {
         })
     }
 
+    /// Journal an input that ingest refused (too large, say), without its
+    /// data, so that its failure becomes a result record like any other
+    /// (counted, visible upstream) instead of a log line. `claimed_file` is
+    /// remembered as [`Outbox::accept_many`] does. Returns its sequence number.
+    pub fn accept_refused(
+        &self,
+        input: &NewInput,
+        reason: &str,
+        claimed_file: Option<&str>,
+    ) -> Result<i64, OutboxError> {
+        self.write(|tx, _| {
+            let empty = NewInput {
+                data: Vec::new(),
+                ..input.clone()
+            };
+            let seq = insert_input(tx, &empty)?;
+            tx.execute(
+                "UPDATE journal SET refused = ?1 WHERE seq = ?2",
+                params![reason, seq],
+            )?;
+            if let Some(name) = claimed_file {
+                tx.execute(
+                    "INSERT OR IGNORE INTO claimed_files(name) VALUES (?1)",
+                    [name],
+                )?;
+            }
+            Ok(seq)
+        })
+    }
+
     /// Bytes of inputs accepted but not yet processed. Never waits for the
     /// connection: it reads a mirror updated after each commit.
     pub fn journal_bytes(&self) -> u64 {
@@ -186,7 +219,7 @@ impl Outbox {
     ) -> Result<Vec<JournalItem>, OutboxError> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms FROM journal
+                "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms, refused FROM journal
                  WHERE pipeline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?
             .query_map(params![pipeline, after, limit as i64], |r| {
@@ -198,6 +231,7 @@ impl Outbox {
                     attributes: serde_json::from_str(&attributes).unwrap_or_default(),
                     data: r.get(4)?,
                     accepted_at_ms: r.get(5)?,
+                    refused: r.get(6)?,
                 })
             })?
             .collect()

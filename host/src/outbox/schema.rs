@@ -37,8 +37,11 @@ const SCHEMA_VERSION: i32 = 4;
 /// older outbox at open (in one transaction), so an upgrade keeps its data.
 const MIGRATIONS: &[(i32, &str)] = &[(2, INGEST_KEYS), (3, INSTANCE), (4, SET_ASIDE)];
 
-/// Version 4: records the collector refused, kept (see `set_aside.rs`).
+/// Version 4: records the collector refused, kept (see `set_aside.rs`); and
+/// inputs refused at ingest, journaled without their data so that their
+/// failure is a result like any other (see `journal.rs`).
 const SET_ASIDE: &str = "
+ALTER TABLE journal ADD COLUMN refused TEXT;
 CREATE TABLE set_aside(
     id TEXT PRIMARY KEY,
     created_at_ms INTEGER NOT NULL,

@@ -628,3 +628,109 @@ fn a_full_model_queue_holds_inputs_back_and_never_becomes_a_result() {
         "back-pressure stored as results: {failed:?}"
     );
 }
+
+#[test]
+fn one_bad_file_fails_alone_and_a_file_still_being_written_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let inbox = dir.path().join("inbox");
+    let claimed = inbox.join(".sluice-claimed");
+    std::fs::create_dir_all(&claimed).unwrap();
+    let file = write_config(dir.path(), &collector.url(), Some(&inbox));
+    let mut config = sluice::config::Config::load(&file).unwrap();
+    config.ingest.listen = None;
+    config.ingest.settle_ms = 400;
+    config.ingest.max_input_bytes = 4096;
+    let images = images();
+    // Good files, one with a name too long to carry a claim prefix.
+    for n in 0..5 {
+        std::fs::write(inbox.join(format!("good-{n}.png")), &images[n]).unwrap();
+    }
+    let long = format!("{}.png", "x".repeat(240));
+    std::fs::write(inbox.join(&long), &images[5]).unwrap();
+    // Too large: a failed result, not a silent deletion.
+    std::fs::write(inbox.join("huge.png"), vec![7u8; 10_000]).unwrap();
+    // Neither FIFOs nor a directory stall anything.
+    for fifo in [inbox.join("pipe.png"), claimed.join("00-000000-pipe.png")] {
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    std::fs::create_dir(claimed.join("00-000001-dir.png")).unwrap();
+    let agent = sluice::agent::Agent::start(config).unwrap();
+    // A file written slowly, in three parts: taken only once complete.
+    let slow = inbox.join("slow.png");
+    let image = images[6].clone();
+    let third = image.len() / 3;
+    for part in [
+        &image[..third],
+        &image[third..2 * third],
+        &image[2 * third..],
+    ] {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&slow)
+            .unwrap();
+        f.write_all(part).unwrap();
+        drop(f);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let arrived = wait_until(Duration::from_secs(30), || stored(&collector).len() == 8);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        agent.shutdown();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "shutdown hung"
+    );
+    let results = stored(&collector);
+    assert!(
+        arrived,
+        "{} of 8 arrived: {:?}",
+        results.len(),
+        results.keys()
+    );
+    let by_file: BTreeMap<String, &serde_json::Value> = results
+        .values()
+        .map(|doc| {
+            (
+                doc["input"]["attributes"]["file"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                doc,
+            )
+        })
+        .collect();
+    let huge = by_file["huge.png"];
+    assert_eq!(huge["error"]["kind"], "refused", "{huge}");
+    assert!(
+        huge["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_input_bytes"),
+        "{huge}"
+    );
+    let slow = by_file["slow.png"];
+    assert!(slow.get("result").is_some(), "taken half-written: {slow}");
+    assert_eq!(slow["input"]["bytes"], image.len());
+    let long_one = by_file
+        .keys()
+        .find(|name| name.starts_with("xxxx"))
+        .expect("the long name");
+    assert!(by_file[long_one].get("result").is_some());
+    for n in 0..5 {
+        assert!(by_file[&format!("good-{n}.png")].get("result").is_some());
+    }
+    // What could not be taken is still there, untouched.
+    assert!(claimed.join("00-000001-dir.png").is_dir());
+    assert!(inbox.join("pipe.png").exists());
+}

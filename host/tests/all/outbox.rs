@@ -517,7 +517,7 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
     // What version 1 had: no idempotency keys, no instance id, nothing set aside.
     let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
     conn.execute_batch(
-        "DROP TABLE ingest_keys; DROP TABLE set_aside; DELETE FROM meta WHERE key = 'instance'; PRAGMA user_version = 1;",
+        "DROP TABLE ingest_keys; DROP TABLE set_aside; ALTER TABLE journal DROP COLUMN refused; DELETE FROM meta WHERE key = 'instance'; PRAGMA user_version = 1;",
     )
     .unwrap();
     drop(conn);
