@@ -20,13 +20,13 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use sluice_protocol::{
     self as protocol, DeviceCount, DeviceResults, ErrorBody, PROTOCOL_VERSION, RecordHeader,
 };
+use sluice_serve::BodyError;
 use std::io::Read;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -127,10 +127,7 @@ async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         Err(response) => return response,
     };
     let limits = &shared.limits;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = sluice_serve::content_length(&headers);
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return too_large(
             "the request body",
@@ -153,52 +150,35 @@ async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
             .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         return response;
     };
-    let capacity = declared.unwrap_or(0) as usize;
-    let body = match tokio::time::timeout(
+    let body = match sluice_serve::read_body(
+        body,
+        declared,
+        limits.max_body_bytes,
         limits.body_read_timeout,
-        read_body(body, capacity, limits.max_body_bytes),
     )
     .await
     {
-        Ok(Ok(body)) => body,
-        Ok(Err(response)) => return response,
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body was not received within {:?} (collector flag --body-timeout)",
-                    limits.body_read_timeout
-                ),
+        Ok(body) => body,
+        Err(BodyError::TooLarge { .. }) => {
+            return too_large(
+                "the request body",
+                limits.max_body_bytes,
+                "--max-body-bytes",
             );
         }
+        Err(e @ BodyError::TimedOut { .. }) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("{e} (collector flag --body-timeout)"),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     blocking(move || {
         let _permit: OwnedSemaphorePermit = permit;
         store_batch(&shared, &device, &headers, body)
     })
     .await
-}
-
-/// Read `body` into one buffer of at most `limit` bytes. (Not
-/// `Collected::to_bytes`, which copies a body that came in several
-/// chunks: twice the memory at its peak.)
-async fn read_body(mut body: Body, capacity: usize, limit: usize) -> Result<Vec<u8>, Response> {
-    let mut out = Vec::with_capacity(capacity.min(limit));
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
-                return Err(too_large("the request body", limit, "--max-body-bytes"));
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok(out)
 }
 
 /// The batch's JSON text: the body itself, or the body decompressed within

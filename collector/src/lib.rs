@@ -35,7 +35,6 @@
 
 pub mod http;
 mod limits;
-mod server;
 pub mod store;
 mod tokens;
 
@@ -123,7 +122,7 @@ impl Collector {
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)
                         .expect("a bound, non-blocking std listener converts");
-                    server::run(listener, app, &limits, async {
+                    sluice_serve::serve("collector", listener, app, &limits.serve(), async {
                         let _ = rx.await;
                     })
                     .await;
@@ -195,6 +194,6 @@ pub async fn serve_with(
     }
     limits.check().map_err(CollectorError::Limits)?;
     let app = http::router_with(store, tokens, limits.clone());
-    server::run(listener, app, &limits, shutdown).await;
+    sluice_serve::serve("collector", listener, app, &limits.serve(), shutdown).await;
     Ok(())
 }

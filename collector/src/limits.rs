@@ -52,6 +52,18 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+impl Limits {
+    /// What [`sluice_serve::serve`] needs of these.
+    pub fn serve(&self) -> sluice_serve::ServeLimits {
+        sluice_serve::ServeLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            max_buf_size: CONNECTION_BUFFER_BYTES,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
 /// Size of the buffer hyper reads one connection's headers and body chunks
 /// into (its `max_buf_size`; hyper's default is ~400 KiB). Headers larger
 /// than this are refused (`431`); it is what an idle or slow connection

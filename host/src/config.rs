@@ -425,25 +425,39 @@ impl SyncConfig {
 
     /// The bearer token, from `token` or `token_file`.
     pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.token {
-            return Ok(Some(token.clone()));
-        }
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
-            path: path.clone(),
-            source,
-        })?;
-        let token = text.lines().next().unwrap_or("").trim().to_owned();
-        if token.is_empty() {
-            return Err(ConfigError::value(
-                "sync.token_file",
-                format!("{} is empty", path.display()),
-            ));
-        }
-        Ok(Some(token))
+        bearer_token(
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+            "sync.token_file",
+        )
     }
+}
+
+/// A bearer token given inline or as the first line of a file (`key`).
+fn bearer_token(
+    token: Option<&String>,
+    file: Option<&PathBuf>,
+    key: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(token) = token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+        key,
+        path: path.clone(),
+        source,
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        return Err(ConfigError::value(
+            key,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// `[ingest]`: where `sluice run` takes inputs from (see [`crate::agent`]).
@@ -467,8 +481,33 @@ pub struct IngestConfig {
     #[serde(default = "default_settle_ms")]
     pub settle_ms: u64,
     /// Address of the local HTTP ingest endpoint, e.g. `127.0.0.1:8470`
-    /// (port 0: any free port, printed at start-up).
+    /// (port 0: any free port, printed at start-up). An address beyond
+    /// loopback needs `token` (or `token_file`), or
+    /// `insecure_allow_anyone = true`.
     pub listen: Option<String>,
+    /// Bearer token HTTP ingest requires (`Authorization: Bearer TOKEN`);
+    /// none: anyone who can reach `listen` may post inputs.
+    pub token: Option<String>,
+    /// A file holding the ingest token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without a token, knowingly (logged loudly at
+    /// every start).
+    #[serde(default)]
+    pub insecure_allow_anyone: bool,
+    /// HTTP ingest connections open at once, at most; more wait unaccepted.
+    #[serde(default = "default_ingest_max_connections")]
+    pub max_connections: usize,
+    /// HTTP ingest requests reading or storing their body at once, at most;
+    /// more are answered `503` at once. Bodies in memory are bounded by this
+    /// times `max_input_bytes`.
+    #[serde(default = "default_ingest_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Deadline for a request's head (also the idle keep-alive timeout).
+    #[serde(default = "default_ingest_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Deadline for a request's body once its head arrived; past it `408`.
+    #[serde(default = "default_ingest_body_timeout_ms")]
+    pub body_timeout_ms: u64,
     /// Largest accepted input.
     #[serde(default = "default_max_input_bytes")]
     pub max_input_bytes: usize,
@@ -493,6 +532,13 @@ impl Default for IngestConfig {
             poll_ms: default_poll_ms(),
             settle_ms: default_settle_ms(),
             listen: None,
+            token: None,
+            token_file: None,
+            insecure_allow_anyone: false,
+            max_connections: default_ingest_max_connections(),
+            max_concurrent_requests: default_ingest_max_concurrent_requests(),
+            header_timeout_ms: default_ingest_header_timeout_ms(),
+            body_timeout_ms: default_ingest_body_timeout_ms(),
             max_input_bytes: default_max_input_bytes(),
             max_pending_bytes: default_max_pending_bytes(),
             idempotency_window_secs: default_idempotency_window_secs(),
@@ -506,6 +552,29 @@ fn default_poll_ms() -> u64 {
 }
 fn default_settle_ms() -> u64 {
     500
+}
+fn default_ingest_max_connections() -> usize {
+    64
+}
+fn default_ingest_max_concurrent_requests() -> usize {
+    4
+}
+fn default_ingest_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_ingest_body_timeout_ms() -> u64 {
+    60_000
+}
+
+impl IngestConfig {
+    /// The token HTTP ingest requires, from `token` or `token_file`.
+    pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
+        bearer_token(
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+            "ingest.token_file",
+        )
+    }
 }
 fn default_max_input_bytes() -> usize {
     16 << 20
@@ -550,6 +619,9 @@ impl Config {
             resolve(folder);
         }
         if let Some(file) = &mut self.sync.token_file {
+            resolve(file);
+        }
+        if let Some(file) = &mut self.ingest.token_file {
             resolve(file);
         }
         if let Some(dir) = &mut self.runtime.cache_dir {
@@ -651,12 +723,27 @@ impl Config {
                 "set one of sync.token and sync.token_file, not both".into(),
             );
         }
-        if let Some(listen) = &self.ingest.listen
-            && listen.parse::<std::net::SocketAddr>().is_err()
-        {
+        if let Some(listen) = &self.ingest.listen {
+            let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
+                return value(
+                    "ingest.listen",
+                    format!("`{listen}` is not an ip:port address"),
+                );
+            };
+            let open = self.ingest.token.is_none() && self.ingest.token_file.is_none();
+            if !addr.ip().is_loopback() && open && !self.ingest.insecure_allow_anyone {
+                return value(
+                    "ingest.listen",
+                    format!(
+                        "`{listen}` is reachable beyond this machine: set ingest.token (or ingest.token_file) so that only clients with it may post inputs, or ingest.insecure_allow_anyone = true"
+                    ),
+                );
+            }
+        }
+        if self.ingest.token.is_some() && self.ingest.token_file.is_some() {
             return value(
-                "ingest.listen",
-                format!("`{listen}` is not an ip:port address"),
+                "ingest.token",
+                "set one of ingest.token and ingest.token_file, not both".into(),
             );
         }
         if let Some(pipeline) = &self.ingest.folder_pipeline
@@ -1013,5 +1100,24 @@ mod tests {
         }
         let fine = format!("{model}max_batch_size = 64\nqueue_capacity = 64\n");
         Config::parse(&fine, Path::new("/")).unwrap();
+    }
+
+    #[test]
+    fn ingest_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
+        let err = Config::parse("[ingest]\nlisten = \"0.0.0.0:8470\"\n", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ingest.listen") && err.contains("ingest.token"),
+            "{err}"
+        );
+        for fine in [
+            "[ingest]\nlisten = \"127.0.0.1:8470\"\n",
+            "[ingest]\nlisten = \"[::1]:8470\"\n",
+            "[ingest]\nlisten = \"0.0.0.0:8470\"\ntoken = \"s\"\n",
+            "[ingest]\nlisten = \"0.0.0.0:8470\"\ninsecure_allow_anyone = true\n",
+        ] {
+            Config::parse(fine, Path::new("/")).unwrap();
+        }
     }
 }

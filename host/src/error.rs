@@ -28,9 +28,11 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
-    /// `sync.token_file` cannot be read.
-    #[error("cannot read sync.token_file {}: {source}", path.display())]
+    /// A `token_file` (`sync.token_file`, `ingest.token_file`) cannot be read.
+    #[error("cannot read {key} {}: {source}", path.display())]
     TokenFile {
+        /// Its key.
+        key: &'static str,
         /// The file.
         path: PathBuf,
         /// The OS error.

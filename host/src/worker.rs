@@ -32,6 +32,12 @@ use std::time::Duration;
 /// without a wake-up (a safety net; accepting wakes it at once).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
+/// Bytes of inputs a worker takes from the journal at once, at most (a
+/// single larger input still goes alone). With the group waiting for its
+/// commit and the copies handed to the plugins, this bounds the memory of
+/// inputs in a worker to a small multiple of it, whatever their sizes.
+pub const GROUP_MAX_BYTES: u64 = 16 << 20;
+
 /// What one worker needs.
 pub struct Worker {
     /// The device's id, part of every result id.
@@ -71,15 +77,19 @@ impl Worker {
             let mut failures = 0u32;
             let name = self.pipeline.name();
             while !self.wake.stopped() {
-                let items = match self.outbox.journal_items(name, taken_up_to, group) {
-                    Ok(items) => items,
-                    Err(e) => {
-                        failures += 1;
-                        tracing::error!(pipeline = name, "cannot read the journal: {e}");
-                        self.wake.sleep(backoff(100, 10_000, failures));
-                        continue;
-                    }
-                };
+                let items =
+                    match self
+                        .outbox
+                        .journal_group(name, taken_up_to, group, GROUP_MAX_BYTES)
+                    {
+                        Ok(items) => items,
+                        Err(e) => {
+                            failures += 1;
+                            tracing::error!(pipeline = name, "cannot read the journal: {e}");
+                            self.wake.sleep(backoff(100, 10_000, failures));
+                            continue;
+                        }
+                    };
                 failures = 0;
                 let Some(last) = items.last() else {
                     self.wake.wait(IDLE_POLL);

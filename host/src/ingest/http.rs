@@ -3,37 +3,60 @@
 //!
 //! * `POST /v1/ingest/{pipeline}`: body = the raw input, `Content-Type` its
 //!   media type, optional `Idempotency-Key`; `202 {"id", "seq", "replayed"}`
-//!   once durably accepted; `404` unknown pipeline; `413` too large; `503`
-//!   too much waiting (retry later, with `Retry-After`); `507` disk full;
-//!   `400` a malformed key; `422` a key reused for a different input.
+//!   once durably accepted; `401` without the ingest token (when one is
+//!   configured); `404` unknown pipeline; `413` too large; `503` too much
+//!   waiting or too many requests at once (retry later, with `Retry-After`);
+//!   `408` a body that does not arrive in time; `507` disk full; `400` a
+//!   malformed key; `422` a key reused for a different input.
 //!
 //! A client that did not get its answer (the agent was killed mid-request,
 //! the connection dropped) retries with the same `Idempotency-Key`: it gets
 //! the same id, `"replayed": true`, and no second result is made.
-//! * `GET /v1/status`: the outbox status as JSON. `GET /v1/health`: `ok`.
+//! * `GET /v1/status`: the outbox status as JSON (token required, when
+//!   configured). `GET /v1/health`: `ok`.
 //!
-//! Invariants: the body limit is enforced while reading (axum's
-//! `DefaultBodyLimit`), back-pressure is checked before the body is read
-//! into the journal, and the commit (an fsync) runs on a blocking thread,
-//! never on an async worker.
+//! Invariants:
+//! * the token is checked from the headers before anything else: without
+//!   it, nothing of the body is read;
+//! * memory is bounded: at most `ingest.max_concurrent_requests` bodies are
+//!   read or stored at once (more get `503` before their body is read),
+//!   each at most `max_input_bytes` (a larger `Content-Length` is refused
+//!   unread, a body that grows past it is cut off), so bodies take at most
+//!   their product; connections are at most `ingest.max_connections`, each
+//!   with a bounded header buffer ([`sluice_serve`]);
+//! * time is bounded: a request head must arrive within
+//!   `ingest.header_timeout_ms` and its body within `ingest.body_timeout_ms`;
+//! * back-pressure is checked before the body is read into the journal, and
+//!   the commit (an fsync) runs on a blocking thread, never on an async
+//!   worker.
 
 use super::{Context, Incoming, IngestError, Running, Sink, Source};
 use crate::config::IngestConfig;
 use crate::outbox::{NewInput, Outbox};
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_protocol::ErrorBody;
+use sluice_serve::{BodyError, ServeLimits};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Bytes of request head buffered per connection (hyper's `max_buf_size`).
+const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
+/// How long requests in flight may finish after the agent is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The HTTP source, bound to its address.
 pub struct HttpSource {
     listener: std::net::TcpListener,
     addr: SocketAddr,
-    max_input_bytes: usize,
+    token: Option<String>,
+    max_concurrent_requests: usize,
+    body_timeout: Duration,
+    serve: ServeLimits,
 }
 
 impl HttpSource {
@@ -43,23 +66,73 @@ impl HttpSource {
         let Some(listen) = &config.listen else {
             return Ok(None);
         };
+        let source_name = format!("ingest.listen {listen}");
+        let token = config.bearer_token().map_err(|e| IngestError::Setup {
+            source_name: source_name.clone(),
+            message: e.to_string(),
+        })?;
         let setup = |e: std::io::Error| IngestError::Setup {
-            source_name: format!("ingest.listen {listen}"),
+            source_name: source_name.clone(),
             message: format!("cannot listen: {e}"),
         };
         let listener = std::net::TcpListener::bind(listen).map_err(setup)?;
         listener.set_nonblocking(true).map_err(setup)?;
         let addr = listener.local_addr().map_err(setup)?;
+        if token.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                "INSECURE: HTTP ingest on {addr} accepts inputs from anyone who can reach it (ingest.insecure_allow_anyone); set ingest.token"
+            );
+        }
         Ok(Some(HttpSource {
             listener,
             addr,
-            max_input_bytes: config.max_input_bytes,
+            token,
+            max_concurrent_requests: config.max_concurrent_requests,
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
+            serve: ServeLimits {
+                max_connections: config.max_connections,
+                header_read_timeout: Duration::from_millis(config.header_timeout_ms),
+                max_buf_size: CONNECTION_BUFFER_BYTES,
+                shutdown_grace: SHUTDOWN_GRACE,
+            },
         }))
     }
 }
 
 struct Shared {
     sink: Arc<Sink>,
+    /// `Bearer <token>`, if one is required.
+    authorization: Option<String>,
+    /// One permit per request reading or storing its body.
+    requests: Arc<Semaphore>,
+    max_concurrent_requests: usize,
+    body_timeout: Duration,
+}
+
+impl Shared {
+    /// The refusal of a request without the right token, if one is required.
+    fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
+        let expected = self.authorization.as_deref()?;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if given.is_some_and(|given| same_secret(given, expected.as_bytes())) {
+            return None;
+        }
+        let mut response = json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (ingest.token)",
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(response)
+    }
+}
+
+/// Compare secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl Source for HttpSource {
@@ -72,26 +145,30 @@ impl Source for HttpSource {
     }
 
     fn start(self: Box<Self>, sink: Arc<Sink>, context: &Context) -> Result<Running, IngestError> {
+        let name = self.describe();
         let app = axum::Router::new()
             .route("/v1/health", axum::routing::get(|| async { "ok" }))
             .route("/v1/status", axum::routing::get(get_status))
             .route("/v1/ingest/{pipeline}", axum::routing::post(post_ingest))
-            .layer(DefaultBodyLimit::max(self.max_input_bytes))
-            .with_state(Arc::new(Shared { sink }));
-        let name = self.describe();
+            .with_state(Arc::new(Shared {
+                sink,
+                authorization: self.token.map(|t| format!("Bearer {t}")),
+                requests: Arc::new(Semaphore::new(self.max_concurrent_requests)),
+                max_concurrent_requests: self.max_concurrent_requests,
+                body_timeout: self.body_timeout,
+            }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let listener = self.listener;
+        let limits = self.serve;
         let task = context.runtime.spawn(async move {
             let listener = match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => listener,
                 Err(e) => return tracing::error!("ingest endpoint cannot start: {e}"),
             };
-            let served = axum::serve(listener, app).with_graceful_shutdown(async {
+            sluice_serve::serve("ingest", listener, app, &limits, async {
                 let _ = stopped.await;
-            });
-            if let Err(e) = served.await {
-                tracing::error!("ingest endpoint stopped: {e}");
-            }
+            })
+            .await;
         });
         let runtime = context.runtime.clone();
         Ok(Running::new(
@@ -100,10 +177,11 @@ impl Source for HttpSource {
                 let _ = stop.send(());
             },
             move || {
-                // Requests in flight finish; a client that never completes
-                // its request is not waited for.
-                let _ = runtime
-                    .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+                // Requests in flight finish within the grace; a client that
+                // never completes its request is not waited for.
+                let _ = runtime.block_on(async {
+                    tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task).await
+                });
             },
         ))
     }
@@ -137,14 +215,53 @@ async fn post_ingest(
     State(shared): State<Arc<Shared>>,
     UrlPath(pipeline): UrlPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    if let Some(refused) = shared.unauthorized(&headers) {
+        return refused;
+    }
     let sink = &shared.sink;
+    let declared = sluice_serve::content_length(&headers);
     let checked = sink
         .check_pipeline(&pipeline)
-        .and_then(|()| sink.check_size(body.len() as u64))
-        .and_then(|()| sink.check_room(body.len() as u64));
+        .and_then(|()| sink.check_size(declared.unwrap_or(0)))
+        .and_then(|()| sink.check_room(declared.unwrap_or(0)));
     if let Err(e) = checked {
+        return refusal(&e);
+    }
+    // Held until the answer: bodies in memory are bounded by the permits
+    // times the size limit.
+    let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
+        let mut response = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} inputs are already being received (ingest.max_concurrent_requests); retry later",
+                shared.max_concurrent_requests
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let limit = usize::try_from(sink.max_input_bytes()).unwrap_or(usize::MAX);
+    let body = match sluice_serve::read_body(body, declared, limit, shared.body_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge { .. }) => {
+            return refusal(&IngestError::TooLarge {
+                bytes: declared.unwrap_or(limit as u64 + 1),
+                max: limit as u64,
+            });
+        }
+        Err(e @ BodyError::TimedOut { .. }) => {
+            return json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("{e} (ingest.body_timeout_ms)"),
+            );
+        }
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if let Err(e) = sink.check_room(body.len() as u64) {
         return refusal(&e);
     }
     let key = match headers
@@ -164,16 +281,19 @@ async fn post_ingest(
         pipeline,
         content_type,
         attributes: Vec::new(),
-        data: body.into(),
+        data: body,
     };
     let sink = sink.clone();
     // The commit fsyncs: off the async workers.
-    let accepted = tokio::task::spawn_blocking(move || match key {
-        Some(key) => sink.accept_keyed(input, &key),
-        None => {
-            let incoming = Incoming { input, claim: None };
-            sink.accept(std::slice::from_ref(&incoming))
-                .map(|mut accepted| accepted.remove(0))
+    let accepted = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        match key {
+            Some(key) => sink.accept_keyed(input, &key),
+            None => {
+                let incoming = Incoming { input, claim: None };
+                sink.accept(std::slice::from_ref(&incoming))
+                    .map(|mut accepted| accepted.remove(0))
+            }
         }
     })
     .await;
@@ -187,7 +307,10 @@ async fn post_ingest(
     }
 }
 
-async fn get_status(State(shared): State<Arc<Shared>>) -> Response {
+async fn get_status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = shared.unauthorized(&headers) {
+        return refused;
+    }
     let outbox: Arc<Outbox> = shared.sink.outbox.clone();
     match tokio::task::spawn_blocking(move || outbox.status()).await {
         Ok(Ok(status)) => axum::Json(status).into_response(),

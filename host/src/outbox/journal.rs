@@ -217,14 +217,35 @@ impl Outbox {
         after: i64,
         limit: usize,
     ) -> Result<Vec<JournalItem>, OutboxError> {
+        self.journal_group(pipeline, after, limit, u64::MAX)
+    }
+
+    /// [`Outbox::journal_items`], also stopping before `max_bytes` of input
+    /// data (but always taking the first item): what a worker holds in
+    /// memory at once is bounded whatever the inputs' sizes.
+    pub fn journal_group(
+        &self,
+        pipeline: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<JournalItem>, OutboxError> {
         self.read(|conn| {
-            conn.prepare_cached(
+            let mut select = conn.prepare_cached(
                 "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms, refused FROM journal
                  WHERE pipeline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )?
-            .query_map(params![pipeline, after, limit as i64], |r| {
+            )?;
+            let mut rows = select.query(params![pipeline, after, limit as i64])?;
+            let (mut items, mut bytes) = (Vec::new(), 0u64);
+            while let Some(r) = rows.next()? {
+                // The size first: an input past the bound is not copied out.
+                let len = r.get_ref(4)?.as_bytes().map(|b| b.len() as u64).unwrap_or(0);
+                if !items.is_empty() && bytes + len > max_bytes {
+                    break;
+                }
+                bytes += len;
                 let attributes: String = r.get(3)?;
-                Ok(JournalItem {
+                items.push(JournalItem {
                     seq: r.get(0)?,
                     pipeline: r.get(1)?,
                     content_type: r.get(2)?,
@@ -232,9 +253,9 @@ impl Outbox {
                     data: r.get(4)?,
                     accepted_at_ms: r.get(5)?,
                     refused: r.get(6)?,
-                })
-            })?
-            .collect()
+                });
+            }
+            Ok(items)
         })
     }
 
