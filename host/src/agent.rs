@@ -141,7 +141,26 @@ impl Agent {
                 wake: wake.clone(),
                 stored: stored.clone(),
             };
-            let thread = spawn(&format!("sluice-{}", pipeline.name()), move || worker.run())?;
+            let thread = spawn(&format!("sluice-{}", pipeline.name()), {
+                let (sink, name) = (agent.sink.clone(), pipeline.name().to_owned());
+                move || {
+                    // A worker that dies (a bug) takes its pipeline's ingest
+                    // down with it, visibly, rather than leaving inputs
+                    // accepted for nobody; they stay journaled for the next
+                    // start.
+                    let died =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+                    if let Err(panic) = died {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".into());
+                        tracing::error!(pipeline = name, "worker died: {why}; ingest for it stops");
+                        sink.mark_down(&name, &format!("its worker died: {why}"));
+                    }
+                }
+            })?;
             // Work left in the journal by the previous run starts at once.
             wake.wake();
             agent.workers.push((wake, thread));

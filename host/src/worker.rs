@@ -54,6 +54,15 @@ pub struct Worker {
     pub stored: Arc<Wake>,
 }
 
+/// A fault-injection seam for tests of what happens when a worker dies
+/// (which only a bug can cause): with `SLUICE_FAULT_INJECT=<fault>:<pipeline>`
+/// in the environment, the worker of that pipeline panics here.
+fn fault_point(fault: &str, pipeline: &str) {
+    if std::env::var("SLUICE_FAULT_INJECT").is_ok_and(|v| v == format!("{fault}:{pipeline}")) {
+        panic!("injected fault {fault}");
+    }
+}
+
 /// A group of results and the journal rows they retire.
 struct Done {
     seqs: Vec<i64>,
@@ -96,6 +105,7 @@ impl Worker {
                     continue;
                 };
                 taken_up_to = last.seq;
+                fault_point("worker-panic", name);
                 let outcomes = self.process(&items);
                 let completed_at_ms = crate::outbox::now_ms();
                 // Inputs the model could not take (only left when stopping)

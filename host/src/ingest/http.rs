@@ -13,7 +13,9 @@
 //! the connection dropped) retries with the same `Idempotency-Key`: it gets
 //! the same id, `"replayed": true`, and no second result is made.
 //! * `GET /v1/status`: the outbox status as JSON (token required, when
-//!   configured). `GET /v1/health`: `ok`.
+//!   configured). `GET /v1/health` and `GET /healthz`: `ok` while the
+//!   process serves. `GET /readyz`: `200 {"ready": true}`, or `503` with
+//!   `"problems"` naming each pipeline that is down and why.
 //!
 //! Invariants:
 //! * the token is checked from the headers before anything else: without
@@ -148,6 +150,8 @@ impl Source for HttpSource {
         let name = self.describe();
         let app = axum::Router::new()
             .route("/v1/health", axum::routing::get(|| async { "ok" }))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route("/readyz", axum::routing::get(get_ready))
             .route("/v1/status", axum::routing::get(get_status))
             .route("/v1/ingest/{pipeline}", axum::routing::post(post_ingest))
             .with_state(Arc::new(Shared {
@@ -197,6 +201,7 @@ fn refusal(error: &IngestError) -> Response {
         IngestError::UnknownPipeline { .. } => (StatusCode::NOT_FOUND, None),
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
         IngestError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
+        IngestError::PipelineDown { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some("60")),
         IngestError::BadKey => (StatusCode::BAD_REQUEST, None),
         IngestError::KeyConflict { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
         IngestError::Outbox(e) if e.is_disk_full() => (StatusCode::INSUFFICIENT_STORAGE, Some("5")),
@@ -305,6 +310,24 @@ async fn post_ingest(
             format!("ingest task failed: {e}"),
         ),
     }
+}
+
+/// `GET /readyz`: `200` when every pipeline takes inputs, else `503`
+/// naming what is wrong.
+async fn get_ready(State(shared): State<Arc<Shared>>) -> Response {
+    let problems: Vec<String> = shared
+        .sink
+        .down()
+        .into_iter()
+        .map(|(pipeline, reason)| format!("pipeline `{pipeline}` is down: {reason}"))
+        .collect();
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "ready": problems.is_empty(), "problems": problems });
+    (status, axum::Json(body)).into_response()
 }
 
 async fn get_status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {

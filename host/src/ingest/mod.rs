@@ -11,7 +11,10 @@
 //! * back-pressure is never a result: when more than `max_pending_bytes` of
 //!   inputs wait, sources stop taking new ones ([`IngestError::Busy`]) and
 //!   nothing is stored or dropped;
-//! * accepting wakes only the workers of the pipelines that got inputs.
+//! * accepting wakes only the workers of the pipelines that got inputs;
+//! * a pipeline whose worker died accepts nothing more
+//!   ([`IngestError::PipelineDown`]), and readiness says so: no input is
+//!   acknowledged into a pipeline that will never process it.
 
 pub mod files;
 pub mod folder;
@@ -54,6 +57,17 @@ pub enum IngestError {
         pending: u64,
         /// The limit.
         max: u64,
+    },
+    /// The pipeline's worker died: nothing more is accepted for it, so that
+    /// no input waits for a worker that will never take it.
+    #[error(
+        "pipeline `{name}` is down ({reason}); its inputs are not accepted until the agent restarts"
+    )]
+    PipelineDown {
+        /// The pipeline.
+        name: String,
+        /// Why it is down.
+        reason: String,
     },
     /// The outbox could not take the input (a full disk: retry later).
     #[error(transparent)]
@@ -109,6 +123,8 @@ pub struct Sink {
     workers: BTreeMap<String, Arc<Wake>>,
     max_input_bytes: u64,
     max_pending_bytes: u64,
+    /// Pipelines whose worker died, and why.
+    down: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Sink {
@@ -126,7 +142,23 @@ impl Sink {
             workers,
             max_input_bytes: config.max_input_bytes as u64,
             max_pending_bytes: config.max_pending_bytes,
+            down: Default::default(),
         }
+    }
+
+    /// Take no more inputs for `pipeline`: its worker died (`reason`).
+    pub fn mark_down(&self, pipeline: &str, reason: &str) {
+        self.lock_down()
+            .insert(pipeline.to_owned(), reason.to_owned());
+    }
+
+    /// The pipelines that are down, with why.
+    pub fn down(&self) -> BTreeMap<String, String> {
+        self.lock_down().clone()
+    }
+
+    fn lock_down(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The running pipelines' names.
@@ -136,6 +168,12 @@ impl Sink {
 
     /// Check that `pipeline` runs.
     pub fn check_pipeline(&self, pipeline: &str) -> Result<(), IngestError> {
+        if let Some(reason) = self.lock_down().get(pipeline) {
+            return Err(IngestError::PipelineDown {
+                name: pipeline.to_owned(),
+                reason: reason.clone(),
+            });
+        }
         if self.workers.contains_key(pipeline) {
             Ok(())
         } else {

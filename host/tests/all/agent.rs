@@ -124,9 +124,15 @@ struct Agent {
 impl Agent {
     /// Start `sluice run` and wait (bounded) until it is ready.
     fn start(config: &Path) -> Agent {
+        Agent::start_with(config, &[])
+    }
+
+    /// [`Agent::start`] with more environment variables.
+    fn start_with(config: &Path, env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["--log", "error", "run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -939,4 +945,40 @@ async fn futures_join_all(
         });
     }
     statuses
+}
+
+#[test]
+fn a_dead_worker_takes_readiness_and_its_ingest_down_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let config = write_config(dir.path(), &collector.url(), None);
+    let agent = Agent::start_with(&config, &[("SLUICE_FAULT_INJECT", "worker-panic:digits")]);
+    let ready = || http(reqwest::Client::new().get(format!("{}/readyz", agent.url)));
+    assert_eq!(ready().0, 200);
+    let id = ingest(&agent.url, &images()[0]).expect("accepted before the worker dies");
+    assert!(
+        wait_until(Duration::from_secs(10), || ready().0 == 503),
+        "readiness did not go down"
+    );
+    let (_, body) = ready();
+    assert!(
+        String::from_utf8_lossy(&body).contains("pipeline `digits` is down"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // No more inputs are taken for a pipeline nobody processes.
+    let (status, body) = http(
+        reqwest::Client::new()
+            .post(format!("{}/v1/ingest/digits", agent.url))
+            .header("Content-Type", "image/png")
+            .body(images()[1].clone()),
+    );
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("worker died"));
+    agent.sigkill();
+    // The accepted input waited in the journal: a healthy restart delivers it.
+    let agent = Agent::start(&config);
+    assert!(wait_until(Duration::from_secs(30), || stored(&collector)
+        .contains_key(&id)));
+    assert_eq!(agent.sigterm(), 0);
 }
