@@ -294,6 +294,7 @@ fn housekeep(outbox: &Outbox, ingest: &crate::config::IngestConfig, wake: &Wake)
                 tracing::warn!("outbox expiry failed: {e}");
             }
         }
+        outbox.ensure_reserve();
         let window_ms =
             i64::try_from(ingest.idempotency_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         if let Err(e) =

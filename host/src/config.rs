@@ -301,6 +301,11 @@ pub struct OutboxConfig {
     /// (counted as `set_aside_dropped`).
     #[serde(default = "default_outbox_max_set_aside_bytes")]
     pub max_set_aside_bytes: u64,
+    /// Disk space kept in reserve beside the outbox (`outbox.sqlite.reserve`)
+    /// and given back when an upload's acknowledgement finds the disk full,
+    /// so that uploads can always free space; 0: none.
+    #[serde(default = "default_outbox_disk_reserve_bytes")]
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for OutboxConfig {
@@ -310,8 +315,13 @@ impl Default for OutboxConfig {
             max_age_secs: default_outbox_max_age_secs(),
             when_full: FullPolicy::default(),
             max_set_aside_bytes: default_outbox_max_set_aside_bytes(),
+            disk_reserve_bytes: default_outbox_disk_reserve_bytes(),
         }
     }
+}
+
+fn default_outbox_disk_reserve_bytes() -> u64 {
+    4 << 20
 }
 
 fn default_outbox_max_set_aside_bytes() -> u64 {

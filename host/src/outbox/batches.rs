@@ -44,6 +44,14 @@ impl Outbox {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Option<Batch>, OutboxError> {
+        self.freeing(|| self.form_next_batch(max_records, max_bytes))
+    }
+
+    fn form_next_batch(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, OutboxError> {
         self.write(|tx, _| {
             let existing: Option<(i64, String)> = tx
                 .query_row("SELECT id, key FROM batches ORDER BY id LIMIT 1", [], |r| {
@@ -75,6 +83,10 @@ impl Outbox {
     /// `rejected_upstream`). A bad record among `n` is found in about
     /// `log2(n)` uploads, and every good one is delivered.
     pub fn split_batch(&self, batch_id: i64, reason: &str) -> Result<Split, OutboxError> {
+        self.freeing(|| self.split(batch_id, reason))
+    }
+
+    fn split(&self, batch_id: i64, reason: &str) -> Result<Split, OutboxError> {
         let max_set_aside = self.config.max_set_aside_bytes;
         self.write(|tx, sizes| {
             let rows: Vec<(i64, String)> = tx
@@ -105,7 +117,7 @@ impl Outbox {
 
     /// The collector acknowledged batch `batch_id`: delete its records.
     pub fn ack_batch(&self, batch_id: i64) -> Result<u64, OutboxError> {
-        self.remove_batch(batch_id, Counter::Uploaded)
+        self.freeing(|| self.remove_batch(batch_id, Counter::Uploaded))
     }
 
     fn remove_batch(&self, batch_id: i64, counter: Counter) -> Result<u64, OutboxError> {

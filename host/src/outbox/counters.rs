@@ -201,12 +201,12 @@ impl Outbox {
 
     /// Remember why the last sync attempt failed (shown by `outbox status`).
     pub fn record_sync_error(&self, message: &str) -> Result<(), OutboxError> {
-        self.write(|tx, _| note_sync_error(tx, message))
+        self.freeing(|| self.write(|tx, _| note_sync_error(tx, message)))
     }
 
     /// Remember that the collector was reached and nothing was pending.
     pub fn record_sync_ok(&self) -> Result<(), OutboxError> {
-        self.write(|tx, _| note_sync_ok(tx))
+        self.freeing(|| self.write(|tx, _| note_sync_ok(tx)))
     }
 }
 

@@ -274,12 +274,14 @@ impl Outbox {
 
     /// Forget claimed files once they have been deleted.
     pub fn forget_claims(&self, names: &[String]) -> Result<(), OutboxError> {
-        self.write(|tx, _| {
-            let mut delete = tx.prepare_cached("DELETE FROM claimed_files WHERE name = ?1")?;
-            for name in names {
-                delete.execute([name])?;
-            }
-            Ok(())
+        self.freeing(|| {
+            self.write(|tx, _| {
+                let mut delete = tx.prepare_cached("DELETE FROM claimed_files WHERE name = ?1")?;
+                for name in names {
+                    delete.execute([name])?;
+                }
+                Ok(())
+            })
         })
     }
 }

@@ -57,7 +57,9 @@
 //! * **No crash on a full disk.** `SQLITE_FULL` and `ENOSPC` surface as
 //!   [`OutboxError::DiskFull`]; the transaction is rolled back and nothing
 //!   changes, so callers back off and retry while uploads (which free space)
-//!   go on.
+//!   go on. Uploads can always free space: a disk reserve beside the file
+//!   (`outbox.disk_reserve_bytes`) is given back when an acknowledgement
+//!   or an expiry finds the disk full (`reserve.rs`).
 //! * **Damage is detected at start-up.** [`Outbox::open`] runs SQLite's
 //!   `quick_check`; a damaged or foreign file is moved aside as
 //!   `outbox.sqlite.damaged-<UTC timestamp>` (with its `-wal`) and a fresh one
@@ -67,6 +69,7 @@ mod batches;
 mod counters;
 mod journal;
 mod records;
+mod reserve;
 mod schema;
 mod set_aside;
 
@@ -194,6 +197,7 @@ pub struct Outbox {
     journal_bytes: AtomicU64,
     recovered: Option<Recovery>,
     instance: Option<String>,
+    reserve: reserve::Reserve,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -221,6 +225,7 @@ impl Outbox {
     pub fn open(path: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
         let (conn, recovered) = schema::open_or_recover(path)?;
         let outbox = Outbox::new(path, config, conn, recovered)?;
+        outbox.ensure_reserve();
         outbox.expire(now_ms())?;
         Ok(outbox)
     }
@@ -260,6 +265,7 @@ impl Outbox {
             .map_err(|e| sql_error(path, e))?;
         Ok(Outbox {
             instance,
+            reserve: reserve::Reserve::new(path, config.disk_reserve_bytes),
             path: path.to_owned(),
             config,
             inner: Mutex::new(Inner {
@@ -338,6 +344,31 @@ impl Outbox {
         self.journal_bytes
             .store(sizes.journal_bytes, Ordering::Relaxed);
         Ok(value)
+    }
+
+    /// Run `op`, which frees space or leads to freeing it (acknowledging,
+    /// expiring...); if it finds the disk full, give the disk reserve back,
+    /// fold the WAL into the file and cut it to nothing, and run it once more
+    /// (see `reserve.rs`).
+    fn freeing<T>(&self, op: impl Fn() -> Result<T, OutboxError>) -> Result<T, OutboxError> {
+        match op() {
+            Err(e) if e.is_disk_full() => {
+                self.reserve.release();
+                if let Err(e) = self
+                    .read(|conn| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
+                {
+                    tracing::warn!("disk full: cannot fold the outbox's WAL back: {e}");
+                }
+                op()
+            }
+            result => result,
+        }
+    }
+
+    /// Make the disk reserve again if it was used and the disk has room
+    /// (the housekeeper calls this).
+    pub fn ensure_reserve(&self) {
+        self.reserve.ensure();
     }
 
     /// Run the queries of `f` on the connection (no transaction).

@@ -158,18 +158,20 @@ impl Outbox {
         }
         let cutoff = now_ms - (self.config.max_age_secs as i64).saturating_mul(1000);
         let old = Selection::CreatedBefore(cutoff);
-        let mut set_aside = 0;
-        let n = self.delete_records(old, Counter::Expired, |tx, n| {
-            set_aside = super::set_aside::expire(tx, cutoff)?;
-            // A batch in flight that loses records is dissolved; the rest go
-            // out in a new one (the collector keeps one copy per id).
-            if n > 0 {
-                dissolve_batches_of(tx, old)
-            } else {
-                Ok(())
-            }
+        let set_aside = std::cell::Cell::new(0);
+        let n = self.freeing(|| {
+            self.delete_records(old, Counter::Expired, |tx, n| {
+                set_aside.set(super::set_aside::expire(tx, cutoff)?);
+                // A batch in flight that loses records is dissolved; the rest
+                // go out in a new one (the collector keeps one copy per id).
+                if n > 0 {
+                    dissolve_batches_of(tx, old)
+                } else {
+                    Ok(())
+                }
+            })
         })?;
-        let n = n + set_aside;
+        let n = n + set_aside.get();
         if n > 0 {
             tracing::warn!(
                 expired = n,

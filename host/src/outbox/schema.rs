@@ -163,8 +163,13 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
             reason: format!("cannot switch to WAL mode (got `{mode}`)"),
         });
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
-        .map_err(damaged)?;
+    // A WAL folded back every 1 MiB and cut back to that size: the space it
+    // takes stays small and known, which is what lets a full disk be got
+    // out of (see `reserve.rs`).
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 256; PRAGMA journal_size_limit = 1048576;",
+    )
+    .map_err(damaged)?;
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(damaged)?;

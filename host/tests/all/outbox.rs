@@ -7,10 +7,10 @@ use sluice::outbox::{KeyedAccept, NewInput, NewRecord, Outbox, counter};
 
 fn config(max_bytes: u64, when_full: FullPolicy) -> OutboxConfig {
     OutboxConfig {
-        max_set_aside_bytes: 1 << 20,
         max_bytes,
         max_age_secs: 0,
         when_full,
+        ..OutboxConfig::default()
     }
 }
 
@@ -537,4 +537,64 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
         outbox.accept_keyed(&input("p", b"y"), "k").unwrap(),
         KeyedAccept::New(_)
     ));
+}
+
+/// A tmpfs of `bytes` mounted on a new folder (root only), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn an_acknowledgement_still_deletes_on_a_full_disk() {
+    let Some(disk) = SmallDisk::mount(16 << 20) else {
+        eprintln!(
+            "SKIPPED an_acknowledgement_still_deletes_on_a_full_disk: cannot mount a tmpfs (needs root, as CI runs)"
+        );
+        return;
+    };
+    let config = OutboxConfig {
+        disk_reserve_bytes: 2 << 20,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(disk.dir.path(), config).unwrap();
+    assert!(disk.dir.path().join("outbox.sqlite.reserve").exists());
+    // Fill the disk with results until it refuses more.
+    let mut seq = 0;
+    let full = loop {
+        match outbox.append(records(seq..seq + 50, 1000)) {
+            Ok(_) => seq += 50,
+            Err(e) => break e,
+        }
+        assert!(seq < 100_000, "the disk never filled");
+    };
+    assert!(full.is_disk_full(), "{full}");
+    // The collector is reachable again: the batch goes out and is
+    // acknowledged, which needs writes of its own.
+    let batch = outbox.next_batch(500, 1 << 20).unwrap().expect("a batch");
+    assert_eq!(
+        outbox.ack_batch(batch.id).unwrap(),
+        batch.records.len() as u64
+    );
+    // The freed pages take new results.
+    outbox.append(records(seq..seq + 50, 1000)).unwrap();
 }
