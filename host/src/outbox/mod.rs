@@ -395,6 +395,15 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
         // ENOSPC on write to SQLITE_FULL, and SQLITE_IOERR_WRITE covers the rest.
         match f.code {
             ErrorCode::DiskFull => return OutboxError::DiskFull { path, source: e },
+            ErrorCode::CannotOpen | ErrorCode::ReadOnly => {
+                // SQLite says only "unable to open database file" or
+                // "readonly database": find out why from the file system.
+                let reason = format!(
+                    "SQLite cannot open it for writing: {}",
+                    why_unopenable(&path)
+                );
+                return OutboxError::Unusable { path, reason };
+            }
             ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
                 return OutboxError::Damaged {
                     path,
@@ -405,6 +414,31 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
         }
     }
     OutboxError::Sqlite { path, source: e }
+}
+
+/// Why SQLite could not open `path` (read-write, with a WAL beside it).
+fn why_unopenable(path: &Path) -> String {
+    if path.is_dir() {
+        return "it is a directory".into();
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        return e.to_string();
+    }
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&wal)
+    {
+        return format!("cannot create its write-ahead log {}: {e}", wal.display());
+    }
+    "the cause is unknown (SQLite error 14)".into()
 }
 
 #[cfg(test)]

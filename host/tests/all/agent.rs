@@ -129,10 +129,17 @@ impl Agent {
 
     /// [`Agent::start`] with more environment variables.
     fn start_with(config: &Path, env: &[(&str, &str)]) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.envs(env.iter().copied());
+        Agent::start_command(command, config)
+    }
+
+    /// Start `command` (the `sluice` binary, or a wrapper running it) with
+    /// `run --config CONFIG`, and wait (bounded) until it is ready.
+    fn start_command(mut command: Command, config: &Path) -> Agent {
+        let mut child = command
             .args(["--log", "error", "run", "--config"])
             .arg(config)
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -981,4 +988,88 @@ fn a_dead_worker_takes_readiness_and_its_ingest_down_and_loses_nothing() {
     assert!(wait_until(Duration::from_secs(30), || stored(&collector)
         .contains_key(&id)));
     assert_eq!(agent.sigterm(), 0);
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn as_an_unprivileged_user_an_unreadable_file_is_left_alone_and_the_others_flow() {
+    // Root reads every file: the agent runs as `nobody` when the tests run
+    // as root (as CI does), as itself otherwise.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o777);
+    let collector = collector(dir.path());
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    chmod(&inbox, 0o777);
+    let file = write_config(dir.path(), &collector.url(), Some(&inbox));
+    // Its own plugin cache (writable by the agent's user), warm if the
+    // shared one is.
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let shared = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-plugin-cache");
+    for entry in std::fs::read_dir(&shared).into_iter().flatten().flatten() {
+        let _ = std::fs::copy(entry.path(), cache.join(entry.file_name()));
+    }
+    let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    config["runtime"]["cache_dir"] = cache.display().to_string().into();
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    for path in std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .chain([cache.clone()])
+    {
+        chmod(&path, 0o777);
+    }
+    chmod(&file, 0o644);
+    let images = images();
+    for n in 0..3 {
+        std::fs::write(inbox.join(format!("good-{n}.png")), &images[n]).unwrap();
+    }
+    std::fs::write(inbox.join("secret.png"), &images[3]).unwrap();
+    chmod(&inbox.join("secret.png"), 0o000);
+    let command = if root {
+        // setpriv execs the agent in its place, so signals reach it.
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            env!("CARGO_BIN_EXE_sluice"),
+        ]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+    };
+    let agent = Agent::start_command(command, &file);
+    let arrived = wait_until(Duration::from_secs(30), || stored(&collector).len() == 3);
+    // Several scans later, the unreadable file was reported once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stderr = agent.stderr_text();
+    assert_eq!(agent.sigterm(), 0);
+    assert!(
+        arrived,
+        "{} of 3 arrived\n{stderr}",
+        stored(&collector).len()
+    );
+    let reports = stderr.matches("cannot take it").count();
+    assert_eq!(reports, 1, "{stderr}");
+    assert!(
+        stderr.contains("secret.png") && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    let claimed: Vec<String> = std::fs::read_dir(inbox.join(".sluice-claimed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        claimed.len() == 1 && claimed[0].ends_with("secret.png"),
+        "{claimed:?}"
+    );
 }

@@ -598,3 +598,17 @@ fn an_acknowledgement_still_deletes_on_a_full_disk() {
     // The freed pages take new results.
     outbox.append(records(seq..seq + 50, 1000)).unwrap();
 }
+
+#[test]
+fn an_outbox_that_cannot_be_opened_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("outbox.sqlite")).unwrap();
+    let err = Outbox::open_in(dir.path(), OutboxConfig::default())
+        .err()
+        .expect("a directory is not an outbox")
+        .to_string();
+    assert!(
+        err.contains("outbox.sqlite") && err.contains("it is a directory"),
+        "{err}"
+    );
+}
