@@ -1073,3 +1073,31 @@ fn as_an_unprivileged_user_an_unreadable_file_is_left_alone_and_the_others_flow(
         "{claimed:?}"
     );
 }
+
+#[test]
+fn a_two_gib_file_in_the_folder_is_refused_without_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let config = write_config(dir.path(), &collector.url(), Some(&inbox));
+    // Sparse: 2 GiB to whoever reads it, no disk used.
+    std::fs::File::create(inbox.join("big.png"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    std::fs::write(inbox.join("small.png"), &images()[0]).unwrap();
+    let agent = Agent::start(&config);
+    let arrived = wait_until(Duration::from_secs(30), || stored(&collector).len() == 2);
+    let peak = peak_rss_mib(agent.child.id());
+    assert_eq!(agent.sigterm(), 0);
+    assert!(arrived, "{} of 2 arrived", stored(&collector).len());
+    eprintln!("a 2 GiB folder file: agent peak RSS {peak:.0} MiB");
+    assert!(peak < 200.0, "peak RSS {peak:.0} MiB: the file was read");
+    let refused: Vec<serde_json::Value> = stored(&collector)
+        .into_values()
+        .filter(|doc| doc["input"]["attributes"]["file"] == "big.png")
+        .collect();
+    assert_eq!(refused[0]["error"]["kind"], "refused", "{refused:?}");
+    assert!(!inbox.join("big.png").exists());
+}

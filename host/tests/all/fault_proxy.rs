@@ -28,6 +28,9 @@ pub enum Fault {
     Close,
     /// Answer `200` with an HTML page without forwarding (a captive portal).
     Portal200,
+    /// Answer `200` announcing 3 GB and stream it until the client stops
+    /// reading (counted in `FaultProxy::answer_bytes`).
+    Endless200,
 }
 
 pub struct FaultProxy {
@@ -38,6 +41,9 @@ pub struct FaultProxy {
     pub forwarded: Arc<AtomicUsize>,
     /// Requests seen at all.
     pub seen: Arc<AtomicUsize>,
+    /// Bytes of answers the proxy made up itself (`Endless200`) that the
+    /// client took.
+    pub answer_bytes: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -50,21 +56,29 @@ impl FaultProxy {
             stop: Arc::new(AtomicBool::new(false)),
             forwarded: Arc::new(AtomicUsize::new(0)),
             seen: Arc::new(AtomicUsize::new(0)),
+            answer_bytes: Arc::new(AtomicUsize::new(0)),
         };
-        let (f, stop, forwarded, seen) = (
+        let (f, stop, forwarded, seen, answered) = (
             proxy.fault.clone(),
             proxy.stop.clone(),
             proxy.forwarded.clone(),
             proxy.seen.clone(),
+            proxy.answer_bytes.clone(),
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let (f, stop, forwarded, seen) =
-                            (f.clone(), stop.clone(), forwarded.clone(), seen.clone());
+                        let (f, stop, forwarded, seen, answered) = (
+                            f.clone(),
+                            stop.clone(),
+                            forwarded.clone(),
+                            seen.clone(),
+                            answered.clone(),
+                        );
                         std::thread::spawn(move || {
-                            let _ = serve(client, upstream, &f, &stop, &forwarded, &seen);
+                            let counters = (&*forwarded, &*seen, &*answered);
+                            let _ = serve(client, upstream, &f, &stop, counters);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -138,8 +152,7 @@ fn serve(
     upstream: SocketAddr,
     fault: &Mutex<Fault>,
     stop: &AtomicBool,
-    forwarded: &AtomicUsize,
-    seen: &AtomicUsize,
+    (forwarded, seen, answered): (&AtomicUsize, &AtomicUsize, &AtomicUsize),
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     client.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -166,6 +179,18 @@ fn serve(
             )?;
             writer.write_all(page)?;
             continue;
+        }
+        if fault == Fault::Endless200 {
+            writer.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3000000000\r\ncontent-type: application/json\r\n\r\n",
+            )?;
+            let chunk = vec![b' '; 64 << 10];
+            while !stop.load(Ordering::SeqCst) {
+                // Fails once the client stops reading and closes.
+                writer.write_all(&chunk)?;
+                answered.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+            return Ok(());
         }
         if fault == Fault::Hang {
             hold(stop);

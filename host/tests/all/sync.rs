@@ -455,3 +455,20 @@ fn a_result_id_already_stored_with_other_content_is_a_conflict_not_an_upload() {
     assert!(aside[0].reason.contains("409"), "{}", aside[0].reason);
     assert_all_once(&collector, 4);
 }
+
+#[test]
+fn an_endless_answer_is_not_read_past_its_bound_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let proxy = FaultProxy::start(collector.addr(), Fault::Endless200);
+    let outbox = outbox_with(dir.path(), 5);
+    let err = sync(&uploader(&outbox, &proxy.url(), TOKEN)).unwrap_err();
+    assert!(matches!(err, UplinkError::NotAcknowledged { .. }), "{err}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert_eq!(outbox.pending().0, 5);
+    // The client stopped reading at its bound (64 KiB); what the proxy got
+    // out is that plus the sockets' buffers, not the 3 GB announced.
+    std::thread::sleep(Duration::from_millis(200));
+    let taken = proxy.answer_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(taken < 32 << 20, "{taken} bytes of answer were taken");
+}
