@@ -221,6 +221,16 @@ impl Agent {
     }
 }
 
+/// POST one image to the digits pipeline: the status and the answer.
+fn post_image(url: &str, image: &[u8]) -> (u16, Vec<u8>) {
+    http(
+        reqwest::Client::new()
+            .post(format!("{url}/v1/ingest/digits"))
+            .header("Content-Type", "image/png")
+            .body(image.to_vec()),
+    )
+}
+
 /// POST one image; the id if it was acknowledged.
 fn ingest(url: &str, image: &[u8]) -> Option<String> {
     let request = reqwest::Client::new()
@@ -824,12 +834,7 @@ fn ingest_bounds_requests_at_once_and_the_time_a_body_may_take() {
     .unwrap();
     slow.write_all(&[0u8; 500]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let (status, body) = http(
-        reqwest::Client::new()
-            .post(format!("{url}/v1/ingest/digits"))
-            .header("Content-Type", "image/png")
-            .body(images()[0].clone()),
-    );
+    let (status, body) = post_image(&url, &images()[0]);
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("ingest.max_concurrent_requests"));
     // The slow body times out, and its slot frees.
@@ -837,12 +842,7 @@ fn ingest_bounds_requests_at_once_and_the_time_a_body_may_take() {
     let mut answer = [0u8; 12];
     slow.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 408");
-    let (status, _) = http(
-        reqwest::Client::new()
-            .post(format!("{url}/v1/ingest/digits"))
-            .header("Content-Type", "image/png")
-            .body(images()[0].clone()),
-    );
+    let (status, _) = post_image(&url, &images()[0]);
     assert_eq!(status, 202);
     agent.shutdown();
 }
@@ -864,12 +864,7 @@ fn idle_and_half_open_connections_cannot_lock_ingest_out() {
         })
         .collect();
     let started = Instant::now();
-    let (status, _) = http(
-        reqwest::Client::new()
-            .post(format!("{url}/v1/ingest/digits"))
-            .header("Content-Type", "image/png")
-            .body(images()[0].clone()),
-    );
+    let (status, _) = post_image(&url, &images()[0]);
     assert_eq!(status, 202);
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -974,12 +969,7 @@ fn a_dead_worker_takes_readiness_and_its_ingest_down_and_loses_nothing() {
         String::from_utf8_lossy(&body)
     );
     // No more inputs are taken for a pipeline nobody processes.
-    let (status, body) = http(
-        reqwest::Client::new()
-            .post(format!("{}/v1/ingest/digits", agent.url))
-            .header("Content-Type", "image/png")
-            .body(images()[1].clone()),
-    );
+    let (status, body) = post_image(&agent.url, &images()[1]);
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("worker died"));
     agent.sigkill();
