@@ -20,6 +20,7 @@
 
 use crate::config::Config;
 use crate::ingest::{self, Context, Incoming, IngestError, Running, Sink};
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Recovery};
 use crate::runtime::Runtime;
 use crate::uplink::{self, Uploader};
@@ -113,11 +114,17 @@ impl Agent {
             .pipelines()
             .map(|p| (p.name().to_owned(), Wake::new()))
             .collect();
+        let metrics = Arc::new(Metrics::new(
+            runtime.clone(),
+            outbox.clone(),
+            config.device.data_dir.clone(),
+        ));
         let sink = Arc::new(Sink::new(
             &device,
             outbox.clone(),
             wakes.clone(),
             &config.ingest,
+            metrics.clone(),
         ));
         // From here on, dropping `agent` (on an error) stops what started.
         let mut agent = Agent {
@@ -140,6 +147,7 @@ impl Agent {
                 outbox: outbox.clone(),
                 wake: wake.clone(),
                 stored: stored.clone(),
+                metrics: metrics.clone(),
             };
             let thread = spawn(&format!("sluice-{}", pipeline.name()), {
                 let (sink, name) = (agent.sink.clone(), pipeline.name().to_owned());
@@ -167,7 +175,8 @@ impl Agent {
         }
 
         if let Some(uplink) = uplink::from_config(&config.sync, tokio)? {
-            let uploader = Uploader::new(outbox.clone(), uplink, &config.sync, &device);
+            let uploader = Uploader::new(outbox.clone(), uplink, &config.sync, &device)
+                .with_metrics(metrics.clone());
             stored.wake();
             let thread = spawn("sluice-uplink", {
                 let stored = stored.clone();
@@ -187,6 +196,7 @@ impl Agent {
         let only = runtime.pipeline(None).ok().map(|p| p.name().to_owned());
         let context = Context {
             runtime: tokio.clone(),
+            metrics: metrics.clone(),
         };
         for source in ingest::from_config(&config, only.as_deref())? {
             if let Some(addr) = source.address() {

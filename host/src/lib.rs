@@ -37,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod infer;
 pub mod ingest;
+pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod plugin;

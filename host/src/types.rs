@@ -275,6 +275,21 @@ pub enum Fault {
     Contract(String),
 }
 
+impl Fault {
+    /// Every kind of fault, as [`Fault::kind`] names them.
+    pub const KINDS: [&'static str; 4] = ["deadline", "memory-cap", "trap", "contract"];
+
+    /// A stable, machine-readable name of the fault's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Deadline(_) => "deadline",
+            Fault::MemoryCap { .. } => "memory-cap",
+            Fault::Trap(_) => "trap",
+            Fault::Contract(_) => "contract",
+        }
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

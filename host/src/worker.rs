@@ -52,6 +52,8 @@ pub struct Worker {
     pub wake: Arc<Wake>,
     /// Woken when results are stored (the uploader).
     pub stored: Arc<Wake>,
+    /// Where items and stage times are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A fault-injection seam for tests of what happens when a worker dies
@@ -117,6 +119,7 @@ impl Worker {
                         !outcome.result.as_ref().is_err_and(|e| e.is_transient())
                     })
                     .unzip();
+                self.count(&items, &outcomes, completed_at_ms);
                 let records = items
                     .iter()
                     .zip(&outcomes)
@@ -208,6 +211,25 @@ impl Worker {
         }
     }
 
+    /// Count each item's outcome and the time it spent in each stage.
+    fn count(&self, items: &[&JournalItem], outcomes: &[Outcome], completed_at_ms: i64) {
+        let name = self.pipeline.name();
+        let metrics = &self.metrics;
+        for (item, outcome) in items.iter().zip(outcomes) {
+            metrics.item(name, outcome.result.as_ref().err().map(|e| e.kind()));
+            let t = &outcome.timings;
+            for (stage, us) in [
+                ("preprocess", t.preprocess_us),
+                ("inference", t.infer_us),
+                ("postprocess", t.postprocess_us),
+            ] {
+                metrics.stage(name, stage, Duration::from_micros(us), 1);
+            }
+            let waited = (completed_at_ms - item.accepted_at_ms).max(0) as u64;
+            metrics.stage(name, "end_to_end", Duration::from_millis(waited), 1);
+        }
+    }
+
     /// Commit each group; on failure (a full disk) keep the results and
     /// retry with backoff while the inputs stay journaled.
     fn store(&self, groups: Receiver<Done>) {
@@ -215,8 +237,12 @@ impl Worker {
         let mut failures = 0u32;
         for done in groups {
             loop {
+                let started = std::time::Instant::now();
                 match self.outbox.complete(&done.seqs, &done.records) {
                     Ok(_) => {
+                        let n = done.records.len() as u64;
+                        self.metrics
+                            .stage(name, "outbox_commit", started.elapsed(), n);
                         failures = 0;
                         self.stored.wake();
                         break;

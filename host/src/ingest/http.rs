@@ -15,7 +15,9 @@
 //! * `GET /v1/status`: the outbox status as JSON (token required, when
 //!   configured). `GET /v1/health` and `GET /healthz`: `ok` while the
 //!   process serves. `GET /readyz`: `200 {"ready": true}`, or `503` with
-//!   `"problems"` naming each pipeline that is down and why.
+//!   `"problems"` naming each pipeline that is down and why. `GET /metrics`:
+//!   the agent's metrics for Prometheus ([`crate::metrics`]; token
+//!   required, when configured).
 //!
 //! Invariants:
 //! * the token is checked from the headers before anything else: without
@@ -152,6 +154,7 @@ impl Source for HttpSource {
             .route("/v1/health", axum::routing::get(|| async { "ok" }))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .route("/readyz", axum::routing::get(get_ready))
+            .route("/metrics", axum::routing::get(get_metrics))
             .route("/v1/status", axum::routing::get(get_status))
             .route("/v1/ingest/{pipeline}", axum::routing::post(post_ingest))
             .with_state(Arc::new(Shared {
@@ -195,6 +198,21 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 
+/// The answer for an input that was not accepted, counted.
+fn refused(sink: &Sink, error: &IngestError) -> Response {
+    sink.metrics().refused(match error {
+        IngestError::UnknownPipeline { .. } => "unknown_pipeline",
+        IngestError::TooLarge { .. } => "too_large",
+        IngestError::Busy { .. } => "busy",
+        IngestError::PipelineDown { .. } => "pipeline_down",
+        IngestError::BadKey => "bad_key",
+        IngestError::KeyConflict { .. } => "key_conflict",
+        IngestError::Outbox(e) if e.is_disk_full() => "disk_full",
+        _ => "other",
+    });
+    refusal(error)
+}
+
 /// The answer for an input that was not accepted.
 fn refusal(error: &IngestError) -> Response {
     let (status, retry_after) = match error {
@@ -232,7 +250,7 @@ async fn post_ingest(
         .and_then(|()| sink.check_size(declared.unwrap_or(0)))
         .and_then(|()| sink.check_room(declared.unwrap_or(0)));
     if let Err(e) = checked {
-        return refusal(&e);
+        return refused(sink, &e);
     }
     // Held until the answer: bodies in memory are bounded by the permits
     // times the size limit.
@@ -253,10 +271,13 @@ async fn post_ingest(
     let body = match sluice_serve::read_body(body, declared, limit, shared.body_timeout).await {
         Ok(body) => body,
         Err(BodyError::TooLarge { .. }) => {
-            return refusal(&IngestError::TooLarge {
-                bytes: declared.unwrap_or(limit as u64 + 1),
-                max: limit as u64,
-            });
+            return refused(
+                sink,
+                &IngestError::TooLarge {
+                    bytes: declared.unwrap_or(limit as u64 + 1),
+                    max: limit as u64,
+                },
+            );
         }
         Err(e @ BodyError::TimedOut { .. }) => {
             return json_error(
@@ -267,7 +288,7 @@ async fn post_ingest(
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if let Err(e) = sink.check_room(body.len() as u64) {
-        return refusal(&e);
+        return refused(sink, &e);
     }
     let key = match headers
         .get(sluice_protocol::IDEMPOTENCY_KEY)
@@ -275,7 +296,7 @@ async fn post_ingest(
     {
         None => None,
         Some(Ok(key)) => Some(key.to_owned()),
-        Some(Err(_)) => return refusal(&IngestError::BadKey),
+        Some(Err(_)) => return refused(sink, &IngestError::BadKey),
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -289,6 +310,7 @@ async fn post_ingest(
         data: body,
     };
     let sink = sink.clone();
+    let answer_sink = sink.clone();
     // The commit fsyncs: off the async workers.
     let accepted = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -304,11 +326,24 @@ async fn post_ingest(
     .await;
     match accepted {
         Ok(Ok(accepted)) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
-        Ok(Err(e)) => refusal(&e),
+        Ok(Err(e)) => refused(&answer_sink, &e),
         Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("ingest task failed: {e}"),
         ),
+    }
+}
+
+/// `GET /metrics`: OpenMetrics text (token required, when configured).
+async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = shared.unauthorized(&headers) {
+        return refused;
+    }
+    let sink = shared.sink.clone();
+    // Scraping reads the outbox (SQLite): off the async workers.
+    match tokio::task::spawn_blocking(move || sink.metrics().encode()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

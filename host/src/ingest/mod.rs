@@ -125,6 +125,7 @@ pub struct Sink {
     max_pending_bytes: u64,
     /// Pipelines whose worker died, and why.
     down: std::sync::Mutex<BTreeMap<String, String>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Sink {
@@ -135,6 +136,7 @@ impl Sink {
         outbox: Arc<Outbox>,
         workers: BTreeMap<String, Arc<Wake>>,
         config: &IngestConfig,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Sink {
         Sink {
             device: device.to_owned(),
@@ -143,7 +145,13 @@ impl Sink {
             max_input_bytes: config.max_input_bytes as u64,
             max_pending_bytes: config.max_pending_bytes,
             down: Default::default(),
+            metrics,
         }
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Take no more inputs for `pipeline`: its worker died (`reason`).
@@ -220,18 +228,26 @@ impl Sink {
             self.check_pipeline(&incoming.input.pipeline)?;
             self.check_size(incoming.input.data.len() as u64)?;
         }
+        let started = std::time::Instant::now();
         let seqs = self.outbox.accept_many(
             &inputs
                 .iter()
                 .map(|i| (&i.input, i.claim.as_deref()))
                 .collect::<Vec<_>>(),
         )?;
+        let took = started.elapsed();
         let mut woken = Vec::new();
         for incoming in inputs {
             let pipeline = incoming.input.pipeline.as_str();
             if !woken.contains(&pipeline) {
                 woken.push(pipeline);
                 self.workers[pipeline].wake();
+                let n = inputs
+                    .iter()
+                    .filter(|i| i.input.pipeline == pipeline)
+                    .count() as u64;
+                self.metrics.accepted(pipeline, n);
+                self.metrics.stage(pipeline, "ingest_accept", took, n);
             }
         }
         Ok(inputs
@@ -259,6 +275,7 @@ impl Sink {
         self.check_pipeline(&input.pipeline)?;
         let seq = self.outbox.accept_refused(input, reason, claim)?;
         self.workers[&input.pipeline].wake();
+        self.metrics.refused("too_large");
         Ok(Accepted {
             id: self.outbox.result_id(&self.device, &input.pipeline, seq),
             seq,
@@ -273,9 +290,13 @@ impl Sink {
         check_key(key)?;
         self.check_pipeline(&input.pipeline)?;
         self.check_size(input.data.len() as u64)?;
+        let started = std::time::Instant::now();
         let (seq, replayed) = match self.outbox.accept_keyed(&input, key)? {
             KeyedAccept::New(seq) => {
                 self.workers[&input.pipeline].wake();
+                self.metrics.accepted(&input.pipeline, 1);
+                self.metrics
+                    .stage(&input.pipeline, "ingest_accept", started.elapsed(), 1);
                 (seq, false)
             }
             KeyedAccept::Replayed(seq) => (seq, true),
@@ -305,6 +326,8 @@ pub fn check_key(key: &str) -> Result<(), IngestError> {
 pub struct Context {
     /// The process's tokio runtime (for sources that serve async I/O).
     pub runtime: tokio::runtime::Handle,
+    /// The agent's metrics (served by sources that speak HTTP).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A way inputs come in. Implementations live one per file in this module

@@ -77,6 +77,7 @@ pub use batches::{Batch, Split};
 pub use counters::{Counter, Status, counter};
 pub use journal::{JournalItem, KeyedAccept, NewInput};
 pub use records::{AppendReport, NewRecord};
+pub use reserve::free_bytes;
 pub use schema::Recovery;
 pub use set_aside::SetAside;
 

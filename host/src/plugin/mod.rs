@@ -34,6 +34,7 @@ use crate::types::{
 use bindings::{POSTPROCESS_EXPORT, PREPROCESS_EXPORT, post, pre, wit};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Store, Trap};
@@ -184,6 +185,7 @@ impl PluginHost {
             },
             nn: self.nn.clone(),
             idle: Mutex::new(Vec::new()),
+            faults: Default::default(),
         };
         // Start one instance now so that a broken plugin is refused at
         // start-up, with its own message, rather than on the first item.
@@ -254,6 +256,8 @@ pub struct Plugin {
     limits: PluginLimits,
     nn: NnContextFactory,
     idle: Mutex<Vec<Live>>,
+    /// Instances discarded, by [`Fault::kind`] (in [`Fault::KINDS`] order).
+    faults: [AtomicU64; 4],
 }
 
 impl std::fmt::Debug for Plugin {
@@ -283,6 +287,20 @@ impl Plugin {
     /// SHA-256 of the component's bytes, hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Instances discarded (and so restarted) since it started, by fault
+    /// kind: `(kind, count)` for each of [`Fault::KINDS`].
+    pub fn faults(&self) -> [(&'static str, u64); 4] {
+        std::array::from_fn(|i| (Fault::KINDS[i], self.faults[i].load(Ordering::Relaxed)))
+    }
+
+    fn count_fault(&self, fault: &Fault) {
+        let i = Fault::KINDS
+            .iter()
+            .position(|k| *k == fault.kind())
+            .unwrap_or(0);
+        self.faults[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the compiled component came from the cache.
@@ -381,6 +399,7 @@ impl Plugin {
                     items.len()
                 ));
                 tracing::warn!(plugin = %self.name, "{fault}; discarding the instance");
+                self.count_fault(&fault);
                 items
                     .iter()
                     .map(|_| Err(self.fault(fault.clone())))
@@ -389,6 +408,7 @@ impl Plugin {
             Err(error) => {
                 let fault = self.classify(&live, &error);
                 drop(live);
+                self.count_fault(&fault);
                 tracing::warn!(plugin = %self.name, items = items.len(), "{fault}; instance discarded");
                 if items.len() == 1 {
                     vec![Err(self.fault(fault))]

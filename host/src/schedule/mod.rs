@@ -18,7 +18,7 @@ mod execution;
 mod stats;
 
 pub use execution::{ExecutionCache, ExecutionChoice, ExecutionMode, Measurement};
-pub use stats::StatsSnapshot;
+pub use stats::{BATCH_SIZE_BOUNDS, QUEUE_TIME_BOUNDS_US, StatsSnapshot};
 
 use crate::infer::{Model, ModelError, TensorSpec};
 use crate::types::{ItemError, Tensor};
@@ -179,6 +179,11 @@ impl Scheduler {
     /// What it has done so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Items admitted and not yet answered (its queue depth).
+    pub fn queue_depth(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
     }
 
     /// Infer one item (tensors with a batch axis of 1); blocks until done.

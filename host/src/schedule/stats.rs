@@ -13,13 +13,18 @@ pub(crate) struct SchedulerStats {
     batch_sizes: [AtomicU64; 8],
     /// Items by queue time bucket (<0.1 ms, <1 ms, <5 ms, <10 ms, <50 ms, <100 ms, <1 s, more).
     queue_times: [AtomicU64; 8],
+    /// Sum of the items' queue times, in microseconds.
+    queue_time_us: AtomicU64,
     batches: AtomicU64,
     items: AtomicU64,
     rejected_full: AtomicU64,
     timed_out: AtomicU64,
 }
 
-const QUEUE_TIME_BOUNDS_US: [u64; 7] = [100, 1_000, 5_000, 10_000, 50_000, 100_000, 1_000_000];
+/// Upper bounds (exclusive) of the queue time buckets, in microseconds.
+pub const QUEUE_TIME_BOUNDS_US: [u64; 7] = [100, 1_000, 5_000, 10_000, 50_000, 100_000, 1_000_000];
+/// Largest batch size of each batch size bucket but the last (1, 2-3, 4-7...).
+pub const BATCH_SIZE_BOUNDS: [u64; 7] = [1, 3, 7, 15, 31, 63, 127];
 
 impl SchedulerStats {
     pub(super) fn record_batch(&self, size: usize) {
@@ -45,6 +50,8 @@ impl SchedulerStats {
             .position(|&b| us < b)
             .unwrap_or(7);
         self.queue_times[bucket].fetch_add(items as u64, Ordering::Relaxed);
+        self.queue_time_us
+            .fetch_add(us.saturating_mul(items as u64), Ordering::Relaxed);
     }
 
     /// A plain snapshot for reports.
@@ -59,6 +66,7 @@ impl SchedulerStats {
             items: self.items.load(Ordering::Relaxed),
             rejected_full: self.rejected_full.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
+            queue_time_us: self.queue_time_us.load(Ordering::Relaxed),
             batch_size_histogram: [
                 "1", "2-3", "4-7", "8-15", "16-31", "32-63", "64-127", "128+",
             ]
@@ -88,6 +96,8 @@ pub struct StatsSnapshot {
     pub rejected_full: u64,
     /// Items answered with a timeout because they waited too long to start.
     pub timed_out: u64,
+    /// Sum of the items' queue times, in microseconds.
+    pub queue_time_us: u64,
     /// Batches by size: (bucket label such as `"4-7"`, count).
     pub batch_size_histogram: Vec<(String, u64)>,
     /// Items by time spent queued: (bucket label such as `"<5ms"`, count).

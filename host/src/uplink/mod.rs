@@ -146,6 +146,7 @@ pub struct Uploader {
     uplink: Box<dyn Uplink>,
     config: SyncConfig,
     device: String,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Uploader {
@@ -162,7 +163,14 @@ impl Uploader {
             uplink,
             config: config.clone(),
             device: device.to_owned(),
+            metrics: Default::default(),
         }
+    }
+
+    /// Count uploads in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Uploader {
+        self.metrics = metrics;
+        self
     }
 
     /// Upload batches until the outbox is empty, `stop` is set, or a batch
@@ -179,19 +187,29 @@ impl Uploader {
             };
             match self.send(&batch) {
                 Ok(()) => {
-                    report.records += self.outbox.ack_batch(batch.id)?;
+                    let records = self.outbox.ack_batch(batch.id)?;
+                    let bytes = batch
+                        .records
+                        .iter()
+                        .map(|(_, body)| body.len() as u64)
+                        .sum();
+                    self.metrics.upload("acknowledged");
+                    self.metrics.uploaded(records, bytes);
+                    report.records += records;
                     report.batches += 1;
                 }
                 Err(e) if e.is_about_content() => {
                     let reason = e.to_string();
                     match self.outbox.split_batch(batch.id, &reason)? {
                         Split::Halved { first, second } => {
+                            self.metrics.upload("split");
                             report.splits += 1;
                             tracing::warn!(
                                 "{reason}; looking for the refused record: sending it again as {first} + {second} record(s)"
                             );
                         }
                         Split::SetAside { id } => {
+                            self.metrics.upload("set_aside");
                             report.set_aside += 1;
                             tracing::error!(
                                 "record `{id}` refused upstream, set aside (see `sluice outbox set-aside`): {reason}"
@@ -201,6 +219,7 @@ impl Uploader {
                     }
                 }
                 Err(e) => {
+                    self.metrics.upload("failed");
                     let _ = self.outbox.record_sync_error(&e.to_string());
                     return Err(e);
                 }

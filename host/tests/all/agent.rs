@@ -1091,3 +1091,129 @@ fn a_two_gib_file_in_the_folder_is_refused_without_being_read() {
     assert_eq!(refused[0]["error"]["kind"], "refused", "{refused:?}");
     assert!(!inbox.join("big.png").exists());
 }
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Prometheus server scraping `target` every 500 ms, in `dir`; killed on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: std::net::SocketAddr) -> Option<Prometheus> {
+        let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\nscrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let ready = wait_until(Duration::from_secs(30), || {
+            get_status(&format!("{}/-/ready", prometheus.url)) == Some(200)
+        });
+        assert!(ready, "prometheus did not become ready");
+        Some(prometheus)
+    }
+
+    /// The value of the one series `query` returns, if it returns one.
+    fn query(&self, query: &str) -> Option<f64> {
+        let (status, body) = http(
+            reqwest::Client::new()
+                .get(format!("{}/api/v1/query", self.url))
+                .query(&[("query", query)]),
+        );
+        let body: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        if status != 200 {
+            return None;
+        }
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a GET, or `None` if there was no answer.
+fn get_status(url: &str) -> Option<u16> {
+    crate::common::tokio().block_on(async {
+        let response = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    })
+}
+
+#[test]
+fn prometheus_scrapes_the_agent_and_counts_every_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, url) = ingest_agent(dir.path(), |_| {});
+    let Some(prometheus) = Prometheus::start(dir.path(), agent.ingest_addr().unwrap()) else {
+        eprintln!(
+            "SKIPPED prometheus_scrapes_the_agent_and_counts_every_item: no prometheus binary (Debian package `prometheus`; .ci/run installs it)"
+        );
+        agent.shutdown();
+        return;
+    };
+    let images = images();
+    for image in &images[..20] {
+        assert_eq!(post_image(&url, image).0, 202);
+    }
+    // The agent's own answer names the series, in OpenMetrics text.
+    let text =
+        String::from_utf8(http(reqwest::Client::new().get(format!("{url}/metrics"))).1).unwrap();
+    for series in [
+        "sluice_items_total",
+        "sluice_stage_seconds_bucket",
+        "sluice_batch_size_bucket",
+        "sluice_outbox_pending_records",
+        "sluice_disk_free_bytes",
+        "sluice_plugin_instance_restarts_total",
+        "sluice_build_info",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    let ok = r#"sum(sluice_items_total{job="sluice",pipeline="digits",outcome="ok"})"#;
+    let counted = wait_until(Duration::from_secs(30), || {
+        prometheus.query(ok) == Some(20.0)
+    });
+    let inference = r#"sum(sluice_stage_seconds_count{pipeline="digits",stage="inference"})"#;
+    let timed = prometheus.query(inference);
+    agent.shutdown();
+    assert!(counted, "PromQL {ok} = {:?}, not 20", prometheus.query(ok));
+    assert_eq!(timed, Some(20.0), "{inference}");
+}
