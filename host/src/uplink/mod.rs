@@ -28,7 +28,7 @@ use crate::config::SyncConfig;
 use crate::outbox::{Batch, Outbox, OutboxError, Split};
 use crate::wake::{Wake, backoff};
 use serde_json::value::RawValue;
-use sluice_protocol::{BatchAck, PROTOCOL_VERSION, RawBatch, UploadBatch};
+use sluice_protocol::{BatchAck, DeviceStatus, PROTOCOL_VERSION, RawBatch, UploadBatch};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -230,10 +230,11 @@ impl Uploader {
 
     /// Deliver one batch; `Ok` only on an acknowledgement of its key.
     fn send(&self, batch: &Batch) -> Result<(), UplinkError> {
-        let wire = to_wire(&self.device, batch).map_err(|problem| UplinkError::Unsendable {
+        let mut wire = to_wire(&self.device, batch).map_err(|problem| UplinkError::Unsendable {
             key: batch.key.clone(),
             problem,
         })?;
+        wire.status = self.device_status();
         let ack = self.uplink.deliver(&wire)?;
         if ack.key != batch.key {
             return Err(UplinkError::NotAcknowledged {
@@ -243,6 +244,21 @@ impl Uploader {
             });
         }
         Ok(())
+    }
+
+    /// How the device is doing, for the collector (from the outbox's status;
+    /// none if it cannot be read).
+    fn device_status(&self) -> Option<DeviceStatus> {
+        let status = self.outbox.status().ok()?;
+        let now = crate::outbox::now_ms();
+        Some(DeviceStatus {
+            sluice_version: crate::record::SLUICE_VERSION.to_owned(),
+            at_ms: now,
+            pending_records: status.pending_records,
+            journal_items: status.journal_items,
+            set_aside_records: status.set_aside_records,
+            oldest_pending_ms: status.oldest_created_at_ms.map(|t| (now - t).max(0)),
+        })
     }
 
     /// Sync until `wake` stops: after each pass wait for new records (or
@@ -294,5 +310,6 @@ pub fn to_wire(device: &str, batch: &Batch) -> Result<RawBatch, String> {
         device: device.to_owned(),
         key: batch.key.clone(),
         records,
+        status: None,
     })
 }
