@@ -125,7 +125,8 @@ impl Agent {
             wakes.clone(),
             &config.ingest,
             metrics.clone(),
-        ));
+        )
+        .with_startup_problems(runtime.problems().iter().map(|p| p.to_string()).collect()));
         // From here on, dropping `agent` (on an error) stops what started.
         let mut agent = Agent {
             runtime: runtime.clone(),

@@ -15,7 +15,8 @@
 //! * `GET /v1/status`: the outbox status as JSON (token required, when
 //!   configured). `GET /v1/health` and `GET /healthz`: `ok` while the
 //!   process serves. `GET /readyz`: `200 {"ready": true}`, or `503` with
-//!   `"problems"` naming each pipeline that is down and why. `GET /metrics`:
+//!   `"problems"`: pipelines down, models or plugins that did not start, an
+//!   outbox that cannot be written, a backlog at its bound. `GET /metrics`:
 //!   the agent's metrics for Prometheus ([`crate::metrics`]; token
 //!   required, when configured).
 //!
@@ -347,15 +348,10 @@ async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     }
 }
 
-/// `GET /readyz`: `200` when every pipeline takes inputs, else `503`
-/// naming what is wrong.
+/// `GET /readyz`: `200` when the agent takes and processes inputs, else
+/// `503` naming what is wrong ([`Sink::readiness`]).
 async fn get_ready(State(shared): State<Arc<Shared>>) -> Response {
-    let problems: Vec<String> = shared
-        .sink
-        .down()
-        .into_iter()
-        .map(|(pipeline, reason)| format!("pipeline `{pipeline}` is down: {reason}"))
-        .collect();
+    let problems = shared.sink.readiness();
     let status = if problems.is_empty() {
         StatusCode::OK
     } else {

@@ -125,6 +125,8 @@ pub struct Sink {
     max_pending_bytes: u64,
     /// Pipelines whose worker died, and why.
     down: std::sync::Mutex<BTreeMap<String, String>>,
+    /// What did not start (models, plugins), for readiness.
+    startup_problems: Vec<String>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -145,8 +147,35 @@ impl Sink {
             max_input_bytes: config.max_input_bytes as u64,
             max_pending_bytes: config.max_pending_bytes,
             down: Default::default(),
+            startup_problems: Vec::new(),
             metrics,
         }
+    }
+
+    /// Note what did not start (a model or plugin refused at start-up): the
+    /// agent runs what it can, but is not ready.
+    pub fn with_startup_problems(mut self, problems: Vec<String>) -> Sink {
+        self.startup_problems = problems;
+        self
+    }
+
+    /// What keeps the agent from being ready, empty when it is: pipelines
+    /// down, what did not start, an outbox that cannot be written, a backlog
+    /// at its bound (`ingest.max_pending_bytes`).
+    pub fn readiness(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .down()
+            .into_iter()
+            .map(|(pipeline, reason)| format!("pipeline `{pipeline}` is down: {reason}"))
+            .collect();
+        problems.extend(self.startup_problems.iter().map(|p| format!("not started: {p}")));
+        if let Some(failure) = self.outbox.write_failure() {
+            problems.push(format!("the outbox cannot be written: {failure}"));
+        }
+        if let Err(e) = self.check_room(0) {
+            problems.push(format!("backlog at its bound: {e}"));
+        }
+        problems
     }
 
     /// The agent's metrics.

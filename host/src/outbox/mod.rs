@@ -199,6 +199,8 @@ pub struct Outbox {
     recovered: Option<Recovery>,
     instance: Option<String>,
     reserve: reserve::Reserve,
+    /// Why the last write failed, until one succeeds (readiness).
+    write_failure: Mutex<Option<String>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -267,6 +269,7 @@ impl Outbox {
         Ok(Outbox {
             instance,
             reserve: reserve::Reserve::new(path, config.disk_reserve_bytes),
+            write_failure: Mutex::new(None),
             path: path.to_owned(),
             config,
             inner: Mutex::new(Inner {
@@ -332,14 +335,14 @@ impl Outbox {
             // Only changed under this lock, so this is the current value.
             journal_bytes: self.journal_bytes.load(Ordering::Relaxed),
         };
-        let value = conn
-            .transaction()
-            .and_then(|tx| {
-                let value = f(&tx, &mut sizes)?;
-                tx.commit()?;
-                Ok(value)
-            })
-            .map_err(|e| sql_error(&self.path, e))?;
+        let written = conn.transaction().and_then(|tx| {
+            let value = f(&tx, &mut sizes)?;
+            tx.commit()?;
+            Ok(value)
+        });
+        *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            written.as_ref().err().map(|e| e.to_string());
+        let value = written.map_err(|e| sql_error(&self.path, e))?;
         *pending_records = sizes.pending_records;
         *pending_bytes = sizes.pending_bytes;
         self.journal_bytes
@@ -364,6 +367,15 @@ impl Outbox {
             }
             result => result,
         }
+    }
+
+    /// Why the last write failed, if it did and none succeeded since (a full
+    /// disk, a file gone read-only): the outbox is not writable.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Make the disk reserve again if it was used and the disk has room

@@ -1217,3 +1217,35 @@ fn prometheus_scrapes_the_agent_and_counts_every_item() {
     assert!(counted, "PromQL {ok} = {:?}, not 20", prometheus.query(ok));
     assert_eq!(timed, Some(20.0), "{inference}");
 }
+
+#[test]
+fn readiness_says_when_the_outbox_cannot_be_written_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, url) = ingest_agent(dir.path(), |_| {});
+    let ready = || {
+        let (status, body) = http(reqwest::Client::new().get(format!("{url}/readyz")));
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(ready().0, 200, "{}", ready().1);
+    // No room left in the file: inputs are refused with 507 ...
+    let pages: u64 = std::fs::metadata(agent.outbox().path()).unwrap().len() / 4096 + 2;
+    agent.outbox().limit_file_pages(pages).unwrap();
+    let big = vec![0u8; 64 << 10];
+    let mut status = 0;
+    for _ in 0..20 {
+        status = post_image(&url, &big).0;
+        if status == 507 {
+            break;
+        }
+    }
+    assert_eq!(status, 507);
+    // ... and readiness says why.
+    let (code, body) = ready();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the outbox cannot be written"), "{body}");
+    // Room again: the next write succeeds and readiness comes back.
+    agent.outbox().limit_file_pages(1 << 30).unwrap();
+    assert_eq!(post_image(&url, &images()[0]).0, 202);
+    assert_eq!(ready().0, 200, "{}", ready().1);
+    agent.shutdown();
+}
