@@ -466,7 +466,7 @@ mod tests {
         )));
         let json = serde_json::to_value(&ok).unwrap();
         assert_eq!(json["kind"], "result");
-        assert_eq!(json["id"], "gw-1/digits/7");
+        assert_eq!(json["id"], "gw-1/digits/5eed-7");
         assert_eq!(json["result"]["body"]["label"], "3");
         assert!(json.get("error").is_none());
         let back: Record = serde_json::from_value(json).unwrap();
