@@ -7,7 +7,7 @@
 //! input (`202`, not replayed) its own id, gives a replayed key the id it
 //! gave first, and every id it acknowledged becomes a result in the outbox.
 //!
-//! `PROPTEST_CASES=2000 cargo test -p sluice --test all props` runs longer
+//! `PROPTEST_CASES=100000 cargo test -p sluice --test all props` runs longer
 //! (see `docs/fuzzing.md`).
 
 use crate::common::repo_root;
