@@ -67,14 +67,24 @@ impl Tensor {
         Tensor::new(name, shape, values)
     }
 
-    /// Number of elements the shape describes.
+    /// Number of elements the shape describes; `usize::MAX` if that does not
+    /// fit in a `usize` (a shape from outside may claim anything: on wasm32,
+    /// `[65536, 65536]` already does not).
     pub fn element_count(&self) -> usize {
-        self.shape.iter().map(|&d| d as usize).product()
+        self.shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+            .unwrap_or(usize::MAX)
     }
 
     /// Check that `data` holds exactly the elements the shape and dtype describe.
     pub fn validate(&self) -> Result<(), ItemError> {
-        let expected = self.element_count() * self.dtype.size();
+        let Some(expected) = self.element_count().checked_mul(self.dtype.size()) else {
+            return Err(ItemError::invalid(format!(
+                "tensor `{}`: shape {:?} of {:?} describes more bytes than memory holds",
+                self.name, self.shape, self.dtype
+            )));
+        };
         if self.data.len() != expected {
             return Err(ItemError::invalid(format!(
                 "tensor `{}`: shape {:?} of {:?} needs {expected} bytes, got {}",
@@ -184,6 +194,32 @@ mod tests {
             }
             other => panic!("expected invalid input, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_shape_too_large_to_count_is_an_invalid_input_not_an_overflow() {
+        for shape in [vec![u32::MAX; 3], vec![1 << 16, 1 << 16, 1 << 16, 1 << 16]] {
+            for dtype in [Dtype::U8, Dtype::Fp32] {
+                let t = Tensor {
+                    name: "huge".into(),
+                    dtype,
+                    shape: shape.clone(),
+                    data: Vec::new(),
+                };
+                match t.to_f32() {
+                    Err(ItemError::InvalidInput(m)) => assert!(m.contains("huge"), "{m}"),
+                    other => panic!("expected invalid input, got {other:?}"),
+                }
+            }
+        }
+        // A product past usize::MAX / size, but not past usize::MAX.
+        let t = Tensor {
+            name: "x".into(),
+            dtype: Dtype::Fp64,
+            shape: vec![u32::MAX, u32::MAX],
+            data: Vec::new(),
+        };
+        assert!(matches!(t.validate(), Err(ItemError::InvalidInput(_))));
     }
 
     #[test]

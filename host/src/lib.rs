@@ -34,6 +34,8 @@
 pub mod agent;
 pub mod bundled;
 pub mod config;
+#[cfg(test)]
+mod config_props;
 pub mod error;
 pub mod infer;
 pub mod ingest;

@@ -71,9 +71,13 @@ impl Harness {
     }
 }
 
+/// 128 cases, or `PROPTEST_CASES` for a longer run (`docs/fuzzing.md`).
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 128,
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(128),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

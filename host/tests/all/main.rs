@@ -12,4 +12,5 @@ mod cli;
 mod inference;
 mod outbox;
 mod plugins;
+mod props;
 mod sync;

@@ -213,4 +213,6 @@ impl Postprocessor for ClassifyPostprocess {
 sluice_guest::export_postprocessor!(ClassifyPostprocess);
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

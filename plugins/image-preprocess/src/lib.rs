@@ -418,4 +418,6 @@ impl Preprocessor for ImagePreprocess {
 sluice_guest::export_preprocessor!(ImagePreprocess);
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -411,6 +411,14 @@ impl Preprocessor for TabularPreprocess {
             .standardizer
             .parse(&input.data, &input.meta.content_type, self.format)?;
         let values = self.standardizer.apply(&raw);
+        // A finite input can still standardize out of the f32 range (a huge
+        // value, or a tiny scale): the model would get an infinity.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ItemError::invalid(format!(
+                "feature `{}` = {} standardizes to {}, outside the f32 range",
+                self.standardizer.features[i], raw[i], values[i]
+            )));
+        }
         Ok(vec![Tensor::from_f32(
             self.output.clone(),
             &[1, values.len() as u32],
@@ -421,5 +429,7 @@ impl Preprocessor for TabularPreprocess {
 
 sluice_guest::export_preprocessor!(TabularPreprocess);
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

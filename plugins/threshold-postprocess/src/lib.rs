@@ -117,6 +117,9 @@ impl Postprocessor for ThresholdPostprocess {
 sluice_guest::export_postprocessor!(ThresholdPostprocess);
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
