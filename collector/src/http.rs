@@ -3,7 +3,9 @@
 //! Invariants: every request but `/v1/health` is authenticated by its bearer
 //! token, from its headers, before anything else is done with it (no byte
 //! of a batch is read for an unknown token); a token acts only for its own
-//! device; what a batch can make the collector hold is bounded by
+//! device; the fleet view, the dashboard and metrics take only the
+//! operator's token (or the dashboard's cookie derived from it), never a
+//! device's; what a batch can make the collector hold is bounded by
 //! [`Limits`] (body, decompressed text, records, batches at once, time);
 //! the store is only touched from blocking threads, never from async workers.
 
@@ -12,8 +14,9 @@
 #![allow(clippy::result_large_err)]
 
 use crate::limits::Limits;
-use crate::store::{BatchError, Row, Store};
-use crate::tokens::Tokens;
+use crate::metrics::Metrics;
+use crate::store::{BatchError, Row, Store, now_ms};
+use crate::tokens::{Tokens, constant_time_eq};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -23,8 +26,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use sluice_protocol::{
-    self as protocol, DeviceCount, DeviceResults, ErrorBody, PROTOCOL_VERSION, RecordHeader,
+    self as protocol, DeviceCount, DeviceResults, DeviceStatus, ErrorBody, FleetView,
+    PROTOCOL_VERSION, RecordHeader,
 };
 use sluice_serve::BodyError;
 use std::io::Read;
@@ -36,10 +41,22 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// hold results back.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
+/// The dashboard's cookie. It holds [`session`] of the operator token, not
+/// the token itself.
+pub const COOKIE: &str = "sluice_operator";
+
+/// How long the dashboard's cookie lasts, seconds: a working week, after
+/// which the operator opens `?token=` again.
+pub const COOKIE_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+
+/// How far back the fleet endpoints look by default: one day.
+pub const DEFAULT_SINCE_MS: i64 = 24 * 3600 * 1000;
+
 struct Shared {
     store: Store,
     tokens: Tokens,
     limits: Limits,
+    metrics: Metrics,
     /// One permit per batch being read, decoded or stored.
     batches: Arc<Semaphore>,
 }
@@ -53,12 +70,15 @@ pub fn router(store: Store, tokens: Tokens) -> Router {
 /// The collector's routes over `store`, for `tokens`, within `limits` (the
 /// connection limit and header timeout are the server's: see
 /// [`serve_with`](crate::serve_with)).
-pub fn router_with(store: Store, tokens: Tokens, limits: Limits) -> Router {
+pub fn router_with(mut store: Store, tokens: Tokens, limits: Limits) -> Router {
     let batches = Arc::new(Semaphore::new(limits.max_concurrent_batches));
+    store.set_fleet_retention(limits.fleet_retention);
+    let metrics = Metrics::default();
     let shared = Arc::new(Shared {
         store,
         tokens,
         limits,
+        metrics: metrics.clone(),
         batches,
     });
     Router::new()
@@ -66,7 +86,22 @@ pub fn router_with(store: Store, tokens: Tokens, limits: Limits) -> Router {
         .route(protocol::paths::BATCHES, post(post_batch))
         .route("/v1/devices/{id}/count", get(get_count))
         .route("/v1/devices/{id}/results", get(get_results))
+        .route(protocol::paths::FLEET, get(get_fleet))
+        .route("/v1/fleet/devices/{id}", get(get_fleet_device))
+        .route("/metrics", get(get_metrics))
+        .route("/dashboard", get(dashboard_fleet))
+        .route("/dashboard/devices/{id}", get(dashboard_device))
         .with_state(shared)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let guard = metrics.request();
+                async move {
+                    let response = next.run(request).await;
+                    drop(guard);
+                    response
+                }
+            },
+        ))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -120,6 +155,15 @@ fn too_large(what: &str, limit: usize, flag: &str) -> Response {
 }
 
 async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let response = receive_batch(shared.clone(), headers, body).await;
+    // Stored and replayed batches are counted where they are stored.
+    if response.status() != StatusCode::OK {
+        shared.metrics.batch("refused", response.status().as_u16());
+    }
+    response
+}
+
+async fn receive_batch(shared: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     // The token first, from the headers alone: an unknown client makes the
     // collector read nothing.
     let device = match device_of(&shared, &headers) {
@@ -247,6 +291,10 @@ struct BatchText<'a> {
     key: String,
     #[serde(borrow)]
     records: &'a RawValue,
+    /// Kept raw: a status that does not parse is ignored, never a reason
+    /// to refuse the records (it is not part of the batch's content).
+    #[serde(default, borrow)]
+    status: Option<&'a RawValue>,
 }
 
 fn version_one() -> u32 {
@@ -405,10 +453,31 @@ fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: Vec<u8>
         Ok(rows) => rows,
         Err(response) => return response,
     };
-    match shared.store.store_batch(device, &batch.key, &rows) {
-        Ok(ack) => (StatusCode::OK, axum::Json(ack)).into_response(),
-        Err(e @ BatchError::KeyReused { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+    let status: Option<DeviceStatus> = batch.status.and_then(|raw| {
+        serde_json::from_str(raw.get())
+            .map_err(|e| tracing::warn!(device, "ignoring the batch's unreadable status: {e}"))
+            .ok()
+    });
+    let metrics = &shared.metrics;
+    match shared
+        .store
+        .store_batch_with(device, &batch.key, &rows, status.as_ref())
+    {
+        Ok(ack) => {
+            if ack.replayed {
+                metrics.batch("replayed", 200);
+            } else {
+                metrics.batch("stored", 200);
+                metrics.records(ack.stored, ack.duplicates);
+            }
+            (StatusCode::OK, axum::Json(ack)).into_response()
+        }
+        Err(e @ BatchError::KeyReused { .. }) => {
+            metrics.conflict("key_reused");
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Err(e @ BatchError::IdConflict { index, .. }) => {
+            metrics.conflict("id_conflict");
             record_error(StatusCode::CONFLICT, index, e.to_string())
         }
         Err(e) => {
@@ -466,6 +535,283 @@ async fn get_results(
             axum::Json(DeviceResults { device, results }).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    })
+    .await
+}
+
+/// The dashboard cookie's value for operator token `token`: a digest, so
+/// that the cookie jar never holds the token itself (a copied cookie still
+/// works until the token changes, but does not reveal it for the API).
+pub fn session(token: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"sluice-operator-session\0");
+    hasher.update(token.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// Why a request is not the operator's.
+enum NotOperator {
+    /// No or unknown credentials (or no operator token configured).
+    Unknown(&'static str),
+    /// A device's token.
+    Device,
+}
+
+fn operator_check(shared: &Shared, headers: &HeaderMap) -> Result<(), NotOperator> {
+    let Some(op) = shared.tokens.operator() else {
+        return Err(NotOperator::Unknown(
+            "this collector has no operator token: start it with --operator-token-file",
+        ));
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(token) = bearer {
+        if shared.tokens.is_operator(token) {
+            return Ok(());
+        }
+        if shared
+            .tokens
+            .device_of(Some(format!("Bearer {token}").as_str()))
+            .is_some()
+        {
+            return Err(NotOperator::Device);
+        }
+    }
+    let expected = session(op);
+    let cookie_ok = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| {
+            name == COOKIE && constant_time_eq(value.as_bytes(), expected.as_bytes())
+        });
+    if cookie_ok {
+        Ok(())
+    } else {
+        Err(NotOperator::Unknown("missing or unknown operator token"))
+    }
+}
+
+/// The operator's credentials, or the JSON error answer.
+fn operator(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    operator_check(shared, headers).map_err(|e| match e {
+        NotOperator::Unknown(why) => error(StatusCode::UNAUTHORIZED, why),
+        NotOperator::Device => error(
+            StatusCode::FORBIDDEN,
+            "a device token cannot read the fleet; use the operator token",
+        ),
+    })
+}
+
+fn stale_after_ms(limits: &Limits) -> i64 {
+    limits.stale_after.as_millis().min(i64::MAX as u128) as i64
+}
+
+fn fleet_view(shared: &Shared) -> Result<FleetView, Response> {
+    let now = now_ms();
+    let stale_after_ms = stale_after_ms(&shared.limits);
+    shared
+        .store
+        .fleet(&shared.tokens.devices(), now, stale_after_ms)
+        .map(|devices| FleetView {
+            at_ms: now,
+            stale_after_ms,
+            devices,
+        })
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn get_fleet(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(response) = operator(&shared, &headers) {
+        return response;
+    }
+    blocking(move || match fleet_view(&shared) {
+        Ok(view) => axum::Json(view).into_response(),
+        Err(response) => response,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct SinceQuery {
+    since_ms: Option<i64>,
+}
+
+/// `device`'s view since `since_ms` (default: a day back; never before
+/// the retention, which holds nothing older), or `404` for a device
+/// without a token.
+fn fleet_device(
+    shared: &Shared,
+    device: &str,
+    since_ms: Option<i64>,
+) -> Result<protocol::FleetDevice, Response> {
+    if !shared.tokens.devices().iter().any(|d| d == device) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no device of that name has a token",
+        ));
+    }
+    let now = now_ms();
+    let retention = shared
+        .limits
+        .fleet_retention
+        .as_millis()
+        .min(i64::MAX as u128) as i64;
+    let since = since_ms
+        .unwrap_or(now - DEFAULT_SINCE_MS)
+        .max(now.saturating_sub(retention));
+    shared
+        .store
+        .fleet_device(device, since, now, stale_after_ms(&shared.limits))
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn get_fleet_device(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(device): UrlPath<String>,
+    Query(query): Query<SinceQuery>,
+) -> Response {
+    if let Err(response) = operator(&shared, &headers) {
+        return response;
+    }
+    blocking(
+        move || match fleet_device(&shared, &device, query.since_ms) {
+            Ok(view) => axum::Json(view).into_response(),
+            Err(response) => response,
+        },
+    )
+    .await
+}
+
+async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(response) = operator(&shared, &headers) {
+        return response;
+    }
+    blocking(move || match fleet_view(&shared) {
+        Ok(view) => (
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            shared.metrics.encode(&view.devices, view.at_ms),
+        )
+            .into_response(),
+        Err(response) => response,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct DashboardQuery {
+    token: Option<String>,
+}
+
+/// The dashboard's authentication: `?token=` (a browser cannot be made to
+/// send a bearer header by following a link) is exchanged for an HttpOnly,
+/// SameSite=Strict cookie and a redirect to the same page without it, so
+/// the token leaves the address bar, history and `Referer`; after that the
+/// cookie (or a bearer header) authenticates. `Err`: the answer to send
+/// instead of the page.
+fn dashboard_auth(
+    shared: &Shared,
+    headers: &HeaderMap,
+    path: &str,
+    query: &DashboardQuery,
+) -> Result<(), Response> {
+    if let Some(token) = &query.token {
+        if !shared.tokens.is_operator(token.trim()) {
+            return Err(page(
+                StatusCode::UNAUTHORIZED,
+                crate::dashboard::denied("This is not the operator token."),
+            ));
+        }
+        let cookie = format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={COOKIE_MAX_AGE_SECS}",
+            session(token.trim())
+        );
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_str(path).expect("paths from the router are header-safe"),
+        );
+        headers.insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).expect("a hex session is header-safe"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Err(response);
+    }
+    operator_check(shared, headers).map_err(|e| {
+        let why = match e {
+            NotOperator::Unknown(why) => why,
+            NotOperator::Device => "a device token cannot read the fleet",
+        };
+        page(StatusCode::UNAUTHORIZED, crate::dashboard::denied(why))
+    })
+}
+
+fn page(status: StatusCode, html: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // Nothing on these pages runs or loads from elsewhere.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+async fn dashboard_fleet(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<DashboardQuery>,
+) -> Response {
+    if let Err(response) = dashboard_auth(&shared, &headers, "/dashboard", &query) {
+        return response;
+    }
+    blocking(move || match fleet_view(&shared) {
+        Ok(view) => page(StatusCode::OK, crate::dashboard::fleet(&view)),
+        Err(response) => response,
+    })
+    .await
+}
+
+async fn dashboard_device(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(device): UrlPath<String>,
+    Query(query): Query<DashboardQuery>,
+) -> Response {
+    // Device names are restricted to URL-safe characters; any other is no
+    // device, and is not echoed into a header.
+    if protocol::check_name(&device).is_err() {
+        return page(
+            StatusCode::NOT_FOUND,
+            crate::dashboard::denied("No such device."),
+        );
+    }
+    let path = format!("/dashboard/devices/{device}");
+    if let Err(response) = dashboard_auth(&shared, &headers, &path, &query) {
+        return response;
+    }
+    blocking(move || match fleet_device(&shared, &device, None) {
+        Ok(view) => page(StatusCode::OK, crate::dashboard::device(&view, now_ms())),
+        Err(response) => {
+            let status = response.status();
+            page(status, crate::dashboard::denied("No such device."))
+        }
     })
     .await
 }

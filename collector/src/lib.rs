@@ -28,19 +28,39 @@
 //!   [`Limits::max_results_page`]).
 //! * `GET /v1/health`: `ok`, without authentication.
 //!
+//! The fleet view, for operators (the operator token, set with
+//! [`Tokens::set_operator`], distinct from every device's; a device token
+//! is refused with `403`):
+//!
+//! * `GET /v1/fleet`: [`FleetView`](sluice_protocol::FleetView), every
+//!   device with a token: state (ok, stale, drift, unseen), last seen,
+//!   backlog, version.
+//! * `GET /v1/fleet/devices/{id}?since_ms=T`:
+//!   [`FleetDevice`](sluice_protocol::FleetDevice), one device with its
+//!   per-minute throughput and errors, backlog, versions and drift windows
+//!   since `T` (default a day back, never before
+//!   [`Limits::fleet_retention`]).
+//! * `GET /metrics`: OpenMetrics text for Prometheus ([`metrics`]).
+//! * `GET /dashboard`, `GET /dashboard/devices/{id}`: the same as HTML
+//!   pages with inline SVG charts ([`dashboard`]); `?token=OPERATOR_TOKEN`
+//!   once sets a cookie (see [`http::session`]).
+//!
 //! Storage invariants are in [`store`]; every bound on what a client can
 //! make the collector hold is in [`Limits`].
 
 #![deny(missing_docs)]
 
+pub mod dashboard;
+pub mod fleet;
 pub mod http;
 mod limits;
+pub mod metrics;
 pub mod store;
 mod tokens;
 
 pub use limits::{CONNECTION_BUFFER_BYTES, Limits, RECORD_OVERHEAD_BYTES};
 pub use store::{BatchError, Store, StoreError};
-pub use tokens::{TokenError, Tokens};
+pub use tokens::{TokenError, Tokens, constant_time_eq};
 
 use std::net::SocketAddr;
 use std::path::Path;

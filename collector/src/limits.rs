@@ -50,6 +50,15 @@ pub struct Limits {
     /// Longest wait, on shutdown, for requests in flight to finish
     /// (`--shutdown-grace`).
     pub shutdown_grace: Duration,
+    /// How long the fleet view keeps its series: per-minute throughput,
+    /// backlog and drift windows (`--fleet-retention`). Older rows are
+    /// deleted as each device's batches arrive; it bounds what the fleet
+    /// endpoints and the dashboard return for a device (one row per minute).
+    pub fleet_retention: Duration,
+    /// A device without an accepted batch for this long is shown `stale`
+    /// (`--stale-after`). Devices upload only when they have records, so
+    /// make it longer than an idle device's quietest stretch.
+    pub stale_after: Duration,
 }
 
 impl Limits {
@@ -88,6 +97,8 @@ impl Limits {
         body_read_timeout: Duration::from_secs(60),
         max_results_page: 10_000,
         shutdown_grace: Duration::from_secs(10),
+        fleet_retention: Duration::from_secs(7 * 24 * 3600),
+        stale_after: Duration::from_secs(15 * 60),
     };
 
     /// What requests can make the collector hold at once, in bytes, beyond
@@ -138,6 +149,11 @@ impl Limits {
                 "max_results_page (--max-results-page)",
                 self.max_results_page == 0,
             ),
+            (
+                "fleet_retention (--fleet-retention)",
+                self.fleet_retention.is_zero(),
+            ),
+            ("stale_after (--stale-after)", self.stale_after.is_zero()),
         ];
         match zero.iter().find(|(_, is_zero)| *is_zero) {
             Some((name, _)) => Err(format!("limit {name} must be more than 0")),

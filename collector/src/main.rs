@@ -21,6 +21,14 @@ struct Cli {
     /// A device's token, `DEVICE=TOKEN`; repeatable.
     #[arg(long = "token", value_parser = parse_pair)]
     token: Vec<(String, String)>,
+    /// A file holding the operator's token (the fleet API, the dashboard,
+    /// /metrics); must differ from every device token.
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+    /// The operator's token itself (visible in the process list: prefer
+    /// --operator-token-file).
+    #[arg(long, conflicts_with = "operator_token_file")]
+    operator_token: Option<String>,
     /// Log filter, e.g. `info`, `sluice_collector=debug`; RUST_LOG if not given.
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     log: String,
@@ -51,6 +59,12 @@ struct Cli {
     /// Longest wait on shutdown for requests in flight (e.g. 10s).
     #[arg(long, default_value_t = Limits::DEFAULT.shutdown_grace.into())]
     shutdown_grace: humantime::Duration,
+    /// How long the fleet view keeps per-minute throughput, backlog and drift windows (e.g. 7d).
+    #[arg(long, default_value_t = Limits::DEFAULT.fleet_retention.into())]
+    fleet_retention: humantime::Duration,
+    /// A device without an accepted batch for this long is shown stale (e.g. 15m).
+    #[arg(long, default_value_t = Limits::DEFAULT.stale_after.into())]
+    stale_after: humantime::Duration,
 }
 
 impl Cli {
@@ -65,6 +79,8 @@ impl Cli {
             body_read_timeout: self.body_timeout.into(),
             max_results_page: self.max_results_page,
             shutdown_grace: self.shutdown_grace.into(),
+            fleet_retention: self.fleet_retention.into(),
+            stale_after: self.stale_after.into(),
         }
     }
 }
@@ -98,6 +114,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if tokens.is_empty() {
         anyhow::bail!("no device tokens: give --tokens FILE or --token DEVICE=TOKEN");
+    }
+    // After the device tokens: refused if it is one of them.
+    if let Some(file) = &cli.operator_token_file {
+        tokens.set_operator_file(file)?;
+    }
+    if let Some(token) = &cli.operator_token {
+        tokens.set_operator(token)?;
     }
     let limits = cli.limits();
     limits.check().map_err(anyhow::Error::msg)?;

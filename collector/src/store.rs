@@ -16,18 +16,22 @@
 //!   an acknowledged batch survives a crash of the collector;
 //! * the file is marked as a collector store (`application_id`,
 //!   `user_version`); another SQLite file is refused, not written into;
-//!   a file of schema 1 (results unique by id alone) is migrated to
-//!   schema 2 when opened, in one transaction.
+//!   a file of an older schema is migrated when opened, in one
+//!   transaction: schema 1 (results unique by id alone) to 2, and 2 to 3
+//!   (the fleet view's tables, [`crate::fleet`]);
+//! * the fleet view is written in the transaction of the batch it comes
+//!   from, so it shows exactly what was acknowledged.
 
+use crate::fleet;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
-use sluice_protocol::{BatchAck, PROTOCOL_VERSION};
+use sluice_protocol::{BatchAck, DeviceStatus, FleetDevice, FleetSummary, PROTOCOL_VERSION};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Marks a SQLite file as a Sluice collector store, "SLCC".
 const APPLICATION_ID: i32 = 0x534C_4343;
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 const RESULTS_TABLE: &str = "
 CREATE TABLE results(
@@ -102,7 +106,7 @@ pub enum StoreError {
     },
     /// The file's schema is not one this collector knows (a newer
     /// collector wrote it).
-    #[error("collector database {} has schema version {found}; this collector knows 1 and {SCHEMA_VERSION} (was it written by a newer sluice-collector?)", path.display())]
+    #[error("collector database {} has schema version {found}; this collector knows 1 to {SCHEMA_VERSION} (was it written by a newer sluice-collector?)", path.display())]
     UnknownSchema {
         /// The database file.
         path: PathBuf,
@@ -194,6 +198,8 @@ fn same_record(a: &str, b: &str) -> bool {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// How long the fleet view's series are kept, ms.
+    retention_ms: i64,
 }
 
 impl Store {
@@ -250,7 +256,10 @@ impl Store {
                 )
                 .map_err(sql)?;
             let init = if tables == 0 {
-                format!("{RESULTS_TABLE} {BATCHES_TABLE} PRAGMA user_version = {SCHEMA_VERSION};")
+                format!(
+                    "{RESULTS_TABLE} {BATCHES_TABLE} {} PRAGMA user_version = {SCHEMA_VERSION};",
+                    fleet::TABLES
+                )
             } else {
                 "PRAGMA user_version = 1;".to_owned()
             };
@@ -259,16 +268,28 @@ impl Store {
             ))
             .map_err(sql)?;
         }
+        let mut conn = conn;
         let version: i32 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql)?;
+        let retention_ms = crate::Limits::DEFAULT.fleet_retention.as_millis() as i64;
         match version {
-            1 => {
-                conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .map_err(sql)?;
-                tracing::info!("migrated {} to schema {SCHEMA_VERSION}", path.display());
+            1 | 2 => {
+                // Every step in one transaction: a crash leaves the old schema.
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(sql)?;
+                if version == 1 {
+                    tx.execute_batch(MIGRATE_1_TO_2).map_err(sql)?;
+                }
+                fleet::migrate_2_to_3(&tx, now_ms(), retention_ms).map_err(sql)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sql)?;
+                tx.commit().map_err(sql)?;
+                tracing::info!(
+                    "migrated {} from schema {version} to {SCHEMA_VERSION}",
+                    path.display()
+                );
             }
             SCHEMA_VERSION => {}
             found => {
@@ -281,7 +302,14 @@ impl Store {
         Ok(Store {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            retention_ms,
         })
+    }
+
+    /// Keep the fleet view's series (per-minute throughput, backlog, drift
+    /// windows) for `retention` (default [`Limits::fleet_retention`](crate::Limits::fleet_retention)).
+    pub fn set_fleet_retention(&mut self, retention: std::time::Duration) {
+        self.retention_ms = retention.as_millis().min(i64::MAX as u128) as i64;
     }
 
     /// The database file.
@@ -313,6 +341,20 @@ impl Store {
         key: &str,
         rows: &[Row<'_>],
     ) -> Result<BatchAck, BatchError> {
+        self.store_batch_with(device, key, rows, None)
+    }
+
+    /// [`Store::store_batch`], with the device's `status` as the batch
+    /// carried it: recorded in the fleet view, in the same transaction,
+    /// even when the batch is a replay (it shows the device alive).
+    pub fn store_batch_with(
+        &self,
+        device: &str,
+        key: &str,
+        rows: &[Row<'_>],
+        status: Option<&DeviceStatus>,
+    ) -> Result<BatchAck, BatchError> {
+        let retention_ms = self.retention_ms;
         let digest = hex::encode(content_digest(rows.iter().map(|r| r.body)));
         let mut conn = self.lock();
         let result = (|| -> rusqlite::Result<Result<BatchAck, BatchError>> {
@@ -343,9 +385,13 @@ impl Store {
                 ack.stored = stored as u64;
                 ack.duplicates = duplicates as u64;
                 ack.replayed = true;
+                let now = now_ms();
+                fleet::write(&tx, device, now, retention_ms, status, &Default::default())?;
+                tx.commit()?;
                 return Ok(Ok(ack));
             }
             let now = now_ms();
+            let mut facts = fleet::BatchFacts::default();
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO results(device, id, pipeline, seq, batch_key, received_at_ms, body)
@@ -366,6 +412,7 @@ impl Store {
                     ])? == 1
                     {
                         ack.stored += 1;
+                        facts.add(&row.pipeline, row.seq, row.body, now, retention_ms);
                         continue;
                     }
                     let existing: String =
@@ -385,6 +432,7 @@ impl Store {
                 "INSERT INTO batches(device, key, received_at_ms, stored, duplicates, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![device, key, now, ack.stored as i64, ack.duplicates as i64, digest],
             )?;
+            fleet::write(&tx, device, now, retention_ms, status, &facts)?;
             tx.commit()?;
             Ok(Ok(ack))
         })();
@@ -419,7 +467,51 @@ impl Store {
     }
 }
 
-fn now_ms() -> i64 {
+impl Store {
+    /// Each of `devices` at a glance, as of `now` (ms since the Unix
+    /// epoch): stale when not seen for `stale_after_ms`.
+    pub fn fleet(
+        &self,
+        devices: &[String],
+        now: i64,
+        stale_after_ms: i64,
+    ) -> Result<Vec<FleetSummary>, StoreError> {
+        let conn = self.lock();
+        devices
+            .iter()
+            .map(|d| fleet::summary(&conn, d, now, stale_after_ms))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// `device` with its series since `since_ms`.
+    pub fn fleet_device(
+        &self,
+        device: &str,
+        since_ms: i64,
+        now: i64,
+        stale_after_ms: i64,
+    ) -> Result<FleetDevice, StoreError> {
+        let conn = self.lock();
+        let result = (|| -> rusqlite::Result<FleetDevice> {
+            let summary = fleet::summary(&conn, device, now, stale_after_ms)?;
+            let h = fleet::history(&conn, device, since_ms)?;
+            Ok(FleetDevice {
+                summary,
+                since_ms,
+                traffic: h.traffic,
+                backlog: h.backlog,
+                versions: h.versions,
+                drift: h.drift,
+                windows: h.windows,
+            })
+        })();
+        result.map_err(|e| self.sql(e))
+    }
+}
+
+/// Now, ms since the Unix epoch (collector clock).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

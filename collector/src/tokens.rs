@@ -43,6 +43,15 @@ pub enum TokenError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The operator token is also a device's token: that device could read
+    /// the whole fleet, or the operator write as that device.
+    #[error(
+        "the operator token is device `{device}`'s token; give the operator a token of its own"
+    )]
+    OperatorIsDevice {
+        /// The device.
+        device: String,
+    },
     /// A line of the tokens file is wrong.
     #[error("{} line {line}: {source}", path.display())]
     Line {
@@ -55,10 +64,22 @@ pub enum TokenError {
     },
 }
 
-/// Bearer tokens and the device each belongs to.
+/// Bearer tokens and the device each belongs to, and the operator's token
+/// (the fleet view, the dashboard, metrics), distinct from every device's.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     by_token: HashMap<String, String>,
+    operator: Option<String>,
+}
+
+/// Compare secrets in time that depends only on their lengths, so that
+/// response times do not tell an attacker how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 impl Tokens {
@@ -73,6 +94,15 @@ impl Tokens {
             return Err(TokenError::Malformed {
                 pair: format!("{device}="),
                 problem: "the token is empty".into(),
+            });
+        }
+        if self
+            .operator
+            .as_deref()
+            .is_some_and(|op| constant_time_eq(op.as_bytes(), token.as_bytes()))
+        {
+            return Err(TokenError::OperatorIsDevice {
+                device: device.to_owned(),
             });
         }
         match self.by_token.get(token) {
@@ -126,6 +156,56 @@ impl Tokens {
         Ok(tokens)
     }
 
+    /// Set the operator's token. Refuses an empty one and one that is a
+    /// device's token (device tokens added later are checked too).
+    pub fn set_operator(&mut self, token: &str) -> Result<(), TokenError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(TokenError::Malformed {
+                pair: "operator token".into(),
+                problem: "the token is empty".into(),
+            });
+        }
+        if let Some((_, device)) = self
+            .by_token
+            .iter()
+            .find(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        {
+            return Err(TokenError::OperatorIsDevice {
+                device: device.clone(),
+            });
+        }
+        self.operator = Some(token.to_owned());
+        Ok(())
+    }
+
+    /// Read the operator's token from `path` (its only content, trimmed).
+    pub fn set_operator_file(&mut self, path: &Path) -> Result<(), TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.set_operator(&text)
+    }
+
+    /// The operator's token, if one is set.
+    pub fn operator(&self) -> Option<&str> {
+        self.operator.as_deref()
+    }
+
+    /// Whether `token` is the operator's (compared in constant time).
+    pub fn is_operator(&self, token: &str) -> bool {
+        self.operator
+            .as_deref()
+            .is_some_and(|op| constant_time_eq(op.as_bytes(), token.as_bytes()))
+    }
+
+    /// The devices that have a token, by name: the fleet.
+    pub fn devices(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self.by_token.values().collect();
+        set.into_iter().cloned().collect()
+    }
+
     /// No device has a token.
     pub fn is_empty(&self) -> bool {
         self.by_token.is_empty()
@@ -152,6 +232,24 @@ mod tests {
             Err(TokenError::Shared { .. })
         ));
         assert_eq!(tokens.device_of(Some("Bearer t")), Some("a"));
+    }
+
+    #[test]
+    fn the_operator_token_cannot_be_a_device_token() {
+        let mut tokens = Tokens::default();
+        tokens.insert("a", "ta").unwrap();
+        assert!(matches!(
+            tokens.set_operator("ta"),
+            Err(TokenError::OperatorIsDevice { .. })
+        ));
+        tokens.set_operator("op").unwrap();
+        assert!(matches!(
+            tokens.insert("b", "op"),
+            Err(TokenError::OperatorIsDevice { .. })
+        ));
+        assert!(tokens.is_operator("op") && !tokens.is_operator("ta") && !tokens.is_operator("o"));
+        assert_eq!(tokens.device_of(Some("Bearer op")), None);
+        assert_eq!(tokens.devices(), vec!["a".to_owned()]);
     }
 
     #[test]

@@ -22,10 +22,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(limits: Limits) -> Running {
+        Running::start_for(tokens(), limits)
+    }
+
+    /// With `tokens` (an operator token, say).
+    pub fn start_for(tokens: Tokens, limits: Limits) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let collector =
-            Collector::start_with(listener, &dir.path().join("c.db"), tokens(), limits).unwrap();
+            Collector::start_with(listener, &dir.path().join("c.db"), tokens, limits).unwrap();
         Running { collector, dir }
     }
 

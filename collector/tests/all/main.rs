@@ -5,6 +5,7 @@ mod batches;
 mod common;
 mod connections;
 mod errors;
+mod fleet;
 mod memory;
 mod props;
 mod store;
