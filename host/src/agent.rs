@@ -119,14 +119,16 @@ impl Agent {
             outbox.clone(),
             config.device.data_dir.clone(),
         ));
-        let sink = Arc::new(Sink::new(
-            &device,
-            outbox.clone(),
-            wakes.clone(),
-            &config.ingest,
-            metrics.clone(),
-        )
-        .with_startup_problems(runtime.problems().iter().map(|p| p.to_string()).collect()));
+        let sink = Arc::new(
+            Sink::new(
+                &device,
+                outbox.clone(),
+                wakes.clone(),
+                &config.ingest,
+                metrics.clone(),
+            )
+            .with_startup_problems(runtime.problems().iter().map(|p| p.to_string()).collect()),
+        );
         // From here on, dropping `agent` (on an error) stops what started.
         let mut agent = Agent {
             runtime: runtime.clone(),

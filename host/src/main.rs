@@ -33,6 +33,10 @@ enum Command {
         /// Where the demo keeps its state (default: the configuration's data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Keep the collector running after the run, with its fleet
+        /// dashboard, until Ctrl-C.
+        #[arg(long)]
+        dashboard: bool,
     },
     /// Run a pipeline once over files or folders; print JSON Lines results in input order.
     Infer {
@@ -159,7 +163,11 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo { config, data_dir } => cmd::demo::run(config, data_dir),
+        Command::Demo {
+            config,
+            data_dir,
+            dashboard,
+        } => cmd::demo::run(config, data_dir, dashboard),
         Command::Infer {
             config,
             pipeline,

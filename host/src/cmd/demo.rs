@@ -48,7 +48,11 @@ fn default_config() -> anyhow::Result<PathBuf> {
 }
 
 /// `sluice demo`.
-pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    dashboard: bool,
+) -> anyhow::Result<()> {
     let config_path = match config {
         Some(path) => path,
         None => default_config()?,
@@ -156,7 +160,6 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
         paths::device_results(&device)
     ))?)?;
     let results = results.results;
-    collector.stop();
 
     let results_path = work.join("results.jsonl");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&results_path)?);
@@ -233,6 +236,20 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result
     for problem in &problems {
         println!("  problem:     {problem}");
     }
+    if dashboard {
+        println!(
+            "  fleet view:  {}/dashboard?token={} (serving until Ctrl-C)",
+            collector.url, collector.operator_token
+        );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        tokio.block_on(tokio::signal::ctrl_c())?;
+    } else {
+        println!(
+            "  fleet view:  `sluice demo --dashboard` keeps the collector and its dashboard up"
+        );
+    }
+    collector.stop();
     anyhow::ensure!(
         results.len() as u64 == n,
         "{} of {n} results reached the collector; see `sluice outbox status`",
@@ -263,17 +280,22 @@ fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
 struct Collector {
     child: Child,
     url: String,
+    /// Opens its dashboard (random per run).
+    operator_token: String,
 }
 
 impl Collector {
     /// Start `sluice-collector` on a free loopback port for `device`.
     fn start(db: &Path, device: &str, token: &str) -> anyhow::Result<Collector> {
         let program = collector_program()?;
+        let operator_token = format!("{:032x}", rand::random::<u128>());
         let mut child = Command::new(&program)
             .args(["--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .arg("--token")
             .arg(format!("{device}={token}"))
+            .arg("--operator-token")
+            .arg(&operator_token)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -288,6 +310,7 @@ impl Collector {
         let mut collector = Collector {
             child,
             url: String::new(),
+            operator_token,
         };
         let line = rx
             .recv_timeout(Duration::from_secs(30))

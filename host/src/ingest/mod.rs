@@ -168,7 +168,11 @@ impl Sink {
             .into_iter()
             .map(|(pipeline, reason)| format!("pipeline `{pipeline}` is down: {reason}"))
             .collect();
-        problems.extend(self.startup_problems.iter().map(|p| format!("not started: {p}")));
+        problems.extend(
+            self.startup_problems
+                .iter()
+                .map(|p| format!("not started: {p}")),
+        );
         if let Some(failure) = self.outbox.write_failure() {
             problems.push(format!("the outbox cannot be written: {failure}"));
         }

@@ -421,3 +421,86 @@ fn outbox_commands_show_requeue_and_count_what_the_collector_refused() {
         "{status}"
     );
 }
+
+#[test]
+fn demo_dashboard_serves_the_fleet_view_until_interrupted() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "--dashboard", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(180)) {
+            Ok(line) if line.trim_start().starts_with("fleet view:") => {
+                break line.split_whitespace().nth(2).unwrap().to_owned();
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the demo printed no fleet view");
+            }
+        }
+    };
+    // As a browser does: the token link sets the session cookie and
+    // redirects to the page without the token.
+    let (cookie, page) = crate::common::tokio().block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let first = client.get(&url).send().await.unwrap();
+        assert_eq!(first.status().as_u16(), 303);
+        let cookie = first.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let location = first.headers()["location"].to_str().unwrap().to_owned();
+        let base = url.split("/dashboard").next().unwrap();
+        let target = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location
+        };
+        let page = client
+            .get(target)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 200);
+        (cookie, page.text().await.unwrap())
+    });
+    assert!(!cookie.is_empty());
+    assert!(page.contains("demo-gateway"), "{page}");
+    // Ctrl-C stops it cleanly.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop on Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
