@@ -112,6 +112,9 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     }
 }
 
+/// The longest outbox instance id in a record (devices make 16 hex digits).
+pub const MAX_OUTBOX_LEN: usize = 32;
+
 /// The id of the result of input `seq` of `pipeline` on `device`, accepted
 /// into outbox instance `outbox` (`None` outside an outbox: `sluice infer`,
 /// and records written before instances existed).
@@ -166,6 +169,21 @@ impl RecordHeader {
                 device: self.device.clone(),
             });
         }
+        // An outbox instance is hex and a sequence number is not negative:
+        // otherwise `a-` with 12 and `a` with -12 would make the same id.
+        let bad_outbox = self.outbox.as_deref().is_some_and(|o| {
+            o.is_empty() || o.len() > MAX_OUTBOX_LEN || !o.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if bad_outbox || self.seq < 0 {
+            return Err(RecordError::BadField {
+                id: self.id.clone(),
+                problem: if bad_outbox {
+                    format!("`outbox` must be 1 to {MAX_OUTBOX_LEN} hex digits")
+                } else {
+                    "`seq` must not be negative".into()
+                },
+            });
+        }
         let expected = result_id(
             &self.device,
             &self.pipeline,
@@ -193,6 +211,14 @@ pub enum RecordError {
         id: String,
         /// The device it claims.
         device: String,
+    },
+    /// `outbox` or `seq` cannot be part of a unique id.
+    #[error("record `{id}`: {problem}")]
+    BadField {
+        /// The record's id.
+        id: String,
+        /// What is wrong.
+        problem: String,
     },
     /// The id is not `<device>/<pipeline>/<outbox>-<seq>`.
     #[error("id `{id}` is not `{expected}`")]
