@@ -309,7 +309,10 @@ fn drift_of(runtime: &Runtime, name: &str) -> Option<crate::drift::Drift> {
             Some(drift)
         }
         Err(e) => {
-            tracing::warn!(pipeline = name, "{e}; the pipeline runs without drift detection");
+            tracing::warn!(
+                pipeline = name,
+                "{e}; the pipeline runs without drift detection"
+            );
             None
         }
     }

@@ -1022,12 +1022,20 @@ mod tests {
     #[test]
     fn drift_bounds_are_checked_naming_the_key() {
         for (text, key) in [
-            ("[drift]\nfalse_alarm_rate = 0.0\n", "drift.false_alarm_rate"),
-            ("[drift]\nfalse_alarm_rate = 0.9\n", "drift.false_alarm_rate"),
+            (
+                "[drift]\nfalse_alarm_rate = 0.0\n",
+                "drift.false_alarm_rate",
+            ),
+            (
+                "[drift]\nfalse_alarm_rate = 0.9\n",
+                "drift.false_alarm_rate",
+            ),
             ("[drift]\nwindow_items = 5\n", "drift.window_items"),
             ("[drift]\nwindow_secs = 0\n", "drift.window_secs"),
         ] {
-            let err = Config::parse(text, Path::new("/etc")).unwrap_err().to_string();
+            let err = Config::parse(text, Path::new("/etc"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
         let config = Config::parse("[drift]\nwindow_items = 200\n", Path::new("/etc")).unwrap();

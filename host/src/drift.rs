@@ -241,7 +241,9 @@ fn element(t: &Tensor, i: usize) -> Option<f64> {
         DType::U8 => bytes[0] as f64,
         DType::I32 => i32::from_le_bytes(bytes.try_into().ok()?) as f64,
         DType::I64 => i64::from_le_bytes(bytes.try_into().ok()?) as f64,
-        DType::BF16 => f32::from_bits((u16::from_le_bytes(bytes.try_into().ok()?) as u32) << 16) as f64,
+        DType::BF16 => {
+            f32::from_bits((u16::from_le_bytes(bytes.try_into().ok()?) as u32) << 16) as f64
+        }
         _ => return None,
     })
 }
@@ -293,7 +295,10 @@ fn sources(inputs: &[Tensor], outputs: &[Tensor]) -> Vec<(String, Source)> {
     for (tensor, t) in inputs.iter().enumerate() {
         if elements <= MAX_ELEMENT_FEATURES {
             for index in 0..t.element_count() {
-                out.push((format!("input.{}[{index}]", t.name), Source::Element { tensor, index }));
+                out.push((
+                    format!("input.{}[{index}]", t.name),
+                    Source::Element { tensor, index },
+                ));
             }
         } else {
             out.push((format!("input.{}.mean", t.name), Source::Mean { tensor }));
@@ -304,7 +309,10 @@ fn sources(inputs: &[Tensor], outputs: &[Tensor]) -> Vec<(String, Source)> {
         if t.element_count() > 1 {
             out.push((format!("output.{}.class", t.name), Source::Class { output }));
         }
-        out.push((format!("output.{}.confidence", t.name), Source::Confidence { output }));
+        out.push((
+            format!("output.{}.confidence", t.name),
+            Source::Confidence { output },
+        ));
     }
     out
 }
@@ -337,7 +345,7 @@ impl Profile {
         model: &str,
         model_sha256: &str,
         pipeline: &str,
-        items: &[(Vec<Tensor>, Vec<Tensor>)],
+        items: &[(&[Tensor], &[Tensor])],
     ) -> Result<Profile, ProfileError> {
         let (first_in, first_out) = items.first().ok_or(ProfileError::Empty)?;
         let mut features = Vec::new();
@@ -427,7 +435,10 @@ impl Profile {
                 _ => f.counts.len() == f.edges.len() + 1 && f.edges.is_sorted(),
             };
             if !bins_ok {
-                return Err(format(format!("feature `{}` has inconsistent bins", f.name)));
+                return Err(format(format!(
+                    "feature `{}` has inconsistent bins",
+                    f.name
+                )));
             }
         }
         Ok((profile, hex::encode(Sha256::digest(&bytes))))
@@ -459,7 +470,11 @@ pub struct Scorer {
 impl Scorer {
     /// Thresholds for `profile` at a false-alarm rate `alpha` per window.
     pub fn new(profile: &Profile, alpha: f64) -> Scorer {
-        let scored = profile.features.iter().filter(|f| f.counts.len() > 1).count();
+        let scored = profile
+            .features
+            .iter()
+            .filter(|f| f.counts.len() > 1)
+            .count();
         let p = 1.0 - alpha / scored.max(1) as f64;
         Scorer {
             quantiles: profile
@@ -479,9 +494,14 @@ impl Scorer {
     /// Score `counts` (per feature, items per bin) against `profile`.
     pub fn score(&self, profile: &Profile, counts: &[Vec<u64>]) -> Vec<DriftScore> {
         let mut scores = Vec::new();
-        for ((feature, window), quantile) in profile.features.iter().zip(counts).zip(&self.quantiles) {
+        for ((feature, window), quantile) in
+            profile.features.iter().zip(counts).zip(&self.quantiles)
+        {
             let Some(quantile) = quantile else { continue };
-            let (n, m) = (window.iter().sum::<u64>(), feature.counts.iter().sum::<u64>());
+            let (n, m) = (
+                window.iter().sum::<u64>(),
+                feature.counts.iter().sum::<u64>(),
+            );
             if n == 0 || m == 0 {
                 continue;
             }
@@ -531,7 +551,11 @@ pub fn bin_counts<'a>(
     profile: &Profile,
     items: impl IntoIterator<Item = (&'a [Tensor], &'a [Tensor])>,
 ) -> Vec<Vec<u64>> {
-    let mut counts: Vec<Vec<u64>> = profile.features.iter().map(|f| vec![0; f.counts.len()]).collect();
+    let mut counts: Vec<Vec<u64>> = profile
+        .features
+        .iter()
+        .map(|f| vec![0; f.counts.len()])
+        .collect();
     for (inputs, outputs) in items {
         add(profile, &mut counts, inputs, outputs);
     }
@@ -554,8 +578,14 @@ fn add(profile: &Profile, counts: &mut [Vec<u64>], inputs: &[Tensor], outputs: &
                         m
                     }
                 };
-                m.map(|(mean, std)| if matches!(feature.source, Source::Mean { .. }) { mean } else { std })
-                    .filter(|v| v.is_finite())
+                m.map(|(mean, std)| {
+                    if matches!(feature.source, Source::Mean { .. }) {
+                        mean
+                    } else {
+                        std
+                    }
+                })
+                .filter(|v| v.is_finite())
             }
             source => value(source, inputs, outputs),
         };
@@ -678,9 +708,10 @@ impl Drift {
     /// Close the window if it is older than `window_secs`.
     pub fn tick(&self) {
         let mut state = self.lock();
-        let due = state.window.as_ref().is_some_and(|w| {
-            w.started.elapsed().as_secs() >= self.config.window_secs
-        });
+        let due = state
+            .window
+            .as_ref()
+            .is_some_and(|w| w.started.elapsed().as_secs() >= self.config.window_secs);
         if due {
             self.close(&mut state);
         }
@@ -709,7 +740,12 @@ impl crate::pipeline::Observer for Drift {
                 started_at_ms: now_ms,
                 ended_at_ms: now_ms,
                 items: 0,
-                counts: self.profile.features.iter().map(|f| vec![0; f.counts.len()]).collect(),
+                counts: self
+                    .profile
+                    .features
+                    .iter()
+                    .map(|f| vec![0; f.counts.len()])
+                    .collect(),
             });
             add(&self.profile, &mut window.counts, inputs, outputs);
             window.items += 1;
@@ -794,7 +830,10 @@ mod tests {
     #[test]
     fn deciles_merge_for_few_distinct_values_and_keep_every_bin_filled() {
         let sorted: Vec<f64> = (0..100).map(|i| (i / 10) as f64).collect();
-        assert_eq!(decile_edges(&sorted), (0..9).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(
+            decile_edges(&sorted),
+            (0..9).map(f64::from).collect::<Vec<_>>()
+        );
         let two: Vec<f64> = (0..100).map(|i| if i < 70 { 0.0 } else { 1.0 }).collect();
         assert_eq!(decile_edges(&two), vec![0.0]);
         assert!(decile_edges(&[3.0; 50]).is_empty());

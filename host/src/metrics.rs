@@ -208,7 +208,12 @@ impl Metrics {
 
     /// A drift window of `pipeline` closed with `scores` (the features of
     /// its profile: a bounded set).
-    pub fn drift_window(&self, pipeline: &str, alarm: bool, scores: &[sluice_protocol::DriftScore]) {
+    pub fn drift_window(
+        &self,
+        pipeline: &str,
+        alarm: bool,
+        scores: &[sluice_protocol::DriftScore],
+    ) {
         self.drift_windows
             .get_or_create(&vec![
                 ("pipeline", pipeline.to_owned()),

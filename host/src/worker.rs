@@ -224,13 +224,19 @@ impl Worker {
         let name = self.pipeline.name();
         drift.tick();
         for window in drift.take_closed() {
-            self.metrics.drift_window(name, window.alarm, &window.scores);
+            self.metrics
+                .drift_window(name, window.alarm, &window.scores);
             if window.alarm {
                 let drifted: Vec<String> = window
                     .scores
                     .iter()
                     .filter(|s| s.drifted)
-                    .map(|s| format!("{} {} {:.4} > {:.4}", s.feature, s.statistic, s.value, s.threshold))
+                    .map(|s| {
+                        format!(
+                            "{} {} {:.4} > {:.4}",
+                            s.feature, s.statistic, s.value, s.threshold
+                        )
+                    })
                     .collect();
                 tracing::warn!(
                     pipeline = name,
@@ -240,13 +246,21 @@ impl Worker {
                     drifted.join(", ")
                 );
             } else {
-                tracing::info!(pipeline = name, items = window.items, "drift window: no drift");
+                tracing::info!(
+                    pipeline = name,
+                    items = window.items,
+                    "drift window: no drift"
+                );
             }
             unstored.push(window);
         }
         if unstored.len() > crate::drift::MAX_UNSTORED_WINDOWS {
             let dropped = unstored.len() - crate::drift::MAX_UNSTORED_WINDOWS;
-            tracing::warn!(pipeline = name, dropped, "drift windows dropped: the outbox could not store them");
+            tracing::warn!(
+                pipeline = name,
+                dropped,
+                "drift windows dropped: the outbox could not store them"
+            );
             unstored.drain(..dropped);
         }
         while let Some(window) = unstored.first() {

@@ -36,9 +36,17 @@ pub fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let total = items.len();
     let observed = observe_items(pipeline, items);
-    let profile = Profile::build(&model, &sha256, pipeline.name(), &observed)?;
+    let pairs: Vec<_> = observed
+        .iter()
+        .map(|(i, o)| (i.as_slice(), o.as_slice()))
+        .collect();
+    let profile = Profile::build(&model, &sha256, pipeline.name(), &pairs)?;
     profile.write(&output)?;
-    let scored = profile.features.iter().filter(|f| f.counts.len() > 1).count();
+    let scored = profile
+        .features
+        .iter()
+        .filter(|f| f.counts.len() > 1)
+        .count();
     println!(
         "{}: {} of {total} reference item(s), {} feature(s) ({scored} scored; the others are constant in the reference), model `{model}` {sha256}",
         output.display(),

@@ -486,7 +486,10 @@ mod tests {
         let first = outbox.accept(&input(1)).unwrap();
         let allocated = outbox.allocate_seq().unwrap();
         let second = outbox.accept(&input(1)).unwrap();
-        assert!(first < allocated && allocated < second, "{first} {allocated} {second}");
+        assert!(
+            first < allocated && allocated < second,
+            "{first} {allocated} {second}"
+        );
         // The allocation is committed: a reopened file never hands it out again.
         let again = outbox.allocate_seq().unwrap();
         drop(outbox);
