@@ -725,16 +725,18 @@ impl Drift {
 
 impl crate::pipeline::Observer for Drift {
     fn observe(&self, inputs: &[Vec<Tensor>], outputs: &[&[Tensor]]) {
+        // The clock is read once per batch: a batch takes milliseconds, a
+        // window's time limit is at least a second.
         let now_ms = crate::outbox::now_ms();
         let mut state = self.lock();
+        if state
+            .window
+            .as_ref()
+            .is_some_and(|w| w.started.elapsed().as_secs() >= self.config.window_secs)
+        {
+            self.close(&mut state);
+        }
         for (inputs, outputs) in inputs.iter().zip(outputs) {
-            if state
-                .window
-                .as_ref()
-                .is_some_and(|w| w.started.elapsed().as_secs() >= self.config.window_secs)
-            {
-                self.close(&mut state);
-            }
             let window = state.window.get_or_insert_with(|| Window {
                 started: Instant::now(),
                 started_at_ms: now_ms,
@@ -825,6 +827,58 @@ mod tests {
         // Published values: χ²⁻¹(9, 0.99) = 21.666, χ²⁻¹(1, 0.95) = 3.841.
         assert!((chi_square_quantile(9, 0.99) - 21.666).abs() < 1e-3);
         assert!((chi_square_quantile(1, 0.95) - 3.841).abs() < 1e-3);
+    }
+
+    fn item(x: f32, scores: [f32; 2]) -> (Vec<Tensor>, Vec<Tensor>) {
+        (
+            vec![Tensor::from_f32("x", vec![1, 1], &[x])],
+            vec![Tensor::from_f32("y", vec![1, 2], &scores)],
+        )
+    }
+
+    #[test]
+    fn a_window_closes_by_count_and_by_time_and_scores_what_it_saw() {
+        use crate::pipeline::Observer;
+        let items: Vec<_> = (0..100).map(|i| item(i as f32, [0.2, 0.8])).collect();
+        let pairs: Vec<_> = items
+            .iter()
+            .map(|(i, o)| (i.as_slice(), o.as_slice()))
+            .collect();
+        let profile = Profile::build("m", "ab", "p", &pairs).unwrap();
+        // x: 10 bins; y's class: always 1 (2 classes); y's confidence: constant.
+        assert_eq!(profile.features.len(), 3);
+        assert_eq!(profile.features[0].counts, vec![10; 10]);
+        assert_eq!(profile.features[1].counts, vec![0, 100]);
+        assert_eq!(profile.features[2].counts, vec![100]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        profile.write(&path).unwrap();
+        let config = DriftConfig {
+            window_items: 50,
+            window_secs: 1,
+            false_alarm_rate: 0.01,
+        };
+        let err = Drift::load(&path, "m", "p", "cd", &config).err().unwrap();
+        assert!(matches!(err, ProfileError::OtherModel { .. }), "{err}");
+        let drift = Drift::load(&path, "m", "p", "AB", &config).unwrap();
+        let inputs: Vec<Vec<Tensor>> = items.iter().map(|(i, _)| i.clone()).collect();
+        let outputs: Vec<&[Tensor]> = items.iter().map(|(_, o)| o.as_slice()).collect();
+        // 60 items as seen: one window of 50 closes, quiet.
+        drift.observe(&inputs[..60], &outputs[..60]);
+        let closed = drift.take_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].items, 50);
+        // Two scores: x by PSI, the class by JS (the constant confidence has none).
+        assert_eq!(closed[0].scores.len(), 2);
+        // The first 50 of 0..100 are half the reference range: drift.
+        assert!(closed[0].alarm, "{:?}", closed[0].scores);
+        // The 10 left close by time.
+        drift.tick();
+        assert!(drift.take_closed().is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        drift.tick();
+        let closed = drift.take_closed();
+        assert_eq!((closed.len(), closed[0].items), (1, 10));
     }
 
     #[test]
