@@ -143,6 +143,8 @@ impl Worker {
                     break; // the store thread stopped
                 }
             }
+            // A window the last group closed goes out too.
+            self.ship_drift(&mut unstored);
             // Let the store thread commit what it was given, then end.
             drop(to_store);
         });
