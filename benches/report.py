@@ -409,4 +409,28 @@ if cold is not None:
 emit("\n".join(losses) if losses else "Nowhere in this run.")
 emit("")
 
+# ------------------------------------------------------------------ watching
+observe = load("observe.json")
+if observe:
+    u, ab = observe["per_item_us"], observe["pipeline_ab"]
+    emit("## Watching: metrics and drift")
+    emit("")
+    emit(f"What the agent adds per item to watch a pipeline (`sluice-bench observe`, digits, "
+         f"{observe['features']} drift features of which {observe['scored_features']} scored; budget: 2 µs "
+         "per item for both together).")
+    emit("")
+    emit("| part | µs per item |")
+    emit("| --- | ---: |")
+    emit(f"| metrics (item outcome, four stage histograms) | {u['metrics']:.2f} |")
+    emit(f"| drift: copy of the model's inputs | {u['copy_inputs']:.2f} |")
+    emit(f"| drift: binning every feature into the window | {u['drift_observe']:.2f} |")
+    emit(f"| **metrics and drift** | **{u['drift_and_metrics']:.2f}** |")
+    emit("")
+    emit(f"Closing a window (scoring every feature) takes {observe['window_close_us']:.1f} µs, once per "
+         "`drift.window_items` items. The digits pipeline, one batch of 32 at a time, with and without "
+         f"the drift observer, alternating: {ab['without_drift_us_per_item']:.1f} and "
+         f"{ab['with_drift_us_per_item']:.1f} µs per item, median ratio {ab['ratio_median']:.3f} "
+         f"(quartiles {ab['ratio_quartiles'][0]:.3f}-{ab['ratio_quartiles'][1]:.3f}).")
+    emit("")
+
 sys.stdout.write("\n".join(lines) + "\n")

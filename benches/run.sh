@@ -74,6 +74,9 @@ echo "== start-up"
 echo "== outbox and sync"
 "$BENCH" outbox > "$OUT/outbox.json"
 
+echo "== watching: metrics and drift per item"
+"$BENCH" observe > "$OUT/observe.json"
+
 echo "== report"
 "$PY" benches/report.py "$OUT" > "$OUT/BENCHMARKS.md"
 cp "$OUT/BENCHMARKS.md" BENCHMARKS.md

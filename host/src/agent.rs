@@ -142,9 +142,15 @@ impl Agent {
         };
         for pipeline in runtime.pipelines() {
             let wake = wakes[pipeline.name()].clone();
+            let drift = drift_of(&runtime, pipeline.name()).map(Arc::new);
+            let mut observed = pipeline.clone();
+            if let Some(drift) = &drift {
+                observed = observed.with_observer(drift.clone());
+            }
             let worker = Worker {
+                drift,
                 device: device.clone(),
-                pipeline: pipeline.clone(),
+                pipeline: observed,
                 provenance: crate::record::provenance(&runtime, pipeline.name())
                     .expect("every running pipeline has its parts"),
                 outbox: outbox.clone(),
@@ -284,6 +290,34 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Drift detection for pipeline `name`, if its model has a profile that
+/// fits it. A missing profile means no drift watching (said at info level);
+/// one that cannot be used (unreadable, or made for another model file) is
+/// said as a warning naming both digests, and the pipeline runs without.
+fn drift_of(runtime: &Runtime, name: &str) -> Option<crate::drift::Drift> {
+    let config = runtime.config();
+    let model = &config.pipelines.get(name)?.model;
+    let path = config.models.get(model)?.profile_path();
+    if !path.exists() {
+        tracing::info!(pipeline = name, profile = %path.display(), "no drift profile: drift is not watched (make one with `sluice model profile`)");
+        return None;
+    }
+    let sha256 = runtime.model_sha256(model)?;
+    match crate::drift::Drift::load(&path, model, name, sha256, &config.drift) {
+        Ok(drift) => {
+            tracing::info!(pipeline = name, profile = %path.display(), features = drift.profile().features.len(), "watching drift");
+            Some(drift)
+        }
+        Err(e) => {
+            tracing::warn!(
+                pipeline = name,
+                "{e}; the pipeline runs without drift detection"
+            );
+            None
+        }
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Config {
     /// Where `sluice run` takes its inputs from.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// Drift windows against each model's reference profile (`sluice run`).
+    #[serde(default)]
+    pub drift: crate::drift::DriftConfig,
 }
 
 /// `[device]`: who this device is and where it keeps its state.
@@ -264,6 +267,18 @@ pub struct ModelConfig {
     /// How requests for this model are batched.
     #[serde(default)]
     pub batching: crate::schedule::BatchConfig,
+    /// Its reference profile for drift detection (`sluice model profile`);
+    /// default `<path>.profile.json`. Without one, no drift is watched.
+    pub profile: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    /// Where its drift profile is: `profile`, or beside the model file.
+    pub fn profile_path(&self) -> PathBuf {
+        self.profile
+            .clone()
+            .unwrap_or_else(|| crate::drift::default_profile_path(&self.path))
+    }
 }
 
 fn default_engine() -> String {
@@ -647,6 +662,9 @@ impl Config {
         }
         for model in self.models.values_mut() {
             resolve(&mut model.path);
+            if let Some(profile) = &mut model.profile {
+                resolve(profile);
+            }
         }
     }
 
@@ -869,7 +887,30 @@ impl Config {
                 0,
                 10_000_000,
             ),
+            // Below 10 items a window's histograms say nothing; the memory
+            // of a window does not grow with its items (counts per bin).
+            (
+                "drift.window_items".into(),
+                self.drift.window_items.into(),
+                10,
+                10_000_000,
+            ),
+            (
+                "drift.window_secs".into(),
+                self.drift.window_secs.into(),
+                1,
+                30 * DAY_SECS,
+            ),
         ];
+        // A chance, not a count: checked on its own. Above one half an
+        // "alarm" would be mostly noise; zero would mean infinite thresholds.
+        let rate = self.drift.false_alarm_rate;
+        if !(1e-9..=0.5).contains(&rate) {
+            return Err(ConfigError::value(
+                "drift.false_alarm_rate",
+                format!("{rate} is outside the allowed range 1e-9..=0.5"),
+            ));
+        }
         for (name, plugin) in &self.plugins {
             let key = |field: &str| format!("plugins.{name}.{field}");
             ranges.push((
@@ -976,6 +1017,31 @@ mod tests {
         .to_string();
         assert!(err.contains("timout_ms"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn drift_bounds_are_checked_naming_the_key() {
+        for (text, key) in [
+            (
+                "[drift]\nfalse_alarm_rate = 0.0\n",
+                "drift.false_alarm_rate",
+            ),
+            (
+                "[drift]\nfalse_alarm_rate = 0.9\n",
+                "drift.false_alarm_rate",
+            ),
+            ("[drift]\nwindow_items = 5\n", "drift.window_items"),
+            ("[drift]\nwindow_secs = 0\n", "drift.window_secs"),
+        ] {
+            let err = Config::parse(text, Path::new("/etc"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = Config::parse("[drift]\nwindow_items = 200\n", Path::new("/etc")).unwrap();
+        assert_eq!(config.drift.window_items, 200);
+        assert_eq!(config.drift.window_secs, 3600);
+        assert_eq!(config.drift.false_alarm_rate, 0.01);
     }
 
     #[test]

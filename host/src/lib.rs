@@ -23,6 +23,8 @@
 //! * [`outbox`]: the crash-safe on-device store of accepted inputs and of
 //!   results awaiting upload;
 //! * [`uplink`]: shipping results upstream ([`uplink::Uplink`]: HTTP);
+//! * [`drift`]: each pipeline's inputs and outputs, window by window,
+//!   against the model's reference profile (no labels needed);
 //! * [`record`]: the result record each input becomes;
 //! * [`runtime`]: models, plugins and pipelines assembled from a [`Config`];
 //! * [`agent`]: `sluice run`, wiring it all together;
@@ -36,6 +38,7 @@ pub mod bundled;
 pub mod config;
 #[cfg(test)]
 mod config_props;
+pub mod drift;
 pub mod error;
 pub mod infer;
 pub mod ingest;

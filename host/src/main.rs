@@ -115,6 +115,25 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run reference data through a pipeline and write its model's drift
+    /// profile (default: beside the model, `<model path>.profile.json`, or
+    /// `models.NAME.profile`), bound to the model file's SHA-256.
+    Profile {
+        #[arg(long)]
+        config: PathBuf,
+        /// Which pipeline, when the configuration has several.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Reference input files or folders (as `sluice infer` takes them).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the profile here instead.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Keep state (the compiled-plugin cache) here instead of the configuration's data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,6 +206,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             max_batch_size,
             json,
         ),
+        Command::Model(ModelCommand::Profile {
+            config,
+            pipeline,
+            inputs,
+            output,
+            data_dir,
+        }) => cmd::profile::run(&config, pipeline.as_deref(), &inputs, output, data_dir),
         Command::Plugin(PluginCommand::Inspect {
             file,
             config,

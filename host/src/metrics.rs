@@ -14,9 +14,9 @@
 //!   costs nothing between scrapes.
 //!
 //! Invariant: metric and label names are fixed here; labels take only
-//! configured names (pipelines, models, plugins) and fixed vocabularies
-//! (stages, error kinds), so the number of series is bounded by the
-//! configuration.
+//! configured names (pipelines, models, plugins), fixed vocabularies
+//! (stages, error kinds) and the features of each model's drift profile, so
+//! the number of series is bounded by the configuration and the profiles.
 
 use crate::outbox::Outbox;
 use crate::runtime::Runtime;
@@ -25,7 +25,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::path::PathBuf;
@@ -54,6 +54,8 @@ pub struct Metrics {
     uploads: Family<Labels, Counter>,
     upload_records: Counter,
     upload_bytes: Counter,
+    drift_windows: Family<Labels, Counter>,
+    drift_score: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -119,6 +121,18 @@ impl Metrics {
             "Bytes of records acknowledged by the collector (uncompressed)",
             upload_bytes.clone(),
         );
+        let drift_windows = Family::<Labels, Counter>::default();
+        registry.register(
+            "drift_windows",
+            "Drift windows closed, by pipeline and whether a score crossed its threshold (alarm: true, false)",
+            drift_windows.clone(),
+        );
+        let drift_score = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "drift_score",
+            "Each drift score of the last closed window, by pipeline, feature (of the model's profile) and statistic (psi, js)",
+            drift_score.clone(),
+        );
         if let Some(scraped) = scraped {
             registry.register_collector(Box::new(scraped));
         }
@@ -131,6 +145,8 @@ impl Metrics {
             uploads,
             upload_records,
             upload_bytes,
+            drift_windows,
+            drift_score,
         }
     }
 
@@ -188,6 +204,31 @@ impl Metrics {
         self.uploads
             .get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc();
+    }
+
+    /// A drift window of `pipeline` closed with `scores` (the features of
+    /// its profile: a bounded set).
+    pub fn drift_window(
+        &self,
+        pipeline: &str,
+        alarm: bool,
+        scores: &[sluice_protocol::DriftScore],
+    ) {
+        self.drift_windows
+            .get_or_create(&vec![
+                ("pipeline", pipeline.to_owned()),
+                ("alarm", alarm.to_string()),
+            ])
+            .inc();
+        for score in scores {
+            self.drift_score
+                .get_or_create(&vec![
+                    ("pipeline", pipeline.to_owned()),
+                    ("feature", score.feature.clone()),
+                    ("statistic", score.statistic.clone()),
+                ])
+                .set(score.value);
+        }
     }
 
     /// A batch of `records` records, `bytes` bytes, was acknowledged.

@@ -19,6 +19,15 @@ pub struct Pipeline {
     scheduler: Scheduler,
     postprocess: Arc<Plugin>,
     pool: Arc<rayon::ThreadPool>,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+/// Sees what goes into the model and what comes out, for every item that
+/// got through inference (drift detection, [`crate::drift::Drift`]). Called
+/// once per batch, on the pipeline's threads, concurrently: it must be quick.
+pub trait Observer: Send + Sync {
+    /// `inputs[i]` (the preprocessed tensors) made `outputs[i]`.
+    fn observe(&self, inputs: &[Vec<crate::types::Tensor>], outputs: &[&[crate::types::Tensor]]);
 }
 
 /// What became of one input.
@@ -53,7 +62,16 @@ impl Pipeline {
             scheduler,
             postprocess,
             pool,
+            observer: None,
         }
+    }
+
+    /// The same pipeline, with `observer` shown every item's inputs and
+    /// outputs (the agent's workers; `sluice infer` and the benches run
+    /// without one and pay nothing).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Pipeline {
+        self.observer = Some(observer);
+        self
     }
 
     /// Its name in the configuration.
@@ -105,9 +123,20 @@ impl Pipeline {
             }
         }
 
+        // The observer needs the inputs after the model took them: a copy,
+        // made only when there is one (a few hundred bytes per digit).
+        let observed_inputs = self.observer.as_ref().map(|_| to_infer.clone());
         let started = Instant::now();
         let inferred = self.scheduler.infer_many(to_infer);
         timings.infer_us = micros(started);
+        if let (Some(observer), Some(inputs)) = (&self.observer, observed_inputs) {
+            let (inputs, outputs): (Vec<_>, Vec<_>) = inputs
+                .into_iter()
+                .zip(&inferred)
+                .filter_map(|(i, o)| Some((i, o.as_ref().ok()?.as_slice())))
+                .unzip();
+            observer.observe(&inputs, &outputs);
+        }
 
         let mut to_post = Vec::new();
         let mut post_slots = Vec::new();

@@ -54,6 +54,9 @@ pub struct Worker {
     pub stored: Arc<Wake>,
     /// Where items and stage times are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Drift detection, when the model has a profile; it already observes
+    /// `pipeline`, the worker ships its closed windows.
+    pub drift: Option<Arc<crate::drift::Drift>>,
 }
 
 /// A fault-injection seam for tests of what happens when a worker dies
@@ -87,7 +90,9 @@ impl Worker {
             let mut taken_up_to = 0;
             let mut failures = 0u32;
             let name = self.pipeline.name();
+            let mut unstored = Vec::new();
             while !self.wake.stopped() {
+                self.ship_drift(&mut unstored);
                 let items =
                     match self
                         .outbox
@@ -138,6 +143,8 @@ impl Worker {
                     break; // the store thread stopped
                 }
             }
+            // A window the last group closed goes out too.
+            self.ship_drift(&mut unstored);
             // Let the store thread commit what it was given, then end.
             drop(to_store);
         });
@@ -207,6 +214,74 @@ impl Worker {
             );
             for (i, outcome) in busy.into_iter().zip(again) {
                 outcomes[i] = outcome;
+            }
+        }
+    }
+
+    /// Close a drift window that is due, and store every closed window in
+    /// the outbox (as a `drift-window` record, shipped like results): the
+    /// ones that cannot be stored now (a full disk) wait in `unstored`.
+    fn ship_drift(&self, unstored: &mut Vec<crate::drift::ClosedWindow>) {
+        let Some(drift) = &self.drift else { return };
+        let name = self.pipeline.name();
+        drift.tick();
+        for window in drift.take_closed() {
+            self.metrics
+                .drift_window(name, window.alarm, &window.scores);
+            if window.alarm {
+                let drifted: Vec<String> = window
+                    .scores
+                    .iter()
+                    .filter(|s| s.drifted)
+                    .map(|s| {
+                        format!(
+                            "{} {} {:.4} > {:.4}",
+                            s.feature, s.statistic, s.value, s.threshold
+                        )
+                    })
+                    .collect();
+                tracing::warn!(
+                    pipeline = name,
+                    items = window.items,
+                    "drift: {} score(s) crossed their thresholds: {}",
+                    drifted.len(),
+                    drifted.join(", ")
+                );
+            } else {
+                tracing::info!(
+                    pipeline = name,
+                    items = window.items,
+                    "drift window: no drift"
+                );
+            }
+            unstored.push(window);
+        }
+        if unstored.len() > crate::drift::MAX_UNSTORED_WINDOWS {
+            let dropped = unstored.len() - crate::drift::MAX_UNSTORED_WINDOWS;
+            tracing::warn!(
+                pipeline = name,
+                dropped,
+                "drift windows dropped: the outbox could not store them"
+            );
+            unstored.drain(..dropped);
+        }
+        while let Some(window) = unstored.first() {
+            let stored = self.outbox.allocate_seq().and_then(|seq| {
+                let record = drift.record(window, &self.device, name, self.outbox.instance(), seq);
+                self.outbox.append(vec![NewRecord {
+                    id: record.id.clone(),
+                    body: serde_json::to_vec(&record).expect("a drift window serializes"),
+                }])
+            });
+            match stored {
+                Ok(_) => {
+                    unstored.remove(0);
+                    self.stored.wake();
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = name, "cannot store a drift window: {e}");
+                    break;
+                }
             }
         }
     }

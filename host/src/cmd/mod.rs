@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod infer;
 pub mod inspect;
+pub mod profile;
 pub mod run;
 
 /// `error` and its causes, joined by ": " like `{:#}`, leaving out a cause

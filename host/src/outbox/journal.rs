@@ -209,6 +209,27 @@ impl Outbox {
         self.journal_bytes.load(Ordering::Relaxed)
     }
 
+    /// Allocate a sequence number from the journal's own sequence, with no
+    /// input behind it, in one write transaction: for records that are not
+    /// an input's result (drift windows), so that their ids come from the
+    /// same never-reused sequence as results' and order with them upstream.
+    /// The next accepted input gets a larger number.
+    pub fn allocate_seq(&self) -> Result<i64, OutboxError> {
+        self.write(|tx, _| {
+            // `AUTOINCREMENT` takes the larger of this row and the table's
+            // largest key, plus one; raising the row is what SQLite itself
+            // does on an insert. The `MAX` keeps the number above every
+            // journal row even if the row were ever behind.
+            tx.query_row(
+                "UPDATE sqlite_sequence
+                 SET seq = MAX(seq, COALESCE((SELECT MAX(seq) FROM journal), 0)) + 1
+                 WHERE name = 'journal' RETURNING seq",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// Up to `limit` journal items of `pipeline` with a sequence number
     /// above `after`, oldest first.
     pub fn journal_items(

@@ -492,6 +492,28 @@ mod tests {
     }
 
     #[test]
+    fn allocated_sequence_numbers_interleave_with_inputs_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+        let first = outbox.accept(&input(1)).unwrap();
+        let allocated = outbox.allocate_seq().unwrap();
+        let second = outbox.accept(&input(1)).unwrap();
+        assert!(
+            first < allocated && allocated < second,
+            "{first} {allocated} {second}"
+        );
+        // The allocation is committed: a reopened file never hands it out again.
+        let again = outbox.allocate_seq().unwrap();
+        drop(outbox);
+        let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+        let third = outbox.accept(&input(1)).unwrap();
+        assert!(third > again && again > second, "{second} {again} {third}");
+        // Even with the journal emptied (inputs retired), numbers only grow.
+        outbox.complete(&[first, second, third], &[]).unwrap();
+        assert!(outbox.allocate_seq().unwrap() > third);
+    }
+
+    #[test]
     fn a_failed_write_changes_no_size() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();

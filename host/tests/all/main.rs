@@ -9,6 +9,7 @@ mod fault_proxy;
 mod agent;
 mod bundled_plugins;
 mod cli;
+mod drift;
 mod inference;
 mod outbox;
 mod plugins;
