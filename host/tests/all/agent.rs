@@ -19,20 +19,9 @@ use std::time::{Duration, Instant};
 const DEVICE: &str = "dev-agent";
 const TOKEN: &str = "agent-secret";
 
-/// Digit images to post, as bytes.
+/// The first 64 digit images, to post.
 fn images() -> Vec<Vec<u8>> {
-    let dir = repo_root().join("models/digits/heldout");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .take(64)
-        .map(|p| std::fs::read(p).unwrap())
-        .collect()
+    crate::common::digit_pngs().into_iter().take(64).collect()
 }
 
 fn collector(dir: &Path) -> Collector {

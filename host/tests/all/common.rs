@@ -99,3 +99,16 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The 450 held-out digit images (`models/digits/heldout`), in file order.
+pub fn digit_pngs() -> Vec<Vec<u8>> {
+    let dir = repo_root().join("models/digits/heldout");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 450);
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}

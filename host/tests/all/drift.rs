@@ -8,7 +8,7 @@
 //! many random splits of the held-out data, stays at or below the
 //! configured one, and the delay to detect a shift is measured.
 
-use crate::common::{hex_sha256, http, repo_root, shared_cache_dir};
+use crate::common::{digit_pngs, hex_sha256, http, repo_root, shared_cache_dir};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use sluice::config::Config;
@@ -22,19 +22,6 @@ use std::time::{Duration, Instant};
 
 const DEVICE: &str = "dev-drift";
 const TOKEN: &str = "drift-secret";
-
-/// The 450 held-out digit images, in file order.
-fn digit_pngs() -> Vec<Vec<u8>> {
-    let dir = repo_root().join("models/digits/heldout");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 450);
-    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
-}
 
 /// `png` with every pixel inverted (dark digits on a light ground).
 fn inverted(png: &[u8]) -> Vec<u8> {
