@@ -16,7 +16,7 @@
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{BatchError, Row, Store, now_ms};
-use crate::tokens::{Tokens, constant_time_eq};
+use crate::tokens::Tokens;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -32,6 +32,7 @@ use sluice_protocol::{
     PROTOCOL_VERSION, RecordHeader,
 };
 use sluice_serve::BodyError;
+use sluice_serve::constant_time_eq;
 use std::io::Read;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

@@ -59,8 +59,9 @@ pub mod store;
 mod tokens;
 
 pub use limits::{CONNECTION_BUFFER_BYTES, Limits, RECORD_OVERHEAD_BYTES};
+pub use sluice_serve::constant_time_eq;
 pub use store::{BatchError, Store, StoreError};
-pub use tokens::{TokenError, Tokens, constant_time_eq};
+pub use tokens::{TokenError, Tokens};
 
 use std::net::SocketAddr;
 use std::path::Path;

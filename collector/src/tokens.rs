@@ -4,6 +4,7 @@
 //! devices is refused when the table is built, since one of them would be
 //! locked out for good); device names follow [`sluice_protocol::check_name`].
 
+use sluice_serve::constant_time_eq;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -70,16 +71,6 @@ pub enum TokenError {
 pub struct Tokens {
     by_token: HashMap<String, String>,
     operator: Option<String>,
-}
-
-/// Compare secrets in time that depends only on their lengths, so that
-/// response times do not tell an attacker how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 impl Tokens {

@@ -185,6 +185,17 @@ async fn read_all(mut body: Body, capacity: usize, limit: usize) -> Result<Vec<u
     Ok(out)
 }
 
+/// Compare secrets (tokens, session cookies) in time that depends only on
+/// their lengths, so that response times do not tell an attacker how much
+/// of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 /// The request's `Content-Length`, if it has a valid one.
 pub fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
     headers

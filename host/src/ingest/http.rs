@@ -121,7 +121,7 @@ impl Shared {
         let given = headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        if given.is_some_and(|given| same_secret(given, expected.as_bytes())) {
+        if given.is_some_and(|given| sluice_serve::constant_time_eq(given, expected.as_bytes())) {
             return None;
         }
         let mut response = json_error(
@@ -133,11 +133,6 @@ impl Shared {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         Some(response)
     }
-}
-
-/// Compare secrets in time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl Source for HttpSource {
@@ -199,33 +194,22 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 
-/// The answer for an input that was not accepted, counted.
+/// The answer for an input that was not accepted, counted by reason.
 fn refused(sink: &Sink, error: &IngestError) -> Response {
-    sink.metrics().refused(match error {
-        IngestError::UnknownPipeline { .. } => "unknown_pipeline",
-        IngestError::TooLarge { .. } => "too_large",
-        IngestError::Busy { .. } => "busy",
-        IngestError::PipelineDown { .. } => "pipeline_down",
-        IngestError::BadKey => "bad_key",
-        IngestError::KeyConflict { .. } => "key_conflict",
-        IngestError::Outbox(e) if e.is_disk_full() => "disk_full",
-        _ => "other",
-    });
-    refusal(error)
-}
-
-/// The answer for an input that was not accepted.
-fn refusal(error: &IngestError) -> Response {
-    let (status, retry_after) = match error {
-        IngestError::UnknownPipeline { .. } => (StatusCode::NOT_FOUND, None),
-        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
-        IngestError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
-        IngestError::PipelineDown { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some("60")),
-        IngestError::BadKey => (StatusCode::BAD_REQUEST, None),
-        IngestError::KeyConflict { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
-        IngestError::Outbox(e) if e.is_disk_full() => (StatusCode::INSUFFICIENT_STORAGE, Some("5")),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+    use StatusCode as S;
+    let (status, retry_after, reason) = match error {
+        IngestError::UnknownPipeline { .. } => (S::NOT_FOUND, None, "unknown_pipeline"),
+        IngestError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, None, "too_large"),
+        IngestError::Busy { .. } => (S::SERVICE_UNAVAILABLE, Some("1"), "busy"),
+        IngestError::PipelineDown { .. } => (S::SERVICE_UNAVAILABLE, Some("60"), "pipeline_down"),
+        IngestError::BadKey => (S::BAD_REQUEST, None, "bad_key"),
+        IngestError::KeyConflict { .. } => (S::UNPROCESSABLE_ENTITY, None, "key_conflict"),
+        IngestError::Outbox(e) if e.is_disk_full() => {
+            (S::INSUFFICIENT_STORAGE, Some("5"), "disk_full")
+        }
+        _ => (S::INTERNAL_SERVER_ERROR, None, "other"),
     };
+    sink.metrics().refused(reason);
     let mut response = json_error(status, error.to_string());
     if let Some(seconds) = retry_after {
         response
