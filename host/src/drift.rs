@@ -13,7 +13,8 @@
 //! * [`Drift`] is a [`crate::pipeline::Observer`]: it counts the same bins
 //!   over a window of items (`[drift] window_items`, or `window_secs` since
 //!   the window's first item) and, when the window closes, scores it: PSI
-//!   per histogram, Jensen-Shannon distance for the class distribution.
+//!   and the Kolmogorov-Smirnov distance per histogram, Jensen-Shannon
+//!   distance for the class distribution.
 //!
 //! Thresholds are derived, not fixed. With no drift, window and reference are
 //! two samples of one distribution, and over B bins the PSI is about
@@ -27,6 +28,12 @@
 //! `sqrt((1/n + 1/m) · χ²⁻¹(B−1, 1 − α/k) / (8 · ln 2))` (base-2 distance, in
 //! 0..1). Counts get half a pseudo-count per bin (Jeffreys) so that an empty
 //! bin is finite; that shrinks small-sample scores, erring against alarms.
+//! PSI weighs every bin alike and misses the order of the bins; the
+//! Kolmogorov-Smirnov distance D (the largest gap between the cumulative
+//! shares, at the bin edges) sees a shift of location build up across bins.
+//! Its threshold is `c(α/k) · sqrt(1/n + 1/m)` with `2·exp(−2c²) = α/k`, a
+//! bound of Kolmogorov's tail that stays valid (conservative) when D is only
+//! looked at on the edges and for discrete features.
 //!
 //! Invariants: the features, bins and thresholds are fixed by the profile at
 //! start, so a window's memory and the metrics' series are bounded by the
@@ -149,12 +156,40 @@ pub struct Feature {
     pub counts: Vec<u64>,
 }
 
+/// A drift statistic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Statistic {
+    /// Population stability index of a histogram (symmetrised KL).
+    Psi,
+    /// Jensen-Shannon distance (base 2, 0..1) of the class distribution.
+    Js,
+    /// Two-sample Kolmogorov-Smirnov distance, the largest gap between the
+    /// window's and the reference's cumulative distributions at the bin
+    /// edges: sensitive to a shift of location, which PSI spreads over bins.
+    Ks,
+}
+
+impl Statistic {
+    /// Its name on the wire and in metrics: `psi`, `js`, `ks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Statistic::Psi => "psi",
+            Statistic::Js => "js",
+            Statistic::Ks => "ks",
+        }
+    }
+}
+
 impl Feature {
-    /// The statistic it is scored with: `js` for a class, `psi` otherwise.
-    pub fn statistic(&self) -> &'static str {
+    /// The statistics it is scored with: Jensen-Shannon for a class; PSI
+    /// and Kolmogorov-Smirnov for a value with at least two bins.
+    pub fn statistics(&self) -> &'static [Statistic] {
         match self.source {
-            Source::Class { .. } => "js",
-            _ => "psi",
+            // One bin: constant in the reference (or a one-class output).
+            _ if self.counts.len() < 2 => &[],
+            Source::Class { .. } => &[Statistic::Js],
+            _ => &[Statistic::Psi, Statistic::Ks],
         }
     }
 
@@ -459,29 +494,58 @@ fn chi_square_quantile(dof: usize, p: f64) -> f64 {
         .inverse_cdf(p)
 }
 
+/// `c` with `P(sqrt(nm/(n+m)) · D > c) <= alpha` for the two-sample
+/// Kolmogorov-Smirnov distance D: the first term of Kolmogorov's series,
+/// `2·exp(−2c²) = alpha`, an upper bound of the tail. D taken only at the
+/// bin edges is at most the full D, and ties only lower it, so the bound
+/// holds for binned and discrete features too (conservatively).
+fn ks_critical(alpha: f64) -> f64 {
+    (-(alpha / 2.0).ln() / 2.0).sqrt()
+}
+
+/// One score of a window: a statistic of one feature and its critical
+/// value at the per-score false-alarm rate.
+struct Test {
+    feature: usize,
+    statistic: Statistic,
+    /// `χ²⁻¹(B−1, 1 − α/k)` for PSI and JS, `c(α/k)` for KS.
+    critical: f64,
+}
+
 /// The scores of one window's bin counts against `profile`.
 pub struct Scorer {
-    /// Per feature, `χ²⁻¹(B−1, 1 − α/k)`, or `None` for a feature with one
-    /// bin (constant in the reference: no score).
-    quantiles: Vec<Option<f64>>,
+    tests: Vec<Test>,
     false_alarm_rate: f64,
 }
 
 impl Scorer {
-    /// Thresholds for `profile` at a false-alarm rate `alpha` per window.
+    /// Thresholds for `profile` at a false-alarm rate `alpha` per window,
+    /// shared by all k scores (Bonferroni: each at `alpha / k`).
     pub fn new(profile: &Profile, alpha: f64) -> Scorer {
-        let scored = profile
+        let k = profile
             .features
             .iter()
-            .filter(|f| f.counts.len() > 1)
-            .count();
-        let p = 1.0 - alpha / scored.max(1) as f64;
+            .map(|f| f.statistics().len())
+            .sum::<usize>();
+        let each = alpha / k.max(1) as f64;
+        let mut tests = Vec::with_capacity(k);
+        for (i, f) in profile.features.iter().enumerate() {
+            for &statistic in f.statistics() {
+                let critical = match statistic {
+                    Statistic::Ks => ks_critical(each),
+                    Statistic::Psi | Statistic::Js => {
+                        chi_square_quantile(f.counts.len() - 1, 1.0 - each)
+                    }
+                };
+                tests.push(Test {
+                    feature: i,
+                    statistic,
+                    critical,
+                });
+            }
+        }
         Scorer {
-            quantiles: profile
-                .features
-                .iter()
-                .map(|f| (f.counts.len() > 1).then(|| chi_square_quantile(f.counts.len() - 1, p)))
-                .collect(),
+            tests,
             false_alarm_rate: alpha,
         }
     }
@@ -493,50 +557,62 @@ impl Scorer {
 
     /// Score `counts` (per feature, items per bin) against `profile`.
     pub fn score(&self, profile: &Profile, counts: &[Vec<u64>]) -> Vec<DriftScore> {
-        let mut scores = Vec::new();
-        for ((feature, window), quantile) in
-            profile.features.iter().zip(counts).zip(&self.quantiles)
-        {
-            let Some(quantile) = quantile else { continue };
+        let mut scores = Vec::with_capacity(self.tests.len());
+        for test in &self.tests {
+            let feature = &profile.features[test.feature];
+            let Some(window) = counts.get(test.feature) else {
+                continue;
+            };
             let (n, m) = (
-                window.iter().sum::<u64>(),
-                feature.counts.iter().sum::<u64>(),
+                window.iter().sum::<u64>() as f64,
+                feature.counts.iter().sum::<u64>() as f64,
             );
-            if n == 0 || m == 0 {
+            if n == 0.0 || m == 0.0 {
                 continue;
             }
-            let b = window.len() as f64;
-            let p: Vec<f64> = window
-                .iter()
-                .map(|&c| (c as f64 + PSEUDO_COUNT) / (n as f64 + PSEUDO_COUNT * b))
-                .collect();
-            let q: Vec<f64> = feature
-                .counts
-                .iter()
-                .map(|&c| (c as f64 + PSEUDO_COUNT) / (m as f64 + PSEUDO_COUNT * b))
-                .collect();
-            let scale = 1.0 / n as f64 + 1.0 / m as f64;
-            let (value, threshold) = if feature.statistic() == "js" {
-                let jsd: f64 = p
-                    .iter()
-                    .zip(&q)
-                    .map(|(p, q)| {
-                        let mid = (p + q) / 2.0;
-                        0.5 * p * (p / mid).ln() + 0.5 * q * (q / mid).ln()
-                    })
-                    .sum();
-                let ln2 = std::f64::consts::LN_2;
-                (
-                    (jsd.max(0.0) / ln2).sqrt(),
-                    (scale * quantile / (8.0 * ln2)).sqrt(),
-                )
-            } else {
-                let psi: f64 = p.iter().zip(&q).map(|(p, q)| (p - q) * (p / q).ln()).sum();
-                (psi, scale * quantile)
+            let scale = 1.0 / n + 1.0 / m;
+            let (value, threshold) = match test.statistic {
+                Statistic::Ks => {
+                    // Cumulative shares at each inner edge, from raw counts.
+                    let (mut cw, mut cr, mut d) = (0.0, 0.0, 0.0f64);
+                    for (w, r) in window.iter().zip(&feature.counts) {
+                        cw += *w as f64 / n;
+                        cr += *r as f64 / m;
+                        d = d.max((cw - cr).abs());
+                    }
+                    (d, test.critical * scale.sqrt())
+                }
+                Statistic::Psi | Statistic::Js => {
+                    let b = window.len() as f64;
+                    let p = window
+                        .iter()
+                        .map(|&c| (c as f64 + PSEUDO_COUNT) / (n + PSEUDO_COUNT * b));
+                    let q = feature
+                        .counts
+                        .iter()
+                        .map(|&c| (c as f64 + PSEUDO_COUNT) / (m + PSEUDO_COUNT * b));
+                    if test.statistic == Statistic::Js {
+                        let jsd: f64 = p
+                            .zip(q)
+                            .map(|(p, q)| {
+                                let mid = (p + q) / 2.0;
+                                0.5 * p * (p / mid).ln() + 0.5 * q * (q / mid).ln()
+                            })
+                            .sum();
+                        let ln2 = std::f64::consts::LN_2;
+                        (
+                            (jsd.max(0.0) / ln2).sqrt(),
+                            (scale * test.critical / (8.0 * ln2)).sqrt(),
+                        )
+                    } else {
+                        let psi: f64 = p.zip(q).map(|(p, q)| (p - q) * (p / q).ln()).sum();
+                        (psi, scale * test.critical)
+                    }
+                }
             };
             scores.push(DriftScore {
                 feature: feature.name.clone(),
-                statistic: feature.statistic().to_owned(),
+                statistic: test.statistic.as_str().to_owned(),
                 value,
                 threshold,
                 drifted: value > threshold,
@@ -823,10 +899,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chi_square_quantiles_match_the_tables() {
-        // Published values: χ²⁻¹(9, 0.99) = 21.666, χ²⁻¹(1, 0.95) = 3.841.
+    fn chi_square_quantiles_and_ks_critical_values_match_the_tables() {
+        // Published values: χ²⁻¹(9, 0.99) = 21.666, χ²⁻¹(1, 0.95) = 3.841;
+        // Kolmogorov-Smirnov large-sample c(0.05) = 1.358, c(0.01) = 1.628.
         assert!((chi_square_quantile(9, 0.99) - 21.666).abs() < 1e-3);
         assert!((chi_square_quantile(1, 0.95) - 3.841).abs() < 1e-3);
+        assert!((ks_critical(0.05) - 1.358).abs() < 1e-3);
+        assert!((ks_critical(0.01) - 1.628).abs() < 1e-3);
+    }
+
+    #[test]
+    fn ks_is_the_largest_gap_of_the_cumulative_shares_at_the_bin_edges() {
+        // Reference: 0..1000, ten bins of 100 items.
+        let reference: Vec<_> = (0..1000).map(|i| item(i as f32, [0.5, 0.5])).collect();
+        let pairs: Vec<_> = reference
+            .iter()
+            .map(|(i, o)| (i.as_slice(), o.as_slice()))
+            .collect();
+        let profile = Profile::build("m", "ab", "p", &pairs).unwrap();
+        let ks_of = |values: &[f32]| {
+            let window: Vec<_> = values.iter().map(|&x| item(x, [0.5, 0.5])).collect();
+            let window = window.iter().map(|(i, o)| (i.as_slice(), o.as_slice()));
+            let scores = Scorer::new(&profile, 0.01).score(&profile, &bin_counts(&profile, window));
+            scores.into_iter().find(|s| s.statistic == "ks").unwrap()
+        };
+        // 40 items spread like the reference: no gap.
+        let same: Vec<f32> = (0..40).map(|i| 12.5 + 25.0 * i as f32).collect();
+        let ks = ks_of(&same);
+        assert!(ks.value.abs() < 1e-9 && !ks.drifted, "{ks:?}");
+        // 40 items all below 400: after 4 bins the window has all of its
+        // mass, the reference 40 %.
+        let low: Vec<f32> = (0..40).map(|i| 10.0 * i as f32).collect();
+        let ks = ks_of(&low);
+        assert!((ks.value - 0.6).abs() < 1e-9 && ks.drifted, "{ks:?}");
+        // Threshold: c(α/k) · sqrt(1/n + 1/m), k = 3 scores (x's PSI and
+        // KS, the class's JS).
+        let expected = ks_critical(0.01 / 3.0) * (1.0 / 40.0 + 1.0 / 1000.0f64).sqrt();
+        assert!((ks.threshold - expected).abs() < 1e-12, "{ks:?}");
     }
 
     fn item(x: f32, scores: [f32; 2]) -> (Vec<Tensor>, Vec<Tensor>) {
@@ -868,8 +977,21 @@ mod tests {
         let closed = drift.take_closed();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].items, 50);
-        // Two scores: x by PSI, the class by JS (the constant confidence has none).
-        assert_eq!(closed[0].scores.len(), 2);
+        // Three scores: x by PSI and KS, the class by JS (the constant
+        // confidence has none).
+        let statistics: Vec<_> = closed[0]
+            .scores
+            .iter()
+            .map(|s| (s.feature.as_str(), s.statistic.as_str()))
+            .collect();
+        assert_eq!(
+            statistics,
+            [("input.x[0]", "psi"), ("input.x[0]", "ks"), ("output.y.class", "js")]
+        );
+        // x's values 0..50 against a reference 0..100: half of the mass
+        // moved below the median, so the cumulative gap is 0.5 at the 5th edge.
+        let ks = &closed[0].scores[1];
+        assert!((ks.value - 0.5).abs() < 1e-9, "{ks:?}");
         // The first 50 of 0..100 are half the reference range: drift.
         assert!(closed[0].alarm, "{:?}", closed[0].scores);
         // The 10 left close by time.

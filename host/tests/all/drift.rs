@@ -382,11 +382,14 @@ fn anomaly_drift_windows_stay_quiet_on_held_out_records_and_alarm_on_scaled_ones
             "a false alarm on held-out records: {:?}",
             drifted(w)
         );
-        // 30 standardized features by PSI, the score's confidence; a single
-        // output has no class distribution.
+        // 30 standardized features and the score's confidence, each by PSI
+        // and KS; a single output has no class distribution.
         let scores = w["scores"].as_array().unwrap();
-        assert_eq!(scores.len(), 31, "{w}");
-        assert!(scores.iter().all(|s| s["statistic"] == "psi"));
+        assert_eq!(scores.len(), 62, "{w}");
+        for pair in scores.chunks(2) {
+            assert_eq!((&pair[0]["statistic"], &pair[1]["statistic"]), (&"psi".into(), &"ks".into()));
+            assert_eq!(pair[0]["feature"], pair[1]["feature"]);
+        }
     }
 
     // A recalibrated sensor: every feature 30 % higher.
