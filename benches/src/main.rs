@@ -788,13 +788,12 @@ fn outbox(records: usize) -> Result<Value> {
         report.records == records as u64 && outbox.pending().0 == 0,
         "upload incomplete: {report:?}"
     );
+    let sample = &all[..sync_config.batch_max_records.min(records)];
     let example = sluice::outbox::Batch {
         id: 0,
         key: "k".into(),
-        records: all[..sync_config.batch_max_records.min(records)]
-            .iter()
-            .map(|r| (r.id.clone(), r.body.clone()))
-            .collect(),
+        records: sample.iter().map(|r| (r.id.clone(), r.body.clone())).collect(),
+        stored_at_ms: vec![0; sample.len()],
     };
     let raw: usize = example.records.iter().map(|r| r.1.len()).sum();
     let wire = sluice::uplink::to_wire("bench-device", &example).map_err(anyhow::Error::msg)?;

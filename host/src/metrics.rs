@@ -43,6 +43,13 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(1e-5, 2.0, 23))
 }
 
+/// Acknowledgement lag buckets: from a sync that keeps up (100 ms) to a
+/// device offline for a week.
+const ACK_LAG_BOUNDS: [f64; 16] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 6.0 * 3600.0,
+    86_400.0, 3.0 * 86_400.0, 7.0 * 86_400.0,
+];
+
 /// The agent's metrics. Cheap to share (`Arc`); recording is lock-free.
 #[derive(Debug)]
 pub struct Metrics {
@@ -54,6 +61,7 @@ pub struct Metrics {
     uploads: Family<Labels, Counter>,
     upload_records: Counter,
     upload_bytes: Counter,
+    ack_lag: Histogram,
     drift_windows: Family<Labels, Counter>,
     drift_score: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -121,6 +129,12 @@ impl Metrics {
             "Bytes of records acknowledged by the collector (uncompressed)",
             upload_bytes.clone(),
         );
+        let ack_lag = Histogram::new(ACK_LAG_BOUNDS);
+        registry.register(
+            "upload_ack_lag_seconds",
+            "Time from a record stored in the outbox to the collector's acknowledgement of it (offline time included)",
+            ack_lag.clone(),
+        );
         let drift_windows = Family::<Labels, Counter>::default();
         registry.register(
             "drift_windows",
@@ -130,7 +144,7 @@ impl Metrics {
         let drift_score = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "drift_score",
-            "Each drift score of the last closed window, by pipeline, feature (of the model's profile) and statistic (psi, js)",
+            "Each drift score of the last closed window, by pipeline, feature (of the model's profile) and statistic (psi, ks, js)",
             drift_score.clone(),
         );
         if let Some(scraped) = scraped {
@@ -145,6 +159,7 @@ impl Metrics {
             uploads,
             upload_records,
             upload_bytes,
+            ack_lag,
             drift_windows,
             drift_score,
         }
@@ -231,10 +246,15 @@ impl Metrics {
         }
     }
 
-    /// A batch of `records` records, `bytes` bytes, was acknowledged.
-    pub fn uploaded(&self, records: u64, bytes: u64) {
-        self.upload_records.inc_by(records);
+    /// A batch of `bytes` bytes was acknowledged at `now_ms`; its records
+    /// were stored at `stored_at_ms` (ms since the Unix epoch).
+    pub fn uploaded(&self, stored_at_ms: &[i64], bytes: u64, now_ms: i64) {
+        self.upload_records.inc_by(stored_at_ms.len() as u64);
         self.upload_bytes.inc_by(bytes);
+        for stored in stored_at_ms {
+            // A clock set back between store and ack is not a negative lag.
+            self.ack_lag.observe((now_ms - stored).max(0) as f64 / 1000.0);
+        }
     }
 }
 

@@ -323,13 +323,15 @@ pub struct DeviceStatus {
     pub sluice_version: String,
     /// When this was taken, ms since the Unix epoch (device clock).
     pub at_ms: i64,
-    /// Results waiting for upload, this batch's included.
+    /// Results waiting for upload besides this batch's: the backlog left
+    /// once the batch is stored (a device that is done uploading reports 0).
     pub pending_records: u64,
     /// Inputs accepted and not yet processed.
     pub journal_items: u64,
     /// Records the collector refused, kept aside on the device.
     pub set_aside_records: u64,
-    /// Age of the oldest result waiting, ms (`None`: none waiting).
+    /// Age of the oldest result waiting besides this batch's, ms (`None`:
+    /// none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_pending_ms: Option<i64>,
 }

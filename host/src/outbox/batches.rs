@@ -32,6 +32,9 @@ pub struct Batch {
     pub key: String,
     /// `(id, body)` in storage order.
     pub records: Vec<(String, Vec<u8>)>,
+    /// When each record was stored (ms since the Unix epoch), in the same
+    /// order: for the acknowledgement lag.
+    pub stored_at_ms: Vec<i64>,
 }
 
 impl Outbox {
@@ -59,9 +62,15 @@ impl Outbox {
                 })
                 .optional()?;
             if let Some((id, key)) = existing {
-                let records = batch_records(tx, id)?;
+                let (records, stored_at_ms) = batch_records(tx, id)?.into_iter().unzip();
+                let records: Vec<_> = records;
                 if !records.is_empty() {
-                    return Ok(Some(Batch { id, key, records }));
+                    return Ok(Some(Batch {
+                        id,
+                        key,
+                        records,
+                        stored_at_ms,
+                    }));
                 }
                 // Every record of it was dropped or expired: nothing to send.
                 tx.execute("DELETE FROM batches WHERE id = ?1", [id])?;
@@ -70,9 +79,17 @@ impl Outbox {
             if rows.is_empty() {
                 return Ok(None);
             }
-            let (id, key) = form_batch(tx, rows.iter().map(|(rowid, _, _)| *rowid))?;
-            let records = rows.into_iter().map(|(_, id, body)| (id, body)).collect();
-            Ok(Some(Batch { id, key, records }))
+            let (id, key) = form_batch(tx, rows.iter().map(|row| row.rowid))?;
+            let (records, stored_at_ms) = rows
+                .into_iter()
+                .map(|row| ((row.id, row.body), row.stored_at_ms))
+                .unzip();
+            Ok(Some(Batch {
+                id,
+                key,
+                records,
+                stored_at_ms,
+            }))
         })
     }
 
@@ -167,16 +184,24 @@ fn form_batch(
     Ok((id, key))
 }
 
-/// `(rowid, id, body)` of the oldest records in no batch: up to
-/// `max_records`, and no more than `max_bytes` of bodies unless the first
-/// alone is larger (it still goes, alone).
+/// A record about to join a batch.
+struct Unbatched {
+    rowid: i64,
+    id: String,
+    body: Vec<u8>,
+    stored_at_ms: i64,
+}
+
+/// The oldest records in no batch: up to `max_records`, and no more than
+/// `max_bytes` of bodies unless the first alone is larger (it still goes,
+/// alone).
 fn unbatched(
     tx: &Transaction,
     max_records: usize,
     max_bytes: usize,
-) -> rusqlite::Result<Vec<(i64, String, Vec<u8>)>> {
+) -> rusqlite::Result<Vec<Unbatched>> {
     let mut select = tx.prepare_cached(
-        "SELECT rowid, id, body FROM records WHERE batch IS NULL ORDER BY rowid LIMIT ?1",
+        "SELECT rowid, id, body, created_at_ms FROM records WHERE batch IS NULL ORDER BY rowid LIMIT ?1",
     )?;
     let mut rows = Vec::new();
     let mut total = 0usize;
@@ -187,15 +212,26 @@ fn unbatched(
             break;
         }
         total += body.len();
-        rows.push((row.get(0)?, row.get(1)?, body));
+        rows.push(Unbatched {
+            rowid: row.get(0)?,
+            id: row.get(1)?,
+            body,
+            stored_at_ms: row.get(3)?,
+        });
     }
     Ok(rows)
 }
 
-fn batch_records(tx: &Transaction, batch: i64) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
-    tx.prepare_cached("SELECT id, body FROM records WHERE batch = ?1 ORDER BY rowid")?
-        .query_map([batch], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
+/// `((id, body), stored at)` of the records of `batch`, in storage order.
+fn batch_records(
+    tx: &Transaction,
+    batch: i64,
+) -> rusqlite::Result<Vec<((String, Vec<u8>), i64)>> {
+    tx.prepare_cached(
+        "SELECT id, body, created_at_ms FROM records WHERE batch = ?1 ORDER BY rowid",
+    )?
+    .query_map([batch], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+    .collect()
 }
 
 /// Put batch `batch`'s records back to pending and forget the batch.

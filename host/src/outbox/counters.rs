@@ -133,6 +133,19 @@ pub struct Status {
     pub counters: BTreeMap<String, i64>,
 }
 
+/// What [`Outbox::backlog_after`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// Results waiting, the batch's left out.
+    pub pending_records: u64,
+    /// When the oldest of them was stored, ms since the Unix epoch.
+    pub oldest_created_at_ms: Option<i64>,
+    /// Inputs accepted and not yet processed.
+    pub journal_items: u64,
+    /// Records set aside.
+    pub set_aside_records: u64,
+}
+
 impl Outbox {
     /// Counters, last sync, sizes: what `sluice outbox status` shows.
     pub fn status(&self) -> Result<Status, OutboxError> {
@@ -184,6 +197,32 @@ impl Outbox {
                 last_error: meta(LAST_ERROR)?,
                 last_error_at_ms: meta(LAST_ERROR_AT_MS)?.and_then(|v| v.parse().ok()),
                 counters,
+            })
+        })
+    }
+
+    /// The backlog left once batch `batch` is acknowledged (what an upload
+    /// of it reports upstream): cheap enough for every batch, the pending
+    /// count from memory and the oldest record found by its row order.
+    pub fn backlog_after(&self, batch: &super::Batch) -> Result<Backlog, OutboxError> {
+        let (pending, _) = self.pending();
+        self.read(|conn| {
+            let oldest: Option<i64> = conn
+                .query_row(
+                    "SELECT created_at_ms FROM records WHERE batch IS NOT ?1 ORDER BY rowid LIMIT 1",
+                    [batch.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let journal_items: i64 =
+                conn.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))?;
+            let set_aside_records: i64 =
+                conn.query_row("SELECT COUNT(*) FROM set_aside", [], |r| r.get(0))?;
+            Ok(Backlog {
+                pending_records: pending.saturating_sub(batch.records.len() as u64),
+                oldest_created_at_ms: oldest,
+                journal_items: journal_items as u64,
+                set_aside_records: set_aside_records as u64,
             })
         })
     }

@@ -74,7 +74,7 @@ mod schema;
 mod set_aside;
 
 pub use batches::{Batch, Split};
-pub use counters::{Counter, Status, counter};
+pub use counters::{Backlog, Counter, Status, counter};
 pub use journal::{JournalItem, KeyedAccept, NewInput};
 pub use records::{AppendReport, NewRecord};
 pub use reserve::free_bytes;

@@ -194,7 +194,8 @@ impl Uploader {
                         .map(|(_, body)| body.len() as u64)
                         .sum();
                     self.metrics.upload("acknowledged");
-                    self.metrics.uploaded(records, bytes);
+                    self.metrics
+                        .uploaded(&batch.stored_at_ms, bytes, crate::outbox::now_ms());
                     report.records += records;
                     report.batches += 1;
                 }
@@ -234,7 +235,7 @@ impl Uploader {
             key: batch.key.clone(),
             problem,
         })?;
-        wire.status = self.device_status();
+        wire.status = self.device_status(batch);
         let ack = self.uplink.deliver(&wire)?;
         if ack.key != batch.key {
             return Err(UplinkError::NotAcknowledged {
@@ -246,18 +247,18 @@ impl Uploader {
         Ok(())
     }
 
-    /// How the device is doing, for the collector (from the outbox's status;
-    /// none if it cannot be read).
-    fn device_status(&self) -> Option<DeviceStatus> {
-        let status = self.outbox.status().ok()?;
+    /// How the device is doing, for the collector: the backlog it will have
+    /// once `batch` is stored (none if the outbox cannot be read).
+    fn device_status(&self, batch: &Batch) -> Option<DeviceStatus> {
+        let backlog = self.outbox.backlog_after(batch).ok()?;
         let now = crate::outbox::now_ms();
         Some(DeviceStatus {
             sluice_version: crate::record::SLUICE_VERSION.to_owned(),
             at_ms: now,
-            pending_records: status.pending_records,
-            journal_items: status.journal_items,
-            set_aside_records: status.set_aside_records,
-            oldest_pending_ms: status.oldest_created_at_ms.map(|t| (now - t).max(0)),
+            pending_records: backlog.pending_records,
+            journal_items: backlog.journal_items,
+            set_aside_records: backlog.set_aside_records,
+            oldest_pending_ms: backlog.oldest_created_at_ms.map(|t| (now - t).max(0)),
         })
     }
 

@@ -472,3 +472,36 @@ fn an_endless_answer_is_not_read_past_its_bound_and_deletes_nothing() {
     let taken = proxy.answer_bytes.load(std::sync::atomic::Ordering::SeqCst);
     assert!(taken < 32 << 20, "{taken} bytes of answer were taken");
 }
+
+/// The count of `series` (e.g. `name_bucket{le="60.0"}`) in OpenMetrics `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn the_acknowledgement_lag_counts_how_long_each_record_waited_for_its_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let outbox = outbox_with(dir.path(), 30);
+    // The first 20 records were stored an hour ago (the device was offline).
+    rusqlite::Connection::open(outbox.path())
+        .unwrap()
+        .execute(
+            "UPDATE records SET created_at_ms = created_at_ms - 3600000 WHERE rowid <= 20",
+            [],
+        )
+        .unwrap();
+    let metrics = Arc::new(sluice::metrics::Metrics::default());
+    let uploader = uploader(&outbox, &collector.url(), TOKEN).with_metrics(metrics.clone());
+    assert_eq!(sync(&uploader).unwrap().records, 30);
+    let text = metrics.encode();
+    let lag = |suffix: &str| sample(&text, &format!("sluice_upload_ack_lag_seconds{suffix}"));
+    assert_eq!(lag("_count"), Some(30.0), "{text}");
+    // 10 acknowledged within a minute of being stored, 20 after an hour
+    // (and less than six).
+    assert_eq!(lag("_bucket{le=\"60.0\"}"), Some(10.0), "{text}");
+    assert_eq!(lag("_bucket{le=\"3600.0\"}"), Some(10.0), "{text}");
+    assert_eq!(lag("_bucket{le=\"21600.0\"}"), Some(30.0), "{text}");
+    assert!(lag("_sum").unwrap() >= 20.0 * 3600.0, "{text}");
+}
