@@ -1,7 +1,8 @@
 //! The fleet view: what devices send becomes the operator's API, metrics
-//! and dashboard (checked in a real headless Chromium); only the operator
-//! token reads it; hostile record fields come out escaped; a schema 2
-//! file is migrated.
+//! and dashboard; only the operator token reads it; hostile record fields
+//! come out escaped; a schema 2 file is migrated. (The dashboard in a real
+//! browser, fed by two real agents, is tested end to end with the device:
+//! `host/tests/all/fleet.rs`.)
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -10,9 +11,7 @@ use sluice_protocol::{
     DeviceStatus, DriftScore, DriftWindow, InputInfo, ItemFailure, Outcome, Provenance, Record,
     RecordKind, ResultBody, ResultRecord, StageTimings, UploadBatch, result_id,
 };
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const OPERATOR: &str = "op-secret-1";
 
@@ -491,109 +490,4 @@ fn a_schema_2_file_is_migrated_with_last_seen_and_throughput() {
         store.fleet(&["a".into()], now, 60_000).unwrap()[0].records,
         4
     );
-}
-
-/// `chromium` or `chromium-browser` on PATH.
-fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Run headless Chromium with `args` on `url`, killed after 60 s; its stdout.
-fn run_chromium(chromium: &Path, profile: &Path, args: &[&str], url: &str) -> String {
-    let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut out).ok();
-        out
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("chromium did not finish within 60 s: {args:?} {url}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    reader.join().unwrap()
-}
-
-#[test]
-fn the_dashboard_in_a_real_browser_lists_the_fleet_and_flags_drift() {
-    let Some(chromium) = chromium() else {
-        eprintln!(
-            "SKIPPED the_dashboard_in_a_real_browser_lists_the_fleet_and_flags_drift: no `chromium` or `chromium-browser` on PATH (apt-get install chromium)"
-        );
-        return;
-    };
-    let c = Running::start_for(tokens_with_operator(), Limits::default());
-    two_devices(&c);
-    let profile = tempfile::tempdir().unwrap();
-    let url = format!("{}/dashboard?token={OPERATOR}", c.url());
-    let dom = run_chromium(&chromium, profile.path(), &["--dump-dom"], &url);
-    // The redirect took the token out and the cookie let the page in.
-    assert!(dom.contains("<h1>Sluice fleet</h1>"), "{dom}");
-    assert!(dom.contains("data-device=\"a\" data-state=\"ok\""), "{dom}");
-    assert!(
-        dom.contains("data-device=\"b\" data-state=\"drift\""),
-        "{dom}"
-    );
-    assert!(dom.contains("2 devices: 1 ok, 0 stale, 1 drift"), "{dom}");
-    assert!(dom.contains("<td>250</td>"), "b's backlog: {dom}");
-
-    // The device page with its charts, through the same cookie (same profile).
-    let dom = run_chromium(
-        &chromium,
-        profile.path(),
-        &["--dump-dom"],
-        &format!("{}/dashboard/devices/b", c.url()),
-    );
-    assert!(
-        dom.contains("data-pipeline=\"p\" data-alarm=\"true\""),
-        "{dom}"
-    );
-    assert!(
-        dom.contains("<svg") && dom.contains("class=\"alarm\""),
-        "{dom}"
-    );
-
-    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fleet-dashboard.png");
-    let _ = std::fs::remove_file(&shot);
-    let screenshot = format!("--screenshot={}", shot.display());
-    let fresh = tempfile::tempdir().unwrap();
-    run_chromium(
-        &chromium,
-        fresh.path(),
-        &[&screenshot, "--window-size=1280,900"],
-        &url,
-    );
-    let png =
-        std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,
-        "{} bytes",
-        png.len()
-    );
-    eprintln!("dashboard screenshot: {}", shot.display());
 }

@@ -24,7 +24,7 @@ const DEVICE: &str = "dev-drift";
 const TOKEN: &str = "drift-secret";
 
 /// `png` with every pixel inverted (dark digits on a light ground).
-fn inverted(png: &[u8]) -> Vec<u8> {
+pub(crate) fn inverted(png: &[u8]) -> Vec<u8> {
     let mut image = image::load_from_memory(png).unwrap().to_luma8();
     image::imageops::invert(&mut image);
     encode(image)
@@ -67,7 +67,7 @@ fn csv_item(header: &str, row: &str) -> Vec<u8> {
 
 /// The example's configuration, for an in-process agent: test data dir,
 /// shared plugin cache, no folder, no uplink unless given.
-fn example_config(example: &str, dir: &Path) -> Config {
+pub(crate) fn example_config(example: &str, dir: &Path) -> Config {
     let mut config = Config::load(
         &repo_root()
             .join("examples")
@@ -94,10 +94,10 @@ fn raw(items: &[Vec<u8>], content_type: &str) -> Vec<RawItem> {
         .collect()
 }
 
-type Observed = Vec<(Vec<Tensor>, Vec<Tensor>)>;
+pub(crate) type Observed = Vec<(Vec<Tensor>, Vec<Tensor>)>;
 
 /// Run `items` through `config`'s only pipeline; what the model saw and said.
-fn observe(runtime: &Runtime, items: &[Vec<u8>], content_type: &str) -> Observed {
+pub(crate) fn observe(runtime: &Runtime, items: &[Vec<u8>], content_type: &str) -> Observed {
     let pipeline = runtime.pipeline(None).unwrap();
     let observed = observe_items(pipeline, raw(items, content_type));
     assert_eq!(
@@ -117,7 +117,7 @@ fn pairs(observed: &[(Vec<Tensor>, Vec<Tensor>)]) -> Vec<(&[Tensor], &[Tensor])>
 
 /// Write the profile of `reference` for `config`'s only pipeline beside the
 /// test, and point the model at it; its path.
-fn write_profile(
+pub(crate) fn write_profile(
     config: &mut Config,
     runtime: &Runtime,
     reference: &Observed,
@@ -133,7 +133,7 @@ fn write_profile(
     path
 }
 
-fn accept(agent: &sluice::agent::Agent, pipeline: &str, items: &[Vec<u8>], content_type: &str) {
+pub(crate) fn accept(agent: &sluice::agent::Agent, pipeline: &str, items: &[Vec<u8>], content_type: &str) {
     let inputs: Vec<NewInput> = items
         .iter()
         .map(|data| NewInput {
@@ -147,7 +147,7 @@ fn accept(agent: &sluice::agent::Agent, pipeline: &str, items: &[Vec<u8>], conte
 }
 
 /// Poll until `done` gives something (bounded).
-fn wait_for<T>(timeout: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn wait_for<T>(timeout: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Some(v) = done() {
@@ -276,7 +276,8 @@ fn digits_drift_windows_stay_quiet_on_held_out_data_and_alarm_on_inverted_and_bl
         assert!(w["ended_at_ms"].as_i64() >= w["started_at_ms"].as_i64());
         let scores = w["scores"].as_array().unwrap();
         // 60 of 66 features vary in the reference (6 corner pixels are
-        // always 0): 58 pixels and the confidence by PSI, the class by JS.
+        // always 0): 58 pixels and the confidence by PSI and KS, the class
+        // by JS.
         assert!(scores.len() > 50, "{}", scores.len());
         assert!(
             scores

@@ -10,6 +10,7 @@ mod agent;
 mod bundled_plugins;
 mod cli;
 mod drift;
+mod fleet;
 mod inference;
 mod outbox;
 mod plugins;
