@@ -379,6 +379,20 @@ fn collector_program() -> anyhow::Result<PathBuf> {
     ) {
         eprintln!("sluice demo: building sluice-collector, the demo's upstream (once)");
         let mut build = Command::new(cargo);
+        // `cargo run` describes our package to us in CARGO_PKG_*,
+        // CARGO_MANIFEST_* and the like. A build script that watches one of
+        // them (ring's does) would see it change between this nested build
+        // and the user's next `cargo` command, and both would rebuild it and
+        // everything above it (rustls, reqwest, ...).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            {
+                build.env_remove(&*name);
+            }
+        }
         build.current_dir(manifest_dir).args([
             "build",
             "--quiet",
