@@ -28,12 +28,15 @@
 //! * [`record`]: the result record each input becomes;
 //! * [`runtime`]: models, plugins and pipelines assembled from a [`Config`];
 //! * [`agent`]: `sluice run`, wiring it all together;
+//! * [`bundle`]: a pipeline as a signed, versioned bundle (`sluice bundle`;
+//!   format and checks in [`sluice_bundle`]);
 //! * [`types`]: the data that flows between stages; [`config`] and
 //!   [`error`]: the configuration and start-up errors.
 
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bundle;
 pub mod bundled;
 pub mod config;
 #[cfg(test)]

@@ -67,6 +67,76 @@ enum Command {
     /// Work with ONNX models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Signed, versioned bundles of a pipeline: make keys, build, sign,
+    /// verify, inspect.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Make a signing key: FILE (secret, readable by its owner only) and
+    /// FILE.pub (the public key devices pin).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build an unsigned bundle of one pipeline of a configuration: its
+    /// plugins, granted folders, model, drift profile, configuration, and
+    /// a validation set with the results this build gives for it.
+    Build {
+        #[arg(long)]
+        config: PathBuf,
+        /// Which pipeline, when the configuration has several.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// The bundle's version: above every version built before under its name.
+        #[arg(long)]
+        version: u64,
+        /// How long devices may accept it, e.g. `90d`, `12h`.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        expires_in: std::time::Duration,
+        /// Input files or folders of the validation set.
+        #[arg(long = "validation")]
+        validation: Vec<PathBuf>,
+        /// How far the device's results may be from the expected ones
+        /// (relative; absolute below 1).
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
+        /// Per-item latency budget for the validation set on the device, ms.
+        #[arg(long, default_value_t = 1000)]
+        max_item_ms: u64,
+        /// Keep state (the compiled-plugin cache) here instead of the configuration's data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The bundle file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a bundle (in place) with a key from `sluice bundle keygen`.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        bundle: PathBuf,
+    },
+    /// Check a bundle as a device would: signature by a trusted key, files,
+    /// expiry, version, requirements. Exits non-zero naming the cause.
+    Verify {
+        /// A trusted public key (its text or a file holding it); repeat for several.
+        #[arg(long = "trust")]
+        trust: Vec<String>,
+        /// The version installed on the device: the bundle must be above it.
+        #[arg(long)]
+        installed_version: Option<u64>,
+        bundle: PathBuf,
+    },
+    /// Show a bundle's manifest and signers (nothing checked).
+    Inspect {
+        bundle: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +241,19 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
         .init();
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        // A command that prints and exits, piped into `head`, should stop
+        // quietly when the reader goes away, as Unix tools do, not panic on
+        // a failed print. (The agent and the demo keep Rust's default,
+        // ignoring SIGPIPE: they write to sockets, where a closed peer is
+        // an error to handle, not a reason to die.)
+        #[cfg(unix)]
+        // SAFETY: restoring the default disposition of one signal, before
+        // any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -229,6 +312,39 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::Requeue { config }) => cmd::run::outbox_requeue(&config),
         Command::Plugin(PluginCommand::Compile { config, data_dir }) => {
             cmd::inspect::plugin_compile(&config, data_dir)
+        }
+        Command::Bundle(BundleCommand::Keygen { out }) => cmd::bundle::keygen(&out),
+        Command::Bundle(BundleCommand::Build {
+            config,
+            pipeline,
+            version,
+            expires_in,
+            validation,
+            tolerance,
+            max_item_ms,
+            data_dir,
+            out,
+        }) => cmd::bundle::build(&sluice::bundle::BuildRequest {
+            config,
+            pipeline,
+            version,
+            expires_in,
+            validation_inputs: validation,
+            validation: sluice_bundle::Validation {
+                tolerance,
+                max_item_ms,
+            },
+            data_dir,
+            out,
+        }),
+        Command::Bundle(BundleCommand::Sign { key, bundle }) => cmd::bundle::sign(&bundle, &key),
+        Command::Bundle(BundleCommand::Verify {
+            trust,
+            installed_version,
+            bundle,
+        }) => cmd::bundle::verify(&bundle, &trust, installed_version),
+        Command::Bundle(BundleCommand::Inspect { bundle, json }) => {
+            cmd::bundle::inspect(&bundle, json)
         }
         Command::Plugin(PluginCommand::List) => {
             for name in sluice::bundled::names() {

@@ -1,6 +1,7 @@
 //! The commands behind `sluice`'s subcommands: the only code that prints
 //! for people (or JSON for programs). The library never prints.
 
+pub mod bundle;
 pub mod demo;
 pub mod infer;
 pub mod inspect;

@@ -504,3 +504,19 @@ fn demo_dashboard_serves_the_fleet_view_until_interrupted() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_command_piped_into_a_reader_that_quits_stops_quietly() {
+    // `sluice plugin list | head -0`: the reader is gone before the first
+    // line. A tool stops (SIGPIPE), it does not panic on the failed print.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["plugin", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -7,6 +7,7 @@ mod common;
 mod fault_proxy;
 
 mod agent;
+mod bundles;
 mod bundled_plugins;
 mod cli;
 mod drift;
