@@ -1,7 +1,8 @@
 //! Drift on the device, without labels, on real held-out data: a profile
 //! made from one half of the digits and anomaly held-out sets, the other
 //! half streamed through the in-process agent, raises no alarm; inverted or
-//! blurred digits and scaled tabular records raise one within the window;
+//! blurred digits, scaled tabular records and one offset tabular feature
+//! raise one within the window;
 //! every window reaches the collector (or the outbox) as a `drift-window`
 //! record with the right fields; a profile of another model file is refused
 //! and the pipeline runs without drift. The false-alarm rate, measured over
@@ -59,6 +60,20 @@ fn scaled(row: &str, factor: f64) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `row` with feature `column` moved by `sigmas` of its training standard
+/// deviation (`models/anomaly/scaler.json`): one sensor's offset, the
+/// others unchanged.
+fn offset(row: &str, column: usize, sigmas: f64) -> String {
+    let scaler: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("models/anomaly/scaler.json")).unwrap(),
+    )
+    .unwrap();
+    let step = scaler["scale"][column].as_f64().unwrap() * sigmas;
+    let mut fields: Vec<String> = row.split(',').map(str::to_owned).collect();
+    fields[column] = (fields[column].parse::<f64>().unwrap() + step).to_string();
+    fields.join(",")
 }
 
 fn csv_item(header: &str, row: &str) -> Vec<u8> {
@@ -534,6 +549,8 @@ fn false_alarm_rate_on_held_out_data_is_at_most_the_configured_one_and_shifts_ar
     let tabular = observe(&runtime, &records(&rows), "text/csv");
     let scaled_rows: Vec<String> = rows.iter().map(|r| scaled(r, 1.3)).collect();
     let tabular_scaled = observe(&runtime, &records(&scaled_rows), "text/csv");
+    let offset_rows: Vec<String> = rows.iter().map(|r| offset(r, 1, 2.0)).collect();
+    let tabular_offset = observe(&runtime, &records(&offset_rows), "text/csv");
     drop(runtime);
 
     // Random splits of the held-out data into a reference and a window of
@@ -558,6 +575,7 @@ fn false_alarm_rate_on_held_out_data_is_at_most_the_configured_one_and_shifts_ar
         ("digits inverted", &clean, &inverted, 225),
         ("digits blurred", &clean, &blurred, 225),
         ("anomaly scaled x1.3", &tabular, &tabular_scaled, 100),
+        ("anomaly one feature offset by 2 sd", &tabular, &tabular_offset, 100),
     ] {
         let mut caught = Vec::new();
         for n in [5, 10, 20, 40] {
