@@ -29,7 +29,9 @@
 pub mod archive;
 pub mod keys;
 mod manifest;
+mod sign;
 mod verify;
 
 pub use manifest::{FORMAT, FileEntry, Manifest, Validation};
+pub use sign::{SignError, sign};
 pub use verify::{Policy, Refusal, Verified, sha256_of, verify};

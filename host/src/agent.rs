@@ -18,6 +18,7 @@
 //! (its results are committed), then the uploader finishes its request.
 //! Inputs still in the journal wait for the next start.
 
+use crate::bundle::Installer;
 use crate::config::Config;
 use crate::ingest::{self, Context, Incoming, IngestError, Running, Sink};
 use crate::metrics::Metrics;
@@ -25,7 +26,7 @@ use crate::outbox::{Outbox, Recovery};
 use crate::runtime::Runtime;
 use crate::uplink::{self, Uploader};
 use crate::wake::Wake;
-use crate::worker::Worker;
+use crate::worker::{Deployment, Slot, Worker};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub enum AgentError {
     /// The uplink's configuration is unusable.
     #[error(transparent)]
     Config(#[from] crate::error::ConfigError),
+    /// The install state of bundles cannot be read or recovered.
+    #[error(transparent)]
+    Bundles(#[from] crate::bundle::InstallError),
     /// A thread or the async runtime could not be started.
     #[error("cannot start {what}: {source}")]
     Spawn {
@@ -76,6 +80,8 @@ pub struct Agent {
     ingest_addr: Option<SocketAddr>,
     sources: Vec<Running>,
     workers: Vec<(Arc<Wake>, JoinHandle<()>)>,
+    /// What each pipeline's worker runs (an install swaps it).
+    slots: BTreeMap<String, Arc<Slot>>,
     /// The uploader and the housekeeper.
     background: Vec<(Arc<Wake>, JoinHandle<()>)>,
     /// The tokio runtime, when the agent made its own.
@@ -137,22 +143,38 @@ impl Agent {
             ingest_addr: None,
             sources: Vec::new(),
             workers: Vec::new(),
+            slots: BTreeMap::new(),
             background: Vec::new(),
             own_tokio: None,
         };
         for pipeline in runtime.pipelines() {
+            let slot = Slot::new(deployment(&runtime, pipeline.name(), None));
+            agent.slots.insert(pipeline.name().to_owned(), Arc::new(slot));
+        }
+        // Installed bundles run from the first group on: swapped into the
+        // slots before any worker starts.
+        if config.bundles.enabled() {
+            let mut installer = Installer::new(
+                &config,
+                outbox.clone(),
+                agent.slots.clone(),
+                stored.clone(),
+                metrics.clone(),
+            )?;
+            installer.recover()?;
+            let wake = Wake::new();
+            let thread = spawn("sluice-bundles", {
+                let wake = wake.clone();
+                move || installer.run(&wake)
+            })?;
+            agent.background.push((wake, thread));
+        }
+        for pipeline in runtime.pipelines() {
             let wake = wakes[pipeline.name()].clone();
-            let drift = drift_of(&runtime, pipeline.name()).map(Arc::new);
-            let mut observed = pipeline.clone();
-            if let Some(drift) = &drift {
-                observed = observed.with_observer(drift.clone());
-            }
             let worker = Worker {
-                drift,
                 device: device.clone(),
-                pipeline: observed,
-                provenance: crate::record::provenance(&runtime, pipeline.name())
-                    .expect("every running pipeline has its parts"),
+                name: pipeline.name().to_owned(),
+                slot: agent.slots[pipeline.name()].clone(),
                 outbox: outbox.clone(),
                 wake: wake.clone(),
                 stored: stored.clone(),
@@ -290,6 +312,35 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What runs pipeline `name` of `runtime`: its pipeline watched by drift
+/// detection when its model has a usable profile. `runtime` is kept alive
+/// by the deployment when it is a bundle's own (`bundle`).
+pub(crate) fn deployment(
+    runtime: &Arc<Runtime>,
+    name: &str,
+    bundle: Option<sluice_protocol::BundleRef>,
+) -> Deployment {
+    let pipeline = runtime
+        .pipeline(Some(name))
+        .expect("a deployment is made for a running pipeline");
+    let drift = drift_of(runtime, name).map(Arc::new);
+    let mut observed = pipeline.clone();
+    if let Some(drift) = &drift {
+        observed = observed.with_observer(drift.clone());
+    }
+    let mut provenance =
+        crate::record::provenance(runtime, name).expect("every running pipeline has its parts");
+    let own = bundle.is_some().then(|| runtime.clone());
+    provenance.bundle = bundle;
+    Deployment {
+        pipeline: observed,
+        provenance,
+        drift,
+        health: Default::default(),
+        _runtime: own,
     }
 }
 

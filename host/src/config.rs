@@ -45,6 +45,95 @@ pub struct Config {
     /// Drift windows against each model's reference profile (`sluice run`).
     #[serde(default)]
     pub drift: crate::drift::DriftConfig,
+    /// Signed bundles: which keys to trust, where they arrive, how a new
+    /// version is watched (`sluice run`).
+    #[serde(default)]
+    pub bundles: BundlesConfig,
+}
+
+/// `[bundles]`: installing signed bundles while the agent runs (see
+/// [`crate::bundle`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlesConfig {
+    /// Public keys (`ed25519:<base64>`, from `sluice bundle keygen`) whose
+    /// signature a bundle needs; several, so that keys can rotate. None:
+    /// no bundle is installed.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// A folder bundles are dropped into (`*.bundle`: a USB stick, scp).
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
+    /// How often the folder and the version on probation are looked at.
+    #[serde(default = "default_bundle_poll_ms")]
+    pub poll_ms: u64,
+    /// A bundle file is taken once unchanged for this long (still being
+    /// copied otherwise).
+    #[serde(default = "default_bundle_settle_ms")]
+    pub settle_ms: u64,
+    /// How long a new version is watched before it is committed.
+    #[serde(default = "default_probation_secs")]
+    pub probation_secs: u64,
+    /// Items a new version must have processed before it is judged.
+    #[serde(default = "default_probation_min_items")]
+    pub probation_min_items: u64,
+    /// Share of items failing in the pipeline above which a new version on
+    /// probation is rolled back.
+    #[serde(default = "default_probation_max_error_rate")]
+    pub probation_max_error_rate: f64,
+}
+
+impl Default for BundlesConfig {
+    fn default() -> Self {
+        BundlesConfig {
+            trusted_keys: Vec::new(),
+            folder: None,
+            poll_ms: default_bundle_poll_ms(),
+            settle_ms: default_bundle_settle_ms(),
+            probation_secs: default_probation_secs(),
+            probation_min_items: default_probation_min_items(),
+            probation_max_error_rate: default_probation_max_error_rate(),
+        }
+    }
+}
+
+impl BundlesConfig {
+    /// Whether bundles can be installed at all (a key is pinned).
+    pub fn enabled(&self) -> bool {
+        !self.trusted_keys.is_empty()
+    }
+
+    /// The pinned keys, parsed.
+    pub fn trusted(&self) -> Result<Vec<sluice_bundle::keys::PublicKey>, ConfigError> {
+        self.trusted_keys
+            .iter()
+            .enumerate()
+            .map(|(ix, key)| {
+                sluice_bundle::keys::PublicKey::parse(key)
+                    .map_err(|e| ConfigError::value(&format!("bundles.trusted_keys[{ix}]"), e.to_string()))
+            })
+            .collect()
+    }
+}
+
+fn default_bundle_poll_ms() -> u64 {
+    2_000
+}
+
+fn default_bundle_settle_ms() -> u64 {
+    1_000
+}
+
+fn default_probation_secs() -> u64 {
+    300
+}
+
+fn default_probation_min_items() -> u64 {
+    20
+}
+
+fn default_probation_max_error_rate() -> f64 {
+    0.05
 }
 
 /// `[device]`: who this device is and where it keeps its state.
@@ -652,6 +741,9 @@ impl Config {
         if let Some(dir) = &mut self.runtime.cache_dir {
             resolve(dir);
         }
+        if let Some(folder) = &mut self.bundles.folder {
+            resolve(folder);
+        }
         for plugin in self.plugins.values_mut() {
             if let PluginSource::File(path) = &mut plugin.path {
                 resolve(path);
@@ -902,6 +994,27 @@ impl Config {
                 30 * DAY_SECS,
             ),
         ];
+        let bundles = &self.bundles;
+        ranges.extend([
+            ("bundles.poll_ms".into(), bundles.poll_ms.into(), 10, 10 * MINUTE_MS),
+            ("bundles.settle_ms".into(), bundles.settle_ms.into(), 0, 10 * MINUTE_MS),
+            ("bundles.probation_secs".into(), bundles.probation_secs.into(), 0, 30 * DAY_SECS),
+            ("bundles.probation_min_items".into(), bundles.probation_min_items.into(), 1, 10_000_000),
+        ]);
+        let rate = bundles.probation_max_error_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(ConfigError::value(
+                "bundles.probation_max_error_rate",
+                format!("{rate} is outside the allowed range 0..=1"),
+            ));
+        }
+        bundles.trusted()?;
+        if bundles.folder.is_some() && !bundles.enabled() {
+            return Err(ConfigError::value(
+                "bundles.folder",
+                "is set but bundles.trusted_keys is empty: no bundle could ever be installed",
+            ));
+        }
         // A chance, not a count: checked on its own. Above one half an
         // "alarm" would be mostly noise; zero would mean infinite thresholds.
         let rate = self.drift.false_alarm_rate;

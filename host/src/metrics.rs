@@ -63,6 +63,7 @@ pub struct Metrics {
     upload_bytes: Counter,
     ack_lag: Histogram,
     drift_windows: Family<Labels, Counter>,
+    installs: Family<Labels, Counter>,
     drift_score: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -141,6 +142,12 @@ impl Metrics {
             "Drift windows closed, by pipeline and whether a score crossed its threshold (alarm: true, false)",
             drift_windows.clone(),
         );
+        let installs = Family::<Labels, Counter>::default();
+        registry.register(
+            "bundle_installs",
+            "Bundle install steps, by pipeline and outcome (installed, committed, refused, rolled_back)",
+            installs.clone(),
+        );
         let drift_score = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "drift_score",
@@ -161,6 +168,7 @@ impl Metrics {
             upload_bytes,
             ack_lag,
             drift_windows,
+            installs,
             drift_score,
         }
     }
@@ -218,6 +226,16 @@ impl Metrics {
     pub fn upload(&self, outcome: &'static str) {
         self.uploads
             .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// A bundle install step for `pipeline` ended with `outcome`.
+    pub fn install(&self, pipeline: &str, outcome: &'static str) {
+        self.installs
+            .get_or_create(&vec![
+                ("pipeline", pipeline.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
             .inc();
     }
 

@@ -28,6 +28,7 @@ pub fn provenance(runtime: &Runtime, name: &str) -> Option<Provenance> {
         preprocess_sha256: pipeline.preprocess().digest().to_owned(),
         postprocess: spec.postprocess.clone(),
         postprocess_sha256: pipeline.postprocess().digest().to_owned(),
+        bundle: None,
     })
 }
 

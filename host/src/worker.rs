@@ -16,7 +16,10 @@
 //! * back-pressure is never a result: an input the model's scheduler cannot
 //!   take now (queue full, waited too long) is tried again until it is
 //!   taken, and left journaled if the worker stops first;
-//! * on stop, the group in the pipeline finishes and is committed.
+//! * on stop, the group in the pipeline finishes and is committed;
+//! * what it runs is a [`Deployment`] taken from its [`Slot`] once per
+//!   group: an install replaces it between groups, so a group runs and is
+//!   recorded wholly on one version, never a mix.
 
 use crate::outbox::{JournalItem, NewRecord, Outbox};
 use crate::pipeline::{Outcome, Pipeline, process_all};
@@ -24,8 +27,9 @@ use crate::record::{ItemInfo, result_record, to_outbox};
 use crate::types::{ItemError, Metadata, RawItem};
 use crate::wake::{Wake, backoff};
 use sluice_protocol::Provenance;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long an idle worker waits before looking at the journal again even
@@ -38,14 +42,86 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// inputs in a worker to a small multiple of it, whatever their sizes.
 pub const GROUP_MAX_BYTES: u64 = 16 << 20;
 
+/// What a worker runs: one version of its pipeline (from the device's
+/// configuration or from a bundle), what its results name, and how it is
+/// doing (for an install's probation).
+pub struct Deployment {
+    /// The pipeline, observed by `drift` when there is one.
+    pub pipeline: Pipeline,
+    /// Written into every result.
+    pub provenance: Provenance,
+    /// Drift detection, when the model has a profile; it already observes
+    /// `pipeline`, the worker ships its closed windows.
+    pub drift: Option<Arc<crate::drift::Drift>>,
+    /// Items it has made results of, and how they went.
+    pub health: Health,
+    /// What keeps a bundle's own models and plugins running while in use.
+    pub _runtime: Option<Arc<crate::runtime::Runtime>>,
+}
+
+/// Counts of what a deployment did, for an install's probation.
+#[derive(Debug, Default)]
+pub struct Health {
+    items: AtomicU64,
+    failed: AtomicU64,
+    busy_us: AtomicU64,
+}
+
+impl Health {
+    /// Items it made results of.
+    pub fn items(&self) -> u64 {
+        self.items.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the ones that failed in the pipeline (not refused at ingest).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Mean time in the pipeline per item, µs (0 before any).
+    pub fn mean_item_us(&self) -> u64 {
+        self.busy_us.load(Ordering::Relaxed) / self.items().max(1)
+    }
+}
+
+/// The deployment a worker runs now. An install swaps it; the worker takes
+/// the new one at its next group (the group in flight finishes on the old).
+#[derive(Default)]
+pub struct Slot(Mutex<Option<Arc<Deployment>>>);
+
+impl Slot {
+    /// A slot holding `deployment`.
+    pub fn new(deployment: Deployment) -> Slot {
+        Slot(Mutex::new(Some(Arc::new(deployment))))
+    }
+
+    /// What runs now.
+    pub fn current(&self) -> Arc<Deployment> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("a slot always holds a deployment")
+    }
+
+    /// Run `deployment` from the next group on; the one it replaces.
+    pub fn swap(&self, deployment: Arc<Deployment>) -> Arc<Deployment> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(deployment)
+            .expect("a slot always holds a deployment")
+    }
+}
+
 /// What one worker needs.
 pub struct Worker {
     /// The device's id, part of every result id.
     pub device: String,
-    /// The pipeline it runs.
-    pub pipeline: Pipeline,
-    /// Written into every result.
-    pub provenance: Provenance,
+    /// The pipeline's name.
+    pub name: String,
+    /// What it runs.
+    pub slot: Arc<Slot>,
     /// Where inputs come from and results go.
     pub outbox: Arc<Outbox>,
     /// Woken when inputs of this pipeline are accepted; stops the worker.
@@ -54,10 +130,11 @@ pub struct Worker {
     pub stored: Arc<Wake>,
     /// Where items and stage times are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Drift detection, when the model has a profile; it already observes
-    /// `pipeline`, the worker ships its closed windows.
-    pub drift: Option<Arc<crate::drift::Drift>>,
 }
+
+/// A closed drift window waiting to be stored, with the detector that
+/// scored it (its profile's digests go into the record).
+type Unstored = (Arc<crate::drift::Drift>, crate::drift::ClosedWindow);
 
 /// A fault-injection seam for tests of what happens when a worker dies
 /// (which only a bug can cause): with `SLUICE_FAULT_INJECT=<fault>:<pipeline>`
@@ -78,10 +155,6 @@ impl Worker {
     /// Run until woken with stop; returns once the last group is committed
     /// (or the commit was abandoned because of the stop).
     pub fn run(self) {
-        let batch = self.pipeline.scheduler().config().max_batch_size.max(1);
-        // Enough items to keep every pipeline thread busy with full batches,
-        // several times over so that one fsync covers many of them.
-        let group = (batch * self.pipeline.pool().current_num_threads() * 4).clamp(1, 1024);
         let (to_store, stored) = sync_channel::<Done>(1);
         std::thread::scope(|scope| {
             scope.spawn(|| self.store(stored));
@@ -89,10 +162,23 @@ impl Worker {
             // their commit; only that commit deletes them.
             let mut taken_up_to = 0;
             let mut failures = 0u32;
-            let name = self.pipeline.name();
+            let name = self.name.as_str();
             let mut unstored = Vec::new();
+            let mut deployment = self.slot.current();
             while !self.wake.stopped() {
-                self.ship_drift(&mut unstored);
+                let now = self.slot.current();
+                if !Arc::ptr_eq(&now, &deployment) {
+                    // What the replaced version's detector closed goes out
+                    // under it; its open window is not scored.
+                    self.ship_drift(&deployment, &mut unstored);
+                    deployment = now;
+                }
+                self.ship_drift(&deployment, &mut unstored);
+                let pipeline = &deployment.pipeline;
+                let batch = pipeline.scheduler().config().max_batch_size.max(1);
+                // Enough items to keep every pipeline thread busy with full
+                // batches, several times over so that one fsync covers many.
+                let group = (batch * pipeline.pool().current_num_threads() * 4).clamp(1, 1024);
                 let items =
                     match self
                         .outbox
@@ -113,7 +199,9 @@ impl Worker {
                 };
                 taken_up_to = last.seq;
                 fault_point("worker-panic", name);
-                let outcomes = self.process(&items);
+                let started = std::time::Instant::now();
+                let outcomes = self.process(pipeline, &items);
+                let busy = started.elapsed();
                 let completed_at_ms = crate::outbox::now_ms();
                 // Inputs the model could not take (only left when stopping)
                 // stay journaled: the next start processes them.
@@ -124,14 +212,14 @@ impl Worker {
                         !outcome.result.as_ref().is_err_and(|e| e.is_transient())
                     })
                     .unzip();
-                self.count(&items, &outcomes, completed_at_ms);
+                self.count(&deployment.health, &items, &outcomes, busy, completed_at_ms);
                 let records = items
                     .iter()
                     .zip(&outcomes)
                     .map(|(item, outcome)| {
                         to_outbox(&result_record(
                             &self.device,
-                            &self.provenance,
+                            &deployment.provenance,
                             ItemInfo::of(item, self.outbox.instance()),
                             outcome,
                             completed_at_ms,
@@ -144,7 +232,7 @@ impl Worker {
                 }
             }
             // A window the last group closed goes out too.
-            self.ship_drift(&mut unstored);
+            self.ship_drift(&deployment, &mut unstored);
             // Let the store thread commit what it was given, then end.
             drop(to_store);
         });
@@ -154,8 +242,8 @@ impl Worker {
     /// not take (a full queue, shared with other pipelines and `wasi:nn`
     /// guests) are back-pressure, not results: they are tried again, with
     /// backoff, until taken or the worker stops.
-    fn process(&self, items: &[JournalItem]) -> Vec<Outcome> {
-        let name = self.pipeline.name();
+    fn process(&self, pipeline: &Pipeline, items: &[JournalItem]) -> Vec<Outcome> {
+        let name = self.name.as_str();
         if items.iter().any(|item| item.refused.is_some()) {
             // Inputs refused at ingest have their failure as their result;
             // the others run.
@@ -163,7 +251,7 @@ impl Worker {
                 (0..items.len()).partition(|&i| items[i].refused.is_some());
             let run_items: Vec<JournalItem> = run.iter().map(|&i| items[i].clone()).collect();
             let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
-            for (i, outcome) in run.into_iter().zip(self.process(&run_items)) {
+            for (i, outcome) in run.into_iter().zip(self.process(pipeline, &run_items)) {
                 outcomes[i] = Some(outcome);
             }
             for i in refused {
@@ -191,7 +279,7 @@ impl Worker {
                 data: item.data.clone(),
             }
         };
-        let mut outcomes = process_all(&self.pipeline, items.iter().map(raw).collect(), &|_| {});
+        let mut outcomes = process_all(pipeline, items.iter().map(raw).collect(), &|_| {});
         let mut attempts = 0u32;
         loop {
             let busy: Vec<usize> = (0..outcomes.len())
@@ -208,7 +296,7 @@ impl Worker {
             );
             self.wake.sleep(backoff(5, 1_000, attempts));
             let again = process_all(
-                &self.pipeline,
+                pipeline,
                 busy.iter().map(|&i| raw(&items[i])).collect(),
                 &|_| {},
             );
@@ -221,9 +309,44 @@ impl Worker {
     /// Close a drift window that is due, and store every closed window in
     /// the outbox (as a `drift-window` record, shipped like results): the
     /// ones that cannot be stored now (a full disk) wait in `unstored`.
-    fn ship_drift(&self, unstored: &mut Vec<crate::drift::ClosedWindow>) {
-        let Some(drift) = &self.drift else { return };
-        let name = self.pipeline.name();
+    fn ship_drift(&self, deployment: &Deployment, unstored: &mut Vec<Unstored>) {
+        let name = self.name.as_str();
+        if let Some(drift) = &deployment.drift {
+            self.close_drift(drift, unstored);
+        }
+        if unstored.len() > crate::drift::MAX_UNSTORED_WINDOWS {
+            let dropped = unstored.len() - crate::drift::MAX_UNSTORED_WINDOWS;
+            tracing::warn!(
+                pipeline = name,
+                dropped,
+                "drift windows dropped: the outbox could not store them"
+            );
+            unstored.drain(..dropped);
+        }
+        while let Some((drift, window)) = unstored.first() {
+            let stored = self.outbox.allocate_seq().and_then(|seq| {
+                let record = drift.record(window, &self.device, name, self.outbox.instance(), seq);
+                self.outbox.append(vec![NewRecord {
+                    id: record.id.clone(),
+                    body: serde_json::to_vec(&record).expect("a drift window serializes"),
+                }])
+            });
+            match stored {
+                Ok(_) => {
+                    unstored.remove(0);
+                    self.stored.wake();
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = name, "cannot store a drift window: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Close `drift`'s window if it is due; log and count what closed.
+    fn close_drift(&self, drift: &Arc<crate::drift::Drift>, unstored: &mut Vec<Unstored>) {
+        let name = self.name.as_str();
         drift.tick();
         for window in drift.take_closed() {
             self.metrics
@@ -254,42 +377,32 @@ impl Worker {
                     "drift window: no drift"
                 );
             }
-            unstored.push(window);
-        }
-        if unstored.len() > crate::drift::MAX_UNSTORED_WINDOWS {
-            let dropped = unstored.len() - crate::drift::MAX_UNSTORED_WINDOWS;
-            tracing::warn!(
-                pipeline = name,
-                dropped,
-                "drift windows dropped: the outbox could not store them"
-            );
-            unstored.drain(..dropped);
-        }
-        while let Some(window) = unstored.first() {
-            let stored = self.outbox.allocate_seq().and_then(|seq| {
-                let record = drift.record(window, &self.device, name, self.outbox.instance(), seq);
-                self.outbox.append(vec![NewRecord {
-                    id: record.id.clone(),
-                    body: serde_json::to_vec(&record).expect("a drift window serializes"),
-                }])
-            });
-            match stored {
-                Ok(_) => {
-                    unstored.remove(0);
-                    self.stored.wake();
-                }
-                Err(e) => {
-                    tracing::error!(pipeline = name, "cannot store a drift window: {e}");
-                    break;
-                }
-            }
+            unstored.push((drift.clone(), window));
         }
     }
 
     /// Count each item's outcome and the time it spent in each stage.
-    fn count(&self, items: &[&JournalItem], outcomes: &[Outcome], completed_at_ms: i64) {
-        let name = self.pipeline.name();
+    fn count(
+        &self,
+        health: &Health,
+        items: &[&JournalItem],
+        outcomes: &[Outcome],
+        busy: Duration,
+        completed_at_ms: i64,
+    ) {
+        let name = self.name.as_str();
         let metrics = &self.metrics;
+        let ran = items.iter().filter(|i| i.refused.is_none()).count() as u64;
+        let failed = items
+            .iter()
+            .zip(outcomes)
+            .filter(|(i, o)| i.refused.is_none() && o.result.is_err())
+            .count() as u64;
+        health.items.fetch_add(ran, Ordering::Relaxed);
+        health.failed.fetch_add(failed, Ordering::Relaxed);
+        health
+            .busy_us
+            .fetch_add(busy.as_micros() as u64, Ordering::Relaxed);
         for (item, outcome) in items.iter().zip(outcomes) {
             metrics.item(name, outcome.result.as_ref().err().map(|e| e.kind()));
             let t = &outcome.timings;
@@ -308,7 +421,7 @@ impl Worker {
     /// Commit each group; on failure (a full disk) keep the results and
     /// retry with backoff while the inputs stay journaled.
     fn store(&self, groups: Receiver<Done>) {
-        let name = self.pipeline.name();
+        let name = self.name.as_str();
         let mut failures = 0u32;
         for done in groups {
             loop {

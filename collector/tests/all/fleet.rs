@@ -49,6 +49,7 @@ fn result(device: &str, seq: i64, failed: bool) -> Record {
             preprocess_sha256: "bb22".repeat(16),
             postprocess: "post".into(),
             postprocess_sha256: "cc33".repeat(16),
+            bundle: None,
         },
         sluice_version: "0.9.1".into(),
         timings: StageTimings::default(),

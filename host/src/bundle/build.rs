@@ -1,33 +1,15 @@
-//! Bundles on the device's side of the fence: making one from a working
-//! configuration (`sluice bundle build`). The format, the keys and the
-//! checks a device makes before trusting one are in `sluice-bundle`.
-//!
-//! A bundle carries one pipeline whole: its two plugins (a `bundled:NAME`
-//! plugin is written out as the component embedded in this binary, so the
-//! device runs exactly what was validated, whatever it was built with), the
-//! folders granted to them, its model with the model's drift profile when
-//! there is one, the configuration fragment of those four (`pipeline.toml`,
-//! paths relative to the bundle), and a validation set: input files with
-//! the results this build of the pipeline gave for them
-//! (`validation/expected.json`), which a device must reproduce before it
-//! swaps.
+//! `sluice bundle build`: a bundle of one pipeline of a working
+//! configuration.
 
 use crate::config::{Config, PluginSource};
 use crate::error::ConfigError;
 use crate::ingest::files::{list_files, read_file_item};
 use crate::runtime::Runtime;
-use serde::{Deserialize, Serialize};
 use sluice_bundle::archive::{self, ArchiveError, Limits};
 use sluice_bundle::{FileEntry, Manifest, Validation, sha256_of};
 use std::path::{Path, PathBuf};
 
-/// The WIT package this Sluice's plugin host implements (`wit/sluice.wit`).
-pub const WIT_PACKAGE: &str = "sluice:plugin@0.1.0";
-
-/// The configuration fragment inside a bundle.
-pub const PIPELINE_TOML: &str = "pipeline.toml";
-/// The expected results of the validation set inside a bundle.
-pub const EXPECTED_JSON: &str = "validation/expected.json";
+use super::{EXPECTED_JSON, Expected, PIPELINE_TOML, WIT_PACKAGE};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -48,20 +30,6 @@ pub struct BuildRequest {
     pub data_dir: Option<PathBuf>,
     /// The bundle file to write.
     pub out: PathBuf,
-}
-
-/// One item of the validation set, as `validation/expected.json` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expected {
-    /// The input, under `files/`.
-    pub input: String,
-    /// Its content type.
-    pub content_type: String,
-    /// The result document as JSON, or `None` when the item failed.
-    pub result: Option<serde_json::Value>,
-    /// Why it failed, when it did.
-    pub error: Option<String>,
 }
 
 /// Why a bundle cannot be built.

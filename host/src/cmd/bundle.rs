@@ -88,36 +88,13 @@ fn manifest_of(unpacked: &Unpacked) -> anyhow::Result<Manifest> {
 /// one by the same key), after checking that the files are the listed ones.
 pub fn sign(bundle: &Path, key: &Path) -> anyhow::Result<()> {
     let key = read_key(key)?;
-    let (_dir, mut unpacked) = open(bundle)?;
-    let manifest = manifest_of(&unpacked)?;
-    let id = key.public().id();
-    unpacked.signatures.retain(|s| s.key != id);
-    unpacked.signatures.push(key.sign(&unpacked.manifest));
-    // Everything a device checks but trust and version: do not sign a
-    // bundle whose files were changed since it was built.
-    let needs = semver::Version::parse(&manifest.min_sluice_version)?;
-    sluice_bundle::verify(
-        &unpacked,
-        &Policy {
-            trusted: &[key.public()],
-            now_ms: sluice::outbox::now_ms(),
-            installed: None,
-            sluice_version: &needs,
-            wit_package: &manifest.wit_package,
-        },
-    )?;
-    let files: Vec<(String, PathBuf)> = manifest
-        .files
-        .iter()
-        .map(|f| (f.path.clone(), unpacked.dir.join(archive::FILES).join(&f.path)))
-        .collect();
-    archive::write(bundle, &unpacked.manifest, &unpacked.signatures, &files)?;
+    let (manifest, signatures) = sluice_bundle::sign(bundle, &key, sluice::outbox::now_ms())?;
     println!(
-        "{}: `{}` version {} signed by key {id} ({} signature(s))",
+        "{}: `{}` version {} signed by key {} ({signatures} signature(s))",
         bundle.display(),
         manifest.name,
         manifest.version,
-        unpacked.signatures.len()
+        key.public().id(),
     );
     Ok(())
 }

@@ -141,3 +141,331 @@ fn an_operator_builds_signs_and_verifies_a_bundle_and_devices_refuse_what_they_m
     assert!(fragment.contains("path = \"models/digits.onnx\""), "{fragment}");
     assert!(fragment.contains("host = \"grants/digits-post/0\""), "{fragment}");
 }
+
+// --- Installing on a running agent -----------------------------------------
+
+use sluice::config::Config;
+use sluice::outbox::NewInput;
+use sluice_bundle::keys::SecretKey;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The digits example as a TOML table with its paths made absolute, so a
+/// copy written elsewhere still finds the models.
+fn example_table() -> toml::Table {
+    let example = repo_root().join("examples/digits");
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(example.join("sluice.toml")).unwrap()).unwrap();
+    let absolute = |v: &mut toml::Value| {
+        let p = example.join(v.as_str().unwrap());
+        *v = toml::Value::String(p.to_str().unwrap().to_owned());
+    };
+    absolute(&mut table["models"]["digits"]["path"]);
+    for (_, plugin) in table["plugins"].as_table_mut().unwrap().iter_mut() {
+        if let Some(dirs) = plugin.get_mut("grants").and_then(|g| g.get_mut("dirs")) {
+            for dir in dirs.as_array_mut().unwrap() {
+                absolute(&mut dir["host"]);
+            }
+        }
+    }
+    table.remove("ingest");
+    table.remove("sync");
+    table
+}
+
+/// `table` written as `dir/name.toml`; its path.
+fn write_config(dir: &Path, name: &str, table: &toml::Table) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(table).unwrap()).unwrap();
+    path
+}
+
+/// The first `n` held-out digit images.
+fn validation_files(n: usize) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("models/digits/heldout"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    files.truncate(n);
+    files
+}
+
+/// A signed bundle of `config`'s digits pipeline at `version`.
+fn bundle_of(dir: &Path, config: &Path, version: u64, key: Option<&SecretKey>) -> PathBuf {
+    let out = dir.join(format!("digits-{version}-{}.built", rand::random::<u32>()));
+    sluice::bundle::build(&sluice::bundle::BuildRequest {
+        config: config.to_owned(),
+        pipeline: None,
+        version,
+        expires_in: Duration::from_secs(3600),
+        validation_inputs: validation_files(8),
+        validation: Default::default(),
+        data_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle-data")),
+        out: out.clone(),
+    })
+    .unwrap();
+    if let Some(key) = key {
+        sluice_bundle::sign(&out, key, sluice::outbox::now_ms()).unwrap();
+    }
+    out
+}
+
+/// Put `bundle` into the drop folder the way a copy tool does: under a
+/// temporary name, then renamed to `*.bundle`.
+fn drop_into(folder: &Path, bundle: &Path, name: &str) {
+    std::fs::create_dir_all(folder).unwrap();
+    let tmp = folder.join(format!("{name}.part"));
+    std::fs::copy(bundle, &tmp).unwrap();
+    std::fs::rename(&tmp, folder.join(format!("{name}.bundle"))).unwrap();
+}
+
+/// A device running the digits pipeline of `table`, trusting `key`.
+fn device(dir: &Path, table: &toml::Table, key: &SecretKey) -> sluice::agent::Agent {
+    let mut config = Config::load(&write_config(dir, "device", table)).unwrap();
+    config.device.id = "gw-bundles".into();
+    config.device.data_dir = dir.join("device");
+    config.runtime.cache_dir = Some(crate::common::shared_cache_dir());
+    config.bundles.trusted_keys = vec![key.public().to_text()];
+    config.bundles.folder = Some(dir.join("drop"));
+    config.bundles.poll_ms = 20;
+    config.bundles.settle_ms = 0;
+    config.bundles.probation_secs = 1;
+    config.bundles.probation_min_items = 10;
+    sluice::agent::Agent::start(config).unwrap()
+}
+
+fn accept(agent: &sluice::agent::Agent, images: &[Vec<u8>]) {
+    let inputs: Vec<NewInput> = images
+        .iter()
+        .map(|data| NewInput {
+            pipeline: "digits".into(),
+            content_type: "image/png".into(),
+            attributes: Vec::new(),
+            data: data.clone(),
+        })
+        .collect();
+    agent.accept(&inputs).unwrap();
+}
+
+/// Every record in the agent's outbox, in `seq` order.
+fn records(agent: &sluice::agent::Agent) -> Vec<serde_json::Value> {
+    let conn = rusqlite::Connection::open(agent.outbox().path()).unwrap();
+    let mut statement = conn.prepare("SELECT body FROM records").unwrap();
+    let mut all: Vec<serde_json::Value> = statement
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|body| serde_json::from_slice(&body.unwrap()).unwrap())
+        .collect();
+    all.sort_by_key(|r| r["seq"].as_i64().unwrap());
+    all
+}
+
+fn of_kind<'a>(all: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    all.iter()
+        .filter(|r| r["kind"].as_str().unwrap_or("result") == kind)
+        .collect()
+}
+
+/// Poll the agent's outbox until `done` holds (bounded); the records.
+fn wait_until(
+    agent: &sluice::agent::Agent,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = records(agent);
+        if done(&all) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {all:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn installs(all: &[serde_json::Value], outcome: &str) -> usize {
+    of_kind(all, "install")
+        .iter()
+        .filter(|r| r["outcome"] == outcome)
+        .count()
+}
+
+#[test]
+fn a_bundle_dropped_on_a_running_device_is_verified_validated_swapped_in_and_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate();
+    let base = example_table();
+    // Version 2 lists two classes per result instead of three.
+    let mut v2 = base.clone();
+    v2["plugins"]["digits-post"]["config"]["top_k"] = 2.into();
+    let v2_config = write_config(dir.path(), "v2", &v2);
+    let signed = bundle_of(dir.path(), &v2_config, 2, Some(&key));
+    let unsigned = bundle_of(dir.path(), &v2_config, 2, None);
+
+    let agent = device(dir.path(), &base, &key);
+    let images = crate::common::digit_pngs();
+    accept(&agent, &images[..10]);
+    wait_until(&agent, "10 results", |all| of_kind(all, "result").len() == 10);
+
+    // Unsigned: refused, reported, nothing changed.
+    drop_into(&dir.path().join("drop"), &unsigned, "a-unsigned");
+    let all = wait_until(&agent, "a refusal", |all| installs(all, "refused") == 1);
+    let refusal = of_kind(&all, "install")[0];
+    assert!(refusal["reason"].as_str().unwrap().contains("unsigned"), "{refusal}");
+    assert_eq!(refusal["pipeline"], "digits");
+
+    drop_into(&dir.path().join("drop"), &signed, "b-signed");
+    wait_until(&agent, "the install", |all| installs(all, "installed") == 1);
+    accept(&agent, &images[10..40]);
+    let all = wait_until(&agent, "the commit", |all| {
+        installs(all, "committed") == 1 && of_kind(all, "result").len() == 40
+    });
+    let results = of_kind(&all, "result");
+    for (ix, r) in results.iter().enumerate() {
+        let (bundle, top) = (&r["provenance"]["bundle"], r["result"]["body"]["top"].as_array().unwrap().len());
+        if ix < 10 {
+            assert!(bundle.is_null() && top == 3, "before the install: {r}");
+        } else {
+            assert_eq!(bundle, &serde_json::json!({"name": "digits", "version": 2}), "{r}");
+            assert_eq!(top, 2, "{r}");
+        }
+    }
+    let installed = of_kind(&all, "install")
+        .into_iter()
+        .find(|r| r["outcome"] == "installed")
+        .unwrap();
+    assert_eq!(installed["version"], 2);
+    assert!(installed["previous_version"].is_null(), "{installed}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("device/bundles/state.json")).unwrap()).unwrap();
+    assert_eq!(state["pipelines"]["digits"]["current"]["version"], 2);
+    assert_eq!(state["pipelines"]["digits"]["current"]["committed"], true);
+    agent.shutdown();
+
+    // After a restart the committed version runs from the first input.
+    let agent = device(dir.path(), &base, &key);
+    accept(&agent, &images[40..45]);
+    let all = wait_until(&agent, "45 results", |all| of_kind(all, "result").len() == 45);
+    for r in &of_kind(&all, "result")[40..] {
+        assert_eq!(r["provenance"]["bundle"]["version"], 2, "{r}");
+    }
+    // Another build of version 2 (other bytes): a replay, refused.
+    let again = bundle_of(dir.path(), &v2_config, 2, Some(&key));
+    drop_into(&dir.path().join("drop"), &again, "c-replay");
+    let all = wait_until(&agent, "the replay's refusal", |all| installs(all, "refused") == 2);
+    let replay = of_kind(&all, "install").into_iter().filter(|r| r["outcome"] == "refused").last().unwrap();
+    assert!(replay["reason"].as_str().unwrap().contains("not above the installed version 2"), "{replay}");
+    agent.shutdown();
+}
+
+/// `png` scaled up to 16 x 16 (another camera).
+fn upscaled(png: &[u8]) -> Vec<u8> {
+    let image = image::load_from_memory(png).unwrap().to_luma8();
+    let big = image::imageops::resize(&image, 16, 16, image::imageops::FilterType::Nearest);
+    let mut out = std::io::Cursor::new(Vec::new());
+    big.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn a_version_that_fails_on_live_traffic_is_rolled_back_and_every_result_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate();
+    // The device resizes whatever it gets; version 2 insists on 8 x 8,
+    // which its validation set (8 x 8 digits) cannot show.
+    let mut base = example_table();
+    base["plugins"]["digits-pre"]["config"]["resize"] = "exact".into();
+    let v2 = bundle_of(dir.path(), &write_config(dir.path(), "v2", &example_table()), 2, Some(&key));
+
+    let agent = device(dir.path(), &base, &key);
+    drop_into(&dir.path().join("drop"), &v2, "v2");
+    wait_until(&agent, "the install", |all| installs(all, "installed") == 1);
+    let big: Vec<Vec<u8>> = crate::common::digit_pngs()[..40].iter().map(|p| upscaled(p)).collect();
+    accept(&agent, &big[..20]);
+    let all = wait_until(&agent, "the rollback", |all| installs(all, "rolled-back") == 1);
+    let rollback = of_kind(&all, "install").into_iter().find(|r| r["outcome"] == "rolled-back").unwrap();
+    assert!(rollback["reason"].as_str().unwrap().contains("failed on probation"), "{rollback}");
+    accept(&agent, &big[20..]);
+    let all = wait_until(&agent, "40 results", |all| of_kind(all, "result").len() == 40);
+    let results = of_kind(&all, "result");
+    // Every input has its result: failed ones on version 2, then good ones
+    // on the device's own configuration again.
+    let failed_on_v2 = results
+        .iter()
+        .filter(|r| r["provenance"]["bundle"]["version"] == 2)
+        .inspect(|r| assert!(r["error"].is_object(), "{r}"))
+        .count();
+    assert!(failed_on_v2 >= 10, "{failed_on_v2}");
+    for r in &results[20..] {
+        assert!(r["provenance"]["bundle"].is_null() && r["result"].is_object(), "{r}");
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("device/bundles/state.json")).unwrap()).unwrap();
+    assert!(state["pipelines"]["digits"]["current"].is_null(), "{state}");
+    agent.shutdown();
+}
+
+/// `good` with its files changed by `edit`, re-listed and signed by `key`
+/// (a build machine that shipped something else than it validated).
+fn tampered(dir: &Path, good: &Path, key: &SecretKey, name: &str, edit: impl Fn(&Path)) -> PathBuf {
+    let work = dir.join(format!("work-{name}"));
+    let unpacked = sluice_bundle::archive::unpack(good, &work, &Default::default()).unwrap();
+    let files = unpacked.dir.join("files");
+    edit(&files);
+    let mut manifest: sluice_bundle::Manifest = serde_json::from_slice(&unpacked.manifest).unwrap();
+    for f in &mut manifest.files {
+        let (bytes, sha256) = sluice_bundle::sha256_of(&files.join(&f.path)).unwrap();
+        (f.bytes, f.sha256) = (bytes, sha256);
+    }
+    let bytes = manifest.to_bytes();
+    let listed: Vec<(String, PathBuf)> =
+        manifest.files.iter().map(|f| (f.path.clone(), files.join(&f.path))).collect();
+    let out = dir.join(format!("{name}.built"));
+    sluice_bundle::archive::write(&out, &bytes, &[key.sign(&bytes)], &listed).unwrap();
+    out
+}
+
+#[test]
+fn a_bundle_that_fails_validation_or_does_not_start_is_refused_before_any_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate();
+    let base = example_table();
+    let good = bundle_of(dir.path(), &write_config(dir.path(), "v2", &base), 2, None);
+    // Expected results that this pipeline does not give: the first
+    // validation item's best label changed.
+    let wrong = tampered(dir.path(), &good, &key, "wrong", |files| {
+        let path = files.join(sluice::bundle::EXPECTED_JSON);
+        let mut expected: Vec<sluice::bundle::Expected> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let top = &mut expected[0].result.as_mut().unwrap()["top"][0]["label"];
+        *top = if top == "7" { "1" } else { "7" }.into();
+        std::fs::write(&path, serde_json::to_vec(&expected).unwrap()).unwrap();
+    });
+    // Another preprocessor than the configured one (a test plugin that
+    // refuses the configuration): the pipeline does not even start.
+    let broken = tampered(dir.path(), &good, &key, "broken", |files| {
+        std::fs::copy(crate::common::plugin_path("misbehave"), files.join("plugins/digits-pre.wasm")).unwrap();
+    });
+
+    let agent = device(dir.path(), &base, &key);
+    drop_into(&dir.path().join("drop"), &wrong, "a-wrong");
+    let all = wait_until(&agent, "the first refusal", |all| installs(all, "refused") == 1);
+    let reason = of_kind(&all, "install")[0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("failed validation") && reason.contains(".top[0].label"), "{reason}");
+    drop_into(&dir.path().join("drop"), &broken, "b-broken");
+    let all = wait_until(&agent, "the second refusal", |all| installs(all, "refused") == 2);
+    let reason = of_kind(&all, "install")[1]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("does not start") && reason.contains("digits-pre"), "{reason}");
+    assert_eq!(installs(&all, "installed"), 0);
+    accept(&agent, &crate::common::digit_pngs()[..5]);
+    let all = wait_until(&agent, "5 results", |all| of_kind(all, "result").len() == 5);
+    for r in of_kind(&all, "result") {
+        assert!(r["provenance"]["bundle"].is_null() && r["result"].is_object(), "{r}");
+    }
+    // Nothing of them stays on the device.
+    let versions: Vec<_> = std::fs::read_dir(dir.path().join("device/bundles/v")).unwrap().collect();
+    assert!(versions.is_empty(), "{versions:?}");
+    agent.shutdown();
+}
