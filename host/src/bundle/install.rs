@@ -88,6 +88,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
+/// A fault-injection seam for the crash tests: with
+/// `SLUICE_FAULT_INJECT=install-crash:<step>` in the environment, the
+/// process aborts at that step of an install (no destructor, no flush: what
+/// a SIGKILL or a power cut leaves).
+fn crash_point(step: &str) {
+    if std::env::var("SLUICE_FAULT_INJECT").is_ok_and(|v| v == format!("install-crash:{step}")) {
+        std::process::abort();
+    }
+}
+
 /// A version swapped in and watched.
 struct Probation {
     started: Instant,
@@ -298,6 +308,7 @@ impl Installer {
 
     fn install(&mut self, bundle: &Path, sha256: &str, relative: &Path) -> Result<(), InstallError> {
         let unpacked = archive::unpack(bundle, &self.dir.join(relative), &Limits::default())?;
+        crash_point("staged");
         // The name decides which installed version the bundle must be above;
         // it is believed only once the signature over these bytes checks.
         let claimed: Manifest = serde_json::from_slice(&unpacked.manifest).map_err(|e| {
@@ -324,6 +335,7 @@ impl Installer {
                 wit_package: WIT_PACKAGE,
             },
         )?;
+        crash_point("verified");
         let (name, version) = (verified.manifest.name.clone(), verified.manifest.version);
         let Some(slot) = self.slots.get(&name).cloned() else {
             return Err(InstallError::NoSuchPipeline {
@@ -333,6 +345,7 @@ impl Installer {
         };
         let deployment = self.deploy(&name, version, &verified.files)?;
         validate(&deployment, &verified)?;
+        crash_point("validated");
 
         // Durable before it runs: the state naming it current, on probation.
         let ps = self.state.pipelines.entry(name.clone()).or_default();
@@ -353,8 +366,10 @@ impl Installer {
             self.roll_back_state(&name);
             return Err(e);
         }
+        crash_point("recorded");
         let deployment = Arc::new(deployment);
         let previous = slot.swap(deployment.clone());
+        crash_point("swapped");
         tracing::info!(pipeline = %name, version, "bundle installed; on probation for {} s", self.settings.probation_secs);
         self.metrics.install(&name, "installed");
         self.report(&name, version, sha256, InstallOutcome::Installed, None, previous_version);
@@ -404,6 +419,9 @@ impl Installer {
         for name in names {
             let p = &self.probation[&name];
             let health = &p.new.health;
+            if health.items() > 0 {
+                crash_point("probation");
+            }
             let (items, failed) = (health.items(), health.failed());
             let enough = items >= self.settings.probation_min_items;
             let rate = failed as f64 / items.max(1) as f64;
@@ -434,6 +452,7 @@ impl Installer {
 
     fn commit(&mut self, name: &str) {
         let p = self.probation.remove(name).expect("on probation");
+        crash_point("committing");
         let ps = self.state.pipelines.entry(name.to_owned()).or_default();
         if let Some(current) = &mut ps.current {
             current.committed = true;

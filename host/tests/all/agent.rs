@@ -3,7 +3,8 @@
 //! ingest and sync, many times in a row, loses no acknowledged input and
 //! stores none twice; a batch acknowledged upstream but not recorded before
 //! the kill is not stored twice; folder inputs are taken exactly once; a
-//! damaged outbox is moved aside at start-up.
+//! damaged outbox is moved aside at start-up; a crash at any step of a
+//! bundle install leaves one version running and loses nothing.
 
 use crate::common::{hex_sha256, http, repo_root};
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -1237,4 +1238,144 @@ fn readiness_says_when_the_outbox_cannot_be_written_and_recovers() {
     assert_eq!(post_image(&url, &images()[0]).0, 202);
     assert_eq!(ready().0, 200, "{}", ready().1);
     agent.shutdown();
+}
+
+/// `config` with bundles installed from `drop`, trusting `key`, with a
+/// short probation.
+fn with_bundles(config: &Path, drop: &Path, key: &sluice_bundle::keys::SecretKey) {
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let bundles: toml::Table = toml::from_str(&format!(
+        "trusted_keys = [{:?}]\nfolder = {:?}\npoll_ms = 20\nsettle_ms = 0\nprobation_secs = 1\nprobation_min_items = 5\n",
+        key.public().to_text(),
+        drop.display().to_string()
+    ))
+    .unwrap();
+    table.insert("bundles".into(), toml::Value::Table(bundles));
+    std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// The device's install state, as JSON (null before any install).
+fn install_state(dir: &Path) -> serde_json::Value {
+    std::fs::read(dir.join("data/bundles/state.json"))
+        .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// After a restart: the version the state names runs every new input, and
+/// no folder of an unrecorded version is left. Returns the ids posted.
+fn check_recovered(dir: &Path, agent: &Agent, collector: &Collector, step: &str) -> Vec<String> {
+    let state = install_state(dir);
+    let current = &state["pipelines"]["digits"]["current"];
+    assert!(
+        current.is_null() || current["committed"] == true,
+        "after a crash at {step}, the state names a version on probation: {state}"
+    );
+    let expected = if current.is_null() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({"name": "digits", "version": current["version"]})
+    };
+    let fresh: Vec<String> = images()[..3]
+        .iter()
+        .map(|image| ingest(&agent.url, image).expect("accepted"))
+        .collect();
+    assert!(wait_until(Duration::from_secs(60), || {
+        let stored = stored(collector);
+        fresh.iter().all(|id| stored.contains_key(id))
+    }));
+    let stored = stored(collector);
+    for id in &fresh {
+        assert_eq!(stored[id]["provenance"]["bundle"], expected, "after a crash at {step}");
+    }
+    let referenced: Vec<String> = ["current", "last_good"]
+        .iter()
+        .filter_map(|k| state["pipelines"]["digits"][k]["dir"].as_str().map(str::to_owned))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir.join("data/bundles/v")) {
+        for entry in entries {
+            let name = format!("v/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(referenced.contains(&name), "after a crash at {step}: {name} left over");
+        }
+    }
+    fresh
+}
+
+#[test]
+fn a_crash_at_any_install_step_leaves_one_version_running_and_loses_no_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let config = write_config(dir.path(), &collector.url(), None);
+    let drop = dir.path().join("drop");
+    let key = sluice_bundle::keys::SecretKey::generate();
+    with_bundles(&config, &drop, &key);
+    let source = crate::bundles::write_config(dir.path(), "bundle-src", &crate::bundles::example_table());
+    let steps = ["staged", "verified", "validated", "recorded", "swapped", "probation", "committing"];
+    // One version per round, each above any version a round recorded;
+    // then one that commits, then a crash over that committed version.
+    let bundles: Vec<PathBuf> = (0..steps.len() + 2)
+        .map(|i| crate::bundles::bundle_of(dir.path(), &source, 2 + i as u64, Some(&key)))
+        .collect();
+    let images = images();
+    let mut acked = BTreeSet::new();
+    // The agent with `fault`, fed inputs until it dies at that step (or,
+    // without one, until `done`); the bundle is then pulled from the folder.
+    let round = |acked: &mut BTreeSet<String>, version: usize, fault: Option<&str>, done: &dyn Fn() -> bool| {
+        let env = fault.map(|step| ("SLUICE_FAULT_INJECT", format!("install-crash:{step}")));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut agent = Agent::start_with(&config, &env);
+        let name = format!("v{version}");
+        crate::bundles::drop_into(&drop, &bundles[version], &name);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let died = agent.child.try_wait().unwrap().is_some();
+            if died || (fault.is_none() && done()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never reached {fault:?}: {}", agent.stderr_text());
+            if let Some(id) = ingest(&agent.url, &images[acked.len() % images.len()]) {
+                acked.insert(id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::remove_file(drop.join(format!("{name}.bundle"))).unwrap();
+        if fault.is_none() {
+            assert_eq!(agent.sigterm(), 0);
+        } else {
+            assert!(agent.child.try_wait().unwrap().is_some(), "{fault:?}");
+        }
+    };
+    for (ix, step) in steps.iter().enumerate() {
+        round(&mut acked, ix, Some(step), &|| false);
+        let agent = Agent::start(&config);
+        acked.extend(check_recovered(dir.path(), &agent, &collector, step));
+        assert_eq!(agent.sigterm(), 0);
+    }
+    let committed = steps.len();
+    round(&mut acked, committed, None, &|| {
+        install_state(dir.path())["pipelines"]["digits"]["current"]["committed"] == true
+    });
+    round(&mut acked, committed + 1, Some("swapped"), &|| false);
+    let agent = Agent::start(&config);
+    acked.extend(check_recovered(dir.path(), &agent, &collector, "swapped over a committed version"));
+    assert_eq!(install_state(dir.path())["pipelines"]["digits"]["current"]["version"], 2 + committed as u64);
+
+    // Every acknowledged input arrives, once (`stored` checks "once").
+    let delivered = wait_until(Duration::from_secs(60), || {
+        let stored = stored(&collector);
+        acked.iter().all(|id| stored.contains_key(id))
+    });
+    assert!(delivered, "{} acknowledged, {} stored", acked.len(), stored(&collector).len());
+    // Each crash after the state named a version on probation is reported
+    // upstream as a rollback: recorded, swapped, probation, committing, and
+    // the crash over the committed version.
+    let restarted = wait_until(Duration::from_secs(30), || {
+        stored(&collector)
+            .values()
+            .filter(|r| r["kind"] == "install" && r["outcome"] == "rolled-back")
+            .filter(|r| r["reason"].as_str().unwrap().contains("restarted while version"))
+            .count()
+            == 5
+    });
+    assert!(restarted, "{:#?}", stored(&collector).values().filter(|r| r["kind"] == "install").collect::<Vec<_>>());
+    assert_eq!(agent.sigterm(), 0);
 }

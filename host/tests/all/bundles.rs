@@ -152,7 +152,7 @@ use std::time::{Duration, Instant};
 
 /// The digits example as a TOML table with its paths made absolute, so a
 /// copy written elsewhere still finds the models.
-fn example_table() -> toml::Table {
+pub(crate) fn example_table() -> toml::Table {
     let example = repo_root().join("examples/digits");
     let mut table: toml::Table =
         toml::from_str(&std::fs::read_to_string(example.join("sluice.toml")).unwrap()).unwrap();
@@ -174,7 +174,7 @@ fn example_table() -> toml::Table {
 }
 
 /// `table` written as `dir/name.toml`; its path.
-fn write_config(dir: &Path, name: &str, table: &toml::Table) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, name: &str, table: &toml::Table) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(table).unwrap()).unwrap();
     path
@@ -193,7 +193,7 @@ fn validation_files(n: usize) -> Vec<PathBuf> {
 }
 
 /// A signed bundle of `config`'s digits pipeline at `version`.
-fn bundle_of(dir: &Path, config: &Path, version: u64, key: Option<&SecretKey>) -> PathBuf {
+pub(crate) fn bundle_of(dir: &Path, config: &Path, version: u64, key: Option<&SecretKey>) -> PathBuf {
     let out = dir.join(format!("digits-{version}-{}.built", rand::random::<u32>()));
     sluice::bundle::build(&sluice::bundle::BuildRequest {
         config: config.to_owned(),
@@ -214,7 +214,7 @@ fn bundle_of(dir: &Path, config: &Path, version: u64, key: Option<&SecretKey>) -
 
 /// Put `bundle` into the drop folder the way a copy tool does: under a
 /// temporary name, then renamed to `*.bundle`.
-fn drop_into(folder: &Path, bundle: &Path, name: &str) {
+pub(crate) fn drop_into(folder: &Path, bundle: &Path, name: &str) {
     std::fs::create_dir_all(folder).unwrap();
     let tmp = folder.join(format!("{name}.part"));
     std::fs::copy(bundle, &tmp).unwrap();
