@@ -133,8 +133,9 @@ fn backlog_cells(d: &FleetSummary) -> String {
     }
 }
 
-/// `GET /dashboard`: every device at a glance, the worst first.
-pub fn fleet(view: &FleetView) -> String {
+/// `GET /dashboard`: every device at a glance, the worst first, and the
+/// bundle rollouts (newest first).
+pub fn fleet(view: &FleetView, rollouts: &[crate::rollout::Rollout]) -> String {
     let mut devices: Vec<&FleetSummary> = view.devices.iter().collect();
     let rank = |s: DeviceState| match s {
         DeviceState::Drift => 0,
@@ -183,6 +184,36 @@ pub fn fleet(view: &FleetView) -> String {
         );
     }
     html.push_str("</tbody></table>\n");
+    if !rollouts.is_empty() {
+        html.push_str(
+            "<h2>Rollouts</h2><table id=\"rollouts\"><thead><tr><th>Rollout</th><th>Bundle</th><th>State</th><th>Stage</th><th>Offered</th><th>Committed</th><th>Why</th></tr></thead><tbody>\n",
+        );
+        for r in rollouts {
+            let committed = r
+                .devices
+                .iter()
+                .filter(|d| d.outcome.as_deref() == Some("committed"))
+                .count();
+            let _ = writeln!(
+                html,
+                "<tr class=\"rollout\" data-rollout=\"{}\" data-state=\"{}\"><td>{}</td><td>{} v{}</td><td>{}</td><td>{} of {} ({} %)</td><td>{}</td><td>{} of {}</td><td>{}</td></tr>",
+                r.id,
+                r.state.name(),
+                r.id,
+                esc(&r.name),
+                r.version,
+                r.state.name(),
+                r.stage + 1,
+                r.stages.len(),
+                r.stages.get(r.stage).copied().unwrap_or(100),
+                r.devices.iter().filter(|d| d.offered).count(),
+                committed,
+                r.devices.len(),
+                esc(r.reason.as_deref().unwrap_or("")),
+            );
+        }
+        html.push_str("</tbody></table>\n");
+    }
     html.push_str(FOOT);
     html
 }

@@ -160,6 +160,11 @@ struct Facts {
     items: Option<u64>,
     alarm: Option<bool>,
     scores: Option<Vec<DriftScore>>,
+    // Install reports.
+    version: Option<u64>,
+    outcome: Option<String>,
+    reason: Option<String>,
+    at_ms: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -209,6 +214,8 @@ pub(crate) struct BatchFacts {
     sluice_version: Option<String>,
     windows: Vec<DriftPoint>,
     records: u64,
+    /// Install reports: `(bundle name, version, outcome, reason, at_ms)`.
+    pub(crate) installs: Vec<(String, u64, String, Option<String>, i64)>,
 }
 
 impl BatchFacts {
@@ -274,6 +281,17 @@ impl BatchFacts {
                     scores,
                     scores_total,
                 });
+            }
+            RecordKind::Install => {
+                if let (Some(version), Some(outcome)) = (facts.version, facts.outcome) {
+                    self.installs.push((
+                        pipeline.to_owned(),
+                        version,
+                        cut(&outcome),
+                        facts.reason.as_deref().map(cut),
+                        facts.at_ms.unwrap_or(now),
+                    ));
+                }
             }
             _ => {}
         }

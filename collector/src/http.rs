@@ -87,6 +87,7 @@ pub fn router_with(mut store: Store, tokens: Tokens, limits: Limits) -> Router {
         .route(protocol::paths::BATCHES, post(post_batch))
         .route("/v1/devices/{id}/count", get(get_count))
         .route("/v1/devices/{id}/results", get(get_results))
+        .route("/v1/devices/{id}/bundle", get(get_bundle))
         .route(protocol::paths::FLEET, get(get_fleet))
         .route("/v1/fleet/devices/{id}", get(get_fleet_device))
         .route("/metrics", get(get_metrics))
@@ -506,6 +507,48 @@ async fn get_count(
     .await
 }
 
+/// The bundle the device should run now (a staged rollout reached it):
+/// `200` with the bundle file, `ETag` its SHA-256 and `X-Sluice-Bundle`
+/// `NAME/VERSION`; `304` when `If-None-Match` names that SHA-256 (the
+/// device has it); `204` when there is none.
+async fn get_bundle(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(device): UrlPath<String>,
+) -> Response {
+    if let Err(response) = authorize(&shared, &headers, &device) {
+        return response;
+    }
+    let seen = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    blocking(move || match shared.store.bundle_for(&device) {
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Some((name, version, sha256, body))) => {
+            let etag = format!("\"{sha256}\"");
+            if seen.split(',').any(|t| t.trim() == etag) {
+                return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+            }
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (header::ETAG, etag),
+                    (
+                        header::HeaderName::from_static("x-sluice-bundle"),
+                        format!("{name}/{version}"),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    })
+    .await
+}
+
 #[derive(Deserialize)]
 struct ResultsQuery {
     after: Option<i64>,
@@ -782,9 +825,10 @@ async fn dashboard_fleet(
     if let Err(response) = dashboard_auth(&shared, &headers, "/dashboard", &query) {
         return response;
     }
-    blocking(move || match fleet_view(&shared) {
-        Ok(view) => page(StatusCode::OK, crate::dashboard::fleet(&view)),
-        Err(response) => response,
+    blocking(move || match (fleet_view(&shared), shared.store.rollouts()) {
+        (Ok(view), Ok(rollouts)) => page(StatusCode::OK, crate::dashboard::fleet(&view, &rollouts)),
+        (Err(response), _) => response,
+        (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     })
     .await
 }

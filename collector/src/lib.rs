@@ -26,6 +26,10 @@
 //!   [`DeviceResults`](sluice_protocol::DeviceResults) in `seq` order, `seq >
 //!   after` (default: all), at most `limit` (default 100, at most
 //!   [`Limits::max_results_page`]).
+//! * `GET /v1/devices/{id}/bundle`: the bundle a staged rollout has for
+//!   the device ([`rollout`]): `200` with the file (`ETag` its SHA-256,
+//!   `X-Sluice-Bundle: NAME/VERSION`), `304` when `If-None-Match` names it,
+//!   `204` when there is none.
 //! * `GET /v1/health`: `ok`, without authentication.
 //!
 //! The fleet view, for operators (the operator token, set with
@@ -55,6 +59,7 @@ pub mod fleet;
 pub mod http;
 mod limits;
 pub mod metrics;
+pub mod rollout;
 pub mod store;
 mod tokens;
 

@@ -7,14 +7,23 @@ use std::path::PathBuf;
 /// Receive results from Sluice devices and store each exactly once in one
 /// SQLite file. Devices authenticate with their own bearer token.
 #[derive(Parser)]
-#[command(name = "sluice-collector", version, about, long_about = None)]
+#[command(
+    name = "sluice-collector",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on, e.g. 0.0.0.0:8480 (port 0: any free port).
-    #[arg(long)]
-    listen: String,
+    #[arg(long, required = true)]
+    listen: Option<String>,
     /// The SQLite database results go to (created if missing).
-    #[arg(long)]
-    db: PathBuf,
+    #[arg(long, required = true)]
+    db: Option<PathBuf>,
     /// A file of `DEVICE=TOKEN` lines (`#` comments).
     #[arg(long)]
     tokens: Option<PathBuf>,
@@ -67,6 +76,59 @@ struct Cli {
     stale_after: humantime::Duration,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Staged rollout of a signed bundle to devices (they poll for it and
+    /// verify it against the keys they pin).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum RolloutCommand {
+    /// Store a bundle and start offering it, stage by stage.
+    Start {
+        /// The collector's database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The bundle file (`sluice bundle build`, then `sign`).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The devices, in rollout order (default: every device that ever uploaded).
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<String>>,
+        /// Share of the devices per stage, percent, increasing to 100.
+        #[arg(long, value_delimiter = ',', default_value = "5,50,100")]
+        stages: Vec<u32>,
+    },
+    /// Every rollout with each device's progress.
+    Status {
+        #[arg(long)]
+        db: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offer the version to no further device until resumed.
+    Pause {
+        #[arg(long)]
+        db: PathBuf,
+        id: i64,
+    },
+    /// Go on with a paused rollout.
+    Resume {
+        #[arg(long)]
+        db: PathBuf,
+        id: i64,
+    },
+    /// Stop a rollout for good (devices that installed keep the version).
+    Abort {
+        #[arg(long)]
+        db: PathBuf,
+        id: i64,
+    },
+}
+
 impl Cli {
     fn limits(&self) -> Limits {
         Limits {
@@ -104,7 +166,76 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
+    let (db, action, id) = match command {
+        RolloutCommand::Start {
+            db,
+            bundle,
+            devices,
+            stages,
+        } => {
+            let rollout = Store::open(&db)?.start_rollout(&bundle, devices, &stages)?;
+            println!(
+                "rollout {}: `{}` version {} to {} device(s) in stages {:?} %; now offered to {}",
+                rollout.id,
+                rollout.name,
+                rollout.version,
+                rollout.devices.len(),
+                rollout.stages,
+                rollout.devices.iter().filter(|d| d.offered).count()
+            );
+            return Ok(());
+        }
+        RolloutCommand::Status { db, json } => {
+            let rollouts = Store::open(&db)?.rollouts()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rollouts)?);
+                return Ok(());
+            }
+            if rollouts.is_empty() {
+                println!("no rollouts");
+            }
+            for r in rollouts {
+                let committed = r.devices.iter().filter(|d| d.outcome.as_deref() == Some("committed")).count();
+                println!(
+                    "rollout {}: `{}` version {}: {}, stage {} of {} ({} %), {committed} of {} device(s) committed{}",
+                    r.id,
+                    r.name,
+                    r.version,
+                    r.state.name(),
+                    r.stage + 1,
+                    r.stages.len(),
+                    r.stages.get(r.stage).copied().unwrap_or(100),
+                    r.devices.len(),
+                    r.reason.map(|why| format!("; {why}")).unwrap_or_default()
+                );
+                for d in &r.devices {
+                    println!(
+                        "  {:<24} {:<8} {}{}",
+                        d.device,
+                        if d.offered { "offered" } else { "waiting" },
+                        d.outcome.as_deref().unwrap_or("-"),
+                        d.reason.as_deref().map(|why| format!(": {why}")).unwrap_or_default()
+                    );
+                }
+            }
+            return Ok(());
+        }
+        RolloutCommand::Pause { db, id } => (db, "pause", id),
+        RolloutCommand::Resume { db, id } => (db, "resume", id),
+        RolloutCommand::Abort { db, id } => (db, "abort", id),
+    };
+    Store::open(&db)?.rollout_action(id, action)?;
+    println!("rollout {id}: {action} done");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Rollout(command)) = cli.command {
+        return rollout(command);
+    }
+    let listen = cli.listen.clone().expect("required without a subcommand");
+    let db = cli.db.clone().expect("required without a subcommand");
     let mut tokens = match &cli.tokens {
         Some(file) => Tokens::from_file(file)?,
         None => Tokens::default(),
@@ -124,20 +255,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let limits = cli.limits();
     limits.check().map_err(anyhow::Error::msg)?;
-    let store = Store::open(&cli.db)?;
+    let store = Store::open(&db)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-collector")
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&cli.listen)
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         println!(
             "sluice-collector: listening on http://{}, storing into {}",
             listener.local_addr()?,
-            cli.db.display()
+            db.display()
         );
         use std::io::Write;
         std::io::stdout().flush()?;

@@ -17,8 +17,9 @@
 //! * the file is marked as a collector store (`application_id`,
 //!   `user_version`); another SQLite file is refused, not written into;
 //!   a file of an older schema is migrated when opened, in one
-//!   transaction: schema 1 (results unique by id alone) to 2, and 2 to 3
-//!   (the fleet view's tables, [`crate::fleet`]);
+//!   transaction: schema 1 (results unique by id alone) to 2, 2 to 3
+//!   (the fleet view's tables, [`crate::fleet`]), and 3 to 4 (bundles and
+//!   their rollouts, [`crate::rollout`]);
 //! * the fleet view is written in the transaction of the batch it comes
 //!   from, so it shows exactly what was acknowledged.
 
@@ -31,7 +32,7 @@ use std::sync::Mutex;
 
 /// Marks a SQLite file as a Sluice collector store, "SLCC".
 const APPLICATION_ID: i32 = 0x534C_4343;
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 const RESULTS_TABLE: &str = "
 CREATE TABLE results(
@@ -257,8 +258,9 @@ impl Store {
                 .map_err(sql)?;
             let init = if tables == 0 {
                 format!(
-                    "{RESULTS_TABLE} {BATCHES_TABLE} {} PRAGMA user_version = {SCHEMA_VERSION};",
-                    fleet::TABLES
+                    "{RESULTS_TABLE} {BATCHES_TABLE} {} {} PRAGMA user_version = {SCHEMA_VERSION};",
+                    fleet::TABLES,
+                    crate::rollout::TABLES
                 )
             } else {
                 "PRAGMA user_version = 1;".to_owned()
@@ -274,7 +276,7 @@ impl Store {
             .map_err(sql)?;
         let retention_ms = crate::Limits::DEFAULT.fleet_retention.as_millis() as i64;
         match version {
-            1 | 2 => {
+            1..=3 => {
                 // Every step in one transaction: a crash leaves the old schema.
                 let tx = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -282,7 +284,10 @@ impl Store {
                 if version == 1 {
                     tx.execute_batch(MIGRATE_1_TO_2).map_err(sql)?;
                 }
-                fleet::migrate_2_to_3(&tx, now_ms(), retention_ms).map_err(sql)?;
+                if version <= 2 {
+                    fleet::migrate_2_to_3(&tx, now_ms(), retention_ms).map_err(sql)?;
+                }
+                tx.execute_batch(crate::rollout::TABLES).map_err(sql)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sql)?;
                 tx.commit().map_err(sql)?;
@@ -433,6 +438,10 @@ impl Store {
                 params![device, key, now, ack.stored as i64, ack.duplicates as i64, digest],
             )?;
             fleet::write(&tx, device, now, retention_ms, status, &facts)?;
+            if !facts.installs.is_empty() {
+                crate::rollout::record(&tx, device, &facts.installs)?;
+                crate::rollout::advance(&tx, now)?;
+            }
             tx.commit()?;
             Ok(Ok(ack))
         })();
@@ -507,6 +516,130 @@ impl Store {
             })
         })();
         result.map_err(|e| self.sql(e))
+    }
+}
+
+/// Why a rollout cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RolloutStartError {
+    /// The file is not a bundle (or a damaged one).
+    #[error(transparent)]
+    Bundle(#[from] sluice_bundle::archive::ArchiveError),
+    /// Its manifest cannot be read.
+    #[error("bundle {}: bad manifest: {reason}", path.display())]
+    Manifest {
+        /// The bundle file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Over [`crate::rollout::MAX_BUNDLE_BYTES`].
+    #[error("bundle {} is {bytes} bytes, over the {} a rollout takes", path.display(), crate::rollout::MAX_BUNDLE_BYTES)]
+    TooLarge {
+        /// The bundle file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// The rollout itself (stages, devices, another one running).
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::RolloutError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Start rolling out the bundle file at `bundle` to `devices` (every
+    /// device that ever uploaded when `None`), in `stages` (percentages of
+    /// them, increasing to 100). The bundle is kept in the store.
+    pub fn start_rollout(
+        &self,
+        bundle: &Path,
+        devices: Option<Vec<String>>,
+        stages: &[u32],
+    ) -> Result<crate::rollout::Rollout, RolloutStartError> {
+        let bytes = std::fs::metadata(bundle).map(|m| m.len()).unwrap_or(0);
+        if bytes > crate::rollout::MAX_BUNDLE_BYTES {
+            return Err(RolloutStartError::TooLarge {
+                path: bundle.to_owned(),
+                bytes,
+            });
+        }
+        let work = PathBuf::from(format!(
+            "{}.rollout-{:016x}",
+            self.path.display(),
+            rand::random::<u64>()
+        ));
+        let unpacked = sluice_bundle::archive::unpack(bundle, &work, &Default::default());
+        let _ = std::fs::remove_dir_all(&work);
+        let manifest: sluice_bundle::Manifest = serde_json::from_slice(&unpacked?.manifest)
+            .map_err(|e| RolloutStartError::Manifest {
+                path: bundle.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let body = std::fs::read(bundle).map_err(|source| {
+            RolloutStartError::Bundle(sluice_bundle::archive::ArchiveError::Io {
+                path: bundle.to_owned(),
+                source,
+            })
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&body));
+        let mut conn = self.lock();
+        let sql = |e| RolloutStartError::Store(self.sql(e));
+        let tx = conn.transaction().map_err(sql)?;
+        let devices = match devices {
+            Some(devices) => devices,
+            None => tx
+                .prepare("SELECT DISTINCT device FROM batches ORDER BY device")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(sql)?,
+        };
+        let id = crate::rollout::start(
+            &tx,
+            &manifest.name,
+            manifest.version,
+            &sha256,
+            &body,
+            &devices,
+            stages,
+            now_ms(),
+        )?;
+        tx.commit().map_err(sql)?;
+        let rollout = crate::rollout::list(&conn, None)
+            .map_err(sql)?
+            .into_iter()
+            .find(|r| r.id == id)
+            .expect("just started");
+        Ok(rollout)
+    }
+
+    /// Every rollout, newest first, with each device's progress.
+    pub fn rollouts(&self) -> Result<Vec<crate::rollout::Rollout>, StoreError> {
+        crate::rollout::list(&self.lock(), None).map_err(|e| self.sql(e))
+    }
+
+    /// `pause`, `resume` or `abort` rollout `id`.
+    pub fn rollout_action(
+        &self,
+        id: i64,
+        action: &'static str,
+    ) -> Result<(), crate::rollout::RolloutError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        crate::rollout::set(&tx, id, action, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The bundle `device` should be offered now: `(name, version, sha256,
+    /// bytes)`.
+    pub fn bundle_for(
+        &self,
+        device: &str,
+    ) -> Result<Option<(String, u64, String, Vec<u8>)>, StoreError> {
+        crate::rollout::offer(&self.lock(), device).map_err(|e| self.sql(e))
     }
 }
 

@@ -160,6 +160,7 @@ impl Agent {
                 agent.slots.clone(),
                 stored.clone(),
                 metrics.clone(),
+                tokio,
             )?;
             installer.recover()?;
             let wake = Wake::new();

@@ -64,6 +64,13 @@ pub struct BundlesConfig {
     /// A folder bundles are dropped into (`*.bundle`: a USB stick, scp).
     #[serde(default)]
     pub folder: Option<PathBuf>,
+    /// Ask the collector (`[sync]`'s url and token) for the bundle a staged
+    /// rollout has for this device.
+    #[serde(default)]
+    pub from_collector: bool,
+    /// How often to ask the collector.
+    #[serde(default = "default_collector_poll_secs")]
+    pub collector_poll_secs: u64,
     /// How often the folder and the version on probation are looked at.
     #[serde(default = "default_bundle_poll_ms")]
     pub poll_ms: u64,
@@ -88,6 +95,8 @@ impl Default for BundlesConfig {
         BundlesConfig {
             trusted_keys: Vec::new(),
             folder: None,
+            from_collector: false,
+            collector_poll_secs: default_collector_poll_secs(),
             poll_ms: default_bundle_poll_ms(),
             settle_ms: default_bundle_settle_ms(),
             probation_secs: default_probation_secs(),
@@ -118,6 +127,10 @@ impl BundlesConfig {
 
 fn default_bundle_poll_ms() -> u64 {
     2_000
+}
+
+fn default_collector_poll_secs() -> u64 {
+    60
 }
 
 fn default_bundle_settle_ms() -> u64 {
@@ -997,6 +1010,7 @@ impl Config {
         let bundles = &self.bundles;
         ranges.extend([
             ("bundles.poll_ms".into(), bundles.poll_ms.into(), 10, 10 * MINUTE_MS),
+            ("bundles.collector_poll_secs".into(), bundles.collector_poll_secs.into(), 1, DAY_SECS),
             ("bundles.settle_ms".into(), bundles.settle_ms.into(), 0, 10 * MINUTE_MS),
             ("bundles.probation_secs".into(), bundles.probation_secs.into(), 0, 30 * DAY_SECS),
             ("bundles.probation_min_items".into(), bundles.probation_min_items.into(), 1, 10_000_000),
@@ -1009,10 +1023,16 @@ impl Config {
             ));
         }
         bundles.trusted()?;
-        if bundles.folder.is_some() && !bundles.enabled() {
+        if bundles.from_collector && self.sync.url.is_none() {
             return Err(ConfigError::value(
-                "bundles.folder",
-                "is set but bundles.trusted_keys is empty: no bundle could ever be installed",
+                "bundles.from_collector",
+                "is set but [sync] has no url: there is no collector to ask",
+            ));
+        }
+        if (bundles.folder.is_some() || bundles.from_collector) && !bundles.enabled() {
+            return Err(ConfigError::value(
+                "bundles",
+                "a source (folder or from_collector) is set but bundles.trusted_keys is empty: no bundle could ever be installed",
             ));
         }
         // A chance, not a count: checked on its own. Above one half an

@@ -8,4 +8,5 @@ mod errors;
 mod fleet;
 mod memory;
 mod props;
+mod rollouts;
 mod store;

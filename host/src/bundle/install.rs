@@ -132,6 +132,10 @@ pub struct Installer {
     candidates: BTreeMap<PathBuf, Candidate>,
     /// Unpacked bundles to delete once no deployment uses them.
     garbage: Vec<(PathBuf, Weak<Deployment>)>,
+    /// Asking the collector: its client, the runtime it runs on, and when
+    /// it was last asked.
+    collector: Option<(reqwest::Client, tokio::runtime::Handle)>,
+    last_asked: Option<Instant>,
 }
 
 impl Installer {
@@ -144,11 +148,20 @@ impl Installer {
         slots: BTreeMap<String, Arc<Slot>>,
         stored: Arc<Wake>,
         metrics: Arc<Metrics>,
+        tokio: &tokio::runtime::Handle,
     ) -> Result<Installer, InstallError> {
         let dir = base.device.data_dir.join("bundles");
         std::fs::create_dir_all(dir.join("v")).map_err(io(&dir))?;
         let trusted = base.bundles.trusted()?;
         let state = State::load(&dir).map_err(io(&dir))?;
+        let collector = base.bundles.from_collector.then(|| {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .expect("a client with rustls builds");
+            (client, tokio.clone())
+        });
         Ok(Installer {
             base: base.clone(),
             settings: base.bundles.clone(),
@@ -163,6 +176,8 @@ impl Installer {
             probation: BTreeMap::new(),
             candidates: BTreeMap::new(),
             garbage: Vec::new(),
+            collector,
+            last_asked: None,
         })
     }
 
@@ -171,6 +186,12 @@ impl Installer {
     /// committed version, delete the folders no version uses (half-staged
     /// bundles included).
     pub(crate) fn recover(&mut self) -> Result<(), InstallError> {
+        // Bundles fetched from the collector and not yet offered.
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("incoming-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let names: Vec<String> = self.state.pipelines.keys().cloned().collect();
         for name in names {
             let ps = self.state.pipelines.get_mut(&name).expect("listed");
@@ -232,6 +253,13 @@ impl Installer {
             if self.probation.is_empty() {
                 self.scan();
             }
+            let due = self.last_asked.is_none_or(|t| {
+                t.elapsed() >= Duration::from_secs(self.settings.collector_poll_secs)
+            });
+            if self.probation.is_empty() && self.collector.is_some() && due {
+                self.last_asked = Some(Instant::now());
+                self.ask_collector();
+            }
             self.collect_garbage();
             wake.sleep(Duration::from_millis(self.settings.poll_ms));
         }
@@ -257,6 +285,61 @@ impl Installer {
             self.report(&pipeline, version, &sha256, InstallOutcome::Refused, Some(e.to_string()), None);
         }
         result
+    }
+
+    /// Ask the collector for the bundle a rollout has for this device, and
+    /// offer it. The bundles already handled are named in `If-None-Match`,
+    /// so the same one is not downloaded again.
+    fn ask_collector(&mut self) {
+        let Some((client, tokio)) = self.collector.clone() else {
+            return;
+        };
+        let (Some(url), Ok(Some(token))) = (&self.base.sync.url, self.base.sync.bearer_token())
+        else {
+            return;
+        };
+        let url = format!("{}/v1/devices/{}/bundle", url.trim_end_matches('/'), self.device);
+        let seen: Vec<String> = self.state.seen.iter().rev().take(32).map(|s| format!("\"{s}\"")).collect();
+        let limit = Limits::default().max_bytes;
+        let fetched = tokio.block_on(async {
+            let mut response = client
+                .get(&url)
+                .bearer_auth(&token)
+                .header(reqwest::header::IF_NONE_MATCH, seen.join(", "))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match response.status().as_u16() {
+                200 => {}
+                204 | 304 => return Ok(None),
+                status => return Err(format!("answered {status}")),
+            }
+            if response.content_length().is_some_and(|n| n > limit) {
+                return Err(format!("offered a bundle over {limit} bytes"));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                body.extend_from_slice(&chunk);
+                if body.len() as u64 > limit {
+                    return Err(format!("offered a bundle over {limit} bytes"));
+                }
+            }
+            Ok(Some(body))
+        });
+        match fetched {
+            Ok(None) => {}
+            Ok(Some(body)) => {
+                let path = self.dir.join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
+                if let Err(e) = std::fs::write(&path, &body) {
+                    tracing::warn!("cannot keep the bundle from the collector at {}: {e}", path.display());
+                    return;
+                }
+                // Refusals are reported by `offer`.
+                let _ = self.offer(&path);
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => tracing::warn!("asking {url} for a bundle: {e}"),
+        }
     }
 
     fn scan(&mut self) {

@@ -469,3 +469,93 @@ fn a_bundle_that_fails_validation_or_does_not_start_is_refused_before_any_swap()
     assert!(versions.is_empty(), "{versions:?}");
     agent.shutdown();
 }
+
+#[test]
+fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate();
+    let devices = ["r1", "r2", "r3", "r4"];
+    let mut tokens = sluice_collector::Tokens::default();
+    for d in devices {
+        tokens.insert(d, &format!("{d}-secret")).unwrap();
+    }
+    let db = dir.path().join("collector.sqlite");
+    let collector =
+        sluice_collector::Collector::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), &db, tokens)
+            .unwrap();
+    // Every device resizes what it gets; version 2 insists on 8 x 8, which
+    // r2's camera (16 x 16) does not give: r2 will roll it back.
+    let mut base = example_table();
+    base["plugins"]["digits-pre"]["config"]["resize"] = "exact".into();
+    let v2 = bundle_of(dir.path(), &write_config(dir.path(), "v2", &example_table()), 2, Some(&key));
+    let agents: Vec<sluice::agent::Agent> = devices
+        .iter()
+        .map(|d| {
+            let mut config = Config::load(&write_config(dir.path(), d, &base)).unwrap();
+            config.device.id = (*d).into();
+            config.device.data_dir = dir.path().join(d);
+            config.runtime.cache_dir = Some(crate::common::shared_cache_dir());
+            config.sync.url = Some(collector.url().to_string());
+            config.sync.token = Some(format!("{d}-secret"));
+            config.sync.interval_ms = 50;
+            config.bundles.trusted_keys = vec![key.public().to_text()];
+            config.bundles.from_collector = true;
+            config.bundles.collector_poll_secs = 1;
+            config.bundles.poll_ms = 20;
+            config.bundles.probation_secs = 1;
+            config.bundles.probation_min_items = 5;
+            sluice::agent::Agent::start(config).unwrap()
+        })
+        .collect();
+
+    // Stages of 25, 50 and 100 % of the four: r1, then r1 and r2, then all.
+    let store = sluice_collector::Store::open(&db).unwrap();
+    let started = store
+        .start_rollout(&v2, Some(devices.map(String::from).to_vec()), &[25, 50, 100])
+        .unwrap();
+    assert_eq!(started.devices.iter().filter(|d| d.offered).count(), 1);
+    let small = crate::common::digit_pngs();
+    let big: Vec<Vec<u8>> = small[..20].iter().map(|p| upscaled(p)).collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let halted = loop {
+        for (agent, d) in agents.iter().zip(devices) {
+            accept(agent, if d == "r2" { &big[..2] } else { &small[..2] });
+        }
+        let rollout = store.rollouts().unwrap().remove(0);
+        if rollout.state != sluice_collector::rollout::RolloutState::Running {
+            break rollout;
+        }
+        assert!(Instant::now() < deadline, "{rollout:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(halted.state, sluice_collector::rollout::RolloutState::Halted, "{halted:#?}");
+    let reason = halted.reason.clone().unwrap();
+    assert!(reason.contains("`r2` rolled-back version 2") && reason.contains("failed on probation"), "{reason}");
+    let by_device = |d: &str| halted.devices.iter().find(|p| p.device == d).unwrap().clone();
+    assert_eq!(by_device("r1").outcome.as_deref(), Some("committed"));
+    assert_eq!(halted.stage, 1, "stopped in the second stage");
+    for d in ["r3", "r4"] {
+        let p = by_device(d);
+        assert!(!p.offered && p.outcome.is_none(), "{p:?}");
+    }
+    // Upstream: r1 and r2 made results with it, r3 and r4 never.
+    for d in devices {
+        let (status, body) = crate::common::http(
+            reqwest::Client::new()
+                .get(format!("{}/v1/devices/{d}/results?limit=1000", collector.url()))
+                .bearer_auth(format!("{d}-secret")),
+        );
+        assert_eq!(status, 200);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let ran_v2 = body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["provenance"]["bundle"]["version"] == 2);
+        assert_eq!(ran_v2, d == "r1" || d == "r2", "{d}");
+    }
+    for agent in agents {
+        agent.shutdown();
+    }
+    collector.shutdown();
+}

@@ -1,0 +1,428 @@
+//! Staged rollout of signed bundles: the collector keeps bundles and, per
+//! rollout, the devices to give a version to, in stages (e.g. 5 % → 50 % →
+//! 100 % of them); devices poll for what they should run
+//! (`GET /v1/devices/{id}/bundle`) and report every install step as an
+//! `install` record through their normal uploads.
+//!
+//! Invariants:
+//! * a stage advances only when every device of it reported the version
+//!   committed (healthy through its probation);
+//! * any device of the rollout reporting the version refused or rolled
+//!   back halts it, by itself, naming the device and its reason: no further
+//!   device is offered the version;
+//! * the rollout is re-evaluated in the transaction of the batch that
+//!   brought the reports, so what the devices are offered follows exactly
+//!   what was acknowledged;
+//! * one rollout per bundle name is running or paused at a time.
+//!
+//! The collector never trusts or distrusts a bundle itself: devices verify
+//! it against the keys they pin. It only checks that the file is a bundle.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+/// The tables (schema 4).
+pub(crate) const TABLES: &str = "
+CREATE TABLE bundles(
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    body BLOB NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    PRIMARY KEY(name, version)
+);
+CREATE TABLE rollouts(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    devices TEXT NOT NULL,
+    stages TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE installs(
+    device TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY(device, name, version, outcome)
+);
+";
+
+/// The largest bundle a rollout takes: the collector answers a device's
+/// request with the whole file from memory.
+pub const MAX_BUNDLE_BYTES: u64 = 256 << 20;
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum RolloutState {
+    /// Offering the version to the devices of the stages reached.
+    Running,
+    /// Held by the operator: nobody new is offered the version.
+    Paused,
+    /// Stopped by itself: a device refused or rolled back the version.
+    Halted,
+    /// Stopped by the operator.
+    Aborted,
+    /// Every device committed the version.
+    Done,
+}
+
+impl RolloutState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Halted => "halted",
+            RolloutState::Aborted => "aborted",
+            RolloutState::Done => "done",
+        }
+    }
+
+    fn parse(text: &str) -> RolloutState {
+        match text {
+            "running" => RolloutState::Running,
+            "paused" => RolloutState::Paused,
+            "halted" => RolloutState::Halted,
+            "done" => RolloutState::Done,
+            _ => RolloutState::Aborted,
+        }
+    }
+}
+
+/// One device of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceProgress {
+    /// The device.
+    pub device: String,
+    /// Whether its stage was reached (it is offered the version).
+    pub offered: bool,
+    /// Its latest report for the version: `installed`, `committed`,
+    /// `refused`, `rolled-back`, or none yet.
+    pub outcome: Option<String>,
+    /// Why, for a refusal or a rollback.
+    pub reason: Option<String>,
+}
+
+/// A rollout and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rollout {
+    /// Its id.
+    pub id: i64,
+    /// The bundle's name.
+    pub name: String,
+    /// The version rolled out.
+    pub version: u64,
+    /// Share of the devices in each stage, percent, increasing to 100.
+    pub stages: Vec<u32>,
+    /// The stage reached (index into `stages`).
+    pub stage: usize,
+    /// Where it is.
+    pub state: RolloutState,
+    /// Why it halted (or was aborted).
+    pub reason: Option<String>,
+    /// When it started and last changed, ms since the Unix epoch.
+    pub created_ms: i64,
+    /// See `created_ms`.
+    pub updated_ms: i64,
+    /// Its devices, in rollout order.
+    pub devices: Vec<DeviceProgress>,
+}
+
+/// Devices in the first `stage + 1` stages of `n` devices.
+pub fn reached(n: usize, stages: &[u32], stage: usize) -> usize {
+    let percent = stages.get(stage).copied().unwrap_or(100).min(100) as usize;
+    (n * percent).div_ceil(100).clamp(n.min(1), n)
+}
+
+/// Why an operator's rollout command is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RolloutError {
+    /// The stages are not increasing percentages ending at 100.
+    #[error("stages {0:?}: give increasing percentages ending at 100, e.g. 5,50,100")]
+    Stages(Vec<u32>),
+    /// No device to roll out to.
+    #[error("no devices to roll out to")]
+    NoDevices,
+    /// Another rollout of the same bundle is running or paused.
+    #[error("rollout {id} of `{name}` is {state}: abort it first")]
+    Busy {
+        /// Its id.
+        id: i64,
+        /// The bundle's name.
+        name: String,
+        /// Its state.
+        state: String,
+    },
+    /// No such rollout.
+    #[error("no rollout {0}")]
+    Unknown(i64),
+    /// The command does not apply in the rollout's state.
+    #[error("rollout {id} is {state}: cannot {action} it")]
+    State {
+        /// Its id.
+        id: i64,
+        /// Its state.
+        state: String,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// A new bundle name and version, a distinct `sha256` and `body`; start a
+/// rollout of it to `devices` in `stages`.
+pub(crate) fn start(
+    tx: &Transaction<'_>,
+    name: &str,
+    version: u64,
+    sha256: &str,
+    body: &[u8],
+    devices: &[String],
+    stages: &[u32],
+    now: i64,
+) -> Result<i64, RolloutError> {
+    if stages.is_empty() || stages.last() != Some(&100) || !stages.windows(2).all(|w| w[0] < w[1]) || stages[0] == 0 {
+        return Err(RolloutError::Stages(stages.to_vec()));
+    }
+    if devices.is_empty() {
+        return Err(RolloutError::NoDevices);
+    }
+    let busy: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT id, state FROM rollouts WHERE name = ?1 AND state IN ('running', 'paused')",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((id, state)) = busy {
+        return Err(RolloutError::Busy {
+            id,
+            name: name.to_owned(),
+            state,
+        });
+    }
+    tx.execute(
+        "INSERT INTO bundles(name, version, sha256, body, stored_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(name, version) DO UPDATE SET sha256 = ?3, body = ?4, stored_ms = ?5",
+        params![name, version as i64, sha256, body, now],
+    )?;
+    tx.execute(
+        "INSERT INTO rollouts(name, version, devices, stages, stage, state, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, 0, 'running', ?5, ?5)",
+        params![
+            name,
+            version as i64,
+            serde_json::to_string(devices).expect("serializes"),
+            serde_json::to_string(stages).expect("serializes"),
+            now
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    advance(tx, now)?;
+    Ok(id)
+}
+
+/// Pause, resume or abort rollout `id`.
+pub(crate) fn set(tx: &Transaction<'_>, id: i64, action: &'static str, now: i64) -> Result<(), RolloutError> {
+    let state: String = tx
+        .query_row("SELECT state FROM rollouts WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?
+        .ok_or(RolloutError::Unknown(id))?;
+    let next = match (action, state.as_str()) {
+        ("pause", "running") => "paused",
+        ("resume", "paused") => "running",
+        ("abort", "running" | "paused" | "halted") => "aborted",
+        _ => {
+            return Err(RolloutError::State {
+                id,
+                state,
+                action,
+            });
+        }
+    };
+    tx.execute(
+        "UPDATE rollouts SET state = ?1, updated_ms = ?2, reason = CASE WHEN ?1 = 'aborted' THEN COALESCE(reason, 'aborted by the operator') ELSE reason END WHERE id = ?3",
+        params![next, now, id],
+    )?;
+    advance(tx, now)?;
+    Ok(())
+}
+
+/// Record `device`'s install reports (`(name, version, outcome, reason,
+/// at_ms)`) from a stored batch.
+pub(crate) fn record(
+    tx: &Transaction<'_>,
+    device: &str,
+    reports: &[(String, u64, String, Option<String>, i64)],
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO installs(device, name, version, outcome, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(device, name, version, outcome) DO NOTHING",
+    )?;
+    for (name, version, outcome, reason, at_ms) in reports {
+        insert.execute(params![device, name, *version as i64, outcome, reason, at_ms])?;
+    }
+    Ok(())
+}
+
+/// Re-evaluate every running rollout: halt on a refusal or rollback,
+/// advance a stage whose devices all committed.
+pub(crate) fn advance(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<()> {
+    for rollout in list(tx, Some("running"))? {
+        let reached_n = reached(rollout.devices.len(), &rollout.stages, rollout.stage);
+        let failed = rollout
+            .devices
+            .iter()
+            .find(|d| matches!(d.outcome.as_deref(), Some("refused" | "rolled-back")));
+        if let Some(d) = failed {
+            let reason = format!(
+                "device `{}` {} version {}: {}",
+                d.device,
+                d.outcome.as_deref().unwrap_or_default(),
+                rollout.version,
+                d.reason.as_deref().unwrap_or("no reason given")
+            );
+            tracing::warn!(rollout = rollout.id, "rollout halted: {reason}");
+            tx.execute(
+                "UPDATE rollouts SET state = 'halted', reason = ?1, updated_ms = ?2 WHERE id = ?3",
+                params![reason, now, rollout.id],
+            )?;
+            continue;
+        }
+        let stage_done = rollout.devices[..reached_n]
+            .iter()
+            .all(|d| d.outcome.as_deref() == Some("committed"));
+        if !stage_done {
+            continue;
+        }
+        if rollout.stage + 1 >= rollout.stages.len() {
+            tx.execute(
+                "UPDATE rollouts SET state = 'done', updated_ms = ?1 WHERE id = ?2",
+                params![now, rollout.id],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE rollouts SET stage = stage + 1, updated_ms = ?1 WHERE id = ?2",
+                params![now, rollout.id],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Rollouts (newest first), only those in `state` when given, with each
+/// device's progress.
+pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<Vec<Rollout>> {
+    let mut select = conn.prepare_cached(
+        "SELECT id, name, version, devices, stages, stage, state, reason, created_ms, updated_ms
+         FROM rollouts WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC",
+    )?;
+    let rows: Vec<_> = select
+        .query_map([state], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, i64>(9)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut latest = conn.prepare_cached(
+        "SELECT outcome, reason FROM installs WHERE device = ?1 AND name = ?2 AND version = ?3
+         ORDER BY CASE outcome WHEN 'installed' THEN 0 ELSE 1 END DESC, at_ms DESC LIMIT 1",
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, name, version, devices, stages, stage, state, reason, created_ms, updated_ms) in rows {
+        let devices: Vec<String> = serde_json::from_str(&devices).unwrap_or_default();
+        let stages: Vec<u32> = serde_json::from_str(&stages).unwrap_or_else(|_| vec![100]);
+        let stage = stage.max(0) as usize;
+        let n = reached(devices.len(), &stages, stage);
+        let mut progress = Vec::with_capacity(devices.len());
+        for (ix, device) in devices.into_iter().enumerate() {
+            let report: Option<(String, Option<String>)> = latest
+                .query_row(params![device, name, version], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (outcome, reason) = report.unzip();
+            progress.push(DeviceProgress {
+                device,
+                offered: ix < n,
+                outcome,
+                reason: reason.flatten(),
+            });
+        }
+        out.push(Rollout {
+            id,
+            name,
+            version: version.max(0) as u64,
+            stages,
+            stage,
+            state: RolloutState::parse(&state),
+            reason,
+            created_ms,
+            updated_ms,
+            devices: progress,
+        });
+    }
+    Ok(out)
+}
+
+/// The bundle `device` should be offered: `(name, version, sha256, body)`
+/// of a running rollout whose reached stages include it.
+pub(crate) fn offer(conn: &Connection, device: &str) -> rusqlite::Result<Option<(String, u64, String, Vec<u8>)>> {
+    for rollout in list(conn, Some("running"))? {
+        let mine = rollout.devices.iter().any(|d| d.device == device && d.offered);
+        if !mine {
+            continue;
+        }
+        let bundle: Option<(String, Vec<u8>)> = conn
+            .query_row(
+                "SELECT sha256, body FROM bundles WHERE name = ?1 AND version = ?2",
+                params![rollout.name, rollout.version as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((sha256, body)) = bundle {
+            return Ok(Some((rollout.name, rollout.version, sha256, body)));
+        }
+    }
+    Ok(None)
+}
+
+impl RolloutState {
+    /// Its name, as stored and shown.
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reached;
+
+    #[test]
+    fn stages_take_at_least_one_device_and_end_with_all() {
+        assert_eq!(reached(20, &[5, 50, 100], 0), 1);
+        assert_eq!(reached(20, &[5, 50, 100], 1), 10);
+        assert_eq!(reached(20, &[5, 50, 100], 2), 20);
+        assert_eq!(reached(3, &[5, 50, 100], 0), 1);
+        assert_eq!(reached(3, &[5, 50, 100], 1), 2);
+        assert_eq!(reached(0, &[100], 0), 0);
+    }
+}

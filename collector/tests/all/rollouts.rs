@@ -1,0 +1,147 @@
+//! Staged rollout from the operator's side: `sluice-collector rollout`
+//! start, status, pause, resume and abort on the database; devices get the
+//! bundle of the stages reached (`GET /v1/devices/{id}/bundle`, `304` for
+//! one they have); a stage advances when its devices report the version
+//! committed, and the rollout halts by itself when one reports a rollback.
+
+use crate::common::*;
+use serde_json::json;
+use sluice_collector::Limits;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A bundle file of `name` at `version` (the collector only reads its
+/// manifest: devices verify signatures).
+fn bundle(dir: &Path, name: &str, version: u64) -> PathBuf {
+    let file = dir.join("model.onnx");
+    std::fs::write(&file, b"not really a model").unwrap();
+    let (bytes, sha256) = sluice_bundle::sha256_of(&file).unwrap();
+    let manifest = sluice_bundle::Manifest {
+        format: sluice_bundle::FORMAT,
+        name: name.into(),
+        version,
+        created_at_ms: 0,
+        expires_at_ms: i64::MAX,
+        min_sluice_version: "0.1.0".into(),
+        wit_package: "sluice:plugin@0.1.0".into(),
+        validation: Default::default(),
+        files: vec![sluice_bundle::FileEntry {
+            path: "models/m.onnx".into(),
+            sha256,
+            bytes,
+        }],
+    };
+    let out = dir.join(format!("{name}-{version}.bundle"));
+    sluice_bundle::archive::write(&out, &manifest.to_bytes(), &[], &[("models/m.onnx".into(), file)]).unwrap();
+    out
+}
+
+fn rollout(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+        .arg("rollout")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// What device `device` (token `token`) is offered: status, ETag, name/version.
+fn offered(c: &Running, device: &str, token: &str, if_none_match: Option<&str>) -> (u16, String, String) {
+    let mut request = client()
+        .get(format!("{}/v1/devices/{device}/bundle", c.url()))
+        .bearer_auth(token);
+    if let Some(etag) = if_none_match {
+        request = request.header("If-None-Match", etag);
+    }
+    let response = request.send().unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (response.status().as_u16(), header("etag"), header("x-sluice-bundle"))
+}
+
+/// `device` reports `outcome` for `name` `version`, as an install record.
+fn report(c: &Running, device: &str, token: &str, seq: i64, name: &str, version: u64, outcome: &str) {
+    let record = json!({
+        "kind": "install", "id": format!("{device}/{name}/{seq}"), "device": device,
+        "pipeline": name, "seq": seq, "at_ms": 1, "version": version,
+        "bundle_sha256": "ab", "outcome": outcome,
+        "reason": if outcome == "rolled-back" { Some("3 of 5 items failed on probation") } else { None },
+        "sluice_version": "0.1.0"
+    });
+    let answer = post(&c.url(), token, &batch(device, &format!("k-{device}-{seq}"), vec![record]));
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[test]
+fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
+    let mut tokens = tokens();
+    tokens.set_operator("op-rollouts").unwrap();
+    let c = Running::start_for(tokens, Limits::default());
+    let db = c.dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let file = bundle(c.dir.path(), "p", 3);
+    // Bad stages and an empty device list are refused.
+    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--stages", "50,40"]);
+    assert!(!ok && text.contains("increasing percentages"), "{text}");
+
+    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--devices", "a,b", "--stages", "50,100"]);
+    assert!(ok && text.contains("now offered to 1"), "{text}");
+    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--devices", "a,b"]);
+    assert!(!ok && text.contains("abort it first"), "{text}");
+
+    // Stage 1: a only.
+    let (status, etag, which) = offered(&c, "a", "ta", None);
+    assert_eq!((status, which.as_str()), (200, "p/3"));
+    assert_eq!(offered(&c, "a", "ta", Some(&etag)).0, 304, "a has it");
+    assert_eq!(offered(&c, "b", "tb", None).0, 204);
+    assert_eq!(offered(&c, "b", "ta", None).0, 403, "a's token is not b's");
+    // a installs: not enough; a commits: stage 2, b is offered it.
+    report(&c, "a", "ta", 1, "p", 3, "installed");
+    assert_eq!(offered(&c, "b", "tb", None).0, 204);
+    report(&c, "a", "ta", 2, "p", 3, "committed");
+    assert_eq!(offered(&c, "b", "tb", None).0, 200);
+
+    // Paused: nobody is offered it; resumed: again.
+    assert!(rollout(&["pause", "--db", db, "1"]).0);
+    assert_eq!(offered(&c, "b", "tb", None).0, 204);
+    assert!(rollout(&["resume", "--db", db, "1"]).0);
+    assert_eq!(offered(&c, "b", "tb", None).0, 200);
+
+    // b rolls it back: halted, by itself, naming b and why.
+    report(&c, "b", "tb", 1, "p", 3, "rolled-back");
+    assert_eq!(offered(&c, "b", "tb", None).0, 204);
+    let (ok, text) = rollout(&["status", "--db", db]);
+    assert!(ok, "{text}");
+    assert!(text.contains("rollout 1: `p` version 3: halted, stage 2 of 2"), "{text}");
+    assert!(text.contains("device `b` rolled-back version 3: 3 of 5 items failed on probation"), "{text}");
+    let (_, json) = rollout(&["status", "--db", db, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json[0]["devices"][0]["outcome"], "committed");
+    // The operator's dashboard shows it.
+    let html = client()
+        .get(format!("{}/dashboard", c.url()))
+        .bearer_auth("op-rollouts")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(html.contains("data-rollout=\"1\" data-state=\"halted\""), "{html}");
+    assert!(html.contains("3 of 5 items failed on probation"), "{html}");
+    assert!(!rollout(&["resume", "--db", db, "1"]).0, "a halted rollout is not resumed");
+    assert!(rollout(&["abort", "--db", db, "1"]).0);
+    let (ok, text) = rollout(&["abort", "--db", db, "1"]);
+    assert!(!ok && text.contains("rollout 1 is aborted: cannot abort it"), "{text}");
+    // A new rollout of the same bundle can start once the old one ended.
+    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--devices", "a,b", "--stages", "100"]);
+    assert!(ok && text.contains("rollout 2") && text.contains("now offered to 2"), "{text}");
+}
