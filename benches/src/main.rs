@@ -792,7 +792,10 @@ fn outbox(records: usize) -> Result<Value> {
     let example = sluice::outbox::Batch {
         id: 0,
         key: "k".into(),
-        records: sample.iter().map(|r| (r.id.clone(), r.body.clone())).collect(),
+        records: sample
+            .iter()
+            .map(|r| (r.id.clone(), r.body.clone()))
+            .collect(),
         stored_at_ms: vec![0; sample.len()],
     };
     let raw: usize = example.records.iter().map(|r| r.1.len()).sum();

@@ -94,7 +94,10 @@ impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::FileTooLarge, "decompressed size over the limit")
+            std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "decompressed size over the limit",
+            )
         })?;
         Ok(n)
     }
@@ -152,7 +155,9 @@ pub fn unpack(bundle: &Path, dir: &Path, limits: &Limits) -> Result<Unpacked, Ar
             continue;
         }
         if !kind.is_file() {
-            return Err(malformed(format!("`{name}` is not a regular file ({kind:?})")));
+            return Err(malformed(format!(
+                "`{name}` is not a regular file ({kind:?})"
+            )));
         }
         let small = |entry: &mut tar::Entry<_>, what: &str| -> Result<Vec<u8>, ArchiveError> {
             if entry.size() > limits.max_manifest_bytes {
@@ -201,8 +206,8 @@ pub fn unpack(bundle: &Path, dir: &Path, limits: &Limits) -> Result<Unpacked, Ar
     }
     unpacked.manifest = manifest.ok_or_else(|| malformed(format!("no {MANIFEST}")))?;
     if let Some(bytes) = signatures {
-        unpacked.signatures = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(format!("{SIGNATURES}: {e}")))?;
+        unpacked.signatures =
+            serde_json::from_slice(&bytes).map_err(|e| malformed(format!("{SIGNATURES}: {e}")))?;
     }
     Ok(unpacked)
 }

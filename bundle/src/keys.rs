@@ -17,7 +17,9 @@ const SECRET_PREFIX: &str = "ed25519-secret:";
 
 /// A key text that is not a key.
 #[derive(Debug, thiserror::Error)]
-#[error("not an ed25519 {kind} key (`{PUBLIC_PREFIX}<base64>` or `{SECRET_PREFIX}<base64>`): {reason}")]
+#[error(
+    "not an ed25519 {kind} key (`{PUBLIC_PREFIX}<base64>` or `{SECRET_PREFIX}<base64>`): {reason}"
+)]
 pub struct KeyError {
     kind: &'static str,
     reason: String,
@@ -90,7 +92,9 @@ impl std::fmt::Debug for SecretKey {
 impl SecretKey {
     /// A new random key (from the OS's generator).
     pub fn generate() -> SecretKey {
-        SecretKey(ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>()))
+        SecretKey(ed25519_dalek::SigningKey::from_bytes(&rand::random::<
+            [u8; 32],
+        >()))
     }
 
     /// Parse `ed25519-secret:<base64>`.
@@ -142,8 +146,18 @@ mod tests {
         assert_eq!(signature.key, public.id());
         assert!(public.verifies(b"manifest", &signature));
         assert!(!public.verifies(b"manifest!", &signature));
-        assert!(!SecretKey::generate().public().verifies(b"manifest", &signature));
-        for bad in ["", "ed25519:", "ed25519:AAAA", "rsa:AAAA", &secret.to_text()] {
+        assert!(
+            !SecretKey::generate()
+                .public()
+                .verifies(b"manifest", &signature)
+        );
+        for bad in [
+            "",
+            "ed25519:",
+            "ed25519:AAAA",
+            "rsa:AAAA",
+            &secret.to_text(),
+        ] {
             assert!(PublicKey::parse(bad).is_err(), "{bad}");
         }
     }

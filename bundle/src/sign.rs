@@ -24,13 +24,22 @@ pub enum SignError {
 /// bundle whose files changed since it was built is not signed. Returns its
 /// manifest and how many signatures it now has.
 pub fn sign(bundle: &Path, key: &SecretKey, now_ms: i64) -> Result<(Manifest, usize), SignError> {
-    let work = PathBuf::from(format!("{}.signing-{:016x}", bundle.display(), rand::random::<u64>()));
+    let work = PathBuf::from(format!(
+        "{}.signing-{:016x}",
+        bundle.display(),
+        rand::random::<u64>()
+    ));
     let result = sign_in(bundle, key, now_ms, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-fn sign_in(bundle: &Path, key: &SecretKey, now_ms: i64, work: &Path) -> Result<(Manifest, usize), SignError> {
+fn sign_in(
+    bundle: &Path,
+    key: &SecretKey,
+    now_ms: i64,
+    work: &Path,
+) -> Result<(Manifest, usize), SignError> {
     let mut unpacked = archive::unpack(bundle, work, &Limits::default())?;
     let id = key.public().id();
     unpacked.signatures.retain(|s| s.key != id);

@@ -182,7 +182,10 @@ pub fn verify(unpacked: &Unpacked, policy: &Policy) -> Result<Verified, Refusal>
     let manifest: Manifest =
         serde_json::from_slice(&unpacked.manifest).map_err(|e| bad(e.to_string()))?;
     if manifest.format != FORMAT {
-        return Err(bad(format!("format {} (this Sluice reads {FORMAT})", manifest.format)));
+        return Err(bad(format!(
+            "format {} (this Sluice reads {FORMAT})",
+            manifest.format
+        )));
     }
     let files = unpacked.dir.join(FILES);
     let mismatch = |path: &str, problem: String| Refusal::FileMismatch {

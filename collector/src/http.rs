@@ -825,11 +825,15 @@ async fn dashboard_fleet(
     if let Err(response) = dashboard_auth(&shared, &headers, "/dashboard", &query) {
         return response;
     }
-    blocking(move || match (fleet_view(&shared), shared.store.rollouts()) {
-        (Ok(view), Ok(rollouts)) => page(StatusCode::OK, crate::dashboard::fleet(&view, &rollouts)),
-        (Err(response), _) => response,
-        (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    })
+    blocking(
+        move || match (fleet_view(&shared), shared.store.rollouts()) {
+            (Ok(view), Ok(rollouts)) => {
+                page(StatusCode::OK, crate::dashboard::fleet(&view, &rollouts))
+            }
+            (Err(response), _) => response,
+            (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    )
     .await
 }
 

@@ -196,7 +196,11 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
                 println!("no rollouts");
             }
             for r in rollouts {
-                let committed = r.devices.iter().filter(|d| d.outcome.as_deref() == Some("committed")).count();
+                let committed = r
+                    .devices
+                    .iter()
+                    .filter(|d| d.outcome.as_deref() == Some("committed"))
+                    .count();
                 println!(
                     "rollout {}: `{}` version {}: {}, stage {} of {} ({} %), {committed} of {} device(s) committed{}",
                     r.id,
@@ -215,7 +219,10 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
                         d.device,
                         if d.offered { "offered" } else { "waiting" },
                         d.outcome.as_deref().unwrap_or("-"),
-                        d.reason.as_deref().map(|why| format!(": {why}")).unwrap_or_default()
+                        d.reason
+                            .as_deref()
+                            .map(|why| format!(": {why}"))
+                            .unwrap_or_default()
                     );
                 }
             }

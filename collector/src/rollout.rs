@@ -192,7 +192,11 @@ pub(crate) fn start(
     stages: &[u32],
     now: i64,
 ) -> Result<i64, RolloutError> {
-    if stages.is_empty() || stages.last() != Some(&100) || !stages.windows(2).all(|w| w[0] < w[1]) || stages[0] == 0 {
+    if stages.is_empty()
+        || stages.last() != Some(&100)
+        || !stages.windows(2).all(|w| w[0] < w[1])
+        || stages[0] == 0
+    {
         return Err(RolloutError::Stages(stages.to_vec()));
     }
     if devices.is_empty() {
@@ -234,9 +238,16 @@ pub(crate) fn start(
 }
 
 /// Pause, resume or abort rollout `id`.
-pub(crate) fn set(tx: &Transaction<'_>, id: i64, action: &'static str, now: i64) -> Result<(), RolloutError> {
+pub(crate) fn set(
+    tx: &Transaction<'_>,
+    id: i64,
+    action: &'static str,
+    now: i64,
+) -> Result<(), RolloutError> {
     let state: String = tx
-        .query_row("SELECT state FROM rollouts WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT state FROM rollouts WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
         .optional()?
         .ok_or(RolloutError::Unknown(id))?;
     let next = match (action, state.as_str()) {
@@ -244,11 +255,7 @@ pub(crate) fn set(tx: &Transaction<'_>, id: i64, action: &'static str, now: i64)
         ("resume", "paused") => "running",
         ("abort", "running" | "paused" | "halted") => "aborted",
         _ => {
-            return Err(RolloutError::State {
-                id,
-                state,
-                action,
-            });
+            return Err(RolloutError::State { id, state, action });
         }
     };
     tx.execute(
@@ -271,7 +278,14 @@ pub(crate) fn record(
          ON CONFLICT(device, name, version, outcome) DO NOTHING",
     )?;
     for (name, version, outcome, reason, at_ms) in reports {
-        insert.execute(params![device, name, *version as i64, outcome, reason, at_ms])?;
+        insert.execute(params![
+            device,
+            name,
+            *version as i64,
+            outcome,
+            reason,
+            at_ms
+        ])?;
     }
     Ok(())
 }
@@ -357,7 +371,9 @@ pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<V
         let mut progress = Vec::with_capacity(devices.len());
         for (ix, device) in devices.into_iter().enumerate() {
             let report: Option<(String, Option<String>)> = latest
-                .query_row(params![device, name, version], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![device, name, version], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?;
             let (outcome, reason) = report.unzip();
             progress.push(DeviceProgress {
@@ -385,9 +401,15 @@ pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<V
 
 /// The bundle `device` should be offered: `(name, version, sha256, body)`
 /// of a running rollout whose reached stages include it.
-pub(crate) fn offer(conn: &Connection, device: &str) -> rusqlite::Result<Option<(String, u64, String, Vec<u8>)>> {
+pub(crate) fn offer(
+    conn: &Connection,
+    device: &str,
+) -> rusqlite::Result<Option<(String, u64, String, Vec<u8>)>> {
     for rollout in list(conn, Some("running"))? {
-        let mine = rollout.devices.iter().any(|d| d.device == device && d.offered);
+        let mine = rollout
+            .devices
+            .iter()
+            .any(|d| d.device == device && d.offered);
         if !mine {
             continue;
         }

@@ -149,7 +149,9 @@ impl Agent {
         };
         for pipeline in runtime.pipelines() {
             let slot = Slot::new(deployment(&runtime, pipeline.name(), None));
-            agent.slots.insert(pipeline.name().to_owned(), Arc::new(slot));
+            agent
+                .slots
+                .insert(pipeline.name().to_owned(), Arc::new(slot));
         }
         // Installed bundles run from the first group on: swapped into the
         // slots before any worker starts.

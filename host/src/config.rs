@@ -118,8 +118,9 @@ impl BundlesConfig {
             .iter()
             .enumerate()
             .map(|(ix, key)| {
-                sluice_bundle::keys::PublicKey::parse(key)
-                    .map_err(|e| ConfigError::value(&format!("bundles.trusted_keys[{ix}]"), e.to_string()))
+                sluice_bundle::keys::PublicKey::parse(key).map_err(|e| {
+                    ConfigError::value(&format!("bundles.trusted_keys[{ix}]"), e.to_string())
+                })
             })
             .collect()
     }
@@ -1009,11 +1010,36 @@ impl Config {
         ];
         let bundles = &self.bundles;
         ranges.extend([
-            ("bundles.poll_ms".into(), bundles.poll_ms.into(), 10, 10 * MINUTE_MS),
-            ("bundles.collector_poll_secs".into(), bundles.collector_poll_secs.into(), 1, DAY_SECS),
-            ("bundles.settle_ms".into(), bundles.settle_ms.into(), 0, 10 * MINUTE_MS),
-            ("bundles.probation_secs".into(), bundles.probation_secs.into(), 0, 30 * DAY_SECS),
-            ("bundles.probation_min_items".into(), bundles.probation_min_items.into(), 1, 10_000_000),
+            (
+                "bundles.poll_ms".into(),
+                bundles.poll_ms.into(),
+                10,
+                10 * MINUTE_MS,
+            ),
+            (
+                "bundles.collector_poll_secs".into(),
+                bundles.collector_poll_secs.into(),
+                1,
+                DAY_SECS,
+            ),
+            (
+                "bundles.settle_ms".into(),
+                bundles.settle_ms.into(),
+                0,
+                10 * MINUTE_MS,
+            ),
+            (
+                "bundles.probation_secs".into(),
+                bundles.probation_secs.into(),
+                0,
+                30 * DAY_SECS,
+            ),
+            (
+                "bundles.probation_min_items".into(),
+                bundles.probation_min_items.into(),
+                1,
+                10_000_000,
+            ),
         ]);
         let rate = bundles.probation_max_error_rate;
         if !(0.0..=1.0).contains(&rate) {

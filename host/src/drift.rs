@@ -986,7 +986,11 @@ mod tests {
             .collect();
         assert_eq!(
             statistics,
-            [("input.x[0]", "psi"), ("input.x[0]", "ks"), ("output.y.class", "js")]
+            [
+                ("input.x[0]", "psi"),
+                ("input.x[0]", "ks"),
+                ("output.y.class", "js")
+            ]
         );
         // x's values 0..50 against a reference 0..100: half of the mass
         // moved below the median, so the cumulative gap is 0.5 at the 5th edge.

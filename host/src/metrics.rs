@@ -46,8 +46,22 @@ fn latency() -> Histogram {
 /// Acknowledgement lag buckets: from a sync that keeps up (100 ms) to a
 /// device offline for a week.
 const ACK_LAG_BOUNDS: [f64; 16] = [
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 6.0 * 3600.0,
-    86_400.0, 3.0 * 86_400.0, 7.0 * 86_400.0,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    6.0 * 3600.0,
+    86_400.0,
+    3.0 * 86_400.0,
+    7.0 * 86_400.0,
 ];
 
 /// The agent's metrics. Cheap to share (`Arc`); recording is lock-free.
@@ -271,7 +285,8 @@ impl Metrics {
         self.upload_bytes.inc_by(bytes);
         for stored in stored_at_ms {
             // A clock set back between store and ack is not a negative lag.
-            self.ack_lag.observe((now_ms - stored).max(0) as f64 / 1000.0);
+            self.ack_lag
+                .observe((now_ms - stored).max(0) as f64 / 1000.0);
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Health {
     items: AtomicU64,
     failed: AtomicU64,
     busy_us: AtomicU64,
+    drift_windows: AtomicU64,
+    drift_alarms: AtomicU64,
 }
 
 impl Health {
@@ -81,6 +83,14 @@ impl Health {
     /// Mean time in the pipeline per item, µs (0 before any).
     pub fn mean_item_us(&self) -> u64 {
         self.busy_us.load(Ordering::Relaxed) / self.items().max(1)
+    }
+
+    /// Drift windows closed, and of those the ones that raised an alarm.
+    pub fn drift(&self) -> (u64, u64) {
+        (
+            self.drift_windows.load(Ordering::Relaxed),
+            self.drift_alarms.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -312,7 +322,7 @@ impl Worker {
     fn ship_drift(&self, deployment: &Deployment, unstored: &mut Vec<Unstored>) {
         let name = self.name.as_str();
         if let Some(drift) = &deployment.drift {
-            self.close_drift(drift, unstored);
+            self.close_drift(drift, &deployment.health, unstored);
         }
         if unstored.len() > crate::drift::MAX_UNSTORED_WINDOWS {
             let dropped = unstored.len() - crate::drift::MAX_UNSTORED_WINDOWS;
@@ -345,10 +355,19 @@ impl Worker {
     }
 
     /// Close `drift`'s window if it is due; log and count what closed.
-    fn close_drift(&self, drift: &Arc<crate::drift::Drift>, unstored: &mut Vec<Unstored>) {
+    fn close_drift(
+        &self,
+        drift: &Arc<crate::drift::Drift>,
+        health: &Health,
+        unstored: &mut Vec<Unstored>,
+    ) {
         let name = self.name.as_str();
         drift.tick();
         for window in drift.take_closed() {
+            health.drift_windows.fetch_add(1, Ordering::Relaxed);
+            if window.alarm {
+                health.drift_alarms.fetch_add(1, Ordering::Relaxed);
+            }
             self.metrics
                 .drift_window(name, window.alarm, &window.scores);
             if window.alarm {

@@ -32,7 +32,13 @@ fn bundle(dir: &Path, name: &str, version: u64) -> PathBuf {
         }],
     };
     let out = dir.join(format!("{name}-{version}.bundle"));
-    sluice_bundle::archive::write(&out, &manifest.to_bytes(), &[], &[("models/m.onnx".into(), file)]).unwrap();
+    sluice_bundle::archive::write(
+        &out,
+        &manifest.to_bytes(),
+        &[],
+        &[("models/m.onnx".into(), file)],
+    )
+    .unwrap();
     out
 }
 
@@ -51,7 +57,12 @@ fn rollout(args: &[&str]) -> (bool, String) {
 }
 
 /// What device `device` (token `token`) is offered: status, ETag, name/version.
-fn offered(c: &Running, device: &str, token: &str, if_none_match: Option<&str>) -> (u16, String, String) {
+fn offered(
+    c: &Running,
+    device: &str,
+    token: &str,
+    if_none_match: Option<&str>,
+) -> (u16, String, String) {
     let mut request = client()
         .get(format!("{}/v1/devices/{device}/bundle", c.url()))
         .bearer_auth(token);
@@ -66,11 +77,23 @@ fn offered(c: &Running, device: &str, token: &str, if_none_match: Option<&str>) 
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default()
     };
-    (response.status().as_u16(), header("etag"), header("x-sluice-bundle"))
+    (
+        response.status().as_u16(),
+        header("etag"),
+        header("x-sluice-bundle"),
+    )
 }
 
 /// `device` reports `outcome` for `name` `version`, as an install record.
-fn report(c: &Running, device: &str, token: &str, seq: i64, name: &str, version: u64, outcome: &str) {
+fn report(
+    c: &Running,
+    device: &str,
+    token: &str,
+    seq: i64,
+    name: &str,
+    version: u64,
+    outcome: &str,
+) {
     let record = json!({
         "kind": "install", "id": format!("{device}/{name}/{seq}"), "device": device,
         "pipeline": name, "seq": seq, "at_ms": 1, "version": version,
@@ -78,7 +101,11 @@ fn report(c: &Running, device: &str, token: &str, seq: i64, name: &str, version:
         "reason": if outcome == "rolled-back" { Some("3 of 5 items failed on probation") } else { None },
         "sluice_version": "0.1.0"
     });
-    let answer = post(&c.url(), token, &batch(device, &format!("k-{device}-{seq}"), vec![record]));
+    let answer = post(
+        &c.url(),
+        token,
+        &batch(device, &format!("k-{device}-{seq}"), vec![record]),
+    );
     assert_eq!(answer.status, 200, "{answer:?}");
 }
 
@@ -91,12 +118,38 @@ fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
     let db = db.to_str().unwrap();
     let file = bundle(c.dir.path(), "p", 3);
     // Bad stages and an empty device list are refused.
-    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--stages", "50,40"]);
+    let (ok, text) = rollout(&[
+        "start",
+        "--db",
+        db,
+        "--bundle",
+        file.to_str().unwrap(),
+        "--stages",
+        "50,40",
+    ]);
     assert!(!ok && text.contains("increasing percentages"), "{text}");
 
-    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--devices", "a,b", "--stages", "50,100"]);
+    let (ok, text) = rollout(&[
+        "start",
+        "--db",
+        db,
+        "--bundle",
+        file.to_str().unwrap(),
+        "--devices",
+        "a,b",
+        "--stages",
+        "50,100",
+    ]);
     assert!(ok && text.contains("now offered to 1"), "{text}");
-    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--devices", "a,b"]);
+    let (ok, text) = rollout(&[
+        "start",
+        "--db",
+        db,
+        "--bundle",
+        file.to_str().unwrap(),
+        "--devices",
+        "a,b",
+    ]);
     assert!(!ok && text.contains("abort it first"), "{text}");
 
     // Stage 1: a only.
@@ -122,8 +175,14 @@ fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
     assert_eq!(offered(&c, "b", "tb", None).0, 204);
     let (ok, text) = rollout(&["status", "--db", db]);
     assert!(ok, "{text}");
-    assert!(text.contains("rollout 1: `p` version 3: halted, stage 2 of 2"), "{text}");
-    assert!(text.contains("device `b` rolled-back version 3: 3 of 5 items failed on probation"), "{text}");
+    assert!(
+        text.contains("rollout 1: `p` version 3: halted, stage 2 of 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("device `b` rolled-back version 3: 3 of 5 items failed on probation"),
+        "{text}"
+    );
     let (_, json) = rollout(&["status", "--db", db, "--json"]);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json[0]["devices"][0]["outcome"], "committed");
@@ -135,13 +194,35 @@ fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(html.contains("data-rollout=\"1\" data-state=\"halted\""), "{html}");
+    assert!(
+        html.contains("data-rollout=\"1\" data-state=\"halted\""),
+        "{html}"
+    );
     assert!(html.contains("3 of 5 items failed on probation"), "{html}");
-    assert!(!rollout(&["resume", "--db", db, "1"]).0, "a halted rollout is not resumed");
+    assert!(
+        !rollout(&["resume", "--db", db, "1"]).0,
+        "a halted rollout is not resumed"
+    );
     assert!(rollout(&["abort", "--db", db, "1"]).0);
     let (ok, text) = rollout(&["abort", "--db", db, "1"]);
-    assert!(!ok && text.contains("rollout 1 is aborted: cannot abort it"), "{text}");
+    assert!(
+        !ok && text.contains("rollout 1 is aborted: cannot abort it"),
+        "{text}"
+    );
     // A new rollout of the same bundle can start once the old one ended.
-    let (ok, text) = rollout(&["start", "--db", db, "--bundle", file.to_str().unwrap(), "--devices", "a,b", "--stages", "100"]);
-    assert!(ok && text.contains("rollout 2") && text.contains("now offered to 2"), "{text}");
+    let (ok, text) = rollout(&[
+        "start",
+        "--db",
+        db,
+        "--bundle",
+        file.to_str().unwrap(),
+        "--devices",
+        "a,b",
+        "--stages",
+        "100",
+    ]);
+    assert!(
+        ok && text.contains("rollout 2") && text.contains("now offered to 2"),
+        "{text}"
+    );
 }

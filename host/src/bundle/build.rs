@@ -118,7 +118,13 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
 
     let staging = tempfile::Builder::new()
         .prefix(".sluice-bundle-")
-        .tempdir_in(request.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+        .tempdir_in(
+            request
+                .out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
         .map_err(io(&request.out))?;
     let mut contents = Contents::default();
     let mut fragment = toml::Table::new();
@@ -172,7 +178,11 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
     let model_file = format!(
         "models/{}.{}",
         spec.model,
-        model.path.extension().and_then(|e| e.to_str()).unwrap_or("onnx")
+        model
+            .path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("onnx")
     );
     contents.add(model_file.clone(), model.path.clone());
     let mut table = section("models", &spec.model);
@@ -207,7 +217,10 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
     let mut expected = Vec::with_capacity(inputs.len());
     for (ix, path) in inputs.iter().enumerate() {
         let item = read_file_item(path, format!("validation-{ix}")).map_err(io(path))?;
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let input = format!("validation/inputs/{ix:04}-{file_name}");
         contents.add(input.clone(), path.clone());
         expected.push(Expected {
@@ -232,8 +245,11 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
     }
     drop(runtime);
     let expected_path = staging.path().join("expected.json");
-    std::fs::write(&expected_path, serde_json::to_vec_pretty(&expected).expect("serializes"))
-        .map_err(io(&expected_path))?;
+    std::fs::write(
+        &expected_path,
+        serde_json::to_vec_pretty(&expected).expect("serializes"),
+    )
+    .map_err(io(&expected_path))?;
     contents.add(EXPECTED_JSON.into(), expected_path);
 
     // The manifest, within what a device will unpack.
@@ -266,7 +282,8 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
         name,
         version: request.version,
         created_at_ms: now,
-        expires_at_ms: now.saturating_add(request.expires_in.as_millis().min(i64::MAX as u128) as i64),
+        expires_at_ms: now
+            .saturating_add(request.expires_in.as_millis().min(i64::MAX as u128) as i64),
         min_sluice_version: crate::record::SLUICE_VERSION.to_owned(),
         wit_package: WIT_PACKAGE.to_owned(),
         validation: request.validation.clone(),

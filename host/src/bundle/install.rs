@@ -187,7 +187,10 @@ impl Installer {
     /// bundles included).
     pub(crate) fn recover(&mut self) -> Result<(), InstallError> {
         // Bundles fetched from the collector and not yet offered.
-        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .flatten()
+        {
             if entry.file_name().to_string_lossy().starts_with("incoming-") {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -204,7 +207,14 @@ impl Installer {
                     current.version
                 );
                 tracing::warn!(pipeline = %name, "rolled back: {reason}");
-                self.report(&name, current.version, &current.bundle_sha256, InstallOutcome::RolledBack, Some(reason), back);
+                self.report(
+                    &name,
+                    current.version,
+                    &current.bundle_sha256,
+                    InstallOutcome::RolledBack,
+                    Some(reason),
+                    back,
+                );
             }
             let Some(current) = self.state.pipelines[&name].current.clone() else {
                 continue;
@@ -228,13 +238,23 @@ impl Installer {
                     ps.current = None;
                     ps.last_good = None;
                     self.save()?;
-                    self.report(&name, current.version, &current.bundle_sha256, InstallOutcome::RolledBack, Some(reason), None);
+                    self.report(
+                        &name,
+                        current.version,
+                        &current.bundle_sha256,
+                        InstallOutcome::RolledBack,
+                        Some(reason),
+                        None,
+                    );
                 }
             }
         }
         let referenced = self.state.referenced();
         let versions = self.dir.join("v");
-        for entry in std::fs::read_dir(&versions).map_err(io(&versions))?.flatten() {
+        for entry in std::fs::read_dir(&versions)
+            .map_err(io(&versions))?
+            .flatten()
+        {
             let relative = PathBuf::from("v").join(entry.file_name());
             if !referenced.contains(&relative) {
                 let _ = std::fs::remove_dir_all(entry.path());
@@ -281,8 +301,19 @@ impl Installer {
             tracing::warn!(bundle = %bundle.display(), "bundle refused: {e}");
             self.state.saw(&sha256);
             self.save()?;
-            let pipeline = if self.slots.contains_key(&name) { name } else { "-".into() };
-            self.report(&pipeline, version, &sha256, InstallOutcome::Refused, Some(e.to_string()), None);
+            let pipeline = if self.slots.contains_key(&name) {
+                name
+            } else {
+                "-".into()
+            };
+            self.report(
+                &pipeline,
+                version,
+                &sha256,
+                InstallOutcome::Refused,
+                Some(e.to_string()),
+                None,
+            );
         }
         result
     }
@@ -298,8 +329,19 @@ impl Installer {
         else {
             return;
         };
-        let url = format!("{}/v1/devices/{}/bundle", url.trim_end_matches('/'), self.device);
-        let seen: Vec<String> = self.state.seen.iter().rev().take(32).map(|s| format!("\"{s}\"")).collect();
+        let url = format!(
+            "{}/v1/devices/{}/bundle",
+            url.trim_end_matches('/'),
+            self.device
+        );
+        let seen: Vec<String> = self
+            .state
+            .seen
+            .iter()
+            .rev()
+            .take(32)
+            .map(|s| format!("\"{s}\""))
+            .collect();
         let limit = Limits::default().max_bytes;
         let fetched = tokio.block_on(async {
             let mut response = client
@@ -329,9 +371,14 @@ impl Installer {
         match fetched {
             Ok(None) => {}
             Ok(Some(body)) => {
-                let path = self.dir.join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
+                let path = self
+                    .dir
+                    .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
                 if let Err(e) = std::fs::write(&path, &body) {
-                    tracing::warn!("cannot keep the bundle from the collector at {}: {e}", path.display());
+                    tracing::warn!(
+                        "cannot keep the bundle from the collector at {}: {e}",
+                        path.display()
+                    );
                     return;
                 }
                 // Refusals are reported by `offer`.
@@ -358,7 +405,9 @@ impl Installer {
         self.candidates.retain(|path, _| files.contains(path));
         let settle = Duration::from_millis(self.settings.settle_ms);
         for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             let (len, modified) = (meta.len(), meta.modified().ok());
             let candidate = self.candidates.entry(path.clone()).or_insert(Candidate {
                 len,
@@ -389,17 +438,21 @@ impl Installer {
         }
     }
 
-    fn install(&mut self, bundle: &Path, sha256: &str, relative: &Path) -> Result<(), InstallError> {
+    fn install(
+        &mut self,
+        bundle: &Path,
+        sha256: &str,
+        relative: &Path,
+    ) -> Result<(), InstallError> {
         let unpacked = archive::unpack(bundle, &self.dir.join(relative), &Limits::default())?;
         crash_point("staged");
         // The name decides which installed version the bundle must be above;
         // it is believed only once the signature over these bytes checks.
-        let claimed: Manifest = serde_json::from_slice(&unpacked.manifest).map_err(|e| {
-            Refusal::BadManifest {
+        let claimed: Manifest =
+            serde_json::from_slice(&unpacked.manifest).map_err(|e| Refusal::BadManifest {
                 bundle: bundle.to_owned(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let highest = self
             .state
             .pipelines
@@ -455,7 +508,14 @@ impl Installer {
         crash_point("swapped");
         tracing::info!(pipeline = %name, version, "bundle installed; on probation for {} s", self.settings.probation_secs);
         self.metrics.install(&name, "installed");
-        self.report(&name, version, sha256, InstallOutcome::Installed, None, previous_version);
+        self.report(
+            &name,
+            version,
+            sha256,
+            InstallOutcome::Installed,
+            None,
+            previous_version,
+        );
         self.probation.insert(
             name,
             Probation {
@@ -520,6 +580,8 @@ impl Installer {
                     "{mean_ms:.1} ms per item on probation, over the bundle's budget of {} ms",
                     p.max_item_ms
                 )))
+            } else if let Some(reason) = drift_regression(p) {
+                Some(Err(reason))
             } else if enough && p.started.elapsed().as_secs() >= self.settings.probation_secs {
                 Some(Ok(()))
             } else {
@@ -546,12 +608,23 @@ impl Installer {
                 .push((self.dir.join(&old.dir), Arc::downgrade(&p.previous)));
         }
         if let Err(e) = self.save() {
-            tracing::error!(pipeline = name, "cannot record the commit of version {}: {e}", p.version);
+            tracing::error!(
+                pipeline = name,
+                "cannot record the commit of version {}: {e}",
+                p.version
+            );
             return;
         }
         tracing::info!(pipeline = name, version = p.version, "bundle committed");
         self.metrics.install(name, "committed");
-        self.report(name, p.version, &p.bundle_sha256, InstallOutcome::Committed, None, p.previous_version);
+        self.report(
+            name,
+            p.version,
+            &p.bundle_sha256,
+            InstallOutcome::Committed,
+            None,
+            p.previous_version,
+        );
     }
 
     fn roll_back(&mut self, name: &str, reason: String) {
@@ -561,9 +634,20 @@ impl Installer {
         if let Some(dir) = dir {
             self.garbage.push((dir, Arc::downgrade(&p.new)));
         }
-        tracing::warn!(pipeline = name, version = p.version, "bundle rolled back: {reason}");
+        tracing::warn!(
+            pipeline = name,
+            version = p.version,
+            "bundle rolled back: {reason}"
+        );
         self.metrics.install(name, "rolled_back");
-        self.report(name, p.version, &p.bundle_sha256, InstallOutcome::RolledBack, Some(reason), p.previous_version);
+        self.report(
+            name,
+            p.version,
+            &p.bundle_sha256,
+            InstallOutcome::RolledBack,
+            Some(reason),
+            p.previous_version,
+        );
     }
 
     /// Make the last good version current again in the state; the folder of
@@ -634,6 +718,19 @@ impl Installer {
     }
 }
 
+/// A drift alarm under the new version while the previous one, watched
+/// the same way, never raised one: the new version, not the world, moved.
+/// (When both alarm, the inputs drift, and rolling back would not help.)
+fn drift_regression(p: &Probation) -> Option<String> {
+    let (windows, alarms) = p.new.health.drift();
+    let (before, before_alarms) = p.previous.health.drift();
+    (alarms > 0 && before_alarms == 0).then(|| {
+        format!(
+            "drift alarm in {alarms} of {windows} window(s) on probation, none in the {before} window(s) of the version before"
+        )
+    })
+}
+
 /// Name and version a bundle claims (unverified), for a refusal's record.
 fn peek(bundle: &Path, staging: &Path) -> Option<(String, u64)> {
     let dir = staging.with_extension("peek");
@@ -647,7 +744,12 @@ fn peek(bundle: &Path, staging: &Path) -> Option<(String, u64)> {
 /// The device's configuration with pipeline `name` (only) as the bundle at
 /// `files` defines it. Every path the fragment names must lie inside the
 /// bundle: a bundle brings its files, it does not reach into the device's.
-fn bundle_config(base: &Config, files: &Path, name: &str, version: u64) -> Result<Config, InstallError> {
+fn bundle_config(
+    base: &Config,
+    files: &Path,
+    name: &str,
+    version: u64,
+) -> Result<Config, InstallError> {
     let problem = |problem: String| InstallError::Fragment {
         name: name.to_owned(),
         version,
@@ -666,7 +768,10 @@ fn bundle_config(base: &Config, files: &Path, name: &str, version: u64) -> Resul
         if p.starts_with(files) {
             Ok(())
         } else {
-            Err(problem(format!("{what} `{}` is outside the bundle", p.display())))
+            Err(problem(format!(
+                "{what} `{}` is outside the bundle",
+                p.display()
+            )))
         }
     };
     for (plugin, config) in &fragment.plugins {
@@ -713,7 +818,10 @@ fn validate(deployment: &Deployment, verified: &Verified) -> Result<(), InstallE
     for (ix, e) in expected.iter().enumerate() {
         let listed = manifest.files.iter().any(|f| f.path == e.input);
         if !listed {
-            return Err(failed(format!("input `{}` is not a file of the bundle", e.input)));
+            return Err(failed(format!(
+                "input `{}` is not a file of the bundle",
+                e.input
+            )));
         }
         let data = std::fs::read(verified.files.join(&e.input))
             .map_err(|err| failed(format!("{}: {err}", e.input)))?;
@@ -762,18 +870,35 @@ fn validate(deployment: &Deployment, verified: &Verified) -> Result<(), InstallE
 
 /// Where `got` differs from `want` (numbers within `tolerance` relative to
 /// the larger magnitude, absolute below 1), as `at: want ... got ...`.
-fn differ(want: &serde_json::Value, got: &serde_json::Value, tolerance: f64, at: &str) -> Option<String> {
+fn differ(
+    want: &serde_json::Value,
+    got: &serde_json::Value,
+    tolerance: f64,
+    at: &str,
+) -> Option<String> {
     use serde_json::Value;
-    let here = || if at.is_empty() { "the result".to_owned() } else { at.to_owned() };
+    let here = || {
+        if at.is_empty() {
+            "the result".to_owned()
+        } else {
+            at.to_owned()
+        }
+    };
     match (want, got) {
         (Value::Number(a), Value::Number(b)) => {
             let (a, b) = (a.as_f64()?, b.as_f64()?);
             let bound = tolerance * a.abs().max(b.abs()).max(1.0);
-            ((a - b).abs() > bound || !b.is_finite()).then(|| format!("{}: expected {a}, got {b}", here()))
+            ((a - b).abs() > bound || !b.is_finite())
+                .then(|| format!("{}: expected {a}, got {b}", here()))
         }
         (Value::Array(a), Value::Array(b)) => {
             if a.len() != b.len() {
-                return Some(format!("{}: expected {} elements, got {}", here(), a.len(), b.len()));
+                return Some(format!(
+                    "{}: expected {} elements, got {}",
+                    here(),
+                    a.len(),
+                    b.len()
+                ));
             }
             a.iter()
                 .zip(b)
@@ -805,13 +930,41 @@ mod tests {
     #[test]
     fn results_compare_within_the_tolerance_and_name_the_first_difference() {
         let want = json!({"top": [{"label": "3", "score": 0.9}], "n": 1000.0});
-        assert_eq!(differ(&want, &json!({"top": [{"label": "3", "score": 0.90005}], "n": 1000.05}), 1e-4, ""), None);
-        let d = differ(&want, &json!({"top": [{"label": "3", "score": 0.8}], "n": 1000.0}), 1e-4, "").unwrap();
+        assert_eq!(
+            differ(
+                &want,
+                &json!({"top": [{"label": "3", "score": 0.90005}], "n": 1000.05}),
+                1e-4,
+                ""
+            ),
+            None
+        );
+        let d = differ(
+            &want,
+            &json!({"top": [{"label": "3", "score": 0.8}], "n": 1000.0}),
+            1e-4,
+            "",
+        )
+        .unwrap();
         assert!(d.starts_with(".top[0].score: expected 0.9, got 0.8"), "{d}");
-        let d = differ(&want, &json!({"top": [{"label": "5", "score": 0.9}], "n": 1000.0}), 1e-4, "").unwrap();
+        let d = differ(
+            &want,
+            &json!({"top": [{"label": "5", "score": 0.9}], "n": 1000.0}),
+            1e-4,
+            "",
+        )
+        .unwrap();
         assert!(d.contains(".top[0].label"), "{d}");
         assert!(differ(&want, &json!({"top": [], "n": 1000.0}), 1e-4, "").is_some());
-        assert!(differ(&want, &json!({"top": [{"label": "3", "score": 0.9}]}), 1e-4, "").is_some());
+        assert!(
+            differ(
+                &want,
+                &json!({"top": [{"label": "3", "score": 0.9}]}),
+                1e-4,
+                ""
+            )
+            .is_some()
+        );
         assert!(differ(&json!(1.0), &json!(null), 1e-4, "").is_some());
     }
 }

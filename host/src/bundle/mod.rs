@@ -17,9 +17,9 @@
 //! validate (the validation set through the bundle's own plugins and model:
 //! the same results within the manifest's tolerance, within its per-item
 //! time) → swap (the worker takes the new version at its next group) →
-//! probation (error rate and time per item watched for
-//! `bundles.probation_secs`) → commit, or roll back to the last good
-//! version. Each deciding step is an `install` record through the outbox
+//! probation (error rate, time per item and drift alarms against the version
+//! before, watched for `bundles.probation_secs`) → commit, or roll back to
+//! the last good version. Each deciding step is an `install` record through the outbox
 //! and a metric.
 //!
 //! Invariants: the install state (`<data_dir>/bundles/state.json`) is
@@ -61,4 +61,3 @@ pub struct Expected {
     /// Why it failed, when it did.
     pub error: Option<String>,
 }
-

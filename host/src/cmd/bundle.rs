@@ -51,9 +51,16 @@ pub fn build(request: &BuildRequest) -> anyhow::Result<()> {
             .iter()
             .filter(|f| f.path.starts_with("validation/inputs/"))
             .count(),
-        if expected == 0 { " (none given: devices will only check that it loads)" } else { "" },
+        if expected == 0 {
+            " (none given: devices will only check that it loads)"
+        } else {
+            ""
+        },
     );
-    println!("unsigned: sign it with `sluice bundle sign --key KEY {}`", request.out.display());
+    println!(
+        "unsigned: sign it with `sluice bundle sign --key KEY {}`",
+        request.out.display()
+    );
     Ok(())
 }
 
@@ -148,18 +155,30 @@ pub fn inspect(bundle: &Path, json: bool) -> anyhow::Result<()> {
     println!("version:    {}", manifest.version);
     println!("created:    {}", stamp(manifest.created_at_ms));
     println!("expires:    {}", stamp(manifest.expires_at_ms));
-    println!("needs:      Sluice >= {}, WIT {}", manifest.min_sluice_version, manifest.wit_package);
+    println!(
+        "needs:      Sluice >= {}, WIT {}",
+        manifest.min_sluice_version, manifest.wit_package
+    );
     println!(
         "validation: tolerance {}, {} ms per item at most",
         manifest.validation.tolerance, manifest.validation.max_item_ms
     );
     println!(
         "signed by:  {}",
-        if keys.is_empty() { "nobody (unsigned)".to_owned() } else { keys.join(", ") }
+        if keys.is_empty() {
+            "nobody (unsigned)".to_owned()
+        } else {
+            keys.join(", ")
+        }
     );
     println!("files:");
     for f in &manifest.files {
-        println!("  {:>10}  {}  {}", f.bytes, &f.sha256[..f.sha256.len().min(16)], f.path);
+        println!(
+            "  {:>10}  {}  {}",
+            f.bytes,
+            &f.sha256[..f.sha256.len().min(16)],
+            f.path
+        );
     }
     Ok(())
 }
@@ -167,8 +186,10 @@ pub fn inspect(bundle: &Path, json: bool) -> anyhow::Result<()> {
 fn stamp(ms: i64) -> String {
     u64::try_from(ms)
         .map(|ms| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-                .to_string()
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string()
         })
         .unwrap_or_else(|_| format!("{ms} ms"))
 }

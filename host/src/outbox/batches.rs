@@ -223,10 +223,7 @@ fn unbatched(
 }
 
 /// `((id, body), stored at)` of the records of `batch`, in storage order.
-fn batch_records(
-    tx: &Transaction,
-    batch: i64,
-) -> rusqlite::Result<Vec<((String, Vec<u8>), i64)>> {
+fn batch_records(tx: &Transaction, batch: i64) -> rusqlite::Result<Vec<((String, Vec<u8>), i64)>> {
     tx.prepare_cached(
         "SELECT id, body, created_at_ms FROM records WHERE batch = ?1 ORDER BY rowid",
     )?

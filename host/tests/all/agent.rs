@@ -1285,16 +1285,26 @@ fn check_recovered(dir: &Path, agent: &Agent, collector: &Collector, step: &str)
     }));
     let stored = stored(collector);
     for id in &fresh {
-        assert_eq!(stored[id]["provenance"]["bundle"], expected, "after a crash at {step}");
+        assert_eq!(
+            stored[id]["provenance"]["bundle"], expected,
+            "after a crash at {step}"
+        );
     }
     let referenced: Vec<String> = ["current", "last_good"]
         .iter()
-        .filter_map(|k| state["pipelines"]["digits"][k]["dir"].as_str().map(str::to_owned))
+        .filter_map(|k| {
+            state["pipelines"]["digits"][k]["dir"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
     if let Ok(entries) = std::fs::read_dir(dir.join("data/bundles/v")) {
         for entry in entries {
             let name = format!("v/{}", entry.unwrap().file_name().to_string_lossy());
-            assert!(referenced.contains(&name), "after a crash at {step}: {name} left over");
+            assert!(
+                referenced.contains(&name),
+                "after a crash at {step}: {name} left over"
+            );
         }
     }
     fresh
@@ -1308,8 +1318,17 @@ fn a_crash_at_any_install_step_leaves_one_version_running_and_loses_no_input() {
     let drop = dir.path().join("drop");
     let key = sluice_bundle::keys::SecretKey::generate();
     with_bundles(&config, &drop, &key);
-    let source = crate::bundles::write_config(dir.path(), "bundle-src", &crate::bundles::example_table());
-    let steps = ["staged", "verified", "validated", "recorded", "swapped", "probation", "committing"];
+    let source =
+        crate::bundles::write_config(dir.path(), "bundle-src", &crate::bundles::example_table());
+    let steps = [
+        "staged",
+        "verified",
+        "validated",
+        "recorded",
+        "swapped",
+        "probation",
+        "committing",
+    ];
     // One version per round, each above any version a round recorded;
     // then one that commits, then a crash over that committed version.
     let bundles: Vec<PathBuf> = (0..steps.len() + 2)
@@ -1319,7 +1338,10 @@ fn a_crash_at_any_install_step_leaves_one_version_running_and_loses_no_input() {
     let mut acked = BTreeSet::new();
     // The agent with `fault`, fed inputs until it dies at that step (or,
     // without one, until `done`); the bundle is then pulled from the folder.
-    let round = |acked: &mut BTreeSet<String>, version: usize, fault: Option<&str>, done: &dyn Fn() -> bool| {
+    let round = |acked: &mut BTreeSet<String>,
+                 version: usize,
+                 fault: Option<&str>,
+                 done: &dyn Fn() -> bool| {
         let env = fault.map(|step| ("SLUICE_FAULT_INJECT", format!("install-crash:{step}")));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut agent = Agent::start_with(&config, &env);
@@ -1331,7 +1353,11 @@ fn a_crash_at_any_install_step_leaves_one_version_running_and_loses_no_input() {
             if died || (fault.is_none() && done()) {
                 break;
             }
-            assert!(Instant::now() < deadline, "never reached {fault:?}: {}", agent.stderr_text());
+            assert!(
+                Instant::now() < deadline,
+                "never reached {fault:?}: {}",
+                agent.stderr_text()
+            );
             if let Some(id) = ingest(&agent.url, &images[acked.len() % images.len()]) {
                 acked.insert(id);
             }
@@ -1356,15 +1382,28 @@ fn a_crash_at_any_install_step_leaves_one_version_running_and_loses_no_input() {
     });
     round(&mut acked, committed + 1, Some("swapped"), &|| false);
     let agent = Agent::start(&config);
-    acked.extend(check_recovered(dir.path(), &agent, &collector, "swapped over a committed version"));
-    assert_eq!(install_state(dir.path())["pipelines"]["digits"]["current"]["version"], 2 + committed as u64);
+    acked.extend(check_recovered(
+        dir.path(),
+        &agent,
+        &collector,
+        "swapped over a committed version",
+    ));
+    assert_eq!(
+        install_state(dir.path())["pipelines"]["digits"]["current"]["version"],
+        2 + committed as u64
+    );
 
     // Every acknowledged input arrives, once (`stored` checks "once").
     let delivered = wait_until(Duration::from_secs(60), || {
         let stored = stored(&collector);
         acked.iter().all(|id| stored.contains_key(id))
     });
-    assert!(delivered, "{} acknowledged, {} stored", acked.len(), stored(&collector).len());
+    assert!(
+        delivered,
+        "{} acknowledged, {} stored",
+        acked.len(),
+        stored(&collector).len()
+    );
     // Each crash after the state named a version on probation is reported
     // upstream as a rollback: recorded, swapped, probation, committing, and
     // the crash over the committed version.
@@ -1372,10 +1411,22 @@ fn a_crash_at_any_install_step_leaves_one_version_running_and_loses_no_input() {
         stored(&collector)
             .values()
             .filter(|r| r["kind"] == "install" && r["outcome"] == "rolled-back")
-            .filter(|r| r["reason"].as_str().unwrap().contains("restarted while version"))
+            .filter(|r| {
+                r["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("restarted while version")
+            })
             .count()
             == 5
     });
-    assert!(restarted, "{:#?}", stored(&collector).values().filter(|r| r["kind"] == "install").collect::<Vec<_>>());
+    assert!(
+        restarted,
+        "{:#?}",
+        stored(&collector)
+            .values()
+            .filter(|r| r["kind"] == "install")
+            .collect::<Vec<_>>()
+    );
     assert_eq!(agent.sigterm(), 0);
 }

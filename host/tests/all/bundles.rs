@@ -30,7 +30,11 @@ fn ok(args: &[&str]) -> String {
 
 fn refused(args: &[&str]) -> String {
     let out = sluice(args);
-    assert!(!out.status.success(), "sluice {args:?} should fail: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "sluice {args:?} should fail: {}",
+        text(&out)
+    );
     text(&out)
 }
 
@@ -49,7 +53,11 @@ fn an_operator_builds_signs_and_verifies_a_bundle_and_devices_refuse_what_they_m
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "the secret key is readable by others: {mode:o}");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the secret key is readable by others: {mode:o}"
+        );
     }
     // A key is never overwritten.
     refused(&["bundle", "keygen", "--out", s(&key)]);
@@ -66,8 +74,16 @@ fn an_operator_builds_signs_and_verifies_a_bundle_and_devices_refuse_what_they_m
     let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle-data");
     let config = repo_root().join("examples/digits/sluice.toml");
     let mut args = vec![
-        "bundle", "build", "--config", s(&config), "--version", "7", "--out", s(&bundle),
-        "--data-dir", s(&data),
+        "bundle",
+        "build",
+        "--config",
+        s(&config),
+        "--version",
+        "7",
+        "--out",
+        s(&bundle),
+        "--data-dir",
+        s(&data),
     ];
     for v in &validation {
         args.extend(["--validation", s(v)]);
@@ -100,7 +116,10 @@ fn an_operator_builds_signs_and_verifies_a_bundle_and_devices_refuse_what_they_m
         "validation/expected.json",
         "validation/inputs/0000-",
     ] {
-        assert!(paths.iter().any(|p| p.starts_with(expected)), "{expected} not in {paths:?}");
+        assert!(
+            paths.iter().any(|p| p.starts_with(expected)),
+            "{expected} not in {paths:?}"
+        );
     }
 
     // Unsigned: refused. Signed: OK for a device that pins the key.
@@ -113,33 +132,69 @@ fn an_operator_builds_signs_and_verifies_a_bundle_and_devices_refuse_what_they_m
     assert!(out.contains("OK, `digits` version 7"), "{out}");
     // Installed 7 already: a replay. Installed 6: an upgrade.
     let out = refused(
-        &[&["bundle", "verify", "--installed-version", "7"][..], &trust, &[s(&bundle)]].concat(),
+        &[
+            &["bundle", "verify", "--installed-version", "7"][..],
+            &trust,
+            &[s(&bundle)],
+        ]
+        .concat(),
     );
     assert!(out.contains("not above the installed version 7"), "{out}");
-    ok(&[&["bundle", "verify", "--installed-version", "6"][..], &trust, &[s(&bundle)]].concat());
+    ok(&[
+        &["bundle", "verify", "--installed-version", "6"][..],
+        &trust,
+        &[s(&bundle)],
+    ]
+    .concat());
     // Another operator's key: unknown.
     let other = dir.path().join("other.key");
     ok(&["bundle", "keygen", "--out", s(&other)]);
     let other_public = std::fs::read_to_string(dir.path().join("other.key.pub")).unwrap();
-    let out = refused(&["bundle", "verify", "--trust", other_public.trim(), s(&bundle)]);
+    let out = refused(&[
+        "bundle",
+        "verify",
+        "--trust",
+        other_public.trim(),
+        s(&bundle),
+    ]);
     assert!(out.contains("unknown key"), "{out}");
 
     // The validation set's expected results are this build's results.
     let unpacked = dir.path().join("unpacked");
     let unpacked = sluice_bundle::archive::unpack(&bundle, &unpacked, &Default::default()).unwrap();
     let expected: Vec<sluice::bundle::Expected> = serde_json::from_slice(
-        &std::fs::read(unpacked.dir.join("files").join(sluice::bundle::EXPECTED_JSON)).unwrap(),
+        &std::fs::read(
+            unpacked
+                .dir
+                .join("files")
+                .join(sluice::bundle::EXPECTED_JSON),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(expected.len(), 8);
     for e in &expected {
         assert!(e.error.is_none(), "{e:?}");
-        assert!(e.result.as_ref().unwrap()["top"][0]["label"].is_string(), "{e:?}");
+        assert!(
+            e.result.as_ref().unwrap()["top"][0]["label"].is_string(),
+            "{e:?}"
+        );
     }
-    let fragment =
-        std::fs::read_to_string(unpacked.dir.join("files").join(sluice::bundle::PIPELINE_TOML)).unwrap();
-    assert!(fragment.contains("path = \"models/digits.onnx\""), "{fragment}");
-    assert!(fragment.contains("host = \"grants/digits-post/0\""), "{fragment}");
+    let fragment = std::fs::read_to_string(
+        unpacked
+            .dir
+            .join("files")
+            .join(sluice::bundle::PIPELINE_TOML),
+    )
+    .unwrap();
+    assert!(
+        fragment.contains("path = \"models/digits.onnx\""),
+        "{fragment}"
+    );
+    assert!(
+        fragment.contains("host = \"grants/digits-post/0\""),
+        "{fragment}"
+    );
 }
 
 // --- Installing on a running agent -----------------------------------------
@@ -193,7 +248,12 @@ fn validation_files(n: usize) -> Vec<PathBuf> {
 }
 
 /// A signed bundle of `config`'s digits pipeline at `version`.
-pub(crate) fn bundle_of(dir: &Path, config: &Path, version: u64, key: Option<&SecretKey>) -> PathBuf {
+pub(crate) fn bundle_of(
+    dir: &Path,
+    config: &Path,
+    version: u64,
+    key: Option<&SecretKey>,
+) -> PathBuf {
     let out = dir.join(format!("digits-{version}-{}.built", rand::random::<u32>()));
     sluice::bundle::build(&sluice::bundle::BuildRequest {
         config: config.to_owned(),
@@ -280,7 +340,10 @@ fn wait_until(
         if done(&all) {
             return all;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {all:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {all:#?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -307,13 +370,18 @@ fn a_bundle_dropped_on_a_running_device_is_verified_validated_swapped_in_and_com
     let agent = device(dir.path(), &base, &key);
     let images = crate::common::digit_pngs();
     accept(&agent, &images[..10]);
-    wait_until(&agent, "10 results", |all| of_kind(all, "result").len() == 10);
+    wait_until(&agent, "10 results", |all| {
+        of_kind(all, "result").len() == 10
+    });
 
     // Unsigned: refused, reported, nothing changed.
     drop_into(&dir.path().join("drop"), &unsigned, "a-unsigned");
     let all = wait_until(&agent, "a refusal", |all| installs(all, "refused") == 1);
     let refusal = of_kind(&all, "install")[0];
-    assert!(refusal["reason"].as_str().unwrap().contains("unsigned"), "{refusal}");
+    assert!(
+        refusal["reason"].as_str().unwrap().contains("unsigned"),
+        "{refusal}"
+    );
     assert_eq!(refusal["pipeline"], "digits");
 
     drop_into(&dir.path().join("drop"), &signed, "b-signed");
@@ -324,11 +392,18 @@ fn a_bundle_dropped_on_a_running_device_is_verified_validated_swapped_in_and_com
     });
     let results = of_kind(&all, "result");
     for (ix, r) in results.iter().enumerate() {
-        let (bundle, top) = (&r["provenance"]["bundle"], r["result"]["body"]["top"].as_array().unwrap().len());
+        let (bundle, top) = (
+            &r["provenance"]["bundle"],
+            r["result"]["body"]["top"].as_array().unwrap().len(),
+        );
         if ix < 10 {
             assert!(bundle.is_null() && top == 3, "before the install: {r}");
         } else {
-            assert_eq!(bundle, &serde_json::json!({"name": "digits", "version": 2}), "{r}");
+            assert_eq!(
+                bundle,
+                &serde_json::json!({"name": "digits", "version": 2}),
+                "{r}"
+            );
             assert_eq!(top, 2, "{r}");
         }
     }
@@ -338,8 +413,10 @@ fn a_bundle_dropped_on_a_running_device_is_verified_validated_swapped_in_and_com
         .unwrap();
     assert_eq!(installed["version"], 2);
     assert!(installed["previous_version"].is_null(), "{installed}");
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("device/bundles/state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("device/bundles/state.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(state["pipelines"]["digits"]["current"]["version"], 2);
     assert_eq!(state["pipelines"]["digits"]["current"]["committed"], true);
     agent.shutdown();
@@ -347,16 +424,30 @@ fn a_bundle_dropped_on_a_running_device_is_verified_validated_swapped_in_and_com
     // After a restart the committed version runs from the first input.
     let agent = device(dir.path(), &base, &key);
     accept(&agent, &images[40..45]);
-    let all = wait_until(&agent, "45 results", |all| of_kind(all, "result").len() == 45);
+    let all = wait_until(&agent, "45 results", |all| {
+        of_kind(all, "result").len() == 45
+    });
     for r in &of_kind(&all, "result")[40..] {
         assert_eq!(r["provenance"]["bundle"]["version"], 2, "{r}");
     }
     // Another build of version 2 (other bytes): a replay, refused.
     let again = bundle_of(dir.path(), &v2_config, 2, Some(&key));
     drop_into(&dir.path().join("drop"), &again, "c-replay");
-    let all = wait_until(&agent, "the replay's refusal", |all| installs(all, "refused") == 2);
-    let replay = of_kind(&all, "install").into_iter().filter(|r| r["outcome"] == "refused").last().unwrap();
-    assert!(replay["reason"].as_str().unwrap().contains("not above the installed version 2"), "{replay}");
+    let all = wait_until(&agent, "the replay's refusal", |all| {
+        installs(all, "refused") == 2
+    });
+    let replay = of_kind(&all, "install")
+        .into_iter()
+        .filter(|r| r["outcome"] == "refused")
+        .last()
+        .unwrap();
+    assert!(
+        replay["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not above the installed version 2"),
+        "{replay}"
+    );
     agent.shutdown();
 }
 
@@ -377,18 +468,39 @@ fn a_version_that_fails_on_live_traffic_is_rolled_back_and_every_result_is_kept(
     // which its validation set (8 x 8 digits) cannot show.
     let mut base = example_table();
     base["plugins"]["digits-pre"]["config"]["resize"] = "exact".into();
-    let v2 = bundle_of(dir.path(), &write_config(dir.path(), "v2", &example_table()), 2, Some(&key));
+    let v2 = bundle_of(
+        dir.path(),
+        &write_config(dir.path(), "v2", &example_table()),
+        2,
+        Some(&key),
+    );
 
     let agent = device(dir.path(), &base, &key);
     drop_into(&dir.path().join("drop"), &v2, "v2");
     wait_until(&agent, "the install", |all| installs(all, "installed") == 1);
-    let big: Vec<Vec<u8>> = crate::common::digit_pngs()[..40].iter().map(|p| upscaled(p)).collect();
+    let big: Vec<Vec<u8>> = crate::common::digit_pngs()[..40]
+        .iter()
+        .map(|p| upscaled(p))
+        .collect();
     accept(&agent, &big[..20]);
-    let all = wait_until(&agent, "the rollback", |all| installs(all, "rolled-back") == 1);
-    let rollback = of_kind(&all, "install").into_iter().find(|r| r["outcome"] == "rolled-back").unwrap();
-    assert!(rollback["reason"].as_str().unwrap().contains("failed on probation"), "{rollback}");
+    let all = wait_until(&agent, "the rollback", |all| {
+        installs(all, "rolled-back") == 1
+    });
+    let rollback = of_kind(&all, "install")
+        .into_iter()
+        .find(|r| r["outcome"] == "rolled-back")
+        .unwrap();
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed on probation"),
+        "{rollback}"
+    );
     accept(&agent, &big[20..]);
-    let all = wait_until(&agent, "40 results", |all| of_kind(all, "result").len() == 40);
+    let all = wait_until(&agent, "40 results", |all| {
+        of_kind(all, "result").len() == 40
+    });
     let results = of_kind(&all, "result");
     // Every input has its result: failed ones on version 2, then good ones
     // on the device's own configuration again.
@@ -399,10 +511,15 @@ fn a_version_that_fails_on_live_traffic_is_rolled_back_and_every_result_is_kept(
         .count();
     assert!(failed_on_v2 >= 10, "{failed_on_v2}");
     for r in &results[20..] {
-        assert!(r["provenance"]["bundle"].is_null() && r["result"].is_object(), "{r}");
+        assert!(
+            r["provenance"]["bundle"].is_null() && r["result"].is_object(),
+            "{r}"
+        );
     }
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("device/bundles/state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("device/bundles/state.json")).unwrap(),
+    )
+    .unwrap();
     assert!(state["pipelines"]["digits"]["current"].is_null(), "{state}");
     agent.shutdown();
 }
@@ -420,15 +537,18 @@ fn tampered(dir: &Path, good: &Path, key: &SecretKey, name: &str, edit: impl Fn(
         (f.bytes, f.sha256) = (bytes, sha256);
     }
     let bytes = manifest.to_bytes();
-    let listed: Vec<(String, PathBuf)> =
-        manifest.files.iter().map(|f| (f.path.clone(), files.join(&f.path))).collect();
+    let listed: Vec<(String, PathBuf)> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), files.join(&f.path)))
+        .collect();
     let out = dir.join(format!("{name}.built"));
     sluice_bundle::archive::write(&out, &bytes, &[key.sign(&bytes)], &listed).unwrap();
     out
 }
 
 #[test]
-fn a_bundle_that_fails_validation_or_does_not_start_is_refused_before_any_swap() {
+fn a_bundle_that_traps_fails_validation_or_does_not_start_is_refused_before_any_swap() {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate();
     let base = example_table();
@@ -446,26 +566,77 @@ fn a_bundle_that_fails_validation_or_does_not_start_is_refused_before_any_swap()
     // Another preprocessor than the configured one (a test plugin that
     // refuses the configuration): the pipeline does not even start.
     let broken = tampered(dir.path(), &good, &key, "broken", |files| {
-        std::fs::copy(crate::common::plugin_path("misbehave"), files.join("plugins/digits-pre.wasm")).unwrap();
+        std::fs::copy(
+            crate::common::plugin_path("misbehave"),
+            files.join("plugins/digits-pre.wasm"),
+        )
+        .unwrap();
+    });
+
+    // A validation input on which the preprocessor traps (a 6000 x 6000
+    // image: its decoding hits the plugin's memory cap), still expected to
+    // give a result: only running it on the device shows the trap.
+    let trapping = tampered(dir.path(), &good, &key, "trapping", |files| {
+        let path = files.join(sluice::bundle::EXPECTED_JSON);
+        let expected: Vec<sluice::bundle::Expected> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut bomb = std::io::Cursor::new(Vec::new());
+        image::GrayImage::new(6000, 6000)
+            .write_to(&mut bomb, image::ImageFormat::Png)
+            .unwrap();
+        std::fs::write(files.join(&expected[0].input), bomb.into_inner()).unwrap();
     });
 
     let agent = device(dir.path(), &base, &key);
+    drop_into(&dir.path().join("drop"), &trapping, "0-trapping");
+    let all = wait_until(&agent, "the trap's refusal", |all| {
+        installs(all, "refused") == 1
+    });
+    let reason = of_kind(&all, "install")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("failed validation") && reason.contains("memory cap"),
+        "{reason}"
+    );
     drop_into(&dir.path().join("drop"), &wrong, "a-wrong");
-    let all = wait_until(&agent, "the first refusal", |all| installs(all, "refused") == 1);
-    let reason = of_kind(&all, "install")[0]["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("failed validation") && reason.contains(".top[0].label"), "{reason}");
+    let all = wait_until(&agent, "the second refusal", |all| {
+        installs(all, "refused") == 2
+    });
+    let reason = of_kind(&all, "install")[1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("failed validation") && reason.contains(".top[0].label"),
+        "{reason}"
+    );
     drop_into(&dir.path().join("drop"), &broken, "b-broken");
-    let all = wait_until(&agent, "the second refusal", |all| installs(all, "refused") == 2);
-    let reason = of_kind(&all, "install")[1]["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("does not start") && reason.contains("digits-pre"), "{reason}");
+    let all = wait_until(&agent, "the third refusal", |all| {
+        installs(all, "refused") == 3
+    });
+    let reason = of_kind(&all, "install")[2]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("does not start") && reason.contains("digits-pre"),
+        "{reason}"
+    );
     assert_eq!(installs(&all, "installed"), 0);
     accept(&agent, &crate::common::digit_pngs()[..5]);
     let all = wait_until(&agent, "5 results", |all| of_kind(all, "result").len() == 5);
     for r in of_kind(&all, "result") {
-        assert!(r["provenance"]["bundle"].is_null() && r["result"].is_object(), "{r}");
+        assert!(
+            r["provenance"]["bundle"].is_null() && r["result"].is_object(),
+            "{r}"
+        );
     }
     // Nothing of them stays on the device.
-    let versions: Vec<_> = std::fs::read_dir(dir.path().join("device/bundles/v")).unwrap().collect();
+    let versions: Vec<_> = std::fs::read_dir(dir.path().join("device/bundles/v"))
+        .unwrap()
+        .collect();
     assert!(versions.is_empty(), "{versions:?}");
     agent.shutdown();
 }
@@ -480,14 +651,22 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
         tokens.insert(d, &format!("{d}-secret")).unwrap();
     }
     let db = dir.path().join("collector.sqlite");
-    let collector =
-        sluice_collector::Collector::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), &db, tokens)
-            .unwrap();
+    let collector = sluice_collector::Collector::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        &db,
+        tokens,
+    )
+    .unwrap();
     // Every device resizes what it gets; version 2 insists on 8 x 8, which
     // r2's camera (16 x 16) does not give: r2 will roll it back.
     let mut base = example_table();
     base["plugins"]["digits-pre"]["config"]["resize"] = "exact".into();
-    let v2 = bundle_of(dir.path(), &write_config(dir.path(), "v2", &example_table()), 2, Some(&key));
+    let v2 = bundle_of(
+        dir.path(),
+        &write_config(dir.path(), "v2", &example_table()),
+        2,
+        Some(&key),
+    );
     let agents: Vec<sluice::agent::Agent> = devices
         .iter()
         .map(|d| {
@@ -511,7 +690,11 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
     // Stages of 25, 50 and 100 % of the four: r1, then r1 and r2, then all.
     let store = sluice_collector::Store::open(&db).unwrap();
     let started = store
-        .start_rollout(&v2, Some(devices.map(String::from).to_vec()), &[25, 50, 100])
+        .start_rollout(
+            &v2,
+            Some(devices.map(String::from).to_vec()),
+            &[25, 50, 100],
+        )
         .unwrap();
     assert_eq!(started.devices.iter().filter(|d| d.offered).count(), 1);
     let small = crate::common::digit_pngs();
@@ -528,10 +711,24 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
         assert!(Instant::now() < deadline, "{rollout:#?}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(halted.state, sluice_collector::rollout::RolloutState::Halted, "{halted:#?}");
+    assert_eq!(
+        halted.state,
+        sluice_collector::rollout::RolloutState::Halted,
+        "{halted:#?}"
+    );
     let reason = halted.reason.clone().unwrap();
-    assert!(reason.contains("`r2` rolled-back version 2") && reason.contains("failed on probation"), "{reason}");
-    let by_device = |d: &str| halted.devices.iter().find(|p| p.device == d).unwrap().clone();
+    assert!(
+        reason.contains("`r2` rolled-back version 2") && reason.contains("failed on probation"),
+        "{reason}"
+    );
+    let by_device = |d: &str| {
+        halted
+            .devices
+            .iter()
+            .find(|p| p.device == d)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_device("r1").outcome.as_deref(), Some("committed"));
     assert_eq!(halted.stage, 1, "stopped in the second stage");
     for d in ["r3", "r4"] {
@@ -542,7 +739,10 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
     for d in devices {
         let (status, body) = crate::common::http(
             reqwest::Client::new()
-                .get(format!("{}/v1/devices/{d}/results?limit=1000", collector.url()))
+                .get(format!(
+                    "{}/v1/devices/{d}/results?limit=1000",
+                    collector.url()
+                ))
                 .bearer_auth(format!("{d}-secret")),
         );
         assert_eq!(status, 200);
@@ -558,4 +758,86 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
         agent.shutdown();
     }
     collector.shutdown();
+}
+
+#[test]
+fn a_version_that_raises_drift_alarms_the_previous_never_raised_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate();
+    // Version 2 ships a reference profile of inverted digits: on the
+    // ordinary digits the device sees, its drift detector alarms. The
+    // device's own version watches drift too (same windows), quietly.
+    let runtime =
+        sluice::runtime::Runtime::start(crate::drift::example_config("digits", dir.path()))
+            .unwrap();
+    let pngs = crate::common::digit_pngs();
+    let profile_of = |images: &[Vec<u8>], name: &str| {
+        let observed = crate::drift::observe(&runtime, images, "image/png");
+        let pairs: Vec<_> = observed
+            .iter()
+            .map(|(i, o)| (i.as_slice(), o.as_slice()))
+            .collect();
+        let sha = runtime.model_sha256("digits").unwrap();
+        let profile = sluice::drift::Profile::build("digits", sha, "digits", &pairs).unwrap();
+        let path = dir.path().join(name);
+        profile.write(&path).unwrap();
+        path
+    };
+    let inverted: Vec<Vec<u8>> = pngs[200..]
+        .iter()
+        .map(|p| crate::drift::inverted(p))
+        .collect();
+    let wrong_profile = profile_of(&inverted, "inverted.profile.json");
+    let right_profile = profile_of(&pngs[200..], "digits.profile.json");
+    drop(runtime);
+    let mut v2 = example_table();
+    let set_profile = |table: &mut toml::Table, path: &Path| {
+        table["models"]["digits"]
+            .as_table_mut()
+            .unwrap()
+            .insert("profile".into(), path.to_str().unwrap().into());
+    };
+    set_profile(&mut v2, &wrong_profile);
+    let bundle = bundle_of(
+        dir.path(),
+        &write_config(dir.path(), "v2", &v2),
+        2,
+        Some(&key),
+    );
+    let mut base = example_table();
+    set_profile(&mut base, &right_profile);
+    // A false alarm under the old version would excuse the new one: make
+    // one all but impossible (the inverted profile still alarms at once).
+    base.insert(
+        "drift".into(),
+        toml::toml! {
+            window_items = 10
+            false_alarm_rate = 1e-6
+        }
+        .into(),
+    );
+
+    let agent = device(dir.path(), &base, &key);
+    accept(&agent, &pngs[..20]);
+    wait_until(&agent, "quiet windows", |all| {
+        of_kind(all, "drift-window").len() == 2
+    });
+    drop_into(&dir.path().join("drop"), &bundle, "v2");
+    wait_until(&agent, "the install", |all| installs(all, "installed") == 1);
+    accept(&agent, &pngs[20..60]);
+    let all = wait_until(&agent, "the rollback", |all| {
+        installs(all, "rolled-back") == 1
+    });
+    let rollback = of_kind(&all, "install")
+        .into_iter()
+        .find(|r| r["outcome"] == "rolled-back")
+        .unwrap();
+    let reason = rollback["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("drift alarm")
+            && reason.contains("none in the 2 window(s) of the version before"),
+        "{reason}"
+    );
+    assert_eq!(installs(&all, "committed"), 0);
+    agent.shutdown();
 }

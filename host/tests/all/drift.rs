@@ -148,7 +148,12 @@ pub(crate) fn write_profile(
     path
 }
 
-pub(crate) fn accept(agent: &sluice::agent::Agent, pipeline: &str, items: &[Vec<u8>], content_type: &str) {
+pub(crate) fn accept(
+    agent: &sluice::agent::Agent,
+    pipeline: &str,
+    items: &[Vec<u8>],
+    content_type: &str,
+) {
     let inputs: Vec<NewInput> = items
         .iter()
         .map(|data| NewInput {
@@ -403,7 +408,10 @@ fn anomaly_drift_windows_stay_quiet_on_held_out_records_and_alarm_on_scaled_ones
         let scores = w["scores"].as_array().unwrap();
         assert_eq!(scores.len(), 62, "{w}");
         for pair in scores.chunks(2) {
-            assert_eq!((&pair[0]["statistic"], &pair[1]["statistic"]), (&"psi".into(), &"ks".into()));
+            assert_eq!(
+                (&pair[0]["statistic"], &pair[1]["statistic"]),
+                (&"psi".into(), &"ks".into())
+            );
             assert_eq!(pair[0]["feature"], pair[1]["feature"]);
         }
     }
@@ -575,7 +583,12 @@ fn false_alarm_rate_on_held_out_data_is_at_most_the_configured_one_and_shifts_ar
         ("digits inverted", &clean, &inverted, 225),
         ("digits blurred", &clean, &blurred, 225),
         ("anomaly scaled x1.3", &tabular, &tabular_scaled, 100),
-        ("anomaly one feature offset by 2 sd", &tabular, &tabular_offset, 100),
+        (
+            "anomaly one feature offset by 2 sd",
+            &tabular,
+            &tabular_offset,
+            100,
+        ),
     ] {
         let mut caught = Vec::new();
         for n in [5, 10, 20, 40] {

@@ -138,7 +138,11 @@ fn the_dashboard_in_a_real_browser_flags_the_agent_fed_a_shifted_stream() {
         .iter()
         .map(|d| (d["device"].as_str().unwrap(), d["state"].as_str().unwrap()))
         .collect();
-    assert_eq!(states, [("gw-clean", "ok"), ("gw-shifted", "drift")], "{view}");
+    assert_eq!(
+        states,
+        [("gw-clean", "ok"), ("gw-shifted", "drift")],
+        "{view}"
+    );
     // Each reported the backlog its last batch left: none.
     for device in view["devices"].as_array().unwrap() {
         assert_eq!(device["status"]["pending_records"], 0, "{device}");
@@ -149,8 +153,14 @@ fn the_dashboard_in_a_real_browser_flags_the_agent_fed_a_shifted_stream() {
     let dom = run_chromium(&chromium, profile.path(), &["--dump-dom"], &url);
     // The redirect took the token out and the cookie let the page in.
     assert!(dom.contains("<h1>Sluice fleet</h1>"), "{dom}");
-    assert!(dom.contains("data-device=\"gw-clean\" data-state=\"ok\""), "{dom}");
-    assert!(dom.contains("data-device=\"gw-shifted\" data-state=\"drift\""), "{dom}");
+    assert!(
+        dom.contains("data-device=\"gw-clean\" data-state=\"ok\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("data-device=\"gw-shifted\" data-state=\"drift\""),
+        "{dom}"
+    );
     assert!(dom.contains("2 devices: 1 ok, 0 stale, 1 drift"), "{dom}");
 
     // The drifted device's page, through the same cookie (same profile):
@@ -161,15 +171,29 @@ fn the_dashboard_in_a_real_browser_flags_the_agent_fed_a_shifted_stream() {
         &["--dump-dom"],
         &format!("{}/dashboard/devices/gw-shifted", collector.url()),
     );
-    assert!(dom.contains("data-pipeline=\"digits\" data-alarm=\"true\""), "{dom}");
-    assert!(dom.contains("<svg") && dom.contains("class=\"alarm\""), "{dom}");
-    assert!(dom.contains("input.input["), "the drifted features are named: {dom}");
+    assert!(
+        dom.contains("data-pipeline=\"digits\" data-alarm=\"true\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<svg") && dom.contains("class=\"alarm\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("input.input["),
+        "the drifted features are named: {dom}"
+    );
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fleet-dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let screenshot = format!("--screenshot={}", shot.display());
     let fresh = tempfile::tempdir().unwrap();
-    run_chromium(&chromium, fresh.path(), &[&screenshot, "--window-size=1280,900"], &url);
+    run_chromium(
+        &chromium,
+        fresh.path(),
+        &[&screenshot, "--window-size=1280,900"],
+        &url,
+    );
     let png =
         std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
     assert!(

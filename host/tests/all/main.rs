@@ -7,8 +7,8 @@ mod common;
 mod fault_proxy;
 
 mod agent;
-mod bundles;
 mod bundled_plugins;
+mod bundles;
 mod cli;
 mod drift;
 mod fleet;
