@@ -184,17 +184,7 @@ async fn receive_batch(shared: Arc<Shared>, headers: HeaderMap, body: Body) -> R
     // Taken before reading, held until the answer: the memory of batches in
     // progress is bounded by this count times the per-batch limits.
     let Ok(permit) = shared.batches.clone().try_acquire_owned() else {
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{} batches are already in progress (collector flag --max-concurrent-batches); retry after {RETRY_AFTER_SECS} s",
-                limits.max_concurrent_batches
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-        return response;
+        return busy(limits);
     };
     let body = match sluice_serve::read_body(
         body,
@@ -519,12 +509,46 @@ async fn get_bundle(
     if let Err(response) = authorize(&shared, &headers, &device) {
         return response;
     }
+    // A bundle is read whole (up to `rollout::MAX_BUNDLE_BYTES`): it takes
+    // one of the permits of batches in progress, so devices asking at once
+    // cannot hold more memory than as many batches.
+    let Ok(permit) = shared.batches.clone().try_acquire_owned() else {
+        return busy(&shared.limits);
+    };
     let seen = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    blocking(move || match shared.store.bundle_for(&device) {
+    blocking(move || {
+        let _permit: OwnedSemaphorePermit = permit;
+        bundle_answer(shared.store.bundle_for(&device), &seen)
+    })
+    .await
+}
+
+/// `503` with `Retry-After`: every permit of batches (and bundle
+/// downloads) in progress is taken.
+fn busy(limits: &Limits) -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{} batches or bundle downloads are already in progress (collector flag --max-concurrent-batches); retry after {RETRY_AFTER_SECS} s",
+            limits.max_concurrent_batches
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
+}
+
+/// The answer to a device asking for its bundle (`seen`: its `If-None-Match`).
+fn bundle_answer(
+    offered: Result<Option<(String, u64, String, Vec<u8>)>, crate::store::StoreError>,
+    seen: &str,
+) -> Response {
+    match offered {
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Ok(Some((name, version, sha256, body))) => {
             let etag = format!("\"{sha256}\"");
@@ -545,8 +569,7 @@ async fn get_bundle(
                 .into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    })
-    .await
+    }
 }
 
 #[derive(Deserialize)]
