@@ -34,4 +34,4 @@ mod verify;
 
 pub use manifest::{FORMAT, FileEntry, Manifest, Validation};
 pub use sign::{SignError, sign};
-pub use verify::{Policy, Refusal, Verified, sha256_of, verify};
+pub use verify::{Policy, Refusal, Verified, sha256_of, stamp, verify};

@@ -116,7 +116,8 @@ pub enum Refusal {
     },
 }
 
-fn stamp(ms: i64) -> String {
+/// `ms` since the Unix epoch as an RFC 3339 UTC time (to the second).
+pub fn stamp(ms: i64) -> String {
     u64::try_from(ms)
         .map(|ms| {
             humantime::format_rfc3339_seconds(

@@ -189,11 +189,7 @@ pub fn fleet(view: &FleetView, rollouts: &[crate::rollout::Rollout]) -> String {
             "<h2>Rollouts</h2><table id=\"rollouts\"><thead><tr><th>Rollout</th><th>Bundle</th><th>State</th><th>Stage</th><th>Offered</th><th>Committed</th><th>Why</th></tr></thead><tbody>\n",
         );
         for r in rollouts {
-            let committed = r
-                .devices
-                .iter()
-                .filter(|d| d.outcome.as_deref() == Some("committed"))
-                .count();
+            let committed = r.committed();
             let _ = writeln!(
                 html,
                 "<tr class=\"rollout\" data-rollout=\"{}\" data-state=\"{}\"><td>{}</td><td>{} v{}</td><td>{}</td><td>{} of {} ({} %)</td><td>{}</td><td>{} of {}</td><td>{}</td></tr>",

@@ -196,11 +196,7 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
                 println!("no rollouts");
             }
             for r in rollouts {
-                let committed = r
-                    .devices
-                    .iter()
-                    .filter(|d| d.outcome.as_deref() == Some("committed"))
-                    .count();
+                let committed = r.committed();
                 println!(
                     "rollout {}: `{}` version {}: {}, stage {} of {} ({} %), {committed} of {} device(s) committed{}",
                     r.id,

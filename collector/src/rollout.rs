@@ -136,6 +136,16 @@ pub struct Rollout {
     pub devices: Vec<DeviceProgress>,
 }
 
+impl Rollout {
+    /// How many of its devices committed the version.
+    pub fn committed(&self) -> usize {
+        self.devices
+            .iter()
+            .filter(|d| d.outcome.as_deref() == Some("committed"))
+            .count()
+    }
+}
+
 /// Devices in the first `stage + 1` stages of `n` devices.
 pub fn reached(n: usize, stages: &[u32], stage: usize) -> usize {
     let percent = stages.get(stage).copied().unwrap_or(100).min(100) as usize;

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use sluice::bundle::{BuildRequest, WIT_PACKAGE};
 use sluice_bundle::archive::{self, Limits, Unpacked};
 use sluice_bundle::keys::{PublicKey, SecretKey};
-use sluice_bundle::{Manifest, Policy};
+use sluice_bundle::{Manifest, Policy, stamp};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -181,15 +181,4 @@ pub fn inspect(bundle: &Path, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn stamp(ms: i64) -> String {
-    u64::try_from(ms)
-        .map(|ms| {
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-            )
-            .to_string()
-        })
-        .unwrap_or_else(|_| format!("{ms} ms"))
 }

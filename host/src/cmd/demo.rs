@@ -237,12 +237,22 @@ pub fn run(
         println!("  problem:     {problem}");
     }
     if dashboard {
+        // Listen for Ctrl-C before saying so: a Ctrl-C between the two
+        // would otherwise kill the demo instead of stopping it.
+        #[cfg(unix)]
+        let mut interrupt = {
+            let _runtime = tokio.enter();
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?
+        };
         println!(
             "  fleet view:  {}/dashboard?token={} (serving until Ctrl-C)",
             collector.url, collector.operator_token
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
+        #[cfg(unix)]
+        tokio.block_on(interrupt.recv());
+        #[cfg(not(unix))]
         tokio.block_on(tokio::signal::ctrl_c())?;
     } else {
         println!(

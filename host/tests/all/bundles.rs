@@ -3,16 +3,9 @@
 //! sign, verify; and what a device would refuse: unsigned, an unknown key,
 //! a replay of the installed version.
 
-use crate::common::repo_root;
+use crate::common::{repo_root, sluice};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .output()
-        .expect("run sluice")
-}
+use std::process::Output;
 
 fn text(output: &Output) -> String {
     format!(
@@ -235,18 +228,6 @@ pub(crate) fn write_config(dir: &Path, name: &str, table: &toml::Table) -> PathB
     path
 }
 
-/// The first `n` held-out digit images.
-fn validation_files(n: usize) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("models/digits/heldout"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
-    files.truncate(n);
-    files
-}
-
 /// A signed bundle of `config`'s digits pipeline at `version`.
 pub(crate) fn bundle_of(
     dir: &Path,
@@ -260,7 +241,7 @@ pub(crate) fn bundle_of(
         pipeline: None,
         version,
         expires_in: Duration::from_secs(3600),
-        validation_inputs: validation_files(8),
+        validation_inputs: crate::common::digit_png_paths()[..8].to_vec(),
         validation: Default::default(),
         data_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle-data")),
         out: out.clone(),
@@ -309,19 +290,6 @@ fn accept(agent: &sluice::agent::Agent, images: &[Vec<u8>]) {
     agent.accept(&inputs).unwrap();
 }
 
-/// Every record in the agent's outbox, in `seq` order.
-fn records(agent: &sluice::agent::Agent) -> Vec<serde_json::Value> {
-    let conn = rusqlite::Connection::open(agent.outbox().path()).unwrap();
-    let mut statement = conn.prepare("SELECT body FROM records").unwrap();
-    let mut all: Vec<serde_json::Value> = statement
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(|body| serde_json::from_slice(&body.unwrap()).unwrap())
-        .collect();
-    all.sort_by_key(|r| r["seq"].as_i64().unwrap());
-    all
-}
-
 fn of_kind<'a>(all: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
     all.iter()
         .filter(|r| r["kind"].as_str().unwrap_or("result") == kind)
@@ -336,7 +304,7 @@ fn wait_until(
 ) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let all = records(agent);
+        let all = crate::common::outbox_records(agent);
         if done(&all) {
             return all;
         }
@@ -588,42 +556,23 @@ fn a_bundle_that_traps_fails_validation_or_does_not_start_is_refused_before_any_
     });
 
     let agent = device(dir.path(), &base, &key);
-    drop_into(&dir.path().join("drop"), &trapping, "0-trapping");
-    let all = wait_until(&agent, "the trap's refusal", |all| {
-        installs(all, "refused") == 1
-    });
-    let reason = of_kind(&all, "install")[0]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        reason.contains("failed validation") && reason.contains("memory cap"),
-        "{reason}"
-    );
-    drop_into(&dir.path().join("drop"), &wrong, "a-wrong");
-    let all = wait_until(&agent, "the second refusal", |all| {
-        installs(all, "refused") == 2
-    });
-    let reason = of_kind(&all, "install")[1]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        reason.contains("failed validation") && reason.contains(".top[0].label"),
-        "{reason}"
-    );
-    drop_into(&dir.path().join("drop"), &broken, "b-broken");
-    let all = wait_until(&agent, "the third refusal", |all| {
-        installs(all, "refused") == 3
-    });
-    let reason = of_kind(&all, "install")[2]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        reason.contains("does not start") && reason.contains("digits-pre"),
-        "{reason}"
-    );
+    let mut all = Vec::new();
+    for (n, (bundle, name, why)) in [
+        (&trapping, "0-trapping", ["failed validation", "memory cap"]),
+        (&wrong, "a-wrong", ["failed validation", ".top[0].label"]),
+        (&broken, "b-broken", ["does not start", "digits-pre"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        drop_into(&dir.path().join("drop"), bundle, name);
+        all = wait_until(&agent, name, |all| installs(all, "refused") == n + 1);
+        let reason = of_kind(&all, "install")[n]["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(why.iter().all(|w| reason.contains(w)), "{name}: {reason}");
+    }
     assert_eq!(installs(&all, "installed"), 0);
     accept(&agent, &crate::common::digit_pngs()[..5]);
     let all = wait_until(&agent, "5 results", |all| of_kind(all, "result").len() == 5);

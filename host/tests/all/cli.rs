@@ -1,14 +1,8 @@
 //! The `sluice` binary as a user runs it.
 
+use crate::common::sluice;
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .output()
-        .expect("run sluice")
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -100,8 +100,9 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// The 450 held-out digit images (`models/digits/heldout`), in file order.
-pub fn digit_pngs() -> Vec<Vec<u8>> {
+/// The paths of the 450 held-out digit images (`models/digits/heldout`),
+/// in file order.
+pub fn digit_png_paths() -> Vec<PathBuf> {
     let dir = repo_root().join("models/digits/heldout");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -110,5 +111,34 @@ pub fn digit_pngs() -> Vec<Vec<u8>> {
         .collect();
     files.sort();
     assert_eq!(files.len(), 450);
-    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    files
+}
+
+/// The 450 held-out digit images, in file order.
+pub fn digit_pngs() -> Vec<Vec<u8>> {
+    digit_png_paths()
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect()
+}
+
+/// Run the `sluice` binary with `args`.
+pub fn sluice(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice")
+}
+
+/// Every record in `agent`'s outbox, in `seq` order.
+pub fn outbox_records(agent: &sluice::agent::Agent) -> Vec<serde_json::Value> {
+    let conn = rusqlite::Connection::open(agent.outbox().path()).unwrap();
+    let mut statement = conn.prepare("SELECT body FROM records").unwrap();
+    let mut all: Vec<serde_json::Value> = statement
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|body| serde_json::from_slice(&body.unwrap()).unwrap())
+        .collect();
+    all.sort_by_key(|r| r["seq"].as_i64().unwrap());
+    all
 }

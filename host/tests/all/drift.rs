@@ -203,16 +203,7 @@ fn windows_of(records: &[serde_json::Value]) -> Vec<serde_json::Value> {
 
 /// Drift-window records in the agent's outbox, in `seq` order.
 fn outbox_windows(agent: &sluice::agent::Agent) -> Vec<serde_json::Value> {
-    let conn = rusqlite::Connection::open(agent.outbox().path()).unwrap();
-    let mut statement = conn.prepare("SELECT body FROM records").unwrap();
-    let mut windows: Vec<serde_json::Value> = statement
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(|body| serde_json::from_slice::<serde_json::Value>(&body.unwrap()).unwrap())
-        .filter(|r| r["kind"] == "drift-window")
-        .collect();
-    windows.sort_by_key(|w| w["seq"].as_i64().unwrap());
-    windows
+    windows_of(&crate::common::outbox_records(agent))
 }
 
 fn drifted(window: &serde_json::Value) -> Vec<String> {
