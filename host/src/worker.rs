@@ -96,31 +96,26 @@ impl Health {
 
 /// The deployment a worker runs now. An install swaps it; the worker takes
 /// the new one at its next group (the group in flight finishes on the old).
-#[derive(Default)]
-pub struct Slot(Mutex<Option<Arc<Deployment>>>);
+pub struct Slot(Mutex<Arc<Deployment>>);
 
 impl Slot {
     /// A slot holding `deployment`.
     pub fn new(deployment: Deployment) -> Slot {
-        Slot(Mutex::new(Some(Arc::new(deployment))))
+        Slot(Mutex::new(Arc::new(deployment)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Deployment>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What runs now.
     pub fn current(&self) -> Arc<Deployment> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .expect("a slot always holds a deployment")
+        self.lock().clone()
     }
 
     /// Run `deployment` from the next group on; the one it replaces.
     pub fn swap(&self, deployment: Arc<Deployment>) -> Arc<Deployment> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(deployment)
-            .expect("a slot always holds a deployment")
+        std::mem::replace(&mut *self.lock(), deployment)
     }
 }
 

@@ -343,6 +343,11 @@ impl Installer {
             .map(|s| format!("\"{s}\""))
             .collect();
         let limit = Limits::default().max_bytes;
+        // Written to disk as it arrives: a bundle may be far larger than
+        // the memory a small device can spare.
+        let path = self
+            .dir
+            .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
         let fetched = tokio.block_on(async {
             let mut response = client
                 .get(&url)
@@ -353,40 +358,32 @@ impl Installer {
                 .map_err(|e| e.to_string())?;
             match response.status().as_u16() {
                 200 => {}
-                204 | 304 => return Ok(None),
+                204 | 304 => return Ok(false),
                 status => return Err(format!("answered {status}")),
             }
             if response.content_length().is_some_and(|n| n > limit) {
                 return Err(format!("offered a bundle over {limit} bytes"));
             }
-            let mut body = Vec::new();
+            let mut file = std::fs::File::create(&path)
+                .map_err(|e| format!("cannot keep it at {}: {e}", path.display()))?;
+            let mut written = 0u64;
             while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-                body.extend_from_slice(&chunk);
-                if body.len() as u64 > limit {
+                written += chunk.len() as u64;
+                if written > limit {
                     return Err(format!("offered a bundle over {limit} bytes"));
                 }
+                std::io::Write::write_all(&mut file, &chunk)
+                    .map_err(|e| format!("cannot keep it at {}: {e}", path.display()))?;
             }
-            Ok(Some(body))
+            Ok(true)
         });
         match fetched {
-            Ok(None) => {}
-            Ok(Some(body)) => {
-                let path = self
-                    .dir
-                    .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
-                if let Err(e) = std::fs::write(&path, &body) {
-                    tracing::warn!(
-                        "cannot keep the bundle from the collector at {}: {e}",
-                        path.display()
-                    );
-                    return;
-                }
-                // Refusals are reported by `offer`.
-                let _ = self.offer(&path);
-                let _ = std::fs::remove_file(&path);
-            }
+            Ok(false) => {}
+            // Refusals are reported by `offer`.
+            Ok(true) => drop(self.offer(&path)),
             Err(e) => tracing::warn!("asking {url} for a bundle: {e}"),
         }
+        let _ = std::fs::remove_file(&path);
     }
 
     fn scan(&mut self) {
@@ -596,24 +593,25 @@ impl Installer {
     }
 
     fn commit(&mut self, name: &str) {
-        let p = self.probation.remove(name).expect("on probation");
         crash_point("committing");
+        let before = self.state.clone();
         let ps = self.state.pipelines.entry(name.to_owned()).or_default();
         if let Some(current) = &mut ps.current {
             current.committed = true;
         }
+        let old = ps.last_good.take();
+        if let Err(e) = self.save() {
+            // Still on probation, on disk and here: tried again next tick
+            // (and rolled back at a restart, as an unconfirmed version is).
+            self.state = before;
+            tracing::error!(pipeline = name, "cannot record a commit: {e}");
+            return;
+        }
+        let p = self.probation.remove(name).expect("on probation");
         // The version before is no longer needed once this one proved good.
-        if let Some(old) = ps.last_good.take() {
+        if let Some(old) = old {
             self.garbage
                 .push((self.dir.join(&old.dir), Arc::downgrade(&p.previous)));
-        }
-        if let Err(e) = self.save() {
-            tracing::error!(
-                pipeline = name,
-                "cannot record the commit of version {}: {e}",
-                p.version
-            );
-            return;
         }
         tracing::info!(pipeline = name, version = p.version, "bundle committed");
         self.metrics.install(name, "committed");

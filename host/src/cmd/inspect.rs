@@ -166,5 +166,13 @@ pub fn plugin_inspect(file: &str, config: Option<(&Path, &str)>, json: bool) -> 
     } else {
         println!("plugin:   {file}\n{report}");
     }
+    // The report is printed either way; the exit code says whether Sluice
+    // can run it (scripts and build steps check it).
+    if let Some(e) = &report.link_error {
+        bail!("{file} cannot run in Sluice: it does not link: {e}");
+    }
+    if report.world.is_none() {
+        bail!("{file} cannot run in Sluice: it exports no sluice:plugin interface");
+    }
     Ok(())
 }

@@ -169,6 +169,28 @@ fn plugin_inspect_describes_every_bundled_plugin() {
 }
 
 #[test]
+fn plugin_inspect_exits_non_zero_for_a_component_sluice_cannot_run() {
+    // A plain WASI command: it links, but it is no Sluice plugin.
+    let path = crate::common::plugin_path("not-a-plugin");
+    let out = sluice(&["plugin", "inspect", path.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("world:    none"),
+        "the report is still printed"
+    );
+    assert!(
+        stderr(&out).contains("cannot run in Sluice"),
+        "{}",
+        stderr(&out)
+    );
+    // JSON too: the report on stdout, the verdict in the exit code.
+    let out = sluice(&["plugin", "inspect", path.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["world"].is_null());
+}
+
+#[test]
 fn plugin_inspect_shows_the_grants_of_a_configuration() {
     let config = concat!(
         env!("CARGO_MANIFEST_DIR"),
