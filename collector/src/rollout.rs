@@ -410,28 +410,37 @@ pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<V
 }
 
 /// The bundle `device` should be offered: `(name, version, sha256, body)`
-/// of a running rollout whose reached stages include it.
+/// of a running rollout whose reached stages include it. Asked by every
+/// device at every poll: it reads the running rollouts' device lists, not
+/// every device's progress.
 pub(crate) fn offer(
     conn: &Connection,
     device: &str,
 ) -> rusqlite::Result<Option<(String, u64, String, Vec<u8>)>> {
-    for rollout in list(conn, Some("running"))? {
-        let mine = rollout
-            .devices
-            .iter()
-            .any(|d| d.device == device && d.offered);
-        if !mine {
+    let mut running = conn.prepare_cached(
+        "SELECT name, version, devices, stages, stage FROM rollouts WHERE state = 'running' ORDER BY id",
+    )?;
+    let rollouts: Vec<(String, i64, String, String, i64)> = running
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (name, version, devices, stages, stage) in rollouts {
+        let devices: Vec<String> = serde_json::from_str(&devices).unwrap_or_default();
+        let stages: Vec<u32> = serde_json::from_str(&stages).unwrap_or_else(|_| vec![100]);
+        let n = reached(devices.len(), &stages, stage.max(0) as usize);
+        if !devices[..n].iter().any(|d| d == device) {
             continue;
         }
         let bundle: Option<(String, Vec<u8>)> = conn
             .query_row(
                 "SELECT sha256, body FROM bundles WHERE name = ?1 AND version = ?2",
-                params![rollout.name, rollout.version as i64],
+                params![name, version],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         if let Some((sha256, body)) = bundle {
-            return Ok(Some((rollout.name, rollout.version, sha256, body)));
+            return Ok(Some((name, version.max(0) as u64, sha256, body)));
         }
     }
     Ok(None)

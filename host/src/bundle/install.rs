@@ -114,6 +114,9 @@ struct Candidate {
     len: u64,
     modified: Option<std::time::SystemTime>,
     since: Instant,
+    /// Its SHA-256 once settled: a file left in the folder (a stick never
+    /// removed) is hashed once, not at every look.
+    sha256: Option<String>,
 }
 
 /// Installs bundles into a running agent's pipelines.
@@ -287,7 +290,7 @@ impl Installer {
 
     /// Offer `bundle` (a file) now, bypassing the drop folder: what the
     /// folder scan does for each settled file.
-    pub fn offer(&mut self, bundle: &Path) -> Result<(), InstallError> {
+    pub(crate) fn offer(&mut self, bundle: &Path) -> Result<(), InstallError> {
         let (_, sha256) = sluice_bundle::sha256_of(bundle).map_err(io(bundle))?;
         // Unpacked where it will stay if it is installed (a running
         // version's files never move); a crash before the state names it
@@ -406,23 +409,24 @@ impl Installer {
                 continue;
             };
             let (len, modified) = (meta.len(), meta.modified().ok());
-            let candidate = self.candidates.entry(path.clone()).or_insert(Candidate {
+            let fresh = || Candidate {
                 len,
                 modified,
                 since: Instant::now(),
-            });
+                sha256: None,
+            };
+            let candidate = self.candidates.entry(path.clone()).or_insert_with(fresh);
             if candidate.len != len || candidate.modified != modified {
-                *candidate = Candidate {
-                    len,
-                    modified,
-                    since: Instant::now(),
-                };
+                *candidate = fresh();
                 continue;
             }
             if candidate.since.elapsed() < settle {
                 continue;
             }
-            let Ok((_, sha256)) = sluice_bundle::sha256_of(&path) else {
+            if candidate.sha256.is_none() {
+                candidate.sha256 = sluice_bundle::sha256_of(&path).ok().map(|(_, sha)| sha);
+            }
+            let Some(sha256) = candidate.sha256.clone() else {
                 continue;
             };
             if self.state.seen.contains(&sha256) {

@@ -1,7 +1,8 @@
 //! Bundles on the device: making one from a working configuration
 //! (`sluice bundle build`, [`build()`]) and installing one while the agent
-//! runs ([`Installer`]). The format, the keys and the checks a device makes
-//! before trusting a bundle are in `sluice-bundle`.
+//! runs (`install.rs`, started by the agent when `[bundles]` pins a key).
+//! The format, the keys and the checks a device makes before trusting a
+//! bundle are in `sluice-bundle`.
 //!
 //! A bundle carries one pipeline whole: its two plugins (a `bundled:NAME`
 //! plugin is written out as the component embedded in the building binary,
@@ -35,7 +36,8 @@ mod install;
 mod state;
 
 pub use build::{BuildError, BuildRequest, build};
-pub use install::{InstallError, Installer};
+pub use install::InstallError;
+pub(crate) use install::Installer;
 pub use state::{Installed, PipelineState, State};
 
 use serde::{Deserialize, Serialize};
