@@ -146,6 +146,14 @@ impl Rollout {
     }
 }
 
+/// A rollout's devices and stages, as stored (JSON text).
+fn plan(devices: &str, stages: &str) -> (Vec<String>, Vec<u32>) {
+    (
+        serde_json::from_str(devices).unwrap_or_default(),
+        serde_json::from_str(stages).unwrap_or_else(|_| vec![100]),
+    )
+}
+
 /// Devices in the first `stage + 1` stages of `n` devices.
 pub fn reached(n: usize, stages: &[u32], stage: usize) -> usize {
     let percent = stages.get(stage).copied().unwrap_or(100).min(100) as usize;
@@ -374,8 +382,7 @@ pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<V
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for (id, name, version, devices, stages, stage, state, reason, created_ms, updated_ms) in rows {
-        let devices: Vec<String> = serde_json::from_str(&devices).unwrap_or_default();
-        let stages: Vec<u32> = serde_json::from_str(&stages).unwrap_or_else(|_| vec![100]);
+        let (devices, stages) = plan(&devices, &stages);
         let stage = stage.max(0) as usize;
         let n = reached(devices.len(), &stages, stage);
         let mut progress = Vec::with_capacity(devices.len());
@@ -426,8 +433,7 @@ pub(crate) fn offer(
         })?
         .collect::<Result<_, _>>()?;
     for (name, version, devices, stages, stage) in rollouts {
-        let devices: Vec<String> = serde_json::from_str(&devices).unwrap_or_default();
-        let stages: Vec<u32> = serde_json::from_str(&stages).unwrap_or_else(|_| vec![100]);
+        let (devices, stages) = plan(&devices, &stages);
         let n = reached(devices.len(), &stages, stage.max(0) as usize);
         if !devices[..n].iter().any(|d| d == device) {
             continue;

@@ -269,6 +269,7 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
             bytes,
         });
     }
+    // Half the device's bound: headroom for the archive's headers.
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     if total > limits.max_bytes / 2 {
         return Err(BuildError::TooLarge {

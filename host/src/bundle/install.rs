@@ -297,10 +297,13 @@ impl Installer {
         // leaves a folder that the next start deletes.
         let relative = PathBuf::from("v").join(format!("b-{:016x}", rand::random::<u64>()));
         let staging = self.dir.join(&relative);
-        let result = self.install(bundle, &sha256, &relative);
+        // Name and version as the manifest claims them (unverified), for a
+        // refusal's record; none when the file is not even a bundle.
+        let mut claimed = None;
+        let result = self.install(bundle, &sha256, &relative, &mut claimed);
         if let Err(e) = &result {
             let _ = std::fs::remove_dir_all(&staging);
-            let (name, version) = peek(bundle, &staging).unwrap_or_default();
+            let (name, version) = claimed.unwrap_or_default();
             tracing::warn!(bundle = %bundle.display(), "bundle refused: {e}");
             self.state.saw(&sha256);
             self.save()?;
@@ -444,6 +447,7 @@ impl Installer {
         bundle: &Path,
         sha256: &str,
         relative: &Path,
+        claimed_as: &mut Option<(String, u64)>,
     ) -> Result<(), InstallError> {
         let unpacked = archive::unpack(bundle, &self.dir.join(relative), &Limits::default())?;
         crash_point("staged");
@@ -454,6 +458,7 @@ impl Installer {
                 bundle: bundle.to_owned(),
                 reason: e.to_string(),
             })?;
+        *claimed_as = Some((claimed.name.clone(), claimed.version));
         let highest = self
             .state
             .pipelines
@@ -731,16 +736,6 @@ fn drift_regression(p: &Probation) -> Option<String> {
             "drift alarm in {alarms} of {windows} window(s) on probation, none in the {before} window(s) of the version before"
         )
     })
-}
-
-/// Name and version a bundle claims (unverified), for a refusal's record.
-fn peek(bundle: &Path, staging: &Path) -> Option<(String, u64)> {
-    let dir = staging.with_extension("peek");
-    let _ = std::fs::remove_dir_all(&dir);
-    let unpacked = archive::unpack(bundle, &dir, &Limits::default());
-    let _ = std::fs::remove_dir_all(&dir);
-    let manifest: Manifest = serde_json::from_slice(&unpacked.ok()?.manifest).ok()?;
-    Some((manifest.name, manifest.version))
 }
 
 /// The device's configuration with pipeline `name` (only) as the bundle at

@@ -428,20 +428,26 @@ fn upscaled(png: &[u8]) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A device configuration that resizes whatever image it gets, and a signed
+/// version 2 (the example as it is) that insists on 8 x 8: its validation
+/// set (8 x 8 digits) passes, larger images fail on it.
+fn tolerant_device_and_strict_v2(dir: &Path, key: &SecretKey) -> (toml::Table, PathBuf) {
+    let mut base = example_table();
+    base["plugins"]["digits-pre"]["config"]["resize"] = "exact".into();
+    let v2 = bundle_of(
+        dir,
+        &write_config(dir, "v2", &example_table()),
+        2,
+        Some(key),
+    );
+    (base, v2)
+}
+
 #[test]
 fn a_version_that_fails_on_live_traffic_is_rolled_back_and_every_result_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate();
-    // The device resizes whatever it gets; version 2 insists on 8 x 8,
-    // which its validation set (8 x 8 digits) cannot show.
-    let mut base = example_table();
-    base["plugins"]["digits-pre"]["config"]["resize"] = "exact".into();
-    let v2 = bundle_of(
-        dir.path(),
-        &write_config(dir.path(), "v2", &example_table()),
-        2,
-        Some(&key),
-    );
+    let (base, v2) = tolerant_device_and_strict_v2(dir.path(), &key);
 
     let agent = device(dir.path(), &base, &key);
     drop_into(&dir.path().join("drop"), &v2, "v2");
@@ -606,16 +612,8 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
         tokens,
     )
     .unwrap();
-    // Every device resizes what it gets; version 2 insists on 8 x 8, which
-    // r2's camera (16 x 16) does not give: r2 will roll it back.
-    let mut base = example_table();
-    base["plugins"]["digits-pre"]["config"]["resize"] = "exact".into();
-    let v2 = bundle_of(
-        dir.path(),
-        &write_config(dir.path(), "v2", &example_table()),
-        2,
-        Some(&key),
-    );
+    // r2's camera (16 x 16) breaks version 2: r2 will roll it back.
+    let (base, v2) = tolerant_device_and_strict_v2(dir.path(), &key);
     let agents: Vec<sluice::agent::Agent> = devices
         .iter()
         .map(|d| {
