@@ -17,7 +17,7 @@
 //!   their protocol types still stores (the collector stores any record
 //!   with a valid header) and counts toward nothing here.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::store::sql::{SqlError, SqlRow, Tx, args};
 use serde::Deserialize;
 use sluice_protocol::{
     BacklogPoint, DeviceState, DeviceStatus, DriftPoint, DriftScore, DriftState, FleetSummary,
@@ -44,96 +44,6 @@ pub const MAX_TEXT_BYTES: usize = 200;
 pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 const MINUTE_MS: i64 = 60_000;
-
-/// The tables of schema 3 (added to schema 2's).
-pub(crate) const TABLES: &str = "
-CREATE TABLE fleet_devices(
-    device TEXT PRIMARY KEY,
-    last_seen_ms INTEGER NOT NULL,
-    records INTEGER NOT NULL DEFAULT 0,
-    status TEXT,
-    sluice_version TEXT
-);
-CREATE TABLE fleet_traffic(
-    device TEXT NOT NULL,
-    minute_ms INTEGER NOT NULL,
-    ok INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    PRIMARY KEY(device, minute_ms)
-) WITHOUT ROWID;
-CREATE TABLE fleet_backlog(
-    device TEXT NOT NULL,
-    minute_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    pending_records INTEGER NOT NULL,
-    journal_items INTEGER NOT NULL,
-    set_aside_records INTEGER NOT NULL,
-    PRIMARY KEY(device, minute_ms)
-) WITHOUT ROWID;
-CREATE TABLE fleet_versions(
-    device TEXT NOT NULL,
-    what TEXT NOT NULL,
-    name TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    first_seen_ms INTEGER NOT NULL,
-    last_seen_ms INTEGER NOT NULL,
-    PRIMARY KEY(device, what, name, sha256)
-);
-CREATE TABLE fleet_drift(
-    device TEXT NOT NULL,
-    pipeline TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    alarm INTEGER NOT NULL,
-    window TEXT NOT NULL,
-    PRIMARY KEY(device, pipeline, seq)
-);
-CREATE INDEX fleet_drift_received ON fleet_drift(device, received_ms);
-CREATE TABLE fleet_drift_latest(
-    device TEXT NOT NULL,
-    pipeline TEXT NOT NULL,
-    received_ms INTEGER NOT NULL,
-    alarm INTEGER NOT NULL,
-    window TEXT NOT NULL,
-    PRIMARY KEY(device, pipeline)
-);
-";
-
-/// Schema 2 to 3, in the caller's transaction: the fleet tables, with what
-/// can be rebuilt from stored batches and results: each device's last seen
-/// and record count, and its throughput over the retention. Versions,
-/// backlog and drift start with the first batch after the upgrade (the
-/// records hold them, but rebuilding them is not worth a slow upgrade).
-pub(crate) fn migrate_2_to_3(
-    tx: &Transaction<'_>,
-    now: i64,
-    retention_ms: i64,
-) -> rusqlite::Result<()> {
-    tx.execute_batch(TABLES)?;
-    tx.execute(
-        "INSERT INTO fleet_devices(device, last_seen_ms, records)
-         SELECT b.device, MAX(b.received_at_ms), (SELECT COUNT(*) FROM results r WHERE r.device = b.device)
-         FROM batches b GROUP BY b.device",
-        [],
-    )?;
-    // The same minute as `bucket_time`, with arrival for "now".
-    tx.execute(
-        "INSERT INTO fleet_traffic(device, minute_ms, ok, errors)
-         SELECT device, (t / 60000) * 60000, SUM(failed IS NULL), SUM(failed IS NOT NULL) FROM (
-             SELECT device,
-                 CASE WHEN typeof(json_extract(body, '$.completed_at_ms')) = 'integer'
-                      AND json_extract(body, '$.completed_at_ms') BETWEEN received_at_ms - :retention AND received_at_ms + :skew
-                     THEN json_extract(body, '$.completed_at_ms') ELSE received_at_ms END AS t,
-                 json_extract(body, '$.error') AS failed
-             FROM results
-             WHERE received_at_ms >= :now - :retention AND json_valid(body)
-                 AND coalesce(json_extract(body, '$.kind'), 'result') = 'result'
-         ) WHERE t >= :now - :retention
-         GROUP BY device, (t / 60000) * 60000",
-        rusqlite::named_params! {":now": now, ":retention": retention_ms, ":skew": MAX_CLOCK_SKEW_MS},
-    )?;
-    Ok(())
-}
 
 /// Text cut to [`MAX_TEXT_BYTES`] on a character boundary.
 fn cut(text: &str) -> String {
@@ -302,13 +212,13 @@ impl BatchFacts {
 /// its `status`, in the batch's transaction, then drop what is past the
 /// retention or the caps.
 pub(crate) fn write(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     device: &str,
     now: i64,
     retention_ms: i64,
     status: Option<&DeviceStatus>,
     facts: &BatchFacts,
-) -> rusqlite::Result<()> {
+) -> Result<(), SqlError> {
     let status_json = status.map(|s| {
         let mut s = s.clone();
         s.sluice_version = cut(&s.sluice_version);
@@ -318,131 +228,148 @@ pub(crate) fn write(
         .map(|s| cut(&s.sluice_version))
         .filter(|v| !v.is_empty())
         .or_else(|| facts.sluice_version.clone());
-    tx.prepare_cached(
+    tx.exec(
         "INSERT INTO fleet_devices(device, last_seen_ms, records, status, sluice_version)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(device) DO UPDATE SET last_seen_ms = excluded.last_seen_ms,
-            records = records + excluded.records,
-            status = coalesce(excluded.status, status),
-            sluice_version = coalesce(excluded.sluice_version, sluice_version)",
-    )?
-    .execute(params![
-        device,
-        now,
-        facts.records as i64,
-        status_json,
-        version
-    ])?;
+            records = fleet_devices.records + excluded.records,
+            status = coalesce(excluded.status, fleet_devices.status),
+            sluice_version = coalesce(excluded.sluice_version, fleet_devices.sluice_version)",
+        args![
+            device,
+            now,
+            facts.records as i64,
+            status_json.as_deref(),
+            version.as_deref()
+        ],
+    )?;
     let cutoff = now - retention_ms;
     if let Some(s) = status {
-        tx.prepare_cached("INSERT OR REPLACE INTO fleet_backlog VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![
+        tx.exec(
+            "INSERT INTO fleet_backlog(device, minute_ms, received_ms, pending_records, journal_items, set_aside_records)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(device, minute_ms) DO UPDATE SET received_ms = excluded.received_ms,
+                pending_records = excluded.pending_records, journal_items = excluded.journal_items,
+                set_aside_records = excluded.set_aside_records",
+            args![
                 device,
                 now.div_euclid(MINUTE_MS) * MINUTE_MS,
                 now,
                 s.pending_records as i64,
                 s.journal_items as i64,
                 s.set_aside_records as i64
-            ])?;
+            ],
+        )?;
         if !s.sluice_version.is_empty() {
             upsert_version(tx, device, now, "sluice", &cut(&s.sluice_version), "")?;
         }
     }
-    {
-        let mut traffic = tx.prepare_cached(
-            "INSERT INTO fleet_traffic VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(device, minute_ms) DO UPDATE SET ok = ok + excluded.ok, errors = errors + excluded.errors",
+    for (minute, (ok, errors)) in &facts.traffic {
+        tx.exec(
+            "INSERT INTO fleet_traffic(device, minute_ms, ok, errors) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(device, minute_ms) DO UPDATE SET ok = fleet_traffic.ok + excluded.ok,
+                errors = fleet_traffic.errors + excluded.errors",
+            args![device, *minute, *ok as i64, *errors as i64],
         )?;
-        for (minute, (ok, errors)) in &facts.traffic {
-            traffic.execute(params![device, minute, *ok as i64, *errors as i64])?;
-        }
     }
     for (what, name, sha) in &facts.versions {
         upsert_version(tx, device, now, what, name, sha)?;
     }
-    {
-        let mut window = tx
-            .prepare_cached("INSERT OR REPLACE INTO fleet_drift VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-        let mut latest = tx.prepare_cached(
-            "INSERT OR REPLACE INTO fleet_drift_latest VALUES (?1, ?2, ?3, ?4, ?5)",
+    for w in &facts.windows {
+        let json = serde_json::to_string(w).expect("a window serializes");
+        tx.exec(
+            "INSERT INTO fleet_drift(device, pipeline, seq, received_ms, alarm, \"window\") VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(device, pipeline, seq) DO UPDATE SET received_ms = excluded.received_ms,
+                alarm = excluded.alarm, \"window\" = excluded.\"window\"",
+            args![device, &w.pipeline, w.seq, now, w.alarm, json.as_str()],
         )?;
-        for w in &facts.windows {
-            let json = serde_json::to_string(w).expect("a window serializes");
-            window.execute(params![device, w.pipeline, w.seq, now, w.alarm, json])?;
-            latest.execute(params![device, w.pipeline, now, w.alarm, json])?;
-        }
+        tx.exec(
+            "INSERT INTO fleet_drift_latest(device, pipeline, received_ms, alarm, \"window\") VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(device, pipeline) DO UPDATE SET received_ms = excluded.received_ms,
+                alarm = excluded.alarm, \"window\" = excluded.\"window\"",
+            args![device, &w.pipeline, now, w.alarm, json.as_str()],
+        )?;
     }
     // The bounds: by age, then by count.
-    tx.prepare_cached("DELETE FROM fleet_traffic WHERE device = ?1 AND minute_ms < ?2")?
-        .execute(params![device, cutoff])?;
-    tx.prepare_cached("DELETE FROM fleet_backlog WHERE device = ?1 AND minute_ms < ?2")?
-        .execute(params![device, cutoff])?;
-    tx.prepare_cached("DELETE FROM fleet_drift WHERE device = ?1 AND received_ms < ?2")?
-        .execute(params![device, cutoff])?;
+    tx.exec(
+        "DELETE FROM fleet_traffic WHERE device = ?1 AND minute_ms < ?2",
+        args![device, cutoff],
+    )?;
+    tx.exec(
+        "DELETE FROM fleet_backlog WHERE device = ?1 AND minute_ms < ?2",
+        args![device, cutoff],
+    )?;
+    tx.exec(
+        "DELETE FROM fleet_drift WHERE device = ?1 AND received_ms < ?2",
+        args![device, cutoff],
+    )?;
     if !facts.versions.is_empty() || status.is_some() {
-        tx.prepare_cached(
-            "DELETE FROM fleet_versions WHERE device = ?1 AND rowid NOT IN
-                (SELECT rowid FROM fleet_versions WHERE device = ?1 ORDER BY last_seen_ms DESC, rowid DESC LIMIT ?2)",
-        )?
-        .execute(params![device, MAX_VERSIONS as i64])?;
+        tx.exec(
+            "DELETE FROM fleet_versions WHERE device = ?1 AND (what, name, sha256) NOT IN
+                (SELECT what, name, sha256 FROM fleet_versions WHERE device = ?1
+                 ORDER BY last_seen_ms DESC, what, name, sha256 LIMIT ?2)",
+            args![device, MAX_VERSIONS as i64],
+        )?;
     }
     if !facts.windows.is_empty() {
-        tx.prepare_cached(
-            "DELETE FROM fleet_drift WHERE device = ?1 AND rowid NOT IN
-                (SELECT rowid FROM fleet_drift WHERE device = ?1 ORDER BY received_ms DESC, rowid DESC LIMIT ?2)",
-        )?
-        .execute(params![device, MAX_WINDOWS as i64])?;
-        tx.prepare_cached(
-            "DELETE FROM fleet_drift_latest WHERE device = ?1 AND rowid NOT IN
-                (SELECT rowid FROM fleet_drift_latest WHERE device = ?1 ORDER BY received_ms DESC, rowid DESC LIMIT ?2)",
-        )?
-        .execute(params![device, MAX_PIPELINES as i64])?;
+        tx.exec(
+            "DELETE FROM fleet_drift WHERE device = ?1 AND (pipeline, seq) NOT IN
+                (SELECT pipeline, seq FROM fleet_drift WHERE device = ?1
+                 ORDER BY received_ms DESC, seq DESC, pipeline LIMIT ?2)",
+            args![device, MAX_WINDOWS as i64],
+        )?;
+        tx.exec(
+            "DELETE FROM fleet_drift_latest WHERE device = ?1 AND pipeline NOT IN
+                (SELECT pipeline FROM fleet_drift_latest WHERE device = ?1
+                 ORDER BY received_ms DESC, pipeline LIMIT ?2)",
+            args![device, MAX_PIPELINES as i64],
+        )?;
     }
     Ok(())
 }
 
 fn upsert_version(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     device: &str,
     now: i64,
     what: &str,
     name: &str,
     sha: &str,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO fleet_versions VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+) -> Result<(), SqlError> {
+    tx.exec(
+        "INSERT INTO fleet_versions(device, what, name, sha256, first_seen_ms, last_seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
          ON CONFLICT(device, what, name, sha256) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-    )?
-    .execute(params![device, what, name, sha, now])?;
+        args![device, what, name, sha, now],
+    )?;
     Ok(())
 }
 
-fn window(json: String) -> rusqlite::Result<DriftPoint> {
-    serde_json::from_str(&json).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
+fn window(row: &SqlRow, i: usize) -> Result<DriftPoint, SqlError> {
+    serde_json::from_str(&row.text(i)?)
+        .map_err(|e| SqlError::Decode(format!("a stored drift window: {e}")))
 }
 
 /// `device` at a glance, as of `now`.
 pub(crate) fn summary(
-    conn: &rusqlite::Connection,
+    tx: &mut dyn Tx,
     device: &str,
     now: i64,
     stale_after_ms: i64,
-) -> rusqlite::Result<FleetSummary> {
-    let row: Option<(i64, i64, Option<String>, Option<String>)> = conn
-        .prepare_cached(
-            "SELECT last_seen_ms, records, status, sluice_version FROM fleet_devices WHERE device = ?1",
-        )?
-        .query_row([device], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let drifting: Vec<String> = conn
-        .prepare_cached(
+) -> Result<FleetSummary, SqlError> {
+    let row = tx.query_opt(
+        "SELECT last_seen_ms, records, status, sluice_version FROM fleet_devices WHERE device = ?1",
+        args![device],
+    )?;
+    let drifting: Vec<String> = tx
+        .query(
             "SELECT pipeline FROM fleet_drift_latest WHERE device = ?1 AND alarm ORDER BY pipeline",
+            args![device],
         )?
-        .query_map([device], |r| r.get(0))?
+        .iter()
+        .map(|r| r.text(0))
         .collect::<Result<_, _>>()?;
-    let Some((last_seen, records, status, sluice_version)) = row else {
+    let Some(row) = row else {
         return Ok(FleetSummary {
             device: device.to_owned(),
             state: DeviceState::Unseen,
@@ -453,6 +380,7 @@ pub(crate) fn summary(
             drifting,
         });
     };
+    let last_seen = row.int(0)?;
     let state = if !drifting.is_empty() {
         DeviceState::Drift
     } else if now - last_seen > stale_after_ms {
@@ -464,9 +392,9 @@ pub(crate) fn summary(
         device: device.to_owned(),
         state,
         last_seen_ms: Some(last_seen),
-        status: status.and_then(|s| serde_json::from_str(&s).ok()),
-        sluice_version,
-        records: records.max(0) as u64,
+        status: row.opt_text(2)?.and_then(|s| serde_json::from_str(&s).ok()),
+        sluice_version: row.opt_text(3)?,
+        records: row.int(1)?.max(0) as u64,
         drifting,
     })
 }
@@ -480,70 +408,77 @@ pub(crate) struct History {
     pub windows: Vec<DriftPoint>,
 }
 
-pub(crate) fn history(
-    conn: &rusqlite::Connection,
-    device: &str,
-    since_ms: i64,
-) -> rusqlite::Result<History> {
-    let traffic = conn
-        .prepare_cached(
+pub(crate) fn history(tx: &mut dyn Tx, device: &str, since_ms: i64) -> Result<History, SqlError> {
+    let count = |r: &SqlRow, i| r.int(i).map(|v| v.max(0) as u64);
+    let traffic = tx
+        .query(
             "SELECT minute_ms, ok, errors FROM fleet_traffic WHERE device = ?1 AND minute_ms >= ?2 ORDER BY minute_ms",
+            args![device, since_ms],
         )?
-        .query_map(params![device, since_ms], |r| {
+        .iter()
+        .map(|r| {
             Ok(TrafficBucket {
-                minute_ms: r.get(0)?,
-                ok: r.get::<_, i64>(1)?.max(0) as u64,
-                errors: r.get::<_, i64>(2)?.max(0) as u64,
+                minute_ms: r.int(0)?,
+                ok: count(r, 1)?,
+                errors: count(r, 2)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    let backlog = conn
-        .prepare_cached(
+        })
+        .collect::<Result<_, SqlError>>()?;
+    let backlog = tx
+        .query(
             "SELECT received_ms, pending_records, journal_items, set_aside_records FROM fleet_backlog
              WHERE device = ?1 AND minute_ms >= ?2 ORDER BY minute_ms",
+            args![device, since_ms],
         )?
-        .query_map(params![device, since_ms], |r| {
+        .iter()
+        .map(|r| {
             Ok(BacklogPoint {
-                received_ms: r.get(0)?,
-                pending_records: r.get::<_, i64>(1)?.max(0) as u64,
-                journal_items: r.get::<_, i64>(2)?.max(0) as u64,
-                set_aside_records: r.get::<_, i64>(3)?.max(0) as u64,
+                received_ms: r.int(0)?,
+                pending_records: count(r, 1)?,
+                journal_items: count(r, 2)?,
+                set_aside_records: count(r, 3)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    let versions = conn
-        .prepare_cached(
+        })
+        .collect::<Result<_, SqlError>>()?;
+    let versions = tx
+        .query(
             "SELECT what, name, sha256, first_seen_ms, last_seen_ms FROM fleet_versions
              WHERE device = ?1 ORDER BY what, last_seen_ms DESC",
+            args![device],
         )?
-        .query_map([device], |r| {
+        .iter()
+        .map(|r| {
             Ok(VersionSeen {
-                what: r.get(0)?,
-                name: r.get(1)?,
-                sha256: r.get(2)?,
-                first_seen_ms: r.get(3)?,
-                last_seen_ms: r.get(4)?,
+                what: r.text(0)?,
+                name: r.text(1)?,
+                sha256: r.text(2)?,
+                first_seen_ms: r.int(3)?,
+                last_seen_ms: r.int(4)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    let drift = conn
-        .prepare_cached(
-            "SELECT pipeline, window FROM fleet_drift_latest WHERE device = ?1 ORDER BY pipeline",
+        })
+        .collect::<Result<_, SqlError>>()?;
+    let drift = tx
+        .query(
+            "SELECT pipeline, \"window\" FROM fleet_drift_latest WHERE device = ?1 ORDER BY pipeline",
+            args![device],
         )?
-        .query_map([device], |r| {
+        .iter()
+        .map(|r| {
             Ok(DriftState {
-                pipeline: r.get(0)?,
-                window: window(r.get(1)?)?,
+                pipeline: r.text(0)?,
+                window: window(r, 1)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    let windows = conn
-        .prepare_cached(
-            "SELECT window FROM fleet_drift WHERE device = ?1 AND received_ms >= ?2
+        })
+        .collect::<Result<_, SqlError>>()?;
+    let windows = tx
+        .query(
+            "SELECT \"window\" FROM fleet_drift WHERE device = ?1 AND received_ms >= ?2
              ORDER BY received_ms, pipeline, seq",
+            args![device, since_ms],
         )?
-        .query_map(params![device, since_ms], |r| window(r.get(0)?))?
-        .collect::<Result<_, _>>()?;
+        .iter()
+        .map(|r| window(r, 0))
+        .collect::<Result<_, SqlError>>()?;
     Ok(History {
         traffic,
         backlog,

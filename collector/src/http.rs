@@ -13,9 +13,10 @@
 // bytes): once per request, not worth boxing.
 #![allow(clippy::result_large_err)]
 
+use crate::accept;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::{BatchError, Row, Store, now_ms};
+use crate::store::{Store, now_ms};
 use crate::tokens::Tokens;
 use axum::Router;
 use axum::body::Body;
@@ -24,16 +25,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use sluice_protocol::{
-    self as protocol, DeviceCount, DeviceResults, DeviceStatus, ErrorBody, FleetView,
-    PROTOCOL_VERSION, RecordHeader,
-};
+use sluice_protocol::{self as protocol, DeviceCount, DeviceResults, ErrorBody, FleetView};
 use sluice_serve::BodyError;
 use sluice_serve::constant_time_eq;
-use std::io::Read;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -110,14 +106,6 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 
-fn record_error(status: StatusCode, index: usize, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(ErrorBody::for_record(index as u64, message)),
-    )
-        .into_response()
-}
-
 fn device_of<'a>(shared: &'a Shared, headers: &HeaderMap) -> Result<&'a str, Response> {
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -150,20 +138,21 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
 }
 
 fn too_large(what: &str, limit: usize, flag: &str) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("{what} exceeds the limit of {limit} (collector flag {flag}); split the batch"),
-    )
+    accept::Refusal::too_large(what, limit, flag).into_response()
 }
 
 async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let response = receive_batch(shared.clone(), headers, body).await;
-    // Stored and replayed batches are counted where they are stored.
-    if response.status() != StatusCode::OK {
+    // Batches that reached the store are counted there.
+    if response.status() != StatusCode::OK && response.extensions().get::<Counted>().is_none() {
         shared.metrics.batch("refused", response.status().as_u16());
     }
     response
 }
+
+/// Marks an answer already counted by [`accept::store`].
+#[derive(Clone, Copy)]
+struct Counted;
 
 async fn receive_batch(shared: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     // The token first, from the headers alone: an unknown client makes the
@@ -217,268 +206,31 @@ async fn receive_batch(shared: Arc<Shared>, headers: HeaderMap, body: Body) -> R
     .await
 }
 
-/// The batch's JSON text: the body itself, or the body decompressed within
-/// [`Limits::max_decompressed_bytes`].
-fn decode(headers: &HeaderMap, body: Vec<u8>, limits: &Limits) -> Result<Vec<u8>, Response> {
+fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: Vec<u8>) -> Response {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity");
-    let limit = limits.max_decompressed_bytes;
-    match encoding {
-        protocol::CONTENT_ENCODING => {
-            let bad = |e: std::io::Error| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body is not a valid zstd stream: {e}"),
-                )
-            };
-            // A frame that declares its size up front is refused before
-            // decompressing anything if that is too much.
-            let declared = zstd::zstd_safe::get_frame_content_size(&body)
-                .ok()
-                .flatten();
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(too_large(
-                    "the decompressed batch",
-                    limit,
-                    "--max-decompressed-bytes",
-                ));
-            }
-            let decoder = zstd::Decoder::with_buffer(&body[..]).map_err(bad)?;
-            let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
-            decoder
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(bad)?;
-            if out.len() > limit {
-                return Err(too_large(
-                    "the decompressed batch",
-                    limit,
-                    "--max-decompressed-bytes",
-                ));
-            }
-            Ok(out)
-        }
-        "identity" => {
-            if body.len() > limit {
-                return Err(too_large("the batch", limit, "--max-decompressed-bytes"));
-            }
-            Ok(body)
-        }
-        other => Err(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding `{other}` is not supported (zstd or none)"),
-        )),
-    }
-}
-
-/// A batch as read before its records are checked: the records stay one
-/// borrowed slice of the text until [`Records`] splits them.
-#[derive(Deserialize)]
-struct BatchText<'a> {
-    #[serde(default = "version_one")]
-    protocol: u32,
-    device: String,
-    key: String,
-    #[serde(borrow)]
-    records: &'a RawValue,
-    /// Kept raw: a status that does not parse is ignored, never a reason
-    /// to refuse the records (it is not part of the batch's content).
-    #[serde(default, borrow)]
-    status: Option<&'a RawValue>,
-}
-
-fn version_one() -> u32 {
-    1
-}
-
-/// The records of a batch as borrowed JSON slices, refusing more than
-/// `max` while reading them, so a batch of millions of tiny records is
-/// refused before their bookkeeping is allocated.
-struct Records<'m> {
-    max: usize,
-    over: &'m std::cell::Cell<bool>,
-}
-
-impl<'de> DeserializeSeed<'de> for Records<'_> {
-    type Value = Vec<&'de RawValue>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Records<'_> {
-    type Value = Vec<&'de RawValue>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of records")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut records = Vec::new();
-        while let Some(record) = seq.next_element::<&'de RawValue>()? {
-            if records.len() == self.max {
-                self.over.set(true);
-                return Err(serde::de::Error::custom("too many records"));
-            }
-            records.push(record);
-        }
-        Ok(records)
-    }
-}
-
-/// Check record `index` of `device`'s batch and turn it into a row: `422`
-/// naming the record if it is not acceptable.
-fn row<'a>(device: &str, index: usize, raw: &'a RawValue) -> Result<Row<'a>, Response> {
-    let invalid = |message: String| {
-        record_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            index,
-            format!("record {index}: {message}"),
-        )
-    };
-    let header: RecordHeader = serde_json::from_str(raw.get()).map_err(|e| {
-        invalid(format!(
-            "needs to be an object with string `id`, `device`, `pipeline` and integer `seq`: {e}"
-        ))
-    })?;
-    header
-        .check(device)
-        .map_err(|e| invalid(format!("{e}; this token is device `{device}`'s")))?;
-    protocol::check_name(&header.pipeline)
-        .map_err(|e| invalid(format!("pipeline name `{}` {e}", header.pipeline)))?;
-    Ok(Row {
-        id: header.id,
-        pipeline: header.pipeline,
-        seq: header.seq,
-        body: raw.get(),
-    })
-}
-
-fn store_batch(shared: &Shared, device: &str, headers: &HeaderMap, body: Vec<u8>) -> Response {
-    let limits = &shared.limits;
-    let json = match decode(headers, body, limits) {
-        Ok(json) => json,
-        Err(response) => return response,
-    };
-    let batch: BatchText = match serde_json::from_slice(&json) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("batch is not valid JSON of the expected shape: {e}"),
-            );
-        }
-    };
-    if batch.protocol > PROTOCOL_VERSION {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "batch uses protocol version {}; this collector speaks up to {PROTOCOL_VERSION}",
-                batch.protocol
-            ),
-        );
-    }
-    if batch.device != device {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "batch claims device `{}`; this token is device `{device}`'s",
-                batch.device
-            ),
-        );
-    }
-    if let Some(key) = headers
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let key = headers
         .get(protocol::IDEMPOTENCY_KEY)
-        .map(|v| v.to_str().unwrap_or("(not text)"))
-        && key != batch.key
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{} `{key}` differs from the body's key `{}`",
-                protocol::IDEMPOTENCY_KEY,
-                batch.key
-            ),
-        );
-    }
-    if batch.key.is_empty() || batch.key.len() > protocol::MAX_KEY_LEN {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "batch key has {} bytes; it must have 1 to {}",
-                batch.key.len(),
-                protocol::MAX_KEY_LEN
-            ),
-        );
-    }
-    let over = std::cell::Cell::new(false);
-    let seed = Records {
-        max: limits.max_batch_records,
-        over: &over,
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let batch = accept::Received {
+        device,
+        key,
+        encoding,
+        body,
     };
-    let records =
-        match seed.deserialize(&mut serde_json::Deserializer::from_str(batch.records.get())) {
-            Ok(records) => records,
-            Err(_) if over.get() => {
-                return too_large(
-                    "the number of records",
-                    limits.max_batch_records,
-                    "--max-batch-records",
-                );
-            }
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("batch `records` must be an array: {e}"),
-                );
-            }
-        };
-    let rows = match records
-        .iter()
-        .enumerate()
-        .map(|(index, raw)| row(device, index, raw))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(rows) => rows,
-        Err(response) => return response,
+    let mut response = match accept::store(&shared.store, &shared.metrics, &shared.limits, batch) {
+        Ok(ack) => (StatusCode::OK, axum::Json(ack)).into_response(),
+        Err(refusal) => refusal.into_response(),
     };
-    let status: Option<DeviceStatus> = batch.status.and_then(|raw| {
-        serde_json::from_str(raw.get())
-            .map_err(|e| tracing::warn!(device, "ignoring the batch's unreadable status: {e}"))
-            .ok()
-    });
-    let metrics = &shared.metrics;
-    match shared
-        .store
-        .store_batch_with(device, &batch.key, &rows, status.as_ref())
-    {
-        Ok(ack) => {
-            if ack.replayed {
-                metrics.batch("replayed", 200);
-            } else {
-                metrics.batch("stored", 200);
-                metrics.records(ack.stored, ack.duplicates);
-            }
-            (StatusCode::OK, axum::Json(ack)).into_response()
-        }
-        Err(e @ BatchError::KeyReused { .. }) => {
-            metrics.conflict("key_reused");
-            error(StatusCode::CONFLICT, e.to_string())
-        }
-        Err(e @ BatchError::IdConflict { index, .. }) => {
-            metrics.conflict("id_conflict");
-            record_error(StatusCode::CONFLICT, index, e.to_string())
-        }
-        Err(e) => {
-            tracing::error!(device, "cannot store batch: {e}");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot store the batch: {e}"),
-            )
-        }
+    response.extensions_mut().insert(Counted);
+    response
+}
+
+impl IntoResponse for accept::Refusal {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, axum::Json(self.body)).into_response()
     }
 }
 
@@ -545,7 +297,7 @@ fn busy(limits: &Limits) -> Response {
 
 /// The answer to a device asking for its bundle (`seen`: its `If-None-Match`).
 fn bundle_answer(
-    offered: Result<Option<(String, u64, String, Vec<u8>)>, crate::store::StoreError>,
+    offered: Result<Option<crate::rollout::Offer>, crate::store::StoreError>,
     seen: &str,
 ) -> Response {
     match offered {

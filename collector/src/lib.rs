@@ -54,6 +54,7 @@
 
 #![deny(missing_docs)]
 
+pub mod accept;
 pub mod dashboard;
 pub mod fleet;
 pub mod http;
@@ -126,11 +127,22 @@ impl Collector {
         tokens: Tokens,
         limits: Limits,
     ) -> Result<Collector, CollectorError> {
+        Collector::start_store(listener, Store::open(db)?, tokens, limits)
+    }
+
+    /// [`Collector::start_with`] on an open `store` (SQLite or
+    /// PostgreSQL).
+    pub fn start_store(
+        listener: std::net::TcpListener,
+        store: Store,
+        tokens: Tokens,
+        limits: Limits,
+    ) -> Result<Collector, CollectorError> {
         if tokens.is_empty() {
             return Err(CollectorError::NoTokens);
         }
         limits.check().map_err(CollectorError::Limits)?;
-        let app = http::router_with(Store::open(db)?, tokens, limits.clone());
+        let app = http::router_with(store, tokens, limits.clone());
         let addr = listener.local_addr().map_err(io("collector listener"))?;
         listener
             .set_nonblocking(true)

@@ -1,6 +1,7 @@
 //! `sluice-collector`: receive results from Sluice devices into SQLite.
 
 use clap::Parser;
+use sluice_collector::store::PoolOptions;
 use sluice_collector::{Limits, Store, Tokens};
 use std::path::PathBuf;
 
@@ -21,9 +22,21 @@ struct Cli {
     /// Address to listen on, e.g. 0.0.0.0:8480 (port 0: any free port).
     #[arg(long, required = true)]
     listen: Option<String>,
-    /// The SQLite database results go to (created if missing).
-    #[arg(long, required = true)]
-    db: Option<PathBuf>,
+    /// Where results go: a SQLite file (created if missing) or a
+    /// PostgreSQL URL, `postgres://user:password@host:port/database`
+    /// (several collectors may share it; the schema is created or migrated
+    /// at start). Also read from SLUICE_COLLECTOR_DB, to keep a password
+    /// out of the process list.
+    #[arg(
+        long,
+        required = true,
+        env = "SLUICE_COLLECTOR_DB",
+        hide_env_values = true
+    )]
+    db: Option<String>,
+    /// Most PostgreSQL connections this collector opens.
+    #[arg(long, default_value_t = PoolOptions::default().max_connections)]
+    db_pool_size: u32,
     /// A file of `DEVICE=TOKEN` lines (`#` comments).
     #[arg(long)]
     tokens: Option<PathBuf>,
@@ -90,7 +103,8 @@ enum RolloutCommand {
     Start {
         /// The collector's database.
         #[arg(long)]
-        db: PathBuf,
+        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
+        db: String,
         /// The bundle file (`sluice bundle build`, then `sign`).
         #[arg(long)]
         bundle: PathBuf,
@@ -104,7 +118,8 @@ enum RolloutCommand {
     /// Every rollout with each device's progress.
     Status {
         #[arg(long)]
-        db: PathBuf,
+        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
+        db: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -112,19 +127,22 @@ enum RolloutCommand {
     /// Offer the version to no further device until resumed.
     Pause {
         #[arg(long)]
-        db: PathBuf,
+        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
+        db: String,
         id: i64,
     },
     /// Go on with a paused rollout.
     Resume {
         #[arg(long)]
-        db: PathBuf,
+        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
+        db: String,
         id: i64,
     },
     /// Stop a rollout for good (devices that installed keep the version).
     Abort {
         #[arg(long)]
-        db: PathBuf,
+        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
+        db: String,
         id: i64,
     },
 }
@@ -166,6 +184,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The store of a rollout command: one connection is enough.
+fn open(db: &str) -> Result<Store, sluice_collector::StoreError> {
+    Store::open_any(
+        db,
+        &PoolOptions {
+            max_connections: 1,
+            ..PoolOptions::default()
+        },
+    )
+}
+
 fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
     let (db, action, id) = match command {
         RolloutCommand::Start {
@@ -174,7 +203,7 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
             devices,
             stages,
         } => {
-            let rollout = Store::open(&db)?.start_rollout(&bundle, devices, &stages)?;
+            let rollout = open(&db)?.start_rollout(&bundle, devices, &stages)?;
             println!(
                 "rollout {}: `{}` version {} to {} device(s) in stages {:?} %; now offered to {}",
                 rollout.id,
@@ -187,7 +216,7 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         RolloutCommand::Status { db, json } => {
-            let rollouts = Store::open(&db)?.rollouts()?;
+            let rollouts = open(&db)?.rollouts()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rollouts)?);
                 return Ok(());
@@ -228,7 +257,7 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Resume { db, id } => (db, "resume", id),
         RolloutCommand::Abort { db, id } => (db, "abort", id),
     };
-    Store::open(&db)?.rollout_action(id, action)?;
+    open(&db)?.rollout_action(id, action)?;
     println!("rollout {id}: {action} done");
     Ok(())
 }
@@ -258,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let limits = cli.limits();
     limits.check().map_err(anyhow::Error::msg)?;
-    let store = Store::open(&db)?;
+    let store = open(&db)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-collector")
@@ -271,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!(
             "sluice-collector: listening on http://{}, storing into {}",
             listener.local_addr()?,
-            db.display()
+            store.location()
         );
         use std::io::Write;
         std::io::stdout().flush()?;

@@ -18,41 +18,11 @@
 //! The collector never trusts or distrusts a bundle itself: devices verify
 //! it against the keys they pin. It only checks that the file is a bundle.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::store::sql::{SqlError, Tx, args};
 use serde::Serialize;
 
-/// The tables (schema 4).
-pub(crate) const TABLES: &str = "
-CREATE TABLE bundles(
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    body BLOB NOT NULL,
-    stored_ms INTEGER NOT NULL,
-    PRIMARY KEY(name, version)
-);
-CREATE TABLE rollouts(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    devices TEXT NOT NULL,
-    stages TEXT NOT NULL,
-    stage INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE installs(
-    device TEXT NOT NULL,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    outcome TEXT NOT NULL,
-    reason TEXT,
-    at_ms INTEGER NOT NULL,
-    PRIMARY KEY(device, name, version, outcome)
-);
-";
+/// A bundle offered to a device: `(name, version, sha256, bytes)`.
+pub type Offer = (String, u64, String, Vec<u8>);
 
 /// The largest bundle a rollout takes: the collector answers a device's
 /// request with the whole file from memory.
@@ -195,13 +165,15 @@ pub enum RolloutError {
     },
     /// The store failed.
     #[error(transparent)]
-    Sql(#[from] rusqlite::Error),
+    Store(#[from] crate::StoreError),
 }
 
 /// A new bundle name and version, a distinct `sha256` and `body`; start a
-/// rollout of it to `devices` in `stages`.
+/// rollout of it to `devices` in `stages`. (The outer error is the
+/// database's, the inner one the request's.)
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     name: &str,
     version: u64,
     sha256: &str,
@@ -209,108 +181,94 @@ pub(crate) fn start(
     devices: &[String],
     stages: &[u32],
     now: i64,
-) -> Result<i64, RolloutError> {
+) -> Result<Result<i64, RolloutError>, SqlError> {
     if stages.is_empty()
         || stages.last() != Some(&100)
         || !stages.windows(2).all(|w| w[0] < w[1])
         || stages[0] == 0
     {
-        return Err(RolloutError::Stages(stages.to_vec()));
+        return Ok(Err(RolloutError::Stages(stages.to_vec())));
     }
     if devices.is_empty() {
-        return Err(RolloutError::NoDevices);
+        return Ok(Err(RolloutError::NoDevices));
     }
-    let busy: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT id, state FROM rollouts WHERE name = ?1 AND state IN ('running', 'paused')",
-            [name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    if let Some((id, state)) = busy {
-        return Err(RolloutError::Busy {
-            id,
+    if let Some(busy) = tx.query_opt(
+        "SELECT id, state FROM rollouts WHERE name = ?1 AND state IN ('running', 'paused')",
+        args![name],
+    )? {
+        return Ok(Err(RolloutError::Busy {
+            id: busy.int(0)?,
             name: name.to_owned(),
-            state,
-        });
+            state: busy.text(1)?,
+        }));
     }
-    tx.execute(
+    tx.exec(
         "INSERT INTO bundles(name, version, sha256, body, stored_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(name, version) DO UPDATE SET sha256 = ?3, body = ?4, stored_ms = ?5",
-        params![name, version as i64, sha256, body, now],
+         ON CONFLICT(name, version) DO UPDATE SET sha256 = excluded.sha256, body = excluded.body, stored_ms = excluded.stored_ms",
+        args![name, version as i64, sha256, body, now],
     )?;
-    tx.execute(
-        "INSERT INTO rollouts(name, version, devices, stages, stage, state, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, 0, 'running', ?5, ?5)",
-        params![
-            name,
-            version as i64,
-            serde_json::to_string(devices).expect("serializes"),
-            serde_json::to_string(stages).expect("serializes"),
-            now
-        ],
-    )?;
-    let id = tx.last_insert_rowid();
+    let devices = serde_json::to_string(devices).expect("serializes");
+    let stages = serde_json::to_string(stages).expect("serializes");
+    let id = tx
+        .query_opt(
+            "INSERT INTO rollouts(name, version, devices, stages, stage, state, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, 0, 'running', ?5, ?5) RETURNING id",
+            args![name, version as i64, &devices, &stages, now],
+        )?
+        .ok_or_else(|| SqlError::Decode("INSERT ... RETURNING gave no row".into()))?
+        .int(0)?;
     advance(tx, now)?;
-    Ok(id)
+    Ok(Ok(id))
 }
 
 /// Pause, resume or abort rollout `id`.
 pub(crate) fn set(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     id: i64,
     action: &'static str,
     now: i64,
-) -> Result<(), RolloutError> {
-    let state: String = tx
-        .query_row("SELECT state FROM rollouts WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .ok_or(RolloutError::Unknown(id))?;
+) -> Result<Result<(), RolloutError>, SqlError> {
+    let Some(row) = tx.query_opt("SELECT state FROM rollouts WHERE id = ?1", args![id])? else {
+        return Ok(Err(RolloutError::Unknown(id)));
+    };
+    let state = row.text(0)?;
     let next = match (action, state.as_str()) {
         ("pause", "running") => "paused",
         ("resume", "paused") => "running",
         ("abort", "running" | "paused" | "halted") => "aborted",
         _ => {
-            return Err(RolloutError::State { id, state, action });
+            return Ok(Err(RolloutError::State { id, state, action }));
         }
     };
-    tx.execute(
-        "UPDATE rollouts SET state = ?1, updated_ms = ?2, reason = CASE WHEN ?1 = 'aborted' THEN COALESCE(reason, 'aborted by the operator') ELSE reason END WHERE id = ?3",
-        params![next, now, id],
+    let reason = (next == "aborted").then_some("aborted by the operator");
+    tx.exec(
+        "UPDATE rollouts SET state = ?1, updated_ms = ?2, reason = COALESCE(reason, ?3) WHERE id = ?4",
+        args![next, now, reason, id],
     )?;
     advance(tx, now)?;
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Record `device`'s install reports (`(name, version, outcome, reason,
 /// at_ms)`) from a stored batch.
 pub(crate) fn record(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     device: &str,
     reports: &[(String, u64, String, Option<String>, i64)],
-) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO installs(device, name, version, outcome, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(device, name, version, outcome) DO NOTHING",
-    )?;
+) -> Result<(), SqlError> {
     for (name, version, outcome, reason, at_ms) in reports {
-        insert.execute(params![
-            device,
-            name,
-            *version as i64,
-            outcome,
-            reason,
-            at_ms
-        ])?;
+        tx.exec(
+            "INSERT INTO installs(device, name, version, outcome, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(device, name, version, outcome) DO NOTHING",
+            args![device, name, *version as i64, outcome, reason.as_deref(), *at_ms],
+        )?;
     }
     Ok(())
 }
 
 /// Re-evaluate every running rollout: halt on a refusal or rollback,
 /// advance a stage whose devices all committed.
-pub(crate) fn advance(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<()> {
+pub(crate) fn advance(tx: &mut dyn Tx, now: i64) -> Result<(), SqlError> {
     for rollout in list(tx, Some("running"))? {
         let reached_n = reached(rollout.devices.len(), &rollout.stages, rollout.stage);
         let failed = rollout
@@ -326,9 +284,9 @@ pub(crate) fn advance(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<()> {
                 d.reason.as_deref().unwrap_or("no reason given")
             );
             tracing::warn!(rollout = rollout.id, "rollout halted: {reason}");
-            tx.execute(
+            tx.exec(
                 "UPDATE rollouts SET state = 'halted', reason = ?1, updated_ms = ?2 WHERE id = ?3",
-                params![reason, now, rollout.id],
+                args![&reason, now, rollout.id],
             )?;
             continue;
         }
@@ -339,14 +297,14 @@ pub(crate) fn advance(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<()> {
             continue;
         }
         if rollout.stage + 1 >= rollout.stages.len() {
-            tx.execute(
+            tx.exec(
                 "UPDATE rollouts SET state = 'done', updated_ms = ?1 WHERE id = ?2",
-                params![now, rollout.id],
+                args![now, rollout.id],
             )?;
         } else {
-            tx.execute(
+            tx.exec(
                 "UPDATE rollouts SET stage = stage + 1, updated_ms = ?1 WHERE id = ?2",
-                params![now, rollout.id],
+                args![now, rollout.id],
             )?;
         }
     }
@@ -355,49 +313,34 @@ pub(crate) fn advance(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<()> {
 
 /// Rollouts (newest first), only those in `state` when given, with each
 /// device's progress.
-pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<Vec<Rollout>> {
-    let mut select = conn.prepare_cached(
+pub(crate) fn list(tx: &mut dyn Tx, state: Option<&str>) -> Result<Vec<Rollout>, SqlError> {
+    let rows = tx.query(
         "SELECT id, name, version, devices, stages, stage, state, reason, created_ms, updated_ms
-         FROM rollouts WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC",
-    )?;
-    let rows: Vec<_> = select
-        .query_map([state], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, i64>(8)?,
-                r.get::<_, i64>(9)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut latest = conn.prepare_cached(
-        "SELECT outcome, reason FROM installs WHERE device = ?1 AND name = ?2 AND version = ?3
-         ORDER BY CASE outcome WHEN 'installed' THEN 0 ELSE 1 END DESC, at_ms DESC LIMIT 1",
+         FROM rollouts WHERE state = ?1 OR ?2 ORDER BY id DESC",
+        args![state.unwrap_or_default(), state.is_none()],
     )?;
     let mut out = Vec::with_capacity(rows.len());
-    for (id, name, version, devices, stages, stage, state, reason, created_ms, updated_ms) in rows {
-        let (devices, stages) = plan(&devices, &stages);
-        let stage = stage.max(0) as usize;
+    for r in rows {
+        let (id, name, version) = (r.int(0)?, r.text(1)?, r.int(2)?);
+        let (devices, stages) = plan(&r.text(3)?, &r.text(4)?);
+        let stage = r.int(5)?.max(0) as usize;
         let n = reached(devices.len(), &stages, stage);
         let mut progress = Vec::with_capacity(devices.len());
         for (ix, device) in devices.into_iter().enumerate() {
-            let report: Option<(String, Option<String>)> = latest
-                .query_row(params![device, name, version], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            let (outcome, reason) = report.unzip();
+            let report = tx.query_opt(
+                "SELECT outcome, reason FROM installs WHERE device = ?1 AND name = ?2 AND version = ?3
+                 ORDER BY CASE outcome WHEN 'installed' THEN 0 ELSE 1 END DESC, at_ms DESC LIMIT 1",
+                args![&device, &name, version],
+            )?;
+            let (outcome, reason) = match report {
+                Some(r) => (Some(r.text(0)?), r.opt_text(1)?),
+                None => (None, None),
+            };
             progress.push(DeviceProgress {
                 device,
                 offered: ix < n,
                 outcome,
-                reason: reason.flatten(),
+                reason,
             });
         }
         out.push(Rollout {
@@ -406,10 +349,10 @@ pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<V
             version: version.max(0) as u64,
             stages,
             stage,
-            state: RolloutState::parse(&state),
-            reason,
-            created_ms,
-            updated_ms,
+            state: RolloutState::parse(&r.text(6)?),
+            reason: r.opt_text(7)?,
+            created_ms: r.int(8)?,
+            updated_ms: r.int(9)?,
             devices: progress,
         });
     }
@@ -421,32 +364,30 @@ pub(crate) fn list(conn: &Connection, state: Option<&str>) -> rusqlite::Result<V
 /// device at every poll: it reads the running rollouts' device lists, not
 /// every device's progress.
 pub(crate) fn offer(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     device: &str,
-) -> rusqlite::Result<Option<(String, u64, String, Vec<u8>)>> {
-    let mut running = conn.prepare_cached(
+) -> Result<Option<crate::rollout::Offer>, SqlError> {
+    let running = tx.query(
         "SELECT name, version, devices, stages, stage FROM rollouts WHERE state = 'running' ORDER BY id",
+        &[],
     )?;
-    let rollouts: Vec<(String, i64, String, String, i64)> = running
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (name, version, devices, stages, stage) in rollouts {
-        let (devices, stages) = plan(&devices, &stages);
-        let n = reached(devices.len(), &stages, stage.max(0) as usize);
+    for r in running {
+        let (name, version) = (r.text(0)?, r.int(1)?);
+        let (devices, stages) = plan(&r.text(2)?, &r.text(3)?);
+        let n = reached(devices.len(), &stages, r.int(4)?.max(0) as usize);
         if !devices[..n].iter().any(|d| d == device) {
             continue;
         }
-        let bundle: Option<(String, Vec<u8>)> = conn
-            .query_row(
-                "SELECT sha256, body FROM bundles WHERE name = ?1 AND version = ?2",
-                params![name, version],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((sha256, body)) = bundle {
-            return Ok(Some((name, version.max(0) as u64, sha256, body)));
+        if let Some(bundle) = tx.query_opt(
+            "SELECT sha256, body FROM bundles WHERE name = ?1 AND version = ?2",
+            args![&name, version],
+        )? {
+            return Ok(Some((
+                name,
+                version.max(0) as u64,
+                bundle.text(0)?,
+                bundle.blob(1)?,
+            )));
         }
     }
     Ok(None)

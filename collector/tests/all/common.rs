@@ -34,6 +34,14 @@ impl Running {
         Running { collector, dir }
     }
 
+    /// On `store` (PostgreSQL, say).
+    pub fn start_store(store: sluice_collector::Store, tokens: Tokens, limits: Limits) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let collector = Collector::start_store(listener, store, tokens, limits).unwrap();
+        Running { collector, dir }
+    }
+
     pub fn url(&self) -> String {
         self.collector.url()
     }

@@ -15,12 +15,6 @@ use std::process::Command;
 
 const OPERATOR: &str = "op-secret-1";
 
-fn tokens_with_operator() -> Tokens {
-    let mut tokens = tokens();
-    tokens.set_operator(OPERATOR).unwrap();
-    tokens
-}
-
 fn now_ms() -> i64 {
     sluice_collector::store::now_ms()
 }
@@ -276,9 +270,24 @@ fn an_operator_token_equal_to_a_device_token_is_refused() {
 
 #[test]
 fn the_fleet_view_shows_what_devices_sent() {
-    let c = Running::start_for(tokens_with_operator(), Limits::default());
-    let a_records = two_devices(&c);
-    let (status, body) = get(&c, "/v1/fleet", Some(OPERATOR));
+    fleet_view(&Running::start_for(
+        tokens_with_operator(),
+        Limits::default(),
+    ));
+}
+
+/// Device tokens and the operator's.
+pub fn tokens_with_operator() -> Tokens {
+    let mut tokens = tokens();
+    tokens.set_operator(OPERATOR).unwrap();
+    tokens
+}
+
+/// Two devices' uploads, as the fleet API, metrics and dashboard show them,
+/// through `c` (with [`tokens_with_operator`]) on an empty store.
+pub fn fleet_view(c: &Running) {
+    let a_records = two_devices(c);
+    let (status, body) = get(c, "/v1/fleet", Some(OPERATOR));
     assert_eq!(status, 200, "{body}");
     let fleet: Value = serde_json::from_str(&body).unwrap();
     let devices = fleet["devices"].as_array().unwrap();
@@ -299,7 +308,7 @@ fn the_fleet_view_shows_what_devices_sent() {
     assert_eq!(a["sluice_version"], "0.9.1");
     assert!(a["last_seen_ms"].as_i64().unwrap() > now_ms() - 60_000);
 
-    let (status, body) = get(&c, "/v1/fleet/devices/a", Some(OPERATOR));
+    let (status, body) = get(c, "/v1/fleet/devices/a", Some(OPERATOR));
     assert_eq!(status, 200, "{body}");
     let a: Value = serde_json::from_str(&body).unwrap();
     let sum = |field: &str| -> u64 {
@@ -340,9 +349,9 @@ fn the_fleet_view_shows_what_devices_sent() {
 
     // The same batch again (a retry after a lost answer) is replayed: the
     // counts stay, the status is taken (it shows the device alive).
-    let again = upload(&c, "a", "ta", "a-1", a_records, 7);
+    let again = upload(c, "a", "ta", "a-1", a_records, 7);
     assert_eq!(again.body["replayed"], true);
-    let a: Value = serde_json::from_str(&get(&c, "/v1/fleet/devices/a", Some(OPERATOR)).1).unwrap();
+    let a: Value = serde_json::from_str(&get(c, "/v1/fleet/devices/a", Some(OPERATOR)).1).unwrap();
     assert_eq!(a["summary"]["records"], 4);
     assert_eq!(a["summary"]["status"]["pending_records"], 7);
     let ok: u64 = a["traffic"]
@@ -356,7 +365,7 @@ fn the_fleet_view_shows_what_devices_sent() {
     // Metrics: batches by outcome, records, conflicts, per-device gauges.
     let conflict = post(&c.url(), "ta", &batch_json("a", "a-1"));
     assert_eq!(conflict.status, 409);
-    let (status, metrics) = get(&c, "/metrics", Some(OPERATOR));
+    let (status, metrics) = get(c, "/metrics", Some(OPERATOR));
     assert_eq!(status, 200);
     for line in [
         "sluice_collector_batches_total{outcome=\"stored\",status=\"200\"} 2",

@@ -111,11 +111,21 @@ fn report(
 
 #[test]
 fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
+    let c = Running::start_for(operator_tokens(), Limits::default());
+    let db = c.dir.path().join("c.db");
+    stage_by_stage(&c, db.to_str().unwrap());
+}
+
+/// Device tokens and the operator's, `op-rollouts`.
+pub fn operator_tokens() -> sluice_collector::Tokens {
     let mut tokens = tokens();
     tokens.set_operator("op-rollouts").unwrap();
-    let c = Running::start_for(tokens, Limits::default());
-    let db = c.dir.path().join("c.db");
-    let db = db.to_str().unwrap();
+    tokens
+}
+
+/// The rollout of a bundle to devices `a` and `b` through collector `c`
+/// storing into `db` (a file or a PostgreSQL URL), from start to abort.
+pub fn stage_by_stage(c: &Running, db: &str) {
     let file = bundle(c.dir.path(), "p", 3);
     // Bad stages and an empty device list are refused.
     let (ok, text) = rollout(&[
@@ -153,26 +163,26 @@ fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
     assert!(!ok && text.contains("abort it first"), "{text}");
 
     // Stage 1: a only.
-    let (status, etag, which) = offered(&c, "a", "ta", None);
+    let (status, etag, which) = offered(c, "a", "ta", None);
     assert_eq!((status, which.as_str()), (200, "p/3"));
-    assert_eq!(offered(&c, "a", "ta", Some(&etag)).0, 304, "a has it");
-    assert_eq!(offered(&c, "b", "tb", None).0, 204);
-    assert_eq!(offered(&c, "b", "ta", None).0, 403, "a's token is not b's");
+    assert_eq!(offered(c, "a", "ta", Some(&etag)).0, 304, "a has it");
+    assert_eq!(offered(c, "b", "tb", None).0, 204);
+    assert_eq!(offered(c, "b", "ta", None).0, 403, "a's token is not b's");
     // a installs: not enough; a commits: stage 2, b is offered it.
-    report(&c, "a", "ta", 1, "p", 3, "installed");
-    assert_eq!(offered(&c, "b", "tb", None).0, 204);
-    report(&c, "a", "ta", 2, "p", 3, "committed");
-    assert_eq!(offered(&c, "b", "tb", None).0, 200);
+    report(c, "a", "ta", 1, "p", 3, "installed");
+    assert_eq!(offered(c, "b", "tb", None).0, 204);
+    report(c, "a", "ta", 2, "p", 3, "committed");
+    assert_eq!(offered(c, "b", "tb", None).0, 200);
 
     // Paused: nobody is offered it; resumed: again.
     assert!(rollout(&["pause", "--db", db, "1"]).0);
-    assert_eq!(offered(&c, "b", "tb", None).0, 204);
+    assert_eq!(offered(c, "b", "tb", None).0, 204);
     assert!(rollout(&["resume", "--db", db, "1"]).0);
-    assert_eq!(offered(&c, "b", "tb", None).0, 200);
+    assert_eq!(offered(c, "b", "tb", None).0, 200);
 
     // b rolls it back: halted, by itself, naming b and why.
-    report(&c, "b", "tb", 1, "p", 3, "rolled-back");
-    assert_eq!(offered(&c, "b", "tb", None).0, 204);
+    report(c, "b", "tb", 1, "p", 3, "rolled-back");
+    assert_eq!(offered(c, "b", "tb", None).0, 204);
     let (ok, text) = rollout(&["status", "--db", db]);
     assert!(ok, "{text}");
     assert!(

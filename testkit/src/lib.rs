@@ -1,0 +1,404 @@
+//! # sluice-testkit: real servers for tests and benchmarks
+//!
+//! Sluice is tested against the servers fleets run, not mocks: a
+//! PostgreSQL cluster ([`Postgres`]) and a mosquitto MQTT broker
+//! ([`Mosquitto`]), each made in a temporary folder, listening on a free
+//! loopback port, and stopped (the folder removed) when dropped. Both come
+//! from Debian's packages (`postgresql`, `mosquitto`), which `.ci/run`
+//! installs; without them [`Postgres::start`] and [`Mosquitto::start`]
+//! return [`Missing`], and a test prints it and skips, loudly.
+//!
+//! Every wait is bounded: a server that does not answer within
+//! [`START_TIMEOUT`] fails the start with its log.
+
+#![deny(missing_docs)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest wait for a server to accept connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server's programs are not installed.
+#[derive(Debug)]
+pub struct Missing(pub String);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Skip the calling test with a loud message when `server` is [`Missing`].
+#[macro_export]
+macro_rules! or_skip {
+    ($server:expr) => {
+        match $server {
+            Ok(server) => server,
+            Err(missing) => {
+                eprintln!("\n*** SKIPPED {}: {missing} ***\n", module_path!());
+                return;
+            }
+        }
+    };
+}
+
+/// A free loopback port (bound and released: another process could take
+/// it in between, which a start then reports).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            panic!(
+                "{what} did not listen on {addr} within {START_TIMEOUT:?}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_root() -> bool {
+    // The owner of our own /proc entry is the effective user.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL cluster of its own: `initdb` in a temporary folder,
+/// listening on 127.0.0.1 only (no Unix socket), trust authentication,
+/// user `postgres`. Run as the `postgres` user when the tests run as root
+/// (CI does; `initdb` refuses root).
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    /// Make and start a cluster; `fsync` off for tests that do not crash
+    /// the server (several times faster to set up and write).
+    pub fn start(fsync: bool) -> Result<Postgres, Missing> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                let mut found: Vec<PathBuf> = versions
+                    .flatten()
+                    .map(|v| v.path().join("bin"))
+                    .filter(|b| b.join("initdb").exists())
+                    .collect();
+                found.sort();
+                found.pop()
+            })
+            .ok_or_else(|| {
+                Missing("PostgreSQL is not installed (apt-get install postgresql)".into())
+            })?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-pg-")
+            .tempdir()
+            .expect("a temporary folder");
+        let as_postgres = is_root();
+        if as_postgres {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .expect("run chown");
+            assert!(status.success(), "chown postgres {}", dir.path().display());
+        }
+        let server = Postgres {
+            dir,
+            bin,
+            port: free_port(),
+            as_postgres,
+        };
+        let data = server.dir.path().join("data");
+        let out = server
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync={} -c max_connections=200",
+            server.port,
+            if fsync { "on" } else { "off" }
+        );
+        let log = server.log();
+        let out = server
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-o", &options, "-w", "-t", "30", "start"])
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        wait_for_port(server.port, "PostgreSQL", &log);
+        Ok(server)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        command.stdin(Stdio::null());
+        command
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A new, empty database `name`: its URL.
+    pub fn database(&self, name: &str) -> String {
+        let out = self
+            .command("createdb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ])
+            .output()
+            .expect("run createdb");
+        assert!(
+            out.status.success(),
+            "createdb {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.url(name)
+    }
+
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Run `sql` in database `name` with `psql`, returning its unaligned
+    /// output (for checks independent of Sluice's own client).
+    pub fn psql(&self, name: &str, sql: &str) -> String {
+        let out = self
+            .command("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", name, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The server's process id (its `postmaster.pid`), to measure it.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "-t", "10", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A mosquitto broker: MQTT 3.1.1 and 5 on a loopback port, no
+/// persistence (a restart loses every session, as a broker replaced in a
+/// fleet does), anonymous clients or a password file.
+pub struct Mosquitto {
+    dir: tempfile::TempDir,
+    port: u16,
+    users: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Start a broker that lets anyone connect.
+    pub fn start() -> Result<Mosquitto, Missing> {
+        Mosquitto::with_users(&[])
+    }
+
+    /// Start a broker that accepts only `users` (`(name, password)`), or
+    /// anyone when empty.
+    pub fn with_users(users: &[(&str, &str)]) -> Result<Mosquitto, Missing> {
+        if Command::new("mosquitto")
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Err(Missing(
+                "mosquitto is not installed (apt-get install mosquitto)".into(),
+            ));
+        }
+        let mut broker = Mosquitto {
+            dir: tempfile::Builder::new()
+                .prefix("sluice-mqtt-")
+                .tempdir()
+                .expect("a temporary folder"),
+            port: free_port(),
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+            child: None,
+        };
+        broker.write_config();
+        broker.restart();
+        Ok(broker)
+    }
+
+    fn write_config(&self) {
+        let mut config = format!(
+            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_inflight_messages 0\nmax_queued_messages 100000\n",
+            self.port
+        );
+        if is_root() {
+            config.push_str("user root\n");
+        }
+        if self.users.is_empty() {
+            config.push_str("allow_anonymous true\n");
+        } else {
+            let file = self.dir.path().join("passwords");
+            std::fs::write(&file, "").expect("write the password file");
+            for (user, password) in &self.users {
+                let status = Command::new("mosquitto_passwd")
+                    .arg("-b")
+                    .arg(&file)
+                    .args([user, password])
+                    .status()
+                    .expect("run mosquitto_passwd");
+                assert!(status.success(), "mosquitto_passwd {user}");
+            }
+            config.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(self.dir.path().join("mosquitto.conf"), config).expect("write the config");
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the broker (SIGKILL: sessions and queued messages are lost).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop it if running, then start it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = self.dir.path().join("mosquitto.log");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(self.dir.path().join("mosquitto.conf"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("create the broker's log"))
+                .spawn()
+                .expect("start mosquitto");
+            self.child = Some(child);
+            let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            if let Some(Ok(None)) = self.child.as_mut().map(|c| c.try_wait()) {
+                return;
+            }
+            // The port was still held by the old process (TIME_WAIT is no
+            // obstacle: mosquitto sets SO_REUSEADDR): try again.
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The broker's process id, to measure it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
