@@ -778,8 +778,8 @@ fn outbox(records: usize) -> Result<Value> {
         ..SyncConfig::default()
     };
     let tokio = tokio::runtime::Runtime::new()?;
-    let uplink =
-        sluice::uplink::from_config(&sync_config, tokio.handle())?.context("sync.url is set")?;
+    let uplink = sluice::uplink::from_config(&sync_config, "bench-device", tokio.handle())?
+        .context("sync.url is set")?;
     let uploader = Uploader::new(outbox.clone(), uplink, &sync_config, "bench-device");
     let started = Instant::now();
     let report = uploader.sync_once(&std::sync::atomic::AtomicBool::new(false))?;

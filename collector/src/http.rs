@@ -49,13 +49,28 @@ pub const COOKIE_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 /// How far back the fleet endpoints look by default: one day.
 pub const DEFAULT_SINCE_MS: i64 = 24 * 3600 * 1000;
 
-struct Shared {
-    store: Store,
-    tokens: Tokens,
-    limits: Limits,
-    metrics: Metrics,
-    /// One permit per batch being read, decoded or stored.
-    batches: Arc<Semaphore>,
+/// What every request (and the MQTT consumer, [`crate::mqtt`]) works with.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) tokens: Tokens,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+    /// One permit per batch being read, decoded or stored, whatever
+    /// carried it.
+    pub(crate) batches: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(crate) fn new(mut store: Store, tokens: Tokens, limits: Limits) -> Arc<Shared> {
+        store.set_fleet_retention(limits.fleet_retention);
+        Arc::new(Shared {
+            store,
+            tokens,
+            batches: Arc::new(Semaphore::new(limits.max_concurrent_batches)),
+            limits,
+            metrics: Metrics::default(),
+        })
+    }
 }
 
 /// The collector's routes over `store`, for `tokens`, with the default
@@ -67,17 +82,12 @@ pub fn router(store: Store, tokens: Tokens) -> Router {
 /// The collector's routes over `store`, for `tokens`, within `limits` (the
 /// connection limit and header timeout are the server's: see
 /// [`serve_with`](crate::serve_with)).
-pub fn router_with(mut store: Store, tokens: Tokens, limits: Limits) -> Router {
-    let batches = Arc::new(Semaphore::new(limits.max_concurrent_batches));
-    store.set_fleet_retention(limits.fleet_retention);
-    let metrics = Metrics::default();
-    let shared = Arc::new(Shared {
-        store,
-        tokens,
-        limits,
-        metrics: metrics.clone(),
-        batches,
-    });
+pub fn router_with(store: Store, tokens: Tokens, limits: Limits) -> Router {
+    router_shared(Shared::new(store, tokens, limits))
+}
+
+pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
+    let metrics = shared.metrics.clone();
     Router::new()
         .route(protocol::paths::HEALTH, get(|| async { "ok" }))
         .route(protocol::paths::BATCHES, post(post_batch))

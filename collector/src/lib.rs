@@ -60,6 +60,7 @@ pub mod fleet;
 pub mod http;
 mod limits;
 pub mod metrics;
+pub mod mqtt;
 pub mod rollout;
 pub mod store;
 mod tokens;
@@ -82,6 +83,9 @@ pub enum CollectorError {
     /// A limit is unusable (zero).
     #[error("{0}")]
     Limits(String),
+    /// The MQTT settings cannot be used.
+    #[error("MQTT: {0}")]
+    Mqtt(sluice_mqtt::MqttConfigError),
     /// No device has a token: nothing could ever be stored.
     #[error("no device tokens: give --tokens FILE or --token DEVICE=TOKEN")]
     NoTokens,
@@ -227,11 +231,46 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
+    serve_all(listener, store, tokens, limits, None, shutdown).await
+}
+
+/// [`serve_with`], also taking batches from an MQTT broker when `mqtt` is
+/// given ([`mqtt`]).
+pub async fn serve_all(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    tokens: Tokens,
+    limits: Limits,
+    mqtt: Option<mqtt::MqttSettings>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CollectorError> {
     if tokens.is_empty() {
         return Err(CollectorError::NoTokens);
     }
     limits.check().map_err(CollectorError::Limits)?;
-    let app = http::router_with(store, tokens, limits.clone());
+    let shared = http::Shared::new(store, tokens, limits.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = match mqtt {
+        Some(settings) => {
+            // Settings are checked before serving anything.
+            sluice_mqtt::options(&settings.url, &settings.client_id, &settings.broker, 1)
+                .map_err(CollectorError::Mqtt)?;
+            Some(tokio::spawn(mqtt::consume(
+                settings,
+                shared.clone(),
+                stopped,
+            )))
+        }
+        None => None,
+    };
+    let app = http::router_shared(shared);
     sluice_serve::serve("collector", listener, app, &limits.serve(), shutdown).await;
+    let _ = stop.send(true);
+    if let Some(consumer) = consumer {
+        match consumer.await {
+            Ok(Err(e)) => return Err(CollectorError::Mqtt(e)),
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `sluice-collector`: receive results from Sluice devices into SQLite.
 
 use clap::Parser;
+use sluice_collector::mqtt::MqttSettings;
 use sluice_collector::store::PoolOptions;
 use sluice_collector::{Limits, Store, Tokens};
 use std::path::PathBuf;
@@ -51,6 +52,35 @@ struct Cli {
     /// --operator-token-file).
     #[arg(long, conflicts_with = "operator_token_file")]
     operator_token: Option<String>,
+    /// Also take batches from this MQTT broker, `mqtt://HOST:PORT` or
+    /// `mqtts://HOST:PORT`, on a shared subscription (several collectors
+    /// split the load).
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// The broker's username.
+    #[arg(long, requires = "mqtt")]
+    mqtt_username: Option<String>,
+    /// A file holding the broker password (first line).
+    #[arg(long, requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
+    /// PEM certificate authorities for mqtts:// (default: the web's roots).
+    #[arg(long, requires = "mqtt")]
+    mqtt_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mqtts:// client authentication.
+    #[arg(long, requires = "mqtt_client_key_file")]
+    mqtt_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --mqtt-client-cert-file.
+    #[arg(long, requires = "mqtt_client_cert_file")]
+    mqtt_client_key_file: Option<PathBuf>,
+    /// The shared subscription group collectors join.
+    #[arg(long, default_value = sluice_protocol::mqtt::DEFAULT_GROUP)]
+    mqtt_group: String,
+    /// The first topic level.
+    #[arg(long, default_value = sluice_protocol::mqtt::DEFAULT_PREFIX)]
+    mqtt_topic_prefix: String,
+    /// This collector's MQTT client id (default: random).
+    #[arg(long)]
+    mqtt_client_id: Option<String>,
     /// Log filter, e.g. `info`, `sluice_collector=debug`; RUST_LOG if not given.
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     log: String,
@@ -162,6 +192,27 @@ impl Cli {
             fleet_retention: self.fleet_retention.into(),
             stale_after: self.stale_after.into(),
         }
+    }
+}
+
+impl Cli {
+    fn mqtt(&self) -> Option<MqttSettings> {
+        let url = self.mqtt.as_ref()?;
+        let mut settings = MqttSettings::new(url);
+        settings.broker = sluice_mqtt::Broker {
+            username: self.mqtt_username.clone(),
+            password_file: self.mqtt_password_file.clone(),
+            ca_file: self.mqtt_ca_file.clone(),
+            client_cert_file: self.mqtt_client_cert_file.clone(),
+            client_key_file: self.mqtt_client_key_file.clone(),
+            topic_prefix: self.mqtt_topic_prefix.clone(),
+            ..settings.broker
+        };
+        settings.group = self.mqtt_group.clone();
+        if let Some(id) = &self.mqtt_client_id {
+            settings.client_id = id.clone();
+        }
+        Some(settings)
     }
 }
 
@@ -286,6 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tokens.set_operator(token)?;
     }
     let limits = cli.limits();
+    let mqtt = cli.mqtt();
     limits.check().map_err(anyhow::Error::msg)?;
     let store = open(&db)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -304,7 +356,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
         use std::io::Write;
         std::io::stdout().flush()?;
-        sluice_collector::serve_with(listener, store, tokens, limits, shutdown_signal()).await?;
+        if let Some(settings) = &mqtt {
+            println!(
+                "sluice-collector: taking batches from {} ({})",
+                settings.url,
+                sluice_protocol::mqtt::shared_batches(
+                    &settings.broker.topic_prefix,
+                    &settings.group
+                )
+            );
+        }
+        std::io::stdout().flush()?;
+        sluice_collector::serve_all(listener, store, tokens, limits, mqtt, shutdown_signal())
+            .await?;
         anyhow::Ok(())
     })?;
     // Do not wait for connections that a client left hanging.

@@ -208,7 +208,7 @@ impl Agent {
             agent.workers.push((wake, thread));
         }
 
-        if let Some(uplink) = uplink::from_config(&config.sync, tokio)? {
+        if let Some(uplink) = uplink::from_config(&config.sync, &device, tokio)? {
             let uploader = Uploader::new(outbox.clone(), uplink, &config.sync, &device)
                 .with_metrics(metrics.clone());
             stored.wake();

@@ -501,6 +501,26 @@ pub struct SyncConfig {
     /// zstd level of uploads (1 fast .. 19 small).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// `[sync.mqtt]`: the broker's credentials, TLS and topic prefix, for
+    /// an `mqtt://` or `mqtts://` `url`.
+    #[serde(default)]
+    pub mqtt: Option<sluice_mqtt::Broker>,
+    /// What acknowledges a batch sent through MQTT: the collector's answer
+    /// (`collector`, the default: stored upstream) or the broker's PUBACK
+    /// (`broker`: only when the broker itself is durable).
+    #[serde(default)]
+    pub mqtt_ack: MqttAck,
+}
+
+/// What acknowledges a batch sent through an MQTT broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MqttAck {
+    /// The collector's answer after its commit.
+    #[default]
+    Collector,
+    /// The broker's PUBACK.
+    Broker,
 }
 
 impl Default for SyncConfig {
@@ -516,6 +536,8 @@ impl Default for SyncConfig {
             backoff_max_ms: default_backoff_max_ms(),
             interval_ms: default_sync_interval_ms(),
             zstd_level: default_zstd_level(),
+            mqtt: None,
+            mqtt_ack: MqttAck::Collector,
         }
     }
 }
@@ -838,10 +860,22 @@ impl Config {
     fn check_store_and_forward(&self) -> Result<(), ConfigError> {
         let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
         if let Some(url) = &self.sync.url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            let mqtt = url.starts_with("mqtt://") || url.starts_with("mqtts://");
+            if !(url.starts_with("http://") || url.starts_with("https://") || mqtt) {
                 return value(
                     "sync.url",
-                    format!("`{url}` must start with http:// or https://"),
+                    format!("`{url}` must start with http://, https://, mqtt:// or mqtts://"),
+                );
+            }
+            if mqtt {
+                let broker = self.sync.mqtt.clone().unwrap_or_default();
+                if let Err(e) = sluice_mqtt::options(url, &self.device.id, &broker, 1) {
+                    return value("sync.mqtt", e.to_string());
+                }
+            } else if self.sync.mqtt.is_some() {
+                return value(
+                    "sync.mqtt",
+                    format!("is set but sync.url `{url}` is not mqtt:// or mqtts://"),
                 );
             }
             if self.sync.token.is_none() && self.sync.token_file.is_none() {

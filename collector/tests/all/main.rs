@@ -7,6 +7,7 @@ mod connections;
 mod errors;
 mod fleet;
 mod memory;
+mod mqtt;
 mod postgres;
 mod props;
 mod rollouts;

@@ -1,6 +1,7 @@
 //! The uplink: ships pending results from the [`Outbox`] upstream, batch by
-//! batch, through an [`Uplink`] (today [`http::HttpUplink`], zstd-compressed
-//! JSON over HTTP(S) with rustls; an MQTT uplink would be one new file).
+//! batch, through an [`Uplink`] ([`http::HttpUplink`], zstd-compressed
+//! JSON over HTTP(S) with rustls; [`mqtt::MqttUplink`], the same through an
+//! MQTT 5 broker).
 //!
 //! The [`Uploader`] owns what does not depend on the transport:
 //! * records leave the outbox only when the uplink returns an
@@ -23,6 +24,7 @@
 //!   delays but never stops syncing.
 
 pub mod http;
+pub mod mqtt;
 
 use crate::config::SyncConfig;
 use crate::outbox::{Batch, Outbox, OutboxError, Split};
@@ -104,10 +106,12 @@ pub trait Uplink: Send + Sync {
     fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError>;
 }
 
-/// The uplink a configuration asks for (`sync.url`'s scheme chooses it),
-/// or `None` without `sync.url`.
+/// The uplink a configuration asks for (`sync.url`'s scheme chooses it:
+/// `http(s)://` a collector, `mqtt(s)://` a broker) for `device`, or
+/// `None` without `sync.url`.
 pub fn from_config(
     config: &SyncConfig,
+    device: &str,
     runtime: &tokio::runtime::Handle,
 ) -> Result<Option<Box<dyn Uplink>>, crate::error::ConfigError> {
     let Some(url) = &config.url else {
@@ -119,6 +123,15 @@ pub fn from_config(
             "sync.url is set but neither sync.token nor sync.token_file is",
         ));
     };
+    if url.starts_with("mqtt://") || url.starts_with("mqtts://") {
+        return Ok(Some(Box::new(mqtt::MqttUplink::new(
+            url,
+            device,
+            token,
+            config,
+            runtime.clone(),
+        )?)));
+    }
     Ok(Some(Box::new(http::HttpUplink::new(
         url,
         token,

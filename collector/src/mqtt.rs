@@ -1,0 +1,241 @@
+//! The collector's MQTT transport: batches through a broker the fleet
+//! already runs (mosquitto, EMQX, HiveMQ...), for devices configured with
+//! an `mqtt://` or `mqtts://` sync URL. The topics and properties are in
+//! [`sluice_protocol::mqtt`].
+//!
+//! Several collectors split the load on one MQTT 5 shared subscription
+//! (`$share/GROUP/...`): the broker gives each batch to one of them.
+//!
+//! Invariants:
+//! * the same checks and the same store as HTTP ([`crate::accept`]): the
+//!   device's bearer token travels in the message and must be the topic's
+//!   device; nothing else about the sender is trusted;
+//! * the answer goes to the device's own answer topic, computed from the
+//!   topic the batch came on, never to a topic the message names;
+//! * a batch is answered only after it is committed, and the broker's
+//!   PUBACK (manual acknowledgement) is sent only after the answer: a
+//!   collector that dies in between leaves the device without an answer,
+//!   so it sends the batch again and is answered `replayed`;
+//! * at most [`Limits::max_concurrent_batches`] batches are in progress
+//!   (the MQTT 5 receive maximum tells the broker so), each at most
+//!   [`Limits::max_body_bytes`]: the same memory bound as HTTP.
+
+use crate::accept::{self, Received, Refusal};
+use crate::http::Shared;
+use crate::limits::Limits;
+use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
+use sluice_mqtt::rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use sluice_mqtt::rumqttc::v5::{AsyncClient, Event};
+use sluice_protocol::mqtt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how the collector takes batches from a broker.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub url: String,
+    /// Credentials and TLS.
+    pub broker: sluice_mqtt::Broker,
+    /// The shared subscription group ([`mqtt::DEFAULT_GROUP`]).
+    pub group: String,
+    /// This collector's client id (unique among the group's).
+    pub client_id: String,
+}
+
+impl MqttSettings {
+    /// The broker at `url` with the default group and prefix, a random
+    /// client id and no credentials.
+    pub fn new(url: &str) -> MqttSettings {
+        MqttSettings {
+            url: url.to_owned(),
+            broker: Default::default(),
+            group: mqtt::DEFAULT_GROUP.into(),
+            client_id: format!("sluice-collector-{:08x}", rand::random::<u32>()),
+        }
+    }
+}
+
+/// Longest wait between two attempts to reach the broker.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Room for the MQTT header and properties around a batch's body.
+const PACKET_OVERHEAD: usize = 64 << 10;
+
+/// Take batches from the broker until `stop` changes. Fails only when the
+/// settings cannot be used; an unreachable broker is retried.
+pub(crate) async fn consume(
+    settings: MqttSettings,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), sluice_mqtt::MqttConfigError> {
+    let limits: &Limits = &shared.limits;
+    let max_packet = (limits.max_body_bytes + PACKET_OVERHEAD).min(u32::MAX as usize) as u32;
+    let mut options = sluice_mqtt::options(
+        &settings.url,
+        &settings.client_id,
+        &settings.broker,
+        max_packet,
+    )?;
+    // No session: a batch given to a collector that died is not kept for
+    // it; the device sends it again and another collector takes it.
+    options.set_clean_start(true);
+    options.set_manual_acks(true);
+    options.set_receive_maximum(Some(limits.max_concurrent_batches.clamp(1, 65_535) as u16));
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let filter = mqtt::shared_batches(&settings.broker.topic_prefix, &settings.group);
+    let url = sluice_mqtt::endpoint(&settings.url).to_owned();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => break,
+            event = events.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                    tracing::error!("MQTT broker {url}: cannot subscribe to {filter}: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                tracing::info!(
+                    "MQTT broker {url}: taking batches from {filter}: {:?}",
+                    ack.return_codes
+                );
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let permit = shared.batches.clone().acquire_owned().await;
+                let (shared, client, prefix) = (
+                    shared.clone(),
+                    client.clone(),
+                    settings.broker.topic_prefix.clone(),
+                );
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let answered = tokio::task::spawn_blocking(move || {
+                        let reply = answer(&shared, &prefix, &publish);
+                        (reply, publish)
+                    })
+                    .await;
+                    let Ok((reply, publish)) = answered else {
+                        return;
+                    };
+                    if let Some((topic, properties, payload)) = reply {
+                        if let Err(e) = client
+                            .publish_with_properties(
+                                topic,
+                                QoS::AtLeastOnce,
+                                false,
+                                payload,
+                                properties,
+                            )
+                            .await
+                        {
+                            tracing::warn!("cannot answer a batch: {e}");
+                            return;
+                        }
+                    }
+                    let _ = client.ack(&publish).await;
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("MQTT broker {url}: {e}; trying again in {backoff:?}");
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check and store one batch message: the answer's topic, properties and
+/// payload, or `None` for a message on no device's batches topic.
+fn answer(
+    shared: &Shared,
+    prefix: &str,
+    publish: &Publish,
+) -> Option<(String, PublishProperties, Vec<u8>)> {
+    let topic = std::str::from_utf8(&publish.topic).ok()?;
+    let Some(device) = mqtt::device_of_batches(prefix, topic) else {
+        tracing::warn!("ignoring a message on {topic}: not a device's batches topic");
+        return None;
+    };
+    let properties = publish.properties.clone().unwrap_or_default();
+    let user = |name: &str| {
+        properties
+            .user_properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let key = properties
+        .correlation_data
+        .as_ref()
+        .map(|k| String::from_utf8_lossy(k).into_owned());
+    let result = match shared.tokens.device_of(user(mqtt::AUTHORIZATION)) {
+        None => Err(Refusal::new(
+            401,
+            format!(
+                "missing or unknown bearer token (user property `{}`)",
+                mqtt::AUTHORIZATION
+            ),
+        )),
+        Some(own) if own != device => Err(Refusal::new(
+            403,
+            format!("this token is device `{own}`'s, not `{device}`'s"),
+        )),
+        Some(_) => {
+            let received = Received {
+                device,
+                key: key.as_deref(),
+                encoding: user(mqtt::CONTENT_ENCODING),
+                body: publish.payload.to_vec(),
+            };
+            let result = accept::store(&shared.store, &shared.metrics, &shared.limits, received);
+            fault_before_answer();
+            return Some(reply(prefix, device, key, result));
+        }
+    };
+    if let Err(refusal) = &result {
+        shared.metrics.batch("refused", refusal.status);
+    }
+    Some(reply(prefix, device, key, result))
+}
+
+fn reply(
+    prefix: &str,
+    device: &str,
+    key: Option<String>,
+    result: Result<sluice_protocol::BatchAck, Refusal>,
+) -> (String, PublishProperties, Vec<u8>) {
+    let (status, payload) = match result {
+        Ok(ack) => (200, serde_json::to_vec(&ack)),
+        Err(refusal) => (refusal.status, serde_json::to_vec(&refusal.body)),
+    };
+    let properties = PublishProperties {
+        correlation_data: key.map(|k| k.into_bytes().into()),
+        user_properties: vec![(mqtt::STATUS.to_owned(), status.to_string())],
+        content_type: Some(sluice_protocol::CONTENT_TYPE.to_owned()),
+        ..Default::default()
+    };
+    (
+        mqtt::acks(prefix, device),
+        properties,
+        payload.expect("answers serialize"),
+    )
+}
+
+/// The fault tests' seam: with `SLUICE_COLLECTOR_FAULT=abort-before-answer`
+/// the process dies after committing a batch and before answering it,
+/// the moment that must not lose or duplicate anything.
+fn fault_before_answer() {
+    if std::env::var("SLUICE_COLLECTOR_FAULT").as_deref() == Ok("abort-before-answer") {
+        eprintln!("sluice-collector: fault injected: aborting before the answer");
+        std::process::abort();
+    }
+}
