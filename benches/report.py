@@ -433,4 +433,15 @@ if observe:
          f"(quartiles {ab['ratio_quartiles'][0]:.3f}-{ab['ratio_quartiles'][1]:.3f}).")
     emit("")
 
+# ------------------------------------------------------------------ fleet
+# The upstream load test runs on its own (benches/fleet.sh): its section is
+# rendered from its results when they are here, else kept as it was.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fleet_report  # noqa: E402
+
+fleet = fleet_report.section(os.path.join(OUT, "fleet.json")) or fleet_report.kept(os.path.join(ROOT, "BENCHMARKS.md"))
+if fleet:
+    emit(fleet)
+    emit("")
+
 sys.stdout.write("\n".join(lines) + "\n")

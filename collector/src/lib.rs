@@ -1,8 +1,10 @@
 //! # sluice-collector: the upstream receiver of Sluice results
 //!
-//! Devices running `sluice run` upload their results here; the collector
-//! authenticates each device by its bearer token and stores every result
-//! exactly once in one SQLite file. It is a separate program
+//! Devices running `sluice run` upload their results here, over HTTP or
+//! through an MQTT 5 broker ([`mqtt`]); the collector authenticates each
+//! device by its bearer token and stores every result exactly once, in one
+//! SQLite file or in a PostgreSQL database several collectors share
+//! ([`store`]). It is a separate program
 //! (`sluice-collector`) and crate: the device binary contains none of it.
 //! The wire types are in [`sluice_protocol`].
 //!
@@ -267,9 +269,8 @@ pub async fn serve_all(
     sluice_serve::serve("collector", listener, app, &limits.serve(), shutdown).await;
     let _ = stop.send(true);
     if let Some(consumer) = consumer {
-        match consumer.await {
-            Ok(Err(e)) => return Err(CollectorError::Mqtt(e)),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = consumer.await {
+            return Err(CollectorError::Mqtt(e));
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! `sluice-collector`: receive results from Sluice devices into SQLite.
+//! `sluice-collector`: receive results from Sluice devices into SQLite or PostgreSQL.
 
 use clap::Parser;
 use sluice_collector::mqtt::MqttSettings;
@@ -6,8 +6,10 @@ use sluice_collector::store::PoolOptions;
 use sluice_collector::{Limits, Store, Tokens};
 use std::path::PathBuf;
 
-/// Receive results from Sluice devices and store each exactly once in one
-/// SQLite file. Devices authenticate with their own bearer token.
+/// Receive results from Sluice devices (HTTP, and an MQTT broker with
+/// --mqtt) and store each exactly once, in a SQLite file or a PostgreSQL
+/// database several collectors share. Devices authenticate with their own
+/// bearer token.
 #[derive(Parser)]
 #[command(
     name = "sluice-collector",

@@ -57,10 +57,15 @@ impl MqttSettings {
 }
 
 /// Longest wait between two attempts to reach the broker.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Room for the MQTT header and properties around a batch's body.
 const PACKET_OVERHEAD: usize = 64 << 10;
+
+/// Batches held at once: 4 per permit, at least 64.
+fn receive_maximum(limits: &Limits) -> u16 {
+    (limits.max_concurrent_batches.saturating_mul(4)).clamp(64, 65_535) as u16
+}
 
 /// Take batches from the broker until `stop` changes. Fails only when the
 /// settings cannot be used; an unreachable broker is retried.
@@ -81,8 +86,19 @@ pub(crate) async fn consume(
     // it; the device sends it again and another collector takes it.
     options.set_clean_start(true);
     options.set_manual_acks(true);
-    options.set_receive_maximum(Some(limits.max_concurrent_batches.clamp(1, 65_535) as u16));
-    let (client, mut events) = AsyncClient::new(options, 64);
+    // At most this many batches are held here at once (the broker waits
+    // for our PUBACKs): processing ones plus a queue for the permits, so
+    // the collector never idles while the broker has work.
+    let held = receive_maximum(limits);
+    options.set_receive_maximum(Some(held));
+    // Room for every batch held to queue its answer and its PUBACK without
+    // waiting: the event loop below is what sends them. Answers go at QoS
+    // 0: at QoS 1 they count against the broker's receive maximum, and
+    // once that is full the client stops taking requests, our PUBACKs
+    // included, and the broker stops sending (a deadlock the load test
+    // found at 100 devices). An answer lost is a batch the device sends
+    // again, answered `replayed`.
+    let (client, mut events) = AsyncClient::new(options, 2 * held as usize + 64);
     let filter = mqtt::shared_batches(&settings.broker.topic_prefix, &settings.group);
     let url = sluice_mqtt::endpoint(&settings.url).to_owned();
     let mut backoff = Duration::from_millis(100);
@@ -121,20 +137,19 @@ pub(crate) async fn consume(
                     let Ok((reply, publish)) = answered else {
                         return;
                     };
-                    if let Some((topic, properties, payload)) = reply {
-                        if let Err(e) = client
+                    if let Some((topic, properties, payload)) = reply
+                        && let Err(e) = client
                             .publish_with_properties(
                                 topic,
-                                QoS::AtLeastOnce,
+                                QoS::AtMostOnce,
                                 false,
                                 payload,
                                 properties,
                             )
                             .await
-                        {
-                            tracing::warn!("cannot answer a batch: {e}");
-                            return;
-                        }
+                    {
+                        tracing::warn!("cannot answer a batch: {e}");
+                        return;
                     }
                     let _ = client.ack(&publish).await;
                 });

@@ -150,7 +150,12 @@ pub fn options(
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.max(5)));
     options.set_max_packet_size(Some(max_packet_bytes));
-    options.set_connection_timeout(10);
+    // Request and answer are whole messages waited for one at a time: with
+    // Nagle's algorithm against delayed ACKs each hop can wait 40 ms.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(10);
+    options.set_network_options(network);
     let password = match (&broker.password, &broker.password_file) {
         (Some(_), Some(_)) => {
             return Err(MqttConfigError::Invalid(

@@ -309,9 +309,12 @@ impl Mosquitto {
 
     fn write_config(&self) {
         let mut config = format!(
-            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_inflight_messages 0\nmax_queued_messages 100000\n",
+            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_inflight_messages 0\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
             self.port
         );
+        if std::env::var_os("SLUICE_TESTKIT_MOSQUITTO_DEBUG").is_some() {
+            config.push_str("log_type all\n");
+        }
         if is_root() {
             config.push_str("user root\n");
         }

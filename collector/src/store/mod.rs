@@ -46,7 +46,7 @@ const SCHEMA_VERSION: i64 = 4;
 
 /// How often a transaction that failed transiently (a deadlock between
 /// collectors) is run again before the request fails.
-const TRANSIENT_ATTEMPTS: u32 = 5;
+pub const TRANSIENT_ATTEMPTS: u32 = 5;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -387,10 +387,7 @@ fn collectors_on_a_shared_subscription_split_the_batches() {
     let uploader = uploader(&outbox, &config);
     sync_all(&uploader, &outbox, Duration::from_secs(60));
     assert_all_once(&collectors[0].url, 400);
-    let split: Vec<u64> = collectors
-        .iter()
-        .map(|c| c.batches("stored"))
-        .collect();
+    let split: Vec<u64> = collectors.iter().map(|c| c.batches("stored")).collect();
     assert_eq!(split.iter().sum::<u64>(), 40, "{split:?}");
     assert!(
         split.iter().all(|n| *n > 0),

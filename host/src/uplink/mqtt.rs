@@ -12,10 +12,10 @@
 //!   With `sync.mqtt_ack = "broker"` the PUBACK is the acknowledgement, for
 //!   brokers that are themselves the durable end (a bridge, a cloud IoT
 //!   hub's rules);
-//! * a persistent session (clean start off, a day's expiry) keeps this
-//!   device's answers queued at the broker while the connection is down;
-//!   the subscription to them is made again on every connection, since a
-//!   restarted broker forgets sessions;
+//! * the device subscribes to its answer topic on every connection (a
+//!   restarted broker forgets sessions) and sends only once subscribed;
+//!   answers are QoS 0, so one lost while reconnecting is a batch sent
+//!   again and answered `replayed`;
 //! * a batch is only sent while connected and subscribed, and an answer is
 //!   waited for at most `sync.timeout_ms`: a missing collector or broker
 //!   delays syncing, it never blocks it or loses anything (the batch is

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""The upstream load test's section of BENCHMARKS.md, from target/bench/fleet.json.
+
+Usage: python3 benches/fleet_report.py target/bench/fleet.json BENCHMARKS.md
+replaces the section between the fleet markers in BENCHMARKS.md (or appends
+it); benches/report.py calls section() to keep it when it renders the rest.
+Standard library only.
+"""
+import json
+import os
+import sys
+
+START = "<!-- fleet:start -->"
+END = "<!-- fleet:end -->"
+
+
+def section(path):
+    """The section's markdown from the JSON lines at path, or None."""
+    if not os.path.exists(path):
+        return None
+    runs, check, machine = [], None, {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            item = json.loads(line)
+            if item.get("check"):
+                check = item
+            elif item.get("machine"):
+                machine = item
+            else:
+                runs.append(item)
+    if not runs:
+        return None
+    out = [START, "## Upstream at fleet scale: collectors, PostgreSQL, mosquitto", ""]
+    out.append(
+        f"`bash benches/fleet.sh` (one command, {machine.get('when', '?')}, {machine.get('cores', '?')} cores, "
+        "everything on this one machine): a real PostgreSQL 15 (fsync on), a real mosquitto, two "
+        "`sluice-collector` release processes on that database and on the broker's shared "
+        f"subscription, and the simulated devices in one process, each with its own token, sending "
+        f"batches of {runs[0]['batch_results']} realistic result records (digits results with provenance, "
+        "about 700 bytes of JSON each, zstd on the wire) in a closed loop: the next batch when the last is "
+        "acknowledged. Over HTTP device *i* talks to collector *i* mod 2 (a load balancer); over MQTT "
+        "the broker splits the batches. Acknowledged means committed in PostgreSQL."
+    )
+    out.append("")
+    out.append("| transport | devices | results/s | ack p50 ms | ack p99 ms | 503s | errors | CPU collectors | CPU PostgreSQL | CPU broker | CPU simulator |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in runs:
+        out.append(
+            f"| {r['transport']} | {r['devices']} | {r['results_per_s']:,.0f} | {r['ack_p50_ms']:.1f} | "
+            f"{r['ack_p99_ms']:.1f} | {r['busy_503']} | {r['errors']} | {r['cpu_collectors']:.2f} | "
+            f"{r['cpu_postgres']:.2f} | {r['cpu_broker']:.2f} | {r['cpu_simulator']:.2f} |"
+        )
+    out.append("")
+    out.append("CPU columns are cores busy on average (2.00 = the whole machine).")
+    if check:
+        out.append("")
+        rows, distinct = check["stored"].split("|")
+        ok = int(rows) == int(distinct) == int(check["acknowledged"])
+        out.append(
+            f"**Exactly once**: {check['acknowledged']:,} results acknowledged over all runs; PostgreSQL "
+            f"holds {int(rows):,} rows, {int(distinct):,} distinct (device, id): "
+            + ("0 lost, 0 duplicated." if ok else "**MISMATCH**.")
+        )
+    best = max(runs, key=lambda r: r["results_per_s"])
+    target = 20_000
+    out.append("")
+    out.append(
+        f"**Target** (at least {target:,} results/s sustained on this 2-core machine, 0 lost, 0 duplicated): "
+        + ("met" if best["results_per_s"] >= target else "not met")
+        + f"; best {best['results_per_s']:,.0f} results/s ({best['transport']}, {best['devices']} devices)."
+    )
+    out.append(END)
+    return "\n".join(out)
+
+
+def splice(markdown, text):
+    """markdown with the fleet section replaced by text (appended if absent)."""
+    if START in markdown and END in markdown:
+        head, rest = markdown.split(START, 1)
+        _, tail = rest.split(END, 1)
+        return head + text + tail
+    return markdown.rstrip("\n") + "\n\n" + text + "\n"
+
+
+def kept(markdown_path):
+    """The fleet section as it is in markdown_path, or None."""
+    if not os.path.exists(markdown_path):
+        return None
+    with open(markdown_path) as f:
+        text = f.read()
+    if START in text and END in text:
+        return START + text.split(START, 1)[1].split(END, 1)[0] + END
+    return None
+
+
+if __name__ == "__main__":
+    data, target = sys.argv[1], sys.argv[2]
+    text = section(data)
+    if text is None:
+        sys.exit(f"no load-test results in {data}")
+    with open(target) as f:
+        markdown = f.read()
+    with open(target, "w") as f:
+        f.write(splice(markdown, text))
