@@ -18,7 +18,7 @@ def section(path):
     """The section's markdown from the JSON lines at path, or None."""
     if not os.path.exists(path):
         return None
-    runs, check, machine = [], None, {}
+    runs, checks, machine = [], [], {}
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -26,7 +26,7 @@ def section(path):
                 continue
             item = json.loads(line)
             if item.get("check"):
-                check = item
+                checks.append(item)
             elif item.get("machine"):
                 machine = item
             else:
@@ -55,14 +55,29 @@ def section(path):
         )
     out.append("")
     out.append("CPU columns are cores busy on average (2.00 = the whole machine).")
-    if check:
+    http_max = max((r["devices"] for r in runs if r["transport"] == "http"), default=0)
+    mqtt_max = max((r["devices"] for r in runs if r["transport"] == "mqtt"), default=0)
+    if mqtt_max < http_max:
         out.append("")
-        rows, distinct = check["stored"].split("|")
-        ok = int(rows) == int(distinct) == int(check["acknowledged"])
         out.append(
-            f"**Exactly once**: {check['acknowledged']:,} results acknowledged over all runs; PostgreSQL "
-            f"holds {int(rows):,} rows, {int(distinct):,} distinct (device, id): "
-            + ("0 lost, 0 duplicated." if ok else "**MISMATCH**.")
+            f"**Where it loses**: through MQTT the runs stop at {mqtt_max} devices. With 1000 simulated "
+            "MQTT devices in one process, answers stop arriving after the first batches and devices wait "
+            "for their timeout; not understood yet (the simulator's 1000 rumqttc clients, mosquitto 2.0.11's "
+            "shared subscriptions and the collector's flow control are the suspects). Over HTTP, 1000 "
+            "devices are more than two collectors take at once: they answer `503` and devices back off, "
+            "which stretches the 99th percentile of acknowledgement to seconds while throughput holds.")
+    if checks:
+        out.append("")
+        acked = sum(int(c["acknowledged"]) for c in checks)
+        rows = sum(int(c["stored"].split("|")[0]) for c in checks)
+        distinct = sum(int(c["stored"].split("|")[1]) for c in checks)
+        replayed = sum(int(c.get("replayed_batches", 0)) for c in checks)
+        ok = rows == distinct == acked
+        out.append(
+            f"**Exactly once**: {acked:,} results acknowledged over all runs; PostgreSQL "
+            f"holds {rows:,} rows, {distinct:,} distinct (device, id): "
+            + ("0 lost, 0 duplicated" if ok else "**MISMATCH**")
+            + f" ({replayed} batches reached a collector twice and were answered `replayed`)."
         )
     best = max(runs, key=lambda r: r["results_per_s"])
     target = 20_000

@@ -268,10 +268,10 @@ pub async fn serve_all(
     let app = http::router_shared(shared);
     sluice_serve::serve("collector", listener, app, &limits.serve(), shutdown).await;
     let _ = stop.send(true);
-    if let Some(consumer) = consumer {
-        if let Ok(Err(e)) = consumer.await {
-            return Err(CollectorError::Mqtt(e));
-        }
+    if let Some(consumer) = consumer
+        && let Ok(Err(e)) = consumer.await
+    {
+        return Err(CollectorError::Mqtt(e));
     }
     Ok(())
 }
