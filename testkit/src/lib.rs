@@ -9,7 +9,9 @@
 //! return [`Missing`], and a test prints it and skips, loudly.
 //!
 //! Every wait is bounded: a server that does not answer within
-//! [`START_TIMEOUT`] fails the start with its log.
+//! [`START_TIMEOUT`] fails the start with its log. Set
+//! `SLUICE_TESTKIT_MOSQUITTO_DEBUG=1` to have mosquitto log every packet
+//! (into `mosquitto.log` in its folder).
 
 #![deny(missing_docs)]
 
@@ -183,10 +185,11 @@ impl Postgres {
         self.port
     }
 
-    /// A new, empty database `name`: its URL.
-    pub fn database(&self, name: &str) -> String {
+    /// Run the client `program` (`createdb`, `psql`) against this server
+    /// with `args`; its standard output. Panics naming it when it fails.
+    fn client(&self, program: &str, args: &[&str]) -> String {
         let out = self
-            .command("createdb")
+            .command(program)
             .args([
                 "-h",
                 "127.0.0.1",
@@ -194,15 +197,21 @@ impl Postgres {
                 &self.port.to_string(),
                 "-U",
                 "postgres",
-                name,
             ])
+            .args(args)
             .output()
-            .expect("run createdb");
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
         assert!(
             out.status.success(),
-            "createdb {name}: {}",
+            "{program} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A new, empty database `name`: its URL.
+    pub fn database(&self, name: &str) -> String {
+        self.client("createdb", &[name]);
         self.url(name)
     }
 
@@ -214,25 +223,10 @@ impl Postgres {
     /// Run `sql` in database `name` with `psql`, returning its unaligned
     /// output (for checks independent of Sluice's own client).
     pub fn psql(&self, name: &str, sql: &str) -> String {
-        let out = self
-            .command("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", name, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        self.client(
+            "psql",
+            &["-d", name, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        )
     }
 
     /// The server's process id (its `postmaster.pid`), to measure it.

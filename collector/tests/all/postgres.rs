@@ -3,7 +3,8 @@
 //! schema), and exactly-once with several collectors on one database.
 
 use crate::common::*;
-use sluice_collector::store::{PoolOptions, Row};
+use crate::store::row;
+use sluice_collector::store::PoolOptions;
 use sluice_collector::{BatchError, Limits, Store};
 use sluice_testkit::{Postgres, or_skip};
 use std::sync::Arc;
@@ -12,33 +13,16 @@ fn connect(url: &str) -> Store {
     Store::connect(url, &PoolOptions::default()).unwrap()
 }
 
-fn row<'a>(id: &str, seq: i64, body: &'a str) -> Row<'a> {
-    Row {
-        id: id.into(),
-        pipeline: "p".into(),
-        seq,
-        body,
-    }
-}
-
 #[test]
 fn postgres_stores_views_and_rolls_out_as_sqlite_does() {
     let pg = or_skip!(Postgres::start(false));
 
-    // Refusals and duplicates, on the store itself.
+    // Refusals and duplicates, on the store itself: SQLite's tests, then
+    // what they do not cover.
+    crate::store::respelled_is_a_duplicate(&connect(&pg.database("respelled")));
     let url = pg.database("semantics");
     let store = connect(&url);
-    let a = store
-        .store_batch("a", "k", &[row("same", 1, r#"{"from":"a"}"#)])
-        .unwrap();
-    let b = store
-        .store_batch("b", "k", &[row("same", 1, r#"{"from":"b"}"#)])
-        .unwrap();
-    assert_eq!((a.stored, b.stored), (1, 1), "ids are scoped by device");
-    assert_eq!(
-        store.results("a", i64::MIN, 10).unwrap(),
-        vec![r#"{"from":"a"}"#]
-    );
+    crate::store::ids_are_scoped_by_device(&store);
     let replay = store
         .store_batch("a", "k", &[row("same", 1, r#"{"from":"a"}"#)])
         .unwrap();

@@ -4,7 +4,7 @@ use serde_json::json;
 use sluice_collector::store::Row;
 use sluice_collector::{BatchError, Store};
 
-fn row<'a>(id: &str, seq: i64, body: &'a str) -> Row<'a> {
+pub fn row<'a>(id: &str, seq: i64, body: &'a str) -> Row<'a> {
     Row {
         id: id.into(),
         pipeline: "p".into(),
@@ -16,7 +16,11 @@ fn row<'a>(id: &str, seq: i64, body: &'a str) -> Row<'a> {
 #[test]
 fn a_device_cannot_shadow_another_devices_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("c.db")).unwrap();
+    ids_are_scoped_by_device(&Store::open(&dir.path().join("c.db")).unwrap());
+}
+
+/// On an empty `store` (either engine).
+pub fn ids_are_scoped_by_device(store: &Store) {
     let a = store
         .store_batch("a", "k", &[row("same", 1, r#"{"from":"a"}"#)])
         .unwrap();
@@ -37,7 +41,11 @@ fn a_device_cannot_shadow_another_devices_ids() {
 #[test]
 fn the_same_record_respelled_is_a_duplicate_not_a_conflict() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("c.db")).unwrap();
+    respelled_is_a_duplicate(&Store::open(&dir.path().join("c.db")).unwrap());
+}
+
+/// On a `store` (either engine) without device `a`.
+pub fn respelled_is_a_duplicate(store: &Store) {
     store
         .store_batch("a", "k1", &[row("a/p/1", 1, r#"{"x":1,"y":2}"#)])
         .unwrap();

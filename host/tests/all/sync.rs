@@ -73,7 +73,7 @@ fn get(url: &str, token: &str) -> (u16, serde_json::Value) {
 /// An uploader of `outbox` to `url` with `token`.
 fn uploader(outbox: &Arc<Outbox>, url: &str, token: &str) -> Uploader {
     let config = sync_config(url, token);
-    let uplink = sluice::uplink::from_config(&config, tokio().handle())
+    let uplink = sluice::uplink::from_config(&config, DEVICE, tokio().handle())
         .unwrap()
         .expect("sync.url is set");
     Uploader::new(outbox.clone(), uplink, &config, DEVICE)
@@ -369,7 +369,7 @@ fn one_bad_record_is_set_aside_and_every_good_one_is_delivered() {
         batch_max_records: 200,
         ..sync_config(&collector.url(), TOKEN)
     };
-    let uplink = sluice::uplink::from_config(&config, tokio().handle())
+    let uplink = sluice::uplink::from_config(&config, DEVICE, tokio().handle())
         .unwrap()
         .unwrap();
     let uploader = Uploader::new(outbox.clone(), uplink, &config, DEVICE);
