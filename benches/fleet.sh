@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The upstream load test: bash benches/fleet.sh
 #
-# Simulated devices (10, 100, then 1000 by default: DEVICES=...; through
-# MQTT 10 and 100: MQTT_DEVICES=...) against two
+# Simulated devices (10, 100, then 1000 by default: DEVICES=... over HTTP,
+# MQTT_DEVICES=... through the broker) against two
 # sluice-collector processes on one real PostgreSQL, over HTTP and through a
 # real mosquitto, on this machine; results into target/bench/fleet.json and
 # BENCHMARKS.md's "Upstream at fleet scale" section. Needs Debian's
@@ -21,7 +21,7 @@ cargo build --release -p sluice-collector -p sluice-fleet-bench
 {
   echo "{\"machine\": true, \"when\": \"$(date -u +%Y-%m-%d)\", \"cores\": $(nproc)}"
   target/release/sluice-fleet-bench --collector target/release/sluice-collector \
-    --devices "${DEVICES:-10,100,1000}" --mqtt-devices "${MQTT_DEVICES:-10,100}" \
+    --devices "${DEVICES:-10,100,1000}" --mqtt-devices "${MQTT_DEVICES:-10,100,1000}" \
     --seconds "${SECONDS_PER_RUN:-15}" "$@"
 } > "$OUT/fleet.json"
 python3 benches/fleet_report.py "$OUT/fleet.json" BENCHMARKS.md

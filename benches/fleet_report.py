@@ -66,6 +66,15 @@ def section(path):
             "shared subscriptions and the collector's flow control are the suspects). Over HTTP, 1000 "
             "devices are more than two collectors take at once: they answer `503` and devices back off, "
             "which stretches the 99th percentile of acknowledgement to seconds while throughput holds.")
+    else:
+        out.append("")
+        out.append(
+            "**Where it loses**: every run saturates the machine (the devices send as fast as they are "
+            "answered), so more devices add waiting, not throughput: acknowledgement latency grows with "
+            "the device count. Over HTTP, past `--max-concurrent-batches` the collectors answer `503` and "
+            "devices back off with jitter, which stretches the 99th percentile to seconds; through MQTT "
+            "the batches queue in the collectors instead (up to `--mqtt-receive-maximum`), which keeps "
+            "the tail shorter. PostgreSQL (one WAL flush per batch, fsync on) is the largest consumer.")
     if checks:
         out.append("")
         acked = sum(int(c["acknowledged"]) for c in checks)

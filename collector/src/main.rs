@@ -83,6 +83,10 @@ struct Cli {
     /// This collector's MQTT client id (default: random).
     #[arg(long)]
     mqtt_client_id: Option<String>,
+    /// Batches the broker may hand this collector before it answers (MQTT 5
+    /// receive maximum); each at most --max-body-bytes.
+    #[arg(long, default_value_t = sluice_collector::mqtt::DEFAULT_RECEIVE_MAXIMUM)]
+    mqtt_receive_maximum: u16,
     /// Log filter, e.g. `info`, `sluice_collector=debug`; RUST_LOG if not given.
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     log: String,
@@ -211,6 +215,7 @@ impl Cli {
             ..settings.broker
         };
         settings.group = self.mqtt_group.clone();
+        settings.receive_maximum = self.mqtt_receive_maximum;
         if let Some(id) = &self.mqtt_client_id {
             settings.client_id = id.clone();
         }

@@ -41,7 +41,19 @@ pub struct MqttSettings {
     pub group: String,
     /// This collector's client id (unique among the group's).
     pub client_id: String,
+    /// Batches the broker may hand this collector before it answers
+    /// (the MQTT 5 receive maximum, [`DEFAULT_RECEIVE_MAXIMUM`]): the
+    /// collector holds at most this many, each at most
+    /// `--max-body-bytes`.
+    pub receive_maximum: u16,
 }
+
+/// The default [`MqttSettings::receive_maximum`]. Large on purpose:
+/// mosquitto 2.0 stops delivering to a shared subscriber whose receive
+/// maximum it had to queue behind (the load test stalled at 1000 devices
+/// with 64), so the collector takes the queue itself and works through it
+/// with its permits.
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 1024;
 
 impl MqttSettings {
     /// The broker at `url` with the default group and prefix, a random
@@ -52,6 +64,7 @@ impl MqttSettings {
             broker: Default::default(),
             group: mqtt::DEFAULT_GROUP.into(),
             client_id: format!("sluice-collector-{:08x}", rand::random::<u32>()),
+            receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
         }
     }
 }
@@ -61,11 +74,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Room for the MQTT header and properties around a batch's body.
 const PACKET_OVERHEAD: usize = 64 << 10;
-
-/// Batches held at once: 4 per permit, at least 64.
-fn receive_maximum(limits: &Limits) -> u16 {
-    (limits.max_concurrent_batches.saturating_mul(4)).clamp(64, 65_535) as u16
-}
 
 /// Take batches from the broker until `stop` changes. Fails only when the
 /// settings cannot be used; an unreachable broker is retried.
@@ -89,7 +97,7 @@ pub(crate) async fn consume(
     // At most this many batches are held here at once (the broker waits
     // for our PUBACKs): processing ones plus a queue for the permits, so
     // the collector never idles while the broker has work.
-    let held = receive_maximum(limits);
+    let held = settings.receive_maximum.max(1);
     options.set_receive_maximum(Some(held));
     // Room for every batch held to queue its answer and its PUBACK without
     // waiting: the event loop below is what sends them. Answers go at QoS

@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// QoS 1 messages a client has in flight at once (and so the slots
+/// rumqttc allocates for them).
+pub const MAX_INFLIGHT: u16 = 16;
+
 /// How to reach and authenticate to a broker.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +154,11 @@ pub fn options(
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.max(5)));
     options.set_max_packet_size(Some(max_packet_bytes));
+    // rumqttc keeps a slot per possible packet id in flight: 65 535 by
+    // default, about 7 MB per client, zeroed at every connection. Sluice
+    // sends one batch at a time (a device) or its answers at QoS 0 (a
+    // collector): a few slots are plenty.
+    options.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
     // Request and answer are whole messages waited for one at a time: with
     // Nagle's algorithm against delayed ACKs each hop can wait 40 ms.
     let mut network = rumqttc::NetworkOptions::new();

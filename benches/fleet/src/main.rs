@@ -40,9 +40,8 @@ struct Cli {
     /// Device counts to run over HTTP, in order.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     devices: Vec<usize>,
-    /// Device counts to run through MQTT, in order. (1000 stalls today:
-    /// see BENCHMARKS.md.)
-    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    /// Device counts to run through MQTT, in order.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     mqtt_devices: Vec<usize>,
     /// Transports to run: http, mqtt.
     #[arg(long, value_delimiter = ',', default_value = "http,mqtt")]
@@ -554,10 +553,17 @@ fn main() -> anyhow::Result<()> {
                 cpu(&[me]),
             ];
             stop.store(true, Ordering::SeqCst);
+            // Devices finish the batch in flight; one that cannot within
+            // 120 s is counted, not waited for.
+            let mut unfinished = 0;
+            let deadline = Instant::now() + Duration::from_secs(120);
             for task in tasks {
-                runtime
-                    .block_on(async { tokio::time::timeout(Duration::from_secs(120), task).await })
-                    .context("a device did not finish within 120 s")???;
+                let left = deadline.saturating_duration_since(Instant::now());
+                match runtime.block_on(async { tokio::time::timeout(left, task).await }) {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => bail!("{e:#}"),
+                    _ => unfinished += 1,
+                }
             }
             let mut latencies = std::mem::take(&mut *tally.latencies_us.lock().unwrap());
             latencies.sort_unstable();
@@ -573,6 +579,7 @@ fn main() -> anyhow::Result<()> {
                 "ack_p99_ms": percentile(&latencies, 0.99),
                 "busy_503": tally.busy.load(Ordering::Relaxed),
                 "errors": tally.errors.load(Ordering::Relaxed),
+                "unfinished": unfinished,
                 "cpu_collectors": (after[0] - before[0]) / elapsed,
                 "cpu_postgres": (after[1] - before[1]) / elapsed,
                 "cpu_broker": (after[2] - before[2]) / elapsed,
