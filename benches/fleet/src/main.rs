@@ -198,6 +198,28 @@ struct Tally {
 }
 
 impl Tally {
+    /// A `200` answer to batch `key` of `n` results sent at `started`.
+    fn answered(
+        &self,
+        answer: &[u8],
+        key: &str,
+        n: usize,
+        started: Instant,
+        measuring: &AtomicBool,
+    ) {
+        match check_ack(answer, key, n) {
+            Ok(()) => self.acked(
+                n as u64,
+                started.elapsed(),
+                measuring.load(Ordering::Relaxed),
+            ),
+            Err(e) => {
+                eprintln!("{e:#}");
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn acked(&self, results: u64, latency: Duration, measuring: bool) {
         if measuring {
             self.results.fetch_add(results, Ordering::Relaxed);
@@ -273,17 +295,7 @@ async fn http_device(
             match answer {
                 Ok(r) if r.status() == 200 => {
                     let bytes = r.bytes().await.unwrap_or_default();
-                    match check_ack(&bytes, &key, n) {
-                        Ok(()) => tally.acked(
-                            n as u64,
-                            started.elapsed(),
-                            measuring.load(Ordering::Relaxed),
-                        ),
-                        Err(e) => {
-                            eprintln!("{e:#}");
-                            tally.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    tally.answered(&bytes, &key, n, started, &measuring);
                     break;
                 }
                 Ok(r) if r.status() == 503 => {
@@ -413,17 +425,7 @@ async fn mqtt_device(
                 .await?;
             match tokio::time::timeout(Duration::from_secs(30), rx).await {
                 Ok(Ok((200, payload))) => {
-                    match check_ack(&payload, &key, n) {
-                        Ok(()) => tally.acked(
-                            n as u64,
-                            started.elapsed(),
-                            measuring.load(Ordering::Relaxed),
-                        ),
-                        Err(e) => {
-                            eprintln!("{e:#}");
-                            tally.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    tally.answered(&payload, &key, n, started, &measuring);
                     break;
                 }
                 Ok(Ok((status, payload))) => {
