@@ -256,8 +256,10 @@ impl Store {
     }
 
     /// A read-only [`Store::transaction`].
-    fn read<T>(&self, f: impl FnMut(&mut dyn Tx) -> Result<T, SqlError>) -> Result<T, StoreError> {
-        let mut f = f;
+    fn read<T>(
+        &self,
+        mut f: impl FnMut(&mut dyn Tx) -> Result<T, SqlError>,
+    ) -> Result<T, StoreError> {
         self.transaction(|tx| f(tx).map(Ok))
     }
 
