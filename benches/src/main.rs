@@ -724,7 +724,7 @@ fn sample_record(seq: usize) -> NewRecord {
         "provenance": {"model": "digits", "model_sha256": "7aeb717bde754c67e4cf1af823f89ad76eb15876f93c05849b39ff088259d5fd",
             "preprocess": "digits-pre", "preprocess_sha256": "0f".repeat(32), "postprocess": "digits-post", "postprocess_sha256": "a1".repeat(32)},
         "sluice_version": "0.1.0",
-        "timings": {"preprocess_us": 150 + (noise(2) * 200.0) as u64, "infer_us": 60 + (noise(3) * 90.0) as u64, "postprocess_us": 80 + (noise(4) * 90.0) as u64},
+        "timings": {"batch_items": 1, "batch_preprocess_us": 150 + (noise(2) * 200.0) as u64, "batch_infer_us": 60 + (noise(3) * 90.0) as u64, "batch_postprocess_us": 80 + (noise(4) * 90.0) as u64},
         "result": {"content_type": "application/json", "body": {"index": seq % 10, "label": (seq % 10).to_string(), "score": score,
             "top": [{"index": seq % 10, "label": (seq % 10).to_string(), "score": score},
                     {"index": (seq + 3) % 10, "label": ((seq + 3) % 10).to_string(), "score": (1.0 - score) * noise(5)},

@@ -23,8 +23,10 @@
 //!   a record id already stored with another body; `413` past the
 //!   [`Limits`] on size and record count; `408` when the body is not read
 //!   in time; `503` with `Retry-After` when too many batches are in progress.
-//! * `GET /v1/devices/{id}/count`: [`DeviceCount`](sluice_protocol::DeviceCount).
-//! * `GET /v1/devices/{id}/results?after=SEQ&limit=N`:
+//! * `GET /v1/devices/{id}/count` (the device's token or the operator's):
+//!   [`DeviceCount`](sluice_protocol::DeviceCount).
+//! * `GET /v1/devices/{id}/results?after=SEQ&limit=N` (the device's token
+//!   or the operator's):
 //!   [`DeviceResults`](sluice_protocol::DeviceResults) in `seq` order, `seq >
 //!   after` (default: all), at most `limit` (default 100, at most
 //!   [`Limits::max_results_page`]).

@@ -323,7 +323,8 @@ pub struct Grants {
     /// Environment variables the plugin sees, with their values.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Let the plugin write to the host's stdout and stderr.
+    /// Log what the plugin writes to stdout and stderr (one event per line,
+    /// with its name; never to the host's own stdout).
     #[serde(default)]
     pub stdio: bool,
     /// Socket addresses (`ip:port`) the plugin may connect to or bind.
@@ -398,6 +399,13 @@ pub struct PipelineConfig {
     pub model: String,
     /// The postprocessing plugin, by its name under `[plugins]`.
     pub postprocess: String,
+    /// A real input run through the whole pipeline at start-up: if it fails
+    /// (a preprocessor's tensor named or shaped unlike the model's input, a
+    /// postprocessor reading an output the model does not have), the
+    /// pipeline does not start and the error says why, before any real
+    /// input is accepted.
+    #[serde(default)]
+    pub sample: Option<PathBuf>,
 }
 
 /// `[outbox]`: bounds of the on-device result store (see [`crate::outbox`]).
@@ -786,6 +794,11 @@ impl Config {
             }
             for dir in &mut plugin.grants.dirs {
                 resolve(&mut dir.host);
+            }
+        }
+        for pipeline in self.pipelines.values_mut() {
+            if let Some(sample) = &mut pipeline.sample {
+                resolve(sample);
             }
         }
         for model in self.models.values_mut() {

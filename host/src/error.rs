@@ -173,6 +173,15 @@ pub enum PluginErrorCause {
     /// its configuration.
     #[error("init refused its configuration: {0}")]
     InitRefused(String),
+    /// Instantiating the plugin or running its `init` needed more memory
+    /// than its cap.
+    #[error("init failed: {}", crate::types::memory_cap_text(*cap_bytes, *requested_bytes))]
+    InitMemoryCap {
+        /// The cap (`memory_mb`), in bytes.
+        cap_bytes: usize,
+        /// The linear-memory size asked for, in bytes.
+        requested_bytes: usize,
+    },
     /// Instantiating the plugin or running its `init` trapped.
     #[error("init failed: {}{}", chain_text(source.as_ref()), stderr_suffix(stderr))]
     InitTrapped {

@@ -221,6 +221,40 @@ enum PluginCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Keep compiled plugins here (without --config; default
+        /// `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`).
+        #[arg(long, env = "SLUICE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Call one plugin of a configuration on sample inputs, as one batch,
+    /// under its limits and grants; print one JSON line per input. A
+    /// preprocessor reads the files' bytes; a postprocessor reads JSON files
+    /// `{"tensors": [{"name", "dtype", "shape", "data": [numbers]}]}`.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// The plugin's name in `--config` (needed when it has several).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Input files or folders.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Keep state (the compiled-plugin cache) here instead of the configuration's data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Start a plugin project that builds and passes its own test as written:
+    /// source, build script, sample inputs, expected output, sluice.toml.
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: cmd::new::Lang,
+        #[arg(long, value_enum)]
+        world: cmd::new::World,
+        /// Where to create it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// List the plugins shipped inside this binary.
     List,
@@ -240,6 +274,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
         // A command that prints and exits, piped into `head`, should stop
@@ -301,7 +336,25 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             plugin,
             json,
-        }) => cmd::inspect::plugin_inspect(&file, config.as_deref().zip(plugin.as_deref()), json),
+            cache_dir,
+        }) => cmd::plugin::inspect(
+            &file,
+            config.as_deref().zip(plugin.as_deref()),
+            cache_dir.or_else(cmd::plugin::user_cache_dir),
+            json,
+        ),
+        Command::Plugin(PluginCommand::New {
+            name,
+            lang,
+            world,
+            dir,
+        }) => cmd::new::run(&name, lang, world, dir),
+        Command::Plugin(PluginCommand::Run {
+            config,
+            plugin,
+            inputs,
+            data_dir,
+        }) => cmd::plugin::run(&config, plugin.as_deref(), &inputs, data_dir),
         Command::Run { config } => cmd::run::run(&config),
         Command::Outbox(OutboxCommand::Status { config, json }) => {
             cmd::run::outbox_status(&config, json)
@@ -311,7 +364,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Outbox(OutboxCommand::Requeue { config }) => cmd::run::outbox_requeue(&config),
         Command::Plugin(PluginCommand::Compile { config, data_dir }) => {
-            cmd::inspect::plugin_compile(&config, data_dir)
+            cmd::plugin::compile(&config, data_dir)
         }
         Command::Bundle(BundleCommand::Keygen { out }) => cmd::bundle::keygen(&out),
         Command::Bundle(BundleCommand::Build {

@@ -104,10 +104,13 @@ impl Pipeline {
 
     /// Run every stage over `items`.
     pub fn process(&self, items: Vec<RawItem>) -> Vec<Outcome> {
-        let mut timings = StageTimings::default();
+        let mut timings = StageTimings {
+            batch_items: u32::try_from(items.len()).unwrap_or(u32::MAX),
+            ..StageTimings::default()
+        };
         let started = Instant::now();
         let preprocessed = self.preprocess.preprocess(&items);
-        timings.preprocess_us = micros(started);
+        timings.batch_preprocess_us = micros(started);
 
         let mut results: Vec<Option<Result<Document, ItemError>>> = Vec::with_capacity(items.len());
         let mut to_infer = Vec::new();
@@ -128,7 +131,7 @@ impl Pipeline {
         let observed_inputs = self.observer.as_ref().map(|_| to_infer.clone());
         let started = Instant::now();
         let inferred = self.scheduler.infer_many(to_infer);
-        timings.infer_us = micros(started);
+        timings.batch_infer_us = micros(started);
         if let (Some(observer), Some(inputs)) = (&self.observer, observed_inputs) {
             let (inputs, outputs): (Vec<_>, Vec<_>) = inputs
                 .into_iter()
@@ -155,7 +158,7 @@ impl Pipeline {
 
         let started = Instant::now();
         let documents = self.postprocess.postprocess(&to_post);
-        timings.postprocess_us = micros(started);
+        timings.batch_postprocess_us = micros(started);
         for (slot, document) in post_slots.into_iter().zip(documents) {
             results[slot] = Some(document);
         }

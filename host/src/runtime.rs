@@ -37,6 +37,16 @@ pub enum Problem {
         /// The pipeline.
         pipeline: String,
     },
+    /// A pipeline's `sample` input failed: its parts do not fit together.
+    #[error("pipeline `{pipeline}` is disabled: its sample input {} failed: {error}", sample.display())]
+    SampleFailed {
+        /// The pipeline.
+        pipeline: String,
+        /// The sample input.
+        sample: std::path::PathBuf,
+        /// Why (unreadable, or the error the pipeline gave it).
+        error: String,
+    },
 }
 
 /// Why nothing could start.
@@ -141,16 +151,27 @@ impl Runtime {
                 plugins[pipeline.postprocess.as_str()].as_ref(),
             );
             if let (Some(pre), Some(scheduler), Some(post)) = parts {
-                pipelines.insert(
+                let built = Pipeline::new(
                     name.clone(),
-                    Pipeline::new(
-                        name.clone(),
-                        pre.clone(),
-                        scheduler.clone(),
-                        post.clone(),
-                        pool.clone(),
-                    ),
+                    pre.clone(),
+                    scheduler.clone(),
+                    post.clone(),
+                    pool.clone(),
                 );
+                match pipeline
+                    .sample
+                    .as_deref()
+                    .map(|sample| try_sample(&built, sample))
+                {
+                    Some(Err(error)) => problems.push(Problem::SampleFailed {
+                        pipeline: name.clone(),
+                        sample: pipeline.sample.clone().expect("tried"),
+                        error,
+                    }),
+                    _ => {
+                        pipelines.insert(name.clone(), built);
+                    }
+                }
             } else {
                 problems.push(Problem::PipelineDisabled {
                     pipeline: name.clone(),
@@ -226,8 +247,8 @@ impl Runtime {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PipelineChoiceError {
-    /// No running pipeline has that name.
-    #[error("no running pipeline `{name}` (running: {running:?})")]
+    /// No (running) pipeline has that name.
+    #[error("no pipeline `{name}` (there are: {running:?})")]
     Unknown {
         /// The name asked for.
         name: String,
@@ -235,9 +256,52 @@ pub enum PipelineChoiceError {
         running: Vec<String>,
     },
     /// No name was given and there is not exactly one pipeline.
-    #[error("choose a pipeline with --pipeline (running: {running:?})")]
+    #[error("choose a pipeline with --pipeline (there are: {running:?})")]
     Ambiguous {
         /// The running pipelines.
         running: Vec<String>,
     },
+}
+
+/// Keep only pipeline `name` (or the only one) of `config`, with the plugins
+/// and the model it uses: a one-shot command then loads nothing else, and a
+/// wrong or missing `--pipeline` fails before anything is loaded.
+pub fn narrow_to_pipeline(
+    config: &mut Config,
+    name: Option<&str>,
+) -> Result<(), PipelineChoiceError> {
+    let configured = || config.pipelines.keys().cloned().collect::<Vec<_>>();
+    let chosen = match name {
+        Some(name) if config.pipelines.contains_key(name) => name.to_owned(),
+        Some(name) => {
+            return Err(PipelineChoiceError::Unknown {
+                name: name.to_owned(),
+                running: configured(),
+            });
+        }
+        None if config.pipelines.len() == 1 => configured().remove(0),
+        None => {
+            return Err(PipelineChoiceError::Ambiguous {
+                running: configured(),
+            });
+        }
+    };
+    config.pipelines.retain(|name, _| *name == chosen);
+    let pipeline = &config.pipelines[&chosen];
+    config
+        .plugins
+        .retain(|name, _| *name == pipeline.preprocess || *name == pipeline.postprocess);
+    config.models.retain(|name, _| *name == pipeline.model);
+    Ok(())
+}
+
+/// Run one sample input through `pipeline`; the error it gets, if any.
+fn try_sample(pipeline: &Pipeline, sample: &std::path::Path) -> Result<(), String> {
+    let item =
+        crate::ingest::files::read_file_item(sample, "sample".into()).map_err(|e| e.to_string())?;
+    let outcome = pipeline
+        .process(vec![item])
+        .pop()
+        .expect("one outcome per item");
+    outcome.result.map(drop).map_err(|e| e.to_string())
 }

@@ -266,8 +266,10 @@ pub enum Fault {
     Deadline(Duration),
     /// The instance tried to grow its memory past the cap.
     MemoryCap {
-        /// The cap, in bytes.
+        /// The cap (`memory_mb`), in bytes.
         cap_bytes: usize,
+        /// The linear-memory size the refused growth asked for, in bytes.
+        requested_bytes: usize,
     },
     /// Any other trap (panic, unreachable, out-of-bounds...).
     Trap(String),
@@ -294,13 +296,26 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::Deadline(d) => write!(f, "deadline of {} ms exceeded", d.as_millis()),
-            Fault::MemoryCap { cap_bytes } => {
-                write!(f, "memory cap of {} MiB exceeded", cap_bytes >> 20)
-            }
+            Fault::MemoryCap {
+                cap_bytes,
+                requested_bytes,
+            } => f.write_str(&memory_cap_text(*cap_bytes, *requested_bytes)),
             Fault::Trap(m) => write!(f, "trapped: {m}"),
             Fault::Contract(m) => write!(f, "broke the plugin contract: {m}"),
         }
     }
+}
+
+/// What a plugin hitting its memory cap is told, in both the item's error
+/// and the start-up error: the size asked for and the setting to raise.
+pub(crate) fn memory_cap_text(cap_bytes: usize, requested_bytes: usize) -> String {
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    format!(
+        "memory cap exceeded: it asked for {:.1} MiB of linear memory, `memory_mb` = {} allows {:.1} MiB",
+        mib(requested_bytes),
+        cap_bytes >> 20,
+        mib(cap_bytes)
+    )
 }
 
 /// One result per item, in input order.

@@ -421,9 +421,9 @@ impl Worker {
             metrics.item(name, outcome.result.as_ref().err().map(|e| e.kind()));
             let t = &outcome.timings;
             for (stage, us) in [
-                ("preprocess", t.preprocess_us),
-                ("inference", t.infer_us),
-                ("postprocess", t.postprocess_us),
+                ("preprocess", t.batch_preprocess_us),
+                ("inference", t.batch_infer_us),
+                ("postprocess", t.batch_postprocess_us),
             ] {
                 metrics.stage(name, stage, Duration::from_micros(us), 1);
             }

@@ -496,7 +496,7 @@ pub struct ResultRecord {
     pub provenance: Provenance,
     /// The Sluice version that made it.
     pub sluice_version: String,
-    /// Time the item's batch spent in each stage.
+    /// Time the item's batch spent in each stage (per batch, by name).
     pub timings: StageTimings,
     /// The result, or why there is none.
     #[serde(flatten)]
@@ -551,15 +551,25 @@ pub struct Provenance {
     pub bundle: Option<BundleRef>,
 }
 
-/// Time one item's batch spent in each stage, in microseconds.
+/// Time the item's batch spent in each stage, in microseconds: the time of
+/// the whole batch of `batch_items` items, which is what the item waited
+/// in that stage (divide by `batch_items` for the cost per item). The names
+/// say so; records from devices before 0.1 name them `preprocess_us`,
+/// `infer_us` and `postprocess_us`, read as the same fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StageTimings {
-    /// In the preprocessing plugin.
-    pub preprocess_us: u64,
-    /// In the scheduler and the engine.
-    pub infer_us: u64,
-    /// In the postprocessing plugin.
-    pub postprocess_us: u64,
+    /// Items in the batch (0: not recorded, devices before the field).
+    #[serde(default)]
+    pub batch_items: u32,
+    /// The batch, in the preprocessing plugin.
+    #[serde(alias = "preprocess_us")]
+    pub batch_preprocess_us: u64,
+    /// The batch, in the scheduler and the engine.
+    #[serde(alias = "infer_us")]
+    pub batch_infer_us: u64,
+    /// The batch, in the postprocessing plugin.
+    #[serde(alias = "postprocess_us")]
+    pub batch_postprocess_us: u64,
 }
 
 /// A result or an error, never both.
@@ -871,6 +881,28 @@ mod tests {
             timings: StageTimings::default(),
             outcome,
         }
+    }
+
+    #[test]
+    fn timings_say_they_are_per_batch_and_old_names_still_read() {
+        let new: StageTimings = serde_json::from_str(
+            r#"{"batch_items": 4, "batch_preprocess_us": 1, "batch_infer_us": 2, "batch_postprocess_us": 3}"#,
+        )
+        .unwrap();
+        let old: StageTimings =
+            serde_json::from_str(r#"{"preprocess_us": 1, "infer_us": 2, "postprocess_us": 3}"#)
+                .unwrap();
+        assert_eq!((new.batch_items, old.batch_items), (4, 0));
+        assert_eq!(
+            (
+                old.batch_preprocess_us,
+                old.batch_infer_us,
+                old.batch_postprocess_us
+            ),
+            (1, 2, 3)
+        );
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(text.contains("\"batch_preprocess_us\":1"), "{text}");
     }
 
     #[test]

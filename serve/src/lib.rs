@@ -57,7 +57,8 @@ pub struct ServeLimits {
 
 /// Serve `app` on `listener` until `shutdown` resolves, then let requests
 /// in flight finish for at most [`ServeLimits::shutdown_grace`]. `name`
-/// says whose server it is in log lines.
+/// says whose server it is in log lines. Every request carries its peer's
+/// address as `axum::extract::ConnectInfo<SocketAddr>`.
 pub async fn serve(
     name: &str,
     listener: TcpListener,
@@ -82,9 +83,9 @@ pub async fn serve(
             }
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     tracing::error!("{name} cannot accept connections: {e}");
@@ -96,7 +97,16 @@ pub async fn serve(
         };
         // Answers are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers see the client's address as axum's `ConnectInfo`.
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -172,7 +172,7 @@ fn batch(device: &str, key: &str, first: u64, n: usize) -> Vec<u8> {
                     "postprocess": "argmax-label", "postprocess_sha256": "17bd".repeat(16)
                 },
                 "sluice_version": "0.1.0",
-                "timings": {"queue_us": 120, "preprocess_us": 310, "inference_us": 95, "postprocess_us": 40},
+                "timings": {"batch_items": 50, "batch_preprocess_us": 310, "batch_infer_us": 95, "batch_postprocess_us": 40},
                 "result": {"content_type": "application/json", "json": {"label": (seq % 10).to_string(), "confidence": 0.973}}
             })
         })

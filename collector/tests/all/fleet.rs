@@ -195,6 +195,13 @@ fn only_the_operator_token_reads_the_fleet() {
         );
     }
     assert_eq!(get(&c, "/v1/fleet/devices/zz", Some(OPERATOR)).0, 404);
+    // A device's results: its own token or the operator's, as the README says.
+    for path in ["/v1/devices/a/count", "/v1/devices/a/results?after=0"] {
+        assert_eq!(get(&c, path, None).0, 401, "{path}");
+        assert_eq!(get(&c, path, Some("ta")).0, 200, "{path}: a's own token");
+        assert_eq!(get(&c, path, Some("tb")).0, 403, "{path}: b's token");
+        assert_eq!(get(&c, path, Some(OPERATOR)).0, 200, "{path}: the operator");
+    }
     // The operator token is no device token.
     let refused = post(
         &c.url(),

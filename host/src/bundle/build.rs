@@ -199,8 +199,19 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
     let mut models = toml::Table::new();
     models.insert(spec.model.clone(), table.into());
     fragment.insert("models".into(), models.into());
+    // Its start-up sample comes along, so the device checks it too.
+    let mut table = section("pipelines", &name);
+    if let Some(sample) = &spec.sample {
+        let file_name = sample
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = format!("samples/{name}-{file_name}");
+        contents.add(file.clone(), sample.clone());
+        table.insert("sample".into(), file.into());
+    }
     let mut pipelines = toml::Table::new();
-    pipelines.insert(name.clone(), section("pipelines", &name).into());
+    pipelines.insert(name.clone(), table.into());
     fragment.insert("pipelines".into(), pipelines.into());
     let fragment_path = staging.path().join(PIPELINE_TOML);
     let fragment_text = format!(

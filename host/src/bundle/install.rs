@@ -784,6 +784,11 @@ fn bundle_config(
             inside(format!("plugins.{plugin}.grants.dirs"), &dir.host)?;
         }
     }
+    for (pipeline, config) in &fragment.pipelines {
+        if let Some(sample) = &config.sample {
+            inside(format!("pipelines.{pipeline}.sample"), sample)?;
+        }
+    }
     for (model, config) in &fragment.models {
         inside(format!("models.{model}.path"), &config.path)?;
         if let Some(profile) = &config.profile {

@@ -24,8 +24,11 @@ pub fn run(
         config.device.data_dir = dir;
     }
     let device = config.device.id.clone();
-    let runtime = Runtime::start(config)?;
-    let pipeline = runtime.pipeline(pipeline)?;
+    sluice::runtime::narrow_to_pipeline(&mut config, pipeline)?;
+    let runtime = super::with_spinner("starting: loading the model and plugins", || {
+        Runtime::start(config)
+    })?;
+    let pipeline = runtime.pipeline(None)?;
     let provenance =
         provenance(&runtime, pipeline.name()).context("the pipeline's parts are running")?;
     let files = list_files(inputs)?;

@@ -1,12 +1,9 @@
-//! `sluice model inspect` and `sluice plugin inspect / compile`: what a
-//! model or plugin is, and how this machine would run it.
+//! `sluice model inspect`: what a model is, and how this machine would run it.
 
 use anyhow::{Context, bail};
-use sluice::config::{Config, Grants, PluginSource};
 use sluice::infer::{InputShapes, read_model_file};
-use sluice::plugin::{CacheOutcome, EngineOptions, PluginHost, inspect_component, read_wasm};
 use sluice::schedule::{BatchConfig, Scheduler};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// `sluice model inspect`.
 pub fn model(
@@ -115,64 +112,4 @@ pub fn parse_input_shape(arg: &str) -> Result<(String, Vec<usize>), String> {
         })
         .collect::<Result<_, _>>()?;
     Ok((name.to_owned(), dims))
-}
-
-/// `sluice plugin compile`: fill the compiled-plugin cache for every plugin
-/// of a configuration (for devices running a runtime-only build).
-pub fn plugin_compile(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut config = Config::load(config)?;
-    if let Some(dir) = data_dir {
-        config.device.data_dir = dir;
-    }
-    let host = PluginHost::new(&EngineOptions::for_config(&config))?;
-    let mut failed = 0;
-    for (name, plugin) in &config.plugins {
-        match host.precompile(name, plugin) {
-            Ok(CacheOutcome::Hit) => println!("{name}: already compiled"),
-            Ok(CacheOutcome::Compiled) => println!("{name}: compiled"),
-            Ok(other) => println!("{name}: {other:?}"),
-            Err(e) => {
-                failed += 1;
-                println!("{name}: {e}");
-            }
-        }
-    }
-    println!("cache: {}", config.cache_dir().display());
-    anyhow::ensure!(failed == 0, "{failed} plugin(s) could not be compiled");
-    Ok(())
-}
-
-/// `sluice plugin inspect`.
-pub fn plugin_inspect(file: &str, config: Option<(&Path, &str)>, json: bool) -> anyhow::Result<()> {
-    // With a configuration: its grants, and its compiled-plugin cache.
-    let (grants, cache_dir) = match config {
-        Some((path, name)) => {
-            let config = Config::load(path)?;
-            let Some(plugin) = config.plugins.get(name) else {
-                bail!("{} configures no plugin named `{name}`", path.display());
-            };
-            (plugin.grants.clone(), Some(config.cache_dir()))
-        }
-        None => (Grants::default(), None),
-    };
-    let wasm = read_wasm(&PluginSource::parse(file)).with_context(|| file.to_owned())?;
-    let host = PluginHost::new(&EngineOptions {
-        cache_dir,
-        ..EngineOptions::default()
-    })?;
-    let report = inspect_component(&host, &wasm, &grants).with_context(|| file.to_owned())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("plugin:   {file}\n{report}");
-    }
-    // The report is printed either way; the exit code says whether Sluice
-    // can run it (scripts and build steps check it).
-    if let Some(e) = &report.link_error {
-        bail!("{file} cannot run in Sluice: it does not link: {e}");
-    }
-    if report.world.is_none() {
-        bail!("{file} cannot run in Sluice: it exports no sluice:plugin interface");
-    }
-    Ok(())
 }

@@ -5,6 +5,8 @@ pub mod bundle;
 pub mod demo;
 pub mod infer;
 pub mod inspect;
+pub mod new;
+pub mod plugin;
 pub mod profile;
 pub mod run;
 
@@ -33,4 +35,21 @@ pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("sluice-io")
         .enable_all()
         .build()?)
+}
+
+/// Run `work` with a spinner saying `what` on stderr, on a terminal only: a
+/// plugin's first compile can take seconds (an 18 MB Python component:
+/// 7-15 s), which should not look like a hang.
+pub fn with_spinner<T>(what: &str, work: impl FnOnce() -> T) -> T {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return work();
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "{what} (the first time takes longer; it is cached)"
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let result = work();
+    spinner.finish_and_clear();
+    result
 }

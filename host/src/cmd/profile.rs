@@ -20,8 +20,11 @@ pub fn run(
     if let Some(dir) = data_dir {
         config.device.data_dir = dir;
     }
-    let runtime = Runtime::start(config)?;
-    let pipeline = runtime.pipeline(pipeline)?;
+    sluice::runtime::narrow_to_pipeline(&mut config, pipeline)?;
+    let runtime = super::with_spinner("starting: loading the model and plugins", || {
+        Runtime::start(config)
+    })?;
+    let pipeline = runtime.pipeline(None)?;
     let model = runtime.config().pipelines[pipeline.name()].model.clone();
     let sha256 = runtime
         .model_sha256(&model)

@@ -115,6 +115,14 @@ fn serialize_dtype<S: serde::Serializer>(dtype: &DType, s: S) -> Result<S::Ok, S
 impl TensorSpec {
     /// Check one item's tensor (leading batch axis of 1) against this spec.
     pub(crate) fn check_item(&self, tensor: &Tensor) -> Result<(), String> {
+        // Names are part of the contract: a misspelled name is a mistake
+        // the author wants to hear about, not a tensor fed by position.
+        if tensor.name != self.name {
+            return Err(format!(
+                "got a tensor named `{}` where the model's input `{}` goes",
+                tensor.name, self.name
+            ));
+        }
         if tensor.dtype != self.dtype {
             return Err(format!(
                 "input `{}` must be {:?}, got {:?}",

@@ -2,7 +2,9 @@
 //! tokio runtime:
 //!
 //! * `POST /v1/ingest/{pipeline}`: body = the raw input, `Content-Type` its
-//!   media type, optional `Idempotency-Key`; `202 {"id", "seq", "replayed"}`
+//!   media type, optional `Idempotency-Key`; the result carries the
+//!   attributes `source = http`, `remote_addr` and `idempotency_key` (when
+//!   given), as a folder's carry `file`; `202 {"id", "seq", "replayed"}`
 //!   once durably accepted; `401` without the ingest token (when one is
 //!   configured); `404` unknown pipeline; `413` too large; `503` too much
 //!   waiting or too many requests at once (retry later, with `Retry-After`);
@@ -39,7 +41,7 @@ use super::{Context, Incoming, IngestError, Running, Sink, Source};
 use crate::config::IngestConfig;
 use crate::outbox::{NewInput, Outbox};
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_protocol::ErrorBody;
@@ -222,6 +224,7 @@ fn refused(sink: &Sink, error: &IngestError) -> Response {
 async fn post_ingest(
     State(shared): State<Arc<Shared>>,
     UrlPath(pipeline): UrlPath<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -288,10 +291,18 @@ async fn post_ingest(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
+    // Where the input came from, as the folder source names the file.
+    let mut attributes = vec![
+        ("source".to_owned(), "http".to_owned()),
+        ("remote_addr".to_owned(), peer.to_string()),
+    ];
+    if let Some(key) = &key {
+        attributes.push(("idempotency_key".to_owned(), key.clone()));
+    }
     let input = NewInput {
         pipeline,
         content_type,
-        attributes: Vec::new(),
+        attributes,
         data: body,
     };
     let sink = sink.clone();

@@ -125,7 +125,7 @@ pub struct Status {
     pub journal_bytes: u64,
     /// When an upload last succeeded or found nothing to send.
     pub last_sync_at_ms: Option<i64>,
-    /// Why the last upload failed, if it did.
+    /// Why the last upload failed, if it failed after the last success.
     pub last_error: Option<String>,
     /// When it failed.
     pub last_error_at_ms: Option<i64>,
@@ -260,8 +260,11 @@ pub(super) fn bump(conn: &Connection, counter: Counter, n: u64) -> rusqlite::Res
     Ok(())
 }
 
-/// Note a successful sync, now.
+/// Note a successful sync, now. It clears the last error: `outbox status`
+/// shows what is wrong now, not a failure the device has recovered from.
 pub(super) fn note_sync_ok(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM meta WHERE key IN (?1, ?2)")?
+        .execute([LAST_ERROR, LAST_ERROR_AT_MS])?;
     set_meta(conn, LAST_SYNC_AT_MS, &now_ms().to_string())
 }
 

@@ -26,6 +26,9 @@ pub struct ComponentReport {
     pub granted: Vec<String>,
     /// Imports whose capability is not granted: calls to them will fail.
     pub denied: Vec<String>,
+    /// Whether the compiled component came from the compiled-plugin cache
+    /// (else it was compiled now, and cached if there is a cache).
+    pub from_cache: bool,
 }
 
 /// Compile `wasm` and describe it; `grants` is what its configuration grants.
@@ -35,7 +38,7 @@ pub fn inspect_component(
     grants: &Grants,
 ) -> Result<ComponentReport, PluginErrorCause> {
     let engine = host.engine().engine();
-    let (component, _) = host
+    let (component, outcome) = host
         .engine()
         .cache()
         .load(engine, wasm)
@@ -64,6 +67,7 @@ pub fn inspect_component(
         link_error,
         granted,
         denied,
+        from_cache: outcome == super::CacheOutcome::Hit,
     })
 }
 
@@ -86,7 +90,7 @@ fn capabilities(imports: &[String], grants: &Grants) -> (Vec<String>, Vec<String
         granted.push(format!("environment variable {key}"));
     }
     if grants.stdio {
-        granted.push("host stdout/stderr".into());
+        granted.push("stdout/stderr, into the log".into());
     }
     for addr in &grants.network {
         granted.push(format!("network address {addr}"));
@@ -116,6 +120,12 @@ impl fmt::Display for ComponentReport {
                 "world:    none (not a Sluice plugin: it exports no sluice:plugin interface)"
             )?,
         }
+        let compiled = if self.from_cache {
+            "from the compiled-plugin cache"
+        } else {
+            "now"
+        };
+        writeln!(f, "compiled: {compiled}")?;
         match &self.link_error {
             None => writeln!(f, "links:    yes, the host provides every import")?,
             Some(e) => writeln!(f, "links:    NO: {e}")?,

@@ -38,7 +38,8 @@ impl PluginLimits {
 pub struct MemoryCap {
     cap_bytes: usize,
     inner: StoreLimits,
-    hit: bool,
+    /// The size the first refused growth asked for.
+    refused: Option<usize>,
 }
 
 impl MemoryCap {
@@ -56,7 +57,7 @@ impl MemoryCap {
         MemoryCap {
             cap_bytes,
             inner,
-            hit: false,
+            refused: None,
         }
     }
 
@@ -64,9 +65,10 @@ impl MemoryCap {
         self.cap_bytes
     }
 
-    /// Whether a memory growth was refused since the instance was created.
-    pub fn was_hit(&self) -> bool {
-        self.hit
+    /// The memory size a refused growth asked for, if one was refused since
+    /// the instance was created.
+    pub fn refused(&self) -> Option<usize> {
+        self.refused
     }
 }
 
@@ -78,7 +80,9 @@ impl ResourceLimiter for MemoryCap {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        self.hit |= !allowed;
+        if !allowed {
+            self.refused.get_or_insert(desired);
+        }
         Ok(allowed)
     }
 
@@ -124,8 +128,8 @@ mod tests {
     fn refused_growth_is_remembered() {
         let mut cap = MemoryCap::new(1 << 20);
         assert!(cap.memory_growing(0, 1 << 19, None).unwrap());
-        assert!(!cap.was_hit());
+        assert_eq!(cap.refused(), None);
         assert!(!cap.memory_growing(1 << 19, 2 << 20, None).unwrap());
-        assert!(cap.was_hit());
+        assert_eq!(cap.refused(), Some(2 << 20));
     }
 }

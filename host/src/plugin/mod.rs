@@ -18,6 +18,7 @@ mod inspect;
 pub(crate) mod limits;
 mod nn;
 mod sandbox;
+mod stdio;
 
 pub use cache::CacheOutcome;
 pub use engine::{EngineOptions, PluginEngine};
@@ -139,6 +140,20 @@ impl PluginHost {
         config: &PluginConfig,
         kind: PluginKind,
     ) -> Result<Plugin, PluginError> {
+        self.load_as(name, config, Some(kind))
+    }
+
+    /// Load plugin `name` as whichever kind it is (`sluice plugin run`).
+    pub fn load_any(&self, name: &str, config: &PluginConfig) -> Result<Plugin, PluginError> {
+        self.load_as(name, config, None)
+    }
+
+    fn load_as(
+        &self,
+        name: &str,
+        config: &PluginConfig,
+        expected: Option<PluginKind>,
+    ) -> Result<Plugin, PluginError> {
         let fail = |cause| PluginError::new(name, cause);
         let wasm = read_wasm(&config.path).map_err(fail)?;
         let engine = self.engine.engine();
@@ -147,17 +162,26 @@ impl PluginHost {
             .cache()
             .load(engine, &wasm)
             .map_err(|e| fail(cache_error(e)))?;
-        if PluginKind::of(&component, engine) != Some(kind) {
-            let exports: Vec<String> = component
-                .component_type()
-                .exports(engine)
-                .map(|(name, _)| name.to_owned())
-                .collect();
-            return Err(fail(PluginErrorCause::WrongWorld {
-                exports: exports.join(", "),
-                expected: kind.export().into(),
-            }));
-        }
+        let found = PluginKind::of(&component, engine);
+        let kind = match (found, expected) {
+            (Some(found), None) => found,
+            (Some(found), Some(expected)) if found == expected => found,
+            _ => {
+                let exports: Vec<String> = component
+                    .component_type()
+                    .exports(engine)
+                    .map(|(name, _)| name.to_owned())
+                    .collect();
+                let expected = match expected {
+                    Some(kind) => kind.export().to_owned(),
+                    None => format!("{PREPROCESS_EXPORT} or {POSTPROCESS_EXPORT}"),
+                };
+                return Err(fail(PluginErrorCause::WrongWorld {
+                    exports: exports.join(", "),
+                    expected,
+                }));
+            }
+        };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -423,9 +447,11 @@ impl Plugin {
     }
 
     fn classify(&self, live: &Live, error: &wasmtime::Error) -> Fault {
-        if live.store.data().limiter.was_hit() {
+        let limiter = &live.store.data().limiter;
+        if let Some(requested_bytes) = limiter.refused() {
             return Fault::MemoryCap {
-                cap_bytes: live.store.data().limiter.cap_bytes(),
+                cap_bytes: limiter.cap_bytes(),
+                requested_bytes,
             };
         }
         match error.downcast_ref::<Trap>() {
@@ -491,9 +517,18 @@ impl Plugin {
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(self.limits.deadline_ticks());
         let trapped = |store: &Store<PluginState>, e: wasmtime::Error| {
-            fail(PluginErrorCause::InitTrapped {
-                source: e.into(),
-                stderr: store.data().captured_stderr(),
+            let limiter = &store.data().limiter;
+            fail(match limiter.refused() {
+                // A Python or JS runtime needs megabytes before `init` runs:
+                // say which setting to raise, not just "unreachable".
+                Some(requested_bytes) => PluginErrorCause::InitMemoryCap {
+                    cap_bytes: limiter.cap_bytes(),
+                    requested_bytes,
+                },
+                None => PluginErrorCause::InitTrapped {
+                    source: e.into(),
+                    stderr: store.data().captured_stderr(),
+                },
             })
         };
         let (exports, init) = match &self.prepared {

@@ -1,20 +1,17 @@
 //! What a plugin instance can reach: its store state and the WASI context
 //! built from its grants. Nothing is reachable unless granted: no
-//! directories, no environment, no sockets, no stdio.
+//! directories, no environment, no sockets, no stdio (a plugin's output,
+//! when granted, goes to the log: see `stdio.rs`).
 
 use super::bindings::log;
 use super::limits::MemoryCap;
+use super::stdio::{GuestOutput, Stream};
 use crate::config::Grants;
 use crate::error::PluginErrorCause;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::WasiNnCtx;
-
-/// How much of a plugin's stderr the host keeps to explain a trap (a Rust
-/// panic message lands there). Plugins should log through `log` instead.
-const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
 
 /// The data of one plugin instance's store.
 pub(crate) struct PluginState {
@@ -23,7 +20,7 @@ pub(crate) struct PluginState {
     table: ResourceTable,
     pub(crate) nn: WasiNnCtx,
     pub(crate) limiter: MemoryCap,
-    stderr: Option<MemoryOutputPipe>,
+    stderr: GuestOutput,
 }
 
 impl PluginState {
@@ -34,14 +31,11 @@ impl PluginState {
         nn: WasiNnCtx,
     ) -> Result<Self, PluginErrorCause> {
         let mut builder = WasiCtxBuilder::new();
-        let stderr = if grants.stdio {
-            builder.inherit_stdout().inherit_stderr();
-            None
-        } else {
-            let pipe = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-            builder.stderr(pipe.clone());
-            Some(pipe)
-        };
+        let stderr = GuestOutput::new(plugin.clone(), Stream::Stderr, grants.stdio);
+        builder.stderr(stderr.clone());
+        if grants.stdio {
+            builder.stdout(GuestOutput::new(plugin.clone(), Stream::Stdout, true));
+        }
         for (key, value) in &grants.env {
             builder.env(key, value);
         }
@@ -75,12 +69,9 @@ impl PluginState {
         })
     }
 
-    /// What the plugin wrote to stderr (e.g. a panic message), if captured.
+    /// The end of what the plugin wrote to stderr (e.g. a panic message).
     pub fn captured_stderr(&self) -> String {
-        self.stderr
-            .as_ref()
-            .map(|p| String::from_utf8_lossy(&p.contents()).trim().to_owned())
-            .unwrap_or_default()
+        self.stderr.tail()
     }
 
     pub(crate) fn nn_view(&mut self) -> wasmtime_wasi_nn::wit::WasiNnView<'_> {

@@ -353,8 +353,9 @@ impl BatchRunner {
     }
 }
 
-/// Check an item's tensors against the model's inputs, by name or position.
-fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), String> {
+/// Check an item's tensors against the model's inputs: same number, and
+/// each in its position with its name, dtype and shape.
+pub(crate) fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), String> {
     if inputs.len() != specs.len() {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         return Err(format!(

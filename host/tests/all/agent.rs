@@ -54,6 +54,11 @@ fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
     for (_, model) in config["models"].as_table_mut().unwrap().iter_mut() {
         absolute(&mut model["path"]);
     }
+    for (_, pipeline) in config["pipelines"].as_table_mut().unwrap().iter_mut() {
+        if let Some(sample) = pipeline.get_mut("sample") {
+            absolute(sample);
+        }
+    }
     for (_, plugin) in config["plugins"].as_table_mut().unwrap().iter_mut() {
         absolute(&mut plugin["path"]);
         if let Some(dirs) = plugin
@@ -316,7 +321,7 @@ fn sigterm_drains_and_exits_zero_and_every_result_arrives_once() {
     );
     assert_eq!(doc["kind"], "result");
     assert!(doc["result"]["body"]["label"].is_string(), "{doc}");
-    assert!(doc["timings"]["infer_us"].is_u64(), "{doc}");
+    assert!(doc["timings"]["batch_infer_us"].is_u64(), "{doc}");
     assert_eq!(agent.sigterm(), 0);
 
     // `outbox status` reads the file the agent left.
@@ -563,8 +568,20 @@ fn a_retry_with_the_same_idempotency_key_around_a_kill_makes_one_result() {
     let stored = stored(&collector);
     assert_eq!(
         stored.keys().cloned().collect::<Vec<_>>(),
-        vec![id],
+        vec![id.clone()],
         "exactly one result upstream"
+    );
+    // It says where it came from, as a folder's results name their file.
+    let input = &stored[&id]["input"];
+    assert_eq!(input["content_type"], "image/png", "{input}");
+    let attributes = &input["attributes"];
+    assert_eq!(attributes["source"], "http", "{input}");
+    assert_eq!(attributes["idempotency_key"], "client-42-req-7", "{input}");
+    assert!(
+        attributes["remote_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{input}"
     );
 }
 

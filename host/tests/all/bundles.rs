@@ -99,8 +99,10 @@ fn an_operator_builds_signs_and_verifies_a_bundle_and_devices_refuse_what_they_m
         .map(|f| f["path"].as_str().unwrap())
         .collect();
     // The bundled plugins are written out, the granted labels folder and
-    // the model come along, with the configuration and the validation set.
+    // the model come along, with the configuration, the start-up sample
+    // and the validation set.
     for expected in [
+        "samples/digits-0000.png",
         "plugins/digits-pre.wasm",
         "plugins/digits-post.wasm",
         "grants/digits-post/0/labels.txt",
@@ -209,6 +211,7 @@ pub(crate) fn example_table() -> toml::Table {
         *v = toml::Value::String(p.to_str().unwrap().to_owned());
     };
     absolute(&mut table["models"]["digits"]["path"]);
+    absolute(&mut table["pipelines"]["digits"]["sample"]);
     for (_, plugin) in table["plugins"].as_table_mut().unwrap().iter_mut() {
         if let Some(dirs) = plugin.get_mut("grants").and_then(|g| g.get_mut("dirs")) {
             for dir in dirs.as_array_mut().unwrap() {

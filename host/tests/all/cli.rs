@@ -317,6 +317,15 @@ fn infer_prints_one_json_line_per_input_in_order_with_errors_in_place() {
             .to_owned()
     };
     assert_eq!(lines[0]["result"]["body"]["label"], label_of("0000.png"));
+    // Timings say by name that they are the batch's, and how many items it had.
+    let timings = &lines[0]["timings"];
+    assert!(
+        (1..=4).contains(&timings["batch_items"].as_u64().unwrap())
+            && timings["batch_preprocess_us"].is_u64()
+            && timings["batch_infer_us"].is_u64()
+            && timings["preprocess_us"].is_null(),
+        "{timings}"
+    );
     assert_eq!(lines[2]["error"]["kind"], "invalid-input");
     assert!(
         lines[2]["error"]["message"]

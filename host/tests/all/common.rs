@@ -126,6 +126,8 @@ pub fn digit_pngs() -> Vec<Vec<u8>> {
 pub fn sluice(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
+        // `plugin inspect` without a configuration caches here, not in ~/.cache.
+        .env("SLUICE_CACHE_DIR", shared_cache_dir())
         .output()
         .expect("run sluice")
 }

@@ -103,13 +103,45 @@ fn allocating_past_the_memory_cap_fails_that_item_with_a_memory_fault() {
         text("c", "small"),
     ]);
     assert!(results[0].is_ok(), "{:?}", results[0]);
-    assert_eq!(
-        fault_of(&results[1]),
-        &Fault::MemoryCap {
-            cap_bytes: 32 << 20
-        }
-    );
+    assert_memory_cap(&results[1], 32);
     echoed(&results[2], "small");
+}
+
+/// `result` failed on the memory cap of `cap_mb`, and its message names the
+/// setting and the size asked for.
+fn assert_memory_cap(result: &Result<Vec<Tensor>, ItemError>, cap_mb: usize) {
+    let fault = fault_of(result);
+    let Fault::MemoryCap {
+        cap_bytes,
+        requested_bytes,
+    } = fault
+    else {
+        panic!("expected a memory-cap fault, got {fault:?}");
+    };
+    assert_eq!(*cap_bytes, cap_mb << 20);
+    assert!(*requested_bytes > cap_mb << 20, "{requested_bytes}");
+    let message = result.as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains(&format!("`memory_mb` = {cap_mb}")) && message.contains("asked for"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_plugin_that_needs_more_memory_to_start_is_refused_naming_memory_mb() {
+    let host = host();
+    let config = plugin_config(
+        "misbehave",
+        "memory_mb = 8\n[plugins.p.config]\nalloc_init_mb = 16",
+    );
+    let e = host
+        .load("needy", &config, PluginKind::Preprocessor)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("needy") && e.contains("`memory_mb` = 8") && e.contains("asked for"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -348,12 +380,7 @@ fn pooling_and_on_demand_allocation_behave_the_same() {
         let plugin = misbehave(&host, "memory_mb = 32");
         let results = plugin.preprocess(&[text("a", "x"), text("b", "alloc:64")]);
         echoed(&results[0], "x");
-        assert_eq!(
-            fault_of(&results[1]),
-            &Fault::MemoryCap {
-                cap_bytes: 32 << 20
-            }
-        );
+        assert_memory_cap(&results[1], 32);
     }
 }
 

@@ -154,6 +154,14 @@ fn collector_down_then_up_delivers_everything_once() {
     sync(&uploader).unwrap();
     assert_eq!(outbox.pending().0, 0);
     assert_all_once(&collector, 100);
+    // `outbox status` shows what is wrong now: nothing.
+    let status = outbox.status().unwrap();
+    assert_eq!(
+        (status.last_error, status.last_error_at_ms),
+        (None, None),
+        "a successful upload clears the last error"
+    );
+    assert!(status.last_sync_at_ms.is_some());
 }
 
 #[test]

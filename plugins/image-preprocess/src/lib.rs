@@ -381,12 +381,38 @@ pub fn decode(data: &[u8], content_type: &str, max_pixels: u64) -> Result<Dynami
     }
 }
 
+/// The longest decoder message kept in an item's error.
+const MAX_ERROR_CHARS: usize = 160;
+
+/// A decoder's message as one short line: the `png` crate prints chunk
+/// types as Rust structs (`ChunkType { type: IHDR, critical: true, ... }`)
+/// and repeats what the caller already says; an operator reading an item's
+/// error wants the cause.
+pub fn short_error(message: &str) -> String {
+    let mut text = message
+        .replace("Format error decoding Png: ", "")
+        .replace("Format error decoding Jpeg: ", "");
+    while let Some(start) = text.find("ChunkType { type: ") {
+        let rest = &text[start + "ChunkType { type: ".len()..];
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let end = text[start..].find('}').map_or(text.len(), |i| start + i + 1);
+        text.replace_range(start..end, &name);
+    }
+    let mut text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() > MAX_ERROR_CHARS {
+        text = text.chars().take(MAX_ERROR_CHARS).collect::<String>() + "...";
+    }
+    text
+}
+
 fn decode_with<D: ImageDecoder>(
     decoder: ImageResult<D>,
     mime: &str,
     max_pixels: u64,
 ) -> Result<DynamicImage, ItemError> {
-    let cannot = |e: image::ImageError| ItemError::invalid(format!("cannot decode {mime}: {e}"));
+    let cannot = |e: image::ImageError| {
+        ItemError::invalid(format!("cannot decode {mime}: {}", short_error(&e.to_string())))
+    };
     let decoder = decoder.map_err(cannot)?;
     let (w, h) = decoder.dimensions();
     let pixels = w as u64 * h as u64;

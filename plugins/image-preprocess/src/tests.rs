@@ -270,3 +270,16 @@ fn config_errors_name_the_key() {
     assert!(err(r#"{"width": 100, "height": 100, "max_pixels": 9999}"#).contains("max_pixels"));
     assert!(err(r#"{"width": 4, "height": 4, "std": [1e-300]}"#).contains("not a finite f32"));
 }
+
+#[test]
+fn a_corrupt_image_is_one_short_line() {
+    let mut data = png(GrayImage::from_pixel(8, 8, Luma([7])));
+    // Damage the IHDR chunk's CRC: the png crate's message prints the chunk
+    // type as a Rust struct.
+    data[29] ^= 0xff;
+    let message = decode(&data, "image/png", 1 << 20).unwrap_err().to_string();
+    assert!(message.contains("CRC error") && message.contains("IHDR"), "{message}");
+    assert!(!message.contains('{') && !message.contains('\n'), "{message}");
+    assert!(message.len() < 220, "{message}");
+    assert_eq!(short_error(&"x ".repeat(500)).chars().count(), MAX_ERROR_CHARS + 3);
+}

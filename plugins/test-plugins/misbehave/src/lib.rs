@@ -13,6 +13,8 @@
 //! | `env:<NAME>`       | reads the variable: u8 tensor `env`, or `internal("env <NAME>: not set")` |
 //! | `panic`            | panics (a trap)                                                  |
 //! | `sleep:<ms>`       | sleeps that long, then echoes the item                           |
+//! | `print:<text>`     | prints `<text>` on stdout and `err:<text>` on stderr, then echoes |
+//! | `spam:<KiB>`       | writes that many KiB of lines to stderr, then echoes the item    |
 //! | `invalid` / `unsupported` / `internal` | that item error, message `requested <kind>`  |
 //! | anything else      | echo: u8 tensor `echo` of shape `[1, len]` holding the bytes     |
 //!
@@ -35,6 +37,10 @@ pub struct Config {
     /// `new` panics (a trap during init).
     #[serde(default)]
     pub panic_init: bool,
+    /// `new` allocates and touches this many MiB (as a language runtime
+    /// starting up does).
+    #[serde(default)]
+    pub alloc_init_mb: usize,
 }
 
 pub struct Misbehave;
@@ -53,6 +59,10 @@ impl Preprocessor for Misbehave {
         }
         if config.panic_init {
             panic!("misbehave: panic_init was requested");
+        }
+        if config.alloc_init_mb > 0 {
+            let block = black_box(vec![1u8; config.alloc_init_mb << 20]);
+            black_box(block.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
         }
         if config.log_on_init {
             sluice_guest::info!("misbehave ready");
@@ -89,6 +99,21 @@ impl Preprocessor for Misbehave {
                 .parse()
                 .map_err(|e| ItemError::invalid(format!("sleep:<ms> needs a whole number: {e}")))?;
             std::thread::sleep(std::time::Duration::from_millis(ms));
+            echo()
+        } else if let Some(text) = text.strip_prefix("print:") {
+            println!("{text}");
+            eprintln!("err:{text}");
+            echo()
+        } else if let Some(kib) = text.strip_prefix("spam:") {
+            let kib: usize = kib
+                .trim()
+                .parse()
+                .map_err(|e| ItemError::invalid(format!("spam:<KiB> needs a whole number: {e}")))?;
+            // `eprintln!` panics if the write fails: the host must never refuse.
+            let line = "x".repeat(1023);
+            for _ in 0..kib {
+                eprintln!("{line}");
+            }
             echo()
         } else if let Some(path) = text.strip_prefix("open:") {
             match std::fs::read(path) {

@@ -1,0 +1,191 @@
+//! Where a plugin's stdout and stderr go.
+//!
+//! Never to the host's own stdout: `sluice infer` prints JSON Lines there
+//! and one stray `print` in a plugin would break every consumer. With the
+//! `stdio` grant, each complete line a plugin writes becomes one log event
+//! carrying the plugin's name (stdout at `info`, stderr at `warn`); without
+//! it, stdout is discarded and stderr only kept to explain a trap.
+//!
+//! Bounds: the last [`TAIL_BYTES`] of stderr are kept per instance (older
+//! bytes are dropped, writes never fail: a guest whose `eprintln!` failed
+//! would panic), and a line longer than [`MAX_LINE_BYTES`] is logged in
+//! pieces of that size.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// How much of a plugin's stderr each instance keeps to explain a trap (a
+/// Rust panic message lands there).
+pub const TAIL_BYTES: usize = 64 * 1024;
+
+/// The longest line logged as one event.
+pub const MAX_LINE_BYTES: usize = 4096;
+
+/// Which of the two streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One output stream of one plugin instance (clones share it).
+#[derive(Clone)]
+pub(crate) struct GuestOutput {
+    plugin: Arc<str>,
+    stream: Stream,
+    /// Lines go to the log (the `stdio` grant).
+    to_log: bool,
+    /// Keep the tail (stderr).
+    keep_tail: bool,
+    state: Arc<Mutex<Buffers>>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    /// The unfinished line, not yet logged.
+    line: Vec<u8>,
+    /// The last `TAIL_BYTES` written.
+    tail: VecDeque<u8>,
+}
+
+impl GuestOutput {
+    pub fn new(plugin: Arc<str>, stream: Stream, to_log: bool) -> Self {
+        GuestOutput {
+            plugin,
+            stream,
+            to_log,
+            keep_tail: stream == Stream::Stderr,
+            state: Arc::default(),
+        }
+    }
+
+    /// The kept tail, as text.
+    pub fn tail(&self) -> String {
+        let state = self.state.lock().unwrap();
+        let (a, b) = state.tail.as_slices();
+        String::from_utf8_lossy(&[a, b].concat()).trim().to_owned()
+    }
+
+    fn take(&self, bytes: &[u8]) {
+        let mut state = self.state.lock().unwrap();
+        if self.keep_tail {
+            let keep = bytes.len().min(TAIL_BYTES);
+            let overflow = (state.tail.len() + keep).saturating_sub(TAIL_BYTES);
+            state.tail.drain(..overflow);
+            state.tail.extend(&bytes[bytes.len() - keep..]);
+        }
+        if !self.to_log {
+            return;
+        }
+        for &b in bytes {
+            if b == b'\n' {
+                let line = std::mem::take(&mut state.line);
+                self.log(&line);
+            } else {
+                state.line.push(b);
+                if state.line.len() >= MAX_LINE_BYTES {
+                    let line = std::mem::take(&mut state.line);
+                    self.log(&line);
+                }
+            }
+        }
+    }
+
+    fn log(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        let plugin = &*self.plugin;
+        match self.stream {
+            Stream::Stdout => tracing::info!(plugin, stream = "stdout", "{line}"),
+            Stream::Stderr => tracing::warn!(plugin, stream = "stderr", "{line}"),
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.take(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        // Not a line end: guests flush after every write (Rust's `eprintln!`
+        // writes a line in pieces), so a partial line waits for its newline.
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Always ready: what does not fit the bounds is dropped, not refused.
+        Ok(TAIL_BYTES)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.take(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes_and_never_refuses() {
+        let mut out = GuestOutput::new("p".into(), Stream::Stderr, false);
+        for _ in 0..10 {
+            out.write(bytes::Bytes::from(vec![b'a'; TAIL_BYTES / 2]))
+                .unwrap();
+        }
+        out.write(bytes::Bytes::from_static(b"panicked at the end"))
+            .unwrap();
+        let tail = out.tail();
+        assert_eq!(tail.len(), TAIL_BYTES);
+        assert!(tail.ends_with("panicked at the end"));
+    }
+
+    #[test]
+    fn long_lines_are_cut_not_buffered_forever() {
+        let out = GuestOutput::new("p".into(), Stream::Stdout, true);
+        out.take(&vec![b'x'; MAX_LINE_BYTES * 3 + 5]);
+        assert_eq!(out.state.lock().unwrap().line.len(), 5);
+    }
+}
