@@ -4,7 +4,7 @@
 
 pub mod preprocessor {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "sluice:plugin/preprocessor",
         pub_export_macro: true,
         default_bindings_module: "sluice_guest::bindings::preprocessor",
@@ -15,7 +15,7 @@ pub mod preprocessor {
 
 pub mod postprocessor {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "sluice:plugin/postprocessor",
         pub_export_macro: true,
         default_bindings_module: "sluice_guest::bindings::postprocessor",

@@ -62,6 +62,12 @@
 
 #![deny(missing_docs)]
 
+/// The WIT package this crate's bindings are generated from. Plugins built
+/// with this crate run on every Sluice host that speaks this package's
+/// major.minor (see `docs/plugins.md`, *Compatibility*); the crate's own
+/// version shares that major.minor.
+pub const WIT_PACKAGE: &str = "sluice:plugin@0.1.0";
+
 mod tensor;
 pub use tensor::Element;
 pub mod log;
@@ -318,5 +324,20 @@ mod tests {
         assert_eq!(super::media_type("Text/CSV; charset=utf-8"), "text/csv");
         assert_eq!(super::media_type(" image/PNG "), "image/png");
         assert_eq!(super::media_type(""), "");
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    /// The crate's major.minor is the WIT package's, and the WIT it carries
+    /// is that package: publishing a new WIT means a new crate version.
+    #[test]
+    fn the_crate_version_is_tied_to_the_wit_package() {
+        let wit = include_str!("../wit/sluice.wit");
+        let declared = format!("package {};", super::WIT_PACKAGE);
+        assert!(wit.contains(&declared), "wit/sluice.wit does not declare {declared}");
+        let wit_version = super::WIT_PACKAGE.rsplit('@').next().unwrap();
+        let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+        assert_eq!(major_minor(env!("CARGO_PKG_VERSION")), major_minor(wit_version));
     }
 }

@@ -417,3 +417,36 @@ fn plugin_new_fills_every_template_and_refuses_what_it_cannot_make() {
         text(&bad.stderr)
     );
 }
+
+/// Run a generated project's `test.sh` with the built `sluice`; toolchains
+/// and build outputs are shared across projects and runs under `target/`.
+fn run_project_test(project: &Path) -> Output {
+    let target = repo_root().join("target");
+    Command::new(project.join("test.sh"))
+        .env("SLUICE", env!("CARGO_BIN_EXE_sluice"))
+        .env("SLUICE_TOOLCHAIN_DIR", target.join("plugin-toolchains"))
+        .env("CARGO_TARGET_DIR", target.join("plugin-projects"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_new_rust_plugin_builds_and_passes_its_own_test() {
+    let dir = tempfile::tempdir().unwrap();
+    for world in ["preprocessor", "postprocessor"] {
+        let project = dir.path().join(world);
+        let out = plugin_new("new-rust", "rust", world, &project);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // The versions the bundled plugins were built with: nothing new to
+        // download or compile beyond this crate.
+        std::fs::copy(repo_root().join("plugins/Cargo.lock"), project.join("Cargo.lock")).unwrap();
+        let out = run_project_test(&project);
+        assert!(
+            out.status.success(),
+            "{world}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(text(&out.stdout).contains("ok: 2 sample input(s)"), "{}", text(&out.stdout));
+    }
+}
