@@ -112,7 +112,62 @@ const FILES: &[TemplateFile] = &[
         Some(Rust),
         Some(Post)
     ),
+    // Python and JavaScript build exactly as the examples do.
+    file!(
+        "build.sh",
+        "../../../examples/plugins/classify-python/build.sh",
+        Some(Python),
+        None,
+        true
+    ),
+    file!(
+        "app.py",
+        "python/app.preprocessor.py",
+        Some(Python),
+        Some(Pre)
+    ),
+    file!(
+        "app.py",
+        "python/app.postprocessor.py",
+        Some(Python),
+        Some(Post)
+    ),
+    file!(
+        "build.sh",
+        "../../../examples/plugins/classify-js/build.sh",
+        Some(Js),
+        None,
+        true
+    ),
+    file!(
+        "package.json",
+        "../../../examples/plugins/classify-js/package.json",
+        Some(Js),
+        None
+    ),
+    file!(
+        "package-lock.json",
+        "../../../examples/plugins/classify-js/package-lock.json",
+        Some(Js),
+        None
+    ),
+    file!(
+        "plugin.js",
+        "js/plugin.preprocessor.js",
+        Some(Js),
+        Some(Pre)
+    ),
+    file!(
+        "plugin.js",
+        "js/plugin.postprocessor.js",
+        Some(Js),
+        Some(Post)
+    ),
 ];
+
+/// The line of the shared build scripts that names the world (the examples
+/// are postprocessors).
+const BUILD_WORLD_LINE: &str = "\nworld=postprocessor\n";
 
 /// The WIT a Python or JavaScript project builds against (Rust gets it from
 /// `sluice-guest`).
@@ -259,11 +314,13 @@ fn variables(name: &str, lang: Lang, world: World) -> Vec<(&'static str, String)
     ]
 }
 
-/// `text` with every `{{key}}` replaced.
+/// `text` with every `{{key}}` replaced, and the build scripts' world.
 fn substitute(text: &str, vars: &[(&str, String)]) -> String {
-    vars.iter().fold(text.to_owned(), |text, (key, value)| {
+    let text = vars.iter().fold(text.to_owned(), |text, (key, value)| {
         text.replace(&format!("{{{{{key}}}}}"), value)
-    })
+    });
+    let world = &vars.iter().find(|(k, _)| *k == "world").expect("a world").1;
+    text.replace(BUILD_WORLD_LINE, &format!("\nworld={world}\n"))
 }
 
 fn write(dir: &Path, path: &str, text: &str, executable: bool) -> anyhow::Result<()> {

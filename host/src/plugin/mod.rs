@@ -157,11 +157,10 @@ impl PluginHost {
         let fail = |cause| PluginError::new(name, cause);
         let wasm = read_wasm(&config.path).map_err(fail)?;
         let engine = self.engine.engine();
-        let (component, cache) = self
-            .engine
-            .cache()
-            .load(engine, &wasm)
-            .map_err(|e| fail(cache_error(e)))?;
+        let (component, cache) =
+            self.engine.cache().load(engine, &wasm).map_err(|e| {
+                fail(too_little_memory(&e, config).unwrap_or_else(|| cache_error(e)))
+            })?;
         let found = PluginKind::of(&component, engine);
         let kind = match (found, expected) {
             (Some(found), None) => found,
@@ -227,6 +226,19 @@ fn cache_error(e: wasmtime::Error) -> PluginErrorCause {
     } else {
         PluginErrorCause::NotPrecompiled(e.into())
     }
+}
+
+/// The pooling allocator refuses, at load, a component whose memory starts
+/// larger than a pool slot (a Python or JavaScript runtime starts at 9-13
+/// MiB): say which setting to raise, not "not a WebAssembly component".
+fn too_little_memory(e: &wasmtime::Error, config: &PluginConfig) -> Option<PluginErrorCause> {
+    let text = format!("{e:#}");
+    let (_, rest) = text.split_once("memory has a minimum byte size of ")?;
+    let requested_bytes = rest.split_whitespace().next()?.parse().ok()?;
+    Some(PluginErrorCause::InitMemoryCap {
+        cap_bytes: config.memory_bytes(),
+        requested_bytes,
+    })
 }
 
 /// A plugin's bytes, from its file or from the bundled set.
