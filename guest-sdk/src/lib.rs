@@ -335,9 +335,15 @@ mod version_tests {
     fn the_crate_version_is_tied_to_the_wit_package() {
         let wit = include_str!("../wit/sluice.wit");
         let declared = format!("package {};", super::WIT_PACKAGE);
-        assert!(wit.contains(&declared), "wit/sluice.wit does not declare {declared}");
+        assert!(
+            wit.contains(&declared),
+            "wit/sluice.wit does not declare {declared}"
+        );
         let wit_version = super::WIT_PACKAGE.rsplit('@').next().unwrap();
         let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
-        assert_eq!(major_minor(env!("CARGO_PKG_VERSION")), major_minor(wit_version));
+        assert_eq!(
+            major_minor(env!("CARGO_PKG_VERSION")),
+            major_minor(wit_version)
+        );
     }
 }

@@ -64,6 +64,12 @@ impl ComponentCache {
             // engine compatibility before use, and we recompile if that fails.
             match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                // Compiled for a pool whose slots were larger than this
+                // engine's (another `memory_mb`): recompiling says whether
+                // it fits, and why not.
+                Err(e) if format!("{e:#}").contains("pooling allocator") => {
+                    tracing::debug!(path = %path.display(), "compiled plugin does not fit this pool: {e:#}")
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "discarding unusable compiled plugin: {e:#}")
                 }

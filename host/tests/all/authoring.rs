@@ -67,6 +67,29 @@ fn plugin_inspect_compiles_once_then_loads_from_the_cache() {
         "{}",
         text(&second.stdout)
     );
+
+    // On a terminal, a compile shows that it is one (a Python component's
+    // first takes seconds): run under `script`, which gives it a terminal.
+    let fresh = tempfile::tempdir().unwrap();
+    let on_terminal = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} plugin inspect {wasm}",
+            env!("CARGO_BIN_EXE_sluice")
+        ))
+        .arg("/dev/null")
+        .env("SLUICE_CACHE_DIR", fresh.path())
+        .output();
+    match on_terminal {
+        Ok(out) => {
+            let shown = text(&out.stdout);
+            assert!(
+                shown.contains("compiling") && shown.contains("it is cached"),
+                "{shown}"
+            );
+        }
+        Err(e) => eprintln!("SKIPPED the terminal check: no `script` (util-linux): {e}"),
+    }
 }
 
 #[test]
