@@ -145,6 +145,38 @@ fn plugin_output_goes_to_the_log_never_into_sluices_own_output() {
         "{log}"
     );
 
+    // In a pipeline too: `sluice infer`'s output stays JSON Lines. (The
+    // echoed bytes do not fit the digits model: each item fails, and says so.)
+    let config = digits_config(dir.path(), |t| t);
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let pre = table["plugins"]["digits-pre"].as_table_mut().unwrap();
+    pre.insert("path".into(), wasm.display().to_string().into());
+    pre.insert("config".into(), toml::Table::new().into());
+    pre.insert("grants".into(), toml::toml! { stdio = true }.into());
+    table["pipelines"]["digits"]
+        .as_table_mut()
+        .unwrap()
+        .remove("sample");
+    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+    let mut args = vec![
+        "infer",
+        "--config",
+        config.to_str().unwrap(),
+        "--log",
+        "info",
+    ];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    let out = sluice(&args);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}\n{}", text(&out.stderr));
+    for line in stdout.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["kind"], "result", "{line}");
+    }
+    assert!(!stdout.contains("hello from the plugin"), "{stdout}");
+    assert!(text(&out.stderr).contains("hello from the plugin"));
+
     // Not granted: nothing of it anywhere, and the chatty item still succeeds.
     let silent = plugin_toml(dir.path(), "quiet", wasm, "");
     let out = run(&silent, &inputs, "info");
