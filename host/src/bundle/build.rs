@@ -202,11 +202,7 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
     // Its start-up sample comes along, so the device checks it too.
     let mut table = section("pipelines", &name);
     if let Some(sample) = &spec.sample {
-        let file_name = sample
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let file = format!("samples/{name}-{file_name}");
+        let file = format!("samples/{name}-{}", file_name(sample));
         contents.add(file.clone(), sample.clone());
         table.insert("sample".into(), file.into());
     }
@@ -228,11 +224,7 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
     let mut expected = Vec::with_capacity(inputs.len());
     for (ix, path) in inputs.iter().enumerate() {
         let item = read_file_item(path, format!("validation-{ix}")).map_err(io(path))?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let input = format!("validation/inputs/{ix:04}-{file_name}");
+        let input = format!("validation/inputs/{ix:04}-{}", file_name(path));
         contents.add(input.clone(), path.clone());
         expected.push(Expected {
             input,
@@ -303,4 +295,11 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
     };
     archive::write(&request.out, &manifest.to_bytes(), &[], &contents.0)?;
     Ok(manifest)
+}
+
+/// The last component of `path`, as text (empty for none).
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

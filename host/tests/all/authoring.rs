@@ -485,32 +485,38 @@ fn run_project_test(project: &Path) -> Output {
         .unwrap()
 }
 
+/// Make a `lang` `world` project with `sluice plugin new` in `project`,
+/// let `prepare` touch it, and run its own `test.sh`: it must pass.
+fn new_project_passes_its_test(lang: &str, world: &str, project: &Path, prepare: impl Fn(&Path)) {
+    let out = plugin_new("new-plugin", lang, world, project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    prepare(project);
+    let out = run_project_test(project);
+    let shown = format!(
+        "{lang} {world}: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        text(&out.stdout).contains("ok: 2 sample input(s)"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn a_new_rust_plugin_builds_and_passes_its_own_test() {
     let dir = tempfile::tempdir().unwrap();
     for world in ["preprocessor", "postprocessor"] {
-        let project = dir.path().join(world);
-        let out = plugin_new("new-rust", "rust", world, &project);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        // The versions the bundled plugins were built with: nothing new to
-        // download or compile beyond this crate.
-        std::fs::copy(
-            repo_root().join("plugins/Cargo.lock"),
-            project.join("Cargo.lock"),
-        )
-        .unwrap();
-        let out = run_project_test(&project);
-        assert!(
-            out.status.success(),
-            "{world}: {}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        assert!(
-            text(&out.stdout).contains("ok: 2 sample input(s)"),
-            "{}",
-            text(&out.stdout)
-        );
+        new_project_passes_its_test("rust", world, &dir.path().join(world), |project| {
+            // The versions the bundled plugins were built with: nothing new
+            // to download or compile beyond this crate.
+            std::fs::copy(
+                repo_root().join("plugins/Cargo.lock"),
+                project.join("Cargo.lock"),
+            )
+            .unwrap();
+        });
     }
 }
 
@@ -543,20 +549,7 @@ fn new_python_and_javascript_plugins_build_and_pass_their_own_test() {
         }
         for world in ["preprocessor", "postprocessor"] {
             let project = dir.path().join(format!("{lang}-{world}"));
-            let out = plugin_new("new-plugin", lang, world, &project);
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            let out = run_project_test(&project);
-            assert!(
-                out.status.success(),
-                "{lang} {world}: {}\n{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-            assert!(
-                text(&out.stdout).contains("ok: 2 sample input(s)"),
-                "{}",
-                text(&out.stdout)
-            );
+            new_project_passes_its_test(lang, world, &project, |_| {});
         }
     }
 }
