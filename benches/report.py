@@ -207,18 +207,19 @@ if pipeline_rows:
     for job, row in pipeline_rows.items():
         chosen = row["chosen"]
         if chosen:
+            intra = ", each chunk's operators on every core" if chosen.get("intra_op") else ""
             emit(f"- {job}: Sluice ran batches as chunks of up to {chosen.get('chunk')} item(s) on "
-                 f"{chosen.get('threads')} thread(s) (measured at first start).")
+                 f"{chosen.get('threads')} thread(s){intra} (measured at first start).")
     emit("")
 
 # ------------------------------------------------------------------ engine
 emit("## Engine: tract vs onnxruntime")
 emit("")
 emit("The same model files and the same input bytes (written by `benches/peer/engine.py`, read by "
-     "`sluice-bench engine`); best of two alternating rounds, ms per batch. tract has no intra-op "
-     "threads in this build, so tract's \"2 threads\" splits the batch in two halves run in parallel "
-     "(what Sluice's scheduler does); at batch 1 there is nothing to split. Max abs diff compares "
-     "tract's outputs with onnxruntime's for the same input.")
+     "`sluice-bench engine`); best of two alternating rounds, ms per batch. tract's \"2 threads\" is "
+     "the faster of its intra-op threads (multithreaded matrix products on Sluice's inference pool) "
+     "and the batch split in two halves run in parallel: the two ways Sluice's scheduler measures "
+     "and chooses from. Max abs diff compares tract's outputs with onnxruntime's for the same input.")
 emit("")
 peer_engine = {}
 for rep in rounds("engine-peer-*.json"):

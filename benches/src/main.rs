@@ -268,7 +268,7 @@ fn engine(peer_dir: &Path) -> Result<Value> {
         );
         let expected = read_f32(&peer_dir.join(case["outputs_file"].as_str().unwrap()))?;
         let plan = model.plan(batch)?;
-        let outputs = plan.run(vec![input.clone()])?;
+        let outputs = plan.run(vec![input.clone()], false)?;
         let got = outputs[0].f32_values().context("f32 output")?;
         let max_abs_diff = got
             .iter()
@@ -280,29 +280,37 @@ fn engine(peer_dir: &Path) -> Result<Value> {
             "{}: output sizes differ",
             model_path.display()
         );
-        // One thread: one plan. Two threads: the batch split in two halves
-        // run in parallel (tract has no intra-op threads in this build).
+        // One thread: one plan. Two threads: the faster of tract's intra-op
+        // threads (matrix products on the inference pool) and the batch
+        // split in two halves run in parallel, the two ways the scheduler
+        // chooses from.
         let one = time_per_run(Duration::from_millis(1500), || {
-            plan.run(vec![input.clone()]).unwrap();
+            plan.run(vec![input.clone()], false).unwrap();
         });
-        let two = if batch >= 2 {
+        let intra_op = time_per_run(Duration::from_millis(1500), || {
+            plan.run(vec![input.clone()], true).unwrap();
+        });
+        let halves = if batch >= 2 {
             let half = model.plan(batch / 2)?;
             let halves = split_batch(&input, 2);
             Some(time_per_run(Duration::from_millis(1500), || {
                 std::thread::scope(|s| {
                     for part in &halves {
                         let half = &half;
-                        s.spawn(move || half.run(vec![part.clone()]).unwrap());
+                        s.spawn(move || half.run(vec![part.clone()], false).unwrap());
                     }
                 });
             }))
         } else {
             None
         };
+        let two = halves.map_or(intra_op, |h| h.min(intra_op));
         rows.push(json!({
             "model": case["model"], "batch": batch,
             "tract_ms_per_batch_1_thread": one * 1e3,
-            "tract_ms_per_batch_2_threads": two.map(|t| t * 1e3),
+            "tract_ms_per_batch_2_threads": two * 1e3,
+            "tract_ms_per_batch_intra_op": intra_op * 1e3,
+            "tract_ms_per_batch_halves": halves.map(|t| t * 1e3),
             "max_abs_diff_vs_onnxruntime": max_abs_diff,
         }));
     }
@@ -973,7 +981,7 @@ fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Valu
         let paired = paired_runs(
             Duration::from_secs(3),
             31,
-            || drop(plan.run(stacked.clone()).unwrap()),
+            || drop(plan.run(stacked.clone(), false).unwrap()),
             || drop(scheduler.infer_many(items.clone())),
         );
         let per_item = 1e6 / *batch as f64;

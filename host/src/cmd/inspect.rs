@@ -80,19 +80,23 @@ pub fn model(
         }
     }
     let choice = scheduler.execution();
+    let intra = |on: bool| if on { ", operators on every core" } else { "" };
     println!(
-        "execution:  chunks of up to {} item(s) on {} thread(s) (measured below, µs per item)",
-        choice.chunk, choice.threads
+        "execution:  chunks of up to {} item(s) on {} thread(s){} (measured below, µs per item)",
+        choice.chunk,
+        choice.threads,
+        intra(choice.intra_op)
     );
     for m in &choice.measurements {
-        let chosen = if m.chunk == choice.chunk && m.threads == choice.threads {
-            "  <- chosen"
-        } else {
-            ""
-        };
+        let chosen =
+            (m.chunk, m.threads, m.intra_op) == (choice.chunk, choice.threads, choice.intra_op);
         println!(
-            "  chunk {:>3} x {} thread(s): {:>10.1}{chosen}",
-            m.chunk, m.threads, m.micros_per_item
+            "  chunk {:>3} x {} thread(s){:<26}: {:>10.1}{}",
+            m.chunk,
+            m.threads,
+            intra(m.intra_op),
+            m.micros_per_item,
+            if chosen { "  <- chosen" } else { "" }
         );
     }
     Ok(())

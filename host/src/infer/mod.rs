@@ -13,17 +13,22 @@
 pub mod tract;
 
 /// The process's one pool of inference threads, one per core: every
-/// scheduler spreads the chunks of a batch over it (instead of spawning
-/// threads per batch). Nothing that waits on a scheduler ever runs on it, so
-/// a chunk never waits behind a caller.
-pub(crate) fn pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+/// scheduler spreads the chunks of a batch over it, and an engine's
+/// intra-op parallelism (tract's multithreaded matrix products) runs on it
+/// too, so no thread is ever spawned per batch and the process never holds
+/// more inference threads than cores. Nothing that waits on a scheduler
+/// ever runs on it, so a chunk never waits behind a caller.
+pub(crate) fn pool() -> &'static std::sync::Arc<rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<std::sync::Arc<rayon::ThreadPool>> =
+        std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(crate::schedule::available_cores())
-            .thread_name(|ix| format!("sluice-infer-{ix}"))
-            .build()
-            .expect("start the inference threads")
+        std::sync::Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(crate::schedule::available_cores())
+                .thread_name(|ix| format!("sluice-infer-{ix}"))
+                .build()
+                .expect("start the inference threads"),
+        )
     })
 }
 
@@ -91,8 +96,10 @@ pub trait Model: Send + Sync {
 /// A ready-to-run computation for one batch size.
 pub trait Plan: Send + Sync {
     /// Run on inputs in model input order, each with the plan's batch size on
-    /// axis 0; outputs come in model output order.
-    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError>;
+    /// axis 0; outputs come in model output order. With `intra_op` the
+    /// engine may spread one run's operators over the inference [`pool`]
+    /// (the scheduler measures whether that pays, per model).
+    fn run(&self, inputs: Vec<Tensor>, intra_op: bool) -> Result<Vec<Tensor>, ModelError>;
 }
 
 /// Name, element type and shape of a model input or output; `None` is a

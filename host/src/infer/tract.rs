@@ -314,7 +314,8 @@ struct TractPlan {
 }
 
 impl Plan for TractPlan {
-    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+    fn run(&self, inputs: Vec<Tensor>, intra_op: bool) -> Result<Vec<Tensor>, ModelError> {
+        use tract_linalg::multithread::{Executor, multithread_tract_scope};
         let error = |e: TractError| ModelError::Run {
             model: self.model.clone(),
             source: e.into(),
@@ -323,7 +324,15 @@ impl Plan for TractPlan {
             .iter()
             .map(|t| self.to_tract(t).map(TValue::from))
             .collect::<Result<TVec<_>, _>>()?;
-        let outputs = self.runnable.run(values).map_err(error)?;
+        let run = || self.runnable.run(values);
+        // tract's executor is chosen per thread and per run: the process's
+        // inference pool, never a pool of tract's own.
+        let outputs = if intra_op {
+            multithread_tract_scope(Executor::MultiThread(super::pool().clone()), run)
+        } else {
+            run()
+        }
+        .map_err(error)?;
         let names = self.runnable.model().output_outlets().map_err(error)?;
         outputs
             .into_iter()

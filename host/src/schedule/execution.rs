@@ -3,12 +3,15 @@
 //! A batch is split into chunks of at most [`ExecutionChoice::chunk`] items
 //! (powers of two, so plans exist for few sizes and nothing is padded); each
 //! chunk is stacked into one tensor and run by the plan for its size; chunks
-//! are spread over [`ExecutionChoice::threads`] threads.
+//! are spread over [`ExecutionChoice::threads`] threads, or each chunk's
+//! operators over every core ([`ExecutionChoice::intra_op`]), never both
+//! (that would only oversubscribe the cores).
 //!
 //! The choice is measured, not assumed: at load every candidate (chunk,
-//! threads) runs a full batch and the cheapest per item wins. Small dense
-//! models gain from stacking; convolution nets in tract lose per item as the
-//! batch grows and are better run as small chunks in parallel. Measuring
+//! threads, intra-op) runs a full batch and the cheapest per item wins.
+//! Small dense models gain from stacking; convolution nets in tract lose per
+//! item as the batch grows and are better run as small chunks in parallel,
+//! or one at a time with their matrix products spread over the cores. Measuring
 //! takes a noticeable part of start-up (about 160 ms for the digits MLP), so
 //! the result is remembered per machine, model and settings
 //! ([`ExecutionCache`]): a restart reuses it and starts in tens of ms.
@@ -35,14 +38,18 @@ pub enum ExecutionMode {
 }
 
 /// How the scheduler runs a batch: split into chunks of at most `chunk`
-/// items, each chunk stacked into one tensor, chunks spread over `threads`.
+/// items, each chunk stacked into one tensor, chunks spread over `threads`,
+/// each chunk's operators over the inference pool when `intra_op`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExecutionChoice {
     /// The largest chunk, in items (a power of two).
     pub chunk: usize,
     /// How many inference threads the chunks of one batch are spread over.
     pub threads: usize,
-    /// Measured cost per item, in microseconds, for each (chunk, threads).
+    /// Whether one chunk's operators run on every inference thread.
+    #[serde(default)]
+    pub intra_op: bool,
+    /// Measured cost per item, in microseconds, for each way tried.
     pub measurements: Vec<Measurement>,
 }
 
@@ -53,6 +60,9 @@ pub struct Measurement {
     pub chunk: usize,
     /// Threads the chunks were spread over.
     pub threads: usize,
+    /// Whether a chunk's operators ran on every inference thread.
+    #[serde(default)]
+    pub intra_op: bool,
     /// The fastest run's wall-clock time divided by the batch size, in µs.
     pub micros_per_item: f64,
 }
@@ -78,14 +88,16 @@ pub(super) fn split_into_chunks(n: usize, max_chunk: usize) -> Vec<usize> {
     chunks
 }
 
-/// Run items (already checked) in chunks, spread over `threads` threads.
-/// Returns one result per item, in order. A failing chunk is retried item by
-/// item so that one bad item cannot fail its neighbours.
+/// Run items (already checked) in chunks, spread over `threads` threads,
+/// each chunk over every core if `intra_op`. Returns one result per item, in
+/// order. A failing chunk is retried item by item so that one bad item
+/// cannot fail its neighbours.
 pub(super) fn run_chunks(
     model: &dyn Model,
     items: Vec<Vec<Tensor>>,
     chunks: &[usize],
     threads: usize,
+    intra_op: bool,
 ) -> Vec<Result<Vec<Tensor>, ModelError>> {
     let mut groups: Vec<Vec<Vec<Tensor>>> = Vec::with_capacity(chunks.len());
     let mut rest = items.into_iter();
@@ -94,11 +106,11 @@ pub(super) fn run_chunks(
     }
     let run_group = |group: Vec<Vec<Tensor>>| -> Vec<Result<Vec<Tensor>, ModelError>> {
         let n = group.len();
-        match run_stacked(model, &group) {
+        match run_stacked(model, &group, intra_op) {
             Ok(outputs) => outputs.into_iter().map(Ok).collect(),
             Err(_) if n > 1 => group
                 .into_iter()
-                .map(|item| run_stacked(model, &[item]).map(|mut o| o.remove(0)))
+                .map(|item| run_stacked(model, &[item], intra_op).map(|mut o| o.remove(0)))
                 .collect(),
             Err(e) => vec![Err(e)],
         }
@@ -127,11 +139,15 @@ pub(super) fn run_chunks(
 }
 
 /// Stack items along axis 0, run the plan for that size, split the outputs.
-fn run_stacked(model: &dyn Model, items: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, ModelError> {
+fn run_stacked(
+    model: &dyn Model,
+    items: &[Vec<Tensor>],
+    intra_op: bool,
+) -> Result<Vec<Vec<Tensor>>, ModelError> {
     let n = items.len();
     let plan = model.plan(n)?;
     let stacked = stack_items(items);
-    let outputs = plan.run(stacked)?;
+    let outputs = plan.run(stacked, intra_op)?;
     let mut per_item: Vec<Vec<Tensor>> =
         (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
     for output in outputs {
@@ -185,14 +201,17 @@ pub(super) fn choose_execution(
     let fixed = |chunk: usize| ExecutionChoice {
         chunk,
         threads: 1,
+        intra_op: false,
         measurements: Vec::new(),
     };
     let remembered = match config.execution {
         ExecutionMode::Stacked => Some(fixed(*candidates.last().unwrap())),
         ExecutionMode::Single => Some(fixed(1)),
-        ExecutionMode::Auto => cache
-            .and_then(|c| c.load(config))
-            .filter(|c| candidates.contains(&c.chunk) && (1..=config.threads).contains(&c.threads)),
+        ExecutionMode::Auto => cache.and_then(|c| c.load(config)).filter(|c| {
+            candidates.contains(&c.chunk)
+                && (1..=config.threads).contains(&c.threads)
+                && (!c.intra_op || config.threads > 1)
+        }),
     };
     let choice = match remembered {
         Some(choice) => choice,
@@ -227,7 +246,7 @@ pub(super) fn choose_execution(
 /// the first run allocates; both belong before serving, so that the first
 /// real batch is not slow.
 fn warm_up(model: &dyn Model, example: &[Tensor], size: usize) -> Result<(), ModelError> {
-    run_stacked(model, &vec![example.to_vec(); size])
+    run_stacked(model, &vec![example.to_vec(); size], false)
         .map(drop)
         .map_err(|e| ModelError::WarmUp {
             model: model.name().into(),
@@ -241,8 +260,8 @@ fn warm_up(model: &dyn Model, example: &[Tensor], size: usize) -> Result<(), Mod
 /// nets in tract lose 1.7x and more per doubling).
 const GIVE_UP_RATIO: f64 = 1.5;
 
-/// Time a full batch for every candidate (chunk, threads); the cheapest per
-/// item wins. One plan exists at a time (a batch of the largest size splits
+/// Time a full batch for every candidate (chunk, threads, intra-op); the
+/// cheapest per item wins. One plan exists at a time (a batch of the largest size splits
 /// into equal chunks), which keeps the peak memory of start-up to one plan.
 /// Once a chunk size costs clearly more per item than the best so far
 /// (conv nets in tract), larger ones are not tried: they would cost more
@@ -256,14 +275,16 @@ fn measure(
 ) -> Result<ExecutionChoice, ModelError> {
     let batch = *candidates.last().unwrap();
     let mut measurements = Vec::new();
-    let thread_options: Vec<usize> = if config.threads > 1 {
-        vec![1, config.threads]
+    // (chunk lanes, intra-op): one lane; lanes on every thread; one lane
+    // whose operators use every thread.
+    let ways: Vec<(usize, bool)> = if config.threads > 1 {
+        vec![(1, false), (config.threads, false), (1, true)]
     } else {
-        vec![1]
+        vec![(1, false)]
     };
     for &chunk in candidates {
         warm_up(model, example, chunk)?;
-        for &threads in &thread_options {
+        for &(threads, intra_op) in &ways {
             if threads > 1 && chunk == batch {
                 continue; // one chunk cannot be spread
             }
@@ -276,7 +297,7 @@ fn measure(
             while runs < 2 || (started.elapsed() < Duration::from_millis(20) && runs < 50) {
                 let items = vec![example.to_vec(); batch];
                 let run = Instant::now();
-                run_chunks(model, items, &chunks, threads);
+                run_chunks(model, items, &chunks, threads, intra_op);
                 fastest = fastest.min(run.elapsed());
                 runs += 1;
             }
@@ -284,6 +305,7 @@ fn measure(
             measurements.push(Measurement {
                 chunk,
                 threads,
+                intra_op,
                 micros_per_item,
             });
         }
@@ -308,6 +330,7 @@ fn measure(
     Ok(ExecutionChoice {
         chunk: best.chunk,
         threads: best.threads,
+        intra_op: best.intra_op,
         measurements: measurements.clone(),
     })
 }
@@ -343,8 +366,10 @@ impl ExecutionCache {
             })
             .unwrap_or_default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // `intra-op`: choices remembered before it was a dimension are
+        // measured again.
         let key = format!(
-            "{}|{}|batch={}|threads={}|{cpu}|cores={cores}",
+            "{}|intra-op|{}|batch={}|threads={}|{cpu}|cores={cores}",
             env!("CARGO_PKG_VERSION"),
             self.model_sha256,
             config.max_batch_size,
@@ -432,11 +457,13 @@ mod tests {
         let choice = ExecutionChoice {
             chunk: 8,
             threads: 1,
+            intra_op: true,
             measurements: [15.62675_f64.next_up(), 0.1 + 0.2, 41.61275, 4.080125]
                 .into_iter()
                 .map(|micros_per_item| Measurement {
                     chunk: 1,
                     threads: 1,
+                    intra_op: false,
                     micros_per_item,
                 })
                 .collect(),

@@ -130,9 +130,15 @@ impl Scheduler {
             model = model.name(),
             chunk = choice.chunk,
             threads = choice.threads,
-            "execution chosen: batches run as chunks of up to {} item(s) on {} thread(s)",
+            intra_op = choice.intra_op,
+            "execution chosen: batches run as chunks of up to {} item(s) on {} thread(s){}",
             choice.chunk,
-            choice.threads
+            choice.threads,
+            if choice.intra_op {
+                ", each chunk's operators on every core"
+            } else {
+                ""
+            }
         );
         let (queue, requests) = mpsc::channel();
         let stats = Arc::new(SchedulerStats::default());
@@ -334,7 +340,13 @@ impl BatchRunner {
             chunks
                 .iter()
                 .for_each(|&size| self.stats.record_batch(size));
-            let outputs = run_chunks(self.model.as_ref(), valid, &chunks, self.choice.threads);
+            let outputs = run_chunks(
+                self.model.as_ref(),
+                valid,
+                &chunks,
+                self.choice.threads,
+                self.choice.intra_op,
+            );
             for ((r, i), output) in slots.into_iter().zip(outputs) {
                 replies[r][i] = Some(output.map_err(|e| self.error(e.detail())));
             }

@@ -374,11 +374,22 @@ fn model_inspect_shows_io_operators_and_the_measured_execution_choice() {
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let execution = &report["execution"];
     let measured = execution["measurements"].as_array().unwrap();
-    assert!(
-        measured
+    let same = |m: &serde_json::Value| {
+        ["chunk", "threads", "intra_op"]
             .iter()
-            .any(|m| m["chunk"] == execution["chunk"] && m["threads"] == execution["threads"]),
+            .all(|k| m[*k] == execution[*k])
+    };
+    assert!(
+        measured.iter().any(same),
         "the choice is one of the measured candidates: {execution}"
+    );
+    // With more than one core, running one chunk's operators on every core
+    // is one of the candidates.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        measured.iter().any(|m| m["intra_op"] == true),
+        cores > 1,
+        "{execution}"
     );
 
     let unsupported = sluice(&[

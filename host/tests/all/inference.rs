@@ -624,3 +624,27 @@ fn runtime_workers_set_the_pipeline_threads_and_every_item_succeeds() {
         &failed[..failed.len().min(3)]
     );
 }
+
+#[test]
+fn intra_op_threads_give_the_single_threaded_results() {
+    // A conv net (PP-OCR's text direction classifier): its matrix products
+    // spread over the inference pool must compute what one thread does.
+    let path = repo_root().join("models/text-direction/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+    let shapes = InputShapes::from([("x".to_owned(), vec![3, 48, 192])]);
+    let model = onnx_engine()
+        .load("text-direction", &std::fs::read(&path).unwrap(), &shapes)
+        .unwrap();
+    let n = 2 * 3 * 48 * 192;
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+        .collect();
+    let input = Tensor::from_f32("x", vec![2, 3, 48, 192], &values);
+    let plan = model.plan(2).unwrap();
+    let one = plan.run(vec![input.clone()], false).unwrap();
+    let many = plan.run(vec![input], true).unwrap();
+    let (one, many) = (one[0].f32_values().unwrap(), many[0].f32_values().unwrap());
+    assert_eq!(one.len(), 4);
+    for (a, b) in one.iter().zip(&many) {
+        assert!((a - b).abs() <= 1e-5, "{one:?} vs {many:?}");
+    }
+}
