@@ -87,6 +87,9 @@ pub fn model(
         choice.threads,
         intra(choice.intra_op)
     );
+    if choice.lone_intra_op && !choice.intra_op {
+        println!("            a batch of one chunk (a lone input): operators on every core");
+    }
     for m in &choice.measurements {
         let chosen =
             (m.chunk, m.threads, m.intra_op) == (choice.chunk, choice.threads, choice.intra_op);

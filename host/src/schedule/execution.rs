@@ -49,6 +49,13 @@ pub struct ExecutionChoice {
     /// Whether one chunk's operators run on every inference thread.
     #[serde(default)]
     pub intra_op: bool,
+    /// Whether a batch that is one chunk (a lone item when traffic is low)
+    /// runs its operators on every inference thread: measured on one item,
+    /// as the latency of a lone input, apart from the throughput choice
+    /// above (MobileNetV2: 28 ms alone on one thread, 21 ms on two; a full
+    /// batch is faster as parallel chunks).
+    #[serde(default)]
+    pub lone_intra_op: bool,
     /// Measured cost per item, in microseconds, for each way tried.
     pub measurements: Vec<Measurement>,
 }
@@ -89,16 +96,19 @@ pub(super) fn split_into_chunks(n: usize, max_chunk: usize) -> Vec<usize> {
 }
 
 /// Run items (already checked) in chunks, spread over `threads` threads,
-/// each chunk over every core if `intra_op`. Returns one result per item, in
-/// order. A failing chunk is retried item by item so that one bad item
-/// cannot fail its neighbours.
+/// each chunk over every core if `intra_op` (or if `lone_intra_op` and the
+/// batch is one chunk). Returns one result per item, in order. A failing
+/// chunk is retried item by item so that one bad item cannot fail its
+/// neighbours.
 pub(super) fn run_chunks(
     model: &dyn Model,
     items: Vec<Vec<Tensor>>,
     chunks: &[usize],
     threads: usize,
     intra_op: bool,
+    lone_intra_op: bool,
 ) -> Vec<Result<Vec<Tensor>, ModelError>> {
+    let intra_op = intra_op || (lone_intra_op && chunks.len() == 1);
     let mut groups: Vec<Vec<Vec<Tensor>>> = Vec::with_capacity(chunks.len());
     let mut rest = items.into_iter();
     for &size in chunks {
@@ -202,6 +212,7 @@ pub(super) fn choose_execution(
         chunk,
         threads: 1,
         intra_op: false,
+        lone_intra_op: false,
         measurements: Vec::new(),
     };
     let remembered = match config.execution {
@@ -297,7 +308,7 @@ fn measure(
             while runs < 2 || (started.elapsed() < Duration::from_millis(20) && runs < 50) {
                 let items = vec![example.to_vec(); batch];
                 let run = Instant::now();
-                run_chunks(model, items, &chunks, threads, intra_op);
+                run_chunks(model, items, &chunks, threads, intra_op, false);
                 fastest = fastest.min(run.elapsed());
                 runs += 1;
             }
@@ -327,10 +338,18 @@ fn measure(
         .iter()
         .min_by(|a, b| a.micros_per_item.total_cmp(&b.micros_per_item))
         .expect("at least one measurement");
+    let alone = |intra_op: bool| {
+        measurements
+            .iter()
+            .find(|m| m.chunk == 1 && m.threads == 1 && m.intra_op == intra_op)
+            .map(|m| m.micros_per_item)
+    };
+    let lone_intra_op = matches!((alone(true), alone(false)), (Some(on), Some(off)) if on < off);
     Ok(ExecutionChoice {
         chunk: best.chunk,
         threads: best.threads,
         intra_op: best.intra_op,
+        lone_intra_op,
         measurements: measurements.clone(),
     })
 }
@@ -458,6 +477,7 @@ mod tests {
             chunk: 8,
             threads: 1,
             intra_op: true,
+            lone_intra_op: true,
             measurements: [15.62675_f64.next_up(), 0.1 + 0.2, 41.61275, 4.080125]
                 .into_iter()
                 .map(|micros_per_item| Measurement {

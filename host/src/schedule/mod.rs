@@ -131,6 +131,7 @@ impl Scheduler {
             chunk = choice.chunk,
             threads = choice.threads,
             intra_op = choice.intra_op,
+            lone_intra_op = choice.lone_intra_op,
             "execution chosen: batches run as chunks of up to {} item(s) on {} thread(s){}",
             choice.chunk,
             choice.threads,
@@ -346,6 +347,7 @@ impl BatchRunner {
                 &chunks,
                 self.choice.threads,
                 self.choice.intra_op,
+                self.choice.lone_intra_op,
             );
             for ((r, i), output) in slots.into_iter().zip(outputs) {
                 replies[r][i] = Some(output.map_err(|e| self.error(e.detail())));
