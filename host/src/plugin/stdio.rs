@@ -8,8 +8,11 @@
 //!
 //! Bounds: the last [`TAIL_BYTES`] of stderr are kept per instance (older
 //! bytes are dropped, writes never fail: a guest whose `eprintln!` failed
-//! would panic), and a line longer than [`MAX_LINE_BYTES`] is logged in
-//! pieces of that size.
+//! would panic); a line longer than [`MAX_LINE_BYTES`] is logged in pieces
+//! of that size; each stream logs at most [`LOG_BYTES_PER_SEC`] on average
+//! (bursts of [`LOG_BURST_BYTES`]): a plugin printing in a loop cannot fill
+//! the device's disk with logs, and the lines it loses are counted in the
+//! next line logged.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -24,6 +27,12 @@ pub const TAIL_BYTES: usize = 64 * 1024;
 
 /// The longest line logged as one event.
 pub const MAX_LINE_BYTES: usize = 4096;
+
+/// The average rate at which one stream's lines are logged.
+pub const LOG_BYTES_PER_SEC: f64 = 64.0 * 1024.0;
+
+/// The most one stream logs at once after being quiet.
+pub const LOG_BURST_BYTES: f64 = 256.0 * 1024.0;
 
 /// Which of the two streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +53,46 @@ pub(crate) struct GuestOutput {
     state: Arc<Mutex<Buffers>>,
 }
 
-#[derive(Default)]
 struct Buffers {
     /// The unfinished line, not yet logged.
     line: Vec<u8>,
     /// The last `TAIL_BYTES` written.
     tail: VecDeque<u8>,
+    /// Bytes that may be logged now (a token bucket).
+    allowance: f64,
+    /// When `allowance` was last topped up.
+    topped_up: std::time::Instant,
+    /// Lines not logged for lack of allowance, since the last one logged.
+    dropped: u64,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            line: Vec::new(),
+            tail: VecDeque::new(),
+            allowance: LOG_BURST_BYTES,
+            topped_up: std::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+}
+
+impl Buffers {
+    /// Whether a line of `len` bytes may be logged now; counts it if not.
+    fn admit(&mut self, len: usize) -> bool {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.topped_up).as_secs_f64() * LOG_BYTES_PER_SEC;
+        self.allowance = (self.allowance + earned).min(LOG_BURST_BYTES);
+        self.topped_up = now;
+        if self.allowance >= len as f64 {
+            self.allowance -= len as f64;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
 }
 
 impl GuestOutput {
@@ -82,25 +125,31 @@ impl GuestOutput {
             return;
         }
         for &b in bytes {
-            if b == b'\n' {
-                let line = std::mem::take(&mut state.line);
-                self.log(&line);
-            } else {
+            if b != b'\n' {
                 state.line.push(b);
-                if state.line.len() >= MAX_LINE_BYTES {
-                    let line = std::mem::take(&mut state.line);
-                    self.log(&line);
+            }
+            if b == b'\n' || state.line.len() >= MAX_LINE_BYTES {
+                let line = std::mem::take(&mut state.line);
+                if state.admit(line.len()) {
+                    let dropped = std::mem::take(&mut state.dropped);
+                    self.log(&line, dropped);
                 }
             }
         }
     }
 
-    fn log(&self, line: &[u8]) {
+    fn log(&self, line: &[u8], dropped: u64) {
         let line = String::from_utf8_lossy(line);
         let line = line.trim_end_matches('\r');
         let plugin = &*self.plugin;
         match self.stream {
+            Stream::Stdout if dropped > 0 => {
+                tracing::info!(plugin, stream = "stdout", dropped, "{line}")
+            }
             Stream::Stdout => tracing::info!(plugin, stream = "stdout", "{line}"),
+            Stream::Stderr if dropped > 0 => {
+                tracing::warn!(plugin, stream = "stderr", dropped, "{line}")
+            }
             Stream::Stderr => tracing::warn!(plugin, stream = "stderr", "{line}"),
         }
     }
@@ -180,6 +229,20 @@ mod tests {
         let tail = out.tail();
         assert_eq!(tail.len(), TAIL_BYTES);
         assert!(tail.ends_with("panicked at the end"));
+    }
+
+    #[test]
+    fn a_plugin_printing_in_a_loop_is_held_to_the_log_rate() {
+        let out = GuestOutput::new("p".into(), Stream::Stdout, true);
+        let line = [b'x'; 1023];
+        for _ in 0..1024 {
+            out.take(&line);
+            out.take(b"\n");
+        }
+        // 1 MiB in a moment: the burst is logged, the rest counted.
+        let dropped = out.state.lock().unwrap().dropped;
+        let logged = 1024 - dropped;
+        assert!((256..=300).contains(&logged), "{logged} lines logged");
     }
 
     #[test]
