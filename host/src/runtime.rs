@@ -228,18 +228,7 @@ impl Runtime {
 
     /// The pipeline called `name`, or the only one when `name` is `None`.
     pub fn pipeline(&self, name: Option<&str>) -> Result<&Pipeline, PipelineChoiceError> {
-        let running = || self.pipelines.keys().cloned().collect::<Vec<_>>();
-        match name {
-            Some(name) => self
-                .pipelines
-                .get(name)
-                .ok_or_else(|| PipelineChoiceError::Unknown {
-                    name: name.to_owned(),
-                    running: running(),
-                }),
-            None if self.pipelines.len() == 1 => Ok(self.pipelines.values().next().expect("one")),
-            None => Err(PipelineChoiceError::Ambiguous { running: running() }),
-        }
+        choose(&self.pipelines, name).map(|(_, pipeline)| pipeline)
     }
 }
 
@@ -270,22 +259,7 @@ pub fn narrow_to_pipeline(
     config: &mut Config,
     name: Option<&str>,
 ) -> Result<(), PipelineChoiceError> {
-    let configured = || config.pipelines.keys().cloned().collect::<Vec<_>>();
-    let chosen = match name {
-        Some(name) if config.pipelines.contains_key(name) => name.to_owned(),
-        Some(name) => {
-            return Err(PipelineChoiceError::Unknown {
-                name: name.to_owned(),
-                running: configured(),
-            });
-        }
-        None if config.pipelines.len() == 1 => configured().remove(0),
-        None => {
-            return Err(PipelineChoiceError::Ambiguous {
-                running: configured(),
-            });
-        }
-    };
+    let chosen = choose(&config.pipelines, name)?.0.clone();
     config.pipelines.retain(|name, _| *name == chosen);
     let pipeline = &config.pipelines[&chosen];
     config
@@ -293,6 +267,25 @@ pub fn narrow_to_pipeline(
         .retain(|name, _| *name == pipeline.preprocess || *name == pipeline.postprocess);
     config.models.retain(|name, _| *name == pipeline.model);
     Ok(())
+}
+
+/// The entry of `pipelines` called `name`, or the only one when `name` is
+/// `None`: how both a running runtime and a configuration choose.
+fn choose<'a, P>(
+    pipelines: &'a BTreeMap<String, P>,
+    name: Option<&str>,
+) -> Result<(&'a String, &'a P), PipelineChoiceError> {
+    let running = || pipelines.keys().cloned().collect::<Vec<_>>();
+    match name {
+        Some(name) => pipelines
+            .get_key_value(name)
+            .ok_or_else(|| PipelineChoiceError::Unknown {
+                name: name.to_owned(),
+                running: running(),
+            }),
+        None if pipelines.len() == 1 => Ok(pipelines.iter().next().expect("one")),
+        None => Err(PipelineChoiceError::Ambiguous { running: running() }),
+    }
 }
 
 /// Run one sample input through `pipeline`; the error it gets, if any.

@@ -19,7 +19,6 @@
 
 use anyhow::{Context, bail};
 use sluice::agent::Agent;
-use sluice::config::Config;
 use sluice::outbox::counter;
 use sluice_protocol::{DeviceCount, DeviceResults, Outcome, ResultRecord, paths};
 use std::collections::HashMap;
@@ -57,10 +56,7 @@ pub fn run(
         Some(path) => path,
         None => default_config()?,
     };
-    let mut config = Config::load(&config_path)?;
-    if let Some(dir) = data_dir {
-        config.device.data_dir = dir;
-    }
+    let mut config = super::load_config(&config_path, data_dir)?;
     let base = config_path.parent().unwrap_or(Path::new("."));
     let heldout = base.join("../../models/digits/heldout");
     let labels = read_labels(&heldout.join("labels.csv"))?;

@@ -3,11 +3,9 @@
 //! agent ships upstream.
 
 use anyhow::Context;
-use sluice::config::Config;
 use sluice::ingest::files::{list_files, read_file_item};
 use sluice::pipeline::process_all;
 use sluice::record::{ItemInfo, provenance, result_record};
-use sluice::runtime::Runtime;
 use sluice_protocol::InputInfo;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,15 +17,8 @@ pub fn run(
     inputs: &[PathBuf],
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut config = Config::load(config)?;
-    if let Some(dir) = data_dir {
-        config.device.data_dir = dir;
-    }
-    let device = config.device.id.clone();
-    sluice::runtime::narrow_to_pipeline(&mut config, pipeline)?;
-    let runtime = super::with_spinner("starting: loading the model and plugins", || {
-        Runtime::start(config)
-    })?;
+    let runtime = super::start_one_pipeline(super::load_config(config, data_dir)?, pipeline)?;
+    let device = runtime.config().device.id.clone();
     let pipeline = runtime.pipeline(None)?;
     let provenance =
         provenance(&runtime, pipeline.name()).context("the pipeline's parts are running")?;

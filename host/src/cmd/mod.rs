@@ -10,6 +10,33 @@ pub mod plugin;
 pub mod profile;
 pub mod run;
 
+/// Load the configuration at `path`, keeping state (the compiled-plugin
+/// cache, measurements) in `data_dir` instead of its own when given.
+pub fn load_config(
+    path: &std::path::Path,
+    data_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<sluice::config::Config> {
+    let mut config = sluice::config::Config::load(path)?;
+    if let Some(dir) = data_dir {
+        config.device.data_dir = dir;
+    }
+    Ok(config)
+}
+
+/// Start only pipeline `pipeline` of `config` (or its only one), for a
+/// one-shot command: a wrong or missing choice fails before anything is
+/// loaded, and nothing else is loaded. `runtime.pipeline(None)` is it.
+pub fn start_one_pipeline(
+    mut config: sluice::config::Config,
+    pipeline: Option<&str>,
+) -> anyhow::Result<sluice::runtime::Runtime> {
+    sluice::runtime::narrow_to_pipeline(&mut config, pipeline)?;
+    Ok(with_spinner(
+        "starting: loading the model and plugins",
+        || sluice::runtime::Runtime::start(config),
+    )?)
+}
+
 /// `error` and its causes, joined by ": " like `{:#}`, leaving out a cause
 /// whose text is already shown: the library's errors name their cause in
 /// their own message and also keep it as their `source()`.

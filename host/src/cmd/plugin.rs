@@ -16,10 +16,7 @@ use std::path::{Path, PathBuf};
 /// `sluice plugin compile`: fill the compiled-plugin cache for every plugin
 /// of a configuration (for devices running a runtime-only build).
 pub fn compile(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut config = Config::load(config)?;
-    if let Some(dir) = data_dir {
-        config.device.data_dir = dir;
-    }
+    let config = super::load_config(config, data_dir)?;
     let host = PluginHost::new(&EngineOptions::for_config(&config))?;
     let mut failed = 0;
     for (name, plugin) in &config.plugins {
@@ -250,10 +247,7 @@ pub fn run(
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let path = config;
-    let mut config = Config::load(path)?;
-    if let Some(dir) = data_dir {
-        config.device.data_dir = dir;
-    }
+    let config = super::load_config(path, data_dir)?;
     let name = match plugin {
         Some(name) => name.to_owned(),
         None => match config.plugins.keys().collect::<Vec<_>>()[..] {

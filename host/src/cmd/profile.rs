@@ -2,10 +2,8 @@
 //! its model's drift profile (see `sluice::drift`).
 
 use anyhow::Context;
-use sluice::config::Config;
 use sluice::drift::{Profile, observe_items};
 use sluice::ingest::files::{list_files, read_file_item};
-use sluice::runtime::Runtime;
 use std::path::{Path, PathBuf};
 
 /// `sluice model profile`.
@@ -16,14 +14,7 @@ pub fn run(
     output: Option<PathBuf>,
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut config = Config::load(config)?;
-    if let Some(dir) = data_dir {
-        config.device.data_dir = dir;
-    }
-    sluice::runtime::narrow_to_pipeline(&mut config, pipeline)?;
-    let runtime = super::with_spinner("starting: loading the model and plugins", || {
-        Runtime::start(config)
-    })?;
+    let runtime = super::start_one_pipeline(super::load_config(config, data_dir)?, pipeline)?;
     let pipeline = runtime.pipeline(None)?;
     let model = runtime.config().pipelines[pipeline.name()].model.clone();
     let sha256 = runtime

@@ -123,14 +123,25 @@ impl PluginHost {
         name: &str,
         config: &PluginConfig,
     ) -> Result<CacheOutcome, PluginError> {
-        let fail = |cause| PluginError::new(name, cause);
-        let wasm = read_wasm(&config.path).map_err(fail)?;
-        let (_, outcome) = self
+        let (_, _, outcome) = self
+            .compiled(config)
+            .map_err(|cause| PluginError::new(name, cause))?;
+        Ok(outcome)
+    }
+
+    /// The bytes of `config`'s component and the component compiled (or
+    /// from the cache), with the errors a configuration's reader needs.
+    fn compiled(
+        &self,
+        config: &PluginConfig,
+    ) -> Result<(Cow<'static, [u8]>, Component, CacheOutcome), PluginErrorCause> {
+        let wasm = read_wasm(&config.path)?;
+        let (component, outcome) = self
             .engine
             .cache()
             .load(self.engine.engine(), &wasm)
-            .map_err(|e| fail(cache_error(e)))?;
-        Ok(outcome)
+            .map_err(|e| too_little_memory(&e, config).unwrap_or_else(|| cache_error(e)))?;
+        Ok((wasm, component, outcome))
     }
 
     /// Load, link and initialize plugin `name`; it must be of `kind`.
@@ -155,12 +166,8 @@ impl PluginHost {
         expected: Option<PluginKind>,
     ) -> Result<Plugin, PluginError> {
         let fail = |cause| PluginError::new(name, cause);
-        let wasm = read_wasm(&config.path).map_err(fail)?;
+        let (wasm, component, cache) = self.compiled(config).map_err(fail)?;
         let engine = self.engine.engine();
-        let (component, cache) =
-            self.engine.cache().load(engine, &wasm).map_err(|e| {
-                fail(too_little_memory(&e, config).unwrap_or_else(|| cache_error(e)))
-            })?;
         let found = PluginKind::of(&component, engine);
         let kind = match (found, expected) {
             (Some(found), None) => found,

@@ -246,6 +246,15 @@ fn digits_config(dir: &Path, change: impl Fn(String) -> String) -> PathBuf {
     file
 }
 
+/// `sluice infer --config CONFIG [ARGS] heldout/0001.png`: one digit.
+fn infer_a_digit(config: &Path, args: &[&str]) -> Output {
+    let image = repo_root().join("models/digits/heldout/0001.png");
+    let mut all = vec!["infer", "--config", config.to_str().unwrap()];
+    all.extend(args);
+    all.push(image.to_str().unwrap());
+    sluice(&all)
+}
+
 #[test]
 fn a_pipeline_whose_parts_do_not_fit_is_refused_at_start_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,15 +262,7 @@ fn a_pipeline_whose_parts_do_not_fit_is_refused_at_start_naming_the_tensor() {
     let config = digits_config(dir.path(), |t| {
         t.replace("output = \"input\"", "output = \"inptu\"")
     });
-    let out = sluice(&[
-        "infer",
-        "--config",
-        config.to_str().unwrap(),
-        repo_root()
-            .join("models/digits/heldout/0001.png")
-            .to_str()
-            .unwrap(),
-    ]);
+    let out = infer_a_digit(&config, &[]);
     assert!(!out.status.success(), "{}", text(&out.stdout));
     let error = text(&out.stderr);
     assert!(
@@ -281,15 +282,7 @@ fn a_pipeline_whose_parts_do_not_fit_is_refused_at_start_naming_the_tensor() {
             .collect::<Vec<_>>()
             .join("\n")
     });
-    let out = sluice(&[
-        "infer",
-        "--config",
-        config.to_str().unwrap(),
-        repo_root()
-            .join("models/digits/heldout/0001.png")
-            .to_str()
-            .unwrap(),
-    ]);
+    let out = infer_a_digit(&config, &[]);
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let message = line["error"]["message"].as_str().unwrap();
     assert!(
@@ -307,14 +300,8 @@ fn infer_with_several_pipelines_and_no_choice_fails_before_loading_anything() {
         t + "\n[models.missing]\npath = \"/nonexistent/model.onnx\"\n\
              [pipelines.other]\npreprocess = \"digits-pre\"\nmodel = \"missing\"\npostprocess = \"digits-post\"\n"
     });
-    let image = repo_root().join("models/digits/heldout/0001.png");
     let started = std::time::Instant::now();
-    let out = sluice(&[
-        "infer",
-        "--config",
-        config.to_str().unwrap(),
-        image.to_str().unwrap(),
-    ]);
+    let out = infer_a_digit(&config, &[]);
     assert!(!out.status.success());
     let error = text(&out.stderr);
     assert!(
@@ -324,23 +311,9 @@ fn infer_with_several_pipelines_and_no_choice_fails_before_loading_anything() {
     assert!(!error.contains("model.onnx"), "nothing was loaded: {error}");
     assert!(started.elapsed().as_secs() < 30);
     // Choosing one runs only it: the broken one is never loaded.
-    let out = sluice(&[
-        "infer",
-        "--config",
-        config.to_str().unwrap(),
-        "--pipeline",
-        "digits",
-        image.to_str().unwrap(),
-    ]);
+    let out = infer_a_digit(&config, &["--pipeline", "digits"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let unknown = sluice(&[
-        "infer",
-        "--config",
-        config.to_str().unwrap(),
-        "--pipeline",
-        "nope",
-        image.to_str().unwrap(),
-    ]);
+    let unknown = infer_a_digit(&config, &["--pipeline", "nope"]);
     assert!(
         text(&unknown.stderr).contains("no pipeline `nope`"),
         "{}",

@@ -50,6 +50,28 @@ fn bytes_tensor(name: &str, bytes: &[u8]) -> Tensor {
     Tensor::new(name, &[1, bytes.len() as u32], bytes)
 }
 
+/// `text`, trimmed, as a whole number; else an invalid-input item error
+/// `"{what}: {why}"`.
+fn whole<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, ItemError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.trim()
+        .parse()
+        .map_err(|e| ItemError::invalid(format!("{what}: {e}")))
+}
+
+/// Allocate `mib` MiB, touch every page and free it. More than the address
+/// space is an allocation failure too: a trap.
+fn allocate_and_touch(mib: usize) {
+    let bytes = mib
+        .checked_mul(1 << 20)
+        .unwrap_or_else(|| panic!("alloc:{mib}: more than the address space"));
+    let block = black_box(vec![1u8; bytes]);
+    // Read it back so the allocation and the fill cannot be elided.
+    black_box(block.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
+}
+
 impl Preprocessor for Misbehave {
     type Config = Config;
 
@@ -61,8 +83,7 @@ impl Preprocessor for Misbehave {
             panic!("misbehave: panic_init was requested");
         }
         if config.alloc_init_mb > 0 {
-            let block = black_box(vec![1u8; config.alloc_init_mb << 20]);
-            black_box(block.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
+            allocate_and_touch(config.alloc_init_mb);
         }
         if config.log_on_init {
             sluice_guest::info!("misbehave ready");
@@ -81,23 +102,10 @@ impl Preprocessor for Misbehave {
                 counter = black_box(counter.wrapping_add(1));
             }
         } else if let Some(mib) = text.strip_prefix("alloc:") {
-            let mib: usize = mib.trim().parse().map_err(|e| {
-                ItemError::invalid(format!("alloc:<MiB> needs a whole number of MiB: {e}"))
-            })?;
-            // More than the address space is an allocation failure too: trap.
-            let bytes = mib
-                .checked_mul(1 << 20)
-                .unwrap_or_else(|| panic!("alloc:{mib}: more than the address space"));
-            let block = black_box(vec![1u8; bytes]);
-            // Read it back so the allocation and the fill cannot be elided.
-            black_box(block.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
-            drop(block);
+            allocate_and_touch(whole(mib, "alloc:<MiB> needs a whole number of MiB")?);
             echo()
         } else if let Some(ms) = text.strip_prefix("sleep:") {
-            let ms: u64 = ms
-                .trim()
-                .parse()
-                .map_err(|e| ItemError::invalid(format!("sleep:<ms> needs a whole number: {e}")))?;
+            let ms = whole(ms, "sleep:<ms> needs a whole number")?;
             std::thread::sleep(std::time::Duration::from_millis(ms));
             echo()
         } else if let Some(text) = text.strip_prefix("print:") {
@@ -105,10 +113,7 @@ impl Preprocessor for Misbehave {
             eprintln!("err:{text}");
             echo()
         } else if let Some(kib) = text.strip_prefix("spam:") {
-            let kib: usize = kib
-                .trim()
-                .parse()
-                .map_err(|e| ItemError::invalid(format!("spam:<KiB> needs a whole number: {e}")))?;
+            let kib: usize = whole(kib, "spam:<KiB> needs a whole number")?;
             // `eprintln!` panics if the write fails: the host must never refuse.
             let line = "x".repeat(1023);
             for _ in 0..kib {
