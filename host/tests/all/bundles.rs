@@ -564,12 +564,26 @@ fn a_bundle_that_traps_fails_validation_or_does_not_start_is_refused_before_any_
         std::fs::write(files.join(&expected[0].input), bomb.into_inner()).unwrap();
     });
 
+    // A start-up sample outside the bundle (a file of the device's).
+    let escaping = tampered(dir.path(), &good, &key, "escaping", |files| {
+        let path = files.join("pipeline.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replace("samples/digits-0000.png", "/etc/hostname");
+        assert_ne!(text, edited, "the bundle has a sample: {text}");
+        std::fs::write(&path, edited).unwrap();
+    });
+
     let agent = device(dir.path(), &base, &key);
     let mut all = Vec::new();
     for (n, (bundle, name, why)) in [
         (&trapping, "0-trapping", ["failed validation", "memory cap"]),
         (&wrong, "a-wrong", ["failed validation", ".top[0].label"]),
         (&broken, "b-broken", ["does not start", "digits-pre"]),
+        (
+            &escaping,
+            "c-escaping",
+            ["pipelines.digits.sample", "outside the bundle"],
+        ),
     ]
     .into_iter()
     .enumerate()
