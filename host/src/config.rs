@@ -199,6 +199,10 @@ pub struct RuntimeConfig {
     /// instances busy at once.
     #[serde(default)]
     pub workers: usize,
+    /// The onnxruntime shared library for models with `engine =
+    /// "onnxruntime"` or `"auto"` in builds with the `onnxruntime` feature;
+    /// default: the path in `ORT_DYLIB_PATH`.
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -358,8 +362,10 @@ pub struct DirGrant {
 pub struct ModelConfig {
     /// The model file.
     pub path: PathBuf,
-    /// The inference engine that runs it (see `sluice model inspect` and
-    /// [`crate::infer::ENGINES`]); default `tract`.
+    /// The inference engine that runs it: one of [`crate::infer::ENGINES`],
+    /// or `auto` (the fastest of them that agrees with tract, measured at
+    /// first start and remembered; see `sluice model inspect`); default
+    /// `tract`.
     #[serde(default = "default_engine")]
     pub engine: String,
     /// Expected SHA-256 of the file, hex; a mismatch refuses the model.
@@ -785,6 +791,9 @@ impl Config {
         if let Some(dir) = &mut self.runtime.cache_dir {
             resolve(dir);
         }
+        if let Some(library) = &mut self.runtime.onnxruntime_library {
+            resolve(library);
+        }
         if let Some(folder) = &mut self.bundles.folder {
             resolve(folder);
         }
@@ -856,13 +865,21 @@ impl Config {
             }
         }
         for (name, model) in &self.models {
-            if !crate::infer::ENGINES.contains(&model.engine.as_str()) {
+            if model.engine != crate::infer::AUTO
+                && !crate::infer::ENGINES.contains(&model.engine.as_str())
+            {
                 return value(
                     &format!("models.{name}.engine"),
                     format!(
-                        "`{}` is not an engine of this build (engines: {})",
+                        "`{}` is not an engine of this build (engines: {}, or `{}`){}",
                         model.engine,
-                        crate::infer::ENGINES.join(", ")
+                        crate::infer::ENGINES.join(", "),
+                        crate::infer::AUTO,
+                        if model.engine == "onnxruntime" {
+                            "; onnxruntime needs a build with `--features onnxruntime`"
+                        } else {
+                            ""
+                        }
                     ),
                 );
             }

@@ -39,7 +39,7 @@
 //! start, so a window's memory and the metrics' series are bounded by the
 //! profile; observing never allocates per item (one lock per batch).
 
-use crate::types::{DType, Tensor};
+use crate::types::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sluice_protocol::DriftScore;
@@ -265,30 +265,12 @@ pub enum ProfileError {
     Empty,
 }
 
-/// Element `i` of `t` as `f64` (`None` for element types without a cheap
-/// exact conversion, or out of range).
-fn element(t: &Tensor, i: usize) -> Option<f64> {
-    let size = t.dtype.size();
-    let bytes = t.data.get(i * size..(i + 1) * size)?;
-    Some(match t.dtype {
-        DType::F32 => f32::from_le_bytes(bytes.try_into().ok()?) as f64,
-        DType::F64 => f64::from_le_bytes(bytes.try_into().ok()?),
-        DType::U8 => bytes[0] as f64,
-        DType::I32 => i32::from_le_bytes(bytes.try_into().ok()?) as f64,
-        DType::I64 => i64::from_le_bytes(bytes.try_into().ok()?) as f64,
-        DType::BF16 => {
-            f32::from_bits((u16::from_le_bytes(bytes.try_into().ok()?) as u32) << 16) as f64
-        }
-        _ => return None,
-    })
-}
-
 /// Mean and standard deviation of `t`'s elements (Welford, one pass).
 fn mean_std(t: &Tensor) -> Option<(f64, f64)> {
     let n = t.data.len() / t.dtype.size().max(1);
     let (mut count, mut mean, mut m2) = (0f64, 0f64, 0f64);
     for i in 0..n {
-        let x = element(t, i)?;
+        let x = t.element_f64(i)?;
         count += 1.0;
         let delta = x - mean;
         mean += delta / count;
@@ -302,7 +284,7 @@ fn max_of(t: &Tensor) -> Option<(usize, f64)> {
     let n = t.data.len() / t.dtype.size().max(1);
     let mut best: Option<(usize, f64)> = None;
     for i in 0..n {
-        let x = element(t, i)?;
+        let x = t.element_f64(i)?;
         if best.is_none_or(|(_, b)| x > b) {
             best = Some((i, x));
         }
@@ -314,7 +296,7 @@ fn max_of(t: &Tensor) -> Option<(usize, f64)> {
 /// is not a number).
 fn value(source: Source, inputs: &[Tensor], outputs: &[Tensor]) -> Option<f64> {
     let v = match source {
-        Source::Element { tensor, index } => element(inputs.get(tensor)?, index)?,
+        Source::Element { tensor, index } => inputs.get(tensor)?.element_f64(index)?,
         Source::Mean { tensor } => mean_std(inputs.get(tensor)?)?.0,
         Source::Std { tensor } => mean_std(inputs.get(tensor)?)?.1,
         Source::Confidence { output } => max_of(outputs.get(output)?)?.1,

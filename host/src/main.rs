@@ -167,15 +167,17 @@ enum OutboxCommand {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Show a model's inputs, outputs and operators, whether tract supports
-    /// them, and how the scheduler would run its batches (measured).
+    /// Show a model's inputs, outputs and operators, whether the engine
+    /// supports them, and how the scheduler would run its batches (measured).
     Inspect {
         file: PathBuf,
         /// Dimensions after the batch axis of an input the model leaves open,
         /// e.g. `x=3,48,192`; repeat for several inputs.
         #[arg(long = "input-shape", value_parser = cmd::inspect::parse_input_shape)]
         input_shapes: Vec<(String, Vec<usize>)>,
-        /// The engine to load it with.
+        /// The engine to load it with (`auto`: measure every engine of this
+        /// build and keep the fastest that agrees with tract). onnxruntime
+        /// loads the library named by ORT_DYLIB_PATH.
         #[arg(long, default_value = sluice::infer::DEFAULT_ENGINE)]
         engine: String,
         /// Largest batch to measure.

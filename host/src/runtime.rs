@@ -10,7 +10,7 @@ use crate::error::{EngineError, PluginError};
 use crate::infer::{ModelError, read_model_file};
 use crate::pipeline::Pipeline;
 use crate::plugin::{EngineOptions, Plugin, PluginHost, PluginKind, scheduler_nn};
-use crate::schedule::{ExecutionCache, Scheduler};
+use crate::schedule::{ExecutionCache, ModelSource, Scheduler, start_model};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,19 +85,21 @@ impl Runtime {
         let mut problems = Vec::new();
         let mut schedulers = BTreeMap::new();
         let mut model_sha256 = BTreeMap::new();
+        crate::infer::use_native_libraries(config.runtime.onnxruntime_library.as_deref());
         for (name, model) in &config.models {
             let started = std::time::Instant::now();
             let scheduler = read_model_file(name, &model.path, model.sha256.as_deref()).and_then(|bytes| {
                 // Already checked against the file when configured.
                 let sha256 = model.sha256.clone().unwrap_or_else(|| hex::encode(Sha256::digest(&bytes))).to_ascii_lowercase();
-                let engine = crate::infer::engine(&model.engine).ok_or_else(|| ModelError::UnknownEngine {
-                    model: name.clone(),
-                    engine: model.engine.clone(),
-                })?;
-                let loaded = engine.load(name, &bytes, &model.input_shapes)?;
-                tracing::debug!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
                 let remembered = ExecutionCache::new(&config.cache_dir(), &sha256);
-                let scheduler = Scheduler::start_cached(loaded, model.batching.clone(), Some(&remembered))?;
+                let source = ModelSource {
+                    name,
+                    bytes: &bytes,
+                    engine: &model.engine,
+                    shapes: &model.input_shapes,
+                };
+                let scheduler = start_model(&source, model.batching.clone(), Some(&remembered))?;
+                tracing::debug!(model = %name, engine = scheduler.model().engine(), elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
                 model_sha256.insert(name.clone(), sha256);
                 Ok(scheduler)
             });

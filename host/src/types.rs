@@ -116,6 +116,22 @@ pub fn stack_items(items: &[Vec<Tensor>]) -> Vec<Tensor> {
 }
 
 impl Tensor {
+    /// Element `i` as `f64` (`None` out of range).
+    pub fn element_f64(&self, i: usize) -> Option<f64> {
+        let size = self.dtype.size();
+        let bytes = self.data.get(i * size..(i + 1) * size)?;
+        let two = || u16::from_le_bytes([bytes[0], bytes[1]]);
+        Some(match self.dtype {
+            DType::F16 => half::f16::from_bits(two()).to_f64(),
+            DType::BF16 => half::bf16::from_bits(two()).to_f64(),
+            DType::F32 => f32::from_le_bytes(bytes.try_into().ok()?) as f64,
+            DType::F64 => f64::from_le_bytes(bytes.try_into().ok()?),
+            DType::U8 => bytes[0] as f64,
+            DType::I32 => i32::from_le_bytes(bytes.try_into().ok()?) as f64,
+            DType::I64 => i64::from_le_bytes(bytes.try_into().ok()?) as f64,
+        })
+    }
+
     /// An `F32` tensor of `values` with `shape` (not checked: see
     /// [`Tensor::is_consistent`]).
     pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Tensor {

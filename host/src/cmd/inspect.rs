@@ -1,8 +1,8 @@
 //! `sluice model inspect`: what a model is, and how this machine would run it.
 
 use anyhow::{Context, bail};
-use sluice::infer::{InputShapes, read_model_file};
-use sluice::schedule::{BatchConfig, Scheduler};
+use sluice::infer::{AUTO, DEFAULT_ENGINE, InputShapes, read_model_file};
+use sluice::schedule::{BatchConfig, ModelSource, start_model, trial_text};
 use std::path::Path;
 
 /// `sluice model inspect`.
@@ -13,9 +13,15 @@ pub fn model(
     max_batch_size: usize,
     json: bool,
 ) -> anyhow::Result<()> {
-    let backend = sluice::infer::engine(engine).with_context(|| {
+    // `auto` lists operators as the reference engine sees them.
+    let listing = if engine == AUTO {
+        DEFAULT_ENGINE
+    } else {
+        engine
+    };
+    let backend = sluice::infer::engine(listing).with_context(|| {
         format!(
-            "no engine `{engine}` in this build (engines: {})",
+            "no engine `{engine}` in this build (engines: {}, or {AUTO})",
             sluice::infer::ENGINES.join(", ")
         )
     })?;
@@ -32,15 +38,18 @@ pub fn model(
         .filter(|(_, ok)| !ok)
         .map(|(op, _)| op.as_str())
         .collect();
-    let scheduler = if unsupported.is_empty() {
-        let model = backend.load(&name, &bytes, shapes)?;
-        Some(Scheduler::start(
-            model,
-            BatchConfig {
-                max_batch_size,
-                ..BatchConfig::default()
-            },
-        )?)
+    let scheduler = if unsupported.is_empty() || engine == AUTO {
+        let source = ModelSource {
+            name: &name,
+            bytes: &bytes,
+            engine,
+            shapes,
+        };
+        let config = BatchConfig {
+            max_batch_size,
+            ..BatchConfig::default()
+        };
+        Some(start_model(&source, config, None)?)
     } else {
         None
     };
@@ -50,6 +59,8 @@ pub fn model(
             "operators": ops.iter().map(|(op, ok)| serde_json::json!({"op": op, "supported": ok})).collect::<Vec<_>>(),
             "inputs": scheduler.as_ref().map(|s| s.model().inputs().to_vec()),
             "outputs": scheduler.as_ref().map(|s| s.model().outputs().to_vec()),
+            "engine": scheduler.as_ref().map(|s| s.model().engine()),
+            "engine_choice": scheduler.as_ref().and_then(|s| s.engine_choice().cloned()),
             "execution": scheduler.as_ref().map(|s| s.execution().clone()),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -70,6 +81,18 @@ pub fn model(
     let Some(scheduler) = scheduler else {
         bail!("{engine} does not implement: {}", unsupported.join(", "));
     };
+    println!("engine:     {}", scheduler.model().engine());
+    if let Some(choice) = scheduler.engine_choice() {
+        println!("            chosen by `auto` (µs per item, difference from {DEFAULT_ENGINE}):");
+        for trial in &choice.trials {
+            let chosen = trial.engine == choice.engine;
+            println!(
+                "  {}{}",
+                trial_text(trial),
+                if chosen { "  <- chosen" } else { "" }
+            );
+        }
+    }
     for (title, specs) in [
         ("inputs", scheduler.model().inputs()),
         ("outputs", scheduler.model().outputs()),

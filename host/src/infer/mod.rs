@@ -3,13 +3,20 @@
 //! builds a [`Plan`] per batch size, a plan runs a batch.
 //!
 //! Engines are chosen by name (`engine` in a model's configuration) through
-//! [`engine`]; nothing else constructs one. The only engine today is tract
-//! ([`tract::TractBackend`]): pure Rust, no native libraries, the same on ARM
-//! and x86. Another engine is one new file here plus one line in [`engine`].
+//! [`engine`]; nothing else constructs one. tract ([`tract::TractBackend`]) is
+//! always built: pure Rust, no native libraries, the same on ARM and x86.
+//! onnxruntime ([`onnxruntime::OnnxRuntimeBackend`], cargo feature
+//! `onnxruntime`) loads Microsoft's native engine from a shared library at
+//! run time. `engine = "auto"` measures every engine of the build on the
+//! model and keeps the fastest that agrees with tract
+//! ([`crate::schedule::start_model`]). Another engine is one new file here
+//! plus one line in [`engine`] and [`ENGINES`].
 //!
 //! Invariant: inference happens only in the scheduler ([`crate::schedule`]),
 //! which owns the plans; these traits are its tools.
 
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 pub mod tract;
 
 /// The process's one pool of inference threads, one per core: every
@@ -35,15 +42,58 @@ pub(crate) fn pool() -> &'static std::sync::Arc<rayon::ThreadPool> {
 /// The engine used when a model's configuration names none.
 pub const DEFAULT_ENGINE: &str = "tract";
 
-/// The engines of this build, by the name a configuration uses.
-pub const ENGINES: &[&str] = &["tract"];
+/// The engines of this build, by the name a configuration uses; the first
+/// is the reference that `auto` checks the others against.
+pub const ENGINES: &[&str] = &[
+    "tract",
+    #[cfg(feature = "onnxruntime")]
+    "onnxruntime",
+];
+
+/// The engine setting that measures every engine of the build on the model
+/// and keeps the fastest (see [`crate::schedule::start_model`]).
+pub const AUTO: &str = "auto";
 
 /// The engine called `name`.
 pub fn engine(name: &str) -> Option<&'static dyn Backend> {
     match name {
         "tract" => Some(&tract::TractBackend),
+        #[cfg(feature = "onnxruntime")]
+        "onnxruntime" => Some(&onnxruntime::OnnxRuntimeBackend),
         _ => None,
     }
+}
+
+/// Where engines that load a native library find it
+/// (`[runtime] onnxruntime_library`); process-wide, since a library loads
+/// once. Builds without such an engine ignore it.
+pub fn use_native_libraries(onnxruntime: Option<&Path>) {
+    #[cfg(feature = "onnxruntime")]
+    if let Some(path) = onnxruntime {
+        onnxruntime::use_library(path);
+    }
+    #[cfg(not(feature = "onnxruntime"))]
+    let _ = onnxruntime;
+}
+
+/// The operator types an ONNX model uses, sorted, each once: read from the
+/// model's protobuf, whatever engine runs it.
+pub(crate) fn operator_types(name: &str, bytes: &[u8]) -> Result<Vec<String>, ModelError> {
+    use tract_onnx::prelude::Framework;
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &*bytes)
+        .map_err(|e| ModelError::Parse {
+            model: name.into(),
+            source: e.into(),
+        })?;
+    let mut ops: Vec<String> = proto
+        .graph
+        .iter()
+        .flat_map(|graph| graph.node.iter().map(|n| n.op_type.clone()))
+        .collect();
+    ops.sort();
+    ops.dedup();
+    Ok(ops)
 }
 
 /// The engine for ONNX models that plugins load themselves through
@@ -81,6 +131,8 @@ pub type InputShapes = std::collections::BTreeMap<String, Vec<usize>>;
 pub trait Model: Send + Sync {
     /// The model's name in the configuration (used in messages).
     fn name(&self) -> &str;
+    /// The engine that runs it, by the name a configuration uses.
+    fn engine(&self) -> &'static str;
     /// The inputs, in the order [`Plan::run`] takes them.
     fn inputs(&self) -> &[TensorSpec];
     /// The outputs, in the order [`Plan::run`] returns them.

@@ -29,7 +29,17 @@ impl Backend for TractBackend {
     }
 
     fn operators(&self, name: &str, bytes: &[u8]) -> Result<Vec<(String, bool)>, ModelError> {
-        operator_support(bytes).map_err(|e| parse_error(name, e))
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &*bytes)
+            .map_err(|e| parse_error(name, e))?;
+        let missing = unimplemented_ops(&model);
+        Ok(super::operator_types(name, bytes)?
+            .into_iter()
+            .map(|op| {
+                let supported = !missing.contains(&op);
+                (op, supported)
+            })
+            .collect())
     }
 }
 
@@ -41,25 +51,6 @@ fn parse_error(model: &str, error: TractError) -> ModelError {
         model: model.into(),
         source: error.into(),
     }
-}
-
-/// The ONNX operator types a model uses, with whether tract implements them.
-fn operator_support(bytes: &[u8]) -> TractResult<Vec<(String, bool)>> {
-    let onnx = tract_onnx::onnx();
-    let proto = onnx.proto_model_for_read(&mut &*bytes)?;
-    let graph = proto
-        .graph
-        .as_ref()
-        .ok_or_else(|| TractError::msg("the model has no graph"))?;
-    let mut ops: Vec<String> = graph.node.iter().map(|n| n.op_type.clone()).collect();
-    ops.sort();
-    ops.dedup();
-    let model = onnx.model_for_read(&mut &*bytes)?;
-    let missing = unimplemented_ops(&model);
-    Ok(ops
-        .into_iter()
-        .map(|op| (op.clone(), !missing.contains(&op)))
-        .collect())
 }
 
 fn unimplemented_ops(model: &InferenceModel) -> Vec<String> {
@@ -271,6 +262,10 @@ fn input_facts(
 impl Model for TractModel {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn engine(&self) -> &'static str {
+        ENGINE
     }
 
     fn inputs(&self) -> &[TensorSpec] {

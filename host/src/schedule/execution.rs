@@ -207,6 +207,8 @@ pub(super) fn choose_execution(
 ) -> Result<ExecutionChoice, ModelError> {
     let candidates = candidate_chunks(config.max_batch_size);
     let example = example_item(model)?;
+    // Per engine: `auto` measures each engine on the same model.
+    let what = format!("execution|{}", model.engine());
     let started = Instant::now();
     let fixed = |chunk: usize| ExecutionChoice {
         chunk,
@@ -218,11 +220,13 @@ pub(super) fn choose_execution(
     let remembered = match config.execution {
         ExecutionMode::Stacked => Some(fixed(*candidates.last().unwrap())),
         ExecutionMode::Single => Some(fixed(1)),
-        ExecutionMode::Auto => cache.and_then(|c| c.load(config)).filter(|c| {
-            candidates.contains(&c.chunk)
-                && (1..=config.threads).contains(&c.threads)
-                && (!c.intra_op || config.threads > 1)
-        }),
+        ExecutionMode::Auto => cache
+            .and_then(|c| c.load::<ExecutionChoice>(&what, config))
+            .filter(|c| {
+                candidates.contains(&c.chunk)
+                    && (1..=config.threads).contains(&c.threads)
+                    && (!c.intra_op || config.threads > 1)
+            }),
     };
     let choice = match remembered {
         Some(choice) => choice,
@@ -234,7 +238,7 @@ pub(super) fn choose_execution(
                 "execution measured"
             );
             if let Some(cache) = cache {
-                cache.store(config, &choice);
+                cache.store(&what, config, &choice);
             }
             choice
         }
@@ -354,8 +358,9 @@ fn measure(
     })
 }
 
-/// Remembers measured execution choices on disk, one small JSON file per
-/// (model digest, batch settings, Sluice version, CPU model, core count):
+/// Remembers measured choices (execution per engine, and the engine for
+/// `engine = "auto"`) on disk, one small JSON file per (model digest, batch
+/// settings, Sluice version, CPU model, core count):
 /// anything that could change the outcome is in the key, so a different
 /// model, setting, build or machine measures afresh. Delete the files to
 /// force a new measurement. Failures to read or write only cost a
@@ -375,7 +380,8 @@ impl ExecutionCache {
         }
     }
 
-    fn path(&self, config: &BatchConfig) -> PathBuf {
+    /// The file remembering `what` (e.g. `execution|tract`) for `config`.
+    fn path(&self, what: &str, config: &BatchConfig) -> PathBuf {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|info| {
@@ -388,40 +394,45 @@ impl ExecutionCache {
         // `intra-op`: choices remembered before it was a dimension are
         // measured again.
         let key = format!(
-            "{}|intra-op|{}|batch={}|threads={}|{cpu}|cores={cores}",
+            "{}|intra-op|{what}|{}|batch={}|threads={}|{cpu}|cores={cores}",
             env!("CARGO_PKG_VERSION"),
             self.model_sha256,
             config.max_batch_size,
             config.threads
         );
         let digest = hex::encode(&Sha256::digest(key.as_bytes())[..16]);
-        self.dir.join(format!("execution-{digest}.json"))
+        let kind = what.split('|').next().unwrap_or(what);
+        self.dir.join(format!("{kind}-{digest}.json"))
     }
 
-    fn load(&self, config: &BatchConfig) -> Option<ExecutionChoice> {
-        let bytes = std::fs::read(self.path(config)).ok()?;
+    pub(super) fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        config: &BatchConfig,
+    ) -> Option<T> {
+        let bytes = std::fs::read(self.path(what, config)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn store(&self, config: &BatchConfig, choice: &ExecutionChoice) {
-        let path = self.path(config);
+    pub(super) fn store<T: serde::Serialize>(&self, what: &str, config: &BatchConfig, value: &T) {
+        let path = self.path(what, config);
         let partial = path.with_extension("json.partial");
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| {
                 std::fs::write(
                     &partial,
-                    serde_json::to_vec_pretty(choice).expect("a choice serializes"),
+                    serde_json::to_vec_pretty(value).expect("a choice serializes"),
                 )
             })
             .and_then(|()| std::fs::rename(&partial, &path));
         if let Err(e) = written {
-            tracing::warn!(path = %path.display(), "cannot remember the execution choice: {e}");
+            tracing::warn!(path = %path.display(), "cannot remember the {what} choice: {e}");
         }
     }
 }
 
 /// A zero-filled item matching the model's inputs, for warm-up and timing.
-fn example_item(model: &dyn Model) -> Result<Vec<Tensor>, ModelError> {
+pub(super) fn example_item(model: &dyn Model) -> Result<Vec<Tensor>, ModelError> {
     model
         .inputs()
         .iter()
@@ -488,8 +499,8 @@ mod tests {
                 })
                 .collect(),
         };
-        cache.store(&config, &choice);
-        assert_eq!(cache.load(&config), Some(choice));
+        cache.store("execution|tract", &config, &choice);
+        assert_eq!(cache.load("execution|tract", &config), Some(choice));
     }
 
     #[test]

@@ -14,9 +14,13 @@
 //! come back in the caller's order; a bad request (wrong shape, expired)
 //! fails alone; a full queue refuses new requests at once instead of growing.
 
+mod engine;
 mod execution;
 mod stats;
 
+pub use engine::{
+    AGREEMENT_TOLERANCE, EngineChoice, EngineTrial, ModelSource, start_model, trial_text,
+};
 pub use execution::{ExecutionCache, ExecutionChoice, ExecutionMode, Measurement};
 pub use stats::{BATCH_SIZE_BOUNDS, QUEUE_TIME_BOUNDS_US, StatsSnapshot};
 
@@ -104,6 +108,8 @@ pub struct Scheduler {
     stats: Arc<SchedulerStats>,
     choice: Arc<ExecutionChoice>,
     config: Arc<BatchConfig>,
+    /// How `engine = "auto"` chose the engine, if it did.
+    engine_choice: Option<Arc<EngineChoice>>,
 }
 
 impl Scheduler {
@@ -165,12 +171,19 @@ impl Scheduler {
             stats,
             choice,
             config,
+            engine_choice: None,
         })
     }
 
     /// The model it serves.
     pub fn model(&self) -> &Arc<dyn Model> {
         &self.model
+    }
+
+    /// How `engine = "auto"` chose its engine (`None` for a configured
+    /// engine); the engine itself is `model().engine()`.
+    pub fn engine_choice(&self) -> Option<&EngineChoice> {
+        self.engine_choice.as_deref()
     }
 
     /// How its batches run, as chosen at start-up.

@@ -12,6 +12,7 @@ mod bundled_plugins;
 mod bundles;
 mod cli;
 mod drift;
+mod engines;
 mod fleet;
 mod inference;
 mod outbox;
