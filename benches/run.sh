@@ -20,7 +20,9 @@ rustup target add wasm32-wasip2
 # target/release, and the full one must be there at the end.
 cargo build --release -p sluice --no-default-features --features bundled-plugins
 cp target/release/sluice "$OUT/sluice-runtime-only"
-cargo build --release -p sluice -p sluice-benches
+# The full build also has the optional onnxruntime engine (loaded at run time
+# from the peer's wheel, below): the pipelines run on tract and on `auto`.
+cargo build --release -p sluice -p sluice-benches --features sluice/onnxruntime
 cp target/release/sluice "$OUT/sluice"
 strip -o "$OUT/sluice.stripped" "$OUT/sluice"
 strip -o "$OUT/sluice-runtime-only.stripped" "$OUT/sluice-runtime-only"
@@ -31,6 +33,8 @@ VENV="${TMPDIR:-/tmp}/sluice-models-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r benches/peer/requirements.txt
 PY="$VENV/bin/python"
+ORT_DYLIB_PATH="$(echo "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)"
+export ORT_DYLIB_PATH
 [ -f "$OUT/mobilenetv2.onnx" ] || "$PY" models/mobilenetv2/make_mobilenetv2.py "$OUT/mobilenetv2.onnx"
 MOBILENET="$OUT/mobilenetv2.onnx"
 CORES="$(nproc)"
@@ -57,9 +61,17 @@ for job in digits anomaly mobilenet; do
   esac
   "$PY" benches/peer/pipeline.py --job "$job" --repeat 1 --threads "$CORES" "${extra[@]}" > /dev/null
   "$BENCH" pipeline --job "$job" --repeat 1 --cache-dir "$CACHE" "${extra[@]}" > /dev/null
+  if [ "$job" = mobilenet ]; then
+    "$BENCH" pipeline --job "$job" --engine auto --repeat 1 --cache-dir "$CACHE" "${extra[@]}" > /dev/null
+  fi
   for round in $(seq "$ROUNDS"); do
     "$BENCH" pipeline --job "$job" --repeat "$repeat" --cache-dir "$CACHE" "${extra[@]}" \
       > "$OUT/pipeline-$job-sluice-$round.json"
+    # MobileNetV2 also on `engine = "auto"` (onnxruntime when it is faster and agrees).
+    if [ "$job" = mobilenet ]; then
+      "$BENCH" pipeline --job "$job" --engine auto --repeat "$repeat" --cache-dir "$CACHE" "${extra[@]}" \
+        > "$OUT/pipeline-$job-auto-$round.json"
+    fi
     "$PY" benches/peer/pipeline.py --job "$job" --repeat "$repeat" --threads "$CORES" "${extra[@]}" \
       --out "$OUT/pipeline-$job-peer-$round.json"
   done

@@ -50,6 +50,11 @@ enum Command {
         /// auto | stacked | single
         #[arg(long, default_value = "auto")]
         execution: String,
+        /// The model's engine: tract, onnxruntime (a build with the
+        /// `sluice/onnxruntime` feature; the library from ORT_DYLIB_PATH)
+        /// or auto.
+        #[arg(long, default_value = "tract")]
+        engine: String,
         /// mobilenet: the MobileNetV2 ONNX file.
         #[arg(long)]
         model: Option<PathBuf>,
@@ -106,6 +111,7 @@ fn main() -> Result<()> {
             job,
             repeat,
             execution,
+            engine,
             model,
             images_dir,
             cache_dir,
@@ -113,6 +119,7 @@ fn main() -> Result<()> {
             &job,
             repeat,
             &execution,
+            &engine,
             model.as_deref(),
             images_dir.as_deref(),
             cache_dir,
@@ -471,11 +478,15 @@ fn pipeline(
     job: &str,
     repeat: usize,
     execution: &str,
+    engine: &str,
     model: Option<&Path>,
     images_dir: Option<&Path>,
     cache_dir: Option<PathBuf>,
 ) -> Result<Value> {
-    let config = job_config(job, execution_mode(execution)?, model, cache_dir)?;
+    let mut config = job_config(job, execution_mode(execution)?, model, cache_dir)?;
+    for model in config.models.values_mut() {
+        model.engine = engine.to_owned();
+    }
     let name = config
         .pipelines
         .keys()
@@ -542,6 +553,8 @@ fn pipeline(
         "job": job, "execution": execution, "items": n, "seconds": seconds,
         "items_per_s": n as f64 / seconds, "peak_rss_mib": peak_rss, "rss_at_end": rss_now,
         "accuracy": accuracy,
+        "engine": pipeline.scheduler().model().engine(),
+        "engine_choice": pipeline.scheduler().engine_choice(),
         "chosen": pipeline.scheduler().execution(),
         "batches": pipeline.scheduler().stats().batch_size_histogram,
     });
