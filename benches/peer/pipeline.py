@@ -105,13 +105,20 @@ def batched(iterable, n):
         yield chunk
 
 
+# Time spent in `preprocess` (decode, resize, normalize), for the report.
+PREPROCESS_SECONDS = 0.0
+
+
 def run_pipeline(conn, job, items, batch_size, preprocess, session, postprocess):
     """items: iterable of (id, raw, truth). preprocess(list of raw) -> batch array;
     postprocess(output row) -> (document, prediction). Returns [(prediction, truth)]."""
     input_name = session.get_inputs()[0].name
     judged = []
+    global PREPROCESS_SECONDS
     for chunk in batched(items, batch_size):
+        started = time.perf_counter()
         x = preprocess([raw for _, raw, _ in chunk])
+        PREPROCESS_SECONDS += time.perf_counter() - started
         y = session.run(None, {input_name: x})[0]
         now = int(time.time() * 1000)
         rows = []
@@ -315,6 +322,7 @@ def main():
             "items": n,
             "seconds": round(seconds, 6),
             "items_per_s": round(n / seconds, 3),
+            "preprocess_us_per_item": round(PREPROCESS_SECONDS * 1e6 / n, 1),
             "peak_rss_mib": round(peak_rss_mib, 1),
             "rss_at_end": rss_at_end,
             "accuracy": None if accuracy is None else round(accuracy, 6),

@@ -8,9 +8,14 @@
 //!   only used to name an unsupported format when the bytes are unknown.
 //! * Images above `max_pixels` are refused from their header, before the
 //!   pixels are decoded (decompression-bomb guard).
+//! * A JPEG at least twice the target's size on both sides is decoded at
+//!   1/2, 1/4 or 1/8 scale (DCT scaling, as Pillow's draft mode does), the
+//!   smallest that still covers what the resize needs: most of the decoding
+//!   work of a large photo is skipped. `draft = false` turns it off.
 //! * Decoded pixels are converted to 8 bits per channel (16-bit PNGs are
 //!   scaled down, alpha is dropped, RGB is turned to gray with Rec. 709
-//!   weights), then resized with the configured filter.
+//!   weights), then resized with the configured filter (`fast_image_resize`:
+//!   SIMD kernels, wasm simd128 included).
 //! * `value = (pixel * scale - mean[c]) / std[c]` is evaluated in `f64` and
 //!   rounded to `f32` once, through a 256-entry table per channel. So with
 //!   `scale = 1/240` the value is exactly the `f32` nearest to `pixel / 240`.
@@ -19,9 +24,10 @@
 //!
 //! See `README.md` for the configuration keys.
 
+use fast_image_resize as fir;
 use image::codecs::jpeg::JpegDecoder;
 use image::codecs::png::PngDecoder;
-use image::imageops::{self, FilterType};
+use image::imageops;
 use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageResult, Pixel};
 use serde::Deserialize;
 use sluice_guest::{ItemError, Preprocessor, RawInput, Tensor};
@@ -41,7 +47,8 @@ pub enum Resize {
     None,
 }
 
-/// Resampling filter, as in `image::imageops::FilterType`.
+/// Resampling filter: nearest neighbour, or a convolution with a triangle
+/// (bilinear), Catmull-Rom or Lanczos3 kernel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Filter {
@@ -53,12 +60,13 @@ pub enum Filter {
 }
 
 impl Filter {
-    fn to_image(self) -> FilterType {
+    fn algorithm(self) -> fir::ResizeAlg {
+        use fir::{FilterType, ResizeAlg};
         match self {
-            Filter::Nearest => FilterType::Nearest,
-            Filter::Triangle => FilterType::Triangle,
-            Filter::CatmullRom => FilterType::CatmullRom,
-            Filter::Lanczos3 => FilterType::Lanczos3,
+            Filter::Nearest => ResizeAlg::Nearest,
+            Filter::Triangle => ResizeAlg::Convolution(FilterType::Bilinear),
+            Filter::CatmullRom => ResizeAlg::Convolution(FilterType::CatmullRom),
+            Filter::Lanczos3 => ResizeAlg::Convolution(FilterType::Lanczos3),
         }
     }
 }
@@ -125,6 +133,10 @@ pub struct Config {
     /// Largest decoded image accepted, in pixels (width * height).
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
+    /// Decode large JPEGs at reduced scale (DCT scaling) when that still
+    /// covers the target.
+    #[serde(default = "default_draft")]
+    pub draft: bool,
 }
 
 fn default_output() -> String {
@@ -141,6 +153,9 @@ fn default_std() -> Vec<f64> {
 }
 fn default_max_pixels() -> u64 {
     40_000_000
+}
+fn default_draft() -> bool {
+    true
 }
 
 /// The preprocessor: a checked configuration plus one lookup table per
@@ -219,16 +234,32 @@ impl ImagePreprocess {
 
     /// Decode, fit and normalize one image.
     pub fn process(&self, data: &[u8], content_type: &str) -> Result<Tensor, ItemError> {
-        let image = decode(data, content_type, self.config.max_pixels)?;
-        let values = match self.config.color {
+        let draft = self.draft_target();
+        let image = decode_scaled(data, content_type, self.config.max_pixels, draft)?;
+        let data = match self.config.color {
             Color::Gray => self.pixels_to_values(&self.fit(image.into_luma8())?),
             Color::Rgb => self.pixels_to_values(&self.fit(image.into_rgb8())?),
         };
-        Ok(Tensor::from_f32(
-            self.config.output.clone(),
-            &self.shape,
-            &values,
-        ))
+        Ok(Tensor {
+            name: self.config.output.clone(),
+            dtype: sluice_guest::Dtype::Fp32,
+            shape: self.shape.clone(),
+            data,
+        })
+    }
+
+    /// The size a JPEG may be decoded down to (see [`decode_scaled`]): the
+    /// target for `exact`, nothing for `none` (the size is checked).
+    /// `shorter-side` needs the cover size, which depends on the image's
+    /// aspect ratio: scaling keeps the ratio, so covering the target on
+    /// both sides covers it too.
+    fn draft_target(&self) -> Option<(u32, u32)> {
+        match (self.config.draft, self.config.resize) {
+            (false, _) | (_, Resize::None) => None,
+            (true, Resize::Exact | Resize::ShorterSide) => {
+                Some((self.config.width, self.config.height))
+            }
+        }
     }
 
     /// Bring an 8-bit image to `width` x `height` as configured.
@@ -241,18 +272,20 @@ impl ImagePreprocess {
         if (w, h) == (tw, th) {
             return Ok(image);
         }
-        let filter = self.config.filter.to_image();
+        let resize = |image: ImageBuffer<P, Vec<u8>>, to: (u32, u32)| {
+            resize(image, to, self.config.filter.algorithm())
+        };
         match self.config.resize {
             Resize::None => Err(ItemError::invalid(format!(
                 "image is {w} x {h}, expected exactly {tw} x {th} (resize = \"none\")"
             ))),
-            Resize::Exact => Ok(imageops::resize(&image, tw, th, filter)),
+            Resize::Exact => Ok(resize(image, (tw, th))),
             Resize::ShorterSide => {
                 let (rw, rh) = cover_size(w, h, tw, th);
                 let resized = if (rw, rh) == (w, h) {
                     image
                 } else {
-                    imageops::resize(&image, rw, rh, filter)
+                    resize(image, (rw, rh))
                 };
                 let (x, y) = ((rw - tw) / 2, (rh - th) / 2);
                 Ok(imageops::crop_imm(&resized, x, y, tw, th).to_image())
@@ -260,35 +293,33 @@ impl ImagePreprocess {
         }
     }
 
-    /// Normalize interleaved 8-bit pixels (HWC) into the configured layout.
-    fn pixels_to_values<P>(&self, image: &ImageBuffer<P, Vec<u8>>) -> Vec<f32>
+    /// Normalize interleaved 8-bit pixels (HWC) into the configured layout,
+    /// as the tensor's little-endian `f32` bytes (written once, no
+    /// intermediate `f32` vector).
+    fn pixels_to_values<P>(&self, image: &ImageBuffer<P, Vec<u8>>) -> Vec<u8>
     where
         P: Pixel<Subpixel = u8>,
     {
         let raw: &[u8] = image.as_raw();
         let channels = self.lut.len();
+        let mut out = Vec::with_capacity(raw.len() * 4);
         match self.config.layout {
-            Layout::Nhwc => raw
-                .iter()
-                .enumerate()
-                .map(|(i, &p)| self.lut[i % channels][p as usize])
-                .collect(),
+            Layout::Nhwc => {
+                for pixel in raw.chunks_exact(channels) {
+                    for (table, &p) in self.lut.iter().zip(pixel) {
+                        out.extend_from_slice(&table[p as usize].to_le_bytes());
+                    }
+                }
+            }
             Layout::Nchw | Layout::Flat => {
-                if channels == 1 {
-                    return raw.iter().map(|&p| self.lut[0][p as usize]).collect();
-                }
-                let mut out = Vec::with_capacity(raw.len());
                 for (c, table) in self.lut.iter().enumerate() {
-                    out.extend(
-                        raw.iter()
-                            .skip(c)
-                            .step_by(channels)
-                            .map(|&p| table[p as usize]),
-                    );
+                    for &p in raw.iter().skip(c).step_by(channels) {
+                        out.extend_from_slice(&table[p as usize].to_le_bytes());
+                    }
                 }
-                out
             }
         }
+        out
     }
 }
 
@@ -341,10 +372,57 @@ pub fn cover_size(w: u32, h: u32, tw: u32, th: u32) -> (u32, u32) {
     (rw, rh)
 }
 
+/// Resize 8-bit `image` to `to` with `algorithm` (gray or RGB pixels).
+fn resize<P>(
+    image: ImageBuffer<P, Vec<u8>>,
+    to: (u32, u32),
+    algorithm: fir::ResizeAlg,
+) -> ImageBuffer<P, Vec<u8>>
+where
+    P: Pixel<Subpixel = u8> + 'static,
+{
+    let pixel_type = match P::CHANNEL_COUNT {
+        1 => fir::PixelType::U8,
+        3 => fir::PixelType::U8x3,
+        4 => fir::PixelType::U8x4,
+        _ => fir::PixelType::U8x2,
+    };
+    let (w, h) = image.dimensions();
+    let source = fir::images::Image::from_vec_u8(w, h, image.into_raw(), pixel_type)
+        .expect("an image buffer holds its pixels");
+    let mut target = fir::images::Image::new(to.0, to.1, pixel_type);
+    fir::Resizer::new()
+        .resize(
+            &source,
+            &mut target,
+            &fir::ResizeOptions::new().resize_alg(algorithm),
+        )
+        .expect("same pixel type on both sides");
+    ImageBuffer::from_raw(to.0, to.1, target.into_vec())
+        .expect("the resized buffer holds its pixels")
+}
+
 /// Decode PNG or JPEG `data`, refusing images above `max_pixels` from their
 /// header. The format comes from the magic bytes; `content_type` only helps
 /// to name an unsupported format.
 pub fn decode(data: &[u8], content_type: &str, max_pixels: u64) -> Result<DynamicImage, ItemError> {
+    decode_scaled(data, content_type, max_pixels, None)
+}
+
+/// Like [`decode`]; a JPEG at least twice `draft` on both sides is decoded
+/// at the smallest of 1/2, 1/4 and 1/8 scale that is still at least `draft`
+/// (DCT scaling: the decoder skips the detail it would throw away).
+pub fn decode_scaled(
+    data: &[u8],
+    content_type: &str,
+    max_pixels: u64,
+    draft: Option<(u32, u32)>,
+) -> Result<DynamicImage, ItemError> {
+    if let (Some(target), Ok(ImageFormat::Jpeg)) = (draft, image::guess_format(data)) {
+        if let Some(image) = decode_jpeg_scaled(data, max_pixels, target)? {
+            return Ok(image);
+        }
+    }
     if data.is_empty() {
         return Err(ItemError::invalid(
             "cannot decode image: the input is empty",
@@ -394,8 +472,13 @@ pub fn short_error(message: &str) -> String {
         .replace("Format error decoding Jpeg: ", "");
     while let Some(start) = text.find("ChunkType { type: ") {
         let rest = &text[start + "ChunkType { type: ".len()..];
-        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
-        let end = text[start..].find('}').map_or(text.len(), |i| start + i + 1);
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let end = text[start..]
+            .find('}')
+            .map_or(text.len(), |i| start + i + 1);
         text.replace_range(start..end, &name);
     }
     let mut text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -405,13 +488,73 @@ pub fn short_error(message: &str) -> String {
     text
 }
 
+/// A JPEG decoded at reduced scale, or `None` when no scale below 1 covers
+/// `target` on both sides (or it is a kind the scaling decoder does not
+/// read, e.g. CMYK: the full decoder takes it, with its own messages).
+fn decode_jpeg_scaled(
+    data: &[u8],
+    max_pixels: u64,
+    target: (u32, u32),
+) -> Result<Option<DynamicImage>, ItemError> {
+    use jpeg_decoder::PixelFormat;
+    let mut decoder = jpeg_decoder::Decoder::new(data);
+    if decoder.read_info().is_err() {
+        return Ok(None);
+    }
+    let Some(info) = decoder.info() else {
+        return Ok(None);
+    };
+    let (w, h) = (info.width as u32, info.height as u32);
+    // Size at scale n/8, as the decoder computes it; the smallest n whose
+    // size covers the target on both sides (the decoder's own choice needs
+    // only one side).
+    let scaled = |len: u32, n: u32| (len * n - 1) / 8 + 1;
+    let Some(n) = [1, 2, 4]
+        .into_iter()
+        .find(|&n| scaled(w, n) >= target.0 && scaled(h, n) >= target.1)
+    else {
+        return Ok(None);
+    };
+    if !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24) {
+        return Ok(None);
+    }
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(ItemError::invalid(format!(
+            "image is {w} x {h} = {pixels} pixels, above max_pixels ({max_pixels}); refused before decoding"
+        )));
+    }
+    let cannot = |e: jpeg_decoder::Error| {
+        ItemError::invalid(format!(
+            "cannot decode image/jpeg: {}",
+            short_error(&e.to_string())
+        ))
+    };
+    // JPEG sides are u16, so their scaled sizes are too.
+    let (sw, sh) = decoder
+        .scale(scaled(w, n) as u16, scaled(h, n) as u16)
+        .map_err(cannot)?;
+    let raw = decoder.decode().map_err(cannot)?;
+    let (sw, sh) = (sw as u32, sh as u32);
+    let image = match info.pixel_format {
+        PixelFormat::L8 => ImageBuffer::from_raw(sw, sh, raw).map(DynamicImage::ImageLuma8),
+        _ => ImageBuffer::from_raw(sw, sh, raw).map(DynamicImage::ImageRgb8),
+    };
+    image.map(Some).ok_or_else(|| {
+        ItemError::invalid("cannot decode image/jpeg: the decoder returned too few pixels")
+    })
+}
+
 fn decode_with<D: ImageDecoder>(
     decoder: ImageResult<D>,
     mime: &str,
     max_pixels: u64,
 ) -> Result<DynamicImage, ItemError> {
     let cannot = |e: image::ImageError| {
-        ItemError::invalid(format!("cannot decode {mime}: {}", short_error(&e.to_string())))
+        ItemError::invalid(format!(
+            "cannot decode {mime}: {}",
+            short_error(&e.to_string())
+        ))
     };
     let decoder = decoder.map_err(cannot)?;
     let (w, h) = decoder.dimensions();

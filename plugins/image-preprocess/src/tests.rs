@@ -278,8 +278,81 @@ fn a_corrupt_image_is_one_short_line() {
     // type as a Rust struct.
     data[29] ^= 0xff;
     let message = decode(&data, "image/png", 1 << 20).unwrap_err().to_string();
-    assert!(message.contains("CRC error") && message.contains("IHDR"), "{message}");
-    assert!(!message.contains('{') && !message.contains('\n'), "{message}");
+    assert!(
+        message.contains("CRC error") && message.contains("IHDR"),
+        "{message}"
+    );
+    assert!(
+        !message.contains('{') && !message.contains('\n'),
+        "{message}"
+    );
     assert!(message.len() < 220, "{message}");
-    assert_eq!(short_error(&"x ".repeat(500)).chars().count(), MAX_ERROR_CHARS + 3);
+    assert_eq!(
+        short_error(&"x ".repeat(500)).chars().count(),
+        MAX_ERROR_CHARS + 3
+    );
+}
+
+/// A smooth RGB photo-like image (gradients), `w` x `h`, as JPEG.
+fn smooth_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let image = RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 255 / w) as u8,
+            (y * 255 / h) as u8,
+            ((x + y) * 127 / (w + h)) as u8,
+        ])
+    });
+    encode(image, ImageFormat::Jpeg)
+}
+
+#[test]
+fn large_jpegs_decode_at_the_smallest_scale_covering_the_target_on_both_sides() {
+    let jpeg = smooth_jpeg(640, 480);
+    let size = |target| {
+        let image = decode_scaled(&jpeg, "", 40_000_000, target).unwrap();
+        (image.width(), image.height())
+    };
+    assert_eq!(size(None), (640, 480));
+    // 224 x 224: 1/2 (320 x 240) covers it, 1/4 (160 x 120) does not.
+    assert_eq!(size(Some((224, 224))), (320, 240));
+    // Only the width would fit at 1/8 (80 x 60): both sides must.
+    assert_eq!(size(Some((64, 100))), (160, 120));
+    assert_eq!(size(Some((80, 60))), (80, 60));
+    // Nothing below full scale covers it: the full decoder's image.
+    assert_eq!(size(Some((400, 300))), (640, 480));
+    // The header's size is checked before any scaled decoding.
+    match decode_scaled(&jpeg, "", 640 * 480 - 1, Some((80, 60))) {
+        Err(ItemError::InvalidInput(m)) => assert!(m.contains("max_pixels"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_draft_decoded_jpeg_gives_what_the_full_decode_gives() {
+    let jpeg = smooth_jpeg(1024, 768);
+    for resize in ["exact", "shorter-side"] {
+        let with = |draft: bool| {
+            plugin(&format!(
+                r#"{{"width": 96, "height": 64, "resize": "{resize}", "draft": {draft}}}"#
+            ))
+            .unwrap()
+            .process(&jpeg, "image/jpeg")
+            .unwrap()
+        };
+        let (draft, full) = (with(true), with(false));
+        assert_eq!(draft.shape, full.shape);
+        let (a, b) = (draft.to_f32().unwrap(), full.to_f32().unwrap());
+        let mean_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        let max_diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        // Pixel values are in [0, 1]: a mean difference under 1 % and no
+        // pixel off by more than 6 % (JPEG blocks at the edges).
+        assert!(
+            mean_diff < 0.01 && max_diff < 0.06,
+            "{resize}: mean {mean_diff}, max {max_diff}"
+        );
+    }
 }
