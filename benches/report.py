@@ -109,7 +109,9 @@ pipeline_rows = {}
 for job, ours_name, peer_name in (("digits", "digits-sluice", "digits-peer"),
                                    ("anomaly", "anomaly-sluice", "anomaly-peer"),
                                    ("mobilenet", "mobilenet-sluice", "mobilenet-peer"),
-                                   ("mobilenet, engine auto", "mobilenet-auto", "mobilenet-peer")):
+                                   ("mobilenet, engine auto", "mobilenet-auto", "mobilenet-peer"),
+                                   ("text-direction", "text-direction-sluice", "text-direction-peer"),
+                                   ("text-direction, engine auto", "text-direction-auto", "text-direction-peer")):
     ours = rounds(f"pipeline-{ours_name}-*.json")
     theirs = rounds(f"pipeline-{peer_name}-*.json")
     if not ours or not theirs:
@@ -162,14 +164,16 @@ for job in ("digits", "anomaly"):
              f"{verdict(row['speed'] >= 1)} |")
         emit(f"| {job} end to end: peak RSS at most a quarter of the peer's | {row['rss']:.2f}x the peer | "
              f"{verdict(row['rss'] <= 0.25)} |")
-row = pipeline_rows.get("mobilenet")
-if row:
-    emit(f"| MobileNetV2 end to end on tract alone: at least 0.5x the peer's throughput | {row['speed']:.2f}x the peer | "
-         f"{verdict(row['speed'] >= 0.5)} |")
-row = pipeline_rows.get("mobilenet, engine auto")
-if row:
-    emit(f"| MobileNetV2 end to end with the onnxruntime engine: at least 1.2x the peer's throughput | "
-         f"{row['speed']:.2f}x the peer (engine chosen: {row['engine']}) | {verdict(row['speed'] >= 1.2 and row['engine'] == 'onnxruntime')} |")
+for job, title in (("mobilenet", "MobileNetV2"), ("text-direction", "text direction")):
+    row = pipeline_rows.get(job)
+    if row:
+        emit(f"| {title} end to end on tract alone: at least 0.5x the peer's throughput | {row['speed']:.2f}x the peer | "
+             f"{verdict(row['speed'] >= 0.5)} |")
+    row = pipeline_rows.get(f"{job}, engine auto")
+    if row:
+        emit(f"| {title} end to end with the onnxruntime engine (`auto`): at least 1.2x the peer's throughput | "
+             f"{row['speed']:.2f}x the peer (engine chosen: {row['engine']}) | "
+             f"{verdict(row['speed'] >= 1.2 and row['engine'] == 'onnxruntime')} |")
 image_boundary = overheads.get("plugin_boundary_mobilenet")
 if image_boundary:
     w, n = image_boundary["wasm_preprocess_us_per_item"], image_boundary["native_preprocess_us_per_item"]
@@ -202,7 +206,8 @@ emit("")
 emit("| job | items | Sluice items/s | peer items/s | Sluice / peer | Sluice peak RSS | peer peak RSS | Sluice / peer |")
 emit("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for job, row in pipeline_rows.items():
-    emit(f"| {job} | {row['items']} | {fmt(row['sluice_ips'])} | {fmt(row['peer_ips'])} | **{row['speed']:.2f}x** | "
+    label = f"{job} (ran on {row['engine']})" if "auto" in job else job
+    emit(f"| {label} | {row['items']} | {fmt(row['sluice_ips'])} | {fmt(row['peer_ips'])} | **{row['speed']:.2f}x** | "
          f"{fmt(row['sluice_rss'])} MiB | {fmt(row['peer_rss'])} MiB | **{row['rss']:.2f}x** |")
 emit("")
 if pipeline_rows:

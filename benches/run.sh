@@ -54,24 +54,27 @@ echo "== pipelines: Sluice and the peer, alternating"
 # Sluice runs as a restarted device does: compiled plugins and the measured
 # execution choice come from its cache, filled by one untimed run.
 CACHE="$OUT/cache"
-for job in digits anomaly mobilenet; do
+for job in digits anomaly mobilenet text-direction; do
   case "$job" in
     mobilenet) repeat=3; extra=(--model "$MOBILENET" --images-dir "$OUT/images") ;;
+    text-direction) repeat=10; extra=(--images-dir "$OUT/images") ;;
     *) repeat=20; extra=() ;;
   esac
+  # The conv nets also run on `engine = "auto"` (onnxruntime when it is
+  # faster and agrees with tract).
+  engines=(tract)
+  case "$job" in mobilenet | text-direction) engines=(tract auto) ;; esac
   "$PY" benches/peer/pipeline.py --job "$job" --repeat 1 --threads "$CORES" "${extra[@]}" > /dev/null
-  "$BENCH" pipeline --job "$job" --repeat 1 --cache-dir "$CACHE" "${extra[@]}" > /dev/null
-  if [ "$job" = mobilenet ]; then
-    "$BENCH" pipeline --job "$job" --engine auto --repeat 1 --cache-dir "$CACHE" "${extra[@]}" > /dev/null
-  fi
+  for engine in "${engines[@]}"; do
+    "$BENCH" pipeline --job "$job" --engine "$engine" --repeat 1 --cache-dir "$CACHE" "${extra[@]}" > /dev/null
+  done
   for round in $(seq "$ROUNDS"); do
-    "$BENCH" pipeline --job "$job" --repeat "$repeat" --cache-dir "$CACHE" "${extra[@]}" \
-      > "$OUT/pipeline-$job-sluice-$round.json"
-    # MobileNetV2 also on `engine = "auto"` (onnxruntime when it is faster and agrees).
-    if [ "$job" = mobilenet ]; then
-      "$BENCH" pipeline --job "$job" --engine auto --repeat "$repeat" --cache-dir "$CACHE" "${extra[@]}" \
-        > "$OUT/pipeline-$job-auto-$round.json"
-    fi
+    for engine in "${engines[@]}"; do
+      side=sluice
+      [ "$engine" = auto ] && side=auto
+      "$BENCH" pipeline --job "$job" --engine "$engine" --repeat "$repeat" --cache-dir "$CACHE" "${extra[@]}" \
+        > "$OUT/pipeline-$job-$side-$round.json"
+    done
     "$PY" benches/peer/pipeline.py --job "$job" --repeat "$repeat" --threads "$CORES" "${extra[@]}" \
       --out "$OUT/pipeline-$job-peer-$round.json"
   done

@@ -255,6 +255,38 @@ def mobilenet_job(args, tmp):
     return args.model, items, preprocess, postprocess, None, len(data)
 
 
+def text_direction_job(args, tmp):
+    """PP-OCR's text direction classifier on the same synthetic JPEGs, resized
+    to 192 x 48 (its input), (x/255 - 0.5) / 0.5, NCHW; it outputs softmax
+    probabilities for 0 and 180 degrees."""
+    directory = args.images_dir or tmp
+    os.makedirs(directory, exist_ok=True)
+    data = {}
+    for path in synthetic_jpegs(directory, args.images):
+        with open(path, "rb") as f:
+            data[os.path.basename(path)] = f.read()
+
+    def items():
+        for rep in range(args.repeat):
+            for name, raw in data.items():
+                yield f"{DEVICE}:text-direction:{rep}:{name}", raw, None
+
+    def preprocess(raws):
+        x = np.empty((len(raws), 3, 48, 192), dtype=np.float32)
+        for i, raw in enumerate(raws):
+            img = Image.open(io.BytesIO(raw)).convert("RGB").resize((192, 48), Image.Resampling.BILINEAR)
+            a = (np.asarray(img, dtype=np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+            x[i] = a.transpose(2, 0, 1)
+        return x
+
+    def postprocess(probabilities):
+        i = int(np.argmax(probabilities))
+        return {"label": ["0", "180"][i], "index": i, "score": float(probabilities[i])}, None
+
+    model = os.path.join(MODELS, "text-direction", "ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    return model, items, preprocess, postprocess, None, len(data)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -273,7 +305,7 @@ def rss_split_mib():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--job", required=True, choices=["digits", "anomaly", "mobilenet"])
+    ap.add_argument("--job", required=True, choices=["digits", "anomaly", "mobilenet", "text-direction"])
     ap.add_argument("--repeat", type=int, default=1, help="process the input set this many times (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: %(default)s)")
     ap.add_argument("--batch", type=int, help="batch size (default: 32 for digits/anomaly, 8 for mobilenet)")
@@ -285,7 +317,7 @@ def main():
     args = ap.parse_args()
     if args.repeat < 1:
         raise SystemExit("--repeat must be >= 1")
-    batch_size = args.batch or (8 if args.job == "mobilenet" else 32)
+    batch_size = args.batch or (8 if args.job in ("mobilenet", "text-direction") else 32)
 
     tmp = tempfile.mkdtemp(prefix="sluice-peer-")
     try:
@@ -293,6 +325,8 @@ def main():
             job = digits_job(args)
         elif args.job == "anomaly":
             job = anomaly_job(args)
+        elif args.job == "text-direction":
+            job = text_direction_job(args, tmp)
         else:
             job = mobilenet_job(args, tmp)
         model, items, preprocess, postprocess, expected, per_pass = job

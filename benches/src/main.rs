@@ -41,7 +41,7 @@ enum Command {
     /// into its journal, runs them through the plugins, the scheduler and
     /// tract, and stores every result durably in its outbox.
     Pipeline {
-        /// digits | anomaly | mobilenet
+        /// digits | anomaly | mobilenet | text-direction
         #[arg(long)]
         job: String,
         /// Process the input set this many times.
@@ -58,7 +58,7 @@ enum Command {
         /// mobilenet: the MobileNetV2 ONNX file.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// mobilenet: the JPEG images (the peer's `--images-dir`).
+        /// mobilenet, text-direction: the JPEG images (the peer's `--images-dir`).
         #[arg(long)]
         images_dir: Option<PathBuf>,
         /// Compiled plugins and execution choices, kept across runs as on a
@@ -368,8 +368,8 @@ fn job_items(job: &str, images_dir: Option<&Path>) -> Result<Vec<RawItem>> {
             .iter()
             .map(|f| file_item(f, "image/png"))
             .collect(),
-        "mobilenet" => {
-            let dir = images_dir.context("--job mobilenet needs --images-dir")?;
+        "mobilenet" | "text-direction" => {
+            let dir = images_dir.with_context(|| format!("--job {job} needs --images-dir"))?;
             files_in(dir, "jpg")?
                 .iter()
                 .map(|f| file_item(f, "image/jpeg"))
@@ -387,7 +387,9 @@ fn job_items(job: &str, images_dir: Option<&Path>) -> Result<Vec<RawItem>> {
                 })
                 .collect())
         }
-        other => anyhow::bail!("unknown job `{other}` (digits | anomaly | mobilenet)"),
+        other => {
+            anyhow::bail!("unknown job `{other}` (digits | anomaly | mobilenet | text-direction)")
+        }
     }
 }
 
@@ -436,6 +438,54 @@ postprocess = "post"
     Ok(Config::load(&path)?)
 }
 
+/// The text-direction job: PP-OCR's 0/180 degree classifier (a small conv
+/// net) on 192 x 48 crops, as a user would write it.
+fn text_direction_config() -> Result<Config> {
+    let dir = tempfile::tempdir()?.keep();
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[plugins.pre]
+path = "bundled:image-preprocess"
+timeout_ms = 10000
+[plugins.pre.config]
+output = "x"
+width = 192
+height = 48
+resize = "exact"
+filter = "triangle"
+layout = "nchw"
+mean = [0.5]
+std = [0.5]
+
+[plugins.post]
+path = "bundled:classify-postprocess"
+[plugins.post.config]
+input = "save_infer_model/scale_0.tmp_1"
+top_k = 1
+labels = ["0", "180"]
+
+[models.text-direction]
+path = "{}"
+input_shapes.x = [3, 48, 192]
+[models.text-direction.batching]
+max_batch_size = 8
+
+[pipelines.text-direction]
+preprocess = "pre"
+model = "text-direction"
+postprocess = "post"
+"#,
+            repo_root()
+                .join("models/text-direction/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+                .display()
+        ),
+    )?;
+    Ok(Config::load(&path)?)
+}
+
 fn execution_mode(name: &str) -> Result<ExecutionMode> {
     Ok(match name {
         "auto" => ExecutionMode::Auto,
@@ -453,6 +503,7 @@ fn job_config(
 ) -> Result<Config> {
     let mut config = match job {
         "mobilenet" => mobilenet_config(model.context("--job mobilenet needs --model")?)?,
+        "text-direction" => text_direction_config()?,
         _ => Config::load(&repo_root().join("examples").join(job).join("sluice.toml"))?,
     };
     let data_dir = tempfile::tempdir()?.keep();

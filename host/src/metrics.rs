@@ -501,15 +501,17 @@ impl Scraped {
         write(
             encoder,
             "execution_choice",
-            "How each model's batches run, as measured at start: chunk size and inference threads",
+            "How each model's batches run, as chosen at start: the engine, chunk size, inference threads and intra-op threads",
             MetricType::Gauge,
             stats.iter().map(|(name, sched, _)| {
                 let choice = sched.execution();
                 (
                     vec![
                         ("model", name.to_string()),
+                        ("engine", sched.model().engine().to_owned()),
                         ("chunk", choice.chunk.to_string()),
                         ("threads", choice.threads.to_string()),
+                        ("intra_op", choice.intra_op.to_string()),
                     ],
                     ConstGauge::new(1),
                 )

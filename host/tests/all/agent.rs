@@ -1211,6 +1211,8 @@ fn prometheus_scrapes_the_agent_and_counts_every_item() {
         "sluice_disk_free_bytes",
         "sluice_plugin_instance_restarts_total",
         "sluice_build_info",
+        // Which engine runs the model, and how its batches run.
+        r#"sluice_execution_choice{model="digits",engine="tract",chunk="#,
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }

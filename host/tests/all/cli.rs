@@ -358,6 +358,7 @@ fn model_inspect_shows_io_operators_and_the_measured_execution_choice() {
         "input F32 [N, 64]",
         "probabilities F32 [N, 10]",
         "chunk   1 x 1",
+        "engine:     tract",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
