@@ -56,8 +56,10 @@ echo "== pipelines: Sluice and the peer, alternating"
 CACHE="$OUT/cache"
 for job in digits anomaly mobilenet text-direction; do
   case "$job" in
-    mobilenet) repeat=3; extra=(--model "$MOBILENET" --images-dir "$OUT/images") ;;
-    text-direction) repeat=10; extra=(--images-dir "$OUT/images") ;;
+    # Runs of several seconds each: a steady state, as on a device, where
+    # a second or less is mostly filling and draining the pipeline.
+    mobilenet) repeat=20; extra=(--model "$MOBILENET" --images-dir "$OUT/images") ;;
+    text-direction) repeat=40; extra=(--images-dir "$OUT/images") ;;
     *) repeat=20; extra=() ;;
   esac
   # The conv nets also run on `engine = "auto"` (onnxruntime when it is

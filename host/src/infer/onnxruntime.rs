@@ -10,15 +10,16 @@
 //! from 1.17 on works (the C API version this build asks for).
 //!
 //! onnxruntime takes any batch size with one session, so a model has no
-//! plan per batch size: every plan shares the model's sessions. A model has
-//! at most two: one running on the calling thread only (the scheduler's
-//! chunk lanes), built at load, and one spreading operators over one thread
-//! per core (intra-op), built the first time it is asked for. Those threads
-//! are onnxruntime's own, started once with the session and asleep when idle
-//! (no spinning): onnxruntime runs its operators on its own pool and cannot
-//! borrow Sluice's. A session runs one batch at a time (the `ort` API takes
-//! it mutably), so chunk lanes on one model wait for each other; the
-//! scheduler measures that and chooses accordingly.
+//! plan per batch size: every plan shares the model's sessions. A session
+//! runs one batch at a time (the `ort` API takes it mutably). Sessions
+//! running on the calling thread only serve the scheduler's chunk lanes:
+//! one is built at load, more on demand, one per lane running at once. One
+//! session spreads operators over one thread per core (intra-op), built the
+//! first time it is asked for (at start-up: measuring and warming up ask).
+//! Those threads are onnxruntime's own, started once with the session and
+//! asleep when idle (no spinning: measured slower in a pipeline, where the
+//! plugins need the cores too); onnxruntime runs its operators on its own
+//! pool and cannot borrow Sluice's.
 
 use super::{Backend, InputShapes, Model, ModelError, Plan, TensorSpec};
 use crate::types::{DType, Tensor};
@@ -138,10 +139,13 @@ struct OrtModel {
 
 struct Sessions {
     model: String,
-    /// The model file, kept to build the intra-op session on demand.
+    /// The model file, kept to build sessions on demand.
     bytes: Vec<u8>,
-    /// Runs on the calling thread only.
-    single: Mutex<Session>,
+    /// Idle sessions that run on the calling thread only: one is taken per
+    /// run and given back after, and one is made when none is idle, so
+    /// there are as many as chunks ever ran at once (at most one per
+    /// inference thread, plus the scheduler's own).
+    single: Mutex<Vec<Session>>,
     /// Spreads operators over one thread per core; built on first use.
     intra_op: OnceLock<Result<Mutex<Session>, String>>,
     /// The batch size the model's inputs fix on axis 0, if they do.
@@ -209,7 +213,7 @@ impl OrtModel {
             sessions: Arc::new(Sessions {
                 model: name.into(),
                 bytes: bytes.to_vec(),
-                single: Mutex::new(single),
+                single: Mutex::new(vec![single]),
                 intra_op: OnceLock::new(),
                 fixed_batch,
             }),
@@ -286,8 +290,8 @@ impl Plan for OrtPlan {
             .map(|t| to_ort(t).map(|v| (t.name.clone(), v)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(error)?;
-        let session = if intra_op {
-            sessions
+        if intra_op {
+            let session = sessions
                 .intra_op
                 .get_or_init(|| {
                     session(
@@ -299,31 +303,51 @@ impl Plan for OrtPlan {
                     .map_err(|e| e.detail())
                 })
                 .as_ref()
-                .map_err(|e| error(e.clone()))?
+                .map_err(|e| error(e.clone()))?;
+            run(&mut lock(session), values).map_err(error)
         } else {
-            &sessions.single
-        };
-        let mut session = session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let names: Vec<String> = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_owned())
-            .collect();
-        let outputs = session.run(values).map_err(|e| error(e.to_string()))?;
-        names
-            .into_iter()
-            .enumerate()
-            .map(|(ix, name)| {
-                let tensor = outputs[ix]
-                    .view()
-                    .downcast::<DynTensorValueType>()
-                    .map_err(|e| error(format!("output `{name}`: {e}")))?;
-                from_ort(&tensor, name).map_err(error)
-            })
-            .collect()
+            let idle = lock(&sessions.single).pop();
+            let mut session = match idle {
+                Some(session) => session,
+                None => {
+                    session(&sessions.model, &sessions.bytes, 1).map_err(|e| error(e.detail()))?
+                }
+            };
+            let ran = run(&mut session, values);
+            lock(&sessions.single).push(session);
+            ran.map_err(error)
+        }
     }
+}
+
+/// A lock whose holder may have panicked (the data is still whole: a
+/// session or the list of idle ones).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Run `session` on named inputs; its outputs as Sluice tensors, in model
+/// output order.
+fn run(session: &mut Session, inputs: Vec<(String, DynTensor)>) -> Result<Vec<Tensor>, String> {
+    let names: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_owned())
+        .collect();
+    let outputs = session.run(inputs).map_err(|e| e.to_string())?;
+    names
+        .iter()
+        .enumerate()
+        .map(|(ix, name)| {
+            let tensor = outputs[ix]
+                .view()
+                .downcast::<DynTensorValueType>()
+                .map_err(|e| format!("output `{name}`: {e}"))?;
+            from_ort(&tensor, name.clone())
+        })
+        .collect()
 }
 
 /// Copy a Sluice tensor into a new onnxruntime tensor.

@@ -247,7 +247,13 @@ pub(super) fn choose_execution(
     // those plans are kept.
     model.release_plans_above(choice.chunk);
     for size in candidates.into_iter().filter(|&size| size <= choice.chunk) {
-        warm_up(model, &example, size)?;
+        // Each size every way it may run (a lone chunk may spread its
+        // operators): an engine may build what a way needs on first use
+        // (onnxruntime's intra-op session), which is not for a real batch.
+        warm_up(model, &example, size, choice.intra_op)?;
+        if choice.lone_intra_op && !choice.intra_op {
+            warm_up(model, &example, size, true)?;
+        }
     }
     tracing::debug!(
         model = model.name(),
@@ -257,11 +263,16 @@ pub(super) fn choose_execution(
     Ok(choice)
 }
 
-/// Build the plan for `size` items and run it once: building optimizes it,
-/// the first run allocates; both belong before serving, so that the first
-/// real batch is not slow.
-fn warm_up(model: &dyn Model, example: &[Tensor], size: usize) -> Result<(), ModelError> {
-    run_stacked(model, &vec![example.to_vec(); size], false)
+/// Build the plan for `size` items and run it once (with `intra_op` as it
+/// will run): building optimizes it, the first run allocates; both belong
+/// before serving, so that the first real batch is not slow.
+fn warm_up(
+    model: &dyn Model,
+    example: &[Tensor],
+    size: usize,
+    intra_op: bool,
+) -> Result<(), ModelError> {
+    run_stacked(model, &vec![example.to_vec(); size], intra_op)
         .map(drop)
         .map_err(|e| ModelError::WarmUp {
             model: model.name().into(),
@@ -298,7 +309,7 @@ fn measure(
         vec![(1, false)]
     };
     for &chunk in candidates {
-        warm_up(model, example, chunk)?;
+        warm_up(model, example, chunk, false)?;
         for &(threads, intra_op) in &ways {
             if threads > 1 && chunk == batch {
                 continue; // one chunk cannot be spread

@@ -184,6 +184,43 @@ mv "$1/libonnxruntime.so.{version}.partial" "$1/libonnxruntime.so.{version}"
     }
 
     #[test]
+    fn runs_from_many_threads_at_once_each_get_their_own_answer() {
+        // Chunk lanes run at once, each on a session of its own (made on
+        // demand): every run must still get the outputs of its own input.
+        let model = load("onnxruntime", "digits/digits_mlp.onnx", &InputShapes::new());
+        let plan = model.plan(1).unwrap();
+        let items: Vec<Tensor> = (0..16)
+            .map(|i| {
+                let values: Vec<f32> = (0..64).map(|j| ((i * 64 + j) % 17) as f32 / 16.0).collect();
+                Tensor::from_f32("input", vec![1, 64], &values)
+            })
+            .collect();
+        let alone: Vec<Vec<f32>> = items
+            .iter()
+            .map(|t| {
+                plan.run(vec![t.clone()], false).unwrap()[0]
+                    .f32_values()
+                    .unwrap()
+            })
+            .collect();
+        let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .iter()
+                .map(|t| {
+                    let plan = &plan;
+                    scope.spawn(move || {
+                        plan.run(vec![t.clone()], false).unwrap()[0]
+                            .f32_values()
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(alone, together);
+    }
+
+    #[test]
     fn the_digits_pipeline_on_onnxruntime_reaches_the_models_accuracy() {
         library();
         let path = repo_root().join("examples/digits/sluice.toml");
