@@ -432,12 +432,29 @@ for model, batch, threads, r in engine_losses:
         why = (": onnxruntime's convolution kernels (MLAS, with fused activations and direct depthwise "
                "convolutions) are faster than tract's on this CPU"
                + (", and tract also loses per item as the batch grows" if batch > 1 else "")
-               + (", and onnxruntime spreads one batch over both cores where tract has no intra-op threads "
-                  "in this build" if threads > 1 else ""))
+               + (", and onnxruntime's intra-op threads gain more on two cores than tract's (multithreaded "
+                  "matrix products only)" if threads > 1 else ""))
     else:
         why = ""
     losses.append(f"- **engine, {model} at batch {batch}, {threads} thread(s)**: tract takes {r:.2f}x "
                   f"onnxruntime's time{why}.")
+for job, row in pipeline_rows.items():
+    if "auto" in job and row["speed"] < 1.2:
+        losses.append(
+            f"- **{job} throughput**: {row['speed']:.2f}x the peer (target 1.2x), on {row['engine']}. Both sides run "
+            "the same onnxruntime kernels, so what is left is the rest of the pipeline: Sluice's wasm "
+            "preprocessing takes about as long as the peer's Pillow path (see the plugin boundary), and the two "
+            "cores are shared between decoding images and inference, which Sluice overlaps and the peer runs "
+            "one after the other: overlapping can at best hide the decoding's share of the time (see the "
+            "engine table and the plugin boundary for the two costs).")
+image = overheads.get("plugin_boundary_mobilenet")
+if image and image["wasm_preprocess_us_per_item"] > 1.3 * image["native_preprocess_us_per_item"]:
+    w, n = image["wasm_preprocess_us_per_item"], image["native_preprocess_us_per_item"]
+    losses.append(f"- **JPEG preprocessing in wasm**: {w / n:.2f}x the same code native (target 1.3x). The "
+                  "resizing uses wasm simd128 (`fast_image_resize`), but the full-size JPEG decoder "
+                  "(zune-jpeg, through `image`) has AVX2 and NEON kernels for the IDCT and colour conversion and "
+                  "only scalar code for wasm; jpeg-decoder, used for DCT-scaled decoding, has a simd128 IDCT. "
+                  "The rest (Huffman decoding, upsampling) is scalar everywhere and pays wasm's bounds checks.")
 if boundary and boundary["wasm_preprocess_us_per_item"] > boundary["native_preprocess_us_per_item"]:
     w, n = boundary["wasm_preprocess_us_per_item"], boundary["native_preprocess_us_per_item"]
     losses.append(f"- **plugin boundary**: digits preprocessing costs {w - n:.1f} µs more per item in wasm "

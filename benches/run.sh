@@ -54,6 +54,7 @@ echo "== pipelines: Sluice and the peer, alternating"
 # Sluice runs as a restarted device does: compiled plugins and the measured
 # execution choice come from its cache, filled by one untimed run.
 CACHE="$OUT/cache"
+rm -rf "$CACHE" # measured by this build, not remembered from another
 for job in digits anomaly mobilenet text-direction; do
   case "$job" in
     # Runs of several seconds each: a steady state, as on a device, where
