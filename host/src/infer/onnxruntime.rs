@@ -101,7 +101,9 @@ impl Backend for OnnxRuntimeBackend {
 
     fn operators(&self, name: &str, bytes: &[u8]) -> Result<Vec<(String, bool)>, ModelError> {
         // onnxruntime implements every standard operator of the opsets it
-        // knows; whether this model loads is known only by loading it.
+        // knows; whether this model loads is known only by loading it. The
+        // library first: nothing of onnxruntime's may be touched before it
+        // is loaded (the `ort` crate would look for one itself, and panic).
         environment().map_err(|e| parse_error(name, e))?;
         session(name, bytes, 1, &PrepackedWeights::new())?;
         Ok(super::operator_types(name, bytes)?
@@ -170,6 +172,8 @@ struct Sessions {
 
 impl OrtModel {
     fn load(name: &str, bytes: &[u8], shapes: &InputShapes) -> Result<Self, ModelError> {
+        // The library first (see `operators`).
+        environment().map_err(|e| parse_error(name, e))?;
         let weights = PrepackedWeights::new();
         let single = session(name, bytes, 1, &weights)?;
         let mut fixed_batch = None;
