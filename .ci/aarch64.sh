@@ -6,7 +6,7 @@
 # traps, grants) and inference (tract's NEON kernels against the models'
 # reference results, computed on x86 with onnxruntime).
 #
-#   bash .ci/aarch64.sh        (about 15 minutes on 2 cores; .ci/run calls it)
+#   bash .ci/aarch64.sh        (about 15 minutes on 2 cores; not yet part of .ci/run)
 #
 # Under qemu-user /proc/cpuinfo is the host's, so tract finds no aarch64
 # CPU part and runs its generic NEON kernels (NEON is part of every aarch64

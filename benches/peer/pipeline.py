@@ -221,23 +221,29 @@ def synthetic_jpegs(directory, count, seed=0):
     return paths
 
 
-def mobilenet_job(args, tmp):
-    if not args.model:
-        raise SystemExit("--job mobilenet needs --model PATH (make it with models/mobilenetv2/make_mobilenetv2.py PATH)")
-    # With --images-dir the images are written there (the same seeded bytes
-    # every time) so that `sluice-bench pipeline --job mobilenet` reads them too.
+def jpeg_items(args, tmp, job):
+    """The synthetic JPEGs by name, and the job's items over them. With
+    --images-dir the images are written there (the same seeded bytes every
+    time) so that `sluice-bench pipeline` reads them too."""
     directory = args.images_dir or tmp
     os.makedirs(directory, exist_ok=True)
-    names = synthetic_jpegs(directory, args.images)
     data = {}
-    for path in names:
+    for path in synthetic_jpegs(directory, args.images):
         with open(path, "rb") as f:
             data[os.path.basename(path)] = f.read()
 
     def items():
         for rep in range(args.repeat):
             for name, raw in data.items():
-                yield f"{DEVICE}:mobilenet:{rep}:{name}", raw, None
+                yield f"{DEVICE}:{job}:{rep}:{name}", raw, None
+
+    return data, items
+
+
+def mobilenet_job(args, tmp):
+    if not args.model:
+        raise SystemExit("--job mobilenet needs --model PATH (make it with models/mobilenetv2/make_mobilenetv2.py PATH)")
+    data, items = jpeg_items(args, tmp, "mobilenet")
 
     def preprocess(raws):
         x = np.empty((len(raws), 3, 224, 224), dtype=np.float32)
@@ -259,17 +265,7 @@ def text_direction_job(args, tmp):
     """PP-OCR's text direction classifier on the same synthetic JPEGs, resized
     to 192 x 48 (its input), (x/255 - 0.5) / 0.5, NCHW; it outputs softmax
     probabilities for 0 and 180 degrees."""
-    directory = args.images_dir or tmp
-    os.makedirs(directory, exist_ok=True)
-    data = {}
-    for path in synthetic_jpegs(directory, args.images):
-        with open(path, "rb") as f:
-            data[os.path.basename(path)] = f.read()
-
-    def items():
-        for rep in range(args.repeat):
-            for name, raw in data.items():
-                yield f"{DEVICE}:text-direction:{rep}:{name}", raw, None
+    data, items = jpeg_items(args, tmp, "text-direction")
 
     def preprocess(raws):
         x = np.empty((len(raws), 3, 48, 192), dtype=np.float32)

@@ -393,14 +393,17 @@ fn job_items(job: &str, images_dir: Option<&Path>) -> Result<Vec<RawItem>> {
     }
 }
 
+/// A configuration written as a user would, in a folder of its own.
+fn config_from_text(text: &str) -> Result<Config> {
+    let path = tempfile::tempdir()?.keep().join("sluice.toml");
+    std::fs::write(&path, text)?;
+    Ok(Config::load(&path)?)
+}
+
 /// The MobileNetV2 job: what a user would write for an ImageNet classifier.
 fn mobilenet_config(model: &Path) -> Result<Config> {
-    let dir = tempfile::tempdir()?.keep();
-    let path = dir.join("sluice.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    config_from_text(&format!(
+        r#"
 [plugins.pre]
 path = "bundled:image-preprocess"
 timeout_ms = 10000
@@ -432,21 +435,15 @@ preprocess = "pre"
 model = "mobilenet"
 postprocess = "post"
 "#,
-            model.canonicalize()?.display()
-        ),
-    )?;
-    Ok(Config::load(&path)?)
+        model.canonicalize()?.display()
+    ))
 }
 
 /// The text-direction job: PP-OCR's 0/180 degree classifier (a small conv
 /// net) on 192 x 48 crops, as a user would write it.
 fn text_direction_config() -> Result<Config> {
-    let dir = tempfile::tempdir()?.keep();
-    let path = dir.join("sluice.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    config_from_text(&format!(
+        r#"
 [plugins.pre]
 path = "bundled:image-preprocess"
 timeout_ms = 10000
@@ -478,12 +475,10 @@ preprocess = "pre"
 model = "text-direction"
 postprocess = "post"
 "#,
-            repo_root()
-                .join("models/text-direction/ch_ppocr_mobile_v2.0_cls_infer.onnx")
-                .display()
-        ),
-    )?;
-    Ok(Config::load(&path)?)
+        repo_root()
+            .join("models/text-direction/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+            .display()
+    ))
 }
 
 fn execution_mode(name: &str) -> Result<ExecutionMode> {

@@ -144,3 +144,20 @@ pub fn outbox_records(agent: &sluice::agent::Agent) -> Vec<serde_json::Value> {
     all.sort_by_key(|r| r["seq"].as_i64().unwrap());
     all
 }
+
+/// The 450 held-out digits as PNG items, and their labels.
+pub fn digit_items() -> (Vec<RawItem>, Vec<String>) {
+    let dir = repo_root().join("models/digits/heldout");
+    let labels = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
+    labels
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let (file, label) = line.split_once(',').unwrap();
+            (
+                item(file, "image/png", std::fs::read(dir.join(file)).unwrap()),
+                label.to_owned(),
+            )
+        })
+        .unzip()
+}

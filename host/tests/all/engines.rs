@@ -7,9 +7,7 @@
 
 use crate::common::*;
 use sluice::infer::InputShapes;
-use sluice::schedule::{
-    AGREEMENT_TOLERANCE, BatchConfig, ExecutionCache, ExecutionMode, ModelSource, start_model,
-};
+use sluice::schedule::{BatchConfig, ModelSource, start_model};
 
 /// A configuration's `engine = "auto"` starts on the reference engine in a
 /// build that has only tract, and says which engine that was.
@@ -57,7 +55,7 @@ mod onnxruntime {
     use sluice::pipeline::process_all;
     use sluice::plugin::{EngineOptions, PluginHost, PluginKind, scheduler_nn};
     use sluice::runtime::Runtime;
-    use sluice::schedule::Scheduler;
+    use sluice::schedule::{AGREEMENT_TOLERANCE, ExecutionCache, ExecutionMode, Scheduler};
     use sluice::types::Tensor;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
@@ -233,19 +231,7 @@ mv "$1/libonnxruntime.so.{version}.partial" "$1/libonnxruntime.so.{version}"
         let runtime = Runtime::start(config).unwrap();
         let pipeline = runtime.pipeline(None).unwrap();
         assert_eq!(pipeline.scheduler().model().engine(), "onnxruntime");
-        let dir = repo_root().join("models/digits/heldout");
-        let labels = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
-        let (items, labels): (Vec<_>, Vec<String>) = labels
-            .lines()
-            .skip(1)
-            .map(|line| {
-                let (file, label) = line.split_once(',').unwrap();
-                (
-                    item(file, "image/png", std::fs::read(dir.join(file)).unwrap()),
-                    label.to_owned(),
-                )
-            })
-            .unzip();
+        let (items, labels) = digit_items();
         let outcomes = process_all(pipeline, items.clone(), &|_| {});
         let correct = outcomes
             .iter()

@@ -52,22 +52,6 @@ fn measured(max_batch_size: usize) -> BatchConfig {
     }
 }
 
-fn digit_items() -> (Vec<RawItem>, Vec<String>) {
-    let dir = repo_root().join("models/digits/heldout");
-    let labels = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
-    labels
-        .lines()
-        .skip(1)
-        .map(|line| {
-            let (file, label) = line.split_once(',').unwrap();
-            (
-                item(file, "image/png", std::fs::read(dir.join(file)).unwrap()),
-                label.to_owned(),
-            )
-        })
-        .unzip()
-}
-
 fn document(result: &Result<sluice::types::Document, ItemError>) -> serde_json::Value {
     serde_json::from_slice(&result.as_ref().unwrap_or_else(|e| panic!("{e}")).body).unwrap()
 }
