@@ -80,8 +80,12 @@ def verdict(ok):
 lines = []
 emit = lines.append
 
-commit = run("git", "rev-parse", "--short", "HEAD")
-dirty = run("git", "status", "--porcelain", "--untracked-files=no")
+# The measured commit and date, as run.sh recorded them (else: now, here).
+measured = load("run.json") or {}
+commit = measured.get("commit") or run("git", "rev-parse", "--short", "HEAD")
+dirty = ("x" if measured["local_changes"] else "") if "local_changes" in measured else \
+    run("git", "status", "--porcelain", "--untracked-files=no")
+date = measured.get("date") or f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"
 emit("# Sluice benchmarks")
 emit("")
 emit("Sluice side by side with the way a gateway developer would do the same job without it: "
@@ -91,7 +95,7 @@ emit("Sluice side by side with the way a gateway developer would do the same job
 emit("")
 emit(f"- **Command**: `bash benches/run.sh` (raw results: `{OUT}/*.json`; this file: "
      f"`python3 benches/report.py {OUT}`)")
-emit(f"- **Date**: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+emit(f"- **Date**: {date} UTC")
 emit(f"- **Machine**: {cpu_model()}, {os.cpu_count()} cores, {mem_gib()} RAM, Linux {platform.release()}")
 emit(f"- **Sluice**: commit {commit}{' (with local changes)' if dirty not in ('', '?') else ''}, "
      f"{run('rustc', '-V')}, release profile; tract-onnx 0.23.9, wasmtime 48.0.8")
@@ -174,6 +178,13 @@ for job, title in (("mobilenet", "MobileNetV2"), ("text-direction", "text direct
         emit(f"| {title} end to end with the onnxruntime engine (`auto`): at least 1.2x the peer's throughput | "
              f"{row['speed']:.2f}x the peer (engine chosen: {row['engine']}) | "
              f"{verdict(row['speed'] >= 1.2 and row['engine'] == 'onnxruntime')} |")
+for job, engine in (("mobilenet", "tract"), ("mobilenet, engine auto", "onnxruntime")):
+    row = pipeline_rows.get(job)
+    ours, theirs = (row or {}).get("rss_at_end", {}), (row or {}).get("peer_rss_at_end", {})
+    if ours.get("anon_mib") and theirs.get("anon_mib"):
+        r = ours["anon_mib"] / theirs["anon_mib"]
+        emit(f"| MobileNetV2 end to end on {row['engine']}: allocated memory at most the peer's | {r:.2f}x "
+             f"({ours['anon_mib']:.0f} vs {theirs['anon_mib']:.0f} MiB) | {verdict(r <= 1)} |")
 image_boundary = overheads.get("plugin_boundary_mobilenet")
 if image_boundary:
     w, n = image_boundary["wasm_preprocess_us_per_item"], image_boundary["native_preprocess_us_per_item"]
@@ -421,7 +432,11 @@ for job, row in pipeline_rows.items():
             f"- **{job} peak RSS**: {fmt(row['sluice_rss'])} MiB, {row['rss']:.2f}x the peer's "
             f"{fmt(row['peer_rss'])} MiB (target: 0.25x).{where}"
             + (" tract's plans keep each intermediate activation of a run until the run ends, where "
-               "onnxruntime plans and reuses one arena." if job == "mobilenet" else ""))
+               "onnxruntime plans and reuses one arena." if job == "mobilenet" else "")
+            + (" On onnxruntime, Sluice runs one session per chunk lane running at once plus one whose "
+               "operators use every core (for a lone input), where the peer has one: each session keeps "
+               "its own copy of the model's initializers and its own buffers (the packed weights are "
+               "shared, and no session keeps an arena)." if "auto" in job and row["engine"] == "onnxruntime" else ""))
 for model, batch, threads, r in engine_losses:
     one = ours_engine.get((model, batch, 1))
     if threads > 1 and one is not None and one < ours_engine.get((model, batch, 2), 0):

@@ -13,6 +13,11 @@ OUT=target/bench
 ROUNDS="${ROUNDS:-3}"   # alternating Sluice/peer rounds per pipeline job
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
+# What was measured, and when: the report says so however often it is re-rendered.
+printf '{"commit": "%s", "local_changes": %s, "date": "%s"}\n' \
+  "$(git rev-parse --short HEAD)" \
+  "$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo true || echo false)" \
+  "$(date -u '+%Y-%m-%d %H:%M')" > "$OUT/run.json"
 
 echo "== toolchain and builds"
 rustup target add wasm32-wasip2
