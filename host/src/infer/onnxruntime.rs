@@ -181,50 +181,24 @@ impl OrtModel {
             .inputs()
             .iter()
             .map(|input| {
-                let (dtype, mut dims) = tensor_type(name, input.name(), input.dtype())?;
-                if let Some(configured) = shapes.get(input.name()) {
-                    dims.truncate(1);
-                    dims.extend(configured.iter().map(|&d| Some(d)));
-                }
-                if dims.is_empty() {
-                    return Err(ModelError::Scalar {
-                        model: name.into(),
-                        tensor: input.name().into(),
-                    });
-                }
-                if let Some(axis) = dims.iter().skip(1).position(Option::is_none) {
+                let (spec, batch) =
+                    tensor_spec(name, input.name(), input.dtype(), shapes.get(input.name()))?;
+                if let Some(axis) = spec.shape.iter().skip(1).position(Option::is_none) {
                     return Err(ModelError::OpenInput {
                         model: name.into(),
                         input: input.name().into(),
                         axis: Some(axis + 1),
                     });
                 }
-                fixed_batch = fixed_batch.or(dims[0]);
-                dims[0] = None;
-                Ok(TensorSpec {
-                    name: input.name().into(),
-                    dtype,
-                    shape: dims,
-                })
+                fixed_batch = fixed_batch.or(batch);
+                Ok(spec)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let outputs = single
             .outputs()
             .iter()
             .map(|output| {
-                let (dtype, mut dims) = tensor_type(name, output.name(), output.dtype())?;
-                if dims.is_empty() {
-                    return Err(ModelError::Scalar {
-                        model: name.into(),
-                        tensor: output.name().into(),
-                    });
-                }
-                dims[0] = None;
-                Ok(TensorSpec {
-                    name: output.name().into(),
-                    dtype,
-                    shape: dims,
-                })
+                tensor_spec(name, output.name(), output.dtype(), None).map(|(spec, _)| spec)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(OrtModel {
@@ -243,12 +217,15 @@ impl OrtModel {
     }
 }
 
-/// A tensor's element type and dimensions (`None`: open).
-fn tensor_type(
+/// A model input's or output's spec, its dimensions after the batch axis
+/// replaced by `configured` when given, with the batch axis open; and the
+/// batch size the model fixes on axis 0, if it does.
+fn tensor_spec(
     model: &str,
     tensor: &str,
     value: &ValueType,
-) -> Result<(DType, Vec<Option<usize>>), ModelError> {
+    configured: Option<&Vec<usize>>,
+) -> Result<(TensorSpec, Option<usize>), ModelError> {
     let unsupported = |dtype: String| ModelError::UnsupportedType {
         model: model.into(),
         tensor: tensor.into(),
@@ -258,11 +235,27 @@ fn tensor_type(
         return Err(unsupported(value.to_string()));
     };
     let dtype = dtype_of(*ty).ok_or_else(|| unsupported(ty.to_string()))?;
-    let dims = shape
+    let mut dims: Vec<Option<usize>> = shape
         .iter()
         .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
         .collect();
-    Ok((dtype, dims))
+    if let Some(configured) = configured {
+        dims.truncate(1);
+        dims.extend(configured.iter().map(|&d| Some(d)));
+    }
+    if dims.is_empty() {
+        return Err(ModelError::Scalar {
+            model: model.into(),
+            tensor: tensor.into(),
+        });
+    }
+    let batch = dims[0].take();
+    let spec = TensorSpec {
+        name: tensor.into(),
+        dtype,
+        shape: dims,
+    };
+    Ok((spec, batch))
 }
 
 impl Model for OrtModel {

@@ -380,19 +380,14 @@ fn measure(
 pub struct ExecutionCache {
     dir: PathBuf,
     model_sha256: String,
+    /// CPU model and core count, read once (a model with `engine = "auto"`
+    /// looks up several choices).
+    machine: String,
 }
 
 impl ExecutionCache {
     /// Choices for the model whose file has SHA-256 `model_sha256`, kept in `dir`.
     pub fn new(dir: &Path, model_sha256: &str) -> ExecutionCache {
-        ExecutionCache {
-            dir: dir.to_owned(),
-            model_sha256: model_sha256.to_ascii_lowercase(),
-        }
-    }
-
-    /// The file remembering `what` (e.g. `execution|tract`) for `config`.
-    fn path(&self, what: &str, config: &BatchConfig) -> PathBuf {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|info| {
@@ -402,14 +397,24 @@ impl ExecutionCache {
             })
             .unwrap_or_default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ExecutionCache {
+            dir: dir.to_owned(),
+            model_sha256: model_sha256.to_ascii_lowercase(),
+            machine: format!("{cpu}|cores={cores}"),
+        }
+    }
+
+    /// The file remembering `what` (e.g. `execution|tract`) for `config`.
+    fn path(&self, what: &str, config: &BatchConfig) -> PathBuf {
         // `intra-op`: choices remembered before it was a dimension are
         // measured again.
         let key = format!(
-            "{}|intra-op|{what}|{}|batch={}|threads={}|{cpu}|cores={cores}",
+            "{}|intra-op|{what}|{}|batch={}|threads={}|{}",
             env!("CARGO_PKG_VERSION"),
             self.model_sha256,
             config.max_batch_size,
-            config.threads
+            config.threads,
+            self.machine
         );
         let digest = hex::encode(&Sha256::digest(key.as_bytes())[..16]);
         let kind = what.split('|').next().unwrap_or(what);
