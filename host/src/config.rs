@@ -160,6 +160,10 @@ pub struct DeviceConfig {
     /// Where the device keeps its state (outbox, compiled-plugin cache).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The whole agent's memory budget, MiB, checked at start (see
+    /// [`crate::memory`]); 0 (the default): not checked.
+    #[serde(default)]
+    pub memory_budget_mb: u64,
 }
 
 impl Default for DeviceConfig {
@@ -167,6 +171,7 @@ impl Default for DeviceConfig {
         Self {
             id: default_device_id(),
             data_dir: default_data_dir(),
+            memory_budget_mb: 0,
         }
     }
 }
@@ -966,6 +971,12 @@ impl Config {
         let (runtime, ingest, outbox, sync) =
             (&self.runtime, &self.ingest, &self.outbox, &self.sync);
         let mut ranges: Vec<(String, i128, i128, i128)> = vec![
+            (
+                "device.memory_budget_mb".into(),
+                self.device.memory_budget_mb.into(),
+                0,
+                1 << 20,
+            ),
             (
                 "runtime.workers".into(),
                 runtime.workers as i128,

@@ -97,6 +97,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<Value> {
         "max_input_bytes" | "guest_model_max_bytes" => Some(1 << 16),
         "timeout_ms" | "request_timeout_ms" | "backoff_max_ms" => Some(1000),
         "zstd_level" | "workers" | "threads" | "memory_mb" | "max_batch_size" => Some(3),
+        "memory_budget_mb" => Some(512),
         "queue_capacity" => Some(5000),
         k if k.ends_with("_ms") || k.ends_with("_secs") || k.ends_with("_records") => Some(20),
         "idempotency_max_keys" => Some(100),
@@ -133,7 +134,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<Value> {
 }
 
 /// The keys of each section, as `Config` knows them.
-const DEVICE: &[&str] = &["id", "data_dir"];
+const DEVICE: &[&str] = &["id", "data_dir", "memory_budget_mb"];
 const RUNTIME: &[&str] = &["cache_dir", "pooling", "guest_model_max_bytes", "workers"];
 const PLUGIN: &[&str] = &["path", "timeout_ms", "memory_mb", "config", "grants"];
 const MODEL: &[&str] = &["path", "engine", "sha256", "input_shapes", "batching"];
@@ -298,6 +299,10 @@ fn numbers(c: &Config) -> Vec<(String, i128)> {
     let mut out: Vec<(String, i128)> = vec![
         ("runtime.workers".into(), c.runtime.workers as i128),
         (
+            "device.memory_budget_mb".into(),
+            c.device.memory_budget_mb.into(),
+        ),
+        (
             "runtime.guest_model_max_bytes".into(),
             c.runtime.guest_model_max_bytes as i128,
         ),
@@ -371,6 +376,7 @@ fn range(c: &Config, key: &str) -> Option<(i128, i128)> {
         Some(&c.models[name].batching)
     };
     Some(match key {
+        "device.memory_budget_mb" => (0, 1 << 20),
         "runtime.workers" => (0, RuntimeConfig::MAX_WORKERS as i128),
         "runtime.guest_model_max_bytes" => (0, GIB),
         "outbox.max_bytes" => (64 * KIB, 1 << 40),

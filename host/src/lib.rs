@@ -27,7 +27,8 @@
 //!   against the model's reference profile (no labels needed);
 //! * [`record`]: the result record each input becomes;
 //! * [`runtime`]: models, plugins and pipelines assembled from a [`Config`];
-//! * [`agent`]: `sluice run`, wiring it all together;
+//! * [`agent`]: `sluice run`, wiring it all together; [`memory`]: its
+//!   memory budget, split across plugins, models, ingest and the outbox;
 //! * [`bundle`]: a pipeline as a signed, versioned bundle (`sluice bundle`;
 //!   format and checks in [`sluice_bundle`]);
 //! * [`types`]: the data that flows between stages; [`config`] and
@@ -45,6 +46,7 @@ pub mod drift;
 pub mod error;
 pub mod infer;
 pub mod ingest;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;

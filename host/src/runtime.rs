@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::error::{EngineError, PluginError};
 use crate::infer::{ModelError, read_model_file};
+use crate::memory;
 use crate::pipeline::Pipeline;
 use crate::plugin::{EngineOptions, Plugin, PluginHost, PluginKind, scheduler_nn};
 use crate::schedule::{ExecutionCache, ModelSource, Scheduler, start_model};
@@ -59,6 +60,9 @@ pub enum StartError {
     /// The pipeline threads could not be started.
     #[error("cannot start the pipeline threads: {0}")]
     Threads(#[source] rayon::ThreadPoolBuildError),
+    /// The configuration does not fit `device.memory_budget_mb`.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::OverBudget),
     /// The configuration has pipelines, and none could start.
     #[error("no pipeline could start:\n  {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
     NoPipeline {
@@ -76,12 +80,27 @@ pub struct Runtime {
     /// SHA-256 (hex) of each running model's file.
     pub(crate) model_sha256: BTreeMap<String, String>,
     problems: Vec<Problem>,
+    /// What the process holds, part by part (see [`crate::memory`]).
+    memory: Vec<memory::Part>,
 }
 
 impl Runtime {
-    /// Start everything `config` describes. Fails only if nothing usable is
-    /// left; otherwise the problems are in [`Runtime::problems`].
+    /// Start everything `config` describes. Fails if nothing usable is
+    /// left, or if `device.memory_budget_mb` is set and cannot be met;
+    /// otherwise the problems are in [`Runtime::problems`].
     pub fn start(config: Config) -> Result<Runtime, StartError> {
+        // The bounds and the baseline are known before anything is loaded: a
+        // board that cannot hold them is told before models take minutes.
+        let budget = config.device.memory_budget_mb;
+        let baseline = memory::measured(
+            "baseline",
+            memory::resident_bytes().unwrap_or(0),
+            "resident before loading models and plugins",
+        );
+        let mut parts = memory::bounds(&config, 0);
+        parts.push(baseline.clone());
+        memory::check(budget, parts)?;
+        let mut model_bytes = 0;
         let mut problems = Vec::new();
         let mut schedulers = BTreeMap::new();
         let mut model_sha256 = BTreeMap::new();
@@ -98,8 +117,10 @@ impl Runtime {
                     engine: &model.engine,
                     shapes: &model.input_shapes,
                 };
-                let scheduler = start_model(&source, model.batching.clone(), Some(&remembered))?;
-                tracing::debug!(model = %name, engine = scheduler.model().engine(), elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+                let (scheduler, grew) = memory::growth(|| start_model(&source, model.batching.clone(), Some(&remembered)));
+                let scheduler = scheduler?;
+                model_bytes += grew;
+                tracing::debug!(model = %name, engine = scheduler.model().engine(), elapsed_ms = started.elapsed().as_millis() as u64, resident_bytes = grew, "model ready");
                 model_sha256.insert(name.clone(), sha256);
                 Ok(scheduler)
             });
@@ -144,6 +165,16 @@ impl Runtime {
                 });
             }
         }
+
+        let plugin_code = plugins.values().flatten().map(|p| p.code_bytes()).sum();
+        let mut memory = memory::bounds(&config, plugin_code);
+        memory.push(memory::measured(
+            "models",
+            model_bytes,
+            "resident growth while loading, measuring and warming up the models",
+        ));
+        memory.push(baseline);
+        let memory = memory::check(budget, memory)?;
 
         let mut pipelines = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
@@ -195,7 +226,14 @@ impl Runtime {
             pipelines,
             model_sha256,
             problems,
+            memory,
         })
+    }
+
+    /// What the agent may hold, part by part: bounds and what start-up
+    /// measured (see [`crate::memory`]).
+    pub fn memory(&self) -> &[memory::Part] {
+        &self.memory
     }
 
     /// The configuration it runs.

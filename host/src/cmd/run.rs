@@ -28,6 +28,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             recovery.moved_to.display()
         );
     }
+    let memory = agent.runtime().memory();
+    let budget = match agent.runtime().config().device.memory_budget_mb {
+        0 => "no device.memory_budget_mb".to_owned(),
+        mb => format!("device.memory_budget_mb = {mb}"),
+    };
+    println!(
+        "sluice run: memory: {} ({}; {budget})",
+        sluice::memory::mib(sluice::memory::total(memory)),
+        sluice::memory::describe(memory),
+    );
     for problem in agent.runtime().problems() {
         eprintln!("sluice run: problem: {problem}");
     }

@@ -170,6 +170,14 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 256; PRAGMA journal_size_limit = 1048576;",
     )
     .map_err(damaged)?;
+    // The page cache is part of the agent's memory budget: sized, not left
+    // to SQLite's compiled-in default.
+    conn.pragma_update(
+        None,
+        "cache_size",
+        -((crate::memory::OUTBOX_CACHE_BYTES >> 10) as i64),
+    )
+    .map_err(damaged)?;
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(damaged)?;

@@ -38,9 +38,16 @@ pub(crate) struct ComponentCache {
 }
 
 impl ComponentCache {
-    /// A cache in `dir`, or none at all (always compile) when `dir` is `None`.
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        let key = format!("{ENGINE_SETTINGS};{}", std::env::consts::ARCH);
+    /// A cache in `dir`, or none at all (always compile) when `dir` is `None`,
+    /// for code compiled for memories reserving `compact_bytes` each (bounds
+    /// checked), or `None` for wide ones: the two compile differently, and an
+    /// engine falling back to compact memories must not overwrite (and later
+    /// find unusable) the entries of the usual wide ones.
+    pub fn new(dir: Option<PathBuf>, compact_bytes: Option<usize>) -> Self {
+        let mut key = format!("{ENGINE_SETTINGS};{}", std::env::consts::ARCH);
+        if let Some(bytes) = compact_bytes {
+            key.push_str(&format!(";compact-{bytes}"));
+        }
         ComponentCache {
             dir,
             engine_key: hex::encode(&Sha256::digest(key.as_bytes())[..8]),

@@ -60,39 +60,111 @@ pub(crate) fn instances_for(plugins: usize, workers: usize) -> u32 {
     u32::try_from(plugins.max(1) * per_plugin).unwrap_or(u32::MAX)
 }
 
+/// How plugin instances get their memory: from a pool reserved at start or
+/// on demand, and how much address space each memory reserves.
+///
+/// *Wide* memories reserve wasmtime's default (4 GiB plus guard pages on
+/// 64-bit hosts), which lets compiled code leave out bounds checks; a pool
+/// of them takes tens of GiB of address space (see `docs/limits.md`).
+/// *Compact* memories reserve only the largest `memory_mb` cap: compiled
+/// code checks bounds (slower plugins), and the address space fits small
+/// boards, 32-bit ones, a limited `ulimit -v`, and emulators that pay for
+/// every reserved page (qemu-user before 8.1 keeps a descriptor per page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Allocation {
+    /// A pool of wide memories.
+    PooledWide,
+    /// A pool of compact memories.
+    PooledCompact,
+    /// Wide memories, each reserved when an instance is made.
+    OnDemandWide,
+    /// Compact memories, each reserved when an instance is made.
+    OnDemandCompact,
+}
+
+impl Allocation {
+    /// Whether instances come from a pool.
+    pub fn is_pooled(self) -> bool {
+        matches!(self, Allocation::PooledWide | Allocation::PooledCompact)
+    }
+
+    /// Whether each memory reserves only its cap.
+    pub fn is_compact(self) -> bool {
+        matches!(
+            self,
+            Allocation::PooledCompact | Allocation::OnDemandCompact
+        )
+    }
+}
+
 /// The engine, its compiled-plugin cache and its epoch ticker.
 pub struct PluginEngine {
     engine: Engine,
     cache: ComponentCache,
-    pooling: bool,
+    allocation: Allocation,
     ticker: EpochTicker,
 }
 
 impl PluginEngine {
     /// An engine for `options`, with its cache and a running epoch ticker.
     pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
-        let create =
-            |config: &Config| Engine::new(config).map_err(|e| EngineError::Create(e.into()));
-        let (engine, pooling) = match options.pooling {
-            Pooling::Off => (create(&base_config())?, false),
-            Pooling::On => (create(&pooled_config(options))?, true),
-            Pooling::Auto => match Engine::new(&pooled_config(options)) {
-                Ok(engine) => (engine, true),
-                Err(e) => {
-                    // Small ARM boards often cannot reserve the pool's address
-                    // space; on-demand allocation is slower to instantiate but
-                    // otherwise equivalent.
-                    tracing::warn!("pooling allocator unavailable, allocating on demand: {e:#}");
-                    (create(&base_config())?, false)
-                }
-            },
+        use Allocation::*;
+        // Most capable first: a pool makes instances fastest, wide memories
+        // run plugins fastest. Small boards and limited address spaces
+        // cannot reserve a wide pool; the next choice is as safe, only
+        // slower (every cap is enforced the same way by each store's limiter).
+        let choices: &[Allocation] = match options.pooling {
+            Pooling::Off => &[OnDemandWide],
+            Pooling::On => &[PooledWide, PooledCompact],
+            Pooling::Auto => &[PooledWide, PooledCompact, OnDemandCompact],
         };
-        let cache = ComponentCache::new(options.cache_dir.clone());
+        let mut refused = Vec::new();
+        let mut made = None;
+        for &allocation in choices {
+            match Engine::new(&engine_config(allocation, options)) {
+                // A pool that takes nearly all the address space left would
+                // starve what the agent reserves after it (thread stacks,
+                // heaps, loaded code) and fail later, less clearly.
+                Ok(_) if allocation.is_pooled() && !address_space_left(POOL_HEADROOM_BYTES) => {
+                    refused.push(format!(
+                        "{allocation:?}: leaves less than {} MiB of address space for the rest of the agent",
+                        POOL_HEADROOM_BYTES >> 20
+                    ));
+                }
+                Ok(engine) => {
+                    made = Some((engine, allocation));
+                    break;
+                }
+                Err(e) => refused.push(format!("{allocation:?}: {e:#}")),
+            }
+        }
+        let Some((engine, allocation)) = made else {
+            return Err(EngineError::Create(
+                anyhow::anyhow!(
+                    "runtime.pooling = \"{}\": no way to allocate plugin memory fits this machine ({})",
+                    format!("{:?}", options.pooling).to_lowercase(),
+                    refused.join("; ")
+                )
+                .into(),
+            ));
+        };
+        if !refused.is_empty() {
+            tracing::warn!(
+                "plugin memory: {allocation:?} ({} refused: {})",
+                refused.len(),
+                refused.join("; ")
+            );
+        }
+        let cache = ComponentCache::new(
+            options.cache_dir.clone(),
+            allocation.is_compact().then_some(options.max_memory_bytes),
+        );
         let ticker = EpochTicker::start(engine.clone());
         Ok(PluginEngine {
             engine,
             cache,
-            pooling,
+            allocation,
             ticker,
         })
     }
@@ -109,7 +181,12 @@ impl PluginEngine {
 
     /// Whether instances come from the pooling allocator.
     pub fn is_pooling(&self) -> bool {
-        self.pooling
+        self.allocation.is_pooled()
+    }
+
+    /// How instances get their memory.
+    pub fn allocation(&self) -> Allocation {
+        self.allocation
     }
 }
 
@@ -131,7 +208,53 @@ fn base_config() -> Config {
     config
 }
 
-fn pooled_config(options: &EngineOptions) -> Config {
+/// The engine's settings for `allocation`.
+fn engine_config(allocation: Allocation, options: &EngineOptions) -> Config {
+    let mut config = base_config();
+    if allocation.is_compact() {
+        // Reserve the cap itself: a memory never outgrows it (the store's
+        // limiter refuses), so it never moves, and its guard only needs to
+        // catch small offsets past the end.
+        config.memory_reservation(options.max_memory_bytes as u64);
+        config.memory_reservation_for_growth(0);
+        config.memory_guard_size(COMPACT_GUARD_BYTES);
+    }
+    if allocation.is_pooled() {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(options)));
+    }
+    config
+}
+
+/// Address space a pool must leave free for the rest of the agent: thread
+/// stacks (up to 8 MiB each), the allocator's arenas (64 MiB each on 64-bit
+/// glibc), code; measured: the digits agent runs in 0.75 GiB in all.
+const POOL_HEADROOM_BYTES: usize = 512 << 20;
+
+/// Whether `bytes` of address space can still be reserved (reserved and
+/// given back at once: no memory is touched).
+fn address_space_left(bytes: usize) -> bool {
+    // SAFETY: a fresh private anonymous mapping, unmapped before returning.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(at, bytes);
+        true
+    }
+}
+
+/// The guard after a compact memory.
+const COMPACT_GUARD_BYTES: u64 = 64 << 10;
+
+fn pool(options: &EngineOptions) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     let instances = options.max_instances.max(1);
     // A Rust plugin is one component instance holding a few core instances
@@ -141,6 +264,9 @@ fn pooled_config(options: &EngineOptions) -> Config {
     pool.total_core_instances(instances * 16);
     pool.max_memories_per_component(4);
     pool.total_memories(instances * 2);
+    // Fiber stacks serve async calls only, at most one per instance (the
+    // default, 1000 stacks, reserves 2 GiB of address space for nothing).
+    pool.total_stacks(instances);
     pool.max_tables_per_component(16);
     pool.total_tables(instances * 8);
     // Each slot must hold the largest capped memory; the cap itself is
@@ -149,9 +275,7 @@ fn pooled_config(options: &EngineOptions) -> Config {
     // Interpreted languages (componentize-py) have large instance metadata.
     pool.max_component_instance_size(1 << 20);
     pool.max_core_instance_size(1 << 20);
-    let mut config = base_config();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    config
+    pool
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until stopped.

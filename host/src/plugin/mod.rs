@@ -21,7 +21,7 @@ mod sandbox;
 mod stdio;
 
 pub use cache::CacheOutcome;
-pub use engine::{EngineOptions, PluginEngine};
+pub use engine::{Allocation, EngineOptions, PluginEngine};
 pub use inspect::{ComponentReport, inspect_component};
 pub use limits::PluginLimits;
 pub use nn::{MAX_GUEST_ITEMS, scheduler_nn};
@@ -330,6 +330,17 @@ impl Plugin {
     /// SHA-256 of the component's bytes, hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Bytes of its compiled code and data, mapped while it is loaded (part
+    /// of the agent's memory budget, [`crate::memory`]).
+    pub fn code_bytes(&self) -> u64 {
+        let component = match &self.prepared {
+            Prepared::Pre(p) => p.instance_pre().component(),
+            Prepared::Post(p) => p.instance_pre().component(),
+        };
+        let image = component.image_range();
+        (image.end as usize).saturating_sub(image.start as usize) as u64
     }
 
     /// Instances discarded (and so restarted) since it started, by fault

@@ -114,6 +114,8 @@ struct Agent {
     child: Child,
     url: String,
     stderr: mpsc::Receiver<String>,
+    /// What it said about its memory at start.
+    memory: String,
 }
 
 impl Agent {
@@ -161,6 +163,7 @@ impl Agent {
         });
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut url = None;
+        let mut memory = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -170,6 +173,7 @@ impl Agent {
                             .to_owned(),
                     )
                 }
+                Ok(line) if line.starts_with("sluice run: memory: ") => memory = line,
                 Ok(line) if line == "sluice run: ready" => break,
                 Ok(_) => {}
                 Err(_) => {
@@ -183,6 +187,7 @@ impl Agent {
             child,
             url: url.expect("ingest address printed"),
             stderr: erx,
+            memory,
         }
     }
 
@@ -338,6 +343,159 @@ fn sigterm_drains_and_exits_zero_and_every_result_arrives_once() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["pending_records"], 0);
     assert_eq!(status["counters"]["uploaded"], 64);
+}
+
+/// Set `section.key = value` in the configuration file `config`.
+fn set(config: &Path, section: &str, key: &str, value: impl Into<toml::Value>) {
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    table[section]
+        .as_table_mut()
+        .unwrap()
+        .insert(key.into(), value.into());
+    std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
+}
+
+#[test]
+fn a_memory_budget_the_board_cannot_meet_refuses_to_start_naming_the_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let config = write_config(dir.path(), &collector.url(), None);
+
+    // The digits example's plugins alone may hold 2 × 32 MiB per pipeline
+    // thread, and HTTP ingest 4 × 16 MiB of bodies: 100 MiB cannot hold
+    // them, and that is known before any model is loaded.
+    set(&config, "device", "memory_budget_mb", 100);
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--log", "error", "run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in [
+        "device.memory_budget_mb = 100 cannot be met",
+        "plugins",
+        "plugins.*.memory_mb",
+        "runtime.workers",
+        "ingest.max_concurrent_requests",
+        "outbox",
+        "baseline",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    assert!(
+        !stderr.contains(", models "),
+        "refused before loading models: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // With room, it starts and says what each part takes, the models'
+    // weights and plans measured.
+    set(&config, "device", "memory_budget_mb", 1024);
+    let agent = Agent::start(&config);
+    let line = agent.memory.clone();
+    assert!(line.contains("device.memory_budget_mb = 1024"), "{line}");
+    let mib = |part: &str| -> f64 {
+        let at = line
+            .find(&format!("{part} "))
+            .unwrap_or_else(|| panic!("{part}: {line}"));
+        line[at + part.len() + 1..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(mib("models") > 0.0, "{line}");
+    assert!(mib("baseline") > 1.0, "{line}");
+    assert!(mib("plugins") >= 2.0 * 32.0, "{line}");
+    let total: f64 = line["sluice run: memory: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total <= 1024.0, "{line}");
+    assert_eq!(agent.sigterm(), 0);
+}
+
+/// `sluice infer` on one digit, its address space limited to `gib` GiB
+/// (`prlimit --as`, as `ulimit -v` does), or not limited.
+fn infer_in_address_space(config: &Path, gib: Option<u64>) -> (String, String) {
+    let mut command = match gib {
+        Some(gib) => {
+            let mut command = Command::new("prlimit");
+            command
+                .arg(format!("--as={}", gib << 30))
+                .arg(env!("CARGO_BIN_EXE_sluice"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+    };
+    let out = command
+        .args(["--log", "warn", "infer", "--config"])
+        .arg(config)
+        .arg(repo_root().join("models/digits/heldout/0000.png"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    if out.status.success() {
+        let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        (line["result"]["body"]["label"].to_string(), stderr)
+    } else {
+        (String::new(), stderr)
+    }
+}
+
+/// An address space (GiB) in which the digits agent's pool of wide memories
+/// does not fit and one of compact memories does.
+/// (The wide pool: 97 GiB; the compact one: 0.75 GiB, which must leave
+/// 0.5 GiB free; the agent runs on demand in 0.75 GiB in all.)
+const COMPACT_POOL_GIB: u64 = 4;
+/// One in which neither pool fits, but the process and its plugins do.
+const ON_DEMAND_GIB: u64 = 1;
+
+#[test]
+fn a_small_address_space_gets_compact_plugin_memories_and_the_same_results() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "http://127.0.0.1:9", None);
+    // The pools' sizes depend on the pipeline threads, which default to the cores.
+    set(&config, "runtime", "workers", 2);
+    // Unlimited: a pool of wide memories (no bounds checks), nothing to say.
+    let (label, stderr) = infer_in_address_space(&config, None);
+    assert!(!label.is_empty(), "{stderr}");
+    assert!(!stderr.contains("plugin memory"), "{stderr}");
+
+    // A board whose address space cannot hold the wide pool (tens of GiB)
+    // gets a pool of compact memories: the same result, and a log line.
+    let (compact, stderr) = infer_in_address_space(&config, Some(COMPACT_POOL_GIB));
+    assert_eq!(compact, label, "{stderr}");
+    assert!(stderr.contains("plugin memory: PooledCompact"), "{stderr}");
+
+    // Below the compact pool too: compact memories made on demand.
+    let (on_demand, stderr) = infer_in_address_space(&config, Some(ON_DEMAND_GIB));
+    assert_eq!(on_demand, label, "{stderr}");
+    assert!(
+        stderr.contains("plugin memory: OnDemandCompact"),
+        "{stderr}"
+    );
+
+    // `runtime.pooling = "on"` asks for a pool: without one the command
+    // fails, naming the key and why each pool was refused.
+    set(&config, "runtime", "pooling", "on");
+    let (refused, stderr) = infer_in_address_space(&config, Some(ON_DEMAND_GIB));
+    assert!(refused.is_empty(), "{stderr}");
+    for needle in ["runtime.pooling = \"on\"", "PooledWide", "PooledCompact"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
 }
 
 #[test]
