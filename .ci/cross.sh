@@ -26,6 +26,7 @@ case "$arch" in
   armv7) target=armv7-unknown-linux-gnueabihf gnu=arm-linux-gnueabihf qemu=qemu-arm libc=libc6-dev-armhf-cross profile=device ;;
   *) echo "cross.sh: unknown architecture $arch (aarch64 or armv7)" >&2; exit 2 ;;
 esac
+profile=${PROFILE:-$profile} # PROFILE=device BUILD_ONLY=1: what benches/devices.sh measures
 
 step "toolchain"
 rustup target add "$target"
@@ -52,6 +53,7 @@ dir=target/$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 step "cross build ($profile profile)"
 cargo build -p sluice --target "$target" --profile "$profile"
+[ -z "${BUILD_ONLY:-}" ] || exit 0
 cargo build -p sluice-collector # the demo's upstream runs on this machine, as it would off the device
 
 step "demo under $qemu"

@@ -10,8 +10,10 @@ import json
 import os
 import sys
 
-START = "<!-- fleet:start -->"
-END = "<!-- fleet:end -->"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sections  # noqa: E402
+
+START, END = sections.markers("fleet")
 
 
 def section(path):
@@ -100,32 +102,9 @@ def section(path):
     return "\n".join(out)
 
 
-def splice(markdown, text):
-    """markdown with the fleet section replaced by text (appended if absent)."""
-    if START in markdown and END in markdown:
-        head, rest = markdown.split(START, 1)
-        _, tail = rest.split(END, 1)
-        return head + text + tail
-    return markdown.rstrip("\n") + "\n\n" + text + "\n"
-
-
-def kept(markdown_path):
-    """The fleet section as it is in markdown_path, or None."""
-    if not os.path.exists(markdown_path):
-        return None
-    with open(markdown_path) as f:
-        text = f.read()
-    if START in text and END in text:
-        return START + text.split(START, 1)[1].split(END, 1)[0] + END
-    return None
-
-
 if __name__ == "__main__":
     data, target = sys.argv[1], sys.argv[2]
     text = section(data)
     if text is None:
         sys.exit(f"no load-test results in {data}")
-    with open(target) as f:
-        markdown = f.read()
-    with open(target, "w") as f:
-        f.write(splice(markdown, text))
+    sections.write(target, text, "fleet")

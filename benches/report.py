@@ -511,11 +511,14 @@ if observe:
 # The upstream load test runs on its own (benches/fleet.sh): its section is
 # rendered from its results when they are here, else kept as it was.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import devices_report  # noqa: E402
 import fleet_report  # noqa: E402
+import sections  # noqa: E402
 
-fleet = fleet_report.section(os.path.join(OUT, "fleet.json")) or fleet_report.kept(os.path.join(ROOT, "BENCHMARKS.md"))
-if fleet:
-    emit(fleet)
-    emit("")
+for name, module in (("devices", devices_report), ("fleet", fleet_report)):
+    kept = module.section(os.path.join(OUT, f"{name}.json")) or sections.kept(os.path.join(ROOT, "BENCHMARKS.md"), name)
+    if kept:
+        emit(kept)
+        emit("")
 
 sys.stdout.write("\n".join(lines) + "\n")

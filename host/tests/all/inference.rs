@@ -275,9 +275,11 @@ fn the_measured_execution_choice_is_remembered_per_model_and_settings() {
     assert!(!first.execution().measurements.is_empty());
 
     // Other settings (or another model digest) measure afresh.
+    // (Which chunk sizes a measurement reaches depends on timings: the
+    // search stops at one much slower than the best, as under emulation.)
     let other = Scheduler::start_cached(digits_model(), measured(16), Some(&cache)).unwrap();
     assert_eq!(files(), 2);
-    assert!(other.execution().measurements.iter().any(|m| m.chunk == 16));
+    assert_ne!(other.execution(), first.execution(), "measured, not reused");
     let other_model = ExecutionCache::new(dir.path(), &"cd".repeat(32));
     Scheduler::start_cached(digits_model(), measured(8), Some(&other_model)).unwrap();
     assert_eq!(files(), 3);
