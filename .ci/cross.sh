@@ -68,6 +68,30 @@ grep -qE "accuracy: +$accuracy " "$log" || {
   exit 1
 }
 
+if [ "$arch" = armv7 ]; then
+  # No test binary for armv7 (it would double the build): the sandbox's
+  # limits checked through `sluice plugin run` on the misbehaving fixture.
+  step "plugin sandbox on Pulley under $qemu"
+  sandbox=$(mktemp -d)
+  printf hello > "$sandbox/1-ok"; printf loop > "$sandbox/2-loop"; printf alloc:64 > "$sandbox/3-alloc"
+  printf panic > "$sandbox/4-panic"; printf open:/etc/passwd > "$sandbox/5-open"; printf after > "$sandbox/6-ok"
+  printf '[plugins.m]\npath = "%s"\ntimeout_ms = 500\nmemory_mb = 16\n' \
+    "$PWD/target/wasm-plugins/wasm32-wasip2/$([ "$profile" = dev ] && echo quick || echo release)/misbehave.wasm" > "$sandbox/sluice.toml"
+  "$qemu" -L "/usr/$gnu" "$dir/sluice" plugin run --config "$sandbox/sluice.toml" --data-dir "$sandbox/data" \
+    "$sandbox"/[1-6]-* > "$sandbox/out.jsonl" || true
+  python3 - "$sandbox/out.jsonl" <<'CHECK'
+import json, sys
+lines = [json.loads(line) for line in open(sys.argv[1])]
+got = [l.get("error", {}).get("message", "ok") for l in lines]
+want = ["ok", "deadline of 500 ms exceeded", "memory cap exceeded", "wasm trap", "No such file", "ok"]
+bad = [(w, g) for w, g in zip(want, got) if w not in g]
+if len(lines) != len(want) or bad:
+    sys.exit(f"armv7 sandbox: expected {want}, got {got}")
+print("armv7 sandbox: deadline, memory cap, trap and no grants hold on Pulley; the neighbours ran")
+CHECK
+  rm -rf "$sandbox"
+fi
+
 if [ "$arch" = aarch64 ]; then
   step "sandbox and inference tests under $qemu"
   cargo test -p sluice --target "$target" --test all -- plugins:: inference::

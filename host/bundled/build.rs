@@ -113,12 +113,19 @@ fn main() {
 }
 
 /// `<target>/wasm-plugins`, found from this build script's `OUT_DIR`
-/// (`<target>/<profile>/build/<crate>-<hash>/out`), else inside `OUT_DIR`.
+/// (`<target>/<profile>/build/<crate>-<hash>/out`, or
+/// `<target>/<triple>/<profile>/...` when cross-compiling: the plugins are
+/// the same wasm for every host, built once), else inside `OUT_DIR`.
 fn plugin_target_dir(out_dir: &Path) -> PathBuf {
+    let triple = std::env::var("TARGET").unwrap_or_default();
     out_dir
         .ancestors()
         .find(|dir| dir.file_name().is_some_and(|name| name == "build"))
         .and_then(|build| build.parent()?.parent())
+        .map(|dir| match dir.parent() {
+            Some(target) if dir.file_name().is_some_and(|name| name == triple.as_str()) => target,
+            _ => dir,
+        })
         .map(|target| target.join("wasm-plugins"))
         .unwrap_or_else(|| out_dir.join("wasm"))
 }

@@ -191,7 +191,8 @@ pub struct RuntimeConfig {
     /// Where compiled plugins (`.cwasm`) are kept; default `<data_dir>/cache`.
     pub cache_dir: Option<PathBuf>,
     /// Use wasmtime's pooling allocator: `auto` tries it and falls back to
-    /// on-demand allocation when the machine cannot reserve the address space.
+    /// smaller reservations when the machine's address space cannot hold it
+    /// (see [`crate::plugin::Allocation`]).
     #[serde(default)]
     pub pooling: Pooling,
     /// Largest model a plugin may load from its own bytes through `wasi:nn`
@@ -229,12 +230,14 @@ impl RuntimeConfig {
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Pooling {
-    /// Try the pooling allocator; allocate on demand if it cannot start.
+    /// A pool of wide memories if the address space allows, else a pool of
+    /// compact ones, else compact memories on demand
+    /// ([`crate::plugin::Allocation`]).
     #[default]
     Auto,
-    /// Always pool; failing to reserve the pool is an error.
+    /// One of the two pools; if neither fits, the engine does not start.
     On,
-    /// Always allocate on demand.
+    /// Wide memories, each reserved when an instance is made.
     Off,
 }
 
