@@ -49,7 +49,7 @@ export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc" "CC_${lower}=$gnu-gcc" "AR_${lowe
 # (qemu-user 7.2 also keeps a descriptor for every reserved page: the wide
 # pools of all the tests at once took 22 GB of memory.)
 export "CARGO_TARGET_${upper}_RUNNER=prlimit --as=$((16 << 30)) $qemu -L /usr/$gnu"
-dir=target/$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+dir=${CARGO_TARGET_DIR:-target}/$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 step "cross build ($profile profile)"
 cargo build -p sluice --target "$target" --profile "$profile"
