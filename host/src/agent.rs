@@ -46,6 +46,9 @@ pub enum AgentError {
     /// A source could not be set up.
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// The configuration does not fit `device.memory_budget_mb`.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::OverBudget),
     /// The uplink's configuration is unusable.
     #[error(transparent)]
     Config(#[from] crate::error::ConfigError),
@@ -109,11 +112,18 @@ impl Agent {
     /// process's one runtime): open the outbox, start the pipelines, their
     /// workers, the sources, the uploader and the housekeeper.
     pub fn start_on(config: Config, tokio: &tokio::runtime::Handle) -> Result<Agent, AgentError> {
+        // The bounds and the baseline are known before anything is loaded: a
+        // board that cannot hold them is told before models take minutes.
+        let budget = config.device.memory_budget_mb;
+        let mut known = crate::memory::bounds(&config, 0);
+        known.push(crate::memory::baseline());
+        crate::memory::check(budget, &known)?;
         let outbox = Arc::new(Outbox::open_in(
             &config.device.data_dir,
             config.outbox.clone(),
         )?);
         let runtime = Arc::new(Runtime::start(config.clone())?);
+        crate::memory::check(budget, runtime.memory())?;
         let device = config.device.id.clone();
         let stored = Wake::new();
         let wakes: BTreeMap<String, Arc<Wake>> = runtime

@@ -22,7 +22,10 @@
 //!   model is loaded (its code, the runtime's threads).
 //!
 //! Invariant: an agent whose budget is set does not start unless the sum of
-//! the parts is within it. The bounds are upper bounds; the measured parts
+//! the parts is within it. [`crate::runtime::Runtime`] measures its parts
+//! whenever it starts; only the agent holds them to the budget (a one-shot
+//! command, a bundle built or installed beside a running agent, is not an
+//! agent start). The bounds are upper bounds; the measured parts
 //! are what start-up saw, so the budget needs headroom for the allocator's
 //! fragmentation (the documented minimum boards keep a quarter free).
 //! Installing a bundle holds the outgoing and the incoming version at once
@@ -33,9 +36,6 @@ use crate::config::Config;
 /// SQLite's page cache for the outbox's one connection (`PRAGMA
 /// cache_size`): SQLite's own default, made explicit so it can be budgeted.
 pub const OUTBOX_CACHE_BYTES: u64 = 2 << 20;
-
-/// Each HTTP ingest connection's buffer (`ingest/http.rs`).
-const CONNECTION_BUFFER_BYTES: u64 = 64 << 10;
 
 /// One part of the agent's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
     let ingest = &config.ingest;
     let http = if ingest.listen.is_some() {
         ingest.max_concurrent_requests as u64 * ingest.max_input_bytes as u64
-            + ingest.max_connections as u64 * CONNECTION_BUFFER_BYTES
+            + ingest.max_connections as u64 * crate::ingest::http::CONNECTION_BUFFER_BYTES as u64
     } else {
         0
     };
@@ -144,6 +144,16 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
     ]
 }
 
+/// The process's resident memory now, as the `baseline` part: what it
+/// holds before any model or plugin is loaded.
+pub fn baseline() -> Part {
+    measured(
+        "baseline",
+        resident_bytes().unwrap_or(0),
+        "resident before loading models and plugins",
+    )
+}
+
 /// A measured part.
 pub fn measured(name: &'static str, bytes: u64, what: &str) -> Part {
     Part {
@@ -154,11 +164,14 @@ pub fn measured(name: &'static str, bytes: u64, what: &str) -> Part {
 }
 
 /// Whether `parts` fit `budget_mb` (0: no budget, always).
-pub fn check(budget_mb: u64, parts: Vec<Part>) -> Result<Vec<Part>, OverBudget> {
-    if budget_mb == 0 || total(&parts) <= budget_mb.saturating_mul(1 << 20) {
-        Ok(parts)
+pub fn check(budget_mb: u64, parts: &[Part]) -> Result<(), OverBudget> {
+    if budget_mb == 0 || total(parts) <= budget_mb.saturating_mul(1 << 20) {
+        Ok(())
     } else {
-        Err(OverBudget { budget_mb, parts })
+        Err(OverBudget {
+            budget_mb,
+            parts: parts.to_vec(),
+        })
     }
 }
 
@@ -228,12 +241,11 @@ mod tests {
     fn a_budget_below_the_sum_is_refused_naming_every_part() {
         let mut parts = bounds(&parse(DIGITS), 0);
         parts.push(measured("models", 40 << 20, "weights and plans"));
-        let total: u64 = parts.iter().map(|p| p.bytes).sum();
-        let mb = total >> 20;
+        let mb = total(&parts) >> 20;
         // Exactly enough, and no budget at all, pass.
-        assert!(check(mb + 1, parts.clone()).is_ok());
-        assert!(check(0, parts.clone()).is_ok());
-        let refused = check(mb - 1, parts).unwrap_err().to_string();
+        assert!(check(mb + 1, &parts).is_ok());
+        assert!(check(0, &parts).is_ok());
+        let refused = check(mb - 1, &parts).unwrap_err().to_string();
         for needle in [
             "device.memory_budget_mb",
             "plugins",

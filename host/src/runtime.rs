@@ -60,9 +60,6 @@ pub enum StartError {
     /// The pipeline threads could not be started.
     #[error("cannot start the pipeline threads: {0}")]
     Threads(#[source] rayon::ThreadPoolBuildError),
-    /// The configuration does not fit `device.memory_budget_mb`.
-    #[error(transparent)]
-    Memory(#[from] crate::memory::OverBudget),
     /// The configuration has pipelines, and none could start.
     #[error("no pipeline could start:\n  {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
     NoPipeline {
@@ -85,21 +82,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Start everything `config` describes. Fails if nothing usable is
-    /// left, or if `device.memory_budget_mb` is set and cannot be met;
+    /// Start everything `config` describes, measuring what it holds
+    /// ([`Runtime::memory`]). Fails only if nothing usable is left;
     /// otherwise the problems are in [`Runtime::problems`].
     pub fn start(config: Config) -> Result<Runtime, StartError> {
-        // The bounds and the baseline are known before anything is loaded: a
-        // board that cannot hold them is told before models take minutes.
-        let budget = config.device.memory_budget_mb;
-        let baseline = memory::measured(
-            "baseline",
-            memory::resident_bytes().unwrap_or(0),
-            "resident before loading models and plugins",
-        );
-        let mut parts = memory::bounds(&config, 0);
-        parts.push(baseline.clone());
-        memory::check(budget, parts)?;
+        let baseline = memory::baseline();
         let mut model_bytes = 0;
         let mut problems = Vec::new();
         let mut schedulers = BTreeMap::new();
@@ -174,7 +161,6 @@ impl Runtime {
             "resident growth while loading, measuring and warming up the models",
         ));
         memory.push(baseline);
-        let memory = memory::check(budget, memory)?;
 
         let mut pipelines = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
