@@ -8,6 +8,11 @@
 //! files with plain relative paths are accepted (no `..`, no absolute
 //! paths, no links, no devices, no duplicates), and they are written only
 //! under a directory that did not exist before.
+//!
+//! Both are durable: an unpacked bundle's files and folders are fsynced
+//! before [`unpack`] returns (the installer then records the version as
+//! current; after a power cut its files must be there, whole), and a
+//! written bundle is fsynced before its rename, its folder after.
 
 use crate::keys::Signature;
 use std::collections::BTreeSet;
@@ -126,6 +131,11 @@ pub fn unpack(bundle: &Path, dir: &Path, limits: &Limits) -> Result<Unpacked, Ar
     };
     let file = File::open(bundle).map_err(io(bundle))?;
     std::fs::create_dir(dir).map_err(io(dir))?;
+    // Folders that got new names, fsynced once everything is written.
+    let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
+    if let Some(parent) = dir.parent() {
+        touched.insert(parent.to_owned());
+    }
     let decoder = zstd::Decoder::new(BufReader::new(file))
         .map_err(|e| malformed(format!("not zstd: {e}")))?;
     let mut archive = tar::Archive::new(Bounded {
@@ -185,7 +195,8 @@ pub fn unpack(bundle: &Path, dir: &Path, limits: &Limits) -> Result<Unpacked, Ar
             }
             let target = dir.join(FILES).join(&path);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                sluice_durable::create_dir_all(parent).map_err(io(parent))?;
+                touched.insert(parent.to_owned());
             }
             // `create_new`: a path that is a prefix of another (a file and
             // a folder of one name) cannot overwrite or escape.
@@ -200,9 +211,13 @@ pub fn unpack(bundle: &Path, dir: &Path, limits: &Limits) -> Result<Unpacked, Ar
                 }
                 _ => malformed(format!("`{name}`: {e}")),
             })?;
+            out.sync_all().map_err(io(&target))?;
         } else {
             return Err(malformed(format!("unexpected entry `{name}`")));
         }
+    }
+    for folder in &touched {
+        sluice_durable::sync_dir(folder).map_err(io(folder))?;
     }
     unpacked.manifest = manifest.ok_or_else(|| malformed(format!("no {MANIFEST}")))?;
     if let Some(bytes) = signatures {
@@ -257,5 +272,7 @@ pub fn write(
         })?
         .sync_all()
         .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(io(out))
+    std::fs::rename(&tmp, out).map_err(io(out))?;
+    let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+    sluice_durable::sync_dir(folder.unwrap_or(Path::new("."))).map_err(io(out))
 }

@@ -420,16 +420,14 @@ impl Profile {
         text
     }
 
-    /// Write it to `path` (through a temporary file and a rename, so that a
-    /// running agent never reads half a profile).
+    /// Write it to `path` durably (a temporary file, fsynced, renamed, the
+    /// folder fsynced), so that neither a running agent nor a power cut
+    /// ever leaves half a profile.
     pub fn write(&self, path: &Path) -> Result<(), ProfileError> {
-        let io = |source| ProfileError::Io {
+        sluice_durable::write_atomically(path, &self.to_json()).map_err(|source| ProfileError::Io {
             path: path.to_owned(),
             source,
-        };
-        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-        std::fs::write(&tmp, self.to_json()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        })
     }
 
     /// Read the profile at `path`; also its SHA-256 (hex).

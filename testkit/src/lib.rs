@@ -8,12 +8,18 @@
 //! installs; without them [`Postgres::start`] and [`Mosquitto::start`]
 //! return [`Missing`], and a test prints it and skips, loudly.
 //!
+//! And a disk that loses power ([`VolatileDisk`], in [`power`]): a folder
+//! mounted through FUSE with a volatile write cache, cut at will.
+//!
 //! Every wait is bounded: a server that does not answer within
 //! [`START_TIMEOUT`] fails the start with its log. Set
 //! `SLUICE_TESTKIT_MOSQUITTO_DEBUG=1` to have mosquitto log every packet
 //! (into `mosquitto.log` in its folder).
 
 #![deny(missing_docs)]
+
+pub mod power;
+pub use power::{Cut, VolatileDisk};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Bundle files remembered as handled (by SHA-256), newest last; older ones
@@ -67,12 +66,10 @@ impl State {
 
     /// Replace the state in `dir` with this one, atomically and durably.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(self).expect("a state serializes"))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dir.join(FILE))?;
-        std::fs::File::open(dir)?.sync_all()
+        sluice_durable::write_atomically(
+            &dir.join(FILE),
+            &serde_json::to_vec_pretty(self).expect("a state serializes"),
+        )
     }
 
     /// Remember bundle file `sha256` as handled.

@@ -369,12 +369,10 @@ impl Watcher {
             }
             // The deletions must be on disk before the claims are forgotten,
             // or a power cut could bring a file back unclaimed.
-            std::fs::File::open(&self.claimed)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| IngestError::Setup {
-                    source_name: format!("folder {}", self.folder.display()),
-                    message: format!("cannot sync {}: {e}", self.claimed.display()),
-                })?;
+            sluice_durable::sync_dir(&self.claimed).map_err(|e| IngestError::Setup {
+                source_name: format!("folder {}", self.folder.display()),
+                message: format!("cannot sync {}: {e}", self.claimed.display()),
+            })?;
             self.sink.outbox.forget_claims(&done)?;
         }
         // Forget reports of claims that are gone (bounded by the folder).

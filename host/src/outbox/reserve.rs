@@ -12,7 +12,8 @@
 //!
 //! Invariants: the reserve is (re)made only when the disk has at least
 //! twice its size free, so making it never fills the disk itself; it is
-//! written in full and synced, so its blocks are really allocated.
+//! written in full and synced before it takes its name, so its blocks are
+//! really allocated, also after a power cut.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,16 +49,20 @@ impl Reserve {
         }
     }
 
+    /// Written under another name and renamed once synced: after a power
+    /// cut the reserve is there in full or not at all (a name alone, its
+    /// blocks never written, would reserve nothing).
     fn write(&self) -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&self.path)?;
-        let chunk = vec![0u8; 1 << 20];
-        let mut left = self.bytes;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            file.write_all(&chunk[..n])?;
-            left -= n as u64;
-        }
-        file.sync_all()
+        sluice_durable::write_atomically_with(&self.path, |file| {
+            let chunk = vec![0u8; 1 << 20];
+            let mut left = self.bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                file.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            Ok(())
+        })
     }
 
     /// Give the reserve back to the disk; whether there was one.

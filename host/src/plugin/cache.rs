@@ -8,9 +8,13 @@
 //! (`--no-default-features`, no compiler, about 12 MB smaller) can only load
 //! from it. Wasmtime checks every `.cwasm` against the loading engine
 //! (version, target, CPU features, tunables, wasm features) before use; an
-//! entry that fails that check or is damaged (truncated by a crash) is
-//! recompiled and overwritten by a full build, and refused with a clear
-//! message by a runtime-only one.
+//! entry that fails that check is recompiled and overwritten by a full
+//! build, and refused with a clear message by a runtime-only one.
+//!
+//! Every entry is sealed with its length and SHA-256 (`sluice_durable::sealed`)
+//! and written durably: a power cut can leave a file of the right length
+//! with zeroed blocks inside, which wasmtime's deserializer (it trusts its
+//! input) is never given; such an entry is recompiled with one log line.
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -20,6 +24,11 @@ use wasmtime::component::Component;
 /// Part of every cache file name. Change it when `engine.rs` changes a
 /// setting that affects compiled code, so old entries are not even tried.
 const ENGINE_SETTINGS: &str = "wasmtime-48.0.8;component-model;epoch-interruption";
+
+/// The largest compiled plugin read back from the cache (the largest seen,
+/// a componentize-py plugin, is about 60 MB); a seal claiming more is
+/// treated as damage and the plugin is recompiled.
+pub const MAX_COMPILED_BYTES: u64 = 512 << 20;
 
 /// Where a component came from and how it was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,27 +72,26 @@ impl ComponentCache {
         let Some(path) = self.entry_path(wasm) else {
             return Ok((compile(engine, wasm, None)?, CacheOutcome::Compiled));
         };
-        if let Ok(compiled) = std::fs::read(&path) {
-            // Read, not mapped: a file changed under a live mapping would
-            // crash the host (SIGBUS) instead of failing one plugin.
-            // SAFETY: the bytes were written by `Component::serialize` into a
-            // directory owned by this host; wasmtime checks their header and
-            // engine compatibility before use, and we recompile if that fails.
-            match unsafe { Component::deserialize(engine, &compiled) } {
+        match sluice_durable::sealed::read(&path, MAX_COMPILED_BYTES) {
+            Ok(Some(compiled)) => match deserialize(engine, &compiled) {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 // Compiled for a pool whose slots were larger than this
                 // engine's (another `memory_mb`): recompiling says whether
                 // it fits, and why not.
-                Err(e) if format!("{e:#}").contains("pooling allocator") => {
-                    tracing::debug!(path = %path.display(), "compiled plugin does not fit this pool: {e:#}")
+                Err(e) if e.contains("pooling allocator") => {
+                    tracing::debug!(path = %path.display(), "compiled plugin does not fit this pool: {e}")
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), "discarding unusable compiled plugin: {e:#}")
+                    tracing::warn!(path = %path.display(), "discarding unusable compiled plugin, recompiling: {e}")
                 }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "discarding compiled plugin, recompiling: {e}")
             }
         }
         let component = compile(engine, wasm, Some(&path))?;
-        if let Err(e) = store_atomically(&path, &component.serialize()?) {
+        if let Err(e) = store(&path, &component.serialize()?) {
             tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e}");
         }
         Ok((component, CacheOutcome::Compiled))
@@ -129,12 +137,39 @@ fn compile(
     })
 }
 
-/// Write to a temporary file, then rename: a crash leaves either the old
-/// entry or the new one, never half a file under the final name.
-fn store_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache entries live in a directory");
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// Keep `compiled` sealed (length and SHA-256) at `path`, durably: after a
+/// power cut the entry is whole, absent, or refused by its seal.
+fn store(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    sluice_durable::create_dir_all(path.parent().expect("cache entries live in a directory"))?;
+    sluice_durable::sealed::write(path, compiled)
+}
+
+/// `compiled` as a component of `engine`, or why not.
+///
+/// Only bytes whose seal matched get here, so they are what
+/// `Component::serialize` wrote, unless the cache directory was written by
+/// someone else (it must be as protected as the binary). Wasmtime still
+/// checks the header and the engine's compatibility. A panic inside its
+/// deserializer (seen with a torn file before entries were sealed) is
+/// caught: the entry is recompiled instead of taking the agent down at
+/// every start.
+fn deserialize(engine: &Engine, compiled: &[u8]) -> Result<Component, String> {
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: see above; the bytes are in memory (read, not mapped: a
+        // file changed under a live mapping would crash the host with
+        // SIGBUS instead of failing one plugin).
+        unsafe { Component::deserialize(engine, compiled) }
+    }));
+    match loaded {
+        Ok(Ok(component)) => Ok(component),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => Err(format!(
+            "the loader panicked: {}",
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into())
+        )),
+    }
 }

@@ -286,6 +286,10 @@ fn warm_up(
 /// nets in tract lose 1.7x and more per doubling).
 const GIVE_UP_RATIO: f64 = 1.5;
 
+/// The largest remembered choice read back (they are a few hundred bytes);
+/// a file claiming more is damage, and the choice is measured again.
+const MAX_CHOICE_BYTES: u64 = 1 << 20;
+
 /// Time a full batch for every candidate (chunk, threads, intra-op); the
 /// cheapest per item wins. One plan exists at a time (a batch of the largest size splits
 /// into equal chunks), which keeps the peak memory of start-up to one plan.
@@ -426,21 +430,26 @@ impl ExecutionCache {
         what: &str,
         config: &BatchConfig,
     ) -> Option<T> {
-        let bytes = std::fs::read(self.path(what, config)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        // Sealed: a choice torn by a power cut is measured again, never
+        // half-believed.
+        let path = self.path(what, config);
+        match sluice_durable::sealed::read(&path, MAX_CHOICE_BYTES) {
+            Ok(bytes) => serde_json::from_slice(&bytes?).ok(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "measuring the {what} choice again: {e}");
+                None
+            }
+        }
     }
 
     pub(super) fn store<T: serde::Serialize>(&self, what: &str, config: &BatchConfig, value: &T) {
         let path = self.path(what, config);
-        let partial = path.with_extension("json.partial");
-        let written = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| {
-                std::fs::write(
-                    &partial,
-                    serde_json::to_vec_pretty(value).expect("a choice serializes"),
-                )
-            })
-            .and_then(|()| std::fs::rename(&partial, &path));
+        let written = sluice_durable::create_dir_all(&self.dir).and_then(|()| {
+            sluice_durable::sealed::write(
+                &path,
+                &serde_json::to_vec_pretty(value).expect("a choice serializes"),
+            )
+        });
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), "cannot remember the {what} choice: {e}");
         }

@@ -17,15 +17,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const DEVICE: &str = "dev-agent";
-const TOKEN: &str = "agent-secret";
+pub(crate) const DEVICE: &str = "dev-agent";
+pub(crate) const TOKEN: &str = "agent-secret";
 
 /// The first 64 digit images, to post.
-fn images() -> Vec<Vec<u8>> {
+pub(crate) fn images() -> Vec<Vec<u8>> {
     crate::common::digit_pngs().into_iter().take(64).collect()
 }
 
-fn collector(dir: &Path) -> Collector {
+pub(crate) fn collector(dir: &Path) -> Collector {
     let mut tokens = Tokens::default();
     tokens.insert(DEVICE, TOKEN).unwrap();
     Collector::start(
@@ -39,7 +39,7 @@ fn collector(dir: &Path) -> Collector {
 /// The digits example with absolute paths, a test data dir, a shared plugin
 /// cache, loopback ingest and quick sync retries: edited as TOML values,
 /// never as text.
-fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
     use toml::Value;
     let example = repo_root().join("examples/digits");
     let text = std::fs::read_to_string(example.join("sluice.toml")).unwrap();
@@ -110,9 +110,9 @@ fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
     file
 }
 
-struct Agent {
-    child: Child,
-    url: String,
+pub(crate) struct Agent {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     stderr: mpsc::Receiver<String>,
     /// What it said about its memory at start.
     memory: String,
@@ -120,12 +120,12 @@ struct Agent {
 
 impl Agent {
     /// Start `sluice run` and wait (bounded) until it is ready.
-    fn start(config: &Path) -> Agent {
+    pub(crate) fn start(config: &Path) -> Agent {
         Agent::start_with(config, &[])
     }
 
     /// [`Agent::start`] with more environment variables.
-    fn start_with(config: &Path, env: &[(&str, &str)]) -> Agent {
+    pub(crate) fn start_with(config: &Path, env: &[(&str, &str)]) -> Agent {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command.envs(env.iter().copied());
         Agent::start_command(command, config)
@@ -191,13 +191,13 @@ impl Agent {
         }
     }
 
-    fn sigkill(mut self) {
+    pub(crate) fn sigkill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// SIGTERM; returns the exit code (bounded wait).
-    fn sigterm(mut self) -> i32 {
+    pub(crate) fn sigterm(mut self) -> i32 {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -216,13 +216,13 @@ impl Agent {
         }
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
     }
 }
 
 /// POST one image to the digits pipeline: the status and the answer.
-fn post_image(url: &str, image: &[u8]) -> (u16, Vec<u8>) {
+pub(crate) fn post_image(url: &str, image: &[u8]) -> (u16, Vec<u8>) {
     http(
         reqwest::Client::new()
             .post(format!("{url}/v1/ingest/digits"))
@@ -232,7 +232,7 @@ fn post_image(url: &str, image: &[u8]) -> (u16, Vec<u8>) {
 }
 
 /// POST one image; the id if it was acknowledged.
-fn ingest(url: &str, image: &[u8]) -> Option<String> {
+pub(crate) fn ingest(url: &str, image: &[u8]) -> Option<String> {
     let request = reqwest::Client::new()
         .post(format!("{url}/v1/ingest/digits"))
         .header("Content-Type", "image/png")
@@ -250,7 +250,7 @@ fn ingest(url: &str, image: &[u8]) -> Option<String> {
 }
 
 /// All results stored for the device: id -> document.
-fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
+pub(crate) fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
     let mut all = BTreeMap::new();
     let mut after = i64::MIN;
     for _ in 0..1000 {
@@ -281,7 +281,7 @@ fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
 }
 
 /// Poll until `done` holds (bounded).
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if done() {
@@ -677,7 +677,7 @@ fn a_damaged_outbox_is_moved_aside_and_the_agent_goes_on() {
 }
 
 /// POST `body` to the digits pipeline with an `Idempotency-Key`.
-fn post_keyed(url: &str, body: &[u8], key: &str) -> (u16, serde_json::Value) {
+pub(crate) fn post_keyed(url: &str, body: &[u8], key: &str) -> (u16, serde_json::Value) {
     let (status, answer) = http(
         reqwest::Client::new()
             .post(format!("{url}/v1/ingest/digits"))
@@ -1419,7 +1419,7 @@ fn readiness_says_when_the_outbox_cannot_be_written_and_recovers() {
 
 /// `config` with bundles installed from `drop`, trusting `key`, with a
 /// short probation.
-fn with_bundles(config: &Path, drop: &Path, key: &sluice_bundle::keys::SecretKey) {
+pub(crate) fn with_bundles(config: &Path, drop: &Path, key: &sluice_bundle::keys::SecretKey) {
     let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
     let bundles: toml::Table = toml::from_str(&format!(
         "trusted_keys = [{:?}]\nfolder = {:?}\npoll_ms = 20\nsettle_ms = 0\nprobation_secs = 1\nprobation_min_items = 5\n",
@@ -1432,7 +1432,7 @@ fn with_bundles(config: &Path, drop: &Path, key: &sluice_bundle::keys::SecretKey
 }
 
 /// The device's install state, as JSON (null before any install).
-fn install_state(dir: &Path) -> serde_json::Value {
+pub(crate) fn install_state(dir: &Path) -> serde_json::Value {
     std::fs::read(dir.join("data/bundles/state.json"))
         .map(|bytes| serde_json::from_slice(&bytes).unwrap())
         .unwrap_or(serde_json::Value::Null)
@@ -1440,7 +1440,12 @@ fn install_state(dir: &Path) -> serde_json::Value {
 
 /// After a restart: the version the state names runs every new input, and
 /// no folder of an unrecorded version is left. Returns the ids posted.
-fn check_recovered(dir: &Path, agent: &Agent, collector: &Collector, step: &str) -> Vec<String> {
+pub(crate) fn check_recovered(
+    dir: &Path,
+    agent: &Agent,
+    collector: &Collector,
+    step: &str,
+) -> Vec<String> {
     let state = install_state(dir);
     let current = &state["pipelines"]["digits"]["current"];
     assert!(

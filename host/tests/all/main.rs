@@ -17,5 +17,6 @@ mod fleet;
 mod inference;
 mod outbox;
 mod plugins;
+mod power;
 mod props;
 mod sync;

@@ -355,14 +355,61 @@ fn compiled_plugins_are_cached_across_hosts() {
     echoed(&second.preprocess(&[text("a", "cached")])[0], "cached");
 
     // A damaged cache entry is recompiled, not fatal.
-    for entry in std::fs::read_dir(cache.path()).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"truncated").unwrap();
-    }
-    let third = PluginHost::new(&options)
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
-        .load("m", &config, PRE)
-        .unwrap();
-    assert_eq!(third.cache_outcome(), CacheOutcome::Compiled);
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "one entry, no temporary left: {entries:?}"
+    );
+    let entry = &entries[0];
+    let compiled = sluice_durable::sealed::read(entry, u64::MAX)
+        .expect("entries are sealed")
+        .expect("the entry");
+    assert!(
+        compiled.starts_with(b"\x7fELF"),
+        "wasmtime's own format inside"
+    );
+    let reload = |what: &str| {
+        let plugin = PluginHost::new(&options)
+            .unwrap()
+            .load("m", &config, PRE)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(plugin.cache_outcome(), CacheOutcome::Compiled, "{what}");
+        echoed(&plugin.preprocess(&[text("a", "again")])[0], "again");
+        // Recompiled and stored whole again.
+        assert_eq!(
+            sluice_durable::sealed::read(entry, u64::MAX)
+                .unwrap()
+                .unwrap(),
+            compiled,
+            "{what}: the entry is rewritten"
+        );
+    };
+    // What a power cut leaves of a file written but not synced: its
+    // length, every other block zeroed (a torn cut), the header intact.
+    let torn = |bytes: &[u8]| {
+        let mut torn = bytes.to_vec();
+        for block in torn.chunks_mut(4096).skip(1).step_by(2) {
+            block.fill(0);
+        }
+        torn
+    };
+    std::fs::write(entry, b"truncated").unwrap();
+    reload("a truncated entry");
+    std::fs::write(entry, torn(&std::fs::read(entry).unwrap())).unwrap();
+    reload("a torn entry");
+    // The reproduction: an unsealed compiled file with a valid ELF
+    // header and zeroed blocks (what an earlier version left after a cut).
+    std::fs::write(entry, torn(&compiled)).unwrap();
+    reload("a torn unsealed entry");
+    // Torn bytes under a matching seal (only someone writing the cache
+    // could make one) reach wasmtime's deserializer, which may fail or
+    // panic: either way the plugin is recompiled and nothing else breaks.
+    sluice_durable::sealed::write(entry, &torn(&compiled)).unwrap();
+    reload("torn code under a valid seal");
 }
 
 #[test]
