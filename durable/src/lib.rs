@@ -78,6 +78,37 @@ pub fn write_atomically_with(
     sync_dir(dir)
 }
 
+/// Remove the temporary files [`write_atomically`] left in `dir` when the
+/// process writing them died (a crash or a power cut between writing and
+/// renaming); those of live processes stay. Returns how many were removed.
+/// Best effort: a folder that cannot be read removes nothing.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = temporary_writer(&name.to_string_lossy()) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The process id in a temporary's name (`.<name>.tmp-<pid>-<n>`).
+fn temporary_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 /// Fsync the directory `dir`: the names created, renamed or removed in it
 /// so far survive a power cut.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -133,6 +164,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = write_atomically(&dir.path().join("no/such/file"), b"x").unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        };
+        // No process has pid 0x7ffffffe (above the kernel's pid_max).
+        file(".entry.cwasm.tmp-2147483646-0");
+        file(&format!(".entry.cwasm.tmp-{}-3", std::process::id()));
+        file("entry.cwasm");
+        file(".entry.cwasm.tmp-notapid-1");
+        assert_eq!(remove_stale_temporaries(dir.path()), 1);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                format!(".entry.cwasm.tmp-{}-3", std::process::id()),
+                ".entry.cwasm.tmp-notapid-1".to_owned(),
+                "entry.cwasm".to_owned(),
+            ]
+        );
+        assert_eq!(remove_stale_temporaries(&dir.path().join("none")), 0);
     }
 
     #[test]

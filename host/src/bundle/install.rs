@@ -155,6 +155,8 @@ impl Installer {
     ) -> Result<Installer, InstallError> {
         let dir = base.device.data_dir.join("bundles");
         std::fs::create_dir_all(dir.join("v")).map_err(io(&dir))?;
+        // A state file half-written when the power went.
+        sluice_durable::remove_stale_temporaries(&dir);
         let trusted = base.bundles.trusted()?;
         let state = State::load(&dir).map_err(io(&dir))?;
         let collector = base.bundles.from_collector.then(|| {

@@ -57,6 +57,14 @@ impl ComponentCache {
         if let Some(bytes) = compact_bytes {
             key.push_str(&format!(";compact-{bytes}"));
         }
+        // What a crash or a power cut left half-written (entries here and
+        // the execution choices beside them): never read, only in the way.
+        if let Some(dir) = &dir {
+            let removed = sluice_durable::remove_stale_temporaries(dir);
+            if removed > 0 {
+                tracing::info!(dir = %dir.display(), removed, "removed half-written cache files");
+            }
+        }
         ComponentCache {
             dir,
             engine_key: hex::encode(&Sha256::digest(key.as_bytes())[..8]),
