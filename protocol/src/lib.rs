@@ -33,6 +33,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod ack;
+
+pub use ack::AckMismatch;
+
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 

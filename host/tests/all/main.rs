@@ -19,3 +19,4 @@ mod outbox;
 mod plugins;
 mod props;
 mod sync;
+mod sync_hostile;
