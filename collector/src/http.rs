@@ -16,7 +16,8 @@
 use crate::accept;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::{Store, now_ms};
+use crate::operator::{DashboardQuery, dashboard_auth, operator, operator_check};
+use crate::store::{After, Store, now_ms};
 use crate::tokens::Tokens;
 use axum::Router;
 use axum::body::Body;
@@ -26,10 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 use sluice_protocol::{self as protocol, DeviceCount, DeviceResults, ErrorBody, FleetView};
 use sluice_serve::BodyError;
-use sluice_serve::constant_time_eq;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -38,13 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// hold results back.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
-/// The dashboard's cookie. It holds [`session`] of the operator token, not
-/// the token itself.
-pub const COOKIE: &str = "sluice_operator";
-
-/// How long the dashboard's cookie lasts, seconds: a working week, after
-/// which the operator opens `?token=` again.
-pub const COOKIE_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+pub use crate::session::COOKIE;
 
 /// How far back the fleet endpoints look by default: one day.
 pub const DEFAULT_SINCE_MS: i64 = 24 * 3600 * 1000;
@@ -112,7 +105,7 @@ pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
         ))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 
@@ -346,6 +339,7 @@ fn bundle_answer(
 #[derive(Deserialize)]
 struct ResultsQuery {
     after: Option<i64>,
+    after_id: Option<String>,
     limit: Option<u32>,
 }
 
@@ -362,88 +356,37 @@ async fn get_results(
         .limit
         .unwrap_or(100)
         .clamp(1, shared.limits.max_results_page);
-    let after = query.after.unwrap_or(i64::MIN);
-    blocking(move || match shared.store.results(&device, after, limit) {
-        Ok(bodies) => {
-            // Stored bodies went through the JSON parser on the way in.
-            let results: Vec<Box<RawValue>> = bodies
-                .into_iter()
-                .filter_map(|b| RawValue::from_string(b).ok())
-                .collect();
-            axum::Json(DeviceResults { device, results }).into_response()
+    let after = match (query.after, query.after_id) {
+        (None, None) => After::Start,
+        (Some(seq), None) => After::Seq(seq),
+        (Some(after), Some(after_id)) => After::Cursor(protocol::ResultsCursor { after, after_id }),
+        (None, Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`after_id` needs `after` (the cursor is the pair, as `next` gives it)",
+            );
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    })
-    .await
-}
-
-/// The dashboard cookie's value for operator token `token`: a digest, so
-/// that the cookie jar never holds the token itself (a copied cookie still
-/// works until the token changes, but does not reveal it for the API).
-pub fn session(token: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"sluice-operator-session\0");
-    hasher.update(token.as_bytes());
-    hex::encode(hasher.finalize())
-}
-
-/// Why a request is not the operator's.
-enum NotOperator {
-    /// No or unknown credentials (or no operator token configured).
-    Unknown(&'static str),
-    /// A device's token.
-    Device,
-}
-
-fn operator_check(shared: &Shared, headers: &HeaderMap) -> Result<(), NotOperator> {
-    let Some(op) = shared.tokens.operator() else {
-        return Err(NotOperator::Unknown(
-            "this collector has no operator token: start it with --operator-token-file",
-        ));
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if let Some(token) = bearer {
-        if shared.tokens.is_operator(token) {
-            return Ok(());
-        }
-        if shared
-            .tokens
-            .device_of(Some(format!("Bearer {token}").as_str()))
-            .is_some()
-        {
-            return Err(NotOperator::Device);
-        }
-    }
-    let expected = session(op);
-    let cookie_ok = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .any(|(name, value)| {
-            name == COOKIE && constant_time_eq(value.as_bytes(), expected.as_bytes())
-        });
-    if cookie_ok {
-        Ok(())
-    } else {
-        Err(NotOperator::Unknown("missing or unknown operator token"))
-    }
-}
-
-/// The operator's credentials, or the JSON error answer.
-fn operator(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
-    operator_check(shared, headers).map_err(|e| match e {
-        NotOperator::Unknown(why) => error(StatusCode::UNAUTHORIZED, why),
-        NotOperator::Device => error(
-            StatusCode::FORBIDDEN,
-            "a device token cannot read the fleet; use the operator token",
-        ),
-    })
+    blocking(
+        move || match shared.store.results_page(&device, &after, limit) {
+            Ok(page) => {
+                // Stored bodies went through the JSON parser on the way in.
+                let results: Vec<Box<RawValue>> = page
+                    .results
+                    .into_iter()
+                    .filter_map(|b| RawValue::from_string(b).ok())
+                    .collect();
+                axum::Json(DeviceResults {
+                    device,
+                    results,
+                    next: page.next,
+                })
+                .into_response()
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    )
+    .await
 }
 
 fn stale_after_ms(limits: &Limits) -> i64 {
@@ -542,57 +485,7 @@ async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     .await
 }
 
-#[derive(Deserialize)]
-struct DashboardQuery {
-    token: Option<String>,
-}
-
-/// The dashboard's authentication: `?token=` (a browser cannot be made to
-/// send a bearer header by following a link) is exchanged for an HttpOnly,
-/// SameSite=Strict cookie and a redirect to the same page without it, so
-/// the token leaves the address bar, history and `Referer`; after that the
-/// cookie (or a bearer header) authenticates. `Err`: the answer to send
-/// instead of the page.
-fn dashboard_auth(
-    shared: &Shared,
-    headers: &HeaderMap,
-    path: &str,
-    query: &DashboardQuery,
-) -> Result<(), Response> {
-    if let Some(token) = &query.token {
-        if !shared.tokens.is_operator(token.trim()) {
-            return Err(page(
-                StatusCode::UNAUTHORIZED,
-                crate::dashboard::denied("This is not the operator token."),
-            ));
-        }
-        let cookie = format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={COOKIE_MAX_AGE_SECS}",
-            session(token.trim())
-        );
-        let mut response = StatusCode::SEE_OTHER.into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::LOCATION,
-            HeaderValue::from_str(path).expect("paths from the router are header-safe"),
-        );
-        headers.insert(
-            header::SET_COOKIE,
-            HeaderValue::from_str(&cookie).expect("a hex session is header-safe"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return Err(response);
-    }
-    operator_check(shared, headers).map_err(|e| {
-        let why = match e {
-            NotOperator::Unknown(why) => why,
-            NotOperator::Device => "a device token cannot read the fleet",
-        };
-        page(StatusCode::UNAUTHORIZED, crate::dashboard::denied(why))
-    })
-}
-
-fn page(status: StatusCode, html: String) -> Response {
+pub(crate) fn page(status: StatusCode, html: String) -> Response {
     (
         status,
         [

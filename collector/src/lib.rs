@@ -25,11 +25,13 @@
 //!   in time; `503` with `Retry-After` when too many batches are in progress.
 //! * `GET /v1/devices/{id}/count` (the device's token or the operator's):
 //!   [`DeviceCount`](sluice_protocol::DeviceCount).
-//! * `GET /v1/devices/{id}/results?after=SEQ&limit=N` (the device's token
-//!   or the operator's):
-//!   [`DeviceResults`](sluice_protocol::DeviceResults) in `seq` order, `seq >
-//!   after` (default: all), at most `limit` (default 100, at most
-//!   [`Limits::max_results_page`]).
+//! * `GET /v1/devices/{id}/results?after=SEQ&after_id=ID&limit=N` (the
+//!   device's token or the operator's):
+//!   [`DeviceResults`](sluice_protocol::DeviceResults) in `(seq, id)` order
+//!   after the cursor (default: from the first; `after` alone: `seq >
+//!   after`), at most `limit` (default 100, at most
+//!   [`Limits::max_results_page`]); a full page carries `next`, the cursor
+//!   of the following one.
 //! * `GET /v1/devices/{id}/bundle`: the bundle a staged rollout has for
 //!   the device ([`rollout`]): `200` with the file (`ETag` its SHA-256,
 //!   `X-Sluice-Bundle: NAME/VERSION`), `304` when `If-None-Match` names it,
@@ -51,7 +53,7 @@
 //! * `GET /metrics`: OpenMetrics text for Prometheus ([`metrics`]).
 //! * `GET /dashboard`, `GET /dashboard/devices/{id}`: the same as HTML
 //!   pages with inline SVG charts ([`dashboard`]); `?token=OPERATOR_TOKEN`
-//!   once sets a cookie (see [`http::session`]).
+//!   once sets a session cookie (see [`session`]).
 //!
 //! Storage invariants are in [`store`]; every bound on what a client can
 //! make the collector hold is in [`Limits`].
@@ -65,7 +67,9 @@ pub mod http;
 mod limits;
 pub mod metrics;
 pub mod mqtt;
+mod operator;
 pub mod rollout;
+pub mod session;
 pub mod store;
 mod tokens;
 
@@ -101,6 +105,25 @@ pub enum CollectorError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// `error` and its causes, each said once, for a person: this crate's
+/// errors put their cause in their own message (so that `to_string()` or
+/// a log line alone is complete) and also expose it as their `source()`,
+/// so printing the whole chain, as anyhow's `{:#}` does, would repeat
+/// every cause. A cause whose text is already in the message is left out.
+pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectorError {

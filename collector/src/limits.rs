@@ -59,6 +59,16 @@ pub struct Limits {
     /// (`--stale-after`). Devices upload only when they have records, so
     /// make it longer than an idle device's quietest stretch.
     pub stale_after: Duration,
+    /// How long a dashboard session cookie is accepted after it was issued
+    /// (`--session-lifetime`), checked by the collector whatever the
+    /// browser keeps ([`crate::session`]). Past it the dashboard answers
+    /// `401` and the operator opens `?token=` again.
+    pub session_lifetime: Duration,
+    /// Mark the session cookie `Secure` on every request
+    /// (`--secure-cookie`), for a TLS-terminating proxy that does not send
+    /// `X-Forwarded-Proto: https` (with one that does, it is marked
+    /// `Secure` anyway). Not a bound, but the dashboard's only setting.
+    pub secure_cookie: bool,
 }
 
 impl Limits {
@@ -99,6 +109,8 @@ impl Limits {
         shutdown_grace: Duration::from_secs(10),
         fleet_retention: Duration::from_secs(7 * 24 * 3600),
         stale_after: Duration::from_secs(15 * 60),
+        session_lifetime: Duration::from_secs(7 * 24 * 3600),
+        secure_cookie: false,
     };
 
     /// What requests can make the collector hold at once, in bytes, beyond
@@ -154,6 +166,10 @@ impl Limits {
                 self.fleet_retention.is_zero(),
             ),
             ("stale_after (--stale-after)", self.stale_after.is_zero()),
+            (
+                "session_lifetime (--session-lifetime)",
+                self.session_lifetime.as_secs() == 0,
+            ),
         ];
         match zero.iter().find(|(_, is_zero)| *is_zero) {
             Some((name, _)) => Err(format!("limit {name} must be more than 0")),

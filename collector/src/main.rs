@@ -123,6 +123,14 @@ struct Cli {
     /// A device without an accepted batch for this long is shown stale (e.g. 15m).
     #[arg(long, default_value_t = Limits::DEFAULT.stale_after.into())]
     stale_after: humantime::Duration,
+    /// How long a dashboard session cookie is accepted after `?token=` set it (e.g. 7d).
+    #[arg(long, default_value_t = Limits::DEFAULT.session_lifetime.into())]
+    session_lifetime: humantime::Duration,
+    /// Mark the dashboard cookie Secure on every request: for a TLS proxy
+    /// that does not send `X-Forwarded-Proto: https` (one that does gets
+    /// Secure cookies without this flag).
+    #[arg(long)]
+    secure_cookie: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -197,6 +205,8 @@ impl Cli {
             shutdown_grace: self.shutdown_grace.into(),
             fleet_retention: self.fleet_retention.into(),
             stale_after: self.stale_after.into(),
+            session_lifetime: self.session_lifetime.into(),
+            secure_cookie: self.secure_cookie,
         }
     }
 }
@@ -236,7 +246,8 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once (see `error_text`), not anyhow's `{:#}`.
+            eprintln!("error: {}", sluice_collector::error_text(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

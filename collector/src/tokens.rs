@@ -54,7 +54,7 @@ pub enum TokenError {
         device: String,
     },
     /// A line of the tokens file is wrong.
-    #[error("{} line {line}: {source}", path.display())]
+    #[error("tokens file {} line {line}: {source}", path.display())]
     Line {
         /// The file.
         path: PathBuf,

@@ -81,6 +81,31 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
+/// Text from upstream (a collector's or broker's answer, a header it
+/// sent), made safe to log and to keep as the outbox's `last_error`: at
+/// most `max_chars` characters of it (invalid UTF-8 replaced), every
+/// control, format or otherwise invisible character escaped as Rust does
+/// (`\u{1b}`, `\n`, `\u{202e}`) and `\` doubled. An answer can then
+/// neither drive the terminal that shows the log (ANSI escapes), forge log
+/// lines (newlines), nor hide or reorder text (bidi overrides); quotes stay
+/// as they are, so a JSON error body stays readable. Every path that puts
+/// upstream bytes into an error goes through this one function.
+pub fn upstream_text(bytes: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(2)));
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max_chars) {
+        match c {
+            '"' | '\'' => out.push(c),
+            c => out.extend(c.escape_debug()),
+        }
+    }
+    if chars.next().is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// `error` and every error in its chain, joined by `": "` (what
 /// `anyhow`'s `{:#}` shows).
 pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
@@ -207,5 +232,28 @@ impl PluginError {
             plugin: plugin.to_owned(),
             cause,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_text;
+
+    #[test]
+    fn upstream_text_escapes_what_could_drive_a_terminal_or_forge_a_line() {
+        let hostile =
+            b"\x1b[2J\x1b[31mok\r\nINFO forged line\x07 \xe2\x80\xae\xff back\\slash \"q\"";
+        let text = upstream_text(hostile, 500);
+        assert!(
+            !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{text:?}"
+        );
+        assert_eq!(
+            text,
+            r#"\u{1b}[2J\u{1b}[31mok\r\nINFO forged line\u{7} \u{202e}� back\\slash "q""#
+        );
+        // Bounded in characters, and says it was cut.
+        assert_eq!(upstream_text("ééééé".as_bytes(), 3), "ééé...");
+        assert_eq!(upstream_text(b"plain", 5), "plain");
     }
 }

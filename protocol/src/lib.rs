@@ -33,6 +33,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod ack;
+mod cursor;
+
+pub use ack::AckMismatch;
+pub use cursor::ResultsCursor;
+
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -64,7 +70,10 @@ pub mod paths {
         format!("/v1/devices/{device}/count")
     }
 
-    /// `GET ?after=SEQ&limit=N`: a [`DeviceResults`](crate::DeviceResults).
+    /// `GET ?after=SEQ&after_id=ID&limit=N`: a
+    /// [`DeviceResults`](crate::DeviceResults), a page of the device's
+    /// results in `(seq, id)` order; its `next` is the
+    /// [`ResultsCursor`](crate::ResultsCursor) of the following page.
     pub fn device_results(device: &str) -> String {
         format!("/v1/devices/{device}/results")
     }
@@ -706,13 +715,20 @@ pub struct DeviceCount {
     pub count: u64,
 }
 
-/// `GET` [`paths::device_results`]: a device's records in `seq` order.
+/// `GET` [`paths::device_results`]: a device's records in `(seq, id)`
+/// order, a page at a time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceResults<R = serde_json::Value> {
     /// The device.
     pub device: String,
-    /// Its records with `seq > after`, at most `limit`.
+    /// Its records after the cursor (`?after=SEQ&after_id=ID`; `?after=SEQ`
+    /// alone: every record with a greater `seq`), at most `limit`.
     pub results: Vec<R>,
+    /// Where the next page starts, when this one is full (there may be
+    /// more); absent when the listing is complete. Absent as well from
+    /// collectors that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ResultsCursor>,
 }
 
 /// How a device looks from the collector, worst first: a device whose

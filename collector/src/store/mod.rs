@@ -29,10 +29,12 @@
 //!   from, so it shows exactly what was acknowledged.
 
 mod postgres;
+mod results;
 pub(crate) mod sql;
 mod sqlite;
 
 pub use postgres::PoolOptions;
+pub use results::{After, ResultsPage};
 pub use sql::SqlError;
 
 use crate::fleet;
@@ -364,32 +366,6 @@ impl Store {
                 crate::rollout::advance(tx, now)?;
             }
             Ok(Ok(ack))
-        })
-    }
-
-    /// How many results are stored for `device`.
-    pub fn count(&self, device: &str) -> Result<u64, StoreError> {
-        self.read(|tx| {
-            tx.query_opt(
-                "SELECT COUNT(*) FROM results WHERE device = ?1",
-                args![device],
-            )?
-            .map_or(Ok(0), |r| r.int(0))
-        })
-        .map(|n| n.max(0) as u64)
-    }
-
-    /// Up to `limit` of `device`'s results with `seq > after`, in `seq`
-    /// order, as the JSON text they were stored as.
-    pub fn results(&self, device: &str, after: i64, limit: u32) -> Result<Vec<String>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                "SELECT body FROM results WHERE device = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                args![device, after, limit as i64],
-            )?
-            .iter()
-            .map(|r| r.text(0))
-            .collect()
         })
     }
 

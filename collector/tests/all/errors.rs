@@ -73,3 +73,62 @@ fn a_zero_limit_is_refused_naming_its_flag() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--max-connections"), "{stderr}");
 }
+
+/// The collector's stderr when started with `--tokens` holding `text`,
+/// and the tokens file's path.
+fn with_tokens_file(text: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.txt");
+    std::fs::write(&file, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+        .args(["--listen", "127.0.0.1:0", "--tokens"])
+        .arg(&file)
+        .arg("--db")
+        .arg(dir.path().join("c.db"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    (
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        file.display().to_string(),
+    )
+}
+
+#[test]
+fn a_bad_tokens_file_line_is_one_message_naming_the_file_the_line_and_the_cause_once() {
+    let cases = [
+        (
+            "# devices\na=ta\nb/c=tb\n",
+            "line 3",
+            "has the character '/'",
+        ),
+        ("a=ta\n\nno-delimiter\n", "line 3", "expected DEVICE=TOKEN"),
+        ("a=same\nb=same\n", "line 2", "have the same token"),
+    ];
+    for (text, line, cause) in cases {
+        let (stderr, file) = with_tokens_file(text);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(&format!("tokens file {file} {line}: ")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches(cause).count(), 1, "the cause once: {stderr}");
+    }
+    // A file that cannot be read: its path and the OS's reason, once.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.txt");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+        .args(["--listen", "127.0.0.1:0", "--tokens"])
+        .arg(&missing)
+        .arg("--db")
+        .arg(dir.path().join("c.db"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

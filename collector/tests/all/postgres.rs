@@ -117,6 +117,10 @@ fn postgres_stores_views_and_rolls_out_as_sqlite_does() {
         Limits::default(),
     );
     crate::rollouts::stage_by_stage(&c, &db);
+
+    // Paging by the (seq, id) cursor, seq repeating across outboxes.
+    let c = Running::start_store(connect(&pg.database("paging")), tokens(), Limits::default());
+    crate::paging::every_result_is_listed_once_when_seq_repeats(&c);
 }
 
 /// Two collectors on one database, every batch sent to both at once (a

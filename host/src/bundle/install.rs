@@ -160,11 +160,11 @@ impl Installer {
         let trusted = base.bundles.trusted()?;
         let state = State::load(&dir).map_err(io(&dir))?;
         let collector = base.bundles.from_collector.then(|| {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .expect("a client with rustls builds");
+            let client = crate::uplink::http::collector_client(
+                Duration::from_secs(300),
+                Duration::from_secs(10),
+            )
+            .expect("a client with rustls builds");
             (client, tokio.clone())
         });
         Ok(Installer {
@@ -351,40 +351,12 @@ impl Installer {
             .map(|s| format!("\"{s}\""))
             .collect();
         let limit = Limits::default().max_bytes;
-        // Written to disk as it arrives: a bundle may be far larger than
-        // the memory a small device can spare.
         let path = self
             .dir
             .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
-        let fetched = tokio.block_on(async {
-            let mut response = client
-                .get(&url)
-                .bearer_auth(&token)
-                .header(reqwest::header::IF_NONE_MATCH, seen.join(", "))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            match response.status().as_u16() {
-                200 => {}
-                204 | 304 => return Ok(false),
-                status => return Err(format!("answered {status}")),
-            }
-            if response.content_length().is_some_and(|n| n > limit) {
-                return Err(format!("offered a bundle over {limit} bytes"));
-            }
-            let mut file = std::fs::File::create(&path)
-                .map_err(|e| format!("cannot keep it at {}: {e}", path.display()))?;
-            let mut written = 0u64;
-            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-                written += chunk.len() as u64;
-                if written > limit {
-                    return Err(format!("offered a bundle over {limit} bytes"));
-                }
-                std::io::Write::write_all(&mut file, &chunk)
-                    .map_err(|e| format!("cannot keep it at {}: {e}", path.display()))?;
-            }
-            Ok(true)
-        });
+        let fetched = tokio.block_on(super::fetch::fetch(
+            &client, &url, &token, &seen, &path, limit,
+        ));
         match fetched {
             Ok(false) => {}
             // Refusals are reported by `offer`.

@@ -32,6 +32,7 @@
 //! files already handled.
 
 mod build;
+mod fetch;
 mod install;
 mod state;
 

@@ -108,9 +108,9 @@ pub fn run(
     let started = Instant::now();
     let agent = Agent::start_on(config, tokio.handle())?;
     let startup = started.elapsed();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    // Like every client of the device toward a collector: no redirects.
+    let client =
+        sluice::uplink::http::collector_client(Duration::from_secs(10), Duration::from_secs(10))?;
     let get = |path: String| {
         let request = client
             .get(format!("{}{path}", collector.url))

@@ -4,17 +4,56 @@
 //!
 //! Invariants: an answer counts as an acknowledgement only if it is a `2xx`
 //! whose body, read in full and at most [`MAX_ANSWER_BYTES`], is a
-//! [`BatchAck`]; every request has a deadline (`sync.timeout_ms`).
+//! [`BatchAck`]; every request has a deadline (`sync.timeout_ms`); no
+//! request toward the collector follows a redirect ([`collector_client`]):
+//! an acknowledgement must come from `sync.url` itself, not from whatever
+//! host a `3xx` names (which could echo the key and make the device delete
+//! results the collector never stored). A `3xx` is a failed attempt,
+//! retried, naming the status and its `Location`.
 
 use super::{Uplink, UplinkError};
 use crate::config::SyncConfig;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, upstream_text};
 use sluice_protocol::{self as protocol, BatchAck, RawBatch};
 use std::time::Duration;
 
 /// Largest answer read from the collector: an acknowledgement is a few
 /// hundred bytes; anything larger is not one, and must not fill memory.
 pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// The HTTP client for every request the device makes toward its
+/// collector (uploads, bundle downloads): it never follows redirects, so
+/// only the configured address answers; `timeout` bounds each request,
+/// `connect_timeout` each connection.
+pub fn collector_client(
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The status and `Location` (escaped, see [`upstream_text`]) of an
+/// answer that redirects elsewhere: any `3xx` but `304 Not Modified`,
+/// which names no other place.
+pub fn redirect_of(response: &reqwest::Response) -> Option<(u16, String)> {
+    let status = response.status();
+    if !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
+        return None;
+    }
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map_or_else(
+            || "(no Location)".to_owned(),
+            |l| upstream_text(l.as_bytes(), 300),
+        );
+    Some((status.as_u16(), location))
+}
 
 /// Delivers batches to a collector over HTTP(S).
 pub struct HttpUplink {
@@ -37,11 +76,8 @@ impl HttpUplink {
         let endpoint = format!("{}{}", url.trim_end_matches('/'), protocol::paths::BATCHES);
         reqwest::Url::parse(&endpoint)
             .map_err(|e| ConfigError::value("sync.url", format!("`{url}` is not a URL: {e}")))?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .connect_timeout(Duration::from_millis(config.timeout_ms))
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let client = collector_client(timeout, timeout)
             .map_err(|e| ConfigError::value("sync.url", format!("cannot set up HTTP: {e}")))?;
         Ok(HttpUplink {
             endpoint,
@@ -75,6 +111,13 @@ impl HttpUplink {
             .send()
             .await
             .map_err(unreachable)?;
+        if let Some((status, location)) = redirect_of(&response) {
+            return Err(UplinkError::Redirected {
+                endpoint: self.endpoint.clone(),
+                status,
+                location,
+            });
+        }
         let status = response.status();
         // Read the whole answer, bounded: a connection closed mid-answer is
         // not an acknowledgement, and a huge answer is not one either.
@@ -92,7 +135,7 @@ impl HttpUplink {
             return Err(UplinkError::Refused {
                 endpoint: self.endpoint.clone(),
                 status: code,
-                body: String::from_utf8_lossy(&answer).chars().take(500).collect(),
+                body: upstream_text(&answer, 500),
             });
         }
         let not_ack = |problem: String| UplinkError::NotAcknowledged {
@@ -107,11 +150,9 @@ impl HttpUplink {
         }
         serde_json::from_slice::<BatchAck>(&answer).map_err(|e| {
             not_ack(format!(
-                "the answer is not an acknowledgement ({e}): {}",
-                String::from_utf8_lossy(&answer)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
+                "the answer is not an acknowledgement ({}): {}",
+                upstream_text(e.to_string().as_bytes(), 300),
+                upstream_text(&answer, 200)
             ))
         })
     }

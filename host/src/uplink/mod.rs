@@ -5,7 +5,15 @@
 //!
 //! The [`Uploader`] owns what does not depend on the transport:
 //! * records leave the outbox only when the uplink returns an
-//!   acknowledgement of *that* batch (its key);
+//!   acknowledgement of *that* batch (its key) that accounts for every
+//!   record sent (`stored + duplicates` equal to the batch's records,
+//!   [`BatchAck::accounts_for`]); any other answer deletes nothing, is
+//!   counted (`sluice_upload_batches_total{outcome="miscounted"}` for wrong
+//!   counts) and is retried with backoff;
+//! * only the configured upstream answers: a redirect is not followed but
+//!   is a failed attempt ([`UplinkError::Redirected`]);
+//! * text from upstream (answers, headers) is escaped before it is logged
+//!   or kept as the last error ([`crate::error::upstream_text`]);
 //! * a batch the collector refuses as invalid ([`UplinkError::is_about_content`]:
 //!   `400`, `409`, `413`, `422`, or a stored record that cannot be sent) is
 //!   split in halves under new keys until the refused record is alone, and
@@ -30,7 +38,9 @@ use crate::config::SyncConfig;
 use crate::outbox::{Batch, Outbox, OutboxError, Split};
 use crate::wake::{Wake, backoff};
 use serde_json::value::RawValue;
-use sluice_protocol::{BatchAck, DeviceStatus, PROTOCOL_VERSION, RawBatch, UploadBatch};
+use sluice_protocol::{
+    AckMismatch, BatchAck, DeviceStatus, PROTOCOL_VERSION, RawBatch, UploadBatch,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -76,6 +86,37 @@ pub enum UplinkError {
         key: String,
         /// What was wrong with the answer.
         problem: String,
+    },
+    /// The upstream answered with a redirect (`3xx`). Uploads never follow
+    /// one: the acknowledgement must come from `sync.url` itself, and
+    /// another host could echo the key without storing anything.
+    #[error(
+        "{endpoint} answered {status} redirecting to {location}; uploads do not follow redirects (the acknowledgement must come from sync.url itself): set sync.url to the collector's address"
+    )]
+    Redirected {
+        /// Where it was sent.
+        endpoint: String,
+        /// The answer's status.
+        status: u16,
+        /// Where it pointed (escaped).
+        location: String,
+    },
+    /// The acknowledgement names the batch but does not account for every
+    /// record sent: nothing is deleted, the batch is sent again.
+    #[error(
+        "{endpoint} acknowledged batch {key} with {stored} stored + {duplicates} duplicate(s), not the {sent} record(s) sent; nothing deleted, the batch is sent again"
+    )]
+    Miscounted {
+        /// Where it was sent.
+        endpoint: String,
+        /// The batch's key.
+        key: String,
+        /// Records sent.
+        sent: u64,
+        /// Records the answer says were stored.
+        stored: u64,
+        /// Records the answer says were already stored.
+        duplicates: u64,
     },
     /// The outbox failed.
     #[error(transparent)]
@@ -233,7 +274,10 @@ impl Uploader {
                     }
                 }
                 Err(e) => {
-                    self.metrics.upload("failed");
+                    self.metrics.upload(match e {
+                        UplinkError::Miscounted { .. } => "miscounted",
+                        _ => "failed",
+                    });
                     let _ = self.outbox.record_sync_error(&e.to_string());
                     return Err(e);
                 }
@@ -242,7 +286,8 @@ impl Uploader {
         Ok(report)
     }
 
-    /// Deliver one batch; `Ok` only on an acknowledgement of its key.
+    /// Deliver one batch; `Ok` only on an acknowledgement of its key that
+    /// accounts for every record sent. Checked here, for every uplink.
     fn send(&self, batch: &Batch) -> Result<(), UplinkError> {
         let mut wire = to_wire(&self.device, batch).map_err(|problem| UplinkError::Unsendable {
             key: batch.key.clone(),
@@ -250,14 +295,25 @@ impl Uploader {
         })?;
         wire.status = self.device_status(batch);
         let ack = self.uplink.deliver(&wire)?;
-        if ack.key != batch.key {
-            return Err(UplinkError::NotAcknowledged {
+        match ack.accounts_for(&batch.key, wire.records.len()) {
+            Ok(()) => Ok(()),
+            Err(AckMismatch::Counts {
+                sent,
+                stored,
+                duplicates,
+            }) => Err(UplinkError::Miscounted {
                 endpoint: self.uplink.endpoint().to_owned(),
                 key: batch.key.clone(),
-                problem: format!("the answer acknowledges batch `{}`", ack.key),
-            });
+                sent,
+                stored,
+                duplicates,
+            }),
+            Err(other) => Err(UplinkError::NotAcknowledged {
+                endpoint: self.uplink.endpoint().to_owned(),
+                key: batch.key.clone(),
+                problem: crate::error::upstream_text(other.to_string().as_bytes(), 300),
+            }),
         }
-        Ok(())
     }
 
     /// How the device is doing, for the collector: the backlog it will have
@@ -326,4 +382,82 @@ pub fn to_wire(device: &str, batch: &Batch) -> Result<RawBatch, String> {
         records,
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OutboxConfig;
+    use crate::outbox::NewRecord;
+
+    /// An uplink (any transport) whose answers come from `answer`.
+    struct Fixed(fn(&RawBatch) -> BatchAck);
+
+    impl Uplink for Fixed {
+        fn endpoint(&self) -> &str {
+            "fixed"
+        }
+        fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
+            Ok((self.0)(batch))
+        }
+    }
+
+    fn ack(batch: &RawBatch, stored: u64, duplicates: u64) -> BatchAck {
+        BatchAck {
+            protocol: PROTOCOL_VERSION,
+            key: batch.key.clone(),
+            stored,
+            duplicates,
+            replayed: true,
+        }
+    }
+
+    /// Whatever the transport, an acknowledgement is checked in one place:
+    /// counts that do not add up delete nothing.
+    #[test]
+    fn every_uplink_deletes_only_what_the_answer_accounts_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap());
+        let records = (0..5)
+            .map(|seq| NewRecord {
+                id: format!("d/p/{seq}"),
+                body: format!(r#"{{"id":"d/p/{seq}","device":"d","pipeline":"p","seq":{seq}}}"#)
+                    .into_bytes(),
+            })
+            .collect();
+        outbox.append(records).unwrap();
+        let config = SyncConfig::default();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let run = |answer: fn(&RawBatch) -> BatchAck| {
+            Uploader::new(outbox.clone(), Box::new(Fixed(answer)), &config, "d")
+                .with_metrics(metrics.clone())
+                .sync_once(&AtomicBool::new(false))
+        };
+        let error = run(|b| ack(b, 0, 0)).unwrap_err();
+        assert!(
+            matches!(error, UplinkError::Miscounted { sent: 5, .. }),
+            "{error}"
+        );
+        assert_eq!(outbox.pending().0, 5);
+        let error = run(|b| ack(b, 2, 2)).unwrap_err();
+        assert!(matches!(error, UplinkError::Miscounted { .. }), "{error}");
+        let error = run(|b| BatchAck {
+            key: "another".into(),
+            ..ack(b, 5, 0)
+        })
+        .unwrap_err();
+        assert!(
+            matches!(error, UplinkError::NotAcknowledged { .. }),
+            "{error}"
+        );
+        assert_eq!(outbox.pending().0, 5);
+        assert!(
+            metrics
+                .encode()
+                .contains("sluice_upload_batches_total{outcome=\"miscounted\"} 2")
+        );
+        // A replay's answer repeats the batch's counts: accounted for.
+        assert_eq!(run(|b| ack(b, 3, 2)).unwrap().records, 5);
+        assert_eq!(outbox.pending().0, 0);
+    }
 }

@@ -21,11 +21,14 @@
 //!   delays syncing, it never blocks it or loses anything (the batch is
 //!   sent again, under the same key, and stored once);
 //! * answers are bounded ([`super::http::MAX_ANSWER_BYTES`] plus headers)
-//!   and only answers naming a batch being waited for are looked at.
+//!   and only answers naming a batch being waited for are looked at; their
+//!   text is escaped before it is logged or kept
+//!   ([`crate::error::upstream_text`]); what an answer acknowledges is
+//!   checked by the uploader, as for HTTP ([`super::Uploader`]).
 
 use super::{Uplink, UplinkError};
 use crate::config::{MqttAck, SyncConfig};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, upstream_text};
 use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
 use sluice_mqtt::rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use sluice_mqtt::rumqttc::v5::{AsyncClient, Event};
@@ -209,17 +212,18 @@ impl MqttUplink {
                     return Err(UplinkError::Refused {
                         endpoint: self.endpoint.clone(),
                         status,
-                        body: String::from_utf8_lossy(&payload)
-                            .chars()
-                            .take(500)
-                            .collect(),
+                        body: upstream_text(&payload, 500),
                     });
                 }
                 serde_json::from_slice::<BatchAck>(&payload).map_err(|e| {
                     UplinkError::NotAcknowledged {
                         endpoint: self.endpoint.clone(),
                         key: batch.key.clone(),
-                        problem: format!("the answer is not an acknowledgement: {e}"),
+                        problem: format!(
+                            "the answer is not an acknowledgement ({}): {}",
+                            upstream_text(e.to_string().as_bytes(), 300),
+                            upstream_text(&payload, 200)
+                        ),
                     }
                 })
             }

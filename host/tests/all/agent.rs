@@ -249,32 +249,32 @@ pub(crate) fn ingest(url: &str, image: &[u8]) -> Option<String> {
     body["id"].as_str().map(str::to_owned)
 }
 
-/// All results stored for the device: id -> document.
+/// All results stored for the device: id -> document (paged by the
+/// results cursor, as a client does).
 pub(crate) fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
     let mut all = BTreeMap::new();
-    let mut after = i64::MIN;
+    let mut query = "limit=1000".to_owned();
     for _ in 0..1000 {
         let (status, body) = http(
             reqwest::Client::new()
                 .get(format!(
-                    "{}/v1/devices/{DEVICE}/results?after={after}&limit=1000",
+                    "{}/v1/devices/{DEVICE}/results?{query}",
                     collector.url()
                 ))
                 .bearer_auth(TOKEN),
         );
         assert_eq!(status, 200);
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let page = body["results"].as_array().unwrap().clone();
-        if page.is_empty() {
-            break;
-        }
-        for doc in page {
-            after = doc["seq"].as_i64().unwrap();
+        let page: sluice_protocol::DeviceResults = serde_json::from_slice(&body).unwrap();
+        for doc in page.results {
             assert!(
                 all.insert(doc["id"].as_str().unwrap().to_owned(), doc)
                     .is_none(),
                 "a result stored twice"
             );
+        }
+        match page.next {
+            Some(next) => query = format!("{}&limit=1000", next.query()),
+            None => break,
         }
     }
     all

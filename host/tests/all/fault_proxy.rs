@@ -31,6 +31,9 @@ pub enum Fault {
     /// Answer `200` announcing 3 GB and stream it until the client stops
     /// reading (counted in `FaultProxy::answer_bytes`).
     Endless200,
+    /// Answer `307 Temporary Redirect` to `FaultProxy::redirect_to`'s
+    /// address without forwarding.
+    Redirect307,
 }
 
 pub struct FaultProxy {
@@ -44,6 +47,8 @@ pub struct FaultProxy {
     /// Bytes of answers the proxy made up itself (`Endless200`) that the
     /// client took.
     pub answer_bytes: Arc<AtomicUsize>,
+    /// Where `Fault::Redirect307` points.
+    location: Arc<Mutex<String>>,
 }
 
 impl FaultProxy {
@@ -57,28 +62,31 @@ impl FaultProxy {
             forwarded: Arc::new(AtomicUsize::new(0)),
             seen: Arc::new(AtomicUsize::new(0)),
             answer_bytes: Arc::new(AtomicUsize::new(0)),
+            location: Arc::new(Mutex::new(String::new())),
         };
-        let (f, stop, forwarded, seen, answered) = (
+        let (f, stop, forwarded, seen, answered, location) = (
             proxy.fault.clone(),
             proxy.stop.clone(),
             proxy.forwarded.clone(),
             proxy.seen.clone(),
             proxy.answer_bytes.clone(),
+            proxy.location.clone(),
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let (f, stop, forwarded, seen, answered) = (
+                        let (f, stop, forwarded, seen, answered, location) = (
                             f.clone(),
                             stop.clone(),
                             forwarded.clone(),
                             seen.clone(),
                             answered.clone(),
+                            location.clone(),
                         );
                         std::thread::spawn(move || {
                             let counters = (&*forwarded, &*seen, &*answered);
-                            let _ = serve(client, upstream, &f, &stop, counters);
+                            let _ = serve(client, upstream, &f, &stop, counters, &location);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -94,6 +102,11 @@ impl FaultProxy {
 
     pub fn set(&self, fault: Fault) {
         *self.fault.lock().unwrap() = fault;
+    }
+
+    /// Where `Fault::Redirect307` sends clients.
+    pub fn redirect_to(&self, url: &str) {
+        *self.location.lock().unwrap() = url.to_owned();
     }
 
     /// Wait until `counter` reaches `n` (bounded).
@@ -153,6 +166,7 @@ fn serve(
     fault: &Mutex<Fault>,
     stop: &AtomicBool,
     (forwarded, seen, answered): (&AtomicUsize, &AtomicUsize, &AtomicUsize),
+    location: &Mutex<String>,
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     client.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -167,6 +181,14 @@ fn serve(
         }
         if fault == Fault::Close {
             return Ok(());
+        }
+        if fault == Fault::Redirect307 {
+            let location = location.lock().unwrap().clone();
+            writer.write_all(
+                format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            continue;
         }
         if fault == Fault::Portal200 {
             let page = b"<html><body>Please log in to the hotel Wi-Fi</body></html>";

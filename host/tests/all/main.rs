@@ -20,3 +20,4 @@ mod plugins;
 mod power;
 mod props;
 mod sync;
+mod sync_hostile;
