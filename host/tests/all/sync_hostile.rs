@@ -3,7 +3,9 @@
 //! answers full of terminal escapes. Real servers on loopback (a stub
 //! collector in axum, the fault proxy, the real collector): nothing is
 //! deleted that the configured collector did not account for, and nothing
-//! upstream wrote reaches the log or `last_error` unescaped.
+//! upstream wrote reaches the log or `last_error` unescaped. A property
+//! test gives the uploader arbitrary hostile answers (`PROPTEST_CASES`
+//! raises the default 128): none deletes a record.
 
 use crate::common::tokio;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -21,7 +23,7 @@ const DEVICE: &str = "dev-1";
 const TOKEN: &str = "secret-1";
 
 /// What the stub answers to a batch.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Answer {
     /// A well-formed acknowledgement of the batch's key, every record
     /// "stored", without storing anything (a host that echoes the key).
@@ -39,18 +41,20 @@ struct Stub {
     url: String,
     /// Batches it received.
     hits: Arc<AtomicUsize>,
+    /// What it answers next.
+    answer: Arc<Mutex<Answer>>,
 }
 
 impl Stub {
     fn start(answer: Answer) -> Stub {
         let hits = Arc::new(AtomicUsize::new(0));
         let answer = Arc::new(Mutex::new(answer));
-        let counter = hits.clone();
+        let (counter, told) = (hits.clone(), answer.clone());
         let app = axum::Router::new().route(
             "/v1/batches",
             axum::routing::post(move |body: Bytes| {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let answer = answer.lock().unwrap().clone();
+                let answer = told.lock().unwrap().clone();
                 async move { answer_to(&body, answer) }
             }),
         );
@@ -61,7 +65,12 @@ impl Stub {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, app).await
         });
-        Stub { url, hits }
+        Stub { url, hits, answer }
+    }
+
+    /// Answer `answer` from now on.
+    fn set(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
     }
 
     fn hits(&self) -> usize {
@@ -259,4 +268,78 @@ fn escapes_and_control_characters_from_upstream_are_escaped_in_errors_and_last_e
         assert!(no_control_chars(&last), "{last:?}");
         assert_eq!(outbox.pending().0, 3);
     }
+}
+
+/// Answers a hostile upstream can give that acknowledge nothing: any
+/// status but those meaning "refused as invalid" (`400`, `409`, `413`,
+/// `422`: the batch is split and one record set aside, kept; see
+/// `sync.rs`), with any bytes; acknowledgements of other keys; counts that
+/// do not add up to the records sent.
+fn hostile_answer() -> impl proptest::strategy::Strategy<Value = Answer> {
+    use proptest::prelude::*;
+    let status = (100u16..600).prop_filter("a status that refuses as invalid", |s| {
+        ![400, 409, 413, 422].contains(s)
+    });
+    let ack_text = (
+        any::<Option<String>>(),
+        any::<i64>(),
+        any::<i64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(key, stored, duplicates, replayed)| {
+            serde_json::json!({
+                "protocol": 1, "key": key, "stored": stored,
+                "duplicates": duplicates, "replayed": replayed
+            })
+            .to_string()
+            .into_bytes()
+        });
+    prop_oneof![
+        (
+            status.clone(),
+            proptest::collection::vec(any::<u8>(), 0..2048)
+        )
+            .prop_map(|(s, body)| Answer::Raw(s, body)),
+        (status, ack_text).prop_map(|(s, body)| Answer::Raw(s, body)),
+        ".{0,64}".prop_map(Answer::Key),
+        (any::<u64>(), any::<u64>())
+            .prop_filter("adds up to the batch", |(s, d)| s.checked_add(*d)
+                != Some(40))
+            .prop_map(|(stored, duplicates)| Answer::Counts { stored, duplicates }),
+    ]
+}
+
+#[test]
+fn no_answer_but_a_true_acknowledgement_deletes_anything() {
+    use proptest::test_runner::{Config, TestRunner};
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = outbox_with(dir.path(), 100);
+    let metrics = Arc::new(sluice::metrics::Metrics::default());
+    let stub = Stub::start(Answer::Echo);
+    let uploader = uploader(&outbox, &stub.url, &metrics);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(128);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        ..Config::default()
+    });
+    runner
+        .run(&hostile_answer(), |answer| {
+            stub.set(answer);
+            let before = stub.hits();
+            let result = sync(&uploader);
+            proptest::prop_assert!(result.is_err(), "{:?}", result.map(|r| r.records));
+            proptest::prop_assert!(stub.hits() > before, "the batch was sent");
+            proptest::prop_assert_eq!(outbox.pending().0, 100, "something was deleted");
+            let last = outbox.status().unwrap().last_error.unwrap_or_default();
+            proptest::prop_assert!(no_control_chars(&last), "{:?}", last);
+            Ok(())
+        })
+        .unwrap();
+    // True acknowledgements still delete: every batch of the 100 records.
+    stub.set(Answer::Echo);
+    assert_eq!(sync(&uploader).unwrap().records, 100);
+    assert_eq!(outbox.pending().0, 0);
 }
