@@ -114,6 +114,7 @@ impl Agent {
     pub fn start_on(config: Config, tokio: &tokio::runtime::Handle) -> Result<Agent, AgentError> {
         // The bounds and the baseline are known before anything is loaded: a
         // board that cannot hold them is told before models take minutes.
+        config.require_pipelines()?;
         let budget = config.device.memory_budget_mb;
         let mut known = crate::memory::bounds(&config, 0);
         known.push(crate::memory::baseline());

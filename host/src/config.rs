@@ -775,12 +775,34 @@ impl Config {
         Config::parse(&text, base).map_err(|e| e.in_file(path))
     }
 
+    /// [`Config::load`] for running the device (`sluice run`): the file
+    /// must configure a pipeline ([`Config::require_pipelines`]). Commands
+    /// that only read the device's state (`sluice outbox status`) take any.
+    pub fn load_device(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load(path)?;
+        config.require_pipelines().map_err(|e| e.in_file(path))?;
+        Ok(config)
+    }
+
     /// Parse configuration text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(ConfigError::Parse)?;
         config.resolve_paths(base);
         config.check().map_err(|e| e.located(text))?;
         Ok(config)
+    }
+
+    /// A device's configuration runs at least one pipeline: without one
+    /// (an empty file, a file of another program) nothing would ever be
+    /// processed, and `sluice run` would start and look healthy.
+    pub fn require_pipelines(&self) -> Result<(), ConfigError> {
+        if self.pipelines.is_empty() {
+            return Err(ConfigError::value(
+                "pipelines",
+                "no pipeline is configured: add a [pipelines.NAME] with preprocess, model and postprocess (`sluice new` writes a complete example)",
+            ));
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -1219,6 +1241,21 @@ mod tests {
         }
         let fine = format!("{model}max_batch_size = 64\nqueue_capacity = 64\n");
         Config::parse(&fine, Path::new("/")).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_without_pipelines_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["", "[device]\nid = \"gw-1\"\n"] {
+            let path = dir.path().join("sluice.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load_device(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string())
+                    && err.contains("pipelines: no pipeline is configured"),
+                "{text:?}: {err}"
+            );
+        }
     }
 
     #[test]
