@@ -413,7 +413,7 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
                 // "readonly database": find out why from the file system.
                 let reason = format!(
                     "SQLite cannot open it for writing: {}",
-                    why_unopenable(&path)
+                    schema::why_unopenable(&path)
                 );
                 return OutboxError::Unusable { path, reason };
             }
@@ -427,31 +427,6 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
         }
     }
     OutboxError::Sqlite { path, source: e }
-}
-
-/// Why SQLite could not open `path` (read-write, with a WAL beside it).
-fn why_unopenable(path: &Path) -> String {
-    if path.is_dir() {
-        return "it is a directory".into();
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    {
-        return e.to_string();
-    }
-    let wal = PathBuf::from(format!("{}-wal", path.display()));
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&wal)
-    {
-        return format!("cannot create its write-ahead log {}: {e}", wal.display());
-    }
-    "the cause is unknown (SQLite error 14)".into()
 }
 
 #[cfg(test)]
