@@ -1660,3 +1660,41 @@ fn a_request_timeout_within_the_queue_delay_never_starves_journaled_inputs() {
     assert_eq!(stats.timed_out, 0);
 }
 
+#[test]
+fn a_data_volume_too_small_for_the_reserve_and_the_plugin_cache_is_refused_naming_each_part() {
+    let Some(disk) = crate::common::SmallDisk::mount(8 << 20) else {
+        eprintln!(
+            "SKIPPED a_data_volume_too_small_for_the_reserve_and_the_plugin_cache_is_refused_naming_each_part: cannot mount a tmpfs (needs root, as CI runs)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), "http://127.0.0.1:9", None);
+    let mut config = sluice::config::Config::load(&file).unwrap();
+    config.sync = sluice::config::SyncConfig::default();
+    config.ingest = sluice::config::IngestConfig::default();
+    config.device.data_dir = disk.dir.path().join("data");
+    // The compiled plugins go to the data volume, beside the outbox and its
+    // 4 MiB reserve.
+    config.runtime.cache_dir = None;
+    let err = match sluice::agent::Agent::start(config.clone()) {
+        Ok(_) => panic!("started on an 8 MiB volume"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        "the data volume of",
+        "is 8.0 MiB: too small for",
+        "the disk reserve (outbox.disk_reserve_bytes) 4.0 MiB",
+        "the compiled-plugin cache (",
+        "the outbox's working minimum 4.0 MiB",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    // With the cache on another volume and a smaller reserve, it fits.
+    std::fs::remove_dir_all(config.cache_dir()).unwrap();
+    config.runtime.cache_dir =
+        Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-plugin-cache"));
+    config.outbox.disk_reserve_bytes = 1 << 20;
+    let agent = sluice::agent::Agent::start(config).unwrap();
+    agent.shutdown();
+}
