@@ -49,6 +49,10 @@ pub enum AgentError {
     /// The configuration does not fit `device.memory_budget_mb`.
     #[error(transparent)]
     Memory(#[from] crate::memory::OverBudget),
+    /// The data volume cannot hold the disk reserve, the compiled-plugin
+    /// cache and the outbox's working minimum.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::TooSmall),
     /// The uplink's configuration is unusable.
     #[error(transparent)]
     Config(#[from] crate::error::ConfigError),
@@ -114,16 +118,19 @@ impl Agent {
     pub fn start_on(config: Config, tokio: &tokio::runtime::Handle) -> Result<Agent, AgentError> {
         // The bounds and the baseline are known before anything is loaded: a
         // board that cannot hold them is told before models take minutes.
+        config.require_pipelines()?;
         let budget = config.device.memory_budget_mb;
         let mut known = crate::memory::bounds(&config, 0);
         known.push(crate::memory::baseline());
         crate::memory::check(budget, &known)?;
-        let outbox = Arc::new(Outbox::open_in(
-            &config.device.data_dir,
-            config.outbox.clone(),
-        )?);
+        let outbox = Outbox::open_in(&config.device.data_dir, config.outbox.clone())?;
+        // The volume is checked with the cache as found (a restart), then
+        // once the plugins are compiled into it (a first start).
+        crate::volume::check(&config)?;
+        let outbox = Arc::new(outbox);
         let runtime = Arc::new(Runtime::start(config.clone())?);
         crate::memory::check(budget, runtime.memory())?;
+        crate::volume::check(&config)?;
         let device = config.device.id.clone();
         let stored = Wake::new();
         let wakes: BTreeMap<String, Arc<Wake>> = runtime

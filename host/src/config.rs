@@ -8,11 +8,14 @@
 //! * every pipeline names plugins and models that exist.
 
 use crate::error::ConfigError;
-use crate::schedule::BatchConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub mod keys;
+#[cfg(test)]
+mod keys_tests;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -772,12 +775,34 @@ impl Config {
         Config::parse(&text, base).map_err(|e| e.in_file(path))
     }
 
+    /// [`Config::load`] for running the device (`sluice run`): the file
+    /// must configure a pipeline ([`Config::require_pipelines`]). Commands
+    /// that only read the device's state (`sluice outbox status`) take any.
+    pub fn load_device(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load(path)?;
+        config.require_pipelines().map_err(|e| e.in_file(path))?;
+        Ok(config)
+    }
+
     /// Parse configuration text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(ConfigError::Parse)?;
         config.resolve_paths(base);
-        config.check()?;
+        config.check().map_err(|e| e.located(text))?;
         Ok(config)
+    }
+
+    /// A device's configuration runs at least one pipeline: without one
+    /// (an empty file, a file of another program) nothing would ever be
+    /// processed, and `sluice run` would start and look healthy.
+    pub fn require_pipelines(&self) -> Result<(), ConfigError> {
+        if self.pipelines.is_empty() {
+            return Err(ConfigError::value(
+                "pipelines",
+                "no pipeline is configured: add a [pipelines.NAME] with preprocess, model and postprocess (`sluice new` writes a complete example)",
+            ));
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -828,7 +853,12 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
-        self.check_ranges()?;
+        // Every number against its range (`keys::LIMITS`, which
+        // `docs/limits.md` is tested against): a value outside it is refused
+        // at load, naming the key, never found out by running out of memory
+        // or time.
+        keys::check(self)?;
+        self.check_bundles()?;
         if let Err(e) = sluice_protocol::check_name(&self.device.id) {
             return value("device.id", format!("`{}` {e}", self.device.id));
         }
@@ -963,169 +993,10 @@ impl Config {
         Ok(())
     }
 
-    /// Every number against its documented range (`docs/limits.md`): a
-    /// value outside it is refused at load, naming the key, never found out
-    /// by running out of memory or time.
-    fn check_ranges(&self) -> Result<(), ConfigError> {
-        const KIB: i128 = 1 << 10;
-        const GIB: i128 = 1 << 30;
-        const MINUTE_MS: i128 = 60_000;
-        const DAY_SECS: i128 = 24 * 3600;
-        let (runtime, ingest, outbox, sync) =
-            (&self.runtime, &self.ingest, &self.outbox, &self.sync);
-        let mut ranges: Vec<(String, i128, i128, i128)> = vec![
-            (
-                "device.memory_budget_mb".into(),
-                self.device.memory_budget_mb.into(),
-                0,
-                1 << 20,
-            ),
-            (
-                "runtime.workers".into(),
-                runtime.workers as i128,
-                0,
-                RuntimeConfig::MAX_WORKERS as i128,
-            ),
-            (
-                "runtime.guest_model_max_bytes".into(),
-                runtime.guest_model_max_bytes as i128,
-                0,
-                GIB,
-            ),
-            (
-                "outbox.max_bytes".into(),
-                outbox.max_bytes.into(),
-                64 * KIB,
-                1i128 << 40,
-            ),
-            (
-                "outbox.max_age_secs".into(),
-                outbox.max_age_secs.into(),
-                0,
-                3650 * DAY_SECS,
-            ),
-            (
-                "sync.batch_max_records".into(),
-                sync.batch_max_records as i128,
-                1,
-                SyncConfig::MAX_BATCH_RECORDS.into(),
-            ),
-            (
-                "sync.batch_max_bytes".into(),
-                sync.batch_max_bytes as i128,
-                KIB,
-                SyncConfig::MAX_BATCH_BYTES.into(),
-            ),
-            (
-                "sync.timeout_ms".into(),
-                sync.timeout_ms.into(),
-                100,
-                10 * MINUTE_MS,
-            ),
-            (
-                "sync.backoff_initial_ms".into(),
-                sync.backoff_initial_ms.into(),
-                1,
-                60 * MINUTE_MS,
-            ),
-            (
-                "sync.backoff_max_ms".into(),
-                sync.backoff_max_ms.into(),
-                sync.backoff_initial_ms.into(),
-                24 * 60 * MINUTE_MS,
-            ),
-            (
-                "sync.interval_ms".into(),
-                sync.interval_ms.into(),
-                1,
-                60 * MINUTE_MS,
-            ),
-            ("sync.zstd_level".into(), sync.zstd_level.into(), 1, 19),
-            (
-                "ingest.poll_ms".into(),
-                ingest.poll_ms.into(),
-                1,
-                10 * MINUTE_MS,
-            ),
-            (
-                "ingest.max_input_bytes".into(),
-                ingest.max_input_bytes as i128,
-                1,
-                GIB,
-            ),
-            (
-                "ingest.max_pending_bytes".into(),
-                ingest.max_pending_bytes.into(),
-                ingest.max_input_bytes as i128,
-                1i128 << 40,
-            ),
-            (
-                "ingest.idempotency_window_secs".into(),
-                ingest.idempotency_window_secs.into(),
-                0,
-                30 * DAY_SECS,
-            ),
-            (
-                "ingest.idempotency_max_keys".into(),
-                ingest.idempotency_max_keys.into(),
-                0,
-                10_000_000,
-            ),
-            // Below 10 items a window's histograms say nothing; the memory
-            // of a window does not grow with its items (counts per bin).
-            (
-                "drift.window_items".into(),
-                self.drift.window_items.into(),
-                10,
-                10_000_000,
-            ),
-            (
-                "drift.window_secs".into(),
-                self.drift.window_secs.into(),
-                1,
-                30 * DAY_SECS,
-            ),
-        ];
+    /// What `[bundles]` needs besides numbers in range: keys that parse,
+    /// and a source only with a key to check it against.
+    fn check_bundles(&self) -> Result<(), ConfigError> {
         let bundles = &self.bundles;
-        ranges.extend([
-            (
-                "bundles.poll_ms".into(),
-                bundles.poll_ms.into(),
-                10,
-                10 * MINUTE_MS,
-            ),
-            (
-                "bundles.collector_poll_secs".into(),
-                bundles.collector_poll_secs.into(),
-                1,
-                DAY_SECS,
-            ),
-            (
-                "bundles.settle_ms".into(),
-                bundles.settle_ms.into(),
-                0,
-                10 * MINUTE_MS,
-            ),
-            (
-                "bundles.probation_secs".into(),
-                bundles.probation_secs.into(),
-                0,
-                30 * DAY_SECS,
-            ),
-            (
-                "bundles.probation_min_items".into(),
-                bundles.probation_min_items.into(),
-                1,
-                10_000_000,
-            ),
-        ]);
-        let rate = bundles.probation_max_error_rate;
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(ConfigError::value(
-                "bundles.probation_max_error_rate",
-                format!("{rate} is outside the allowed range 0..=1"),
-            ));
-        }
         bundles.trusted()?;
         if bundles.from_collector && self.sync.url.is_none() {
             return Err(ConfigError::value(
@@ -1139,73 +1010,7 @@ impl Config {
                 "a source (folder or from_collector) is set but bundles.trusted_keys is empty: no bundle could ever be installed",
             ));
         }
-        // A chance, not a count: checked on its own. Above one half an
-        // "alarm" would be mostly noise; zero would mean infinite thresholds.
-        let rate = self.drift.false_alarm_rate;
-        if !(1e-9..=0.5).contains(&rate) {
-            return Err(ConfigError::value(
-                "drift.false_alarm_rate",
-                format!("{rate} is outside the allowed range 1e-9..=0.5"),
-            ));
-        }
-        for (name, plugin) in &self.plugins {
-            let key = |field: &str| format!("plugins.{name}.{field}");
-            ranges.push((
-                key("timeout_ms"),
-                plugin.timeout_ms.into(),
-                1,
-                10 * MINUTE_MS,
-            ));
-            ranges.push((key("memory_mb"), plugin.memory_mb.into(), 1, 4 * KIB));
-        }
-        for (name, model) in &self.models {
-            let b = &model.batching;
-            let key = |field: &str| format!("models.{name}.batching.{field}");
-            ranges.extend([
-                (
-                    key("max_batch_size"),
-                    b.max_batch_size as i128,
-                    1,
-                    BatchConfig::MAX_BATCH_SIZE as i128,
-                ),
-                (
-                    key("max_queue_delay_ms"),
-                    b.max_queue_delay_ms.into(),
-                    0,
-                    MINUTE_MS,
-                ),
-                // Below the batch size a full batch could never be queued,
-                // and every item past it would wait for capacity.
-                (
-                    key("queue_capacity"),
-                    b.queue_capacity as i128,
-                    b.max_batch_size as i128,
-                    1_000_000,
-                ),
-                (
-                    key("request_timeout_ms"),
-                    b.request_timeout_ms.into(),
-                    1,
-                    60 * MINUTE_MS,
-                ),
-                (
-                    key("threads"),
-                    b.threads as i128,
-                    0,
-                    RuntimeConfig::MAX_WORKERS as i128,
-                ),
-            ]);
-        }
-        match ranges
-            .into_iter()
-            .find(|(_, v, lo, hi)| !(lo..=hi).contains(&v))
-        {
-            Some((key, v, lo, hi)) => Err(ConfigError::value(
-                &key,
-                format!("{v} is outside the allowed range {lo}..={hi}"),
-            )),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Where compiled plugins are cached.
@@ -1215,6 +1020,29 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.device.data_dir.join("cache"))
     }
+}
+
+/// The line of `text` where dotted `key` is written (its value's first
+/// line), if it is: a name with a dot in it, or a key given by default, has
+/// none. `models.m.input_shapes.x[2]` is looked up as
+/// `models.m.input_shapes.x`.
+pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let key = key.split('[').next()?;
+    let mut table = doc.get_ref();
+    let mut parts = key.split('.').peekable();
+    let span = loop {
+        let part = parts.next()?;
+        let (_, value) = table.iter().find(|(k, _)| &**k.get_ref() == part)?;
+        if parts.peek().is_none() {
+            break value.span();
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    };
+    Some(text.get(..span.start)?.matches('\n').count() + 1)
 }
 
 /// `base/./x/../y` as `base/y`, lexically (as Cargo does), so that paths in
@@ -1413,6 +1241,21 @@ mod tests {
         }
         let fine = format!("{model}max_batch_size = 64\nqueue_capacity = 64\n");
         Config::parse(&fine, Path::new("/")).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_without_pipelines_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["", "[device]\nid = \"gw-1\"\n"] {
+            let path = dir.path().join("sluice.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load_device(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string())
+                    && err.contains("pipelines: no pipeline is configured"),
+                "{text:?}: {err}"
+            );
+        }
     }
 
     #[test]

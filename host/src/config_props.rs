@@ -2,16 +2,16 @@
 //! TOML documents made of the real sections and keys with arbitrary values
 //! (and arbitrary text) given to [`Config::parse`] never panic; whatever is
 //! accepted keeps the documented invariants (every number within its range
-//! of `docs/limits.md`, pipelines naming configured plugins and models, a
+//! of `config::keys::LIMITS`, which `docs/limits.md` is tested against, pipelines naming configured plugins and models, a
 //! device id that passes `check_name`, the numbers as written); whatever is
 //! refused says where (a dotted key of the document, or a line).
 //!
 //! `PROPTEST_CASES=100000 cargo test -p sluice --lib config_props` runs
 //! longer (see `docs/fuzzing.md`).
 
-use crate::config::{Config, PluginSource, RuntimeConfig, SyncConfig};
+use crate::config::keys::{self, Bound, LIMITS, Limit, Number};
+use crate::config::{Config, PluginSource};
 use crate::error::ConfigError;
-use crate::schedule::BatchConfig;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,11 +29,6 @@ fn config(default: u32) -> ProptestConfig {
         ..ProptestConfig::default()
     }
 }
-
-const KIB: i128 = 1 << 10;
-const GIB: i128 = 1 << 30;
-const MINUTE_MS: i128 = 60_000;
-const DAY_SECS: i128 = 24 * 3600;
 
 /// Integers near every range boundary, and anything.
 fn integers() -> impl Strategy<Value = i64> {
@@ -92,7 +87,10 @@ fn values() -> impl Strategy<Value = Value> {
 /// anything (a wrong type is refused naming the line).
 fn value_for(key: &'static str) -> BoxedStrategy<Value> {
     let plausible: Option<i64> = match key {
-        "max_bytes" | "batch_max_bytes" | "max_set_aside_bytes" => Some(1 << 20),
+        "max_bytes" | "batch_max_bytes" | "max_set_aside_bytes" | "disk_reserve_bytes" => {
+            Some(1 << 20)
+        }
+        "max_connections" | "max_concurrent_requests" => Some(8),
         "max_pending_bytes" => Some(1 << 30),
         "max_input_bytes" | "guest_model_max_bytes" => Some(1 << 16),
         "timeout_ms" | "request_timeout_ms" | "backoff_max_ms" => Some(1000),
@@ -152,6 +150,7 @@ const OUTBOX: &[&str] = &[
     "max_age_secs",
     "when_full",
     "max_set_aside_bytes",
+    "disk_reserve_bytes",
 ];
 const SYNC: &[&str] = &[
     "url",
@@ -175,6 +174,10 @@ const INGEST: &[&str] = &[
     "max_pending_bytes",
     "idempotency_window_secs",
     "idempotency_max_keys",
+    "max_connections",
+    "max_concurrent_requests",
+    "header_timeout_ms",
+    "body_timeout_ms",
 ];
 
 /// A table of some of `keys` with arbitrary values, sometimes a misspelled
@@ -294,116 +297,17 @@ fn dotted_keys(table: &Table, prefix: &str, out: &mut BTreeSet<String>) {
     }
 }
 
-/// Every number of `config` with its key.
-fn numbers(c: &Config) -> Vec<(String, i128)> {
-    let mut out: Vec<(String, i128)> = vec![
-        ("runtime.workers".into(), c.runtime.workers as i128),
-        (
-            "device.memory_budget_mb".into(),
-            c.device.memory_budget_mb.into(),
-        ),
-        (
-            "runtime.guest_model_max_bytes".into(),
-            c.runtime.guest_model_max_bytes as i128,
-        ),
-        ("outbox.max_bytes".into(), c.outbox.max_bytes.into()),
-        ("outbox.max_age_secs".into(), c.outbox.max_age_secs.into()),
-        (
-            "outbox.max_set_aside_bytes".into(),
-            c.outbox.max_set_aside_bytes.into(),
-        ),
-        (
-            "sync.batch_max_records".into(),
-            c.sync.batch_max_records as i128,
-        ),
-        (
-            "sync.batch_max_bytes".into(),
-            c.sync.batch_max_bytes as i128,
-        ),
-        ("sync.timeout_ms".into(), c.sync.timeout_ms.into()),
-        (
-            "sync.backoff_initial_ms".into(),
-            c.sync.backoff_initial_ms.into(),
-        ),
-        ("sync.backoff_max_ms".into(), c.sync.backoff_max_ms.into()),
-        ("sync.interval_ms".into(), c.sync.interval_ms.into()),
-        ("sync.zstd_level".into(), c.sync.zstd_level.into()),
-        ("ingest.poll_ms".into(), c.ingest.poll_ms.into()),
-        ("ingest.settle_ms".into(), c.ingest.settle_ms.into()),
-        (
-            "ingest.max_input_bytes".into(),
-            c.ingest.max_input_bytes as i128,
-        ),
-        (
-            "ingest.max_pending_bytes".into(),
-            c.ingest.max_pending_bytes.into(),
-        ),
-        (
-            "ingest.idempotency_window_secs".into(),
-            c.ingest.idempotency_window_secs.into(),
-        ),
-        (
-            "ingest.idempotency_max_keys".into(),
-            c.ingest.idempotency_max_keys.into(),
-        ),
-    ];
-    for (name, p) in &c.plugins {
-        out.push((format!("plugins.{name}.timeout_ms"), p.timeout_ms.into()));
-        out.push((format!("plugins.{name}.memory_mb"), p.memory_mb.into()));
-    }
-    for (name, m) in &c.models {
-        let b = &m.batching;
-        let key = |f: &str| format!("models.{name}.batching.{f}");
-        out.extend([
-            (key("max_batch_size"), b.max_batch_size as i128),
-            (key("max_queue_delay_ms"), b.max_queue_delay_ms.into()),
-            (key("queue_capacity"), b.queue_capacity as i128),
-            (key("request_timeout_ms"), b.request_timeout_ms.into()),
-            (key("threads"), b.threads as i128),
-        ]);
-    }
-    out
-}
-
-/// The documented range of a key (`docs/limits.md`), given the rest of
-/// the configuration; `None` for numbers without one.
-fn range(c: &Config, key: &str) -> Option<(i128, i128)> {
-    let field = key.rsplit('.').next().unwrap();
-    let model_batching = |f: &str| {
-        let name = key
-            .strip_prefix("models.")?
-            .strip_suffix(&format!(".batching.{f}"))?;
-        Some(&c.models[name].batching)
-    };
-    Some(match key {
-        "device.memory_budget_mb" => (0, 1 << 20),
-        "runtime.workers" => (0, RuntimeConfig::MAX_WORKERS as i128),
-        "runtime.guest_model_max_bytes" => (0, GIB),
-        "outbox.max_bytes" => (64 * KIB, 1 << 40),
-        "outbox.max_age_secs" => (0, 3650 * DAY_SECS),
-        "sync.batch_max_records" => (1, SyncConfig::MAX_BATCH_RECORDS.into()),
-        "sync.batch_max_bytes" => (KIB, SyncConfig::MAX_BATCH_BYTES.into()),
-        "sync.timeout_ms" => (100, 10 * MINUTE_MS),
-        "sync.backoff_initial_ms" => (1, 60 * MINUTE_MS),
-        "sync.backoff_max_ms" => (c.sync.backoff_initial_ms.into(), 24 * 60 * MINUTE_MS),
-        "sync.interval_ms" => (1, 60 * MINUTE_MS),
-        "sync.zstd_level" => (1, 19),
-        "ingest.poll_ms" => (1, 10 * MINUTE_MS),
-        "ingest.max_input_bytes" => (1, GIB),
-        "ingest.max_pending_bytes" => (c.ingest.max_input_bytes as i128, 1 << 40),
-        "ingest.idempotency_window_secs" => (0, 30 * DAY_SECS),
-        "ingest.idempotency_max_keys" => (0, 10_000_000),
-        _ if key.starts_with("plugins.") && field == "timeout_ms" => (1, 10 * MINUTE_MS),
-        _ if key.starts_with("plugins.") && field == "memory_mb" => (1, 4 * KIB),
-        _ if key.starts_with("models.") => match field {
-            "max_batch_size" => (1, BatchConfig::MAX_BATCH_SIZE as i128),
-            "max_queue_delay_ms" => (0, MINUTE_MS),
-            "queue_capacity" => (model_batching(field)?.max_batch_size as i128, 1_000_000),
-            "request_timeout_ms" => (1, 60 * MINUTE_MS),
-            "threads" => (0, RuntimeConfig::MAX_WORKERS as i128),
-            _ => return None,
-        },
-        _ => return None,
+/// The limit of the table (`config::keys::LIMITS`) a full key is checked
+/// against: `NAME` and `INPUT` parts stand for any one part.
+fn limit_of(key: &str) -> Option<&'static Limit> {
+    let parts: Vec<&str> = key.split('.').collect();
+    LIMITS.iter().find(|limit| {
+        let pattern: Vec<&str> = limit.key.split('.').collect();
+        pattern.len() == parts.len()
+            && pattern
+                .iter()
+                .zip(&parts)
+                .all(|(p, k)| matches!(*p, "NAME" | "INPUT") || p == k)
     })
 }
 
@@ -423,16 +327,15 @@ fn written(doc: &Table, key: &str) -> Option<i64> {
 
 /// The key whose value is the lower bound of `key`'s range: a document
 /// that raises it above `key`'s default is refused naming `key`, which the
-/// document does not have (the message gives the range, not the other key).
+/// document does not have (the message names both).
 fn bound_of(key: &str) -> String {
-    let (section, field) = key.rsplit_once('.').unwrap_or(("", key));
-    let other = match field {
-        "backoff_max_ms" => "backoff_initial_ms",
-        "max_pending_bytes" => "max_input_bytes",
-        "queue_capacity" => "max_batch_size",
-        _ => return String::new(),
-    };
-    format!("{section}.{other}")
+    match limit_of(key).map(|l| l.min) {
+        Some(Bound::Key(field, _)) => match key.rsplit_once('.') {
+            Some((section, _)) => format!("{section}.{field}"),
+            None => field.to_owned(),
+        },
+        _ => String::new(),
+    }
 }
 
 /// Whether a table on the way to `key` is written as an array: serde reads
@@ -460,14 +363,14 @@ fn check(text: &str, doc: Option<&Table>) -> Result<(), TestCaseError> {
                 "{}",
                 c.device.id
             );
-            for (key, v) in numbers(&c) {
-                if let Some((lo, hi)) = range(&c, &key) {
-                    prop_assert!((lo..=hi).contains(&v), "{key} = {v} outside {lo}..={hi}");
-                }
+            let all = keys::values(&c);
+            for (limit, key, v) in &all {
+                let (lo, hi) = keys::range(limit, key, &all);
+                prop_assert!(v.within(lo, hi), "{key} = {v} outside {lo}..={hi}");
                 if let Some(doc) = doc
-                    && let Some(w) = written(doc, &key)
+                    && let Some(w) = written(doc, key)
                 {
-                    prop_assert_eq!(w as i128, v, "{} changed", key);
+                    prop_assert_eq!(*v, Number::Int(w.into()), "{} changed", key);
                 }
             }
             for (name, p) in &c.pipelines {

@@ -21,12 +21,14 @@ pub enum ConfigError {
     #[error(transparent)]
     Parse(toml::de::Error),
     /// A value is out of its range or inconsistent with another.
-    #[error("{key}: {problem}")]
+    #[error("{key}{}: {problem}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
     Value {
         /// The key, e.g. `sync.zstd_level`.
         key: String,
         /// What is wrong with it.
         problem: String,
+        /// Where the key is written in the file, when it is.
+        line: Option<usize>,
     },
     /// A `token_file` (`sync.token_file`, `ingest.token_file`) cannot be read.
     #[error("cannot read {key} {}: {source}", path.display())]
@@ -55,6 +57,23 @@ impl ConfigError {
         ConfigError::Value {
             key: key.into(),
             problem: problem.into(),
+            line: None,
+        }
+    }
+
+    /// The same error with the line of its key in `text` (the file's
+    /// text), when the key is written there.
+    pub(crate) fn located(self, text: &str) -> Self {
+        match self {
+            ConfigError::Value {
+                key,
+                problem,
+                line: None,
+            } => {
+                let line = crate::config::line_of(text, &key);
+                ConfigError::Value { key, problem, line }
+            }
+            other => other,
         }
     }
 

@@ -56,6 +56,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod types;
 pub mod uplink;
+pub mod volume;
 pub mod wake;
 mod worker;
 

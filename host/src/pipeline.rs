@@ -130,7 +130,9 @@ impl Pipeline {
         // made only when there is one (a few hundred bytes per digit).
         let observed_inputs = self.observer.as_ref().map(|_| to_infer.clone());
         let started = Instant::now();
-        let inferred = self.scheduler.infer_many(to_infer);
+        // The pipeline's items wait their turn: its callers keep them
+        // (journaled) and would only try them again after a timeout.
+        let inferred = self.scheduler.infer_many_in_turn(to_infer);
         timings.batch_infer_us = micros(started);
         if let (Some(observer), Some(inputs)) = (&self.observer, observed_inputs) {
             let (inputs, outputs): (Vec<_>, Vec<_>) = inputs

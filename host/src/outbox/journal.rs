@@ -90,7 +90,7 @@ impl Outbox {
     /// other.
     pub fn accept_keyed(&self, input: &NewInput, key: &str) -> Result<KeyedAccept, OutboxError> {
         let digest = input_digest(input);
-        self.write(|tx, sizes| {
+        self.write_intake(|tx, sizes| {
             let known: Option<(Vec<u8>, i64)> = tx
                 .query_row(
                     "SELECT digest, seq FROM ingest_keys WHERE key = ?1",
@@ -158,7 +158,7 @@ impl Outbox {
         &self,
         inputs: &[(&NewInput, Option<&str>)],
     ) -> Result<Vec<i64>, OutboxError> {
-        self.write(|tx, sizes| {
+        self.write_intake(|tx, sizes| {
             let mut claim =
                 tx.prepare_cached("INSERT OR IGNORE INTO claimed_files(name) VALUES (?1)")?;
             let mut seqs = Vec::with_capacity(inputs.len());
@@ -183,7 +183,7 @@ impl Outbox {
         reason: &str,
         claimed_file: Option<&str>,
     ) -> Result<i64, OutboxError> {
-        self.write(|tx, _| {
+        self.write_intake(|tx, _| {
             let empty = NewInput {
                 data: Vec::new(),
                 ..input.clone()

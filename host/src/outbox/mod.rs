@@ -77,7 +77,7 @@ pub use batches::{Batch, Split};
 pub use counters::{Backlog, Counter, Status, counter};
 pub use journal::{JournalItem, KeyedAccept, NewInput};
 pub use records::{AppendReport, NewRecord};
-pub use reserve::free_bytes;
+pub use reserve::{free_bytes, volume_bytes};
 pub use schema::Recovery;
 pub use set_aside::SetAside;
 
@@ -199,6 +199,9 @@ pub struct Outbox {
     recovered: Option<Recovery>,
     instance: Option<String>,
     reserve: reserve::Reserve,
+    /// The file's page cap outside intake (`max_page_count`): SQLite's own,
+    /// or [`Outbox::limit_file_pages`]'.
+    page_limit: AtomicU64,
     /// Why the last write failed, until one succeeds (readiness).
     write_failure: Mutex<Option<String>>,
 }
@@ -266,9 +269,13 @@ impl Outbox {
             })
             .optional()
             .map_err(|e| sql_error(path, e))?;
+        let page_limit: i64 = conn
+            .query_row("PRAGMA max_page_count", [], |r| r.get(0))
+            .map_err(|e| sql_error(path, e))?;
         Ok(Outbox {
             instance,
             reserve: reserve::Reserve::new(path, config.disk_reserve_bytes),
+            page_limit: AtomicU64::new(page_limit.max(0) as u64),
             write_failure: Mutex::new(None),
             path: path.to_owned(),
             config,
@@ -323,12 +330,48 @@ impl Outbox {
         &self,
         f: impl FnOnce(&Transaction, &mut Sizes) -> rusqlite::Result<T>,
     ) -> Result<T, OutboxError> {
+        self.write_growing(None, f)
+    }
+
+    /// [`Outbox::write`] for intake (new inputs, new records): while the disk
+    /// reserve is given back (or could not be made), the file may reuse its
+    /// free pages but grow only into the free space beyond the reserve's
+    /// size, which stays for what frees space (acknowledgements, expiry):
+    /// past that, intake finds the disk full (see `reserve.rs`).
+    fn write_intake<T>(
+        &self,
+        f: impl FnOnce(&Transaction, &mut Sizes) -> rusqlite::Result<T>,
+    ) -> Result<T, OutboxError> {
+        self.write_growing(self.reserve.intake_headroom(), f)
+    }
+
+    /// [`Outbox::write`], the file growing by at most `headroom` bytes
+    /// (`None`: up to its page cap).
+    fn write_growing<T>(
+        &self,
+        headroom: Option<u64>,
+        f: impl FnOnce(&Transaction, &mut Sizes) -> rusqlite::Result<T>,
+    ) -> Result<T, OutboxError> {
         let mut inner = self.lock();
         let Inner {
             conn,
             pending_records,
             pending_bytes,
         } = &mut *inner;
+        let limit = self.page_limit.load(Ordering::Relaxed);
+        if let Some(bytes) = headroom {
+            let capped = conn
+                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                .and_then(|size| {
+                    let count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                    let grow = bytes / (size.max(1) as u64);
+                    let cap = (count.max(0) as u64).saturating_add(grow).min(limit);
+                    set_page_cap(conn, cap)
+                });
+            if let Err(e) = capped {
+                return Err(sql_error(&self.path, e));
+            }
+        }
         let mut sizes = Sizes {
             pending_records: *pending_records,
             pending_bytes: *pending_bytes,
@@ -340,6 +383,13 @@ impl Outbox {
             tx.commit()?;
             Ok(value)
         });
+        if headroom.is_some()
+            && let Err(e) = set_page_cap(conn, limit)
+        {
+            // Left capped, acknowledgements could not grow the file either:
+            // say so loudly; the next intake sets the cap again anyway.
+            tracing::error!(outbox = %self.path.display(), "cannot lift the intake page cap: {e}");
+        }
         *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) =
             written.as_ref().err().map(|e| e.to_string());
         let value = written.map_err(|e| sql_error(&self.path, e))?;
@@ -395,9 +445,17 @@ impl Outbox {
     /// Limit the file to `pages` pages of SQLite (a hard guard below the
     /// disk's own size; writes beyond fail as [`OutboxError::DiskFull`]).
     pub fn limit_file_pages(&self, pages: u64) -> Result<(), OutboxError> {
-        let pages = i64::try_from(pages).unwrap_or(i64::MAX);
-        self.read(|conn| conn.pragma_update_and_check(None, "max_page_count", pages, |_| Ok(())))
+        let inner = self.lock();
+        set_page_cap(&inner.conn, pages).map_err(|e| sql_error(&self.path, e))?;
+        self.page_limit.store(pages, Ordering::Relaxed);
+        Ok(())
     }
+}
+
+/// Cap the file at `pages` pages (SQLite keeps it at least its size).
+fn set_page_cap(conn: &Connection, pages: u64) -> rusqlite::Result<()> {
+    let pages = i64::try_from(pages).unwrap_or(i64::MAX);
+    conn.pragma_update_and_check(None, "max_page_count", pages, |_| Ok(()))
 }
 
 /// Classify a SQLite error: full disk, damage, or anything else.
@@ -413,7 +471,7 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
                 // "readonly database": find out why from the file system.
                 let reason = format!(
                     "SQLite cannot open it for writing: {}",
-                    why_unopenable(&path)
+                    schema::why_unopenable(&path)
                 );
                 return OutboxError::Unusable { path, reason };
             }
@@ -427,31 +485,6 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> OutboxError {
         }
     }
     OutboxError::Sqlite { path, source: e }
-}
-
-/// Why SQLite could not open `path` (read-write, with a WAL beside it).
-fn why_unopenable(path: &Path) -> String {
-    if path.is_dir() {
-        return "it is a directory".into();
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    {
-        return e.to_string();
-    }
-    let wal = PathBuf::from(format!("{}-wal", path.display()));
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&wal)
-    {
-        return format!("cannot create its write-ahead log {}: {e}", wal.display());
-    }
-    "the cause is unknown (SQLite error 14)".into()
 }
 
 #[cfg(test)]

@@ -119,18 +119,30 @@ impl Selection {
 
 impl Outbox {
     /// Store `records` in one transaction (one fsync), applying the caps.
+    /// New records are intake: they do not grow the file into the space
+    /// of a disk reserve that was given back (see `reserve.rs`).
     pub fn append(&self, records: Vec<NewRecord>) -> Result<AppendReport, OutboxError> {
-        self.complete(&[], &records)
+        self.store_results(&[], &records)
     }
 
     /// In one transaction: store `records` and delete the journal rows
     /// `journal_seqs` whose results they are. Either both happen or neither.
+    /// Not intake: inputs already accepted become results (and give their
+    /// bytes back), so a full disk never stops the journal from draining.
     pub fn complete(
         &self,
         journal_seqs: &[i64],
         records: &[NewRecord],
     ) -> Result<AppendReport, OutboxError> {
-        let report = self.write(|tx, sizes| {
+        self.store_results(journal_seqs, records)
+    }
+
+    fn store_results(
+        &self,
+        journal_seqs: &[i64],
+        records: &[NewRecord],
+    ) -> Result<AppendReport, OutboxError> {
+        let run = |tx: &Transaction, sizes: &mut Sizes| -> rusqlite::Result<AppendReport> {
             let freed = journal::retire(tx, journal_seqs)?;
             sizes.journal_bytes = sizes.journal_bytes.saturating_sub(freed);
             let report = store(tx, sizes, &self.config, records)?;
@@ -138,7 +150,12 @@ impl Outbox {
                 bump(tx, counter, n)?;
             }
             Ok(report)
-        })?;
+        };
+        let report = if journal_seqs.is_empty() {
+            self.write_intake(run)?
+        } else {
+            self.write(run)?
+        };
         if report.dropped_oldest + report.rejected_full + report.rejected_too_large > 0 {
             tracing::warn!(
                 ?report,

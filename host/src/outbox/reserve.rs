@@ -10,6 +10,15 @@
 //! outcome) release it and retry once; inputs and new results never do, so
 //! they cannot eat it.
 //!
+//! Once given back, its space stays kept for those operations, not for new
+//! intake: until the reserve is made again, new inputs and new records may
+//! reuse the outbox file's free pages (an acknowledgement frees some) but
+//! grow the file only into the free space beyond the reserve's size
+//! ([`Reserve::intake_headroom`]). Otherwise, with the collector down, the
+//! first note of a failed upload on a full disk would hand the reserve to
+//! the next inputs, and the acknowledgement that comes back later would
+//! find the disk full again.
+//!
 //! Invariants: the reserve is (re)made only when the disk has at least
 //! twice its size free, so making it never fills the disk itself; it is
 //! written in full and synced before it takes its name, so its blocks are
@@ -17,6 +26,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// What the outbox's write-ahead log may take on the disk: it is cut back to
+/// 1 MiB (`journal_size_limit`, see `schema.rs`) after a checkpoint, and a
+/// full disk's checkpoint cuts it to nothing.
+const WAL_BYTES: u64 = 1 << 20;
 
 /// The reserve file of one outbox.
 #[derive(Debug)]
@@ -65,6 +79,20 @@ impl Reserve {
         })
     }
 
+    /// How many bytes intake may grow the outbox file by: no bound (`None`)
+    /// while the reserve's file holds its space, or without a reserve;
+    /// otherwise half the free space beyond the reserve's size and
+    /// [`WAL_BYTES`]: the pages a transaction adds pass through the
+    /// write-ahead log too, so the disk sees them twice.
+    pub(super) fn intake_headroom(&self) -> Option<u64> {
+        if self.bytes == 0 || self.path.exists() {
+            return None;
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let beyond = free_bytes(dir)?.saturating_sub(self.bytes.saturating_add(WAL_BYTES));
+        Some(beyond / 2)
+    }
+
     /// Give the reserve back to the disk; whether there was one.
     pub(super) fn release(&self) -> bool {
         match std::fs::remove_file(&self.path) {
@@ -83,6 +111,17 @@ impl Reserve {
 
 /// Bytes free for unprivileged writers on the filesystem of `dir`.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = statvfs(dir)?;
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// The size of the filesystem of `dir`, in bytes.
+pub fn volume_bytes(dir: &Path) -> Option<u64> {
+    let stat = statvfs(dir)?;
+    Some((stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+fn statvfs(dir: &Path) -> Option<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -90,5 +129,5 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    Some(stat)
 }

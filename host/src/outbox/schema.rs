@@ -298,6 +298,54 @@ pub(super) fn check_identity(conn: &Connection, path: &Path) -> Result<(), Outbo
     }
 }
 
+/// Why SQLite could not open `path` (read-write, with a WAL beside it).
+pub(super) fn why_unopenable(path: &Path) -> String {
+    if path.is_dir() {
+        return "it is a directory".into();
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !path.exists() {
+        // SQLite was to create it: the folder's own error says why it
+        // could not (read-only file system, permission), where opening
+        // the missing file would only say that it does not exist.
+        return match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Err(e) => format!("cannot create it in {}: {e}", dir.display()),
+            Ok(_) => {
+                let _ = std::fs::remove_file(path);
+                format!(
+                    "the cause is unknown (SQLite error 14; {} can be written)",
+                    dir.display()
+                )
+            }
+        };
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        return e.to_string();
+    }
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&wal)
+    {
+        return format!("cannot create its write-ahead log {}: {e}", wal.display());
+    }
+    "the cause is unknown (SQLite error 14)".into()
+}
+
 /// Rename a damaged outbox (and its WAL) to `<name>.damaged-<timestamp>`.
 fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
     let stamp = utc_stamp(SystemTime::now());

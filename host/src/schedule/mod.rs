@@ -13,6 +13,15 @@
 //! Invariants: every request gets exactly one reply; replies for one caller
 //! come back in the caller's order; a bad request (wrong shape, expired)
 //! fails alone; a full queue refuses new requests at once instead of growing.
+//!
+//! Timeouts (`request_timeout_ms`) shed load from callers that would rather
+//! fail than wait (a guest's `wasi:nn` call): they count only the wait
+//! behind other batches, never the wait for the request's own batch to fill
+//! (the scheduler's choice, not a backlog). A pipeline's items
+//! ([`Scheduler::infer_many_in_turn`]) are never timed out: they are the
+//! journal's inputs, kept durably and tried again until taken, so a timeout
+//! could only make them lose their place, and a short one could starve them
+//! for good.
 
 mod engine;
 mod execution;
@@ -45,7 +54,9 @@ pub struct BatchConfig {
     /// Requests admitted but not yet answered, at most; more are refused at
     /// once with "queue full" rather than growing memory and latency.
     pub queue_capacity: usize,
-    /// A request not started within this is answered with a timeout.
+    /// A `wasi:nn` request not taken off the queue within this (waiting
+    /// behind other batches) is answered busy. A pipeline's own items are
+    /// never timed out (see the module's documentation).
     pub request_timeout_ms: u64,
     /// Threads inference may use; 0 = all cores.
     pub threads: usize,
@@ -94,6 +105,9 @@ type Reply = Result<Vec<Tensor>, ItemError>;
 struct Request {
     items: Vec<Vec<Tensor>>,
     enqueued: Instant,
+    /// Answered busy if not taken off the queue within this; `None`: waits
+    /// its turn however long it takes.
+    timeout: Option<Duration>,
     reply: SyncSender<Vec<Reply>>,
 }
 
@@ -215,8 +229,22 @@ impl Scheduler {
 
     /// Infer many items; they may share batches with other callers' items.
     /// One result per item, in order. Items beyond the queue's free capacity
-    /// are refused ("queue full"), the others are served.
-    pub fn infer_many(&self, mut items: Vec<Vec<Tensor>>) -> Vec<Reply> {
+    /// are refused ("queue full"), the others are served, or answered busy
+    /// if they waited behind other batches longer than `request_timeout_ms`.
+    pub fn infer_many(&self, items: Vec<Vec<Tensor>>) -> Vec<Reply> {
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        self.submit(items, Some(timeout))
+    }
+
+    /// Like [`Scheduler::infer_many`], but the admitted items wait their
+    /// turn however long the queue is: for a pipeline's items, which the
+    /// caller keeps (journaled) and tries again anyway, so that a timeout
+    /// can never starve them.
+    pub fn infer_many_in_turn(&self, items: Vec<Vec<Tensor>>) -> Vec<Reply> {
+        self.submit(items, None)
+    }
+
+    fn submit(&self, mut items: Vec<Vec<Tensor>>, timeout: Option<Duration>) -> Vec<Reply> {
         let admitted = self.admit(items.len());
         let refused = items.split_off(admitted);
         let mut replies = if items.is_empty() {
@@ -227,6 +255,7 @@ impl Scheduler {
             match self.queue.send(Request {
                 items,
                 enqueued: Instant::now(),
+                timeout,
                 reply,
             }) {
                 Ok(()) => rx.recv().unwrap_or_else(|_| {
@@ -292,14 +321,17 @@ impl BatchRunner {
     fn serve(self, requests: mpsc::Receiver<Request>) {
         let max_delay = Duration::from_millis(self.config.max_queue_delay_ms);
         while let Ok(first) = requests.recv() {
+            // When each request was taken off the queue: its wait behind
+            // other batches ends there (what a timeout counts).
+            let taken = Instant::now();
             let close_at = first.enqueued + max_delay;
             let mut items = first.items.len();
-            let mut batch = vec![first];
+            let mut batch = vec![(first, taken)];
             while items < self.config.max_batch_size {
                 match requests.recv_timeout(close_at.saturating_duration_since(Instant::now())) {
                     Ok(request) => {
                         items += request.items.len();
-                        batch.push(request);
+                        batch.push((request, Instant::now()));
                     }
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
@@ -316,24 +348,24 @@ impl BatchRunner {
     }
 
     /// Check every item, run the valid ones together, answer every request
-    /// (`items` in all).
-    fn run_batch(&self, batch: Vec<Request>, items: usize) {
+    /// (`items` in all), each with when it was taken off the queue.
+    fn run_batch(&self, batch: Vec<(Request, Instant)>, items: usize) {
         let now = Instant::now();
-        let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let mut replies: Vec<Vec<Option<Reply>>> = Vec::with_capacity(batch.len());
         let mut valid = Vec::new();
         let mut slots = Vec::new();
         let mut reply_to = Vec::with_capacity(batch.len());
-        for (r, request) in batch.into_iter().enumerate() {
-            let waited = now.duration_since(request.enqueued);
-            self.stats.record_queue_time(waited, request.items.len());
-            let expired = waited > timeout;
-            if expired {
+        for (r, (request, taken)) in batch.into_iter().enumerate() {
+            self.stats
+                .record_queue_time(now.duration_since(request.enqueued), request.items.len());
+            let behind_others = taken.duration_since(request.enqueued);
+            let expired = request.timeout.filter(|t| behind_others > *t);
+            if expired.is_some() {
                 self.stats.record_timed_out(request.items.len());
             }
             let mut answers = Vec::with_capacity(request.items.len());
             for (i, inputs) in request.items.into_iter().enumerate() {
-                if expired {
+                if let Some(timeout) = expired {
                     answers.push(Some(Err(ItemError::Busy {
                         model: self.model.name().into(),
                         message: format!("not started within {} ms", timeout.as_millis()),

@@ -1612,3 +1612,94 @@ fn a_crash_at_any_install_step_leaves_one_version_running_and_loses_no_input() {
     );
     assert_eq!(agent.sigterm(), 0);
 }
+
+/// Inputs a previous run left in the journal of `config`'s data dir.
+fn journal_digits(config: &sluice::config::Config, n: usize) {
+    let outbox =
+        sluice::outbox::Outbox::open_in(&config.device.data_dir, config.outbox.clone()).unwrap();
+    for image in images().into_iter().take(n) {
+        outbox
+            .accept(&sluice::outbox::NewInput {
+                pipeline: "digits".into(),
+                content_type: "image/png".into(),
+                attributes: Vec::new(),
+                data: image,
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_request_timeout_within_the_queue_delay_never_starves_journaled_inputs() {
+    // The loader refuses this pair, naming both keys; a program building
+    // its configuration in code can still run it, and then too every
+    // journaled input must be processed, never timed out forever.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), "http://127.0.0.1:9", None);
+    let mut config = sluice::config::Config::load(&file).unwrap();
+    config.sync = sluice::config::SyncConfig::default();
+    config.ingest = sluice::config::IngestConfig::default();
+    let batching = &mut config.models.get_mut("digits").unwrap().batching;
+    batching.request_timeout_ms = 1;
+    batching.max_queue_delay_ms = 2;
+    // No sample run at start: what is tested is the journal's inputs.
+    config.pipelines.get_mut("digits").unwrap().sample = None;
+    journal_digits(&config, 8);
+    let agent = sluice::agent::Agent::start(config).unwrap();
+    let processed = wait_until(Duration::from_secs(30), || {
+        agent.outbox().journal_bytes() == 0 && agent.outbox().pending().0 == 8
+    });
+    let stats = agent
+        .runtime()
+        .pipeline(Some("digits"))
+        .unwrap()
+        .scheduler()
+        .stats();
+    let (journal, pending) = (agent.outbox().journal_bytes(), agent.outbox().pending());
+    agent.shutdown();
+    assert!(
+        processed,
+        "journal {journal} bytes, {pending:?} results pending, {} timed out",
+        stats.timed_out
+    );
+    assert_eq!(stats.timed_out, 0);
+}
+
+#[test]
+fn a_data_volume_too_small_for_the_reserve_and_the_plugin_cache_is_refused_naming_each_part() {
+    let Some(disk) = crate::common::SmallDisk::mount(8 << 20) else {
+        eprintln!(
+            "SKIPPED a_data_volume_too_small_for_the_reserve_and_the_plugin_cache_is_refused_naming_each_part: cannot mount a tmpfs (needs root, as CI runs)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), "http://127.0.0.1:9", None);
+    let mut config = sluice::config::Config::load(&file).unwrap();
+    config.sync = sluice::config::SyncConfig::default();
+    config.ingest = sluice::config::IngestConfig::default();
+    config.device.data_dir = disk.dir.path().join("data");
+    // The compiled plugins go to the data volume, beside the outbox and its
+    // 4 MiB reserve.
+    config.runtime.cache_dir = None;
+    let err = match sluice::agent::Agent::start(config.clone()) {
+        Ok(_) => panic!("started on an 8 MiB volume"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        "the data volume of",
+        "is 8.0 MiB: too small for",
+        "the disk reserve (outbox.disk_reserve_bytes) 4.0 MiB",
+        "the compiled-plugin cache (",
+        "the outbox's working minimum 4.0 MiB",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    // With the cache on another volume and a smaller reserve, it fits.
+    std::fs::remove_dir_all(config.cache_dir()).unwrap();
+    config.runtime.cache_dir =
+        Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-plugin-cache"));
+    config.outbox.disk_reserve_bytes = 1 << 20;
+    let agent = sluice::agent::Agent::start(config).unwrap();
+    agent.shutdown();
+}

@@ -161,3 +161,31 @@ pub fn digit_items() -> (Vec<RawItem>, Vec<String>) {
         })
         .unzip()
 }
+
+/// A tmpfs of `bytes` mounted on a new folder (root only), unmounted on drop.
+pub struct SmallDisk {
+    /// Where it is mounted.
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` where mounting is impossible (not root).
+    pub fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -2,6 +2,7 @@
 //! batches that survive restarts, caps and their counters, expiry, journal
 //! hand-over, damaged files, a full disk.
 
+use crate::common::SmallDisk;
 use sluice::config::{FullPolicy, OutboxConfig};
 use sluice::outbox::{KeyedAccept, NewInput, NewRecord, Outbox, counter};
 
@@ -539,31 +540,6 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
     ));
 }
 
-/// A tmpfs of `bytes` mounted on a new folder (root only), unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(SmallDisk { dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[test]
 fn an_acknowledgement_still_deletes_on_a_full_disk() {
     let Some(disk) = SmallDisk::mount(16 << 20) else {
@@ -611,4 +587,61 @@ fn an_outbox_that_cannot_be_opened_says_why() {
         err.contains("outbox.sqlite") && err.contains("it is a directory"),
         "{err}"
     );
+}
+
+#[test]
+fn a_reserve_given_back_on_a_full_disk_is_kept_for_acknowledgements_not_new_inputs() {
+    let Some(disk) = SmallDisk::mount(16 << 20) else {
+        eprintln!(
+            "SKIPPED a_reserve_given_back_on_a_full_disk_is_kept_for_acknowledgements_not_new_inputs: cannot mount a tmpfs (needs root, as CI runs)"
+        );
+        return;
+    };
+    let reserve = disk.dir.path().join("outbox.sqlite.reserve");
+    let config = OutboxConfig {
+        disk_reserve_bytes: 4 << 20,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(disk.dir.path(), config).unwrap();
+    assert!(reserve.exists());
+    // Results wait for a collector that is down, and inputs keep coming
+    // until the disk is full.
+    outbox.append(records(0..500, 1000)).unwrap();
+    let mut accepted = 0;
+    let full = loop {
+        match outbox.accept(&input("p", &[7; 4096])) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 10_000, "the disk never filled");
+    };
+    assert!(full.is_disk_full(), "{full}");
+    // The uploader forms a batch for the collector that is down: on the
+    // full disk that gives the reserve back.
+    let batch = outbox.next_batch(500, 1 << 20).unwrap().expect("a batch");
+    assert!(
+        !reserve.exists(),
+        "forming the batch did not need the reserve"
+    );
+    // New inputs (and the notes of failed uploads) may take what else
+    // freed up, but not the reserve's space...
+    let mut more = 0;
+    let refused = loop {
+        outbox.record_sync_error("collector unreachable").unwrap();
+        match outbox.accept(&input("p", &[7; 4096])) {
+            Ok(_) => more += 1,
+            Err(e) => break e,
+        }
+        assert!(more < 10_000, "the disk never filled again");
+    };
+    assert!(refused.is_disk_full(), "{refused}");
+    let free = sluice::outbox::free_bytes(disk.dir.path()).unwrap();
+    assert!(
+        free >= 4 << 20,
+        "{more} more inputs left {free} bytes, less than the reserve kept for acknowledgements"
+    );
+    // ... so the acknowledgement, once the collector is back, has it.
+    assert_eq!(outbox.ack_batch(batch.id).unwrap(), 500);
+    // What the acknowledgement freed takes new inputs again.
+    outbox.accept(&input("p", &[7; 4096])).unwrap();
 }
