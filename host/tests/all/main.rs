@@ -18,4 +18,6 @@ mod inference;
 mod outbox;
 mod plugins;
 mod props;
+mod refusals;
 mod sync;
+mod timeouts;
