@@ -19,5 +19,7 @@ mod outbox;
 mod plugins;
 mod power;
 mod props;
+mod refusals;
 mod sync;
 mod sync_hostile;
+mod timeouts;
