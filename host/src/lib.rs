@@ -54,6 +54,8 @@ pub mod plugin;
 pub mod record;
 pub mod runtime;
 pub mod schedule;
+#[cfg(test)]
+mod tensor_props;
 pub mod types;
 pub mod uplink;
 pub mod wake;

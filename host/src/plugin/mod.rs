@@ -514,8 +514,15 @@ impl Plugin {
         }
     }
 
+    /// The idle instances. A panic while the list is held (a host bug)
+    /// leaves a list of whole instances, so it is used on, never a reason
+    /// for every later call to panic too.
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Live>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn check_out(&self) -> Result<Live, PluginError> {
-        let idle = self.idle.lock().unwrap().pop();
+        let idle = self.lock_idle().pop();
         match idle {
             Some(live) => Ok(live),
             None => self.instantiate(),
@@ -523,7 +530,7 @@ impl Plugin {
     }
 
     fn check_in(&self, live: Live) {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.lock_idle();
         if idle.len() < MAX_IDLE_INSTANCES {
             idle.push(live);
         }
@@ -613,7 +620,14 @@ fn to_wit_tensor(t: &Tensor) -> wit::Tensor {
     wit::Tensor {
         name: t.name.clone(),
         dtype,
-        shape: t.shape.iter().map(|&d| d as u32).collect(),
+        // A tensor that reaches a plugin passed `Tensor::check`, so each
+        // dimension is at most `MAX_TENSOR_BYTES` and fits; saturating
+        // rather than wrapping if one ever did not.
+        shape: t
+            .shape
+            .iter()
+            .map(|&d| u32::try_from(d).unwrap_or(u32::MAX))
+            .collect(),
         data: t.data.clone(),
     }
 }

@@ -108,13 +108,13 @@ impl GuestOutput {
 
     /// The kept tail, as text.
     pub fn tail(&self) -> String {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (a, b) = state.tail.as_slices();
         String::from_utf8_lossy(&[a, b].concat()).trim().to_owned()
     }
 
     fn take(&self, bytes: &[u8]) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if self.keep_tail {
             let keep = bytes.len().min(TAIL_BYTES);
             let overflow = (state.tail.len() + keep).saturating_sub(TAIL_BYTES);
