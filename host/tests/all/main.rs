@@ -17,5 +17,6 @@ mod fleet;
 mod inference;
 mod outbox;
 mod plugins;
+mod plugins_wasi_nn;
 mod props;
 mod sync;
