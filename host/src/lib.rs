@@ -42,6 +42,7 @@ pub mod bundled;
 pub mod config;
 #[cfg(test)]
 mod config_props;
+mod crash;
 pub mod drift;
 pub mod error;
 pub mod infer;

@@ -319,6 +319,16 @@ pub enum ItemError {
         /// Why.
         message: String,
     },
+    /// The pipeline crashed (a panic: a bug) every time it ran the input,
+    /// `crashes` times: the input was set aside as this failure, so that
+    /// it stops taking the pipeline down.
+    #[error("the pipeline crashed {crashes} times on this input, which was set aside: {cause}")]
+    Crashed {
+        /// How many times.
+        crashes: u32,
+        /// The last crash's panic message.
+        cause: String,
+    },
     /// The model's scheduler could not take the item now (its queue was
     /// full, the item waited past `request_timeout_ms`, or it is stopping).
     /// Back-pressure, not a result: the agent keeps such inputs journaled
@@ -344,6 +354,7 @@ impl ItemError {
             ItemError::Inference { .. } => "inference",
             ItemError::Busy { .. } => "busy",
             ItemError::Refused { .. } => "refused",
+            ItemError::Crashed { .. } => "crashed",
         }
     }
 

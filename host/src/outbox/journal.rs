@@ -55,6 +55,11 @@ pub struct JournalItem {
     /// Why ingest refused it ([`Outbox::accept_refused`]): its result is
     /// this failure, and `data` is empty.
     pub refused: Option<String>,
+    /// How many times the pipeline crashed (panicked) with this input in
+    /// it ([`Outbox::note_crash`]).
+    pub crashes: u32,
+    /// The last crash's cause.
+    pub last_crash: Option<String>,
 }
 
 /// What [`Outbox::accept_keyed`] did.
@@ -253,7 +258,7 @@ impl Outbox {
     ) -> Result<Vec<JournalItem>, OutboxError> {
         self.read(|conn| {
             let mut select = conn.prepare_cached(
-                "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms, refused FROM journal
+                "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms, refused, crashes, last_crash FROM journal
                  WHERE pipeline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
             let mut rows = select.query(params![pipeline, after, limit as i64])?;
@@ -274,9 +279,26 @@ impl Outbox {
                     data: r.get(4)?,
                     accepted_at_ms: r.get(5)?,
                     refused: r.get(6)?,
+                    crashes: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+                    last_crash: r.get(8)?,
                 });
             }
             Ok(items)
+        })
+    }
+
+    /// Count a crash (a panic) of the pipeline against the inputs `seqs`,
+    /// which were in it, with its `cause`: an input that crashes it
+    /// `worker::MAX_CRASHES` times is set aside as a failed result.
+    pub fn note_crash(&self, seqs: &[i64], cause: &str) -> Result<(), OutboxError> {
+        self.write(|tx, _| {
+            let mut update = tx.prepare_cached(
+                "UPDATE journal SET crashes = crashes + 1, last_crash = ?2 WHERE seq = ?1",
+            )?;
+            for seq in seqs {
+                update.execute(params![seq, cause])?;
+            }
+            Ok(())
         })
     }
 

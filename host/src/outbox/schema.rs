@@ -31,11 +31,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Marks a SQLite file as a Sluice outbox (`PRAGMA application_id`), "SLCE".
 const APPLICATION_ID: i32 = 0x534C_4345;
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// What each schema version adds to the one before, applied in order to an
 /// older outbox at open (in one transaction), so an upgrade keeps its data.
-const MIGRATIONS: &[(i32, &str)] = &[(2, INGEST_KEYS), (3, INSTANCE), (4, SET_ASIDE)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (2, INGEST_KEYS),
+    (3, INSTANCE),
+    (4, SET_ASIDE),
+    (5, CRASHES),
+];
+
+/// Version 5: how many times each input was in the pipeline when it
+/// crashed (a panic), and the last crash's cause, so that an input that
+/// crashes it again and again is set aside as a failed result after a
+/// bounded number of crashes, also across restarts (see `worker.rs`).
+const CRASHES: &str = "
+ALTER TABLE journal ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE journal ADD COLUMN last_crash TEXT;
+";
 
 /// Version 4: records the collector refused, kept (see `set_aside.rs`); and
 /// inputs refused at ingest, journaled without their data so that their

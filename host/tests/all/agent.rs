@@ -17,15 +17,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const DEVICE: &str = "dev-agent";
-const TOKEN: &str = "agent-secret";
+pub(crate) const DEVICE: &str = "dev-agent";
+pub(crate) const TOKEN: &str = "agent-secret";
 
 /// The first 64 digit images, to post.
-fn images() -> Vec<Vec<u8>> {
+pub(crate) fn images() -> Vec<Vec<u8>> {
     crate::common::digit_pngs().into_iter().take(64).collect()
 }
 
-fn collector(dir: &Path) -> Collector {
+pub(crate) fn collector(dir: &Path) -> Collector {
     let mut tokens = Tokens::default();
     tokens.insert(DEVICE, TOKEN).unwrap();
     Collector::start(
@@ -39,7 +39,7 @@ fn collector(dir: &Path) -> Collector {
 /// The digits example with absolute paths, a test data dir, a shared plugin
 /// cache, loopback ingest and quick sync retries: edited as TOML values,
 /// never as text.
-fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
     use toml::Value;
     let example = repo_root().join("examples/digits");
     let text = std::fs::read_to_string(example.join("sluice.toml")).unwrap();
@@ -110,9 +110,9 @@ fn write_config(dir: &Path, sync_url: &str, folder: Option<&Path>) -> PathBuf {
     file
 }
 
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     stderr: mpsc::Receiver<String>,
     /// What it said about its memory at start.
     memory: String,
@@ -120,12 +120,12 @@ struct Agent {
 
 impl Agent {
     /// Start `sluice run` and wait (bounded) until it is ready.
-    fn start(config: &Path) -> Agent {
+    pub(crate) fn start(config: &Path) -> Agent {
         Agent::start_with(config, &[])
     }
 
     /// [`Agent::start`] with more environment variables.
-    fn start_with(config: &Path, env: &[(&str, &str)]) -> Agent {
+    pub(crate) fn start_with(config: &Path, env: &[(&str, &str)]) -> Agent {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command.envs(env.iter().copied());
         Agent::start_command(command, config)
@@ -133,9 +133,14 @@ impl Agent {
 
     /// Start `command` (the `sluice` binary, or a wrapper running it) with
     /// `run --config CONFIG`, and wait (bounded) until it is ready.
-    fn start_command(mut command: Command, config: &Path) -> Agent {
+    fn start_command(command: Command, config: &Path) -> Agent {
+        Agent::start_logging(command, config, "error")
+    }
+
+    /// [`Agent::start_command`], logging at `log` (a `--log` filter).
+    pub(crate) fn start_logging(mut command: Command, config: &Path, log: &str) -> Agent {
         let mut child = command
-            .args(["--log", "error", "run", "--config"])
+            .args(["--log", log, "run", "--config"])
             .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -191,13 +196,13 @@ impl Agent {
         }
     }
 
-    fn sigkill(mut self) {
+    pub(crate) fn sigkill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// SIGTERM; returns the exit code (bounded wait).
-    fn sigterm(mut self) -> i32 {
+    pub(crate) fn sigterm(mut self) -> i32 {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -216,13 +221,13 @@ impl Agent {
         }
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
     }
 }
 
 /// POST one image to the digits pipeline: the status and the answer.
-fn post_image(url: &str, image: &[u8]) -> (u16, Vec<u8>) {
+pub(crate) fn post_image(url: &str, image: &[u8]) -> (u16, Vec<u8>) {
     http(
         reqwest::Client::new()
             .post(format!("{url}/v1/ingest/digits"))
@@ -232,7 +237,7 @@ fn post_image(url: &str, image: &[u8]) -> (u16, Vec<u8>) {
 }
 
 /// POST one image; the id if it was acknowledged.
-fn ingest(url: &str, image: &[u8]) -> Option<String> {
+pub(crate) fn ingest(url: &str, image: &[u8]) -> Option<String> {
     let request = reqwest::Client::new()
         .post(format!("{url}/v1/ingest/digits"))
         .header("Content-Type", "image/png")
@@ -250,7 +255,7 @@ fn ingest(url: &str, image: &[u8]) -> Option<String> {
 }
 
 /// All results stored for the device: id -> document.
-fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
+pub(crate) fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
     let mut all = BTreeMap::new();
     let mut after = i64::MIN;
     for _ in 0..1000 {
@@ -281,7 +286,7 @@ fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
 }
 
 /// Poll until `done` holds (bounded).
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if done() {

@@ -7,6 +7,7 @@ mod common;
 mod fault_proxy;
 
 mod agent;
+mod agent_hostile;
 mod authoring;
 mod bundled_plugins;
 mod bundles;
