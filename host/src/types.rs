@@ -329,6 +329,13 @@ pub enum ItemError {
         /// The last crash's panic message.
         cause: String,
     },
+    /// The input's row in the outbox's journal cannot be read as written
+    /// (damage on disk): it cannot be run.
+    #[error("{message}")]
+    Damaged {
+        /// What is damaged.
+        message: String,
+    },
     /// The model's scheduler could not take the item now (its queue was
     /// full, the item waited past `request_timeout_ms`, or it is stopping).
     /// Back-pressure, not a result: the agent keeps such inputs journaled
@@ -355,6 +362,7 @@ impl ItemError {
             ItemError::Busy { .. } => "busy",
             ItemError::Refused { .. } => "refused",
             ItemError::Crashed { .. } => "crashed",
+            ItemError::Damaged { .. } => "damaged",
         }
     }
 

@@ -25,6 +25,9 @@
 //!   again but set aside as a failed result (`"kind": "crashed"`, with the
 //!   cause), counted and shipped like any other. The counts are in the
 //!   journal, so a restart does not start them over;
+//! * a journal row that cannot be read as written (damage) becomes a failed
+//!   result (`"kind": "damaged"`) naming what is wrong, and its neighbours
+//!   go on;
 //! * on stop, the group in the pipeline finishes and is committed;
 //! * what it runs is a [`Deployment`] taken from its [`Slot`] once per
 //!   group: an install replaces it between groups, so a group runs and is
@@ -161,8 +164,13 @@ pub struct Worker {
 type Unstored = (Arc<crate::drift::Drift>, crate::drift::ClosedWindow);
 
 /// What `item`'s result is without running it, if anything: the refusal
-/// at ingest, or the crashes it caused.
+/// at ingest, the damage in the journal, or the crashes it caused.
 fn verdict(item: &JournalItem) -> Option<ItemError> {
+    if let Some(message) = &item.damaged {
+        return Some(ItemError::Damaged {
+            message: message.clone(),
+        });
+    }
     if let Some(message) = &item.refused {
         return Some(ItemError::Refused {
             message: message.clone(),
@@ -287,8 +295,8 @@ impl Worker {
     /// Each of `items`' outcome, or `None` when the pipeline crashed (a
     /// panic) on some of them: the crash has been counted against those
     /// (durably), and the caller reads the group again. Inputs with a
-    /// verdict (refused at ingest, in [`MAX_CRASHES`] crashes already) are
-    /// not run: that verdict is their
+    /// verdict (refused at ingest, damaged in the journal, in
+    /// [`MAX_CRASHES`] crashes already) are not run: that verdict is their
     /// failure. Inputs that were in a crash run alone, first; the others
     /// together.
     fn process_guarded(&self, pipeline: &Pipeline, items: &[JournalItem]) -> Option<Vec<Outcome>> {

@@ -1,12 +1,15 @@
 //! `sluice run` against inputs and state that once took a pipeline down for
 //! good: a plugin handing `wasi:nn` a tensor shape whose size overflows, an
 //! input that crashes the pipeline every time it runs (also after a
-//! restart, from the journal), a worker that dies. Each costs its own item (a failed result, with the
+//! restart, from the journal), a worker that dies, journal rows of every
+//! SQLite storage class. Each costs its own item (a failed result, with the
 //! cause, delivered like any other) or a moment, never its neighbours or
 //! the pipeline: `/readyz` is ready again by itself.
 
 use crate::agent::{Agent, DEVICE, collector, images, stored, wait_until, write_config};
 use crate::common::{http, plugin_path};
+use crate::outbox_damage::{CLASSES, loosened, of_class};
+use rusqlite::types::Value;
 use sluice::config::OutboxConfig;
 use sluice::outbox::{NewInput, Outbox};
 use std::collections::BTreeMap;
@@ -257,5 +260,99 @@ fn a_worker_that_dies_is_started_again_and_the_agent_is_ready_again() {
         log.contains("worker died: injected fault worker-panic-once; starting it again in"),
         "{log}"
     );
+    assert_eq!(agent.sigterm(), 0);
+}
+
+/// The columns of `journal` a worker reads, with the storage classes the
+/// outbox writes in each.
+const JOURNAL_COLUMNS: [(&str, &[&str]); 7] = [
+    ("content_type", &["TEXT"]),
+    ("attributes", &["TEXT"]),
+    ("data", &["BLOB"]),
+    ("accepted_at_ms", &["INTEGER"]),
+    ("refused", &["TEXT", "NULL"]),
+    ("crashes", &["INTEGER"]),
+    ("last_crash", &["TEXT", "NULL"]),
+];
+
+#[test]
+fn journal_rows_of_every_storage_class_fail_alone_and_the_rest_are_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(dir.path());
+    let config = write_config(dir.path(), &collector.url(), None);
+    let data = dir.path().join("data");
+    let pngs = images();
+    let good = journal(&data, &[&pngs[0], &pngs[1], &pngs[2]]);
+    let path = data.join(sluice::outbox::FILE_NAME);
+    // Each column of a journal row in each storage class it is never
+    // written in (a TEXT `attributes` that is not JSON too), between good
+    // inputs.
+    let mut damaged: Vec<(i64, &str)> = Vec::new();
+    loosened(&path, "journal", |conn| {
+        let mut cases: Vec<(&str, Value)> = Vec::new();
+        for (column, written) in JOURNAL_COLUMNS {
+            for class in CLASSES {
+                if !written.contains(&class) {
+                    cases.push((column, of_class(class, cases.len())));
+                }
+            }
+        }
+        cases.push(("attributes", Value::Text("not json".into())));
+        for (column, value) in cases {
+            let mut row: Vec<(&str, Value)> = vec![
+                ("content_type", Value::Text("image/png".into())),
+                ("attributes", Value::Text("[]".into())),
+                ("data", Value::Blob(pngs[3].clone())),
+                ("accepted_at_ms", Value::Integer(sluice::outbox::now_ms())),
+                ("refused", Value::Null),
+                ("crashes", Value::Integer(0)),
+                ("last_crash", Value::Null),
+            ];
+            for (name, v) in &mut row {
+                if *name == column {
+                    *v = value.clone();
+                }
+            }
+            conn.execute(
+                "INSERT INTO journal(pipeline, content_type, attributes, data, accepted_at_ms, refused, crashes, last_crash)
+                 VALUES ('digits', ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params_from_iter(row.into_iter().map(|(_, v)| v)),
+            )
+            .unwrap();
+            damaged.push((conn.last_insert_rowid(), column));
+        }
+    });
+    let good = [good, journal(&data, &[&pngs[4]])].concat();
+    // The ids before the start: the outbox is the agent's once it runs.
+    let id = |seq: i64| result_id(&data, seq);
+    let good: Vec<String> = good.into_iter().map(id).collect();
+    let damaged: Vec<(String, &str)> = damaged
+        .into_iter()
+        .map(|(seq, column)| (id(seq), column))
+        .collect();
+
+    let agent = Agent::start(&config);
+    let ids: Vec<String> = good
+        .iter()
+        .cloned()
+        .chain(damaged.iter().map(|(id, _)| id.clone()))
+        .collect();
+    let all = wait_for(&collector, &ids);
+    for id in &good {
+        let doc = &all[id];
+        assert!(doc["result"]["body"]["label"].is_string(), "{doc}");
+    }
+    for (id, column) in &damaged {
+        let error = &all[id]["error"];
+        assert_eq!(error["kind"], "damaged", "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{column}`")),
+            "{error}"
+        );
+    }
+    assert_eq!(ready(&agent), 200);
     assert_eq!(agent.sigterm(), 0);
 }

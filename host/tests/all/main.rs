@@ -17,6 +17,7 @@ mod engines;
 mod fleet;
 mod inference;
 mod outbox;
+mod outbox_damage;
 mod plugins;
 mod plugins_wasi_nn;
 mod props;

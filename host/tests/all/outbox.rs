@@ -555,7 +555,10 @@ fn an_outbox_of_version_4_gets_crash_counts_for_its_journal() {
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     assert!(outbox.recovered().is_none());
     let item = &outbox.journal_items("p", 0, 10).unwrap()[0];
-    assert_eq!((item.seq, item.crashes), (seq, 0));
+    assert_eq!(
+        (item.seq, item.crashes, item.damaged.as_deref()),
+        (seq, 0, None)
+    );
     outbox.note_crash(&[seq], "a panic").unwrap();
     let item = &outbox.journal_items("p", 0, 10).unwrap()[0];
     assert_eq!(
