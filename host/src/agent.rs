@@ -191,33 +191,34 @@ impl Agent {
         }
         for pipeline in runtime.pipelines() {
             let wake = wakes[pipeline.name()].clone();
+            let name = pipeline.name().to_owned();
             let worker = Worker {
                 device: device.clone(),
-                name: pipeline.name().to_owned(),
+                name: name.clone(),
                 slot: agent.slots[pipeline.name()].clone(),
                 outbox: outbox.clone(),
                 wake: wake.clone(),
                 stored: stored.clone(),
                 metrics: metrics.clone(),
+                working: {
+                    let (sink, name) = (agent.sink.clone(), name.clone());
+                    Arc::new(move || sink.mark_up(&name))
+                },
             };
-            let thread = spawn(&format!("sluice-{}", pipeline.name()), {
-                let (sink, name) = (agent.sink.clone(), pipeline.name().to_owned());
+            let thread = spawn(&format!("sluice-{name}"), {
+                let sink = agent.sink.clone();
                 move || {
-                    // A worker that dies (a bug) takes its pipeline's ingest
-                    // down with it, visibly, rather than leaving inputs
-                    // accepted for nobody; they stay journaled for the next
-                    // start.
-                    let died =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
-                    if let Err(panic) = died {
-                        let why = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "a panic".into());
-                        tracing::error!(pipeline = name, "worker died: {why}; ingest for it stops");
-                        sink.mark_down(&name, &format!("its worker died: {why}"));
-                    }
+                    // A worker that dies (a bug outside the pipeline, which
+                    // catches its own) takes its pipeline's ingest down,
+                    // visibly, until it is started again and works: inputs
+                    // are not accepted for nobody, and those accepted wait
+                    // in the journal.
+                    crate::crash::supervise(
+                        &name,
+                        &worker.wake,
+                        || worker.run(),
+                        |why| sink.mark_down(&name, why),
+                    );
                 }
             })?;
             // Work left in the journal by the previous run starts at once.

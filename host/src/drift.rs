@@ -308,10 +308,13 @@ fn value(source: Source, inputs: &[Tensor], outputs: &[Tensor]) -> Option<f64> {
 /// The features an item of these shapes has (see [`MAX_ELEMENT_FEATURES`]).
 fn sources(inputs: &[Tensor], outputs: &[Tensor]) -> Vec<(String, Source)> {
     let mut out = Vec::new();
-    let elements: usize = inputs.iter().map(|t| t.element_count()).sum();
+    let elements: usize = inputs
+        .iter()
+        .map(|t| t.element_count().unwrap_or(0))
+        .fold(0usize, usize::saturating_add);
     for (tensor, t) in inputs.iter().enumerate() {
         if elements <= MAX_ELEMENT_FEATURES {
-            for index in 0..t.element_count() {
+            for index in 0..t.element_count().unwrap_or(0) {
                 out.push((
                     format!("input.{}[{index}]", t.name),
                     Source::Element { tensor, index },
@@ -323,7 +326,7 @@ fn sources(inputs: &[Tensor], outputs: &[Tensor]) -> Vec<(String, Source)> {
         }
     }
     for (output, t) in outputs.iter().enumerate() {
-        if t.element_count() > 1 {
+        if t.element_count().unwrap_or(0) > 1 {
             out.push((format!("output.{}.class", t.name), Source::Class { output }));
         }
         out.push((
@@ -388,7 +391,7 @@ impl Profile {
             };
             match source {
                 Source::Class { output } => {
-                    feature.counts = vec![0; first_out[output].element_count()];
+                    feature.counts = vec![0; first_out[output].element_count().unwrap_or(0)];
                 }
                 _ => {
                     feature.edges = decile_edges(&values);

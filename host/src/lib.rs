@@ -42,6 +42,7 @@ pub mod bundled;
 pub mod config;
 #[cfg(test)]
 mod config_props;
+mod crash;
 pub mod drift;
 pub mod error;
 pub mod infer;
@@ -54,6 +55,8 @@ pub mod plugin;
 pub mod record;
 pub mod runtime;
 pub mod schedule;
+#[cfg(test)]
+mod tensor_props;
 pub mod types;
 pub mod uplink;
 pub mod volume;

@@ -417,7 +417,7 @@ impl Scraped {
             write(
                 encoder,
                 "outbox_records",
-                "What happened to results in the outbox, by event (stored, uploaded, dropped_oldest, rejected_full, rejected_too_large, expired, rejected_upstream, set_aside_dropped, duplicates)",
+                "What happened to results in the outbox, by event (stored, uploaded, dropped_oldest, rejected_full, rejected_too_large, expired, rejected_upstream, set_aside_dropped, duplicates, damaged)",
                 MetricType::Counter,
                 events,
             )?;

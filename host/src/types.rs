@@ -100,8 +100,13 @@ pub fn stack_items(items: &[Vec<Tensor>]) -> Vec<Tensor> {
         .map(|position| {
             let first = &items[0][position];
             let mut shape = first.shape.clone();
-            shape[0] = n;
-            let mut data = Vec::with_capacity(first.data.len() * n);
+            if let Some(batch) = shape.first_mut() {
+                *batch = n;
+            }
+            // The bytes the items hold, not the first one's size times `n`:
+            // items of other sizes cannot make it ask for more than exists.
+            let len = items.iter().map(|item| item[position].data.len()).sum();
+            let mut data = Vec::with_capacity(len);
             for item in items {
                 data.extend_from_slice(&item[position].data);
             }
@@ -115,11 +120,66 @@ pub fn stack_items(items: &[Vec<Tensor>]) -> Vec<Tensor> {
         .collect()
 }
 
+/// The most bytes one tensor may describe: 1 GiB. Shapes come from plugins
+/// (the plugin contract and `wasi:nn`) and from models, so their sizes are
+/// computed with checked arithmetic against this bound; a larger shape is
+/// an error of the item that carries it, never an overflow.
+pub const MAX_TENSOR_BYTES: usize = 1 << 30;
+
+/// The bytes a tensor of `shape` and `dtype` holds, or `None` when that is
+/// more than [`MAX_TENSOR_BYTES`]. Computed with checked arithmetic: no
+/// shape, however hostile, overflows (every dimension is bounded too, so a
+/// zero dimension cannot hide a huge one).
+pub fn shape_bytes(shape: &[usize], dtype: DType) -> Option<usize> {
+    if shape.iter().any(|&d| d > MAX_TENSOR_BYTES) {
+        return None;
+    }
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    let mut elements = 1usize;
+    for &d in shape {
+        elements = elements.checked_mul(d).filter(|&e| e <= MAX_TENSOR_BYTES)?;
+    }
+    elements
+        .checked_mul(dtype.size())
+        .filter(|&bytes| bytes <= MAX_TENSOR_BYTES)
+}
+
+/// Why a tensor's data does not match its shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShapeError {
+    /// The shape describes more than [`MAX_TENSOR_BYTES`].
+    #[error(
+        "shape {shape:?} of {dtype:?} describes more than {MAX_TENSOR_BYTES} bytes, the most a tensor may hold"
+    )]
+    TooLarge {
+        /// The shape.
+        shape: Vec<usize>,
+        /// The element type.
+        dtype: DType,
+    },
+    /// The data is not as long as the shape says.
+    #[error("{bytes} bytes do not fill shape {shape:?} of {dtype:?} ({expected} bytes)")]
+    Mismatch {
+        /// The data's length.
+        bytes: usize,
+        /// The shape.
+        shape: Vec<usize>,
+        /// The element type.
+        dtype: DType,
+        /// The length the shape describes.
+        expected: usize,
+    },
+}
+
 impl Tensor {
     /// Element `i` as `f64` (`None` out of range).
     pub fn element_f64(&self, i: usize) -> Option<f64> {
         let size = self.dtype.size();
-        let bytes = self.data.get(i * size..(i + 1) * size)?;
+        let start = i.checked_mul(size)?;
+        let bytes = self.data.get(start..start.checked_add(size)?)?;
         let two = || u16::from_le_bytes([bytes[0], bytes[1]]);
         Some(match self.dtype {
             DType::F16 => half::f16::from_bits(two()).to_f64(),
@@ -144,14 +204,34 @@ impl Tensor {
         }
     }
 
-    /// Number of elements the shape describes.
-    pub fn element_count(&self) -> usize {
-        self.shape.iter().product()
+    /// Number of elements the shape describes, or `None` when the shape
+    /// describes more than [`MAX_TENSOR_BYTES`] (see [`shape_bytes`]).
+    pub fn element_count(&self) -> Option<usize> {
+        shape_bytes(&self.shape, self.dtype).map(|bytes| bytes / self.dtype.size())
     }
 
-    /// Whether `data` holds exactly what the shape and dtype describe.
+    /// Check that `data` holds exactly what the shape and dtype describe,
+    /// and that this is at most [`MAX_TENSOR_BYTES`].
+    pub fn check(&self) -> Result<(), ShapeError> {
+        let expected =
+            shape_bytes(&self.shape, self.dtype).ok_or_else(|| ShapeError::TooLarge {
+                shape: self.shape.clone(),
+                dtype: self.dtype,
+            })?;
+        if self.data.len() != expected {
+            return Err(ShapeError::Mismatch {
+                bytes: self.data.len(),
+                shape: self.shape.clone(),
+                dtype: self.dtype,
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether [`Tensor::check`] finds nothing wrong.
     pub fn is_consistent(&self) -> bool {
-        self.data.len() == self.element_count() * self.dtype.size()
+        self.check().is_ok()
     }
 
     /// The elements as `f32` if the dtype is `F32`.
@@ -239,6 +319,23 @@ pub enum ItemError {
         /// Why.
         message: String,
     },
+    /// The pipeline crashed (a panic: a bug) every time it ran the input,
+    /// `crashes` times: the input was set aside as this failure, so that
+    /// it stops taking the pipeline down.
+    #[error("the pipeline crashed {crashes} times on this input, which was set aside: {cause}")]
+    Crashed {
+        /// How many times.
+        crashes: u32,
+        /// The last crash's panic message.
+        cause: String,
+    },
+    /// The input's row in the outbox's journal cannot be read as written
+    /// (damage on disk): it cannot be run.
+    #[error("{message}")]
+    Damaged {
+        /// What is damaged.
+        message: String,
+    },
     /// The model's scheduler could not take the item now (its queue was
     /// full, the item waited past `request_timeout_ms`, or it is stopping).
     /// Back-pressure, not a result: the agent keeps such inputs journaled
@@ -264,6 +361,8 @@ impl ItemError {
             ItemError::Inference { .. } => "inference",
             ItemError::Busy { .. } => "busy",
             ItemError::Refused { .. } => "refused",
+            ItemError::Crashed { .. } => "crashed",
+            ItemError::Damaged { .. } => "damaged",
         }
     }
 

@@ -16,11 +16,24 @@
 //! * back-pressure is never a result: an input the model's scheduler cannot
 //!   take now (queue full, waited too long) is tried again until it is
 //!   taken, and left journaled if the worker stops first;
+//! * a crash (a panic: a bug, reached by some input) costs the group in the
+//!   pipeline a retry, never the worker: the crash is counted, durably,
+//!   against each input that was running ([`Outbox::note_crash`]), and the
+//!   group is read again from the journal. An input that was in a crash
+//!   runs alone from then on, so its neighbours are not held to account
+//!   for it; one that crashed the pipeline [`MAX_CRASHES`] times is not run
+//!   again but set aside as a failed result (`"kind": "crashed"`, with the
+//!   cause), counted and shipped like any other. The counts are in the
+//!   journal, so a restart does not start them over;
+//! * a journal row that cannot be read as written (damage) becomes a failed
+//!   result (`"kind": "damaged"`) naming what is wrong, and its neighbours
+//!   go on;
 //! * on stop, the group in the pipeline finishes and is committed;
 //! * what it runs is a [`Deployment`] taken from its [`Slot`] once per
 //!   group: an install replaces it between groups, so a group runs and is
 //!   recorded wholly on one version, never a mix.
 
+use crate::crash::{catch, fault_point};
 use crate::outbox::{JournalItem, NewRecord, Outbox};
 use crate::pipeline::{Outcome, Pipeline, process_all};
 use crate::record::{ItemInfo, result_record, to_outbox};
@@ -41,6 +54,12 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// commit and the copies handed to the plugins, this bounds the memory of
 /// inputs in a worker to a small multiple of it, whatever their sizes.
 pub const GROUP_MAX_BYTES: u64 = 16 << 20;
+
+/// How many crashes of the pipeline an input may be in before it is set
+/// aside as a failed result instead of being run again: once in a group,
+/// then alone (twice, so that a crash that was not its own, such as a
+/// neighbour's on another thread, does not condemn it).
+pub const MAX_CRASHES: u32 = 3;
 
 /// What a worker runs: one version of its pipeline (from the device's
 /// configuration or from a bundle), what its results name, and how it is
@@ -135,19 +154,32 @@ pub struct Worker {
     pub stored: Arc<Wake>,
     /// Where items and stage times are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Called when a worker (started or started again after it died) shows
+    /// that it works: it ran a group, or found nothing to do.
+    pub working: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// A closed drift window waiting to be stored, with the detector that
 /// scored it (its profile's digests go into the record).
 type Unstored = (Arc<crate::drift::Drift>, crate::drift::ClosedWindow);
 
-/// A fault-injection seam for tests of what happens when a worker dies
-/// (which only a bug can cause): with `SLUICE_FAULT_INJECT=<fault>:<pipeline>`
-/// in the environment, the worker of that pipeline panics here.
-fn fault_point(fault: &str, pipeline: &str) {
-    if std::env::var("SLUICE_FAULT_INJECT").is_ok_and(|v| v == format!("{fault}:{pipeline}")) {
-        panic!("injected fault {fault}");
+/// What `item`'s result is without running it, if anything: the refusal
+/// at ingest, the damage in the journal, or the crashes it caused.
+fn verdict(item: &JournalItem) -> Option<ItemError> {
+    if let Some(message) = &item.damaged {
+        return Some(ItemError::Damaged {
+            message: message.clone(),
+        });
     }
+    if let Some(message) = &item.refused {
+        return Some(ItemError::Refused {
+            message: message.clone(),
+        });
+    }
+    (item.crashes >= MAX_CRASHES).then(|| ItemError::Crashed {
+        crashes: item.crashes,
+        cause: item.last_crash.clone().unwrap_or_default(),
+    })
 }
 
 /// A group of results and the journal rows they retire.
@@ -158,8 +190,10 @@ struct Done {
 
 impl Worker {
     /// Run until woken with stop; returns once the last group is committed
-    /// (or the commit was abandoned because of the stop).
-    pub fn run(self) {
+    /// (or the commit was abandoned because of the stop). A panic outside
+    /// the pipeline (a bug in the worker itself) ends it: run it under
+    /// [`crate::crash::supervise`], which starts it again.
+    pub fn run(&self) {
         let (to_store, stored) = sync_channel::<Done>(1);
         std::thread::scope(|scope| {
             scope.spawn(|| self.store(stored));
@@ -167,6 +201,7 @@ impl Worker {
             // their commit; only that commit deletes them.
             let mut taken_up_to = 0;
             let mut failures = 0u32;
+            let mut working = false;
             let name = self.name.as_str();
             let mut unstored = Vec::new();
             let mut deployment = self.slot.current();
@@ -199,13 +234,24 @@ impl Worker {
                     };
                 failures = 0;
                 let Some(last) = items.last() else {
+                    if !std::mem::replace(&mut working, true) {
+                        (self.working)();
+                    }
                     self.wake.wait(IDLE_POLL);
                     continue;
                 };
+                let before = taken_up_to;
                 taken_up_to = last.seq;
-                fault_point("worker-panic", name);
+                let all: Vec<&JournalItem> = items.iter().collect();
+                fault_point("worker-panic", name, &all);
+                fault_point("worker-panic-once", name, &all);
                 let started = std::time::Instant::now();
-                let outcomes = self.process(pipeline, &items);
+                let Some(outcomes) = self.process_guarded(pipeline, &items) else {
+                    // A crash, counted against the inputs it hit: the group
+                    // is read again and run as their counts say.
+                    taken_up_to = before;
+                    continue;
+                };
                 let busy = started.elapsed();
                 let completed_at_ms = crate::outbox::now_ms();
                 // Inputs the model could not take (only left when stopping)
@@ -235,6 +281,9 @@ impl Worker {
                 if to_store.send(Done { seqs, records }).is_err() {
                     break; // the store thread stopped
                 }
+                if !std::mem::replace(&mut working, true) {
+                    (self.working)();
+                }
             }
             // A window the last group closed goes out too.
             self.ship_drift(&deployment, &mut unstored);
@@ -243,36 +292,94 @@ impl Worker {
         });
     }
 
+    /// Each of `items`' outcome, or `None` when the pipeline crashed (a
+    /// panic) on some of them: the crash has been counted against those
+    /// (durably), and the caller reads the group again. Inputs with a
+    /// verdict (refused at ingest, damaged in the journal, in
+    /// [`MAX_CRASHES`] crashes already) are not run: that verdict is their
+    /// failure. Inputs that were in a crash run alone, first; the others
+    /// together.
+    fn process_guarded(&self, pipeline: &Pipeline, items: &[JournalItem]) -> Option<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();
+        let (mut alone, mut together) = (Vec::new(), Vec::new());
+        for (i, item) in items.iter().enumerate() {
+            match verdict(item) {
+                Some(error) => {
+                    outcomes[i] = Some(Outcome {
+                        id: self.outbox.result_id(&self.device, &self.name, item.seq),
+                        result: Err(error),
+                        timings: Default::default(),
+                    })
+                }
+                None if item.crashes > 0 => alone.push(vec![i]),
+                None => together.push(i),
+            }
+        }
+        for run in alone.into_iter().chain([together]) {
+            if run.is_empty() {
+                continue;
+            }
+            let inputs: Vec<&JournalItem> = run.iter().map(|&i| &items[i]).collect();
+            match catch(|| self.process(pipeline, &inputs)) {
+                Ok(done) => {
+                    for (i, outcome) in run.into_iter().zip(done) {
+                        outcomes[i] = Some(outcome);
+                    }
+                }
+                Err(cause) => {
+                    self.crashed(&inputs, &cause);
+                    return None;
+                }
+            }
+        }
+        Some(
+            outcomes
+                .into_iter()
+                .map(|o| o.expect("every item has an outcome"))
+                .collect(),
+        )
+    }
+
+    /// The pipeline crashed (`cause`) while running `inputs`: count it
+    /// against each of them, durably, retrying (a full disk) until it is
+    /// counted or the worker stops.
+    fn crashed(&self, inputs: &[&JournalItem], cause: &str) {
+        let name = self.name.as_str();
+        let seqs: Vec<i64> = inputs.iter().map(|i| i.seq).collect();
+        let ids: Vec<String> = seqs
+            .iter()
+            .take(8)
+            .map(|&seq| self.outbox.result_id(&self.device, name, seq))
+            .collect();
+        tracing::error!(
+            pipeline = name,
+            inputs = inputs.len(),
+            "the pipeline crashed on {} input(s) ({}{}): {cause}; each that crashes it {MAX_CRASHES} times is set aside as a failed result",
+            inputs.len(),
+            ids.join(", "),
+            if seqs.len() > ids.len() { ", ..." } else { "" }
+        );
+        let mut failures = 0u32;
+        while let Err(e) = self.outbox.note_crash(&seqs, cause) {
+            failures += 1;
+            tracing::error!(
+                pipeline = name,
+                "cannot count a crash against its inputs: {e}"
+            );
+            if self.wake.stopped() {
+                return;
+            }
+            self.wake.sleep(backoff(100, 10_000, failures));
+        }
+    }
+
     /// Run `items` through the pipeline. Items the model's scheduler could
     /// not take (a full queue, shared with other pipelines and `wasi:nn`
     /// guests) are back-pressure, not results: they are tried again, with
     /// backoff, until taken or the worker stops.
-    fn process(&self, pipeline: &Pipeline, items: &[JournalItem]) -> Vec<Outcome> {
+    fn process(&self, pipeline: &Pipeline, items: &[&JournalItem]) -> Vec<Outcome> {
         let name = self.name.as_str();
-        if items.iter().any(|item| item.refused.is_some()) {
-            // Inputs refused at ingest have their failure as their result;
-            // the others run.
-            let (refused, run): (Vec<usize>, Vec<usize>) =
-                (0..items.len()).partition(|&i| items[i].refused.is_some());
-            let run_items: Vec<JournalItem> = run.iter().map(|&i| items[i].clone()).collect();
-            let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
-            for (i, outcome) in run.into_iter().zip(self.process(pipeline, &run_items)) {
-                outcomes[i] = Some(outcome);
-            }
-            for i in refused {
-                outcomes[i] = Some(Outcome {
-                    id: self.outbox.result_id(&self.device, name, items[i].seq),
-                    result: Err(ItemError::Refused {
-                        message: items[i].refused.clone().unwrap_or_default(),
-                    }),
-                    timings: Default::default(),
-                });
-            }
-            return outcomes
-                .into_iter()
-                .map(|o| o.expect("every item has an outcome"))
-                .collect();
-        }
+        fault_point("item-panic", name, items);
         let raw = |item: &JournalItem| {
             let mut meta = Metadata::new(
                 self.outbox.result_id(&self.device, name, item.seq),
@@ -284,7 +391,7 @@ impl Worker {
                 data: item.data.clone(),
             }
         };
-        let mut outcomes = process_all(pipeline, items.iter().map(raw).collect(), &|_| {});
+        let mut outcomes = process_all(pipeline, items.iter().map(|&i| raw(i)).collect(), &|_| {});
         let mut attempts = 0u32;
         loop {
             let busy: Vec<usize> = (0..outcomes.len())
@@ -302,7 +409,7 @@ impl Worker {
             self.wake.sleep(backoff(5, 1_000, attempts));
             let again = process_all(
                 pipeline,
-                busy.iter().map(|&i| raw(&items[i])).collect(),
+                busy.iter().map(|&i| raw(items[i])).collect(),
                 &|_| {},
             );
             for (i, outcome) in busy.into_iter().zip(again) {

@@ -202,15 +202,9 @@ impl TensorSpec {
                 tensor.shape
             ));
         }
-        if !tensor.is_consistent() {
-            return Err(format!(
-                "input `{}`: {} bytes do not fill shape {:?}",
-                self.name,
-                tensor.data.len(),
-                tensor.shape
-            ));
-        }
-        Ok(())
+        tensor
+            .check()
+            .map_err(|e| format!("input `{}`: {e}", self.name))
     }
 
     /// The shape as text, `N` for open dimensions: `[N, 64]`.

@@ -367,21 +367,13 @@ fn run(session: &mut Session, inputs: Vec<(String, DynTensor)>) -> Result<Vec<Te
 
 /// Copy a Sluice tensor into a new onnxruntime tensor.
 fn to_ort(t: &Tensor) -> Result<DynTensor, String> {
-    if !t.is_consistent() {
-        return Err(format!(
-            "input `{}`: {} bytes do not fill shape {:?} of {:?}",
-            t.name,
-            t.data.len(),
-            t.shape,
-            t.dtype
-        ));
-    }
+    t.check().map_err(|e| format!("input `{}`: {e}", t.name))?;
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     let mut value = DynTensor::new(&Allocator::default(), element_of(t.dtype), shape)
         .map_err(|e| format!("input `{}`: {e}", t.name))?;
     if !t.data.is_empty() {
         // SAFETY: the tensor was just allocated on the CPU for exactly this
-        // element type and shape, which `is_consistent` says `data` fills.
+        // element type and shape, which `check` says `data` fills.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 t.data.as_ptr(),
@@ -400,8 +392,17 @@ fn from_ort(value: &ort::value::Value<DynTensorValueType>, name: String) -> Resu
     };
     let dtype =
         dtype_of(*ty).ok_or_else(|| format!("output `{name}` has unsupported type {ty}"))?;
-    let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-    let len = shape.iter().product::<usize>() * dtype.size();
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d.max(0)).unwrap_or(usize::MAX))
+        .collect();
+    // The engine's shape, checked before any byte is read through it.
+    let len = crate::types::shape_bytes(&shape, dtype).ok_or_else(|| {
+        format!(
+            "output `{name}`: shape {shape:?} describes more than {} bytes",
+            crate::types::MAX_TENSOR_BYTES
+        )
+    })?;
     let data = if len == 0 {
         Vec::new()
     } else {

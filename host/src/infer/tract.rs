@@ -277,7 +277,12 @@ impl Model for TractModel {
     }
 
     fn plan(&self, batch: usize) -> Result<Arc<dyn Plan>, ModelError> {
-        if let Some(plan) = self.plans.lock().unwrap().get(&batch) {
+        if let Some(plan) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&batch)
+        {
             return Ok(plan.clone());
         }
         let runnable = self
@@ -294,12 +299,18 @@ impl Model for TractModel {
             model: self.name.clone(),
             runnable,
         });
-        self.plans.lock().unwrap().insert(batch, plan.clone());
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(batch, plan.clone());
         Ok(plan)
     }
 
     fn release_plans_above(&self, batch: usize) {
-        self.plans.lock().unwrap().retain(|&size, _| size <= batch);
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&size, _| size <= batch);
     }
 }
 
@@ -356,13 +367,8 @@ impl TractPlan {
             model: self.model.clone(),
             source: e.context(format!("input `{}`", t.name)).into(),
         };
-        if !t.is_consistent() {
-            return Err(run_error(TractError::msg(format!(
-                "{} bytes do not fill shape {:?} of {:?}",
-                t.data.len(),
-                t.shape,
-                t.dtype
-            ))));
+        if let Err(e) = t.check() {
+            return Err(run_error(TractError::msg(e.to_string())));
         }
         // SAFETY: `dt` is a plain numeric type and the length was checked above.
         unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &t.shape, &t.data) }

@@ -193,6 +193,16 @@ impl Sink {
             .insert(pipeline.to_owned(), reason.to_owned());
     }
 
+    /// Take inputs for `pipeline` again: its worker works again.
+    pub fn mark_up(&self, pipeline: &str) {
+        if self.lock_down().remove(pipeline).is_some() {
+            tracing::info!(
+                pipeline,
+                "its worker works again; taking inputs for it again"
+            );
+        }
+    }
+
     /// The pipelines that are down, with why.
     pub fn down(&self) -> BTreeMap<String, String> {
         self.lock_down().clone()

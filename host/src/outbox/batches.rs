@@ -18,8 +18,10 @@
 //!   batch left with no records at all is deleted, not sent.
 
 use super::counters::{Counter, note_sync_error, note_sync_ok};
+use super::damage::{record_damage, set_aside_damaged};
 use super::records::Selection;
-use super::{Outbox, OutboxError, now_ms};
+use super::{Outbox, OutboxError, Sizes, now_ms};
+use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 /// Records formed into one upload. The same batch (same key, same records)
@@ -55,27 +57,43 @@ impl Outbox {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Option<Batch>, OutboxError> {
-        self.write(|tx, _| {
-            let existing: Option<(i64, String)> = tx
+        let max_set_aside = self.config.max_set_aside_bytes;
+        self.write(|tx, sizes| {
+            let existing: Option<(i64, Option<String>)> = tx
                 .query_row("SELECT id, key FROM batches ORDER BY id LIMIT 1", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get_ref(1)?.as_str().ok().map(str::to_owned)))
                 })
                 .optional()?;
             if let Some((id, key)) = existing {
-                let (records, stored_at_ms) = batch_records(tx, id)?.into_iter().unzip();
-                let records: Vec<_> = records;
-                if !records.is_empty() {
-                    return Ok(Some(Batch {
-                        id,
-                        key,
-                        records,
-                        stored_at_ms,
-                    }));
+                let rows = checked(tx, sizes, max_set_aside, Selected::Batch(id))?;
+                match key {
+                    Some(key) if !rows.is_empty() => {
+                        let (records, stored_at_ms) = rows
+                            .into_iter()
+                            .map(|row| ((row.id, row.body), row.stored_at_ms))
+                            .unzip();
+                        return Ok(Some(Batch {
+                            id,
+                            key,
+                            records,
+                            stored_at_ms,
+                        }));
+                    }
+                    // Every record of it was dropped, expired or set aside:
+                    // nothing to send. A key that cannot be read (damage):
+                    // its records go again under a new one.
+                    _ => dissolve_batch(tx, id)?,
                 }
-                // Every record of it was dropped or expired: nothing to send.
-                tx.execute("DELETE FROM batches WHERE id = ?1", [id])?;
             }
-            let rows = unbatched(tx, max_records, max_bytes)?;
+            let rows = checked(
+                tx,
+                sizes,
+                max_set_aside,
+                Selected::Unbatched {
+                    max_records,
+                    max_bytes,
+                },
+            )?;
             if rows.is_empty() {
                 return Ok(None);
             }
@@ -114,7 +132,14 @@ impl Outbox {
             match rows.as_slice() {
                 [] => Ok(Split::Empty),
                 [(rowid, id)] => {
-                    super::set_aside::set_aside(tx, sizes, *rowid, reason, max_set_aside)?;
+                    super::set_aside::set_aside(
+                        tx,
+                        sizes,
+                        *rowid,
+                        reason,
+                        max_set_aside,
+                        Counter::RejectedUpstream,
+                    )?;
                     Ok(Split::SetAside { id: id.clone() })
                 }
                 _ => {
@@ -184,51 +209,112 @@ fn form_batch(
     Ok((id, key))
 }
 
-/// A record about to join a batch.
-struct Unbatched {
+/// A record about to join a batch, or in one.
+struct Row {
     rowid: i64,
     id: String,
     body: Vec<u8>,
     stored_at_ms: i64,
 }
 
-/// The oldest records in no batch: up to `max_records`, and no more than
-/// `max_bytes` of bodies unless the first alone is larger (it still goes,
-/// alone).
-fn unbatched(
-    tx: &Transaction,
-    max_records: usize,
-    max_bytes: usize,
-) -> rusqlite::Result<Vec<Unbatched>> {
-    let mut select = tx.prepare_cached(
-        "SELECT rowid, id, body, created_at_ms FROM records WHERE batch IS NULL ORDER BY rowid LIMIT ?1",
-    )?;
-    let mut rows = Vec::new();
-    let mut total = 0usize;
-    let mut query = select.query([max_records as i64])?;
-    while let Some(row) = query.next()? {
-        let body: Vec<u8> = row.get(2)?;
-        if !rows.is_empty() && total + body.len() > max_bytes {
-            break;
-        }
-        total += body.len();
-        rows.push(Unbatched {
-            rowid: row.get(0)?,
-            id: row.get(1)?,
-            body,
-            stored_at_ms: row.get(3)?,
-        });
-    }
-    Ok(rows)
+/// Which records an upload reads.
+#[derive(Clone, Copy)]
+enum Selected {
+    /// The records of this batch.
+    Batch(i64),
+    /// The oldest records in no batch: up to `max_records`, and no more than
+    /// `max_bytes` of bodies unless the first alone is larger (it still
+    /// goes, alone).
+    Unbatched {
+        max_records: usize,
+        max_bytes: usize,
+    },
 }
 
-/// `((id, body), stored at)` of the records of `batch`, in storage order.
-fn batch_records(tx: &Transaction, batch: i64) -> rusqlite::Result<Vec<((String, Vec<u8>), i64)>> {
-    tx.prepare_cached(
-        "SELECT id, body, created_at_ms FROM records WHERE batch = ?1 ORDER BY rowid",
-    )?
-    .query_map([batch], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
-    .collect()
+/// The records `which` selects, in storage order, each checked to be as
+/// the outbox wrote it: a damaged one is set aside (see `damage.rs`) and
+/// the selection read again without it, so one bad row never stops an
+/// upload.
+fn checked(
+    tx: &Transaction,
+    sizes: &mut Sizes,
+    max_set_aside: u64,
+    which: Selected,
+) -> rusqlite::Result<Vec<Row>> {
+    loop {
+        let (rows, damaged) = read_rows(tx, which)?;
+        if damaged.is_empty() {
+            return Ok(rows);
+        }
+        for (rowid, reason) in damaged {
+            set_aside_damaged(tx, sizes, rowid, &reason, max_set_aside)?;
+        }
+    }
+}
+
+/// The rows `which` selects, and those of them that are damaged (with why).
+#[allow(clippy::type_complexity)]
+fn read_rows(
+    tx: &Transaction,
+    which: Selected,
+) -> rusqlite::Result<(Vec<Row>, Vec<(i64, String)>)> {
+    const COLUMNS: &str = "rowid, id, created_at_ms, bytes, body, batch";
+    let (mut select, limit, max_bytes) = match which {
+        Selected::Batch(batch) => (
+            tx.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM records WHERE batch = ?1 ORDER BY rowid"
+            ))?,
+            batch,
+            usize::MAX,
+        ),
+        Selected::Unbatched {
+            max_records,
+            max_bytes,
+        } => (
+            tx.prepare_cached(&format!(
+                // In no batch: also a record whose batch cannot be read or
+                // is gone (damage): it joins a new one, or is set aside.
+                "SELECT {COLUMNS} FROM records WHERE batch IS NULL OR typeof(batch) != 'integer'
+                 OR batch NOT IN (SELECT id FROM batches) ORDER BY rowid LIMIT ?1"
+            ))?,
+            i64::try_from(max_records).unwrap_or(i64::MAX),
+            max_bytes,
+        ),
+    };
+    let (mut rows, mut damaged) = (Vec::new(), Vec::new());
+    let mut total = 0usize;
+    let mut query = select.query([limit])?;
+    while let Some(row) = query.next()? {
+        let rowid: i64 = row.get(0)?;
+        let (id, created, bytes, body, batch) = (
+            row.get_ref(1)?,
+            row.get_ref(2)?,
+            row.get_ref(3)?,
+            row.get_ref(4)?,
+            row.get_ref(5)?,
+        );
+        if let Some(reason) = record_damage(id, created, bytes, body, batch) {
+            damaged.push((rowid, reason));
+            continue;
+        }
+        // `record_damage` checked the classes (and that `id` is UTF-8).
+        let (ValueRef::Text(id), ValueRef::Integer(stored_at_ms), ValueRef::Blob(body)) =
+            (id, created, body)
+        else {
+            unreachable!("record_damage checks every column's class");
+        };
+        if !rows.is_empty() && total.saturating_add(body.len()) > max_bytes {
+            break;
+        }
+        total = total.saturating_add(body.len());
+        rows.push(Row {
+            rowid,
+            id: String::from_utf8_lossy(id).into_owned(),
+            body: body.to_vec(),
+            stored_at_ms,
+        });
+    }
+    Ok((rows, damaged))
 }
 
 /// Put batch `batch`'s records back to pending and forget the batch.

@@ -39,11 +39,15 @@ pub enum Counter {
     SetAsideDropped,
     /// Records already stored under the same id (an input processed twice).
     Duplicates,
+    /// Records found damaged in the outbox (a column of the wrong storage
+    /// class, a NULL, a size that does not match), set aside (kept, see
+    /// `damage`).
+    Damaged,
 }
 
 impl Counter {
     /// Every counter, in the order `sluice outbox status` lists them.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Stored,
         Counter::Uploaded,
         Counter::DroppedOldest,
@@ -53,6 +57,7 @@ impl Counter {
         Counter::RejectedUpstream,
         Counter::SetAsideDropped,
         Counter::Duplicates,
+        Counter::Damaged,
     ];
 
     /// The counter's name in the file and in [`Status::counters`].
@@ -67,6 +72,7 @@ impl Counter {
             Counter::RejectedUpstream => "rejected_upstream",
             Counter::SetAsideDropped => "set_aside_dropped",
             Counter::Duplicates => "duplicates",
+            Counter::Damaged => "damaged",
         }
     }
 }
@@ -93,6 +99,8 @@ pub mod counter {
     pub const UPLOADED: &str = Counter::Uploaded.name();
     /// [`Counter::Duplicates`].
     pub const DUPLICATES: &str = Counter::Duplicates.name();
+    /// [`Counter::Damaged`].
+    pub const DAMAGED: &str = Counter::Damaged.name();
 }
 
 /// Keys of the sync outcome in `meta`.
@@ -152,7 +160,11 @@ impl Outbox {
         self.read(|conn| {
             let (pending_bytes, pending_records, oldest): (i64, i64, Option<i64>) = conn
                 .query_row(
-                    "SELECT COALESCE(SUM(bytes), 0), COUNT(*), MIN(created_at_ms) FROM records",
+                    concat!(
+                        "SELECT COALESCE(SUM(",
+                        record_size!(),
+                        "), 0), COUNT(*), MIN(CASE WHEN typeof(created_at_ms) = 'integer' THEN created_at_ms END) FROM records"
+                    ),
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?;
@@ -163,7 +175,11 @@ impl Outbox {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let (set_aside_records, set_aside_bytes): (i64, i64) = conn.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM set_aside",
+                concat!(
+                    "SELECT COUNT(*), COALESCE(SUM(",
+                    record_size!(),
+                    "), 0) FROM set_aside"
+                ),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
@@ -209,7 +225,7 @@ impl Outbox {
         self.read(|conn| {
             let oldest: Option<i64> = conn
                 .query_row(
-                    "SELECT created_at_ms FROM records WHERE batch IS NOT ?1 ORDER BY rowid LIMIT 1",
+                    "SELECT created_at_ms FROM records WHERE batch IS NOT ?1 AND typeof(created_at_ms) = 'integer' ORDER BY rowid LIMIT 1",
                     [batch.id],
                     |r| r.get(0),
                 )
@@ -300,6 +316,7 @@ mod tests {
             counter::SET_ASIDE_DROPPED,
             counter::UPLOADED,
             counter::DUPLICATES,
+            counter::DAMAGED,
         ] {
             assert!(names.contains(name), "{name}");
         }

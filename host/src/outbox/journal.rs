@@ -55,6 +55,15 @@ pub struct JournalItem {
     /// Why ingest refused it ([`Outbox::accept_refused`]): its result is
     /// this failure, and `data` is empty.
     pub refused: Option<String>,
+    /// How many times the pipeline crashed (panicked) with this input in
+    /// it ([`Outbox::note_crash`]).
+    pub crashes: u32,
+    /// The last crash's cause.
+    pub last_crash: Option<String>,
+    /// Why its row cannot be read as written (a column of the wrong
+    /// storage class, a value out of range): its result is this failure,
+    /// and the fields above are what could be read.
+    pub damaged: Option<String>,
 }
 
 /// What [`Outbox::accept_keyed`] did.
@@ -253,30 +262,36 @@ impl Outbox {
     ) -> Result<Vec<JournalItem>, OutboxError> {
         self.read(|conn| {
             let mut select = conn.prepare_cached(
-                "SELECT seq, pipeline, content_type, attributes, data, accepted_at_ms, refused FROM journal
+                "SELECT seq, content_type, attributes, data, accepted_at_ms, refused, crashes, last_crash FROM journal
                  WHERE pipeline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
             let mut rows = select.query(params![pipeline, after, limit as i64])?;
             let (mut items, mut bytes) = (Vec::new(), 0u64);
             while let Some(r) = rows.next()? {
                 // The size first: an input past the bound is not copied out.
-                let len = r.get_ref(4)?.as_bytes().map(|b| b.len() as u64).unwrap_or(0);
-                if !items.is_empty() && bytes + len > max_bytes {
+                let len = r.get_ref(3)?.as_bytes().map(|b| b.len() as u64).unwrap_or(0);
+                if !items.is_empty() && bytes.saturating_add(len) > max_bytes {
                     break;
                 }
-                bytes += len;
-                let attributes: String = r.get(3)?;
-                items.push(JournalItem {
-                    seq: r.get(0)?,
-                    pipeline: r.get(1)?,
-                    content_type: r.get(2)?,
-                    attributes: serde_json::from_str(&attributes).unwrap_or_default(),
-                    data: r.get(4)?,
-                    accepted_at_ms: r.get(5)?,
-                    refused: r.get(6)?,
-                });
+                bytes = bytes.saturating_add(len);
+                items.push(journal_item(r, pipeline)?);
             }
             Ok(items)
+        })
+    }
+
+    /// Count a crash (a panic) of the pipeline against the inputs `seqs`,
+    /// which were in it, with its `cause`: an input that crashes it
+    /// `worker::MAX_CRASHES` times is set aside as a failed result.
+    pub fn note_crash(&self, seqs: &[i64], cause: &str) -> Result<(), OutboxError> {
+        self.write(|tx, _| {
+            let mut update = tx.prepare_cached(
+                "UPDATE journal SET crashes = crashes + 1, last_crash = ?2 WHERE seq = ?1",
+            )?;
+            for seq in seqs {
+                update.execute(params![seq, cause])?;
+            }
+            Ok(())
         })
     }
 
@@ -307,6 +322,105 @@ impl Outbox {
     }
 }
 
+/// Journal row `r` (of `pipeline`) as written, or, for a row that cannot be
+/// read as written (damage: a column of another storage class than the one
+/// written, a value out of range), what could be read and why the rest
+/// could not: one such row becomes a failed result, never an error that
+/// stops the worker from reading the journal.
+fn journal_item(r: &rusqlite::Row, pipeline: &str) -> rusqlite::Result<JournalItem> {
+    use rusqlite::types::ValueRef;
+    let seq: i64 = r.get(0)?;
+    let mut damage = Vec::new();
+    let mut text = |ix: usize, column: &str, nullable: bool| match r.get_ref(ix) {
+        Ok(ValueRef::Text(t)) => match std::str::from_utf8(t) {
+            Ok(t) => Some(t.to_owned()),
+            Err(_) => {
+                damage.push(format!("`{column}` is not UTF-8"));
+                None
+            }
+        },
+        Ok(ValueRef::Null) if nullable => None,
+        Ok(other) => {
+            damage.push(format!(
+                "`{column}` holds {}, not TEXT",
+                storage_class(other)
+            ));
+            None
+        }
+        Err(e) => {
+            damage.push(format!("`{column}`: {e}"));
+            None
+        }
+    };
+    let content_type = text(1, "content_type", false);
+    let attributes = text(2, "attributes", false);
+    let refused = text(5, "refused", true);
+    let last_crash = text(7, "last_crash", true);
+    let attributes = attributes.and_then(|a| match serde_json::from_str(&a) {
+        Ok(pairs) => Some(pairs),
+        Err(e) => {
+            damage.push(format!("`attributes` is not a list of pairs: {e}"));
+            None
+        }
+    });
+    let data = match r.get_ref(3)? {
+        ValueRef::Blob(b) => b.to_vec(),
+        other => {
+            damage.push(format!("`data` holds {}, not BLOB", storage_class(other)));
+            Vec::new()
+        }
+    };
+    let accepted_at_ms = match r.get_ref(4)? {
+        ValueRef::Integer(t) => t,
+        other => {
+            damage.push(format!(
+                "`accepted_at_ms` holds {}, not INTEGER",
+                storage_class(other)
+            ));
+            0
+        }
+    };
+    let crashes = match r.get_ref(6)? {
+        ValueRef::Integer(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        other => {
+            damage.push(format!(
+                "`crashes` holds {}, not a count",
+                storage_class(other)
+            ));
+            0
+        }
+    };
+    Ok(JournalItem {
+        seq,
+        pipeline: pipeline.to_owned(),
+        content_type: content_type.unwrap_or_default(),
+        attributes: attributes.unwrap_or_default(),
+        data,
+        accepted_at_ms,
+        refused,
+        crashes,
+        last_crash,
+        damaged: (!damage.is_empty()).then(|| {
+            format!(
+                "input {seq} is damaged in the outbox's journal: {}",
+                damage.join(", ")
+            )
+        }),
+    })
+}
+
+/// The storage class of a value, as SQLite names it (`typeof`).
+pub(super) fn storage_class(value: rusqlite::types::ValueRef) -> &'static str {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "INTEGER",
+        ValueRef::Real(_) => "REAL",
+        ValueRef::Text(_) => "TEXT",
+        ValueRef::Blob(_) => "BLOB",
+    }
+}
+
 /// Insert one journal row; its sequence number.
 fn insert_input(tx: &Transaction, input: &NewInput) -> rusqlite::Result<i64> {
     let attributes = serde_json::to_string(&input.attributes).expect("pairs of strings serialize");
@@ -328,7 +442,8 @@ fn insert_input(tx: &Transaction, input: &NewInput) -> rusqlite::Result<i64> {
 /// already gone count nothing.
 pub(super) fn retire(tx: &Transaction, seqs: &[i64]) -> rusqlite::Result<u64> {
     let mut delete =
-        tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 RETURNING LENGTH(data)")?;
+        // `COALESCE`: a damaged row's `data` may be NULL.
+        tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 RETURNING COALESCE(LENGTH(data), 0)")?;
     let mut freed = 0u64;
     for seq in seqs {
         if let Some(len) = delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {

@@ -64,9 +64,27 @@
 //!   `quick_check`; a damaged or foreign file is moved aside as
 //!   `outbox.sqlite.damaged-<UTC timestamp>` (with its `-wal`) and a fresh one
 //!   is created, with the reason kept in [`Outbox::recovered`].
+//! * **One damaged row fails alone.** A row whose columns do not hold what
+//!   the outbox wrote (another storage class, a NULL, a size that does not
+//!   match: what one flipped bit in a record's header does, which
+//!   `quick_check` does not see, or sees only as a NULL) never stops the
+//!   others: a pending record is set aside (kept, counted `damaged`), at
+//!   open and whenever an upload reads it; a journal row becomes a failed
+//!   result naming the column (see `damage.rs`).
+
+/// A pending record's `bytes` as the sizes count it: the stored value when
+/// the outbox could have written it, else 0. Every sum and subtraction of
+/// sizes uses this one expression, so a damaged row is counted the same
+/// (as nothing) everywhere, and no sum fails or overflows on it.
+macro_rules! record_size {
+    () => {
+        "(CASE WHEN typeof(bytes) = 'integer' AND bytes BETWEEN 0 AND 1099511627776 THEN bytes ELSE 0 END)"
+    };
+}
 
 mod batches;
 mod counters;
+mod damage;
 mod journal;
 mod records;
 mod reserve;
@@ -164,7 +182,11 @@ impl Sizes {
     /// Count what the file holds (at open).
     fn load(conn: &Connection) -> rusqlite::Result<Sizes> {
         let (pending_bytes, pending_records): (i64, i64) = conn.query_row(
-            "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records",
+            concat!(
+                "SELECT COALESCE(SUM(",
+                record_size!(),
+                "), 0), COUNT(*) FROM records"
+            ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -231,6 +253,7 @@ impl Outbox {
     pub fn open(path: &Path, config: OutboxConfig) -> Result<Outbox, OutboxError> {
         let (conn, recovered) = schema::open_or_recover(path)?;
         let outbox = Outbox::new(path, config, conn, recovered)?;
+        outbox.scrub()?;
         outbox.ensure_reserve();
         outbox.expire(now_ms())?;
         Ok(outbox)

@@ -90,12 +90,16 @@ impl Selection {
     /// `(bytes, count)` of the selected records.
     fn size_sql(self) -> &'static str {
         match self {
-            Selection::InBatch(_) => {
-                "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records WHERE batch = ?1"
-            }
-            Selection::CreatedBefore(_) => {
-                "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM records WHERE created_at_ms < ?1"
-            }
+            Selection::InBatch(_) => concat!(
+                "SELECT COALESCE(SUM(",
+                record_size!(),
+                "), 0), COUNT(*) FROM records WHERE batch = ?1"
+            ),
+            Selection::CreatedBefore(_) => concat!(
+                "SELECT COALESCE(SUM(",
+                record_size!(),
+                "), 0), COUNT(*) FROM records WHERE created_at_ms < ?1"
+            ),
         }
     }
 
@@ -111,7 +115,7 @@ impl Selection {
         match self {
             Selection::InBatch(_) => "SELECT DISTINCT batch FROM records WHERE batch = ?1",
             Selection::CreatedBefore(_) => {
-                "SELECT DISTINCT batch FROM records WHERE batch IS NOT NULL AND created_at_ms < ?1"
+                "SELECT DISTINCT batch FROM records WHERE typeof(batch) = 'integer' AND created_at_ms < ?1"
             }
         }
     }
@@ -223,8 +227,8 @@ impl Outbox {
             tx.prepare_cached(which.delete_sql())?
                 .execute(which.bind())?;
             bump(tx, counter, n)?;
-            sizes.pending_bytes -= freed;
-            sizes.pending_records -= n;
+            sizes.pending_bytes = sizes.pending_bytes.saturating_sub(freed);
+            sizes.pending_records = sizes.pending_records.saturating_sub(n);
             Ok(n)
         })
     }
@@ -258,8 +262,8 @@ pub(super) fn store(
                 FullPolicy::DropOldest => {
                     let (freed, dropped) =
                         drop_oldest(tx, sizes.pending_bytes + size - config.max_bytes)?;
-                    sizes.pending_bytes -= freed;
-                    sizes.pending_records -= dropped;
+                    sizes.pending_bytes = sizes.pending_bytes.saturating_sub(freed);
+                    sizes.pending_records = sizes.pending_records.saturating_sub(dropped);
                     report.dropped_oldest += dropped;
                 }
             }
@@ -281,8 +285,13 @@ pub(super) fn store(
 /// per-record dedupe keeps already-delivered records from being stored twice.
 fn drop_oldest(tx: &Transaction, need: u64) -> rusqlite::Result<(u64, u64)> {
     let (mut freed, mut dropped) = (0u64, 0u64);
-    let mut select =
-        tx.prepare_cached("SELECT rowid, bytes, batch FROM records ORDER BY rowid LIMIT 64")?;
+    // Sizes and batches as the sums count them: a damaged row is dropped
+    // like any other, never an error that stops every append.
+    let mut select = tx.prepare_cached(concat!(
+        "SELECT rowid, ",
+        record_size!(),
+        ", CASE WHEN typeof(batch) = 'integer' THEN batch END FROM records ORDER BY rowid LIMIT 64"
+    ))?;
     let mut delete = tx.prepare_cached("DELETE FROM records WHERE rowid = ?1")?;
     while freed < need {
         let rows: Vec<(i64, i64, Option<i64>)> = select

@@ -1,5 +1,6 @@
-//! Records the collector refused (`set_aside`): kept, counted and reported,
-//! never deleted with the good records they were sent with.
+//! Records the collector refused, and records found damaged in the outbox
+//! (`set_aside`): kept, counted and reported, never deleted with the good
+//! records they were sent with, never in their way.
 //!
 //! Invariants:
 //! * A record arrives here alone: the uploader splits a refused batch in
@@ -32,34 +33,57 @@ pub struct SetAside {
     pub bytes: u64,
 }
 
-/// Move pending record `rowid` to `set_aside` with `reason`, keeping the
-/// table under `max_bytes`.
+/// Move pending record `rowid` to `set_aside` with `reason`, counted under
+/// `counter` ([`Counter::RejectedUpstream`]: the collector refused it, which
+/// is also the sync's last error; [`Counter::Damaged`]: it cannot be read
+/// as written), keeping the table under `max_bytes`.
+///
+/// The row may be damaged, so every column is copied by what it holds, not
+/// by what it should hold: the kept copy is always well-formed (the body as
+/// bytes, its size recomputed, a made-up id for a record that lost its
+/// own), ready to be listed and requeued.
 pub(super) fn set_aside(
     tx: &Transaction,
     sizes: &mut Sizes,
     rowid: i64,
     reason: &str,
     max_bytes: u64,
+    counter: Counter,
 ) -> rusqlite::Result<()> {
-    let bytes: i64 = tx.query_row("SELECT bytes FROM records WHERE rowid = ?1", [rowid], |r| {
-        r.get(0)
-    })?;
+    let counted: i64 = tx.query_row(
+        concat!("SELECT ", record_size!(), " FROM records WHERE rowid = ?1"),
+        [rowid],
+        |r| r.get(0),
+    )?;
     tx.execute(
         "INSERT OR REPLACE INTO set_aside(id, created_at_ms, set_aside_at_ms, bytes, body, reason)
-         SELECT id, created_at_ms, ?2, bytes, body, ?3 FROM records WHERE rowid = ?1",
+         SELECT id, created_at_ms, ?2, length(CAST(id AS BLOB)) + length(body), body, ?3 FROM (
+             SELECT CASE WHEN typeof(id) = 'text' THEN id
+                         ELSE printf('(damaged id: outbox record %d)', rowid) END AS id,
+                    CASE WHEN typeof(created_at_ms) = 'integer' THEN created_at_ms ELSE ?2 END
+                        AS created_at_ms,
+                    CAST(COALESCE(body, x'') AS BLOB) AS body
+             FROM records WHERE rowid = ?1)",
         params![rowid, now_ms(), reason],
     )?;
     tx.execute("DELETE FROM records WHERE rowid = ?1", [rowid])?;
-    sizes.pending_bytes -= bytes as u64;
-    sizes.pending_records -= 1;
-    bump(tx, Counter::RejectedUpstream, 1)?;
-    note_sync_error(tx, reason)?;
+    sizes.pending_bytes = sizes.pending_bytes.saturating_sub(counted as u64);
+    sizes.pending_records = sizes.pending_records.saturating_sub(1);
+    bump(tx, counter, 1)?;
+    if counter == Counter::RejectedUpstream {
+        note_sync_error(tx, reason)?;
+    }
     let mut dropped = 0u64;
     loop {
-        let total: i64 =
-            tx.query_row("SELECT COALESCE(SUM(bytes), 0) FROM set_aside", [], |r| {
-                r.get(0)
-            })?;
+        let total: i64 = tx.query_row(
+            concat!(
+                "SELECT COALESCE(SUM(",
+                record_size!(),
+                "), 0) FROM set_aside"
+            ),
+            [],
+            |r| r.get(0),
+        )?;
         if total as u64 <= max_bytes {
             break;
         }

@@ -24,22 +24,22 @@ pub use cache::CacheOutcome;
 pub use engine::{Allocation, EngineOptions, PluginEngine};
 pub use inspect::{ComponentReport, inspect_component};
 pub use limits::PluginLimits;
-pub use nn::{MAX_GUEST_ITEMS, scheduler_nn};
+pub use nn::{MAX_GUEST_ITEMS, NnContext, scheduler_nn};
 pub(crate) use sandbox::PluginState;
 
 use crate::config::{Grants, PluginConfig, PluginSource};
 use crate::error::{EngineError, PluginError, PluginErrorCause};
-use crate::types::{
-    DType, Document, Fault, Inferred, ItemError, ItemResults, Metadata, RawItem, Tensor,
+use crate::types::{Document, Fault, Inferred, ItemError, ItemResults, RawItem, Tensor};
+use bindings::{
+    POSTPROCESS_EXPORT, PREPROCESS_EXPORT, from_wit_tensor, post, pre, to_wit_meta, to_wit_raw,
+    to_wit_tensor, wit,
 };
-use bindings::{POSTPROCESS_EXPORT, PREPROCESS_EXPORT, post, pre, wit};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Store, Trap};
-use wasmtime_wasi_nn::wit::WasiNnCtx;
 
 /// Which plugin world a component targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl PluginKind {
 
 /// Builds the `wasi:nn` context of each new plugin instance, so that guests
 /// reach the host's models and scheduler.
-pub type NnContextFactory = Arc<dyn Fn() -> WasiNnCtx + Send + Sync>;
+pub type NnContextFactory = Arc<dyn Fn() -> NnContext + Send + Sync>;
 
 /// Loads plugins into one engine and one linker.
 pub struct PluginHost {
@@ -93,8 +93,7 @@ pub struct PluginHost {
 impl PluginHost {
     /// A host whose guests see no `wasi:nn` models.
     pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
-        let no_models: NnContextFactory =
-            Arc::new(|| WasiNnCtx::new([], wasmtime_wasi_nn::InMemoryRegistry::new().into()));
+        let no_models: NnContextFactory = Arc::new(NnContext::without_models);
         Self::with_nn(options, no_models)
     }
 
@@ -106,8 +105,7 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(linker_error)?;
         bindings::log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)
             .map_err(linker_error)?;
-        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, PluginState::nn_view)
-            .map_err(linker_error)?;
+        nn::add_to_linker(&mut linker).map_err(linker_error)?;
         Ok(PluginHost { engine, linker, nn })
     }
 
@@ -514,8 +512,15 @@ impl Plugin {
         }
     }
 
+    /// The idle instances. A panic while the list is held (a host bug)
+    /// leaves a list of whole instances, so it is used on, never a reason
+    /// for every later call to panic too.
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Live>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn check_out(&self) -> Result<Live, PluginError> {
-        let idle = self.idle.lock().unwrap().pop();
+        let idle = self.lock_idle().pop();
         match idle {
             Some(live) => Ok(live),
             None => self.instantiate(),
@@ -523,7 +528,7 @@ impl Plugin {
     }
 
     fn check_in(&self, live: Live) {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.lock_idle();
         if idle.len() < MAX_IDLE_INSTANCES {
             idle.push(live);
         }
@@ -582,56 +587,5 @@ impl Plugin {
             Ok(Err(message)) => Err(fail(PluginErrorCause::InitRefused(message))),
             Err(e) => Err(trapped(&store, e)),
         }
-    }
-}
-
-fn to_wit_meta(meta: &Metadata) -> wit::Metadata {
-    wit::Metadata {
-        id: meta.id.clone(),
-        content_type: meta.content_type.clone(),
-        attributes: meta.attributes.clone(),
-    }
-}
-
-fn to_wit_raw(item: &RawItem) -> pre::exports::sluice::plugin::preprocess::RawInput {
-    pre::exports::sluice::plugin::preprocess::RawInput {
-        meta: to_wit_meta(&item.meta),
-        data: item.data.clone(),
-    }
-}
-
-fn to_wit_tensor(t: &Tensor) -> wit::Tensor {
-    let dtype = match t.dtype {
-        DType::F16 => wit::Dtype::Fp16,
-        DType::F32 => wit::Dtype::Fp32,
-        DType::F64 => wit::Dtype::Fp64,
-        DType::BF16 => wit::Dtype::Bf16,
-        DType::U8 => wit::Dtype::U8,
-        DType::I32 => wit::Dtype::I32,
-        DType::I64 => wit::Dtype::I64,
-    };
-    wit::Tensor {
-        name: t.name.clone(),
-        dtype,
-        shape: t.shape.iter().map(|&d| d as u32).collect(),
-        data: t.data.clone(),
-    }
-}
-
-fn from_wit_tensor(t: wit::Tensor) -> Tensor {
-    let dtype = match t.dtype {
-        wit::Dtype::Fp16 => DType::F16,
-        wit::Dtype::Fp32 => DType::F32,
-        wit::Dtype::Fp64 => DType::F64,
-        wit::Dtype::Bf16 => DType::BF16,
-        wit::Dtype::U8 => DType::U8,
-        wit::Dtype::I32 => DType::I32,
-        wit::Dtype::I64 => DType::I64,
-    };
-    Tensor {
-        name: t.name,
-        dtype,
-        shape: t.shape.into_iter().map(|d| d as usize).collect(),
-        data: t.data,
     }
 }

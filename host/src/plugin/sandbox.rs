@@ -5,20 +5,20 @@
 
 use super::bindings::log;
 use super::limits::MemoryCap;
+use super::nn::{NnContext, NnView};
 use super::stdio::{GuestOutput, Stream};
 use crate::config::Grants;
 use crate::error::PluginErrorCause;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_nn::wit::WasiNnCtx;
 
 /// The data of one plugin instance's store.
 pub(crate) struct PluginState {
     pub(crate) plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) nn: WasiNnCtx,
+    pub(crate) nn: NnContext,
     pub(crate) limiter: MemoryCap,
     stderr: GuestOutput,
 }
@@ -28,8 +28,11 @@ impl PluginState {
         plugin: Arc<str>,
         grants: &Grants,
         memory_bytes: usize,
-        nn: WasiNnCtx,
+        mut nn: NnContext,
     ) -> Result<Self, PluginErrorCause> {
+        // Tensors a guest hands to `wasi:nn` are copies on the host, outside
+        // its linear memory: they are held to the same cap.
+        nn.limit_held_bytes(memory_bytes);
         let mut builder = WasiCtxBuilder::new();
         let stderr = GuestOutput::new(plugin.clone(), Stream::Stderr, grants.stdio);
         builder.stderr(stderr.clone());
@@ -74,8 +77,12 @@ impl PluginState {
         self.stderr.tail()
     }
 
-    pub(crate) fn nn_view(&mut self) -> wasmtime_wasi_nn::wit::WasiNnView<'_> {
-        wasmtime_wasi_nn::wit::WasiNnView::new(&mut self.table, &mut self.nn)
+    pub(crate) fn nn_view(&mut self) -> NnView<'_> {
+        NnView {
+            table: &mut self.table,
+            nn: &mut self.nn,
+            plugin: &self.plugin,
+        }
     }
 }
 

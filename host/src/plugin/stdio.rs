@@ -53,12 +53,21 @@ pub(crate) struct GuestOutput {
     state: Arc<Mutex<Buffers>>,
 }
 
+#[derive(Default)]
 struct Buffers {
     /// The unfinished line, not yet logged.
     line: Vec<u8>,
     /// The last `TAIL_BYTES` written.
     tail: VecDeque<u8>,
-    /// Bytes that may be logged now (a token bucket).
+    /// What may be logged now.
+    budget: LogBudget,
+}
+
+/// What one source of a plugin's log lines (an output stream, its failing
+/// `wasi:nn` calls) may log: [`LOG_BYTES_PER_SEC`] on average, bursts of
+/// [`LOG_BURST_BYTES`] (a token bucket), counting the lines it refuses.
+pub(crate) struct LogBudget {
+    /// Bytes that may be logged now.
     allowance: f64,
     /// When `allowance` was last topped up.
     topped_up: std::time::Instant,
@@ -66,11 +75,9 @@ struct Buffers {
     dropped: u64,
 }
 
-impl Default for Buffers {
+impl Default for LogBudget {
     fn default() -> Self {
-        Buffers {
-            line: Vec::new(),
-            tail: VecDeque::new(),
+        LogBudget {
             allowance: LOG_BURST_BYTES,
             topped_up: std::time::Instant::now(),
             dropped: 0,
@@ -78,19 +85,20 @@ impl Default for Buffers {
     }
 }
 
-impl Buffers {
-    /// Whether a line of `len` bytes may be logged now; counts it if not.
-    fn admit(&mut self, len: usize) -> bool {
+impl LogBudget {
+    /// Whether a line of `len` bytes may be logged now: `Some(lines
+    /// dropped before it)` if so; else it is counted as dropped.
+    pub(crate) fn admit(&mut self, len: usize) -> Option<u64> {
         let now = std::time::Instant::now();
         let earned = now.duration_since(self.topped_up).as_secs_f64() * LOG_BYTES_PER_SEC;
         self.allowance = (self.allowance + earned).min(LOG_BURST_BYTES);
         self.topped_up = now;
         if self.allowance >= len as f64 {
             self.allowance -= len as f64;
-            true
+            Some(std::mem::take(&mut self.dropped))
         } else {
             self.dropped += 1;
-            false
+            None
         }
     }
 }
@@ -108,13 +116,13 @@ impl GuestOutput {
 
     /// The kept tail, as text.
     pub fn tail(&self) -> String {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (a, b) = state.tail.as_slices();
         String::from_utf8_lossy(&[a, b].concat()).trim().to_owned()
     }
 
     fn take(&self, bytes: &[u8]) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if self.keep_tail {
             let keep = bytes.len().min(TAIL_BYTES);
             let overflow = (state.tail.len() + keep).saturating_sub(TAIL_BYTES);
@@ -130,8 +138,7 @@ impl GuestOutput {
             }
             if b == b'\n' || state.line.len() >= MAX_LINE_BYTES {
                 let line = std::mem::take(&mut state.line);
-                if state.admit(line.len()) {
-                    let dropped = std::mem::take(&mut state.dropped);
+                if let Some(dropped) = state.budget.admit(line.len()) {
                     self.log(&line, dropped);
                 }
             }
@@ -240,7 +247,7 @@ mod tests {
             out.take(b"\n");
         }
         // 1 MiB in a moment: the burst is logged, the rest counted.
-        let dropped = out.state.lock().unwrap().dropped;
+        let dropped = out.state.lock().unwrap().budget.dropped;
         let logged = 1024 - dropped;
         assert!((256..=300).contains(&logged), "{logged} lines logged");
     }

@@ -478,7 +478,17 @@ pub(super) fn example_item(model: &dyn Model) -> Result<Vec<Tensor>, ModelError>
                     }
                 })
                 .collect::<Result<_, _>>()?;
-            let len = shape.iter().product::<usize>() * spec.dtype.size();
+            let len = crate::types::shape_bytes(&shape, spec.dtype).ok_or_else(|| {
+                ModelError::Run {
+                    model: model.name().into(),
+                    source: format!(
+                        "input `{}` of shape {shape:?} is larger than the {} bytes a tensor may hold",
+                        spec.name,
+                        crate::types::MAX_TENSOR_BYTES
+                    )
+                    .into(),
+                }
+            })?;
             Ok(Tensor {
                 name: spec.name.clone(),
                 dtype: spec.dtype,

@@ -22,6 +22,12 @@
 //! journal's inputs, kept durably and tried again until taken, so a timeout
 //! could only make them lose their place, and a short one could starve them
 //! for good.
+//!
+//! A panic while a batch runs (a bug in an engine, reached by some input)
+//! does not end the scheduler: each caller of that batch gets the panic
+//! back, in its own thread, where the pipeline's worker counts it against
+//! the inputs it was running (and runs them alone after: see `worker.rs`),
+//! and the queue's capacity is freed as for any answer.
 
 mod engine;
 mod execution;
@@ -108,8 +114,21 @@ struct Request {
     /// Answered busy if not taken off the queue within this; `None`: waits
     /// its turn however long it takes.
     timeout: Option<Duration>,
-    reply: SyncSender<Vec<Reply>>,
+    reply: SyncSender<Answer>,
 }
+
+/// One request as the batch runner checks it: when it was queued and taken
+/// off the queue, its timeout, its items.
+struct Work {
+    enqueued: Instant,
+    taken: Instant,
+    timeout: Option<Duration>,
+    items: Vec<Vec<Tensor>>,
+}
+
+/// The scheduler's answer to one request: a reply per item, or the message
+/// of a panic while its batch ran.
+type Answer = Result<Vec<Reply>, String>;
 
 /// A handle to one model's scheduler; cheap to clone and share.
 #[derive(Clone)]
@@ -258,11 +277,18 @@ impl Scheduler {
                 timeout,
                 reply,
             }) {
-                Ok(()) => rx.recv().unwrap_or_else(|_| {
-                    (0..n)
+                Ok(()) => match rx.recv() {
+                    Ok(Ok(replies)) => replies,
+                    // In the caller's thread, where the inputs it sent are
+                    // known (and a worker counts the crash against them).
+                    Ok(Err(cause)) => std::panic::resume_unwind(Box::new(format!(
+                        "model `{}` panicked on a batch: {cause}",
+                        self.model.name()
+                    ))),
+                    Err(_) => (0..n)
                         .map(|_| Err(self.busy("the scheduler stopped before answering")))
-                        .collect()
-                }),
+                        .collect(),
+                },
                 Err(_) => {
                     self.outstanding.fetch_sub(n, Ordering::AcqRel);
                     (0..n)
@@ -347,24 +373,64 @@ impl BatchRunner {
         }
     }
 
-    /// Check every item, run the valid ones together, answer every request
-    /// (`items` in all), each with when it was taken off the queue.
+    /// Answer every request of `batch` (`items` in all, each with when it
+    /// was taken off the queue): with the replies of
+    /// [`BatchRunner::replies`], or, if that panicked, with the panic.
     fn run_batch(&self, batch: Vec<(Request, Instant)>, items: usize) {
+        let (work, reply_to): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|(r, taken)| {
+                (
+                    Work {
+                        enqueued: r.enqueued,
+                        taken,
+                        timeout: r.timeout,
+                        items: r.items,
+                    },
+                    r.reply,
+                )
+            })
+            .unzip();
+        let answers = crate::crash::catch(|| self.replies(work));
+        // Free the capacity before answering: a caller that has its answer
+        // may send again at once, and must find room.
+        self.outstanding.fetch_sub(items, Ordering::AcqRel);
+        match answers {
+            Ok(answers) => {
+                for (reply, answers) in reply_to.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answers));
+                }
+            }
+            Err(cause) => {
+                tracing::error!(
+                    model = self.model.name(),
+                    items,
+                    "a batch panicked: {cause}"
+                );
+                for reply in reply_to {
+                    let _ = reply.send(Err(cause.clone()));
+                }
+            }
+        }
+    }
+
+    /// Check every item of every request, run the valid ones together: the
+    /// replies, per request.
+    fn replies(&self, batch: Vec<Work>) -> Vec<Vec<Reply>> {
         let now = Instant::now();
         let mut replies: Vec<Vec<Option<Reply>>> = Vec::with_capacity(batch.len());
         let mut valid = Vec::new();
         let mut slots = Vec::new();
-        let mut reply_to = Vec::with_capacity(batch.len());
-        for (r, (request, taken)) in batch.into_iter().enumerate() {
+        for (r, work) in batch.into_iter().enumerate() {
             self.stats
-                .record_queue_time(now.duration_since(request.enqueued), request.items.len());
-            let behind_others = taken.duration_since(request.enqueued);
-            let expired = request.timeout.filter(|t| behind_others > *t);
+                .record_queue_time(now.duration_since(work.enqueued), work.items.len());
+            let behind_others = work.taken.duration_since(work.enqueued);
+            let expired = work.timeout.filter(|t| behind_others > *t);
             if expired.is_some() {
-                self.stats.record_timed_out(request.items.len());
+                self.stats.record_timed_out(work.items.len());
             }
-            let mut answers = Vec::with_capacity(request.items.len());
-            for (i, inputs) in request.items.into_iter().enumerate() {
+            let mut answers = Vec::with_capacity(work.items.len());
+            for (i, inputs) in work.items.into_iter().enumerate() {
                 if let Some(timeout) = expired {
                     answers.push(Some(Err(ItemError::Busy {
                         model: self.model.name().into(),
@@ -379,7 +445,6 @@ impl BatchRunner {
                 }
             }
             replies.push(answers);
-            reply_to.push(request.reply);
         }
         if !valid.is_empty() {
             let chunks = split_into_chunks(valid.len(), self.choice.chunk);
@@ -398,17 +463,15 @@ impl BatchRunner {
                 replies[r][i] = Some(output.map_err(|e| self.error(e.detail())));
             }
         }
-        // Free the capacity before answering: a caller that has its answer
-        // may send again at once, and must find room.
-        self.outstanding.fetch_sub(items, Ordering::AcqRel);
-        for (reply, answers) in reply_to.into_iter().zip(replies) {
-            let _ = reply.send(
+        replies
+            .into_iter()
+            .map(|answers| {
                 answers
                     .into_iter()
                     .map(|a| a.expect("every item answered"))
-                    .collect(),
-            );
-        }
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -427,4 +490,76 @@ pub(crate) fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<()
         .iter()
         .zip(inputs)
         .try_for_each(|(spec, tensor)| spec.check_item(tensor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::Plan;
+    use crate::types::DType;
+
+    /// A model that answers its input, and panics on a 13 (a bug in an
+    /// engine that some input reaches).
+    struct Brittle(Vec<TensorSpec>);
+
+    impl Model for Brittle {
+        fn name(&self) -> &str {
+            "brittle"
+        }
+        fn engine(&self) -> &'static str {
+            "test"
+        }
+        fn inputs(&self) -> &[TensorSpec] {
+            &self.0
+        }
+        fn outputs(&self) -> &[TensorSpec] {
+            &self.0
+        }
+        fn plan(&self, _batch: usize) -> Result<Arc<dyn Plan>, ModelError> {
+            Ok(Arc::new(BrittlePlan))
+        }
+        fn release_plans_above(&self, _batch: usize) {}
+    }
+
+    struct BrittlePlan;
+
+    impl Plan for BrittlePlan {
+        fn run(&self, inputs: Vec<Tensor>, _intra_op: bool) -> Result<Vec<Tensor>, ModelError> {
+            let values = inputs[0].f32_values().expect("f32 input");
+            assert!(!values.contains(&13.0), "brittle on 13");
+            Ok(inputs)
+        }
+    }
+
+    fn item(value: f32) -> Vec<Tensor> {
+        vec![Tensor::from_f32("x", vec![1, 1], &[value])]
+    }
+
+    #[test]
+    fn a_batch_that_panics_is_handed_to_its_callers_and_the_scheduler_goes_on() {
+        let spec = TensorSpec {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![None, Some(1)],
+        };
+        let config = BatchConfig {
+            execution: ExecutionMode::Stacked,
+            max_queue_delay_ms: 0,
+            threads: 1,
+            ..BatchConfig::default()
+        };
+        let scheduler = Scheduler::start(Arc::new(Brittle(vec![spec])), config).unwrap();
+        let cause = crate::crash::catch(|| scheduler.infer_many(vec![item(1.0), item(13.0)]))
+            .expect_err("the panic reaches the caller");
+        assert!(
+            cause.contains("model `brittle` panicked on a batch")
+                && cause.contains("brittle on 13"),
+            "{cause}"
+        );
+        assert_eq!(scheduler.queue_depth(), 0, "its capacity is freed");
+        // The scheduler still serves (it used to die with the batch, and
+        // every later item was "busy" forever).
+        let replies = scheduler.infer_many(vec![item(1.0), item(2.0)]);
+        assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    }
 }

@@ -133,9 +133,14 @@ impl Agent {
 
     /// Start `command` (the `sluice` binary, or a wrapper running it) with
     /// `run --config CONFIG`, and wait (bounded) until it is ready.
-    fn start_command(mut command: Command, config: &Path) -> Agent {
+    fn start_command(command: Command, config: &Path) -> Agent {
+        Agent::start_logging(command, config, "error")
+    }
+
+    /// [`Agent::start_command`], logging at `log` (a `--log` filter).
+    pub(crate) fn start_logging(mut command: Command, config: &Path, log: &str) -> Agent {
         let mut child = command
-            .args(["--log", "error", "run", "--config"])
+            .args(["--log", log, "run", "--config"])
             .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

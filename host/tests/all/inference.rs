@@ -540,9 +540,13 @@ fn guests_load_model_bytes_only_when_configured_and_under_the_cap() {
         "application/octet-stream",
         digit_tensor("0000.png").data,
     );
-    // wasmtime-wasi-nn hands the guest only "Failed while accessing backend";
-    // the reason (not allowed, over the cap) goes to the host log.
-    for (cap, expect) in [(0, Err("load")), (size - 1, Err("load")), (size, Ok(()))] {
+    // The guest is told why (not allowed, over the cap), not only that the
+    // load failed.
+    for (cap, expect) in [
+        (0, Err("loading model bytes from a plugin is not allowed")),
+        (size - 1, Err("over runtime.guest_model_max_bytes")),
+        (size, Ok(())),
+    ] {
         let host = PluginHost::with_nn(
             &EngineOptions::default(),
             scheduler_nn(&BTreeMap::new(), cap),

@@ -7,6 +7,7 @@ mod common;
 mod fault_proxy;
 
 mod agent;
+mod agent_hostile;
 mod authoring;
 mod bundled_plugins;
 mod bundles;
@@ -16,7 +17,9 @@ mod engines;
 mod fleet;
 mod inference;
 mod outbox;
+mod outbox_damage;
 mod plugins;
+mod plugins_wasi_nn;
 mod power;
 mod props;
 mod refusals;

@@ -515,10 +515,11 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
     outbox.append(records(0..3, 60)).unwrap();
     let seq = outbox.accept(&input("p", b"x")).unwrap();
     drop(outbox);
-    // What version 1 had: no idempotency keys, no instance id, nothing set aside.
+    // What version 1 had: no idempotency keys, no instance id, nothing set
+    // aside, no crash counts.
     let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
     conn.execute_batch(
-        "DROP TABLE ingest_keys; DROP TABLE set_aside; ALTER TABLE journal DROP COLUMN refused; DELETE FROM meta WHERE key = 'instance'; PRAGMA user_version = 1;",
+        "DROP TABLE ingest_keys; DROP TABLE set_aside; ALTER TABLE journal DROP COLUMN refused; ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DELETE FROM meta WHERE key = 'instance'; PRAGMA user_version = 1;",
     )
     .unwrap();
     drop(conn);
@@ -538,6 +539,33 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
         outbox.accept_keyed(&input("p", b"y"), "k").unwrap(),
         KeyedAccept::New(_)
     ));
+}
+
+#[test]
+fn an_outbox_of_version_4_gets_crash_counts_for_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let seq = outbox.accept(&input("p", b"x")).unwrap();
+    drop(outbox);
+    let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    drop(conn);
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    assert!(outbox.recovered().is_none());
+    let item = &outbox.journal_items("p", 0, 10).unwrap()[0];
+    assert_eq!(
+        (item.seq, item.crashes, item.damaged.as_deref()),
+        (seq, 0, None)
+    );
+    outbox.note_crash(&[seq], "a panic").unwrap();
+    let item = &outbox.journal_items("p", 0, 10).unwrap()[0];
+    assert_eq!(
+        (item.crashes, item.last_crash.as_deref()),
+        (1, Some("a panic"))
+    );
 }
 
 #[test]
