@@ -254,35 +254,9 @@ pub(crate) fn ingest(url: &str, image: &[u8]) -> Option<String> {
     body["id"].as_str().map(str::to_owned)
 }
 
-/// All results stored for the device: id -> document (paged by the
-/// results cursor, as a client does).
+/// All results stored for the device: id -> document, each once.
 pub(crate) fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Value> {
-    let mut all = BTreeMap::new();
-    let mut query = "limit=1000".to_owned();
-    for _ in 0..1000 {
-        let (status, body) = http(
-            reqwest::Client::new()
-                .get(format!(
-                    "{}/v1/devices/{DEVICE}/results?{query}",
-                    collector.url()
-                ))
-                .bearer_auth(TOKEN),
-        );
-        assert_eq!(status, 200);
-        let page: sluice_protocol::DeviceResults = serde_json::from_slice(&body).unwrap();
-        for doc in page.results {
-            assert!(
-                all.insert(doc["id"].as_str().unwrap().to_owned(), doc)
-                    .is_none(),
-                "a result stored twice"
-            );
-        }
-        match page.next {
-            Some(next) => query = format!("{}&limit=1000", next.query()),
-            None => break,
-        }
-    }
-    all
+    crate::common::device_results(&collector.url(), DEVICE, TOKEN)
 }
 
 /// Poll until `done` holds (bounded).

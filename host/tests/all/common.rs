@@ -189,3 +189,38 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// Every result the collector at `collector_url` holds for `device`: id ->
+/// document, paged by the results cursor as a client does. Fails the test
+/// if an id is listed twice.
+pub fn device_results(
+    collector_url: &str,
+    device: &str,
+    token: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut all = std::collections::BTreeMap::new();
+    let mut query = "limit=1000".to_owned();
+    for _ in 0..1000 {
+        let (status, body) = http(
+            reqwest::Client::new()
+                .get(format!(
+                    "{collector_url}/v1/devices/{device}/results?{query}"
+                ))
+                .bearer_auth(token),
+        );
+        assert_eq!(status, 200);
+        let page: sluice_protocol::DeviceResults = serde_json::from_slice(&body).unwrap();
+        for doc in page.results {
+            assert!(
+                all.insert(doc["id"].as_str().unwrap().to_owned(), doc)
+                    .is_none(),
+                "a result stored twice"
+            );
+        }
+        match page.next {
+            Some(next) => query = format!("{}&limit=1000", next.query()),
+            None => break,
+        }
+    }
+    all
+}

@@ -179,25 +179,9 @@ fn uploader(outbox: &Arc<Outbox>, url: &str) -> Uploader {
 
 /// The ids the collector stored, each once.
 fn delivered(collector: &Collector) -> BTreeSet<String> {
-    let (status, body) = crate::common::http(
-        reqwest::Client::new()
-            .get(format!(
-                "{}/v1/devices/{DEVICE}/results?limit=10000",
-                collector.url()
-            ))
-            .bearer_auth(TOKEN),
-    );
-    assert_eq!(status, 200);
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let ids: Vec<String> = body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect();
-    let unique: BTreeSet<String> = ids.iter().cloned().collect();
-    assert_eq!(unique.len(), ids.len(), "a record stored twice");
-    unique
+    crate::common::device_results(&collector.url(), DEVICE, TOKEN)
+        .into_keys()
+        .collect()
 }
 
 /// 199 good records around damaged ones, the damage written while the

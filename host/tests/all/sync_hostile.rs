@@ -147,22 +147,12 @@ fn sync(uploader: &Uploader) -> Result<sluice::uplink::SyncReport, UplinkError> 
 
 /// The results the collector holds for the device, by seq.
 fn stored_seqs(collector: &Collector) -> Vec<u64> {
-    let (status, body) = crate::common::http(
-        reqwest::Client::new()
-            .get(format!(
-                "{}/v1/devices/{DEVICE}/results?limit=10000",
-                collector.url()
-            ))
-            .bearer_auth(TOKEN),
-    );
-    assert_eq!(status, 200);
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let mut seqs: Vec<u64> = crate::common::device_results(&collector.url(), DEVICE, TOKEN)
+        .values()
         .map(|r| r["seq"].as_u64().unwrap())
-        .collect()
+        .collect();
+    seqs.sort_unstable();
+    seqs
 }
 
 fn no_control_chars(text: &str) -> bool {
