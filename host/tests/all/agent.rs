@@ -9,7 +9,7 @@
 use crate::common::{hex_sha256, http, repo_root};
 use crate::fault_proxy::{Fault, FaultProxy};
 use rand::{RngExt, SeedableRng};
-use sluice_collector::{Collector, Tokens};
+use sluice_collector::Collector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -26,14 +26,7 @@ pub(crate) fn images() -> Vec<Vec<u8>> {
 }
 
 pub(crate) fn collector(dir: &Path) -> Collector {
-    let mut tokens = Tokens::default();
-    tokens.insert(DEVICE, TOKEN).unwrap();
-    Collector::start(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        &dir.join("collector.sqlite"),
-        tokens,
-    )
-    .unwrap()
+    crate::common::collector_for(dir, DEVICE, TOKEN)
 }
 
 /// The digits example with absolute paths, a test data dir, a shared plugin

@@ -224,3 +224,16 @@ pub fn device_results(
     }
     all
 }
+
+/// A collector on a loopback port storing into `dir/collector.sqlite`, with
+/// one device `device` holding `token`.
+pub fn collector_for(dir: &Path, device: &str, token: &str) -> sluice_collector::Collector {
+    let mut tokens = sluice_collector::Tokens::default();
+    tokens.insert(device, token).unwrap();
+    sluice_collector::Collector::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        &dir.join("collector.sqlite"),
+        tokens,
+    )
+    .unwrap()
+}

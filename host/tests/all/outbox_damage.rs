@@ -19,7 +19,7 @@ use rusqlite::types::Value;
 use sluice::config::{OutboxConfig, SyncConfig};
 use sluice::outbox::{NewRecord, Outbox, counter};
 use sluice::uplink::Uploader;
-use sluice_collector::{Collector, Tokens};
+use sluice_collector::Collector;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -153,14 +153,7 @@ fn damages(nulls: bool) -> Vec<(&'static str, Value)> {
 const DANGLING_BATCH: i64 = 999_999;
 
 fn collector(dir: &Path) -> Collector {
-    let mut tokens = Tokens::default();
-    tokens.insert(DEVICE, TOKEN).unwrap();
-    Collector::start(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        &dir.join("collector.sqlite"),
-        tokens,
-    )
-    .unwrap()
+    crate::common::collector_for(dir, DEVICE, TOKEN)
 }
 
 fn uploader(outbox: &Arc<Outbox>, url: &str) -> Uploader {

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use sluice::config::{OutboxConfig, SyncConfig};
 use sluice::outbox::{NewRecord, Outbox};
 use sluice::uplink::{UplinkError, Uploader};
-use sluice_collector::{Collector, Tokens};
+use sluice_collector::Collector;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -98,14 +98,7 @@ fn answer_to(body: &[u8], answer: Answer) -> Response {
 }
 
 fn collector(dir: &std::path::Path) -> Collector {
-    let mut tokens = Tokens::default();
-    tokens.insert(DEVICE, TOKEN).unwrap();
-    Collector::start(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        &dir.join("collector.sqlite"),
-        tokens,
-    )
-    .unwrap()
+    crate::common::collector_for(dir, DEVICE, TOKEN)
 }
 
 fn outbox_with(dir: &std::path::Path, n: u64) -> Arc<Outbox> {
