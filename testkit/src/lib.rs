@@ -92,6 +92,7 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    fsync: bool,
 }
 
 impl Postgres {
@@ -130,8 +131,9 @@ impl Postgres {
             bin,
             port: free_port(),
             as_postgres,
+            fsync,
         };
-        let data = server.dir.path().join("data");
+        let data = server.data();
         let out = server
             .command("initdb")
             .arg("-D")
@@ -144,16 +146,22 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        server.pg_ctl_start();
+        Ok(server)
+    }
+
+    /// `pg_ctl start` on the cluster, waiting until it accepts connections.
+    fn pg_ctl_start(&self) {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync={} -c max_connections=200",
-            server.port,
-            if fsync { "on" } else { "off" }
+            self.port,
+            if self.fsync { "on" } else { "off" }
         );
-        let log = server.log();
-        let out = server
+        let log = self.log();
+        let out = self
             .command("pg_ctl")
             .arg("-D")
-            .arg(&data)
+            .arg(self.data())
             .arg("-l")
             .arg(&log)
             .args(["-o", &options, "-w", "-t", "30", "start"])
@@ -165,8 +173,31 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        wait_for_port(server.port, "PostgreSQL", &log);
-        Ok(server)
+        wait_for_port(self.port, "PostgreSQL", &log);
+    }
+
+    /// Crash the server (`pg_ctl stop -m immediate`: every process quits
+    /// at once, no checkpoint, recovery from the WAL at the next start) and
+    /// start it again on the same port, as a power cut or an OOM kill
+    /// followed by a supervisor's restart would.
+    pub fn crash_and_restart(&self) {
+        self.stop_immediately();
+        self.pg_ctl_start();
+    }
+
+    fn stop_immediately(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "-t", "10", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     fn command(&self, program: &str) -> Command {
@@ -237,7 +268,7 @@ impl Postgres {
 
     /// The server's process id (its `postmaster.pid`), to measure it.
     pub fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
             .ok()?
             .lines()
             .next()?
@@ -249,14 +280,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "-t", "10", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.stop_immediately();
     }
 }
 
