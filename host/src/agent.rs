@@ -406,7 +406,7 @@ fn housekeep(outbox: &Outbox, ingest: &crate::config::IngestConfig, wake: &Wake)
     let expire_every = Duration::from_millis(max_age.saturating_mul(100).clamp(1_000, 60_000));
     let mut last_expiry: Option<std::time::Instant> = None;
     while !wake.stopped() {
-        let now = crate::outbox::now_ms();
+        let now = sluice_types::now_ms();
         if max_age > 0 && last_expiry.is_none_or(|t| t.elapsed() >= expire_every) {
             last_expiry = Some(std::time::Instant::now());
             if let Err(e) = outbox.expire(now) {

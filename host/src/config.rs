@@ -221,7 +221,7 @@ impl RuntimeConfig {
     /// `workers`, with 0 resolved to the number of cores.
     pub fn resolved_workers(&self) -> usize {
         match self.workers {
-            0 => crate::schedule::available_cores().min(Self::MAX_WORKERS),
+            0 => sluice_types::available_cores().min(Self::MAX_WORKERS),
             n => n,
         }
     }

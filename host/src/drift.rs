@@ -410,8 +410,8 @@ impl Profile {
             model_sha256: model_sha256.to_owned(),
             pipeline: pipeline.to_owned(),
             items: items.len() as u64,
-            created_at_ms: crate::outbox::now_ms(),
-            sluice_version: crate::record::SLUICE_VERSION.to_owned(),
+            created_at_ms: sluice_types::now_ms(),
+            sluice_version: sluice_types::VERSION.to_owned(),
             features,
         })
     }
@@ -786,7 +786,7 @@ impl crate::pipeline::Observer for Drift {
     fn observe(&self, inputs: &[Vec<Tensor>], outputs: &[&[Tensor]]) {
         // The clock is read once per batch: a batch takes milliseconds, a
         // window's time limit is at least a second.
-        let now_ms = crate::outbox::now_ms();
+        let now_ms = sluice_types::now_ms();
         let mut state = self.lock();
         if state
             .window
@@ -872,7 +872,7 @@ impl Drift {
             false_alarm_rate: self.config.false_alarm_rate,
             scores: window.scores.clone(),
             alarm: window.alarm,
-            sluice_version: crate::record::SLUICE_VERSION.to_owned(),
+            sluice_version: sluice_types::VERSION.to_owned(),
         }
     }
 }

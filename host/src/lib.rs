@@ -55,9 +55,7 @@ pub mod plugin;
 pub mod record;
 pub mod runtime;
 pub mod schedule;
-#[cfg(test)]
-mod tensor_props;
-pub mod types;
+pub use sluice_types as types;
 pub mod uplink;
 pub mod volume;
 pub mod wake;

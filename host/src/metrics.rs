@@ -327,7 +327,7 @@ impl Collector for Scraped {
         self.encode_models(&mut encoder)?;
         self.encode_plugins(&mut encoder)?;
         let info: Vec<(Labels, ConstGauge<i64>)> = vec![(
-            vec![("version", crate::record::SLUICE_VERSION.to_owned())],
+            vec![("version", sluice_types::VERSION.to_owned())],
             ConstGauge::new(1),
         )];
         write(
@@ -345,7 +345,7 @@ impl Scraped {
         let gauge = |v: u64| ConstGauge::new(v as i64);
         let one = |v: u64| vec![(Labels::new(), gauge(v))];
         if let Ok(status) = self.outbox.status() {
-            let now = crate::outbox::now_ms();
+            let now = sluice_types::now_ms();
             write(
                 encoder,
                 "outbox_pending_records",

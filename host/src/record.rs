@@ -14,9 +14,6 @@ use sluice_protocol::{
     ResultRecord,
 };
 
-/// The Sluice version written into every record.
-pub const SLUICE_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// Model and plugin names and digests of pipeline `name` of `runtime`.
 pub fn provenance(runtime: &Runtime, name: &str) -> Option<Provenance> {
     let pipeline = runtime.pipeline(Some(name)).ok()?;
@@ -97,7 +94,7 @@ pub fn result_record(
         completed_at_ms,
         input: item.input,
         provenance: provenance.clone(),
-        sluice_version: SLUICE_VERSION.to_owned(),
+        sluice_version: sluice_types::VERSION.to_owned(),
         timings: outcome.timings,
         outcome: wire_outcome(outcome),
     }

@@ -253,7 +253,7 @@ impl Worker {
                     continue;
                 };
                 let busy = started.elapsed();
-                let completed_at_ms = crate::outbox::now_ms();
+                let completed_at_ms = sluice_types::now_ms();
                 // Inputs the model could not take (only left when stopping)
                 // stay journaled: the next start processes them.
                 let (items, outcomes): (Vec<&JournalItem>, Vec<Outcome>) = items

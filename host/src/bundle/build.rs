@@ -280,7 +280,7 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
             limit: limits.max_bytes / 2,
         });
     }
-    let now = crate::outbox::now_ms();
+    let now = sluice_types::now_ms();
     let manifest = Manifest {
         format: sluice_bundle::FORMAT,
         name,
@@ -288,7 +288,7 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
         created_at_ms: now,
         expires_at_ms: now
             .saturating_add(request.expires_in.as_millis().min(i64::MAX as u128) as i64),
-        min_sluice_version: crate::record::SLUICE_VERSION.to_owned(),
+        min_sluice_version: sluice_types::VERSION.to_owned(),
         wit_package: WIT_PACKAGE.to_owned(),
         validation: request.validation.clone(),
         files,

@@ -440,12 +440,12 @@ impl Installer {
             .map(|p| p.highest)
             .filter(|h| *h > 0);
         let sluice_version =
-            semver::Version::parse(crate::record::SLUICE_VERSION).expect("our version is semver");
+            semver::Version::parse(sluice_types::VERSION).expect("our version is semver");
         let verified = sluice_bundle::verify(
             &unpacked,
             &Policy {
                 trusted: &self.trusted,
-                now_ms: crate::outbox::now_ms(),
+                now_ms: sluice_types::now_ms(),
                 installed: highest,
                 sluice_version: &sluice_version,
                 wit_package: WIT_PACKAGE,
@@ -473,7 +473,7 @@ impl Installer {
             version,
             dir: relative.to_string_lossy().into_owned(),
             committed: false,
-            installed_at_ms: crate::outbox::now_ms(),
+            installed_at_ms: sluice_types::now_ms(),
             bundle_sha256: sha256.to_owned(),
         });
         ps.highest = version;
@@ -679,13 +679,13 @@ impl Installer {
                 pipeline: pipeline.to_owned(),
                 outbox: outbox.map(str::to_owned),
                 seq,
-                at_ms: crate::outbox::now_ms(),
+                at_ms: sluice_types::now_ms(),
                 version,
                 bundle_sha256: bundle_sha256.to_owned(),
                 outcome,
                 reason,
                 previous_version,
-                sluice_version: crate::record::SLUICE_VERSION.to_owned(),
+                sluice_version: sluice_types::VERSION.to_owned(),
             };
             self.outbox.append(vec![NewRecord {
                 id: record.id.clone(),

@@ -95,7 +95,7 @@ fn manifest_of(unpacked: &Unpacked) -> anyhow::Result<Manifest> {
 /// one by the same key), after checking that the files are the listed ones.
 pub fn sign(bundle: &Path, key: &Path) -> anyhow::Result<()> {
     let key = read_key(key)?;
-    let (manifest, signatures) = sluice_bundle::sign(bundle, &key, sluice::outbox::now_ms())?;
+    let (manifest, signatures) = sluice_bundle::sign(bundle, &key, sluice_types::now_ms())?;
     println!(
         "{}: `{}` version {} signed by key {} ({signatures} signature(s))",
         bundle.display(),
@@ -116,12 +116,12 @@ pub fn verify(bundle: &Path, trusted: &[String], installed: Option<u64>) -> anyh
         .map(|t| read_public(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (_dir, unpacked) = open(bundle)?;
-    let sluice_version = semver::Version::parse(sluice::record::SLUICE_VERSION)?;
+    let sluice_version = semver::Version::parse(sluice_types::VERSION)?;
     let verified = sluice_bundle::verify(
         &unpacked,
         &Policy {
             trusted: &trusted,
-            now_ms: sluice::outbox::now_ms(),
+            now_ms: sluice_types::now_ms(),
             installed,
             sluice_version: &sluice_version,
             wit_package: WIT_PACKAGE,

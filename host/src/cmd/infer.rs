@@ -23,7 +23,7 @@ pub fn run(
     let provenance =
         provenance(&runtime, pipeline.name()).context("the pipeline's parts are running")?;
     let files = list_files(inputs)?;
-    let accepted_at_ms = sluice::outbox::now_ms();
+    let accepted_at_ms = sluice_types::now_ms();
     let items = files
         .iter()
         .enumerate()
@@ -52,7 +52,7 @@ pub fn run(
     let bar = progress_bar(items.len());
     let outcomes = process_all(pipeline, items, &|n| bar.inc(n as u64));
     bar.finish_and_clear();
-    let completed_at_ms = sluice::outbox::now_ms();
+    let completed_at_ms = sluice_types::now_ms();
     let mut out = std::io::stdout().lock();
     let mut failed = 0;
     for (info, outcome) in infos.into_iter().zip(&outcomes) {

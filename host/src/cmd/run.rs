@@ -2,7 +2,8 @@
 
 use sluice::agent::Agent;
 use sluice::config::Config;
-use sluice::outbox::{Outbox, Status, now_ms};
+use sluice::outbox::{Outbox, Status};
+use sluice_types::now_ms;
 use std::io::Write;
 use std::path::Path;
 

@@ -31,7 +31,7 @@ pub(crate) fn pool() -> &'static std::sync::Arc<rayon::ThreadPool> {
     POOL.get_or_init(|| {
         std::sync::Arc::new(
             rayon::ThreadPoolBuilder::new()
-                .num_threads(crate::schedule::available_cores())
+                .num_threads(sluice_types::available_cores())
                 .thread_name(|ix| format!("sluice-infer-{ix}"))
                 .build()
                 .expect("start the inference threads"),

@@ -248,7 +248,7 @@ impl Watcher {
                 .to_string_lossy()
                 .into_owned();
             self.counter += 1;
-            let claim = claim_name(crate::outbox::now_ms(), self.counter, &name);
+            let claim = claim_name(sluice_types::now_ms(), self.counter, &name);
             match std::fs::rename(&path, self.claimed.join(&claim)) {
                 Ok(()) => {
                     self.seen.remove(&path);

@@ -20,9 +20,10 @@
 use super::counters::{Counter, note_sync_error, note_sync_ok};
 use super::damage::{record_damage, set_aside_damaged};
 use super::records::Selection;
-use super::{Outbox, OutboxError, Sizes, now_ms};
+use super::{Outbox, OutboxError, Sizes};
 use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Transaction, params};
+use sluice_types::now_ms;
 
 /// Records formed into one upload. The same batch (same key, same records)
 /// comes back from [`Outbox::next_batch`] until it is acknowledged.

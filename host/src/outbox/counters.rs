@@ -11,8 +11,9 @@
 //! * [`Outbox::status`] reads the file, not the in-memory mirrors, so a
 //!   read-only handle sees what a running agent has committed.
 
-use super::{Outbox, OutboxError, now_ms};
+use super::{Outbox, OutboxError};
 use rusqlite::{Connection, OptionalExtension, params};
+use sluice_types::now_ms;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

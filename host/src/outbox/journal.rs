@@ -20,8 +20,9 @@
 //!   after each commit; it reads an atomic, never the connection, so async
 //!   ingest handlers can call it for back-pressure without blocking.
 
-use super::{Outbox, OutboxError, now_ms};
+use super::{Outbox, OutboxError};
 use rusqlite::{OptionalExtension, Transaction, params};
+use sluice_types::now_ms;
 use std::sync::atomic::Ordering;
 
 /// An input accepted into the journal.

@@ -101,10 +101,10 @@ pub use set_aside::SetAside;
 
 use crate::config::OutboxConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
+use sluice_types::now_ms;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// File name of the outbox inside the data directory.
 pub const FILE_NAME: &str = "outbox.sqlite";
@@ -226,14 +226,6 @@ pub struct Outbox {
     page_limit: AtomicU64,
     /// Why the last write failed, until one succeeds (readiness).
     write_failure: Mutex<Option<String>>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Outbox {

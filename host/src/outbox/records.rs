@@ -20,9 +20,10 @@
 
 use super::batches::{dissolve_batch, dissolve_batches_of};
 use super::counters::{Counter, bump};
-use super::{Outbox, OutboxError, Sizes, journal, now_ms};
+use super::{Outbox, OutboxError, Sizes, journal};
 use crate::config::{FullPolicy, OutboxConfig};
 use rusqlite::{Transaction, params};
+use sluice_types::now_ms;
 
 /// A result to store.
 #[derive(Debug, Clone)]

@@ -17,8 +17,9 @@
 
 use super::counters::{Counter, bump, note_sync_error};
 use super::records::{AppendReport, NewRecord, store};
-use super::{Outbox, OutboxError, Sizes, now_ms};
+use super::{Outbox, OutboxError, Sizes};
 use rusqlite::{Transaction, params};
+use sluice_types::now_ms;
 
 /// A record set aside, as `sluice outbox set-aside` lists it.
 #[derive(Debug, Clone, serde::Serialize)]

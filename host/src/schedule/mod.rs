@@ -91,16 +91,11 @@ impl BatchConfig {
     /// `threads`, with 0 resolved to the number of cores.
     pub fn resolved_threads(&self) -> usize {
         if self.threads == 0 {
-            available_cores()
+            sluice_types::available_cores()
         } else {
             self.threads
         }
     }
-}
-
-/// The cores this process may use.
-pub(crate) fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 type Reply = Result<Vec<Tensor>, ItemError>;

@@ -249,7 +249,7 @@ impl Uploader {
                         .sum();
                     self.metrics.upload("acknowledged");
                     self.metrics
-                        .uploaded(&batch.stored_at_ms, bytes, crate::outbox::now_ms());
+                        .uploaded(&batch.stored_at_ms, bytes, sluice_types::now_ms());
                     report.records += records;
                     report.batches += 1;
                 }
@@ -320,9 +320,9 @@ impl Uploader {
     /// once `batch` is stored (none if the outbox cannot be read).
     fn device_status(&self, batch: &Batch) -> Option<DeviceStatus> {
         let backlog = self.outbox.backlog_after(batch).ok()?;
-        let now = crate::outbox::now_ms();
+        let now = sluice_types::now_ms();
         Some(DeviceStatus {
-            sluice_version: crate::record::SLUICE_VERSION.to_owned(),
+            sluice_version: sluice_types::VERSION.to_owned(),
             at_ms: now,
             pending_records: backlog.pending_records,
             journal_items: backlog.journal_items,

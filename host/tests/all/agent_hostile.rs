@@ -303,7 +303,7 @@ fn journal_rows_of_every_storage_class_fail_alone_and_the_rest_are_processed() {
                 ("content_type", Value::Text("image/png".into())),
                 ("attributes", Value::Text("[]".into())),
                 ("data", Value::Blob(pngs[3].clone())),
-                ("accepted_at_ms", Value::Integer(sluice::outbox::now_ms())),
+                ("accepted_at_ms", Value::Integer(sluice_types::now_ms())),
                 ("refused", Value::Null),
                 ("crashes", Value::Integer(0)),
                 ("last_crash", Value::Null),

@@ -251,7 +251,7 @@ pub(crate) fn bundle_of(
     })
     .unwrap();
     if let Some(key) = key {
-        sluice_bundle::sign(&out, key, sluice::outbox::now_ms()).unwrap();
+        sluice_bundle::sign(&out, key, sluice_types::now_ms()).unwrap();
     }
     out
 }

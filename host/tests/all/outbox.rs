@@ -187,11 +187,8 @@ fn records_past_their_age_expire_and_are_counted() {
     let outbox = Outbox::open_in(dir.path(), config).unwrap();
     outbox.append(records(0..10, 50)).unwrap();
     outbox.next_batch(5, 1 << 20).unwrap().unwrap();
-    assert_eq!(outbox.expire(sluice::outbox::now_ms()).unwrap(), 0);
-    assert_eq!(
-        outbox.expire(sluice::outbox::now_ms() + 61_000).unwrap(),
-        10
-    );
+    assert_eq!(outbox.expire(sluice_types::now_ms()).unwrap(), 0);
+    assert_eq!(outbox.expire(sluice_types::now_ms() + 61_000).unwrap(), 10);
     assert_eq!(outbox.pending(), (0, 0));
     assert!(outbox.next_batch(5, 1 << 20).unwrap().is_none());
     assert_eq!(outbox.counter(counter::EXPIRED).unwrap(), 10);
@@ -499,7 +496,7 @@ fn idempotency_keys_are_forgotten_past_their_window_and_count() {
     // Keep the newest 4.
     assert_eq!(outbox.prune_ingest_keys(0, 4).unwrap(), 6);
     // Everything accepted before now + 1 s is past a window ending then.
-    let later = sluice::outbox::now_ms() + 1_000;
+    let later = sluice_types::now_ms() + 1_000;
     assert_eq!(outbox.prune_ingest_keys(later, 100).unwrap(), 4);
     // A forgotten key accepts anew.
     assert!(matches!(

@@ -112,7 +112,7 @@ pub(crate) fn insert_damaged(
     let size = (record.id.len() + record.body.len()) as i64;
     let mut values: Vec<(&str, Value)> = vec![
         ("id", Value::Text(record.id.clone())),
-        ("created_at_ms", Value::Integer(sluice::outbox::now_ms())),
+        ("created_at_ms", Value::Integer(sluice_types::now_ms())),
         ("bytes", Value::Integer(size)),
         ("body", Value::Blob(record.body.clone())),
         ("batch", Value::Null),

@@ -1,4 +1,13 @@
-//! The data that flows between pipeline stages, in one place.
+//! # sluice-types: the facts every part of the device shares
+//!
+//! A leaf (std, thiserror and half): the data that flows between pipeline
+//! stages, and the few shared facts that would otherwise pull one room of
+//! the house into another: the clock ([`now_ms`]), the version written into
+//! every record ([`VERSION`]) and the cores this process may use
+//! ([`available_cores`]). Every device crate may import it; it imports
+//! none of them.
+//!
+//! The data, in one place:
 //!
 //! ingest -> [`RawItem`] -> preprocess -> [`Tensor`]s -> schedule/infer ->
 //! [`Tensor`]s -> postprocess -> [`Document`] -> outbox -> sync.
@@ -6,8 +15,31 @@
 //! Every stage returns one `Result<_, ItemError>` per item, in input order,
 //! so that one bad item never fails the batch it travels in.
 
+#![deny(missing_docs)]
+
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[cfg(test)]
+mod tensor_props;
+
+/// The Sluice version written into every record and status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch (0 before it: a clock that far off
+/// is reported by the records' timestamps, not by a panic).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The cores this process may use (its CPU affinity and cgroup quota, as
+/// the standard library reads them), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// What the host knows about an input item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +80,8 @@ pub struct RawItem {
 
 /// Element type of a [`Tensor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
+// Exhaustive on purpose: a new element type must be converted by every
+// engine and by the plugin contract, and the compiler finds each place.
 pub enum DType {
     /// IEEE 754 half precision.
     F16,
@@ -423,7 +456,7 @@ impl fmt::Display for Fault {
 
 /// What a plugin hitting its memory cap is told, in both the item's error
 /// and the start-up error: the size asked for and the setting to raise.
-pub(crate) fn memory_cap_text(cap_bytes: usize, requested_bytes: usize) -> String {
+pub fn memory_cap_text(cap_bytes: usize, requested_bytes: usize) -> String {
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     format!(
         "memory cap exceeded: it asked for {:.1} MiB of linear memory, `memory_mb` = {} allows {:.1} MiB",

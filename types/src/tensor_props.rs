@@ -8,7 +8,7 @@
 //! `PROPTEST_CASES=100000 cargo test -p sluice --lib tensor_props` runs
 //! longer (see `docs/fuzzing.md`).
 
-use crate::types::{DType, MAX_TENSOR_BYTES, ShapeError, Tensor, shape_bytes, stack_items};
+use crate::{DType, MAX_TENSOR_BYTES, ShapeError, Tensor, shape_bytes, stack_items};
 use proptest::prelude::*;
 
 const DTYPES: [DType; 7] = [
