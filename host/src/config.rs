@@ -9,6 +9,7 @@
 
 use crate::error::ConfigError;
 use serde::Deserialize;
+pub use sluice_outbox::{FullPolicy, OutboxConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -423,74 +424,6 @@ pub struct PipelineConfig {
     /// input is accepted.
     #[serde(default)]
     pub sample: Option<PathBuf>,
-}
-
-/// `[outbox]`: bounds of the on-device result store (see [`crate::outbox`]).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboxConfig {
-    /// Most bytes of pending results (ids plus documents) kept on the device.
-    #[serde(default = "default_outbox_max_bytes")]
-    pub max_bytes: u64,
-    /// Results older than this are dropped (counted as `expired`); 0 keeps
-    /// them until the byte cap applies.
-    #[serde(default = "default_outbox_max_age_secs")]
-    pub max_age_secs: u64,
-    /// What to do when a new result does not fit under `max_bytes`.
-    #[serde(default)]
-    pub when_full: FullPolicy,
-    /// Most bytes of records the collector refused, kept aside for an
-    /// operator (`sluice outbox set-aside`); past it the oldest are deleted
-    /// (counted as `set_aside_dropped`).
-    #[serde(default = "default_outbox_max_set_aside_bytes")]
-    pub max_set_aside_bytes: u64,
-    /// Disk space kept in reserve beside the outbox (`outbox.sqlite.reserve`)
-    /// and given back when an upload's acknowledgement finds the disk full,
-    /// so that uploads can always free space; 0: none.
-    #[serde(default = "default_outbox_disk_reserve_bytes")]
-    pub disk_reserve_bytes: u64,
-}
-
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        Self {
-            max_bytes: default_outbox_max_bytes(),
-            max_age_secs: default_outbox_max_age_secs(),
-            when_full: FullPolicy::default(),
-            max_set_aside_bytes: default_outbox_max_set_aside_bytes(),
-            disk_reserve_bytes: default_outbox_disk_reserve_bytes(),
-        }
-    }
-}
-
-fn default_outbox_disk_reserve_bytes() -> u64 {
-    4 << 20
-}
-
-fn default_outbox_max_set_aside_bytes() -> u64 {
-    16 << 20
-}
-
-fn default_outbox_max_bytes() -> u64 {
-    256 << 20
-}
-
-fn default_outbox_max_age_secs() -> u64 {
-    7 * 24 * 3600
-}
-
-/// What the outbox does with a result that does not fit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum FullPolicy {
-    /// Delete the oldest pending results until the new one fits (counted as
-    /// `dropped_oldest`): recent data matters most on a device that was
-    /// offline for long.
-    #[default]
-    DropOldest,
-    /// Keep what is stored, refuse the new result (counted as `rejected_full`).
-    RejectNew,
 }
 
 /// `[sync]`: shipping results upstream (see [`crate::uplink`]). Without `url`,

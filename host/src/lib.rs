@@ -49,7 +49,7 @@ pub mod infer;
 pub mod ingest;
 pub mod memory;
 pub mod metrics;
-pub mod outbox;
+pub use sluice_outbox as outbox;
 pub mod pipeline;
 pub mod plugin;
 pub mod record;

@@ -33,9 +33,7 @@
 
 use crate::config::Config;
 
-/// SQLite's page cache for the outbox's one connection (`PRAGMA
-/// cache_size`): SQLite's own default, made explicit so it can be budgeted.
-pub const OUTBOX_CACHE_BYTES: u64 = 2 << 20;
+use sluice_outbox::CACHE_BYTES as OUTBOX_CACHE_BYTES;
 
 /// One part of the agent's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,12 @@
-//! The outbox: the device's crash-safe store of accepted inputs and of
-//! results awaiting upload, one SQLite file at `<data_dir>/outbox.sqlite`.
+//! # sluice-outbox: the device's crash-safe store
+//!
+//! Accepted inputs and results awaiting upload, one SQLite file at
+//! `<data_dir>/outbox.sqlite`: the counterpart of Vector's disk buffer.
+//! It imports only leaves (`sluice-types`, `sluice-protocol` for the wire
+//! shape of what it keeps, `sluice-durable`); the agent above feeds it and
+//! drains it. Its behaviour is pinned by a model-based test
+//! (`tests/all/model.rs`): random sequences of operations, crashes and a
+//! full disk against a simple in-memory model.
 //!
 //! Tables:
 //! * `journal`: inputs accepted by ingest but not yet processed. An input is
@@ -72,6 +79,8 @@
 //!   open and whenever an upload reads it; a journal row becomes a failed
 //!   result naming the column (see `damage.rs`).
 
+#![deny(missing_docs)]
+
 /// A pending record's `bytes` as the sizes count it: the stored value when
 /// the outbox could have written it, else 0. Every sum and subtraction of
 /// sizes uses this one expression, so a damaged row is counted the same
@@ -83,6 +92,7 @@ macro_rules! record_size {
 }
 
 mod batches;
+mod config;
 mod counters;
 mod damage;
 mod journal;
@@ -92,6 +102,7 @@ mod schema;
 mod set_aside;
 
 pub use batches::{Batch, Split};
+pub use config::{CACHE_BYTES, FullPolicy, OutboxConfig};
 pub use counters::{Backlog, Counter, Status, counter};
 pub use journal::{JournalItem, KeyedAccept, NewInput};
 pub use records::{AppendReport, NewRecord};
@@ -99,7 +110,6 @@ pub use reserve::{free_bytes, volume_bytes};
 pub use schema::Recovery;
 pub use set_aside::SetAside;
 
-use crate::config::OutboxConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
 use sluice_types::now_ms;
 use std::path::{Path, PathBuf};
