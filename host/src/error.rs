@@ -70,7 +70,7 @@ impl ConfigError {
                 problem,
                 line: None,
             } => {
-                let line = crate::config::line_of(text, &key);
+                let line = crate::config::text::line_of(text, &key);
                 ConfigError::Value { key, problem, line }
             }
             other => other,

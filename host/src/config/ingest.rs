@@ -1,0 +1,93 @@
+//! `[ingest]`: where `sluice run` takes its inputs from.
+
+use super::sync::bearer_token;
+use crate::error::ConfigError;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// `[ingest]`: where `sluice run` takes inputs from (see [`crate::agent`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// A folder watched for input files; each is deleted once durably accepted.
+    /// Dot files are ignored: writers should create files under a name
+    /// starting with `.` and rename them when complete (otherwise a file is
+    /// taken once it stayed unchanged for `settle_ms`).
+    pub folder: Option<PathBuf>,
+    /// The pipeline for files of `folder`; default: the only pipeline.
+    pub folder_pipeline: Option<String>,
+    /// How often the folder is scanned.
+    pub poll_ms: u64,
+    /// A file of `folder` is taken only once its size and modification time
+    /// stayed the same for this long, so a file still being written is not
+    /// taken half-written. Writers that create files under a dot name and
+    /// rename them when complete can set 0.
+    pub settle_ms: u64,
+    /// Address of the local HTTP ingest endpoint, e.g. `127.0.0.1:8470`
+    /// (port 0: any free port, printed at start-up). An address beyond
+    /// loopback needs `token` (or `token_file`), or
+    /// `insecure_allow_anyone = true`.
+    pub listen: Option<String>,
+    /// Bearer token HTTP ingest requires (`Authorization: Bearer TOKEN`);
+    /// none: anyone who can reach `listen` may post inputs.
+    pub token: Option<String>,
+    /// A file holding the ingest token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without a token, knowingly (logged loudly at
+    /// every start).
+    pub insecure_allow_anyone: bool,
+    /// HTTP ingest connections open at once, at most; more wait unaccepted.
+    pub max_connections: usize,
+    /// HTTP ingest requests reading or storing their body at once, at most;
+    /// more are answered `503` at once. Bodies in memory are bounded by this
+    /// times `max_input_bytes`.
+    pub max_concurrent_requests: usize,
+    /// Deadline for a request's head (also the idle keep-alive timeout).
+    pub header_timeout_ms: u64,
+    /// Deadline for a request's body once its head arrived; past it `408`.
+    pub body_timeout_ms: u64,
+    /// Largest accepted input.
+    pub max_input_bytes: usize,
+    /// Most bytes of accepted inputs waiting for their pipeline; beyond,
+    /// ingest answers 503 and files wait in the folder.
+    pub max_pending_bytes: u64,
+    /// How long an HTTP `Idempotency-Key` is remembered: a retry within this
+    /// window gets the first request's id and stores nothing.
+    pub idempotency_window_secs: u64,
+    /// Most idempotency keys remembered (the oldest are forgotten first).
+    pub idempotency_max_keys: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            folder: None,
+            folder_pipeline: None,
+            poll_ms: 250,
+            settle_ms: 500,
+            listen: None,
+            token: None,
+            token_file: None,
+            insecure_allow_anyone: false,
+            max_connections: 64,
+            max_concurrent_requests: 4,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            max_input_bytes: 16 << 20,
+            max_pending_bytes: 256 << 20,
+            idempotency_window_secs: 24 * 3600,
+            idempotency_max_keys: 100_000,
+        }
+    }
+}
+
+impl IngestConfig {
+    /// The token HTTP ingest requires, from `token` or `token_file`.
+    pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
+        bearer_token(
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+            "ingest.token_file",
+        )
+    }
+}

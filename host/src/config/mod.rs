@@ -1,0 +1,538 @@
+//! The host configuration: one TOML file describing the device, its plugins,
+//! its models and the pipelines that join them.
+//!
+//! Invariants after [`Config::load`]:
+//! * unknown keys have been refused with an error naming the key and line;
+//! * every relative path is resolved against the configuration file's folder,
+//!   so the agent behaves the same whatever its working directory;
+//! * every pipeline names plugins and models that exist.
+
+use crate::error::ConfigError;
+use serde::Deserialize;
+pub use sluice_outbox::{FullPolicy, OutboxConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+mod bundles;
+mod device;
+mod ingest;
+pub mod keys;
+mod models;
+mod plugins;
+mod sync;
+pub mod text;
+
+pub use bundles::BundlesConfig;
+pub use device::{DeviceConfig, Pooling, RuntimeConfig};
+pub use ingest::IngestConfig;
+pub use models::{ModelConfig, PipelineConfig};
+pub use plugins::{DirGrant, Grants, PluginConfig, PluginSource};
+pub use sync::{MqttAck, SyncConfig};
+use text::normalize;
+#[cfg(test)]
+mod keys_tests;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[device]`: who this device is and where it keeps its state.
+    #[serde(default)]
+    pub device: DeviceConfig,
+    /// `[runtime]`: the plugin engine and the pipeline threads.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// `[plugins.NAME]`: the plugins, by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// `[models.NAME]`: the models, by name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// `[pipelines.NAME]`: the pipelines, by name.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// The on-device store of results awaiting upload (`sluice run`).
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Where and how results are shipped upstream (`sluice run`).
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Where `sluice run` takes its inputs from.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Drift windows against each model's reference profile (`sluice run`).
+    #[serde(default)]
+    pub drift: crate::drift::DriftConfig,
+    /// Signed bundles: which keys to trust, where they arrive, how a new
+    /// version is watched (`sluice run`).
+    #[serde(default)]
+    pub bundles: BundlesConfig,
+}
+
+impl Config {
+    /// Read, parse and check a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| e.in_file(path))
+    }
+
+    /// [`Config::load`] for running the device (`sluice run`): the file
+    /// must configure a pipeline ([`Config::require_pipelines`]). Commands
+    /// that only read the device's state (`sluice outbox status`) take any.
+    pub fn load_device(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load(path)?;
+        config.require_pipelines().map_err(|e| e.in_file(path))?;
+        Ok(config)
+    }
+
+    /// Parse configuration text; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(ConfigError::Parse)?;
+        config.resolve_paths(base);
+        config.check().map_err(|e| e.located(text))?;
+        Ok(config)
+    }
+
+    /// A device's configuration runs at least one pipeline: without one
+    /// (an empty file, a file of another program) nothing would ever be
+    /// processed, and `sluice run` would start and look healthy.
+    pub fn require_pipelines(&self) -> Result<(), ConfigError> {
+        if self.pipelines.is_empty() {
+            return Err(ConfigError::value(
+                "pipelines",
+                "no pipeline is configured: add a [pipelines.NAME] with preprocess, model and postprocess (`sluice new` writes a complete example)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = normalize(&base.join(&*p));
+            }
+        };
+        resolve(&mut self.device.data_dir);
+        if let Some(folder) = &mut self.ingest.folder {
+            resolve(folder);
+        }
+        if let Some(file) = &mut self.sync.token_file {
+            resolve(file);
+        }
+        if let Some(file) = &mut self.ingest.token_file {
+            resolve(file);
+        }
+        if let Some(dir) = &mut self.runtime.cache_dir {
+            resolve(dir);
+        }
+        if let Some(library) = &mut self.runtime.onnxruntime_library {
+            resolve(library);
+        }
+        if let Some(folder) = &mut self.bundles.folder {
+            resolve(folder);
+        }
+        for plugin in self.plugins.values_mut() {
+            if let PluginSource::File(path) = &mut plugin.path {
+                resolve(path);
+            }
+            for dir in &mut plugin.grants.dirs {
+                resolve(&mut dir.host);
+            }
+        }
+        for pipeline in self.pipelines.values_mut() {
+            if let Some(sample) = &mut pipeline.sample {
+                resolve(sample);
+            }
+        }
+        for model in self.models.values_mut() {
+            resolve(&mut model.path);
+            if let Some(profile) = &mut model.profile {
+                resolve(profile);
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
+        // Every number against its range (`keys::LIMITS`, which
+        // `docs/limits.md` is tested against): a value outside it is refused
+        // at load, naming the key, never found out by running out of memory
+        // or time.
+        keys::check(self)?;
+        self.check_bundles()?;
+        if let Err(e) = sluice_protocol::check_name(&self.device.id) {
+            return value("device.id", format!("`{}` {e}", self.device.id));
+        }
+        // A plugin is loaded once, as one kind: it cannot be a preprocessor
+        // in one place and a postprocessor in another.
+        let mut roles: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+        for (name, pipeline) in &self.pipelines {
+            if let Err(e) = sluice_protocol::check_name(name) {
+                return value(&format!("pipelines.{name}"), format!("the name {e}"));
+            }
+            for (role, plugin) in [
+                ("preprocess", &pipeline.preprocess),
+                ("postprocess", &pipeline.postprocess),
+            ] {
+                let key = format!("pipelines.{name}.{role}");
+                if !self.plugins.contains_key(plugin) {
+                    return value(
+                        &key,
+                        format!("names plugin `{plugin}`, which is not configured under [plugins]"),
+                    );
+                }
+                match roles.insert(plugin, (role, name)) {
+                    Some((other_role, other)) if other_role != role => {
+                        return value(
+                            &key,
+                            format!(
+                                "plugin `{plugin}` is already the {other_role} plugin of pipeline `{other}`; a plugin is either a preprocessor or a postprocessor"
+                            ),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            if !self.models.contains_key(&pipeline.model) {
+                return value(
+                    &format!("pipelines.{name}.model"),
+                    format!(
+                        "names model `{}`, which is not configured under [models]",
+                        pipeline.model
+                    ),
+                );
+            }
+        }
+        for (name, model) in &self.models {
+            if model.engine != crate::infer::AUTO
+                && !crate::infer::ENGINES.contains(&model.engine.as_str())
+            {
+                return value(
+                    &format!("models.{name}.engine"),
+                    format!(
+                        "`{}` is not an engine of this build (engines: {}, or `{}`){}",
+                        model.engine,
+                        crate::infer::ENGINES.join(", "),
+                        crate::infer::AUTO,
+                        if model.engine == "onnxruntime" {
+                            "; onnxruntime needs a build with `--features onnxruntime`"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+        }
+        self.check_store_and_forward()
+    }
+
+    fn check_store_and_forward(&self) -> Result<(), ConfigError> {
+        let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
+        if let Some(url) = &self.sync.url {
+            let mqtt = url.starts_with("mqtt://") || url.starts_with("mqtts://");
+            if !(url.starts_with("http://") || url.starts_with("https://") || mqtt) {
+                return value(
+                    "sync.url",
+                    format!("`{url}` must start with http://, https://, mqtt:// or mqtts://"),
+                );
+            }
+            if mqtt {
+                let broker = self.sync.mqtt.clone().unwrap_or_default();
+                if let Err(e) = sluice_mqtt::options(url, &self.device.id, &broker, 1) {
+                    return value("sync.mqtt", e.to_string());
+                }
+            } else if self.sync.mqtt.is_some() {
+                return value(
+                    "sync.mqtt",
+                    format!("is set but sync.url `{url}` is not mqtt:// or mqtts://"),
+                );
+            }
+            if self.sync.token.is_none() && self.sync.token_file.is_none() {
+                return value(
+                    "sync.url",
+                    "is set but neither sync.token nor sync.token_file is".into(),
+                );
+            }
+        }
+        if self.sync.token.is_some() && self.sync.token_file.is_some() {
+            return value(
+                "sync.token",
+                "set one of sync.token and sync.token_file, not both".into(),
+            );
+        }
+        if let Some(listen) = &self.ingest.listen {
+            let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
+                return value(
+                    "ingest.listen",
+                    format!("`{listen}` is not an ip:port address"),
+                );
+            };
+            let open = self.ingest.token.is_none() && self.ingest.token_file.is_none();
+            if !addr.ip().is_loopback() && open && !self.ingest.insecure_allow_anyone {
+                return value(
+                    "ingest.listen",
+                    format!(
+                        "`{listen}` is reachable beyond this machine: set ingest.token (or ingest.token_file) so that only clients with it may post inputs, or ingest.insecure_allow_anyone = true"
+                    ),
+                );
+            }
+        }
+        if self.ingest.token.is_some() && self.ingest.token_file.is_some() {
+            return value(
+                "ingest.token",
+                "set one of ingest.token and ingest.token_file, not both".into(),
+            );
+        }
+        if let Some(pipeline) = &self.ingest.folder_pipeline
+            && !self.pipelines.contains_key(pipeline)
+        {
+            return value(
+                "ingest.folder_pipeline",
+                format!("names pipeline `{pipeline}`, which is not configured under [pipelines]"),
+            );
+        }
+        Ok(())
+    }
+
+    /// What `[bundles]` needs besides numbers in range: keys that parse,
+    /// and a source only with a key to check it against.
+    fn check_bundles(&self) -> Result<(), ConfigError> {
+        let bundles = &self.bundles;
+        bundles.trusted()?;
+        if bundles.from_collector && self.sync.url.is_none() {
+            return Err(ConfigError::value(
+                "bundles.from_collector",
+                "is set but [sync] has no url: there is no collector to ask",
+            ));
+        }
+        if (bundles.folder.is_some() || bundles.from_collector) && !bundles.enabled() {
+            return Err(ConfigError::value(
+                "bundles",
+                "a source (folder or from_collector) is set but bundles.trusted_keys is empty: no bundle could ever be installed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where compiled plugins are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.runtime
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.device.data_dir.join("cache"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspelled_key_is_named_in_the_error() {
+        let err = Config::parse(
+            "[plugins.pre]\npath = \"x.wasm\"\ntimout_ms = 5\n",
+            Path::new("/etc"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("timout_ms"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn drift_bounds_are_checked_naming_the_key() {
+        for (text, key) in [
+            (
+                "[drift]\nfalse_alarm_rate = 0.0\n",
+                "drift.false_alarm_rate",
+            ),
+            (
+                "[drift]\nfalse_alarm_rate = 0.9\n",
+                "drift.false_alarm_rate",
+            ),
+            ("[drift]\nwindow_items = 5\n", "drift.window_items"),
+            ("[drift]\nwindow_secs = 0\n", "drift.window_secs"),
+        ] {
+            let err = Config::parse(text, Path::new("/etc"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = Config::parse("[drift]\nwindow_items = 200\n", Path::new("/etc")).unwrap();
+        assert_eq!(config.drift.window_items, 200);
+        assert_eq!(config.drift.window_secs, 3600);
+        assert_eq!(config.drift.false_alarm_rate, 0.01);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let config = Config::parse(
+            "[plugins.pre]\npath = \"p/pre.wasm\"\n[plugins.pre.grants]\ndirs = [{ host = \"m\", guest = \"/m\" }]\n\
+             [plugins.b]\npath = \"bundled:image-preprocess\"\n",
+            Path::new("/etc/sluice"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.plugins["pre"].path,
+            PluginSource::File("/etc/sluice/p/pre.wasm".into())
+        );
+        assert_eq!(
+            config.plugins["pre"].grants.dirs[0].host,
+            Path::new("/etc/sluice/m")
+        );
+        assert_eq!(
+            config.plugins["b"].path,
+            PluginSource::Bundled("image-preprocess".into())
+        );
+        assert_eq!(
+            config.cache_dir(),
+            Path::new("/etc/sluice/sluice-data/cache")
+        );
+    }
+
+    #[test]
+    fn defaults_grant_nothing() {
+        let config = Config::parse("[plugins.pre]\npath = \"a.wasm\"\n", Path::new("/")).unwrap();
+        let plugin = &config.plugins["pre"];
+        assert!(plugin.grants.is_empty());
+        assert_eq!(plugin.timeout(), std::time::Duration::from_secs(1));
+        assert_eq!(plugin.memory_bytes(), 64 << 20);
+    }
+
+    #[test]
+    fn pipeline_naming_a_missing_plugin_is_refused() {
+        let err = Config::parse(
+            "[models.m]\npath = \"m.onnx\"\n[pipelines.p]\npreprocess = \"nope\"\nmodel = \"m\"\npostprocess = \"nope\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pipelines.p.preprocess") && err.contains("`nope`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_device_id_that_could_pass_for_another_is_refused() {
+        for id in ["a/b", "", "gate way"] {
+            let err = Config::parse(&format!("[device]\nid = {id:?}\n"), Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("device.id"), "{id:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_plugin_cannot_be_both_preprocessor_and_postprocessor() {
+        let err = Config::parse(
+            "[plugins.p]\npath = \"p.wasm\"\n[models.m]\npath = \"m.onnx\"\n\
+             [pipelines.x]\npreprocess = \"p\"\nmodel = \"m\"\npostprocess = \"p\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pipelines.x.postprocess") && err.contains("already the preprocess"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_number_out_of_its_range_is_refused_naming_the_key() {
+        let model = "[models.m]\npath = \"m.onnx\"\n[models.m.batching]\n";
+        for (text, key) in [
+            (
+                format!("{model}max_batch_size = 100000000\n"),
+                "models.m.batching.max_batch_size",
+            ),
+            (
+                format!("{model}max_batch_size = 0\n"),
+                "models.m.batching.max_batch_size",
+            ),
+            (
+                format!("{model}queue_capacity = 0\n"),
+                "models.m.batching.queue_capacity",
+            ),
+            (
+                format!("{model}max_batch_size = 64\nqueue_capacity = 63\n"),
+                "models.m.batching.queue_capacity",
+            ),
+            (
+                format!("{model}request_timeout_ms = 0\n"),
+                "models.m.batching.request_timeout_ms",
+            ),
+            (
+                "[plugins.p]\npath = \"p.wasm\"\nmemory_mb = 1000000\n".into(),
+                "plugins.p.memory_mb",
+            ),
+            (
+                "[plugins.p]\npath = \"p.wasm\"\ntimeout_ms = 0\n".into(),
+                "plugins.p.timeout_ms",
+            ),
+            ("[outbox]\nmax_bytes = 0\n".into(), "outbox.max_bytes"),
+            (
+                "[sync]\nbatch_max_records = 1000000\n".into(),
+                "sync.batch_max_records",
+            ),
+            ("[sync]\nzstd_level = -5\n".into(), "sync.zstd_level"),
+            (
+                "[sync]\nbackoff_initial_ms = 50\nbackoff_max_ms = 10\n".into(),
+                "sync.backoff_max_ms",
+            ),
+            (
+                "[ingest]\nmax_input_bytes = 100\nmax_pending_bytes = 99\n".into(),
+                "ingest.max_pending_bytes",
+            ),
+            ("[runtime]\nworkers = 100000\n".into(), "runtime.workers"),
+        ] {
+            let err = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("outside the allowed range"),
+                "{text}: {err}"
+            );
+        }
+        let fine = format!("{model}max_batch_size = 64\nqueue_capacity = 64\n");
+        Config::parse(&fine, Path::new("/")).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_without_pipelines_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["", "[device]\nid = \"gw-1\"\n"] {
+            let path = dir.path().join("sluice.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load_device(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string())
+                    && err.contains("pipelines: no pipeline is configured"),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn ingest_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
+        let err = Config::parse("[ingest]\nlisten = \"0.0.0.0:8470\"\n", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ingest.listen") && err.contains("ingest.token"),
+            "{err}"
+        );
+        for fine in [
+            "[ingest]\nlisten = \"127.0.0.1:8470\"\n",
+            "[ingest]\nlisten = \"[::1]:8470\"\n",
+            "[ingest]\nlisten = \"0.0.0.0:8470\"\ntoken = \"s\"\n",
+            "[ingest]\nlisten = \"0.0.0.0:8470\"\ninsecure_allow_anyone = true\n",
+        ] {
+            Config::parse(fine, Path::new("/")).unwrap();
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `[sync]`: shipping results upstream, and the bearer tokens read from
+//! files (shared with `[ingest]`).
+
+use crate::error::ConfigError;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// `[sync]`: shipping results upstream (see [`crate::uplink`]). Without `url`,
+/// results stay in the outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// The collector's base URL, `http://` or `https://`, e.g. `https://collector.example`.
+    pub url: Option<String>,
+    /// This device's bearer token.
+    pub token: Option<String>,
+    /// A file holding the bearer token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Most results in one upload.
+    pub batch_max_records: usize,
+    /// Most uncompressed bytes in one upload (a single larger result still goes alone).
+    pub batch_max_bytes: usize,
+    /// Deadline of one upload, connection included.
+    pub timeout_ms: u64,
+    /// First retry delay after a failed upload; doubles per failure, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Cap of the retry delay.
+    pub backoff_max_ms: u64,
+    /// How often an idle uploader looks for new results (it is also woken
+    /// when results are stored).
+    pub interval_ms: u64,
+    /// zstd level of uploads (1 fast .. 19 small).
+    pub zstd_level: i32,
+    /// `[sync.mqtt]`: the broker's credentials, TLS and topic prefix, for
+    /// an `mqtt://` or `mqtts://` `url`.
+    pub mqtt: Option<sluice_mqtt::Broker>,
+    /// What acknowledges a batch sent through MQTT: the collector's answer
+    /// (`collector`, the default: stored upstream) or the broker's PUBACK
+    /// (`broker`: only when the broker itself is durable).
+    pub mqtt_ack: MqttAck,
+}
+
+/// What acknowledges a batch sent through an MQTT broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MqttAck {
+    /// The collector's answer after its commit.
+    #[default]
+    Collector,
+    /// The broker's PUBACK.
+    Broker,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            token_file: None,
+            batch_max_records: 500,
+            batch_max_bytes: 1 << 20,
+            timeout_ms: 10_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            interval_ms: 1_000,
+            zstd_level: 3,
+            mqtt: None,
+            mqtt_ack: MqttAck::Collector,
+        }
+    }
+}
+
+impl SyncConfig {
+    /// The most records one upload may carry (the reference collector's
+    /// default limit per batch).
+    pub const MAX_BATCH_RECORDS: u64 = 10_000;
+    /// The most uncompressed bytes of records one upload may carry (below
+    /// the reference collector's default limit, leaving room for the
+    /// batch's own fields).
+    pub const MAX_BATCH_BYTES: u64 = 16 << 20;
+
+    /// The bearer token, from `token` or `token_file`.
+    pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
+        bearer_token(
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+            "sync.token_file",
+        )
+    }
+}
+
+/// A bearer token given inline or as the first line of a file (`key`).
+pub(super) fn bearer_token(
+    token: Option<&String>,
+    file: Option<&PathBuf>,
+    key: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(token) = token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+        key,
+        path: path.clone(),
+        source,
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        return Err(ConfigError::value(
+            key,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Some(token))
+}
