@@ -250,7 +250,7 @@ fn sources(inputs: &[Tensor], outputs: &[Tensor]) -> Vec<(String, Source)> {
 /// Inner bin edges from the reference deciles of sorted `values`: repeated
 /// edges merge (fewer bins for few distinct values) and an edge at the
 /// maximum is dropped, so that every bin holds reference items.
-fn decile_edges(sorted: &[f64]) -> Vec<f64> {
+pub(super) fn decile_edges(sorted: &[f64]) -> Vec<f64> {
     let m = sorted.len();
     let mut edges: Vec<f64> = Vec::new();
     let Some(&max) = sorted.last() else {

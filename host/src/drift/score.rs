@@ -10,7 +10,7 @@ use sluice_protocol::DriftScore;
 const PSEUDO_COUNT: f64 = 0.5;
 
 /// `χ²⁻¹(dof, p)`.
-fn chi_square_quantile(dof: usize, p: f64) -> f64 {
+pub(super) fn chi_square_quantile(dof: usize, p: f64) -> f64 {
     use statrs::distribution::{ChiSquared, ContinuousCDF};
     ChiSquared::new(dof as f64)
         .expect("dof >= 1")
@@ -22,7 +22,7 @@ fn chi_square_quantile(dof: usize, p: f64) -> f64 {
 /// `2·exp(−2c²) = alpha`, an upper bound of the tail. D taken only at the
 /// bin edges is at most the full D, and ties only lower it, so the bound
 /// holds for binned and discrete features too (conservatively).
-fn ks_critical(alpha: f64) -> f64 {
+pub(super) fn ks_critical(alpha: f64) -> f64 {
     (-(alpha / 2.0).ln() / 2.0).sqrt()
 }
 

@@ -1,6 +1,9 @@
 //! The statistics against published tables and hand-computed cases.
 
+use super::profile::decile_edges;
+use super::score::{chi_square_quantile, ks_critical};
 use super::*;
+use crate::types::Tensor;
 
 #[test]
 fn chi_square_quantiles_and_ks_critical_values_match_the_tables() {
@@ -51,7 +54,6 @@ fn item(x: f32, scores: [f32; 2]) -> (Vec<Tensor>, Vec<Tensor>) {
 
 #[test]
 fn a_window_closes_by_count_and_by_time_and_scores_what_it_saw() {
-    use crate::pipeline::Observer;
     let items: Vec<_> = (0..100).map(|i| item(i as f32, [0.2, 0.8])).collect();
     let pairs: Vec<_> = items
         .iter()
