@@ -15,8 +15,8 @@
 
 use crate::accept;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
 use crate::operator::{DashboardQuery, dashboard_auth, operator, operator_check};
+pub(crate) use crate::shared::{Shared, error, page};
 use crate::store::{After, Store, now_ms};
 use crate::tokens::Tokens;
 use axum::Router;
@@ -27,10 +27,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sluice_protocol::{self as protocol, DeviceCount, DeviceResults, ErrorBody, FleetView};
+use sluice_protocol::{self as protocol, DeviceCount, DeviceResults, FleetView};
 use sluice_serve::BodyError;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What a device is told to wait, in seconds, when too many batches are in
 /// progress (`503`): long enough for a batch to finish, short enough not to
@@ -41,30 +41,6 @@ pub use crate::session::COOKIE;
 
 /// How far back the fleet endpoints look by default: one day.
 pub const DEFAULT_SINCE_MS: i64 = 24 * 3600 * 1000;
-
-/// What every request (and the MQTT consumer, [`crate::mqtt`]) works with.
-pub(crate) struct Shared {
-    pub(crate) store: Store,
-    pub(crate) tokens: Tokens,
-    pub(crate) limits: Limits,
-    pub(crate) metrics: Metrics,
-    /// One permit per batch being read, decoded or stored, whatever
-    /// carried it.
-    pub(crate) batches: Arc<Semaphore>,
-}
-
-impl Shared {
-    pub(crate) fn new(mut store: Store, tokens: Tokens, limits: Limits) -> Arc<Shared> {
-        store.set_fleet_retention(limits.fleet_retention);
-        Arc::new(Shared {
-            store,
-            tokens,
-            batches: Arc::new(Semaphore::new(limits.max_concurrent_batches)),
-            limits,
-            metrics: Metrics::default(),
-        })
-    }
-}
 
 /// The collector's routes over `store`, for `tokens`, with the default
 /// [`Limits`].
@@ -103,10 +79,6 @@ pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
                 }
             },
         ))
-}
-
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 
 fn device_of<'a>(shared: &'a Shared, headers: &HeaderMap) -> Result<&'a str, Response> {
@@ -483,25 +455,6 @@ async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
         Err(response) => response,
     })
     .await
-}
-
-pub(crate) fn page(status: StatusCode, html: String) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            // Nothing on these pages runs or loads from elsewhere.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        html,
-    )
-        .into_response()
 }
 
 async fn dashboard_fleet(

@@ -70,6 +70,7 @@ pub mod mqtt;
 mod operator;
 pub mod rollout;
 pub mod session;
+mod shared;
 pub mod store;
 mod tokens;
 

@@ -21,8 +21,8 @@
 //!   [`Limits::max_body_bytes`]: the same memory bound as HTTP.
 
 use crate::accept::{self, Received, Refusal};
-use crate::http::Shared;
 use crate::limits::Limits;
+use crate::shared::Shared;
 use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
 use sluice_mqtt::rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use sluice_mqtt::rumqttc::v5::{AsyncClient, Event};

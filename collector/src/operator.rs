@@ -2,8 +2,8 @@
 //! dashboard's session cookie ([`crate::session`]) that `?token=` is
 //! exchanged for. A device token is never the operator.
 
-use crate::http::{Shared, error, page};
 use crate::session;
+use crate::shared::{Shared, error, page};
 use crate::store::now_ms;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -163,9 +163,6 @@ pub enum RolloutError {
         /// What was asked.
         action: &'static str,
     },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] crate::StoreError),
 }
 
 /// A new bundle name and version, a distinct `sha256` and `body`; start a

@@ -352,8 +352,9 @@ pub(crate) fn deployment(
     if let Some(drift) = &drift {
         observed = observed.with_observer(drift.clone());
     }
-    let mut provenance =
-        crate::record::provenance(runtime, name).expect("every running pipeline has its parts");
+    let mut provenance = runtime
+        .provenance(name)
+        .expect("every running pipeline has its parts");
     let own = bundle.is_some().then(|| runtime.clone());
     provenance.bundle = bundle;
     Deployment {

@@ -15,7 +15,7 @@
 //! * **ingest**: bounded: HTTP bodies being read
 //!   (`ingest.max_concurrent_requests × ingest.max_input_bytes`) and each
 //!   connection's buffer, plus each pipeline's group of inputs taken from the
-//!   journal (`worker::GROUP_MAX_BYTES`);
+//!   journal ([`GROUP_MAX_BYTES`]);
 //! * **outbox**: bounded: SQLite's page cache ([`OUTBOX_CACHE_BYTES`]) and
 //!   one upload (`sync.batch_max_bytes` as records, as JSON and compressed);
 //! * **baseline**: measured: the process's resident memory before the first
@@ -34,6 +34,17 @@
 use crate::config::Config;
 
 use sluice_outbox::CACHE_BYTES as OUTBOX_CACHE_BYTES;
+
+/// Bytes of inputs a worker takes from the journal at once, at most (a
+/// single larger input still goes alone). With the group waiting for its
+/// commit and the copies handed to the plugins, this bounds the memory of
+/// inputs in a worker to a small multiple of it, whatever their sizes.
+/// Defined here, with the budget that counts it; the worker keeps to it.
+pub const GROUP_MAX_BYTES: u64 = 16 << 20;
+
+/// Bytes of request head buffered per HTTP ingest connection (hyper's
+/// `max_buf_size`); the HTTP source keeps to it.
+pub const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
 
 /// One part of the agent's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +108,11 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
     let ingest = &config.ingest;
     let http = if ingest.listen.is_some() {
         ingest.max_concurrent_requests as u64 * ingest.max_input_bytes as u64
-            + ingest.max_connections as u64 * crate::ingest::http::CONNECTION_BUFFER_BYTES as u64
+            + ingest.max_connections as u64 * CONNECTION_BUFFER_BYTES as u64
     } else {
         0
     };
-    let groups = config.pipelines.len() as u64 * crate::worker::GROUP_MAX_BYTES;
+    let groups = config.pipelines.len() as u64 * GROUP_MAX_BYTES;
     // An upload holds its records, their JSON and the compressed body.
     let upload = if config.sync.url.is_some() {
         3 * config.sync.batch_max_bytes as u64
@@ -127,7 +138,7 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
             how: format!(
                 "{} HTTP bodies (ingest.max_concurrent_requests × ingest.max_input_bytes, ingest.max_connections buffers) + {} of inputs per pipeline in work",
                 mib(http),
-                mib(crate::worker::GROUP_MAX_BYTES)
+                mib(GROUP_MAX_BYTES)
             ),
         },
         Part {
@@ -218,7 +229,7 @@ mod tests {
         assert_eq!(parts[0].name, "plugins");
         assert_eq!(parts[0].bytes, 2 * (16 + 8) * (1 << 20) + (3 << 20));
         // No HTTP ingest, no sync: one pipeline's group, the page cache.
-        assert_eq!(parts[1].bytes, crate::worker::GROUP_MAX_BYTES);
+        assert_eq!(parts[1].bytes, GROUP_MAX_BYTES);
         assert_eq!(parts[2].bytes, OUTBOX_CACHE_BYTES);
     }
 
@@ -230,7 +241,7 @@ mod tests {
         let parts = bounds(&parse(&text), 0);
         assert_eq!(
             parts[1].bytes,
-            2 * (1 << 20) + 16 * (64 << 10) + crate::worker::GROUP_MAX_BYTES
+            2 * (1 << 20) + 16 * (64 << 10) + GROUP_MAX_BYTES
         );
         assert_eq!(parts[2].bytes, OUTBOX_CACHE_BYTES + 3 * 65536);
     }

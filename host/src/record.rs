@@ -8,26 +8,10 @@
 
 use crate::outbox::{JournalItem, NewRecord};
 use crate::pipeline::Outcome;
-use crate::runtime::Runtime;
 use sluice_protocol::{
     InputInfo, ItemFailure, Outcome as WireOutcome, Provenance, RecordKind, ResultBody,
     ResultRecord,
 };
-
-/// Model and plugin names and digests of pipeline `name` of `runtime`.
-pub fn provenance(runtime: &Runtime, name: &str) -> Option<Provenance> {
-    let pipeline = runtime.pipeline(Some(name)).ok()?;
-    let spec = runtime.config.pipelines.get(name)?;
-    Some(Provenance {
-        model: spec.model.clone(),
-        model_sha256: runtime.model_sha256.get(&spec.model)?.clone(),
-        preprocess: spec.preprocess.clone(),
-        preprocess_sha256: pipeline.preprocess().digest().to_owned(),
-        postprocess: spec.postprocess.clone(),
-        postprocess_sha256: pipeline.postprocess().digest().to_owned(),
-        bundle: None,
-    })
-}
 
 /// What became of `outcome` as a wire record.
 pub fn wire_outcome(outcome: &Outcome) -> WireOutcome {

@@ -324,3 +324,22 @@ fn try_sample(pipeline: &Pipeline, sample: &std::path::Path) -> Result<(), Strin
         .expect("one outcome per item");
     outcome.result.map(drop).map_err(|e| e.to_string())
 }
+
+impl Runtime {
+    /// What pipeline `name` is made of (model and plugins by name and
+    /// SHA-256), as every record it makes names it; `None` for a pipeline
+    /// that is not running.
+    pub fn provenance(&self, name: &str) -> Option<sluice_protocol::Provenance> {
+        let pipeline = self.pipeline(Some(name)).ok()?;
+        let spec = self.config.pipelines.get(name)?;
+        Some(sluice_protocol::Provenance {
+            model: spec.model.clone(),
+            model_sha256: self.model_sha256.get(&spec.model)?.clone(),
+            preprocess: spec.preprocess.clone(),
+            preprocess_sha256: pipeline.preprocess().digest().to_owned(),
+            postprocess: spec.postprocess.clone(),
+            postprocess_sha256: pipeline.postprocess().digest().to_owned(),
+            bundle: None,
+        })
+    }
+}

@@ -49,11 +49,7 @@ use std::time::Duration;
 /// without a wake-up (a safety net; accepting wakes it at once).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Bytes of inputs a worker takes from the journal at once, at most (a
-/// single larger input still goes alone). With the group waiting for its
-/// commit and the copies handed to the plugins, this bounds the memory of
-/// inputs in a worker to a small multiple of it, whatever their sizes.
-pub const GROUP_MAX_BYTES: u64 = 16 << 20;
+use crate::memory::GROUP_MAX_BYTES;
 
 /// How many crashes of the pipeline an input may be in before it is set
 /// aside as a failed result instead of being run again: once in a group,

@@ -35,7 +35,7 @@ mod sqlite;
 
 pub use postgres::PoolOptions;
 pub use results::{After, ResultsPage};
-pub use sql::SqlError;
+pub use sql::{Row, SqlError};
 
 use crate::fleet;
 use sha2::{Digest, Sha256};
@@ -120,20 +120,6 @@ pub enum BatchError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// One record to store, already checked.
-#[derive(Debug, Clone)]
-pub struct Row<'a> {
-    /// The record's id.
-    pub id: String,
-    /// Its pipeline.
-    pub pipeline: String,
-    /// Its sequence number.
-    pub seq: i64,
-    /// The record as JSON text, as it was sent (borrowed from the batch
-    /// rather than copied: a batch can be tens of MiB).
-    pub body: &'a str,
 }
 
 /// The SHA-256 of a batch's records: each record's JSON text, in order,
@@ -510,14 +496,10 @@ impl Store {
     }
 
     /// `pause`, `resume` or `abort` rollout `id`.
-    pub fn rollout_action(
-        &self,
-        id: i64,
-        action: &'static str,
-    ) -> Result<(), crate::rollout::RolloutError> {
+    pub fn rollout_action(&self, id: i64, action: &'static str) -> Result<(), RolloutActionError> {
         self.transaction(|tx| {
             tx.lock_rollouts()?;
-            crate::rollout::set(tx, id, action, now_ms())
+            Ok(crate::rollout::set(tx, id, action, now_ms())?.map_err(RolloutActionError::from))
         })
     }
 
@@ -526,6 +508,18 @@ impl Store {
     pub fn bundle_for(&self, device: &str) -> Result<Option<crate::rollout::Offer>, StoreError> {
         self.read(|tx| crate::rollout::offer(tx, device))
     }
+}
+
+/// Why a rollout command (pause, resume, abort) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RolloutActionError {
+    /// The command was refused (no such rollout, or not in its state).
+    #[error(transparent)]
+    Refused(#[from] crate::rollout::RolloutError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Now, ms since the Unix epoch (collector clock).

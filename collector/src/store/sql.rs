@@ -8,8 +8,6 @@
 //! Statements are written with `?1`, `?2`... placeholders (SQLite's); the
 //! PostgreSQL backend rewrites them to `$1`, `$2` once per statement.
 
-use super::Row;
-
 /// What an engine failed with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -128,6 +126,20 @@ pub(crate) enum Value {
     Bool(bool),
     Text(String),
     Blob(Vec<u8>),
+}
+
+/// One record to store, already checked.
+#[derive(Debug, Clone)]
+pub struct Row<'a> {
+    /// The record's id.
+    pub id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// Its sequence number.
+    pub seq: i64,
+    /// The record as JSON text, as it was sent (borrowed from the batch
+    /// rather than copied: a batch can be tens of MiB).
+    pub body: &'a str,
 }
 
 /// One row of a query's answer.

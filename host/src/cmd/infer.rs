@@ -5,7 +5,7 @@
 use anyhow::Context;
 use sluice::ingest::files::{list_files, read_file_item};
 use sluice::pipeline::process_all;
-use sluice::record::{ItemInfo, provenance, result_record};
+use sluice::record::{ItemInfo, result_record};
 use sluice_protocol::InputInfo;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,9 @@ pub fn run(
     let runtime = super::start_one_pipeline(super::load_config(config, data_dir)?, pipeline)?;
     let device = runtime.config().device.id.clone();
     let pipeline = runtime.pipeline(None)?;
-    let provenance =
-        provenance(&runtime, pipeline.name()).context("the pipeline's parts are running")?;
+    let provenance = runtime
+        .provenance(pipeline.name())
+        .context("the pipeline's parts are running")?;
     let files = list_files(inputs)?;
     let accepted_at_ms = sluice_types::now_ms();
     let items = files

@@ -162,7 +162,12 @@ pub fn bin_counts<'a>(
 }
 
 /// Count one item into `counts`.
-pub(super) fn add(profile: &Profile, counts: &mut [Vec<u64>], inputs: &[Tensor], outputs: &[Tensor]) {
+pub(super) fn add(
+    profile: &Profile,
+    counts: &mut [Vec<u64>],
+    inputs: &[Tensor],
+    outputs: &[Tensor],
+) {
     // Mean and deviation of a large tensor are shared by two features:
     // computed once per item.
     let mut moments: Option<(usize, Option<(f64, f64)>)> = None;

@@ -51,8 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Bytes of request head buffered per connection (hyper's `max_buf_size`).
-pub(crate) const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
+use crate::memory::CONNECTION_BUFFER_BYTES;
 /// How long requests in flight may finish after the agent is told to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

@@ -1,0 +1,64 @@
+//! What the collector's handlers share, whatever carried the request
+//! (HTTP routes, operator pages, the MQTT consumer): the state and the
+//! shapes of an error answer and of a page. Below `http`, `operator` and
+//! `mqtt`, so that they need not import each other.
+
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tokens::Tokens;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sluice_protocol::ErrorBody;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// What every request (and the MQTT consumer, [`crate::mqtt`]) works with.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) tokens: Tokens,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+    /// One permit per batch being read, decoded or stored, whatever
+    /// carried it.
+    pub(crate) batches: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(crate) fn new(mut store: Store, tokens: Tokens, limits: Limits) -> Arc<Shared> {
+        store.set_fleet_retention(limits.fleet_retention);
+        Arc::new(Shared {
+            store,
+            tokens,
+            batches: Arc::new(Semaphore::new(limits.max_concurrent_batches)),
+            limits,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// An error answer: `status` with the JSON body devices and tools read.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(ErrorBody::new(message))).into_response()
+}
+
+/// An HTML page answer, with headers that let nothing on it run or load
+/// from elsewhere.
+pub(crate) fn page(status: StatusCode, html: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // Nothing on these pages runs or loads from elsewhere.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        html,
+    )
+        .into_response()
+}
