@@ -165,7 +165,7 @@ impl Agent {
             own_tokio: None,
         };
         for pipeline in runtime.pipelines() {
-            let slot = Slot::new(deployment(&runtime, pipeline.name(), None));
+            let slot = Slot::new(Deployment::of(&runtime, pipeline.name(), None));
             agent
                 .slots
                 .insert(pipeline.name().to_owned(), Arc::new(slot));
@@ -333,64 +333,6 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// What runs pipeline `name` of `runtime`: its pipeline watched by drift
-/// detection when its model has a usable profile. `runtime` is kept alive
-/// by the deployment when it is a bundle's own (`bundle`).
-pub(crate) fn deployment(
-    runtime: &Arc<Runtime>,
-    name: &str,
-    bundle: Option<sluice_protocol::BundleRef>,
-) -> Deployment {
-    let pipeline = runtime
-        .pipeline(Some(name))
-        .expect("a deployment is made for a running pipeline");
-    let drift = drift_of(runtime, name).map(Arc::new);
-    let mut observed = pipeline.clone();
-    if let Some(drift) = &drift {
-        observed = observed.with_observer(drift.clone());
-    }
-    let mut provenance = runtime
-        .provenance(name)
-        .expect("every running pipeline has its parts");
-    let own = bundle.is_some().then(|| runtime.clone());
-    provenance.bundle = bundle;
-    Deployment {
-        pipeline: observed,
-        provenance,
-        drift,
-        health: Default::default(),
-        _runtime: own,
-    }
-}
-
-/// Drift detection for pipeline `name`, if its model has a profile that
-/// fits it. A missing profile means no drift watching (said at info level);
-/// one that cannot be used (unreadable, or made for another model file) is
-/// said as a warning naming both digests, and the pipeline runs without.
-fn drift_of(runtime: &Runtime, name: &str) -> Option<crate::drift::Drift> {
-    let config = runtime.config();
-    let model = &config.pipelines.get(name)?.model;
-    let path = config.models.get(model)?.profile_path();
-    if !path.exists() {
-        tracing::info!(pipeline = name, profile = %path.display(), "no drift profile: drift is not watched (make one with `sluice model profile`)");
-        return None;
-    }
-    let sha256 = runtime.model_sha256(model)?;
-    match crate::drift::Drift::load(&path, model, name, sha256, &config.drift) {
-        Ok(drift) => {
-            tracing::info!(pipeline = name, profile = %path.display(), features = drift.profile().features.len(), "watching drift");
-            Some(drift)
-        }
-        Err(e) => {
-            tracing::warn!(
-                pipeline = name,
-                "{e}; the pipeline runs without drift detection"
-            );
-            None
-        }
     }
 }
 

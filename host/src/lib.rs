@@ -43,6 +43,7 @@ pub mod config;
 #[cfg(test)]
 mod config_props;
 mod crash;
+pub mod deployment;
 pub mod drift;
 pub mod error;
 pub mod infer;

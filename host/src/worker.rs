@@ -34,15 +34,14 @@
 //!   recorded wholly on one version, never a mix.
 
 use crate::crash::{catch, fault_point};
+pub use crate::deployment::{Deployment, Health, Slot};
 use crate::outbox::{JournalItem, NewRecord, Outbox};
 use crate::pipeline::{Outcome, Pipeline, process_all};
 use crate::record::{ItemInfo, result_record, to_outbox};
 use crate::types::{ItemError, Metadata, RawItem};
 use crate::wake::{Wake, backoff};
-use sluice_protocol::Provenance;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long an idle worker waits before looking at the journal again even
@@ -56,83 +55,6 @@ use crate::memory::GROUP_MAX_BYTES;
 /// then alone (twice, so that a crash that was not its own, such as a
 /// neighbour's on another thread, does not condemn it).
 pub const MAX_CRASHES: u32 = 3;
-
-/// What a worker runs: one version of its pipeline (from the device's
-/// configuration or from a bundle), what its results name, and how it is
-/// doing (for an install's probation).
-pub struct Deployment {
-    /// The pipeline, observed by `drift` when there is one.
-    pub pipeline: Pipeline,
-    /// Written into every result.
-    pub provenance: Provenance,
-    /// Drift detection, when the model has a profile; it already observes
-    /// `pipeline`, the worker ships its closed windows.
-    pub drift: Option<Arc<crate::drift::Drift>>,
-    /// Items it has made results of, and how they went.
-    pub health: Health,
-    /// What keeps a bundle's own models and plugins running while in use.
-    pub _runtime: Option<Arc<crate::runtime::Runtime>>,
-}
-
-/// Counts of what a deployment did, for an install's probation.
-#[derive(Debug, Default)]
-pub struct Health {
-    items: AtomicU64,
-    failed: AtomicU64,
-    busy_us: AtomicU64,
-    drift_windows: AtomicU64,
-    drift_alarms: AtomicU64,
-}
-
-impl Health {
-    /// Items it made results of.
-    pub fn items(&self) -> u64 {
-        self.items.load(Ordering::Relaxed)
-    }
-
-    /// Of those, the ones that failed in the pipeline (not refused at ingest).
-    pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Mean time in the pipeline per item, µs (0 before any).
-    pub fn mean_item_us(&self) -> u64 {
-        self.busy_us.load(Ordering::Relaxed) / self.items().max(1)
-    }
-
-    /// Drift windows closed, and of those the ones that raised an alarm.
-    pub fn drift(&self) -> (u64, u64) {
-        (
-            self.drift_windows.load(Ordering::Relaxed),
-            self.drift_alarms.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// The deployment a worker runs now. An install swaps it; the worker takes
-/// the new one at its next group (the group in flight finishes on the old).
-pub struct Slot(Mutex<Arc<Deployment>>);
-
-impl Slot {
-    /// A slot holding `deployment`.
-    pub fn new(deployment: Deployment) -> Slot {
-        Slot(Mutex::new(Arc::new(deployment)))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Deployment>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// What runs now.
-    pub fn current(&self) -> Arc<Deployment> {
-        self.lock().clone()
-    }
-
-    /// Run `deployment` from the next group on; the one it replaces.
-    pub fn swap(&self, deployment: Arc<Deployment>) -> Arc<Deployment> {
-        std::mem::replace(&mut *self.lock(), deployment)
-    }
-}
 
 /// What one worker needs.
 pub struct Worker {
@@ -462,10 +384,7 @@ impl Worker {
         let name = self.name.as_str();
         drift.tick();
         for window in drift.take_closed() {
-            health.drift_windows.fetch_add(1, Ordering::Relaxed);
-            if window.alarm {
-                health.drift_alarms.fetch_add(1, Ordering::Relaxed);
-            }
+            health.drift_window(window.alarm);
             self.metrics
                 .drift_window(name, window.alarm, &window.scores);
             if window.alarm {
@@ -515,11 +434,7 @@ impl Worker {
             .zip(outcomes)
             .filter(|(i, o)| i.refused.is_none() && o.result.is_err())
             .count() as u64;
-        health.items.fetch_add(ran, Ordering::Relaxed);
-        health.failed.fetch_add(failed, Ordering::Relaxed);
-        health
-            .busy_us
-            .fetch_add(busy.as_micros() as u64, Ordering::Relaxed);
+        health.ran(ran, failed, busy);
         for (item, outcome) in items.iter().zip(outcomes) {
             metrics.item(name, outcome.result.as_ref().err().map(|e| e.kind()));
             let t = &outcome.timings;

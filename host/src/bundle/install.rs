@@ -338,9 +338,9 @@ impl Installer {
             return;
         };
         let url = format!(
-            "{}/v1/devices/{}/bundle",
+            "{}{}",
             url.trim_end_matches('/'),
-            self.device
+            sluice_protocol::paths::device_bundle(&self.device)
         );
         let seen: Vec<String> = self
             .state
@@ -527,7 +527,7 @@ impl Installer {
                 problem: problems.join("; "),
             });
         }
-        Ok(crate::agent::deployment(
+        Ok(Deployment::of(
             &Arc::new(runtime),
             name,
             Some(BundleRef {

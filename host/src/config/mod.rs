@@ -27,7 +27,7 @@ pub use device::{DeviceConfig, Pooling, RuntimeConfig};
 pub use ingest::IngestConfig;
 pub use models::{ModelConfig, PipelineConfig};
 pub use plugins::{DirGrant, Grants, PluginConfig, PluginSource};
-pub use sync::{MqttAck, SyncConfig};
+pub use sync::{MqttAck, SyncConfig, Transport};
 use text::normalize;
 #[cfg(test)]
 mod keys_tests;
@@ -233,14 +233,7 @@ impl Config {
     fn check_store_and_forward(&self) -> Result<(), ConfigError> {
         let value = |key: &str, problem: String| Err(ConfigError::value(key, problem));
         if let Some(url) = &self.sync.url {
-            let mqtt = url.starts_with("mqtt://") || url.starts_with("mqtts://");
-            if !(url.starts_with("http://") || url.starts_with("https://") || mqtt) {
-                return value(
-                    "sync.url",
-                    format!("`{url}` must start with http://, https://, mqtt:// or mqtts://"),
-                );
-            }
-            if mqtt {
+            if self.sync.transport()? == Some(Transport::Mqtt) {
                 let broker = self.sync.mqtt.clone().unwrap_or_default();
                 if let Err(e) = sluice_mqtt::options(url, &self.device.id, &broker, 1) {
                     return value("sync.mqtt", e.to_string());

@@ -70,7 +70,35 @@ impl Default for SyncConfig {
     }
 }
 
+/// How results travel upstream: chosen by `sync.url`'s scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// `http://` or `https://`: `POST` to the collector.
+    Http,
+    /// `mqtt://` or `mqtts://`: through a broker.
+    Mqtt,
+}
+
 impl SyncConfig {
+    /// The transport `url` names, parsed (`None` without a `url`); any
+    /// scheme but http, https, mqtt and mqtts is refused, naming it.
+    pub fn transport(&self) -> Result<Option<Transport>, ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ConfigError::value("sync.url", format!("`{url}` is not a URL: {e}")))?;
+        match parsed.scheme() {
+            "http" | "https" => Ok(Some(Transport::Http)),
+            "mqtt" | "mqtts" => Ok(Some(Transport::Mqtt)),
+            other => Err(ConfigError::value(
+                "sync.url",
+                format!("`{url}`: the scheme `{other}` is none of http, https, mqtt, mqtts"),
+            )),
+        }
+    }
+
     /// The most records one upload may carry (the reference collector's
     /// default limit per batch).
     pub const MAX_BATCH_RECORDS: u64 = 10_000;

@@ -45,6 +45,7 @@ use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_protocol::ErrorBody;
+use sluice_protocol::paths;
 use sluice_serve::{BodyError, ServeLimits};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,12 +149,12 @@ impl Source for HttpSource {
     fn start(self: Box<Self>, sink: Arc<Sink>, context: &Context) -> Result<Running, IngestError> {
         let name = self.describe();
         let app = axum::Router::new()
-            .route("/v1/health", axum::routing::get(|| async { "ok" }))
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route("/readyz", axum::routing::get(get_ready))
-            .route("/metrics", axum::routing::get(get_metrics))
-            .route("/v1/status", axum::routing::get(get_status))
-            .route("/v1/ingest/{pipeline}", axum::routing::post(post_ingest))
+            .route(paths::HEALTH, axum::routing::get(|| async { "ok" }))
+            .route(paths::agent::HEALTHZ, axum::routing::get(|| async { "ok" }))
+            .route(paths::agent::READYZ, axum::routing::get(get_ready))
+            .route(paths::METRICS, axum::routing::get(get_metrics))
+            .route(paths::agent::STATUS, axum::routing::get(get_status))
+            .route(paths::agent::INGEST, axum::routing::post(post_ingest))
             .with_state(Arc::new(Shared {
                 sink,
                 authorization: self.token.map(|t| format!("Bearer {t}")),

@@ -164,7 +164,7 @@ pub fn from_config(
             "sync.url is set but neither sync.token nor sync.token_file is",
         ));
     };
-    if url.starts_with("mqtt://") || url.starts_with("mqtts://") {
+    if config.transport()? == Some(crate::config::Transport::Mqtt) {
         return Ok(Some(Box::new(mqtt::MqttUplink::new(
             url,
             device,
