@@ -10,6 +10,7 @@
 
 mod actions;
 mod model;
+mod regressions;
 mod runner;
 mod view;
 
