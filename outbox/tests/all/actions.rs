@@ -116,7 +116,7 @@ pub enum Action {
 
 fn input() -> impl Strategy<Value = In> {
     // Mostly small; sometimes a few pages, so a capped file is full.
-    let len = prop_oneof![4 => 0..40u16, 1 => 0..6000u16];
+    let len = prop_oneof![2 => 0..40u16, 1 => 0..6000u16];
     (0..2u8, 0..3u8, len, 0..4u8).prop_map(|(p, ct, len, fill)| In { p, ct, len, fill })
 }
 
@@ -149,7 +149,7 @@ pub fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::ExpireAll),
         1 => (0..2u8).prop_map(Action::SyncError),
         1 => Just(Action::SyncOk),
-        4 => prop::bool::weighted(0.6).prop_map(Action::DiskFull),
+        5 => prop::bool::weighted(0.7).prop_map(Action::DiskFull),
         3 => any::<bool>().prop_map(|image| Action::Crash { image }),
     ]
 }

@@ -25,6 +25,8 @@ fn config(default: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
         failure_persistence: None,
+        // A case takes milliseconds: shrink far enough for a short case.
+        max_shrink_iters: 4096,
         ..ProptestConfig::default()
     }
 }

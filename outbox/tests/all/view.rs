@@ -149,37 +149,38 @@ pub fn observe(outbox: &Outbox) -> Result<(View, Vec<(i64, String)>), String> {
         .iter()
         .map(|(id, reason, _)| (id.clone(), reason.clone()))
         .collect();
-    same("set_aside_records() vs its table", &listed, &in_file)?;
+    agree(
+        "set-aside records",
+        ("listed", &listed),
+        ("in the file", &in_file),
+    )?;
     // The mirrors in memory against the file.
-    same(
-        "pending() vs status",
-        &outbox.pending(),
-        &(status.pending_records, status.pending_bytes),
+    let file = (status.pending_records, status.pending_bytes);
+    agree(
+        "pending (records, bytes)",
+        ("in memory, pending()", &outbox.pending()),
+        ("in the file, status()", &file),
     )?;
-    same(
-        "journal_bytes() vs status",
-        &outbox.journal_bytes(),
-        &status.journal_bytes,
+    agree(
+        "journal bytes",
+        ("in memory, journal_bytes()", &outbox.journal_bytes()),
+        ("in the file, status()", &status.journal_bytes),
     )?;
-    same(
-        "status journal_items",
-        &status.journal_items,
-        &(journal.len() as u64),
+    let counts = [
+        status.journal_items,
+        status.batches_in_flight,
+        status.set_aside_records,
+    ];
+    let rows = [journal.len(), batches.len(), set_aside.len()].map(|n| n as u64);
+    agree(
+        "journal items, batches, set-aside records",
+        ("status()", &counts),
+        ("rows", &rows),
     )?;
-    same(
-        "status batches_in_flight",
-        &status.batches_in_flight,
-        &(batches.len() as u64),
-    )?;
-    same(
-        "status set_aside_records",
-        &status.set_aside_records,
-        &(set_aside.len() as u64),
-    )?;
-    same(
-        "status: last_error_at_ms set with last_error",
-        &status.last_error_at_ms.is_some(),
-        &status.last_error.is_some(),
+    agree(
+        "a last error and its time",
+        ("last_error", &status.last_error.is_some()),
+        ("last_error_at_ms", &status.last_error_at_ms.is_some()),
     )?;
     let view = View {
         journal,
@@ -336,6 +337,18 @@ fn conservation(model: &Model, real: &View) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `Err` naming `what` and two views of it within the outbox unless they agree.
+fn agree<T: PartialEq + Debug>(what: &str, a: (&str, &T), b: (&str, &T)) -> Result<(), String> {
+    if a.1 == b.1 {
+        Ok(())
+    } else {
+        Err(format!(
+            "the outbox disagrees with itself on {what}:\n  {}: {:?}\n  {}: {:?}",
+            a.0, a.1, b.0, b.1
+        ))
+    }
 }
 
 /// `Err` naming `what` with both sides unless they are equal.
