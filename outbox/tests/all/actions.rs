@@ -67,7 +67,7 @@ pub enum Action {
     },
     /// The first `take` journal items of pipeline `p` become results, those
     /// whose bit is set in `failed` (and refused ones) failures; `twice`:
-    /// the first result is in the call twice.
+    /// the first result is in the call twice, in a row.
     Complete {
         p: u8,
         take: u8,

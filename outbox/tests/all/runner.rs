@@ -150,8 +150,12 @@ impl Run {
                     seqs.push(e.seq);
                     records.push((m.result_id(pipeline, e.seq), body(e.seq, *pad, failure)));
                 }
+                // Right after the first: a copy further on could come after
+                // the first was dropped for room, and would then be stored
+                // again (the outbox remembers no record that left; no caller
+                // offers one again, its journal row being gone).
                 if *twice && let Some(first) = records.first().cloned() {
-                    records.push(first);
+                    records.insert(1, first);
                 }
                 if seqs.is_empty() {
                     return Ok(());
