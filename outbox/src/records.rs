@@ -248,7 +248,15 @@ pub(super) fn store(
     let mut insert = tx.prepare_cached(
         "INSERT INTO records(id, created_at_ms, bytes, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO NOTHING",
     )?;
+    // A record already pending is a duplicate before anything else: checked
+    // after the cap, it would drop the oldest records (`drop-oldest`) or
+    // count a refusal (`reject-new`) for a result that is already stored.
+    let mut pending = tx.prepare_cached("SELECT 1 FROM records WHERE id = ?1")?;
     for record in records {
+        if pending.exists([&record.id])? {
+            report.duplicates += 1;
+            continue;
+        }
         let size = record.size();
         if size > config.max_bytes {
             report.rejected_too_large += 1;
