@@ -1,92 +1,25 @@
 //! Installing bundles while the agent runs: stage, verify, validate, swap,
 //! probation, commit or roll back (see the module above for the why).
 
+pub use super::error::InstallError;
+use super::error::io;
 use super::state::{Installed, State};
-use super::{EXPECTED_JSON, Expected, PIPELINE_TOML, WIT_PACKAGE};
-use crate::config::{BundlesConfig, Config, PluginSource};
-use crate::error::ConfigError;
+use super::validate::{bundle_config, validate};
+use super::WIT_PACKAGE;
+use crate::config::{BundlesConfig, Config};
 use crate::metrics::Metrics;
 use crate::outbox::{NewRecord, Outbox};
 use crate::runtime::Runtime;
-use crate::types::{Metadata, RawItem};
 use crate::wake::Wake;
 use crate::worker::{Deployment, Slot};
-use sluice_bundle::archive::{self, ArchiveError, Limits};
+use sluice_bundle::archive::{self, Limits};
 use sluice_bundle::keys::PublicKey;
-use sluice_bundle::{Manifest, Policy, Refusal, Verified};
+use sluice_bundle::{Manifest, Policy, Refusal};
 use sluice_protocol::{BundleRef, InstallOutcome, InstallReport, RecordKind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-
-/// Why a bundle was not installed. Nothing on the device changed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum InstallError {
-    /// The bundle file is not a bundle, or a damaged or hostile one.
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
-    /// Signature, files, expiry, version or requirements.
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// It names a pipeline this device does not have.
-    #[error("bundle `{name}`: this device has no pipeline `{name}` (configured: {configured:?})")]
-    NoSuchPipeline {
-        /// The bundle's name.
-        name: String,
-        /// The device's pipelines.
-        configured: Vec<String>,
-    },
-    /// Its configuration fragment is unusable.
-    #[error("bundle `{name}` version {version}: its {PIPELINE_TOML}: {problem}")]
-    Fragment {
-        /// The bundle's name.
-        name: String,
-        /// Its version.
-        version: u64,
-        /// What is wrong.
-        problem: String,
-    },
-    /// Its pipeline does not start here.
-    #[error("bundle `{name}` version {version}: its pipeline does not start: {problem}")]
-    Start {
-        /// The bundle's name.
-        name: String,
-        /// Its version.
-        version: u64,
-        /// Why.
-        problem: String,
-    },
-    /// Its validation set does not give the expected results here.
-    #[error("bundle `{name}` version {version} failed validation: {problem}")]
-    Validation {
-        /// The bundle's name.
-        name: String,
-        /// Its version.
-        version: u64,
-        /// The first difference.
-        problem: String,
-    },
-    /// The device's own files (the install state, the bundles folder).
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The bundle settings are unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
-    move |source| InstallError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// A fault-injection seam for the crash tests: with
 /// `SLUICE_FAULT_INJECT=install-crash:<step>` in the environment, the
@@ -110,35 +43,35 @@ struct Probation {
 }
 
 /// A bundle file in the drop folder, waiting to be unchanged for a while.
-struct Candidate {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    since: Instant,
+pub(super) struct Candidate {
+    pub(super) len: u64,
+    pub(super) modified: Option<std::time::SystemTime>,
+    pub(super) since: Instant,
     /// Its SHA-256 once settled: a file left in the folder (a stick never
     /// removed) is hashed once, not at every look.
-    sha256: Option<String>,
+    pub(super) sha256: Option<String>,
 }
 
 /// Installs bundles into a running agent's pipelines.
 pub struct Installer {
-    base: Config,
-    settings: BundlesConfig,
-    dir: PathBuf,
-    trusted: Vec<PublicKey>,
-    device: String,
-    outbox: Arc<Outbox>,
-    slots: BTreeMap<String, Arc<Slot>>,
-    stored: Arc<Wake>,
-    metrics: Arc<Metrics>,
-    state: State,
+    pub(super) base: Config,
+    pub(super) settings: BundlesConfig,
+    pub(super) dir: PathBuf,
+    pub(super) trusted: Vec<PublicKey>,
+    pub(super) device: String,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) slots: BTreeMap<String, Arc<Slot>>,
+    pub(super) stored: Arc<Wake>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) state: State,
     probation: BTreeMap<String, Probation>,
-    candidates: BTreeMap<PathBuf, Candidate>,
+    pub(super) candidates: BTreeMap<PathBuf, Candidate>,
     /// Unpacked bundles to delete once no deployment uses them.
-    garbage: Vec<(PathBuf, Weak<Deployment>)>,
+    pub(super) garbage: Vec<(PathBuf, Weak<Deployment>)>,
     /// Asking the collector: its client, the runtime it runs on, and when
     /// it was last asked.
-    collector: Option<(reqwest::Client, tokio::runtime::Handle)>,
-    last_asked: Option<Instant>,
+    pub(super) collector: Option<(reqwest::Client, tokio::runtime::Handle)>,
+    pub(super) last_asked: Option<Instant>,
 }
 
 impl Installer {
@@ -329,93 +262,6 @@ impl Installer {
     /// Ask the collector for the bundle a rollout has for this device, and
     /// offer it. The bundles already handled are named in `If-None-Match`,
     /// so the same one is not downloaded again.
-    fn ask_collector(&mut self) {
-        let Some((client, tokio)) = self.collector.clone() else {
-            return;
-        };
-        let (Some(url), Ok(Some(token))) = (&self.base.sync.url, self.base.sync.bearer_token())
-        else {
-            return;
-        };
-        let url = format!(
-            "{}{}",
-            url.trim_end_matches('/'),
-            sluice_protocol::paths::device_bundle(&self.device)
-        );
-        let seen: Vec<String> = self
-            .state
-            .seen
-            .iter()
-            .rev()
-            .take(32)
-            .map(|s| format!("\"{s}\""))
-            .collect();
-        let limit = Limits::default().max_bytes;
-        let path = self
-            .dir
-            .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
-        let fetched = tokio.block_on(super::fetch::fetch(
-            &client, &url, &token, &seen, &path, limit,
-        ));
-        match fetched {
-            Ok(false) => {}
-            // Refusals are reported by `offer`.
-            Ok(true) => drop(self.offer(&path)),
-            Err(e) => tracing::warn!("asking {url} for a bundle: {e}"),
-        }
-        let _ = std::fs::remove_file(&path);
-    }
-
-    fn scan(&mut self) {
-        let Some(folder) = self.settings.folder.clone() else {
-            return;
-        };
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            return;
-        };
-        let mut files: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "bundle") && p.is_file())
-            .collect();
-        files.sort();
-        self.candidates.retain(|path, _| files.contains(path));
-        let settle = Duration::from_millis(self.settings.settle_ms);
-        for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            let (len, modified) = (meta.len(), meta.modified().ok());
-            let fresh = || Candidate {
-                len,
-                modified,
-                since: Instant::now(),
-                sha256: None,
-            };
-            let candidate = self.candidates.entry(path.clone()).or_insert_with(fresh);
-            if candidate.len != len || candidate.modified != modified {
-                *candidate = fresh();
-                continue;
-            }
-            if candidate.since.elapsed() < settle {
-                continue;
-            }
-            if candidate.sha256.is_none() {
-                candidate.sha256 = sluice_bundle::sha256_of(&path).ok().map(|(_, sha)| sha);
-            }
-            let Some(sha256) = candidate.sha256.clone() else {
-                continue;
-            };
-            if self.state.seen.contains(&sha256) {
-                continue;
-            }
-            // Refusals are reported by `offer`; one install at a time.
-            if self.offer(&path).is_ok() {
-                break;
-            }
-        }
-    }
-
     fn install(
         &mut self,
         bundle: &Path,
@@ -710,237 +556,4 @@ fn drift_regression(p: &Probation) -> Option<String> {
             "drift alarm in {alarms} of {windows} window(s) on probation, none in the {before} window(s) of the version before"
         )
     })
-}
-
-/// The device's configuration with pipeline `name` (only) as the bundle at
-/// `files` defines it. Every path the fragment names must lie inside the
-/// bundle: a bundle brings its files, it does not reach into the device's.
-fn bundle_config(
-    base: &Config,
-    files: &Path,
-    name: &str,
-    version: u64,
-) -> Result<Config, InstallError> {
-    let problem = |problem: String| InstallError::Fragment {
-        name: name.to_owned(),
-        version,
-        problem,
-    };
-    let path = files.join(PIPELINE_TOML);
-    let text = std::fs::read_to_string(&path).map_err(|e| problem(e.to_string()))?;
-    let fragment = Config::parse(&text, files).map_err(|e| problem(e.to_string()))?;
-    if fragment.pipelines.keys().ne([name]) {
-        return Err(problem(format!(
-            "it must define exactly pipeline `{name}`, it defines {:?}",
-            fragment.pipelines.keys().collect::<Vec<_>>()
-        )));
-    }
-    let inside = |what: String, p: &Path| {
-        if p.starts_with(files) {
-            Ok(())
-        } else {
-            Err(problem(format!(
-                "{what} `{}` is outside the bundle",
-                p.display()
-            )))
-        }
-    };
-    for (plugin, config) in &fragment.plugins {
-        match &config.path {
-            PluginSource::File(p) => inside(format!("plugins.{plugin}.path"), p)?,
-            PluginSource::Bundled(b) => {
-                return Err(problem(format!(
-                    "plugins.{plugin}.path is `bundled:{b}`: a bundle carries its plugins"
-                )));
-            }
-        }
-        for dir in &config.grants.dirs {
-            inside(format!("plugins.{plugin}.grants.dirs"), &dir.host)?;
-        }
-    }
-    for (pipeline, config) in &fragment.pipelines {
-        if let Some(sample) = &config.sample {
-            inside(format!("pipelines.{pipeline}.sample"), sample)?;
-        }
-    }
-    for (model, config) in &fragment.models {
-        inside(format!("models.{model}.path"), &config.path)?;
-        if let Some(profile) = &config.profile {
-            inside(format!("models.{model}.profile"), profile)?;
-        }
-    }
-    let mut config = base.clone();
-    config.plugins = fragment.plugins;
-    config.models = fragment.models;
-    config.pipelines = fragment.pipelines;
-    Ok(config)
-}
-
-/// Run the validation set through `deployment`: the expected results
-/// (numbers within the manifest's tolerance), expected failures, and the
-/// per-item time budget.
-fn validate(deployment: &Deployment, verified: &Verified) -> Result<(), InstallError> {
-    let manifest = &verified.manifest;
-    let failed = |problem: String| InstallError::Validation {
-        name: manifest.name.clone(),
-        version: manifest.version,
-        problem,
-    };
-    let text = std::fs::read(verified.files.join(EXPECTED_JSON))
-        .map_err(|e| failed(format!("{EXPECTED_JSON}: {e}")))?;
-    let expected: Vec<Expected> =
-        serde_json::from_slice(&text).map_err(|e| failed(format!("{EXPECTED_JSON}: {e}")))?;
-    let mut items = Vec::with_capacity(expected.len());
-    for (ix, e) in expected.iter().enumerate() {
-        let listed = manifest.files.iter().any(|f| f.path == e.input);
-        if !listed {
-            return Err(failed(format!(
-                "input `{}` is not a file of the bundle",
-                e.input
-            )));
-        }
-        let data = std::fs::read(verified.files.join(&e.input))
-            .map_err(|err| failed(format!("{}: {err}", e.input)))?;
-        items.push(RawItem {
-            meta: Metadata::new(format!("validation-{ix}"), e.content_type.clone()),
-            data,
-        });
-    }
-    if items.is_empty() {
-        return Ok(());
-    }
-    let n = items.len();
-    let started = Instant::now();
-    let outcomes = crate::pipeline::process_all(&deployment.pipeline, items, &|_| {});
-    let per_item_ms = started.elapsed().as_secs_f64() * 1000.0 / n as f64;
-    for (e, outcome) in expected.iter().zip(&outcomes) {
-        match (&e.result, &outcome.result) {
-            (Some(want), Ok(document)) => {
-                let got: serde_json::Value = serde_json::from_slice(&document.body)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&document.body).into());
-                if let Some(difference) = differ(want, &got, manifest.validation.tolerance, "") {
-                    return Err(failed(format!("`{}`: {difference}", e.input)));
-                }
-            }
-            (Some(_), Err(error)) => {
-                return Err(failed(format!("`{}` failed: {error}", e.input)));
-            }
-            (None, Ok(_)) => {
-                return Err(failed(format!(
-                    "`{}` was expected to fail ({}) and gave a result",
-                    e.input,
-                    e.error.as_deref().unwrap_or("")
-                )));
-            }
-            (None, Err(_)) => {}
-        }
-    }
-    if per_item_ms > manifest.validation.max_item_ms as f64 {
-        return Err(failed(format!(
-            "{per_item_ms:.1} ms per item, over the budget of {} ms",
-            manifest.validation.max_item_ms
-        )));
-    }
-    Ok(())
-}
-
-/// Where `got` differs from `want` (numbers within `tolerance` relative to
-/// the larger magnitude, absolute below 1), as `at: want ... got ...`.
-fn differ(
-    want: &serde_json::Value,
-    got: &serde_json::Value,
-    tolerance: f64,
-    at: &str,
-) -> Option<String> {
-    use serde_json::Value;
-    let here = || {
-        if at.is_empty() {
-            "the result".to_owned()
-        } else {
-            at.to_owned()
-        }
-    };
-    match (want, got) {
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64()?, b.as_f64()?);
-            let bound = tolerance * a.abs().max(b.abs()).max(1.0);
-            ((a - b).abs() > bound || !b.is_finite())
-                .then(|| format!("{}: expected {a}, got {b}", here()))
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            if a.len() != b.len() {
-                return Some(format!(
-                    "{}: expected {} elements, got {}",
-                    here(),
-                    a.len(),
-                    b.len()
-                ));
-            }
-            a.iter()
-                .zip(b)
-                .enumerate()
-                .find_map(|(i, (a, b))| differ(a, b, tolerance, &format!("{at}[{i}]")))
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            if a.len() != b.len() || a.keys().any(|k| !b.contains_key(k)) {
-                return Some(format!(
-                    "{}: expected fields {:?}, got {:?}",
-                    here(),
-                    a.keys().collect::<Vec<_>>(),
-                    b.keys().collect::<Vec<_>>()
-                ));
-            }
-            a.iter()
-                .find_map(|(k, v)| differ(v, &b[k], tolerance, &format!("{at}.{k}")))
-        }
-        (a, b) if a == b => None,
-        (a, b) => Some(format!("{}: expected {a}, got {b}", here())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::differ;
-    use serde_json::json;
-
-    #[test]
-    fn results_compare_within_the_tolerance_and_name_the_first_difference() {
-        let want = json!({"top": [{"label": "3", "score": 0.9}], "n": 1000.0});
-        assert_eq!(
-            differ(
-                &want,
-                &json!({"top": [{"label": "3", "score": 0.90005}], "n": 1000.05}),
-                1e-4,
-                ""
-            ),
-            None
-        );
-        let d = differ(
-            &want,
-            &json!({"top": [{"label": "3", "score": 0.8}], "n": 1000.0}),
-            1e-4,
-            "",
-        )
-        .unwrap();
-        assert!(d.starts_with(".top[0].score: expected 0.9, got 0.8"), "{d}");
-        let d = differ(
-            &want,
-            &json!({"top": [{"label": "5", "score": 0.9}], "n": 1000.0}),
-            1e-4,
-            "",
-        )
-        .unwrap();
-        assert!(d.contains(".top[0].label"), "{d}");
-        assert!(differ(&want, &json!({"top": [], "n": 1000.0}), 1e-4, "").is_some());
-        assert!(
-            differ(
-                &want,
-                &json!({"top": [{"label": "3", "score": 0.9}]}),
-                1e-4,
-                ""
-            )
-            .is_some()
-        );
-        assert!(differ(&json!(1.0), &json!(null), 1e-4, "").is_some());
-    }
 }

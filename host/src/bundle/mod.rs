@@ -32,9 +32,12 @@
 //! files already handled.
 
 mod build;
+mod error;
 mod fetch;
 mod install;
+mod sources;
 mod state;
+mod validate;
 
 pub use build::{BuildError, BuildRequest, build};
 pub use install::InstallError;

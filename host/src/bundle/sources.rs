@@ -1,0 +1,97 @@
+//! Where bundles arrive from: a drop folder (a file taken once unchanged
+//! for `settle_ms`, hashed once) and the collector (the bundle a staged
+//! rollout offers this device). Each offers what it finds to the installer.
+
+use super::install::{Candidate, Installer};
+use sluice_bundle::archive::Limits;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+impl Installer {
+    pub(super) fn ask_collector(&mut self) {
+        let Some((client, tokio)) = self.collector.clone() else {
+            return;
+        };
+        let (Some(url), Ok(Some(token))) = (&self.base.sync.url, self.base.sync.bearer_token())
+        else {
+            return;
+        };
+        let url = format!(
+            "{}{}",
+            url.trim_end_matches('/'),
+            sluice_protocol::paths::device_bundle(&self.device)
+        );
+        let seen: Vec<String> = self
+            .state
+            .seen
+            .iter()
+            .rev()
+            .take(32)
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        let limit = Limits::default().max_bytes;
+        let path = self
+            .dir
+            .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
+        let fetched = tokio.block_on(super::fetch::fetch(
+            &client, &url, &token, &seen, &path, limit,
+        ));
+        match fetched {
+            Ok(false) => {}
+            // Refusals are reported by `offer`.
+            Ok(true) => drop(self.offer(&path)),
+            Err(e) => tracing::warn!("asking {url} for a bundle: {e}"),
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    pub(super) fn scan(&mut self) {
+        let Some(folder) = self.settings.folder.clone() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            return;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "bundle") && p.is_file())
+            .collect();
+        files.sort();
+        self.candidates.retain(|path, _| files.contains(path));
+        let settle = Duration::from_millis(self.settings.settle_ms);
+        for path in files {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let (len, modified) = (meta.len(), meta.modified().ok());
+            let fresh = || Candidate {
+                len,
+                modified,
+                since: Instant::now(),
+                sha256: None,
+            };
+            let candidate = self.candidates.entry(path.clone()).or_insert_with(fresh);
+            if candidate.len != len || candidate.modified != modified {
+                *candidate = fresh();
+                continue;
+            }
+            if candidate.since.elapsed() < settle {
+                continue;
+            }
+            if candidate.sha256.is_none() {
+                candidate.sha256 = sluice_bundle::sha256_of(&path).ok().map(|(_, sha)| sha);
+            }
+            let Some(sha256) = candidate.sha256.clone() else {
+                continue;
+            };
+            if self.state.seen.contains(&sha256) {
+                continue;
+            }
+            // Refusals are reported by `offer`; one install at a time.
+            if self.offer(&path).is_ok() {
+                break;
+            }
+        }
+    }
+}
