@@ -38,7 +38,21 @@ ALLOWED_CIRCLES = {
 }
 
 # Files over MAX_LINES still to split (issue 27); remove each when split.
-LONG_FILES = set()
+LONG_FILES = {
+    # Still to split (issue 27): the benchmark driver and the system tests.
+    "benches/src/main.rs",
+    "collector/src/dashboard.rs",
+    "host/tests/all/agent.rs",
+    "host/tests/all/authoring.rs",
+    "host/tests/all/bundles.rs",
+    "host/tests/all/drift.rs",
+    "host/tests/all/inference.rs",
+    "host/tests/all/outbox.rs",
+}
+
+# Library crates still sharing a package with their binary (issue 27): the
+# binary's clap comes with them.
+CLAP_PACKAGES = {"sluice", "sluice-collector"}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -267,6 +281,8 @@ def main():
                     lines = sum(1 for _ in fh)
                 if lines > MAX_LINES and rel not in LONG_FILES:
                     failures.append(f"{rel}: {lines} lines (at most {MAX_LINES}: split it by role)")
+                if lines <= MAX_LINES and rel in LONG_FILES:
+                    failures.append(f"{rel}: {lines} lines now: take it off LONG_FILES")
     tree = subprocess.run(
         ["cargo", "tree", "--workspace", "--edges", "normal", "--prefix", "none", "--invert", "clap", "--depth", "1"],
         cwd=ROOT, capture_output=True, text=True).stdout
@@ -274,8 +290,11 @@ def main():
         m = re.match(r'(sluice[\w-]*) v', line)
         if m:
             pkg = next((p for p in workspace() if p["name"] == m.group(1)), None)
-            if pkg and any("lib" in t["kind"] for t in pkg["targets"]):
+            if pkg and any("lib" in t["kind"] for t in pkg["targets"]) and pkg["name"] not in CLAP_PACKAGES:
                 failures.append(f"library crate {m.group(1)} depends on clap (only binaries parse flags)")
+    for f in sorted(LONG_FILES):
+        if not os.path.exists(os.path.join(ROOT, f)):
+            failures.append(f"{f}: gone: take it off LONG_FILES")
     for f in failures:
         print("house:", f, file=sys.stderr)
     print(f"house: {len(failures)} problems")
