@@ -94,8 +94,8 @@ fi
 
 if [ "$arch" = aarch64 ]; then
   step "sandbox and inference tests under $qemu"
-  cargo test -p sluice --target "$target" --test all -- plugins:: inference::
+  cargo test -p sluice-tests --target "$target" --test all -- plugins:: inference::
   step "inference tests with tract's Cortex-A53 kernels"
-  TRACT_CPU_AARCH64_KIND=a53 cargo test -p sluice --target "$target" --test all -- inference::
+  TRACT_CPU_AARCH64_KIND=a53 cargo test -p sluice-tests --target "$target" --test all -- inference::
 fi
 step "done"

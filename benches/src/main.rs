@@ -9,14 +9,14 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use sluice::agent::Agent;
-use sluice::config::{Config, OutboxConfig, SyncConfig};
-use sluice::infer::{InputShapes, Model, onnx_engine};
-use sluice::outbox::{NewInput, NewRecord, Outbox};
-use sluice::runtime::Runtime;
-use sluice::schedule::{BatchConfig, ExecutionMode, Scheduler};
-use sluice::types::{RawItem, Tensor, stack_items};
-use sluice::uplink::Uploader;
+use sluice_agent::agent::Agent;
+use sluice_agent::config::{Config, OutboxConfig, SyncConfig};
+use sluice_agent::infer::{InputShapes, Model, onnx_engine};
+use sluice_agent::outbox::{NewInput, NewRecord, Outbox};
+use sluice_agent::runtime::Runtime;
+use sluice_agent::schedule::{BatchConfig, ExecutionMode, Scheduler};
+use sluice_agent::types::{RawItem, Tensor, stack_items};
+use sluice_agent::uplink::Uploader;
 use sluice_collector::{Collector, Tokens};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -353,7 +353,7 @@ fn job_items(job: &str, images_dir: Option<&Path>) -> Result<Vec<RawItem>> {
         Ok(files)
     };
     let file_item = |f: &PathBuf, content_type: &str| -> Result<RawItem> {
-        let mut meta = sluice::types::Metadata::new(f.display().to_string(), content_type);
+        let mut meta = sluice_agent::types::Metadata::new(f.display().to_string(), content_type);
         meta.attributes = vec![(
             "file".into(),
             f.file_name().unwrap().to_string_lossy().into_owned(),
@@ -382,7 +382,7 @@ fn job_items(job: &str, images_dir: Option<&Path>) -> Result<Vec<RawItem>> {
             Ok(lines
                 .enumerate()
                 .map(|(i, row)| RawItem {
-                    meta: sluice::types::Metadata::new(format!("row-{i}"), "text/csv"),
+                    meta: sluice_agent::types::Metadata::new(format!("row-{i}"), "text/csv"),
                     data: format!("{header}\n{row}\n").into_bytes(),
                 })
                 .collect())
@@ -613,8 +613,8 @@ fn pipeline(
 /// apart (many repetitions over the 450 held-out digits) and as an A/B of
 /// whole pipeline batches with and without the observer.
 fn observe_cost() -> Result<Value> {
-    use sluice::drift::{Drift, DriftConfig, Profile, observe_items};
-    use sluice::pipeline::Observer;
+    use sluice_agent::drift::{Drift, DriftConfig, Profile, observe_items};
+    use sluice_agent::pipeline::Observer;
     let runtime = start_job("digits", ExecutionMode::Auto)?;
     let pipeline = runtime.pipeline(None)?;
     let items = job_items("digits", None)?;
@@ -645,7 +645,7 @@ fn observe_cost() -> Result<Value> {
             drift.observe(i, o);
         }
     }) / n;
-    let metrics = sluice::metrics::Metrics::default();
+    let metrics = sluice_agent::metrics::Metrics::default();
     let record_metrics = time_per_run(budget, || {
         for _ in 0..items.len() {
             metrics.item("digits", None);
@@ -656,8 +656,8 @@ fn observe_cost() -> Result<Value> {
     }) / n;
     // Closing a window: scoring every feature (once per window_items items).
     let profile = drift.profile();
-    let scorer = sluice::drift::Scorer::new(profile, 0.01);
-    let counts = sluice::drift::bin_counts(profile, pairs.iter().copied());
+    let scorer = sluice_agent::drift::Scorer::new(profile, 0.01);
+    let counts = sluice_agent::drift::bin_counts(profile, pairs.iter().copied());
     let close = time_per_run(budget, || drop(scorer.score(profile, &counts)));
     // The whole pipeline, batches of 32, with and without the observer.
     let watched = pipeline.clone().with_observer(drift.clone());
@@ -845,7 +845,7 @@ fn outbox(records: usize) -> Result<Value> {
         ..SyncConfig::default()
     };
     let tokio = tokio::runtime::Runtime::new()?;
-    let uplink = sluice::uplink::from_config(&sync_config, "bench-device", tokio.handle())?
+    let uplink = sluice_agent::uplink::from_config(&sync_config, "bench-device", tokio.handle())?
         .context("sync.url is set")?;
     let uploader = Uploader::new(outbox.clone(), uplink, &sync_config, "bench-device");
     let started = Instant::now();
@@ -856,7 +856,7 @@ fn outbox(records: usize) -> Result<Value> {
         "upload incomplete: {report:?}"
     );
     let sample = &all[..sync_config.batch_max_records.min(records)];
-    let example = sluice::outbox::Batch {
+    let example = sluice_agent::outbox::Batch {
         id: 0,
         key: "k".into(),
         records: sample
@@ -866,7 +866,8 @@ fn outbox(records: usize) -> Result<Value> {
         stored_at_ms: vec![0; sample.len()],
     };
     let raw: usize = example.records.iter().map(|r| r.1.len()).sum();
-    let wire = sluice::uplink::to_wire("bench-device", &example).map_err(anyhow::Error::msg)?;
+    let wire =
+        sluice_agent::uplink::to_wire("bench-device", &example).map_err(anyhow::Error::msg)?;
     let compressed =
         zstd::encode_all(&serde_json::to_vec(&wire)?[..], sync_config.zstd_level)?.len();
     collector.shutdown();
@@ -996,12 +997,12 @@ fn overheads(mobilenet: Option<&Path>, images_dir: Option<&Path>) -> Result<Valu
         .iter()
         .map(|i| vec![native_digits_preprocess(&i.data)])
         .collect();
-    let outputs: Vec<sluice::types::Inferred> = pipeline
+    let outputs: Vec<sluice_agent::types::Inferred> = pipeline
         .scheduler()
         .infer_many(tensors.clone())
         .into_iter()
         .zip(&items)
-        .map(|(o, i)| sluice::types::Inferred {
+        .map(|(o, i)| sluice_agent::types::Inferred {
             meta: i.meta.clone(),
             tensors: o.unwrap(),
         })

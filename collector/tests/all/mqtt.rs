@@ -5,9 +5,9 @@
 //! collector killed between its commit and its answer), every result is
 //! stored once and leaves the device only when a collector answered.
 
-use sluice::config::{OutboxConfig, SyncConfig};
-use sluice::outbox::{NewRecord, Outbox};
-use sluice::uplink::Uploader;
+use sluice_agent::config::{OutboxConfig, SyncConfig};
+use sluice_agent::outbox::{NewRecord, Outbox};
+use sluice_agent::uplink::Uploader;
 use sluice_testkit::{Mosquitto, Postgres, or_skip};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -135,7 +135,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fn uploader(outbox: &Arc<Outbox>, config: &SyncConfig) -> Uploader {
-    let uplink = sluice::uplink::from_config(config, DEVICE, runtime().handle())
+    let uplink = sluice_agent::uplink::from_config(config, DEVICE, runtime().handle())
         .unwrap()
         .unwrap();
     Uploader::new(outbox.clone(), uplink, config, DEVICE)

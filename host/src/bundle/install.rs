@@ -1,11 +1,11 @@
 //! Installing bundles while the agent runs: stage, verify, validate, swap,
 //! probation, commit or roll back (see the module above for the why).
 
+use super::WIT_PACKAGE;
 pub use super::error::InstallError;
 use super::error::io;
 use super::state::{Installed, State};
 use super::validate::{bundle_config, validate};
-use super::WIT_PACKAGE;
 use crate::config::{BundlesConfig, Config};
 use crate::metrics::Metrics;
 use crate::outbox::{NewRecord, Outbox};

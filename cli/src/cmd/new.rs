@@ -1,0 +1,338 @@
+//! `sluice plugin new`: a plugin project that builds and passes its own test
+//! as written, in Rust, Python or JavaScript, for either world.
+//!
+//! The templates live in `cli/templates/plugin/` and are compiled into the
+//! binary. The same sample inputs and the same expected output serve every
+//! language: the three templates do the same thing, so their results are
+//! equal by construction, and CI checks it.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+
+/// The plugin's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust, with the `sluice-guest` crate.
+    Rust,
+    /// Python, built with componentize-py (pinned).
+    Python,
+    /// JavaScript, built with jco / ComponentizeJS (pinned).
+    Js,
+}
+
+/// The plugin's world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum World {
+    /// Raw input bytes in, tensors out.
+    Preprocessor,
+    /// Model outputs in, a result document out.
+    Postprocessor,
+}
+
+/// One file of a template: where it goes, its text, and for which language
+/// and world (`None`: all).
+struct TemplateFile {
+    path: &'static str,
+    text: &'static str,
+    lang: Option<Lang>,
+    world: Option<World>,
+    executable: bool,
+}
+
+macro_rules! file {
+    ($path:literal, $template:literal, $lang:expr, $world:expr) => {
+        file!($path, $template, $lang, $world, false)
+    };
+    ($path:literal, $template:literal, $lang:expr, $world:expr, $exec:expr) => {
+        TemplateFile {
+            path: $path,
+            text: include_str!(concat!("../../templates/plugin/", $template)),
+            lang: $lang,
+            world: $world,
+            executable: $exec,
+        }
+    };
+}
+
+use Lang::{Js, Python, Rust};
+use World::{Postprocessor as Post, Preprocessor as Pre};
+
+const FILES: &[TemplateFile] = &[
+    file!("README.md", "common/README.md", None, None),
+    file!("sluice.toml", "common/sluice.toml", None, None),
+    file!("test.sh", "common/test.sh", None, None, true),
+    file!(".gitignore", "common/gitignore", None, None),
+    file!(
+        "sample/1-readings.txt",
+        "common/sample-preprocessor/1-readings.txt",
+        None,
+        Some(Pre)
+    ),
+    file!(
+        "sample/2-not-a-number.txt",
+        "common/sample-preprocessor/2-not-a-number.txt",
+        None,
+        Some(Pre)
+    ),
+    file!(
+        "expected.jsonl",
+        "common/expected.preprocessor.jsonl",
+        None,
+        Some(Pre)
+    ),
+    file!(
+        "sample/1-scores.json",
+        "common/sample-postprocessor/1-scores.json",
+        None,
+        Some(Post)
+    ),
+    file!(
+        "sample/2-wrong-name.json",
+        "common/sample-postprocessor/2-wrong-name.json",
+        None,
+        Some(Post)
+    ),
+    file!(
+        "expected.jsonl",
+        "common/expected.postprocessor.jsonl",
+        None,
+        Some(Post)
+    ),
+    file!("Cargo.toml", "rust/Cargo.toml", Some(Rust), None),
+    file!("build.sh", "rust/build.sh", Some(Rust), None, true),
+    file!(
+        "src/lib.rs",
+        "rust/src/lib.preprocessor.rs",
+        Some(Rust),
+        Some(Pre)
+    ),
+    file!(
+        "src/lib.rs",
+        "rust/src/lib.postprocessor.rs",
+        Some(Rust),
+        Some(Post)
+    ),
+    // Python and JavaScript build exactly as the examples do.
+    file!(
+        "build.sh",
+        "../../../examples/plugins/classify-python/build.sh",
+        Some(Python),
+        None,
+        true
+    ),
+    file!(
+        "app.py",
+        "python/app.preprocessor.py",
+        Some(Python),
+        Some(Pre)
+    ),
+    file!(
+        "app.py",
+        "python/app.postprocessor.py",
+        Some(Python),
+        Some(Post)
+    ),
+    file!(
+        "build.sh",
+        "../../../examples/plugins/classify-js/build.sh",
+        Some(Js),
+        None,
+        true
+    ),
+    file!(
+        "package.json",
+        "../../../examples/plugins/classify-js/package.json",
+        Some(Js),
+        None
+    ),
+    file!(
+        "package-lock.json",
+        "../../../examples/plugins/classify-js/package-lock.json",
+        Some(Js),
+        None
+    ),
+    file!(
+        "plugin.js",
+        "js/plugin.preprocessor.js",
+        Some(Js),
+        Some(Pre)
+    ),
+    file!(
+        "plugin.js",
+        "js/plugin.postprocessor.js",
+        Some(Js),
+        Some(Post)
+    ),
+];
+
+/// The line of the shared build scripts that names the world (the examples
+/// are postprocessors).
+const BUILD_WORLD_LINE: &str = "\nworld=postprocessor\n";
+
+/// The WIT a Python or JavaScript project builds against (Rust gets it from
+/// `sluice-guest`).
+const WIT: &[(&str, &str)] = &[
+    ("wit/sluice.wit", include_str!("../../../wit/sluice.wit")),
+    (
+        "wit/deps/wasi-nn/wasi-nn.wit",
+        include_str!("../../../wit/deps/wasi-nn/wasi-nn.wit"),
+    ),
+];
+
+/// The longest plugin name (it becomes a crate, package and file name).
+const MAX_NAME: usize = 64;
+
+/// `sluice plugin new`: write the project for plugin `name` into `dir`
+/// (default `./NAME`), which must not exist or be empty.
+pub fn run(name: &str, lang: Lang, world: World, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    check_name(name)?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty: choose another --dir",
+            dir.display()
+        );
+    }
+    let vars = variables(name, lang, world);
+    let mut written = Vec::new();
+    for file in FILES
+        .iter()
+        .filter(|f| f.lang.is_none_or(|l| l == lang) && f.world.is_none_or(|w| w == world))
+    {
+        write(
+            &dir,
+            file.path,
+            &substitute(file.text, &vars),
+            file.executable,
+        )?;
+        written.push(file.path);
+    }
+    if lang != Rust {
+        for (path, text) in WIT {
+            write(&dir, path, text, false)?;
+            written.push(path);
+        }
+    }
+    println!("created {} ({lang:?} {world:?}):", dir.display());
+    for path in written {
+        println!("  {path}");
+    }
+    println!("next: cd {} && ./test.sh", dir.display());
+    Ok(())
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if !ok {
+        bail!(
+            "`{name}`: a plugin name is 1 to {MAX_NAME} lower-case letters, digits and `-`, \
+             starting with a letter (it becomes a package and a file name)"
+        );
+    }
+    Ok(())
+}
+
+/// Where Rust projects get `sluice-guest`: this checkout's copy when the
+/// binary runs from one, else crates.io.
+fn guest_sdk_dependency() -> String {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    match checkout.join("Cargo.toml").canonicalize() {
+        Ok(manifest) => format!(
+            "{{ path = {:?} }}",
+            manifest
+                .parent()
+                .expect("a manifest has a folder")
+                .display()
+                .to_string()
+        ),
+        Err(_) => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+fn variables(name: &str, lang: Lang, world: World) -> Vec<(&'static str, String)> {
+    let (world_name, role, config) = match world {
+        Pre => (
+            "preprocessor",
+            "preprocess",
+            "output = \"input\" # the model input the tensor is for\n# length = 3       # refuse inputs with another count of numbers",
+        ),
+        Post => (
+            "postprocessor",
+            "postprocess",
+            "input = \"output\" # the model output holding the scores\n# labels = [\"cat\", \"dog\", \"bird\", \"fish\"]",
+        ),
+    };
+    let (lang_title, source, requirements, memory_mb, native_tests, ignore) = match lang {
+        Rust => (
+            "Rust",
+            "src/lib.rs",
+            "Needs Rust (rustup); it adds the `wasm32-wasip2` target if missing.",
+            "32",
+            "cargo test --quiet --lib --manifest-path \"$here/Cargo.toml\" # the logic, natively",
+            "target/",
+        ),
+        Python => (
+            "Python",
+            "app.py",
+            "Needs Python 3.10+ with pip; it installs componentize-py (pinned) into `.toolchain/` on first use.",
+            "64",
+            "",
+            ".toolchain/\n__pycache__/",
+        ),
+        Js => (
+            "JavaScript",
+            "plugin.js",
+            "Needs Node.js 18+ with npm; it installs jco (pinned) into `.toolchain/` on first use.",
+            "64",
+            "",
+            ".toolchain/\nnode_modules/",
+        ),
+    };
+    let what = match world {
+        Pre => "It turns text holding numbers into an `fp32` tensor `[1, N]`.",
+        Post => "It turns a score tensor into the best class as JSON.",
+    };
+    vec![
+        ("name", name.to_owned()),
+        ("crate", name.replace('-', "_")),
+        ("world", world_name.to_owned()),
+        ("role", role.to_owned()),
+        ("config", config.to_owned()),
+        ("lang_title", lang_title.to_owned()),
+        ("source", source.to_owned()),
+        ("what", what.to_owned()),
+        ("requirements", requirements.to_owned()),
+        ("memory_mb", memory_mb.to_owned()),
+        ("native_tests", native_tests.to_owned()),
+        ("ignore", ignore.to_owned()),
+        ("sdk", guest_sdk_dependency()),
+    ]
+}
+
+/// `text` with every `{{key}}` replaced, and the build scripts' world.
+fn substitute(text: &str, vars: &[(&str, String)]) -> String {
+    let text = vars.iter().fold(text.to_owned(), |text, (key, value)| {
+        text.replace(&format!("{{{{{key}}}}}"), value)
+    });
+    let world = &vars.iter().find(|(k, _)| *k == "world").expect("a world").1;
+    text.replace(BUILD_WORLD_LINE, &format!("\nworld={world}\n"))
+}
+
+fn write(dir: &Path, path: &str, text: &str, executable: bool) -> anyhow::Result<()> {
+    let path = dir.join(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+    }
+    std::fs::write(&path, text).with_context(|| path.display().to_string())?;
+    if executable {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| path.display().to_string())?;
+    }
+    Ok(())
+}
