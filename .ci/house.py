@@ -30,7 +30,7 @@ ALLOWED_CIRCLES = {
         "statements, and an operation on one must change the others in the same "
         "transaction (dropping a record dissolves its batch, a refused record is "
         "set aside and counted, a damaged row is set aside where it is read)",
-    ("sluice", ("plugin::bindings", "plugin::nn", "plugin::sandbox")):
+    ("sluice-agent", ("plugin::bindings", "plugin::nn", "plugin::sandbox")):
         "wasmtime's bindgen! maps the WIT resources to the host types of nn.rs "
         "(`with:`), which hold the generated enums; the instance state of "
         "sandbox.rs holds the wasi:nn context whose host traits nn.rs implements "
@@ -42,17 +42,17 @@ LONG_FILES = {
     # Still to split (issue 27): the benchmark driver and the system tests.
     "benches/src/main.rs",
     "collector/src/dashboard.rs",
-    "host/tests/all/agent.rs",
-    "host/tests/all/authoring.rs",
-    "host/tests/all/bundles.rs",
-    "host/tests/all/drift.rs",
-    "host/tests/all/inference.rs",
-    "host/tests/all/outbox.rs",
+    "tests/all/agent.rs",
+    "tests/all/authoring.rs",
+    "tests/all/bundles.rs",
+    "tests/all/drift.rs",
+    "tests/all/inference.rs",
+    "tests/all/outbox.rs",
 }
 
 # Library crates still sharing a package with their binary (issue 27): the
 # binary's clap comes with them.
-CLAP_PACKAGES = {"sluice", "sluice-collector"}
+CLAP_PACKAGES = {"sluice-collector"}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
