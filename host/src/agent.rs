@@ -300,6 +300,26 @@ impl Agent {
             .collect())
     }
 
+    /// The result of input `id` (an id [`Agent::accept`] returned) once its
+    /// pipeline has stored it, while it is in the outbox (until the
+    /// upstream acknowledges it, or the outbox's size cap or age limit
+    /// drops it); `None` before. A stored result that does not read back as
+    /// a result record (damage) is an error naming it.
+    pub fn result(
+        &self,
+        id: &str,
+    ) -> Result<Option<sluice_protocol::ResultRecord>, crate::outbox::OutboxError> {
+        let Some(body) = self.outbox.record(id)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| crate::outbox::OutboxError::Damaged {
+                path: self.outbox.path().to_owned(),
+                reason: format!("record `{id}` is not a result record: {e}"),
+            })
+    }
+
     /// Stop taking inputs, finish in-flight batches and uploads, and return.
     pub fn shutdown(mut self) {
         self.stop();

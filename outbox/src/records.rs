@@ -204,6 +204,21 @@ impl Outbox {
         Ok(n)
     }
 
+    /// The body of record `id` (the JSON it is shipped as) while it is in
+    /// the outbox: from its commit until the collector acknowledges it, or
+    /// the size cap or age limit drops it. `None` before and after.
+    pub fn record(&self, id: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+        use rusqlite::OptionalExtension;
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT CAST(body AS BLOB) FROM records WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     /// Pending record and byte counts (from memory; no query).
     pub fn pending(&self) -> (u64, u64) {
         let inner = self.lock();

@@ -48,9 +48,7 @@ pub(super) fn to_wit_meta(meta: &Metadata) -> wit::Metadata {
     }
 }
 
-pub(super) fn to_wit_raw(
-    item: &RawItem,
-) -> pre::exports::sluice::plugin::preprocess::RawInput {
+pub(super) fn to_wit_raw(item: &RawItem) -> pre::exports::sluice::plugin::preprocess::RawInput {
     pre::exports::sluice::plugin::preprocess::RawInput {
         meta: to_wit_meta(&item.meta),
         data: item.data.clone(),

@@ -1,0 +1,100 @@
+//! The outbox's own unit tests (its behaviour as a whole is pinned by the
+//! model-based test in `tests/all`).
+
+use super::*;
+
+fn input(len: usize) -> NewInput {
+    NewInput {
+        pipeline: "p".into(),
+        content_type: "application/octet-stream".into(),
+        attributes: Vec::new(),
+        data: vec![7; len],
+    }
+}
+
+#[test]
+fn journal_bytes_never_waits_for_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    outbox.accept(&input(30)).unwrap();
+    // A writer holding the connection (say, through an fsync) does not
+    // block back-pressure checks.
+    let _busy = outbox.lock();
+    assert_eq!(outbox.journal_bytes(), 30);
+}
+
+#[test]
+fn a_read_only_handle_reports_the_journal_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    writer
+        .accept_many(&[(&input(10), None), (&input(25), Some("a.bin"))])
+        .unwrap();
+    let reader =
+        Outbox::open_read_only(&dir.path().join(FILE_NAME), OutboxConfig::default()).unwrap();
+    assert_eq!(reader.journal_bytes(), 35);
+    assert_eq!(reader.status().unwrap().journal_bytes, 35);
+}
+
+#[test]
+fn allocated_sequence_numbers_interleave_with_inputs_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let first = outbox.accept(&input(1)).unwrap();
+    let allocated = outbox.allocate_seq().unwrap();
+    let second = outbox.accept(&input(1)).unwrap();
+    assert!(
+        first < allocated && allocated < second,
+        "{first} {allocated} {second}"
+    );
+    // The allocation is committed: a reopened file never hands it out again.
+    let again = outbox.allocate_seq().unwrap();
+    drop(outbox);
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let third = outbox.accept(&input(1)).unwrap();
+    assert!(third > again && again > second, "{second} {again} {third}");
+    // Even with the journal emptied (inputs retired), numbers only grow.
+    outbox.complete(&[first, second, third], &[]).unwrap();
+    assert!(outbox.allocate_seq().unwrap() > third);
+}
+
+#[test]
+fn a_failed_write_changes_no_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    outbox.accept(&input(10)).unwrap();
+    let before = (outbox.pending(), outbox.journal_bytes());
+    let failed = outbox.write(|tx, sizes| {
+        sizes.pending_records += 1;
+        sizes.journal_bytes += 100;
+        tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+    });
+    assert!(
+        matches!(failed, Err(OutboxError::Sqlite { .. })),
+        "{failed:?}"
+    );
+    assert_eq!((outbox.pending(), outbox.journal_bytes()), before);
+}
+
+#[test]
+fn a_record_reads_back_from_its_commit_until_its_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let seq = outbox.accept(&input(3)).unwrap();
+    let id = outbox.result_id("d", "p", seq);
+    assert_eq!(outbox.record(&id).unwrap(), None, "not before its commit");
+    let body = br#"{"kind":"result"}"#.to_vec();
+    outbox
+        .complete(
+            &[seq],
+            &[NewRecord {
+                id: id.clone(),
+                body: body.clone(),
+            }],
+        )
+        .unwrap();
+    assert_eq!(outbox.record(&id).unwrap(), Some(body));
+    let batch = outbox.next_batch(10, 1 << 20).unwrap().unwrap();
+    outbox.ack_batch(batch.id).unwrap();
+    assert_eq!(outbox.record(&id).unwrap(), None, "gone once acknowledged");
+}
