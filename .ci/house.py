@@ -52,7 +52,7 @@ LONG_FILES = {
 
 # Library crates still sharing a package with their binary (issue 27): the
 # binary's clap comes with them.
-CLAP_PACKAGES = {"sluice-collector"}
+CLAP_PACKAGES = set()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,7 @@ use sluice_agent::runtime::Runtime;
 use sluice_agent::schedule::{BatchConfig, ExecutionMode, Scheduler};
 use sluice_agent::types::{RawItem, Tensor, stack_items};
 use sluice_agent::uplink::Uploader;
-use sluice_collector::{Collector, Tokens};
+use sluice_collector_core::{Collector, Tokens};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

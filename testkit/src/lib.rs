@@ -429,3 +429,53 @@ impl Drop for Mosquitto {
         self.stop();
     }
 }
+
+/// The path of binary `bin` of workspace package `package`, built first
+/// (`cargo build -p PACKAGE --bin BIN`, with `features`) into the target
+/// folder of the calling test: a no-op when `cargo test --workspace` built
+/// it already. For tests of a binary that is another package's (cargo hands
+/// a test only its own package's binaries). Panics with cargo's output when
+/// the build fails.
+pub fn cargo_bin(package: &str, bin: &str, features: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in <target>/<profile>/deps");
+    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    build
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .env("CARGO_TARGET_DIR", dir.parent().expect("<target>"));
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    // Cargo describes the calling test's package to it in these; a build
+    // script that watches one (ring's does) would see them change between
+    // this nested build and the user's next command, and both would rebuild
+    // it and everything above it.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let out = build.output().expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} --bin {bin} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX))
+}

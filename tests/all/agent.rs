@@ -9,7 +9,7 @@
 use crate::common::{hex_sha256, http, repo_root};
 use crate::fault_proxy::{Fault, FaultProxy};
 use rand::{RngExt, SeedableRng};
-use sluice_collector::Collector;
+use sluice_collector_core::Collector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -36,7 +36,7 @@ fn post(agent: &Agent, body: &[u8]) -> String {
 
 /// Wait (bounded) until the collector has every one of `ids`.
 fn wait_for(
-    collector: &sluice_collector::Collector,
+    collector: &sluice_collector_core::Collector,
     ids: &[String],
 ) -> BTreeMap<String, serde_json::Value> {
     let mut all = BTreeMap::new();

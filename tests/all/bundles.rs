@@ -618,12 +618,12 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate();
     let devices = ["r1", "r2", "r3", "r4"];
-    let mut tokens = sluice_collector::Tokens::default();
+    let mut tokens = sluice_collector_core::Tokens::default();
     for d in devices {
         tokens.insert(d, &format!("{d}-secret")).unwrap();
     }
     let db = dir.path().join("collector.sqlite");
-    let collector = sluice_collector::Collector::start(
+    let collector = sluice_collector_core::Collector::start(
         std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         &db,
         tokens,
@@ -652,7 +652,7 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
         .collect();
 
     // Stages of 25, 50 and 100 % of the four: r1, then r1 and r2, then all.
-    let store = sluice_collector::Store::open(&db).unwrap();
+    let store = sluice_collector_core::Store::open(&db).unwrap();
     let started = store
         .start_rollout(
             &v2,
@@ -669,7 +669,7 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
             accept(agent, if d == "r2" { &big[..2] } else { &small[..2] });
         }
         let rollout = store.rollouts().unwrap().remove(0);
-        if rollout.state != sluice_collector::rollout::RolloutState::Running {
+        if rollout.state != sluice_collector_core::rollout::RolloutState::Running {
             break rollout;
         }
         assert!(Instant::now() < deadline, "{rollout:#?}");
@@ -677,7 +677,7 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
     };
     assert_eq!(
         halted.state,
-        sluice_collector::rollout::RolloutState::Halted,
+        sluice_collector_core::rollout::RolloutState::Halted,
         "{halted:#?}"
     );
     let reason = halted.reason.clone().unwrap();

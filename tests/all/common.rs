@@ -227,10 +227,10 @@ pub fn device_results(
 
 /// A collector on a loopback port storing into `dir/collector.sqlite`, with
 /// one device `device` holding `token`.
-pub fn collector_for(dir: &Path, device: &str, token: &str) -> sluice_collector::Collector {
-    let mut tokens = sluice_collector::Tokens::default();
+pub fn collector_for(dir: &Path, device: &str, token: &str) -> sluice_collector_core::Collector {
+    let mut tokens = sluice_collector_core::Tokens::default();
     tokens.insert(device, token).unwrap();
-    sluice_collector::Collector::start(
+    sluice_collector_core::Collector::start(
         std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         &dir.join("collector.sqlite"),
         tokens,
@@ -239,57 +239,17 @@ pub fn collector_for(dir: &Path, device: &str, token: &str) -> sluice_collector:
 }
 
 /// The `sluice` binary the tests run (`target/<profile>/sluice`), built
-/// first with the features of this test build: a no-op under `cargo test
-/// --workspace`, which built it already (the binary is another package's,
-/// so cargo does not hand its path to these tests).
+/// first with the features of this test build (see
+/// [`sluice_testkit::cargo_bin`]).
 pub fn sluice_bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary is in target/<profile>/deps");
-        let mut build =
-            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        build
-            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
-            .current_dir(repo_root())
-            .env("CARGO_TARGET_DIR", dir.parent().expect("target/"));
-        if cfg!(feature = "onnxruntime") {
-            build.args(["--features", "onnxruntime"]);
-        }
-        if dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        // Cargo describes this test's package to it in these; a build
-        // script that watches one (ring's does) would rebuild everything
-        // above it, here and at the user's next command (as the demo's
-        // nested build explains).
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-            {
-                build.env_remove(name.as_ref());
-            }
-        }
-        let out = build
-            .output()
-            .expect("run cargo to build the sluice binary");
-        assert!(
-            out.status.success(),
-            "cargo build -p sluice failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX))
+        let features: &[&str] = if cfg!(feature = "onnxruntime") {
+            &["onnxruntime"]
+        } else {
+            &[]
+        };
+        sluice_testkit::cargo_bin("sluice", "sluice", features)
             .to_str()
             .expect("a UTF-8 target path")
             .to_owned()

@@ -17,7 +17,7 @@ use sluice_agent::drift::{Profile, Scorer, bin_counts, observe_items};
 use sluice_agent::outbox::NewInput;
 use sluice_agent::runtime::Runtime;
 use sluice_agent::types::{RawItem, Tensor};
-use sluice_collector::{Collector, Tokens};
+use sluice_collector_core::{Collector, Tokens};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 use crate::drift::{accept, example_config, inverted, observe, wait_for, write_profile};
 use sluice_agent::agent::Agent;
 use sluice_agent::runtime::Runtime;
-use sluice_collector::{Collector, Tokens};
+use sluice_collector_core::{Collector, Tokens};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -19,7 +19,7 @@ use rusqlite::types::Value;
 use sluice_agent::config::{OutboxConfig, SyncConfig};
 use sluice_agent::outbox::{NewRecord, Outbox, counter};
 use sluice_agent::uplink::Uploader;
-use sluice_collector::Collector;
+use sluice_collector_core::Collector;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;

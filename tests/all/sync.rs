@@ -8,7 +8,7 @@ use crate::fault_proxy::{Fault, FaultProxy};
 use sluice_agent::config::{OutboxConfig, SyncConfig};
 use sluice_agent::outbox::{NewRecord, Outbox, counter};
 use sluice_agent::uplink::{SyncReport, UplinkError, Uploader};
-use sluice_collector::{Collector, Tokens};
+use sluice_collector_core::{Collector, Tokens};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

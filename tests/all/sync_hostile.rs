@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use sluice_agent::config::{OutboxConfig, SyncConfig};
 use sluice_agent::outbox::{NewRecord, Outbox};
 use sluice_agent::uplink::{UplinkError, Uploader};
-use sluice_collector::Collector;
+use sluice_collector_core::Collector;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

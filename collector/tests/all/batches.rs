@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use serde_json::json;
-use sluice_collector::Limits;
+use sluice_collector_core::Limits;
 use std::io::Write;
 use std::time::{Duration, Instant};
 

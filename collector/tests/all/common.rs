@@ -1,10 +1,17 @@
 //! What the tests share: a collector on loopback, batches, uploads.
 
 use serde_json::{Value, json};
-use sluice_collector::{Collector, Limits, Tokens};
+use sluice_collector_core::{Collector, Limits, Tokens};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+/// The `sluice-collector` binary (another package's: built first, see
+/// `sluice_testkit::cargo_bin`).
+pub fn collector_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| sluice_testkit::cargo_bin("sluice-collector", "sluice-collector", &[]))
+}
 
 /// Device `a` has token `ta`, device `b` token `tb`.
 pub fn tokens() -> Tokens {
@@ -35,7 +42,11 @@ impl Running {
     }
 
     /// On `store` (PostgreSQL, say).
-    pub fn start_store(store: sluice_collector::Store, tokens: Tokens, limits: Limits) -> Running {
+    pub fn start_store(
+        store: sluice_collector_core::Store,
+        tokens: Tokens,
+        limits: Limits,
+    ) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let collector = Collector::start_store(listener, store, tokens, limits).unwrap();

@@ -1,7 +1,7 @@
 //! Slow and idle clients are cut off in time, and cannot lock devices out.
 
 use crate::common::*;
-use sluice_collector::Limits;
+use sluice_collector_core::Limits;
 use std::time::{Duration, Instant};
 
 const PARTIAL_HEADER: &[u8] = b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bear";

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 fn collector(db: &std::path::Path) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+    let output = Command::new(crate::common::collector_bin())
         .args(["--listen", "127.0.0.1:0", "--token", "a=ta", "--db"])
         .arg(db)
         .output()
@@ -56,7 +56,7 @@ fn a_database_that_cannot_be_opened_names_the_path_and_the_cause() {
 #[test]
 fn a_zero_limit_is_refused_naming_its_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+    let output = Command::new(crate::common::collector_bin())
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -80,7 +80,7 @@ fn with_tokens_file(text: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens.txt");
     std::fs::write(&file, text).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+    let output = Command::new(crate::common::collector_bin())
         .args(["--listen", "127.0.0.1:0", "--tokens"])
         .arg(&file)
         .arg("--db")
@@ -117,7 +117,7 @@ fn a_bad_tokens_file_line_is_one_message_naming_the_file_the_line_and_the_cause_
     // A file that cannot be read: its path and the OS's reason, once.
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.txt");
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+    let output = Command::new(crate::common::collector_bin())
         .args(["--listen", "127.0.0.1:0", "--tokens"])
         .arg(&missing)
         .arg("--db")

@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use serde_json::{Value, json};
-use sluice_collector::{Limits, Store, Tokens};
+use sluice_collector_core::{Limits, Store, Tokens};
 use sluice_protocol::{
     DeviceStatus, DriftScore, DriftWindow, InputInfo, ItemFailure, Outcome, Provenance, Record,
     RecordKind, ResultBody, ResultRecord, StageTimings, UploadBatch, result_id,
@@ -16,7 +16,7 @@ use std::process::Command;
 const OPERATOR: &str = "op-secret-1";
 
 fn now_ms() -> i64 {
-    sluice_collector::store::now_ms()
+    sluice_collector_core::store::now_ms()
 }
 
 /// A result of `device`, pipeline `p`, failed when `failed`.
@@ -261,7 +261,7 @@ fn an_operator_token_equal_to_a_device_token_is_refused() {
     let mut tokens = tokens();
     assert!(tokens.set_operator("ta").is_err());
     // And through the binary's flags, at start.
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+    let out = Command::new(crate::common::collector_bin())
         .args(["--listen", "127.0.0.1:0", "--db"])
         .arg(tempfile::tempdir().unwrap().path().join("c.db"))
         .args(["--token", "a=same", "--operator-token", "same"])

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use serde_json::json;
-use sluice_collector::Limits;
+use sluice_collector_core::Limits;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ impl Drop for Process {
 
 fn start() -> Process {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+    let mut child = Command::new(crate::common::collector_bin())
         .args([
             "--listen",
             "127.0.0.1:0",

@@ -29,7 +29,7 @@ struct CollectorProcess {
 
 impl CollectorProcess {
     fn start(db: &str, broker: &str, extra: &[&str], fault: bool) -> CollectorProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-collector"));
+        let mut command = Command::new(crate::common::collector_bin());
         command
             .args(["--listen", "127.0.0.1:0", "--db", db, "--mqtt", broker])
             .args(["--token", &format!("{DEVICE}={TOKEN}")])

@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use serde_json::{Value, json};
-use sluice_collector::Limits;
+use sluice_collector_core::Limits;
 use sluice_protocol::{DeviceResults, ResultsCursor, result_id};
 use std::collections::BTreeMap;
 

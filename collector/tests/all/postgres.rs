@@ -4,8 +4,8 @@
 
 use crate::common::*;
 use crate::store::row;
-use sluice_collector::store::PoolOptions;
-use sluice_collector::{BatchError, Limits, Store};
+use sluice_collector_core::store::PoolOptions;
+use sluice_collector_core::{BatchError, Limits, Store};
 use sluice_testkit::{Postgres, or_skip};
 use std::sync::Arc;
 

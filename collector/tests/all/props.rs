@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::Request;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sluice_collector::{Limits, Store, http};
+use sluice_collector_core::{Limits, Store, http};
 use std::collections::BTreeMap;
 use tower::ServiceExt;
 

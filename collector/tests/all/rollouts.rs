@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use serde_json::json;
-use sluice_collector::Limits;
+use sluice_collector_core::Limits;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,7 +43,7 @@ fn bundle(dir: &Path, name: &str, version: u64) -> PathBuf {
 }
 
 fn rollout(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice-collector"))
+    let out = Command::new(crate::common::collector_bin())
         .arg("rollout")
         .args(args)
         .output()
@@ -117,7 +117,7 @@ fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
 }
 
 /// Device tokens and the operator's, `op-rollouts`.
-pub fn operator_tokens() -> sluice_collector::Tokens {
+pub fn operator_tokens() -> sluice_collector_core::Tokens {
     let mut tokens = tokens();
     tokens.set_operator("op-rollouts").unwrap();
     tokens

@@ -4,8 +4,8 @@
 
 use crate::common::*;
 use sha2::{Digest, Sha256};
-use sluice_collector::Limits;
-use sluice_collector::session::{COOKIE, session};
+use sluice_collector_core::Limits;
+use sluice_collector_core::session::{COOKIE, session};
 
 const OPERATOR: &str = "op-secret-1";
 
@@ -94,7 +94,7 @@ fn an_expired_dashboard_cookie_is_refused_whatever_the_browser_sends() {
     assert_eq!(dashboard(&c, fresh).0, 200);
 
     // The same token's cookie, issued 8 days ago: refused, saying why.
-    let now = sluice_collector::store::now_ms() as u64 / 1000;
+    let now = sluice_collector_core::store::now_ms() as u64 / 1000;
     let old = format!("{COOKIE}={}", session(OPERATOR, now - 8 * 24 * 3600));
     let (status, page) = dashboard(&c, &old);
     assert_eq!(status, 401);

@@ -1,8 +1,8 @@
 //! The store on its own: ids scoped by device, schema migration.
 
 use serde_json::json;
-use sluice_collector::store::Row;
-use sluice_collector::{BatchError, Store};
+use sluice_collector_core::store::Row;
+use sluice_collector_core::{BatchError, Store};
 
 pub fn row<'a>(id: &str, seq: i64, body: &'a str) -> Row<'a> {
     Row {

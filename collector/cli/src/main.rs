@@ -1,9 +1,9 @@
 //! `sluice-collector`: receive results from Sluice devices into SQLite or PostgreSQL.
 
 use clap::Parser;
-use sluice_collector::mqtt::MqttSettings;
-use sluice_collector::store::PoolOptions;
-use sluice_collector::{Limits, Store, Tokens};
+use sluice_collector_core::mqtt::MqttSettings;
+use sluice_collector_core::store::PoolOptions;
+use sluice_collector_core::{Limits, Store, Tokens};
 use std::path::PathBuf;
 
 /// Receive results from Sluice devices (HTTP, and an MQTT broker with
@@ -85,7 +85,7 @@ struct Cli {
     mqtt_client_id: Option<String>,
     /// Batches the broker may hand this collector before it answers (MQTT 5
     /// receive maximum); each at most --max-body-bytes.
-    #[arg(long, default_value_t = sluice_collector::mqtt::DEFAULT_RECEIVE_MAXIMUM)]
+    #[arg(long, default_value_t = sluice_collector_core::mqtt::DEFAULT_RECEIVE_MAXIMUM)]
     mqtt_receive_maximum: u16,
     /// Log filter, e.g. `info`, `sluice_collector=debug`; RUST_LOG if not given.
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
@@ -247,14 +247,14 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Each cause once (see `error_text`), not anyhow's `{:#}`.
-            eprintln!("error: {}", sluice_collector::error_text(e.as_ref()));
+            eprintln!("error: {}", sluice_collector_core::error_text(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 /// The store of a rollout command: one connection is enough.
-fn open(db: &str) -> Result<Store, sluice_collector::StoreError> {
+fn open(db: &str) -> Result<Store, sluice_collector_core::StoreError> {
     Store::open_any(
         db,
         &PoolOptions {
@@ -385,7 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         std::io::stdout().flush()?;
-        sluice_collector::serve_all(listener, store, tokens, limits, mqtt, shutdown_signal())
+        sluice_collector_core::serve_all(listener, store, tokens, limits, mqtt, shutdown_signal())
             .await?;
         anyhow::Ok(())
     })?;
