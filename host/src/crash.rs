@@ -9,7 +9,6 @@
 
 use crate::outbox::JournalItem;
 use crate::wake::{Wake, backoff};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,9 +19,7 @@ pub const RESTART_INITIAL_MS: u64 = 500;
 /// ran that long before dying starts from [`RESTART_INITIAL_MS`] again.
 pub const RESTART_MAX_MS: u64 = 30_000;
 
-/// The most bytes of a panic message kept (in logs, results and the
-/// journal).
-pub const MAX_CAUSE_BYTES: usize = 1024;
+pub(crate) use sluice_types::panic::catch;
 
 /// Bytes of input that trigger the `item-panic` fault (see [`fault_point`]).
 const POISON: &[u8] = b"sluice-fault:panic";
@@ -49,35 +46,6 @@ pub(crate) fn fault_point(fault: &str, pipeline: &str, items: &[&JournalItem]) {
     if fires {
         panic!("injected fault {fault}");
     }
-}
-
-/// Run `f`; its panic, if it panicked, as text. Whatever `f` was working on
-/// is to be treated as unfinished: the callers only retry from durable
-/// state (the journal), never from what `f` left in memory.
-pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panic_text(payload.as_ref()))
-}
-
-/// A panic's message, cut to [`MAX_CAUSE_BYTES`] on a character boundary.
-pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into());
-    cut(text, MAX_CAUSE_BYTES)
-}
-
-/// `text`, at most `max` bytes, cut on a character boundary.
-pub(crate) fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// Run pipeline `name`'s worker (`run`, which returns when `wake` is
@@ -147,13 +115,5 @@ mod tests {
         let other = wake.clone();
         supervise("p", &wake, || panic!("always"), |_| other.stop());
         assert!(wake.stopped());
-    }
-
-    #[test]
-    fn causes_are_cut_on_a_character_boundary() {
-        let long = "é".repeat(MAX_CAUSE_BYTES);
-        let cut = panic_text(&long);
-        assert!(cut.len() <= MAX_CAUSE_BYTES && cut.len() >= MAX_CAUSE_BYTES - 1);
-        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

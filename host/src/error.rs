@@ -85,20 +85,7 @@ impl ConfigError {
     }
 }
 
-/// A boxed error from a library that has no error type of its own (wasmtime
-/// and tract report `anyhow` errors); its `source()` chain is kept.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// The last error in `error`'s chain: what a user needs to read when the
-/// outer ones only say where it happened ("failed to parse WebAssembly
-/// module" hides the cause).
-pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = error;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    last.to_string()
-}
+pub use sluice_types::error::{BoxError, chain_text, root_cause};
 
 /// Text from upstream (a collector's or broker's answer, a header it
 /// sent), made safe to log and to keep as the outbox's `last_error`: at
@@ -123,19 +110,6 @@ pub fn upstream_text(bytes: &[u8], max_chars: usize) -> String {
         out.push_str("...");
     }
     out
-}
-
-/// `error` and every error in its chain, joined by `": "` (what
-/// `anyhow`'s `{:#}` shows).
-pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        next = e.source();
-    }
-    text
 }
 
 /// Why the plugin engine (shared by every plugin) could not be set up.

@@ -20,6 +20,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod error;
+pub mod panic;
 #[cfg(test)]
 mod tensor_props;
 

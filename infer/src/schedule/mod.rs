@@ -39,9 +39,9 @@ pub use engine::{
 pub use execution::{ExecutionCache, ExecutionChoice, ExecutionMode, Measurement};
 pub use stats::{BATCH_SIZE_BOUNDS, QUEUE_TIME_BOUNDS_US, StatsSnapshot};
 
-use crate::infer::{Model, ModelError, TensorSpec};
-use crate::types::{ItemError, Tensor};
+use crate::{Model, ModelError, TensorSpec};
 use execution::{choose_execution, run_chunks, split_into_chunks};
+use sluice_types::{ItemError, Tensor};
 use stats::SchedulerStats;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -386,7 +386,7 @@ impl BatchRunner {
                 )
             })
             .unzip();
-        let answers = crate::crash::catch(|| self.replies(work));
+        let answers = sluice_types::panic::catch(|| self.replies(work));
         // Free the capacity before answering: a caller that has its answer
         // may send again at once, and must find room.
         self.outstanding.fetch_sub(items, Ordering::AcqRel);
@@ -490,8 +490,8 @@ pub(crate) fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::Plan;
-    use crate::types::DType;
+    use crate::Plan;
+    use sluice_types::DType;
 
     /// A model that answers its input, and panics on a 13 (a bug in an
     /// engine that some input reaches).
@@ -544,8 +544,9 @@ mod tests {
             ..BatchConfig::default()
         };
         let scheduler = Scheduler::start(Arc::new(Brittle(vec![spec])), config).unwrap();
-        let cause = crate::crash::catch(|| scheduler.infer_many(vec![item(1.0), item(13.0)]))
-            .expect_err("the panic reaches the caller");
+        let cause =
+            sluice_types::panic::catch(|| scheduler.infer_many(vec![item(1.0), item(13.0)]))
+                .expect_err("the panic reaches the caller");
         assert!(
             cause.contains("model `brittle` panicked on a batch")
                 && cause.contains("brittle on 13"),

@@ -15,8 +15,8 @@
 
 use super::execution::{ExecutionCache, example_item};
 use super::{BatchConfig, Scheduler};
-use crate::infer::{AUTO, ENGINES, InputShapes, ModelError, engine};
-use crate::types::{DType, Tensor};
+use crate::{AUTO, ENGINES, InputShapes, ModelError, engine};
+use sluice_types::{DType, Tensor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,3 +1,9 @@
+//! # sluice-infer: native inference and the batch scheduler
+//!
+//! The only place Sluice runs a model. It imports only leaves
+//! (`sluice-types`, `sluice-durable`); the agent and the plugin host (for
+//! `wasi:nn`) call it.
+//!
 //! Native inference, behind three small traits so that the rest of Sluice
 //! never knows which engine runs: a [`Backend`] loads a [`Model`], a model
 //! builds a [`Plan`] per batch size, a plan runs a batch.
@@ -15,8 +21,11 @@
 //! Invariant: inference happens only in the scheduler ([`crate::schedule`]),
 //! which owns the plans; these traits are its tools.
 
+#![deny(missing_docs)]
+
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+pub mod schedule;
 pub mod tract;
 
 /// The process's one pool of inference threads, one per core: every
@@ -102,9 +111,9 @@ pub fn onnx_engine() -> &'static dyn Backend {
     engine(DEFAULT_ENGINE).expect("the default engine is always built")
 }
 
-use crate::error::{BoxError, chain_text};
-use crate::types::{DType, Tensor};
 use sha2::{Digest, Sha256};
+use sluice_types::error::{BoxError, chain_text};
+use sluice_types::{DType, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

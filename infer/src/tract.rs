@@ -7,7 +7,7 @@
 //! never run symbolic.
 
 use super::{Backend, InputShapes, Model, ModelError, Plan, TensorSpec};
-use crate::types::{DType, Tensor};
+use sluice_types::{DType, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;

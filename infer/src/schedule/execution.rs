@@ -17,9 +17,9 @@
 //! ([`ExecutionCache`]): a restart reuses it and starts in tens of ms.
 
 use super::BatchConfig;
-use crate::infer::{Model, ModelError};
-use crate::types::{Tensor, stack_items};
+use crate::{Model, ModelError};
 use sha2::{Digest, Sha256};
+use sluice_types::{Tensor, stack_items};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -137,8 +137,8 @@ pub(super) fn run_chunks(
         lanes[ix % lane_count].push((ix, group));
     }
     use rayon::prelude::*;
-    let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, ModelError>>)> = crate::infer::pool()
-        .install(|| {
+    let mut results: Vec<(usize, Vec<Result<Vec<Tensor>, ModelError>>)> =
+        crate::pool().install(|| {
             lanes
                 .into_par_iter()
                 .flat_map_iter(|lane| lane.into_iter().map(|(ix, g)| (ix, run_group(g))))
@@ -478,13 +478,13 @@ pub(super) fn example_item(model: &dyn Model) -> Result<Vec<Tensor>, ModelError>
                     }
                 })
                 .collect::<Result<_, _>>()?;
-            let len = crate::types::shape_bytes(&shape, spec.dtype).ok_or_else(|| {
+            let len = sluice_types::shape_bytes(&shape, spec.dtype).ok_or_else(|| {
                 ModelError::Run {
                     model: model.name().into(),
                     source: format!(
                         "input `{}` of shape {shape:?} is larger than the {} bytes a tensor may hold",
                         spec.name,
-                        crate::types::MAX_TENSOR_BYTES
+                        sluice_types::MAX_TENSOR_BYTES
                     )
                     .into(),
                 }

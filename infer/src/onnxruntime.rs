@@ -24,12 +24,12 @@
 //! arena each (MobileNetV2 in a pipeline: 18 % less memory, no slower).
 
 use super::{Backend, InputShapes, Model, ModelError, Plan, TensorSpec};
-use crate::types::{DType, Tensor};
 use ort::environment::Environment;
 use ort::memory::Allocator;
 use ort::session::Session;
 use ort::session::builder::PrepackedWeights;
 use ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueType};
+use sluice_types::{DType, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -397,10 +397,10 @@ fn from_ort(value: &ort::value::Value<DynTensorValueType>, name: String) -> Resu
         .map(|&d| usize::try_from(d.max(0)).unwrap_or(usize::MAX))
         .collect();
     // The engine's shape, checked before any byte is read through it.
-    let len = crate::types::shape_bytes(&shape, dtype).ok_or_else(|| {
+    let len = sluice_types::shape_bytes(&shape, dtype).ok_or_else(|| {
         format!(
             "output `{name}`: shape {shape:?} describes more than {} bytes",
-            crate::types::MAX_TENSOR_BYTES
+            sluice_types::MAX_TENSOR_BYTES
         )
     })?;
     let data = if len == 0 {
