@@ -30,7 +30,7 @@ ALLOWED_CIRCLES = {
         "statements, and an operation on one must change the others in the same "
         "transaction (dropping a record dissolves its batch, a refused record is "
         "set aside and counted, a damaged row is set aside where it is read)",
-    ("sluice-agent", ("plugin::bindings", "plugin::nn", "plugin::sandbox")):
+    ("sluice-plugin", ("bindings", "nn", "sandbox")):
         "wasmtime's bindgen! maps the WIT resources to the host types of nn.rs "
         "(`with:`), which hold the generated enums; the instance state of "
         "sandbox.rs holds the wasi:nn context whose host traits nn.rs implements "

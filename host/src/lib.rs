@@ -38,7 +38,7 @@
 
 pub mod agent;
 pub mod bundle;
-pub mod bundled;
+pub use sluice_plugin::bundled;
 pub mod config;
 #[cfg(test)]
 mod config_props;
@@ -52,7 +52,7 @@ pub mod memory;
 pub mod metrics;
 pub use sluice_outbox as outbox;
 pub mod pipeline;
-pub mod plugin;
+pub use sluice_plugin as plugin;
 pub mod record;
 pub mod runtime;
 pub use sluice_infer::schedule;

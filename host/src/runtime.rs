@@ -120,7 +120,7 @@ impl Runtime {
         }
 
         let host = PluginHost::with_nn(
-            &EngineOptions::for_config(&config),
+            &engine_options(&config),
             scheduler_nn(&schedulers, config.runtime.guest_model_max_bytes),
         )
         .map_err(StartError::Engine)?;
@@ -341,5 +341,38 @@ impl Runtime {
             postprocess_sha256: pipeline.postprocess().digest().to_owned(),
             bundle: None,
         })
+    }
+}
+
+/// What the plugins of `config` need of the plugin engine: its pooling, the
+/// largest memory cap, instances for every worker of every plugin, the
+/// compiled-plugin cache.
+pub fn engine_options(config: &Config) -> EngineOptions {
+    EngineOptions {
+        pooling: config.runtime.pooling,
+        max_memory_bytes: config
+            .plugins
+            .values()
+            .map(|p| p.memory_bytes())
+            .max()
+            .unwrap_or(64 << 20),
+        max_instances: crate::plugin::instances_for(
+            config.plugins.len(),
+            config.runtime.resolved_workers(),
+        ),
+        cache_dir: Some(config.cache_dir()),
+    }
+}
+
+#[cfg(test)]
+mod engine_options_tests {
+    #[test]
+    fn every_worker_can_hold_an_instance_of_every_plugin() {
+        let config = crate::config::Config::parse(
+            "[runtime]\nworkers = 40\n[plugins.a]\npath = \"a.wasm\"\n[plugins.b]\npath = \"b.wasm\"\n",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        assert!(super::engine_options(&config).max_instances >= 80);
     }
 }

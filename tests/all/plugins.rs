@@ -477,7 +477,7 @@ fn every_worker_gets_an_instance_when_all_call_at_once() {
     let config = sluice_agent::config::Config::parse(&toml, std::path::Path::new("/")).unwrap();
     let host = PluginHost::new(&EngineOptions {
         cache_dir: Some(shared_cache_dir()),
-        ..EngineOptions::for_config(&config)
+        ..sluice_agent::runtime::engine_options(&config)
     })
     .unwrap();
     let plugin = host.load("p", &config.plugins["p"], PRE).unwrap();

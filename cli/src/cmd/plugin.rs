@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// of a configuration (for devices running a runtime-only build).
 pub fn compile(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let config = super::load_config(config, data_dir)?;
-    let host = PluginHost::new(&EngineOptions::for_config(&config))?;
+    let host = PluginHost::new(&sluice_agent::runtime::engine_options(&config))?;
     let mut failed = 0;
     for (name, plugin) in &config.plugins {
         let outcome = super::with_spinner(&format!("compiling plugin {name}"), || {
@@ -266,7 +266,7 @@ pub fn run(
         bail!("{} configures no plugin named `{name}`", path.display());
     };
     let files = list_files(inputs)?;
-    let host = PluginHost::new(&EngineOptions::for_config(&config))?;
+    let host = PluginHost::new(&sluice_agent::runtime::engine_options(&config))?;
     let plugin = super::with_spinner(&format!("loading plugin {name}"), || {
         host.load_any(&name, plugin_config)
     })?;

@@ -2,6 +2,7 @@
 //! state, the plugin engine and the pipeline threads.
 
 use serde::Deserialize;
+use sluice_plugin::config::Pooling;
 use std::path::PathBuf;
 
 /// `[device]`: who this device is and where it keeps its state.
@@ -65,21 +66,4 @@ impl RuntimeConfig {
             n => n,
         }
     }
-}
-
-/// `runtime.pooling`: whether plugin instances come from wasmtime's pooling
-/// allocator (fast instantiation, a large address-space reservation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Pooling {
-    /// A pool of wide memories if the address space allows, else a pool of
-    /// compact ones, else compact memories on demand
-    /// ([`crate::plugin::Allocation`]).
-    #[default]
-    Auto,
-    /// One of the two pools; if neither fits, the engine does not start.
-    On,
-    /// Wide memories, each reserved when an instance is made.
-    Off,
 }

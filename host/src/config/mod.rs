@@ -23,10 +23,10 @@ mod sync;
 pub mod text;
 
 pub use bundles::BundlesConfig;
-pub use device::{DeviceConfig, Pooling, RuntimeConfig};
+pub use device::{DeviceConfig, RuntimeConfig};
 pub use ingest::IngestConfig;
 pub use models::{ModelConfig, PipelineConfig};
-pub use plugins::{DirGrant, Grants, PluginConfig, PluginSource};
+pub use plugins::{DirGrant, Grants, PluginConfig, PluginSource, Pooling};
 pub use sync::{MqttAck, SyncConfig, Transport};
 use text::normalize;
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! Host work done on a guest's behalf is not covered by the guest's epoch
 //! deadline or memory cap, so it is bounded here:
 //! * a tensor's shape is checked with checked arithmetic
-//!   ([`Tensor::check`], at most [`crate::types::MAX_TENSOR_BYTES`]) before
+//!   ([`Tensor::check`], at most [`sluice_types::MAX_TENSOR_BYTES`]) before
 //!   anything is computed from it;
 //! * the tensors an instance holds on the host at once (made, or returned
 //!   by `compute`) are at most its memory cap (`memory_mb`) in bytes: a
@@ -33,10 +33,10 @@ use super::NnContextFactory;
 use super::bindings::pre::wasi::nn::{errors, graph, inference, tensor};
 use super::sandbox::PluginState;
 use super::stdio::LogBudget;
-use crate::infer::InputShapes;
-use crate::schedule::{BatchConfig, ExecutionMode, Scheduler};
-use crate::types::{DType, ItemError, Tensor, stack_items};
 use errors::ErrorCode;
+use sluice_infer::InputShapes;
+use sluice_infer::schedule::{BatchConfig, ExecutionMode, Scheduler};
+use sluice_types::{DType, ItemError, Tensor, stack_items};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tensor::TensorType;
@@ -243,7 +243,7 @@ impl NnView<'_> {
                 ),
             ));
         }
-        let model = crate::infer::onnx_engine()
+        let model = sluice_infer::onnx_engine()
             .load("guest-model", bytes, &InputShapes::new())
             .map_err(|e| Failure(ErrorCode::InvalidEncoding, e.to_string()))?;
         // Such a model runs stacked in small batches without the start-up
@@ -459,7 +459,7 @@ fn item_slice(t: &Tensor, i: usize, n: usize) -> Tensor {
 }
 
 /// A guest's tensor as the host's, its shape checked with checked
-/// arithmetic against its data and [`crate::types::MAX_TENSOR_BYTES`].
+/// arithmetic against its data and [`sluice_types::MAX_TENSOR_BYTES`].
 fn from_nn(name: String, t: NnTensor) -> Result<Tensor, Failure> {
     let dtype = match t.ty {
         TensorType::Fp16 => DType::F16,

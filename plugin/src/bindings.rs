@@ -3,7 +3,7 @@
 //! preprocessor world's imported interfaces, so shared types such as
 //! `tensor` are one Rust type.
 
-use crate::types::{DType, Metadata, RawItem, Tensor};
+use sluice_types::{DType, Metadata, RawItem, Tensor};
 
 pub mod pre {
     wasmtime::component::bindgen!({
@@ -13,10 +13,10 @@ pub mod pre {
         // that is not the guest's, a guest holding too many tensors).
         imports: { "wasi:nn": trappable },
         with: {
-            "wasi:nn/tensor.tensor": crate::plugin::nn::NnTensor,
-            "wasi:nn/graph.graph": crate::plugin::nn::NnGraph,
-            "wasi:nn/inference.graph-execution-context": crate::plugin::nn::NnExecution,
-            "wasi:nn/errors.error": crate::plugin::nn::NnError,
+            "wasi:nn/tensor.tensor": crate::nn::NnTensor,
+            "wasi:nn/graph.graph": crate::nn::NnGraph,
+            "wasi:nn/inference.graph-execution-context": crate::nn::NnExecution,
+            "wasi:nn/errors.error": crate::nn::NnError,
         },
     });
 }

@@ -1,5 +1,10 @@
-//! The plugin runtime: loads pre- and post-processing plugins (WebAssembly
-//! components, see `wit/`) and calls them batch by batch, sandboxed.
+//! # sluice-plugin: the plugin host
+//!
+//! Loads pre- and post-processing plugins (WebAssembly components, see
+//! `wit/`) and calls them batch by batch, sandboxed: the thin layer over
+//! wasmtime, as Spin's `core`. It imports only leaves and the inference
+//! crate (a guest's `wasi:nn` calls go to the model's scheduler); the agent
+//! assembles plugins into pipelines.
 //!
 //! Invariants:
 //! * a plugin sees only what its [`Grants`] allow (nothing by default);
@@ -11,9 +16,15 @@
 //! * loading a plugin either yields a ready, initialized plugin or one
 //!   [`PluginError`] naming the plugin and the cause.
 
+#![deny(missing_docs)]
+
 mod bindings;
+pub mod bundled;
 mod cache;
+pub mod config;
+pub use config::read_wasm;
 mod engine;
+pub mod error;
 mod inspect;
 pub(crate) mod limits;
 mod nn;
@@ -21,20 +32,20 @@ mod sandbox;
 mod stdio;
 
 pub use cache::CacheOutcome;
-pub use engine::{Allocation, EngineOptions, PluginEngine};
+pub use engine::{Allocation, EngineOptions, PluginEngine, instances_for};
 pub use inspect::{ComponentReport, inspect_component};
 pub use limits::PluginLimits;
 pub use nn::{MAX_GUEST_ITEMS, NnContext, scheduler_nn};
 pub(crate) use sandbox::PluginState;
 
-use crate::config::{Grants, PluginConfig, PluginSource};
+use crate::config::{Grants, PluginConfig};
 use crate::error::{EngineError, PluginError, PluginErrorCause};
-use crate::types::{Document, Fault, Inferred, ItemError, ItemResults, RawItem, Tensor};
 use bindings::{
     POSTPROCESS_EXPORT, PREPROCESS_EXPORT, from_wit_tensor, post, pre, to_wit_meta, to_wit_raw,
     to_wit_tensor, wit,
 };
 use sha2::{Digest, Sha256};
+use sluice_types::{Document, Fault, Inferred, ItemError, ItemResults, RawItem, Tensor};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,28 +257,6 @@ fn too_little_memory(e: &wasmtime::Error, config: &PluginConfig) -> Option<Plugi
     })
 }
 
-/// A plugin's bytes, from its file or from the bundled set.
-pub fn read_wasm(source: &PluginSource) -> Result<Cow<'static, [u8]>, PluginErrorCause> {
-    match source {
-        PluginSource::Bundled(name) => {
-            crate::bundled::get(name).map(Cow::Borrowed).ok_or_else(|| {
-                PluginErrorCause::UnknownBundled {
-                    name: name.to_owned(),
-                    bundled: crate::bundled::names(),
-                }
-            })
-        }
-        PluginSource::File(path) => {
-            std::fs::read(path)
-                .map(Cow::Owned)
-                .map_err(|source| PluginErrorCause::Read {
-                    path: path.clone(),
-                    source,
-                })
-        }
-    }
-}
-
 enum Prepared {
     Pre(pre::PreprocessorPre<PluginState>),
     Post(post::PostprocessorPre<PluginState>),
@@ -331,7 +320,7 @@ impl Plugin {
     }
 
     /// Bytes of its compiled code and data, mapped while it is loaded (part
-    /// of the agent's memory budget, [`crate::memory`]).
+    /// of the agent's memory budget).
     pub fn code_bytes(&self) -> u64 {
         let component = match &self.prepared {
             Prepared::Pre(p) => p.instance_pre().component(),

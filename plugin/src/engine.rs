@@ -34,28 +34,11 @@ impl Default for EngineOptions {
     }
 }
 
-impl EngineOptions {
-    /// What the plugins of `config` need.
-    pub fn for_config(config: &crate::config::Config) -> EngineOptions {
-        EngineOptions {
-            pooling: config.runtime.pooling,
-            max_memory_bytes: config
-                .plugins
-                .values()
-                .map(|p| p.memory_bytes())
-                .max()
-                .unwrap_or(64 << 20),
-            max_instances: instances_for(config.plugins.len(), config.runtime.resolved_workers()),
-            cache_dir: Some(config.cache_dir()),
-        }
-    }
-}
-
 /// Instances `plugins` plugins may have alive at once, when `workers`
 /// threads call them: each worker holds at most one instance of a plugin at
 /// a time (a call that traps drops its instance before a fresh one is made),
 /// and each plugin keeps a few idle ones for reuse.
-pub(crate) fn instances_for(plugins: usize, workers: usize) -> u32 {
+pub fn instances_for(plugins: usize, workers: usize) -> u32 {
     let per_plugin = workers.max(1) + super::MAX_IDLE_INSTANCES;
     u32::try_from(plugins.max(1) * per_plugin).unwrap_or(u32::MAX)
 }
@@ -320,13 +303,7 @@ mod tests {
         // 12 workers calling 2 plugins: 24 busy instances plus the idle ones.
         assert_eq!(
             instances_for(2, 12),
-            2 * (12 + crate::plugin::MAX_IDLE_INSTANCES) as u32
+            2 * (12 + crate::MAX_IDLE_INSTANCES) as u32
         );
-        let config = crate::config::Config::parse(
-            "[runtime]\nworkers = 40\n[plugins.a]\npath = \"a.wasm\"\n[plugins.b]\npath = \"b.wasm\"\n",
-            std::path::Path::new("/"),
-        )
-        .unwrap();
-        assert!(EngineOptions::for_config(&config).max_instances >= 80);
     }
 }
