@@ -1,38 +1,40 @@
-//! # Sluice: edge inference with sandboxed plugins
+//! # sluice-agent: the Sluice device runtime
 //!
 //! Sluice runs on IoT gateways and edge devices. Third-party WebAssembly
-//! plugins prepare inputs and interpret outputs; inference runs natively in
-//! the host; results are kept on the device and shipped upstream when the
-//! network is there. This crate is the device: the library and the `sluice`
-//! binary. The wire types it shares with collectors are in
-//! [`sluice_protocol`]; the collector is the separate `sluice-collector`.
-//!
-//! The stages, one home each:
+//! plugins prepare inputs and interpret outputs; inference runs natively;
+//! results are kept on the device and shipped upstream when the network is
+//! there. This crate is the agent: it assembles the capability crates into
+//! pipelines and runs them (`sluice run` is its [`agent::Agent`]; a program
+//! can embed it the same way, see docs/embedding.md). It parses no flags
+//! and prints nothing: the `sluice` binary (`cli/`) does.
 //!
 //! ```text
 //! ingest -> preprocess -> schedule -> infer -> postprocess -> outbox -> uplink
 //!           \_ plugin _/                      \_ plugin __/
 //! ```
 //!
+//! What it is built from, each a crate that never imports this one:
+//! [`types`] (`sluice-types`: the data between stages, clock, version),
+//! [`plugin`] (`sluice-plugin`: the sandboxed plugin host over wasmtime),
+//! [`infer`] and [`schedule`] (`sluice-infer`: engines and the batch
+//! scheduler, the only place inference happens), [`outbox`]
+//! (`sluice-outbox`: the crash-safe store), [`drift`] (`sluice-drift`: the
+//! statistics; the observer glue is here), `sluice-protocol` (the wire) and
+//! `sluice-bundle` (the signed bundle format).
+//!
+//! Its own rooms:
+//! * [`config`] (one file per section) and [`error`]: the configuration and
+//!   start-up errors;
 //! * [`ingest`]: where inputs enter ([`ingest::Source`]: folder, HTTP);
-//! * [`plugin`]: the WebAssembly plugin runtime (sandbox, limits, cache),
-//!   which runs the preprocess and postprocess stages;
-//! * [`schedule`]: the batch scheduler, the only place inference happens;
-//! * [`infer`]: the inference engines behind it ([`infer::Backend`]: tract);
-//! * [`pipeline`]: one pipeline's stages joined;
-//! * [`outbox`]: the crash-safe on-device store of accepted inputs and of
-//!   results awaiting upload;
-//! * [`uplink`]: shipping results upstream ([`uplink::Uplink`]: HTTP);
-//! * [`drift`]: each pipeline's inputs and outputs, window by window,
-//!   against the model's reference profile (no labels needed);
+//! * [`pipeline`]: one pipeline's stages joined; [`runtime`]: models,
+//!   plugins and pipelines assembled from a [`Config`]; [`deployment`]: what
+//!   a worker runs, swapped by installs;
 //! * [`record`]: the result record each input becomes;
-//! * [`runtime`]: models, plugins and pipelines assembled from a [`Config`];
-//! * [`agent`]: `sluice run`, wiring it all together; [`memory`]: its
-//!   memory budget, split across plugins, models, ingest and the outbox;
-//! * [`bundle`]: a pipeline as a signed, versioned bundle (`sluice bundle`;
-//!   format and checks in [`sluice_bundle`]);
-//! * [`types`]: the data that flows between stages; [`config`] and
-//!   [`error`]: the configuration and start-up errors.
+//! * [`uplink`]: shipping results upstream ([`uplink::Uplink`]: HTTP, MQTT);
+//! * [`bundle`]: building and installing signed bundles;
+//! * [`metrics`]: events (a facade every stage uses) and the scraper;
+//! * [`agent`]: the long-running process, wiring it all; [`memory`]: its
+//!   memory budget, split across plugins, models, ingest and the outbox.
 
 #![deny(missing_docs)]
 

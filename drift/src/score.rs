@@ -3,8 +3,8 @@
 //! Jensen-Shannon distances, and counting items into the bins.
 
 use super::profile::{Profile, Source, Statistic, mean_std, value};
-use crate::types::Tensor;
 use sluice_protocol::DriftScore;
+use sluice_types::Tensor;
 
 /// Pseudo-count added to every bin of both histograms (see the crate's drift module doc).
 const PSEUDO_COUNT: f64 = 0.5;

@@ -1,3 +1,5 @@
+//! # sluice-drift: drift statistics
+//!
 //! Drift on the device, without labels: how a pipeline's inputs and outputs
 //! compare with a reference profile of the model, window by window.
 //!
@@ -10,8 +12,8 @@
 //!   come from the reference deciles, so a feature with few distinct values
 //!   gets fewer bins and one that never varies gets none (it is not scored).
 //!   The profile is bound to the model file's SHA-256.
-//! * [`Drift`] is a [`crate::pipeline::Observer`] (`observe.rs`, the one
-//!   file here that knows the pipeline): it counts the same bins
+//! * [`Drift`] observes a pipeline's batches ([`Drift::observe`]; the agent
+//!   makes it a pipeline observer): it counts the same bins
 //!   over a window of items (`[drift] window_items`, or `window_secs` since
 //!   the window's first item) and, when the window closes, scores it: PSI
 //!   and the Kolmogorov-Smirnov distance per histogram, Jensen-Shannon
@@ -43,18 +45,19 @@
 //!
 //! The files, by role: `profile.rs` (features and the profile file),
 //! `score.rs` (thresholds and scores), `window.rs` (windows over live
-//! items and their records), `observe.rs` (the pipeline's side).
+//! items and their records). It imports only leaves (`sluice-types`,
+//! `sluice-protocol`, `sluice-durable`); the agent feeds it.
+
+#![deny(missing_docs)]
 
 use serde::Deserialize;
 
-mod observe;
 mod profile;
 mod score;
 #[cfg(test)]
 mod tests;
 mod window;
 
-pub use observe::observe_items;
 pub use profile::{Feature, Profile, ProfileError, Source, Statistic, default_profile_path};
 pub use score::{Scorer, bin_counts};
 pub use window::{ClosedWindow, Drift, MAX_UNSTORED_WINDOWS};

@@ -4,8 +4,8 @@
 use super::DriftConfig;
 use super::profile::{Profile, ProfileError};
 use super::score::{Scorer, add};
-use crate::types::Tensor;
 use sluice_protocol::DriftScore;
+use sluice_types::Tensor;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;

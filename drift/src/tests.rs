@@ -3,7 +3,7 @@
 use super::profile::decile_edges;
 use super::score::{chi_square_quantile, ks_critical};
 use super::*;
-use crate::types::Tensor;
+use sluice_types::Tensor;
 
 #[test]
 fn chi_square_quantiles_and_ks_critical_values_match_the_tables() {

@@ -1,11 +1,10 @@
-//! Drift meets the pipeline: [`Drift`] as a pipeline observer, and the
-//! reference data a profile is built from, run through a real pipeline.
-//! The only file of drift that knows the pipeline: the statistics below it
-//! do not.
+//! Drift in the agent: the statistics of `sluice-drift` (re-exported here),
+//! [`Drift`] as a pipeline observer, and the reference data a profile is
+//! built from, run through a real pipeline.
 
-use super::Drift;
 use crate::pipeline::{Observer, Pipeline};
 use crate::types::{RawItem, Tensor};
+pub use sluice_drift::*;
 use std::sync::Mutex;
 
 impl Observer for Drift {

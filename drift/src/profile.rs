@@ -3,9 +3,9 @@
 //! is read from one item.
 
 use super::{BINS, MAX_ELEMENT_FEATURES, PROFILE_FORMAT};
-use crate::types::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sluice_types::Tensor;
 use std::path::{Path, PathBuf};
 
 /// Where a feature's value comes from in one item.
