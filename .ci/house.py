@@ -45,7 +45,6 @@ LONG_FILES = {
     "tests/all/authoring.rs",
     "tests/all/drift.rs",
     "tests/all/inference.rs",
-    "tests/all/outbox.rs",
 }
 
 # Library crates still sharing a package with their binary (issue 27): the
