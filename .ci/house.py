@@ -43,7 +43,6 @@ LONG_FILES = {
     "benches/src/main.rs",
     "collector/src/dashboard.rs",
     "tests/all/authoring.rs",
-    "tests/all/drift.rs",
     "tests/all/inference.rs",
 }
 
