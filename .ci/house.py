@@ -42,7 +42,6 @@ LONG_FILES = {
     # Still to split (issue 27): the benchmark driver and the system tests.
     "benches/src/main.rs",
     "collector/src/dashboard.rs",
-    "tests/all/inference.rs",
 }
 
 # Library crates still sharing a package with their binary (issue 27): the
