@@ -2,8 +2,8 @@
 //! collector and misbehaves on demand: answers 500, hangs, forwards the
 //! request and then cuts the answer short, or forwards and holds the answer
 //! (so a test can kill the uploader after the collector stored the batch but
-//! before the uploader heard about it). Shared by `tests/sync.rs` and
-//! `host/tests/agent.rs` through `#[path]`.
+//! before the uploader heard about it). Used by the `sync` and `agent`
+//! tests.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,7 +2,7 @@
 //! and dashboard; only the operator token reads it; hostile record fields
 //! come out escaped; a schema 2 file is migrated. (The dashboard in a real
 //! browser, fed by two real agents, is tested end to end with the device:
-//! `host/tests/all/fleet.rs`.)
+//! `tests/all/fleet.rs`.)
 
 use crate::common::*;
 use serde_json::{Value, json};

@@ -1,0 +1,18 @@
+//! `sluice run` as a real child process against a real collector on
+//! loopback: kills and restarts (crash), HTTP ingest, folder inputs,
+//! memory and disk bounds (resources), readiness and metrics (health). The
+//! harness they share, also used by `agent_hostile` and `power`, is in
+//! `harness`.
+
+mod harness;
+
+mod crash;
+mod folder;
+mod health;
+mod ingest;
+mod resources;
+
+pub(crate) use harness::{
+    Agent, DEVICE, check_recovered, collector, images, ingest, install_state, stored, wait_until,
+    with_bundles, write_config,
+};

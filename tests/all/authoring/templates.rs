@@ -1,0 +1,163 @@
+//! `sluice plugin new`: every template filled and what it cannot make
+//! refused; new Rust, Python and JavaScript projects build and pass their own
+//! test.
+
+use super::{text, toolchain_available};
+use crate::common::{repo_root, sluice};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `sluice plugin new NAME --lang LANG --world WORLD` into `dir`.
+fn plugin_new(name: &str, lang: &str, world: &str, dir: &Path) -> Output {
+    sluice(&[
+        "plugin",
+        "new",
+        name,
+        "--lang",
+        lang,
+        "--world",
+        world,
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn plugin_new_fills_every_template_and_refuses_what_it_cannot_make() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for lang in ["rust", "python", "js"] {
+        for world in ["preprocessor", "postprocessor"] {
+            let project = dir.path().join(format!("{lang}-{world}"));
+            let out = plugin_new("my-plugin", lang, world, &project);
+            assert!(
+                out.status.success(),
+                "{lang} {world}: {}",
+                text(&out.stderr)
+            );
+            let files = files_under(&project);
+            for file in &files {
+                let content = std::fs::read_to_string(file).unwrap();
+                assert!(
+                    !content.contains("{{"),
+                    "{}: a placeholder is left",
+                    file.display()
+                );
+            }
+            for script in ["build.sh", "test.sh"] {
+                let mode = std::fs::metadata(project.join(script))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert!(
+                    mode & 0o111 != 0,
+                    "{lang} {world}: {script} is not executable"
+                );
+            }
+            let config = std::fs::read_to_string(project.join("sluice.toml")).unwrap();
+            assert!(config.contains("[plugins.my-plugin]"), "{config}");
+            let expected = std::fs::read_to_string(project.join("expected.jsonl")).unwrap();
+            assert!(expected.contains("plugin `my-plugin`"), "{expected}");
+            // Python and JavaScript build against the WIT, which comes along.
+            assert_eq!(
+                project.join("wit/sluice.wit").is_file(),
+                lang != "rust",
+                "{lang} {world}: {files:?}"
+            );
+        }
+    }
+    let again = plugin_new(
+        "my-plugin",
+        "rust",
+        "preprocessor",
+        &dir.path().join("rust-preprocessor"),
+    );
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("not empty"),
+        "{}",
+        text(&again.stderr)
+    );
+    let bad = plugin_new("My_Plugin", "rust", "preprocessor", &dir.path().join("bad"));
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("lower-case"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+/// Run a generated project's `test.sh` with the built `sluice`; toolchains
+/// and build outputs are shared across projects and runs under `target/`.
+fn run_project_test(project: &Path) -> Output {
+    let target = repo_root().join("target");
+    Command::new(project.join("test.sh"))
+        .env("SLUICE", crate::common::sluice_bin())
+        .env("SLUICE_TOOLCHAIN_DIR", target.join("plugin-toolchains"))
+        .env("CARGO_TARGET_DIR", target.join("plugin-projects"))
+        .output()
+        .unwrap()
+}
+
+/// Make a `lang` `world` project with `sluice plugin new` in `project`,
+/// let `prepare` touch it, and run its own `test.sh`: it must pass.
+fn new_project_passes_its_test(lang: &str, world: &str, project: &Path, prepare: impl Fn(&Path)) {
+    let out = plugin_new("new-plugin", lang, world, project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    prepare(project);
+    let out = run_project_test(project);
+    let shown = format!(
+        "{lang} {world}: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        text(&out.stdout).contains("ok: 2 sample input(s)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_new_rust_plugin_builds_and_passes_its_own_test() {
+    let dir = tempfile::tempdir().unwrap();
+    for world in ["preprocessor", "postprocessor"] {
+        new_project_passes_its_test("rust", world, &dir.path().join(world), |project| {
+            // The versions the bundled plugins were built with: nothing new
+            // to download or compile beyond this crate.
+            std::fs::copy(
+                repo_root().join("plugins/Cargo.lock"),
+                project.join("Cargo.lock"),
+            )
+            .unwrap();
+        });
+    }
+}
+
+#[test]
+fn new_python_and_javascript_plugins_build_and_pass_their_own_test() {
+    let dir = tempfile::tempdir().unwrap();
+    for lang in ["python", "js"] {
+        if !toolchain_available(lang) {
+            continue;
+        }
+        for world in ["preprocessor", "postprocessor"] {
+            let project = dir.path().join(format!("{lang}-{world}"));
+            new_project_passes_its_test(lang, world, &project, |_| {});
+        }
+    }
+}
