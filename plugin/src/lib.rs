@@ -18,6 +18,11 @@
 
 #![deny(missing_docs)]
 
+// bindings <-> nn <-> sandbox is a circle on purpose: wasmtime's bindgen!
+// maps the WIT resources to nn.rs's host types, which hold the generated
+// enums, and the instance state (sandbox.rs) holds the wasi:nn context
+// whose host traits nn.rs implements for it (wasmtime-wasi's pattern).
+// Allowed in .ci/house.py for that.
 mod bindings;
 pub mod bundled;
 mod cache;
