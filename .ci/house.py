@@ -8,8 +8,7 @@
    make a facade, not a dependency, and `#[cfg(test)] mod tests` blocks
    are left out. A circle inside one small module is allowed only when it
    is listed in ALLOWED_CIRCLES with the reason.
-2. No source file over 600 lines (LONG_FILES lists those still to split,
-   each to be removed from the list when it is).
+2. No source file over 600 lines.
 3. No library crate depends on clap or indicatif (only binaries parse
    flags and draw progress).
 
@@ -37,12 +36,8 @@ ALLOWED_CIRCLES = {
         "for that state (the pattern of wasmtime-wasi)",
 }
 
-# Files over MAX_LINES still to split (issue 27); remove each when split.
-LONG_FILES = set()
-
-# Library crates still sharing a package with their binary (issue 27): the
-# binary's clap comes with them.
-CLAP_PACKAGES = set()
+# What only binaries may depend on.
+BINARY_ONLY = ("clap", "indicatif")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -243,7 +238,8 @@ def name(module):
 def main():
     failures = []
     show = "--graph" in sys.argv
-    for pkg in workspace():
+    packages = workspace()
+    for pkg in packages:
         crate = pkg["name"].replace("-", "_")
         for target in pkg["targets"]:
             if not set(target["kind"]) & {"lib", "bin"}:
@@ -269,22 +265,18 @@ def main():
                 rel = os.path.relpath(path, ROOT)
                 with open(path, encoding="utf-8") as fh:
                     lines = sum(1 for _ in fh)
-                if lines > MAX_LINES and rel not in LONG_FILES:
+                if lines > MAX_LINES:
                     failures.append(f"{rel}: {lines} lines (at most {MAX_LINES}: split it by role)")
-                if lines <= MAX_LINES and rel in LONG_FILES:
-                    failures.append(f"{rel}: {lines} lines now: take it off LONG_FILES")
-    tree = subprocess.run(
-        ["cargo", "tree", "--workspace", "--edges", "normal", "--prefix", "none", "--invert", "clap", "--depth", "1"],
-        cwd=ROOT, capture_output=True, text=True).stdout
-    for line in tree.splitlines():
-        m = re.match(r'(sluice[\w-]*) v', line)
-        if m:
-            pkg = next((p for p in workspace() if p["name"] == m.group(1)), None)
-            if pkg and any("lib" in t["kind"] for t in pkg["targets"]) and pkg["name"] not in CLAP_PACKAGES:
-                failures.append(f"library crate {m.group(1)} depends on clap (only binaries parse flags)")
-    for f in sorted(LONG_FILES):
-        if not os.path.exists(os.path.join(ROOT, f)):
-            failures.append(f"{f}: gone: take it off LONG_FILES")
+    libraries = {p["name"] for p in packages if any("lib" in t["kind"] for t in p["targets"])}
+    for crate in BINARY_ONLY:
+        tree = subprocess.run(
+            ["cargo", "tree", "--workspace", "--edges", "normal", "--prefix", "none",
+             "--invert", crate, "--depth", "1"],
+            cwd=ROOT, capture_output=True, text=True).stdout
+        for line in tree.splitlines():
+            m = re.match(r'(sluice[\w-]*) v', line)
+            if m and m.group(1) in libraries:
+                failures.append(f"library crate {m.group(1)} depends on {crate} (only binaries parse flags and print)")
     for f in failures:
         print("house:", f, file=sys.stderr)
     print(f"house: {len(failures)} problems")
