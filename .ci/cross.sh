@@ -49,7 +49,8 @@ export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc" "CC_${lower}=$gnu-gcc" "AR_${lowe
 # (qemu-user 7.2 also keeps a descriptor for every reserved page: the wide
 # pools of all the tests at once took 22 GB of memory.)
 export "CARGO_TARGET_${upper}_RUNNER=prlimit --as=$((16 << 30)) $qemu -L /usr/$gnu"
-dir=${CARGO_TARGET_DIR:-target}/$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+dir=$target_dir/$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 step "cross build ($profile profile)"
 cargo build -p sluice --target "$target" --profile "$profile"
@@ -58,7 +59,7 @@ cargo build -p sluice-collector # the demo's upstream runs on this machine, as i
 
 step "demo under $qemu"
 log=$dir/demo.log
-SLUICE_COLLECTOR="$PWD/target/debug/sluice-collector" \
+SLUICE_COLLECTOR="$target_dir/debug/sluice-collector" \
   "$qemu" -L "/usr/$gnu" "$dir/sluice" demo | tee "$log"
 # The demo fails unless every result was delivered; the accuracy must be
 # the model's (models/digits/expected.json, onnxruntime on x86).
@@ -76,7 +77,7 @@ if [ "$arch" = armv7 ]; then
   printf hello > "$sandbox/1-ok"; printf loop > "$sandbox/2-loop"; printf alloc:64 > "$sandbox/3-alloc"
   printf panic > "$sandbox/4-panic"; printf open:/etc/passwd > "$sandbox/5-open"; printf after > "$sandbox/6-ok"
   printf '[plugins.m]\npath = "%s"\ntimeout_ms = 500\nmemory_mb = 16\n' \
-    "$PWD/target/wasm-plugins/wasm32-wasip2/$([ "$profile" = dev ] && echo quick || echo release)/misbehave.wasm" > "$sandbox/sluice.toml"
+    "$target_dir/wasm-plugins/wasm32-wasip2/$([ "$profile" = dev ] && echo quick || echo release)/misbehave.wasm" > "$sandbox/sluice.toml"
   "$qemu" -L "/usr/$gnu" "$dir/sluice" plugin run --config "$sandbox/sluice.toml" --data-dir "$sandbox/data" \
     "$sandbox"/[1-6]-* > "$sandbox/out.jsonl" || true
   python3 - "$sandbox/out.jsonl" <<'CHECK'
