@@ -79,7 +79,8 @@ pub(crate) fn outbox(records: usize) -> Result<Value> {
     let tokio = tokio::runtime::Runtime::new()?;
     let uplink = sluice_agent::uplink::from_config(&sync_config, "bench-device", tokio.handle())?
         .context("sync.url is set")?;
-    let uploader = Uploader::new(outbox.clone(), uplink, &sync_config, "bench-device");
+    let uploader =
+        Uploader::new(outbox.clone(), uplink, &sync_config, "bench-device").expect("sync settings");
     let started = Instant::now();
     let report = uploader.sync_once(&std::sync::atomic::AtomicBool::new(false))?;
     let seconds = started.elapsed().as_secs_f64();

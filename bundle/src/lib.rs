@@ -27,7 +27,9 @@
 #![deny(missing_docs)]
 
 pub mod archive;
-pub mod keys;
+/// Signing keys, shared with the collector's signed acknowledgements (they
+/// live in the protocol: devices pin them in their configuration).
+pub use sluice_protocol::keys;
 mod manifest;
 mod sign;
 mod verify;

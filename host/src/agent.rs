@@ -227,7 +227,7 @@ impl Agent {
         }
 
         if let Some(uplink) = uplink::from_config(&config.sync, &device, tokio)? {
-            let uploader = Uploader::new(outbox.clone(), uplink, &config.sync, &device)
+            let uploader = Uploader::new(outbox.clone(), uplink, &config.sync, &device)?
                 .with_metrics(metrics.clone());
             stored.wake();
             let thread = spawn("sluice-uplink", {

@@ -65,6 +65,18 @@ pub struct BatchAck {
     pub duplicates: u64,
     /// The batch key was known: nothing was stored this time.
     pub replayed: bool,
+    /// The device whose batch this answers (signed; absent from unsigned
+    /// answers and from collectors that predate signing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The batch's record ids ([`records_digest`](crate::records_digest)),
+    /// so that the signature vouches for exactly the records sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<String>,
+    /// The collector's signature ([`BatchAck::sign`]): what lets a device
+    /// believe the answer whoever relayed it (a broker, a proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::keys::Signature>,
 }
 
 /// The body of every error answer (`4xx`, `5xx`).

@@ -34,6 +34,7 @@ mod ack;
 mod batches;
 mod cursor;
 mod fleet;
+pub mod keys;
 pub mod mqtt;
 mod names;
 pub mod paths;
@@ -41,7 +42,7 @@ mod records;
 #[cfg(test)]
 mod tests;
 
-pub use ack::AckMismatch;
+pub use ack::{ACK_SIGNATURE_CONTEXT, AckMismatch, records_digest};
 pub use batches::{BatchAck, DeviceStatus, ErrorBody, RawBatch, UploadBatch};
 pub use cursor::ResultsCursor;
 pub use fleet::*;

@@ -228,14 +228,19 @@ pub fn device_results(
 /// A collector on a loopback port storing into `dir/collector.sqlite`, with
 /// one device `device` holding `token`.
 pub fn collector_for(dir: &Path, device: &str, token: &str) -> sluice_collector_core::Collector {
-    let mut tokens = sluice_collector_core::Tokens::default();
-    tokens.insert(device, token).unwrap();
     sluice_collector_core::Collector::start(
         std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         &dir.join("collector.sqlite"),
-        tokens,
+        tokens_for(device, token),
     )
     .unwrap()
+}
+
+/// A collector's token table of one device `device` holding `token`.
+pub fn tokens_for(device: &str, token: &str) -> sluice_collector_core::Tokens {
+    let mut tokens = sluice_collector_core::Tokens::default();
+    tokens.insert(device, token).unwrap();
+    tokens
 }
 
 /// The `sluice` binary the tests run (`target/<profile>/sluice`), built

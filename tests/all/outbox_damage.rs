@@ -167,7 +167,7 @@ fn uploader(outbox: &Arc<Outbox>, url: &str) -> Uploader {
     let uplink = sluice_agent::uplink::from_config(&config, DEVICE, tokio().handle())
         .unwrap()
         .unwrap();
-    Uploader::new(outbox.clone(), uplink, &config, DEVICE)
+    Uploader::new(outbox.clone(), uplink, &config, DEVICE).expect("sync settings")
 }
 
 /// The ids the collector stored, each once.

@@ -76,7 +76,7 @@ fn uploader(outbox: &Arc<Outbox>, url: &str, token: &str) -> Uploader {
     let uplink = sluice_agent::uplink::from_config(&config, DEVICE, tokio().handle())
         .unwrap()
         .expect("sync.url is set");
-    Uploader::new(outbox.clone(), uplink, &config, DEVICE)
+    Uploader::new(outbox.clone(), uplink, &config, DEVICE).expect("sync settings")
 }
 
 fn count(collector: &Collector, device: &str, token: &str) -> u64 {
@@ -380,7 +380,7 @@ fn one_bad_record_is_set_aside_and_every_good_one_is_delivered() {
     let uplink = sluice_agent::uplink::from_config(&config, DEVICE, tokio().handle())
         .unwrap()
         .unwrap();
-    let uploader = Uploader::new(outbox.clone(), uplink, &config, DEVICE);
+    let uploader = Uploader::new(outbox.clone(), uplink, &config, DEVICE).expect("sync settings");
     let report = sync(&uploader).unwrap();
     assert_eq!(report.set_aside, 1, "{report:?}");
     assert!(report.splits <= 8, "found by halving: {report:?}");

@@ -123,7 +123,18 @@ fn uploader(
     url: &str,
     metrics: &Arc<sluice_agent::metrics::Metrics>,
 ) -> Uploader {
+    uploader_pinning(outbox, url, metrics, Vec::new())
+}
+
+/// [`uploader`] with the collector keys the device pins.
+fn uploader_pinning(
+    outbox: &Arc<Outbox>,
+    url: &str,
+    metrics: &Arc<sluice_agent::metrics::Metrics>,
+    ack_keys: Vec<String>,
+) -> Uploader {
     let config = SyncConfig {
+        ack_keys,
         url: Some(url.to_owned()),
         token: Some(TOKEN.to_owned()),
         batch_max_records: 40,
@@ -135,7 +146,9 @@ fn uploader(
     let uplink = sluice_agent::uplink::from_config(&config, DEVICE, tokio().handle())
         .unwrap()
         .expect("sync.url is set");
-    Uploader::new(outbox.clone(), uplink, &config, DEVICE).with_metrics(metrics.clone())
+    Uploader::new(outbox.clone(), uplink, &config, DEVICE)
+        .expect("sync settings")
+        .with_metrics(metrics.clone())
 }
 
 fn sync(uploader: &Uploader) -> Result<sluice_agent::uplink::SyncReport, UplinkError> {
@@ -187,6 +200,62 @@ fn a_redirect_to_a_host_that_echoes_the_key_is_not_followed_and_deletes_nothing(
     assert_eq!(outbox.pending().0, 0);
     assert_eq!(stored_seqs(&collector), (0..30).collect::<Vec<_>>());
     assert_eq!(echo.hits(), 0);
+}
+
+/// A device that pins its collector's key, behind a host that answers in
+/// the collector's place (a captive portal, a hijacked DNS name, a proxy
+/// echoing the batch key with every count right): nothing is deleted
+/// until the signed answer of the real collector.
+#[test]
+fn over_http_only_the_pinned_collectors_signed_answer_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = sluice_bundle::keys::SecretKey::generate();
+    let pinned = vec![key.public().to_text()];
+    let mut store = sluice_collector_core::Store::open(&dir.path().join("c.db")).unwrap();
+    store.set_ack_key(key);
+    let collector = Collector::start_store(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        store,
+        crate::common::tokens_for(DEVICE, TOKEN),
+        Default::default(),
+    )
+    .unwrap();
+    let outbox = outbox_with(dir.path(), 5);
+    let metrics = Arc::new(sluice_agent::metrics::Metrics::default());
+    let impostor = Stub::start(Answer::Echo);
+    let error = sync(&uploader_pinning(
+        &outbox,
+        &impostor.url,
+        &metrics,
+        pinned.clone(),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("is not signed"), "{error}");
+    assert_eq!((impostor.hits(), outbox.pending().0), (1, 5));
+    // Another collector's signature is no better than none.
+    let other = sluice_bundle::keys::SecretKey::generate()
+        .public()
+        .to_text();
+    let error = sync(&uploader_pinning(
+        &outbox,
+        &collector.url(),
+        &metrics,
+        vec![other],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("does not pin"), "{error}");
+    assert_eq!(outbox.pending().0, 5);
+    let report = sync(&uploader_pinning(
+        &outbox,
+        &collector.url(),
+        &metrics,
+        pinned,
+    ))
+    .unwrap();
+    assert_eq!((report.records, outbox.pending().0), (5, 0));
+    assert_eq!(stored_seqs(&collector), (0..5).collect::<Vec<_>>());
 }
 
 #[test]

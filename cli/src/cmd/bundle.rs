@@ -6,7 +6,6 @@ use sluice_agent::bundle::{BuildRequest, WIT_PACKAGE};
 use sluice_bundle::archive::{self, Limits, Unpacked};
 use sluice_bundle::keys::{PublicKey, SecretKey};
 use sluice_bundle::{Manifest, Policy, stamp};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `sluice bundle keygen`: a new signing key at `out` (readable by its
@@ -14,15 +13,8 @@ use std::path::{Path, PathBuf};
 pub fn keygen(out: &Path) -> anyhow::Result<()> {
     let public_path = PathBuf::from(format!("{}.pub", out.display()));
     let key = SecretKey::generate();
-    let mut options = std::fs::File::options();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(out)
+    key.write_new(out)
         .with_context(|| format!("{} (an existing key is never overwritten)", out.display()))?;
-    writeln!(file, "{}", key.to_text())?;
-    file.sync_all()?;
     std::fs::write(&public_path, format!("{}\n", key.public().to_text()))
         .with_context(|| public_path.display().to_string())?;
     println!(

@@ -84,7 +84,15 @@ pub fn run(
         .bearer_token()?
         .unwrap_or_else(|| "demo-token".into());
     let collector_db = work.join("collector.sqlite");
-    let collector = Collector::start(&collector_db, &device, &token)?;
+    // The collector signs its acknowledgements; the device pins the key and
+    // deletes nothing on an answer it cannot verify.
+    let ack_key = work.join("collector-ack.key");
+    let signer = sluice_bundle::keys::SecretKey::generate();
+    signer
+        .write_new(&ack_key)
+        .with_context(|| format!("cannot write {}", ack_key.display()))?;
+    let collector = Collector::start(&collector_db, &ack_key, &device, &token)?;
+    config.sync.ack_keys = vec![signer.public().to_text()];
     config.sync.url = Some(collector.url.clone());
     config.sync.token = Some(token.clone());
     config.sync.token_file = None;
@@ -211,10 +219,11 @@ pub fn run(
             .collect::<Vec<_>>()
     );
     println!(
-        "  delivered:   {} results acknowledged by the collector at {} after {}",
+        "  delivered:   {} results acknowledged by the collector at {} after {} (answers signed by its key {}, checked by the device)",
         count(counter::UPLOADED),
         collector_db.display(),
-        ms(delivered_after)
+        ms(delivered_after),
+        signer.public().id()
     );
     println!(
         "  pending:     {} results left in the outbox {}",
@@ -294,12 +303,14 @@ struct Collector {
 
 impl Collector {
     /// Start `sluice-collector` on a free loopback port for `device`.
-    fn start(db: &Path, device: &str, token: &str) -> anyhow::Result<Collector> {
+    fn start(db: &Path, ack_key: &Path, device: &str, token: &str) -> anyhow::Result<Collector> {
         let program = collector_program()?;
         let operator_token = format!("{:032x}", rand::random::<u128>());
         let mut child = Command::new(&program)
             .args(["--listen", "127.0.0.1:0", "--db"])
             .arg(db)
+            .arg("--ack-key")
+            .arg(ack_key)
             .arg("--token")
             .arg(format!("{device}={token}"))
             .arg("--operator-token")

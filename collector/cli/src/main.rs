@@ -4,6 +4,7 @@ use clap::Parser;
 use sluice_collector_core::mqtt::MqttSettings;
 use sluice_collector_core::store::PoolOptions;
 use sluice_collector_core::{Limits, Store, Tokens};
+use sluice_protocol::keys::SecretKey;
 use std::path::PathBuf;
 
 /// Receive results from Sluice devices (HTTP, and an MQTT broker with
@@ -54,6 +55,13 @@ struct Cli {
     /// --operator-token-file).
     #[arg(long, conflicts_with = "operator_token_file")]
     operator_token: Option<String>,
+    /// The key this collector signs its acknowledgements with
+    /// (`sluice-collector ack-key --key FILE` makes one and prints the
+    /// public key devices pin in `sync.ack_keys`). Collectors sharing a
+    /// database share the key. Without it answers are unsigned: devices
+    /// that pin keys (every MQTT device) delete nothing on them.
+    #[arg(long)]
+    ack_key: Option<PathBuf>,
     /// Also take batches from this MQTT broker, `mqtt://HOST:PORT` or
     /// `mqtts://HOST:PORT`, on a shared subscription (several collectors
     /// split the load).
@@ -139,6 +147,14 @@ enum Command {
     /// verify it against the keys they pin).
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Make the acknowledgement signing key at `--key` if there is none
+    /// (readable by its owner only), and print its public key: the line
+    /// devices pin in `sync.ack_keys`.
+    AckKey {
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -332,8 +348,10 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::Rollout(command)) = cli.command {
-        return rollout(command);
+    match cli.command {
+        Some(Command::Rollout(command)) => return rollout(command),
+        Some(Command::AckKey { key }) => return ack_key(&key),
+        None => {}
     }
     let listen = cli.listen.clone().expect("required without a subcommand");
     let db = cli.db.clone().expect("required without a subcommand");
@@ -357,7 +375,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let limits = cli.limits();
     let mqtt = cli.mqtt();
     limits.check().map_err(anyhow::Error::msg)?;
-    let store = open(&db)?;
+    let mut store = open(&db)?;
+    match &cli.ack_key {
+        Some(file) => store.set_ack_key(SecretKey::read(file).map_err(anyhow::Error::msg)?),
+        None => eprintln!(
+            "sluice-collector: acknowledgements are not signed (no --ack-key): devices that pin keys refuse them"
+        ),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-collector")
@@ -391,6 +415,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     // Do not wait for connections that a client left hanging.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+/// `sluice-collector ack-key`: the key at `path`, made if missing; its
+/// public half printed.
+fn ack_key(path: &std::path::Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        SecretKey::generate()
+            .write_new(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        eprintln!("sluice-collector: made {}", path.display());
+    }
+    let key = SecretKey::read(path).map_err(anyhow::Error::msg)?;
+    println!("{}", key.public().to_text());
     Ok(())
 }
 

@@ -39,7 +39,8 @@ pub use sql::{Row, SqlError};
 
 use crate::fleet;
 use sha2::{Digest, Sha256};
-use sluice_protocol::{BatchAck, DeviceStatus, FleetDevice, FleetSummary, PROTOCOL_VERSION};
+use sluice_protocol::keys::SecretKey;
+use sluice_protocol::{BatchAck, DeviceStatus, FleetDevice, FleetSummary, records_digest};
 use sql::{Backend, Tx, args};
 use std::path::{Path, PathBuf};
 
@@ -158,6 +159,8 @@ pub struct Store {
     work_dir: PathBuf,
     /// How long the fleet view's series are kept, ms.
     retention_ms: i64,
+    /// The key every acknowledgement is signed with ([`Store::set_ack_key`]).
+    ack_key: Option<SecretKey>,
 }
 
 impl Store {
@@ -169,6 +172,7 @@ impl Store {
             location: path.display().to_string(),
             work_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
             retention_ms,
+            ack_key: None,
         })
     }
 
@@ -181,6 +185,7 @@ impl Store {
             location: postgres::redact(url),
             work_dir: std::env::temp_dir(),
             retention_ms: crate::Limits::DEFAULT.fleet_retention.as_millis() as i64,
+            ack_key: None,
         })
     }
 
@@ -192,6 +197,15 @@ impl Store {
         } else {
             Store::open(Path::new(db))
         }
+    }
+
+    /// Sign every acknowledgement with `key` (see
+    /// [`BatchAck::sign`]): devices that pin its public half delete
+    /// nothing on an answer anyone else made. Collectors sharing a
+    /// database share the key. Here, where answers are made, so that no
+    /// transport can send one unsigned.
+    pub fn set_ack_key(&mut self, key: SecretKey) {
+        self.ack_key = Some(key);
     }
 
     /// Keep the fleet view's series (per-minute throughput, backlog, drift
@@ -277,15 +291,9 @@ impl Store {
     ) -> Result<BatchAck, BatchError> {
         let retention_ms = self.retention_ms;
         let digest = hex::encode(content_digest(rows.iter().map(|r| r.body)));
-        self.transaction(|tx| {
+        let ack = self.transaction(|tx| {
             let now = now_ms();
-            let mut ack = BatchAck {
-                protocol: PROTOCOL_VERSION,
-                key: key.to_owned(),
-                stored: 0,
-                duplicates: 0,
-                replayed: false,
-            };
+            let mut ack = BatchAck::new(key, 0, 0, false);
             // Claim the key first: another collector storing the same
             // batch now waits here until this transaction ends, then sees
             // the key as known.
@@ -352,6 +360,15 @@ impl Store {
                 crate::rollout::advance(tx, now)?;
             }
             Ok(Ok(ack))
+        })?;
+        Ok(match &self.ack_key {
+            Some(secret) => {
+                let mut ack = ack;
+                let ids = records_digest(rows.iter().map(|r| r.id.as_str()));
+                ack.sign(device, ids, secret);
+                ack
+            }
+            None => ack,
         })
     }
 

@@ -34,6 +34,8 @@ impl CollectorProcess {
             .args(["--listen", "127.0.0.1:0", "--db", db, "--mqtt", broker])
             .args(["--token", &format!("{DEVICE}={TOKEN}")])
             .args(["--operator-token", OPERATOR])
+            .arg("--ack-key")
+            .arg(&ack_key().0)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -90,6 +92,29 @@ impl Drop for CollectorProcess {
     }
 }
 
+/// The collectors' acknowledgement key file, made once by
+/// `sluice-collector ack-key`, and the public key it printed.
+fn ack_key() -> &'static (std::path::PathBuf, String) {
+    static KEY: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let file = dir.join("ack.key");
+        let out = Command::new(crate::common::collector_bin())
+            .args(["ack-key", "--key"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(public.starts_with("ed25519:"), "{public}");
+        (file, public)
+    })
+}
+
 fn sync_config(broker: &str, user: Option<(&str, &str)>) -> SyncConfig {
     let mut mqtt = sluice_mqtt::Broker::default();
     if let Some((name, password)) = user {
@@ -102,6 +127,7 @@ fn sync_config(broker: &str, user: Option<(&str, &str)>) -> SyncConfig {
         batch_max_records: 40,
         timeout_ms: 2_000,
         mqtt: Some(mqtt),
+        ack_keys: vec![ack_key().1.clone()],
         ..SyncConfig::default()
     }
 }
@@ -113,12 +139,16 @@ fn outbox(dir: &Path, from: u64, to: u64) -> Arc<Outbox> {
 }
 
 fn append(outbox: &Outbox, from: u64, to: u64) {
+    append_for(outbox, DEVICE, from, to)
+}
+
+fn append_for(outbox: &Outbox, device: &str, from: u64, to: u64) {
     outbox
         .append(
             (from..to)
                 .map(|seq| {
-                    let id = format!("{DEVICE}/p/{seq}");
-                    let body = serde_json::json!({"id": id, "device": DEVICE, "pipeline": "p", "seq": seq, "result": {"label": seq % 10}});
+                    let id = format!("{device}/p/{seq}");
+                    let body = serde_json::json!({"id": id, "device": device, "pipeline": "p", "seq": seq, "result": {"label": seq % 10}});
                     NewRecord {
                         id,
                         body: body.to_string().into_bytes(),
@@ -135,10 +165,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fn uploader(outbox: &Arc<Outbox>, config: &SyncConfig) -> Uploader {
-    let uplink = sluice_agent::uplink::from_config(config, DEVICE, runtime().handle())
+    uploader_of(outbox, config, DEVICE)
+}
+
+fn uploader_of(outbox: &Arc<Outbox>, config: &SyncConfig, device: &str) -> Uploader {
+    let uplink = sluice_agent::uplink::from_config(config, device, runtime().handle())
         .unwrap()
         .unwrap();
-    Uploader::new(outbox.clone(), uplink, config, DEVICE)
+    Uploader::new(outbox.clone(), uplink, config, device).expect("sync settings")
 }
 
 /// Sync until the outbox is empty, retrying failures, within `within`.
@@ -397,4 +431,202 @@ fn collectors_on_a_shared_subscription_split_the_batches() {
         pg.psql("fleet", "SELECT COUNT(*), COUNT(DISTINCT id) FROM results"),
         "400|400"
     );
+}
+
+/// What a hostile client of an open broker sees and sends: it reads every
+/// device's batches and answers, and answers a device's batches itself.
+struct Mallory {
+    client: sluice_mqtt::rumqttc::v5::Client,
+    /// Genuine answers seen, by device: (batch key, payload).
+    seen: Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>,
+    /// Batch keys `dev-1` published while Mallory answers them.
+    batches: std::sync::mpsc::Receiver<String>,
+    answering: Arc<AtomicBool>,
+}
+
+impl Mallory {
+    fn connect(url: &str) -> Mallory {
+        use sluice_mqtt::rumqttc::v5::{Client, Event, Incoming, mqttbytes::QoS};
+        let options = sluice_mqtt::options(url, "mallory", &Default::default(), 1 << 20).unwrap();
+        let (client, mut connection) = Client::new(options, 64);
+        client
+            .subscribe("sluice/v1/devices/+/acks", QoS::AtLeastOnce)
+            .unwrap();
+        client
+            .subscribe(
+                format!("sluice/v1/devices/{DEVICE}/batches"),
+                QoS::AtLeastOnce,
+            )
+            .unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answering = Arc::new(AtomicBool::new(false));
+        let (tx, batches) = std::sync::mpsc::channel();
+        let (seen2, answering2) = (seen.clone(), answering.clone());
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                let Ok(Event::Incoming(Incoming::Publish(p))) = event else {
+                    continue;
+                };
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                let key = p
+                    .properties
+                    .and_then(|p| p.correlation_data)
+                    .map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .unwrap_or_default();
+                if topic.ends_with("/acks") {
+                    let device = topic.split('/').nth(3).unwrap().to_owned();
+                    seen2
+                        .lock()
+                        .unwrap()
+                        .push((device, key, p.payload.to_vec()));
+                } else if answering2.load(Ordering::SeqCst) && tx.send(key).is_err() {
+                    break;
+                }
+            }
+        });
+        Mallory {
+            client,
+            seen,
+            batches,
+            answering,
+        }
+    }
+
+    /// A genuine answer seen for `device`'s batches.
+    fn genuine(&self, device: &str) -> sluice_protocol::BatchAck {
+        let seen = self.seen.lock().unwrap();
+        let (_, _, payload) = seen
+            .iter()
+            .find(|(d, _, _)| d == device)
+            .expect("an answer seen");
+        serde_json::from_slice(payload).unwrap()
+    }
+
+    /// Answer `dev-1`'s batch `key` with `ack`, as a collector would.
+    fn answer(&self, key: &str, ack: &sluice_protocol::BatchAck) {
+        use sluice_mqtt::rumqttc::v5::mqttbytes::{QoS, v5::PublishProperties};
+        let properties = PublishProperties {
+            correlation_data: Some(key.as_bytes().to_vec().into()),
+            user_properties: vec![("status".into(), "200".into())],
+            ..Default::default()
+        };
+        self.client
+            .publish_with_properties(
+                sluice_protocol::mqtt::acks("sluice", DEVICE),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(ack).unwrap(),
+                properties,
+            )
+            .unwrap();
+    }
+}
+
+/// On an open broker (anonymous clients, no ACL: the worst case), a
+/// client that reads every device's traffic answers a device's batches
+/// while no collector runs: unsigned, signed by its own key, another
+/// batch's genuine answer, one re-labelled with this batch's key, another
+/// device's genuine answer. The device deletes nothing on any of them, and
+/// everything arrives once when a collector is back.
+#[test]
+fn forged_replayed_and_other_devices_answers_delete_nothing() {
+    use sluice_protocol::BatchAck;
+    use sluice_protocol::keys::SecretKey;
+    let broker = or_skip!(Mosquitto::start());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let mallory = Mallory::connect(&broker.url());
+    let collector = CollectorProcess::start(
+        db.to_str().unwrap(),
+        &broker.url(),
+        &["--token", "dev-2=secret-2"],
+        false,
+    );
+    let config = sync_config(&broker.url(), None);
+    let outbox = outbox(dir.path(), 0, 40);
+    let uploader = uploader(&outbox, &config);
+    sync_all(&uploader, &outbox, Duration::from_secs(30));
+    let other =
+        Arc::new(Outbox::open_in(&dir.path().join("dev-2"), OutboxConfig::default()).unwrap());
+    append_for(&other, "dev-2", 0, 40);
+    let config_2 = SyncConfig {
+        token: Some("secret-2".into()),
+        ..config.clone()
+    };
+    sync_all(
+        &uploader_of(&other, &config_2, "dev-2"),
+        &other,
+        Duration::from_secs(30),
+    );
+    drop(collector);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mallory.seen.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "Mallory saw no answers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mine, theirs) = (mallory.genuine(DEVICE), mallory.genuine("dev-2"));
+    assert!(mine.signature.is_some(), "the collector signs: {mine:?}");
+
+    // The next batch: Mallory answers it, each time another way.
+    append(&outbox, 40, 80);
+    mallory.answering.store(true, Ordering::SeqCst);
+    let ids: Vec<String> = (40..80).map(|seq| format!("{DEVICE}/p/{seq}")).collect();
+    let digest = sluice_protocol::records_digest(ids.iter().map(String::as_str));
+    let forgeries: Vec<(&str, Box<dyn Fn(&str) -> BatchAck>)> = vec![
+        (
+            "is not signed",
+            Box::new(|key| BatchAck::new(key, 40, 0, false)),
+        ),
+        (
+            "which this device does not pin",
+            Box::new(|key| {
+                let mut ack = BatchAck::new(key, 40, 0, false);
+                ack.sign(DEVICE, digest.clone(), &SecretKey::generate());
+                ack
+            }),
+        ),
+        ("acknowledges batch", Box::new(|_| mine.clone())),
+        (
+            "does not verify",
+            Box::new(|key| BatchAck {
+                key: key.into(),
+                stored: 40,
+                ..mine.clone()
+            }),
+        ),
+        ("acknowledges batch", Box::new(|_| theirs.clone())),
+        (
+            "does not verify",
+            Box::new(|key| BatchAck {
+                key: key.into(),
+                stored: 40,
+                ..theirs.clone()
+            }),
+        ),
+    ];
+    for (expected, forge) in &forgeries {
+        let attempt = std::thread::scope(|scope| {
+            let sync = scope.spawn(|| uploader.sync_once(&AtomicBool::new(false)));
+            let key = mallory
+                .batches
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the device sent its batch");
+            mallory.answer(&key, &forge(&key));
+            sync.join().unwrap()
+        });
+        let error = attempt
+            .expect_err("a forged answer acknowledges nothing")
+            .to_string();
+        assert!(error.contains(expected), "expected `{expected}`: {error}");
+        assert_eq!(
+            outbox.pending().0,
+            40,
+            "deleted on a forged answer: {error}"
+        );
+    }
+    mallory.answering.store(false, Ordering::SeqCst);
+
+    let collector = CollectorProcess::start(db.to_str().unwrap(), &broker.url(), &[], false);
+    sync_all(&uploader, &outbox, Duration::from_secs(30));
+    assert_all_once(&collector.url, 80);
 }

@@ -310,7 +310,8 @@ fn every_number_the_configuration_holds_is_in_the_table() {
 const FULL: &str = "[plugins.pre]\npath = \"p.wasm\"\n[plugins.post]\npath = \"q.wasm\"\n\
     [models.m]\npath = \"m.onnx\"\ninput_shapes.x = [3]\n\
     [pipelines.p]\npreprocess = \"pre\"\nmodel = \"m\"\npostprocess = \"post\"\n\
-    [sync]\nurl = \"mqtt://broker:1883\"\ntoken = \"t\"\n[sync.mqtt]\n";
+    [sync]\nurl = \"mqtt://broker:1883\"\ntoken = \"t\"\n\
+    ack_keys = [\"ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"]\n[sync.mqtt]\n";
 
 #[test]
 fn the_defaults_in_the_table_are_the_loaders() {

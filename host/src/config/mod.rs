@@ -244,6 +244,7 @@ impl Config {
                     format!("is set but sync.url `{url}` is not mqtt:// or mqtts://"),
                 );
             }
+            self.sync.pinned_ack_keys()?;
             if self.sync.token.is_none() && self.sync.token_file.is_none() {
                 return value(
                     "sync.url",
@@ -334,6 +335,35 @@ mod tests {
         .to_string();
         assert!(err.contains("timout_ms"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn acknowledgement_keys_are_required_over_mqtt_and_checked_everywhere() {
+        let key = sluice_protocol::keys::SecretKey::generate()
+            .public()
+            .to_text();
+        let sync = |rest: &str| {
+            Config::parse(&format!("[sync]\ntoken = \"t\"\n{rest}"), Path::new("/etc"))
+                .map(|c| c.sync.pinned_ack_keys().unwrap().len())
+                .map_err(|e| e.to_string())
+        };
+        let mqtt = "url = \"mqtt://broker:1883\"\n";
+        let err = sync(mqtt).unwrap_err();
+        assert!(
+            err.contains("sync.ack_keys") && err.contains("broker"),
+            "{err}"
+        );
+        assert_eq!(sync(&format!("{mqtt}ack_keys = [\"{key}\"]\n")), Ok(1));
+        let err = sync(&format!(
+            "{mqtt}mqtt_ack = \"broker\"\nack_keys = [\"{key}\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("PUBACK"), "{err}");
+        assert_eq!(sync(&format!("{mqtt}mqtt_ack = \"broker\"\n")), Ok(0));
+        // Over HTTP they are optional, and checked when given.
+        assert_eq!(sync("url = \"https://c.example\"\n"), Ok(0));
+        let err = sync("url = \"https://c.example\"\nack_keys = [\"ed25519:AAAA\"]\n").unwrap_err();
+        assert!(err.contains("sync.ack_keys[0]"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::error::ConfigError;
 use serde::Deserialize;
+use sluice_protocol::keys::PublicKey;
 use std::path::PathBuf;
 
 /// `[sync]`: shipping results upstream (see [`crate::uplink`]). Without `url`,
@@ -38,6 +39,12 @@ pub struct SyncConfig {
     /// (`collector`, the default: stored upstream) or the broker's PUBACK
     /// (`broker`: only when the broker itself is durable).
     pub mqtt_ack: MqttAck,
+    /// The collector's acknowledgement keys (`ed25519:<base64>`, printed by
+    /// `sluice-collector ack-key`; two while a key rotates). When set, a
+    /// batch is deleted only on an answer signed by one of them for this
+    /// device and exactly the records sent. Required over MQTT, where any
+    /// client the broker lets publish on the answer topic could answer.
+    pub ack_keys: Vec<String>,
 }
 
 /// What acknowledges a batch sent through an MQTT broker.
@@ -66,6 +73,7 @@ impl Default for SyncConfig {
             zstd_level: 3,
             mqtt: None,
             mqtt_ack: MqttAck::Collector,
+            ack_keys: Vec::new(),
         }
     }
 }
@@ -106,6 +114,40 @@ impl SyncConfig {
     /// the reference collector's default limit, leaving room for the
     /// batch's own fields).
     pub const MAX_BATCH_BYTES: u64 = 16 << 20;
+
+    /// The pinned acknowledgement keys, parsed; refused when the
+    /// transport needs them and they are missing (an MQTT uplink answered
+    /// by collectors), or when nothing would check them (the broker's
+    /// PUBACK acknowledges).
+    pub fn pinned_ack_keys(&self) -> Result<Vec<PublicKey>, ConfigError> {
+        let keys = self
+            .ack_keys
+            .iter()
+            .enumerate()
+            .map(|(ix, key)| {
+                PublicKey::parse(key)
+                    .map_err(|e| ConfigError::value(&format!("sync.ack_keys[{ix}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.transport()? == Some(Transport::Mqtt) {
+            match self.mqtt_ack {
+                MqttAck::Collector if keys.is_empty() => {
+                    return Err(ConfigError::value(
+                        "sync.ack_keys",
+                        "is empty, and sync.url is a broker: any client allowed to publish on this device's answer topic could make it delete results; pin the collector's key (`sluice-collector ack-key`)",
+                    ));
+                }
+                MqttAck::Broker if !keys.is_empty() => {
+                    return Err(ConfigError::value(
+                        "sync.ack_keys",
+                        "is set, but sync.mqtt_ack = \"broker\" deletes on the broker's PUBACK, which no key signs: use one or the other",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(keys)
+    }
 
     /// The bearer token, from `token` or `token_file`.
     pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {

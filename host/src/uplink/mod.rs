@@ -38,8 +38,9 @@ use crate::config::SyncConfig;
 use crate::outbox::{Batch, Outbox, OutboxError, Split};
 use crate::wake::{Wake, backoff};
 use serde_json::value::RawValue;
+use sluice_protocol::keys::PublicKey;
 use sluice_protocol::{
-    AckMismatch, BatchAck, DeviceStatus, PROTOCOL_VERSION, RawBatch, UploadBatch,
+    AckMismatch, BatchAck, DeviceStatus, PROTOCOL_VERSION, RawBatch, UploadBatch, records_digest,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,25 +201,29 @@ pub struct Uploader {
     uplink: Box<dyn Uplink>,
     config: SyncConfig,
     device: String,
+    /// The collector keys an answer must be signed by (none: unchecked).
+    ack_keys: Vec<PublicKey>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Uploader {
     /// An uploader of `device`'s `outbox` through `uplink`, with the batch
-    /// sizes and backoff of `config`.
+    /// sizes, backoff and pinned acknowledgement keys of `config`
+    /// (refused as [`SyncConfig::pinned_ack_keys`] refuses them).
     pub fn new(
         outbox: Arc<Outbox>,
         uplink: Box<dyn Uplink>,
         config: &SyncConfig,
         device: &str,
-    ) -> Uploader {
-        Uploader {
+    ) -> Result<Uploader, crate::error::ConfigError> {
+        Ok(Uploader {
             outbox,
             uplink,
+            ack_keys: config.pinned_ack_keys()?,
             config: config.clone(),
             device: device.to_owned(),
             metrics: Default::default(),
-        }
+        })
     }
 
     /// Count uploads in `metrics`.
@@ -295,7 +300,14 @@ impl Uploader {
         })?;
         wire.status = self.device_status(batch);
         let ack = self.uplink.deliver(&wire)?;
-        match ack.accounts_for(&batch.key, wire.records.len()) {
+        let digest = wire_digest(&wire, batch);
+        match ack.acknowledges(
+            &self.device,
+            &batch.key,
+            wire.records.len(),
+            &digest,
+            &self.ack_keys,
+        ) {
             Ok(()) => Ok(()),
             Err(AckMismatch::Counts {
                 sent,
@@ -384,6 +396,29 @@ pub fn to_wire(device: &str, batch: &Batch) -> Result<RawBatch, String> {
     })
 }
 
+/// The [`records_digest`] a signed answer must name: of the ids the
+/// collector reads, those inside the records sent (the outbox row's id,
+/// normally the same, where a record has none: the collector refuses it).
+fn wire_digest(wire: &RawBatch, batch: &Batch) -> String {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let ids: Vec<std::borrow::Cow<'_, str>> = wire
+        .records
+        .iter()
+        .zip(&batch.records)
+        .map(
+            |(raw, (row_id, _))| match serde_json::from_str::<Id>(raw.get()) {
+                Ok(record) => record.id,
+                Err(_) => std::borrow::Cow::Borrowed(row_id.as_str()),
+            },
+        )
+        .collect();
+    records_digest(ids.iter().map(|id| id.as_ref()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,13 +438,7 @@ mod tests {
     }
 
     fn ack(batch: &RawBatch, stored: u64, duplicates: u64) -> BatchAck {
-        BatchAck {
-            protocol: PROTOCOL_VERSION,
-            key: batch.key.clone(),
-            stored,
-            duplicates,
-            replayed: true,
-        }
+        BatchAck::new(&batch.key, stored, duplicates, true)
     }
 
     /// Whatever the transport, an acknowledgement is checked in one place:
@@ -430,6 +459,7 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let run = |answer: fn(&RawBatch) -> BatchAck| {
             Uploader::new(outbox.clone(), Box::new(Fixed(answer)), &config, "d")
+                .unwrap()
                 .with_metrics(metrics.clone())
                 .sync_once(&AtomicBool::new(false))
         };

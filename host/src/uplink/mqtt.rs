@@ -189,13 +189,12 @@ impl MqttUplink {
         };
         match self.ack {
             MqttAck::Broker => match tokio::time::timeout(self.timeout, puback).await {
-                Ok(Ok(Ok(()))) => Ok(BatchAck {
-                    protocol: protocol::PROTOCOL_VERSION,
-                    key: batch.key.clone(),
-                    stored: batch.records.len() as u64,
-                    duplicates: 0,
-                    replayed: false,
-                }),
+                Ok(Ok(Ok(()))) => Ok(BatchAck::new(
+                    &batch.key,
+                    batch.records.len() as u64,
+                    0,
+                    false,
+                )),
                 Ok(Ok(Err(reason))) => Err(UplinkError::Refused {
                     endpoint: self.endpoint.clone(),
                     status: 503,

@@ -1,4 +1,6 @@
-//! Signing keys: ed25519 (`ed25519-dalek`), as one-line text files.
+//! Signing keys: ed25519 (`ed25519-dalek`), as one-line text files. The
+//! same keys sign bundles (`sluice-bundle`) and the collector's
+//! acknowledgements ([`BatchAck::sign`](crate::BatchAck::sign)).
 //!
 //! * a public key: `ed25519:<base64 of 32 bytes>`, what devices pin;
 //! * a secret key: `ed25519-secret:<base64 of the 32-byte seed>`, kept by
@@ -108,6 +110,35 @@ impl SecretKey {
         format!("{SECRET_PREFIX}{}", BASE64.encode(self.0.to_bytes()))
     }
 
+    /// Write it to a new file at `path`, readable by its owner only, and
+    /// flushed to disk (with its directory) before returning; an existing
+    /// file is never overwritten.
+    pub fn write_new(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut options = std::fs::File::options();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        writeln!(file, "{}", self.to_text())?;
+        file.sync_all()?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        std::fs::File::open(dir.unwrap_or(std::path::Path::new(".")))?.sync_all()
+    }
+
+    /// Read a key file written by [`SecretKey::write_new`] (the first
+    /// line; the file's error or the key's, naming the file).
+    pub fn read(path: &std::path::Path) -> Result<SecretKey, String> {
+        // A key file is one line; more is not a key file.
+        const MAX_BYTES: u64 = 4096;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_BYTES), &mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        SecretKey::parse(text.lines().next().unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Its public key.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key())
@@ -122,7 +153,8 @@ impl SecretKey {
     }
 }
 
-/// One signature of a manifest (`signatures.json` holds a list).
+/// One signature: of a bundle's manifest (`signatures.json` holds a
+/// list), or of an acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
