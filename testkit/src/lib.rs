@@ -21,9 +21,12 @@
 pub mod power;
 pub use power::{Cut, VolatileDisk};
 
+mod mosquitto;
+pub use mosquitto::Mosquitto;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Longest wait for a server to accept connections.
@@ -281,152 +284,6 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop_immediately();
-    }
-}
-
-/// A mosquitto broker: MQTT 3.1.1 and 5 on a loopback port, no
-/// persistence (a restart loses every session, as a broker replaced in a
-/// fleet does), anonymous clients or a password file.
-pub struct Mosquitto {
-    dir: tempfile::TempDir,
-    port: u16,
-    users: Vec<(String, String)>,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    /// Start a broker that lets anyone connect.
-    pub fn start() -> Result<Mosquitto, Missing> {
-        Mosquitto::with_users(&[])
-    }
-
-    /// Start a broker that accepts only `users` (`(name, password)`), or
-    /// anyone when empty.
-    pub fn with_users(users: &[(&str, &str)]) -> Result<Mosquitto, Missing> {
-        if Command::new("mosquitto")
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            return Err(Missing(
-                "mosquitto is not installed (apt-get install mosquitto)".into(),
-            ));
-        }
-        let mut broker = Mosquitto {
-            dir: tempfile::Builder::new()
-                .prefix("sluice-mqtt-")
-                .tempdir()
-                .expect("a temporary folder"),
-            port: free_port(),
-            users: users
-                .iter()
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-                .collect(),
-            child: None,
-        };
-        broker.write_config();
-        broker.restart();
-        Ok(broker)
-    }
-
-    fn write_config(&self) {
-        let mut config = format!(
-            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_inflight_messages 0\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
-            self.port
-        );
-        if std::env::var_os("SLUICE_TESTKIT_MOSQUITTO_DEBUG").is_some() {
-            config.push_str("log_type all\n");
-        }
-        if is_root() {
-            config.push_str("user root\n");
-        }
-        if self.users.is_empty() {
-            config.push_str("allow_anonymous true\n");
-        } else {
-            let file = self.dir.path().join("passwords");
-            std::fs::write(&file, "").expect("write the password file");
-            for (user, password) in &self.users {
-                let status = Command::new("mosquitto_passwd")
-                    .arg("-b")
-                    .arg(&file)
-                    .args([user, password])
-                    .status()
-                    .expect("run mosquitto_passwd");
-                assert!(status.success(), "mosquitto_passwd {user}");
-            }
-            config.push_str(&format!(
-                "allow_anonymous false\npassword_file {}\n",
-                file.display()
-            ));
-        }
-        std::fs::write(self.dir.path().join("mosquitto.conf"), config).expect("write the config");
-    }
-
-    /// The port it listens on (127.0.0.1).
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `mqtt://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// Stop the broker (SIGKILL: sessions and queued messages are lost).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stop it if running, then start it again on the same port.
-    pub fn restart(&mut self) {
-        self.stop();
-        let log = self.dir.path().join("mosquitto.log");
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(self.dir.path().join("mosquitto.conf"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("create the broker's log"))
-                .spawn()
-                .expect("start mosquitto");
-            self.child = Some(child);
-            let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(30));
-            }
-            if let Some(Ok(None)) = self.child.as_mut().map(|c| c.try_wait()) {
-                return;
-            }
-            // The port was still held by the old process (TIME_WAIT is no
-            // obstacle: mosquitto sets SO_REUSEADDR): try again.
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The broker's process id, to measure it.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
