@@ -46,6 +46,13 @@ pub struct MqttSettings {
     /// collector holds at most this many, each at most
     /// `--max-body-bytes`.
     pub receive_maximum: u16,
+    /// Take a batch without a bearer token as the batch of the device its
+    /// topic names: for a broker whose accounts and ACL let each device
+    /// publish only to its own topic (`deploy/mosquitto/`), so that no
+    /// device's token travels through the broker. A batch that carries a
+    /// token is still checked against it. Off: every batch needs its
+    /// device's token (a broker without such an ACL).
+    pub device_from_topic: bool,
 }
 
 /// The default [`MqttSettings::receive_maximum`]. Large on purpose:
@@ -65,6 +72,7 @@ impl MqttSettings {
             group: mqtt::DEFAULT_GROUP.into(),
             client_id: format!("sluice-collector-{:08x}", rand::random::<u32>()),
             receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
+            device_from_topic: false,
         }
     }
 }
@@ -130,15 +138,16 @@ pub(crate) async fn consume(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let permit = shared.batches.clone().acquire_owned().await;
-                let (shared, client, prefix) = (
+                let (shared, client, prefix, from_topic) = (
                     shared.clone(),
                     client.clone(),
                     settings.broker.topic_prefix.clone(),
+                    settings.device_from_topic,
                 );
                 tokio::spawn(async move {
                     let _permit = permit;
                     let answered = tokio::task::spawn_blocking(move || {
-                        let reply = answer(&shared, &prefix, &publish);
+                        let reply = answer(&shared, &prefix, from_topic, &publish);
                         (reply, publish)
                     })
                     .await;
@@ -181,6 +190,7 @@ pub(crate) async fn consume(
 fn answer(
     shared: &Shared,
     prefix: &str,
+    device_from_topic: bool,
     publish: &Publish,
 ) -> Option<(String, PublishProperties, Vec<u8>)> {
     let topic = std::str::from_utf8(&publish.topic).ok()?;
@@ -200,7 +210,10 @@ fn answer(
         .correlation_data
         .as_ref()
         .map(|k| String::from_utf8_lossy(k).into_owned());
-    let result = match shared.tokens.device_of(user(mqtt::AUTHORIZATION)) {
+    let authorization = user(mqtt::AUTHORIZATION);
+    let identity = match shared.tokens.device_of(authorization) {
+        // The broker's ACL vouches for the topic (MqttSettings::device_from_topic).
+        None if authorization.is_none() && device_from_topic => Ok(()),
         None => Err(Refusal::new(
             401,
             format!(
@@ -212,21 +225,20 @@ fn answer(
             403,
             format!("this token is device `{own}`'s, not `{device}`'s"),
         )),
-        Some(_) => {
-            let received = Received {
-                device,
-                key: key.as_deref(),
-                encoding: user(mqtt::CONTENT_ENCODING),
-                body: publish.payload.to_vec(),
-            };
-            let result = accept::store(&shared.store, &shared.metrics, &shared.limits, received);
-            fault_before_answer();
-            return Some(reply(prefix, device, key, result));
-        }
+        Some(_) => Ok(()),
     };
-    if let Err(refusal) = &result {
+    if let Err(refusal) = identity {
         shared.metrics.batch("refused", refusal.status);
+        return Some(reply(prefix, device, key, Err(refusal)));
     }
+    let received = Received {
+        device,
+        key: key.as_deref(),
+        encoding: user(mqtt::CONTENT_ENCODING),
+        body: publish.payload.to_vec(),
+    };
+    let result = accept::store(&shared.store, &shared.metrics, &shared.limits, received);
+    fault_before_answer();
     Some(reply(prefix, device, key, result))
 }
 

@@ -91,6 +91,12 @@ struct Cli {
     /// This collector's MQTT client id (default: random).
     #[arg(long)]
     mqtt_client_id: Option<String>,
+    /// Take a batch that carries no bearer token as the batch of the
+    /// device its topic names. Only with a broker whose accounts and ACL
+    /// let each device publish only to its own topic (deploy/mosquitto/):
+    /// then no device token travels through the broker.
+    #[arg(long, requires = "mqtt")]
+    mqtt_device_from_topic: bool,
     /// Batches the broker may hand this collector before it answers (MQTT 5
     /// receive maximum); each at most --max-body-bytes.
     #[arg(long, default_value_t = sluice_collector_core::mqtt::DEFAULT_RECEIVE_MAXIMUM)]
@@ -242,6 +248,7 @@ impl Cli {
         };
         settings.group = self.mqtt_group.clone();
         settings.receive_maximum = self.mqtt_receive_maximum;
+        settings.device_from_topic = self.mqtt_device_from_topic;
         if let Some(id) = &self.mqtt_client_id {
             settings.client_id = id.clone();
         }

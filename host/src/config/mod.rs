@@ -245,7 +245,12 @@ impl Config {
                 );
             }
             self.sync.pinned_ack_keys()?;
-            if self.sync.token.is_none() && self.sync.token_file.is_none() {
+            // Over MQTT the broker's account may be the device's identity
+            // (a collector with --mqtt-device-from-topic): no token needed.
+            if self.sync.transport()? != Some(Transport::Mqtt)
+                && self.sync.token.is_none()
+                && self.sync.token_file.is_none()
+            {
                 return value(
                     "sync.url",
                     "is set but neither sync.token nor sync.token_file is".into(),

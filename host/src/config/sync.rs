@@ -13,7 +13,9 @@ use std::path::PathBuf;
 pub struct SyncConfig {
     /// The collector's base URL, `http://` or `https://`, e.g. `https://collector.example`.
     pub url: Option<String>,
-    /// This device's bearer token.
+    /// This device's bearer token (required over HTTP; over MQTT only when
+    /// the collector identifies devices by token rather than by the topic
+    /// the broker lets them publish to).
     pub token: Option<String>,
     /// A file holding the bearer token (first line), instead of `token`.
     pub token_file: Option<PathBuf>,

@@ -159,12 +159,7 @@ pub fn from_config(
     let Some(url) = &config.url else {
         return Ok(None);
     };
-    let Some(token) = config.bearer_token()? else {
-        return Err(crate::error::ConfigError::value(
-            "sync.token",
-            "sync.url is set but neither sync.token nor sync.token_file is",
-        ));
-    };
+    let token = config.bearer_token()?;
     if config.transport()? == Some(crate::config::Transport::Mqtt) {
         return Ok(Some(Box::new(mqtt::MqttUplink::new(
             url,
@@ -174,6 +169,12 @@ pub fn from_config(
             runtime.clone(),
         )?)));
     }
+    let Some(token) = token else {
+        return Err(crate::error::ConfigError::value(
+            "sync.token",
+            "sync.url is set but neither sync.token nor sync.token_file is",
+        ));
+    };
     Ok(Some(Box::new(http::HttpUplink::new(
         url,
         token,

@@ -59,7 +59,9 @@ struct State {
 /// Delivers batches through an MQTT broker.
 pub struct MqttUplink {
     endpoint: String,
-    token: String,
+    /// The collector's bearer token for this device, sent in each batch;
+    /// none when the broker's accounts identify the device (its topic).
+    token: Option<String>,
     batches_topic: String,
     acks_topic: String,
     ack: MqttAck,
@@ -73,11 +75,12 @@ pub struct MqttUplink {
 
 impl MqttUplink {
     /// An uplink of `device` through the broker at `url`, authenticating to
-    /// the collector with `token`; connects in the background on `runtime`.
+    /// the collector with `token` (none: the broker's account identifies the
+    /// device); connects in the background on `runtime`.
     pub fn new(
         url: &str,
         device: &str,
-        token: String,
+        token: Option<String>,
         config: &SyncConfig,
         runtime: tokio::runtime::Handle,
     ) -> Result<MqttUplink, ConfigError> {
@@ -129,13 +132,15 @@ impl MqttUplink {
             response_topic: Some(self.acks_topic.clone()),
             correlation_data: Some(batch.key.clone().into_bytes().into()),
             content_type: Some(protocol::CONTENT_TYPE.into()),
-            user_properties: vec![
-                (mqtt::AUTHORIZATION.into(), format!("Bearer {}", self.token)),
-                (
+            user_properties: self
+                .token
+                .iter()
+                .map(|token| (mqtt::AUTHORIZATION.into(), format!("Bearer {token}")))
+                .chain([(
                     mqtt::CONTENT_ENCODING.into(),
                     protocol::CONTENT_ENCODING.into(),
-                ),
-            ],
+                )])
+                .collect(),
             ..Default::default()
         };
         let (answer_tx, answer_rx) = oneshot::channel();
