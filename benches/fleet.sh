@@ -4,7 +4,8 @@
 # Simulated devices (10, 100, then 1000 by default: DEVICES=... over HTTP,
 # MQTT_DEVICES=... through the broker) against two
 # sluice-collector processes on one real PostgreSQL, over HTTP and through a
-# real mosquitto, on this machine; results into target/bench/fleet.json and
+# real mosquitto with the shipped setup (deploy/mosquitto/: an account per
+# device, the ACL, signed acknowledgements checked by every device), on this machine; results into target/bench/fleet.json and
 # BENCHMARKS.md's "Upstream at fleet scale" section. Then the fault phase
 # (FAULT_SECONDS=45, FAULT_DEVICES=50 per transport; 0 seconds for none):
 # a collector SIGKILLed and restarted, mosquitto restarted, PostgreSQL

@@ -65,11 +65,16 @@ impl Mosquitto {
             );
         };
         run(&["init"]);
-        for (kind, names) in [("add-device", devices), ("add-collector", collectors)] {
-            for name in names {
-                let file = broker.password_file(name);
-                run(&[kind, name, "--password-file", file.to_str().unwrap()]);
-            }
+        let dir = broker
+            .dir
+            .path()
+            .to_str()
+            .expect("a UTF-8 temporary folder");
+        if !devices.is_empty() {
+            run(&[&["add-device"], devices, &["--password-dir", dir]].concat());
+        }
+        for name in collectors {
+            run(&["add-collector", name, "--password-dir", dir]);
         }
         let mut config = String::new();
         for line in shipped.lines() {

@@ -69,6 +69,9 @@ pub static UNMATCHED: AtomicU64 = AtomicU64::new(0);
 pub static PUBLISHED: AtomicU64 = AtomicU64::new(0);
 pub static READY: AtomicU64 = AtomicU64::new(0);
 pub static REPLAYED: AtomicU64 = AtomicU64::new(0);
+/// The collectors' acknowledgement key, which every device pins.
+pub static ACK_KEY: std::sync::OnceLock<sluice_protocol::keys::PublicKey> =
+    std::sync::OnceLock::new();
 
 impl Run {
     /// A `200` answer to batch `key` (results `first..first + n`) sent at
@@ -77,10 +80,10 @@ impl Run {
         &self,
         ledger: &Ledger,
         answer: &[u8],
-        (key, first, n): (&str, u64, usize),
+        (device, key, first, n): (&str, &str, u64, usize),
         started: Instant,
     ) {
-        if let Err(e) = check_ack(answer, key, n) {
+        if let Err(e) = check_ack(answer, device, (key, first, n)) {
             eprintln!("{e:#}");
             self.errors.fetch_add(1, Ordering::Relaxed);
             return;
@@ -97,14 +100,27 @@ impl Run {
     }
 }
 
-fn check_ack(answer: &[u8], key: &str, n: usize) -> anyhow::Result<()> {
+/// The answer to `device`'s batch `key` of results `first..first + n`: an
+/// acknowledgement signed by the pinned key for exactly those records, as
+/// the agent's uplink checks it.
+fn check_ack(
+    answer: &[u8],
+    device: &str,
+    (key, first, n): (&str, u64, usize),
+) -> anyhow::Result<()> {
     let ack: sluice_protocol::BatchAck = serde_json::from_slice(answer).with_context(|| {
         format!(
             "not an acknowledgement: {}",
             String::from_utf8_lossy(answer)
         )
     })?;
-    ensure!(ack.key == key, "acknowledged {} for {key}", ack.key);
+    let ids: Vec<String> = (first..first + n as u64)
+        .map(|seq| sluice_protocol::result_id(device, PIPELINE, Some(OUTBOX), seq as i64))
+        .collect();
+    let digest = sluice_protocol::records_digest(ids.iter().map(String::as_str));
+    let pinned = ACK_KEY.get().map(std::slice::from_ref).unwrap_or_default();
+    ack.acknowledges(device, key, n, &digest, pinned)
+        .with_context(|| format!("{device}: batch {key}"))?;
     ensure!(
         ack.stored == n as u64 && ack.duplicates == 0,
         "batch {key}: {ack:?}"
@@ -188,7 +204,7 @@ pub async fn http_device(
     ledger: Arc<Ledger>,
     run: Arc<Run>,
 ) -> anyhow::Result<()> {
-    let token = token(i);
+    let (device, token) = (device(i), token(i));
     while !run.stop.load(Ordering::Relaxed) {
         let (key, first, body) = next_batch(i, &ledger, n);
         let started = Instant::now();
@@ -206,7 +222,7 @@ pub async fn http_device(
             match answer {
                 Ok(r) if r.status() == 200 => {
                     let bytes = r.bytes().await.unwrap_or_default();
-                    run.answered(&ledger, &bytes, (&key, first, n), started);
+                    run.answered(&ledger, &bytes, (&device, &key, first, n), started);
                     break;
                 }
                 Ok(r) if r.status() == 503 => {
@@ -214,15 +230,14 @@ pub async fn http_device(
                 }
                 Ok(r) => {
                     eprintln!(
-                        "{}: {} {}",
-                        device(i),
+                        "{device}: {} {}",
                         r.status(),
                         r.text().await.unwrap_or_default()
                     );
                     run.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    eprintln!("{}: {e}", device(i));
+                    eprintln!("{device}: {e}");
                     run.errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -239,19 +254,22 @@ type Waiting = HashMap<String, tokio::sync::oneshot::Sender<(u16, Vec<u8>)>>;
 pub async fn mqtt_device(
     i: usize,
     broker: String,
+    password: String,
     n: usize,
     ledger: Arc<Ledger>,
     run: Arc<Run>,
 ) -> anyhow::Result<()> {
-    let (device, token) = (device(i), token(i));
+    let device = device(i);
     // A fleet does not connect in the same millisecond: 2 ms apart.
     tokio::time::sleep(Duration::from_millis(i as u64 * 2)).await;
-    let options = sluice_mqtt::options(
-        &broker,
-        &format!("bench-{device}"),
-        &Default::default(),
-        80 << 10,
-    )?;
+    // The device's broker account is its identity (the collectors take a
+    // batch's device from its topic): no token in the messages.
+    let account = sluice_mqtt::Broker {
+        username: Some(device.clone()),
+        password: Some(password),
+        ..Default::default()
+    };
+    let options = sluice_mqtt::options(&broker, &format!("sluice-{device}"), &account, 80 << 10)?;
     let (client, mut events) = AsyncClient::new(options, 8);
     let acks = mqtt::acks(mqtt::DEFAULT_PREFIX, &device);
     let waiting: Arc<Mutex<Waiting>> = Default::default();
@@ -319,10 +337,7 @@ pub async fn mqtt_device(
             let properties = PublishProperties {
                 response_topic: Some(acks.clone()),
                 correlation_data: Some(key.clone().into_bytes().into()),
-                user_properties: vec![
-                    (mqtt::AUTHORIZATION.into(), format!("Bearer {token}")),
-                    (mqtt::CONTENT_ENCODING.into(), "zstd".into()),
-                ],
+                user_properties: vec![(mqtt::CONTENT_ENCODING.into(), "zstd".into())],
                 ..Default::default()
             };
             PUBLISHED.fetch_add(1, Ordering::Relaxed);
@@ -337,7 +352,7 @@ pub async fn mqtt_device(
                 .await?;
             match tokio::time::timeout(Duration::from_secs(30), rx).await {
                 Ok(Ok((200, payload))) => {
-                    run.answered(&ledger, &payload, (&key, first, n), started);
+                    run.answered(&ledger, &payload, (&device, &key, first, n), started);
                     break;
                 }
                 // The collector could not store it now (its database

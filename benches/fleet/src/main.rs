@@ -112,6 +112,7 @@ impl Bench {
             _ => self.runtime.spawn(devices::mqtt_device(
                 i,
                 self.broker.url(),
+                self.broker.password(&devices::device(i)),
                 self.cli.batch,
                 ledger,
                 run,
@@ -348,11 +349,26 @@ fn main() -> anyhow::Result<()> {
             .collect::<String>(),
     )?;
     let pg = sluice_testkit::Postgres::start(true).map_err(|m| anyhow::anyhow!("{m}"))?;
-    let broker = sluice_testkit::Mosquitto::start().map_err(|m| anyhow::anyhow!("{m}"))?;
+    // The shipped broker setup (deploy/mosquitto/): an account per device,
+    // bound to its topics and client id; the collectors' account alone on
+    // the shared subscription.
+    let names: Vec<String> = (0..max_devices).map(devices::device).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let broker = sluice_testkit::Mosquitto::shipped(&names, &["collector"])
+        .map_err(|m| anyhow::anyhow!("{m}"))?;
+    // The collectors sign their answers; the devices check the signature.
+    let ack_key = dir.join("ack.key");
+    let signer = sluice_protocol::keys::SecretKey::generate();
+    signer.write_new(&ack_key)?;
+    devices::ACK_KEY
+        .set(signer.public())
+        .map_err(|_| anyhow::anyhow!("one bench per process"))?;
     let upstream = Collectors {
         bin: cli.collector.clone(),
         db: pg.database("fleet"),
         tokens,
+        ack_key,
+        mqtt_password_file: broker.password_file("collector"),
         broker: broker.url(),
         concurrent_batches: cli.concurrent_batches,
         pool: cli.pool,

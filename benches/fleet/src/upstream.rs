@@ -16,6 +16,10 @@ pub struct Collectors {
     pub db: String,
     /// The devices' token file.
     pub tokens: PathBuf,
+    /// The key acknowledgements are signed with.
+    pub ack_key: PathBuf,
+    /// The collectors' broker password (account `collector`).
+    pub mqtt_password_file: PathBuf,
     /// The broker's URL.
     pub broker: String,
     /// `--max-concurrent-batches`.
@@ -54,6 +58,11 @@ impl Collectors {
             .args(["--db", &self.db, "--mqtt", &self.broker])
             .arg("--tokens")
             .arg(&self.tokens)
+            .arg("--ack-key")
+            .arg(&self.ack_key)
+            .args(["--mqtt-username", "collector", "--mqtt-device-from-topic"])
+            .arg("--mqtt-password-file")
+            .arg(&self.mqtt_password_file)
             .args([
                 "--max-concurrent-batches",
                 &self.concurrent_batches.to_string(),
