@@ -388,15 +388,17 @@ fn collector_program() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let beside = exe.with_file_name(format!("sluice-collector{}", std::env::consts::EXE_SUFFIX));
-    if beside.exists() {
-        return Ok(beside);
-    }
     // `cargo run` sets CARGO and CARGO_MANIFEST_DIR for the program it runs.
+    // From a checkout the collector is built every time (a no-op when it is
+    // up to date): one left beside this binary by an older checkout would
+    // not speak this demo's protocol.
     if let (Some(cargo), Some(manifest_dir)) = (
         std::env::var_os("CARGO"),
         std::env::var_os("CARGO_MANIFEST_DIR"),
     ) {
-        eprintln!("sluice demo: building sluice-collector, the demo's upstream (once)");
+        if !beside.exists() {
+            eprintln!("sluice demo: building sluice-collector, the demo's upstream (once)");
+        }
         let mut build = Command::new(cargo);
         // `cargo run` describes our package to us in CARGO_PKG_*,
         // CARGO_MANIFEST_* and the like. A build script that watches one of
@@ -437,6 +439,9 @@ fn collector_program() -> anyhow::Result<PathBuf> {
         if !status.success() || !beside.exists() {
             bail!("building sluice-collector failed (try `cargo build -p sluice-collector`)");
         }
+        return Ok(beside);
+    }
+    if beside.exists() {
         return Ok(beside);
     }
     Ok(PathBuf::from("sluice-collector"))
