@@ -40,9 +40,11 @@ def section(path):
     out = [START, "## Upstream at fleet scale: collectors, PostgreSQL, mosquitto", ""]
     out.append(
         f"`bash benches/fleet.sh` (one command, {machine.get('when', '?')}, {machine.get('cores', '?')} cores, "
-        "everything on this one machine): a real PostgreSQL 15 (fsync on), a real mosquitto, two "
-        "`sluice-collector` release processes on that database and on the broker's shared "
-        f"subscription, and the simulated devices in one process, each with its own token, sending "
+        "everything on this one machine): a real PostgreSQL 15 (fsync on), a real mosquitto with the "
+        "shipped setup (`deploy/mosquitto/`: an account per device, allowed only its own topics and "
+        "client id), two `sluice-collector` release processes on that database and on the broker's shared "
+        "subscription, signing every answer, and the simulated devices in one process, each with its own "
+        "HTTP token or broker account, checking every answer's signature, sending "
         f"batches of {runs[0]['batch_results']} realistic result records (digits results with provenance, "
         "about 700 bytes of JSON each, zstd on the wire) in a closed loop: the next batch when the last is "
         "acknowledged. Over HTTP device *i* talks to collector *i* mod 2 (a load balancer); over MQTT "

@@ -7,7 +7,10 @@
 //! * records leave the outbox only when the uplink returns an
 //!   acknowledgement of *that* batch (its key) that accounts for every
 //!   record sent (`stored + duplicates` equal to the batch's records,
-//!   [`BatchAck::accounts_for`]); any other answer deletes nothing, is
+//!   [`BatchAck::accounts_for`]) and, when the device pins the collector's
+//!   keys (`sync.ack_keys`), that one of them signed for this device and
+//!   exactly these records ([`BatchAck::acknowledges`]: a broker client or
+//!   a proxy cannot forge or replay one); any other answer deletes nothing, is
 //!   counted (`sluice_upload_batches_total{outcome="miscounted"}` for wrong
 //!   counts) and is retried with backoff;
 //! * only the configured upstream answers: a redirect is not followed but
