@@ -86,6 +86,22 @@ pub enum AckMismatch {
     OtherRecords,
 }
 
+impl AckMismatch {
+    /// Whether the answer failed its signature check (unsigned, another
+    /// key, altered, or signed for another device or other records): what
+    /// a forgery or a replay looks like, as opposed to a confused upstream.
+    pub fn is_unverified(&self) -> bool {
+        matches!(
+            self,
+            AckMismatch::Unsigned
+                | AckMismatch::UnknownKey { .. }
+                | AckMismatch::BadSignature { .. }
+                | AckMismatch::OtherDevice { .. }
+                | AckMismatch::OtherRecords
+        )
+    }
+}
+
 impl BatchAck {
     /// Whether this answer acknowledges batch `key` of `records` records:
     /// it names that key, and `stored + duplicates` (checked, both come

@@ -247,6 +247,11 @@ fn over_http_only_the_pinned_collectors_signed_answer_deletes() {
     .to_string();
     assert!(error.contains("does not pin"), "{error}");
     assert_eq!(outbox.pending().0, 5);
+    let text = metrics.encode();
+    assert!(
+        text.contains("sluice_upload_batches_total{outcome=\"unverified\"} 2"),
+        "{text}"
+    );
     let report = sync(&uploader_pinning(
         &outbox,
         &collector.url(),

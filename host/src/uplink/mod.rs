@@ -91,6 +91,19 @@ pub enum UplinkError {
         /// What was wrong with the answer.
         problem: String,
     },
+    /// The answer looks like an acknowledgement but is not signed by a
+    /// pinned collector key for this device and these records (forged,
+    /// replayed, or from a collector whose key is not pinned): nothing is
+    /// deleted, counted `outcome="unverified"`.
+    #[error("{endpoint} did not acknowledge batch {key} verifiably: {problem}")]
+    Unverified {
+        /// Where it was sent.
+        endpoint: String,
+        /// The batch's key.
+        key: String,
+        /// What was wrong with the answer.
+        problem: String,
+    },
     /// The upstream answered with a redirect (`3xx`). Uploads never follow
     /// one: the acknowledgement must come from `sync.url` itself, and
     /// another host could echo the key without storing anything.
@@ -285,6 +298,7 @@ impl Uploader {
                 Err(e) => {
                     self.metrics.upload(match e {
                         UplinkError::Miscounted { .. } => "miscounted",
+                        UplinkError::Unverified { .. } => "unverified",
                         _ => "failed",
                     });
                     let _ = self.outbox.record_sync_error(&e.to_string());
@@ -324,11 +338,26 @@ impl Uploader {
                 stored,
                 duplicates,
             }),
-            Err(other) => Err(UplinkError::NotAcknowledged {
-                endpoint: self.uplink.endpoint().to_owned(),
-                key: batch.key.clone(),
-                problem: crate::error::upstream_text(other.to_string().as_bytes(), 300),
-            }),
+            Err(other) => {
+                let (endpoint, key, problem) = (
+                    self.uplink.endpoint().to_owned(),
+                    batch.key.clone(),
+                    crate::error::upstream_text(other.to_string().as_bytes(), 300),
+                );
+                Err(if other.is_unverified() {
+                    UplinkError::Unverified {
+                        endpoint,
+                        key,
+                        problem,
+                    }
+                } else {
+                    UplinkError::NotAcknowledged {
+                        endpoint,
+                        key,
+                        problem,
+                    }
+                })
+            }
         }
     }
 
