@@ -81,6 +81,22 @@ def section(path):
             "devices back off with jitter, which stretches the 99th percentile to seconds; through MQTT "
             "the batches queue in the collectors instead (up to `--mqtt-receive-maximum`), which keeps "
             "the tail shorter. PostgreSQL (one WAL flush per batch, fsync on) is the largest consumer.")
+    alone = {(r["transport"], r["devices"]): r["results_per_s"] for r in runs}
+    shared = [r for r in runs if " beside " in r["transport"]]
+    if shared:
+        parts = []
+        for r in shared:
+            own = r["transport"].split(" ")[0]
+            base = alone.get((own, r["devices"]))
+            ratio = f", {r['results_per_s'] / base:.2f}x of the {base:,.0f}/s alone" if base else ""
+            parts.append(f"{r['devices']} devices over {own.upper() if own == 'http' else 'MQTT'} took "
+                         f"{r['results_per_s']:,.0f} results/s{ratio}")
+        out.append("")
+        out.append(
+            "**Sharing a collector** (the `beside` rows: as many devices over HTTP as through MQTT at once, "
+            "each transport counted apart): " + "; ".join(parts) + ". The MQTT consumer may hold at most "
+            "half of `--max-concurrent-batches` (it waits in line for a permit while HTTP is answered `503` "
+            "when none is free, so without the cap a busy broker took them all).")
     for f in faults:
         out.append("")
         out.append(

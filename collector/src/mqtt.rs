@@ -137,6 +137,9 @@ pub(crate) async fn consume(
                 );
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // The MQTT share first (see `Shared::mqtt_batches`), then
+                // a permit of the whole.
+                let share = shared.mqtt_batches.clone().acquire_owned().await;
                 let permit = shared.batches.clone().acquire_owned().await;
                 let (shared, client, prefix, from_topic) = (
                     shared.clone(),
@@ -145,7 +148,7 @@ pub(crate) async fn consume(
                     settings.device_from_topic,
                 );
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _permits = (share, permit);
                     let answered = tokio::task::spawn_blocking(move || {
                         let reply = answer(&shared, &prefix, from_topic, &publish);
                         (reply, publish)

@@ -22,6 +22,13 @@ pub(crate) struct Shared {
     /// One permit per batch being read, decoded or stored, whatever
     /// carried it.
     pub(crate) batches: Arc<Semaphore>,
+    /// What the MQTT consumer must hold besides one of `batches`: half of
+    /// them (at least one). HTTP takes a permit only when one is free and
+    /// answers `503` otherwise, while the MQTT consumer waits in line for
+    /// one, and the semaphore hands a freed permit to whoever waits first:
+    /// without this cap a busy broker kept every permit and HTTP devices
+    /// got nearly nothing. With it, HTTP always has the other half.
+    pub(crate) mqtt_batches: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -31,6 +38,7 @@ impl Shared {
             store,
             tokens,
             batches: Arc::new(Semaphore::new(limits.max_concurrent_batches)),
+            mqtt_batches: Arc::new(Semaphore::new((limits.max_concurrent_batches / 2).max(1))),
             limits,
             metrics: Metrics::default(),
         })

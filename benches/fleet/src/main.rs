@@ -73,6 +73,11 @@ struct Cli {
     /// Devices per transport in the fault phase.
     #[arg(long, default_value_t = 50)]
     fault_devices: usize,
+    /// Devices per transport in the sharing run (0: none): as many over
+    /// HTTP as through MQTT at once, each transport's throughput counted
+    /// apart, to compare with the same number alone.
+    #[arg(long, default_value_t = 100)]
+    shared_devices: usize,
 }
 
 /// Longest a device may take to finish its batch in flight once told to
@@ -165,45 +170,76 @@ impl Bench {
 
     /// One measured run: `n` devices over `transport`.
     fn measure(&self, transport: &str, n: usize) -> anyhow::Result<serde_json::Value> {
-        let run = Arc::new(Run::default());
-        let tasks: Vec<_> = (0..n).map(|i| self.spawn(transport, i, &run)).collect();
+        Ok(self
+            .measure_groups(&[(transport, 0..n, transport)])?
+            .remove(0))
+    }
+
+    /// One measured run of several groups of devices at once, each
+    /// `(transport, device indexes, label)`, counted apart: one line each.
+    fn measure_groups(
+        &self,
+        groups: &[(&str, std::ops::Range<usize>, &str)],
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut running = Vec::new();
+        for (transport, devices, _) in groups {
+            let run = Arc::new(Run::default());
+            let tasks: Vec<_> = devices
+                .clone()
+                .map(|i| self.spawn(transport, i, &run))
+                .collect();
+            running.push((run, tasks));
+        }
         // Warm-up: every device connected (MQTT), then 2 s.
-        if transport == "mqtt" {
-            self.wait_subscribed(n);
+        let mqtt: usize = groups
+            .iter()
+            .filter(|g| g.0 == "mqtt")
+            .map(|g| g.1.len())
+            .sum();
+        if mqtt > 0 {
+            self.wait_subscribed(mqtt);
         }
         std::thread::sleep(Duration::from_secs(2));
         let before = self.cpu();
-        run.measuring.store(true, Ordering::SeqCst);
+        for (run, _) in &running {
+            run.measuring.store(true, Ordering::SeqCst);
+        }
         let started = Instant::now();
         std::thread::sleep(Duration::from_secs(self.cli.seconds));
-        run.measuring.store(false, Ordering::SeqCst);
+        for (run, _) in &running {
+            run.measuring.store(false, Ordering::SeqCst);
+        }
         let elapsed = started.elapsed().as_secs_f64();
         let after = self.cpu();
-        let unfinished = self.stop(&run, tasks)?;
-        let mut latencies = std::mem::take(&mut *run.latencies_us.lock().unwrap());
-        latencies.sort_unstable();
-        let results = run.results.load(Ordering::Relaxed);
         let cpu = |k: usize| (after[k] - before[k]) / elapsed;
-        Ok(serde_json::json!({
-            "transport": transport,
-            "devices": n,
-            "seconds": elapsed,
-            "results_per_s": results as f64 / elapsed,
-            "batches": run.batches.load(Ordering::Relaxed),
-            "batch_results": self.cli.batch,
-            "ack_p50_ms": percentile(&latencies, 0.50),
-            "ack_p99_ms": percentile(&latencies, 0.99),
-            "busy_503": run.busy.load(Ordering::Relaxed),
-            "errors": run.errors.load(Ordering::Relaxed),
-            "unfinished": unfinished,
-            "cpu_collectors": cpu(0),
-            "cpu_postgres": cpu(1),
-            "cpu_broker": cpu(2),
-            "cpu_simulator": cpu(3),
-            "mqtt_published": devices::PUBLISHED.load(Ordering::Relaxed),
-            "mqtt_answers": devices::RECEIVED.load(Ordering::Relaxed),
-            "mqtt_unmatched": devices::UNMATCHED.load(Ordering::Relaxed),
-        }))
+        let mut lines = Vec::new();
+        for ((run, tasks), (_, devices, label)) in running.into_iter().zip(groups) {
+            let unfinished = self.stop(&run, tasks)?;
+            let mut latencies = std::mem::take(&mut *run.latencies_us.lock().unwrap());
+            latencies.sort_unstable();
+            let results = run.results.load(Ordering::Relaxed);
+            lines.push(serde_json::json!({
+                "transport": label,
+                "devices": devices.len(),
+                "seconds": elapsed,
+                "results_per_s": results as f64 / elapsed,
+                "batches": run.batches.load(Ordering::Relaxed),
+                "batch_results": self.cli.batch,
+                "ack_p50_ms": percentile(&latencies, 0.50),
+                "ack_p99_ms": percentile(&latencies, 0.99),
+                "busy_503": run.busy.load(Ordering::Relaxed),
+                "errors": run.errors.load(Ordering::Relaxed),
+                "unfinished": unfinished,
+                "cpu_collectors": cpu(0),
+                "cpu_postgres": cpu(1),
+                "cpu_broker": cpu(2),
+                "cpu_simulator": cpu(3),
+                "mqtt_published": devices::PUBLISHED.load(Ordering::Relaxed),
+                "mqtt_answers": devices::RECEIVED.load(Ordering::Relaxed),
+                "mqtt_unmatched": devices::UNMATCHED.load(Ordering::Relaxed),
+            }));
+        }
+        Ok(lines)
     }
 
     /// Kill collector `k` (SIGKILL) and start it again on its port.
@@ -336,6 +372,7 @@ fn main() -> anyhow::Result<()> {
         .chain(&cli.mqtt_devices)
         .copied()
         .chain([2 * cli.fault_devices * usize::from(cli.fault_seconds > 0)])
+        .chain([2 * cli.shared_devices])
         .max()
         .unwrap_or(0);
     ensure!(max_devices > 0, "no devices");
@@ -409,6 +446,17 @@ fn main() -> anyhow::Result<()> {
         let line = bench.measure(&transport, n)?;
         println!("{line}");
         eprintln!("{line}");
+    }
+    let n = bench.cli.shared_devices;
+    if n > 0 {
+        let groups = [
+            ("http", 0..n, "http beside mqtt"),
+            ("mqtt", n..2 * n, "mqtt beside http"),
+        ];
+        for line in bench.measure_groups(&groups)? {
+            println!("{line}");
+            eprintln!("{line}");
+        }
     }
     let mut unfinished = 0;
     if bench.cli.fault_seconds > 0 {
