@@ -91,10 +91,15 @@ def section(path):
             ratio = f", {r['results_per_s'] / base:.2f}x of the {base:,.0f}/s alone" if base else ""
             parts.append(f"{r['devices']} devices over {own.upper() if own == 'http' else 'MQTT'} took "
                          f"{r['results_per_s']:,.0f} results/s{ratio}")
+        total = sum(r["results_per_s"] for r in shared)
+        shares = ", ".join(f"{r['transport'].split(' ')[0].upper()} {100 * r['results_per_s'] / total:.0f} %"
+                           for r in shared)
         out.append("")
         out.append(
             "**Sharing a collector** (the `beside` rows: as many devices over HTTP as through MQTT at once, "
-            "each transport counted apart): " + "; ".join(parts) + ". The MQTT consumer may hold at most "
+            "each transport counted apart): " + "; ".join(parts) + f". Together {total:,.0f} results/s, "
+            f"split {shares}: the machine is saturated either way, so an even split, each near half of "
+            "what it takes alone, is the most either can get (mixing costs a little more). The MQTT consumer may hold at most "
             "half of `--max-concurrent-batches` (it waits in line for a permit while HTTP is answered `503` "
             "when none is free, so without the cap a busy broker took them all).")
     for f in faults:
