@@ -291,7 +291,7 @@ impl Store {
     ) -> Result<BatchAck, BatchError> {
         let retention_ms = self.retention_ms;
         let digest = hex::encode(content_digest(rows.iter().map(|r| r.body)));
-        let ack = self.transaction(|tx| {
+        let mut ack = self.transaction(|tx| {
             let now = now_ms();
             let mut ack = BatchAck::new(key, 0, 0, false);
             // Claim the key first: another collector storing the same
@@ -361,15 +361,14 @@ impl Store {
             }
             Ok(Ok(ack))
         })?;
-        Ok(match &self.ack_key {
-            Some(secret) => {
-                let mut ack = ack;
-                let ids = records_digest(rows.iter().map(|r| r.id.as_str()));
-                ack.sign(device, ids, secret);
-                ack
-            }
-            None => ack,
-        })
+        if let Some(secret) = &self.ack_key {
+            ack.sign(
+                device,
+                records_digest(rows.iter().map(|r| r.id.as_str())),
+                secret,
+            );
+        }
+        Ok(ack)
     }
 
     /// Each of `devices` at a glance, as of `now` (ms since the Unix
