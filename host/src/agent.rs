@@ -227,6 +227,12 @@ impl Agent {
         }
 
         if let Some(uplink) = uplink::from_config(&config.sync, &device, tokio)? {
+            if config.sync.ack_keys.is_empty() {
+                tracing::warn!(
+                    "sync.ack_keys is empty: acknowledgements from {} are believed unsigned, so a proxy or a host answering in its place could make this device delete results; pin the collector's key (`sluice-collector ack-key`)",
+                    uplink.endpoint()
+                );
+            }
             let uploader = Uploader::new(outbox.clone(), uplink, &config.sync, &device)?
                 .with_metrics(metrics.clone());
             stored.wake();
