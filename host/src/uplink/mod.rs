@@ -318,7 +318,13 @@ impl Uploader {
         })?;
         wire.status = self.device_status(batch);
         let ack = self.uplink.deliver(&wire)?;
-        let digest = wire_digest(&wire, batch);
+        // Only a signed answer is checked against the ids: without pinned
+        // keys, no need to read every record again on every attempt.
+        let digest = if self.ack_keys.is_empty() {
+            String::new()
+        } else {
+            wire_digest(&wire, batch)
+        };
         match ack.acknowledges(
             &self.device,
             &batch.key,
