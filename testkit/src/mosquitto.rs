@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A mosquitto broker: MQTT 3.1.1 and 5 on a loopback port, no
-/// persistence (a restart loses every session, as a broker replaced in a
-/// fleet does), anonymous clients or a password file.
+/// A mosquitto broker: MQTT 3.1.1 and 5 on a loopback port. Open
+/// ([`Mosquitto::start`], [`Mosquitto::with_users`]): no persistence (a
+/// restart loses every session, as a broker replaced in a fleet does),
+/// anonymous clients or a password file. Shipped ([`Mosquitto::shipped`]):
+/// `deploy/mosquitto/`'s settings, its persistence included.
 pub struct Mosquitto {
     dir: tempfile::TempDir,
     port: u16,
