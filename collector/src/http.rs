@@ -14,7 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::accept;
-use crate::limits::Limits;
+use crate::limits::{Limits, RETRY_AFTER_SECS};
 use crate::operator::{DashboardQuery, dashboard_auth, operator, operator_check};
 pub(crate) use crate::shared::{Shared, error, page};
 use crate::store::{After, Store, now_ms};
@@ -31,11 +31,6 @@ use sluice_protocol::{self as protocol, DeviceCount, DeviceResults, FleetView};
 use sluice_serve::BodyError;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
-
-/// What a device is told to wait, in seconds, when too many batches are in
-/// progress (`503`): long enough for a batch to finish, short enough not to
-/// hold results back.
-pub const RETRY_AFTER_SECS: u32 = 1;
 
 pub use crate::session::COOKIE;
 

@@ -31,6 +31,14 @@ pub struct Limits {
     /// and answering beats queueing, whose memory would be unbounded or
     /// whose waits would run into the devices' own timeouts.
     pub max_concurrent_batches: usize,
+    /// Most batches from the MQTT broker waiting in the collector, beyond
+    /// those the MQTT share of [`Limits::max_concurrent_batches`] lets in
+    /// (`--mqtt-max-waiting`; [`Limits::mqtt_max_held`]). Past it a batch
+    /// is answered `503` with [`sluice_protocol::mqtt::RETRY_AFTER_MS`] at
+    /// once and dropped: the device sends it again after that wait. A few
+    /// waiting keep the permits busy between two batches; more would only
+    /// hold memory and push waits towards the devices' timeouts.
+    pub mqtt_max_waiting: usize,
     /// Most open connections (`--max-connections`). Past it new connections
     /// wait, unaccepted, in the kernel's listen queue until one closes; the
     /// timeouts below make sure one does.
@@ -95,6 +103,20 @@ pub const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
 /// [`Limits::memory_bound`].
 pub const RECORD_OVERHEAD_BYTES: usize = 512;
 
+/// What a device is told to wait, in seconds, when the collector has no
+/// room for its batch (`503`, over either transport): long enough for a
+/// batch to finish, short enough not to hold results back.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// Room for the MQTT header and properties around a batch's body: an MQTT
+/// batch message is at most `max_body_bytes` plus this.
+pub const MQTT_PACKET_OVERHEAD: usize = 64 << 10;
+
+/// Messages the MQTT client reads off the connection before the collector
+/// looks at them: rumqttc parses up to 10 per read, plus the one being
+/// read. Each is at most an MQTT batch message.
+pub const MQTT_READ_AHEAD: usize = 11;
+
 impl Limits {
     /// The defaults of `sluice-collector`.
     pub const DEFAULT: Limits = Limits {
@@ -102,6 +124,7 @@ impl Limits {
         max_decompressed_bytes: 32 << 20,
         max_batch_records: 10_000,
         max_concurrent_batches: 8,
+        mqtt_max_waiting: 4,
         max_connections: 512,
         header_read_timeout: Duration::from_secs(10),
         body_read_timeout: Duration::from_secs(60),
@@ -116,14 +139,40 @@ impl Limits {
     /// What requests can make the collector hold at once, in bytes, beyond
     /// its baseline (code, SQLite's cache, threads): every batch in
     /// progress with its compressed body, its decompressed text and its
-    /// records' bookkeeping, plus every connection's buffer. (A plain JSON
-    /// batch is not copied: its body is its text.)
+    /// records' bookkeeping, plus every connection's buffer (a plain JSON
+    /// batch is not copied: its body is its text), plus what the MQTT
+    /// consumer holds ([`Limits::mqtt_memory_bound`]).
     pub fn memory_bound(&self) -> u64 {
         let per_batch = self.max_body_bytes as u64
             + self.max_decompressed_bytes as u64
             + (self.max_batch_records * RECORD_OVERHEAD_BYTES) as u64;
         self.max_concurrent_batches as u64 * per_batch
             + self.max_connections as u64 * CONNECTION_BUFFER_BYTES as u64
+            + self.mqtt_memory_bound()
+    }
+
+    /// Batches MQTT may take of [`Limits::max_concurrent_batches`]: half
+    /// (at least one), so that HTTP always has the other half.
+    pub fn mqtt_share(&self) -> usize {
+        (self.max_concurrent_batches / 2).max(1)
+    }
+
+    /// Most MQTT batches held at once, in progress or waiting: the MQTT
+    /// share plus [`Limits::mqtt_max_waiting`].
+    pub fn mqtt_max_held(&self) -> usize {
+        self.mqtt_share().saturating_add(self.mqtt_max_waiting)
+    }
+
+    /// What the MQTT consumer holds besides the batches in progress (which
+    /// [`Limits::memory_bound`] counts with HTTP's): the messages it holds
+    /// ([`Limits::mqtt_max_held`], their compressed bodies counted again)
+    /// and those read ahead ([`MQTT_READ_AHEAD`]), each a whole message.
+    /// Whatever the broker's queue (the receive maximum), the rest stays
+    /// with the broker or in the kernel's socket buffer. A collector
+    /// without `--mqtt` holds none of it.
+    pub fn mqtt_memory_bound(&self) -> u64 {
+        (self.mqtt_max_held() + MQTT_READ_AHEAD) as u64
+            * (self.max_body_bytes + MQTT_PACKET_OVERHEAD) as u64
     }
 
     /// Refuse limits that would make the collector unusable (a zero).

@@ -16,12 +16,16 @@
 //!   PUBACK (manual acknowledgement) is sent only after the answer: a
 //!   collector that dies in between leaves the device without an answer,
 //!   so it sends the batch again and is answered `replayed`;
-//! * at most [`Limits::max_concurrent_batches`] batches are in progress
-//!   (the MQTT 5 receive maximum tells the broker so), each at most
-//!   [`Limits::max_body_bytes`]: the same memory bound as HTTP.
+//! * at most half of [`Limits::max_concurrent_batches`] batches are in
+//!   progress, and at most [`Limits::mqtt_max_held`] held (in progress or
+//!   waiting), each at most [`Limits::max_body_bytes`]: past that a batch
+//!   is answered `503` with [`mqtt::RETRY_AFTER_MS`] at once and dropped
+//!   (the device sends it again after the wait), so a flood costs the
+//!   collector a bounded amount of memory ([`Limits::mqtt_memory_bound`])
+//!   and the broker's queue, not the collector's, takes the rest.
 
 use crate::accept::{self, Received, Refusal};
-use crate::limits::Limits;
+use crate::limits::{Limits, MQTT_PACKET_OVERHEAD, RETRY_AFTER_SECS};
 use crate::shared::Shared;
 use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
 use sluice_mqtt::rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -42,9 +46,9 @@ pub struct MqttSettings {
     /// This collector's client id (unique among the group's).
     pub client_id: String,
     /// Batches the broker may hand this collector before it answers
-    /// (the MQTT 5 receive maximum, [`DEFAULT_RECEIVE_MAXIMUM`]): the
-    /// collector holds at most this many, each at most
-    /// `--max-body-bytes`.
+    /// (the MQTT 5 receive maximum, [`DEFAULT_RECEIVE_MAXIMUM`]). Not a
+    /// memory bound: the collector keeps [`Limits::mqtt_max_held`] of them
+    /// and answers the others `503` at once; the rest wait in the socket.
     pub receive_maximum: u16,
     /// Take a batch without a bearer token as the batch of the device its
     /// topic names: for a broker whose accounts and ACL let each device
@@ -58,8 +62,8 @@ pub struct MqttSettings {
 /// The default [`MqttSettings::receive_maximum`]. Large on purpose:
 /// mosquitto 2.0 stops delivering to a shared subscriber whose receive
 /// maximum it had to queue behind (the load test stalled at 1000 devices
-/// with 64), so the collector takes the queue itself and works through it
-/// with its permits.
+/// with 64), so the collector reads every batch it is sent and answers
+/// those it has no room for.
 pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 1024;
 
 impl MqttSettings {
@@ -80,9 +84,6 @@ impl MqttSettings {
 /// Longest wait between two attempts to reach the broker.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Room for the MQTT header and properties around a batch's body.
-const PACKET_OVERHEAD: usize = 64 << 10;
-
 /// Take batches from the broker until `stop` changes. Fails only when the
 /// settings cannot be used; an unreachable broker is retried.
 pub(crate) async fn consume(
@@ -91,7 +92,7 @@ pub(crate) async fn consume(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), sluice_mqtt::MqttConfigError> {
     let limits: &Limits = &shared.limits;
-    let max_packet = (limits.max_body_bytes + PACKET_OVERHEAD).min(u32::MAX as usize) as u32;
+    let max_packet = (limits.max_body_bytes + MQTT_PACKET_OVERHEAD).min(u32::MAX as usize) as u32;
     let mut options = sluice_mqtt::options(
         &settings.url,
         &settings.client_id,
@@ -136,42 +137,43 @@ pub(crate) async fn consume(
                     ack.return_codes
                 );
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                // The MQTT share first (see `Shared::mqtt_batches`), then
-                // a permit of the whole.
-                let share = shared.mqtt_batches.clone().acquire_owned().await;
-                let permit = shared.batches.clone().acquire_owned().await;
+            Ok(Event::Incoming(Packet::Publish(mut publish))) => {
+                // The body goes its own way: what is kept of the message
+                // until its PUBACK is its packet id, not its bytes.
+                let body = std::mem::take(&mut publish.payload);
                 let (shared, client, prefix, from_topic) = (
                     shared.clone(),
                     client.clone(),
                     settings.broker.topic_prefix.clone(),
                     settings.device_from_topic,
                 );
+                // Never wait here: the loop must keep reading, or answers
+                // and PUBACKs stop going out and the broker stops sending.
+                let Ok(held) = shared.mqtt_held.clone().try_acquire_owned() else {
+                    drop(body);
+                    tokio::spawn(async move {
+                        let reply = busy(&shared, &prefix, &publish);
+                        respond(&client, reply, &publish).await;
+                    });
+                    continue;
+                };
                 tokio::spawn(async move {
-                    let _permits = (share, permit);
+                    // The MQTT share first (see `Shared::mqtt_batches`),
+                    // then a permit of the whole.
+                    let share = shared.mqtt_batches.clone().acquire_owned().await;
+                    let permit = shared.batches.clone().acquire_owned().await;
+                    let _permits = (held, share, permit);
                     let answered = tokio::task::spawn_blocking(move || {
-                        let reply = answer(&shared, &prefix, from_topic, &publish);
+                        // A copy if the bytes share the client's read
+                        // buffer, and the original goes: one body held.
+                        let body = Vec::from(body);
+                        let reply = answer(&shared, &prefix, from_topic, &publish, body);
                         (reply, publish)
                     })
                     .await;
-                    let Ok((reply, publish)) = answered else {
-                        return;
-                    };
-                    if let Some((topic, properties, payload)) = reply
-                        && let Err(e) = client
-                            .publish_with_properties(
-                                topic,
-                                QoS::AtMostOnce,
-                                false,
-                                payload,
-                                properties,
-                            )
-                            .await
-                    {
-                        tracing::warn!("cannot answer a batch: {e}");
-                        return;
+                    if let Ok((reply, publish)) = answered {
+                        respond(&client, reply, &publish).await;
                     }
-                    let _ = client.ack(&publish).await;
                 });
             }
             Ok(_) => {}
@@ -188,19 +190,71 @@ pub(crate) async fn consume(
     Ok(())
 }
 
-/// Check and store one batch message: the answer's topic, properties and
-/// payload, or `None` for a message on no device's batches topic.
+/// An answer: its topic, properties and payload.
+type Reply = (String, PublishProperties, Vec<u8>);
+
+/// Send `reply` (if any), then acknowledge `publish` to the broker: a
+/// collector that dies in between leaves the batch unanswered, never
+/// answered and lost.
+async fn respond(client: &AsyncClient, reply: Option<Reply>, publish: &Publish) {
+    if let Some((topic, properties, payload)) = reply
+        && let Err(e) = client
+            .publish_with_properties(topic, QoS::AtMostOnce, false, payload, properties)
+            .await
+    {
+        tracing::warn!("cannot answer a batch: {e}");
+        return;
+    }
+    let _ = client.ack(publish).await;
+}
+
+/// The device whose batches topic `publish` came on, if it is one.
+fn device_of<'a>(prefix: &str, publish: &'a Publish) -> Option<&'a str> {
+    let topic = std::str::from_utf8(&publish.topic).ok()?;
+    let device = mqtt::device_of_batches(prefix, topic);
+    if device.is_none() {
+        tracing::warn!("ignoring a message on {topic}: not a device's batches topic");
+    }
+    device
+}
+
+/// The batch key a message carries (its correlation data), if any.
+fn key_of(publish: &Publish) -> Option<String> {
+    let data = publish.properties.as_ref()?.correlation_data.as_ref()?;
+    Some(String::from_utf8_lossy(data).into_owned())
+}
+
+/// `503` for a batch the collector has no room for
+/// ([`Limits::mqtt_max_held`]): not read, not kept; the device sends it
+/// again after [`mqtt::RETRY_AFTER_MS`].
+fn busy(shared: &Shared, prefix: &str, publish: &Publish) -> Option<Reply> {
+    let device = device_of(prefix, publish)?;
+    shared.metrics.batch("busy", 503);
+    let refusal = Refusal::new(
+        503,
+        format!(
+            "{} MQTT batches are already held (collector flags --max-concurrent-batches, --mqtt-max-waiting); retry after {RETRY_AFTER_SECS} s",
+            shared.limits.mqtt_max_held()
+        ),
+    );
+    let (topic, mut properties, payload) = reply(prefix, device, key_of(publish), Err(refusal));
+    properties.user_properties.push((
+        mqtt::RETRY_AFTER_MS.to_owned(),
+        (u64::from(RETRY_AFTER_SECS) * 1000).to_string(),
+    ));
+    Some((topic, properties, payload))
+}
+
+/// Check and store one batch message: the answer, or `None` for a message
+/// on no device's batches topic.
 fn answer(
     shared: &Shared,
     prefix: &str,
     device_from_topic: bool,
     publish: &Publish,
-) -> Option<(String, PublishProperties, Vec<u8>)> {
-    let topic = std::str::from_utf8(&publish.topic).ok()?;
-    let Some(device) = mqtt::device_of_batches(prefix, topic) else {
-        tracing::warn!("ignoring a message on {topic}: not a device's batches topic");
-        return None;
-    };
+    body: Vec<u8>,
+) -> Option<Reply> {
+    let device = device_of(prefix, publish)?;
     let properties = publish.properties.clone().unwrap_or_default();
     let user = |name: &str| {
         properties
@@ -209,10 +263,7 @@ fn answer(
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
-    let key = properties
-        .correlation_data
-        .as_ref()
-        .map(|k| String::from_utf8_lossy(k).into_owned());
+    let key = key_of(publish);
     let authorization = user(mqtt::AUTHORIZATION);
     let identity = match shared.tokens.device_of(authorization) {
         // The broker's ACL vouches for the topic (MqttSettings::device_from_topic).
@@ -238,7 +289,7 @@ fn answer(
         device,
         key: key.as_deref(),
         encoding: user(mqtt::CONTENT_ENCODING),
-        body: publish.payload.to_vec(),
+        body,
     };
     let result = accept::store(&shared.store, &shared.metrics, &shared.limits, received);
     fault_before_answer();
@@ -250,7 +301,7 @@ fn reply(
     device: &str,
     key: Option<String>,
     result: Result<sluice_protocol::BatchAck, Refusal>,
-) -> (String, PublishProperties, Vec<u8>) {
+) -> Reply {
     let (status, payload) = match result {
         Ok(ack) => (200, serde_json::to_vec(&ack)),
         Err(refusal) => (refusal.status, serde_json::to_vec(&refusal.body)),

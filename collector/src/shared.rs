@@ -29,6 +29,10 @@ pub(crate) struct Shared {
     /// without this cap a busy broker kept every permit and HTTP devices
     /// got nearly nothing. With it, HTTP always has the other half.
     pub(crate) mqtt_batches: Arc<Semaphore>,
+    /// One per MQTT batch held, in progress or waiting for the permits
+    /// above ([`Limits::mqtt_max_held`]): the MQTT consumer answers `503`
+    /// at once when none is left, instead of queueing without limit.
+    pub(crate) mqtt_held: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -38,7 +42,8 @@ impl Shared {
             store,
             tokens,
             batches: Arc::new(Semaphore::new(limits.max_concurrent_batches)),
-            mqtt_batches: Arc::new(Semaphore::new((limits.max_concurrent_batches / 2).max(1))),
+            mqtt_batches: Arc::new(Semaphore::new(limits.mqtt_share())),
+            mqtt_held: Arc::new(Semaphore::new(limits.mqtt_max_held())),
             limits,
             metrics: Metrics::default(),
         })

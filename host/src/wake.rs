@@ -94,6 +94,17 @@ pub fn backoff(initial_ms: u64, max_ms: u64, failures: u32) -> Duration {
     Duration::from_millis(half + rand::random_range(0..=exp - half))
 }
 
+/// The wait before trying again after an upstream asked for `asked`: at
+/// least that (at most `max_ms`), plus up to half of it, so that devices
+/// told the same thing at once do not all come back at once.
+pub fn retry_delay(asked: Duration, max_ms: u64) -> Duration {
+    let ms = u64::try_from(asked.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(max_ms)
+        .max(1);
+    Duration::from_millis(ms + rand::random_range(0..=ms / 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +139,25 @@ mod tests {
             .map(|_| backoff(1000, 1000, 5).as_millis())
             .collect();
         assert!(samples.len() > 5, "jitter spreads retries: {samples:?}");
+    }
+
+    #[test]
+    fn a_requested_wait_is_honoured_spread_and_capped() {
+        let samples: Vec<u64> = (0..50)
+            .map(|_| retry_delay(Duration::from_millis(1000), 60_000).as_millis() as u64)
+            .collect();
+        assert!(
+            samples.iter().all(|d| (1000..=1500).contains(d)),
+            "{samples:?}"
+        );
+        assert!(
+            samples
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 5
+        );
+        let capped = retry_delay(Duration::from_secs(u64::MAX), 5_000).as_millis();
+        assert!((5_000..=7_500).contains(&capped), "{capped}");
     }
 }

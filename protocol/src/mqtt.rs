@@ -8,7 +8,9 @@
 //! topic once the batch is committed: user property [`mqtt::STATUS`] (the
 //! HTTP status the same batch would get), the batch key as correlation
 //! data, and as payload a [`BatchAck`](crate::BatchAck) (`200`) or an
-//! [`ErrorBody`](crate::ErrorBody).
+//! [`ErrorBody`](crate::ErrorBody). A collector that has no room for a
+//! batch answers `503` at once with [`mqtt::RETRY_AFTER_MS`] rather than
+//! keep it waiting.
 
 /// The default first topic level.
 pub const DEFAULT_PREFIX: &str = "sluice";
@@ -18,6 +20,10 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const CONTENT_ENCODING: &str = "content-encoding";
 /// User property of an answer: its HTTP status code, e.g. `200`.
 pub const STATUS: &str = "status";
+/// User property of a `503` answer: how long the device should wait before
+/// sending the batch again, in milliseconds (HTTP's `Retry-After`). The
+/// collector is busy and did not keep the batch.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 /// The shared subscription group collectors join by default.
 pub const DEFAULT_GROUP: &str = "sluice-collectors";
 

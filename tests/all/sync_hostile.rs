@@ -34,6 +34,8 @@ enum Answer {
     Key(String),
     /// This status and body.
     Raw(u16, Vec<u8>),
+    /// `503` with this `Retry-After`.
+    Busy(&'static str),
 }
 
 /// A stub upstream on loopback that answers `POST /v1/batches` as told.
@@ -94,6 +96,12 @@ fn answer_to(body: &[u8], answer: Answer) -> Response {
         Answer::Counts { stored, duplicates } => ack(key, stored, duplicates),
         Answer::Key(other) => ack(other, records, 0),
         Answer::Raw(status, body) => (StatusCode::from_u16(status).unwrap(), body).into_response(),
+        Answer::Busy(after) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, after)],
+            "busy",
+        )
+            .into_response(),
     }
 }
 
@@ -149,6 +157,33 @@ fn uploader_pinning(
     Uploader::new(outbox.clone(), uplink, &config, DEVICE)
         .expect("sync settings")
         .with_metrics(metrics.clone())
+}
+
+/// A device whose backoff starts at 10 ms and stops growing at
+/// `backoff_max_ms`, syncing on its own thread until the returned wake stops.
+fn syncing(
+    outbox: &Arc<Outbox>,
+    url: &str,
+    metrics: &Arc<sluice_agent::metrics::Metrics>,
+    backoff_max_ms: u64,
+) -> (Arc<sluice_agent::wake::Wake>, std::thread::JoinHandle<()>) {
+    let config = SyncConfig {
+        url: Some(url.to_owned()),
+        token: Some(TOKEN.to_owned()),
+        timeout_ms: 2000,
+        backoff_initial_ms: 10,
+        backoff_max_ms,
+        ..SyncConfig::default()
+    };
+    let uplink = sluice_agent::uplink::from_config(&config, DEVICE, tokio().handle())
+        .unwrap()
+        .expect("sync.url is set");
+    let uploader = Uploader::new(outbox.clone(), uplink, &config, DEVICE)
+        .expect("sync settings")
+        .with_metrics(metrics.clone());
+    let wake = sluice_agent::wake::Wake::new();
+    let w = wake.clone();
+    (wake, std::thread::spawn(move || uploader.run(&w)))
 }
 
 fn sync(uploader: &Uploader) -> Result<sluice_agent::uplink::SyncReport, UplinkError> {
@@ -403,4 +438,57 @@ fn no_answer_but_a_true_acknowledgement_deletes_anything() {
     stub.set(Answer::Echo);
     assert_eq!(sync(&uploader).unwrap().records, 100);
     assert_eq!(outbox.pending().0, 0);
+}
+
+/// A collector with no room answers `503` with `Retry-After`: the device
+/// comes back after that wait, not after its own (much shorter) backoff,
+/// and an answer asking for a day cannot park it past its longest backoff.
+#[test]
+fn a_busy_collector_is_asked_again_after_the_wait_it_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = Stub::start(Answer::Busy("2"));
+    let outbox = outbox_with(dir.path(), 10);
+    let metrics = Arc::new(sluice_agent::metrics::Metrics::default());
+
+    let once = uploader(&outbox, &stub.url, &metrics);
+    match sync(&once) {
+        Err(UplinkError::Busy { retry_after, .. }) => {
+            assert_eq!(retry_after, std::time::Duration::from_secs(2))
+        }
+        other => panic!("{other:?}"),
+    }
+    let before = stub.hits();
+    // With a 10 ms backoff doubling up to 10 s the device would have come
+    // back about 8 times in 3 s; told to wait 2 s, it comes back once.
+    let (wake, device) = syncing(&outbox, &stub.url, &metrics, 10_000);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let attempts = stub.hits() - before;
+    assert!((1..=2).contains(&attempts), "{attempts} attempts in 3 s");
+    wake.stop();
+    device.join().unwrap();
+    assert_eq!(outbox.pending().0, 10, "a busy answer deletes nothing");
+    let text = metrics.encode();
+    assert!(
+        text.contains("sluice_upload_batches_total{outcome=\"busy\"}"),
+        "{text}"
+    );
+
+    // Asked to wait a day, with a longest backoff of 300 ms: back within
+    // 300-450 ms, each time.
+    stub.set(Answer::Busy("86400"));
+    let before = stub.hits();
+    let (wake, device) = syncing(&outbox, &stub.url, &metrics, 300);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let attempts = stub.hits() - before;
+    assert!(attempts >= 3, "{attempts} attempts in 3 s");
+
+    // Room again: everything goes.
+    stub.set(Answer::Echo);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while outbox.pending().0 > 0 {
+        assert!(std::time::Instant::now() < deadline, "still pending");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wake.stop();
+    device.join().unwrap();
 }

@@ -192,6 +192,19 @@ impl Backoff {
         tokio::time::sleep(self.0.mul_f64(jitter)).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
+
+    /// Wait as a busy collector asked (`Retry-After`, `retry-after-ms`),
+    /// as the agent does: that long, at most 5 s, plus up to half of it;
+    /// otherwise the usual backoff.
+    async fn honour(&mut self, asked: Option<Duration>) {
+        match asked {
+            Some(asked) => {
+                let asked = asked.min(Duration::from_secs(5));
+                tokio::time::sleep(asked.mul_f64(rand::random_range(1.0..1.5))).await;
+            }
+            None => self.wait().await,
+        }
+    }
 }
 
 /// Device `i` over HTTP to the collector at `url` (a restarted collector
@@ -227,6 +240,13 @@ pub async fn http_device(
                 }
                 Ok(r) if r.status() == 503 => {
                     run.busy.fetch_add(1, Ordering::Relaxed);
+                    let asked = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .map(Duration::from_secs);
+                    backoff.honour(asked).await;
+                    continue;
                 }
                 Ok(r) => {
                     eprintln!(
@@ -247,8 +267,9 @@ pub async fn http_device(
     Ok(())
 }
 
-/// Batches waiting for their answer, by key: the answer's status and payload.
-type Waiting = HashMap<String, tokio::sync::oneshot::Sender<(u16, Vec<u8>)>>;
+/// Batches waiting for their answer, by key: the answer's status, payload
+/// and the wait a busy collector asks for.
+type Waiting = HashMap<String, tokio::sync::oneshot::Sender<(u16, Vec<u8>, Option<Duration>)>>;
 
 /// Device `i` through the broker at `broker`, `n` results per batch.
 pub async fn mqtt_device(
@@ -301,15 +322,18 @@ pub async fn mqtt_device(
                             .correlation_data
                             .map(|k| String::from_utf8_lossy(&k).into_owned())
                             .unwrap_or_default();
-                        let status = props
-                            .user_properties
-                            .iter()
-                            .find(|(k, _)| k == mqtt::STATUS)
-                            .and_then(|(_, v)| v.parse().ok())
-                            .unwrap_or(0);
+                        let property = |name: &str| {
+                            props
+                                .user_properties
+                                .iter()
+                                .find(|(k, _)| k == name)
+                                .and_then(|(_, v)| v.parse::<u64>().ok())
+                        };
+                        let status = property(mqtt::STATUS).unwrap_or(0) as u16;
+                        let asked = property(mqtt::RETRY_AFTER_MS).map(Duration::from_millis);
                         RECEIVED.fetch_add(1, Ordering::Relaxed);
                         if let Some(tx) = waiting.lock().unwrap().remove(&key) {
-                            let _ = tx.send((status, p.payload.to_vec()));
+                            let _ = tx.send((status, p.payload.to_vec(), asked));
                         } else {
                             UNMATCHED.fetch_add(1, Ordering::Relaxed);
                         }
@@ -351,17 +375,17 @@ pub async fn mqtt_device(
                 )
                 .await?;
             match tokio::time::timeout(Duration::from_secs(30), rx).await {
-                Ok(Ok((200, payload))) => {
+                Ok(Ok((200, payload, _))) => {
                     run.answered(&ledger, &payload, (&device, &key, first, n), started);
                     break;
                 }
-                // The collector could not store it now (its database
-                // restarting): the same batch again later.
-                Ok(Ok((status, _))) if status >= 500 => {
+                // The collector had no room for it, or could not store it
+                // now (its database restarting): the same batch again later.
+                Ok(Ok((status, _, asked))) if status >= 500 => {
                     run.busy.fetch_add(1, Ordering::Relaxed);
-                    backoff.wait().await;
+                    backoff.honour(asked).await;
                 }
-                Ok(Ok((status, payload))) => {
+                Ok(Ok((status, payload, _))) => {
                     bail!("{device}: {status} {}", String::from_utf8_lossy(&payload));
                 }
                 _ => {

@@ -101,6 +101,11 @@ struct Cli {
     /// receive maximum); each at most --max-body-bytes.
     #[arg(long, default_value_t = sluice_collector_core::mqtt::DEFAULT_RECEIVE_MAXIMUM)]
     mqtt_receive_maximum: u16,
+    /// Most MQTT batches waiting for a permit (besides half of
+    /// --max-concurrent-batches in progress); past it a batch is answered
+    /// 503 with retry-after-ms and dropped.
+    #[arg(long, default_value_t = Limits::DEFAULT.mqtt_max_waiting)]
+    mqtt_max_waiting: usize,
     /// Log filter, e.g. `info`, `sluice_collector=debug`; RUST_LOG if not given.
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     log: String,
@@ -220,6 +225,7 @@ impl Cli {
             max_decompressed_bytes: self.max_decompressed_bytes,
             max_batch_records: self.max_batch_records,
             max_concurrent_batches: self.max_concurrent_batches,
+            mqtt_max_waiting: self.mqtt_max_waiting,
             max_connections: self.max_connections,
             header_read_timeout: self.header_timeout.into(),
             body_read_timeout: self.body_timeout.into(),

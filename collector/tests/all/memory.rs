@@ -152,7 +152,9 @@ fn peak_memory_under_attack_stays_within_the_documented_bound() {
         assert!([0, 401, 403, 413, 503].contains(status), "{statuses:?}");
     }
     let peak = peak_rss(process.child.id());
-    let bound = Limits::default().memory_bound() + BASELINE_BYTES;
+    // Without `--mqtt` the MQTT consumer holds nothing.
+    let limits = Limits::default();
+    let bound = limits.memory_bound() - limits.mqtt_memory_bound() + BASELINE_BYTES;
     println!(
         "collector peak RSS under attack: {:.1} MiB (bound {:.1} MiB; answers {statuses:?}; {:?})",
         peak as f64 / (1 << 20) as f64,
@@ -163,4 +165,127 @@ fn peak_memory_under_attack_stays_within_the_documented_bound() {
     // And a device still gets its results in.
     let answer = post(&url, "ta", &batch("a", "after", vec![record("a", 1, "x")]));
     assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+/// The MQTT side under a flood, on the shipped broker: twelve devices each
+/// publish three 15 MB batches (parsed in full, then refused: they claim
+/// another device) and three zstd bombs, all at once, to a collector that
+/// keeps `Limits::mqtt_max_held()` of them and answers the rest `503`. Its peak
+/// stays within `memory_bound()`, which counts what the MQTT consumer may
+/// hold, and every message is answered.
+#[test]
+fn peak_memory_under_an_mqtt_flood_stays_within_the_documented_bound() {
+    use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
+    use sluice_mqtt::rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use sluice_mqtt::rumqttc::v5::{Client, Event, Incoming};
+    const PER_KIND: usize = 3;
+    let devices: Vec<String> = (0..12).map(|i| format!("flood-{i}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let broker =
+        sluice_testkit::or_skip!(sluice_testkit::Mosquitto::shipped(&names, &["collector-1"]));
+    let dir = tempfile::tempdir().unwrap();
+    let password = broker.password_file("collector-1");
+    let collector = crate::mqtt::CollectorProcess::start(
+        dir.path().join("c.db").to_str().unwrap(),
+        &broker.url(),
+        &[
+            "--mqtt-username",
+            "collector-1",
+            "--mqtt-password-file",
+            password.to_str().unwrap(),
+            "--mqtt-device-from-topic",
+        ],
+        false,
+    );
+    let started = Instant::now();
+    let big = serde_json::to_vec(&batch(
+        "someone-else",
+        "big",
+        vec![json!({"id": "x/p/1", "device": "someone-else", "pipeline": "p", "seq": 1, "pad": "x".repeat(15_000_000)})],
+    ))
+    .unwrap();
+    let bomb = bomb(256 << 20);
+    let floods: Vec<_> = devices
+        .iter()
+        .map(|device| {
+            let (device, url, password) = (device.clone(), broker.url(), broker.password(device));
+            let (big, bomb) = (big.clone(), bomb.clone());
+            std::thread::spawn(move || {
+                let broker = sluice_mqtt::Broker {
+                    username: Some(device.clone()),
+                    password: Some(password),
+                    ..Default::default()
+                };
+                let options =
+                    sluice_mqtt::options(&url, &format!("sluice-{device}"), &broker, 1 << 20)
+                        .unwrap();
+                let (client, mut connection) = Client::new(options, 64);
+                let acks = sluice_protocol::mqtt::acks("sluice", &device);
+                client.subscribe(acks.clone(), QoS::AtLeastOnce).unwrap();
+                let mut answers = 0;
+                let mut sent = false;
+                let deadline = Instant::now() + Duration::from_secs(180);
+                for event in connection.iter() {
+                    assert!(Instant::now() < deadline, "{device}: {answers} answers");
+                    match event {
+                        Ok(Event::Incoming(Incoming::SubAck(_))) if !sent => {
+                            sent = true;
+                            for i in 0..2 * PER_KIND {
+                                let (body, zstd) = if i % 2 == 0 {
+                                    (big.clone(), None)
+                                } else {
+                                    (
+                                        bomb.clone(),
+                                        Some(("content-encoding".into(), "zstd".into())),
+                                    )
+                                };
+                                let properties = PublishProperties {
+                                    response_topic: Some(acks.clone()),
+                                    correlation_data: Some(format!("k{i}").into_bytes().into()),
+                                    user_properties: zstd.into_iter().collect(),
+                                    ..Default::default()
+                                };
+                                client
+                                    .publish_with_properties(
+                                        sluice_protocol::mqtt::batches("sluice", &device),
+                                        QoS::AtLeastOnce,
+                                        false,
+                                        body,
+                                        properties,
+                                    )
+                                    .unwrap();
+                            }
+                        }
+                        Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == acks.as_bytes() => {
+                            answers += 1;
+                            if answers == 2 * PER_KIND {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("{device}: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for flood in floods {
+        flood.join().unwrap();
+    }
+    let peak = peak_rss(collector.child.id());
+    let bound = Limits::default().memory_bound() + BASELINE_BYTES;
+    println!(
+        "collector peak RSS under the MQTT flood: {:.1} MiB (bound {:.1} MiB, of which MQTT {:.1} MiB; {} refused, {} busy; {:?})",
+        peak as f64 / (1 << 20) as f64,
+        bound as f64 / (1 << 20) as f64,
+        Limits::default().mqtt_memory_bound() as f64 / (1 << 20) as f64,
+        collector.batches("refused"),
+        collector.batches("busy"),
+        started.elapsed()
+    );
+    assert!(peak < bound, "peak RSS {peak} over the bound {bound}");
+    assert_eq!(
+        collector.batches("refused") + collector.batches("busy"),
+        (devices.len() * 2 * PER_KIND) as u64
+    );
 }

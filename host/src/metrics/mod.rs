@@ -117,7 +117,7 @@ impl Metrics {
         let uploads = Family::<Labels, Counter>::default();
         registry.register(
             "upload_batches",
-            "Upload attempts, by outcome (acknowledged, failed, miscounted: an acknowledgement whose counts do not add up to the records sent, unverified: one not signed by a pinned collector key for this device and these records, split, set_aside)",
+            "Upload attempts, by outcome (acknowledged, failed, miscounted: an acknowledgement whose counts do not add up to the records sent, unverified: one not signed by a pinned collector key for this device and these records, busy: the collector asked to come back later, split, set_aside)",
             uploads.clone(),
         );
         let upload_records = Counter::default();

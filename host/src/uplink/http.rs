@@ -119,6 +119,7 @@ impl HttpUplink {
             });
         }
         let status = response.status();
+        let retry_after = retry_after(&response);
         // Read the whole answer, bounded: a connection closed mid-answer is
         // not an acknowledgement, and a huge answer is not one either.
         let mut answer = Vec::new();
@@ -129,6 +130,13 @@ impl HttpUplink {
                 break;
             }
             answer.extend_from_slice(&chunk);
+        }
+        if let Some(retry_after) = retry_after {
+            return Err(UplinkError::Busy {
+                endpoint: self.endpoint.clone(),
+                retry_after,
+                body: upstream_text(&answer, 500),
+            });
         }
         if !status.is_success() {
             let code = status.as_u16();
@@ -156,6 +164,24 @@ impl HttpUplink {
             ))
         })
     }
+}
+
+/// The wait a `503` or `429` answer asks for in whole seconds
+/// (`Retry-After: 1`); `None` for any other answer, or a date (a collector
+/// sends seconds).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    if !matches!(response.status().as_u16(), 429 | 503) {
+        return None;
+    }
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 impl Uplink for HttpUplink {

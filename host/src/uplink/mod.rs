@@ -39,7 +39,7 @@ pub mod mqtt;
 
 use crate::config::SyncConfig;
 use crate::outbox::{Batch, Outbox, OutboxError, Split};
-use crate::wake::{Wake, backoff};
+use crate::wake::{Wake, backoff, retry_delay};
 use serde_json::value::RawValue;
 use sluice_protocol::keys::PublicKey;
 use sluice_protocol::{
@@ -68,6 +68,21 @@ pub enum UplinkError {
         endpoint: String,
         /// The answer's status.
         status: u16,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// The upstream has no room for the batch now and said when to come
+    /// back (`503` with `Retry-After` over HTTP, with
+    /// [`sluice_protocol::mqtt::RETRY_AFTER_MS`] through MQTT): the same
+    /// batch is sent again after that wait (at most `sync.backoff_max_ms`,
+    /// plus up to half of it as jitter) instead of the growing backoff,
+    /// counted `outcome="busy"`.
+    #[error("{endpoint} is busy, retrying in {} ms or more: {body}", retry_after.as_millis())]
+    Busy {
+        /// Where it was sent.
+        endpoint: String,
+        /// How long the upstream asked the device to wait.
+        retry_after: Duration,
         /// The start of the answer's body.
         body: String,
     },
@@ -299,6 +314,7 @@ impl Uploader {
                     self.metrics.upload(match e {
                         UplinkError::Miscounted { .. } => "miscounted",
                         UplinkError::Unverified { .. } => "unverified",
+                        UplinkError::Busy { .. } => "busy",
                         _ => "failed",
                     });
                     let _ = self.outbox.record_sync_error(&e.to_string());
@@ -399,13 +415,31 @@ impl Uploader {
                     wake.wait(Duration::from_millis(self.config.interval_ms));
                 }
                 Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let delay = backoff(
-                        self.config.backoff_initial_ms,
-                        self.config.backoff_max_ms,
-                        failures,
-                    );
-                    tracing::warn!(retry_in_ms = delay.as_millis() as u64, "sync failed: {e}");
+                    let delay = match &e {
+                        // Asked to come back later: not a failure to back
+                        // off from, a wait to honour (bounded: an answer
+                        // cannot park the device for longer than its own
+                        // longest backoff).
+                        // Normal under load: not worth a warning each time.
+                        UplinkError::Busy { retry_after, .. } => {
+                            let delay = retry_delay(*retry_after, self.config.backoff_max_ms);
+                            tracing::debug!(retry_in_ms = delay.as_millis() as u64, "{e}");
+                            delay
+                        }
+                        _ => {
+                            failures = failures.saturating_add(1);
+                            let delay = backoff(
+                                self.config.backoff_initial_ms,
+                                self.config.backoff_max_ms,
+                                failures,
+                            );
+                            tracing::warn!(
+                                retry_in_ms = delay.as_millis() as u64,
+                                "sync failed: {e}"
+                            );
+                            delay
+                        }
+                    };
                     wake.sleep(delay);
                 }
             }

@@ -24,7 +24,10 @@
 //!   and only answers naming a batch being waited for are looked at; their
 //!   text is escaped before it is logged or kept
 //!   ([`crate::error::upstream_text`]); what an answer acknowledges is
-//!   checked by the uploader, as for HTTP ([`super::Uploader`]).
+//!   checked by the uploader, as for HTTP ([`super::Uploader`]);
+//! * a collector with no room answers `503` at once with the wait it asks
+//!   for ([`mqtt::RETRY_AFTER_MS`]), which the uploader honours
+//!   ([`UplinkError::Busy`]), as it honours HTTP's `Retry-After`.
 
 use super::{Uplink, UplinkError};
 use crate::config::{MqttAck, SyncConfig};
@@ -39,8 +42,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// An answer: its status and payload.
-type Answer = (u16, Vec<u8>);
+/// An answer: its status, its payload and, with `503`, the wait it asks
+/// for ([`mqtt::RETRY_AFTER_MS`]).
+type Answer = (u16, Vec<u8>, Option<Duration>);
 
 /// What the connection task and [`MqttUplink::deliver`] share.
 #[derive(Default)]
@@ -208,10 +212,18 @@ impl MqttUplink {
                 _ => Err(no_answer()),
             },
             MqttAck::Collector => {
-                let Ok(Ok((status, payload))) = tokio::time::timeout(self.timeout, answer).await
+                let Ok(Ok((status, payload, retry_after))) =
+                    tokio::time::timeout(self.timeout, answer).await
                 else {
                     return Err(no_answer());
                 };
+                if let Some(retry_after) = retry_after {
+                    return Err(UplinkError::Busy {
+                        endpoint: self.endpoint.clone(),
+                        retry_after,
+                        body: upstream_text(&payload, 500),
+                    });
+                }
                 if status != 200 {
                     return Err(UplinkError::Refused {
                         endpoint: self.endpoint.clone(),
@@ -282,14 +294,21 @@ async fn run(
                 else {
                     continue;
                 };
-                let status = properties
-                    .user_properties
-                    .iter()
-                    .find(|(k, _)| k == mqtt::STATUS)
-                    .and_then(|(_, v)| v.parse().ok())
+                let property = |name: &str| {
+                    properties
+                        .user_properties
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| v.parse::<u64>().ok())
+                };
+                let status = property(mqtt::STATUS)
+                    .and_then(|s| u16::try_from(s).ok())
                     .unwrap_or(0);
+                let retry_after = property(mqtt::RETRY_AFTER_MS)
+                    .filter(|_| status == 503)
+                    .map(Duration::from_millis);
                 if let Some(waiter) = state.waiting.lock().unwrap().remove(&key) {
-                    let _ = waiter.send((status, publish.payload.to_vec()));
+                    let _ = waiter.send((status, publish.payload.to_vec(), retry_after));
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {

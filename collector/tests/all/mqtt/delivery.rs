@@ -1,7 +1,7 @@
 //! Delivery through the broker under faults: broker down at start,
 //! restarted with its sessions lost, the connection cut in the middle of a
 //! batch, a collector killed between its commit and its answer, two
-//! collectors sharing the subscription.
+//! collectors sharing the subscription, a collector with no room.
 
 use super::*;
 use std::io::{Read, Write};
@@ -222,5 +222,62 @@ fn collectors_on_a_shared_subscription_split_the_batches() {
     assert_eq!(
         pg.psql("fleet", "SELECT COUNT(*), COUNT(DISTINCT id) FROM results"),
         "400|400"
+    );
+}
+
+/// A collector with room for one MQTT batch at a time and twelve devices
+/// sending at once on the shipped broker: the batches it has no room for
+/// are answered `503` with `retry-after-ms` at once (not queued in the
+/// collector), and every result of every device still lands once.
+#[test]
+fn a_full_collector_answers_busy_and_every_result_still_lands_once() {
+    let devices: Vec<String> = (0..12).map(|i| format!("dev-b{i}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let broker = or_skip!(Mosquitto::shipped(&names, &["collector-1"]));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let password = broker.password_file("collector-1");
+    let collector = CollectorProcess::start(
+        db.to_str().unwrap(),
+        &broker.url(),
+        &[
+            "--mqtt-username",
+            "collector-1",
+            "--mqtt-password-file",
+            password.to_str().unwrap(),
+            "--mqtt-device-from-topic",
+            "--mqtt-max-waiting",
+            "0",
+            "--max-concurrent-batches",
+            "2",
+        ],
+        false,
+    );
+    let senders: Vec<_> = devices
+        .iter()
+        .map(|device| {
+            let (device, url, password) = (device.clone(), broker.url(), broker.password(device));
+            let dir = dir.path().join(&device);
+            std::thread::spawn(move || {
+                let mut config = sync_config(&url, Some((&device, &password)));
+                config.token = None;
+                config.batch_max_records = 20;
+                let outbox = outbox(&dir, 0, 0);
+                append_for(&outbox, &device, 0, 100);
+                let uploader = uploader_of(&outbox, &config, &device);
+                sync_all(&uploader, &outbox, Duration::from_secs(120));
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    for device in &devices {
+        assert_all_once_of(&collector.url, device, 100);
+    }
+    assert_eq!(collector.batches("stored"), 12 * 5);
+    assert!(
+        collector.batches("busy") > 0,
+        "twelve devices at once never found the collector full"
     );
 }

@@ -57,7 +57,7 @@ impl CollectorProcess {
         CollectorProcess { child, url }
     }
 
-    /// Batches answered with `outcome` (`stored`, `replayed`).
+    /// Batches answered with `outcome` (`stored`, `replayed`, `busy`...).
     pub(super) fn batches(&self, outcome: &str) -> u64 {
         let text = reqwest::blocking::Client::new()
             .get(format!("{}/metrics", self.url))
@@ -66,14 +66,16 @@ impl CollectorProcess {
             .unwrap()
             .text()
             .unwrap();
+        // One line per status: their sum.
         text.lines()
-            .find(|l| {
+            .filter(|l| {
                 l.starts_with(&format!(
                     "sluice_collector_batches_total{{outcome=\"{outcome}\""
                 ))
             })
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0, |n| n.parse().unwrap())
+            .filter_map(|l| l.rsplit(' ').next())
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum()
     }
 
     /// Wait for the process to end by itself (the fault seam aborts it).
@@ -195,11 +197,16 @@ pub(super) fn sync_all(uploader: &Uploader, outbox: &Outbox, within: Duration) {
 
 /// Every seq of `0..n` stored exactly once, read through `collector`.
 pub(super) fn assert_all_once(collector_url: &str, n: u64) {
+    assert_all_once_of(collector_url, DEVICE, n)
+}
+
+/// [`assert_all_once`] for `device`'s results (read with the operator's token).
+pub(super) fn assert_all_once_of(collector_url: &str, device: &str, n: u64) {
     let body: serde_json::Value = reqwest::blocking::Client::new()
         .get(format!(
-            "{collector_url}/v1/devices/{DEVICE}/results?limit=10000"
+            "{collector_url}/v1/devices/{device}/results?limit=10000"
         ))
-        .bearer_auth(TOKEN)
+        .bearer_auth(OPERATOR)
         .send()
         .unwrap()
         .json()
@@ -213,6 +220,6 @@ pub(super) fn assert_all_once(collector_url: &str, n: u64) {
     assert_eq!(
         seqs,
         (0..n).collect::<Vec<_>>(),
-        "every result once, in order"
+        "every result of {device} once, in order"
     );
 }
