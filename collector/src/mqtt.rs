@@ -4,7 +4,9 @@
 //! [`sluice_protocol::mqtt`].
 //!
 //! Several collectors split the load on one MQTT 5 shared subscription
-//! (`$share/GROUP/...`): the broker gives each batch to one of them.
+//! (`$share/GROUP/...`): the broker gives each batch to one of them. The
+//! same consumer answers devices asking for the bundle a rollout offers
+//! them, chunk by chunk ([`bundles`]).
 //!
 //! Invariants:
 //! * the same checks and the same store as HTTP ([`crate::accept`]): the
@@ -23,6 +25,8 @@
 //!   (the device sends it again after the wait), so a flood costs the
 //!   collector a bounded amount of memory ([`Limits::mqtt_memory_bound`])
 //!   and the broker's queue, not the collector's, takes the rest.
+
+mod bundles;
 
 use crate::accept::{self, Received, Refusal};
 use crate::limits::{Limits, MQTT_PACKET_OVERHEAD, RETRY_AFTER_SECS};
@@ -116,7 +120,11 @@ pub(crate) async fn consume(
     // found at 100 devices). An answer lost is a batch the device sends
     // again, answered `replayed`.
     let (client, mut events) = AsyncClient::new(options, 2 * held as usize + 64);
-    let filter = mqtt::shared_batches(&settings.broker.topic_prefix, &settings.group);
+    let prefix = &settings.broker.topic_prefix;
+    let filters = [
+        mqtt::shared_batches(prefix, &settings.group),
+        mqtt::shared_bundle_requests(prefix, &settings.group),
+    ];
     let url = sluice_mqtt::endpoint(&settings.url).to_owned();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -127,13 +135,15 @@ pub(crate) async fn consume(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
-                if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-                    tracing::error!("MQTT broker {url}: cannot subscribe to {filter}: {e}");
+                for filter in &filters {
+                    if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                        tracing::error!("MQTT broker {url}: cannot subscribe to {filter}: {e}");
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 tracing::info!(
-                    "MQTT broker {url}: taking batches from {filter}: {:?}",
+                    "MQTT broker {url}: taking batches and bundle requests from {filters:?}: {:?}",
                     ack.return_codes
                 );
             }
@@ -208,14 +218,26 @@ async fn respond(client: &AsyncClient, reply: Option<Reply>, publish: &Publish) 
     let _ = client.ack(publish).await;
 }
 
-/// The device whose batches topic `publish` came on, if it is one.
-fn device_of<'a>(prefix: &str, publish: &'a Publish) -> Option<&'a str> {
+/// What a message asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// To store a batch.
+    Batch,
+    /// A chunk of the bundle offered to the device ([`bundles`]).
+    Bundle,
+}
+
+/// The device whose topic `publish` came on and what it asks, if it is a
+/// device's batches or bundle topic.
+fn device_of<'a>(prefix: &str, publish: &'a Publish) -> Option<(&'a str, Request)> {
     let topic = std::str::from_utf8(&publish.topic).ok()?;
-    let device = mqtt::device_of_batches(prefix, topic);
-    if device.is_none() {
-        tracing::warn!("ignoring a message on {topic}: not a device's batches topic");
+    let found = mqtt::device_of_batches(prefix, topic)
+        .map(|d| (d, Request::Batch))
+        .or_else(|| mqtt::device_of_bundle_requests(prefix, topic).map(|d| (d, Request::Bundle)));
+    if found.is_none() {
+        tracing::warn!("ignoring a message on {topic}: not a device's batches or bundle topic");
     }
-    device
+    found
 }
 
 /// The batch key a message carries (its correlation data), if any.
@@ -228,8 +250,10 @@ fn key_of(publish: &Publish) -> Option<String> {
 /// ([`Limits::mqtt_max_held`]): not read, not kept; the device sends it
 /// again after [`mqtt::RETRY_AFTER_MS`].
 fn busy(shared: &Shared, prefix: &str, publish: &Publish) -> Option<Reply> {
-    let device = device_of(prefix, publish)?;
-    shared.metrics.batch("busy", 503);
+    let (device, request) = device_of(prefix, publish)?;
+    if request == Request::Batch {
+        shared.metrics.batch("busy", 503);
+    }
     let refusal = Refusal::new(
         503,
         format!(
@@ -237,7 +261,7 @@ fn busy(shared: &Shared, prefix: &str, publish: &Publish) -> Option<Reply> {
             shared.limits.mqtt_max_held()
         ),
     );
-    let (topic, mut properties, payload) = reply(prefix, device, key_of(publish), Err(refusal));
+    let (topic, mut properties, payload) = reply(prefix, device, key_of(publish), refused(refusal));
     properties.user_properties.push((
         mqtt::RETRY_AFTER_MS.to_owned(),
         (u64::from(RETRY_AFTER_SECS) * 1000).to_string(),
@@ -245,8 +269,19 @@ fn busy(shared: &Shared, prefix: &str, publish: &Publish) -> Option<Reply> {
     Some((topic, properties, payload))
 }
 
-/// Check and store one batch message: the answer, or `None` for a message
-/// on no device's batches topic.
+/// A user property of `publish`, by name (case-insensitive).
+fn user<'a>(publish: &'a Publish, name: &str) -> Option<&'a str> {
+    publish
+        .properties
+        .as_ref()?
+        .user_properties
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Check one message and do what it asks (store a batch, read a chunk of
+/// a bundle): the answer, or `None` for a message on no device's topic.
 fn answer(
     shared: &Shared,
     prefix: &str,
@@ -254,18 +289,43 @@ fn answer(
     publish: &Publish,
     body: Vec<u8>,
 ) -> Option<Reply> {
-    let device = device_of(prefix, publish)?;
-    let properties = publish.properties.clone().unwrap_or_default();
-    let user = |name: &str| {
-        properties
-            .user_properties
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let (device, request) = device_of(prefix, publish)?;
     let key = key_of(publish);
-    let authorization = user(mqtt::AUTHORIZATION);
-    let identity = match shared.tokens.device_of(authorization) {
+    if let Err(refusal) = identify(shared, device, publish, device_from_topic) {
+        if request == Request::Batch {
+            shared.metrics.batch("refused", refusal.status);
+        }
+        return Some(reply(prefix, device, key, refused(refusal)));
+    }
+    if request == Request::Bundle {
+        return Some(bundles::answer(shared, prefix, device, key, publish));
+    }
+    let received = Received {
+        device,
+        key: key.as_deref(),
+        encoding: user(publish, mqtt::CONTENT_ENCODING),
+        body,
+    };
+    let result = accept::store(&shared.store, &shared.metrics, &shared.limits, received);
+    fault_before_answer();
+    let answer = match result {
+        Ok(ack) => (200, serde_json::to_vec(&ack).expect("answers serialize")),
+        Err(refusal) => refused(refusal),
+    };
+    Some(reply(prefix, device, key, answer))
+}
+
+/// Whether `publish` may speak for `device`: its bearer token is the
+/// device's, or it has none and the broker's ACL vouches for the topic
+/// ([`MqttSettings::device_from_topic`]).
+fn identify(
+    shared: &Shared,
+    device: &str,
+    publish: &Publish,
+    device_from_topic: bool,
+) -> Result<(), Refusal> {
+    let authorization = user(publish, mqtt::AUTHORIZATION);
+    match shared.tokens.device_of(authorization) {
         // The broker's ACL vouches for the topic (MqttSettings::device_from_topic).
         None if authorization.is_none() && device_from_topic => Ok(()),
         None => Err(Refusal::new(
@@ -280,43 +340,30 @@ fn answer(
             format!("this token is device `{own}`'s, not `{device}`'s"),
         )),
         Some(_) => Ok(()),
-    };
-    if let Err(refusal) = identity {
-        shared.metrics.batch("refused", refusal.status);
-        return Some(reply(prefix, device, key, Err(refusal)));
     }
-    let received = Received {
-        device,
-        key: key.as_deref(),
-        encoding: user(mqtt::CONTENT_ENCODING),
-        body,
-    };
-    let result = accept::store(&shared.store, &shared.metrics, &shared.limits, received);
-    fault_before_answer();
-    Some(reply(prefix, device, key, result))
 }
 
+/// A refusal's status and JSON body.
+fn refused(refusal: Refusal) -> (u16, Vec<u8>) {
+    let body = serde_json::to_vec(&refusal.body).expect("answers serialize");
+    (refusal.status, body)
+}
+
+/// The answer `(status, payload)` to `device`'s message `key`, on the
+/// device's own answer topic.
 fn reply(
     prefix: &str,
     device: &str,
     key: Option<String>,
-    result: Result<sluice_protocol::BatchAck, Refusal>,
+    (status, payload): (u16, Vec<u8>),
 ) -> Reply {
-    let (status, payload) = match result {
-        Ok(ack) => (200, serde_json::to_vec(&ack)),
-        Err(refusal) => (refusal.status, serde_json::to_vec(&refusal.body)),
-    };
     let properties = PublishProperties {
         correlation_data: key.map(|k| k.into_bytes().into()),
         user_properties: vec![(mqtt::STATUS.to_owned(), status.to_string())],
         content_type: Some(sluice_protocol::CONTENT_TYPE.to_owned()),
         ..Default::default()
     };
-    (
-        mqtt::acks(prefix, device),
-        properties,
-        payload.expect("answers serialize"),
-    )
+    (mqtt::acks(prefix, device), properties, payload)
 }
 
 /// The fault tests' seam: with `SLUICE_COLLECTOR_FAULT=abort-before-answer`

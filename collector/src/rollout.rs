@@ -360,10 +360,80 @@ pub(crate) fn list(tx: &mut dyn Tx, state: Option<&str>) -> Result<Vec<Rollout>,
 /// of a running rollout whose reached stages include it. Asked by every
 /// device at every poll: it reads the running rollouts' device lists, not
 /// every device's progress.
-pub(crate) fn offer(
+pub(crate) fn offer(tx: &mut dyn Tx, device: &str) -> Result<Option<Offer>, SqlError> {
+    first_offered(tx, device, |tx, name, version| {
+        let Some(bundle) = tx.query_opt(
+            "SELECT sha256, body FROM bundles WHERE name = ?1 AND version = ?2",
+            args![name, version],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((
+            name.to_owned(),
+            version.max(0) as u64,
+            bundle.text(0)?,
+            bundle.blob(1)?,
+        )))
+    })
+}
+
+/// A part of the bundle offered to `device`: up to `len` bytes from
+/// `offset`, read by the database (a device fetching a bundle in chunks
+/// does not make the collector read the whole bundle for each).
+pub(crate) fn offer_chunk(
     tx: &mut dyn Tx,
     device: &str,
-) -> Result<Option<crate::rollout::Offer>, SqlError> {
+    offset: u64,
+    len: usize,
+) -> Result<Option<Chunk>, SqlError> {
+    // SQL counts from 1; both engines take an int4 here.
+    let (from, len) = (
+        i64::try_from(offset.saturating_add(1))
+            .unwrap_or(i64::MAX)
+            .min(i32::MAX as i64),
+        (len as i64).min(i32::MAX as i64),
+    );
+    first_offered(tx, device, |tx, name, version| {
+        let Some(bundle) = tx.query_opt(
+            "SELECT sha256, length(body), substr(body, ?3, ?4) FROM bundles WHERE name = ?1 AND version = ?2",
+            args![name, version, from, len],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Chunk {
+            name: name.to_owned(),
+            version: version.max(0) as u64,
+            sha256: bundle.text(0)?,
+            total: bundle.int(1)?.max(0) as u64,
+            bytes: bundle.blob(2)?,
+        }))
+    })
+}
+
+/// A part of an offered bundle ([`offer_chunk`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The bundle's name.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+    /// The SHA-256 (hex) of the whole bundle.
+    pub sha256: String,
+    /// The whole bundle's size.
+    pub total: u64,
+    /// The bytes asked for (fewer at the end, none past it).
+    pub bytes: Vec<u8>,
+}
+
+/// `read` of the first running rollout whose reached stages include
+/// `device` and that finds its bundle.
+fn first_offered<T>(
+    tx: &mut dyn Tx,
+    device: &str,
+    mut read: impl FnMut(&mut dyn Tx, &str, i64) -> Result<Option<T>, SqlError>,
+) -> Result<Option<T>, SqlError> {
     let running = tx.query(
         "SELECT name, version, devices, stages, stage FROM rollouts WHERE state = 'running' ORDER BY id",
         &[],
@@ -375,16 +445,8 @@ pub(crate) fn offer(
         if !devices[..n].iter().any(|d| d == device) {
             continue;
         }
-        if let Some(bundle) = tx.query_opt(
-            "SELECT sha256, body FROM bundles WHERE name = ?1 AND version = ?2",
-            args![&name, version],
-        )? {
-            return Ok(Some((
-                name,
-                version.max(0) as u64,
-                bundle.text(0)?,
-                bundle.blob(1)?,
-            )));
+        if let Some(found) = read(tx, &name, version)? {
+            return Ok(Some(found));
         }
     }
     Ok(None)

@@ -170,16 +170,23 @@ impl Agent {
                 .slots
                 .insert(pipeline.name().to_owned(), Arc::new(slot));
         }
+        // One connection to the collector (over MQTT the broker allows one
+        // per device): the uploader's, and the installer asks through it.
+        let uplink = uplink::from_config(&config.sync, &device, tokio)?;
         // Installed bundles run from the first group on: swapped into the
         // slots before any worker starts.
         if config.bundles.enabled() {
+            let offers = uplink
+                .as_ref()
+                .filter(|_| config.bundles.from_collector)
+                .map(|uplink| uplink.offers(&device));
             let mut installer = Installer::new(
                 &config,
                 outbox.clone(),
                 agent.slots.clone(),
                 stored.clone(),
                 metrics.clone(),
-                tokio,
+                offers,
             )?;
             installer.recover()?;
             let wake = Wake::new();
@@ -226,7 +233,7 @@ impl Agent {
             agent.workers.push((wake, thread));
         }
 
-        if let Some(uplink) = uplink::from_config(&config.sync, &device, tokio)? {
+        if let Some(uplink) = uplink {
             if config.sync.ack_keys.is_empty() {
                 tracing::warn!(
                     "sync.ack_keys is empty: acknowledgements from {} are believed unsigned, so a proxy or a host answering in its place could make this device delete results; pin the collector's key (`sluice-collector ack-key`)",

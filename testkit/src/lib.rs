@@ -8,6 +8,9 @@
 //! installs; without them [`Postgres::start`] and [`Mosquitto::start`]
 //! return [`Missing`], and a test prints it and skips, loudly.
 //!
+//! A workspace binary run as the server it is ([`Listening`], with
+//! [`cargo_bin`]).
+//!
 //! And a disk that loses power ([`VolatileDisk`], in [`power`]): a folder
 //! mounted through FUSE with a volatile write cache, cut at will.
 //!
@@ -23,6 +26,9 @@ pub use power::{Cut, VolatileDisk};
 
 mod mosquitto;
 pub use mosquitto::Mosquitto;
+
+mod process;
+pub use process::Listening;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

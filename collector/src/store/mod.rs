@@ -524,6 +524,17 @@ impl Store {
     pub fn bundle_for(&self, device: &str) -> Result<Option<crate::rollout::Offer>, StoreError> {
         self.read(|tx| crate::rollout::offer(tx, device))
     }
+
+    /// Up to `len` bytes from `offset` of the bundle [`Store::bundle_for`]
+    /// would offer `device`, with what names it.
+    pub fn bundle_chunk(
+        &self,
+        device: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<crate::rollout::Chunk>, StoreError> {
+        self.read(|tx| crate::rollout::offer_chunk(tx, device, offset, len))
+    }
 }
 
 /// Why a rollout command (pause, resume, abort) failed.

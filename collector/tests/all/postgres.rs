@@ -117,6 +117,7 @@ fn postgres_stores_views_and_rolls_out_as_sqlite_does() {
         Limits::default(),
     );
     crate::rollouts::stage_by_stage(&c, &db);
+    crate::rollouts::chunks_are_the_bundles_bytes(&connect(&pg.database("chunks")));
 
     // Paging by the (seq, id) cursor, seq repeating across outboxes.
     let c = Running::start_store(connect(&pg.database("paging")), tokens(), Limits::default());

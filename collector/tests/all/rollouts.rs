@@ -13,8 +13,13 @@ use std::process::Command;
 /// A bundle file of `name` at `version` (the collector only reads its
 /// manifest: devices verify signatures).
 fn bundle(dir: &Path, name: &str, version: u64) -> PathBuf {
+    bundle_with(dir, name, version, b"not really a model")
+}
+
+/// [`bundle`] whose model file holds `model`.
+pub(crate) fn bundle_with(dir: &Path, name: &str, version: u64, model: &[u8]) -> PathBuf {
     let file = dir.join("model.onnx");
-    std::fs::write(&file, b"not really a model").unwrap();
+    std::fs::write(&file, model).unwrap();
     let (bytes, sha256) = sluice_bundle::sha256_of(&file).unwrap();
     let manifest = sluice_bundle::Manifest {
         format: sluice_bundle::FORMAT,
@@ -235,4 +240,41 @@ pub fn stage_by_stage(c: &Running, db: &str) {
         ok && text.contains("rollout 2") && text.contains("now offered to 2"),
         "{text}"
     );
+}
+
+/// What a device fetching in chunks (through MQTT) is given: the bytes of
+/// the offered bundle at the offset asked, its size and SHA-256, nothing
+/// past the end, nothing for a device not offered it. Run on SQLite here
+/// and on PostgreSQL by `postgres.rs`.
+pub(crate) fn chunks_are_the_bundles_bytes(store: &sluice_collector_core::Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let model: Vec<u8> = (0..5_000u32).map(|_| rand::random()).collect();
+    let file = bundle_with(dir.path(), "chunked", 1, &model);
+    let bytes = std::fs::read(&file).unwrap();
+    store
+        .start_rollout(&file, Some(vec!["a".into()]), &[100])
+        .unwrap();
+    let chunk = store.bundle_chunk("a", 10, 100).unwrap().unwrap();
+    assert_eq!(chunk.bytes, bytes[10..110]);
+    assert_eq!(chunk.total, bytes.len() as u64);
+    assert_eq!(chunk.sha256, sluice_bundle::sha256_of(&file).unwrap().1);
+    assert_eq!((chunk.name.as_str(), chunk.version), ("chunked", 1));
+    let tail = store
+        .bundle_chunk("a", bytes.len() as u64 - 5, 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(tail.bytes, bytes[bytes.len() - 5..]);
+    let past = store
+        .bundle_chunk("a", bytes.len() as u64 + 7, 100)
+        .unwrap()
+        .unwrap();
+    assert!(past.bytes.is_empty());
+    assert!(store.bundle_chunk("b", 0, 100).unwrap().is_none());
+}
+
+#[test]
+fn chunks_of_an_offered_bundle_are_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sluice_collector_core::Store::open(&dir.path().join("c.db")).unwrap();
+    chunks_are_the_bundles_bytes(&store);
 }

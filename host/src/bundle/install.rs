@@ -68,23 +68,23 @@ pub struct Installer {
     pub(super) candidates: BTreeMap<PathBuf, Candidate>,
     /// Unpacked bundles to delete once no deployment uses them.
     pub(super) garbage: Vec<(PathBuf, Weak<Deployment>)>,
-    /// Asking the collector: its client, the runtime it runs on, and when
-    /// it was last asked.
-    pub(super) collector: Option<(reqwest::Client, tokio::runtime::Handle)>,
+    /// Asking the collector (through the uplink's transport), and when it
+    /// was last asked.
+    pub(super) collector: Option<Box<dyn crate::uplink::Offers>>,
     pub(super) last_asked: Option<Instant>,
 }
 
 impl Installer {
     /// An installer for the pipelines in `slots` of an agent running `base`;
-    /// its state lives in `<data_dir>/bundles`.
-    #[allow(clippy::too_many_arguments)]
+    /// its state lives in `<data_dir>/bundles`. `collector`: where rollouts
+    /// offer bundles (`bundles.from_collector`).
     pub(crate) fn new(
         base: &Config,
         outbox: Arc<Outbox>,
         slots: BTreeMap<String, Arc<Slot>>,
         stored: Arc<Wake>,
         metrics: Arc<Metrics>,
-        tokio: &tokio::runtime::Handle,
+        collector: Option<Box<dyn crate::uplink::Offers>>,
     ) -> Result<Installer, InstallError> {
         let dir = base.device.data_dir.join("bundles");
         std::fs::create_dir_all(dir.join("v")).map_err(io(&dir))?;
@@ -92,14 +92,6 @@ impl Installer {
         sluice_durable::remove_stale_temporaries(&dir);
         let trusted = base.bundles.trusted()?;
         let state = State::load(&dir).map_err(io(&dir))?;
-        let collector = base.bundles.from_collector.then(|| {
-            let client = crate::uplink::http::collector_client(
-                Duration::from_secs(300),
-                Duration::from_secs(10),
-            )
-            .expect("a client with rustls builds");
-            (client, tokio.clone())
-        });
         Ok(Installer {
             base: base.clone(),
             settings: base.bundles.clone(),
@@ -124,7 +116,8 @@ impl Installer {
     /// committed version, delete the folders no version uses (half-staged
     /// bundles included).
     pub(crate) fn recover(&mut self) -> Result<(), InstallError> {
-        // Bundles fetched from the collector and not yet offered.
+        // Bundles fetched from the collector and not yet offered (a
+        // `partial-*` download stays: it resumes, and is checked whole).
         for entry in std::fs::read_dir(&self.dir)
             .map_err(io(&self.dir))?
             .flatten()

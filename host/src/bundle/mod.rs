@@ -33,7 +33,6 @@
 
 mod build;
 mod error;
-mod fetch;
 mod install;
 mod sources;
 mod state;

@@ -9,18 +9,9 @@ use std::time::{Duration, Instant};
 
 impl Installer {
     pub(super) fn ask_collector(&mut self) {
-        let Some((client, tokio)) = self.collector.clone() else {
+        let Some(collector) = &self.collector else {
             return;
         };
-        let (Some(url), Ok(Some(token))) = (&self.base.sync.url, self.base.sync.bearer_token())
-        else {
-            return;
-        };
-        let url = format!(
-            "{}{}",
-            url.trim_end_matches('/'),
-            sluice_protocol::paths::device_bundle(&self.device)
-        );
         let seen: Vec<String> = self
             .state
             .seen
@@ -33,14 +24,11 @@ impl Installer {
         let path = self
             .dir
             .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
-        let fetched = tokio.block_on(super::fetch::fetch(
-            &client, &url, &token, &seen, &path, limit,
-        ));
-        match fetched {
+        match collector.fetch(&seen, &path, limit) {
             Ok(false) => {}
             // Refusals are reported by `offer`.
             Ok(true) => drop(self.offer(&path)),
-            Err(e) => tracing::warn!("asking {url} for a bundle: {e}"),
+            Err(e) => tracing::warn!("asking {} for a bundle: {e}", collector.endpoint()),
         }
         let _ = std::fs::remove_file(&path);
     }

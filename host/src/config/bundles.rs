@@ -16,8 +16,9 @@ pub struct BundlesConfig {
     pub trusted_keys: Vec<String>,
     /// A folder bundles are dropped into (`*.bundle`: a USB stick, scp).
     pub folder: Option<PathBuf>,
-    /// Ask the collector (`[sync]`'s url and token) for the bundle a staged
-    /// rollout has for this device.
+    /// Ask the collector for the bundle a staged rollout has for this
+    /// device, the way results go (`[sync]`): over HTTP(S) with the token,
+    /// or through the MQTT broker in chunks that resume after a cut.
     pub from_collector: bool,
     /// How often to ask the collector.
     pub collector_poll_secs: u64,

@@ -11,7 +11,9 @@
 //! results the collector never stored). A `3xx` is a failed attempt,
 //! retried, naming the status and its `Location`.
 
-use super::{Uplink, UplinkError};
+mod bundle;
+
+use super::{Offers, Uplink, UplinkError};
 use crate::config::SyncConfig;
 use crate::error::{ConfigError, upstream_text};
 use sluice_protocol::{self as protocol, BatchAck, RawBatch};
@@ -57,6 +59,8 @@ pub fn redirect_of(response: &reqwest::Response) -> Option<(u16, String)> {
 
 /// Delivers batches to a collector over HTTP(S).
 pub struct HttpUplink {
+    /// The collector's base URL (`sync.url`).
+    base: String,
     endpoint: String,
     token: String,
     zstd_level: i32,
@@ -80,6 +84,7 @@ impl HttpUplink {
         let client = collector_client(timeout, timeout)
             .map_err(|e| ConfigError::value("sync.url", format!("cannot set up HTTP: {e}")))?;
         Ok(HttpUplink {
+            base: url.to_owned(),
             endpoint,
             token,
             zstd_level: config.zstd_level,
@@ -191,5 +196,14 @@ impl Uplink for HttpUplink {
 
     fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
         self.runtime.block_on(self.post(batch))
+    }
+
+    fn offers(&self, device: &str) -> Box<dyn Offers> {
+        Box::new(bundle::HttpOffers::new(
+            &self.base,
+            device,
+            &self.token,
+            self.runtime.clone(),
+        ))
     }
 }

@@ -36,6 +36,9 @@
 
 pub mod http;
 pub mod mqtt;
+mod offers;
+
+pub use offers::Offers;
 
 use crate::config::SyncConfig;
 use crate::outbox::{Batch, Outbox, OutboxError, Split};
@@ -177,6 +180,10 @@ pub trait Uplink: Send + Sync {
     /// Deliver `batch`; returns the upstream's answer. Blocks until the
     /// answer or the deadline; must not be called from an async worker.
     fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError>;
+
+    /// Asking the same collector, the same way, for the bundle a rollout
+    /// offers `device`.
+    fn offers(&self, device: &str) -> Box<dyn Offers>;
 }
 
 /// The uplink a configuration asks for (`sync.url`'s scheme chooses it:
@@ -507,6 +514,9 @@ mod tests {
         }
         fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
             Ok((self.0)(batch))
+        }
+        fn offers(&self, _: &str) -> Box<dyn Offers> {
+            unreachable!("these tests ask for no bundle")
         }
     }
 

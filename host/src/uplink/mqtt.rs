@@ -29,7 +29,9 @@
 //!   for ([`mqtt::RETRY_AFTER_MS`]), which the uploader honours
 //!   ([`UplinkError::Busy`]), as it honours HTTP's `Retry-After`.
 
-use super::{Uplink, UplinkError};
+mod bundle;
+
+use super::{Offers, Uplink, UplinkError};
 use crate::config::{MqttAck, SyncConfig};
 use crate::error::{ConfigError, upstream_text};
 use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
@@ -42,37 +44,139 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// An answer: its status, its payload and, with `503`, the wait it asks
-/// for ([`mqtt::RETRY_AFTER_MS`]).
-type Answer = (u16, Vec<u8>, Option<Duration>);
+/// An answer from a collector.
+struct Answer {
+    /// Its [`mqtt::STATUS`] (0 if it has none).
+    status: u16,
+    payload: Vec<u8>,
+    /// Its user properties.
+    properties: Vec<(String, String)>,
+}
 
-/// What the connection task and [`MqttUplink::deliver`] share.
+impl Answer {
+    /// The user property `name`, if the answer has it.
+    fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The wait a `503` asks for ([`mqtt::RETRY_AFTER_MS`]).
+    fn retry_after(&self) -> Option<Duration> {
+        let ms = self.property(mqtt::RETRY_AFTER_MS)?.parse().ok()?;
+        (self.status == 503).then(|| Duration::from_millis(ms))
+    }
+}
+
+/// What the connection task, [`MqttUplink::deliver`] and the bundle
+/// requests ([`bundle`]) share.
 #[derive(Default)]
 struct State {
     /// Connected and subscribed to the answers.
     ready: AtomicBool,
     /// Why not, when not.
     last_error: Mutex<String>,
-    /// Batches waiting for their answer, by key.
+    /// Batches and bundle requests waiting for their answer, by key.
     waiting: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
     /// The batch waiting for its PUBACK (`mqtt_ack = "broker"`): one at a
     /// time, as the uploader sends one batch at a time.
     puback: Mutex<Option<oneshot::Sender<Result<(), String>>>>,
 }
 
-/// Delivers batches through an MQTT broker.
-pub struct MqttUplink {
+/// The device's connection to the broker, as the uplink and the bundle
+/// requests use it: one connection (the broker binds the client id
+/// `sluice-<device>` to it), one answer topic.
+#[derive(Clone)]
+struct Link {
     endpoint: String,
-    /// The collector's bearer token for this device, sent in each batch;
+    /// The collector's bearer token for this device, sent in each message;
     /// none when the broker's accounts identify the device (its topic).
     token: Option<String>,
-    batches_topic: String,
     acks_topic: String,
-    ack: MqttAck,
+    prefix: String,
+    device: String,
+    /// How long an answer is waited for (`sync.timeout_ms`).
     timeout: Duration,
-    zstd_level: i32,
     client: AsyncClient,
     state: Arc<State>,
+}
+
+impl Link {
+    fn unreachable(&self, message: String) -> UplinkError {
+        UplinkError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            message,
+        }
+    }
+
+    /// Fail unless connected and subscribed to the answers.
+    fn check_ready(&self) -> Result<(), UplinkError> {
+        if self.state.ready.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(self.unreachable(self.state.last_error.lock().unwrap().clone()))
+    }
+
+    /// The properties of a request `key` to a collector: answers on this
+    /// device's topic, the token if any, and `user` properties.
+    fn request_properties(&self, key: &str, user: Vec<(String, String)>) -> PublishProperties {
+        PublishProperties {
+            response_topic: Some(self.acks_topic.clone()),
+            correlation_data: Some(key.as_bytes().to_vec().into()),
+            content_type: Some(protocol::CONTENT_TYPE.into()),
+            user_properties: self
+                .token
+                .iter()
+                .map(|token| (mqtt::AUTHORIZATION.into(), format!("Bearer {token}")))
+                .chain(user)
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Publish `payload` to `topic` as request `key` and wait for the
+    /// collector's answer, at most [`Link::timeout`].
+    async fn ask(
+        &self,
+        topic: &str,
+        key: &str,
+        user: Vec<(String, String)>,
+        payload: Vec<u8>,
+    ) -> Result<Answer, UplinkError> {
+        self.check_ready()?;
+        let (tx, rx) = oneshot::channel();
+        self.state
+            .waiting
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), tx);
+        let properties = self.request_properties(key, user);
+        let answer = async {
+            self.client
+                .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+                .await
+                .map_err(|e| self.unreachable(format!("cannot publish: {e}")))?;
+            match tokio::time::timeout(self.timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                _ => Err(self.unreachable(format!(
+                    "no answer to {key} within {} ms (sync.timeout_ms): is a collector subscribed?",
+                    self.timeout.as_millis()
+                ))),
+            }
+        }
+        .await;
+        self.state.waiting.lock().unwrap().remove(key);
+        answer
+    }
+}
+
+/// Delivers batches through an MQTT broker.
+pub struct MqttUplink {
+    link: Link,
+    batches_topic: String,
+    ack: MqttAck,
+    zstd_level: i32,
     runtime: tokio::runtime::Handle,
     task: tokio::task::JoinHandle<()>,
 }
@@ -90,7 +194,9 @@ impl MqttUplink {
     ) -> Result<MqttUplink, ConfigError> {
         let broker = config.mqtt.clone().unwrap_or_default();
         let client_id = format!("sluice-{device}");
-        let max_packet = (super::http::MAX_ANSWER_BYTES + (16 << 10)) as u32;
+        // An acknowledgement or a chunk of a bundle, with its headers.
+        let max_packet =
+            (super::http::MAX_ANSWER_BYTES.max(mqtt::BUNDLE_CHUNK_BYTES) + (16 << 10)) as u32;
         let mut options = sluice_mqtt::options(url, &client_id, &broker, max_packet)
             .map_err(|e| ConfigError::value("sync.url", e.to_string()))?;
         options.set_clean_start(false);
@@ -108,96 +214,90 @@ impl MqttUplink {
             endpoint.clone(),
         ));
         Ok(MqttUplink {
-            endpoint,
-            token,
+            link: Link {
+                endpoint,
+                token,
+                acks_topic,
+                prefix: broker.topic_prefix.clone(),
+                device: device.to_owned(),
+                timeout: Duration::from_millis(config.timeout_ms),
+                client,
+                state,
+            },
             batches_topic: mqtt::batches(&broker.topic_prefix, device),
-            acks_topic,
             ack: config.mqtt_ack,
-            timeout: Duration::from_millis(config.timeout_ms),
             zstd_level: config.zstd_level,
-            client,
-            state,
             runtime,
             task,
         })
     }
 
     async fn publish(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
-        if !self.state.ready.load(Ordering::SeqCst) {
-            return Err(UplinkError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                message: self.state.last_error.lock().unwrap().clone(),
-            });
-        }
+        let link = &self.link;
         let json = serde_json::to_vec(batch).expect("a raw batch serializes");
         let body =
             zstd::encode_all(&json[..], self.zstd_level).expect("zstd into memory cannot fail");
-        let properties = PublishProperties {
-            response_topic: Some(self.acks_topic.clone()),
-            correlation_data: Some(batch.key.clone().into_bytes().into()),
-            content_type: Some(protocol::CONTENT_TYPE.into()),
-            user_properties: self
-                .token
-                .iter()
-                .map(|token| (mqtt::AUTHORIZATION.into(), format!("Bearer {token}")))
-                .chain([(
-                    mqtt::CONTENT_ENCODING.into(),
-                    protocol::CONTENT_ENCODING.into(),
-                )])
-                .collect(),
-            ..Default::default()
-        };
-        let (answer_tx, answer_rx) = oneshot::channel();
-        let (puback_tx, puback_rx) = oneshot::channel();
-        match self.ack {
-            MqttAck::Collector => {
-                self.state
-                    .waiting
-                    .lock()
-                    .unwrap()
-                    .insert(batch.key.clone(), answer_tx);
-            }
-            MqttAck::Broker => *self.state.puback.lock().unwrap() = Some(puback_tx),
+        let encoding = vec![(
+            mqtt::CONTENT_ENCODING.into(),
+            protocol::CONTENT_ENCODING.into(),
+        )];
+        if self.ack == MqttAck::Broker {
+            return self.published(batch, body, encoding).await;
         }
-        let result = self
-            .exchange(batch, body, properties, answer_rx, puback_rx)
-            .await;
-        self.state.waiting.lock().unwrap().remove(&batch.key);
-        self.state.puback.lock().unwrap().take();
-        result
+        let answer = link
+            .ask(&self.batches_topic, &batch.key, encoding, body)
+            .await?;
+        if let Some(retry_after) = answer.retry_after() {
+            return Err(UplinkError::Busy {
+                endpoint: link.endpoint.clone(),
+                retry_after,
+                body: upstream_text(&answer.payload, 500),
+            });
+        }
+        if answer.status != 200 {
+            return Err(UplinkError::Refused {
+                endpoint: link.endpoint.clone(),
+                status: answer.status,
+                body: upstream_text(&answer.payload, 500),
+            });
+        }
+        serde_json::from_slice::<BatchAck>(&answer.payload).map_err(|e| {
+            UplinkError::NotAcknowledged {
+                endpoint: link.endpoint.clone(),
+                key: batch.key.clone(),
+                problem: format!(
+                    "the answer is not an acknowledgement ({}): {}",
+                    upstream_text(e.to_string().as_bytes(), 300),
+                    upstream_text(&answer.payload, 200)
+                ),
+            }
+        })
     }
 
-    async fn exchange(
+    /// `mqtt_ack = "broker"`: the broker's PUBACK acknowledges the batch.
+    async fn published(
         &self,
         batch: &RawBatch,
         body: Vec<u8>,
-        properties: PublishProperties,
-        answer: oneshot::Receiver<Answer>,
-        puback: oneshot::Receiver<Result<(), String>>,
+        user: Vec<(String, String)>,
     ) -> Result<BatchAck, UplinkError> {
-        let unreachable = |message: String| UplinkError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            message,
-        };
-        self.client
-            .publish_with_properties(
-                self.batches_topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                body,
-                properties,
-            )
-            .await
-            .map_err(|e| unreachable(format!("cannot publish: {e}")))?;
-        let no_answer = || {
-            unreachable(format!(
-                "no answer to batch {} within {} ms (sync.timeout_ms): is a collector subscribed?",
-                batch.key,
-                self.timeout.as_millis()
-            ))
-        };
-        match self.ack {
-            MqttAck::Broker => match tokio::time::timeout(self.timeout, puback).await {
+        let link = &self.link;
+        link.check_ready()?;
+        let (tx, puback) = oneshot::channel();
+        *link.state.puback.lock().unwrap() = Some(tx);
+        let properties = link.request_properties(&batch.key, user);
+        let result = async {
+            link.client
+                .publish_with_properties(
+                    self.batches_topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(|e| link.unreachable(format!("cannot publish: {e}")))?;
+            match tokio::time::timeout(link.timeout, puback).await {
                 Ok(Ok(Ok(()))) => Ok(BatchAck::new(
                     &batch.key,
                     batch.records.len() as u64,
@@ -205,45 +305,20 @@ impl MqttUplink {
                     false,
                 )),
                 Ok(Ok(Err(reason))) => Err(UplinkError::Refused {
-                    endpoint: self.endpoint.clone(),
+                    endpoint: link.endpoint.clone(),
                     status: 503,
                     body: format!("the broker refused the batch: PUBACK {reason}"),
                 }),
-                _ => Err(no_answer()),
-            },
-            MqttAck::Collector => {
-                let Ok(Ok((status, payload, retry_after))) =
-                    tokio::time::timeout(self.timeout, answer).await
-                else {
-                    return Err(no_answer());
-                };
-                if let Some(retry_after) = retry_after {
-                    return Err(UplinkError::Busy {
-                        endpoint: self.endpoint.clone(),
-                        retry_after,
-                        body: upstream_text(&payload, 500),
-                    });
-                }
-                if status != 200 {
-                    return Err(UplinkError::Refused {
-                        endpoint: self.endpoint.clone(),
-                        status,
-                        body: upstream_text(&payload, 500),
-                    });
-                }
-                serde_json::from_slice::<BatchAck>(&payload).map_err(|e| {
-                    UplinkError::NotAcknowledged {
-                        endpoint: self.endpoint.clone(),
-                        key: batch.key.clone(),
-                        problem: format!(
-                            "the answer is not an acknowledgement ({}): {}",
-                            upstream_text(e.to_string().as_bytes(), 300),
-                            upstream_text(&payload, 200)
-                        ),
-                    }
-                })
+                _ => Err(link.unreachable(format!(
+                    "no PUBACK for batch {} within {} ms (sync.timeout_ms)",
+                    batch.key,
+                    link.timeout.as_millis()
+                ))),
             }
         }
+        .await;
+        link.state.puback.lock().unwrap().take();
+        result
     }
 }
 
@@ -294,22 +369,19 @@ async fn run(
                 else {
                     continue;
                 };
-                let property = |name: &str| {
-                    properties
-                        .user_properties
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .and_then(|(_, v)| v.parse::<u64>().ok())
+                let Some(waiter) = state.waiting.lock().unwrap().remove(&key) else {
+                    continue;
                 };
-                let status = property(mqtt::STATUS)
-                    .and_then(|s| u16::try_from(s).ok())
+                let mut answer = Answer {
+                    status: 0,
+                    payload: publish.payload.to_vec(),
+                    properties: properties.user_properties,
+                };
+                answer.status = answer
+                    .property(mqtt::STATUS)
+                    .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                let retry_after = property(mqtt::RETRY_AFTER_MS)
-                    .filter(|_| status == 503)
-                    .map(Duration::from_millis);
-                if let Some(waiter) = state.waiting.lock().unwrap().remove(&key) {
-                    let _ = waiter.send((status, publish.payload.to_vec(), retry_after));
-                }
+                let _ = waiter.send(answer);
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 use sluice_mqtt::rumqttc::v5::mqttbytes::v5::PubAckReason;
@@ -339,11 +411,18 @@ async fn run(
 
 impl Uplink for MqttUplink {
     fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.link.endpoint
     }
 
     fn deliver(&self, batch: &RawBatch) -> Result<BatchAck, UplinkError> {
         self.runtime.block_on(self.publish(batch))
+    }
+
+    fn offers(&self, _device: &str) -> Box<dyn Offers> {
+        Box::new(bundle::MqttOffers::new(
+            self.link.clone(),
+            self.runtime.clone(),
+        ))
     }
 }
 

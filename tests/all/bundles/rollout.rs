@@ -1,5 +1,6 @@
 //! Rollouts: a staged rollout advances on commits and halts when a device
-//! rolls back; a version raising drift alarms the previous one never raised is
+//! rolls back, with devices reaching the collector over HTTP and through
+//! the MQTT broker; a version raising drift alarms the previous one never raised is
 //! rolled back.
 
 use super::harness::{
@@ -12,32 +13,92 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[test]
-fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
+fn a_staged_rollout_over_http_advances_on_commits_and_halts_when_a_device_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
-    let key = SecretKey::generate();
-    let devices = ["r1", "r2", "r3", "r4"];
+    let db = dir.path().join("collector.sqlite");
     let mut tokens = sluice_collector_core::Tokens::default();
-    for d in devices {
+    for d in DEVICES {
         tokens.insert(d, &format!("{d}-secret")).unwrap();
     }
-    let db = dir.path().join("collector.sqlite");
     let collector = sluice_collector_core::Collector::start(
         std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         &db,
         tokens,
     )
     .unwrap();
+    let url = collector.url().to_string();
+    staged_rollout(dir.path(), &db, &url, |config, d| {
+        config.sync.url = Some(url.clone());
+        config.sync.token = Some(format!("{d}-secret"));
+    });
+    collector.shutdown();
+}
+
+/// The same rollout with devices whose uplink is MQTT, on the shipped
+/// broker: offers and bundles reach them through the broker, in chunks,
+/// identified by their broker accounts (no token), the collector's
+/// answers verified with its pinned key.
+#[test]
+fn a_staged_rollout_over_mqtt_advances_on_commits_and_halts_when_a_device_rolls_back() {
+    let broker = sluice_testkit::or_skip!(sluice_testkit::Mosquitto::shipped(
+        &DEVICES,
+        &["collector-1"]
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.sqlite");
+    let ack_key = dir.path().join("ack.key");
+    let signer = SecretKey::generate();
+    signer.write_new(&ack_key).unwrap();
+    let public = signer.public();
+    let mut collector = std::process::Command::new(sluice_testkit::cargo_bin(
+        "sluice-collector",
+        "sluice-collector",
+        &[],
+    ));
+    collector
+        .args(["--listen", "127.0.0.1:0", "--mqtt", &broker.url()])
+        .args(["--mqtt-username", "collector-1", "--mqtt-device-from-topic"])
+        .arg("--mqtt-password-file")
+        .arg(broker.password_file("collector-1"))
+        .arg("--db")
+        .arg(&db)
+        .arg("--ack-key")
+        .arg(&ack_key);
+    for d in DEVICES {
+        collector.args(["--token", &format!("{d}={d}-secret")]);
+    }
+    let collector = sluice_testkit::Listening::spawn(&mut collector);
+    let url = collector.url().to_owned();
+    staged_rollout(dir.path(), &db, &url, |config, d| {
+        config.sync.url = Some(broker.url());
+        config.sync.token = None;
+        config.sync.ack_keys = vec![public.to_text()];
+        config.sync.mqtt = Some(sluice_mqtt::Broker {
+            username: Some(d.to_owned()),
+            password_file: Some(broker.password_file(d)),
+            ..Default::default()
+        });
+    });
+}
+
+const DEVICES: [&str; 4] = ["r1", "r2", "r3", "r4"];
+
+/// Four devices, a rollout of version 2 in stages of 25, 50 and 100 % that
+/// r2 (whose camera breaks version 2) rolls back: it halts in the second
+/// stage, r3 and r4 are never offered it. `collector`: the collector's
+/// HTTP address (for the results); `sync`: how each device reaches it.
+fn staged_rollout(dir: &Path, db: &Path, collector: &str, sync: impl Fn(&mut Config, &str)) {
+    let key = SecretKey::generate();
     // r2's camera (16 x 16) breaks version 2: r2 will roll it back.
-    let (base, v2) = tolerant_device_and_strict_v2(dir.path(), &key);
-    let agents: Vec<sluice_agent::agent::Agent> = devices
+    let (base, v2) = tolerant_device_and_strict_v2(dir, &key);
+    let agents: Vec<sluice_agent::agent::Agent> = DEVICES
         .iter()
         .map(|d| {
-            let mut config = Config::load(&write_config(dir.path(), d, &base)).unwrap();
+            let mut config = Config::load(&write_config(dir, d, &base)).unwrap();
             config.device.id = (*d).into();
-            config.device.data_dir = dir.path().join(d);
+            config.device.data_dir = dir.join(d);
             config.runtime.cache_dir = Some(crate::common::shared_cache_dir());
-            config.sync.url = Some(collector.url().to_string());
-            config.sync.token = Some(format!("{d}-secret"));
+            sync(&mut config, d);
             config.sync.interval_ms = 50;
             config.bundles.trusted_keys = vec![key.public().to_text()];
             config.bundles.from_collector = true;
@@ -50,11 +111,11 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
         .collect();
 
     // Stages of 25, 50 and 100 % of the four: r1, then r1 and r2, then all.
-    let store = sluice_collector_core::Store::open(&db).unwrap();
+    let store = sluice_collector_core::Store::open(db).unwrap();
     let started = store
         .start_rollout(
             &v2,
-            Some(devices.map(String::from).to_vec()),
+            Some(DEVICES.map(String::from).to_vec()),
             &[25, 50, 100],
         )
         .unwrap();
@@ -63,7 +124,7 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
     let big: Vec<Vec<u8>> = small[..20].iter().map(|p| upscaled(p)).collect();
     let deadline = Instant::now() + Duration::from_secs(180);
     let halted = loop {
-        for (agent, d) in agents.iter().zip(devices) {
+        for (agent, d) in agents.iter().zip(DEVICES) {
             accept(agent, if d == "r2" { &big[..2] } else { &small[..2] });
         }
         let rollout = store.rollouts().unwrap().remove(0);
@@ -98,13 +159,10 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
         assert!(!p.offered && p.outcome.is_none(), "{p:?}");
     }
     // Upstream: r1 and r2 made results with it, r3 and r4 never.
-    for d in devices {
+    for d in DEVICES {
         let (status, body) = crate::common::http(
             reqwest::Client::new()
-                .get(format!(
-                    "{}/v1/devices/{d}/results?limit=1000",
-                    collector.url()
-                ))
+                .get(format!("{collector}/v1/devices/{d}/results?limit=1000"))
                 .bearer_auth(format!("{d}-secret")),
         );
         assert_eq!(status, 200);
@@ -119,7 +177,6 @@ fn a_staged_rollout_advances_on_commits_and_halts_when_a_device_rolls_back() {
     for agent in agents {
         agent.shutdown();
     }
-    collector.shutdown();
 }
 
 #[test]

@@ -314,6 +314,8 @@ fn a_hostile_device_on_the_shipped_broker_can_do_nothing_but_its_own() {
         "sluice/v1/devices/dev-1/batches",
         "sluice/v1/devices/dev-1/acks",
         "$share/sluice-collectors/sluice/v1/devices/+/batches",
+        "$share/sluice-collectors/sluice/v1/devices/+/bundle",
+        "sluice/v1/devices/dev-1/bundle",
         "$share/mallory/#",
     ] {
         mallory.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
@@ -338,6 +340,7 @@ fn a_hostile_device_on_the_shipped_broker_can_do_nothing_but_its_own() {
     for topic in [
         "sluice/v1/devices/dev-1/acks",
         "sluice/v1/devices/dev-1/batches",
+        "sluice/v1/devices/dev-1/bundle",
     ] {
         mallory
             .client

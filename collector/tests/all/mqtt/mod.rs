@@ -2,8 +2,10 @@
 //! outbox and MQTT uplink, `sluice-collector` processes on a shared
 //! subscription. [`delivery`]: whatever fails, every result is stored once
 //! and leaves the device only when a collector answered. [`hostile`]: what
-//! other clients of the broker can and cannot do.
+//! other clients of the broker can and cannot do. [`bundles`]: a rollout's
+//! bundle fetched through the broker.
 
+mod bundles;
 mod delivery;
 mod hostile;
 

@@ -3,20 +3,70 @@
 //! arrives: a bundle may be far larger than the memory a small device can
 //! spare.
 //!
-//! Invariants: the request goes through the same client as uploads
-//! ([`crate::uplink::http::collector_client`]), which follows no redirect:
+//! Invariants: the request goes through a client like the uploads'
+//! ([`super::collector_client`]), which follows no redirect:
 //! a bundle comes from the configured collector or not at all (it is
 //! verified against the pinned keys anyway, but a redirect would also send
 //! the device's token elsewhere); a `3xx` is an error naming its status and
 //! `Location`; the download is bounded by `limit` bytes, declared or not.
 
-use crate::uplink::http::redirect_of;
+use super::redirect_of;
+use crate::uplink::Offers;
 use std::path::Path;
+use std::time::Duration;
+
+/// Asks the collector over HTTP(S).
+pub(crate) struct HttpOffers {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HttpOffers {
+    /// Asking `<base>/v1/devices/{device}/bundle` with `token`, on
+    /// `runtime`: a download may take up to 5 minutes.
+    pub(crate) fn new(
+        base: &str,
+        device: &str,
+        token: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> HttpOffers {
+        HttpOffers {
+            client: super::collector_client(Duration::from_secs(300), Duration::from_secs(10))
+                .expect("a client with rustls builds"),
+            url: format!(
+                "{}{}",
+                base.trim_end_matches('/'),
+                sluice_protocol::paths::device_bundle(device)
+            ),
+            token: token.to_owned(),
+            runtime,
+        }
+    }
+}
+
+impl Offers for HttpOffers {
+    fn endpoint(&self) -> &str {
+        &self.url
+    }
+
+    fn fetch(&self, seen: &[String], path: &Path, limit: u64) -> Result<bool, String> {
+        self.runtime.block_on(fetch(
+            &self.client,
+            &self.url,
+            &self.token,
+            seen,
+            path,
+            limit,
+        ))
+    }
+}
 
 /// Fetch the bundle offered at `url` into `path`: `Ok(true)` when one was
 /// written, `Ok(false)` when there is none or the device has it already
 /// (`204`, `304`: `seen`, the SHA-256s it handled, go in `If-None-Match`).
-pub(crate) async fn fetch(
+async fn fetch(
     client: &reqwest::Client,
     url: &str,
     token: &str,
@@ -66,7 +116,6 @@ mod tests {
     use axum::routing::get;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     /// Serve `app` on a loopback port of the current runtime; its base URL.
     async fn serve(app: Router) -> String {
@@ -104,7 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("incoming.bundle");
         let client =
-            crate::uplink::http::collector_client(Duration::from_secs(10), Duration::from_secs(10))
+            super::super::collector_client(Duration::from_secs(10), Duration::from_secs(10))
                 .unwrap();
         let url = format!("{collector}/v1/devices/d/bundle");
         let error = fetch(&client, &url, "secret", &[], &path, 1 << 20)
