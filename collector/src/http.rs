@@ -18,7 +18,7 @@ use crate::limits::{Limits, RETRY_AFTER_SECS};
 use crate::operator::{DashboardQuery, dashboard_auth, operator, operator_check};
 pub(crate) use crate::shared::{Shared, error, page};
 use crate::store::{After, Store, now_ms};
-use crate::tokens::Tokens;
+use crate::tokens::{TokenTable, Tokens};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -47,7 +47,7 @@ pub fn router(store: Store, tokens: Tokens) -> Router {
 /// connection limit and header timeout are the server's: see
 /// [`serve_with`](crate::serve_with)).
 pub fn router_with(store: Store, tokens: Tokens, limits: Limits) -> Router {
-    router_shared(Shared::new(store, tokens, limits))
+    router_shared(Shared::new(store, TokenTable::new(tokens), limits))
 }
 
 pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
@@ -76,13 +76,14 @@ pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
         ))
 }
 
-fn device_of<'a>(shared: &'a Shared, headers: &HeaderMap) -> Result<&'a str, Response> {
+fn device_of(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     shared
-        .tokens
+        .tokens()
         .device_of(authorization)
+        .map(str::to_owned)
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token"))
 }
 
@@ -365,7 +366,7 @@ fn fleet_view(shared: &Shared) -> Result<FleetView, Response> {
     let stale_after_ms = stale_after_ms(&shared.limits);
     shared
         .store
-        .fleet(&shared.tokens.devices(), now, stale_after_ms)
+        .fleet(&shared.tokens().devices(), now, stale_after_ms)
         .map(|devices| FleetView {
             at_ms: now,
             stale_after_ms,
@@ -398,7 +399,7 @@ fn fleet_device(
     device: &str,
     since_ms: Option<i64>,
 ) -> Result<protocol::FleetDevice, Response> {
-    if !shared.tokens.devices().iter().any(|d| d == device) {
+    if !shared.tokens().devices().iter().any(|d| d == device) {
         return Err(error(
             StatusCode::NOT_FOUND,
             "no device of that name has a token",

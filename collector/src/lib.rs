@@ -75,12 +75,13 @@ pub mod store;
 mod tokens;
 
 pub use limits::{CONNECTION_BUFFER_BYTES, Limits, RECORD_OVERHEAD_BYTES};
-pub use sluice_serve::constant_time_eq;
+pub use sluice_serve::{Tls, TlsError, TlsFiles, constant_time_eq};
 pub use store::{BatchError, Store, StoreError};
-pub use tokens::{TokenError, Tokens};
+pub use tokens::{TokenError, TokenTable, Tokens};
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Why a collector cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +193,7 @@ impl Collector {
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)
                         .expect("a bound, non-blocking std listener converts");
-                    sluice_serve::serve("collector", listener, app, &limits.serve(), async {
+                    sluice_serve::serve("collector", listener, app, &limits.serve(), None, async {
                         let _ = rx.await;
                     })
                     .await;
@@ -259,22 +260,41 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
-    serve_all(listener, store, tokens, limits, None, shutdown).await
+    let serving = Serving::default();
+    serve_all(
+        listener,
+        store,
+        TokenTable::new(tokens),
+        limits,
+        serving,
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve_with`], also taking batches from an MQTT broker when `mqtt` is
-/// given ([`mqtt`]).
+/// How [`serve_all`] serves, besides its HTTP routes.
+#[derive(Default)]
+pub struct Serving {
+    /// Also take batches from an MQTT broker ([`mqtt`]).
+    pub mqtt: Option<mqtt::MqttSettings>,
+    /// HTTPS only, with this certificate (and client CA), reloadable.
+    pub tls: Option<Arc<sluice_serve::Tls>>,
+}
+
+/// [`serve_with`] answering with `tokens` (which the caller may replace
+/// while it serves, [`TokenTable::replace`]), as `serving` says.
 pub async fn serve_all(
     listener: tokio::net::TcpListener,
     store: Store,
-    tokens: Tokens,
+    tokens: Arc<TokenTable>,
     limits: Limits,
-    mqtt: Option<mqtt::MqttSettings>,
+    serving: Serving,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
-    if tokens.is_empty() {
+    if tokens.current().is_empty() {
         return Err(CollectorError::NoTokens);
     }
+    let Serving { mqtt, tls } = serving;
     limits.check().map_err(CollectorError::Limits)?;
     let shared = http::Shared::new(store, tokens, limits.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -292,7 +312,7 @@ pub async fn serve_all(
         None => None,
     };
     let app = http::router_shared(shared);
-    sluice_serve::serve("collector", listener, app, &limits.serve(), shutdown).await;
+    sluice_serve::serve("collector", listener, app, &limits.serve(), tls, shutdown).await;
     let _ = stop.send(true);
     if let Some(consumer) = consumer
         && let Ok(Err(e)) = consumer.await

@@ -325,7 +325,8 @@ fn identify(
     device_from_topic: bool,
 ) -> Result<(), Refusal> {
     let authorization = user(publish, mqtt::AUTHORIZATION);
-    match shared.tokens.device_of(authorization) {
+    let tokens = shared.tokens();
+    match tokens.device_of(authorization) {
         // The broker's ACL vouches for the topic (MqttSettings::device_from_topic).
         None if authorization.is_none() && device_from_topic => Ok(()),
         None => Err(Refusal::new(

@@ -18,7 +18,8 @@ pub(crate) enum NotOperator {
 }
 
 pub(crate) fn operator_check(shared: &Shared, headers: &HeaderMap) -> Result<(), NotOperator> {
-    let Some(op) = shared.tokens.operator() else {
+    let tokens = shared.tokens();
+    let Some(op) = tokens.operator() else {
         return Err(NotOperator::Unknown(
             "this collector has no operator token: start it with --operator-token-file",
         ));
@@ -29,11 +30,10 @@ pub(crate) fn operator_check(shared: &Shared, headers: &HeaderMap) -> Result<(),
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     if let Some(token) = bearer {
-        if shared.tokens.is_operator(token) {
+        if tokens.is_operator(token) {
             return Ok(());
         }
-        if shared
-            .tokens
+        if tokens
             .device_of(Some(format!("Bearer {token}").as_str()))
             .is_some()
         {
@@ -84,7 +84,7 @@ pub(crate) fn dashboard_auth(
     query: &DashboardQuery,
 ) -> Result<(), Response> {
     if let Some(token) = &query.token {
-        if !shared.tokens.is_operator(token.trim()) {
+        if !shared.tokens().is_operator(token.trim()) {
             return Err(page(
                 StatusCode::UNAUTHORIZED,
                 crate::dashboard::denied("This is not the operator token."),

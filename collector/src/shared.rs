@@ -6,7 +6,7 @@
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::tokens::Tokens;
+use crate::tokens::{TokenTable, Tokens};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_protocol::ErrorBody;
@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 /// What every request (and the MQTT consumer, [`crate::mqtt`]) works with.
 pub(crate) struct Shared {
     pub(crate) store: Store,
-    pub(crate) tokens: Tokens,
+    /// Reloadable: read it through [`Shared::tokens`].
+    pub(crate) token_table: Arc<TokenTable>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
     /// One permit per batch being read, decoded or stored, whatever
@@ -36,17 +37,24 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(mut store: Store, tokens: Tokens, limits: Limits) -> Arc<Shared> {
+    pub(crate) fn new(mut store: Store, tokens: Arc<TokenTable>, limits: Limits) -> Arc<Shared> {
         store.set_fleet_retention(limits.fleet_retention);
         Arc::new(Shared {
             store,
-            tokens,
+            token_table: tokens,
             batches: Arc::new(Semaphore::new(limits.max_concurrent_batches)),
             mqtt_batches: Arc::new(Semaphore::new(limits.mqtt_share())),
             mqtt_held: Arc::new(Semaphore::new(limits.mqtt_max_held())),
             limits,
             metrics: Metrics::default(),
         })
+    }
+}
+
+impl Shared {
+    /// The tokens now (the table may be replaced between two requests).
+    pub(crate) fn tokens(&self) -> Arc<Tokens> {
+        self.token_table.current()
     }
 }
 

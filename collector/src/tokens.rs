@@ -2,11 +2,14 @@
 //!
 //! Invariants: a token belongs to exactly one device (a token given to two
 //! devices is refused when the table is built, since one of them would be
-//! locked out for good); device names follow [`sluice_protocol::check_name`].
+//! locked out for good); device names follow [`sluice_protocol::check_name`];
+//! a running collector's table ([`TokenTable`]) is replaced whole, never
+//! edited in place.
 
 use sluice_serve::constant_time_eq;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// Why a token table cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,9 @@ pub enum TokenError {
         /// The device.
         device: String,
     },
+    /// No device has a token: every device would be refused.
+    #[error("no device tokens")]
+    Empty,
     /// A line of the tokens file is wrong.
     #[error("tokens file {} line {line}: {source}", path.display())]
     Line {
@@ -206,6 +212,34 @@ impl Tokens {
     pub fn device_of(&self, authorization: Option<&str>) -> Option<&str> {
         let token = authorization?.strip_prefix("Bearer ")?.trim();
         self.by_token.get(token).map(String::as_str)
+    }
+}
+
+/// The tokens a running collector answers with, replaced whole when they
+/// are reloaded (`sluice-collector` on SIGHUP): a revoked token stops
+/// working at once, without a restart; each request sees one table.
+#[derive(Debug, Default)]
+pub struct TokenTable(RwLock<Arc<Tokens>>);
+
+impl TokenTable {
+    /// A table holding `tokens`.
+    pub fn new(tokens: Tokens) -> Arc<TokenTable> {
+        Arc::new(TokenTable(RwLock::new(Arc::new(tokens))))
+    }
+
+    /// The tokens now.
+    pub fn current(&self) -> Arc<Tokens> {
+        self.0.read().expect("not poisoned").clone()
+    }
+
+    /// Answer with `tokens` from now on; refused (nothing changes) when it
+    /// has no device token, which would lock every device out.
+    pub fn replace(&self, tokens: Tokens) -> Result<(), TokenError> {
+        if tokens.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        *self.0.write().expect("not poisoned") = Arc::new(tokens);
+        Ok(())
     }
 }
 

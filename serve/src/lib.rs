@@ -5,7 +5,9 @@
 //! This crate is what they share: [`serve`] runs an axum [`Router`] on
 //! hyper's HTTP/1 server under a connection limit and a header read
 //! deadline, with graceful shutdown bounded in time; [`read_body`] reads a
-//! request body into memory under a size limit and a deadline.
+//! request body into memory under a size limit and a deadline; [`Tls`]
+//! serves it over HTTPS (rustls), with client certificates if asked,
+//! reloadable while serving.
 //!
 //! Why not `axum::serve`: it sets neither a header read timeout nor a
 //! connection limit, and 1,100 idle half-open connections were enough to
@@ -25,13 +27,17 @@
 
 #![deny(missing_docs)]
 
+mod tls;
+pub use tls::{ClientCertificate, MAX_PEM_BYTES, Tls, TlsError, TlsFiles};
+
 use axum::Router;
 use axum::body::Body;
 use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -58,12 +64,16 @@ pub struct ServeLimits {
 /// Serve `app` on `listener` until `shutdown` resolves, then let requests
 /// in flight finish for at most [`ServeLimits::shutdown_grace`]. `name`
 /// says whose server it is in log lines. Every request carries its peer's
-/// address as `axum::extract::ConnectInfo<SocketAddr>`.
+/// address as `axum::extract::ConnectInfo<SocketAddr>`. With `tls`, HTTPS
+/// only: each connection is accepted with the configuration current then,
+/// its handshake bounded by the header read timeout, and requests of a
+/// client that presented a certificate carry it ([`ClientCertificate`]).
 pub async fn serve(
     name: &str,
     listener: TcpListener,
     app: Router,
     limits: &ServeLimits,
+    tls: Option<Arc<Tls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -97,23 +107,29 @@ pub async fn serve(
         };
         // Answers are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        // Handlers see the client's address as axum's `ConnectInfo`.
-        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                request
-            },
-        ));
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let handshake = tls
+            .as_ref()
+            .map(|tls| (tls.acceptor(), limits.header_read_timeout));
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                // Timeouts and clients going away: nothing to act on.
-                tracing::debug!("connection closed: {e}");
-            }
-            drop(permit);
+            let _permit = permit;
+            let Some((acceptor, deadline)) = handshake else {
+                return connection(builder, stream, app, peer, None, watcher).await;
+            };
+            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                Err(_) => {
+                    return tracing::debug!("TLS handshake with {peer} took over {deadline:?}");
+                }
+            };
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|c| ClientCertificate(c.to_vec()));
+            connection(builder, stream, app, peer, certificate, watcher).await
         });
     }
     drop(listener);
@@ -125,6 +141,39 @@ pub async fn serve(
                 limits.shutdown_grace
             );
         }
+    }
+}
+
+/// Serve one connection's requests until it closes.
+async fn connection<I>(
+    builder: http1::Builder,
+    io: I,
+    app: Router,
+    peer: SocketAddr,
+    certificate: Option<ClientCertificate>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Handlers see the client's address as axum's `ConnectInfo`, and its
+    // certificate if it showed one.
+    let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+        app,
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            let extensions = request.extensions_mut();
+            extensions.insert(axum::extract::ConnectInfo(peer));
+            if let Some(certificate) = &certificate {
+                extensions.insert(certificate.clone());
+            }
+            request
+        },
+    ));
+    if let Err(e) = watcher
+        .watch(builder.serve_connection(TokioIo::new(io), service))
+        .await
+    {
+        // Timeouts and clients going away: nothing to act on.
+        tracing::debug!("connection closed: {e}");
     }
 }
 

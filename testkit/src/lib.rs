@@ -9,7 +9,7 @@
 //! return [`Missing`], and a test prints it and skips, loudly.
 //!
 //! A workspace binary run as the server it is ([`Listening`], with
-//! [`cargo_bin`]).
+//! [`cargo_bin`]), and certificates for it ([`Pki`]).
 //!
 //! And a disk that loses power ([`VolatileDisk`], in [`power`]): a folder
 //! mounted through FUSE with a volatile write cache, cut at will.
@@ -29,6 +29,9 @@ pub use mosquitto::Mosquitto;
 
 mod process;
 pub use process::Listening;
+
+mod pki;
+pub use pki::{Issued, Pki};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

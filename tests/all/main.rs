@@ -25,4 +25,5 @@ mod props;
 mod refusals;
 mod sync;
 mod sync_hostile;
+mod sync_tls;
 mod timeouts;

@@ -120,6 +120,7 @@ pub fn run(
     let client = sluice_agent::uplink::http::collector_client(
         Duration::from_secs(10),
         Duration::from_secs(10),
+        &Default::default(),
     )?;
     let get = |path: String| {
         let request = client

@@ -1,9 +1,11 @@
 //! `sluice-collector`: receive results from Sluice devices into SQLite or PostgreSQL.
 
+mod reload;
+
 use clap::Parser;
 use sluice_collector_core::mqtt::MqttSettings;
 use sluice_collector_core::store::PoolOptions;
-use sluice_collector_core::{Limits, Store, Tokens};
+use sluice_collector_core::{Limits, Serving, Store, Tls, TlsFiles, TokenTable, Tokens};
 use sluice_protocol::keys::SecretKey;
 use std::path::PathBuf;
 
@@ -41,7 +43,8 @@ struct Cli {
     /// Most PostgreSQL connections this collector opens.
     #[arg(long, default_value_t = PoolOptions::default().max_connections)]
     db_pool_size: u32,
-    /// A file of `DEVICE=TOKEN` lines (`#` comments).
+    /// A file of `DEVICE=TOKEN` lines (`#` comments). Read again on SIGHUP
+    /// (with --operator-token-file): a token removed stops working at once.
     #[arg(long)]
     tokens: Option<PathBuf>,
     /// A device's token, `DEVICE=TOKEN`; repeatable.
@@ -51,6 +54,18 @@ struct Cli {
     /// /metrics); must differ from every device token.
     #[arg(long)]
     operator_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's first);
+    /// needs --tls-key. Read again on SIGHUP and when the files change.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) whose client certificates identify devices
+    /// (mutual TLS): a device presenting one is the device its certificate
+    /// names, without a token. Needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// The operator's token itself (visible in the process list: prefer
     /// --operator-token-file).
     #[arg(long, conflicts_with = "operator_token_file")]
@@ -219,6 +234,41 @@ enum RolloutCommand {
 }
 
 impl Cli {
+    /// The tokens the flags and files give (read again on SIGHUP).
+    fn tokens(&self) -> anyhow::Result<Tokens> {
+        let mut tokens = match &self.tokens {
+            Some(file) => Tokens::from_file(file)?,
+            None => Tokens::default(),
+        };
+        for (device, secret) in &self.token {
+            tokens.insert(device, secret)?;
+        }
+        if tokens.is_empty() {
+            anyhow::bail!("no device tokens: give --tokens FILE or --token DEVICE=TOKEN");
+        }
+        // After the device tokens: refused if it is one of them.
+        if let Some(file) = &self.operator_token_file {
+            tokens.set_operator_file(file)?;
+        }
+        if let Some(token) = &self.operator_token {
+            tokens.set_operator(token)?;
+        }
+        Ok(tokens)
+    }
+
+    /// HTTPS, when --tls-cert is given.
+    fn tls(&self) -> anyhow::Result<Option<std::sync::Arc<Tls>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        Ok(Some(std::sync::Arc::new(Tls::load(files)?)))
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             max_body_bytes: self.max_body_bytes,
@@ -360,31 +410,16 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn run(mut cli: Cli) -> anyhow::Result<()> {
+    match cli.command.take() {
         Some(Command::Rollout(command)) => return rollout(command),
         Some(Command::AckKey { key }) => return ack_key(&key),
         None => {}
     }
     let listen = cli.listen.clone().expect("required without a subcommand");
     let db = cli.db.clone().expect("required without a subcommand");
-    let mut tokens = match &cli.tokens {
-        Some(file) => Tokens::from_file(file)?,
-        None => Tokens::default(),
-    };
-    for (device, secret) in &cli.token {
-        tokens.insert(device, secret)?;
-    }
-    if tokens.is_empty() {
-        anyhow::bail!("no device tokens: give --tokens FILE or --token DEVICE=TOKEN");
-    }
-    // After the device tokens: refused if it is one of them.
-    if let Some(file) = &cli.operator_token_file {
-        tokens.set_operator_file(file)?;
-    }
-    if let Some(token) = &cli.operator_token {
-        tokens.set_operator(token)?;
-    }
+    let tokens = TokenTable::new(cli.tokens()?);
+    let tls = cli.tls()?;
     let limits = cli.limits();
     let mqtt = cli.mqtt();
     limits.check().map_err(anyhow::Error::msg)?;
@@ -400,12 +435,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .thread_name("sluice-collector")
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let reloader = reload::on_signal(cli, tokens.clone(), tls.clone());
+    runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         println!(
-            "sluice-collector: listening on http://{}, storing into {}",
+            "sluice-collector: listening on {}://{}, storing into {}",
+            if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?,
             store.location()
         );
@@ -422,8 +459,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         std::io::stdout().flush()?;
-        sluice_collector_core::serve_all(listener, store, tokens, limits, mqtt, shutdown_signal())
-            .await?;
+        tokio::spawn(reloader);
+        let serving = Serving { mqtt, tls };
+        sluice_collector_core::serve_all(
+            listener,
+            store,
+            tokens,
+            limits,
+            serving,
+            shutdown_signal(),
+        )
+        .await?;
         anyhow::Ok(())
     })?;
     // Do not wait for connections that a client left hanging.

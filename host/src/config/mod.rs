@@ -120,7 +120,16 @@ impl Config {
         if let Some(folder) = &mut self.ingest.folder {
             resolve(folder);
         }
-        if let Some(file) = &mut self.sync.token_file {
+        let sync = &mut self.sync;
+        for file in [
+            &mut sync.token_file,
+            &mut sync.ca_file,
+            &mut sync.client_cert_file,
+            &mut sync.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             resolve(file);
         }
         if let Some(file) = &mut self.ingest.token_file {
@@ -245,6 +254,12 @@ impl Config {
                 );
             }
             self.sync.pinned_ack_keys()?;
+            if self.sync.client_cert_file.is_some() != self.sync.client_key_file.is_some() {
+                return value(
+                    "sync.client_cert_file",
+                    "set both sync.client_cert_file and sync.client_key_file, or neither".into(),
+                );
+            }
             // Over MQTT the broker's account may be the device's identity
             // (a collector with --mqtt-device-from-topic): no token needed.
             if self.sync.transport()? != Some(Transport::Mqtt)

@@ -47,6 +47,15 @@ pub struct SyncConfig {
     /// device and exactly the records sent. Required over MQTT, where any
     /// client the broker lets publish on the answer topic could answer.
     pub ack_keys: Vec<String>,
+    /// HTTPS: trust only these CA certificates (PEM) for the collector,
+    /// instead of the public web roots built in (a fleet's own CA).
+    pub ca_file: Option<PathBuf>,
+    /// HTTPS: this device's client certificate (PEM), for a collector that
+    /// identifies devices by certificate (mutual TLS); needs
+    /// `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// What acknowledges a batch sent through an MQTT broker.
@@ -76,6 +85,9 @@ impl Default for SyncConfig {
             mqtt: None,
             mqtt_ack: MqttAck::Collector,
             ack_keys: Vec::new(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }

@@ -170,7 +170,7 @@ impl Source for HttpSource {
                 Ok(listener) => listener,
                 Err(e) => return tracing::error!("ingest endpoint cannot start: {e}"),
             };
-            sluice_serve::serve("ingest", listener, app, &limits, async {
+            sluice_serve::serve("ingest", listener, app, &limits, None, async {
                 let _ = stopped.await;
             })
             .await;

@@ -26,17 +26,83 @@ pub const MAX_ANSWER_BYTES: usize = 64 << 10;
 /// The HTTP client for every request the device makes toward its
 /// collector (uploads, bundle downloads): it never follows redirects, so
 /// only the configured address answers; `timeout` bounds each request,
-/// `connect_timeout` each connection.
+/// `connect_timeout` each connection; `tls` says whom to trust and what to
+/// show.
 pub fn collector_client(
     timeout: Duration,
     connect_timeout: Duration,
+    tls: &ClientTls,
 ) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(connect_timeout)
-        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
+    if !tls.roots.is_empty() {
+        builder = builder.tls_built_in_root_certs(false);
+        for root in &tls.roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+    }
+    if let Some(identity) = &tls.identity {
+        builder = builder.identity(identity.clone());
+    }
+    builder.build()
+}
+
+/// TLS toward the collector beyond the defaults: the fleet's own CA
+/// (`sync.ca_file`, trusted instead of the public roots) and the device's
+/// client certificate (`sync.client_cert_file`, `sync.client_key_file`).
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    roots: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+}
+
+impl ClientTls {
+    /// Read the files `config` names, refused naming the key and the file.
+    pub fn of(config: &SyncConfig) -> Result<ClientTls, ConfigError> {
+        let read = |key: &str, path: &std::path::Path| {
+            let bytes = std::fs::read(path).map_err(|e| {
+                ConfigError::value(key, format!("cannot read {}: {e}", path.display()))
+            })?;
+            if bytes.len() as u64 > sluice_serve::MAX_PEM_BYTES {
+                return Err(ConfigError::value(
+                    key,
+                    format!(
+                        "{} is over {} bytes",
+                        path.display(),
+                        sluice_serve::MAX_PEM_BYTES
+                    ),
+                ));
+            }
+            Ok(bytes)
+        };
+        let mut tls = ClientTls::default();
+        if let Some(path) = &config.ca_file {
+            tls.roots = reqwest::Certificate::from_pem_bundle(&read("sync.ca_file", path)?)
+                .map_err(|e| {
+                    ConfigError::value("sync.ca_file", format!("{}: {e}", path.display()))
+                })?;
+            if tls.roots.is_empty() {
+                return Err(ConfigError::value(
+                    "sync.ca_file",
+                    format!("{}: no certificate in it", path.display()),
+                ));
+            }
+        }
+        if let (Some(cert), Some(key)) = (&config.client_cert_file, &config.client_key_file) {
+            let mut pem = read("sync.client_cert_file", cert)?;
+            pem.extend(read("sync.client_key_file", key)?);
+            tls.identity = Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ConfigError::value(
+                    "sync.client_cert_file",
+                    format!("{} with {}: {e}", cert.display(), key.display()),
+                )
+            })?);
+        }
+        Ok(tls)
+    }
 }
 
 /// The status and `Location` (escaped, see [`upstream_text`]) of an
@@ -61,6 +127,7 @@ pub fn redirect_of(response: &reqwest::Response) -> Option<(u16, String)> {
 pub struct HttpUplink {
     /// The collector's base URL (`sync.url`).
     base: String,
+    tls: ClientTls,
     endpoint: String,
     token: String,
     zstd_level: i32,
@@ -81,10 +148,12 @@ impl HttpUplink {
         reqwest::Url::parse(&endpoint)
             .map_err(|e| ConfigError::value("sync.url", format!("`{url}` is not a URL: {e}")))?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let client = collector_client(timeout, timeout)
+        let tls = ClientTls::of(config)?;
+        let client = collector_client(timeout, timeout, &tls)
             .map_err(|e| ConfigError::value("sync.url", format!("cannot set up HTTP: {e}")))?;
         Ok(HttpUplink {
             base: url.to_owned(),
+            tls,
             endpoint,
             token,
             zstd_level: config.zstd_level,
@@ -203,6 +272,7 @@ impl Uplink for HttpUplink {
             &self.base,
             device,
             &self.token,
+            &self.tls,
             self.runtime.clone(),
         ))
     }

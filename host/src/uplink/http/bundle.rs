@@ -30,11 +30,12 @@ impl HttpOffers {
         base: &str,
         device: &str,
         token: &str,
+        tls: &super::ClientTls,
         runtime: tokio::runtime::Handle,
     ) -> HttpOffers {
         HttpOffers {
-            client: super::collector_client(Duration::from_secs(300), Duration::from_secs(10))
-                .expect("a client with rustls builds"),
+            client: super::collector_client(Duration::from_secs(300), Duration::from_secs(10), tls)
+                .expect("a client with rustls builds, as the uplink's did"),
             url: format!(
                 "{}{}",
                 base.trim_end_matches('/'),
@@ -152,9 +153,12 @@ mod tests {
         .await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("incoming.bundle");
-        let client =
-            super::super::collector_client(Duration::from_secs(10), Duration::from_secs(10))
-                .unwrap();
+        let client = super::super::collector_client(
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap();
         let url = format!("{collector}/v1/devices/d/bundle");
         let error = fetch(&client, &url, "secret", &[], &path, 1 << 20)
             .await

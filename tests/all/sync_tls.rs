@@ -1,0 +1,187 @@
+//! The collector serving HTTPS itself (`--tls-cert`, `--tls-key`), with a
+//! fleet's own CA (`sync.ca_file` on the device), and rotating what it
+//! trusts without a restart: on SIGHUP a revoked token stops working at
+//! once and a renewed certificate is served; a reload that fails changes
+//! nothing. The real `sluice-collector` binary and the device's real
+//! uploader.
+
+use crate::common::tokio;
+use sluice_agent::config::{OutboxConfig, SyncConfig};
+use sluice_agent::outbox::{NewRecord, Outbox};
+use sluice_agent::uplink::Uploader;
+use sluice_testkit::{Listening, Pki};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+fn outbox(dir: &Path, device: &str, n: u64) -> Arc<Outbox> {
+    let outbox = Outbox::open_in(&dir.join(device), OutboxConfig::default()).unwrap();
+    let records = (0..n)
+        .map(|seq| {
+            let id = format!("{device}/p/{seq}");
+            let body =
+                serde_json::json!({ "id": id, "device": device, "pipeline": "p", "seq": seq });
+            NewRecord {
+                id,
+                body: body.to_string().into_bytes(),
+            }
+        })
+        .collect();
+    outbox.append(records).unwrap();
+    Arc::new(outbox)
+}
+
+fn uploader(outbox: &Arc<Outbox>, device: &str, config: SyncConfig) -> Uploader {
+    let uplink = sluice_agent::uplink::from_config(&config, device, tokio().handle())
+        .unwrap()
+        .unwrap();
+    Uploader::new(outbox.clone(), uplink, &config, device).unwrap()
+}
+
+fn sync_config(url: &str, token: &str, ca: Option<&Path>) -> SyncConfig {
+    SyncConfig {
+        url: Some(url.to_owned()),
+        token: Some(token.to_owned()),
+        ca_file: ca.map(Path::to_owned),
+        timeout_ms: 5_000,
+        ..SyncConfig::default()
+    }
+}
+
+/// Ask until `ok` holds, at most 10 s (a signal is handled asynchronously).
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn hangup(collector: &mut Listening) {
+    let pid = collector.child().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn an_https_collector_rotates_tokens_and_certificates_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let fleet = Pki::new(dir, "fleet");
+    let server = fleet.server("collector");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "dev-1=t1\ndev-2=t2\n").unwrap();
+    let mut collector = Listening::spawn(
+        Command::new(sluice_testkit::cargo_bin(
+            "sluice-collector",
+            "sluice-collector",
+            &[],
+        ))
+        .args(["--listen", "127.0.0.1:0", "--operator-token", "op"])
+        .arg("--db")
+        .arg(dir.join("c.db"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--tls-cert")
+        .arg(&server.cert)
+        .arg("--tls-key")
+        .arg(&server.key),
+    );
+    let url = collector.url().replace("127.0.0.1", "localhost");
+    assert!(url.starts_with("https://"), "{url}");
+
+    // A device trusting the fleet's CA gets its results in.
+    let outbox1 = outbox(dir, "dev-1", 30);
+    let device1 = uploader(
+        &outbox1,
+        "dev-1",
+        sync_config(&url, "t1", Some(&fleet.ca_file())),
+    );
+    device1.sync_once(&AtomicBool::new(false)).unwrap();
+    assert_eq!(outbox1.pending().0, 0);
+    // One trusting only the public web roots refuses the certificate, and
+    // keeps everything.
+    let outbox2 = outbox(dir, "dev-2", 5);
+    let public_roots = uploader(&outbox2, "dev-2", sync_config(&url, "t2", None));
+    let error = public_roots.sync_once(&AtomicBool::new(false)).unwrap_err();
+    assert!(error.to_string().contains("certificate"), "{error}");
+    assert_eq!(outbox2.pending().0, 5);
+    // Plain HTTP gets nothing from an HTTPS port.
+    let plain = collector.url().replace("https://", "http://");
+    let outbox3 = outbox(dir, "dev-3", 1);
+    let error = uploader(&outbox3, "dev-2", sync_config(&plain, "t2", None))
+        .sync_once(&AtomicBool::new(false))
+        .unwrap_err();
+    assert!(!error.to_string().is_empty());
+
+    // dev-1's token is revoked: gone from the file, a SIGHUP, refused.
+    std::fs::write(&tokens, "dev-2=t2\n").unwrap();
+    hangup(&mut collector);
+    let more = outbox(&dir.join("again"), "dev-1", 3);
+    let revoked = uploader(
+        &more,
+        "dev-1",
+        sync_config(&url, "t1", Some(&fleet.ca_file())),
+    );
+    eventually("the revoked token still works", || {
+        matches!(
+            revoked.sync_once(&AtomicBool::new(false)),
+            Err(sluice_agent::uplink::UplinkError::Refused { status: 401, .. })
+        )
+    });
+    assert_eq!(more.pending().0, 3, "a refusal deletes nothing");
+    // A tokens file broken mid-edit is not taken: dev-2 keeps working.
+    std::fs::write(&tokens, "dev-2 t2 no equals sign\n").unwrap();
+    hangup(&mut collector);
+    std::thread::sleep(Duration::from_millis(500));
+    let device2 = uploader(
+        &outbox2,
+        "dev-2",
+        sync_config(&url, "t2", Some(&fleet.ca_file())),
+    );
+    device2.sync_once(&AtomicBool::new(false)).unwrap();
+    assert_eq!(outbox2.pending().0, 0);
+
+    // The certificate is renewed by another CA: after a SIGHUP only devices
+    // trusting the new one get in.
+    let renewed = Pki::new(dir, "renewed");
+    let next = renewed.server("collector-next");
+    std::fs::copy(&next.cert, &server.cert).unwrap();
+    std::fs::copy(&next.key, &server.key).unwrap();
+    hangup(&mut collector);
+    let outbox4 = outbox(&dir.join("renewed"), "dev-2", 4);
+    let trusting_new = uploader(
+        &outbox4,
+        "dev-2",
+        sync_config(&url, "t2", Some(&renewed.ca_file())),
+    );
+    eventually("the renewed certificate is not served", || {
+        trusting_new.sync_once(&AtomicBool::new(false)).is_ok()
+    });
+    assert_eq!(outbox4.pending().0, 0);
+    // A key that does not go with the certificate is not taken: the
+    // renewed certificate stays in service.
+    std::fs::write(
+        &server.key,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    hangup(&mut collector);
+    std::thread::sleep(Duration::from_millis(500));
+    let outbox5 = outbox(&dir.join("after-bad-reload"), "dev-2", 2);
+    uploader(
+        &outbox5,
+        "dev-2",
+        sync_config(&url, "t2", Some(&renewed.ca_file())),
+    )
+    .sync_once(&AtomicBool::new(false))
+    .unwrap();
+    assert_eq!(outbox5.pending().0, 0);
+}
