@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::accept;
+use crate::identity::device_of;
 use crate::limits::{Limits, RETRY_AFTER_SECS};
 use crate::operator::{DashboardQuery, dashboard_auth, operator, operator_check};
 pub(crate) use crate::shared::{Shared, error, page};
@@ -21,14 +22,14 @@ use crate::store::{After, Store, now_ms};
 use crate::tokens::{TokenTable, Tokens};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sluice_protocol::{self as protocol, DeviceCount, DeviceResults, FleetView};
-use sluice_serve::BodyError;
+use sluice_serve::{BodyError, ClientCertificate};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -76,29 +77,32 @@ pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
         ))
 }
 
-fn device_of(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    shared
-        .tokens()
-        .device_of(authorization)
-        .map(str::to_owned)
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token"))
-}
+/// The client certificate of the request's connection, if it showed one
+/// (mutual TLS).
+type Certificate = Option<Extension<ClientCertificate>>;
 
-/// A reader of device `device`'s results: that device's token, or the
-/// operator's (who sees every device).
-fn authorize_reader(shared: &Shared, headers: &HeaderMap, device: &str) -> Result<(), Response> {
+/// A reader of device `device`'s results: that device (its token or
+/// certificate), or the operator (who sees every device).
+fn authorize_reader(
+    shared: &Shared,
+    headers: &HeaderMap,
+    certificate: &Certificate,
+    device: &str,
+) -> Result<(), Response> {
     if operator_check(shared, headers).is_ok() {
         return Ok(());
     }
-    authorize(shared, headers, device)
+    authorize(shared, headers, certificate, device)
 }
 
-/// The device named in the path, if the token is that device's.
-fn authorize(shared: &Shared, headers: &HeaderMap, device: &str) -> Result<(), Response> {
-    match device_of(shared, headers)? {
+/// The device named in the path, if the caller is that device.
+fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    certificate: &Certificate,
+    device: &str,
+) -> Result<(), Response> {
+    match device_of(shared, headers, certificate.as_deref())? {
         own if own != device => Err(error(
             StatusCode::FORBIDDEN,
             format!("this token is device `{own}`'s, not `{device}`'s"),
@@ -121,8 +125,13 @@ fn too_large(what: &str, limit: usize, flag: &str) -> Response {
     accept::Refusal::too_large(what, limit, flag).into_response()
 }
 
-async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    let response = receive_batch(shared.clone(), headers, body).await;
+async fn post_batch(
+    State(shared): State<Arc<Shared>>,
+    certificate: Certificate,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = receive_batch(shared.clone(), headers, certificate, body).await;
     // Batches that reached the store are counted there.
     if response.status() != StatusCode::OK && response.extensions().get::<Counted>().is_none() {
         shared.metrics.batch("refused", response.status().as_u16());
@@ -134,10 +143,15 @@ async fn post_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
 #[derive(Clone, Copy)]
 struct Counted;
 
-async fn receive_batch(shared: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
-    // The token first, from the headers alone: an unknown client makes the
-    // collector read nothing.
-    let device = match device_of(&shared, &headers) {
+async fn receive_batch(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    certificate: Certificate,
+    body: Body,
+) -> Response {
+    // The token (or certificate) first, from the headers alone: an unknown
+    // client makes the collector read nothing.
+    let device = match device_of(&shared, &headers, certificate.as_deref()) {
         Ok(device) => device.to_owned(),
         Err(response) => return response,
     };
@@ -216,10 +230,11 @@ impl IntoResponse for accept::Refusal {
 
 async fn get_count(
     State(shared): State<Arc<Shared>>,
+    certificate: Certificate,
     headers: HeaderMap,
     UrlPath(device): UrlPath<String>,
 ) -> Response {
-    if let Err(response) = authorize_reader(&shared, &headers, &device) {
+    if let Err(response) = authorize_reader(&shared, &headers, &certificate, &device) {
         return response;
     }
     blocking(move || match shared.store.count(&device) {
@@ -235,10 +250,11 @@ async fn get_count(
 /// device has it); `204` when there is none.
 async fn get_bundle(
     State(shared): State<Arc<Shared>>,
+    certificate: Certificate,
     headers: HeaderMap,
     UrlPath(device): UrlPath<String>,
 ) -> Response {
-    if let Err(response) = authorize(&shared, &headers, &device) {
+    if let Err(response) = authorize(&shared, &headers, &certificate, &device) {
         return response;
     }
     // A bundle is read whole (up to `rollout::MAX_BUNDLE_BYTES`): it takes
@@ -313,11 +329,12 @@ struct ResultsQuery {
 
 async fn get_results(
     State(shared): State<Arc<Shared>>,
+    certificate: Certificate,
     headers: HeaderMap,
     UrlPath(device): UrlPath<String>,
     Query(query): Query<ResultsQuery>,
 ) -> Response {
-    if let Err(response) = authorize_reader(&shared, &headers, &device) {
+    if let Err(response) = authorize_reader(&shared, &headers, &certificate, &device) {
         return response;
     }
     let limit = query

@@ -64,6 +64,7 @@ pub mod accept;
 pub mod dashboard;
 pub mod fleet;
 pub mod http;
+mod identity;
 mod limits;
 pub mod metrics;
 pub mod mqtt;

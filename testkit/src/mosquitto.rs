@@ -20,6 +20,8 @@ pub struct Mosquitto {
     users: Vec<(String, String)>,
     /// Started with `deploy/mosquitto/` (accounts in its plugin's file).
     shipped: bool,
+    /// Its listener is TLS ([`Mosquitto::shipped_tls`]).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -43,8 +45,28 @@ impl Mosquitto {
     /// `sluice-broker-accounts`): an account for each of `devices` and
     /// `collectors`, passwords in [`Mosquitto::password_file`].
     pub fn shipped(devices: &[&str], collectors: &[&str]) -> Result<Mosquitto, Missing> {
+        Mosquitto::shipped_with(devices, collectors, None)
+    }
+
+    /// [`Mosquitto::shipped`] with its TLS listener as shipped, serving
+    /// `server` (a certificate for 127.0.0.1 and localhost from
+    /// [`crate::Pki::server`]): its [`Mosquitto::url`] is `mqtts://`.
+    pub fn shipped_tls(
+        devices: &[&str],
+        collectors: &[&str],
+        server: &crate::Issued,
+    ) -> Result<Mosquitto, Missing> {
+        Mosquitto::shipped_with(devices, collectors, Some(server))
+    }
+
+    fn shipped_with(
+        devices: &[&str],
+        collectors: &[&str],
+        tls: Option<&crate::Issued>,
+    ) -> Result<Mosquitto, Missing> {
         let mut broker = Mosquitto::new(&[])?;
         broker.shipped = true;
+        broker.tls = tls.is_some();
         let plugin = dynamic_security_plugin().ok_or_else(|| {
             Missing("mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed".into())
         })?;
@@ -82,11 +104,20 @@ impl Mosquitto {
         for line in shipped.lines() {
             let setting = line.split_whitespace().next().unwrap_or("");
             match setting {
-                // TLS needs certificates made for the test: plain TCP on
-                // loopback here; everything that decides who may do what
-                // is the shipped file's.
+                // On loopback, with certificates made for the test (or
+                // plain TCP); everything that decides who may do what is
+                // the shipped file's.
                 "listener" => config.push_str(&format!("listener {} 127.0.0.1\n", broker.port)),
-                "certfile" | "keyfile" => {}
+                "certfile" | "keyfile" => {
+                    if let Some(server) = tls {
+                        let file = if setting == "certfile" {
+                            &server.cert
+                        } else {
+                            &server.key
+                        };
+                        config.push_str(&format!("{setting} {}\n", file.display()));
+                    }
+                }
                 "plugin" => config.push_str(&format!("plugin {}\n", plugin.display())),
                 "plugin_opt_config_file" => {
                     config.push_str(&format!("plugin_opt_config_file {}\n", accounts.display()))
@@ -144,6 +175,7 @@ impl Mosquitto {
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
             shipped: false,
+            tls: false,
             child: None,
         })
     }
@@ -200,9 +232,12 @@ impl Mosquitto {
         self.port
     }
 
-    /// `mqtt://127.0.0.1:PORT`.
+    /// `mqtt://127.0.0.1:PORT`, or `mqtts://localhost:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        match self.tls {
+            true => format!("mqtts://localhost:{}", self.port),
+            false => format!("mqtt://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Stop the broker (SIGKILL: sessions and queued messages are lost).

@@ -185,3 +185,100 @@ fn an_https_collector_rotates_tokens_and_certificates_without_a_restart() {
     .unwrap();
     assert_eq!(outbox5.pending().0, 0);
 }
+
+/// Mutual TLS (`--tls-client-ca`): a device's certificate from the fleet's
+/// CA is its identity, without a token; a certificate for a device the
+/// collector does not know, or one whose token says another device, is
+/// refused; a certificate from another CA does not get through the
+/// handshake; and removing the device from the tokens file (a SIGHUP)
+/// revokes its certificate too.
+#[test]
+fn a_client_certificate_is_a_devices_identity_until_the_device_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let fleet = Pki::new(dir, "fleet");
+    let server = fleet.server("collector");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "dev-1=t1\ndev-2=t2\n").unwrap();
+    let mut collector = Listening::spawn(
+        Command::new(sluice_testkit::cargo_bin(
+            "sluice-collector",
+            "sluice-collector",
+            &[],
+        ))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(dir.join("c.db"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--tls-cert")
+        .arg(&server.cert)
+        .arg("--tls-key")
+        .arg(&server.key)
+        .arg("--tls-client-ca")
+        .arg(fleet.ca_file()),
+    );
+    let url = collector.url().replace("127.0.0.1", "localhost");
+    let with_certificate = |token: Option<&str>, issued: &sluice_testkit::Issued| SyncConfig {
+        token: token.map(str::to_owned),
+        client_cert_file: Some(issued.cert.clone()),
+        client_key_file: Some(issued.key.clone()),
+        ..sync_config(&url, "unused", Some(&fleet.ca_file()))
+    };
+    let refused = |outbox: &Arc<Outbox>, device: &str, config: SyncConfig| {
+        uploader(outbox, device, config)
+            .sync_once(&AtomicBool::new(false))
+            .unwrap_err()
+            .to_string()
+    };
+
+    let dev1 = fleet.client("dev-1");
+    let outbox1 = outbox(dir, "dev-1", 20);
+    uploader(&outbox1, "dev-1", with_certificate(None, &dev1))
+        .sync_once(&AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(
+        outbox1.pending().0,
+        0,
+        "the certificate alone identified dev-1"
+    );
+
+    let outbox2 = outbox(dir, "dev-2", 3);
+    // dev-1's certificate with dev-2's token: which is it? Neither.
+    let error = refused(&outbox2, "dev-2", with_certificate(Some("t2"), &dev1));
+    assert!(
+        error.contains("403") && error.contains("`dev-1`"),
+        "{error}"
+    );
+    // A certificate the CA issued for a device the collector does not know.
+    let stranger = fleet.client("stranger");
+    let error = refused(&outbox2, "dev-2", with_certificate(None, &stranger));
+    assert!(
+        error.contains("403") && error.contains("`stranger`"),
+        "{error}"
+    );
+    // A certificate from another CA does not get through the handshake.
+    let rogue = Pki::new(dir, "rogue").client("dev-2");
+    let error = refused(&outbox2, "dev-2", with_certificate(None, &rogue));
+    assert!(error.contains("unreachable"), "{error}");
+    assert_eq!(outbox2.pending().0, 3, "nothing deleted");
+    // The token alone still works for a device without a certificate.
+    uploader(
+        &outbox2,
+        "dev-2",
+        sync_config(&url, "t2", Some(&fleet.ca_file())),
+    )
+    .sync_once(&AtomicBool::new(false))
+    .unwrap();
+
+    // dev-1 removed from the collector's tokens: its certificate, still
+    // valid for years, no longer gets anything in.
+    std::fs::write(&tokens, "dev-2=t2\n").unwrap();
+    hangup(&mut collector);
+    let more = outbox(&dir.join("again"), "dev-1", 2);
+    eventually("the removed device's certificate still works", || {
+        let error = refused(&more, "dev-1", with_certificate(None, &dev1));
+        error.contains("403") && error.contains("does not know")
+    });
+    assert_eq!(more.pending().0, 2);
+}

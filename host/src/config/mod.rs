@@ -262,13 +262,16 @@ impl Config {
             }
             // Over MQTT the broker's account may be the device's identity
             // (a collector with --mqtt-device-from-topic): no token needed.
+            // Over HTTPS a client certificate may be the identity (a
+            // collector with --tls-client-ca).
             if self.sync.transport()? != Some(Transport::Mqtt)
                 && self.sync.token.is_none()
                 && self.sync.token_file.is_none()
+                && self.sync.client_cert_file.is_none()
             {
                 return value(
                     "sync.url",
-                    "is set but neither sync.token nor sync.token_file is".into(),
+                    "is set but neither sync.token nor sync.token_file (nor sync.client_cert_file) is".into(),
                 );
             }
         }

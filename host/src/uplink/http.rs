@@ -105,6 +105,15 @@ impl ClientTls {
     }
 }
 
+/// The `Authorization` header of `token`, if there is one.
+pub(crate) fn bearer(token: Option<&str>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    headers
+}
+
 /// The status and `Location` (escaped, see [`upstream_text`]) of an
 /// answer that redirects elsewhere: any `3xx` but `304 Not Modified`,
 /// which names no other place.
@@ -129,7 +138,8 @@ pub struct HttpUplink {
     base: String,
     tls: ClientTls,
     endpoint: String,
-    token: String,
+    /// None: the client certificate identifies the device (mutual TLS).
+    token: Option<String>,
     zstd_level: i32,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
@@ -137,10 +147,10 @@ pub struct HttpUplink {
 
 impl HttpUplink {
     /// An uplink to the collector at `url` (its base URL), authenticating
-    /// with `token`.
+    /// with `token`, or with the client certificate of `config` alone.
     pub fn new(
         url: &str,
-        token: String,
+        token: Option<String>,
         config: &SyncConfig,
         runtime: tokio::runtime::Handle,
     ) -> Result<HttpUplink, ConfigError> {
@@ -174,7 +184,7 @@ impl HttpUplink {
         let mut response = self
             .client
             .post(&self.endpoint)
-            .bearer_auth(&self.token)
+            .headers(bearer(self.token.as_deref()))
             .header(protocol::IDEMPOTENCY_KEY, &batch.key)
             .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
             .header(
@@ -271,7 +281,7 @@ impl Uplink for HttpUplink {
         Box::new(bundle::HttpOffers::new(
             &self.base,
             device,
-            &self.token,
+            self.token.as_deref(),
             &self.tls,
             self.runtime.clone(),
         ))

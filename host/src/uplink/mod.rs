@@ -207,12 +207,12 @@ pub fn from_config(
             runtime.clone(),
         )?)));
     }
-    let Some(token) = token else {
+    if token.is_none() && config.client_cert_file.is_none() {
         return Err(crate::error::ConfigError::value(
             "sync.token",
-            "sync.url is set but neither sync.token nor sync.token_file is",
+            "sync.url is set but neither sync.token nor sync.token_file (nor sync.client_cert_file) is",
         ));
-    };
+    }
     Ok(Some(Box::new(http::HttpUplink::new(
         url,
         token,

@@ -281,3 +281,51 @@ fn a_full_collector_answers_busy_and_every_result_still_lands_once() {
         "twelve devices at once never found the collector full"
     );
 }
+
+/// The shipped broker's TLS listener (8883 in `deploy/mosquitto/`, here on
+/// a loopback port with a certificate from the fleet's own CA): devices
+/// and collectors that trust the CA (`sync.mqtt.ca_file`,
+/// `--mqtt-ca-file`) deliver every result once; a device that trusts only
+/// the public roots does not connect, and keeps everything.
+#[test]
+fn through_the_shipped_tls_listener_every_result_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = sluice_testkit::Pki::new(dir.path(), "fleet");
+    let server = pki.server("broker");
+    let broker = or_skip!(Mosquitto::shipped_tls(&[DEVICE], &["collector-1"], &server));
+    assert!(broker.url().starts_with("mqtts://"));
+    let password = broker.password_file("collector-1");
+    let ca = pki.ca_file();
+    let collector = CollectorProcess::start(
+        dir.path().join("c.db").to_str().unwrap(),
+        &broker.url(),
+        &[
+            "--mqtt-username",
+            "collector-1",
+            "--mqtt-password-file",
+            password.to_str().unwrap(),
+            "--mqtt-ca-file",
+            ca.to_str().unwrap(),
+            "--mqtt-device-from-topic",
+        ],
+        false,
+    );
+    let device_password = broker.password(DEVICE);
+    let mut config = sync_config(&broker.url(), Some((DEVICE, &device_password)));
+    config.token = None;
+    let outbox = outbox(dir.path(), 0, 100);
+
+    let untrusting = uploader(&outbox, &config);
+    std::thread::sleep(Duration::from_secs(1));
+    let error = untrusting
+        .sync_once(&AtomicBool::new(false))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unreachable"), "{error}");
+    assert_eq!(outbox.pending().0, 100);
+
+    config.mqtt.as_mut().unwrap().ca_file = Some(ca.clone());
+    let uploader = uploader(&outbox, &config);
+    sync_all(&uploader, &outbox, Duration::from_secs(30));
+    assert_all_once(&collector.url, 100);
+}

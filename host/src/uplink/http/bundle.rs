@@ -19,7 +19,7 @@ use std::time::Duration;
 pub(crate) struct HttpOffers {
     client: reqwest::Client,
     url: String,
-    token: String,
+    token: Option<String>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -29,7 +29,7 @@ impl HttpOffers {
     pub(crate) fn new(
         base: &str,
         device: &str,
-        token: &str,
+        token: Option<&str>,
         tls: &super::ClientTls,
         runtime: tokio::runtime::Handle,
     ) -> HttpOffers {
@@ -41,7 +41,7 @@ impl HttpOffers {
                 base.trim_end_matches('/'),
                 sluice_protocol::paths::device_bundle(device)
             ),
-            token: token.to_owned(),
+            token: token.map(str::to_owned),
             runtime,
         }
     }
@@ -56,7 +56,7 @@ impl Offers for HttpOffers {
         self.runtime.block_on(fetch(
             &self.client,
             &self.url,
-            &self.token,
+            self.token.as_deref(),
             seen,
             path,
             limit,
@@ -70,14 +70,14 @@ impl Offers for HttpOffers {
 async fn fetch(
     client: &reqwest::Client,
     url: &str,
-    token: &str,
+    token: Option<&str>,
     seen: &[String],
     path: &Path,
     limit: u64,
 ) -> Result<bool, String> {
     let mut response = client
         .get(url)
-        .bearer_auth(token)
+        .headers(super::bearer(token))
         .header(reqwest::header::IF_NONE_MATCH, seen.join(", "))
         .send()
         .await
@@ -160,7 +160,7 @@ mod tests {
         )
         .unwrap();
         let url = format!("{collector}/v1/devices/d/bundle");
-        let error = fetch(&client, &url, "secret", &[], &path, 1 << 20)
+        let error = fetch(&client, &url, Some("secret"), &[], &path, 1 << 20)
             .await
             .unwrap_err();
         assert!(error.contains("307") && error.contains(&target), "{error}");
