@@ -131,8 +131,9 @@ impl SyncConfig {
 
     /// The pinned acknowledgement keys, parsed; refused when the
     /// transport needs them and they are missing (an MQTT uplink answered
-    /// by collectors), or when nothing would check them (the broker's
-    /// PUBACK acknowledges).
+    /// by collectors; plain HTTP beyond loopback, where no TLS says who
+    /// answers), or when nothing would check them (the broker's PUBACK
+    /// acknowledges).
     pub fn pinned_ack_keys(&self) -> Result<Vec<PublicKey>, ConfigError> {
         let keys = self
             .ack_keys
@@ -160,6 +161,17 @@ impl SyncConfig {
                 _ => {}
             }
         }
+        if keys.is_empty()
+            && let Some(url) = &self.url
+            && plain_http_beyond_loopback(url)
+        {
+            return Err(ConfigError::value(
+                "sync.ack_keys",
+                format!(
+                    "is empty, and sync.url `{url}` is plain HTTP beyond this machine: whatever is on the way (a captive portal, a proxy) could answer in the collector's place and make this device delete results; pin the collector's key (`sluice-collector ack-key`) or use https://"
+                ),
+            ));
+        }
         Ok(keys)
     }
 
@@ -170,6 +182,22 @@ impl SyncConfig {
             self.token_file.as_ref(),
             "sync.token_file",
         )
+    }
+}
+
+/// Whether `url` is `http://` to a host other than this machine (TLS does
+/// not vouch for who answers).
+fn plain_http_beyond_loopback(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let host = url.host_str().unwrap_or_default();
+    match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !host.eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -198,4 +226,39 @@ pub(super) fn bearer_token(
         ));
     }
     Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_url(url: &str) -> SyncConfig {
+        SyncConfig {
+            url: Some(url.to_owned()),
+            ..SyncConfig::default()
+        }
+    }
+
+    /// Unsigned answers are believed only where nothing but this machine,
+    /// or TLS, stands between the device and its collector.
+    #[test]
+    fn ack_keys_are_required_where_anyone_on_the_way_could_answer() {
+        for url in [
+            "http://127.0.0.1:8480",
+            "http://localhost:8480",
+            "http://[::1]:8480",
+            "https://collector.example",
+        ] {
+            assert!(with_url(url).pinned_ack_keys().is_ok(), "{url}");
+        }
+        for url in ["http://collector.example", "http://10.0.0.5:8480", "mqtt://broker:1883"] {
+            let error = with_url(url).pinned_ack_keys().unwrap_err().to_string();
+            assert!(error.contains("sync.ack_keys"), "{url}: {error}");
+        }
+        let pinned = SyncConfig {
+            ack_keys: vec!["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into()],
+            ..with_url("http://collector.example")
+        };
+        assert_eq!(pinned.pinned_ack_keys().unwrap().len(), 1);
+    }
 }
