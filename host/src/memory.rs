@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn http_ingest_and_sync_are_counted_when_configured() {
         let text = format!(
-            "{DIGITS}[ingest]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_requests = 2\nmax_input_bytes = 1048576\nmax_connections = 16\n[sync]\nurl = \"http://c:1\"\ntoken = \"t\"\nbatch_max_bytes = 65536\n"
+            "{DIGITS}[ingest]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_requests = 2\nmax_input_bytes = 1048576\nmax_connections = 16\n[sync]\nurl = \"https://c:1\"\ntoken = \"t\"\nbatch_max_bytes = 65536\n"
         );
         let parts = bounds(&parse(&text), 0);
         assert_eq!(

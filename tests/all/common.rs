@@ -260,3 +260,27 @@ pub fn sluice_bin() -> &'static str {
             .to_owned()
     })
 }
+
+/// A device's outbox in `folder` holding `n` results of `device`
+/// (`DEVICE/p/0`, `DEVICE/p/1`...), ready to sync.
+pub fn outbox_of(
+    folder: &Path,
+    device: &str,
+    n: u64,
+) -> std::sync::Arc<sluice_agent::outbox::Outbox> {
+    use sluice_agent::outbox::{NewRecord, Outbox};
+    let outbox = Outbox::open_in(folder, Default::default()).unwrap();
+    let records = (0..n)
+        .map(|seq| {
+            let id = format!("{device}/p/{seq}");
+            let body =
+                serde_json::json!({ "id": id, "device": device, "pipeline": "p", "seq": seq });
+            NewRecord {
+                id,
+                body: body.to_string().into_bytes(),
+            }
+        })
+        .collect();
+    outbox.append(records).unwrap();
+    std::sync::Arc::new(outbox)
+}

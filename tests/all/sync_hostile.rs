@@ -12,8 +12,8 @@ use crate::fault_proxy::{Fault, FaultProxy};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use sluice_agent::config::{OutboxConfig, SyncConfig};
-use sluice_agent::outbox::{NewRecord, Outbox};
+use sluice_agent::config::SyncConfig;
+use sluice_agent::outbox::Outbox;
 use sluice_agent::uplink::{UplinkError, Uploader};
 use sluice_collector_core::Collector;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -110,20 +110,7 @@ fn collector(dir: &std::path::Path) -> Collector {
 }
 
 fn outbox_with(dir: &std::path::Path, n: u64) -> Arc<Outbox> {
-    let outbox = Outbox::open_in(&dir.join("device"), OutboxConfig::default()).unwrap();
-    let records = (0..n)
-        .map(|seq| {
-            let id = format!("{DEVICE}/p/{seq}");
-            let body =
-                serde_json::json!({ "id": id, "device": DEVICE, "pipeline": "p", "seq": seq });
-            NewRecord {
-                id,
-                body: body.to_string().into_bytes(),
-            }
-        })
-        .collect();
-    outbox.append(records).unwrap();
-    Arc::new(outbox)
+    crate::common::outbox_of(&dir.join("device"), DEVICE, n)
 }
 
 fn uploader(

@@ -6,8 +6,8 @@
 //! uploader.
 
 use crate::common::tokio;
-use sluice_agent::config::{OutboxConfig, SyncConfig};
-use sluice_agent::outbox::{NewRecord, Outbox};
+use sluice_agent::config::SyncConfig;
+use sluice_agent::outbox::Outbox;
 use sluice_agent::uplink::Uploader;
 use sluice_testkit::{Listening, Pki};
 use std::path::Path;
@@ -17,20 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 fn outbox(dir: &Path, device: &str, n: u64) -> Arc<Outbox> {
-    let outbox = Outbox::open_in(&dir.join(device), OutboxConfig::default()).unwrap();
-    let records = (0..n)
-        .map(|seq| {
-            let id = format!("{device}/p/{seq}");
-            let body =
-                serde_json::json!({ "id": id, "device": device, "pipeline": "p", "seq": seq });
-            NewRecord {
-                id,
-                body: body.to_string().into_bytes(),
-            }
-        })
-        .collect();
-    outbox.append(records).unwrap();
-    Arc::new(outbox)
+    crate::common::outbox_of(&dir.join(device), device, n)
 }
 
 fn uploader(outbox: &Arc<Outbox>, device: &str, config: SyncConfig) -> Uploader {
@@ -59,6 +46,33 @@ fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// The real collector serving HTTPS with `server`'s certificate, the
+/// device tokens in the file `tokens`, and `extra` flags.
+fn https_collector(
+    dir: &Path,
+    tokens: &Path,
+    server: &sluice_testkit::Issued,
+    extra: &[&std::ffi::OsStr],
+) -> Listening {
+    Listening::spawn(
+        Command::new(sluice_testkit::cargo_bin(
+            "sluice-collector",
+            "sluice-collector",
+            &[],
+        ))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(dir.join("c.db"))
+        .arg("--tokens")
+        .arg(tokens)
+        .arg("--tls-cert")
+        .arg(&server.cert)
+        .arg("--tls-key")
+        .arg(&server.key)
+        .args(extra),
+    )
+}
+
 fn hangup(collector: &mut Listening) {
     let pid = collector.child().id().to_string();
     assert!(
@@ -78,22 +92,7 @@ fn an_https_collector_rotates_tokens_and_certificates_without_a_restart() {
     let server = fleet.server("collector");
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, "dev-1=t1\ndev-2=t2\n").unwrap();
-    let mut collector = Listening::spawn(
-        Command::new(sluice_testkit::cargo_bin(
-            "sluice-collector",
-            "sluice-collector",
-            &[],
-        ))
-        .args(["--listen", "127.0.0.1:0", "--operator-token", "op"])
-        .arg("--db")
-        .arg(dir.join("c.db"))
-        .arg("--tokens")
-        .arg(&tokens)
-        .arg("--tls-cert")
-        .arg(&server.cert)
-        .arg("--tls-key")
-        .arg(&server.key),
-    );
+    let mut collector = https_collector(dir, &tokens, &server, &[]);
     let url = collector.url().replace("127.0.0.1", "localhost");
     assert!(url.starts_with("https://"), "{url}");
 
@@ -200,23 +199,12 @@ fn a_client_certificate_is_a_devices_identity_until_the_device_is_removed() {
     let server = fleet.server("collector");
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, "dev-1=t1\ndev-2=t2\n").unwrap();
-    let mut collector = Listening::spawn(
-        Command::new(sluice_testkit::cargo_bin(
-            "sluice-collector",
-            "sluice-collector",
-            &[],
-        ))
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--db")
-        .arg(dir.join("c.db"))
-        .arg("--tokens")
-        .arg(&tokens)
-        .arg("--tls-cert")
-        .arg(&server.cert)
-        .arg("--tls-key")
-        .arg(&server.key)
-        .arg("--tls-client-ca")
-        .arg(fleet.ca_file()),
+    let ca = fleet.ca_file();
+    let mut collector = https_collector(
+        dir,
+        &tokens,
+        &server,
+        &["--tls-client-ca".as_ref(), ca.as_os_str()],
     );
     let url = collector.url().replace("127.0.0.1", "localhost");
     let with_certificate = |token: Option<&str>, issued: &sluice_testkit::Issued| SyncConfig {

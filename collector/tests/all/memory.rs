@@ -184,19 +184,8 @@ fn peak_memory_under_an_mqtt_flood_stays_within_the_documented_bound() {
     let broker =
         sluice_testkit::or_skip!(sluice_testkit::Mosquitto::shipped(&names, &["collector-1"]));
     let dir = tempfile::tempdir().unwrap();
-    let password = broker.password_file("collector-1");
-    let collector = crate::mqtt::CollectorProcess::start(
-        dir.path().join("c.db").to_str().unwrap(),
-        &broker.url(),
-        &[
-            "--mqtt-username",
-            "collector-1",
-            "--mqtt-password-file",
-            password.to_str().unwrap(),
-            "--mqtt-device-from-topic",
-        ],
-        false,
-    );
+    let collector =
+        crate::mqtt::CollectorProcess::on_shipped(&dir.path().join("c.db"), &broker, &[]);
     let started = Instant::now();
     let big = serde_json::to_vec(&batch(
         "someone-else",

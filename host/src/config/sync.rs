@@ -251,7 +251,11 @@ mod tests {
         ] {
             assert!(with_url(url).pinned_ack_keys().is_ok(), "{url}");
         }
-        for url in ["http://collector.example", "http://10.0.0.5:8480", "mqtt://broker:1883"] {
+        for url in [
+            "http://collector.example",
+            "http://10.0.0.5:8480",
+            "mqtt://broker:1883",
+        ] {
             let error = with_url(url).pinned_ack_keys().unwrap_err().to_string();
             assert!(error.contains("sync.ack_keys"), "{url}: {error}");
         }

@@ -47,19 +47,7 @@ fn a_device_on_mqtt_fetches_its_bundle_in_chunks_and_resumes_only_what_checks_ou
     let broker = or_skip!(Mosquitto::shipped(&[DEVICE], &["collector-1"]));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
-    let password = broker.password_file("collector-1");
-    let _collector = CollectorProcess::start(
-        db.to_str().unwrap(),
-        &broker.url(),
-        &[
-            "--mqtt-username",
-            "collector-1",
-            "--mqtt-password-file",
-            password.to_str().unwrap(),
-            "--mqtt-device-from-topic",
-        ],
-        false,
-    );
+    let _collector = CollectorProcess::on_shipped(&db, &broker, &[]);
     let offers = offers(&broker);
     let inbox = dir.path().join("device");
     std::fs::create_dir_all(&inbox).unwrap();

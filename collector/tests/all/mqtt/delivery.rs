@@ -236,22 +236,10 @@ fn a_full_collector_answers_busy_and_every_result_still_lands_once() {
     let broker = or_skip!(Mosquitto::shipped(&names, &["collector-1"]));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
-    let password = broker.password_file("collector-1");
-    let collector = CollectorProcess::start(
-        db.to_str().unwrap(),
-        &broker.url(),
-        &[
-            "--mqtt-username",
-            "collector-1",
-            "--mqtt-password-file",
-            password.to_str().unwrap(),
-            "--mqtt-device-from-topic",
-            "--mqtt-max-waiting",
-            "0",
-            "--max-concurrent-batches",
-            "2",
-        ],
-        false,
+    let collector = CollectorProcess::on_shipped(
+        &db,
+        &broker,
+        &["--mqtt-max-waiting", "0", "--max-concurrent-batches", "2"],
     );
     let senders: Vec<_> = devices
         .iter()
@@ -294,21 +282,11 @@ fn through_the_shipped_tls_listener_every_result_lands_once() {
     let server = pki.server("broker");
     let broker = or_skip!(Mosquitto::shipped_tls(&[DEVICE], &["collector-1"], &server));
     assert!(broker.url().starts_with("mqtts://"));
-    let password = broker.password_file("collector-1");
     let ca = pki.ca_file();
-    let collector = CollectorProcess::start(
-        dir.path().join("c.db").to_str().unwrap(),
-        &broker.url(),
-        &[
-            "--mqtt-username",
-            "collector-1",
-            "--mqtt-password-file",
-            password.to_str().unwrap(),
-            "--mqtt-ca-file",
-            ca.to_str().unwrap(),
-            "--mqtt-device-from-topic",
-        ],
-        false,
+    let collector = CollectorProcess::on_shipped(
+        &dir.path().join("c.db"),
+        &broker,
+        &["--mqtt-ca-file", ca.to_str().unwrap()],
     );
     let device_password = broker.password(DEVICE);
     let mut config = sync_config(&broker.url(), Some((DEVICE, &device_password)));

@@ -287,19 +287,7 @@ fn a_hostile_device_on_the_shipped_broker_can_do_nothing_but_its_own() {
     let broker = or_skip!(Mosquitto::shipped(&[DEVICE, "dev-2"], &["collector-1"]));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
-    let collector_password = broker.password_file("collector-1");
-    let collector = CollectorProcess::start(
-        db.to_str().unwrap(),
-        &broker.url(),
-        &[
-            "--mqtt-username",
-            "collector-1",
-            "--mqtt-password-file",
-            collector_password.to_str().unwrap(),
-            "--mqtt-device-from-topic",
-        ],
-        false,
-    );
+    let collector = CollectorProcess::on_shipped(&db, &broker, &[]);
 
     let mallory = Probe::connect(
         &broker.url(),

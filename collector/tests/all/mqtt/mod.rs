@@ -25,9 +25,9 @@ pub(super) const TOKEN: &str = "secret-1";
 const OPERATOR: &str = "op-mqtt";
 
 /// A `sluice-collector` process taking batches from `broker`.
-pub(super) struct CollectorProcess {
-    pub(super) child: Child,
-    pub(super) url: String,
+pub(crate) struct CollectorProcess {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl CollectorProcess {
@@ -57,6 +57,22 @@ impl CollectorProcess {
         // Keep reading so the collector never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         CollectorProcess { child, url }
+    }
+
+    /// A collector on `broker` started with [`Mosquitto::shipped`]: as its
+    /// account `collector-1`, taking a batch's device from its topic (no
+    /// tokens through the broker), with `extra` flags.
+    pub(crate) fn on_shipped(db: &Path, broker: &Mosquitto, extra: &[&str]) -> CollectorProcess {
+        let password = broker.password_file("collector-1");
+        let flags = [
+            "--mqtt-username",
+            "collector-1",
+            "--mqtt-password-file",
+            password.to_str().unwrap(),
+            "--mqtt-device-from-topic",
+        ];
+        let flags: Vec<&str> = flags.iter().chain(extra).copied().collect();
+        CollectorProcess::start(db.to_str().unwrap(), &broker.url(), &flags, false)
     }
 
     /// Batches answered with `outcome` (`stored`, `replayed`, `busy`...).
