@@ -75,8 +75,8 @@ def section(path):
     else:
         out.append("")
         out.append(
-            "**Where it loses**: every run saturates the machine (the devices send as fast as they are "
-            "answered), so more devices add waiting, not throughput: acknowledgement latency grows with "
+            "**Where it loses**: every run but the `paced` ones saturates the machine (the devices send as "
+            "fast as they are answered), so more devices add waiting, not throughput: acknowledgement latency grows with "
             "the device count. Past their permits (and, through MQTT, `--mqtt-max-waiting` batches in "
             "line) the collectors answer `503` at once with a wait of 1 s (`Retry-After`, "
             "`retry-after-ms`) that the devices honour with jitter: this bounds what a collector holds, "
@@ -84,7 +84,8 @@ def section(path):
             "the machine to the others, so it costs throughput only when too few devices are left to "
             "keep the permits busy. PostgreSQL (one WAL flush per batch, fsync on) is the largest consumer.")
     alone = {(r["transport"], r["devices"]): r["results_per_s"] for r in runs}
-    shared = [r for r in runs if " beside " in r["transport"]]
+    rate = {r["transport"]: r["results_per_s"] for r in runs}
+    shared = [r for r in runs if r["transport"] in ("http beside mqtt", "mqtt beside http")]
     if shared:
         parts = []
         for r in shared:
@@ -93,22 +94,42 @@ def section(path):
             ratio = f", {r['results_per_s'] / base:.2f}x of the {base:,.0f}/s alone" if base else ""
             parts.append(f"{r['devices']} devices over {own.upper() if own == 'http' else 'MQTT'} took "
                          f"{r['results_per_s']:,.0f} results/s{ratio}")
-        ratios = [r["results_per_s"] / alone[(r["transport"].split(" ")[0], r["devices"])]
-                  for r in shared if (r["transport"].split(" ")[0], r["devices"]) in alone]
-        fairness = ("Each transport kept at least half of what it takes alone (within 2x)"
-                    if ratios and min(ratios) >= 0.5 else
-                    "One transport fell below half of what it takes alone (the goal is within 2x)")
         total = sum(r["results_per_s"] for r in shared)
         shares = ", ".join(f"{r['transport'].split(' ')[0].upper()} {100 * r['results_per_s'] / total:.0f} %"
                            for r in shared)
         out.append("")
         out.append(
             "**Sharing a collector** (the `beside` rows: as many devices over HTTP as through MQTT at once, "
-            "each transport counted apart): " + "; ".join(parts) + f". Together {total:,.0f} results/s, "
-            f"split {shares}. {fairness}. The MQTT consumer "
-            "may hold at most half of `--max-concurrent-batches` in progress (plus `--mqtt-max-waiting` "
-            "in line; the rest is answered `503` with `retry-after-ms`), so HTTP devices always have the "
-            "other half: before the cap, a busy broker took every permit and HTTP got 3 % of it.")
+            "each transport counted apart, every device sending as fast as it is answered): "
+            + "; ".join(parts) + f". Together {total:,.0f} results/s, split {shares}: the machine is "
+            "saturated either way, so an even split, each near half of what it takes alone, is the most "
+            "either can get. The MQTT consumer may hold at most half of `--max-concurrent-batches` in "
+            "progress (plus `--mqtt-max-waiting` in line; the rest is answered `503` with `retry-after-ms`), "
+            "so HTTP devices always have the other half: before the cap, a busy broker took every permit "
+            "and HTTP got 3 % of it.")
+    paced = [(own, other) for own, other in (("http", "mqtt"), ("mqtt", "http"))
+             if f"{own} paced" in rate and f"{own} paced beside {other}" in rate]
+    if paced:
+        parts, ratios = [], []
+        for own, other in paced:
+            ratio = rate[f"{own} paced beside {other}"] / rate[f"{own} paced"]
+            ratios.append(ratio)
+            name = lambda t: "HTTP" if t == "http" else "MQTT"
+            parts.append(
+                f"{name(own)} devices at that pace delivered {rate[f'{own} paced']:,.0f} results/s alone and "
+                f"{rate[f'{own} paced beside {other}']:,.0f} beside {name(other)} devices sending flat out "
+                f"({ratio:.2f}x; those took {rate.get(f'{other} beside {own} paced', 0):,.0f}/s)")
+        verdict = ("each transport kept at least half of what it delivers alone (within 2x)"
+                   if min(ratios) >= 0.5 else "one transport fell below half of what it delivers alone "
+                   "(the goal is within 2x)")
+        devices = next(r["devices"] for r in runs if r["transport"] == f"{paced[0][0]} paced")
+        out.append("")
+        out.append(
+            f"**Fairness at a device's pace** (the `paced` rows: {devices} devices each sending one batch "
+            "per second, as real devices do, against as many on the other transport sending as fast as "
+            "they are answered): " + "; ".join(parts) + f". So {verdict}. (Measured when the issue was "
+            "filed, before the MQTT cap and the busy answers: HTTP devices got 62 results/s beside 100 MQTT "
+            "devices against 2,943 alone.)")
     for f in faults:
         out.append("")
         out.append(

@@ -107,9 +107,10 @@ pub(crate) async fn consume(
     // it; the device sends it again and another collector takes it.
     options.set_clean_start(true);
     options.set_manual_acks(true);
-    // At most this many batches are held here at once (the broker waits
-    // for our PUBACKs): processing ones plus a queue for the permits, so
-    // the collector never idles while the broker has work.
+    // The broker sends up to this many before our PUBACKs: the collector
+    // reads them as they come, keeps `Limits::mqtt_max_held` and answers
+    // the rest `503`, so it never idles while the broker has work and
+    // never makes the broker queue behind it.
     let held = settings.receive_maximum.max(1);
     options.set_receive_maximum(Some(held));
     // Room for every batch held to queue its answer and its PUBACK without

@@ -58,6 +58,9 @@ pub struct Run {
     pub measuring: AtomicBool,
     /// Set when devices are to stop after their batch in flight.
     pub stop: AtomicBool,
+    /// Each device sends at most one batch per this (a real device's
+    /// pace); none: the next batch as soon as the last is answered.
+    pub pace: Option<Duration>,
 }
 
 /// Over every run: results acknowledged, MQTT answers received and those
@@ -74,6 +77,14 @@ pub static ACK_KEY: std::sync::OnceLock<sluice_protocol::keys::PublicKey> =
     std::sync::OnceLock::new();
 
 impl Run {
+    /// Before the next batch of a device whose last one started at
+    /// `started`: wait out the rest of its pace, if it has one.
+    async fn wait_pace(&self, started: Instant) {
+        if let Some(pace) = self.pace {
+            tokio::time::sleep_until((started + pace).into()).await;
+        }
+    }
+
     /// A `200` answer to batch `key` (results `first..first + n`) sent at
     /// `started`: checked, then counted in the run and in the ledger.
     fn answered(
@@ -263,6 +274,7 @@ pub async fn http_device(
             }
             backoff.wait().await;
         }
+        run.wait_pace(started).await;
     }
     Ok(())
 }
@@ -394,6 +406,7 @@ pub async fn mqtt_device(
                 }
             }
         }
+        run.wait_pace(started).await;
     }
     loop_task.abort();
     Ok(())

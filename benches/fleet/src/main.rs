@@ -78,6 +78,10 @@ struct Cli {
     /// apart, to compare with the same number alone.
     #[arg(long, default_value_t = 100)]
     shared_devices: usize,
+    /// In the sharing runs, the pace of the paced devices: one batch per
+    /// this many ms each (100 devices at 1000 ms: 5,000 results/s offered).
+    #[arg(long, default_value_t = 1000)]
+    paced_ms: u64,
 }
 
 /// Longest a device may take to finish its batch in flight once told to
@@ -171,19 +175,23 @@ impl Bench {
     /// One measured run: `n` devices over `transport`.
     fn measure(&self, transport: &str, n: usize) -> anyhow::Result<serde_json::Value> {
         Ok(self
-            .measure_groups(&[(transport, 0..n, transport)])?
+            .measure_groups(&[(transport, 0..n, transport, None)])?
             .remove(0))
     }
 
     /// One measured run of several groups of devices at once, each
-    /// `(transport, device indexes, label)`, counted apart: one line each.
+    /// `(transport, device indexes, label, pace)`, counted apart: one line
+    /// each.
     fn measure_groups(
         &self,
-        groups: &[(&str, std::ops::Range<usize>, &str)],
+        groups: &[(&str, std::ops::Range<usize>, &str, Option<Duration>)],
     ) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut running = Vec::new();
-        for (transport, devices, _) in groups {
-            let run = Arc::new(Run::default());
+        for (transport, devices, _, pace) in groups {
+            let run = Arc::new(Run {
+                pace: *pace,
+                ..Run::default()
+            });
             let tasks: Vec<_> = devices
                 .clone()
                 .map(|i| self.spawn(transport, i, &run))
@@ -213,7 +221,7 @@ impl Bench {
         let after = self.cpu();
         let cpu = |k: usize| (after[k] - before[k]) / elapsed;
         let mut lines = Vec::new();
-        for ((run, tasks), (_, devices, label)) in running.into_iter().zip(groups) {
+        for ((run, tasks), (_, devices, label, _)) in running.into_iter().zip(groups) {
             let unfinished = self.stop(&run, tasks)?;
             let mut latencies = std::mem::take(&mut *run.latencies_us.lock().unwrap());
             latencies.sort_unstable();
@@ -449,13 +457,30 @@ fn main() -> anyhow::Result<()> {
     }
     let n = bench.cli.shared_devices;
     if n > 0 {
-        let groups = [
-            ("http", 0..n, "http beside mqtt"),
-            ("mqtt", n..2 * n, "mqtt beside http"),
+        // Both saturating; then each transport's devices at a real
+        // device's pace, alone and beside the other's saturating ones.
+        let pace = Some(Duration::from_millis(bench.cli.paced_ms));
+        let runs: [&[(&str, std::ops::Range<usize>, &str, Option<Duration>)]; 5] = [
+            &[
+                ("http", 0..n, "http beside mqtt", None),
+                ("mqtt", n..2 * n, "mqtt beside http", None),
+            ],
+            &[("http", 0..n, "http paced", pace)],
+            &[
+                ("http", 0..n, "http paced beside mqtt", pace),
+                ("mqtt", n..2 * n, "mqtt beside http paced", None),
+            ],
+            &[("mqtt", n..2 * n, "mqtt paced", pace)],
+            &[
+                ("mqtt", n..2 * n, "mqtt paced beside http", pace),
+                ("http", 0..n, "http beside mqtt paced", None),
+            ],
         ];
-        for line in bench.measure_groups(&groups)? {
-            println!("{line}");
-            eprintln!("{line}");
+        for groups in runs {
+            for line in bench.measure_groups(groups)? {
+                println!("{line}");
+                eprintln!("{line}");
+            }
         }
     }
     let mut unfinished = 0;

@@ -135,11 +135,12 @@ impl Link {
         }
     }
 
-    /// Publish `payload` to `topic` as request `key` and wait for the
-    /// collector's answer, at most [`Link::timeout`].
+    /// Publish `payload` to `topic` at `qos` as request `key` and wait for
+    /// the collector's answer, at most [`Link::timeout`].
     async fn ask(
         &self,
         topic: &str,
+        qos: QoS,
         key: &str,
         user: Vec<(String, String)>,
         payload: Vec<u8>,
@@ -154,7 +155,7 @@ impl Link {
         let properties = self.request_properties(key, user);
         let answer = async {
             self.client
-                .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+                .publish_with_properties(topic, qos, false, payload, properties)
                 .await
                 .map_err(|e| self.unreachable(format!("cannot publish: {e}")))?;
             match tokio::time::timeout(self.timeout, rx).await {
@@ -245,7 +246,13 @@ impl MqttUplink {
             return self.published(batch, body, encoding).await;
         }
         let answer = link
-            .ask(&self.batches_topic, &batch.key, encoding, body)
+            .ask(
+                &self.batches_topic,
+                QoS::AtLeastOnce,
+                &batch.key,
+                encoding,
+                body,
+            )
             .await?;
         if let Some(retry_after) = answer.retry_after() {
             return Err(UplinkError::Busy {

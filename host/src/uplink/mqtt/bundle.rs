@@ -19,6 +19,7 @@
 use super::{Answer, Link};
 use crate::uplink::Offers;
 use crate::uplink::UplinkError;
+use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
 use sluice_protocol::mqtt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,9 +50,16 @@ impl MqttOffers {
             (mqtt::OFFSET.to_owned(), offset.to_string()),
             (mqtt::IF_NONE_MATCH.to_owned(), seen.join(", ")),
         ];
-        let answer = self
-            .runtime
-            .block_on(self.link.ask(&self.topic, &key, user, Vec::new()));
+        // QoS 0: a lost request is asked again after the timeout, and a
+        // PUBACK for it could be taken for a batch's (`mqtt_ack =
+        // "broker"` matches PUBACKs to the one batch waiting).
+        let answer = self.runtime.block_on(self.link.ask(
+            &self.topic,
+            QoS::AtMostOnce,
+            &key,
+            user,
+            Vec::new(),
+        ));
         answer.map_err(|e| match e {
             UplinkError::Unreachable { message, .. } => message,
             other => other.to_string(),
