@@ -460,11 +460,10 @@ async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
         return response;
     }
     blocking(move || match fleet_view(&shared) {
-        Ok(view) => (
-            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        Ok(view) => sluice_serve::metrics::answer(
+            &headers,
             shared.metrics.encode(&view.devices, view.at_ms),
-        )
-            .into_response(),
+        ),
         Err(response) => response,
     })
     .await

@@ -21,9 +21,6 @@ use std::sync::atomic::AtomicU64;
 /// Labels: pairs of a fixed name and a value.
 type Labels = Vec<(&'static str, String)>;
 
-/// The content type of [`Metrics::encode`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// The collector's event counters. Clones share the counts.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -77,7 +74,7 @@ impl Metrics {
         InProgress(self.in_progress.clone())
     }
 
-    /// Everything as OpenMetrics text ([`CONTENT_TYPE`]), with the state of
+    /// Everything as OpenMetrics text (`sluice_serve::metrics` answers it, or the Prometheus text format), with the state of
     /// `devices` as of `now` (ms since the Unix epoch).
     pub fn encode(&self, devices: &[FleetSummary], now: i64) -> String {
         // A registry per scrape: the counters are shared clones, the

@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod metrics;
 mod tls;
 pub use tls::{ClientCertificate, MAX_PEM_BYTES, Tls, TlsError, TlsFiles};
 

@@ -345,3 +345,39 @@ pub fn cargo_bin(package: &str, bin: &str, features: &[&str]) -> PathBuf {
     );
     dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX))
 }
+
+/// `promtool check metrics` (Debian package `prometheus`) on `text`, in the
+/// Prometheus text format: `Ok(Err(its complaints))` when it finds any,
+/// [`Missing`] when promtool is not installed.
+pub fn promtool_check_metrics(text: &str) -> Result<Result<(), String>, Missing> {
+    use std::io::Write;
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            return Err(Missing(format!(
+                "promtool (Debian package `prometheus`): {e}"
+            )));
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    Ok(match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    })
+}

@@ -391,6 +391,29 @@ pub fn fleet_view(c: &Running) {
         "{metrics}"
     );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    // Asked for the Prometheus text format, the same in that format, which
+    // promtool finds nothing wrong with.
+    let plain = client()
+        .get(format!("{}/metrics", c.url()))
+        .bearer_auth(OPERATOR)
+        .header("Accept", "text/plain;version=0.0.4")
+        .send()
+        .unwrap();
+    assert!(
+        plain.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let plain = plain.text().unwrap();
+    assert!(
+        plain.contains("# TYPE sluice_collector_batches_total counter"),
+        "{plain}"
+    );
+    match sluice_testkit::promtool_check_metrics(&plain) {
+        Ok(checked) => checked.unwrap(),
+        Err(missing) => eprintln!("\n*** SKIPPED the promtool check: {missing} ***\n"),
+    }
 }
 
 fn batch_json(device: &str, key: &str) -> Value {

@@ -330,7 +330,8 @@ async fn post_ingest(
     }
 }
 
-/// `GET /metrics`: OpenMetrics text (token required, when configured).
+/// `GET /metrics`: OpenMetrics text, or the Prometheus text format when
+/// only that is asked for (token required, when configured).
 async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Some(refused) = shared.unauthorized(&headers) {
         return refused;
@@ -338,7 +339,7 @@ async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     let sink = shared.sink.clone();
     // Scraping reads the outbox (SQLite): off the async workers.
     match tokio::task::spawn_blocking(move || sink.metrics().encode()).await {
-        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Ok(text) => sluice_serve::metrics::answer(&headers, text),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -31,9 +31,6 @@ use std::time::Duration;
 /// Labels: pairs of a fixed name and a value.
 type Labels = Vec<(&'static str, String)>;
 
-/// The content type of [`Metrics::encode`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Latency buckets: 10 µs doubling to about 42 s.
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(1e-5, 2.0, 23))
@@ -175,7 +172,7 @@ impl Metrics {
         }
     }
 
-    /// Everything, as OpenMetrics text ([`CONTENT_TYPE`]).
+    /// Everything, as OpenMetrics text (`sluice_serve::metrics` answers it, or the Prometheus text format).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)

@@ -158,6 +158,19 @@ fn prometheus_scrapes_the_agent_and_counts_every_item() {
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
+    // Asked for the Prometheus text format, it answers that, and promtool
+    // finds nothing wrong with it.
+    let (status, plain) = http(
+        reqwest::Client::new()
+            .get(format!("{url}/metrics"))
+            .header("Accept", "text/plain;version=0.0.4"),
+    );
+    assert_eq!(status, 200);
+    let plain = String::from_utf8(plain).unwrap();
+    match sluice_testkit::promtool_check_metrics(&plain) {
+        Ok(checked) => checked.unwrap(),
+        Err(missing) => eprintln!("\n*** SKIPPED the promtool check: {missing} ***\n"),
+    }
     let ok = r#"sum(sluice_items_total{job="sluice",pipeline="digits",outcome="ok"})"#;
     let counted = wait_until(Duration::from_secs(30), || {
         prometheus.query(ok) == Some(20.0)
