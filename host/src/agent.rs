@@ -85,6 +85,7 @@ pub struct Agent {
     outbox: Arc<Outbox>,
     sink: Arc<Sink>,
     ingest_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     sources: Vec<Running>,
     workers: Vec<(Arc<Wake>, JoinHandle<()>)>,
     /// What each pipeline's worker runs (an install swaps it).
@@ -158,6 +159,7 @@ impl Agent {
             outbox: outbox.clone(),
             sink,
             ingest_addr: None,
+            admin_addr: None,
             sources: Vec::new(),
             workers: Vec::new(),
             slots: BTreeMap::new(),
@@ -271,7 +273,17 @@ impl Agent {
                 .sources
                 .push(source.start(agent.sink.clone(), &context)?);
         }
+        if let Some((admin, addr)) = crate::admin::start(&config.admin, agent.sink.clone(), tokio)?
+        {
+            agent.admin_addr = Some(addr);
+            agent.sources.push(admin);
+        }
         Ok(agent)
+    }
+
+    /// The bound address of the admin endpoint (`[admin] listen`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The bound address of the HTTP ingest endpoint.

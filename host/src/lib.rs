@@ -38,6 +38,7 @@
 
 #![deny(missing_docs)]
 
+mod admin;
 pub mod agent;
 pub mod bundle;
 pub use sluice_plugin::bundled;

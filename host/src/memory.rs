@@ -112,6 +112,12 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
     } else {
         0
     };
+    // The admin endpoint reads no bodies: its connections' buffers.
+    let admin = match config.admin.listen {
+        Some(_) => config.admin.max_connections as u64 * CONNECTION_BUFFER_BYTES as u64,
+        None => 0,
+    };
+    let http = http + admin;
     let groups = config.pipelines.len() as u64 * GROUP_MAX_BYTES;
     // An upload holds its records, their JSON and the compressed body.
     let upload = if config.sync.url.is_some() {
@@ -136,7 +142,7 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
             name: "ingest",
             bytes: http + groups,
             how: format!(
-                "{} HTTP bodies (ingest.max_concurrent_requests × ingest.max_input_bytes, ingest.max_connections buffers) + {} of inputs per pipeline in work",
+                "{} HTTP bodies (ingest.max_concurrent_requests × ingest.max_input_bytes, ingest.max_connections and admin.max_connections buffers) + {} of inputs per pipeline in work",
                 mib(http),
                 mib(GROUP_MAX_BYTES)
             ),

@@ -13,6 +13,7 @@ pub use sluice_outbox::{FullPolicy, OutboxConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod admin;
 mod bundles;
 mod device;
 mod ingest;
@@ -22,6 +23,7 @@ mod plugins;
 mod sync;
 pub mod text;
 
+pub use admin::AdminConfig;
 pub use bundles::BundlesConfig;
 pub use device::{DeviceConfig, RuntimeConfig};
 pub use ingest::IngestConfig;
@@ -60,6 +62,9 @@ pub struct Config {
     /// Where `sluice run` takes its inputs from.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// `[admin]`: the agent's endpoint for operators and monitoring.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Drift windows against each model's reference profile (`sluice run`).
     #[serde(default)]
     pub drift: crate::drift::DriftConfig,
@@ -133,6 +138,9 @@ impl Config {
             resolve(file);
         }
         if let Some(file) = &mut self.ingest.token_file {
+            resolve(file);
+        }
+        if let Some(file) = &mut self.admin.token_file {
             resolve(file);
         }
         if let Some(dir) = &mut self.runtime.cache_dir {
@@ -281,22 +289,27 @@ impl Config {
                 "set one of sync.token and sync.token_file, not both".into(),
             );
         }
-        if let Some(listen) = &self.ingest.listen {
-            let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
-                return value(
-                    "ingest.listen",
-                    format!("`{listen}` is not an ip:port address"),
-                );
-            };
-            let open = self.ingest.token.is_none() && self.ingest.token_file.is_none();
-            if !addr.ip().is_loopback() && open && !self.ingest.insecure_allow_anyone {
-                return value(
-                    "ingest.listen",
-                    format!(
-                        "`{listen}` is reachable beyond this machine: set ingest.token (or ingest.token_file) so that only clients with it may post inputs, or ingest.insecure_allow_anyone = true"
-                    ),
-                );
-            }
+        let ingest = &self.ingest;
+        let open = ingest.token.is_none() && ingest.token_file.is_none();
+        check_listen(
+            "ingest",
+            ingest.listen.as_deref(),
+            open,
+            ingest.insecure_allow_anyone,
+        )?;
+        let admin = &self.admin;
+        let open = admin.token.is_none() && admin.token_file.is_none();
+        check_listen(
+            "admin",
+            admin.listen.as_deref(),
+            open,
+            admin.insecure_allow_anyone,
+        )?;
+        if admin.token.is_some() && admin.token_file.is_some() {
+            return value(
+                "admin.token",
+                "set one of admin.token and admin.token_file, not both".into(),
+            );
         }
         if self.ingest.token.is_some() && self.ingest.token_file.is_some() {
             return value(
@@ -342,6 +355,35 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.device.data_dir.join("cache"))
     }
+}
+
+/// `SECTION.listen`: an `ip:port`, beyond loopback only with a token
+/// (`open`: none) or `SECTION.insecure_allow_anyone`.
+fn check_listen(
+    section: &str,
+    listen: Option<&str>,
+    open: bool,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    let Some(listen) = listen else {
+        return Ok(());
+    };
+    let key = format!("{section}.listen");
+    let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
+        return Err(ConfigError::value(
+            &key,
+            format!("`{listen}` is not an ip:port address"),
+        ));
+    };
+    if !addr.ip().is_loopback() && open && !insecure {
+        return Err(ConfigError::value(
+            &key,
+            format!(
+                "`{listen}` is reachable beyond this machine: set {section}.token (or {section}.token_file) so that only clients with it are answered, or {section}.insecure_allow_anyone = true"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

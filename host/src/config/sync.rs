@@ -165,10 +165,12 @@ impl SyncConfig {
             && let Some(url) = &self.url
             && plain_http_beyond_loopback(url)
         {
+            // Named by the key that asks for it (a document may not have
+            // `ack_keys` at all).
             return Err(ConfigError::value(
-                "sync.ack_keys",
+                "sync.url",
                 format!(
-                    "is empty, and sync.url `{url}` is plain HTTP beyond this machine: whatever is on the way (a captive portal, a proxy) could answer in the collector's place and make this device delete results; pin the collector's key (`sluice-collector ack-key`) or use https://"
+                    "`{url}` is plain HTTP beyond this machine: whatever is on the way (a captive portal, a proxy) could answer in the collector's place and make this device delete results; pin the collector's key in sync.ack_keys (`sluice-collector ack-key`) or use https://"
                 ),
             ));
         }
@@ -257,7 +259,7 @@ mod tests {
             "mqtt://broker:1883",
         ] {
             let error = with_url(url).pinned_ack_keys().unwrap_err().to_string();
-            assert!(error.contains("sync.ack_keys"), "{url}: {error}");
+            assert!(error.contains("ack_keys"), "{url}: {error}");
         }
         let pinned = SyncConfig {
             ack_keys: vec!["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into()],

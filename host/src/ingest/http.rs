@@ -14,13 +14,8 @@
 //! A client that did not get its answer (the agent was killed mid-request,
 //! the connection dropped) retries with the same `Idempotency-Key`: it gets
 //! the same id, `"replayed": true`, and no second result is made.
-//! * `GET /v1/status`: the outbox status as JSON (token required, when
-//!   configured). `GET /v1/health` and `GET /healthz`: `ok` while the
-//!   process serves. `GET /readyz`: `200 {"ready": true}`, or `503` with
-//!   `"problems"`: pipelines down, models or plugins that did not start, an
-//!   outbox that cannot be written, a backlog at its bound. `GET /metrics`:
-//!   the agent's metrics for Prometheus ([`crate::metrics`]; token
-//!   required, when configured).
+//! * the admin endpoint's routes ([`crate::admin`]): `/metrics`,
+//!   `/healthz`, `/readyz`, `/v1/status`, guarded by the ingest token.
 //!
 //! Invariants:
 //! * the token is checked from the headers before anything else: without
@@ -39,7 +34,7 @@
 
 use super::{Context, Incoming, IngestError, Running, Sink, Source};
 use crate::config::IngestConfig;
-use crate::outbox::{NewInput, Outbox};
+use crate::outbox::NewInput;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -119,21 +114,7 @@ struct Shared {
 impl Shared {
     /// The refusal of a request without the right token, if one is required.
     fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
-        let expected = self.authorization.as_deref()?;
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        if given.is_some_and(|given| sluice_serve::constant_time_eq(given, expected.as_bytes())) {
-            return None;
-        }
-        let mut response = json_error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (ingest.token)",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        Some(response)
+        crate::admin::unauthorized(self.authorization.as_deref(), headers, "ingest.token")
     }
 }
 
@@ -148,12 +129,9 @@ impl Source for HttpSource {
 
     fn start(self: Box<Self>, sink: Arc<Sink>, context: &Context) -> Result<Running, IngestError> {
         let name = self.describe();
+        // The admin routes too, for agents without `[admin]`.
+        let admin = crate::admin::routes(sink.clone(), self.token.clone(), "ingest.token");
         let app = axum::Router::new()
-            .route(paths::HEALTH, axum::routing::get(|| async { "ok" }))
-            .route(paths::agent::HEALTHZ, axum::routing::get(|| async { "ok" }))
-            .route(paths::agent::READYZ, axum::routing::get(get_ready))
-            .route(paths::METRICS, axum::routing::get(get_metrics))
-            .route(paths::agent::STATUS, axum::routing::get(get_status))
             .route(paths::agent::INGEST, axum::routing::post(post_ingest))
             .with_state(Arc::new(Shared {
                 sink,
@@ -161,7 +139,8 @@ impl Source for HttpSource {
                 requests: Arc::new(Semaphore::new(self.max_concurrent_requests)),
                 max_concurrent_requests: self.max_concurrent_requests,
                 body_timeout: self.body_timeout,
-            }));
+            }))
+            .merge(admin);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let listener = self.listener;
         let limits = self.serve;
@@ -327,44 +306,5 @@ async fn post_ingest(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("ingest task failed: {e}"),
         ),
-    }
-}
-
-/// `GET /metrics`: OpenMetrics text, or the Prometheus text format when
-/// only that is asked for (token required, when configured).
-async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = shared.unauthorized(&headers) {
-        return refused;
-    }
-    let sink = shared.sink.clone();
-    // Scraping reads the outbox (SQLite): off the async workers.
-    match tokio::task::spawn_blocking(move || sink.metrics().encode()).await {
-        Ok(text) => sluice_serve::metrics::answer(&headers, text),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// `GET /readyz`: `200` when the agent takes and processes inputs, else
-/// `503` naming what is wrong ([`Sink::readiness`]).
-async fn get_ready(State(shared): State<Arc<Shared>>) -> Response {
-    let problems = shared.sink.readiness();
-    let status = if problems.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({ "ready": problems.is_empty(), "problems": problems });
-    (status, axum::Json(body)).into_response()
-}
-
-async fn get_status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = shared.unauthorized(&headers) {
-        return refused;
-    }
-    let outbox: Arc<Outbox> = shared.sink.outbox.clone();
-    match tokio::task::spawn_blocking(move || outbox.status()).await {
-        Ok(Ok(status)) => axum::Json(status).into_response(),
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

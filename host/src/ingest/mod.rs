@@ -119,7 +119,7 @@ pub struct Accepted {
 /// back-pressure limits, and the wake-ups of the pipelines' workers.
 pub struct Sink {
     device: String,
-    outbox: Arc<Outbox>,
+    pub(crate) outbox: Arc<Outbox>,
     workers: BTreeMap<String, Arc<Wake>>,
     max_input_bytes: u64,
     max_pending_bytes: u64,

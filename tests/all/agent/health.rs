@@ -213,3 +213,58 @@ fn readiness_says_when_the_outbox_cannot_be_written_and_recovers() {
     assert_eq!(ready().0, 200, "{}", ready().1);
     agent.shutdown();
 }
+
+/// An agent whose inputs come only from a folder has its own admin
+/// endpoint (`[admin] listen`): health and readiness open, metrics and
+/// status behind the admin token, the folder's items counted.
+#[test]
+fn a_folder_only_agent_serves_metrics_on_its_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let file = write_config(dir.path(), "http://127.0.0.1:9", Some(&inbox));
+    let mut config = sluice_agent::config::Config::load(&file).unwrap();
+    config.sync = sluice_agent::config::SyncConfig::default();
+    config.ingest.listen = None;
+    config.admin.listen = Some("127.0.0.1:0".into());
+    config.admin.token = Some("adm".into());
+    let agent = sluice_agent::agent::Agent::start(config).unwrap();
+    assert!(agent.ingest_addr().is_none(), "no HTTP ingest");
+    let url = format!("http://{}", agent.admin_addr().unwrap());
+    for (i, image) in images()[..3].iter().enumerate() {
+        std::fs::write(inbox.join(format!("{i}.png")), image).unwrap();
+    }
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = reqwest::Client::new().get(format!("{url}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (status, body) = http(request);
+        (status, String::from_utf8(body).unwrap())
+    };
+    assert_eq!(get("/healthz", None).0, 200);
+    assert_eq!(get("/metrics", None).0, 401);
+    assert_eq!(get("/metrics", Some("wrong")).0, 401);
+    assert_eq!(get("/v1/status", None).0, 401);
+    let counted = wait_until(Duration::from_secs(60), || {
+        get("/metrics", Some("adm")).1.lines().any(|l| {
+            l.starts_with("sluice_items_total{")
+                && l.contains(r#"pipeline="digits""#)
+                && l.contains(r#"outcome="ok""#)
+                && l.ends_with(" 3")
+        })
+    });
+    assert!(counted, "{}", get("/metrics", Some("adm")).1);
+    assert_eq!(get("/readyz", None).0, 200);
+    let (status, body) = get("/v1/status", Some("adm"));
+    assert_eq!(status, 200, "{body}");
+    // Nothing to post inputs to: the admin endpoint only reads.
+    let (status, _) = http(
+        reqwest::Client::new()
+            .post(format!("{url}/v1/ingest/digits"))
+            .bearer_auth("adm")
+            .body(images()[0].clone()),
+    );
+    assert_eq!(status, 404);
+    agent.shutdown();
+}

@@ -1,0 +1,170 @@
+//! The agent's own endpoint for operators and monitoring (`[admin]
+//! listen`): `GET /metrics` (OpenMetrics, or the Prometheus text format
+//! when only that is asked for), `/healthz` (the process serves),
+//! `/readyz` (`200 {"ready": true}`, or `503` with `"problems"`: pipelines
+//! down, models or plugins that did not start, an outbox that cannot be
+//! written, a backlog at its bound) and `/v1/status` (the outbox, as JSON),
+//! whatever the inputs come from: a folder-only agent is monitored like
+//! any other. The HTTP ingest endpoint serves the same routes ([`routes`]).
+//!
+//! Invariants: `/metrics` and `/v1/status` need the token when one is set
+//! (checked from the headers, in constant time); the endpoint reads, never
+//! writes; connections and request heads are bounded ([`sluice_serve`]);
+//! scraping reads SQLite off the async workers.
+
+use crate::config::AdminConfig;
+use crate::ingest::{IngestError, Running, Sink};
+use crate::outbox::Outbox;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sluice_protocol::{ErrorBody, paths};
+use sluice_serve::ServeLimits;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long requests in flight may finish after the agent is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the routes answer with.
+struct Admin {
+    sink: Arc<Sink>,
+    /// `Bearer <token>`, if one is required.
+    authorization: Option<String>,
+    /// The key that sets the token, for the refusal's message.
+    key: &'static str,
+}
+
+/// The read-only routes over `sink`, guarded by `token` (set by the
+/// configuration key `key`) when there is one.
+pub(crate) fn routes(sink: Arc<Sink>, token: Option<String>, key: &'static str) -> axum::Router {
+    axum::Router::new()
+        .route(paths::HEALTH, axum::routing::get(|| async { "ok" }))
+        .route(paths::agent::HEALTHZ, axum::routing::get(|| async { "ok" }))
+        .route(paths::agent::READYZ, axum::routing::get(get_ready))
+        .route(paths::METRICS, axum::routing::get(get_metrics))
+        .route(paths::agent::STATUS, axum::routing::get(get_status))
+        .with_state(Arc::new(Admin {
+            sink,
+            authorization: token.map(|t| format!("Bearer {t}")),
+            key,
+        }))
+}
+
+/// The refusal of a request without `expected` (`Bearer <token>`), if one
+/// is required; `key` names the setting in the message.
+pub(crate) fn unauthorized(
+    expected: Option<&str>,
+    headers: &HeaderMap,
+    key: &str,
+) -> Option<Response> {
+    let expected = expected?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if given.is_some_and(|given| sluice_serve::constant_time_eq(given, expected.as_bytes())) {
+        return None;
+    }
+    let mut response = json_error(
+        StatusCode::UNAUTHORIZED,
+        format!("missing or wrong bearer token ({key})"),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(response)
+}
+
+/// Serve `[admin]` on `runtime`, if `listen` is set: the running endpoint
+/// and its bound address.
+pub(crate) fn start(
+    config: &AdminConfig,
+    sink: Arc<Sink>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<(Running, SocketAddr)>, IngestError> {
+    let Some(listen) = &config.listen else {
+        return Ok(None);
+    };
+    let setup = |message: String| IngestError::Setup {
+        source_name: format!("admin.listen {listen}"),
+        message,
+    };
+    let token = config.bearer_token().map_err(|e| setup(e.to_string()))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| setup(format!("cannot listen: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| setup(format!("cannot listen: {e}")))?;
+    let app = routes(sink, token, "admin.token");
+    let limits = ServeLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: Duration::from_millis(config.header_timeout_ms),
+        max_buf_size: crate::memory::CONNECTION_BUFFER_BYTES,
+        shutdown_grace: SHUTDOWN_GRACE,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => return tracing::error!("admin endpoint cannot start: {e}"),
+        };
+        sluice_serve::serve("admin", listener, app, &limits, None, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    let runtime = runtime.clone();
+    let running = Running::new(
+        format!("admin http://{addr}"),
+        move || {
+            let _ = stop.send(());
+        },
+        move || {
+            let _ = runtime.block_on(async {
+                tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task).await
+            });
+        },
+    );
+    Ok(Some((running, addr)))
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(ErrorBody::new(message))).into_response()
+}
+
+async fn get_metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(admin.authorization.as_deref(), &headers, admin.key) {
+        return refused;
+    }
+    let sink = admin.sink.clone();
+    // Scraping reads the outbox (SQLite): off the async workers.
+    match tokio::task::spawn_blocking(move || sink.metrics().encode()).await {
+        Ok(text) => sluice_serve::metrics::answer(&headers, text),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_ready(State(admin): State<Arc<Admin>>) -> Response {
+    let problems = admin.sink.readiness();
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "ready": problems.is_empty(), "problems": problems });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn get_status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(admin.authorization.as_deref(), &headers, admin.key) {
+        return refused;
+    }
+    let outbox: Arc<Outbox> = admin.sink.outbox.clone();
+    match tokio::task::spawn_blocking(move || outbox.status()).await {
+        Ok(Ok(status)) => axum::Json(status).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
