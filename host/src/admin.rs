@@ -13,7 +13,7 @@
 //! scraping reads SQLite off the async workers.
 
 use crate::config::AdminConfig;
-use crate::ingest::{IngestError, Running, Sink};
+use crate::ingest::{IngestError, Running, SHUTDOWN_GRACE, Sink};
 use crate::outbox::Outbox;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -23,9 +23,6 @@ use sluice_serve::ServeLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How long requests in flight may finish after the agent is told to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the routes answer with.
 struct Admin {
@@ -104,29 +101,8 @@ pub(crate) fn start(
         max_buf_size: crate::memory::CONNECTION_BUFFER_BYTES,
         shutdown_grace: SHUTDOWN_GRACE,
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = runtime.spawn(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(e) => return tracing::error!("admin endpoint cannot start: {e}"),
-        };
-        sluice_serve::serve("admin", listener, app, &limits, None, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    let runtime = runtime.clone();
-    let running = Running::new(
-        format!("admin http://{addr}"),
-        move || {
-            let _ = stop.send(());
-        },
-        move || {
-            let _ = runtime.block_on(async {
-                tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task).await
-            });
-        },
-    );
+    let name = format!("admin http://{addr}");
+    let running = Running::serve(name, "admin", listener, app, limits, runtime);
     Ok(Some((running, addr)))
 }
 

@@ -32,7 +32,7 @@
 //!   the commit (an fsync) runs on a blocking thread, never on an async
 //!   worker.
 
-use super::{Context, Incoming, IngestError, Running, Sink, Source};
+use super::{Context, Incoming, IngestError, Running, SHUTDOWN_GRACE, Sink, Source};
 use crate::config::IngestConfig;
 use crate::outbox::NewInput;
 use axum::body::Body;
@@ -48,8 +48,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::memory::CONNECTION_BUFFER_BYTES;
-/// How long requests in flight may finish after the agent is told to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The HTTP source, bound to its address.
 pub struct HttpSource {
@@ -141,32 +139,13 @@ impl Source for HttpSource {
                 body_timeout: self.body_timeout,
             }))
             .merge(admin);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listener = self.listener;
-        let limits = self.serve;
-        let task = context.runtime.spawn(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => listener,
-                Err(e) => return tracing::error!("ingest endpoint cannot start: {e}"),
-            };
-            sluice_serve::serve("ingest", listener, app, &limits, None, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
-        let runtime = context.runtime.clone();
-        Ok(Running::new(
+        Ok(Running::serve(
             name,
-            move || {
-                let _ = stop.send(());
-            },
-            move || {
-                // Requests in flight finish within the grace; a client that
-                // never completes its request is not waited for.
-                let _ = runtime.block_on(async {
-                    tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task).await
-                });
-            },
+            "ingest",
+            self.listener,
+            app,
+            self.serve,
+            &context.runtime,
         ))
     }
 }

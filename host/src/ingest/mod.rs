@@ -388,6 +388,10 @@ pub trait Source: Send {
     fn start(self: Box<Self>, sink: Arc<Sink>, context: &Context) -> Result<Running, IngestError>;
 }
 
+/// How long requests in flight may finish after the agent is told to stop
+/// (its HTTP endpoints).
+pub(crate) const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A started source: how to stop it and wait for it.
 pub struct Running {
     name: String,
@@ -407,6 +411,42 @@ impl Running {
             stop: Some(Box::new(stop)),
             join: Some(Box::new(join)),
         }
+    }
+
+    /// `app` served on `listener` (`what` in log lines) within `limits`,
+    /// on `runtime`: stopping it lets requests in flight finish within
+    /// the limits' grace; a client that never completes its request is
+    /// not waited for.
+    pub(crate) fn serve(
+        name: String,
+        what: &'static str,
+        listener: std::net::TcpListener,
+        app: axum::Router,
+        limits: sluice_serve::ServeLimits,
+        runtime: &tokio::runtime::Handle,
+    ) -> Running {
+        let grace = limits.shutdown_grace + std::time::Duration::from_secs(1);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(e) => return tracing::error!("{what} endpoint cannot start: {e}"),
+            };
+            sluice_serve::serve(what, listener, app, &limits, None, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        let runtime = runtime.clone();
+        Running::new(
+            name,
+            move || {
+                let _ = stop.send(());
+            },
+            move || {
+                let _ = runtime.block_on(async { tokio::time::timeout(grace, task).await });
+            },
+        )
     }
 
     /// What it is.
