@@ -300,7 +300,7 @@ fn bundle_answer(
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Ok(Some((name, version, sha256, body))) => {
             let etag = format!("\"{sha256}\"");
-            if seen.split(',').any(|t| t.trim() == etag) {
+            if crate::rollout::seen_by(seen, &sha256) {
                 return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
             }
             (
@@ -416,7 +416,7 @@ fn fleet_device(
     device: &str,
     since_ms: Option<i64>,
 ) -> Result<protocol::FleetDevice, Response> {
-    if !shared.tokens().devices().iter().any(|d| d == device) {
+    if !shared.tokens().knows(device) {
         return Err(error(
             StatusCode::NOT_FOUND,
             "no device of that name has a token",

@@ -36,7 +36,7 @@ pub(crate) fn device_of(
             "the client certificate's subject has no common name that is a device name",
         )
     })?;
-    if !tokens.devices().contains(&named) {
+    if !tokens.knows(&named) {
         return Err(error(
             StatusCode::FORBIDDEN,
             format!(

@@ -412,6 +412,17 @@ pub(crate) fn offer_chunk(
     })
 }
 
+/// Whether `if_none_match` (a device's `If-None-Match`: `"hex", "hex"`)
+/// names the bundle of SHA-256 `sha256`: the device handled it already.
+pub(crate) fn seen_by(if_none_match: &str, sha256: &str) -> bool {
+    if_none_match.split(',').any(|tag| {
+        tag.trim()
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            == Some(sha256)
+    })
+}
+
 /// A part of an offered bundle ([`offer_chunk`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {

@@ -203,6 +203,11 @@ impl Tokens {
         set.into_iter().cloned().collect()
     }
 
+    /// Whether `device` has a token (without listing them all).
+    pub fn knows(&self, device: &str) -> bool {
+        self.by_token.values().any(|d| d == device)
+    }
+
     /// No device has a token.
     pub fn is_empty(&self) -> bool {
         self.by_token.is_empty()
@@ -275,6 +280,7 @@ mod tests {
         assert!(tokens.is_operator("op") && !tokens.is_operator("ta") && !tokens.is_operator("o"));
         assert_eq!(tokens.device_of(Some("Bearer op")), None);
         assert_eq!(tokens.devices(), vec!["a".to_owned()]);
+        assert!(tokens.knows("a") && !tokens.knows("op") && !tokens.knows("b"));
     }
 
     #[test]

@@ -106,7 +106,8 @@ pub(crate) fn start(
     Ok(Some((running, addr)))
 }
 
-fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+/// An error answer: `status` with the JSON body clients read.
+pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 

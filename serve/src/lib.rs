@@ -29,7 +29,7 @@
 
 pub mod metrics;
 mod tls;
-pub use tls::{ClientCertificate, MAX_PEM_BYTES, Tls, TlsError, TlsFiles};
+pub use tls::{ClientCertificate, MAX_PEM_BYTES, Tls, TlsError, TlsFiles, read_pem};
 
 use axum::Router;
 use axum::body::Body;

@@ -127,7 +127,9 @@ fn modified(files: &TlsFiles) -> Option<SystemTime> {
     .max()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+/// A PEM file, read only up to [`MAX_PEM_BYTES`] (a larger one is refused
+/// without being read whole), errors naming it.
+pub fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     use std::io::Read;
     let read_error = |source| TlsError::Read {
         path: path.to_owned(),
@@ -153,7 +155,7 @@ fn invalid(path: &Path, problem: impl Into<String>) -> TlsError {
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(&read(path)?)
+    let certs = CertificateDer::pem_slice_iter(&read_pem(path)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
@@ -164,7 +166,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 fn config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let chain = certificates(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(&files.key)?)
         .map_err(|e| invalid(&files.key, format!("not a PEM private key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())

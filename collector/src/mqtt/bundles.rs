@@ -52,9 +52,8 @@ pub(super) fn answer(
             );
         }
     };
-    let etag = format!("\"{}\"", chunk.sha256);
     let seen = user(publish, mqtt::IF_NONE_MATCH).unwrap_or_default();
-    let (status, payload) = if seen.split(',').any(|t| t.trim() == etag) {
+    let (status, payload) = if crate::rollout::seen_by(seen, &chunk.sha256) {
         (304, Vec::new())
     } else if offset > chunk.total {
         let refusal = Refusal::new(

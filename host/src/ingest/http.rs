@@ -33,13 +33,13 @@
 //!   worker.
 
 use super::{Context, Incoming, IngestError, Running, SHUTDOWN_GRACE, Sink, Source};
+use crate::admin::json_error;
 use crate::config::IngestConfig;
 use crate::outbox::NewInput;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sluice_protocol::ErrorBody;
 use sluice_protocol::paths;
 use sluice_serve::{BodyError, ServeLimits};
 use std::net::SocketAddr;
@@ -148,10 +148,6 @@ impl Source for HttpSource {
             &context.runtime,
         ))
     }
-}
-
-fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 
 /// The answer for an input that was not accepted, counted by reason.

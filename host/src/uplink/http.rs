@@ -62,21 +62,9 @@ pub struct ClientTls {
 impl ClientTls {
     /// Read the files `config` names, refused naming the key and the file.
     pub fn of(config: &SyncConfig) -> Result<ClientTls, ConfigError> {
+        // Bounded as the collector reads its own (a PEM file is small).
         let read = |key: &str, path: &std::path::Path| {
-            let bytes = std::fs::read(path).map_err(|e| {
-                ConfigError::value(key, format!("cannot read {}: {e}", path.display()))
-            })?;
-            if bytes.len() as u64 > sluice_serve::MAX_PEM_BYTES {
-                return Err(ConfigError::value(
-                    key,
-                    format!(
-                        "{} is over {} bytes",
-                        path.display(),
-                        sluice_serve::MAX_PEM_BYTES
-                    ),
-                ));
-            }
-            Ok(bytes)
+            sluice_serve::read_pem(path).map_err(|e| ConfigError::value(key, e.to_string()))
         };
         let mut tls = ClientTls::default();
         if let Some(path) = &config.ca_file {
@@ -285,5 +273,28 @@ impl Uplink for HttpUplink {
             &self.tls,
             self.runtime.clone(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA file is read only up to its bound: a huge one (a wrong path,
+    /// a device file) is refused naming the key, not read into memory.
+    #[test]
+    fn an_oversized_ca_file_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, vec![b'A'; sluice_serve::MAX_PEM_BYTES as usize + 1]).unwrap();
+        let config = SyncConfig {
+            ca_file: Some(file),
+            ..SyncConfig::default()
+        };
+        let error = ClientTls::of(&config).err().expect("refused").to_string();
+        assert!(
+            error.contains("sync.ca_file") && error.contains("larger than"),
+            "{error}"
+        );
     }
 }
