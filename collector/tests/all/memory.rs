@@ -4,8 +4,8 @@
 use crate::common::*;
 use serde_json::json;
 use sluice_collector_core::Limits;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What the collector holds with no request at all (code, runtime, SQLite),
@@ -13,47 +13,30 @@ use std::time::{Duration, Instant};
 const BASELINE_BYTES: u64 = 64 << 20;
 
 struct Process {
-    child: Child,
+    server: sluice_testkit::Listening,
     url: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start() -> Process {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(crate::common::collector_bin())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            "a=ta",
-            "--token",
-            "b=tb",
-            "--db",
-        ])
-        .arg(dir.path().join("c.db"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches(',')
-        .to_owned();
+    let server = sluice_testkit::Listening::spawn(
+        Command::new(crate::common::collector_bin())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "a=ta",
+                "--token",
+                "b=tb",
+                "--db",
+            ])
+            .arg(dir.path().join("c.db"))
+            .stderr(Stdio::null()),
+    );
+    let url = server.url().to_owned();
     Process {
-        child,
+        server,
         url,
         _dir: dir,
     }
@@ -100,7 +83,7 @@ fn send(url: &str, token: &str, encoding: Option<&str>, body: Vec<u8>) -> u16 {
 
 #[test]
 fn peak_memory_under_attack_stays_within_the_documented_bound() {
-    let process = start();
+    let mut process = start();
     let url = process.url.clone();
     let started = Instant::now();
     let bomb = bomb(256 << 20);
@@ -151,7 +134,7 @@ fn peak_memory_under_attack_stays_within_the_documented_bound() {
     for status in &statuses {
         assert!([0, 401, 403, 413, 503].contains(status), "{statuses:?}");
     }
-    let peak = peak_rss(process.child.id());
+    let peak = peak_rss(process.server.child().id());
     // Without `--mqtt` the MQTT consumer holds nothing.
     let limits = Limits::default();
     let bound = limits.memory_bound() - limits.mqtt_memory_bound() + BASELINE_BYTES;
@@ -261,7 +244,8 @@ fn peak_memory_under_an_mqtt_flood_stays_within_the_documented_bound() {
     for flood in floods {
         flood.join().unwrap();
     }
-    let peak = peak_rss(collector.child.id());
+    let mut collector = collector;
+    let peak = peak_rss(collector.child().id());
     let bound = Limits::default().memory_bound() + BASELINE_BYTES;
     println!(
         "collector peak RSS under the MQTT flood: {:.1} MiB (bound {:.1} MiB, of which MQTT {:.1} MiB; {} refused, {} busy; {:?})",

@@ -180,7 +180,7 @@ fn a_collector_killed_between_commit_and_answer_stores_nothing_twice() {
     let uploader = uploader(&outbox, &config);
     // The collector commits the batch and dies before answering.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while doomed.child.try_wait().unwrap().is_none() {
+    while doomed.child().try_wait().unwrap().is_none() {
         let _ = uploader.sync_once(&AtomicBool::new(false));
         assert!(Instant::now() < deadline, "no batch reached the collector");
     }

@@ -13,7 +13,6 @@ use sluice_agent::config::{OutboxConfig, SyncConfig};
 use sluice_agent::outbox::{NewRecord, Outbox};
 use sluice_agent::uplink::Uploader;
 use sluice_testkit::{Mosquitto, Postgres, or_skip};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -26,7 +25,7 @@ const OPERATOR: &str = "op-mqtt";
 
 /// A `sluice-collector` process taking batches from `broker`.
 pub(crate) struct CollectorProcess {
-    pub(crate) child: Child,
+    server: sluice_testkit::Listening,
     pub(crate) url: String,
 }
 
@@ -40,23 +39,18 @@ impl CollectorProcess {
             .arg("--ack-key")
             .arg(&ack_key().0)
             .args(extra)
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if fault {
             command.env("SLUICE_COLLECTOR_FAULT", "abort-before-answer");
         }
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap()
-            .trim_end_matches(',')
-            .to_owned();
-        // Keep reading so the collector never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        CollectorProcess { child, url }
+        let server = sluice_testkit::Listening::spawn(&mut command);
+        let url = server.url().to_owned();
+        CollectorProcess { server, url }
+    }
+
+    /// The process.
+    pub(crate) fn child(&mut self) -> &mut Child {
+        self.server.child()
     }
 
     /// A collector on `broker` started with [`Mosquitto::shipped`]: as its
@@ -99,17 +93,10 @@ impl CollectorProcess {
     /// Wait for the process to end by itself (the fault seam aborts it).
     pub(super) fn wait_dead(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
+        while self.child().try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "the collector did not abort");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for CollectorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
