@@ -35,5 +35,5 @@ mod sign;
 mod verify;
 
 pub use manifest::{FORMAT, FileEntry, Manifest, Validation};
-pub use sign::{SignError, sign};
-pub use verify::{Policy, Refusal, Verified, sha256_of, stamp, verify};
+pub use sign::{SignError, revert, sign};
+pub use verify::{Policy, Refusal, Verified, sha256_of, stamp, verify, verify_signed};

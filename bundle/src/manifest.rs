@@ -28,6 +28,13 @@ pub struct Manifest {
     pub validation: Validation,
     /// Every file of the bundle, by path under `files/`.
     pub files: Vec<FileEntry>,
+    /// For a revert: the earlier version whose content this one carries
+    /// again. The operator's signed word that going back is meant: the
+    /// device still only takes a version above the one it has (a replay
+    /// of the old bundle itself stays refused), and shows what it went
+    /// back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverts_to: Option<u64>,
 }
 
 /// One file of a bundle.

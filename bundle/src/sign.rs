@@ -71,3 +71,58 @@ fn sign_in(
     archive::write(bundle, &unpacked.manifest, &unpacked.signatures, &files)?;
     Ok((manifest, unpacked.signatures.len()))
 }
+
+/// Build at `out` a revert of the bundle at `earlier`: its files again,
+/// under a new manifest with `version` (above every version of its name
+/// the devices may have installed), `reverts_to` the earlier version, made
+/// now and valid as long as the earlier one was, signed by `key`. A device
+/// takes it like any bundle (signature, files, a version above its own),
+/// so an attacker replaying the earlier file itself is still refused: only
+/// a holder of a signing key can send a device back.
+pub fn revert(
+    earlier: &Path,
+    out: &Path,
+    version: u64,
+    key: &SecretKey,
+    now_ms: i64,
+) -> Result<Manifest, SignError> {
+    let work = PathBuf::from(format!(
+        "{}.reverting-{:016x}",
+        out.display(),
+        rand::random::<u64>()
+    ));
+    let result = (|| {
+        let unpacked = archive::unpack(earlier, &work, &Limits::default())?;
+        let bad = |reason: String| Refusal::BadManifest {
+            bundle: earlier.to_owned(),
+            reason,
+        };
+        let old: Manifest =
+            serde_json::from_slice(&unpacked.manifest).map_err(|e| bad(e.to_string()))?;
+        if version <= old.version {
+            return Err(bad(format!(
+                "a revert of version {} needs a higher version, not {version}",
+                old.version
+            ))
+            .into());
+        }
+        let lifetime = old.expires_at_ms.saturating_sub(old.created_at_ms).max(0);
+        let manifest = Manifest {
+            version,
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(lifetime),
+            reverts_to: Some(old.reverts_to.unwrap_or(old.version)),
+            ..old
+        };
+        let files: Vec<(String, PathBuf)> = manifest
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), unpacked.dir.join(FILES).join(&f.path)))
+            .collect();
+        archive::write(out, &manifest.to_bytes(), &[], &files)?;
+        sign(out, key, now_ms)?;
+        Ok(manifest)
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}

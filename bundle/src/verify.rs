@@ -150,6 +150,52 @@ pub struct Verified {
 /// manifest is believed before it), then the files, then expiry, version
 /// and requirements.
 pub fn verify(unpacked: &Unpacked, policy: &Policy) -> Result<Verified, Refusal> {
+    let verified = verify_signed(unpacked, policy.trusted, policy.now_ms)?;
+    let bundle = unpacked.source.clone();
+    let manifest = verified.manifest;
+    if let Some(installed) = policy.installed.filter(|i| manifest.version <= *i) {
+        return Err(Refusal::NotNewer {
+            bundle,
+            name: manifest.name,
+            version: manifest.version,
+            installed,
+        });
+    }
+    let needs =
+        semver::Version::parse(&manifest.min_sluice_version).map_err(|e| Refusal::BadManifest {
+            bundle: bundle.clone(),
+            reason: format!("min_sluice_version: {e}"),
+        })?;
+    if &needs > policy.sluice_version {
+        return Err(Refusal::SluiceTooOld {
+            bundle,
+            needs: needs.to_string(),
+            have: policy.sluice_version.to_string(),
+        });
+    }
+    if manifest.wit_package != policy.wit_package {
+        return Err(Refusal::WitMismatch {
+            bundle,
+            needs: manifest.wit_package,
+            have: policy.wit_package.to_owned(),
+        });
+    }
+    Ok(Verified {
+        manifest,
+        ..verified
+    })
+}
+
+/// What every device that pins `trusted` would check of `unpacked`
+/// whatever it has installed and runs: a signature by one of the keys, the
+/// files exactly as listed, not expired at `now_ms`. The collector checks
+/// this when a bundle is uploaded, so that a bundle no device would accept
+/// is refused before it reaches one.
+pub fn verify_signed(
+    unpacked: &Unpacked,
+    trusted: &[PublicKey],
+    now_ms: i64,
+) -> Result<Verified, Refusal> {
     let bundle = unpacked.source.clone();
     if unpacked.signatures.is_empty() {
         return Err(Refusal::Unsigned { bundle });
@@ -157,7 +203,7 @@ pub fn verify(unpacked: &Unpacked, policy: &Policy) -> Result<Verified, Refusal>
     let mut tried = None;
     let mut key = None;
     for signature in &unpacked.signatures {
-        let Some(trusted) = policy.trusted.iter().find(|k| k.id() == signature.key) else {
+        let Some(trusted) = trusted.iter().find(|k| k.id() == signature.key) else {
             continue;
         };
         if trusted.verifies(&unpacked.manifest, signature) {
@@ -172,7 +218,7 @@ pub fn verify(unpacked: &Unpacked, policy: &Policy) -> Result<Verified, Refusal>
             None => Refusal::UnknownKey {
                 bundle,
                 keys: unpacked.signatures.iter().map(|s| s.key.clone()).collect(),
-                trusted: policy.trusted.iter().map(PublicKey::id).collect(),
+                trusted: trusted.iter().map(PublicKey::id).collect(),
             },
         });
     };
@@ -220,37 +266,13 @@ pub fn verify(unpacked: &Unpacked, policy: &Policy) -> Result<Verified, Refusal>
     if let Some(extra) = unpacked.files.iter().find(|f| !listed.contains(f.as_str())) {
         return Err(mismatch(extra, "is not in the manifest".into()));
     }
-    if policy.now_ms > manifest.expires_at_ms {
+    if now_ms > manifest.expires_at_ms {
         return Err(Refusal::Expired {
             bundle,
             name: manifest.name,
             version: manifest.version,
             expired_at_ms: manifest.expires_at_ms,
-            now_ms: policy.now_ms,
-        });
-    }
-    if let Some(installed) = policy.installed.filter(|i| manifest.version <= *i) {
-        return Err(Refusal::NotNewer {
-            bundle,
-            name: manifest.name,
-            version: manifest.version,
-            installed,
-        });
-    }
-    let needs = semver::Version::parse(&manifest.min_sluice_version)
-        .map_err(|e| bad(format!("min_sluice_version: {e}")))?;
-    if &needs > policy.sluice_version {
-        return Err(Refusal::SluiceTooOld {
-            bundle,
-            needs: needs.to_string(),
-            have: policy.sluice_version.to_string(),
-        });
-    }
-    if manifest.wit_package != policy.wit_package {
-        return Err(Refusal::WitMismatch {
-            bundle,
-            needs: manifest.wit_package,
-            have: policy.wit_package.to_owned(),
+            now_ms,
         });
     }
     Ok(Verified {

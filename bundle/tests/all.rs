@@ -62,6 +62,7 @@ impl Fixture {
                     }
                 })
                 .collect(),
+            reverts_to: None,
         }
     }
 

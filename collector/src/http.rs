@@ -48,7 +48,12 @@ pub fn router(store: Store, tokens: Tokens) -> Router {
 /// connection limit and header timeout are the server's: see
 /// [`serve_with`](crate::serve_with)).
 pub fn router_with(store: Store, tokens: Tokens, limits: Limits) -> Router {
-    router_shared(Shared::new(store, TokenTable::new(tokens), limits))
+    router_shared(Shared::new(
+        store,
+        TokenTable::new(tokens),
+        limits,
+        Vec::new(),
+    ))
 }
 
 pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
@@ -64,6 +69,7 @@ pub(crate) fn router_shared(shared: Arc<Shared>) -> Router {
         .route(protocol::paths::METRICS, get(get_metrics))
         .route("/dashboard", get(dashboard_fleet))
         .route("/dashboard/devices/{id}", get(dashboard_device))
+        .merge(crate::api::routes())
         .with_state(shared)
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {

@@ -61,6 +61,7 @@
 #![deny(missing_docs)]
 
 pub mod accept;
+pub mod api;
 pub mod dashboard;
 pub mod fleet;
 pub mod http;
@@ -172,11 +173,22 @@ impl Collector {
         tokens: Tokens,
         limits: Limits,
     ) -> Result<Collector, CollectorError> {
+        Collector::start_serving(listener, store, tokens, limits, Serving::default())
+    }
+
+    /// [`Collector::start_store`], serving as `serving` says (bundle keys
+    /// for the operator API, MQTT, TLS).
+    pub fn start_serving(
+        listener: std::net::TcpListener,
+        store: Store,
+        tokens: Tokens,
+        limits: Limits,
+        serving: Serving,
+    ) -> Result<Collector, CollectorError> {
         if tokens.is_empty() {
             return Err(CollectorError::NoTokens);
         }
         limits.check().map_err(CollectorError::Limits)?;
-        let app = http::router_with(store, tokens, limits.clone());
         let addr = listener.local_addr().map_err(io("collector listener"))?;
         listener
             .set_nonblocking(true)
@@ -194,10 +206,20 @@ impl Collector {
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)
                         .expect("a bound, non-blocking std listener converts");
-                    sluice_serve::serve("collector", listener, app, &limits.serve(), None, async {
+                    let stop = async {
                         let _ = rx.await;
-                    })
-                    .await;
+                    };
+                    let served = serve_all(
+                        listener,
+                        store,
+                        TokenTable::new(tokens),
+                        limits,
+                        serving,
+                        stop,
+                    );
+                    if let Err(e) = served.await {
+                        tracing::error!("collector: {}", error_text(&e));
+                    }
                 });
                 // Do not wait for connections that a client left hanging.
                 runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -280,6 +302,9 @@ pub struct Serving {
     pub mqtt: Option<mqtt::MqttSettings>,
     /// HTTPS only, with this certificate (and client CA), reloadable.
     pub tls: Option<Arc<sluice_serve::Tls>>,
+    /// The public keys the fleet's devices pin for bundles: the operator
+    /// API takes only bundles one of them signed ([`api`]).
+    pub bundle_keys: Vec<sluice_protocol::keys::PublicKey>,
 }
 
 /// [`serve_with`] answering with `tokens` (which the caller may replace
@@ -295,10 +320,15 @@ pub async fn serve_all(
     if tokens.current().is_empty() {
         return Err(CollectorError::NoTokens);
     }
-    let Serving { mqtt, tls } = serving;
+    let Serving {
+        mqtt,
+        tls,
+        bundle_keys,
+    } = serving;
     limits.check().map_err(CollectorError::Limits)?;
-    let shared = http::Shared::new(store, tokens, limits.clone());
+    let shared = http::Shared::new(store, tokens, limits.clone(), bundle_keys);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(tick_rollouts(shared.clone(), stopped.clone()));
     let consumer = match mqtt {
         Some(settings) => {
             // Settings are checked before serving anything.
@@ -321,4 +351,23 @@ pub async fn serve_all(
         return Err(CollectorError::Mqtt(e));
     }
     Ok(())
+}
+
+/// Look at the running rollouts every [`limits::ROLLOUT_TICK`] until
+/// `stopped`: a stage's deadline passes whether or not a device reports.
+async fn tick_rollouts(shared: Arc<http::Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(limits::ROLLOUT_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let shared = shared.clone();
+        match tokio::task::spawn_blocking(move || shared.store.tick_rollouts()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("rollouts: cannot look at stage deadlines: {e}"),
+            Err(e) => tracing::warn!("rollouts: the deadline check failed: {e}"),
+        }
+    }
 }

@@ -17,6 +17,10 @@ pub struct Limits {
     /// Largest request body read, as sent (compressed), in bytes
     /// (`--max-body-bytes`). Past it: `413`, without reading further.
     pub max_body_bytes: usize,
+    /// Largest bundle file an operator uploads, in bytes
+    /// (`--max-bundle-bytes`, at most [`crate::rollout::MAX_BUNDLE_BYTES`]).
+    /// Past it: `413`. One upload at a time.
+    pub max_bundle_bytes: usize,
     /// Largest batch after decompression, in bytes
     /// (`--max-decompressed-bytes`): the guard against compression bombs.
     /// Past it: `413`.
@@ -117,11 +121,20 @@ pub const MQTT_PACKET_OVERHEAD: usize = 64 << 10;
 /// read. Each is at most an MQTT batch message.
 pub const MQTT_READ_AHEAD: usize = 11;
 
+/// How long a bundle upload's body may take to arrive: bundles are large
+/// and operators' links slow, and only one is read at a time.
+pub const BUNDLE_UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How often running rollouts are looked at by the clock (stage
+/// deadlines), besides whenever a device reports.
+pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+
 impl Limits {
     /// The defaults of `sluice-collector`.
     pub const DEFAULT: Limits = Limits {
         max_body_bytes: 16 << 20,
         max_decompressed_bytes: 32 << 20,
+        max_bundle_bytes: 64 << 20,
         max_batch_records: 10_000,
         max_concurrent_batches: 8,
         mqtt_max_waiting: 4,
@@ -141,7 +154,8 @@ impl Limits {
     /// progress with its compressed body, its decompressed text and its
     /// records' bookkeeping, plus every connection's buffer (a plain JSON
     /// batch is not copied: its body is its text), plus what the MQTT
-    /// consumer holds ([`Limits::mqtt_memory_bound`]).
+    /// consumer holds ([`Limits::mqtt_memory_bound`]), plus one bundle
+    /// upload (its body, and the copy the database is handed).
     pub fn memory_bound(&self) -> u64 {
         let per_batch = self.max_body_bytes as u64
             + self.max_decompressed_bytes as u64
@@ -149,6 +163,7 @@ impl Limits {
         self.max_concurrent_batches as u64 * per_batch
             + self.max_connections as u64 * CONNECTION_BUFFER_BYTES as u64
             + self.mqtt_memory_bound()
+            + 2 * self.max_bundle_bytes as u64
     }
 
     /// Batches MQTT may take of [`Limits::max_concurrent_batches`]: half
@@ -187,6 +202,11 @@ impl Limits {
                 self.max_decompressed_bytes == 0,
             ),
             (
+                "max_bundle_bytes (--max-bundle-bytes)",
+                self.max_bundle_bytes == 0
+                    || self.max_bundle_bytes as u64 > crate::rollout::MAX_BUNDLE_BYTES,
+            ),
+            (
                 "max_batch_records (--max-batch-records)",
                 self.max_batch_records == 0,
             ),
@@ -221,7 +241,14 @@ impl Limits {
             ),
         ];
         match zero.iter().find(|(_, is_zero)| *is_zero) {
-            Some((name, _)) => Err(format!("limit {name} must be more than 0")),
+            Some((name, _)) => Err(format!(
+                "limit {name} must be more than 0{}",
+                if name.starts_with("max_bundle_bytes") {
+                    format!(" and at most {}", crate::rollout::MAX_BUNDLE_BYTES)
+                } else {
+                    String::new()
+                }
+            )),
             None => Ok(()),
         }
     }

@@ -1,10 +1,13 @@
-//! Who the operator is: the operator token as a bearer header, or the
-//! dashboard's session cookie ([`crate::session`]) that `?token=` is
-//! exchanged for. A device token is never the operator.
+//! Who calls the operator's side: an API token (the operator token or a
+//! named one, [`Caller`]) as a bearer header, or the dashboard's session
+//! cookie ([`crate::session`]) that `?token=` is exchanged for. A device
+//! token is never a caller here. The cookie only reads (a viewer): every
+//! change needs the bearer header, so no page can be made to send one.
 
 use crate::session;
 use crate::shared::{Shared, error, page};
 use crate::store::now_ms;
+use crate::tokens::{Caller, Role};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,21 +20,16 @@ pub(crate) enum NotOperator {
     Device,
 }
 
-pub(crate) fn operator_check(shared: &Shared, headers: &HeaderMap) -> Result<(), NotOperator> {
+pub(crate) fn operator_check(shared: &Shared, headers: &HeaderMap) -> Result<Caller, NotOperator> {
     let tokens = shared.tokens();
-    let Some(op) = tokens.operator() else {
-        return Err(NotOperator::Unknown(
-            "this collector has no operator token: start it with --operator-token-file",
-        ));
-    };
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     if let Some(token) = bearer {
-        if tokens.is_operator(token) {
-            return Ok(());
+        if let Some(caller) = tokens.caller(token) {
+            return Ok(caller);
         }
         if tokens
             .device_of(Some(format!("Bearer {token}").as_str()))
@@ -40,8 +38,16 @@ pub(crate) fn operator_check(shared: &Shared, headers: &HeaderMap) -> Result<(),
             return Err(NotOperator::Device);
         }
     }
+    let Some(op) = tokens.operator() else {
+        return Err(NotOperator::Unknown(
+            "missing or unknown API token (start the collector with --operator-token-file or --api-tokens)",
+        ));
+    };
     match session::from_request(headers, op, now_secs(), shared.limits.session_lifetime) {
-        Some(Ok(())) => Ok(()),
+        Some(Ok(())) => Ok(Caller {
+            name: "dashboard".into(),
+            role: Role::Viewer,
+        }),
         Some(Err(session::Refused::Expired)) => Err(NotOperator::Unknown(
             "the dashboard session expired (collector flag --session-lifetime): open /dashboard?token=OPERATOR_TOKEN again",
         )),
@@ -54,15 +60,32 @@ fn now_secs() -> u64 {
     now_ms().max(0) as u64 / 1000
 }
 
-/// The operator's credentials, or the JSON error answer.
-pub(crate) fn operator(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// A caller allowed to read (any role), or the JSON error answer.
+pub(crate) fn operator(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
     operator_check(shared, headers).map_err(|e| match e {
         NotOperator::Unknown(why) => error(StatusCode::UNAUTHORIZED, why),
         NotOperator::Device => error(
             StatusCode::FORBIDDEN,
-            "a device token cannot read the fleet; use the operator token",
+            "a device token cannot read the fleet; use an API token",
         ),
     })
+}
+
+/// A caller allowed to change things (the operator role), or the JSON
+/// error answer (`403` for a viewer).
+pub(crate) fn writer(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
+    let caller = operator(shared, headers)?;
+    if caller.role < Role::Operator {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token `{}` is a {}: this call needs an operator token",
+                caller.name,
+                caller.role.name()
+            ),
+        ));
+    }
+    Ok(caller)
 }
 
 #[derive(Deserialize)]
@@ -110,7 +133,7 @@ pub(crate) fn dashboard_auth(
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return Err(response);
     }
-    operator_check(shared, headers).map_err(|e| {
+    operator_check(shared, headers).map(drop).map_err(|e| {
         let why = match e {
             NotOperator::Unknown(why) => why,
             NotOperator::Device => "a device token cannot read the fleet",

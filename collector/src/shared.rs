@@ -10,6 +10,7 @@ use crate::tokens::{TokenTable, Tokens};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_protocol::ErrorBody;
+use sluice_protocol::keys::PublicKey;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -34,12 +35,24 @@ pub(crate) struct Shared {
     /// above ([`Limits::mqtt_max_held`]): the MQTT consumer answers `503`
     /// at once when none is left, instead of queueing without limit.
     pub(crate) mqtt_held: Arc<Semaphore>,
+    /// The keys the fleet's devices pin for bundles (`--bundle-key`): an
+    /// upload no device would accept is refused ([`crate::api`]).
+    pub(crate) bundle_keys: Vec<PublicKey>,
+    /// One bundle upload at a time.
+    pub(crate) bundle_uploads: Arc<Semaphore>,
 }
 
 impl Shared {
-    pub(crate) fn new(mut store: Store, tokens: Arc<TokenTable>, limits: Limits) -> Arc<Shared> {
+    pub(crate) fn new(
+        mut store: Store,
+        tokens: Arc<TokenTable>,
+        limits: Limits,
+        bundle_keys: Vec<PublicKey>,
+    ) -> Arc<Shared> {
         store.set_fleet_retention(limits.fleet_retention);
         Arc::new(Shared {
+            bundle_keys,
+            bundle_uploads: Arc::new(Semaphore::new(1)),
             store,
             token_table: tokens,
             batches: Arc::new(Semaphore::new(limits.max_concurrent_batches)),

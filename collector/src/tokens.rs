@@ -73,10 +73,50 @@ pub enum TokenError {
 
 /// Bearer tokens and the device each belongs to, and the operator's token
 /// (the fleet view, the dashboard, metrics), distinct from every device's.
+/// Besides the one operator token, named API tokens ([`Tokens::add_api`])
+/// each carry a [`Role`]; the audit trail names the token that made a call.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     by_token: HashMap<String, String>,
     operator: Option<String>,
+    api: Vec<ApiToken>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Role {
+    /// Read the fleet, bundles, groups, rollouts and the audit trail.
+    Viewer,
+    /// Also change them: upload bundles, set groups, run rollouts.
+    Operator,
+}
+
+impl Role {
+    /// Its name, as written in a tokens file and the audit trail.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// Who called the API: the token's name and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name (`operator` for the `--operator-token` one).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+struct ApiToken {
+    name: String,
+    role: Role,
+    token: String,
 }
 
 impl Tokens {
@@ -93,11 +133,7 @@ impl Tokens {
                 problem: "the token is empty".into(),
             });
         }
-        if self
-            .operator
-            .as_deref()
-            .is_some_and(|op| constant_time_eq(op.as_bytes(), token.as_bytes()))
-        {
+        if self.caller(token).is_some() {
             return Err(TokenError::OperatorIsDevice {
                 device: device.to_owned(),
             });
@@ -172,8 +208,104 @@ impl Tokens {
                 device: device.clone(),
             });
         }
+        if self
+            .api
+            .iter()
+            .any(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
+        {
+            return Err(TokenError::Malformed {
+                pair: "operator token".into(),
+                problem: "this token is already an API token's".into(),
+            });
+        }
         self.operator = Some(token.to_owned());
         Ok(())
+    }
+
+    /// Add the API token `name` with `role`. Refuses an empty token, a bad
+    /// or repeated name, and a token that is a device's or another API
+    /// token's.
+    pub fn add_api(&mut self, name: &str, role: Role, token: &str) -> Result<(), TokenError> {
+        let token = token.trim();
+        let malformed = |problem: &str| TokenError::Malformed {
+            pair: format!("{name}:{}=...", role.name()),
+            problem: problem.into(),
+        };
+        sluice_protocol::check_name(name).map_err(|e| malformed(&e.to_string()))?;
+        if token.is_empty() {
+            return Err(malformed("the token is empty"));
+        }
+        if name == "operator" || self.api.iter().any(|t| t.name == name) {
+            return Err(malformed("this name is already taken"));
+        }
+        if self.caller(token).is_some() {
+            return Err(malformed("this token is already another API token's"));
+        }
+        if let Some(device) = self.by_token.get(token) {
+            return Err(TokenError::OperatorIsDevice {
+                device: device.clone(),
+            });
+        }
+        self.api.push(ApiToken {
+            name: name.to_owned(),
+            role,
+            token: token.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Read an API tokens file: one `NAME:ROLE=TOKEN` per line (`ROLE`
+    /// `viewer` or `operator`), `#` comments.
+    pub fn add_api_file(&mut self, path: &Path) -> Result<(), TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parsed = Tokens::parse_pair(line).and_then(|(who, token)| {
+                let bad = |problem: &str| TokenError::Malformed {
+                    pair: format!("{who}=..."),
+                    problem: problem.into(),
+                };
+                let (name, role) = who
+                    .split_once(':')
+                    .ok_or_else(|| bad("expected NAME:ROLE=TOKEN"))?;
+                let role = match role.trim() {
+                    "viewer" => Role::Viewer,
+                    "operator" => Role::Operator,
+                    _ => return Err(bad("the role is `viewer` or `operator`")),
+                };
+                self.add_api(name.trim(), role, &token)
+            });
+            parsed.map_err(|e| TokenError::Line {
+                path: path.to_owned(),
+                line: n + 1,
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Who `token` is, if an API token (or the operator's): compared in
+    /// constant time with each.
+    pub fn caller(&self, token: &str) -> Option<Caller> {
+        if self.is_operator(token) {
+            return Some(Caller {
+                name: "operator".into(),
+                role: Role::Operator,
+            });
+        }
+        self.api
+            .iter()
+            .find(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
+            .map(|t| Caller {
+                name: t.name.clone(),
+                role: t.role,
+            })
     }
 
     /// Read the operator's token from `path` (its only content, trimmed).
@@ -281,6 +413,45 @@ mod tests {
         assert_eq!(tokens.device_of(Some("Bearer op")), None);
         assert_eq!(tokens.devices(), vec!["a".to_owned()]);
         assert!(tokens.knows("a") && !tokens.knows("op") && !tokens.knows("b"));
+    }
+
+    #[test]
+    fn api_tokens_have_names_and_roles_and_no_device_shares_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-tokens");
+        std::fs::write(
+            &file,
+            "# the team\nalice:operator=ta-1\n grafana : viewer = tv-1 \n",
+        )
+        .unwrap();
+        let mut tokens = Tokens::default();
+        tokens.insert("d1", "td").unwrap();
+        tokens.add_api_file(&file).unwrap();
+        assert_eq!(
+            tokens.caller("ta-1"),
+            Some(Caller {
+                name: "alice".into(),
+                role: Role::Operator
+            })
+        );
+        assert_eq!(tokens.caller("tv-1").unwrap().role, Role::Viewer);
+        assert_eq!(tokens.caller("td"), None);
+        assert!(matches!(
+            tokens.insert("d2", "tv-1"),
+            Err(TokenError::OperatorIsDevice { .. })
+        ));
+        assert!(tokens.add_api("bob", Role::Viewer, "td").is_err());
+        assert!(tokens.add_api("alice", Role::Viewer, "new").is_err());
+        assert!(tokens.add_api("carol", Role::Viewer, "ta-1").is_err());
+        assert!(tokens.set_operator("tv-1").is_err());
+        for bad in ["alice=t", "x:admin=t", "x:viewer="] {
+            std::fs::write(&file, bad).unwrap();
+            let err = Tokens::default()
+                .add_api_file(&file)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 1"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod fleet;
 pub mod keys;
 pub mod mqtt;
 mod names;
+pub mod operator;
 pub mod paths;
 mod records;
 #[cfg(test)]

@@ -49,6 +49,55 @@ pub fn fleet_device(device: &str) -> String {
 /// ingest token, if any).
 pub const METRICS: &str = "/metrics";
 
+/// The collector's operator API ([`crate::operator`]): an API token as
+/// `Authorization: Bearer`; reads need any role, changes the operator role.
+pub mod operator {
+    /// `GET`: a [`BundleList`](crate::operator::BundleList). `POST` a
+    /// signed bundle file (`application/octet-stream`): `201`
+    /// [`BundleInfo`](crate::operator::BundleInfo) when a key the fleet
+    /// pins signed it.
+    pub const BUNDLES: &str = "/v1/bundles";
+    /// `GET`: one bundle's [`BundleInfo`](crate::operator::BundleInfo);
+    /// with `Accept: application/octet-stream`, the file.
+    pub const BUNDLE: &str = "/v1/bundles/{name}/{version}";
+    /// `GET`: a [`GroupList`](crate::operator::GroupList).
+    pub const GROUPS: &str = "/v1/groups";
+    /// `GET` a [`Group`](crate::operator::Group); `PUT`
+    /// [`GroupDevices`](crate::operator::GroupDevices); `DELETE`.
+    pub const GROUP: &str = "/v1/groups/{name}";
+    /// `GET`: a [`RolloutList`](crate::operator::RolloutList); `POST` a
+    /// [`RolloutRequest`](crate::operator::RolloutRequest): `201`
+    /// [`Rollout`](crate::operator::Rollout).
+    pub const ROLLOUTS: &str = "/v1/rollouts";
+    /// `GET`: a [`Rollout`](crate::operator::Rollout).
+    pub const ROLLOUT: &str = "/v1/rollouts/{id}";
+    /// `POST` (empty body): pause, resume or abort the rollout
+    /// ([`ROLLOUT_ACTIONS`](crate::operator::ROLLOUT_ACTIONS)).
+    pub const ROLLOUT_ACTION: &str = "/v1/rollouts/{id}/{action}";
+    /// `GET ?after=ID&limit=N`: an [`AuditPage`](crate::operator::AuditPage).
+    pub const AUDIT: &str = "/v1/audit";
+
+    /// [`BUNDLE`] of `name` and `version`.
+    pub fn bundle(name: &str, version: u64) -> String {
+        format!("/v1/bundles/{name}/{version}")
+    }
+
+    /// [`GROUP`] of `name`.
+    pub fn group(name: &str) -> String {
+        GROUP.replace("{name}", name)
+    }
+
+    /// [`ROLLOUT`] of `id`.
+    pub fn rollout(id: i64) -> String {
+        format!("/v1/rollouts/{id}")
+    }
+
+    /// [`ROLLOUT_ACTION`] of `id`.
+    pub fn rollout_action(id: i64, action: &str) -> String {
+        format!("/v1/rollouts/{id}/{action}")
+    }
+}
+
 /// URL paths of a device agent's own HTTP endpoints (local ingest and
 /// admin), for local clients and tests.
 pub mod agent {

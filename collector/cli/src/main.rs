@@ -1,12 +1,13 @@
 //! `sluice-collector`: receive results from Sluice devices into SQLite or PostgreSQL.
 
+mod operator;
 mod reload;
 
 use clap::Parser;
 use sluice_collector_core::mqtt::MqttSettings;
 use sluice_collector_core::store::PoolOptions;
 use sluice_collector_core::{Limits, Serving, Store, Tls, TlsFiles, TokenTable, Tokens};
-use sluice_protocol::keys::SecretKey;
+use sluice_protocol::keys::{PublicKey, SecretKey};
 use std::path::PathBuf;
 
 /// Receive results from Sluice devices (HTTP, and an MQTT broker with
@@ -66,6 +67,16 @@ struct Cli {
     /// names, without a token. Needs --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// A file of named API tokens, `NAME:ROLE=TOKEN` per line (`ROLE`
+    /// `viewer` or `operator`, `#` comments): the operator API and the
+    /// audit trail's names. Read again on SIGHUP.
+    #[arg(long)]
+    api_tokens: Option<PathBuf>,
+    /// A public key the fleet's devices pin for bundles
+    /// (`bundles.trusted_keys`); repeatable. The operator API stores only
+    /// bundles one of them signed.
+    #[arg(long)]
+    bundle_key: Vec<String>,
     /// The operator's token itself (visible in the process list: prefer
     /// --operator-token-file).
     #[arg(long, conflicts_with = "operator_token_file")]
@@ -127,6 +138,9 @@ struct Cli {
     /// Largest request body read (as sent, compressed), in bytes; past it: 413.
     #[arg(long, default_value_t = Limits::DEFAULT.max_body_bytes)]
     max_body_bytes: usize,
+    /// Largest bundle an operator uploads, in bytes; past it: 413.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_bundle_bytes)]
+    max_bundle_bytes: usize,
     /// Largest batch after decompression, in bytes; past it: 413.
     #[arg(long, default_value_t = Limits::DEFAULT.max_decompressed_bytes)]
     max_decompressed_bytes: usize,
@@ -169,10 +183,19 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Staged rollout of a signed bundle to devices (they poll for it and
-    /// verify it against the keys they pin).
+    /// Signed bundles kept by a collector for rollouts.
     #[command(subcommand)]
-    Rollout(RolloutCommand),
+    Bundle(operator::BundleCommand),
+    /// Device groups (tags) to roll out to.
+    #[command(subcommand)]
+    Group(operator::GroupCommand),
+    /// Staged rollout of a signed bundle to devices (they poll for it and
+    /// verify it against the keys they pin), with a failure threshold and
+    /// stage deadlines; revert to an earlier version.
+    #[command(subcommand)]
+    Rollout(operator::RolloutCommand),
+    /// The audit trail of every change made through the operator API.
+    Audit(operator::AuditArgs),
     /// Make the acknowledgement signing key at `--key` if there is none
     /// (readable by its owner only), and print its public key: the line
     /// devices pin in `sync.ack_keys`.
@@ -180,56 +203,6 @@ enum Command {
         /// The secret key file.
         #[arg(long)]
         key: PathBuf,
-    },
-}
-
-#[derive(clap::Subcommand)]
-enum RolloutCommand {
-    /// Store a bundle and start offering it, stage by stage.
-    Start {
-        /// The collector's database.
-        #[arg(long)]
-        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
-        db: String,
-        /// The bundle file (`sluice bundle build`, then `sign`).
-        #[arg(long)]
-        bundle: PathBuf,
-        /// The devices, in rollout order (default: every device that ever uploaded).
-        #[arg(long, value_delimiter = ',')]
-        devices: Option<Vec<String>>,
-        /// Share of the devices per stage, percent, increasing to 100.
-        #[arg(long, value_delimiter = ',', default_value = "5,50,100")]
-        stages: Vec<u32>,
-    },
-    /// Every rollout with each device's progress.
-    Status {
-        #[arg(long)]
-        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
-        db: String,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Offer the version to no further device until resumed.
-    Pause {
-        #[arg(long)]
-        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
-        db: String,
-        id: i64,
-    },
-    /// Go on with a paused rollout.
-    Resume {
-        #[arg(long)]
-        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
-        db: String,
-        id: i64,
-    },
-    /// Stop a rollout for good (devices that installed keep the version).
-    Abort {
-        #[arg(long)]
-        #[arg(env = "SLUICE_COLLECTOR_DB", hide_env_values = true)]
-        db: String,
-        id: i64,
     },
 }
 
@@ -253,6 +226,9 @@ impl Cli {
         if let Some(token) = &self.operator_token {
             tokens.set_operator(token)?;
         }
+        if let Some(file) = &self.api_tokens {
+            tokens.add_api_file(file)?;
+        }
         Ok(tokens)
     }
 
@@ -273,6 +249,7 @@ impl Cli {
         Limits {
             max_body_bytes: self.max_body_bytes,
             max_decompressed_bytes: self.max_decompressed_bytes,
+            max_bundle_bytes: self.max_bundle_bytes,
             max_batch_records: self.max_batch_records,
             max_concurrent_batches: self.max_concurrent_batches,
             mqtt_max_waiting: self.mqtt_max_waiting,
@@ -332,87 +309,23 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The store of a rollout command: one connection is enough.
-fn open(db: &str) -> Result<Store, sluice_collector_core::StoreError> {
+/// The store the collector serves from.
+fn open(db: &str, pool: u32) -> Result<Store, sluice_collector_core::StoreError> {
     Store::open_any(
         db,
         &PoolOptions {
-            max_connections: 1,
+            max_connections: pool,
             ..PoolOptions::default()
         },
     )
 }
 
-fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
-    let (db, action, id) = match command {
-        RolloutCommand::Start {
-            db,
-            bundle,
-            devices,
-            stages,
-        } => {
-            let rollout = open(&db)?.start_rollout(&bundle, devices, &stages)?;
-            println!(
-                "rollout {}: `{}` version {} to {} device(s) in stages {:?} %; now offered to {}",
-                rollout.id,
-                rollout.name,
-                rollout.version,
-                rollout.devices.len(),
-                rollout.stages,
-                rollout.devices.iter().filter(|d| d.offered).count()
-            );
-            return Ok(());
-        }
-        RolloutCommand::Status { db, json } => {
-            let rollouts = open(&db)?.rollouts()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rollouts)?);
-                return Ok(());
-            }
-            if rollouts.is_empty() {
-                println!("no rollouts");
-            }
-            for r in rollouts {
-                let committed = r.committed();
-                println!(
-                    "rollout {}: `{}` version {}: {}, stage {} of {} ({} %), {committed} of {} device(s) committed{}",
-                    r.id,
-                    r.name,
-                    r.version,
-                    r.state.name(),
-                    r.stage + 1,
-                    r.stages.len(),
-                    r.stages.get(r.stage).copied().unwrap_or(100),
-                    r.devices.len(),
-                    r.reason.map(|why| format!("; {why}")).unwrap_or_default()
-                );
-                for d in &r.devices {
-                    println!(
-                        "  {:<24} {:<8} {}{}",
-                        d.device,
-                        if d.offered { "offered" } else { "waiting" },
-                        d.outcome.as_deref().unwrap_or("-"),
-                        d.reason
-                            .as_deref()
-                            .map(|why| format!(": {why}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            return Ok(());
-        }
-        RolloutCommand::Pause { db, id } => (db, "pause", id),
-        RolloutCommand::Resume { db, id } => (db, "resume", id),
-        RolloutCommand::Abort { db, id } => (db, "abort", id),
-    };
-    open(&db)?.rollout_action(id, action)?;
-    println!("rollout {id}: {action} done");
-    Ok(())
-}
-
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     match cli.command.take() {
-        Some(Command::Rollout(command)) => return rollout(command),
+        Some(Command::Bundle(command)) => return operator::bundle(command),
+        Some(Command::Group(command)) => return operator::group(command),
+        Some(Command::Rollout(command)) => return operator::rollout(command),
+        Some(Command::Audit(args)) => return operator::audit(args),
         Some(Command::AckKey { key }) => return ack_key(&key),
         None => {}
     }
@@ -422,8 +335,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
     let tls = cli.tls()?;
     let limits = cli.limits();
     let mqtt = cli.mqtt();
+    let bundle_keys = cli
+        .bundle_key
+        .iter()
+        .map(|k| PublicKey::parse(k).map_err(|e| anyhow::anyhow!("--bundle-key {k}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     limits.check().map_err(anyhow::Error::msg)?;
-    let mut store = open(&db)?;
+    let mut store = open(&db, cli.db_pool_size)?;
     match &cli.ack_key {
         Some(file) => store.set_ack_key(SecretKey::read(file).map_err(anyhow::Error::msg)?),
         None => eprintln!(
@@ -460,7 +378,11 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         std::io::stdout().flush()?;
         tokio::spawn(reloader);
-        let serving = Serving { mqtt, tls };
+        let serving = Serving {
+            mqtt,
+            tls,
+            bundle_keys,
+        };
         sluice_collector_core::serve_all(
             listener,
             store,

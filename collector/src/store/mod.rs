@@ -28,11 +28,13 @@
 //! * the fleet view is written in the transaction of the batch it comes
 //!   from, so it shows exactly what was acknowledged.
 
+mod control;
 mod postgres;
 mod results;
 pub(crate) mod sql;
 mod sqlite;
 
+pub use control::{AuditRecord, BundleError, MAX_AUDIT_ROWS, RolloutActionError};
 pub use postgres::PoolOptions;
 pub use results::{After, ResultsPage};
 pub use sql::{Row, SqlError};
@@ -45,7 +47,7 @@ use sql::{Backend, Tx, args};
 use std::path::{Path, PathBuf};
 
 /// The schema this collector writes (the same number on both engines).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// How often a transaction that failed transiently (a deadlock between
 /// collectors) is run again before the request fails.
@@ -409,144 +411,6 @@ impl Store {
             })
         })
     }
-}
-
-/// Why a rollout cannot start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RolloutStartError {
-    /// The file is not a bundle (or a damaged one).
-    #[error(transparent)]
-    Bundle(#[from] sluice_bundle::archive::ArchiveError),
-    /// Its manifest cannot be read.
-    #[error("bundle {}: bad manifest: {reason}", path.display())]
-    Manifest {
-        /// The bundle file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Over [`crate::rollout::MAX_BUNDLE_BYTES`].
-    #[error("bundle {} is {bytes} bytes, over the {} a rollout takes", path.display(), crate::rollout::MAX_BUNDLE_BYTES)]
-    TooLarge {
-        /// The bundle file.
-        path: PathBuf,
-        /// Its size.
-        bytes: u64,
-    },
-    /// The rollout itself (stages, devices, another one running).
-    #[error(transparent)]
-    Rollout(#[from] crate::rollout::RolloutError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl Store {
-    /// Start rolling out the bundle file at `bundle` to `devices` (every
-    /// device that ever uploaded when `None`), in `stages` (percentages of
-    /// them, increasing to 100). The bundle is kept in the store.
-    pub fn start_rollout(
-        &self,
-        bundle: &Path,
-        devices: Option<Vec<String>>,
-        stages: &[u32],
-    ) -> Result<crate::rollout::Rollout, RolloutStartError> {
-        let bytes = std::fs::metadata(bundle).map(|m| m.len()).unwrap_or(0);
-        if bytes > crate::rollout::MAX_BUNDLE_BYTES {
-            return Err(RolloutStartError::TooLarge {
-                path: bundle.to_owned(),
-                bytes,
-            });
-        }
-        let work = self
-            .work_dir
-            .join(format!(".sluice-rollout-{:016x}", rand::random::<u64>()));
-        let unpacked = sluice_bundle::archive::unpack(bundle, &work, &Default::default());
-        let _ = std::fs::remove_dir_all(&work);
-        let manifest: sluice_bundle::Manifest = serde_json::from_slice(&unpacked?.manifest)
-            .map_err(|e| RolloutStartError::Manifest {
-                path: bundle.to_owned(),
-                reason: e.to_string(),
-            })?;
-        let body = std::fs::read(bundle).map_err(|source| {
-            RolloutStartError::Bundle(sluice_bundle::archive::ArchiveError::Io {
-                path: bundle.to_owned(),
-                source,
-            })
-        })?;
-        let sha256 = hex::encode(Sha256::digest(&body));
-        let id = self.transaction(|tx| {
-            tx.lock_rollouts()?;
-            let devices = match &devices {
-                Some(devices) => devices.clone(),
-                None => tx
-                    .query("SELECT DISTINCT device FROM batches ORDER BY device", &[])?
-                    .iter()
-                    .map(|r| r.text(0))
-                    .collect::<Result<_, _>>()?,
-            };
-            crate::rollout::start(
-                tx,
-                &manifest.name,
-                manifest.version,
-                &sha256,
-                &body,
-                &devices,
-                stages,
-                now_ms(),
-            )
-            .map(|r| r.map_err(RolloutStartError::Rollout))
-        })?;
-        let rollout = self
-            .rollouts()?
-            .into_iter()
-            .find(|r| r.id == id)
-            .expect("just started");
-        Ok(rollout)
-    }
-
-    /// Every rollout, newest first, with each device's progress.
-    pub fn rollouts(&self) -> Result<Vec<crate::rollout::Rollout>, StoreError> {
-        self.read(|tx| crate::rollout::list(tx, None))
-    }
-
-    /// `pause`, `resume` or `abort` rollout `id`.
-    pub fn rollout_action(&self, id: i64, action: &'static str) -> Result<(), RolloutActionError> {
-        self.transaction(|tx| {
-            tx.lock_rollouts()?;
-            Ok(crate::rollout::set(tx, id, action, now_ms())?.map_err(RolloutActionError::from))
-        })
-    }
-
-    /// The bundle `device` should be offered now: `(name, version, sha256,
-    /// bytes)`.
-    pub fn bundle_for(&self, device: &str) -> Result<Option<crate::rollout::Offer>, StoreError> {
-        self.read(|tx| crate::rollout::offer(tx, device))
-    }
-
-    /// Up to `len` bytes from `offset` of the bundle [`Store::bundle_for`]
-    /// would offer `device`, with what names it.
-    pub fn bundle_chunk(
-        &self,
-        device: &str,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<crate::rollout::Chunk>, StoreError> {
-        self.read(|tx| crate::rollout::offer_chunk(tx, device, offset, len))
-    }
-}
-
-/// Why a rollout command (pause, resume, abort) failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RolloutActionError {
-    /// The command was refused (no such rollout, or not in its state).
-    #[error(transparent)]
-    Refused(#[from] crate::rollout::RolloutError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Now, ms since the Unix epoch (collector clock).

@@ -26,9 +26,10 @@ use std::time::Duration;
 
 /// The migrations, in order: `(version reached, SQL)`. PostgreSQL support
 /// starts at the schema SQLite calls 4, so both engines share numbers.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    4,
-    "
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        4,
+        "
 CREATE TABLE results(
     device TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -129,7 +130,35 @@ CREATE TABLE installs(
     PRIMARY KEY(device, name, version, outcome)
 );
 ",
-)];
+    ),
+    (
+        5,
+        "
+CREATE TABLE audit(
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    remote TEXT,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TABLE device_groups(
+    grp TEXT NOT NULL,
+    device TEXT NOT NULL,
+    added_ms BIGINT NOT NULL,
+    PRIMARY KEY(grp, device)
+);
+CREATE INDEX device_groups_device ON device_groups(device);
+ALTER TABLE rollouts ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE rollouts ADD COLUMN stage_started_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE rollouts ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE bundles ADD COLUMN manifest TEXT;
+",
+    ),
+];
 
 /// Advisory lock keys ("SLCC" and a purpose), arbitrary but fixed.
 const MIGRATION_LOCK: i64 = 0x534C_4343_0001;

@@ -5,7 +5,8 @@
 //! `user_version`); another SQLite file is refused, not written into; a
 //! file of an older schema is migrated when opened, in one transaction:
 //! schema 1 (results unique by id alone) to 2, 2 to 3 (the fleet view's
-//! tables), and 3 to 4 (bundles and their rollouts).
+//! tables), 3 to 4 (bundles and their rollouts) and 4 to 5 (the control
+//! plane: audit trail, device groups, rollout policies).
 
 use super::sql::{Arg, Backend, SqlError, SqlRow, Tx, Value};
 use super::{Row, SCHEMA_VERSION, StoreError};
@@ -156,6 +157,34 @@ CREATE TABLE installs(
 );
 ";
 
+/// The control plane (schema 5, [`crate::api`]): the audit trail, device
+/// groups, each rollout's policy, stage clock and skipped devices, and
+/// each bundle's manifest.
+const CONTROL_TABLES: &str = "
+CREATE TABLE audit(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    remote TEXT,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TABLE device_groups(
+    grp TEXT NOT NULL,
+    device TEXT NOT NULL,
+    added_ms INTEGER NOT NULL,
+    PRIMARY KEY(grp, device)
+);
+CREATE INDEX device_groups_device ON device_groups(device);
+ALTER TABLE rollouts ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE rollouts ADD COLUMN stage_started_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollouts ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE bundles ADD COLUMN manifest TEXT;
+";
+
 /// Schema 2 to 3, in the caller's transaction: the fleet tables, with what
 /// can be rebuilt from stored batches and results: each device's last seen
 /// and record count, and its throughput over the retention. Versions,
@@ -253,7 +282,7 @@ impl Sqlite {
                 .map_err(sql)?;
             let init = if tables == 0 {
                 format!(
-                    "{RESULTS_TABLE} {BATCHES_TABLE} {FLEET_TABLES} {ROLLOUT_TABLES} PRAGMA user_version = {SCHEMA_VERSION};"
+                    "{RESULTS_TABLE} {BATCHES_TABLE} {FLEET_TABLES} {ROLLOUT_TABLES} {CONTROL_TABLES} PRAGMA user_version = {SCHEMA_VERSION};"
                 )
             } else {
                 "PRAGMA user_version = 1;".to_owned()
@@ -268,7 +297,7 @@ impl Sqlite {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql)?;
         match version {
-            1..=3 => {
+            1..=4 => {
                 // Every step in one transaction: a crash leaves the old schema.
                 let tx = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -279,7 +308,10 @@ impl Sqlite {
                 if version <= 2 {
                     migrate_2_to_3(&tx, super::now_ms(), retention_ms).map_err(sql)?;
                 }
-                tx.execute_batch(ROLLOUT_TABLES).map_err(sql)?;
+                if version <= 3 {
+                    tx.execute_batch(ROLLOUT_TABLES).map_err(sql)?;
+                }
+                tx.execute_batch(CONTROL_TABLES).map_err(sql)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sql)?;
                 tx.commit().map_err(sql)?;

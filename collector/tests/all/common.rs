@@ -1,7 +1,8 @@
 //! What the tests share: a collector on loopback, batches, uploads.
 
 use serde_json::{Value, json};
-use sluice_collector_core::{Collector, Limits, Tokens};
+use sluice_collector_core::{Collector, Limits, Serving, Tokens};
+use sluice_protocol::keys::SecretKey;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -11,6 +12,21 @@ use std::time::{Duration, Instant};
 pub fn collector_bin() -> &'static std::path::Path {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| sluice_testkit::cargo_bin("sluice-collector", "sluice-collector", &[]))
+}
+
+/// The key the tests' fleet pins for bundles: every collector started
+/// here takes bundles it signed.
+pub fn bundle_key() -> &'static SecretKey {
+    static KEY: std::sync::OnceLock<SecretKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(SecretKey::generate)
+}
+
+/// What the tests' collectors serve besides HTTP: the fleet's bundle key.
+fn serving() -> Serving {
+    Serving {
+        bundle_keys: vec![bundle_key().public()],
+        ..Serving::default()
+    }
 }
 
 /// Device `a` has token `ta`, device `b` token `tb`.
@@ -36,8 +52,9 @@ impl Running {
     pub fn start_for(tokens: Tokens, limits: Limits) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let store = sluice_collector_core::Store::open(&dir.path().join("c.db")).unwrap();
         let collector =
-            Collector::start_with(listener, &dir.path().join("c.db"), tokens, limits).unwrap();
+            Collector::start_serving(listener, store, tokens, limits, serving()).unwrap();
         Running { collector, dir }
     }
 
@@ -49,7 +66,8 @@ impl Running {
     ) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let collector = Collector::start_store(listener, store, tokens, limits).unwrap();
+        let collector =
+            Collector::start_serving(listener, store, tokens, limits, serving()).unwrap();
         Running { collector, dir }
     }
 

@@ -250,9 +250,10 @@ fn only_the_operator_token_reads_the_fleet() {
         .unwrap();
     assert_eq!(forged.status(), 401);
 
-    // Without an operator token the fleet is closed to everyone.
+    // Without an operator token the fleet is closed to everyone (a
+    // device token is told it is one).
     let closed = Running::start(Limits::default());
-    assert_eq!(get(&closed, "/v1/fleet", Some("ta")).0, 401);
+    assert_eq!(get(&closed, "/v1/fleet", Some("ta")).0, 403);
     assert_eq!(get(&closed, "/v1/fleet", None).0, 401);
 }
 
@@ -523,10 +524,13 @@ fn a_schema_2_file_is_migrated_with_last_seen_and_throughput() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
-    // The rollout tables came along (schema 3 to 4).
+    assert_eq!(version, 5);
+    // The rollout tables came along (schema 3 to 4), and the control
+    // plane's (4 to 5).
     let store = Store::open(&path).unwrap();
     assert!(store.rollouts().unwrap().is_empty());
+    assert!(store.groups(None).unwrap().is_empty());
+    assert!(store.audit_page(0, 10).unwrap().entries.is_empty());
     drop(store);
     // Opening again is a no-op, and new batches add to the view.
     let store = Store::open(&path).unwrap();

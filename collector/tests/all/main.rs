@@ -1,6 +1,7 @@
 //! The collector's integration tests, in one binary: real HTTP on
 //! loopback, real SQLite files in temporary folders, every wait bounded.
 
+mod api;
 mod batches;
 mod common;
 mod connections;

@@ -66,7 +66,7 @@ fn postgres_stores_views_and_rolls_out_as_sqlite_does() {
     assert_eq!(connect(&url).count("a").unwrap(), 3);
     assert_eq!(
         pg.psql("semantics", "SELECT version FROM sluice_schema"),
-        "4"
+        "5"
     );
     pg.psql("semantics", "UPDATE sluice_schema SET version = 7");
     let newer = Store::connect(&url, &PoolOptions::default())
@@ -116,7 +116,7 @@ fn postgres_stores_views_and_rolls_out_as_sqlite_does() {
         crate::rollouts::operator_tokens(),
         Limits::default(),
     );
-    crate::rollouts::stage_by_stage(&c, &db);
+    crate::rollouts::stage_by_stage(&c);
     crate::rollouts::chunks_are_the_bundles_bytes(&connect(&pg.database("chunks")));
 
     // Paging by the (seq, id) cursor, seq repeating across outboxes.

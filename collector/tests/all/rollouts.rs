@@ -1,8 +1,9 @@
 //! Staged rollout from the operator's side: `sluice-collector rollout`
-//! start, status, pause, resume and abort on the database; devices get the
-//! bundle of the stages reached (`GET /v1/devices/{id}/bundle`, `304` for
-//! one they have); a stage advances when its devices report the version
-//! committed, and the rollout halts by itself when one reports a rollback.
+//! start, status, pause, resume and abort through the operator API (URL
+//! and token only); devices get the bundle of the stages reached (`GET
+//! /v1/devices/{id}/bundle`, `304` for one they have); a stage advances
+//! when its devices report the version committed, and the rollout halts by
+//! itself when one reports a rollback.
 
 use crate::common::*;
 use serde_json::json;
@@ -12,7 +13,7 @@ use std::process::Command;
 
 /// A bundle file of `name` at `version` (the collector only reads its
 /// manifest: devices verify signatures).
-fn bundle(dir: &Path, name: &str, version: u64) -> PathBuf {
+pub(crate) fn bundle(dir: &Path, name: &str, version: u64) -> PathBuf {
     bundle_with(dir, name, version, b"not really a model")
 }
 
@@ -35,6 +36,7 @@ pub(crate) fn bundle_with(dir: &Path, name: &str, version: u64, model: &[u8]) ->
             sha256,
             bytes,
         }],
+        reverts_to: None,
     };
     let out = dir.join(format!("{name}-{version}.bundle"));
     sluice_bundle::archive::write(
@@ -44,13 +46,21 @@ pub(crate) fn bundle_with(dir: &Path, name: &str, version: u64, model: &[u8]) ->
         &[("models/m.onnx".into(), file)],
     )
     .unwrap();
+    sluice_bundle::sign(&out, bundle_key(), sluice_collector_core::store::now_ms()).unwrap();
     out
 }
 
-fn rollout(args: &[&str]) -> (bool, String) {
+/// `sluice-collector ARGS` against collector `c` with the operator token
+/// (written to a file beside its database): success, and what it printed.
+pub(crate) fn operator_cli(c: &Running, args: &[&str]) -> (bool, String) {
+    let token = c.dir.path().join("operator.token");
+    std::fs::write(&token, "op-rollouts\n").unwrap();
     let out = Command::new(crate::common::collector_bin())
-        .arg("rollout")
         .args(args)
+        .arg("--url")
+        .arg(c.url())
+        .arg("--token-file")
+        .arg(&token)
         .output()
         .unwrap();
     let text = format!(
@@ -62,7 +72,7 @@ fn rollout(args: &[&str]) -> (bool, String) {
 }
 
 /// What device `device` (token `token`) is offered: status, ETag, name/version.
-fn offered(
+pub(crate) fn offered(
     c: &Running,
     device: &str,
     token: &str,
@@ -90,7 +100,7 @@ fn offered(
 }
 
 /// `device` reports `outcome` for `name` `version`, as an install record.
-fn report(
+pub(crate) fn report(
     c: &Running,
     device: &str,
     token: &str,
@@ -117,8 +127,7 @@ fn report(
 #[test]
 fn a_rollout_goes_stage_by_stage_can_be_paused_and_halts_on_a_rollback() {
     let c = Running::start_for(operator_tokens(), Limits::default());
-    let db = c.dir.path().join("c.db");
-    stage_by_stage(&c, db.to_str().unwrap());
+    stage_by_stage(&c);
 }
 
 /// Device tokens and the operator's, `op-rollouts`.
@@ -129,25 +138,42 @@ pub fn operator_tokens() -> sluice_collector_core::Tokens {
 }
 
 /// The rollout of a bundle to devices `a` and `b` through collector `c`
-/// storing into `db` (a file or a PostgreSQL URL), from start to abort.
-pub fn stage_by_stage(c: &Running, db: &str) {
+/// (on SQLite or PostgreSQL), from start to abort.
+pub fn stage_by_stage(c: &Running) {
+    let rollout = |args: &[&str]| {
+        let mut all = vec!["rollout"];
+        all.extend(args);
+        operator_cli(c, &all)
+    };
     let file = bundle(c.dir.path(), "p", 3);
-    // Bad stages and an empty device list are refused.
+    // Bad stages and devices without a token are refused, and start nothing.
     let (ok, text) = rollout(&[
         "start",
-        "--db",
-        db,
         "--bundle",
         file.to_str().unwrap(),
+        "--devices",
+        "a,b",
         "--stages",
         "50,40",
     ]);
     assert!(!ok && text.contains("increasing percentages"), "{text}");
+    let (ok, text) = rollout(&[
+        "start",
+        "--name",
+        "p",
+        "--version",
+        "3",
+        "--devices",
+        "a,nosuchdev",
+    ]);
+    assert!(
+        !ok && text.contains("unknown device(s) nosuchdev"),
+        "{text}"
+    );
+    assert!(rollout(&["status"]).1.contains("no rollouts"));
 
     let (ok, text) = rollout(&[
         "start",
-        "--db",
-        db,
         "--bundle",
         file.to_str().unwrap(),
         "--devices",
@@ -158,8 +184,6 @@ pub fn stage_by_stage(c: &Running, db: &str) {
     assert!(ok && text.contains("now offered to 1"), "{text}");
     let (ok, text) = rollout(&[
         "start",
-        "--db",
-        db,
         "--bundle",
         file.to_str().unwrap(),
         "--devices",
@@ -180,15 +204,15 @@ pub fn stage_by_stage(c: &Running, db: &str) {
     assert_eq!(offered(c, "b", "tb", None).0, 200);
 
     // Paused: nobody is offered it; resumed: again.
-    assert!(rollout(&["pause", "--db", db, "1"]).0);
+    assert!(rollout(&["pause", "1"]).0);
     assert_eq!(offered(c, "b", "tb", None).0, 204);
-    assert!(rollout(&["resume", "--db", db, "1"]).0);
+    assert!(rollout(&["resume", "1"]).0);
     assert_eq!(offered(c, "b", "tb", None).0, 200);
 
     // b rolls it back: halted, by itself, naming b and why.
     report(c, "b", "tb", 1, "p", 3, "rolled-back");
     assert_eq!(offered(c, "b", "tb", None).0, 204);
-    let (ok, text) = rollout(&["status", "--db", db]);
+    let (ok, text) = rollout(&["status"]);
     assert!(ok, "{text}");
     assert!(
         text.contains("rollout 1: `p` version 3: halted, stage 2 of 2"),
@@ -198,7 +222,7 @@ pub fn stage_by_stage(c: &Running, db: &str) {
         text.contains("device `b` rolled-back version 3: 3 of 5 items failed on probation"),
         "{text}"
     );
-    let (_, json) = rollout(&["status", "--db", db, "--json"]);
+    let (_, json) = rollout(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json[0]["devices"][0]["outcome"], "committed");
     // The operator's dashboard shows it.
@@ -215,11 +239,11 @@ pub fn stage_by_stage(c: &Running, db: &str) {
     );
     assert!(html.contains("3 of 5 items failed on probation"), "{html}");
     assert!(
-        !rollout(&["resume", "--db", db, "1"]).0,
+        !rollout(&["resume", "1"]).0,
         "a halted rollout is not resumed"
     );
-    assert!(rollout(&["abort", "--db", db, "1"]).0);
-    let (ok, text) = rollout(&["abort", "--db", db, "1"]);
+    assert!(rollout(&["abort", "1"]).0);
+    let (ok, text) = rollout(&["abort", "1"]);
     assert!(
         !ok && text.contains("rollout 1 is aborted: cannot abort it"),
         "{text}"
@@ -227,8 +251,6 @@ pub fn stage_by_stage(c: &Running, db: &str) {
     // A new rollout of the same bundle can start once the old one ended.
     let (ok, text) = rollout(&[
         "start",
-        "--db",
-        db,
         "--bundle",
         file.to_str().unwrap(),
         "--devices",
@@ -252,7 +274,7 @@ pub(crate) fn chunks_are_the_bundles_bytes(store: &sluice_collector_core::Store)
     let file = bundle_with(dir.path(), "chunked", 1, &model);
     let bytes = std::fs::read(&file).unwrap();
     store
-        .start_rollout(&file, Some(vec!["a".into()]), &[100])
+        .start_rollout(&file, vec!["a".into()], &[100])
         .unwrap();
     let chunk = store.bundle_chunk("a", 10, 100).unwrap().unwrap();
     assert_eq!(chunk.bytes, bytes[10..110]);

@@ -108,7 +108,7 @@ fn a_schema_1_file_is_migrated_with_its_results_and_keys() {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!((version, app), (4, 0x534C_4343));
+        assert_eq!((version, app), (5, 0x534C_4343));
         drop(conn);
         // Opening again is a no-op.
         assert_eq!(Store::open(&path).unwrap().count("a").unwrap(), 2);

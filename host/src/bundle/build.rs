@@ -292,6 +292,7 @@ pub fn build(request: &BuildRequest) -> Result<Manifest, BuildError> {
         wit_package: WIT_PACKAGE.to_owned(),
         validation: request.validation.clone(),
         files,
+        reverts_to: None,
     };
     archive::write(&request.out, &manifest.to_bytes(), &[], &contents.0)?;
     Ok(manifest)

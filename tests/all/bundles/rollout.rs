@@ -113,11 +113,7 @@ fn staged_rollout(dir: &Path, db: &Path, collector: &str, sync: impl Fn(&mut Con
     // Stages of 25, 50 and 100 % of the four: r1, then r1 and r2, then all.
     let store = sluice_collector_core::Store::open(db).unwrap();
     let started = store
-        .start_rollout(
-            &v2,
-            Some(DEVICES.map(String::from).to_vec()),
-            &[25, 50, 100],
-        )
+        .start_rollout(&v2, DEVICES.map(String::from).to_vec(), &[25, 50, 100])
         .unwrap();
     assert_eq!(started.devices.iter().filter(|d| d.offered).count(), 1);
     let small = crate::common::digit_pngs();

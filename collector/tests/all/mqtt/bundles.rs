@@ -64,7 +64,7 @@ fn a_device_on_mqtt_fetches_its_bundle_in_chunks_and_resumes_only_what_checks_ou
     let sha = sluice_bundle::sha256_of(&file).unwrap().1;
     let store = sluice_collector_core::Store::open(&db).unwrap();
     store
-        .start_rollout(&file, Some(vec![DEVICE.into()]), &[100])
+        .start_rollout(&file, vec![DEVICE.into()], &[100])
         .unwrap();
 
     assert_eq!(fetch(&*offers, &[], &path, 1 << 30), Ok(true));
