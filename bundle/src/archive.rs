@@ -133,8 +133,11 @@ pub fn unpack(bundle: &Path, dir: &Path, limits: &Limits) -> Result<Unpacked, Ar
     std::fs::create_dir(dir).map_err(io(dir))?;
     // Folders that got new names, fsynced once everything is written.
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
+    // A relative `dir` of one component has the empty path as its parent:
+    // the current folder.
     if let Some(parent) = dir.parent() {
-        touched.insert(parent.to_owned());
+        let parent = Some(parent).filter(|p| !p.as_os_str().is_empty());
+        touched.insert(parent.unwrap_or(Path::new(".")).to_owned());
     }
     let decoder = zstd::Decoder::new(BufReader::new(file))
         .map_err(|e| malformed(format!("not zstd: {e}")))?;

@@ -163,7 +163,13 @@ impl Limits {
         self.max_concurrent_batches as u64 * per_batch
             + self.max_connections as u64 * CONNECTION_BUFFER_BYTES as u64
             + self.mqtt_memory_bound()
-            + 2 * self.max_bundle_bytes as u64
+            + self.bundle_memory_bound()
+    }
+
+    /// What one bundle upload holds (one at a time): its body, and the
+    /// copy the database is handed.
+    pub fn bundle_memory_bound(&self) -> u64 {
+        2 * self.max_bundle_bytes as u64
     }
 
     /// Batches MQTT may take of [`Limits::max_concurrent_batches`]: half

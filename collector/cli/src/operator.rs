@@ -358,6 +358,17 @@ pub(crate) fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
         } => {
             let client = api.client()?;
             let key = SecretKey::read(&key).map_err(anyhow::Error::msg)?;
+            // Refused now rather than after a new version is uploaded.
+            let rollouts: RolloutList = client.get(paths::ROLLOUTS)?;
+            if let Some(busy) = rollouts.rollouts.iter().find(|r| {
+                r.name == name && matches!(r.state, RolloutState::Running | RolloutState::Paused)
+            }) {
+                bail!(
+                    "rollout {} of `{name}` is {}: abort it first",
+                    busy.id,
+                    busy.state.name()
+                );
+            }
             let list: BundleList = client.get(paths::BUNDLES)?;
             let newest = list
                 .bundles

@@ -29,12 +29,12 @@ pub enum BundleError {
         /// Its size.
         bytes: u64,
     },
-    /// Not a bundle, or a damaged one.
-    #[error(transparent)]
-    Archive(#[from] sluice_bundle::archive::ArchiveError),
-    /// No device pinning the fleet's keys would take it.
+    /// Not a bundle, or a damaged one (the reason, naming "the upload").
     #[error("{0}")]
-    Refused(#[from] sluice_bundle::Refusal),
+    Archive(String),
+    /// No device pinning the fleet's keys would take it (why).
+    #[error("{0}")]
+    Refused(String),
     /// The same name and version was stored with other content.
     #[error(
         "bundle `{name}` version {version} is already stored with SHA-256 {stored}; a new build needs a new version"
@@ -108,18 +108,23 @@ impl Store {
             .map_err(BundleError::Io)?;
         let file = work.path().join("upload.bundle");
         std::fs::write(&file, body).map_err(BundleError::Io)?;
+        // Messages name the file they are about: here, the upload, not a
+        // temporary path of the collector's.
+        let named = |text: String| text.replace(&file.display().to_string(), "(the upload)");
         let unpacked = sluice_bundle::archive::unpack(
             &file,
             &work.path().join("unpacked"),
             &Default::default(),
-        )?;
+        )
+        .map_err(|e| BundleError::Archive(named(e.to_string())))?;
         let manifest: sluice_bundle::Manifest = match trusted {
-            Some(keys) => sluice_bundle::verify_signed(&unpacked, keys, now_ms())?.manifest,
+            Some(keys) => {
+                sluice_bundle::verify_signed(&unpacked, keys, now_ms())
+                    .map_err(|e| BundleError::Refused(named(e.to_string())))?
+                    .manifest
+            }
             None => serde_json::from_slice(&unpacked.manifest).map_err(|e| {
-                sluice_bundle::Refusal::BadManifest {
-                    bundle: file.clone(),
-                    reason: e.to_string(),
-                }
+                BundleError::Refused(format!("bundle (the upload): bad manifest: {e}"))
             })?,
         };
         let info = BundleInfo {

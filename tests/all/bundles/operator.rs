@@ -121,8 +121,20 @@ fn an_operator_builds_signs_and_verifies_a_bundle_and_devices_refuse_what_they_m
     let trust = ["--trust", s(&public)];
     let out = refused(&[&["bundle", "verify"][..], &trust, &[s(&bundle)]].concat());
     assert!(out.contains("unsigned"), "{out}");
-    let out = ok(&["bundle", "sign", "--key", s(&key), s(&bundle)]);
-    assert!(out.contains("signed by key"), "{out}");
+    // Signed by its bare name from its own folder, as the README does (the
+    // folder of a one-component path is the current one).
+    let folder = bundle.parent().unwrap();
+    let name = bundle.file_name().unwrap().to_str().unwrap();
+    let out = std::process::Command::new(crate::common::sluice_bin())
+        .args(["bundle", "sign", "--key", s(&key), name])
+        .current_dir(folder)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("signed by key"),
+        "{}",
+        text(&out)
+    );
     let out = ok(&[&["bundle", "verify"][..], &trust, &[s(&bundle)]].concat());
     assert!(out.contains("OK, `digits` version 7"), "{out}");
     // Installed 7 already: a replay. Installed 6: an upgrade.
