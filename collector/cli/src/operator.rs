@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use sluice_protocol::keys::SecretKey;
 use sluice_protocol::operator::{
     AuditPage, BundleInfo, BundleList, Group, GroupDevices, GroupList, OnDeadline, Policy, Rollout,
-    RolloutList, RolloutRequest,
+    RolloutList, RolloutRequest, RolloutState,
 };
 use sluice_protocol::paths::operator as paths;
 use std::path::PathBuf;
