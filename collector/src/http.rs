@@ -387,13 +387,17 @@ fn stale_after_ms(limits: &Limits) -> i64 {
 fn fleet_view(shared: &Shared) -> Result<FleetView, Response> {
     let now = now_ms();
     let stale_after_ms = stale_after_ms(&shared.limits);
-    shared
-        .store
-        .fleet(&shared.tokens().devices(), now, stale_after_ms)
-        .map(|devices| FleetView {
-            at_ms: now,
-            stale_after_ms,
-            devices,
+    let devices = shared.tokens().devices();
+    let store = &shared.store;
+    store
+        .fleet(&devices, now, stale_after_ms)
+        .and_then(|summaries| {
+            Ok(FleetView {
+                at_ms: now,
+                stale_after_ms,
+                devices: summaries,
+                versions: store.fleet_versions(&devices)?,
+            })
         })
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
@@ -465,12 +469,17 @@ async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     if let Err(response) = operator(&shared, &headers) {
         return response;
     }
-    blocking(move || match fleet_view(&shared) {
-        Ok(view) => sluice_serve::metrics::answer(
-            &headers,
-            shared.metrics.encode(&view.devices, view.at_ms),
-        ),
-        Err(response) => response,
+    blocking(move || {
+        let installs = shared
+            .store
+            .install_counts(&shared.tokens().devices())
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+        match (fleet_view(&shared), installs) {
+            (Ok(view), Ok(installs)) => {
+                sluice_serve::metrics::answer(&headers, shared.metrics.encode(&view, &installs))
+            }
+            (Err(response), _) | (_, Err(response)) => response,
+        }
     })
     .await
 }

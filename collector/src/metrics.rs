@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use sluice_protocol::{DeviceState, FleetSummary};
+use sluice_protocol::{DeviceState, FleetView};
 use std::sync::atomic::AtomicU64;
 
 /// Labels: pairs of a fixed name and a value.
@@ -74,9 +74,11 @@ impl Metrics {
         InProgress(self.in_progress.clone())
     }
 
-    /// Everything as OpenMetrics text (`sluice_serve::metrics` answers it, or the Prometheus text format), with the state of
-    /// `devices` as of `now` (ms since the Unix epoch).
-    pub fn encode(&self, devices: &[FleetSummary], now: i64) -> String {
+    /// Everything as OpenMetrics text (`sluice_serve::metrics` answers it,
+    /// or the Prometheus text format), with the state of the fleet in
+    /// `view` and its install steps (`(device, outcome, count)`).
+    pub fn encode(&self, view: &FleetView, installs: &[(String, String, u64)]) -> String {
+        let (devices, now) = (&view.devices, view.at_ms);
         // A registry per scrape: the counters are shared clones, the
         // per-device gauges are made from the store's state of the moment
         // (so a device's series is exactly its token's, never a leftover).
@@ -104,7 +106,13 @@ impl Metrics {
         let age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let backlog = Family::<Labels, Gauge>::default();
         let drift = Family::<Labels, Gauge>::default();
+        let errors = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         for d in devices {
+            if let Some(rate) = d.error_rate {
+                errors
+                    .get_or_create(&vec![("device", d.device.clone())])
+                    .set(rate);
+            }
             let device = vec![("device", d.device.clone())];
             let seen = d
                 .last_seen_ms
@@ -134,6 +142,39 @@ impl Metrics {
             "device_drift",
             "1 when the latest drift window of one of the device's pipelines raised an alarm",
             drift,
+        );
+        registry.register(
+            "device_error_ratio",
+            "Share of the device's results of the last hour that failed (absent: no results then)",
+            errors,
+        );
+        let steps = Family::<Labels, Gauge>::default();
+        for (device, outcome, count) in installs {
+            steps
+                .get_or_create(&vec![
+                    ("device", device.clone()),
+                    ("outcome", outcome.clone()),
+                ])
+                .set((*count).min(i64::MAX as u64) as i64);
+        }
+        registry.register(
+            "device_install_steps",
+            "Bundle install steps the device reported, by outcome (installed, committed, refused, rolled-back, ignored)",
+            steps,
+        );
+        let versions = Family::<Labels, Gauge>::default();
+        for v in &view.versions {
+            versions
+                .get_or_create(&vec![
+                    ("bundle", v.name.clone()),
+                    ("version", v.version.to_string()),
+                ])
+                .set(v.devices.min(i64::MAX as u64) as i64);
+        }
+        registry.register(
+            "bundle_devices",
+            "Devices whose latest results ran this bundle version: which version runs where",
+            versions,
         );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)

@@ -55,6 +55,45 @@ pub struct FleetView {
     pub stale_after_ms: i64,
     /// The devices, by name.
     pub devices: Vec<FleetSummary>,
+    /// Which bundle version runs where: devices per bundle name and
+    /// version, by what their latest results ran with.
+    #[serde(default)]
+    pub versions: Vec<VersionCount>,
+}
+
+/// How many devices run a bundle version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionCount {
+    /// The bundle's name.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+    /// Devices whose latest results of that name ran with it.
+    pub devices: u64,
+}
+
+/// The bundle version a device runs, by its latest results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRunning {
+    /// The bundle's name.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+}
+
+/// One step of a bundle install on a device, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallEvent {
+    /// The bundle's name.
+    pub name: String,
+    /// Its version (0 when the device could not read it).
+    pub version: u64,
+    /// `installed`, `committed`, `refused`, `rolled-back` or `ignored`.
+    pub outcome: String,
+    /// Why, for a refusal, a rollback or an ignored offer.
+    pub reason: Option<String>,
+    /// When, ms since the Unix epoch (device clock).
+    pub at_ms: i64,
 }
 
 /// One device at a glance.
@@ -75,6 +114,13 @@ pub struct FleetSummary {
     pub records: u64,
     /// Pipelines whose latest drift window raised an alarm.
     pub drifting: Vec<String>,
+    /// The share of its results of the last hour that failed (by the
+    /// minute they were made); `None` without results in that hour.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// The bundle versions it runs, by its latest results.
+    #[serde(default)]
+    pub bundles: Vec<BundleRunning>,
 }
 
 /// `GET` [`paths::fleet_device`]: one device with its history.
@@ -95,6 +141,11 @@ pub struct FleetDevice {
     /// Drift windows since `since_ms`, oldest first (scores cut to the
     /// most drifted few).
     pub windows: Vec<DriftPoint>,
+    /// Its install history, newest first (the latest
+    /// `fleet::MAX_INSTALLS`): every bundle it installed, committed,
+    /// refused, rolled back or ignored, with the reason.
+    #[serde(default)]
+    pub installs: Vec<InstallEvent>,
 }
 
 /// Results of one minute, by the time the device made them (its clock;

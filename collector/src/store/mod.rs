@@ -359,6 +359,7 @@ impl Store {
             if !facts.installs.is_empty() {
                 tx.lock_rollouts()?;
                 crate::rollout::record(tx, device, &facts.installs)?;
+                fleet::trim_installs(tx, device)?;
                 crate::rollout::advance(tx, now)?;
             }
             Ok(Ok(ack))
@@ -389,6 +390,23 @@ impl Store {
         })
     }
 
+    /// Which bundle version runs where: devices per bundle name and
+    /// version, among `devices`.
+    pub fn fleet_versions(
+        &self,
+        devices: &[String],
+    ) -> Result<Vec<sluice_protocol::VersionCount>, StoreError> {
+        self.read(|tx| fleet::version_counts(tx, devices))
+    }
+
+    /// Install steps kept per device and outcome, among `devices`.
+    pub fn install_counts(
+        &self,
+        devices: &[String],
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(|tx| fleet::install_counts(tx, devices))
+    }
+
     /// `device` with its series since `since_ms`.
     pub fn fleet_device(
         &self,
@@ -408,6 +426,7 @@ impl Store {
                 versions: h.versions,
                 drift: h.drift,
                 windows: h.windows,
+                installs: fleet::installs(tx, device)?,
             })
         })
     }

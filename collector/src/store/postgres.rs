@@ -152,6 +152,14 @@ CREATE TABLE device_groups(
     PRIMARY KEY(grp, device)
 );
 CREATE INDEX device_groups_device ON device_groups(device);
+CREATE TABLE fleet_bundles(
+    device TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY(device, name)
+);
+CREATE INDEX installs_device ON installs(device, at_ms);
 ALTER TABLE rollouts ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE rollouts ADD COLUMN stage_started_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE rollouts ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]';

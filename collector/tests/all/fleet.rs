@@ -13,14 +13,14 @@ use sluice_protocol::{
 };
 use std::process::Command;
 
-const OPERATOR: &str = "op-secret-1";
+pub(crate) const OPERATOR: &str = "op-secret-1";
 
 fn now_ms() -> i64 {
     sluice_collector_core::store::now_ms()
 }
 
 /// A result of `device`, pipeline `p`, failed when `failed`.
-fn result(device: &str, seq: i64, failed: bool) -> Record {
+pub(crate) fn result(device: &str, seq: i64, failed: bool) -> Record {
     let now = now_ms();
     Record::Result(ResultRecord {
         kind: RecordKind::Result,
@@ -109,7 +109,7 @@ fn status(pending: u64) -> DeviceStatus {
 }
 
 /// Upload `records` as `device` would, with its status.
-fn upload(
+pub(crate) fn upload(
     c: &Running,
     device: &str,
     token: &str,
@@ -130,7 +130,7 @@ fn upload(
 }
 
 /// GET `path` with `authorization` (a bearer token) or none.
-fn get(c: &Running, path: &str, bearer: Option<&str>) -> (u16, String) {
+pub(crate) fn get(c: &Running, path: &str, bearer: Option<&str>) -> (u16, String) {
     let mut request = client().get(format!("{}{path}", c.url()));
     if let Some(token) = bearer {
         request = request.bearer_auth(token);

@@ -7,6 +7,7 @@ mod common;
 mod connections;
 mod errors;
 mod fleet;
+mod history;
 mod memory;
 mod mqtt;
 mod paging;

@@ -110,6 +110,12 @@ fn postgres_stores_views_and_rolls_out_as_sqlite_does() {
         Limits::default(),
     );
     crate::fleet::fleet_view(&c);
+    let c = Running::start_store(
+        connect(&pg.database("history")),
+        crate::fleet::tokens_with_operator(),
+        Limits::default(),
+    );
+    crate::history::history(&c);
     let db = pg.database("rollouts");
     let c = Running::start_store(
         connect(&db),

@@ -50,6 +50,9 @@ pub(super) struct Candidate {
     /// Its SHA-256 once settled: a file left in the folder (a stick never
     /// removed) is hashed once, not at every look.
     pub(super) sha256: Option<String>,
+    /// Offered, or reported as ignored, in this process: a file is said
+    /// once per appearance.
+    pub(super) handled: bool,
 }
 
 /// Installs bundles into a running agent's pipelines.
@@ -497,7 +500,7 @@ impl Installer {
     }
 
     /// An install record through the outbox (logged if it cannot be stored).
-    fn report(
+    pub(super) fn report(
         &self,
         pipeline: &str,
         version: u64,

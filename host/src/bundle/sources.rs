@@ -4,6 +4,7 @@
 
 use super::install::{Candidate, Installer};
 use sluice_bundle::archive::Limits;
+use sluice_protocol::InstallOutcome;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,7 @@ impl Installer {
                 modified,
                 since: Instant::now(),
                 sha256: None,
+                handled: false,
             };
             let candidate = self.candidates.entry(path.clone()).or_insert_with(fresh);
             if candidate.len != len || candidate.modified != modified {
@@ -74,12 +76,44 @@ impl Installer {
                 continue;
             };
             if self.state.seen.contains(&sha256) {
+                self.ignored(&path, &sha256);
                 continue;
             }
+            candidate.handled = true;
             // Refusals are reported by `offer`; one install at a time.
             if self.offer(&path).is_ok() {
                 break;
             }
         }
+    }
+
+    /// A file in the folder that was handled before: said once (an
+    /// `ignored` install record), unless it is what runs now (a stick left
+    /// in after an install is no news).
+    fn ignored(&mut self, path: &std::path::Path, sha256: &str) {
+        let running = self.state.pipelines.values().any(|p| {
+            p.current
+                .as_ref()
+                .is_some_and(|c| c.bundle_sha256 == sha256)
+        });
+        let Some(candidate) = self.candidates.get_mut(path) else {
+            return;
+        };
+        if running || candidate.handled {
+            return;
+        }
+        candidate.handled = true;
+        tracing::warn!(bundle = %path.display(), "bundle ignored: handled before");
+        self.report(
+            "-",
+            0,
+            sha256,
+            InstallOutcome::Ignored,
+            Some(format!(
+                "bundle {} (SHA-256 {sha256}) was handled before (installed, refused or rolled back): a replay or an old copy; nothing done",
+                path.display()
+            )),
+            None,
+        );
     }
 }

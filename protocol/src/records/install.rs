@@ -80,4 +80,7 @@ pub enum InstallOutcome {
     /// Unhealthy on probation (or the device restarted during it): the last
     /// good version runs again.
     RolledBack,
+    /// Offered again after it was handled (a replay, or a copy of an old
+    /// file): nothing done. Reported once per offer, so a replay is seen.
+    Ignored,
 }

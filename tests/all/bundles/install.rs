@@ -104,6 +104,35 @@ fn a_bundle_dropped_on_a_running_device_is_verified_validated_swapped_in_and_com
             .contains("not above the installed version 2"),
         "{replay}"
     );
+    // The same file again, under another name: handled before, so
+    // ignored, and said once (the running version's file, still in the
+    // folder, is no news).
+    drop_into(&dir.path().join("drop"), &again, "d-copy");
+    let all = wait_until(&agent, "the copy ignored", |all| {
+        of_kind(all, "install")
+            .iter()
+            .any(|r| r["outcome"] == "ignored" && r["reason"].as_str().unwrap().contains("d-copy"))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let all = wait_until(&agent, "the records", |_| true);
+    let ignored: Vec<&serde_json::Value> = of_kind(&all, "install")
+        .into_iter()
+        .filter(|r| r["outcome"] == "ignored")
+        .collect();
+    assert!(
+        ignored
+            .iter()
+            .all(|r| !r["reason"].as_str().unwrap().contains("b-signed")),
+        "{ignored:#?}"
+    );
+    assert_eq!(
+        ignored
+            .iter()
+            .filter(|r| r["reason"].as_str().unwrap().contains("d-copy"))
+            .count(),
+        1,
+        "once: {ignored:#?}"
+    );
     agent.shutdown();
 }
 

@@ -17,6 +17,11 @@
 //!   their protocol types still stores (the collector stores any record
 //!   with a valid header) and counts toward nothing here.
 
+mod bundles;
+
+pub use bundles::{ERROR_RATE_WINDOW_MS, MAX_INSTALL_ROWS, MAX_INSTALLS};
+pub(crate) use bundles::{install_counts, installs, trim_installs, version_counts};
+
 use crate::store::sql::{SqlError, SqlRow, Tx, args};
 use serde::Deserialize;
 use sluice_protocol::{
@@ -80,12 +85,19 @@ struct Facts {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ProvenanceFacts {
+    bundle: Option<BundleFacts>,
     model: String,
     model_sha256: String,
     preprocess: String,
     preprocess_sha256: String,
     postprocess: String,
     postprocess_sha256: String,
+}
+
+#[derive(Deserialize)]
+struct BundleFacts {
+    name: String,
+    version: u64,
 }
 
 /// A score's value over its threshold, finite (JSON has no infinities).
@@ -126,6 +138,8 @@ pub(crate) struct BatchFacts {
     records: u64,
     /// Install reports: `(bundle name, version, outcome, reason, at_ms)`.
     pub(crate) installs: Vec<(String, u64, String, Option<String>, i64)>,
+    /// The bundle each name's latest result ran with.
+    bundles: std::collections::BTreeMap<String, u64>,
 }
 
 impl BatchFacts {
@@ -158,6 +172,9 @@ impl BatchFacts {
                     counts.0 += 1;
                 }
                 if let Some(p) = facts.provenance {
+                    if let Some(b) = p.bundle {
+                        self.bundles.insert(cut(&b.name), b.version);
+                    }
                     for (what, name, sha) in [
                         ("model", p.model, p.model_sha256),
                         ("preprocess", p.preprocess, p.preprocess_sha256),
@@ -275,6 +292,7 @@ pub(crate) fn write(
     for (what, name, sha) in &facts.versions {
         upsert_version(tx, device, now, what, name, sha)?;
     }
+    bundles::write(tx, device, now, &facts.bundles)?;
     for w in &facts.windows {
         let json = serde_json::to_string(w).expect("a window serializes");
         tx.exec(
@@ -378,6 +396,8 @@ pub(crate) fn summary(
             sluice_version: None,
             records: 0,
             drifting,
+            error_rate: None,
+            bundles: Vec::new(),
         });
     };
     let last_seen = row.int(0)?;
@@ -396,6 +416,8 @@ pub(crate) fn summary(
         sluice_version: row.opt_text(3)?,
         records: row.int(1)?.max(0) as u64,
         drifting,
+        error_rate: bundles::error_rate(tx, device, now)?,
+        bundles: bundles::running(tx, device)?,
     })
 }
 
