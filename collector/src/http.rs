@@ -414,6 +414,11 @@ async fn get_fleet(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Res
 }
 
 #[derive(Deserialize)]
+struct WindowQuery {
+    window: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct SinceQuery {
     since_ms: Option<i64>,
 }
@@ -484,23 +489,45 @@ async fn get_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     .await
 }
 
+/// Recent changes the fleet page shows.
+const AUDIT_SHOWN: u32 = 20;
+
 async fn dashboard_fleet(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Query(query): Query<DashboardQuery>,
+    Query(filter): Query<crate::dashboard::Filter>,
 ) -> Response {
     if let Err(response) = dashboard_auth(&shared, &headers, "/dashboard", &query) {
         return response;
     }
-    blocking(
-        move || match (fleet_view(&shared), shared.store.rollouts()) {
-            (Ok(view), Ok(rollouts)) => {
-                page(StatusCode::OK, crate::dashboard::fleet(&view, &rollouts))
-            }
-            (Err(response), _) => response,
-            (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-    )
+    blocking(move || {
+        let view = match fleet_view(&shared) {
+            Ok(view) => view,
+            Err(response) => return response,
+        };
+        let store = &shared.store;
+        let parts = (|| {
+            Ok::<_, crate::StoreError>((
+                store.rollouts()?,
+                store.groups(None)?,
+                store.audit_latest(AUDIT_SHOWN)?,
+            ))
+        })();
+        match parts {
+            Ok((rollouts, groups, audit)) => page(
+                StatusCode::OK,
+                crate::dashboard::fleet(&crate::dashboard::FleetPage {
+                    view: &view,
+                    rollouts: &rollouts,
+                    groups: &groups,
+                    audit: &audit,
+                    filter: &filter,
+                }),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
     .await
 }
 
@@ -509,6 +536,7 @@ async fn dashboard_device(
     headers: HeaderMap,
     UrlPath(device): UrlPath<String>,
     Query(query): Query<DashboardQuery>,
+    Query(window): Query<WindowQuery>,
 ) -> Response {
     // Device names are restricted to URL-safe characters; any other is no
     // device, and is not echoed into a header.
@@ -522,8 +550,13 @@ async fn dashboard_device(
     if let Err(response) = dashboard_auth(&shared, &headers, &path, &query) {
         return response;
     }
-    blocking(move || match fleet_device(&shared, &device, None) {
-        Ok(view) => page(StatusCode::OK, crate::dashboard::device(&view, now_ms())),
+    // A week back (the widest chart window); the page charts what it needs.
+    let since = now_ms() - crate::dashboard::WINDOWS[3].1;
+    blocking(move || match fleet_device(&shared, &device, Some(since)) {
+        Ok(view) => page(
+            StatusCode::OK,
+            crate::dashboard::device(&view, now_ms(), window.window.as_deref()),
+        ),
         Err(response) => {
             let status = response.status();
             page(status, crate::dashboard::denied("No such device."))

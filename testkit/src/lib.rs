@@ -24,6 +24,9 @@
 pub mod power;
 pub use power::{Cut, VolatileDisk};
 
+mod browser;
+pub use browser::{CHROMIUM_TIMEOUT, chromium, run_chromium};
+
 mod mosquitto;
 pub use mosquitto::Mosquitto;
 

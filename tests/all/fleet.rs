@@ -8,54 +8,11 @@ use crate::drift::{accept, example_config, inverted, observe, wait_for, write_pr
 use sluice_agent::agent::Agent;
 use sluice_agent::runtime::Runtime;
 use sluice_collector_core::{Collector, Tokens};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use sluice_testkit::run_chromium;
+use std::path::PathBuf;
+use std::time::Duration;
 
 const OPERATOR: &str = "fleet-operator-secret";
-
-/// `chromium` or `chromium-browser` on PATH.
-fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Run headless Chromium with `args` on `url`, killed after 60 s; its stdout.
-fn run_chromium(chromium: &Path, profile: &Path, args: &[&str], url: &str) -> String {
-    let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut out).ok();
-        out
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("chromium did not finish within 60 s: {args:?} {url}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    reader.join().unwrap()
-}
 
 /// The collector's fleet view (operator API).
 fn fleet(collector: &Collector) -> serde_json::Value {
@@ -70,12 +27,7 @@ fn fleet(collector: &Collector) -> serde_json::Value {
 
 #[test]
 fn the_dashboard_in_a_real_browser_flags_the_agent_fed_a_shifted_stream() {
-    let Some(chromium) = chromium() else {
-        eprintln!(
-            "SKIPPED the_dashboard_in_a_real_browser_flags_the_agent_fed_a_shifted_stream: no `chromium` or `chromium-browser` on PATH (Debian package `chromium`; .ci/run installs it)"
-        );
-        return;
-    };
+    let chromium = sluice_testkit::or_skip!(sluice_testkit::chromium());
     let dir = tempfile::tempdir().unwrap();
     let pngs = crate::common::digit_pngs();
     let reference: Vec<Vec<u8>> = pngs.iter().step_by(2).cloned().collect();

@@ -5,10 +5,48 @@ use super::page::{FOOT, age, badge, esc, head, utc};
 use sluice_protocol::FleetDevice;
 use std::fmt::Write;
 
-/// `GET /dashboard/devices/{id}`: one device over time.
-pub fn device(view: &FleetDevice, now: i64) -> String {
+/// The chart windows a device page offers: `?window=` and its span, ms.
+pub const WINDOWS: [(&str, i64); 4] = [
+    ("15m", 15 * 60_000),
+    ("1h", 3_600_000),
+    ("24h", 86_400_000),
+    ("7d", 7 * 86_400_000),
+];
+
+/// The window to chart: the one asked for, else the smallest that holds
+/// all of the device's activity in `view` (minutes of activity are not a
+/// one-pixel spike on a day's axis); a day when there is none.
+fn window(view: &FleetDevice, now: i64, asked: Option<&str>) -> (&'static str, i64) {
+    if let Some(w) = WINDOWS.iter().find(|(name, _)| Some(*name) == asked) {
+        return *w;
+    }
+    let first = view
+        .traffic
+        .iter()
+        .map(|b| b.minute_ms)
+        .chain(view.backlog.iter().map(|p| p.received_ms))
+        .chain(view.windows.iter().map(|w| w.received_ms))
+        .min();
+    match first {
+        Some(first) => *WINDOWS
+            .iter()
+            .find(|(_, span)| now - span <= first)
+            .unwrap_or(&WINDOWS[3]),
+        None => WINDOWS[2],
+    }
+}
+
+/// `GET /dashboard/devices/{id}`: one device over time, charted over
+/// `asked` (a [`WINDOWS`] name) or the window that follows its data.
+pub fn device(view: &FleetDevice, now: i64, asked: Option<&str>) -> String {
     let d = &view.summary;
-    let (t0, t1) = (view.since_ms, now);
+    let (name, span) = window(view, now, asked);
+    let (t0, t1) = (now - span, now);
+    let mut view = view.clone();
+    view.traffic.retain(|b| b.minute_ms >= t0);
+    view.backlog.retain(|p| p.received_ms >= t0);
+    view.windows.retain(|w| w.received_ms >= t0);
+    let view = &view;
     let mut html = head(&format!("Sluice: {}", d.device), true);
     let _ = write!(
         html,
@@ -39,7 +77,36 @@ pub fn device(view: &FleetDevice, now: i64) -> String {
             s.oldest_pending_ms.map(age).unwrap_or_else(|| "-".into())
         );
     }
-    html.push_str("<h2>Throughput and errors</h2>\n");
+    let _ = writeln!(
+        html,
+        "<p>Errors in the last hour: {}. Bundles: {}.</p>",
+        d.error_rate
+            .map(|r| format!("{:.1} %", r * 100.0))
+            .unwrap_or_else(|| "no results".into()),
+        if d.bundles.is_empty() {
+            "none (its own configuration)".to_owned()
+        } else {
+            esc(&d
+                .bundles
+                .iter()
+                .map(|b| format!("{} v{}", b.name, b.version))
+                .collect::<Vec<_>>()
+                .join(", "))
+        }
+    );
+    html.push_str("<nav id=\"windows\">Charts over the last ");
+    for (w, _) in WINDOWS {
+        if w == name {
+            let _ = write!(html, "<strong data-window=\"{w}\">{w}</strong> ");
+        } else {
+            let _ = write!(
+                html,
+                "<a data-window=\"{w}\" href=\"/dashboard/devices/{}?window={w}\">{w}</a> ",
+                esc(&d.device)
+            );
+        }
+    }
+    html.push_str("</nav>\n<h2>Throughput and errors</h2>\n");
     let ok = view
         .traffic
         .iter()
@@ -212,6 +279,30 @@ pub fn device(view: &FleetDevice, now: i64) -> String {
                 esc(&w.model),
                 w.items,
                 esc(&features.join(", "))
+            );
+        }
+        html.push_str("</tbody></table>\n");
+    }
+    html.push_str("<h2>Install history</h2>\n");
+    if view.installs.is_empty() {
+        html.push_str("<p class=\"muted\">No bundle was offered to it.</p>\n");
+    } else {
+        html.push_str("<table id=\"installs\"><thead><tr><th>When (UTC, device clock)</th><th>Bundle</th><th>Step</th><th>Why</th></tr></thead><tbody>\n");
+        for i in &view.installs {
+            let class = match i.outcome.as_str() {
+                "committed" => "ok",
+                "refused" | "rolled-back" => "drift",
+                "ignored" => "stale",
+                _ => "unseen",
+            };
+            let _ = writeln!(
+                html,
+                "<tr data-outcome=\"{0}\"><td>{1}</td><td>{2} v{3}</td><td><span class=\"badge {class}\">{0}</span></td><td>{4}</td></tr>",
+                esc(&i.outcome),
+                utc(i.at_ms),
+                esc(&i.name),
+                i.version,
+                esc(i.reason.as_deref().unwrap_or(""))
             );
         }
         html.push_str("</tbody></table>\n");

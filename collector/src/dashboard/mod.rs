@@ -10,9 +10,12 @@
 
 mod chart;
 mod device;
+mod filter;
 mod fleet;
 mod page;
+mod summary;
 
-pub use device::device;
-pub use fleet::fleet;
+pub use device::{WINDOWS, device};
+pub use filter::{FAILING_ERROR_RATE, Filter, PAGE_SIZE};
+pub use fleet::{FleetPage, fleet};
 pub use page::{denied, esc, utc};

@@ -31,6 +31,14 @@ th{background:#f0f0f0}
 .drift{background:#fbd3d3;color:#8a1010}.unseen{background:#e4e4e4;color:#555}
 svg{background:#fff;border:1px solid #ddd;margin:.3em 0}
 .muted{color:#777}code{font-size:.85em}
+.cards{display:flex;gap:.6em;flex-wrap:wrap}.card{padding:.5em .9em;border-radius:.5em;font-size:1em}
+.card strong{font-size:1.3em;margin-right:.3em}.card a{color:inherit}
+.r-running{background:#dbe9ff;color:#0b3d91}.r-paused{background:#fde9c4;color:#7a4b00}
+.r-halted{background:#fbd3d3;color:#8a1010}.r-aborted{background:#e4e4e4;color:#555}.r-done{background:#d7f5dd;color:#135a22}
+td.bad{background:#fbd3d3;color:#8a1010;font-weight:600}
+form#filter{margin:.5em 0}form#filter label{margin-right:.6em}
+nav.pages{margin:.6em 0}nav.pages a,nav.pages strong{margin:0 .15em}
+.version{margin-right:1em}
 ";
 
 pub(super) fn head(title: &str, refresh: bool) -> String {

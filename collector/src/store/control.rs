@@ -348,6 +348,20 @@ impl Store {
         })
     }
 
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_latest(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let newest = self.read(|tx| {
+            tx.query_opt("SELECT MAX(id) FROM audit", &[])?
+                .map(|r| r.opt_int(0))
+                .transpose()
+                .map(Option::flatten)
+        })?;
+        let after = newest.unwrap_or(0).saturating_sub(limit as i64);
+        let mut entries = self.audit_page(after, limit)?.entries;
+        entries.reverse();
+        Ok(entries)
+    }
+
     /// Audit entries after `after` (an id), oldest first, at most `limit`.
     pub fn audit_page(&self, after: i64, limit: u32) -> Result<AuditPage, StoreError> {
         self.read(|tx| {

@@ -163,6 +163,13 @@ impl SqlRow {
         }
     }
 
+    pub(crate) fn opt_int(&self, i: usize) -> Result<Option<i64>, SqlError> {
+        match self.at(i)? {
+            Value::Null => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+
     pub(crate) fn opt_text(&self, i: usize) -> Result<Option<String>, SqlError> {
         match self.at(i)? {
             Value::Null => Ok(None),

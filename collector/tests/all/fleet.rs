@@ -60,7 +60,7 @@ pub(crate) fn result(device: &str, seq: i64, failed: bool) -> Record {
 
 /// A drift window of `device`'s pipeline `p`, with `feature` and `model`
 /// as given (hostile, in one test).
-fn window(device: &str, seq: i64, alarm: bool, feature: &str, model: &str) -> Record {
+pub(crate) fn window(device: &str, seq: i64, alarm: bool, feature: &str, model: &str) -> Record {
     let now = now_ms();
     Record::DriftWindow(DriftWindow {
         kind: RecordKind::DriftWindow,

@@ -5,6 +5,7 @@ mod api;
 mod batches;
 mod common;
 mod connections;
+mod dashboard;
 mod errors;
 mod fleet;
 mod history;

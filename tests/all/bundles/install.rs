@@ -108,7 +108,7 @@ fn a_bundle_dropped_on_a_running_device_is_verified_validated_swapped_in_and_com
     // ignored, and said once (the running version's file, still in the
     // folder, is no news).
     drop_into(&dir.path().join("drop"), &again, "d-copy");
-    let all = wait_until(&agent, "the copy ignored", |all| {
+    wait_until(&agent, "the copy ignored", |all| {
         of_kind(all, "install")
             .iter()
             .any(|r| r["outcome"] == "ignored" && r["reason"].as_str().unwrap().contains("d-copy"))
