@@ -135,7 +135,9 @@ fn a_thousand_devices_on_one_page_with_summary_filters_and_pages_in_chromium() {
         );
     }
     assert!(
-        dom.contains(&format!("data-state=\"failing\"><strong>{failing}</strong>")),
+        dom.contains(&format!(
+            "data-state=\"failing\"><strong>{failing}</strong>"
+        )),
         "{dom}"
     );
     // Versions: every third seen device runs v2.
@@ -166,10 +168,7 @@ fn a_thousand_devices_on_one_page_with_summary_filters_and_pages_in_chromium() {
         &dom[first..first + 200]
     );
     assert!(dom.contains("data-error-rate=\"0.3333\">33.3 %"), "{dom}");
-    assert!(
-        dom.contains("Showing 1–50 of 1000 device(s)"),
-        "{dom}"
-    );
+    assert!(dom.contains("Showing 1–50 of 1000 device(s)"), "{dom}");
     assert!(dom.contains("of 20</nav>"), "{dom}");
     // Recent changes: who made the rollouts.
     assert!(
@@ -230,9 +229,10 @@ fn a_thousand_devices_on_one_page_with_summary_filters_and_pages_in_chromium() {
     );
 
     // Screenshots to look at.
-    for (file, query) in [
-        ("dashboard-1000.png", ""),
-        ("dashboard-1000-failing.png", "state=failing"),
+    for (file, path) in [
+        ("dashboard-1000.png", "/dashboard"),
+        ("dashboard-1000-failing.png", "/dashboard?state=failing"),
+        ("dashboard-device.png", "/dashboard/devices/gw-0001"),
     ] {
         let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(file);
         let _ = std::fs::remove_file(&shot);
@@ -243,7 +243,7 @@ fn a_thousand_devices_on_one_page_with_summary_filters_and_pages_in_chromium() {
                 &format!("--screenshot={}", shot.display()),
                 "--window-size=1400,1800",
             ],
-            &format!("{}/dashboard?{query}", c.url()),
+            &format!("{}{path}", c.url()),
         );
         let png = std::fs::read(&shot).unwrap();
         assert!(
