@@ -304,23 +304,30 @@ fn bundle_answer(
 ) -> Response {
     match offered {
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Some((name, version, sha256, body))) => {
-            let etag = format!("\"{sha256}\"");
-            if crate::rollout::seen_by(seen, &sha256) {
+        Ok(Some(offer)) => {
+            let etag = format!("\"{}\"", offer.sha256);
+            if crate::rollout::seen_by(seen, &offer.sha256) {
                 return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
             }
-            (
+            let mut response = (
                 [
                     (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
                     (header::ETAG, etag),
                     (
                         header::HeaderName::from_static("x-sluice-bundle"),
-                        format!("{name}/{version}"),
+                        format!("{}/{}", offer.name, offer.version),
                     ),
                 ],
-                body,
+                offer.body,
             )
-                .into_response()
+                .into_response();
+            if let Some(minimum) = offer.probation {
+                response.headers_mut().insert(
+                    protocol::operator::PROBATION_HEADER,
+                    HeaderValue::from_str(&minimum.to_text()).expect("digits and ASCII"),
+                );
+            }
+            response
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

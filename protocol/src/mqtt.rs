@@ -36,6 +36,9 @@ pub const SHA256: &str = "sha256";
 pub const TOTAL: &str = "total";
 /// User property of a chunk answer: `NAME/VERSION` of the bundle.
 pub const BUNDLE: &str = "bundle";
+/// User property of a chunk answer: the least probation the rollout asks
+/// of the device ([`crate::operator::ProbationMinimum`], as text).
+pub const PROBATION: &str = "probation";
 /// Most bytes in one chunk answer's payload: a bundle of N bytes takes
 /// N / this requests, each answered by one message.
 pub const BUNDLE_CHUNK_BYTES: usize = 256 << 10;

@@ -8,6 +8,55 @@ use serde::{Deserialize, Serialize};
 /// The longest stage deadline a rollout policy takes: 30 days, ms.
 pub const MAX_STAGE_DEADLINE_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// The most probation items a rollout may ask of a device.
+pub const MAX_PROBATION_ITEMS: u64 = 1_000_000;
+/// The longest probation a rollout may ask of a device: 7 days, s.
+pub const MAX_PROBATION_SECS: u64 = 7 * 24 * 3600;
+
+/// The HTTP header (and, as [`crate::mqtt::PROBATION`], the MQTT user
+/// property) with which a collector's offer asks the device for at least
+/// this much probation ([`ProbationMinimum`]).
+pub const PROBATION_HEADER: &str = "x-sluice-probation";
+
+/// The least probation a rollout asks of each device before it commits
+/// the version: at least `items` items processed and `secs` seconds. The
+/// device takes the larger of this and its own `bundles.probation_*`: an
+/// offer can make probation longer, never shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbationMinimum {
+    /// Items processed by the new version.
+    pub items: u64,
+    /// Seconds on probation.
+    pub secs: u64,
+}
+
+impl ProbationMinimum {
+    /// As a header value: `items=20; secs=300`.
+    pub fn to_text(&self) -> String {
+        format!("items={}; secs={}", self.items, self.secs)
+    }
+
+    /// Read a header value (unknown parts ignored); each number capped at
+    /// [`MAX_PROBATION_ITEMS`] and [`MAX_PROBATION_SECS`].
+    pub fn parse(text: &str) -> Option<ProbationMinimum> {
+        let (mut items, mut secs) = (None, None);
+        for part in text.split(';') {
+            match part.trim().split_once('=') {
+                Some(("items", n)) => items = n.trim().parse::<u64>().ok(),
+                Some(("secs", n)) => secs = n.trim().parse::<u64>().ok(),
+                _ => {}
+            }
+        }
+        if items.is_none() && secs.is_none() {
+            return None;
+        }
+        Some(ProbationMinimum {
+            items: items.unwrap_or(0).min(MAX_PROBATION_ITEMS),
+            secs: secs.unwrap_or(0).min(MAX_PROBATION_SECS),
+        })
+    }
+}
+
 /// A bundle the collector keeps for rollouts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleInfo {
@@ -220,6 +269,61 @@ pub struct Policy {
     /// What a device of the stage that has not committed by the deadline
     /// counts as.
     pub on_deadline: OnDeadline,
+    /// Each device watches the version for at least this many items
+    /// before it commits it (0: the device's own setting).
+    pub min_probation_items: u64,
+    /// ... and at least this many seconds.
+    pub min_probation_secs: u64,
+    /// Nothing is offered before this time (ms since the Unix epoch); the
+    /// first stage's deadline counts from it.
+    pub start_at_ms: Option<i64>,
+    /// Devices are offered the version only within this daily window
+    /// (UTC): a maintenance window.
+    pub window: Option<Window>,
+}
+
+/// A daily window, UTC, `HH:MM` to `HH:MM` (the end excluded; past
+/// midnight when the end is before the start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Its start, `HH:MM`.
+    pub from: String,
+    /// Its end, `HH:MM`.
+    pub to: String,
+}
+
+impl Window {
+    /// Its start and end, minutes after midnight.
+    pub fn minutes(&self) -> Result<(u32, u32), String> {
+        let parse = |t: &str| -> Result<u32, String> {
+            let (h, m) = t
+                .split_once(':')
+                .ok_or_else(|| format!("window time `{t}`: give HH:MM"))?;
+            match (h.parse::<u32>(), m.parse::<u32>()) {
+                (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok(h * 60 + m),
+                _ => Err(format!("window time `{t}`: give HH:MM, 00:00 to 23:59")),
+            }
+        };
+        let (from, to) = (parse(&self.from)?, parse(&self.to)?);
+        if from == to {
+            return Err(format!("window {}-{} is empty", self.from, self.to));
+        }
+        Ok((from, to))
+    }
+
+    /// Whether `ms` (since the Unix epoch) falls inside.
+    pub fn contains(&self, ms: i64) -> bool {
+        let Ok((from, to)) = self.minutes() else {
+            return false;
+        };
+        let minute = (ms.rem_euclid(86_400_000) / 60_000) as u32;
+        if from < to {
+            (from..to).contains(&minute)
+        } else {
+            minute >= from || minute < to
+        }
+    }
 }
 
 impl Default for Policy {
@@ -229,6 +333,10 @@ impl Default for Policy {
             min_failed: 1,
             stage_deadline_ms: None,
             on_deadline: OnDeadline::Skip,
+            min_probation_items: 0,
+            min_probation_secs: 0,
+            start_at_ms: None,
+            window: None,
         }
     }
 }
@@ -257,6 +365,21 @@ impl Policy {
         if self.min_failed == 0 {
             return Err("min_failed must be at least 1".into());
         }
+        if self.min_probation_items > MAX_PROBATION_ITEMS {
+            return Err(format!(
+                "min_probation_items {} is over {MAX_PROBATION_ITEMS}",
+                self.min_probation_items
+            ));
+        }
+        if self.min_probation_secs > MAX_PROBATION_SECS {
+            return Err(format!(
+                "min_probation_secs {} is over {MAX_PROBATION_SECS} (7 days)",
+                self.min_probation_secs
+            ));
+        }
+        if let Some(window) = &self.window {
+            window.minutes()?;
+        }
         match self.stage_deadline_ms {
             Some(0) => Err("stage_deadline_ms must be above 0".into()),
             Some(ms) if ms > MAX_STAGE_DEADLINE_MS => Err(format!(
@@ -264,6 +387,21 @@ impl Policy {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// What the devices are asked for on probation, if anything.
+    pub fn probation(&self) -> Option<ProbationMinimum> {
+        (self.min_probation_items > 0 || self.min_probation_secs > 0).then_some(ProbationMinimum {
+            items: self.min_probation_items,
+            secs: self.min_probation_secs,
+        })
+    }
+
+    /// Whether the version may be offered at `now` (ms since the Unix
+    /// epoch): after the start, inside the window.
+    pub fn offers_at(&self, now: i64) -> bool {
+        self.start_at_ms.is_none_or(|at| now >= at)
+            && self.window.as_ref().is_none_or(|w| w.contains(now))
     }
 
     /// Whether `failed` failures among `offered` devices halt.
@@ -352,5 +490,71 @@ mod tests {
             serde_json::from_str(r#"{"stage_deadline_ms":5000,"on_deadline":"fail"}"#).unwrap();
         assert_eq!(read.on_deadline, OnDeadline::Fail);
         assert_eq!(read.min_failed, 1);
+        for (from, to) in [
+            ("25:00", "02:00"),
+            ("02:00", "02:00"),
+            ("2", "3:00"),
+            ("02:60", "03:00"),
+        ] {
+            let window = Window {
+                from: from.into(),
+                to: to.into(),
+            };
+            let policy = Policy {
+                window: Some(window),
+                ..Policy::default()
+            };
+            assert!(policy.check().is_err(), "{from}-{to}");
+        }
+        let too_long = Policy {
+            min_probation_secs: MAX_PROBATION_SECS + 1,
+            ..Policy::default()
+        };
+        assert!(too_long.check().is_err());
+    }
+
+    #[test]
+    fn windows_and_starts_decide_when_a_version_is_offered() {
+        let at = |h: i64, m: i64| 20_000 * 86_400_000 + (h * 60 + m) * 60_000;
+        let night = Window {
+            from: "22:30".into(),
+            to: "04:00".into(),
+        };
+        assert!(night.contains(at(23, 0)) && night.contains(at(3, 59)));
+        assert!(!night.contains(at(4, 0)) && !night.contains(at(12, 0)));
+        let day = Window {
+            from: "09:00".into(),
+            to: "17:00".into(),
+        };
+        assert!(day.contains(at(9, 0)) && !day.contains(at(17, 0)));
+        let policy = Policy {
+            start_at_ms: Some(at(10, 0)),
+            window: Some(day),
+            ..Policy::default()
+        };
+        assert!(!policy.offers_at(at(9, 30)), "before the start");
+        assert!(policy.offers_at(at(10, 0)));
+        assert!(
+            !policy.offers_at(at(18, 0) + 86_400_000),
+            "outside the window"
+        );
+        assert_eq!(Policy::default().probation(), None);
+    }
+
+    #[test]
+    fn probation_minimums_read_back_and_are_capped() {
+        let m = ProbationMinimum {
+            items: 20,
+            secs: 300,
+        };
+        assert_eq!(ProbationMinimum::parse(&m.to_text()), Some(m));
+        assert_eq!(
+            ProbationMinimum::parse("secs=99999999999; other=1"),
+            Some(ProbationMinimum {
+                items: 0,
+                secs: MAX_PROBATION_SECS
+            })
+        );
+        assert_eq!(ProbationMinimum::parse("nonsense"), None);
     }
 }

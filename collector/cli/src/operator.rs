@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use sluice_protocol::keys::SecretKey;
 use sluice_protocol::operator::{
     AuditPage, BundleInfo, BundleList, Group, GroupDevices, GroupList, OnDeadline, Policy, Rollout,
-    RolloutList, RolloutRequest, RolloutState,
+    RolloutList, RolloutRequest, RolloutState, Window,
 };
 use sluice_protocol::paths::operator as paths;
 use std::path::PathBuf;
@@ -87,6 +87,19 @@ pub(crate) struct Target {
     /// later) or `fail`.
     #[arg(long, default_value = "skip", value_parser = ["skip", "fail"])]
     on_deadline: String,
+    /// Each device watches the version for at least this many items
+    /// before committing it (more than its own bundles.probation_min_items).
+    #[arg(long, default_value_t = 0)]
+    min_probation_items: u64,
+    /// ... and at least this long (e.g. 10m).
+    #[arg(long)]
+    min_probation: Option<humantime::Duration>,
+    /// Offer nothing before this time (RFC 3339, e.g. 2026-12-24T02:00:00Z).
+    #[arg(long)]
+    start_at: Option<humantime::Timestamp>,
+    /// Offer the version only within this daily window, UTC, e.g. 02:00-05:00.
+    #[arg(long)]
+    window: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -265,6 +278,25 @@ impl Client {
                 } else {
                     OnDeadline::Skip
                 },
+                min_probation_items: target.min_probation_items,
+                min_probation_secs: target
+                    .min_probation
+                    .map_or(0, |d| Duration::from(d).as_secs()),
+                start_at_ms: target.start_at.map(|t| {
+                    std::time::SystemTime::from(t)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64)
+                }),
+                window: target
+                    .window
+                    .map(|w| match w.split_once('-') {
+                        Some((from, to)) => Ok(Window {
+                            from: from.trim().to_owned(),
+                            to: to.trim().to_owned(),
+                        }),
+                        None => Err(anyhow::anyhow!("--window {w}: give HH:MM-HH:MM (UTC)")),
+                    })
+                    .transpose()?,
             },
         };
         self.call(reqwest::Method::POST, paths::ROLLOUTS, |r| r.json(&request))

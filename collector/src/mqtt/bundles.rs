@@ -80,5 +80,10 @@ pub(super) fn answer(
             format!("{}/{}", chunk.name, chunk.version),
         ),
     ]);
+    if let Some(minimum) = chunk.probation {
+        properties
+            .user_properties
+            .push((mqtt::PROBATION.to_owned(), minimum.to_text()));
+    }
     (topic, properties, payload)
 }

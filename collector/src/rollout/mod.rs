@@ -35,8 +35,20 @@ pub use sluice_protocol::operator::{DeviceProgress, OnDeadline, Policy, Rollout,
 
 use crate::store::sql::{SqlError, Tx, args};
 
-/// A bundle offered to a device: `(name, version, sha256, bytes)`.
-pub type Offer = (String, u64, String, Vec<u8>);
+/// A bundle offered to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+    /// The file's SHA-256, hex.
+    pub sha256: String,
+    /// The file.
+    pub body: Vec<u8>,
+    /// The least probation its rollout asks of the device.
+    pub probation: Option<sluice_protocol::operator::ProbationMinimum>,
+}
 
 /// The largest bundle a rollout takes: the collector answers a device's
 /// request with the whole file from memory.
@@ -167,11 +179,13 @@ pub(crate) fn start(
     let devices = serde_json::to_string(&plan.devices).expect("serializes");
     let stages = serde_json::to_string(stages).expect("serializes");
     let policy = serde_json::to_string(&plan.policy).expect("serializes");
+    // A scheduled start: the first stage's clock starts then.
+    let stage_started = plan.policy.start_at_ms.unwrap_or(now).max(now);
     let id = tx
         .query_opt(
             "INSERT INTO rollouts(name, version, devices, stages, stage, state, created_ms, updated_ms, policy, stage_started_ms)
-             VALUES (?1, ?2, ?3, ?4, 0, 'running', ?5, ?5, ?6, ?5) RETURNING id",
-            args![name, version, &devices, &stages, now, &policy],
+             VALUES (?1, ?2, ?3, ?4, 0, 'running', ?5, ?5, ?6, ?7) RETURNING id",
+            args![name, version, &devices, &stages, now, &policy, stage_started],
         )?
         .ok_or_else(|| SqlError::Decode("INSERT ... RETURNING gave no row".into()))?
         .int(0)?;

@@ -4,16 +4,17 @@
 //! finished with it (skipped at a deadline, offline meanwhile), so they
 //! catch up when they return; a halted or aborted one offers nothing. A
 //! device that committed, refused or rolled back the version is not
-//! offered it again.
+//! offered it again. A rollout whose policy has a scheduled start or a
+//! maintenance window offers nothing outside them.
 
-use super::{Offer, plan, reached};
+use super::{Offer, Policy, plan, reached};
 use crate::store::sql::{SqlError, Tx, args};
 
 /// The bundle `device` should be offered: `(name, version, sha256, body)`.
 /// Asked by every device at every poll: it reads the rollouts' device
 /// lists and this device's reports, not every device's progress.
-pub(crate) fn offer(tx: &mut dyn Tx, device: &str) -> Result<Option<Offer>, SqlError> {
-    first_offered(tx, device, |tx, name, version| {
+pub(crate) fn offer(tx: &mut dyn Tx, device: &str, now: i64) -> Result<Option<Offer>, SqlError> {
+    first_offered(tx, device, now, |tx, name, version, policy| {
         let Some(bundle) = tx.query_opt(
             "SELECT sha256, body FROM bundles WHERE name = ?1 AND version = ?2",
             args![name, version],
@@ -21,12 +22,13 @@ pub(crate) fn offer(tx: &mut dyn Tx, device: &str) -> Result<Option<Offer>, SqlE
         else {
             return Ok(None);
         };
-        Ok(Some((
-            name.to_owned(),
-            version.max(0) as u64,
-            bundle.text(0)?,
-            bundle.blob(1)?,
-        )))
+        Ok(Some(Offer {
+            name: name.to_owned(),
+            version: version.max(0) as u64,
+            sha256: bundle.text(0)?,
+            body: bundle.blob(1)?,
+            probation: policy.probation(),
+        }))
     })
 }
 
@@ -38,6 +40,7 @@ pub(crate) fn offer_chunk(
     device: &str,
     offset: u64,
     len: usize,
+    now: i64,
 ) -> Result<Option<Chunk>, SqlError> {
     // SQL counts from 1; both engines take an int4 here.
     let (from, len) = (
@@ -46,7 +49,7 @@ pub(crate) fn offer_chunk(
             .min(i32::MAX as i64),
         (len as i64).min(i32::MAX as i64),
     );
-    first_offered(tx, device, |tx, name, version| {
+    first_offered(tx, device, now, |tx, name, version, policy| {
         let Some(bundle) = tx.query_opt(
             "SELECT sha256, length(body), substr(body, ?3, ?4) FROM bundles WHERE name = ?1 AND version = ?2",
             args![name, version, from, len],
@@ -60,6 +63,7 @@ pub(crate) fn offer_chunk(
             sha256: bundle.text(0)?,
             total: bundle.int(1)?.max(0) as u64,
             bytes: bundle.blob(2)?,
+            probation: policy.probation(),
         }))
     })
 }
@@ -88,18 +92,21 @@ pub struct Chunk {
     pub total: u64,
     /// The bytes asked for (fewer at the end, none past it).
     pub bytes: Vec<u8>,
+    /// The least probation its rollout asks of the device.
+    pub probation: Option<sluice_protocol::operator::ProbationMinimum>,
 }
 
 /// `read` of the first rollout (oldest name first) that offers `device`
-/// its version and finds its bundle.
+/// its version at `now` and finds its bundle.
 fn first_offered<T>(
     tx: &mut dyn Tx,
     device: &str,
-    mut read: impl FnMut(&mut dyn Tx, &str, i64) -> Result<Option<T>, SqlError>,
+    now: i64,
+    mut read: impl FnMut(&mut dyn Tx, &str, i64, &Policy) -> Result<Option<T>, SqlError>,
 ) -> Result<Option<T>, SqlError> {
     // The newest rollout of each name (ids only grow).
     let newest = tx.query(
-        "SELECT r.name, r.version, r.devices, r.stages, r.stage, r.state FROM rollouts r
+        "SELECT r.name, r.version, r.devices, r.stages, r.stage, r.state, r.policy FROM rollouts r
          WHERE r.state IN ('running', 'done')
            AND r.id = (SELECT MAX(n.id) FROM rollouts n WHERE n.name = r.name)
          ORDER BY r.id",
@@ -116,6 +123,10 @@ fn first_offered<T>(
         if !devices[..n].iter().any(|d| d == device) {
             continue;
         }
+        let policy: Policy = serde_json::from_str(&r.text(6)?).unwrap_or_default();
+        if !policy.offers_at(now) {
+            continue;
+        }
         let finished = tx.query_opt(
             "SELECT 1 FROM installs WHERE device = ?1 AND name = ?2 AND version = ?3
              AND outcome IN ('committed', 'refused', 'rolled-back')",
@@ -124,7 +135,7 @@ fn first_offered<T>(
         if finished.is_some() {
             continue;
         }
-        if let Some(found) = read(tx, &name, version)? {
+        if let Some(found) = read(tx, &name, version, &policy)? {
             return Ok(Some(found));
         }
     }

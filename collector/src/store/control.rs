@@ -291,10 +291,9 @@ impl Store {
         })
     }
 
-    /// The bundle `device` should be offered now: `(name, version, sha256,
-    /// bytes)`.
+    /// The bundle `device` should be offered now.
     pub fn bundle_for(&self, device: &str) -> Result<Option<rollout::Offer>, StoreError> {
-        self.read(|tx| rollout::offer(tx, device))
+        self.read(|tx| rollout::offer(tx, device, now_ms()))
     }
 
     /// Up to `len` bytes from `offset` of the bundle [`Store::bundle_for`]
@@ -305,7 +304,7 @@ impl Store {
         offset: u64,
         len: usize,
     ) -> Result<Option<rollout::Chunk>, StoreError> {
-        self.read(|tx| rollout::offer_chunk(tx, device, offset, len))
+        self.read(|tx| rollout::offer_chunk(tx, device, offset, len, now_ms()))
     }
 
     /// Add `record` to the audit trail (the oldest entries beyond

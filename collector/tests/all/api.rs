@@ -459,3 +459,93 @@ fn a_revert_is_the_earlier_files_under_a_new_signed_version() {
         ]
     );
 }
+
+#[test]
+fn a_scheduled_start_and_a_window_hold_offers_and_devices_are_told_the_probation_asked() {
+    let c = start();
+    assert_eq!(upload(&c, "t-alice", &bundle(c.dir.path(), "p", 2)).0, 201);
+    let now = sluice_collector_core::store::now_ms();
+    let minute = |ms: i64| {
+        format!(
+            "{:02}:{:02}",
+            ms.rem_euclid(86_400_000) / 3_600_000,
+            ms.rem_euclid(3_600_000) / 60_000
+        )
+    };
+    // A window that closed a minute ago and opens in an hour: nothing now.
+    let closed = json!({"from": minute(now + 3_600_000), "to": minute(now - 60_000)});
+    let (status, rollout) = call(
+        &c,
+        "POST",
+        "/v1/rollouts",
+        "t-alice",
+        Some(json!({"name": "p", "version": 2, "devices": ["a"], "policy": {"window": closed}})),
+    );
+    assert_eq!(status, 201, "{rollout}");
+    assert_eq!(offered(&c, "a", "ta", None).0, 204, "outside the window");
+    let id = rollout["id"].as_i64().unwrap();
+    call(
+        &c,
+        "POST",
+        &format!("/v1/rollouts/{id}/abort"),
+        "t-alice",
+        None,
+    );
+    // A start in an hour: nothing now.
+    let (status, rollout) = call(
+        &c,
+        "POST",
+        "/v1/rollouts",
+        "t-alice",
+        Some(
+            json!({"name": "p", "version": 2, "devices": ["a"], "policy": {"start_at_ms": now + 3_600_000}}),
+        ),
+    );
+    assert_eq!(status, 201, "{rollout}");
+    assert_eq!(offered(&c, "a", "ta", None).0, 204, "before the start");
+    assert_eq!(
+        rollout["stage_started_ms"],
+        now + 3_600_000,
+        "the deadline counts from the start"
+    );
+    let id = rollout["id"].as_i64().unwrap();
+    call(
+        &c,
+        "POST",
+        &format!("/v1/rollouts/{id}/abort"),
+        "t-alice",
+        None,
+    );
+    // Open now, asking for a longer probation: the offer says so.
+    let open = json!({"from": minute(now - 60_000), "to": minute(now + 3_600_000)});
+    let (status, _) = call(
+        &c,
+        "POST",
+        "/v1/rollouts",
+        "t-alice",
+        Some(json!({"name": "p", "version": 2, "devices": ["a"],
+                    "policy": {"window": open, "min_probation_items": 12, "min_probation_secs": 30}})),
+    );
+    assert_eq!(status, 201);
+    let response = client()
+        .get(format!("{}/v1/devices/a/bundle", c.url()))
+        .bearer_auth("ta")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-sluice-probation"].to_str().unwrap(),
+        "items=12; secs=30"
+    );
+    // A window that cannot be read starts nothing.
+    let (status, answer) = call(
+        &c,
+        "POST",
+        "/v1/rollouts",
+        "t-alice",
+        Some(
+            json!({"name": "p", "version": 2, "devices": ["b"], "policy": {"window": {"from": "25:00", "to": "02:00"}}}),
+        ),
+    );
+    assert_eq!(status, 422, "{answer}");
+}

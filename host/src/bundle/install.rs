@@ -15,6 +15,7 @@ use crate::worker::{Deployment, Slot};
 use sluice_bundle::archive::{self, Limits};
 use sluice_bundle::keys::PublicKey;
 use sluice_bundle::{Manifest, Policy, Refusal};
+use sluice_protocol::operator::ProbationMinimum;
 use sluice_protocol::{BundleRef, InstallOutcome, InstallReport, RecordKind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,10 @@ struct Probation {
     previous_version: Option<u64>,
     bundle_sha256: String,
     max_item_ms: u64,
+    /// Items and seconds before it may commit: the device's settings, or
+    /// more when the rollout that offered it asked for more.
+    min_items: u64,
+    min_secs: u64,
 }
 
 /// A bundle file in the drop folder, waiting to be unchanged for a while.
@@ -222,6 +227,16 @@ impl Installer {
     /// Offer `bundle` (a file) now, bypassing the drop folder: what the
     /// folder scan does for each settled file.
     pub(crate) fn offer(&mut self, bundle: &Path) -> Result<(), InstallError> {
+        self.offer_with(bundle, None)
+    }
+
+    /// [`Installer::offer`], watching it on probation for at least
+    /// `minimum` (a rollout's ask) besides the device's own settings.
+    pub(crate) fn offer_with(
+        &mut self,
+        bundle: &Path,
+        minimum: Option<ProbationMinimum>,
+    ) -> Result<(), InstallError> {
         let (_, sha256) = sluice_bundle::sha256_of(bundle).map_err(io(bundle))?;
         // Unpacked where it will stay if it is installed (a running
         // version's files never move); a crash before the state names it
@@ -231,7 +246,7 @@ impl Installer {
         // Name and version as the manifest claims them (unverified), for a
         // refusal's record; none when the file is not even a bundle.
         let mut claimed = None;
-        let result = self.install(bundle, &sha256, &relative, &mut claimed);
+        let result = self.install(bundle, &sha256, &relative, &mut claimed, minimum);
         if let Err(e) = &result {
             let _ = std::fs::remove_dir_all(&staging);
             let (name, version) = claimed.unwrap_or_default();
@@ -264,6 +279,7 @@ impl Installer {
         sha256: &str,
         relative: &Path,
         claimed_as: &mut Option<(String, u64)>,
+        minimum: Option<ProbationMinimum>,
     ) -> Result<(), InstallError> {
         let unpacked = archive::unpack(bundle, &self.dir.join(relative), &Limits::default())?;
         crash_point("staged");
@@ -328,7 +344,15 @@ impl Installer {
         let deployment = Arc::new(deployment);
         let previous = slot.swap(deployment.clone());
         crash_point("swapped");
-        tracing::info!(pipeline = %name, version, "bundle installed; on probation for {} s", self.settings.probation_secs);
+        let (min_items, min_secs) = (
+            self.settings
+                .probation_min_items
+                .max(minimum.map_or(0, |m| m.items)),
+            self.settings
+                .probation_secs
+                .max(minimum.map_or(0, |m| m.secs)),
+        );
+        tracing::info!(pipeline = %name, version, "bundle installed; on probation for {min_secs} s and {min_items} items");
         self.metrics.install(&name, "installed");
         self.report(
             &name,
@@ -348,6 +372,8 @@ impl Installer {
                 previous_version,
                 bundle_sha256: sha256.to_owned(),
                 max_item_ms: verified.manifest.validation.max_item_ms,
+                min_items,
+                min_secs,
             },
         );
         Ok(())
@@ -388,7 +414,7 @@ impl Installer {
                 crash_point("probation");
             }
             let (items, failed) = (health.items(), health.failed());
-            let enough = items >= self.settings.probation_min_items;
+            let enough = items >= p.min_items;
             let rate = failed as f64 / items.max(1) as f64;
             let mean_ms = health.mean_item_us() as f64 / 1000.0;
             let verdict = if enough && rate > self.settings.probation_max_error_rate {
@@ -404,7 +430,7 @@ impl Installer {
                 )))
             } else if let Some(reason) = drift_regression(p) {
                 Some(Err(reason))
-            } else if enough && p.started.elapsed().as_secs() >= self.settings.probation_secs {
+            } else if enough && p.started.elapsed().as_secs() >= p.min_secs {
                 Some(Ok(()))
             } else {
                 None

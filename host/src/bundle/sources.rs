@@ -26,9 +26,9 @@ impl Installer {
             .dir
             .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
         match collector.fetch(&seen, &path, limit) {
-            Ok(false) => {}
+            Ok(None) => {}
             // Refusals are reported by `offer`.
-            Ok(true) => drop(self.offer(&path)),
+            Ok(Some(offered)) => drop(self.offer_with(&path, offered.probation)),
             Err(e) => tracing::warn!("asking {} for a bundle: {e}", collector.endpoint()),
         }
         let _ = std::fs::remove_file(&path);

@@ -38,7 +38,7 @@ pub mod http;
 pub mod mqtt;
 mod offers;
 
-pub use offers::Offers;
+pub use offers::{Offered, Offers};
 
 use crate::config::SyncConfig;
 use crate::outbox::{Batch, Outbox, OutboxError, Split};

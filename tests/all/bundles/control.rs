@@ -220,6 +220,8 @@ fn an_operator_uploads_groups_rolls_out_watches_it_halt_reverts_and_reads_the_au
             "50,100",
             "--max-failed-percent",
             "33",
+            "--min-probation-items",
+            "12",
         ],
     );
     assert!(text.contains("version 3 made: version 1's files"), "{text}");
@@ -251,6 +253,32 @@ fn an_operator_uploads_groups_rolls_out_watches_it_halt_reverts_and_reads_the_au
             on_v3[0]
         );
     }
+
+    // The revert asked for 12 items of probation (the devices' own
+    // setting is 5): r3 made at least 12 results with it before committing.
+    let (status, body) = crate::common::http(
+        reqwest::Client::new()
+            .get(format!("{url}/v1/fleet/devices/r3"))
+            .bearer_auth("alice-secret"),
+    );
+    assert_eq!(status, 200);
+    let device: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let committed = device["installs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["version"] == 3 && i["outcome"] == "committed")
+        .unwrap_or_else(|| panic!("{device:#}"))["at_ms"]
+        .as_i64()
+        .unwrap();
+    let before_commit = results("r3")
+        .iter()
+        .filter(|r| {
+            r["provenance"]["bundle"]["version"] == 3
+                && r["completed_at_ms"].as_i64().unwrap() <= committed
+        })
+        .count();
+    assert!(before_commit >= 12, "{before_commit} items on probation");
 
     // The audit trail: every change, by alice, from this machine.
     let trail = operator(&url, &token, &["audit", "--json"]);

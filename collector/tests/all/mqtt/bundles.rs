@@ -20,8 +20,19 @@ fn offers(broker: &Mosquitto) -> Box<dyn Offers> {
     offers
 }
 
-/// Fetch into `path`, waiting out "not connected yet" at the start.
+/// Fetch into `path`, waiting out "not connected yet" at the start:
+/// whether a bundle was written.
 fn fetch(offers: &dyn Offers, seen: &[String], path: &Path, limit: u64) -> Result<bool, String> {
+    fetched(offers, seen, path, limit).map(|offered| offered.is_some())
+}
+
+/// [`fetch`], with what the rollout asked of the device.
+fn fetched(
+    offers: &dyn Offers,
+    seen: &[String],
+    path: &Path,
+    limit: u64,
+) -> Result<Option<sluice_agent::uplink::Offered>, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match offers.fetch(seen, path, limit) {
@@ -63,11 +74,23 @@ fn a_device_on_mqtt_fetches_its_bundle_in_chunks_and_resumes_only_what_checks_ou
     assert!(bundle.len() > 4 * sluice_protocol::mqtt::BUNDLE_CHUNK_BYTES);
     let sha = sluice_bundle::sha256_of(&file).unwrap().1;
     let store = sluice_collector_core::Store::open(&db).unwrap();
-    store
-        .start_rollout(&file, vec![DEVICE.into()], &[100])
-        .unwrap();
+    store.put_bundle(&bundle, None).unwrap();
+    let mut plan = sluice_collector_core::rollout::Plan {
+        name: "digits".into(),
+        version: 2,
+        devices: vec![DEVICE.into()],
+        stages: vec![100],
+        policy: Default::default(),
+    };
+    plan.policy.min_probation_items = 7;
+    store.create_rollout(&plan).unwrap();
 
-    assert_eq!(fetch(&*offers, &[], &path, 1 << 30), Ok(true));
+    // The whole bundle, and the probation its rollout asks for.
+    let offered = fetched(&*offers, &[], &path, 1 << 30).unwrap().unwrap();
+    assert_eq!(
+        offered.probation,
+        Some(sluice_protocol::operator::ProbationMinimum { items: 7, secs: 0 })
+    );
     assert!(std::fs::read(&path).unwrap() == bundle, "the bundle, whole");
     assert!(partials(&inbox).is_empty());
     std::fs::remove_file(&path).unwrap();

@@ -11,7 +11,8 @@
 //! `Location`; the download is bounded by `limit` bytes, declared or not.
 
 use super::redirect_of;
-use crate::uplink::Offers;
+use crate::uplink::{Offered, Offers};
+use sluice_protocol::operator::ProbationMinimum;
 use std::path::Path;
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ impl Offers for HttpOffers {
         &self.url
     }
 
-    fn fetch(&self, seen: &[String], path: &Path, limit: u64) -> Result<bool, String> {
+    fn fetch(&self, seen: &[String], path: &Path, limit: u64) -> Result<Option<Offered>, String> {
         self.runtime.block_on(fetch(
             &self.client,
             &self.url,
@@ -64,8 +65,8 @@ impl Offers for HttpOffers {
     }
 }
 
-/// Fetch the bundle offered at `url` into `path`: `Ok(true)` when one was
-/// written, `Ok(false)` when there is none or the device has it already
+/// Fetch the bundle offered at `url` into `path`: `Ok(Some(_))` when one
+/// was written, `Ok(None)` when there is none or the device has it already
 /// (`204`, `304`: `seen`, the SHA-256s it handled, go in `If-None-Match`).
 async fn fetch(
     client: &reqwest::Client,
@@ -74,7 +75,7 @@ async fn fetch(
     seen: &[String],
     path: &Path,
     limit: u64,
-) -> Result<bool, String> {
+) -> Result<Option<Offered>, String> {
     let mut response = client
         .get(url)
         .headers(super::bearer(token))
@@ -89,12 +90,19 @@ async fn fetch(
     }
     match response.status().as_u16() {
         200 => {}
-        204 | 304 => return Ok(false),
+        204 | 304 => return Ok(None),
         status => return Err(format!("answered {status}")),
     }
     if response.content_length().is_some_and(|n| n > limit) {
         return Err(format!("offered a bundle over {limit} bytes"));
     }
+    let offered = Offered {
+        probation: response
+            .headers()
+            .get(sluice_protocol::operator::PROBATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ProbationMinimum::parse),
+    };
     let mut file = std::fs::File::create(path)
         .map_err(|e| format!("cannot keep it at {}: {e}", path.display()))?;
     let mut written = 0u64;
@@ -106,7 +114,7 @@ async fn fetch(
         std::io::Write::write_all(&mut file, &chunk)
             .map_err(|e| format!("cannot keep it at {}: {e}", path.display()))?;
     }
-    Ok(true)
+    Ok(Some(offered))
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@
 //! At most one partial download is kept.
 
 use super::{Answer, Link};
-use crate::uplink::Offers;
 use crate::uplink::UplinkError;
+use crate::uplink::{Offered, Offers};
 use sluice_mqtt::rumqttc::v5::mqttbytes::QoS;
 use sluice_protocol::mqtt;
+use sluice_protocol::operator::ProbationMinimum;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +111,7 @@ impl Offers for MqttOffers {
         &self.topic
     }
 
-    fn fetch(&self, seen: &[String], path: &Path, limit: u64) -> Result<bool, String> {
+    fn fetch(&self, seen: &[String], path: &Path, limit: u64) -> Result<Option<Offered>, String> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut partial = partial_in(dir);
         // A collector that keeps changing its offer mid-download (or lies)
@@ -141,7 +142,7 @@ impl Offers for MqttOffers {
                     if let Some((_, file)) = partial.take() {
                         let _ = std::fs::remove_file(file);
                     }
-                    return Ok(false);
+                    return Ok(None);
                 }
                 // Asked for more than there is: the offer changed under a
                 // kept download. Start again.
@@ -202,7 +203,11 @@ impl Offers for MqttOffers {
             }
             std::fs::rename(&file, path)
                 .map_err(|e| format!("cannot keep it at {}: {e}", path.display()))?;
-            return Ok(true);
+            return Ok(Some(Offered {
+                probation: answer
+                    .property(mqtt::PROBATION)
+                    .and_then(ProbationMinimum::parse),
+            }));
         }
     }
 }
