@@ -1,7 +1,7 @@
 //! `/v1/bundles`: upload (checked against the fleet's pinned keys), list,
 //! inspect and download.
 
-use super::{Call, Remote, blocking, json};
+use super::{Call, Remote, blocking, json, read};
 use crate::operator::operator;
 use crate::shared::{Shared, error};
 use crate::store::BundleError;
@@ -90,12 +90,9 @@ pub(super) async fn upload(
 }
 
 pub(super) async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(response) = operator(&shared, &headers) {
-        return response;
-    }
-    blocking(move || match shared.store.bundles() {
-        Ok(bundles) => json(StatusCode::OK, &BundleList { bundles }),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    read(shared, &headers, |shared| {
+        let bundles = shared.store.bundles().map_err(super::failed)?;
+        Ok(BundleList { bundles })
     })
     .await
 }
@@ -107,36 +104,38 @@ pub(super) async fn show(
     headers: HeaderMap,
     Path((name, version)): Path<(String, u64)>,
 ) -> Response {
-    if let Err(response) = operator(&shared, &headers) {
-        return response;
-    }
+    let missing = move |name: &str| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no bundle `{name}` version {version}"),
+        )
+    };
     let file = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/octet-stream"));
-    blocking(move || {
-        let found = if file {
-            shared.store.bundle(&name, version).map(|b| {
-                b.map(|(_, body)| {
-                    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
-                })
-            })
-        } else {
-            // The facts alone: the file may be hundreds of MiB.
-            shared.store.bundles().map(|all| {
-                all.into_iter()
-                    .find(|b| b.name == name && b.version == version)
-                    .map(|info| json(StatusCode::OK, &info))
-            })
-        };
-        match found {
-            Ok(Some(answer)) => answer,
-            Ok(None) => error(
-                StatusCode::NOT_FOUND,
-                format!("no bundle `{name}` version {version}"),
-            ),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    if !file {
+        // The facts alone: the file may be hundreds of MiB.
+        return read(shared, &headers, move |shared| {
+            let all = shared.store.bundles().map_err(super::failed)?;
+            all.into_iter()
+                .find(|b| b.name == name && b.version == version)
+                .ok_or_else(|| missing(&name))
+        })
+        .await;
+    }
+    if let Err(response) = operator(&shared, &headers) {
+        return response;
+    }
+    blocking(move || match shared.store.bundle(&name, version) {
+        Ok(Some((_, body))) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
         }
+        Ok(None) => {
+            let (status, why) = missing(&name);
+            error(status, why)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     })
     .await
 }

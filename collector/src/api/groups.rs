@@ -1,9 +1,8 @@
 //! `/v1/groups`: named sets of devices (a device may be in several, so a
 //! group is also a tag), to roll out to.
 
-use super::{Call, Remote, blocking, json, known_devices};
-use crate::operator::operator;
-use crate::shared::{Shared, error};
+use super::{Call, Remote, blocking, json, known_devices, read};
+use crate::shared::Shared;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -14,12 +13,9 @@ use std::sync::Arc;
 pub const MAX_GROUP_DEVICES: usize = 100_000;
 
 pub(super) async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(response) = operator(&shared, &headers) {
-        return response;
-    }
-    blocking(move || match shared.store.groups(None) {
-        Ok(groups) => json(StatusCode::OK, &GroupList { groups }),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    read(shared, &headers, |shared| {
+        let groups = shared.store.groups(None).map_err(super::failed)?;
+        Ok(GroupList { groups })
     })
     .await
 }
@@ -29,15 +25,11 @@ pub(super) async fn show(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(response) = operator(&shared, &headers) {
-        return response;
-    }
-    blocking(move || match shared.store.groups(Some(&name)) {
-        Ok(mut groups) => match groups.pop() {
-            Some(group) => json(StatusCode::OK, &group),
-            None => error(StatusCode::NOT_FOUND, format!("no group `{name}`")),
-        },
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    read(shared, &headers, move |shared| {
+        let mut groups = shared.store.groups(Some(&name)).map_err(super::failed)?;
+        groups
+            .pop()
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no group `{name}`")))
     })
     .await
 }

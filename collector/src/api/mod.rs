@@ -129,6 +129,23 @@ fn failed(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// Answer a read (any role): `f` on a blocking thread, its value as JSON,
+/// or the error it names.
+async fn read<T: serde::Serialize>(
+    shared: Arc<Shared>,
+    headers: &HeaderMap,
+    f: impl FnOnce(&Shared) -> Result<T, (StatusCode, String)> + Send + 'static,
+) -> Response {
+    if let Err(response) = operator(&shared, headers) {
+        return response;
+    }
+    blocking(move || match f(&shared) {
+        Ok(value) => json(StatusCode::OK, &value),
+        Err((status, why)) => error(status, why),
+    })
+    .await
+}
+
 /// Run `f` on a blocking thread (the store fsyncs).
 async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
@@ -171,15 +188,12 @@ async fn audit(
     headers: HeaderMap,
     Query(query): Query<AuditQuery>,
 ) -> Response {
-    if let Err(response) = operator(&shared, &headers) {
-        return response;
-    }
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
-    blocking(
-        move || match shared.store.audit_page(query.after.unwrap_or(0), limit) {
-            Ok(page) => json(StatusCode::OK, &page),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-    )
+    read(shared, &headers, move |shared| {
+        shared
+            .store
+            .audit_page(query.after.unwrap_or(0), limit)
+            .map_err(failed)
+    })
     .await
 }

@@ -1,8 +1,7 @@
 //! `/v1/rollouts`: start a staged rollout of an uploaded bundle to a group
 //! or a list of devices, with a policy; pause, resume, abort; status.
 
-use super::{Call, Remote, blocking, json, known_devices};
-use crate::operator::operator;
+use super::{Call, Remote, blocking, json, known_devices, read};
 use crate::rollout::{Plan, RolloutError};
 use crate::shared::{Shared, error};
 use crate::store::RolloutActionError;
@@ -13,12 +12,9 @@ use sluice_protocol::operator::{ROLLOUT_ACTIONS, RolloutList, RolloutRequest};
 use std::sync::Arc;
 
 pub(super) async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(response) = operator(&shared, &headers) {
-        return response;
-    }
-    blocking(move || match shared.store.rollouts() {
-        Ok(rollouts) => json(StatusCode::OK, &RolloutList { rollouts }),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    read(shared, &headers, |shared| {
+        let rollouts = shared.store.rollouts().map_err(super::failed)?;
+        Ok(RolloutList { rollouts })
     })
     .await
 }
@@ -28,13 +24,12 @@ pub(super) async fn show(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    if let Err(response) = operator(&shared, &headers) {
-        return response;
-    }
-    blocking(move || match shared.store.rollout(id) {
-        Ok(Some(rollout)) => json(StatusCode::OK, &rollout),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    read(shared, &headers, move |shared| {
+        shared
+            .store
+            .rollout(id)
+            .map_err(super::failed)?
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no rollout {id}")))
     })
     .await
 }

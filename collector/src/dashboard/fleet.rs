@@ -3,7 +3,7 @@
 //! the worst first, a page at a time; then rollouts and recent changes.
 
 use super::filter::{Filter, PAGE_SIZE, rank};
-use super::page::{FOOT, age, badge, esc, head, state_name, utc};
+use super::page::{FOOT, age, badge, device_link, esc, head, state_name, utc};
 use super::summary;
 use crate::rollout::Rollout;
 use sluice_protocol::operator::{AuditEntry, Group};
@@ -26,11 +26,6 @@ pub struct FleetPage<'a> {
     pub audit: &'a [AuditEntry],
     /// What to show.
     pub filter: &'a Filter,
-}
-
-pub(super) fn device_link(device: &str) -> String {
-    // Names are URL-safe by `check_name`; escaped for the attribute anyway.
-    format!("<a href=\"/dashboard/devices/{0}\">{0}</a>", esc(device))
 }
 
 fn backlog_cells(d: &FleetSummary) -> String {

@@ -65,6 +65,12 @@ pub fn denied(why: &str) -> String {
     )
 }
 
+/// A link to `device`'s page.
+pub(super) fn device_link(device: &str) -> String {
+    // Names are URL-safe by `check_name`; escaped for the attribute anyway.
+    format!("<a href=\"/dashboard/devices/{0}\">{0}</a>", esc(device))
+}
+
 pub(super) fn state_name(state: DeviceState) -> &'static str {
     match state {
         DeviceState::Ok => "ok",

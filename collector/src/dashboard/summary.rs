@@ -3,7 +3,7 @@
 //! rollouts and recent changes (the audit trail).
 
 use super::filter::{Filter, failing};
-use super::page::{age, esc, state_name, utc};
+use super::page::{age, device_link, esc, state_name, utc};
 use crate::rollout::{Rollout, RolloutState};
 use sluice_protocol::operator::AuditEntry;
 use sluice_protocol::{DeviceState, FleetSummary, FleetView};
@@ -116,7 +116,7 @@ pub(super) fn summary(view: &FleetView, rollouts: &[Rollout]) -> String {
         let names: Vec<String> = devices
             .iter()
             .take(NAMED)
-            .map(|d| super::fleet::device_link(&d.device))
+            .map(|d| device_link(&d.device))
             .collect();
         let more = devices.len().saturating_sub(NAMED);
         let _ = write!(

@@ -5,8 +5,9 @@
 //! the previous version, and read the audit trail of all of it, with real
 //! agents and the real `sluice-collector` binary.
 
-use super::harness::{accept, bundle_of, tolerant_device_and_strict_v2, upscaled, write_config};
-use sluice_agent::config::Config;
+use super::harness::{
+    accept, bundle_of, rollout_device, tolerant_device_and_strict_v2, upscaled, write_config,
+};
 use sluice_bundle::keys::SecretKey;
 use std::path::Path;
 use std::process::Command;
@@ -90,20 +91,10 @@ fn an_operator_uploads_groups_rolls_out_watches_it_halt_reverts_and_reads_the_au
     let agents: Vec<sluice_agent::agent::Agent> = DEVICES
         .iter()
         .map(|d| {
-            let mut config = Config::load(&write_config(dir, d, &base)).unwrap();
-            config.device.id = (*d).into();
-            config.device.data_dir = dir.join(d);
-            config.runtime.cache_dir = Some(crate::common::shared_cache_dir());
-            config.sync.url = Some(url.clone());
-            config.sync.token = Some(format!("{d}-secret"));
-            config.sync.interval_ms = 50;
-            config.bundles.trusted_keys = vec![key.public().to_text()];
-            config.bundles.from_collector = true;
-            config.bundles.collector_poll_secs = 1;
-            config.bundles.poll_ms = 20;
-            config.bundles.probation_secs = 1;
-            config.bundles.probation_min_items = 5;
-            sluice_agent::agent::Agent::start(config).unwrap()
+            rollout_device(dir, d, &base, &key, |config| {
+                config.sync.url = Some(url.clone());
+                config.sync.token = Some(format!("{d}-secret"));
+            })
         })
         .collect();
     let small = crate::common::digit_pngs();

@@ -94,6 +94,31 @@ pub(crate) fn device(
     sluice_agent::agent::Agent::start(config).unwrap()
 }
 
+/// Device `id` of a rollout: the digits pipeline of `base`, trusting
+/// `key`, asking its collector for bundles every second, on a short
+/// probation (1 s, 5 items); `sync` says how it reaches the collector.
+pub(crate) fn rollout_device(
+    dir: &Path,
+    id: &str,
+    base: &toml::Table,
+    key: &SecretKey,
+    sync: impl FnOnce(&mut Config),
+) -> sluice_agent::agent::Agent {
+    let mut config = Config::load(&write_config(dir, id, base)).unwrap();
+    config.device.id = id.into();
+    config.device.data_dir = dir.join(id);
+    config.runtime.cache_dir = Some(crate::common::shared_cache_dir());
+    sync(&mut config);
+    config.sync.interval_ms = 50;
+    config.bundles.trusted_keys = vec![key.public().to_text()];
+    config.bundles.from_collector = true;
+    config.bundles.collector_poll_secs = 1;
+    config.bundles.poll_ms = 20;
+    config.bundles.probation_secs = 1;
+    config.bundles.probation_min_items = 5;
+    sluice_agent::agent::Agent::start(config).unwrap()
+}
+
 pub(crate) fn accept(agent: &sluice_agent::agent::Agent, images: &[Vec<u8>]) {
     let inputs: Vec<NewInput> = images
         .iter()

@@ -4,7 +4,7 @@
 //! rolled back.
 
 use super::harness::{
-    accept, bundle_of, device, drop_into, example_table, installs, of_kind,
+    accept, bundle_of, device, drop_into, example_table, installs, of_kind, rollout_device,
     tolerant_device_and_strict_v2, upscaled, wait_until, write_config,
 };
 use sluice_agent::config::Config;
@@ -93,21 +93,7 @@ fn staged_rollout(dir: &Path, db: &Path, collector: &str, sync: impl Fn(&mut Con
     let (base, v2) = tolerant_device_and_strict_v2(dir, &key);
     let agents: Vec<sluice_agent::agent::Agent> = DEVICES
         .iter()
-        .map(|d| {
-            let mut config = Config::load(&write_config(dir, d, &base)).unwrap();
-            config.device.id = (*d).into();
-            config.device.data_dir = dir.join(d);
-            config.runtime.cache_dir = Some(crate::common::shared_cache_dir());
-            sync(&mut config, d);
-            config.sync.interval_ms = 50;
-            config.bundles.trusted_keys = vec![key.public().to_text()];
-            config.bundles.from_collector = true;
-            config.bundles.collector_poll_secs = 1;
-            config.bundles.poll_ms = 20;
-            config.bundles.probation_secs = 1;
-            config.bundles.probation_min_items = 5;
-            sluice_agent::agent::Agent::start(config).unwrap()
-        })
+        .map(|d| rollout_device(dir, d, &base, &key, |config| sync(config, d)))
         .collect();
 
     // Stages of 25, 50 and 100 % of the four: r1, then r1 and r2, then all.
