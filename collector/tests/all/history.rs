@@ -95,6 +95,19 @@ pub fn history(c: &Running) {
         .unwrap()
         .text()
         .unwrap();
+    // The Prometheus text format passes promtool with these families filled.
+    let plain = client()
+        .get(format!("{}/metrics", c.url()))
+        .bearer_auth(OPERATOR)
+        .header("accept", "text/plain;version=0.0.4")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    match sluice_testkit::promtool_check_metrics(&plain) {
+        Ok(checked) => checked.unwrap(),
+        Err(missing) => eprintln!("\n*** SKIPPED the promtool check: {missing} ***\n"),
+    }
     for line in [
         "sluice_collector_device_error_ratio{device=\"a\"} 0.2",
         "sluice_collector_device_install_steps{device=\"a\",outcome=\"refused\"} 1",
