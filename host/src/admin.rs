@@ -3,11 +3,13 @@
 //! when only that is asked for), `/healthz` (the process serves),
 //! `/readyz` (`200 {"ready": true}`, or `503` with `"problems"`: pipelines
 //! down, models or plugins that did not start, an outbox that cannot be
-//! written, a backlog at its bound) and `/v1/status` (the outbox, as JSON),
-//! whatever the inputs come from: a folder-only agent is monitored like
-//! any other. The HTTP ingest endpoint serves the same routes ([`routes`]).
+//! written, a backlog at its bound), `/v1/status` (the outbox, as JSON) and
+//! `/v1/results?after=POS` (results kept on the device for its own
+//! consumers, in completion order, synced upstream or not), whatever the
+//! inputs come from: a folder-only agent is monitored like any other. The
+//! HTTP ingest endpoint serves the same routes ([`routes`]).
 //!
-//! Invariants: `/metrics` and `/v1/status` need the token when one is set
+//! Invariants: `/metrics`, `/v1/status` and `/v1/results` need the token when one is set
 //! (checked from the headers, in constant time); the endpoint reads, never
 //! writes; connections and request heads are bounded ([`sluice_serve`]);
 //! scraping reads SQLite off the async workers.
@@ -15,7 +17,7 @@
 use crate::config::AdminConfig;
 use crate::ingest::{IngestError, Running, SHUTDOWN_GRACE, Sink};
 use crate::outbox::Outbox;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_protocol::{ErrorBody, paths};
@@ -42,6 +44,7 @@ pub(crate) fn routes(sink: Arc<Sink>, token: Option<String>, key: &'static str) 
         .route(paths::agent::READYZ, axum::routing::get(get_ready))
         .route(paths::METRICS, axum::routing::get(get_metrics))
         .route(paths::agent::STATUS, axum::routing::get(get_status))
+        .route(paths::agent::RESULTS, axum::routing::get(get_results))
         .with_state(Arc::new(Admin {
             sink,
             authorization: token.map(|t| format!("Bearer {t}")),
@@ -144,4 +147,57 @@ async fn get_status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Resp
         Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct ResultsQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// Results kept on the device after `after`, oldest first.
+async fn get_results(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Query(query): Query<ResultsQuery>,
+) -> Response {
+    use sluice_protocol::local::{LocalResult, LocalResults, MAX_LOCAL_PAGE};
+    if let Some(refused) = unauthorized(admin.authorization.as_deref(), &headers, admin.key) {
+        return refused;
+    }
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_LOCAL_PAGE);
+    let outbox: Arc<Outbox> = admin.sink.outbox.clone();
+    let page = match tokio::task::spawn_blocking(move || outbox.local_after(after, limit)).await {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let missed = page
+        .first
+        .is_some_and(|first| first > after.saturating_add(1))
+        && page.last.is_some_and(|last| last > after);
+    let next = page.items.last().map_or(after, |(pos, _)| *pos);
+    let results = page
+        .items
+        .into_iter()
+        .filter_map(|(pos, body)| {
+            let record = String::from_utf8(body)
+                .ok()
+                .and_then(|text| serde_json::value::RawValue::from_string(text).ok());
+            if record.is_none() {
+                tracing::warn!(pos, "a result kept for local readers is not JSON; skipped");
+            }
+            Some(LocalResult {
+                pos,
+                record: record?,
+            })
+        })
+        .collect();
+    axum::Json(LocalResults {
+        results,
+        next,
+        missed,
+    })
+    .into_response()
 }

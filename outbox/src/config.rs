@@ -28,6 +28,13 @@ pub struct OutboxConfig {
     /// and given back when an upload's acknowledgement finds the disk full,
     /// so that uploads can always free space; 0: none.
     pub disk_reserve_bytes: u64,
+    /// Most bytes of results kept for the device's own readers (the
+    /// agent's `GET /v1/results`), whether or not they were synced; past
+    /// it the oldest go. 0: none are kept.
+    pub local_max_bytes: u64,
+    /// Results kept for local readers are deleted after this long; 0: only
+    /// `local_max_bytes` applies.
+    pub local_max_age_secs: u64,
 }
 
 impl Default for OutboxConfig {
@@ -38,6 +45,8 @@ impl Default for OutboxConfig {
             when_full: FullPolicy::default(),
             max_set_aside_bytes: 16 << 20,
             disk_reserve_bytes: 4 << 20,
+            local_max_bytes: 16 << 20,
+            local_max_age_secs: 3600,
         }
     }
 }

@@ -151,6 +151,11 @@ impl Outbox {
             let freed = journal::retire(tx, journal_seqs)?;
             sizes.journal_bytes = sizes.journal_bytes.saturating_sub(freed);
             let report = store(tx, sizes, &self.config, records)?;
+            // The worker's results (not drift windows or install reports,
+            // which come through `append`) are kept for local readers too.
+            if !journal_seqs.is_empty() {
+                super::local::keep(tx, &self.config, records)?;
+            }
             for (counter, n) in report.counts() {
                 bump(tx, counter, n)?;
             }

@@ -98,3 +98,84 @@ fn a_record_reads_back_from_its_commit_until_its_acknowledgement() {
     outbox.ack_batch(batch.id).unwrap();
     assert_eq!(outbox.record(&id).unwrap(), None, "gone once acknowledged");
 }
+
+/// Complete `n` inputs of `outbox` as results `r-<tag>-<i>` of
+/// `body_len` bytes each, one commit each.
+fn complete_n(outbox: &Outbox, tag: &str, n: usize, body_len: usize) {
+    for i in 0..n {
+        let seq = outbox.accept(&input(3)).unwrap();
+        let record = NewRecord {
+            id: format!("r-{tag}-{i}"),
+            body: vec![b'x'; body_len],
+        };
+        outbox.complete(&[seq], &[record]).unwrap();
+    }
+}
+
+#[test]
+fn results_are_kept_for_local_readers_in_completion_order_past_their_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    complete_n(&outbox, "a", 5, 10);
+    // Acknowledged upstream: gone from the upload queue, still kept here.
+    while let Some(batch) = outbox.next_batch(10, 1 << 20).unwrap() {
+        outbox.ack_batch(batch.id).unwrap();
+    }
+    assert_eq!(outbox.pending().0, 0);
+    let page = outbox.local_after(0, 3).unwrap();
+    assert_eq!(page.items.len(), 3);
+    let positions: Vec<i64> = page.items.iter().map(|(p, _)| *p).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    let rest = outbox.local_after(positions[2], 100).unwrap();
+    assert_eq!(rest.items.len(), 2, "the cursor continues where it was");
+    assert_eq!(rest.first, Some(positions[0]));
+    // Drift windows and install reports (appended, not completed) are not
+    // results for local readers; a commit retried with the same id is kept once.
+    outbox
+        .append(vec![NewRecord {
+            id: "drift-1".into(),
+            body: b"{}".to_vec(),
+        }])
+        .unwrap();
+    let seq = outbox.accept(&input(3)).unwrap();
+    let again = NewRecord {
+        id: "r-a-0".into(),
+        body: vec![b'x'; 10],
+    };
+    outbox.complete(&[seq], &[again]).unwrap();
+    assert_eq!(outbox.local_after(0, 100).unwrap().items.len(), 5);
+    // Kept across a reopen, positions never repeat.
+    drop(outbox);
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    complete_n(&outbox, "b", 1, 10);
+    let all = outbox.local_after(0, 100).unwrap();
+    assert_eq!(all.items.len(), 6);
+    assert!(all.items[5].0 > positions[2]);
+}
+
+#[test]
+fn kept_results_are_bounded_by_bytes_oldest_first_and_none_when_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        local_max_bytes: 1000,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(dir.path(), config).unwrap();
+    // Each record is 7 bytes of id and 300 of body: three fit in 1000.
+    complete_n(&outbox, "a", 10, 300);
+    let page = outbox.local_after(0, 100).unwrap();
+    assert_eq!(page.items.len(), 3, "{page:?}");
+    assert_eq!(page.items[0].0, page.first.unwrap());
+    assert_eq!(page.items[2].0, page.last.unwrap());
+    // Upstream keeps all ten.
+    assert_eq!(outbox.pending().0, 10);
+
+    let dir = tempfile::tempdir().unwrap();
+    let off = OutboxConfig {
+        local_max_bytes: 0,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(dir.path(), off).unwrap();
+    complete_n(&outbox, "a", 3, 10);
+    assert!(outbox.local_after(0, 100).unwrap().items.is_empty());
+}

@@ -35,6 +35,7 @@ mod batches;
 mod cursor;
 mod fleet;
 pub mod keys;
+pub mod local;
 pub mod mqtt;
 mod names;
 pub mod operator;

@@ -108,6 +108,9 @@ pub mod agent {
     pub const READYZ: &str = "/readyz";
     /// `GET`: the device's outbox and pipelines, as JSON.
     pub const STATUS: &str = "/v1/status";
+    /// `GET ?after=POS&limit=N`: results kept on the device, in completion
+    /// order ([`LocalResults`](crate::local::LocalResults)).
+    pub const RESULTS: &str = "/v1/results";
     /// `POST` an input for pipeline `{pipeline}`: `202` with its id once it
     /// is durably accepted. [`ingest`] fills the pipeline in.
     pub const INGEST: &str = "/v1/ingest/{pipeline}";

@@ -160,18 +160,25 @@ pub fn outbox_config() -> impl Strategy<Value = OutboxConfig> {
         prop_oneof![Just(800u64), Just(2500), Just(1 << 20)],
         prop_oneof![Just(FullPolicy::DropOldest), Just(FullPolicy::RejectNew)],
         prop_oneof![Just(300u64), Just(1 << 20)],
+        prop_oneof![Just(0u64), Just(600), Just(1 << 20)],
     )
-        .prop_map(|(max_bytes, when_full, max_set_aside_bytes)| OutboxConfig {
-            max_bytes,
-            when_full,
-            max_set_aside_bytes,
-            // Expiry only when a test says so (`ExpireAll` passes a time
-            // past the limit); a reopen's expiry finds nothing that old.
-            max_age_secs: 3600,
-            // No reserve file: the full disk here is a page cap, which the
-            // reserve cannot relieve, and a 4 MiB file per case is slow.
-            disk_reserve_bytes: 0,
-        })
+        .prop_map(
+            |(max_bytes, when_full, max_set_aside_bytes, local_max_bytes)| OutboxConfig {
+                max_bytes,
+                when_full,
+                max_set_aside_bytes,
+                // Expiry only when a test says so (`ExpireAll` passes a time
+                // past the limit); a reopen's expiry finds nothing that old.
+                max_age_secs: 3600,
+                // No reserve file: the full disk here is a page cap, which the
+                // reserve cannot relieve, and a 4 MiB file per case is slow.
+                disk_reserve_bytes: 0,
+                // Copies kept for local readers change nothing of the upload
+                // queue the model checks, whatever their bound.
+                local_max_bytes,
+                local_max_age_secs: 3600,
+            },
+        )
 }
 
 /// A record's document: the sequence number, padding or an error.

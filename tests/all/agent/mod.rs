@@ -11,6 +11,7 @@ mod folder;
 mod health;
 mod ingest;
 mod resources;
+mod results;
 
 pub(crate) use harness::{
     Agent, DEVICE, check_recovered, collector, images, ingest, install_state, stored, wait_until,
