@@ -13,7 +13,7 @@
 //!   that asks after a position older than what is kept is told what it
 //!   missed ([`LocalPage::first`]).
 
-use super::{NewRecord, Outbox, OutboxConfig, OutboxError};
+use super::{Outbox, OutboxConfig, OutboxError};
 use rusqlite::{OptionalExtension, Transaction, params};
 use sluice_types::now_ms;
 
@@ -42,14 +42,15 @@ pub struct LocalPage {
     pub last: Option<i64>,
 }
 
-/// Keep copies of `records`, then apply the bounds. In the caller's
-/// transaction.
-pub(super) fn keep(
+/// Keep copies of `records` (`(id, body)`), then apply the bounds. In the
+/// caller's transaction. (Plain pairs, not the records module's type: it
+/// calls this, and the two stay out of each other's way.)
+pub(super) fn keep<'a>(
     tx: &Transaction,
     config: &OutboxConfig,
-    records: &[NewRecord],
+    records: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> rusqlite::Result<()> {
-    if config.local_max_bytes == 0 || records.is_empty() {
+    if config.local_max_bytes == 0 {
         return Ok(());
     }
     let now = now_ms();
@@ -65,11 +66,11 @@ pub(super) fn keep(
     let mut insert = tx.prepare_cached(
         "INSERT INTO local(id, created_at_ms, bytes, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO NOTHING",
     )?;
-    for record in records {
-        let size = record.size();
+    for (id, body) in records {
+        let size = (id.len() + body.len()) as u64;
         // One larger than the whole bound would only push everything out.
         if size <= config.local_max_bytes
-            && insert.execute(params![record.id, now, size as i64, record.body])? == 1
+            && insert.execute(params![id, now, size as i64, body])? == 1
         {
             bytes += size;
         }

@@ -153,8 +153,9 @@ impl Outbox {
             let report = store(tx, sizes, &self.config, records)?;
             // The worker's results (not drift windows or install reports,
             // which come through `append`) are kept for local readers too.
-            if !journal_seqs.is_empty() {
-                super::local::keep(tx, &self.config, records)?;
+            if !journal_seqs.is_empty() && !records.is_empty() {
+                let pairs = records.iter().map(|r| (r.id.as_str(), r.body.as_slice()));
+                super::local::keep(tx, &self.config, pairs)?;
             }
             for (counter, n) in report.counts() {
                 bump(tx, counter, n)?;
