@@ -209,6 +209,7 @@ impl Agent {
                 wake: wake.clone(),
                 stored: stored.clone(),
                 metrics: metrics.clone(),
+                completions: agent.sink.completions.clone(),
                 working: {
                     let (sink, name) = (agent.sink.clone(), name.clone());
                     Arc::new(move || sink.mark_up(&name))

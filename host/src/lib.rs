@@ -41,6 +41,7 @@
 mod admin;
 pub mod agent;
 pub mod bundle;
+pub mod completions;
 pub use sluice_plugin::bundled;
 pub mod config;
 #[cfg(test)]

@@ -72,6 +72,8 @@ pub struct Worker {
     pub stored: Arc<Wake>,
     /// Where items and stage times are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Told of every committed group: synchronous calls wait there.
+    pub completions: Arc<crate::completions::Completions>,
     /// Called when a worker (started or started again after it died) shows
     /// that it works: it ran a group, or found nothing to do.
     pub working: Arc<dyn Fn() + Send + Sync>,
@@ -464,6 +466,7 @@ impl Worker {
                         self.metrics
                             .stage(name, "outbox_commit", started.elapsed(), n);
                         failures = 0;
+                        self.completions.done(&done.records);
                         self.stored.wake();
                         break;
                     }

@@ -114,6 +114,14 @@ pub(super) fn keep<'a>(
 }
 
 impl Outbox {
+    /// The kept copy of result `id`, if it is kept.
+    pub fn local_record(&self, id: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+        self.read(|conn| {
+            conn.query_row("SELECT body FROM local WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+        })
+    }
+
     /// Kept results after position `after`, at most `limit`, oldest first.
     pub fn local_after(&self, after: i64, limit: u32) -> Result<LocalPage, OutboxError> {
         self.read(|conn| {

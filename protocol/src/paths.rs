@@ -119,4 +119,15 @@ pub mod agent {
     pub fn ingest(pipeline: &str) -> String {
         INGEST.replace("{pipeline}", pipeline)
     }
+
+    /// `POST` an input for pipeline `{pipeline}` and wait for its result:
+    /// `200` with the result record once it is committed (still synced
+    /// upstream like any other), `504` with the input's id past
+    /// `ingest.infer_timeout_ms`. [`infer`] fills the pipeline in.
+    pub const INFER: &str = "/v1/infer/{pipeline}";
+
+    /// [`INFER`] of `pipeline`.
+    pub fn infer(pipeline: &str) -> String {
+        INFER.replace("{pipeline}", pipeline)
+    }
 }

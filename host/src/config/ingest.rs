@@ -56,6 +56,13 @@ pub struct IngestConfig {
     pub idempotency_window_secs: u64,
     /// Most idempotency keys remembered (the oldest are forgotten first).
     pub idempotency_max_keys: u64,
+    /// How long `POST /v1/infer/{pipeline}` waits for its result; past it
+    /// `504` with the input's id (it is journaled: its result is still
+    /// made, stored and synced).
+    pub infer_timeout_ms: u64,
+    /// `POST /v1/infer` calls waiting for their result at once, at most
+    /// (besides `max_concurrent_requests` reading bodies); more get `503`.
+    pub max_waiting_calls: usize,
 }
 
 impl Default for IngestConfig {
@@ -77,6 +84,8 @@ impl Default for IngestConfig {
             max_pending_bytes: 256 << 20,
             idempotency_window_secs: 24 * 3600,
             idempotency_max_keys: 100_000,
+            infer_timeout_ms: 10_000,
+            max_waiting_calls: 64,
         }
     }
 }

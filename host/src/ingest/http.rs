@@ -14,6 +14,8 @@
 //! A client that did not get its answer (the agent was killed mid-request,
 //! the connection dropped) retries with the same `Idempotency-Key`: it gets
 //! the same id, `"replayed": true`, and no second result is made.
+//! * `POST /v1/infer/{pipeline}`: the same, then waits for the result and
+//!   answers it ([`super::infer`]).
 //! * the admin endpoint's routes ([`crate::admin`]): `/metrics`,
 //!   `/healthz`, `/readyz`, `/v1/status`, guarded by the ingest token.
 //!
@@ -31,6 +33,10 @@
 //! * back-pressure is checked before the body is read into the journal, and
 //!   the commit (an fsync) runs on a blocking thread, never on an async
 //!   worker.
+
+// The steps of a handler fail with the answer to send (a `Response`, 128
+// bytes): once per request, not worth boxing.
+#![allow(clippy::result_large_err)]
 
 use super::{Context, Incoming, IngestError, Running, SHUTDOWN_GRACE, Sink, Source};
 use crate::admin::json_error;
@@ -56,6 +62,8 @@ pub struct HttpSource {
     token: Option<String>,
     max_concurrent_requests: usize,
     body_timeout: Duration,
+    infer_timeout: Duration,
+    max_waiting_calls: usize,
     serve: ServeLimits,
 }
 
@@ -89,6 +97,8 @@ impl HttpSource {
             token,
             max_concurrent_requests: config.max_concurrent_requests,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
+            infer_timeout: Duration::from_millis(config.infer_timeout_ms),
+            max_waiting_calls: config.max_waiting_calls,
             serve: ServeLimits {
                 max_connections: config.max_connections,
                 header_read_timeout: Duration::from_millis(config.header_timeout_ms),
@@ -99,19 +109,23 @@ impl HttpSource {
     }
 }
 
-struct Shared {
-    sink: Arc<Sink>,
+pub(super) struct Shared {
+    pub(super) sink: Arc<Sink>,
     /// `Bearer <token>`, if one is required.
     authorization: Option<String>,
     /// One permit per request reading or storing its body.
     requests: Arc<Semaphore>,
     max_concurrent_requests: usize,
     body_timeout: Duration,
+    /// One permit per synchronous call waiting for its result.
+    pub(super) calls: Arc<Semaphore>,
+    pub(super) max_waiting_calls: usize,
+    pub(super) infer_timeout: Duration,
 }
 
 impl Shared {
     /// The refusal of a request without the right token, if one is required.
-    fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
+    pub(super) fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
         crate::admin::unauthorized(self.authorization.as_deref(), headers, "ingest.token")
     }
 }
@@ -131,12 +145,19 @@ impl Source for HttpSource {
         let admin = crate::admin::routes(sink.clone(), self.token.clone(), "ingest.token");
         let app = axum::Router::new()
             .route(paths::agent::INGEST, axum::routing::post(post_ingest))
+            .route(
+                paths::agent::INFER,
+                axum::routing::post(super::infer::post_infer),
+            )
             .with_state(Arc::new(Shared {
                 sink,
                 authorization: self.token.map(|t| format!("Bearer {t}")),
                 requests: Arc::new(Semaphore::new(self.max_concurrent_requests)),
                 max_concurrent_requests: self.max_concurrent_requests,
                 body_timeout: self.body_timeout,
+                calls: Arc::new(Semaphore::new(self.max_waiting_calls)),
+                max_waiting_calls: self.max_waiting_calls,
+                infer_timeout: self.infer_timeout,
             }))
             .merge(admin);
         Ok(Running::serve(
@@ -151,7 +172,7 @@ impl Source for HttpSource {
 }
 
 /// The answer for an input that was not accepted, counted by reason.
-fn refused(sink: &Sink, error: &IngestError) -> Response {
+pub(super) fn refused(sink: &Sink, error: &IngestError) -> Response {
     use StatusCode as S;
     let (status, retry_after, reason) = match error {
         IngestError::UnknownPipeline { .. } => (S::NOT_FOUND, None, "unknown_pipeline"),
@@ -182,17 +203,33 @@ async fn post_ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refused) = shared.unauthorized(&headers) {
-        return refused;
+    match receive(&shared, pipeline, peer, &headers, body).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Check, read and durably accept the input a request carries for
+/// `pipeline`: its acceptance, or the answer to send instead.
+pub(super) async fn receive(
+    shared: &Arc<Shared>,
+    pipeline: String,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<super::Accepted, Response> {
+    let refuse = |sink: &Sink, e: &IngestError| Err(refused(sink, e));
+    if let Some(denied) = shared.unauthorized(headers) {
+        return Err(denied);
     }
     let sink = &shared.sink;
-    let declared = sluice_serve::content_length(&headers);
+    let declared = sluice_serve::content_length(headers);
     let checked = sink
         .check_pipeline(&pipeline)
         .and_then(|()| sink.check_size(declared.unwrap_or(0)))
         .and_then(|()| sink.check_room(declared.unwrap_or(0)));
     if let Err(e) = checked {
-        return refused(sink, &e);
+        return refuse(sink, &e);
     }
     // Held until the answer: bodies in memory are bounded by the permits
     // times the size limit.
@@ -207,13 +244,13 @@ async fn post_ingest(
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+        return Err(response);
     };
     let limit = usize::try_from(sink.max_input_bytes()).unwrap_or(usize::MAX);
     let body = match sluice_serve::read_body(body, declared, limit, shared.body_timeout).await {
         Ok(body) => body,
         Err(BodyError::TooLarge { .. }) => {
-            return refused(
+            return refuse(
                 sink,
                 &IngestError::TooLarge {
                     bytes: declared.unwrap_or(limit as u64 + 1),
@@ -222,15 +259,15 @@ async fn post_ingest(
             );
         }
         Err(e @ BodyError::TimedOut { .. }) => {
-            return json_error(
+            return Err(json_error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("{e} (ingest.body_timeout_ms)"),
-            );
+            ));
         }
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return Err(json_error(StatusCode::BAD_REQUEST, e.to_string())),
     };
     if let Err(e) = sink.check_room(body.len() as u64) {
-        return refused(sink, &e);
+        return refuse(sink, &e);
     }
     let key = match headers
         .get(sluice_protocol::IDEMPOTENCY_KEY)
@@ -238,7 +275,7 @@ async fn post_ingest(
     {
         None => None,
         Some(Ok(key)) => Some(key.to_owned()),
-        Some(Err(_)) => return refused(sink, &IngestError::BadKey),
+        Some(Err(_)) => return refuse(sink, &IngestError::BadKey),
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -275,11 +312,11 @@ async fn post_ingest(
     })
     .await;
     match accepted {
-        Ok(Ok(accepted)) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
-        Ok(Err(e)) => refused(&answer_sink, &e),
-        Err(e) => json_error(
+        Ok(Ok(accepted)) => Ok(accepted),
+        Ok(Err(e)) => refuse(&answer_sink, &e),
+        Err(e) => Err(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("ingest task failed: {e}"),
-        ),
+        )),
     }
 }

@@ -19,6 +19,7 @@
 pub mod files;
 pub mod folder;
 pub mod http;
+pub mod infer;
 
 use crate::config::{Config, IngestConfig};
 use crate::outbox::{KeyedAccept, NewInput, Outbox, OutboxError};
@@ -128,6 +129,8 @@ pub struct Sink {
     /// What did not start (models, plugins), for readiness.
     startup_problems: Vec<String>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Synchronous calls waiting for their results (the workers tell).
+    pub(crate) completions: Arc<crate::completions::Completions>,
 }
 
 impl Sink {
@@ -149,6 +152,7 @@ impl Sink {
             down: Default::default(),
             startup_problems: Vec::new(),
             metrics,
+            completions: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ mod harness;
 mod crash;
 mod folder;
 mod health;
+mod infer;
 mod ingest;
 mod resources;
 mod results;
