@@ -80,6 +80,21 @@ pub enum KeyedAccept {
     Conflict,
 }
 
+/// How an input a message broker delivered is matched with what was
+/// accepted before (the agent's MQTT source): brokers deliver at least
+/// once, and redeliver what was not acknowledged when a client died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    /// Delivered at most once (MQTT QoS 0): nothing to match it with.
+    Once,
+    /// Delivered for the first time: accepted, and `key` remembered, so
+    /// that a redelivery of it is known.
+    First(&'a str),
+    /// Delivered again (the broker's redelivery, or a key the publisher
+    /// gave): accepted unless `key` was accepted with the same content.
+    Again(&'a str),
+}
+
 /// The digest an idempotency key is bound to: pipeline, type and bytes.
 fn input_digest(input: &NewInput) -> Vec<u8> {
     use sha2::{Digest, Sha256};
@@ -122,6 +137,63 @@ impl Outbox {
             )?;
             sizes.journal_bytes += input.data.len() as u64;
             Ok(KeyedAccept::New(seq))
+        })
+    }
+
+    /// Accept broker deliveries in one transaction (one fsync): each new
+    /// or the acceptance it repeats ([`Delivery`]), never
+    /// [`KeyedAccept::Conflict`] (a key that comes back with other content
+    /// names another message: the broker reuses packet ids).
+    /// An input with a refusal (`Some(reason)`: a payload over the limit)
+    /// is journaled without its data, as [`Outbox::accept_refused`] does.
+    pub fn accept_deliveries(
+        &self,
+        inputs: &[(&NewInput, Delivery<'_>, Option<&str>)],
+    ) -> Result<Vec<KeyedAccept>, OutboxError> {
+        self.write_intake(|tx, sizes| {
+            let mut known =
+                tx.prepare_cached("SELECT digest, seq FROM ingest_keys WHERE key = ?1")?;
+            let mut remember = tx.prepare_cached(
+                "INSERT INTO ingest_keys(key, digest, seq, accepted_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, seq = excluded.seq,
+                    accepted_at_ms = excluded.accepted_at_ms",
+            )?;
+            let mut out = Vec::with_capacity(inputs.len());
+            let mut insert = |input: &NewInput, refused: Option<&str>| -> rusqlite::Result<i64> {
+                let seq = insert_input(tx, input)?;
+                if let Some(reason) = refused {
+                    tx.execute(
+                        "UPDATE journal SET refused = ?1 WHERE seq = ?2",
+                        params![reason, seq],
+                    )?;
+                }
+                sizes.journal_bytes += input.data.len() as u64;
+                Ok(seq)
+            };
+            for (input, delivery, refused) in inputs {
+                let digest = input_digest(input);
+                let key = match delivery {
+                    Delivery::Once => {
+                        out.push(KeyedAccept::New(insert(input, *refused)?));
+                        continue;
+                    }
+                    Delivery::First(key) => key,
+                    Delivery::Again(key) => {
+                        let seen: Option<(Vec<u8>, i64)> = known
+                            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()?;
+                        if let Some((_, seq)) = seen.filter(|(d, _)| *d == digest) {
+                            out.push(KeyedAccept::Replayed(seq));
+                            continue;
+                        }
+                        key
+                    }
+                };
+                let seq = insert(input, *refused)?;
+                remember.execute(params![key, digest, seq, now_ms()])?;
+                out.push(KeyedAccept::New(seq));
+            }
+            Ok(out)
         })
     }
 

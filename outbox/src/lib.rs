@@ -110,7 +110,7 @@ mod set_aside;
 pub use batches::{Batch, Split};
 pub use config::{CACHE_BYTES, FullPolicy, OutboxConfig};
 pub use counters::{Backlog, Counter, Status, counter};
-pub use journal::{JournalItem, KeyedAccept, NewInput};
+pub use journal::{Delivery, JournalItem, KeyedAccept, NewInput};
 pub use local::LocalPage;
 pub use records::{AppendReport, NewRecord};
 pub use reserve::{free_bytes, volume_bytes};

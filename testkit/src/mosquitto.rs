@@ -22,6 +22,9 @@ pub struct Mosquitto {
     shipped: bool,
     /// Its listener is TLS ([`Mosquitto::shipped_tls`]).
     tls: bool,
+    /// Keeps sessions and queued messages across a graceful restart
+    /// ([`Mosquitto::persistent`]).
+    persistent: bool,
     child: Option<Child>,
 }
 
@@ -29,6 +32,16 @@ impl Mosquitto {
     /// Start a broker that lets anyone connect.
     pub fn start() -> Result<Mosquitto, Missing> {
         Mosquitto::with_users(&[])
+    }
+
+    /// Start an open broker that keeps sessions and the messages queued for
+    /// them across [`Mosquitto::restart_gracefully`], as a gateway's own
+    /// broker does.
+    pub fn persistent() -> Result<Mosquitto, Missing> {
+        let mut broker = Mosquitto::new(&[])?;
+        broker.persistent = true;
+        broker.write_config();
+        Ok(broker.started())
     }
 
     /// Start a broker that accepts only `users` (`(name, password)`), or
@@ -176,6 +189,7 @@ impl Mosquitto {
                 .collect(),
             shipped: false,
             tls: false,
+            persistent: false,
             child: None,
         })
     }
@@ -200,8 +214,15 @@ impl Mosquitto {
     }
 
     fn write_config(&self) {
+        let persistence = match self.persistent {
+            true => format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                self.dir.path().display()
+            ),
+            false => "persistence false\n".to_owned(),
+        };
         let mut config = format!(
-            "listener {} 127.0.0.1\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\nset_tcp_nodelay true\n{}",
+            "listener {} 127.0.0.1\n{persistence}max_inflight_messages 0\nmax_queued_messages 100000\nset_tcp_nodelay true\n{}",
             self.port,
             self.logging()
         );
@@ -246,6 +267,17 @@ impl Mosquitto {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stop it with SIGTERM (it saves what it persists) and start it again.
+    pub fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        self.restart();
     }
 
     /// Stop it if running, then start it again on the same port.

@@ -63,6 +63,60 @@ pub struct IngestConfig {
     /// `POST /v1/infer` calls waiting for their result at once, at most
     /// (besides `max_concurrent_requests` reading bodies); more get `503`.
     pub max_waiting_calls: usize,
+    /// `[ingest.mqtt]`: subscribe to a local broker.
+    pub mqtt: Option<MqttIngestConfig>,
+}
+
+/// The most topic filters `[ingest.mqtt]` takes.
+pub const MAX_MQTT_TOPICS: usize = 64;
+
+/// `[ingest.mqtt]`: inputs from a local MQTT 5 broker (sensors and
+/// cameras publish there), acknowledged to it only once journaled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttIngestConfig {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub url: String,
+    /// The client id, kept across restarts (the broker keeps its session
+    /// and what was not acknowledged under it); default `sluice-<device>-ingest`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Messages the broker may send before their acknowledgement (the MQTT
+    /// 5 receive maximum): what the agent holds at most.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    /// Credentials and TLS (`[ingest.mqtt.broker]`: `username`,
+    /// `password_file`, `ca_file`, `client_cert_file`, `client_key_file`).
+    #[serde(default)]
+    pub broker: sluice_mqtt::Broker,
+    /// What to subscribe to, and which pipeline each topic feeds.
+    pub topics: Vec<MqttTopic>,
+}
+
+fn default_max_inflight() -> u16 {
+    64
+}
+
+/// One subscription of `[ingest.mqtt]` (`[[ingest.mqtt.topics]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTopic {
+    /// A topic filter (`+` and `#` wildcards), e.g. `line-3/+/image`.
+    pub filter: String,
+    /// The pipeline its messages go to.
+    pub pipeline: String,
+    /// The subscription's QoS: 1 (default) or 2; 0 takes what the broker
+    /// sends at most once (a message lost in a crash is not sent again).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// The inputs' media type when a message does not give one (its MQTT 5
+    /// content type); default `application/octet-stream`.
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+fn default_qos() -> u8 {
+    1
 }
 
 impl Default for IngestConfig {
@@ -86,6 +140,7 @@ impl Default for IngestConfig {
             idempotency_max_keys: 100_000,
             infer_timeout_ms: 10_000,
             max_waiting_calls: 64,
+            mqtt: None,
         }
     }
 }

@@ -26,7 +26,7 @@ pub mod text;
 pub use admin::AdminConfig;
 pub use bundles::BundlesConfig;
 pub use device::{DeviceConfig, RuntimeConfig};
-pub use ingest::IngestConfig;
+pub use ingest::{IngestConfig, MAX_MQTT_TOPICS, MqttIngestConfig, MqttTopic};
 pub use models::{ModelConfig, PipelineConfig};
 pub use plugins::{DirGrant, Grants, PluginConfig, PluginSource, Pooling};
 pub use sync::{MqttAck, SyncConfig, Transport};
@@ -139,6 +139,20 @@ impl Config {
         }
         if let Some(file) = &mut self.ingest.token_file {
             resolve(file);
+        }
+        if let Some(mqtt) = &mut self.ingest.mqtt {
+            let broker = &mut mqtt.broker;
+            for file in [
+                &mut broker.password_file,
+                &mut broker.ca_file,
+                &mut broker.client_cert_file,
+                &mut broker.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(file);
+            }
         }
         if let Some(file) = &mut self.admin.token_file {
             resolve(file);
@@ -324,6 +338,37 @@ impl Config {
                 "ingest.folder_pipeline",
                 format!("names pipeline `{pipeline}`, which is not configured under [pipelines]"),
             );
+        }
+        if let Some(mqtt) = &self.ingest.mqtt {
+            if mqtt.topics.is_empty() || mqtt.topics.len() > MAX_MQTT_TOPICS {
+                return value(
+                    "ingest.mqtt.topics",
+                    format!(
+                        "give 1 to {MAX_MQTT_TOPICS} topics, not {}",
+                        mqtt.topics.len()
+                    ),
+                );
+            }
+            for (i, topic) in mqtt.topics.iter().enumerate() {
+                if !self.pipelines.contains_key(&topic.pipeline) {
+                    return value(
+                        &format!("ingest.mqtt.topics[{i}].pipeline"),
+                        format!(
+                            "names pipeline `{}`, which is not configured under [pipelines]",
+                            topic.pipeline
+                        ),
+                    );
+                }
+                if topic.qos > 2 || topic.filter.is_empty() {
+                    return value(
+                        &format!("ingest.mqtt.topics[{i}]"),
+                        "give a filter and a qos of 0, 1 or 2".into(),
+                    );
+                }
+            }
+            if mqtt.max_inflight == 0 {
+                return value("ingest.mqtt.max_inflight", "must be at least 1".into());
+            }
         }
         Ok(())
     }

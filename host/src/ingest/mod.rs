@@ -20,9 +20,10 @@ pub mod files;
 pub mod folder;
 pub mod http;
 pub mod infer;
+pub mod mqtt;
 
 use crate::config::{Config, IngestConfig};
-use crate::outbox::{KeyedAccept, NewInput, Outbox, OutboxError};
+use crate::outbox::{Delivery, KeyedAccept, NewInput, Outbox, OutboxError};
 use crate::wake::Wake;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -361,6 +362,53 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Accept what a message broker delivered, durably, in one transaction
+    /// (all or none), each new or the acceptance it repeats
+    /// ([`Delivery`]); wake the pipelines that got new inputs. Blocks.
+    /// An input with a refusal (a payload over the limit, given without
+    /// its data) is journaled as refused: its result is that failure.
+    pub fn accept_deliveries(
+        &self,
+        inputs: &[(&NewInput, Delivery<'_>, Option<&str>)],
+    ) -> Result<Vec<Accepted>, IngestError> {
+        let mut bytes = 0u64;
+        for (input, _, _) in inputs {
+            self.check_pipeline(&input.pipeline)?;
+            self.check_size(input.data.len() as u64)?;
+            bytes += input.data.len() as u64;
+        }
+        self.check_room(bytes)?;
+        let started = std::time::Instant::now();
+        let accepted = self.outbox.accept_deliveries(inputs)?;
+        let took = started.elapsed();
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut woken: Vec<&str> = Vec::new();
+        for ((input, _, _), how) in inputs.iter().zip(accepted) {
+            let (seq, replayed) = match how {
+                KeyedAccept::New(seq) => (seq, false),
+                KeyedAccept::Replayed(seq) => (seq, true),
+                _ => unreachable!("deliveries never conflict"),
+            };
+            if !replayed {
+                self.metrics.accepted(&input.pipeline, 1);
+                self.metrics
+                    .stage(&input.pipeline, "ingest_accept", took, 1);
+                if !woken.contains(&input.pipeline.as_str()) {
+                    woken.push(&input.pipeline);
+                    self.workers[&input.pipeline].wake();
+                }
+            }
+            out.push(Accepted {
+                id: self.outbox.result_id(&self.device, &input.pipeline, seq),
+                seq,
+                replayed,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// An idempotency key is 1 to [`sluice_protocol::MAX_KEY_LEN`] visible
 /// ASCII characters (as HTTP header values can carry them unescaped).
 pub fn check_key(key: &str) -> Result<(), IngestError> {
@@ -484,6 +532,9 @@ pub fn from_config(
         sources.push(Box::new(source));
     }
     if let Some(source) = http::HttpSource::from_config(&config.ingest)? {
+        sources.push(Box::new(source));
+    }
+    if let Some(source) = mqtt::MqttSource::from_config(config)? {
         sources.push(Box::new(source));
     }
     Ok(sources)

@@ -11,6 +11,7 @@ mod folder;
 mod health;
 mod infer;
 mod ingest;
+mod mqtt_in;
 mod resources;
 mod results;
 

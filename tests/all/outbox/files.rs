@@ -147,7 +147,7 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
     // aside, no crash counts.
     let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
     conn.execute_batch(
-        "DROP TABLE ingest_keys; DROP TABLE set_aside; ALTER TABLE journal DROP COLUMN refused; ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DELETE FROM meta WHERE key = 'instance'; PRAGMA user_version = 1;",
+        "DROP TABLE ingest_keys; DROP TABLE set_aside; DROP TABLE local; ALTER TABLE journal DROP COLUMN refused; ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DELETE FROM meta WHERE key IN ('instance', 'local_bytes'); PRAGMA user_version = 1;",
     )
     .unwrap();
     drop(conn);
@@ -177,7 +177,7 @@ fn an_outbox_of_version_4_gets_crash_counts_for_its_journal() {
     drop(outbox);
     let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
     conn.execute_batch(
-        "ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; PRAGMA user_version = 4;",
+        "ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DROP TABLE local; DELETE FROM meta WHERE key = 'local_bytes'; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
