@@ -306,12 +306,14 @@ fn every_number_the_configuration_holds_is_in_the_table() {
 }
 
 /// A configuration with one plugin, one model (with an input shape), one
-/// pipeline and `[sync.mqtt]`: every key of the table has a value.
+/// pipeline, `[sync.mqtt]` and `[ingest.mqtt]`: every key of the table
+/// has a value.
 const FULL: &str = "[plugins.pre]\npath = \"p.wasm\"\n[plugins.post]\npath = \"q.wasm\"\n\
     [models.m]\npath = \"m.onnx\"\ninput_shapes.x = [3]\n\
     [pipelines.p]\npreprocess = \"pre\"\nmodel = \"m\"\npostprocess = \"post\"\n\
     [sync]\nurl = \"mqtt://broker:1883\"\ntoken = \"t\"\n\
-    ack_keys = [\"ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"]\n[sync.mqtt]\n";
+    ack_keys = [\"ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"]\n[sync.mqtt]\n\
+    [ingest.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[[ingest.mqtt.topics]]\nfilter = \"cam/+\"\npipeline = \"p\"\n";
 
 #[test]
 fn the_defaults_in_the_table_are_the_loaders() {

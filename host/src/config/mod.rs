@@ -359,15 +359,12 @@ impl Config {
                         ),
                     );
                 }
-                if topic.qos > 2 || topic.filter.is_empty() {
+                if topic.filter.is_empty() {
                     return value(
-                        &format!("ingest.mqtt.topics[{i}]"),
-                        "give a filter and a qos of 0, 1 or 2".into(),
+                        &format!("ingest.mqtt.topics[{i}].filter"),
+                        "give a topic filter, e.g. `line-3/+/image`".into(),
                     );
                 }
-            }
-            if mqtt.max_inflight == 0 {
-                return value("ingest.mqtt.max_inflight", "must be at least 1".into());
             }
         }
         Ok(())
