@@ -118,6 +118,13 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
         None => 0,
     };
     let http = http + admin;
+    // The MQTT source holds at most its receive maximum of messages, each
+    // at most the largest packet the broker is told of, and a copy of a
+    // group while it is journaled.
+    let mqtt = config.ingest.mqtt.as_ref().map_or(0, |m| {
+        2 * m.max_inflight as u64
+            * (ingest.max_input_bytes as u64 + crate::ingest::mqtt::OVERSIZE_SLACK as u64)
+    });
     let groups = config.pipelines.len() as u64 * GROUP_MAX_BYTES;
     // An upload holds its records, their JSON and the compressed body.
     let upload = if config.sync.url.is_some() {
@@ -140,10 +147,11 @@ pub fn bounds(config: &Config, plugin_code: u64) -> Vec<Part> {
         },
         Part {
             name: "ingest",
-            bytes: http + groups,
+            bytes: http + mqtt + groups,
             how: format!(
-                "{} HTTP bodies (ingest.max_concurrent_requests × ingest.max_input_bytes, ingest.max_connections and admin.max_connections buffers) + {} of inputs per pipeline in work",
+                "{} HTTP bodies (ingest.max_concurrent_requests × ingest.max_input_bytes, ingest.max_connections and admin.max_connections buffers) + {} of MQTT messages (2 × ingest.mqtt.max_inflight × (ingest.max_input_bytes + 1 MiB)) + {} of inputs per pipeline in work",
                 mib(http),
+                mib(mqtt),
                 mib(GROUP_MAX_BYTES)
             ),
         },

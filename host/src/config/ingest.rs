@@ -94,7 +94,7 @@ pub struct MqttIngestConfig {
 }
 
 fn default_max_inflight() -> u16 {
-    64
+    16
 }
 
 /// One subscription of `[ingest.mqtt]` (`[[ingest.mqtt.topics]]`).

@@ -295,7 +295,7 @@ pub static LIMITS: &[Limit] = &[
         "a synchronous call's wait for its result", |c| c.ingest.infer_timeout_ms },
     limit! { "ingest.max_waiting_calls", Count, d(64), int(1), int(65_536), None,
         "synchronous calls waiting for their result", |c| c.ingest.max_waiting_calls },
-    limit! { "ingest.mqtt.max_inflight", Count, d(64), int(1), int(65_535), None,
+    limit! { "ingest.mqtt.max_inflight", Count, d(16), int(1), int(65_535), None,
         "MQTT messages the local broker may send before their acknowledgement",
         each |c| c.ingest.mqtt.iter().map(|m| ("ingest.mqtt.max_inflight".to_owned(), Number::from(m.max_inflight as u64))).collect() },
     limit! { "ingest.mqtt.broker.keep_alive_secs", Secs, d(30), int(5), int(u16::MAX as i128), None,

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 const MAX_GROUP: usize = 64;
 /// A payload may exceed `ingest.max_input_bytes` by this and still be
 /// received (to become a failed result); the broker drops larger ones.
-const OVERSIZE_SLACK: usize = 1 << 20;
+pub const OVERSIZE_SLACK: usize = 1 << 20;
 /// User properties of a message kept among its input's attributes, and
 /// the characters of each name and value.
 const MAX_USER_PROPERTIES: usize = 16;
