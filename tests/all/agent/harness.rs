@@ -247,6 +247,26 @@ pub(crate) fn stored(collector: &Collector) -> BTreeMap<String, serde_json::Valu
     crate::common::device_results(&collector.url(), DEVICE, TOKEN)
 }
 
+/// A configuration for an in-process agent taking inputs only from
+/// `<dir>/inbox` (made here), syncing to `sync_url` (none: not syncing),
+/// serving `[admin]` on a free loopback port: the configuration and the
+/// inbox.
+pub(crate) fn folder_only(
+    dir: &Path,
+    sync_url: Option<&str>,
+) -> (sluice_agent::config::Config, PathBuf) {
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let file = write_config(dir, sync_url.unwrap_or("http://127.0.0.1:9"), Some(&inbox));
+    let mut config = sluice_agent::config::Config::load(&file).unwrap();
+    if sync_url.is_none() {
+        config.sync = sluice_agent::config::SyncConfig::default();
+    }
+    config.ingest.listen = None;
+    config.admin.listen = Some("127.0.0.1:0".into());
+    (config, inbox)
+}
+
 /// Poll until `done` holds (bounded).
 pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -220,13 +220,7 @@ fn readiness_says_when_the_outbox_cannot_be_written_and_recovers() {
 #[test]
 fn a_folder_only_agent_serves_metrics_on_its_admin_endpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let inbox = dir.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let file = write_config(dir.path(), "http://127.0.0.1:9", Some(&inbox));
-    let mut config = sluice_agent::config::Config::load(&file).unwrap();
-    config.sync = sluice_agent::config::SyncConfig::default();
-    config.ingest.listen = None;
-    config.admin.listen = Some("127.0.0.1:0".into());
+    let (mut config, inbox) = super::harness::folder_only(dir.path(), None);
     config.admin.token = Some("adm".into());
     let agent = sluice_agent::agent::Agent::start(config).unwrap();
     assert!(agent.ingest_addr().is_none(), "no HTTP ingest");

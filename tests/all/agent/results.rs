@@ -4,7 +4,7 @@
 //! or not it was synced upstream, and says when a reader fell behind what
 //! it keeps.
 
-use super::harness::{collector, images, stored, wait_until, write_config};
+use super::harness::{collector, folder_only, images, stored, wait_until};
 use crate::common::http;
 use std::time::Duration;
 
@@ -38,12 +38,7 @@ fn read_all(url: &str, token: &str, limit: u32) -> (Vec<String>, bool) {
 fn a_device_gives_its_own_consumers_every_result_synced_or_not_page_by_page() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
-    let inbox = dir.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let file = write_config(dir.path(), &collector.url(), Some(&inbox));
-    let mut config = sluice_agent::config::Config::load(&file).unwrap();
-    config.ingest.listen = None;
-    config.admin.listen = Some("127.0.0.1:0".into());
+    let (mut config, inbox) = folder_only(dir.path(), Some(&collector.url()));
     config.admin.token = Some("adm".into());
     let agent = sluice_agent::agent::Agent::start(config).unwrap();
     let url = format!("http://{}", agent.admin_addr().unwrap());
@@ -75,13 +70,7 @@ fn a_device_gives_its_own_consumers_every_result_synced_or_not_page_by_page() {
 #[test]
 fn a_reader_behind_what_the_device_keeps_is_told_it_missed_results() {
     let dir = tempfile::tempdir().unwrap();
-    let inbox = dir.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let file = write_config(dir.path(), "http://127.0.0.1:9", Some(&inbox));
-    let mut config = sluice_agent::config::Config::load(&file).unwrap();
-    config.sync = sluice_agent::config::SyncConfig::default();
-    config.ingest.listen = None;
-    config.admin.listen = Some("127.0.0.1:0".into());
+    let (mut config, inbox) = folder_only(dir.path(), None);
     // Room for about two results of the digits pipeline.
     config.outbox.local_max_bytes = 2500;
     let agent = sluice_agent::agent::Agent::start(config).unwrap();
