@@ -392,6 +392,13 @@ if outbox:
     emit("| --- | ---: | ---: |")
     for row in outbox["appends"]:
         emit(f"| durable append, {row['records_per_commit']} per commit | {row['records']} | {fmt(row['records_per_s'])} |")
+    for local in (True, False):
+        rows = [r for r in outbox.get("completes", []) if r["local_copies"] == local]
+        if rows:
+            rates = sorted(r["records_per_s"] for r in rows)
+            label = "with" if local else "without"
+            emit(f"| accept 64 inputs, then complete them (one commit each), {label} local copies, median of {len(rows)} | "
+                 f"{rows[0]['records']} | {fmt(rates[len(rates) // 2])} |")
     sync = outbox["sync"]
     emit(f"| upload to a collector on loopback ({sync['batch_max_records']} per batch, zstd) | {sync['records']} | "
          f"{fmt(sync['records_per_s'])} ({sync['mib_per_s']:.1f} MiB/s of JSON) |")

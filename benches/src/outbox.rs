@@ -59,6 +59,38 @@ pub(crate) fn outbox(records: usize) -> Result<Value> {
         appends.push(json!({"records_per_commit": group, "records": take, "records_per_s": take as f64 / seconds}));
     }
 
+    // What the worker does: inputs completed as results, 64 per commit,
+    // with and without the copy kept for local readers (GET /v1/results),
+    // alternating rounds on fresh files.
+    let mut completes = Vec::new();
+    for round in 0..3 {
+        for local in [true, false] {
+            let path = dir.path().join(format!("complete-{round}-{local}.sqlite"));
+            let config = OutboxConfig {
+                local_max_bytes: if local {
+                    OutboxConfig::default().local_max_bytes
+                } else {
+                    0
+                },
+                ..OutboxConfig::default()
+            };
+            let outbox = Outbox::open(&path, config)?;
+            let input = sluice_agent::outbox::NewInput {
+                pipeline: "digits".into(),
+                content_type: "image/png".into(),
+                attributes: Vec::new(),
+                data: vec![0; 97],
+            };
+            let started = Instant::now();
+            for chunk in all.chunks(64) {
+                let seqs = outbox.accept_many(&vec![(&input, None); chunk.len()])?;
+                outbox.complete(&seqs, chunk)?;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            completes.push(json!({"round": round, "local_copies": local, "records": records, "records_per_s": records as f64 / seconds}));
+        }
+    }
+
     // Upload the 64-per-commit outbox to a collector on loopback.
     let outbox = Arc::new(Outbox::open(
         &dir.path().join("append-64.sqlite"),
@@ -107,6 +139,7 @@ pub(crate) fn outbox(records: usize) -> Result<Value> {
     Ok(json!({
         "record_bytes": bytes as f64 / records as f64,
         "appends": appends,
+        "completes": completes,
         "sync": {
             "records": records, "batches": report.batches, "batch_max_records": sync_config.batch_max_records,
             "records_per_s": records as f64 / seconds, "mib_per_s": bytes as f64 / seconds / (1 << 20) as f64,

@@ -168,6 +168,12 @@ async fn get_results(
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LOCAL_PAGE);
     let outbox: Arc<Outbox> = admin.sink.outbox.clone();
+    if outbox.config().local_max_bytes == 0 {
+        return json_error(
+            StatusCode::CONFLICT,
+            "results are not kept for local readers: set outbox.local_max_bytes (and local_max_age_secs)",
+        );
+    }
     let page = match tokio::task::spawn_blocking(move || outbox.local_after(after, limit)).await {
         Ok(Ok(page)) => page,
         Ok(Err(e)) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

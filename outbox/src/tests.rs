@@ -115,7 +115,11 @@ fn complete_n(outbox: &Outbox, tag: &str, n: usize, body_len: usize) {
 #[test]
 fn results_are_kept_for_local_readers_in_completion_order_past_their_acknowledgement() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let config = OutboxConfig {
+        local_max_bytes: 16 << 20,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(dir.path(), config.clone()).unwrap();
     complete_n(&outbox, "a", 5, 10);
     // Acknowledged upstream: gone from the upload queue, still kept here.
     while let Some(batch) = outbox.next_batch(10, 1 << 20).unwrap() {
@@ -146,7 +150,7 @@ fn results_are_kept_for_local_readers_in_completion_order_past_their_acknowledge
     assert_eq!(outbox.local_after(0, 100).unwrap().items.len(), 5);
     // Kept across a reopen, positions never repeat.
     drop(outbox);
-    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let outbox = Outbox::open_in(dir.path(), config).unwrap();
     complete_n(&outbox, "b", 1, 10);
     let all = outbox.local_after(0, 100).unwrap();
     assert_eq!(all.items.len(), 6);
@@ -171,11 +175,10 @@ fn kept_results_are_bounded_by_bytes_oldest_first_and_none_when_off() {
     assert_eq!(outbox.pending().0, 10);
 
     let dir = tempfile::tempdir().unwrap();
-    let off = OutboxConfig {
-        local_max_bytes: 0,
-        ..OutboxConfig::default()
-    };
-    let outbox = Outbox::open_in(dir.path(), off).unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     complete_n(&outbox, "a", 3, 10);
-    assert!(outbox.local_after(0, 100).unwrap().items.is_empty());
+    assert!(
+        outbox.local_after(0, 100).unwrap().items.is_empty(),
+        "none kept by default"
+    );
 }

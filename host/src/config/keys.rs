@@ -253,7 +253,7 @@ pub static LIMITS: &[Limit] = &[
         "results the collector refused, kept aside", |c| c.outbox.max_set_aside_bytes },
     limit! { "outbox.disk_reserve_bytes", Bytes, d(4 * MIB), int(0), int(GIB), Some("none"),
         "disk kept so that acknowledgements can always delete", |c| c.outbox.disk_reserve_bytes },
-    limit! { "outbox.local_max_bytes", Bytes, d(16 * MIB), int(0), int(TIB), Some("none"),
+    limit! { "outbox.local_max_bytes", Bytes, d(0), int(0), int(TIB), Some("none"),
         "results kept for the device's own readers (GET /v1/results)", |c| c.outbox.local_max_bytes },
     limit! { "outbox.local_max_age_secs", Secs, d(3600), int(0), int(3650 * DAY_SECS), Some("none"),
         "age of a result kept for the device's own readers", |c| c.outbox.local_max_age_secs },

@@ -7,7 +7,8 @@
 //! Answers: `200` with the result record (`X-Sluice-Outcome: ok` or
 //! `error`: a failed item is a result too); `504` with the input's id when
 //! the result did not come within `ingest.infer_timeout_ms` (it is still
-//! made; read it later with `GET /v1/results`); `503` when
+//! made and synced; read it later with `GET /v1/results` when
+//! `outbox.local_max_bytes` keeps results); `503` when
 //! `ingest.max_waiting_calls` calls already wait; otherwise what `POST
 //! /v1/ingest` answers for an input it does not accept.
 //!
@@ -74,7 +75,7 @@ pub(super) async fn post_infer(
             let mut response = json_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "no result for input {} within {} ms (ingest.infer_timeout_ms); it is journaled: its result will be stored, synced and readable at /v1/results",
+                    "no result for input {} within {} ms (ingest.infer_timeout_ms); it is journaled: its result will be stored and synced (and readable at /v1/results when outbox.local_max_bytes keeps results)",
                     accepted.id,
                     shared.infer_timeout.as_millis()
                 ),

@@ -279,10 +279,13 @@ pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> b
     false
 }
 
-/// Set `section.key = value` in the configuration file `config`.
+/// Set `section.key = value` in the configuration file `config` (the
+/// section made if missing).
 pub(crate) fn set(config: &Path, section: &str, key: &str, value: impl Into<toml::Value>) {
     let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    table[section]
+    table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(Default::default()))
         .as_table_mut()
         .unwrap()
         .insert(key.into(), value.into());

@@ -4,7 +4,7 @@
 //! same key answered with the same result, a deadline that leaves the
 //! result to be read later; every result also synced upstream.
 
-use super::harness::{Agent, collector, images, stored, wait_until, write_config};
+use super::harness::{Agent, collector, images, set, stored, wait_until, write_config};
 use crate::common::http;
 use std::time::Duration;
 
@@ -37,23 +37,13 @@ fn infer(
     )
 }
 
-/// Set `[ingest] key = value` in the configuration file `config`.
-fn set_ingest(config: &std::path::Path, key: &str, value: i64) {
-    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    table["ingest"]
-        .as_table_mut()
-        .unwrap()
-        .insert(key.into(), value.into());
-    std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
-}
-
 #[test]
 fn a_synchronous_call_answers_its_committed_result_and_concurrent_calls_are_batched() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
     let config = write_config(dir.path(), &collector.url(), None);
     // Room for 32 bodies at once (the default, 4, answers the rest 503).
-    set_ingest(&config, "max_concurrent_requests", 32);
+    set(&config, "ingest", "max_concurrent_requests", 32);
     let agent = Agent::start(&config);
     let url = agent.url.clone();
     let images = images();
@@ -114,13 +104,9 @@ fn a_call_past_its_deadline_gets_its_id_and_the_result_is_read_later() {
     let dir = tempfile::tempdir().unwrap();
     let collector = collector(dir.path());
     let config = write_config(dir.path(), &collector.url(), None);
-    let mut table: toml::Table =
-        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    table["ingest"]
-        .as_table_mut()
-        .unwrap()
-        .insert("infer_timeout_ms".into(), 1.into());
-    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+    set(&config, "ingest", "infer_timeout_ms", 1);
+    // Kept for local readers, to be read after the deadline.
+    set(&config, "outbox", "local_max_bytes", 16 << 20);
     let agent = Agent::start(&config);
     let response = reqwest::blocking::Client::new()
         .post(format!("{}/v1/infer/digits", agent.url))

@@ -40,6 +40,7 @@ fn a_device_gives_its_own_consumers_every_result_synced_or_not_page_by_page() {
     let collector = collector(dir.path());
     let (mut config, inbox) = folder_only(dir.path(), Some(&collector.url()));
     config.admin.token = Some("adm".into());
+    config.outbox.local_max_bytes = 16 << 20;
     let agent = sluice_agent::agent::Agent::start(config).unwrap();
     let url = format!("http://{}", agent.admin_addr().unwrap());
     for (i, image) in images()[..7].iter().enumerate() {
@@ -64,6 +65,18 @@ fn a_device_gives_its_own_consumers_every_result_synced_or_not_page_by_page() {
     // The token guards it like metrics and status.
     let (status, _) = http(reqwest::Client::new().get(format!("{url}/v1/results")));
     assert_eq!(status, 401);
+    agent.shutdown();
+}
+
+#[test]
+fn without_local_keeping_the_endpoint_says_which_key_turns_it_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = folder_only(dir.path(), None);
+    let agent = sluice_agent::agent::Agent::start(config).unwrap();
+    let url = format!("http://{}", agent.admin_addr().unwrap());
+    let (status, body) = http(reqwest::Client::new().get(format!("{url}/v1/results")));
+    assert_eq!(status, 409);
+    assert!(String::from_utf8_lossy(&body).contains("outbox.local_max_bytes"));
     agent.shutdown();
 }
 
