@@ -425,7 +425,13 @@ pub(crate) fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
             );
             std::fs::write(&old, &earlier)?;
             let version = newest + 1;
-            sluice_bundle::revert(&old, &new, version, &key, now_ms())?;
+            sluice_bundle::revert(
+                &old,
+                &new,
+                version,
+                &key,
+                sluice_collector_core::store::now_ms(),
+            )?;
             let info = client.upload(std::fs::read(&new)?)?;
             println!(
                 "bundle `{name}` version {} made: version {to}'s files, signed by {}",
@@ -542,12 +548,4 @@ fn print_status(rollouts: &[Rollout]) {
             );
         }
     }
-}
-
-/// Now, ms since the Unix epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -30,7 +30,7 @@ mod policy;
 
 pub use offer::Chunk;
 pub(crate) use offer::{offer, offer_chunk, seen_by};
-pub(crate) use policy::advance;
+pub(crate) use policy::{advance, deadline_due};
 pub use sluice_protocol::operator::{DeviceProgress, OnDeadline, Policy, Rollout, RolloutState};
 
 use crate::store::sql::{SqlError, Tx, args};

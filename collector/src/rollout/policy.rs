@@ -2,11 +2,29 @@
 //! and the stage deadline, applied by [`advance`] whenever a device
 //! reports and on the collector's clock.
 
-use super::{OnDeadline, Rollout, list, reached};
+use super::{OnDeadline, Policy, Rollout, list, reached};
 use crate::store::sql::{SqlError, Tx, args};
 
 /// How many failing devices a halt reason names; the rest are counted.
 const NAMED_IN_REASON: usize = 5;
+
+/// Whether a running rollout's stage deadline has passed at `now`: only
+/// then does the clock change anything (reports are evaluated as they
+/// arrive). One query, without reading every device's progress.
+pub(crate) fn deadline_due(tx: &mut dyn Tx, now: i64) -> Result<bool, SqlError> {
+    for r in tx.query(
+        "SELECT policy, stage_started_ms FROM rollouts WHERE state = 'running'",
+        &[],
+    )? {
+        let policy: Policy = serde_json::from_str(&r.text(0)?).unwrap_or_default();
+        if let Some(ms) = policy.stage_deadline_ms
+            && now >= r.int(1)?.saturating_add(ms as i64)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
 
 /// Re-evaluate every running rollout at `now`: skip or fail the devices
 /// late for their stage's deadline, halt past the failure threshold,

@@ -62,6 +62,14 @@ pub enum RolloutActionError {
     /// The command was refused (stages, devices, state).
     #[error(transparent)]
     Refused(#[from] RolloutError),
+    /// The bundle file could not be read or stored ([`Store::start_rollout`]).
+    #[error("bundle {}: {reason}", path.display())]
+    Bundle {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -249,11 +257,14 @@ impl Store {
         devices: Vec<String>,
         stages: &[u32],
     ) -> Result<Rollout, RolloutActionError> {
-        let body = std::fs::read(bundle)
-            .map_err(|e| RolloutError::Policy(format!("{}: {e}", bundle.display())))?;
+        let failed = |reason: String| RolloutActionError::Bundle {
+            path: bundle.to_owned(),
+            reason,
+        };
+        let body = std::fs::read(bundle).map_err(|e| failed(e.to_string()))?;
         let (info, _) = self
             .put_bundle(&body, None)
-            .map_err(|e| RolloutError::Policy(format!("{}: {e}", bundle.display())))?;
+            .map_err(|e| failed(e.to_string()))?;
         self.create_rollout(&Plan {
             name: info.name,
             version: info.version,
@@ -283,10 +294,16 @@ impl Store {
     }
 
     /// Re-evaluate the running rollouts by the clock (stage deadlines).
+    /// Called every second: a write transaction, and every device's
+    /// progress, only when a deadline has passed.
     pub fn tick_rollouts(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        if !self.read(|tx| rollout::deadline_due(tx, now))? {
+            return Ok(());
+        }
         self.transaction(|tx| {
             tx.lock_rollouts()?;
-            rollout::advance(tx, now_ms())?;
+            rollout::advance(tx, now)?;
             Ok(Ok(()))
         })
     }

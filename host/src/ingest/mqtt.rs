@@ -197,7 +197,6 @@ async fn run(
 /// A message made ready to journal: its input, the key it is matched by,
 /// whether it may have been journaled before (the broker's `DUP`, or a
 /// publisher's key), and why it is refused, if it is.
-#[derive(Clone)]
 struct Prepared {
     input: NewInput,
     key: String,
@@ -222,10 +221,17 @@ async fn journal(
                 Err(_) => break,
             }
         }
-        let prepared: Vec<Prepared> = group
-            .iter()
-            .filter_map(|p| prepare(p, &topics, &client_id, max_input_bytes))
-            .collect();
+        let prepared: Arc<Vec<Prepared>> = Arc::new(
+            group
+                .iter()
+                .filter_map(|p| prepare(p, &topics, &client_id, max_input_bytes))
+                .collect(),
+        );
+        // The inputs hold the payloads now; what acknowledges a message is
+        // its packet id, not its bytes.
+        for publish in &mut group {
+            publish.payload = Default::default();
+        }
         let mut failures = 0u32;
         while !prepared.is_empty() {
             // A retry may follow a commit whose answer was lost: every
