@@ -274,6 +274,13 @@ impl Agent {
                 .sources
                 .push(source.start(agent.sink.clone(), &context)?);
         }
+        agent.sources.extend(crate::consumers::start(
+            &config,
+            &outbox,
+            &agent.sink.completions,
+            &metrics,
+            tokio,
+        )?);
         if let Some((admin, addr)) = crate::admin::start(&config.admin, agent.sink.clone(), tokio)?
         {
             agent.admin_addr = Some(addr);

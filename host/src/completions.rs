@@ -5,7 +5,9 @@
 //! Invariants: a result is handed to its waiter only after it is committed
 //! (it survives a crash that follows the answer); a waiter that gives up
 //! (its deadline, a dropped connection) is forgotten at once, so nothing
-//! here outlives its call; when nobody waits, telling costs one atomic read.
+//! here outlives its call; when nobody waits, telling costs one atomic read
+//! and one bump of a counter the local consumers watch (they read what is
+//! new from the outbox, see `consumers`).
 
 use crate::outbox::NewRecord;
 use std::collections::HashMap;
@@ -14,10 +16,21 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The waiters, by result id.
-#[derive(Default)]
 pub struct Completions {
     waiting: Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>,
     count: AtomicUsize,
+    /// Commits so far (their number only: what changed is in the outbox).
+    commits: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Completions {
+    fn default() -> Self {
+        Completions {
+            waiting: Mutex::default(),
+            count: AtomicUsize::new(0),
+            commits: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// One call waiting for result `id`; dropping it stops waiting.
@@ -42,8 +55,14 @@ impl Completions {
         }
     }
 
+    /// Told of every commit of results from now on.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
     /// `records` were committed: hand each to its waiter, if any.
     pub fn done(&self, records: &[NewRecord]) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
         if self.count.load(Ordering::SeqCst) == 0 {
             return;
         }

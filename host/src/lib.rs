@@ -25,12 +25,14 @@
 //! Its own rooms:
 //! * [`config`] (one file per section) and [`error`]: the configuration and
 //!   start-up errors;
-//! * [`ingest`]: where inputs enter ([`ingest::Source`]: folder, HTTP);
+//! * [`ingest`]: where inputs enter ([`ingest::Source`]: folder, HTTP, MQTT);
 //! * [`pipeline`]: one pipeline's stages joined; [`runtime`]: models,
 //!   plugins and pipelines assembled from a [`Config`]; [`deployment`]: what
 //!   a worker runs, swapped by installs;
 //! * [`record`]: the result record each input becomes;
 //! * [`uplink`]: shipping results upstream ([`uplink::Uplink`]: HTTP, MQTT);
+//!   [`consumers`]: handing them to local consumers ([`consumers::Consumer`]:
+//!   MQTT, web hook);
 //! * [`bundle`]: building and installing signed bundles;
 //! * [`metrics`]: events (a facade every stage uses) and the scraper;
 //! * [`agent`]: the long-running process, wiring it all; [`memory`]: its
@@ -42,6 +44,7 @@ mod admin;
 pub mod agent;
 pub mod bundle;
 pub mod completions;
+pub mod consumers;
 pub use sluice_plugin::bundled;
 pub mod config;
 #[cfg(test)]

@@ -193,6 +193,8 @@ struct Sizes {
     pending_bytes: u64,
     /// `SUM(LENGTH(data))` of `journal`.
     journal_bytes: u64,
+    /// `SUM(bytes)` of `local`.
+    local_bytes: u64,
 }
 
 impl Sizes {
@@ -216,6 +218,7 @@ impl Sizes {
             pending_records: pending_records as u64,
             pending_bytes: pending_bytes as u64,
             journal_bytes: journal_bytes as u64,
+            local_bytes: local::kept_bytes(conn)?,
         })
     }
 }
@@ -224,6 +227,7 @@ struct Inner {
     conn: Connection,
     pending_records: u64,
     pending_bytes: u64,
+    local_bytes: u64,
 }
 
 /// The outbox. All methods may be called from many threads; they serialize
@@ -315,6 +319,7 @@ impl Outbox {
                 conn,
                 pending_records: sizes.pending_records,
                 pending_bytes: sizes.pending_bytes,
+                local_bytes: sizes.local_bytes,
             }),
             journal_bytes: AtomicU64::new(sizes.journal_bytes),
             recovered,
@@ -389,6 +394,7 @@ impl Outbox {
             conn,
             pending_records,
             pending_bytes,
+            local_bytes,
         } = &mut *inner;
         let limit = self.page_limit.load(Ordering::Relaxed);
         if let Some(bytes) = headroom {
@@ -409,6 +415,7 @@ impl Outbox {
             pending_bytes: *pending_bytes,
             // Only changed under this lock, so this is the current value.
             journal_bytes: self.journal_bytes.load(Ordering::Relaxed),
+            local_bytes: *local_bytes,
         };
         let written = conn.transaction().and_then(|tx| {
             let value = f(&tx, &mut sizes)?;
@@ -427,6 +434,7 @@ impl Outbox {
         let value = written.map_err(|e| sql_error(&self.path, e))?;
         *pending_records = sizes.pending_records;
         *pending_bytes = sizes.pending_bytes;
+        *local_bytes = sizes.local_bytes;
         self.journal_bytes
             .store(sizes.journal_bytes, Ordering::Relaxed);
         Ok(value)

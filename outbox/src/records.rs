@@ -155,7 +155,7 @@ impl Outbox {
             // which come through `append`) are kept for local readers too.
             if !journal_seqs.is_empty() && !records.is_empty() {
                 let pairs = records.iter().map(|r| (r.id.as_str(), r.body.as_slice()));
-                super::local::keep(tx, &self.config, pairs)?;
+                super::local::keep(tx, &self.config, &mut sizes.local_bytes, pairs)?;
             }
             for (counter, n) in report.counts() {
                 bump(tx, counter, n)?;

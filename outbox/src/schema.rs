@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Marks a SQLite file as a Sluice outbox (`PRAGMA application_id`), "SLCE".
 const APPLICATION_ID: i32 = 0x534C_4345;
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 /// What each schema version adds to the one before, applied in order to an
 /// older outbox at open (in one transaction), so an upgrade keeps its data.
@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, SET_ASIDE),
     (5, CRASHES),
     (6, super::local::LOCAL),
+    (7, super::local::LEANER),
 ];
 
 /// Version 5: how many times each input was in the pipeline when it

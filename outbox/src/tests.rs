@@ -175,10 +175,60 @@ fn kept_results_are_bounded_by_bytes_oldest_first_and_none_when_off() {
     assert_eq!(outbox.pending().0, 10);
 
     let dir = tempfile::tempdir().unwrap();
-    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    let config = OutboxConfig {
+        local_max_bytes: 0,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(dir.path(), config).unwrap();
     complete_n(&outbox, "a", 3, 10);
     assert!(
         outbox.local_after(0, 100).unwrap().items.is_empty(),
-        "none kept by default"
+        "none kept when off"
     );
+}
+
+#[test]
+fn the_kept_bytes_are_counted_again_at_open_and_old_results_go_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        local_max_bytes: 1000,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(dir.path(), config.clone()).unwrap();
+    complete_n(&outbox, "a", 3, 300);
+    drop(outbox);
+    // Reopened, the three kept count: one more pushes the oldest out.
+    let outbox = Outbox::open_in(dir.path(), config.clone()).unwrap();
+    complete_n(&outbox, "b", 1, 300);
+    let page = outbox.local_after(0, 100).unwrap();
+    assert_eq!(page.items.len(), 3, "{page:?}");
+    drop(outbox);
+
+    // An age bound: a result older than it goes at the next commit.
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        local_max_bytes: 1 << 20,
+        local_max_age_secs: 1,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(dir.path(), config).unwrap();
+    complete_n(&outbox, "a", 2, 10);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    complete_n(&outbox, "b", 1, 10);
+    let page = outbox.local_after(0, 100).unwrap();
+    assert_eq!(page.items.len(), 1, "{page:?}");
+}
+
+#[test]
+fn a_consumers_cursor_is_saved_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    assert_eq!(outbox.cursor("gate").unwrap(), None);
+    outbox.save_cursor("gate", 41).unwrap();
+    outbox.save_cursor("gate", 42).unwrap();
+    outbox.save_cursor("app", 7).unwrap();
+    drop(outbox);
+    let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
+    assert_eq!(outbox.cursor("gate").unwrap(), Some(42));
+    assert_eq!(outbox.cursor("app").unwrap(), Some(7));
 }

@@ -11,7 +11,7 @@
 //! that is how relations between keys are checked, and the refusal names
 //! both keys.
 
-use super::{Config, PluginConfig, RuntimeConfig, SyncConfig};
+use super::{Config, ConsumerConfig, PluginConfig, RuntimeConfig, SyncConfig};
 use crate::error::ConfigError;
 use crate::schedule::BatchConfig;
 
@@ -144,6 +144,22 @@ fn per_plugin(c: &Config, field: &str, get: fn(&PluginConfig) -> u64) -> Vec<(St
         .collect()
 }
 
+fn per_consumer(
+    c: &Config,
+    field: &str,
+    get: fn(&ConsumerConfig) -> Option<u64>,
+) -> Vec<(String, Number)> {
+    c.consumers
+        .iter()
+        .filter_map(|(name, consumer)| {
+            Some((
+                format!("consumers.{name}.{field}"),
+                Number::Int(get(consumer)?.into()),
+            ))
+        })
+        .collect()
+}
+
 fn per_model(c: &Config, field: &str, get: fn(&BatchConfig) -> u64) -> Vec<(String, Number)> {
     let key = |name| format!("models.{name}.batching.{field}");
     c.models
@@ -253,7 +269,7 @@ pub static LIMITS: &[Limit] = &[
         "results the collector refused, kept aside", |c| c.outbox.max_set_aside_bytes },
     limit! { "outbox.disk_reserve_bytes", Bytes, d(4 * MIB), int(0), int(GIB), Some("none"),
         "disk kept so that acknowledgements can always delete", |c| c.outbox.disk_reserve_bytes },
-    limit! { "outbox.local_max_bytes", Bytes, d(0), int(0), int(TIB), Some("none"),
+    limit! { "outbox.local_max_bytes", Bytes, d(16 * MIB), int(0), int(TIB), Some("none"),
         "results kept for the device's own readers (GET /v1/results)", |c| c.outbox.local_max_bytes },
     limit! { "outbox.local_max_age_secs", Secs, d(3600), int(0), int(3650 * DAY_SECS), Some("none"),
         "age of a result kept for the device's own readers", |c| c.outbox.local_max_age_secs },
@@ -304,6 +320,18 @@ pub static LIMITS: &[Limit] = &[
     limit! { "ingest.mqtt.topics.qos", Count, d(1), int(0), int(2), None,
         "the QoS of a subscription to the local broker",
         each |c| c.ingest.mqtt.iter().flat_map(|m| m.topics.iter()).map(|t| ("ingest.mqtt.topics.qos".to_owned(), Number::from(t.qos as u64))).collect() },
+    limit! { "consumers.NAME.max_backoff_ms", Ms, d(30 * SECOND_MS), int(100), int(HOUR_MS), None,
+        "the longest wait between two attempts to deliver to a local consumer",
+        each |c| per_consumer(c, "max_backoff_ms", |c| Some(c.max_backoff_ms)) },
+    limit! { "consumers.NAME.mqtt.ack_timeout_ms", Ms, d(10 * SECOND_MS), int(1), int(10 * MINUTE_MS), None,
+        "a result published to a local broker waits for its PUBACK",
+        each |c| per_consumer(c, "mqtt.ack_timeout_ms", |c| c.mqtt.as_ref().map(|m| m.ack_timeout_ms)) },
+    limit! { "consumers.NAME.mqtt.broker.keep_alive_secs", Secs, d(30), int(5), int(u16::MAX as i128), None,
+        "a dead connection of a local consumer's broker is noticed within about 1.5 times this",
+        each |c| per_consumer(c, "mqtt.broker.keep_alive_secs", |c| c.mqtt.as_ref().map(|m| m.broker.keep_alive_secs)) },
+    limit! { "consumers.NAME.webhook.timeout_ms", Ms, d(5 * SECOND_MS), int(1), int(10 * MINUTE_MS), None,
+        "one request to a local web hook",
+        each |c| per_consumer(c, "webhook.timeout_ms", |c| c.webhook.as_ref().map(|w| w.timeout_ms)) },
     limit! { "ingest.max_input_bytes", Bytes, d(16 * MIB), int(1), int(GIB), None,
         "one input", |c| c.ingest.max_input_bytes },
     limit! { "ingest.max_pending_bytes", Bytes, d(256 * MIB), Bound::Key("max_input_bytes", 0), int(TIB), None,

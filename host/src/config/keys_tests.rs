@@ -306,14 +306,16 @@ fn every_number_the_configuration_holds_is_in_the_table() {
 }
 
 /// A configuration with one plugin, one model (with an input shape), one
-/// pipeline, `[sync.mqtt]` and `[ingest.mqtt]`: every key of the table
+/// pipeline, `[sync.mqtt]`, `[ingest.mqtt]` and a consumer of each kind:
+/// every key of the table
 /// has a value.
 const FULL: &str = "[plugins.pre]\npath = \"p.wasm\"\n[plugins.post]\npath = \"q.wasm\"\n\
     [models.m]\npath = \"m.onnx\"\ninput_shapes.x = [3]\n\
     [pipelines.p]\npreprocess = \"pre\"\nmodel = \"m\"\npostprocess = \"post\"\n\
     [sync]\nurl = \"mqtt://broker:1883\"\ntoken = \"t\"\n\
     ack_keys = [\"ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"]\n[sync.mqtt]\n\
-    [ingest.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[[ingest.mqtt.topics]]\nfilter = \"cam/+\"\npipeline = \"p\"\n";
+    [ingest.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[[ingest.mqtt.topics]]\nfilter = \"cam/+\"\npipeline = \"p\"\n\
+    [consumers.gate.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[consumers.app.webhook]\nurl = \"http://127.0.0.1:9000/r\"\n";
 
 #[test]
 fn the_defaults_in_the_table_are_the_loaders() {

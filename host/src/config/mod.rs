@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 mod admin;
 mod bundles;
+mod consumers;
 mod device;
 mod ingest;
 pub mod keys;
@@ -25,6 +26,7 @@ pub mod text;
 
 pub use admin::AdminConfig;
 pub use bundles::BundlesConfig;
+pub use consumers::{ConsumerConfig, MAX_CONSUMERS, MqttConsumerConfig, WebhookConsumerConfig};
 pub use device::{DeviceConfig, RuntimeConfig};
 pub use ingest::{IngestConfig, MAX_MQTT_TOPICS, MqttIngestConfig, MqttTopic};
 pub use models::{ModelConfig, PipelineConfig};
@@ -72,6 +74,9 @@ pub struct Config {
     /// version is watched (`sluice run`).
     #[serde(default)]
     pub bundles: BundlesConfig,
+    /// `[consumers.NAME]`: where results go on the device (`sluice run`).
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerConfig>,
 }
 
 impl Config {
@@ -157,6 +162,11 @@ impl Config {
         if let Some(file) = &mut self.admin.token_file {
             resolve(file);
         }
+        for consumer in self.consumers.values_mut() {
+            for file in consumer.files() {
+                resolve(file);
+            }
+        }
         if let Some(dir) = &mut self.runtime.cache_dir {
             resolve(dir);
         }
@@ -195,6 +205,13 @@ impl Config {
         // or time.
         keys::check(self)?;
         self.check_bundles()?;
+        let pipelines: Vec<&str> = self.pipelines.keys().map(String::as_str).collect();
+        consumers::check(
+            &self.consumers,
+            &pipelines,
+            self.outbox.local_max_bytes,
+            &self.device.id,
+        )?;
         if let Err(e) = sluice_protocol::check_name(&self.device.id) {
             return value("device.id", format!("`{}` {e}", self.device.id));
         }

@@ -18,6 +18,7 @@
 //! (stages, error kinds) and the features of each model's drift profile, so
 //! the number of series is bounded by the configuration and the profiles.
 
+mod quantiles;
 mod scrape;
 
 use prometheus_client::collector::Collector;
@@ -72,6 +73,10 @@ pub struct Metrics {
     drift_windows: Family<Labels, Counter>,
     installs: Family<Labels, Counter>,
     drift_score: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    stage_quantiles: quantiles::Quantiles,
+    consumer_quantiles: quantiles::Quantiles,
+    consumer_events: Family<Labels, Counter>,
+    consumer_lag: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -153,6 +158,30 @@ impl Metrics {
             "Each drift score of the last closed window, by pipeline, feature (of the model's profile) and statistic (psi, ks, js)",
             drift_score.clone(),
         );
+        let stage_quantiles = Family::default();
+        registry.register(
+            "stage_latency_seconds",
+            "p50 and p99 (quantile) of each stage's time per item over its last 1024 items, by pipeline and stage (as stage_seconds)",
+            stage_quantiles.clone(),
+        );
+        let consumer_quantiles = Family::default();
+        registry.register(
+            "consumer_latency_seconds",
+            "p50 and p99 (quantile) of the time from an input's acceptance to its result's delivery to a local consumer, over the consumer's last 1024 results (ms resolution: the record's times are in ms)",
+            consumer_quantiles.clone(),
+        );
+        let consumer_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "consumer_results",
+            "Results of each local consumer, by outcome (delivered; refused: answered a permanent refusal, skipped; missed: deleted from the kept results before the consumer took them) and attempts that failed (failed)",
+            consumer_events.clone(),
+        );
+        let consumer_lag = Family::<Labels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Results kept on the device that a local consumer has not taken yet",
+            consumer_lag.clone(),
+        );
         if let Some(scraped) = scraped {
             registry.register_collector(scraped);
         }
@@ -169,11 +198,17 @@ impl Metrics {
             drift_windows,
             installs,
             drift_score,
+            stage_quantiles: quantiles::Quantiles::new(stage_quantiles),
+            consumer_quantiles: quantiles::Quantiles::new(consumer_quantiles),
+            consumer_events,
+            consumer_lag,
         }
     }
 
     /// Everything, as OpenMetrics text (`sluice_serve::metrics` answers it, or the Prometheus text format).
     pub fn encode(&self) -> String {
+        self.stage_quantiles.export();
+        self.consumer_quantiles.export();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -197,10 +232,12 @@ impl Metrics {
 
     /// `items` items of `pipeline` each spent `took` in `stage`.
     pub fn stage(&self, pipeline: &str, stage: &'static str, took: Duration, items: u64) {
-        let histogram = self.stage.get_or_create(&vec![
+        let labels = vec![
             ("pipeline", pipeline.to_owned()),
             ("stage", stage.to_owned()),
-        ]);
+        ];
+        let histogram = self.stage.get_or_create(&labels);
+        self.stage_quantiles.record(labels, took, items);
         let seconds = took.as_secs_f64();
         for _ in 0..items {
             histogram.observe(seconds);
@@ -273,5 +310,35 @@ impl Metrics {
             self.ack_lag
                 .observe((now_ms - stored).max(0) as f64 / 1000.0);
         }
+    }
+
+    /// Local consumer `consumer` took results that waited `latencies` from
+    /// their input's acceptance.
+    pub fn consumer_delivered(&self, consumer: &str, latencies: &[Duration]) {
+        self.consumer_event(consumer, "delivered", latencies.len() as u64);
+        for took in latencies {
+            self.consumer_quantiles
+                .record(vec![("consumer", consumer.to_owned())], *took, 1);
+        }
+    }
+
+    /// `n` results of local consumer `consumer` ended as `outcome`
+    /// (`refused`, `missed`) or `n` attempts failed (`failed`).
+    pub fn consumer_event(&self, consumer: &str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.consumer_events
+                .get_or_create(&vec![
+                    ("consumer", consumer.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ])
+                .inc_by(n);
+        }
+    }
+
+    /// Local consumer `consumer` has `lag` kept results still to take.
+    pub fn consumer_lag(&self, consumer: &str, lag: u64) {
+        self.consumer_lag
+            .get_or_create(&vec![("consumer", consumer.to_owned())])
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 }

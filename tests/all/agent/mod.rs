@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod consumers;
 mod crash;
 mod folder;
 mod health;

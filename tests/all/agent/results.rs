@@ -69,9 +69,10 @@ fn a_device_gives_its_own_consumers_every_result_synced_or_not_page_by_page() {
 }
 
 #[test]
-fn without_local_keeping_the_endpoint_says_which_key_turns_it_on() {
+fn with_local_keeping_off_the_endpoint_says_which_key_turns_it_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, _) = folder_only(dir.path(), None);
+    let (mut config, _) = folder_only(dir.path(), None);
+    config.outbox.local_max_bytes = 0;
     let agent = sluice_agent::agent::Agent::start(config).unwrap();
     let url = format!("http://{}", agent.admin_addr().unwrap());
     let (status, body) = http(reqwest::Client::new().get(format!("{url}/v1/results")));

@@ -147,7 +147,7 @@ fn an_outbox_of_the_previous_schema_is_migrated_with_its_data() {
     // aside, no crash counts.
     let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
     conn.execute_batch(
-        "DROP TABLE ingest_keys; DROP TABLE set_aside; DROP TABLE local; ALTER TABLE journal DROP COLUMN refused; ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DELETE FROM meta WHERE key IN ('instance', 'local_bytes'); PRAGMA user_version = 1;",
+        "DROP TABLE ingest_keys; DROP TABLE set_aside; DROP TABLE local; DROP TABLE cursors; ALTER TABLE journal DROP COLUMN refused; ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DELETE FROM meta WHERE key IN ('instance', 'local_bytes'); PRAGMA user_version = 1;",
     )
     .unwrap();
     drop(conn);
@@ -177,7 +177,7 @@ fn an_outbox_of_version_4_gets_crash_counts_for_its_journal() {
     drop(outbox);
     let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
     conn.execute_batch(
-        "ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DROP TABLE local; DELETE FROM meta WHERE key = 'local_bytes'; PRAGMA user_version = 4;",
+        "ALTER TABLE journal DROP COLUMN crashes; ALTER TABLE journal DROP COLUMN last_crash; DROP TABLE local; DROP TABLE cursors; DELETE FROM meta WHERE key = 'local_bytes'; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -194,6 +194,40 @@ fn an_outbox_of_version_4_gets_crash_counts_for_its_journal() {
         (item.crashes, item.last_crash.as_deref()),
         (1, Some("a panic"))
     );
+}
+
+#[test]
+fn an_outbox_of_version_6_keeps_its_kept_results_and_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        local_max_bytes: 1000,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open_in(dir.path(), config.clone()).unwrap();
+    for i in 0..3 {
+        let seq = outbox.accept(&input("p", b"x")).unwrap();
+        outbox.complete(&[seq], &records(i..i + 1, 300)).unwrap();
+    }
+    drop(outbox);
+    // Version 6 kept a time index and the kept bytes in `meta`, and had no
+    // consumers' cursors.
+    let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    conn.execute_batch(
+        "DROP TABLE cursors; CREATE INDEX local_created ON local(created_at_ms); INSERT INTO meta(key, value) VALUES ('local_bytes', '0'); PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    drop(conn);
+    let outbox = Outbox::open_in(dir.path(), config).unwrap();
+    assert!(outbox.recovered().is_none());
+    let kept = outbox.local_after(0, 100).unwrap();
+    assert_eq!(kept.items.len(), 3);
+    outbox.save_cursor("gate", kept.items[0].0).unwrap();
+    // The three count against the bound: a fourth pushes the oldest out.
+    let seq = outbox.accept(&input("p", b"x")).unwrap();
+    outbox.complete(&[seq], &records(3..4, 300)).unwrap();
+    let now = outbox.local_after(0, 100).unwrap();
+    assert_eq!(now.items.len(), 3);
+    assert_eq!(now.first, Some(kept.items[1].0));
 }
 
 #[test]
