@@ -78,7 +78,7 @@ impl Hook {
 }
 
 /// A subscriber to `filter` on the broker at `port`.
-fn subscribe(port: u16, filter: &str) -> (Client, Connection) {
+pub(super) fn subscribe(port: u16, filter: &str) -> (Client, Connection) {
     let options = MqttOptions::new(
         format!("reader-{}", rand::random::<u32>()),
         "127.0.0.1",
@@ -89,8 +89,20 @@ fn subscribe(port: u16, filter: &str) -> (Client, Connection) {
     (client, connection)
 }
 
-/// Messages received within `wait`: `(topic, id property, record id, retained)`.
-fn received(connection: &mut Connection, wait: Duration) -> Vec<(String, String, String, bool)> {
+/// A message a subscriber received.
+#[derive(Debug)]
+pub(super) struct Message {
+    pub(super) topic: String,
+    /// Its user property `id`.
+    pub(super) property: String,
+    /// The record's `id`.
+    pub(super) id: String,
+    pub(super) retained: bool,
+    pub(super) record: serde_json::Value,
+}
+
+/// Messages received within `wait`.
+pub(super) fn received(connection: &mut Connection, wait: Duration) -> Vec<Message> {
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {
@@ -106,12 +118,13 @@ fn received(connection: &mut Connection, wait: Duration) -> Vec<(String, String,
                 .map(|(_, v)| v)
                 .unwrap_or_default();
             let record: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-            got.push((
-                String::from_utf8(p.topic.to_vec()).unwrap(),
+            got.push(Message {
+                topic: String::from_utf8(p.topic.to_vec()).unwrap(),
                 property,
-                record["id"].as_str().unwrap().to_owned(),
-                p.retain,
-            ));
+                id: record["id"].as_str().unwrap().to_owned(),
+                retained: p.retain,
+                record,
+            });
         }
     }
     got
@@ -184,11 +197,11 @@ fn results_reach_a_local_broker_and_a_web_hook_that_catches_up_and_neither_repea
         got.extend(received(&mut messages, Duration::from_millis(200)));
         got.len() >= 10
     }));
-    for (topic, property, id, _) in &got {
-        assert_eq!(topic, "sluice/results/digits");
-        assert_eq!(property, id);
+    for message in &got {
+        assert_eq!(message.topic, "sluice/results/digits");
+        assert_eq!(message.property, message.id);
     }
-    let first: Vec<String> = got.iter().map(|m| m.2.clone()).collect();
+    let first: Vec<String> = got.iter().map(|m| m.id.clone()).collect();
 
     // The hook is down: it falls behind by all ten, visibly.
     assert!(wait_until(Duration::from_secs(10), || metric(
@@ -252,7 +265,7 @@ fn results_reach_a_local_broker_and_a_web_hook_that_catches_up_and_neither_repea
         5,
         "nothing sent to the broker again: {later:?}"
     );
-    assert!(later.iter().all(|m| !first.contains(&m.2)));
+    assert!(later.iter().all(|m| !first.contains(&m.id)));
     let posts = hook.posts.lock().unwrap();
     assert_eq!(
         posts.len() - posts_before,
@@ -263,10 +276,10 @@ fn results_reach_a_local_broker_and_a_web_hook_that_catches_up_and_neither_repea
     agent.shutdown();
 
     // The broker kept the last result for a later subscriber.
-    let last = later.last().unwrap().2.clone();
+    let last = later.last().unwrap().id.clone();
     let (_late, mut connection) = subscribe(broker.port(), "sluice/results/digits");
     let retained = received(&mut connection, Duration::from_secs(2));
     assert_eq!(retained.len(), 1, "{retained:?}");
-    assert!(retained[0].3, "retained");
-    assert_eq!(retained[0].2, last);
+    assert!(retained[0].retained);
+    assert_eq!(retained[0].id, last);
 }

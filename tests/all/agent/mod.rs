@@ -12,6 +12,7 @@ mod folder;
 mod health;
 mod infer;
 mod ingest;
+mod local_loop;
 mod mqtt_in;
 mod resources;
 mod results;
