@@ -520,9 +520,10 @@ if observe:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import devices_report  # noqa: E402
 import fleet_report  # noqa: E402
+import live_report  # noqa: E402
 import sections  # noqa: E402
 
-for name, module in (("devices", devices_report), ("fleet", fleet_report)):
+for name, module in (("live", live_report), ("devices", devices_report), ("fleet", fleet_report)):
     kept = module.section(os.path.join(OUT, f"{name}.json")) or sections.kept(os.path.join(ROOT, "BENCHMARKS.md"), name)
     if kept:
         emit(kept)

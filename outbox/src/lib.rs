@@ -247,6 +247,10 @@ pub struct Outbox {
     page_limit: AtomicU64,
     /// Why the last write failed, until one succeeds (readiness).
     write_failure: Mutex<Option<String>>,
+    /// A second connection for the device's own readers of kept results
+    /// (see `local.rs`), opened on first use: in WAL mode it reads what is
+    /// committed without waiting for a writer's fsync.
+    local_reader: Mutex<Option<Connection>>,
 }
 
 impl Outbox {
@@ -313,6 +317,7 @@ impl Outbox {
             reserve: reserve::Reserve::new(path, config.disk_reserve_bytes),
             page_limit: AtomicU64::new(page_limit.max(0) as u64),
             write_failure: Mutex::new(None),
+            local_reader: Mutex::new(None),
             path: path.to_owned(),
             config,
             inner: Mutex::new(Inner {

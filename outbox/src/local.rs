@@ -137,10 +137,45 @@ pub(super) fn keep<'a>(
     Ok(())
 }
 
+/// The reader connection's page cache: it reads the newest rows, mostly.
+const READER_CACHE_BYTES: i64 = 256 << 10;
+
 impl Outbox {
+    /// Run `f` on the readers' connection (opened on first use; the
+    /// writer's connection if it cannot be opened): a consumer waiting for
+    /// the newest result should not wait behind the next commit's fsync.
+    fn read_kept<T>(
+        &self,
+        f: impl Fn(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, OutboxError> {
+        let mut reader = self.local_reader.lock().unwrap_or_else(|p| p.into_inner());
+        if reader.is_none() {
+            let opened = rusqlite::Connection::open_with_flags(
+                self.path(),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|conn| {
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.pragma_update(None, "cache_size", -(READER_CACHE_BYTES >> 10))?;
+                Ok(conn)
+            });
+            match opened {
+                Ok(conn) => *reader = Some(conn),
+                Err(e) => {
+                    tracing::warn!(outbox = %self.path().display(), "no second connection for local readers, sharing the writer's: {e}");
+                    drop(reader);
+                    return self.read(f);
+                }
+            }
+        }
+        let conn = reader.as_ref().expect("opened above");
+        f(conn).map_err(|e| super::sql_error(self.path(), e))
+    }
+
     /// The kept copy of result `id`, if it is kept.
     pub fn local_record(&self, id: &str) -> Result<Option<Vec<u8>>, OutboxError> {
-        self.read(|conn| {
+        self.read_kept(|conn| {
             conn.query_row("SELECT body FROM local WHERE id = ?1", [id], |r| r.get(0))
                 .optional()
         })
@@ -148,17 +183,20 @@ impl Outbox {
 
     /// Kept results after position `after`, at most `limit`, oldest first.
     pub fn local_after(&self, after: i64, limit: u32) -> Result<LocalPage, OutboxError> {
-        self.read(|conn| {
+        self.read_kept(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT pos, body FROM local WHERE pos > ?1 ORDER BY pos LIMIT ?2",
             )?;
             let items = statement
                 .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<(i64, Vec<u8>)>>>()?;
-            let (first, last) =
-                conn.query_row("SELECT MIN(pos), MAX(pos) FROM local", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
+            let (first, last) = conn.query_row(
+                // Apart: SQLite answers a lone MIN or MAX of the key from
+                // one end of the table, both together by scanning it.
+                "SELECT (SELECT MIN(pos) FROM local), (SELECT MAX(pos) FROM local)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             Ok(LocalPage { items, first, last })
         })
     }
