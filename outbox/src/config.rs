@@ -4,10 +4,18 @@
 
 use serde::Deserialize;
 
-/// SQLite's page cache for the outbox's one connection (`PRAGMA
-/// cache_size`): SQLite's own default, made explicit so that the agent's
-/// memory budget can count it.
-pub const CACHE_BYTES: u64 = 2 << 20;
+/// SQLite's page caches of the outbox's connections (`PRAGMA
+/// cache_size`), made explicit so that the agent's memory budget can count
+/// them: the writer's ([`WRITER_CACHE_BYTES`], SQLite's own default) and
+/// the local readers' ([`READER_CACHE_BYTES`]).
+pub const CACHE_BYTES: u64 = WRITER_CACHE_BYTES + READER_CACHE_BYTES;
+
+/// The page cache of the connection everything but local reads use.
+pub const WRITER_CACHE_BYTES: u64 = 2 << 20;
+
+/// The page cache of the connection the device's own readers of kept
+/// results use (`GET /v1/results`, consumers): they read the newest rows.
+pub const READER_CACHE_BYTES: u64 = 256 << 10;
 
 /// `[outbox]`: bounds of the on-device result store.
 #[derive(Debug, Clone, Deserialize)]

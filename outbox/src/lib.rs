@@ -23,6 +23,10 @@
 //!   idempotency key.
 //! * `counters` and `meta`: persisted counters (dropped, rejected, expired,
 //!   uploaded...) and the last sync time and error.
+//! * `local` and `cursors`: copies of results kept for the device's own
+//!   readers (`GET /v1/results`, local consumers), synced or not, and each
+//!   local consumer's position in them; read through a second connection so
+//!   that a reader never waits behind a commit.
 //!
 //! They share one file, and so one transaction, because handing an input
 //! over to its result ([`Outbox::complete`]) must delete the journal row and
@@ -33,7 +37,8 @@
 //! * `records`: pending results, their size cap and age limit;
 //! * `batches`: the upload ledger;
 //! * `set_aside`: records the collector refused, kept and counted;
-//! * `counters`: persisted counters, sync meta and [`Outbox::status`].
+//! * `counters`: persisted counters, sync meta and [`Outbox::status`];
+//! * `local`: the kept results and the consumers' cursors.
 //!
 //! Invariants:
 //! * **Durable acknowledgements.** The database runs in WAL mode with

@@ -137,9 +137,6 @@ pub(super) fn keep<'a>(
     Ok(())
 }
 
-/// The reader connection's page cache: it reads the newest rows, mostly.
-const READER_CACHE_BYTES: i64 = 256 << 10;
-
 impl Outbox {
     /// Run `f` on the readers' connection (opened on first use; the
     /// writer's connection if it cannot be opened): a consumer waiting for
@@ -157,7 +154,11 @@ impl Outbox {
             )
             .and_then(|conn| {
                 conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                conn.pragma_update(None, "cache_size", -(READER_CACHE_BYTES >> 10))?;
+                conn.pragma_update(
+                    None,
+                    "cache_size",
+                    -((super::config::READER_CACHE_BYTES >> 10) as i64),
+                )?;
                 Ok(conn)
             });
             match opened {

@@ -193,8 +193,12 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
     .map_err(damaged)?;
     // The page cache is part of the agent's memory budget: sized, not left
     // to SQLite's compiled-in default.
-    conn.pragma_update(None, "cache_size", -((crate::CACHE_BYTES >> 10) as i64))
-        .map_err(damaged)?;
+    conn.pragma_update(
+        None,
+        "cache_size",
+        -((crate::config::WRITER_CACHE_BYTES >> 10) as i64),
+    )
+    .map_err(damaged)?;
     // A value of the wrong kind in a column of a table of rows ("NULL value
     // in records.body", "NUMERIC value in records.id": a flipped bit in one
     // record's header) is that row's damage, found and set aside row by row

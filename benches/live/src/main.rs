@@ -1,9 +1,10 @@
 //! `sluice-live-bench`: latency on the device under a steady stream.
 //!
-//! Starts a real mosquitto, then for each way in (`mqtt`: sensors publish
+//! For each way in (`mqtt`: sensors publish
 //! to the local broker and the results come back through it; `http`: a
 //! synchronous call answered with the result), each rate and each round,
 //! the two sides one after the other (alternating which goes first):
+//! each with a real mosquitto of its own:
 //! `sluice run` with `examples/mqtt/sluice.toml` (ports and data folder
 //! moved), and the Python peer `benches/peer/live.py` (paho-mqtt,
 //! onnxruntime, SQLite; the same journal-then-acknowledge and
@@ -231,7 +232,6 @@ fn usage(pid: u32) -> (Duration, f64) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::fs::create_dir_all(&cli.work_dir)?;
-    let broker = sluice_testkit::Mosquitto::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let images: Vec<Vec<u8>> = {
         let dir = repo().join("models/digits/heldout");
         let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)?
@@ -259,6 +259,11 @@ fn main() -> anyhow::Result<()> {
                     .filter(|s| cli.sides.iter().any(|c| c == s))
                 {
                     run += 1;
+                    // A broker of its own: Sluice's session (kept by the broker
+                    // across restarts, as it must be) would otherwise be sent
+                    // what the run before published while it was away.
+                    let broker =
+                        sluice_testkit::Mosquitto::start().map_err(|e| anyhow::anyhow!("{e}"))?;
                     let dir = cli.work_dir.join(format!("run-{run}"));
                     let _ = std::fs::remove_dir_all(&dir);
                     std::fs::create_dir_all(&dir)?;

@@ -225,7 +225,7 @@ impl Reader {
                         break;
                     }
                 } else {
-                    backoff.reset();
+                    backoff.reset(name);
                 }
             }
             if from == results.len() {
@@ -374,9 +374,13 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self, consumer: &str) {
         if self.failures > 0 {
-            tracing::info!("delivering again after {} failed attempt(s)", self.failures);
+            tracing::info!(
+                consumer,
+                "delivering again after {} failed attempt(s)",
+                self.failures
+            );
         }
         *self = Backoff::new(self.max.as_millis() as u64);
     }

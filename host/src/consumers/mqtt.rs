@@ -85,6 +85,16 @@ impl MqttConsumer {
 
     /// A connected link: the current one, or a new one.
     async fn connected(&mut self) -> Result<&mut Link, String> {
+        // A link that failed while idle (the broker restarted) is replaced
+        // now, not found out by a page that gets no acknowledgement.
+        if let Some(link) = &mut self.link
+            && matches!(
+                link.reports.try_recv(),
+                Ok(Report::Lost(_)) | Err(mpsc::error::TryRecvError::Disconnected)
+            )
+        {
+            self.link = None;
+        }
         if self.link.is_none() {
             let (client, mut events) =
                 AsyncClient::new(self.options.clone(), 2 * super::PAGE as usize);

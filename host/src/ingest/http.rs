@@ -303,11 +303,7 @@ pub(super) async fn receive(
         let _permit = permit;
         match key {
             Some(key) => sink.accept_keyed(input, &key),
-            None => {
-                let incoming = Incoming { input, claim: None };
-                sink.accept(std::slice::from_ref(&incoming))
-                    .map(|mut accepted| accepted.remove(0))
-            }
+            None => sink.accept_one(Incoming { input, claim: None }),
         }
     })
     .await;

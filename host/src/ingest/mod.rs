@@ -18,6 +18,7 @@
 
 pub mod files;
 pub mod folder;
+mod group;
 pub mod http;
 pub mod infer;
 pub mod mqtt;
@@ -132,6 +133,8 @@ pub struct Sink {
     metrics: Arc<crate::metrics::Metrics>,
     /// Synchronous calls waiting for their results (the workers tell).
     pub(crate) completions: Arc<crate::completions::Completions>,
+    /// Inputs arriving one per request, committed together.
+    group: group::GroupCommit,
 }
 
 impl Sink {
@@ -154,6 +157,7 @@ impl Sink {
             startup_problems: Vec::new(),
             metrics,
             completions: Default::default(),
+            group: Default::default(),
         }
     }
 
@@ -309,6 +313,12 @@ impl Sink {
                 replayed: false,
             })
             .collect())
+    }
+
+    /// Accept one input of a request in a group commit with the others
+    /// that arrive meanwhile (see `group.rs`). Blocks.
+    pub fn accept_one(&self, incoming: Incoming) -> Result<Accepted, IngestError> {
+        self.group.accept(self, incoming)
     }
 
     /// Record durably that `input` (given without its data) was refused

@@ -1,12 +1,33 @@
 //! The README's loop on one machine, from `examples/mqtt/sluice.toml` as
 //! written (only its ports and data folder moved): a sensor publishes an
-//! image to the local broker, Sluice publishes the result back (retained),
+//! image to the local broker (with MQTT 3.1.1), Sluice publishes the result
+//! back (retained),
 //! and a synchronous call answers with the result in the response.
 
 use super::consumers::{received, subscribe};
-use super::mqtt_in::publish;
 use crate::common::{http, repo_root};
 use std::time::Duration;
+
+/// Publish `payload` on `topic` at QoS 1 with an MQTT 3.1.1 client, once
+/// the broker acknowledged it.
+fn publish_311(port: u16, topic: &str, payload: Vec<u8>) {
+    use sluice_mqtt::rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let options = MqttOptions::new("sensor-311", "127.0.0.1", port);
+    let (client, mut connection) = Client::new(options, 8);
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no PUBACK");
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            connection.recv_timeout(Duration::from_millis(100))
+        {
+            break;
+        }
+    }
+    let _ = client.disconnect();
+}
 
 #[test]
 fn the_examples_loop_sensor_to_broker_to_sluice_to_broker_and_the_synchronous_call() {
@@ -27,10 +48,8 @@ fn the_examples_loop_sensor_to_broker_to_sluice_to_broker_and_the_synchronous_ca
     // 0000.png is a 2, 0001.png a 0 (models/digits/heldout/labels.csv).
     let heldout = repo_root().join("models/digits/heldout");
     let image = |name: &str| std::fs::read(heldout.join(name)).unwrap();
-    publish(
-        broker.port(),
-        &[("sensors/cam-1/image".into(), image("0000.png"))],
-    );
+    // The sensor speaks MQTT 3.1.1 (Sluice itself speaks 5 to the broker).
+    publish_311(broker.port(), "sensors/cam-1/image", image("0000.png"));
     let got = received(&mut results, Duration::from_secs(10));
     assert_eq!(got.len(), 1, "{got:?}");
     let record = &got[0].record;

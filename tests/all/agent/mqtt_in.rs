@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Publish each `(topic, payload)` at QoS 1 to `port`, each once the
 /// broker acknowledged the one before.
-pub(super) fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
+fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
     let mut options = MqttOptions::new(
         format!("publisher-{}", rand::random::<u32>()),
         "127.0.0.1",
