@@ -163,8 +163,8 @@ fn answers_200(port: u16, path: &str) -> bool {
         && answer.ends_with(b" 200")
 }
 
-/// Sluice's own p50/p99 per stage (`sluice_stage_latency_seconds`,
-/// `sluice_consumer_latency_seconds`), in ms, from its `/metrics`.
+/// Sluice's own p50/p99 per stage (`sluice_stage_latency_p50_seconds`...,
+/// `sluice_consumer_latency_p99_seconds`...), in ms, from its `/metrics`.
 fn stage_quantiles(port: u16) -> serde_json::Value {
     use std::io::{Read, Write};
     let mut text = String::new();
@@ -178,11 +178,15 @@ fn stage_quantiles(port: u16) -> serde_json::Value {
     }
     let mut stages = serde_json::Map::new();
     for line in text.lines() {
-        let Some(rest) = line
-            .strip_prefix("sluice_stage_latency_seconds{")
-            .or_else(|| line.strip_prefix("sluice_consumer_latency_seconds{"))
-        else {
+        let Some((name, rest)) = line.split_once('{') else {
             continue;
+        };
+        let (family, q) = match name.strip_prefix("sluice_") {
+            Some("stage_latency_p50_seconds") => ("stage", "p50"),
+            Some("stage_latency_p99_seconds") => ("stage", "p99"),
+            Some("consumer_latency_p50_seconds") => ("consumer", "p50"),
+            Some("consumer_latency_p99_seconds") => ("consumer", "p99"),
+            _ => continue,
         };
         let Some((labels, value)) = rest.split_once("} ") else {
             continue;
@@ -193,16 +197,14 @@ fn stage_quantiles(port: u16) -> serde_json::Value {
                 .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
                 .map(|v| v.trim_end_matches('"').to_owned())
         };
-        let stage =
-            label("stage").or_else(|| label("consumer").map(|c| format!("to consumer {c}")));
-        let (Some(stage), Some(q), Ok(v)) = (stage, label("quantile"), value.trim().parse::<f64>())
-        else {
+        let stage = match family {
+            "stage" => label("stage"),
+            _ => label("consumer").map(|c| format!("to consumer {c}")),
+        };
+        let (Some(stage), Ok(v)) = (stage, value.trim().parse::<f64>()) else {
             continue;
         };
-        stages.insert(
-            format!("{stage} p{}", if q == "0.5" { "50" } else { "99" }),
-            (v * 1000.0).into(),
-        );
+        stages.insert(format!("{stage} {q}"), (v * 1000.0).into());
     }
     stages.into()
 }

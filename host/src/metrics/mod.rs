@@ -158,18 +158,22 @@ impl Metrics {
             "Each drift score of the last closed window, by pipeline, feature (of the model's profile) and statistic (psi, ks, js)",
             drift_score.clone(),
         );
-        let stage_quantiles = Family::default();
-        registry.register(
-            "stage_latency_seconds",
-            "p50 and p99 (quantile) of each stage's time per item over its last 1024 items, by pipeline and stage (as stage_seconds)",
-            stage_quantiles.clone(),
-        );
-        let consumer_quantiles = Family::default();
-        registry.register(
-            "consumer_latency_seconds",
-            "p50 and p99 (quantile) of the time from an input's acceptance to its result's delivery to a local consumer, over the consumer's last 1024 results (ms resolution: the record's times are in ms)",
-            consumer_quantiles.clone(),
-        );
+        let stage_quantiles = [Family::default(), Family::default()];
+        for (gauges, q) in stage_quantiles.iter().zip(["p50", "p99"]) {
+            registry.register(
+                format!("stage_latency_{q}_seconds"),
+                format!("The {q} of each stage's time per item over its last 1024 items, by pipeline and stage (as stage_seconds)"),
+                gauges.clone(),
+            );
+        }
+        let consumer_quantiles = [Family::default(), Family::default()];
+        for (gauges, q) in consumer_quantiles.iter().zip(["p50", "p99"]) {
+            registry.register(
+                format!("consumer_latency_{q}_seconds"),
+                format!("The {q} of the time from an input's acceptance to its result's delivery to a local consumer, over the consumer's last 1024 results (ms resolution: the record's times are in ms)"),
+                gauges.clone(),
+            );
+        }
         let consumer_events = Family::<Labels, Counter>::default();
         registry.register(
             "consumer_results",

@@ -1,5 +1,6 @@
-//! p50 and p99 of recent latencies, for `/metrics` as gauges with a
-//! `quantile` label: a histogram's buckets (doubling) say a p99 only to
+//! p50 and p99 of recent latencies, for `/metrics` as two gauges (`…_p50_seconds`,
+//! `…_p99_seconds`; a `quantile` label belongs to summaries, which
+//! `prometheus-client` does not make): a histogram's buckets (doubling) say a p99 only to
 //! within a factor of two, too coarse for a device asked to answer within
 //! 10 ms. Each series keeps its last [`RING`] samples in a lock-free ring
 //! (recording is one atomic add and one store); the quantiles are computed
@@ -20,8 +21,8 @@ use std::time::Duration;
 /// Samples kept per series: the quantiles are of the last this many.
 pub(super) const RING: usize = 1024;
 
-/// The quantiles reported.
-const QUANTILES: [(f64, &str); 2] = [(0.5, "0.5"), (0.99, "0.99")];
+/// The quantiles reported: p50 and p99.
+const QUANTILES: [f64; 2] = [0.5, 0.99];
 
 /// One series' last samples, in microseconds plus one (0: empty slot).
 struct Ring {
@@ -55,7 +56,7 @@ impl Ring {
             return None;
         }
         kept.sort_unstable();
-        Some(QUANTILES.map(|(q, _)| {
+        Some(QUANTILES.map(|q| {
             // Nearest rank: the smallest sample with at least q of them at or below it.
             let rank = ((q * kept.len() as f64).ceil() as usize).clamp(1, kept.len());
             f64::from(kept[rank - 1] - 1) / 1e6
@@ -63,10 +64,14 @@ impl Ring {
     }
 }
 
-/// Series of recent latencies, exported into a gauge family when scraped.
+/// A gauge family of one quantile.
+pub(super) type QuantileGauges = Family<Labels, Gauge<f64, AtomicU64>>;
+
+/// Series of recent latencies, exported into gauge families (p50, p99)
+/// when scraped.
 pub(super) struct Quantiles {
     series: RwLock<HashMap<Labels, Arc<Ring>>>,
-    gauges: Family<Labels, Gauge<f64, AtomicU64>>,
+    gauges: [QuantileGauges; QUANTILES.len()],
 }
 
 impl std::fmt::Debug for Quantiles {
@@ -76,8 +81,8 @@ impl std::fmt::Debug for Quantiles {
 }
 
 impl Quantiles {
-    /// Quantiles exported through `gauges`.
-    pub(super) fn new(gauges: Family<Labels, Gauge<f64, AtomicU64>>) -> Quantiles {
+    /// Quantiles exported through `gauges` (p50, p99).
+    pub(super) fn new(gauges: [QuantileGauges; QUANTILES.len()]) -> Quantiles {
         Quantiles {
             series: RwLock::default(),
             gauges,
@@ -120,10 +125,8 @@ impl Quantiles {
             let Some(values) = ring.quantiles() else {
                 continue;
             };
-            for ((_, name), value) in QUANTILES.iter().zip(values) {
-                let mut labels = labels.clone();
-                labels.push(("quantile", (*name).to_owned()));
-                self.gauges.get_or_create(&labels).set(value);
+            for (gauges, value) in self.gauges.iter().zip(values) {
+                gauges.get_or_create(&labels).set(value);
             }
         }
     }

@@ -237,12 +237,12 @@ fn results_reach_a_local_broker_and_a_web_hook_that_catches_up_and_neither_repea
     );
     let p99 = metric(
         &text,
-        "sluice_consumer_latency_seconds{consumer=\"bus\",quantile=\"0.99\"}",
+        "sluice_consumer_latency_p99_seconds{consumer=\"bus\"}",
     )
     .expect("the latency to the broker is reported");
     assert!((0.0..60.0).contains(&p99), "{p99}");
     assert!(
-        text.contains("sluice_stage_latency_seconds{pipeline=\"digits\",stage=\"end_to_end\",quantile=\"0.5\"}"),
+        text.contains("sluice_stage_latency_p50_seconds{pipeline=\"digits\",stage=\"end_to_end\"}"),
         "{text}"
     );
     agent.shutdown();
