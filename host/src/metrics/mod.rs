@@ -158,22 +158,16 @@ impl Metrics {
             "Each drift score of the last closed window, by pipeline, feature (of the model's profile) and statistic (psi, ks, js)",
             drift_score.clone(),
         );
-        let stage_quantiles = [Family::default(), Family::default()];
-        for (gauges, q) in stage_quantiles.iter().zip(["p50", "p99"]) {
-            registry.register(
-                format!("stage_latency_{q}_seconds"),
-                format!("The {q} of each stage's time per item over its last 1024 items, by pipeline and stage (as stage_seconds)"),
-                gauges.clone(),
-            );
-        }
-        let consumer_quantiles = [Family::default(), Family::default()];
-        for (gauges, q) in consumer_quantiles.iter().zip(["p50", "p99"]) {
-            registry.register(
-                format!("consumer_latency_{q}_seconds"),
-                format!("The {q} of the time from an input's acceptance to its result's delivery to a local consumer, over the consumer's last 1024 results (ms resolution: the record's times are in ms)"),
-                gauges.clone(),
-            );
-        }
+        let stage_quantiles = quantiles::Quantiles::register(
+            &mut registry,
+            "stage_latency",
+            "each stage's time per item over its last 1024 items, by pipeline and stage (as stage_seconds)",
+        );
+        let consumer_quantiles = quantiles::Quantiles::register(
+            &mut registry,
+            "consumer_latency",
+            "the time from an input's acceptance to its result's delivery to a local consumer, over the consumer's last 1024 results (ms resolution: the record's times are in ms)",
+        );
         let consumer_events = Family::<Labels, Counter>::default();
         registry.register(
             "consumer_results",
@@ -202,8 +196,8 @@ impl Metrics {
             drift_windows,
             installs,
             drift_score,
-            stage_quantiles: quantiles::Quantiles::new(stage_quantiles),
-            consumer_quantiles: quantiles::Quantiles::new(consumer_quantiles),
+            stage_quantiles,
+            consumer_quantiles,
             consumer_events,
             consumer_lag,
         }

@@ -13,6 +13,7 @@
 use super::Labels;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -81,8 +82,17 @@ impl std::fmt::Debug for Quantiles {
 }
 
 impl Quantiles {
-    /// Quantiles exported through `gauges` (p50, p99).
-    pub(super) fn new(gauges: [QuantileGauges; QUANTILES.len()]) -> Quantiles {
+    /// Quantiles exported as `NAME_p50_seconds` and `NAME_p99_seconds`
+    /// of `registry`, "The p50 (p99) of WHAT".
+    pub(super) fn register(registry: &mut Registry, name: &str, what: &str) -> Quantiles {
+        let gauges = [QuantileGauges::default(), QuantileGauges::default()];
+        for (gauge, q) in gauges.iter().zip(["p50", "p99"]) {
+            registry.register(
+                format!("{name}_{q}_seconds"),
+                format!("The {q} of {what}"),
+                gauge.clone(),
+            );
+        }
         Quantiles {
             series: RwLock::default(),
             gauges,
