@@ -202,6 +202,18 @@ impl Outbox {
         })
     }
 
+    /// The newest position ever given to a kept result (0: none yet), also
+    /// when none is kept any more: where a new reader starts.
+    pub fn local_newest(&self) -> Result<i64, OutboxError> {
+        self.read_kept(|conn| {
+            conn.query_row(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'local'), 0)",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// Consumer `name`'s saved cursor, if it has one.
     pub fn cursor(&self, name: &str) -> Result<Option<i64>, OutboxError> {
         self.read(|conn| {

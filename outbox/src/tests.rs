@@ -224,6 +224,10 @@ fn a_consumers_cursor_is_saved_across_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open_in(dir.path(), OutboxConfig::default()).unwrap();
     assert_eq!(outbox.cursor("gate").unwrap(), None);
+    assert_eq!(outbox.local_newest().unwrap(), 0);
+    complete_n(&outbox, "a", 3, 10);
+    let newest = outbox.local_after(0, 10).unwrap().last.unwrap();
+    assert_eq!(outbox.local_newest().unwrap(), newest);
     outbox.save_cursor("gate", 41).unwrap();
     outbox.save_cursor("gate", 42).unwrap();
     outbox.save_cursor("app", 7).unwrap();

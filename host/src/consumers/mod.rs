@@ -248,11 +248,9 @@ impl Reader {
                 if let Some(pos) = outbox.cursor(&name).map_err(|e| e.to_string())? {
                     return Ok(pos);
                 }
-                let newest = outbox
-                    .local_after(i64::MAX - 1, 1)
-                    .map_err(|e| e.to_string())?
-                    .last
-                    .unwrap_or(0);
+                // Not the newest kept: with none kept (all aged out) a
+                // new consumer would count the past as missed.
+                let newest = outbox.local_newest().map_err(|e| e.to_string())?;
                 outbox
                     .save_cursor(&name, newest)
                     .map_err(|e| e.to_string())?;
