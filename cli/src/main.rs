@@ -13,8 +13,15 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
-    /// Log filter, e.g. `info`, `sluice=debug`; RUST_LOG if not given.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    /// Log filter, e.g. `info`, `sluice=debug`; RUST_LOG if not given. The
+    /// default shows warnings, and at `info` what plugins granted `stdio`
+    /// print (the target `plugin_output`; rate-limited per plugin).
+    #[arg(
+        long,
+        global = true,
+        env = "RUST_LOG",
+        default_value = "warn,plugin_output=info"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,

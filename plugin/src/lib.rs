@@ -28,6 +28,11 @@ pub mod bundled;
 mod cache;
 pub mod config;
 pub use config::read_wasm;
+
+/// The log target of what plugins say (their `stdio` when granted, their
+/// `wasi:logging` calls): a log filter names it to show or hide plugins'
+/// output apart from the host's (`sluice`'s default shows it at `info`).
+pub const OUTPUT_TARGET: &str = "plugin_output";
 mod engine;
 pub mod error;
 mod inspect;
@@ -414,7 +419,7 @@ impl Plugin {
     /// fails as a whole (trap, deadline, memory cap), the instance is dropped
     /// and each item is retried alone on a fresh instance, so only the items
     /// that cause the failure carry it.
-    fn run<I, O>(
+    fn run<I: Item, O>(
         &self,
         items: &[I],
         call: &dyn Fn(&mut Live, &[I]) -> wasmtime::Result<ItemResults<O>>,
@@ -455,10 +460,12 @@ impl Plugin {
                 let fault = self.classify(&live, &error);
                 drop(live);
                 self.count_fault(&fault);
-                tracing::warn!(plugin = %self.name, items = items.len(), "{fault}; instance discarded");
-                if items.len() == 1 {
+                if let [item] = items {
+                    tracing::warn!(plugin = %self.name, item = %item.named(), "{fault}; instance discarded");
                     vec![Err(self.fault(fault))]
                 } else {
+                    // Which item it was is found by running each alone.
+                    tracing::warn!(plugin = %self.name, items = items.len(), "{fault}; instance discarded, each item tried alone");
                     items
                         .chunks(1)
                         .flat_map(|item| self.run(item, call))
@@ -480,10 +487,12 @@ impl Plugin {
             Some(Trap::Interrupt) => Fault::Deadline(self.limits.timeout),
             Some(trap) => {
                 let stderr = live.store.data().captured_stderr();
+                // The author's own words (a panic message, an exception)
+                // first; wasm's name for the trap after them.
                 Fault::Trap(if stderr.is_empty() {
                     trap.to_string()
                 } else {
-                    format!("{trap}; stderr: {stderr}")
+                    format!("{stderr} ({trap})")
                 })
             }
             None => Fault::Trap(format!("{error:#}")),
@@ -581,5 +590,32 @@ impl Plugin {
             Ok(Err(message)) => Err(fail(PluginErrorCause::InitRefused(message))),
             Err(e) => Err(trapped(&store, e)),
         }
+    }
+}
+
+/// What a plugin is called on: something with the host's metadata, so a
+/// fault's log line can name the item.
+trait Item {
+    fn meta(&self) -> &sluice_types::Metadata;
+
+    /// The item as an operator finds it: its file, else its id.
+    fn named(&self) -> String {
+        let meta = self.meta();
+        match meta.attributes.iter().find(|(k, _)| k == "file") {
+            Some((_, file)) => format!("{file} ({})", meta.id),
+            None => meta.id.clone(),
+        }
+    }
+}
+
+impl Item for RawItem {
+    fn meta(&self) -> &sluice_types::Metadata {
+        &self.meta
+    }
+}
+
+impl Item for Inferred {
+    fn meta(&self) -> &sluice_types::Metadata {
+        &self.meta
     }
 }

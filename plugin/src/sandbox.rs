@@ -99,11 +99,11 @@ impl log::Host for PluginState {
     fn log(&mut self, level: log::Level, message: String) {
         let plugin = &*self.plugin;
         match level {
-            log::Level::Trace => tracing::trace!(plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, "{message}"),
-            log::Level::Info => tracing::info!(plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, "{message}"),
-            log::Level::Error => tracing::error!(plugin, "{message}"),
+            log::Level::Trace => tracing::trace!(target: crate::OUTPUT_TARGET, plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(target: crate::OUTPUT_TARGET, plugin, "{message}"),
+            log::Level::Info => tracing::info!(target: crate::OUTPUT_TARGET, plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(target: crate::OUTPUT_TARGET, plugin, "{message}"),
+            log::Level::Error => tracing::error!(target: crate::OUTPUT_TARGET, plugin, "{message}"),
         }
     }
 }

@@ -151,13 +151,17 @@ impl GuestOutput {
         let plugin = &*self.plugin;
         match self.stream {
             Stream::Stdout if dropped > 0 => {
-                tracing::info!(plugin, stream = "stdout", dropped, "{line}")
+                tracing::info!(target: crate::OUTPUT_TARGET, plugin, stream = "stdout", dropped, "{line}")
             }
-            Stream::Stdout => tracing::info!(plugin, stream = "stdout", "{line}"),
+            Stream::Stdout => {
+                tracing::info!(target: crate::OUTPUT_TARGET, plugin, stream = "stdout", "{line}")
+            }
             Stream::Stderr if dropped > 0 => {
-                tracing::warn!(plugin, stream = "stderr", dropped, "{line}")
+                tracing::warn!(target: crate::OUTPUT_TARGET, plugin, stream = "stderr", dropped, "{line}")
             }
-            Stream::Stderr => tracing::warn!(plugin, stream = "stderr", "{line}"),
+            Stream::Stderr => {
+                tracing::warn!(target: crate::OUTPUT_TARGET, plugin, stream = "stderr", "{line}")
+            }
         }
     }
 }

@@ -88,6 +88,9 @@ fn an_infinite_loop_is_stopped_at_its_deadline_and_only_its_item_fails() {
         fault_of(&results[1]),
         &Fault::Deadline(Duration::from_millis(200))
     );
+    // The error names the key that would raise the limit.
+    let said = results[1].as_ref().unwrap_err().to_string();
+    assert!(said.contains("`timeout_ms` = 200 ms"), "{said}");
     echoed(&results[2], "last");
     // The instance was replaced: the plugin still serves.
     echoed(&plugin.preprocess(&[text("d", "again")])[0], "again");
@@ -151,7 +154,13 @@ fn a_panic_is_reported_with_its_message_and_the_instance_is_replaced() {
     let results = plugin.preprocess(&[text("a", "panic")]);
     match fault_of(&results[0]) {
         Fault::Trap(message) => {
-            assert!(message.contains("misbehave: panic requested"), "{message}")
+            // The author's message first, wasm's name for the trap after.
+            let panic = message.find("misbehave: panic requested");
+            let trap = message.find("unreachable");
+            assert!(
+                panic.is_some() && trap.is_some() && panic < trap,
+                "{message}"
+            )
         }
         other => panic!("expected a trap, got {other:?}"),
     }

@@ -445,7 +445,11 @@ impl Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Deadline(d) => write!(f, "deadline of {} ms exceeded", d.as_millis()),
+            Fault::Deadline(d) => write!(
+                f,
+                "deadline exceeded: the call ran past `timeout_ms` = {} ms",
+                d.as_millis()
+            ),
             Fault::MemoryCap {
                 cap_bytes,
                 requested_bytes,

@@ -322,9 +322,9 @@ pub fn run(
         serde_json::to_writer(&mut out, &Line { input, outcome })?;
         writeln!(out)?;
     }
-    if failed > 0 {
-        eprintln!("{failed} of {} input(s) failed", files.len());
-    }
+    // The lines above say which and why; the status says whether any did,
+    // for a script or a CI job.
+    anyhow::ensure!(failed == 0, "{failed} of {} input(s) failed", files.len());
     Ok(())
 }
 

@@ -36,6 +36,17 @@ fn run(config: &Path, inputs: &[&Path], log: &str) -> Output {
     sluice(&args)
 }
 
+/// [`run`] with `sluice`'s default log filter (no `--log`, no RUST_LOG).
+fn run_default_log(config: &Path, inputs: &[&Path]) -> Output {
+    let mut command = Command::new(crate::common::sluice_bin());
+    command
+        .args(["plugin", "run", "--config", config.to_str().unwrap()])
+        .args(inputs)
+        .env("SLUICE_CACHE_DIR", crate::common::shared_cache_dir())
+        .env_remove("RUST_LOG");
+    command.output().unwrap()
+}
+
 #[test]
 fn plugin_inspect_compiles_once_then_loads_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
@@ -111,8 +122,15 @@ fn plugin_output_goes_to_the_log_never_into_sluices_own_output() {
         wasm,
         "[plugins.chatty.grants]\nstdio = true",
     );
-    let out = run(&granted, &inputs, "info");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The default log filter shows what a plugin granted `stdio` prints.
+    let out = run_default_log(&granted, &inputs);
+    // One input is invalid: the status says so, for a script.
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("1 of 3 input(s) failed"),
+        "{}",
+        text(&out.stderr)
+    );
     let stdout = text(&out.stdout);
     let lines: Vec<serde_json::Value> = stdout
         .lines()
@@ -175,7 +193,11 @@ fn plugin_output_goes_to_the_log_never_into_sluices_own_output() {
     // Not granted: nothing of it anywhere, and the chatty item still succeeds.
     let silent = plugin_toml(dir.path(), "quiet", wasm, "");
     let out = run(&silent, &inputs, "info");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 of 3 input(s) failed"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!text(&out.stdout).contains("hello") && !text(&out.stderr).contains("hello"));
     let second: serde_json::Value =
         serde_json::from_str(text(&out.stdout).lines().nth(1).unwrap()).unwrap();
@@ -215,5 +237,38 @@ fn plugin_run_feeds_a_postprocessor_json_tensors_and_names_a_bad_file() {
     assert!(
         error.contains("short.json") && error.contains("holds 3 elements, data has 1"),
         "{error}"
+    );
+}
+
+#[test]
+fn a_faults_log_line_names_the_item_and_its_error_leads_with_the_authors_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plugin_toml(dir.path(), "evil", plugin_path("misbehave"), "");
+    let fine = dir.path().join("fine.txt");
+    std::fs::write(&fine, "fine").unwrap();
+    let boom = dir.path().join("boom.txt");
+    std::fs::write(&boom, "panic").unwrap();
+    let out = run_default_log(&config, &[&fine, &boom]);
+    assert!(!out.status.success());
+    let log = text(&out.stderr);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("instance discarded") && l.contains("boom.txt")),
+        "{log}"
+    );
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["tensors"][0]["name"], "echo");
+    let message = lines[1]["error"]["message"].as_str().unwrap_or_default();
+    let (panic, trap) = (
+        message.find("misbehave: panic requested"),
+        message.find("unreachable"),
+    );
+    assert!(
+        panic.is_some() && trap.is_some() && panic < trap,
+        "{}",
+        lines[1]
     );
 }
