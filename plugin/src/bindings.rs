@@ -3,7 +3,7 @@
 //! preprocessor world's imported interfaces, so shared types such as
 //! `tensor` are one Rust type.
 
-use sluice_types::{DType, Metadata, RawItem, Tensor};
+use sluice_types::{DType, Inferred, Metadata, RawItem, Tensor};
 
 pub mod pre {
     wasmtime::component::bindgen!({
@@ -95,5 +95,32 @@ pub(super) fn from_wit_tensor(t: wit::Tensor) -> Tensor {
         dtype,
         shape: t.shape.into_iter().map(|d| d as usize).collect(),
         data: t.data,
+    }
+}
+
+/// What a plugin is called on: something with the host's metadata, so a
+/// fault's log line can name the item.
+pub(super) trait Item {
+    fn meta(&self) -> &Metadata;
+
+    /// The item as an operator finds it: its file, else its id.
+    fn named(&self) -> String {
+        let meta = self.meta();
+        match meta.attributes.iter().find(|(k, _)| k == "file") {
+            Some((_, file)) => format!("{file} ({})", meta.id),
+            None => meta.id.clone(),
+        }
+    }
+}
+
+impl Item for RawItem {
+    fn meta(&self) -> &Metadata {
+        &self.meta
+    }
+}
+
+impl Item for Inferred {
+    fn meta(&self) -> &Metadata {
+        &self.meta
     }
 }

@@ -51,8 +51,8 @@ pub(crate) use sandbox::PluginState;
 use crate::config::{Grants, PluginConfig};
 use crate::error::{EngineError, PluginError, PluginErrorCause};
 use bindings::{
-    POSTPROCESS_EXPORT, PREPROCESS_EXPORT, from_wit_tensor, post, pre, to_wit_meta, to_wit_raw,
-    to_wit_tensor, wit,
+    Item, POSTPROCESS_EXPORT, PREPROCESS_EXPORT, from_wit_tensor, post, pre, to_wit_meta,
+    to_wit_raw, to_wit_tensor, wit,
 };
 use sha2::{Digest, Sha256};
 use sluice_types::{Document, Fault, Inferred, ItemError, ItemResults, RawItem, Tensor};
@@ -590,32 +590,5 @@ impl Plugin {
             Ok(Err(message)) => Err(fail(PluginErrorCause::InitRefused(message))),
             Err(e) => Err(trapped(&store, e)),
         }
-    }
-}
-
-/// What a plugin is called on: something with the host's metadata, so a
-/// fault's log line can name the item.
-trait Item {
-    fn meta(&self) -> &sluice_types::Metadata;
-
-    /// The item as an operator finds it: its file, else its id.
-    fn named(&self) -> String {
-        let meta = self.meta();
-        match meta.attributes.iter().find(|(k, _)| k == "file") {
-            Some((_, file)) => format!("{file} ({})", meta.id),
-            None => meta.id.clone(),
-        }
-    }
-}
-
-impl Item for RawItem {
-    fn meta(&self) -> &sluice_types::Metadata {
-        &self.meta
-    }
-}
-
-impl Item for Inferred {
-    fn meta(&self) -> &sluice_types::Metadata {
-        &self.meta
     }
 }
