@@ -8,7 +8,9 @@ cd "$here"
 sluice="${SLUICE:-sluice}"
 {{native_tests}}
 ./build.sh plugin.wasm
-"$sluice" plugin run --config sluice.toml sample/* > sample-output.jsonl
+# One sample is meant to fail (it shows an item's error), so `plugin run`
+# exits 1 here; what counts is that every line is what was expected.
+"$sluice" plugin run --config sluice.toml sample/* > sample-output.jsonl || [ -s sample-output.jsonl ]
 if ! diff -u expected.jsonl sample-output.jsonl; then
   echo "FAILED: the plugin's output (sample-output.jsonl) differs from expected.jsonl" >&2
   exit 1
