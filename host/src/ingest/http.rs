@@ -171,6 +171,16 @@ impl Source for HttpSource {
     }
 }
 
+/// `503` saying `why`, to come back in a second: a request refused before
+/// its body is read, for want of a permit.
+pub(super) fn busy(why: String) -> Response {
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, why);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// The answer for an input that was not accepted, counted by reason.
 pub(super) fn refused(sink: &Sink, error: &IngestError) -> Response {
     use StatusCode as S;
@@ -234,17 +244,10 @@ pub(super) async fn receive(
     // Held until the answer: bodies in memory are bounded by the permits
     // times the size limit.
     let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
-        let mut response = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{} inputs are already being received (ingest.max_concurrent_requests); retry later",
-                shared.max_concurrent_requests
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(response);
+        return Err(busy(format!(
+            "{} inputs are already being received (ingest.max_concurrent_requests); retry later",
+            shared.max_concurrent_requests
+        )));
     };
     let limit = usize::try_from(sink.max_input_bytes()).unwrap_or(usize::MAX);
     let body = match sluice_serve::read_body(body, declared, limit, shared.body_timeout).await {

@@ -16,7 +16,7 @@
 //! retried call with the same `Idempotency-Key` gets the same result, not
 //! a second one; a call that gives up leaves nothing waiting.
 
-use super::http::{Shared, receive};
+use super::http::{Shared, busy, receive};
 use crate::admin::json_error;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
@@ -39,17 +39,10 @@ pub(super) async fn post_infer(
         return denied;
     }
     let Ok(_call) = shared.calls.clone().try_acquire_owned() else {
-        let mut response = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{} calls already wait for their results (ingest.max_waiting_calls); retry later",
-                shared.max_waiting_calls
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+        return busy(format!(
+            "{} calls already wait for their results (ingest.max_waiting_calls); retry later",
+            shared.max_waiting_calls
+        ));
     };
     let accepted = match receive(&shared, pipeline, peer, &headers, body).await {
         Ok(accepted) => accepted,
