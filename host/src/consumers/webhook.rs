@@ -13,6 +13,9 @@ use crate::config::WebhookConsumerConfig;
 use crate::ingest::IngestError;
 use std::time::Duration;
 
+/// The most of a refusing answer's body read, to quote it.
+const MAX_ANSWER_BYTES: usize = 4096;
+
 /// A consumer posting to a local web hook.
 pub(super) struct WebhookConsumer {
     client: reqwest::Client,
@@ -76,13 +79,20 @@ impl WebhookConsumer {
             }
             match request.send().await {
                 Ok(answer) if answer.status().is_success() => {}
-                Ok(answer) => {
+                Ok(mut answer) => {
                     let status = answer.status();
-                    let body = answer.text().await.unwrap_or_default();
+                    // Only the start of what it says, however much it sends.
+                    let mut body = Vec::new();
+                    while body.len() < MAX_ANSWER_BYTES {
+                        match answer.chunk().await {
+                            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                            _ => break,
+                        }
+                    }
                     let why = format!(
                         "{} answered {status}: {}",
                         self.url,
-                        crate::error::upstream_text(body.as_bytes(), 200)
+                        crate::error::upstream_text(&body, 200)
                     );
                     if status.is_server_error()
                         || status == reqwest::StatusCode::REQUEST_TIMEOUT
