@@ -56,6 +56,21 @@ pub struct Broker {
     pub topic_prefix: String,
 }
 
+impl Broker {
+    /// The files it names (password, CA, client certificate and key), for
+    /// a configuration loader to resolve against its folder.
+    pub fn files_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        [
+            &mut self.password_file,
+            &mut self.ca_file,
+            &mut self.client_cert_file,
+            &mut self.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 impl Default for Broker {
     fn default() -> Self {
         Broker {

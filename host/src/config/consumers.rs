@@ -93,17 +93,7 @@ impl ConsumerConfig {
     pub(super) fn files(&mut self) -> Vec<&mut PathBuf> {
         let mut files = Vec::new();
         if let Some(mqtt) = &mut self.mqtt {
-            let broker = &mut mqtt.broker;
-            files.extend(
-                [
-                    &mut broker.password_file,
-                    &mut broker.ca_file,
-                    &mut broker.client_cert_file,
-                    &mut broker.client_key_file,
-                ]
-                .into_iter()
-                .flatten(),
-            );
+            files.extend(mqtt.broker.files_mut());
         }
         if let Some(webhook) = &mut self.webhook {
             files.extend(

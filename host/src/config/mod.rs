@@ -146,18 +146,7 @@ impl Config {
             resolve(file);
         }
         if let Some(mqtt) = &mut self.ingest.mqtt {
-            let broker = &mut mqtt.broker;
-            for file in [
-                &mut broker.password_file,
-                &mut broker.ca_file,
-                &mut broker.client_cert_file,
-                &mut broker.client_key_file,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                resolve(file);
-            }
+            mqtt.broker.files_mut().for_each(resolve);
         }
         if let Some(file) = &mut self.admin.token_file {
             resolve(file);
