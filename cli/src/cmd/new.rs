@@ -169,13 +169,35 @@ const FILES: &[TemplateFile] = &[
 /// are postprocessors).
 const BUILD_WORLD_LINE: &str = "\nworld=postprocessor\n";
 
-/// The WIT a Python or JavaScript project builds against (Rust gets it from
-/// `sluice-guest`).
+/// The WIT a project builds against: at `wit/` for Python and JavaScript,
+/// inside the guest SDK's copy for Rust.
 const WIT: &[(&str, &str)] = &[
     ("wit/sluice.wit", include_str!("../../../wit/sluice.wit")),
     (
         "wit/deps/wasi-nn/wasi-nn.wit",
         include_str!("../../../wit/deps/wasi-nn/wasi-nn.wit"),
+    ),
+];
+
+/// Where a Rust project keeps its copy of the guest SDK. A copy rather than a
+/// path into a Sluice checkout or a registry: the project builds wherever it
+/// is moved or shared, offline, with the SDK this `sluice` speaks.
+const SDK_DIR: &str = "vendor/sluice-guest";
+
+/// The guest SDK's files, besides its WIT: exactly what `cargo package`
+/// puts in the published crate (a test compares the two).
+const SDK: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../../../guest-sdk/Cargo.toml")),
+    ("README.md", include_str!("../../../guest-sdk/README.md")),
+    ("src/lib.rs", include_str!("../../../guest-sdk/src/lib.rs")),
+    (
+        "src/bindings.rs",
+        include_str!("../../../guest-sdk/src/bindings.rs"),
+    ),
+    ("src/log.rs", include_str!("../../../guest-sdk/src/log.rs")),
+    (
+        "src/tensor.rs",
+        include_str!("../../../guest-sdk/src/tensor.rs"),
     ),
 ];
 
@@ -207,7 +229,11 @@ pub fn run(name: &str, lang: Lang, world: World, dir: Option<PathBuf>) -> anyhow
         )?;
         written.push(file.path);
     }
-    if lang != Rust {
+    if lang == Rust {
+        for (path, text) in SDK.iter().chain(WIT) {
+            write(&dir.join(SDK_DIR), path, text, false)?;
+        }
+    } else {
         for (path, text) in WIT {
             write(&dir, path, text, false)?;
             written.push(path);
@@ -216,6 +242,12 @@ pub fn run(name: &str, lang: Lang, world: World, dir: Option<PathBuf>) -> anyhow
     println!("created {} ({lang:?} {world:?}):", dir.display());
     for path in written {
         println!("  {path}");
+    }
+    if lang == Rust {
+        println!(
+            "  {SDK_DIR}/ (the guest SDK, sluice-guest {})",
+            sdk_version()
+        );
     }
     println!("next: cd {} && ./test.sh", dir.display());
     Ok(())
@@ -237,21 +269,15 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where Rust projects get `sluice-guest`: this checkout's copy when the
-/// binary runs from one, else crates.io.
-fn guest_sdk_dependency() -> String {
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-    match checkout.join("Cargo.toml").canonicalize() {
-        Ok(manifest) => format!(
-            "{{ path = {:?} }}",
-            manifest
-                .parent()
-                .expect("a manifest has a folder")
-                .display()
-                .to_string()
-        ),
-        Err(_) => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
-    }
+/// The guest SDK's version, from its manifest's first `version = "…"` line
+/// (the SDK follows the WIT package's version, not the CLI's).
+fn sdk_version() -> &'static str {
+    SDK[0]
+        .1
+        .lines()
+        .find_map(|line| line.strip_prefix("version = \""))
+        .and_then(|rest| rest.split('"').next())
+        .expect("guest-sdk/Cargo.toml names its version")
 }
 
 fn variables(name: &str, lang: Lang, world: World) -> Vec<(&'static str, String)> {
@@ -271,7 +297,8 @@ fn variables(name: &str, lang: Lang, world: World) -> Vec<(&'static str, String)
         Rust => (
             "Rust",
             "src/lib.rs",
-            "Needs Rust (rustup); it adds the `wasm32-wasip2` target if missing.",
+            "Needs Rust (rustup); it adds the `wasm32-wasip2` target if missing. \
+             `vendor/sluice-guest/` is the guest SDK this project was made with.",
             "32",
             "cargo test --quiet --lib --manifest-path \"$here/Cargo.toml\" # the logic, natively",
             "target/",
@@ -310,7 +337,13 @@ fn variables(name: &str, lang: Lang, world: World) -> Vec<(&'static str, String)
         ("memory_mb", memory_mb.to_owned()),
         ("native_tests", native_tests.to_owned()),
         ("ignore", ignore.to_owned()),
-        ("sdk", guest_sdk_dependency()),
+        (
+            "sdk",
+            format!(
+                "{{ version = \"{}\", path = \"{SDK_DIR}\" }}",
+                sdk_version()
+            ),
+        ),
     ]
 }
 

@@ -72,12 +72,29 @@ fn plugin_new_fills_every_template_and_refuses_what_it_cannot_make() {
             assert!(config.contains("[plugins.my-plugin]"), "{config}");
             let expected = std::fs::read_to_string(project.join("expected.jsonl")).unwrap();
             assert!(expected.contains("plugin `my-plugin`"), "{expected}");
-            // Python and JavaScript build against the WIT, which comes along.
+            // Python and JavaScript build against the WIT, which comes along;
+            // Rust against the guest SDK's copy, WIT inside.
             assert_eq!(
                 project.join("wit/sluice.wit").is_file(),
                 lang != "rust",
                 "{lang} {world}: {files:?}"
             );
+            assert_eq!(
+                project.join("vendor/sluice-guest/wit/sluice.wit").is_file(),
+                lang == "rust",
+                "{lang} {world}: {files:?}"
+            );
+            // Nothing points into this checkout: the project can move.
+            let checkout = repo_root().canonicalize().unwrap();
+            for file in &files {
+                let content = std::fs::read_to_string(file).unwrap();
+                assert!(
+                    !content.contains(checkout.to_str().unwrap()),
+                    "{}: names the checkout {}",
+                    file.display(),
+                    checkout.display()
+                );
+            }
         }
     }
     let again = plugin_new(
@@ -101,6 +118,43 @@ fn plugin_new_fills_every_template_and_refuses_what_it_cannot_make() {
     );
 }
 
+/// A Rust project's copy of the guest SDK is the published crate: the files
+/// `cargo package` lists (less what cargo adds), byte for byte.
+#[test]
+fn a_rust_project_carries_the_published_guest_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = plugin_new("my-plugin", "rust", "preprocessor", dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args(["package", "--list", "--allow-dirty", "-p", "sluice-guest"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let added_by_cargo = ["Cargo.toml.orig", "Cargo.lock", ".cargo_vcs_info.json"];
+    let mut published: Vec<String> = text(&listed.stdout)
+        .lines()
+        .filter(|f| !added_by_cargo.contains(f))
+        .map(str::to_owned)
+        .collect();
+    published.sort();
+    let vendored_dir = dir.path().join("vendor/sluice-guest");
+    let mut vendored: Vec<String> = files_under(&vendored_dir)
+        .iter()
+        .map(|f| f.strip_prefix(&vendored_dir).unwrap().display().to_string())
+        .collect();
+    vendored.sort();
+    assert_eq!(vendored, published);
+    assert!(published.contains(&"wit/sluice.wit".to_owned()));
+    for file in &published {
+        assert_eq!(
+            std::fs::read(vendored_dir.join(file)).unwrap(),
+            std::fs::read(repo_root().join("guest-sdk").join(file)).unwrap(),
+            "vendor/sluice-guest/{file} differs from guest-sdk/{file}"
+        );
+    }
+}
+
 /// Run a generated project's `test.sh` with the built `sluice`; toolchains
 /// and build outputs are shared across projects and runs under `target/`.
 fn run_project_test(project: &Path) -> Output {
@@ -113,12 +167,16 @@ fn run_project_test(project: &Path) -> Output {
         .unwrap()
 }
 
-/// Make a `lang` `world` project with `sluice plugin new` in `project`,
-/// let `prepare` touch it, and run its own `test.sh`: it must pass.
-fn new_project_passes_its_test(lang: &str, world: &str, project: &Path, prepare: impl Fn(&Path)) {
+/// Make a `lang` `world` project with `sluice plugin new` in `project` and
+/// run its own `test.sh`: it must pass.
+fn new_project_passes_its_test(lang: &str, world: &str, project: &Path) {
     let out = plugin_new("new-plugin", lang, world, project);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    prepare(project);
+    project_passes_its_test(lang, world, project);
+}
+
+/// Run a project's own `test.sh`: it must pass.
+fn project_passes_its_test(lang: &str, world: &str, project: &Path) {
     let out = run_project_test(project);
     let shown = format!(
         "{lang} {world}: {}\n{}",
@@ -132,19 +190,25 @@ fn new_project_passes_its_test(lang: &str, world: &str, project: &Path, prepare:
     );
 }
 
+/// Made in one folder and moved to another before it is built, as a shared
+/// project would be: it needs nothing from where it was made.
 #[test]
 fn a_new_rust_plugin_builds_and_passes_its_own_test() {
-    let dir = tempfile::tempdir().unwrap();
+    let made = tempfile::tempdir().unwrap();
+    let moved = tempfile::tempdir().unwrap();
     for world in ["preprocessor", "postprocessor"] {
-        new_project_passes_its_test("rust", world, &dir.path().join(world), |project| {
-            // The versions the bundled plugins were built with: nothing new
-            // to download or compile beyond this crate.
-            std::fs::copy(
-                repo_root().join("plugins/Cargo.lock"),
-                project.join("Cargo.lock"),
-            )
-            .unwrap();
-        });
+        let out = plugin_new("new-plugin", "rust", world, &made.path().join(world));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let project = moved.path().join(world);
+        std::fs::rename(made.path().join(world), &project).unwrap();
+        // The versions the bundled plugins were built with: nothing new to
+        // download or compile beyond this crate.
+        std::fs::copy(
+            repo_root().join("plugins/Cargo.lock"),
+            project.join("Cargo.lock"),
+        )
+        .unwrap();
+        project_passes_its_test("rust", world, &project);
     }
 }
 
@@ -157,7 +221,7 @@ fn new_python_and_javascript_plugins_build_and_pass_their_own_test() {
         }
         for world in ["preprocessor", "postprocessor"] {
             let project = dir.path().join(format!("{lang}-{world}"));
-            new_project_passes_its_test(lang, world, &project, |_| {});
+            new_project_passes_its_test(lang, world, &project);
         }
     }
 }
