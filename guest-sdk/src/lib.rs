@@ -71,6 +71,7 @@ pub const WIT_PACKAGE: &str = "sluice:plugin@0.1.0";
 mod tensor;
 pub use tensor::Element;
 pub mod log;
+pub mod options;
 
 pub use bindings::types::{Dtype, Tensor};
 

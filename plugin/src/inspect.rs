@@ -4,6 +4,7 @@
 use super::{PluginHost, PluginKind};
 use crate::config::Grants;
 use crate::error::PluginErrorCause;
+use crate::options::{PluginOption, component_options};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -29,6 +30,11 @@ pub struct ComponentReport {
     /// Whether the compiled component came from the compiled-plugin cache
     /// (else it was compiled now, and cached if there is a cache).
     pub from_cache: bool,
+    /// The configuration keys its author documents (its `sluice-options`
+    /// section); `None`: it documents none.
+    pub options: Option<Vec<PluginOption>>,
+    /// Why its options section could not be read, if it could not.
+    pub options_error: Option<String>,
 }
 
 /// Compile `wasm` and describe it; `grants` is what its configuration grants.
@@ -58,6 +64,11 @@ pub fn inspect_component(
         .err()
         .map(|e| format!("{e:#}"));
     let (granted, denied) = capabilities(&imports, grants);
+    // A malformed section is reported, not fatal: the plugin may still run.
+    let (options, options_error) = match component_options(wasm) {
+        Ok(options) => (options, None),
+        Err(e) => (None, Some(e)),
+    };
     Ok(ComponentReport {
         size_bytes: wasm.len(),
         sha256: hex::encode(Sha256::digest(wasm)),
@@ -68,6 +79,8 @@ pub fn inspect_component(
         granted,
         denied,
         from_cache: outcome == super::CacheOutcome::Hit,
+        options,
+        options_error,
     })
 }
 
@@ -148,6 +161,21 @@ impl fmt::Display for ComponentReport {
         if !self.denied.is_empty() {
             list(f, "denied", &self.denied, "")?;
         }
-        Ok(())
+        writeln!(f, "options:")?;
+        match (&self.options, &self.options_error) {
+            (_, Some(e)) => writeln!(f, "  unreadable: {e}"),
+            (None, None) => writeln!(
+                f,
+                "  none documented (the component has no `{}` section)",
+                crate::options::SECTION
+            ),
+            (Some(options), None) => options.iter().try_for_each(|o| {
+                match &o.default {
+                    Some(default) => writeln!(f, "  {} = {default}", o.key)?,
+                    None => writeln!(f, "  {} (required)", o.key)?,
+                }
+                writeln!(f, "      {}", o.meaning)
+            }),
+        }
     }
 }

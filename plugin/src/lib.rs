@@ -38,6 +38,7 @@ pub mod error;
 mod inspect;
 pub(crate) mod limits;
 mod nn;
+pub mod options;
 mod sandbox;
 mod stdio;
 

@@ -136,6 +136,7 @@ fn plugin_inspect_describes_every_bundled_plugin() {
     assert!(list.status.success(), "{}", stderr(&list));
     let names: Vec<String> = stdout(&list).lines().map(str::to_owned).collect();
     assert_eq!(names.len(), 4, "{names:?}");
+    let docs = std::fs::read_to_string(crate::common::repo_root().join("docs/plugins.md")).unwrap();
     for name in &names {
         let out = sluice(&["plugin", "inspect", name]);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
@@ -165,7 +166,30 @@ fn plugin_inspect_describes_every_bundled_plugin() {
                 .iter()
                 .any(|e| e.as_str().unwrap().starts_with("sluice:plugin/"))
         );
+
+        // Its options, from the component itself, as docs/plugins.md lists them.
+        let options: Vec<sluice_agent::plugin::options::PluginOption> =
+            serde_json::from_value(report["options"].clone()).expect("options listed");
+        assert!(options.len() >= 4, "{name}: {options:?}");
+        for option in &options {
+            assert!(
+                text.contains(&format!("\n  {} ", option.key)),
+                "{name}: `{}` not shown:\n{text}",
+                option.key
+            );
+        }
+        let table = sluice_agent::plugin::options::markdown_table(&options);
+        assert!(
+            docs.contains(&format!("### `{name}`\n\n")) && docs.contains(&table),
+            "docs/plugins.md does not list {name}'s options as its component does:\n{table}"
+        );
     }
+    let image = stdout(&sluice(&["plugin", "inspect", "bundled:image-preprocess"]));
+    assert!(
+        image.contains("  layout = \"nchw\"\n      `\"nchw\"`: `[1, C, H, W]`"),
+        "{image}"
+    );
+    assert!(image.contains("  width (required)\n"), "{image}");
 }
 
 #[test]

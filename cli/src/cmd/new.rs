@@ -101,6 +101,18 @@ const FILES: &[TemplateFile] = &[
     file!("Cargo.toml", "rust/Cargo.toml", Some(Rust), None),
     file!("build.sh", "rust/build.sh", Some(Rust), None, true),
     file!(
+        "options.json",
+        "rust/options.preprocessor.json",
+        Some(Rust),
+        Some(Pre)
+    ),
+    file!(
+        "options.json",
+        "rust/options.postprocessor.json",
+        Some(Rust),
+        Some(Post)
+    ),
+    file!(
         "src/lib.rs",
         "rust/src/lib.preprocessor.rs",
         Some(Rust),
@@ -195,6 +207,10 @@ const SDK: &[(&str, &str)] = &[
         include_str!("../../../guest-sdk/src/bindings.rs"),
     ),
     ("src/log.rs", include_str!("../../../guest-sdk/src/log.rs")),
+    (
+        "src/options.rs",
+        include_str!("../../../guest-sdk/src/options.rs"),
+    ),
     (
         "src/tensor.rs",
         include_str!("../../../guest-sdk/src/tensor.rs"),

@@ -211,6 +211,8 @@ impl Postprocessor for ClassifyPostprocess {
 }
 
 sluice_guest::export_postprocessor!(ClassifyPostprocess);
+// The options `sluice plugin inspect` lists (a unit test checks them against `Config`).
+sluice_guest::options!("../options.json");
 
 #[cfg(test)]
 mod props;

@@ -106,3 +106,9 @@ fn parse_labels_trims_and_drops_trailing_blank_lines() {
     assert_eq!(parse_labels("a\n\nc"), vec!["a", "", "c"]);
     assert!(parse_labels("\n\n").is_empty());
 }
+
+/// `options.json` names exactly the keys `Config` accepts.
+#[test]
+fn the_options_file_documents_every_key() {
+    sluice_guest::options::check::<Config>(include_str!("../options.json")).unwrap();
+}

@@ -585,6 +585,8 @@ impl Preprocessor for ImagePreprocess {
 }
 
 sluice_guest::export_preprocessor!(ImagePreprocess);
+// The options `sluice plugin inspect` lists (a unit test checks them against `Config`).
+sluice_guest::options!("../options.json");
 
 #[cfg(test)]
 mod props;

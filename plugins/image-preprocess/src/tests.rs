@@ -356,3 +356,9 @@ fn a_draft_decoded_jpeg_gives_what_the_full_decode_gives() {
         );
     }
 }
+
+/// `options.json` names exactly the keys `Config` accepts.
+#[test]
+fn the_options_file_documents_every_key() {
+    sluice_guest::options::check::<Config>(include_str!("../options.json")).unwrap();
+}

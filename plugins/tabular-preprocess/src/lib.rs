@@ -428,6 +428,8 @@ impl Preprocessor for TabularPreprocess {
 }
 
 sluice_guest::export_preprocessor!(TabularPreprocess);
+// The options `sluice plugin inspect` lists (a unit test checks them against `Config`).
+sluice_guest::options!("../options.json");
 
 #[cfg(test)]
 mod props;

@@ -286,3 +286,9 @@ fn scaler_file() {
     assert!(e.contains("cannot parse") && e.contains("scale"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `options.json` names exactly the keys `Config` accepts.
+#[test]
+fn the_options_file_documents_every_key() {
+    sluice_guest::options::check::<Config>(include_str!("../options.json")).unwrap();
+}

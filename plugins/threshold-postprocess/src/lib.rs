@@ -115,6 +115,8 @@ impl Postprocessor for ThresholdPostprocess {
 }
 
 sluice_guest::export_postprocessor!(ThresholdPostprocess);
+// The options `sluice plugin inspect` lists (a unit test checks them against `Config`).
+sluice_guest::options!("../options.json");
 
 #[cfg(test)]
 mod props;
@@ -122,6 +124,12 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `options.json` names exactly the keys `Config` accepts.
+    #[test]
+    fn the_options_file_documents_every_key() {
+        sluice_guest::options::check::<Config>(include_str!("../options.json")).unwrap();
+    }
 
     fn plugin(json: &str) -> Result<ThresholdPostprocess, String> {
         ThresholdPostprocess::from_config(serde_json::from_str(json).map_err(|e| e.to_string())?)

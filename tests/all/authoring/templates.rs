@@ -209,6 +209,19 @@ fn a_new_rust_plugin_builds_and_passes_its_own_test() {
         )
         .unwrap();
         project_passes_its_test("rust", world, &project);
+        // Its options travel inside the component, for `plugin inspect`.
+        let wasm = project.join("plugin.wasm");
+        let out = crate::common::sluice(&["plugin", "inspect", wasm.to_str().unwrap()]);
+        let key = if world == "preprocessor" {
+            "output"
+        } else {
+            "input"
+        };
+        assert!(
+            text(&out.stdout).contains(&format!("options:\n  {key} = ")),
+            "{}",
+            text(&out.stdout)
+        );
     }
 }
 

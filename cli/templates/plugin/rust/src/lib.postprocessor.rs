@@ -89,10 +89,18 @@ impl Postprocessor for Plugin {
 }
 
 sluice_guest::export_postprocessor!(Plugin);
+// `options.json` describes `Config` for `sluice plugin inspect`; a test below
+// fails when the two disagree. Change them together.
+sluice_guest::options!("../options.json");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_options_file_documents_every_config_key() {
+        sluice_guest::options::check::<Config>(include_str!("../options.json")).unwrap();
+    }
 
     #[test]
     fn the_highest_score_wins_and_ties_go_to_the_lower_index() {

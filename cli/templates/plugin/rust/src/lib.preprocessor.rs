@@ -75,10 +75,18 @@ impl Preprocessor for Plugin {
 }
 
 sluice_guest::export_preprocessor!(Plugin);
+// `options.json` describes `Config` for `sluice plugin inspect`; a test below
+// fails when the two disagree. Change them together.
+sluice_guest::options!("../options.json");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_options_file_documents_every_config_key() {
+        sluice_guest::options::check::<Config>(include_str!("../options.json")).unwrap();
+    }
 
     #[test]
     fn numbers_separated_by_commas_or_spaces() {
