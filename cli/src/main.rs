@@ -230,8 +230,8 @@ enum PluginCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// Keep compiled plugins here (without --config; default
-        /// `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`).
+        /// Keep compiled plugins here (without --config; default the
+        /// machine's cache, `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`).
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
@@ -349,7 +349,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }) => cmd::plugin::inspect(
             &file,
             config.as_deref().zip(plugin.as_deref()),
-            cache_dir.or_else(cmd::plugin::user_cache_dir),
+            cache_dir.or_else(cmd::machine_cache_dir),
             json,
         ),
         Command::Plugin(PluginCommand::New {

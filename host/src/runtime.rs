@@ -361,6 +361,7 @@ pub fn engine_options(config: &Config) -> EngineOptions {
             config.runtime.resolved_workers(),
         ),
         cache_dir: Some(config.cache_dir()),
+        cache_max_bytes: config.runtime.cache_max_bytes(),
     }
 }
 

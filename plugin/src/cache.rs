@@ -11,6 +11,12 @@
 //! entry that fails that check is recompiled and overwritten by a full
 //! build, and refused with a clear message by a runtime-only one.
 //!
+//! One cache serves every command and data directory of a machine (the
+//! `sluice` command keeps it in the user's cache folder): the name holds
+//! the CPU features compiled for, so a cache copied from another machine
+//! misses instead of being overwritten, and the cache is bounded, the least
+//! recently used entries pruned (every hit touches its file).
+//!
 //! Every entry is sealed with its length and SHA-256 (`sluice_durable::sealed`)
 //! and written durably: a power cut can leave a file of the right length
 //! with zeroed blocks inside, which wasmtime's deserializer (it trusts its
@@ -40,10 +46,15 @@ pub enum CacheOutcome {
     Compiled,
 }
 
+/// The default bound of the cache's compiled entries (1 GiB: some thirty
+/// Python or JavaScript plugins, hundreds of Rust ones).
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
 /// The compiled components of one engine, on disk (or nowhere).
 pub(crate) struct ComponentCache {
     dir: Option<PathBuf>,
     engine_key: String,
+    max_bytes: u64,
 }
 
 impl ComponentCache {
@@ -52,8 +63,12 @@ impl ComponentCache {
     /// checked), or `None` for wide ones: the two compile differently, and an
     /// engine falling back to compact memories must not overwrite (and later
     /// find unusable) the entries of the usual wide ones.
-    pub fn new(dir: Option<PathBuf>, compact_bytes: Option<usize>) -> Self {
-        let mut key = format!("{ENGINE_SETTINGS};{}", std::env::consts::ARCH);
+    pub fn new(dir: Option<PathBuf>, compact_bytes: Option<usize>, max_bytes: u64) -> Self {
+        let mut key = format!(
+            "{ENGINE_SETTINGS};{};{}",
+            std::env::consts::ARCH,
+            cpu_features()
+        );
         if let Some(bytes) = compact_bytes {
             key.push_str(&format!(";compact-{bytes}"));
         }
@@ -68,6 +83,7 @@ impl ComponentCache {
         ComponentCache {
             dir,
             engine_key: hex::encode(&Sha256::digest(key.as_bytes())[..8]),
+            max_bytes,
         }
     }
 
@@ -82,7 +98,10 @@ impl ComponentCache {
         };
         match sluice_durable::sealed::read(&path, MAX_COMPILED_BYTES) {
             Ok(Some(compiled)) => match deserialize(engine, &compiled) {
-                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Ok(component) => {
+                    touch(&path);
+                    return Ok((component, CacheOutcome::Hit));
+                }
                 // Compiled for a pool whose slots were larger than this
                 // engine's (another `memory_mb`): recompiling says whether
                 // it fits, and why not.
@@ -102,6 +121,19 @@ impl ComponentCache {
         if let Err(e) = store(&path, &component.serialize()?) {
             tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e}");
         }
+        let (kept, removed) = prune(
+            path.parent().expect("in a directory"),
+            self.max_bytes,
+            &path,
+        );
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                kept_bytes = kept,
+                max_bytes = self.max_bytes,
+                "pruned the least recently used compiled plugins"
+            );
+        }
         Ok((component, CacheOutcome::Compiled))
     }
 
@@ -113,6 +145,87 @@ impl ComponentCache {
                 .join(format!("{digest}-{}.cwasm", self.engine_key)),
         )
     }
+}
+
+/// The CPU features compiled code may use, as the compiler detects them
+/// (Cranelift's native flags): code compiled on another CPU of the same
+/// architecture gets another name, so a shared or copied cache misses
+/// instead of fighting over one file.
+fn cpu_features() -> String {
+    #[allow(unused_mut)]
+    let mut found: Vec<&str> = Vec::new();
+    macro_rules! detect {
+        ($check:ident, $($feature:tt),*) => {
+            $( if std::arch::$check!($feature) { found.push($feature); } )*
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    detect!(
+        is_x86_feature_detected,
+        "sse3",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "popcnt",
+        "avx",
+        "avx2",
+        "fma",
+        "bmi1",
+        "bmi2",
+        "lzcnt",
+        "cmpxchg16b",
+        "avx512f",
+        "avx512vl",
+        "avx512dq",
+        "avx512vbmi",
+        "avx512bitalg"
+    );
+    #[cfg(target_arch = "aarch64")]
+    detect!(is_aarch64_feature_detected, "lse", "paca", "fp16");
+    found.join(",")
+}
+
+/// Mark `path` used now (its modification time): pruning keeps the entries
+/// used most recently. A failure only makes the entry look older.
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Remove the least recently used compiled entries of `dir` (never `keep`)
+/// until they take at most `max_bytes`; returns the bytes kept and the
+/// number removed. Another process may hold a removed entry: it has it in
+/// memory (entries are read, never mapped), and recompiles if it needs it
+/// again.
+fn prune(dir: &Path, max_bytes: u64, keep: &Path) -> (u64, usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let mut compiled: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = compiled.iter().map(|(_, len, _)| len).sum();
+    compiled.sort();
+    let mut removed = 0;
+    for (_, len, path) in compiled {
+        if total <= max_bytes {
+            break;
+        }
+        if path != keep && std::fs::remove_file(&path).is_ok() {
+            total = total.saturating_sub(len);
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        let _ = sluice_durable::sync_dir(dir);
+    }
+    (total, removed)
 }
 
 /// Compile `wasm` for `engine` (full builds).
@@ -179,5 +292,41 @@ fn deserialize(engine: &Engine, compiled: &[u8]) -> Result<Component, String> {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".into())
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_entries_down_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |name: &str, age_secs: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; 1000]).unwrap();
+            let file = std::fs::File::options().append(true).open(&path).unwrap();
+            file.set_modified(SystemTime::now() - Duration::from_secs(age_secs))
+                .unwrap();
+            path
+        };
+        let oldest = entry("a.cwasm", 300);
+        let old = entry("b.cwasm", 200);
+        let recent = entry("c.cwasm", 100);
+        // The entry just written is never removed, however old it looks.
+        let new = entry("d.cwasm", 400);
+        std::fs::write(dir.path().join("choices.json"), vec![0u8; 5000]).unwrap();
+        assert_eq!(super::prune(dir.path(), 2500, &new), (2000, 2));
+        assert!(!oldest.exists() && !old.exists());
+        assert!(recent.exists() && new.exists());
+        assert!(
+            dir.path().join("choices.json").exists(),
+            "only compiled entries"
+        );
+        // A hit makes an entry the most recent.
+        let touched = entry("e.cwasm", 500);
+        super::touch(&touched);
+        assert_eq!(super::prune(dir.path(), 2000, &new), (2000, 1));
+        assert!(!recent.exists() && touched.exists() && new.exists());
     }
 }

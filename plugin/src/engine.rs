@@ -21,6 +21,9 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// Where compiled plugins are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// The most bytes of compiled plugins the cache keeps (least recently
+    /// used pruned first).
+    pub cache_max_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -30,6 +33,7 @@ impl Default for EngineOptions {
             max_memory_bytes: 64 << 20,
             max_instances: 16,
             cache_dir: None,
+            cache_max_bytes: crate::cache::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -142,6 +146,7 @@ impl PluginEngine {
         let cache = ComponentCache::new(
             options.cache_dir.clone(),
             allocation.is_compact().then_some(options.max_memory_bytes),
+            options.cache_max_bytes,
         );
         let ticker = EpochTicker::start(engine.clone());
         Ok(PluginEngine {

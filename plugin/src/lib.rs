@@ -42,7 +42,7 @@ pub mod options;
 mod sandbox;
 mod stdio;
 
-pub use cache::CacheOutcome;
+pub use cache::{CacheOutcome, DEFAULT_MAX_BYTES as DEFAULT_CACHE_MAX_BYTES};
 pub use engine::{Allocation, EngineOptions, PluginEngine, instances_for};
 pub use inspect::{ComponentReport, inspect_component};
 pub use limits::PluginLimits;

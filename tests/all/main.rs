@@ -12,6 +12,7 @@ mod authoring;
 mod bundled_plugins;
 mod bundles;
 mod cli;
+mod cli_plugins;
 mod drift;
 mod engines;
 mod fleet;

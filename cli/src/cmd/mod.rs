@@ -20,7 +20,42 @@ pub fn load_config(
     if let Some(dir) = data_dir {
         config.device.data_dir = dir;
     }
+    use_machine_cache(&mut config);
     Ok(config)
+}
+
+/// The machine's cache folder for `sluice` commands: `$SLUICE_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice` (per user: the
+/// cache holds native code the process trusts, so only its user may write
+/// it).
+pub fn machine_cache_dir() -> Option<std::path::PathBuf> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("SLUICE_CACHE_DIR").or_else(|| {
+        absolute("XDG_CACHE_HOME")
+            .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+            .map(|base| base.join("sluice"))
+    })
+}
+
+/// Give a configuration that names no `runtime.cache_dir` the machine's
+/// cache, so every command and data directory compiles a plugin once. A
+/// folder that cannot be written (a read-only root file system, a service
+/// user without a home) leaves the library's default, `<data_dir>/cache`.
+pub fn use_machine_cache(config: &mut sluice_agent::config::Config) {
+    if config.runtime.cache_dir.is_some() {
+        return;
+    }
+    let Some(dir) = machine_cache_dir() else {
+        return;
+    };
+    let writable = std::fs::create_dir_all(&dir).is_ok() && tempfile::tempfile_in(&dir).is_ok();
+    if writable {
+        config.runtime.cache_dir = Some(dir);
+    }
 }
 
 /// Start only pipeline `pipeline` of `config` (or its only one), for a

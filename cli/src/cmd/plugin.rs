@@ -39,8 +39,8 @@ pub fn compile(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// `sluice plugin inspect`. Compiled components are kept in the
-/// configuration's cache, else in `cache_dir`: a second inspection of an
-/// 18 MB Python component takes milliseconds, not seconds.
+/// configuration's cache, else in `cache_dir` (the machine's): a second
+/// inspection of an 18 MB Python component takes milliseconds, not seconds.
 pub fn inspect(
     file: &str,
     config: Option<(&Path, &str)>,
@@ -50,7 +50,8 @@ pub fn inspect(
     // With a configuration: its grants, and its compiled-plugin cache.
     let (grants, cache_dir) = match config {
         Some((path, name)) => {
-            let config = Config::load(path)?;
+            let mut config = Config::load(path)?;
+            super::use_machine_cache(&mut config);
             let Some(plugin) = config.plugins.get(name) else {
                 bail!("{} configures no plugin named `{name}`", path.display());
             };
@@ -81,16 +82,6 @@ pub fn inspect(
         bail!("{file} cannot run in Sluice: it exports no sluice:plugin interface");
     }
     Ok(())
-}
-
-/// The cache `plugin inspect` uses without a configuration:
-/// `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`.
-pub fn user_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("sluice"))
 }
 
 /// A tensor as `plugin run` reads and prints it: elements as JSON numbers.

@@ -9,7 +9,8 @@ use std::path::Path;
 
 /// `sluice run --config FILE`: run until SIGTERM or Ctrl-C, then drain.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load_device(config_path)?;
+    let mut config = Config::load_device(config_path)?;
+    super::use_machine_cache(&mut config);
     let tokio = super::tokio_runtime()?;
     // Register the handlers before start-up (loading models and plugins
     // takes a while), so an early SIGTERM drains too.

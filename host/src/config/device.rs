@@ -32,8 +32,13 @@ impl Default for DeviceConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Where compiled plugins (`.cwasm`) are kept; default `<data_dir>/cache`.
+    /// Where compiled plugins (`.cwasm`) and measured execution choices
+    /// are kept; default `<data_dir>/cache` (the `sluice` command defaults
+    /// to the machine's cache instead, shared by every data directory).
     pub cache_dir: Option<PathBuf>,
+    /// The most MiB of compiled plugins kept in `cache_dir`, the least
+    /// recently used removed first; default 1024.
+    pub cache_max_mb: Option<u64>,
     /// Use wasmtime's pooling allocator: `auto` tries it and falls back to
     /// smaller reservations when the machine's address space cannot hold it
     /// (see [`crate::plugin::Allocation`]).
@@ -58,6 +63,14 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// The most pipeline threads a configuration may ask for.
     pub const MAX_WORKERS: usize = 256;
+
+    /// `cache_max_mb` in bytes, its default applied.
+    pub fn cache_max_bytes(&self) -> u64 {
+        self.cache_max_mb
+            .map_or(sluice_plugin::DEFAULT_CACHE_MAX_BYTES, |mb| {
+                mb.saturating_mul(1 << 20)
+            })
+    }
 
     /// `workers`, with 0 resolved to the number of cores.
     pub fn resolved_workers(&self) -> usize {

@@ -240,6 +240,8 @@ pub static LIMITS: &[Limit] = &[
         "the whole agent's memory, checked at start", |c| c.device.memory_budget_mb },
     limit! { "runtime.workers", Count, d(0), int(0), int(WORKERS), Some("one per core"),
         "threads running pipeline batches", |c| c.runtime.workers },
+    limit! { "runtime.cache_max_mb", Mib, d(1024), int(16), int(MIB), None,
+        "compiled plugins kept in the cache", |c| c.runtime.cache_max_bytes() >> 20 },
     limit! { "runtime.guest_model_max_bytes", Bytes, d(0), int(0), int(GIB), Some("refused"),
         "a model a plugin loads itself through wasi:nn", |c| c.runtime.guest_model_max_bytes },
     limit! { "plugins.NAME.timeout_ms", Ms, d(SECOND_MS), int(1), int(10 * MINUTE_MS), None,
