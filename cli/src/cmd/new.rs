@@ -1,5 +1,5 @@
 //! `sluice plugin new`: a plugin project that builds and passes its own test
-//! as written, in Rust, Python or JavaScript, for either world.
+//! as written, in Rust, Python, JavaScript or C, for either world.
 //!
 //! The templates live in `cli/templates/plugin/` and are compiled into the
 //! binary. The same sample inputs and the same expected output serve every
@@ -18,6 +18,8 @@ pub enum Lang {
     Python,
     /// JavaScript, built with jco / ComponentizeJS (pinned).
     Js,
+    /// C, built with clang for WASI and wit-bindgen's C bindings (pinned).
+    C,
 }
 
 /// The plugin's world.
@@ -54,7 +56,7 @@ macro_rules! file {
     };
 }
 
-use Lang::{Js, Python, Rust};
+use Lang::{C, Js, Python, Rust};
 use World::{Postprocessor as Post, Preprocessor as Pre};
 
 const FILES: &[TemplateFile] = &[
@@ -175,14 +177,18 @@ const FILES: &[TemplateFile] = &[
         Some(Js),
         Some(Post)
     ),
+    file!("build.sh", "c/build.sh", Some(C), None, true),
+    file!("config.h", "c/config.h", Some(C), None),
+    file!("plugin.c", "c/plugin.preprocessor.c", Some(C), Some(Pre)),
+    file!("plugin.c", "c/plugin.postprocessor.c", Some(C), Some(Post)),
 ];
 
 /// The line of the shared build scripts that names the world (the examples
 /// are postprocessors).
 const BUILD_WORLD_LINE: &str = "\nworld=postprocessor\n";
 
-/// The WIT a project builds against: at `wit/` for Python and JavaScript,
-/// inside the guest SDK's copy for Rust.
+/// The WIT a project builds against: at `wit/` for Python, JavaScript and
+/// C, inside the guest SDK's copy for Rust.
 const WIT: &[(&str, &str)] = &[
     ("wit/sluice.wit", include_str!("../../../wit/sluice.wit")),
     (
@@ -334,6 +340,17 @@ fn variables(name: &str, lang: Lang, world: World) -> Vec<(&'static str, String)
             "64",
             "",
             ".toolchain/\nnode_modules/",
+        ),
+        C => (
+            "C",
+            "plugin.c",
+            "Needs clang with a WASI sysroot (Debian/Ubuntu: `apt install clang lld wasi-libc \
+             libclang-rt-dev-wasm32`, or the WASI SDK with `WASI_SDK_PATH`) and Rust (rustup), \
+             whose `wasm-component-ld` links the component; it installs wit-bindgen (pinned) \
+             into `.toolchain/` on first use. `config.h` reads the JSON configuration.",
+            "16",
+            "",
+            ".toolchain/\n.build/",
         ),
     };
     let what = match world {

@@ -12,10 +12,7 @@ fn build_example(name: &str) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.wasm"));
     let built = Command::new(repo_root().join(format!("examples/plugins/{name}/build.sh")))
         .arg(&out)
-        .env(
-            "SLUICE_TOOLCHAIN_DIR",
-            repo_root().join("target/plugin-toolchains"),
-        )
+        .env("SLUICE_TOOLCHAIN_DIR", super::toolchain_dir())
         .output()
         .unwrap();
     assert!(

@@ -43,11 +43,28 @@ fn digits_config(dir: &Path, change: impl Fn(String) -> String) -> PathBuf {
     file
 }
 
+/// Where the plugin toolchains (componentize-py, jco, wit-bindgen) are
+/// installed for the tests: under cargo's target folder, which CI keeps
+/// between runs, so each is installed once per machine.
+fn toolchain_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-toolchains")
+}
+
 /// Whether `lang`'s toolchain can be installed here (Python with venv and
-/// pip; Node.js with npm); else a loud skip: CI installs both.
+/// pip; Node.js with npm; clang with a WASI sysroot); else a loud skip: CI
+/// installs them all.
 fn toolchain_available(lang: &str) -> bool {
     let (program, args): (&str, &[&str]) = match lang {
         "python" => ("python3", &["-c", "import venv, ensurepip"]),
+        // clang, Debian's WASI sysroot and its compiler runtime for wasm32.
+        "c" => (
+            "sh",
+            &[
+                "-c",
+                "clang --version && test -d /usr/include/wasm32-wasi \
+                && test -f \"$(clang --target=wasm32-wasi -print-libgcc-file-name)\"",
+            ],
+        ),
         _ => ("npm", &["--version"]),
     };
     let ok = Command::new(program)

@@ -1,6 +1,6 @@
 //! `sluice plugin new`: every template filled and what it cannot make
-//! refused; new Rust, Python and JavaScript projects build and pass their own
-//! test.
+//! refused; new Rust, Python, JavaScript and C projects build and pass their
+//! own test.
 
 use super::{text, toolchain_available};
 use crate::common::{repo_root, sluice};
@@ -40,7 +40,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn plugin_new_fills_every_template_and_refuses_what_it_cannot_make() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    for lang in ["rust", "python", "js"] {
+    for lang in ["rust", "python", "js", "c"] {
         for world in ["preprocessor", "postprocessor"] {
             let project = dir.path().join(format!("{lang}-{world}"));
             let out = plugin_new("my-plugin", lang, world, &project);
@@ -156,13 +156,15 @@ fn a_rust_project_carries_the_published_guest_sdk() {
 }
 
 /// Run a generated project's `test.sh` with the built `sluice`; toolchains
-/// and build outputs are shared across projects and runs under `target/`.
+/// and build outputs are shared across projects and runs.
 fn run_project_test(project: &Path) -> Output {
-    let target = repo_root().join("target");
     Command::new(project.join("test.sh"))
         .env("SLUICE", crate::common::sluice_bin())
-        .env("SLUICE_TOOLCHAIN_DIR", target.join("plugin-toolchains"))
-        .env("CARGO_TARGET_DIR", target.join("plugin-projects"))
+        .env("SLUICE_TOOLCHAIN_DIR", super::toolchain_dir())
+        .env(
+            "CARGO_TARGET_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-projects"),
+        )
         .output()
         .unwrap()
 }
@@ -226,9 +228,9 @@ fn a_new_rust_plugin_builds_and_passes_its_own_test() {
 }
 
 #[test]
-fn new_python_and_javascript_plugins_build_and_pass_their_own_test() {
+fn new_python_javascript_and_c_plugins_build_and_pass_their_own_test() {
     let dir = tempfile::tempdir().unwrap();
-    for lang in ["python", "js"] {
+    for lang in ["python", "js", "c"] {
         if !toolchain_available(lang) {
             continue;
         }
