@@ -24,8 +24,21 @@ if [ ! -f "$prefix/.complete" ]; then
   (cd "$prefix" && npm install --silent --no-audit --no-fund)
   touch "$prefix/.complete"
 fi
+# The WIT to build against: Sluice's world plus an import of
+# wasi:filesystem/preopens, so that JavaScript can open files in the
+# folders the configuration grants (`getDirectories()`; the engine imports
+# wasi:filesystem anyway, so the component asks for nothing more). The WASI
+# WIT comes from the installed jco, at the version its engine imports.
+wit="$(mktemp -d)"
+trap 'rm -rf "$wit"' EXIT
+cp -rL "$here/wit/." "$wit/"
+for package in filesystem io clocks; do
+  cp -r "$prefix/node_modules/@bytecodealliance/jco/lib/wit/builtin/0.2.12/wasi-$package" "$wit/deps/"
+done
+printf 'package sluice:plugin@0.1.0;\n\nworld %s-with-files {\n    include %s;\n    import wasi:filesystem/preopens@0.2.12;\n}\n' \
+  "$world" "$world" > "$wit/files.wit"
 # Sluice provides no wasi:http: leave out the features that import it.
 "$prefix/node_modules/.bin/jco" componentize "$here/plugin.js" \
-  --wit "$(realpath "$here/wit")" --world-name "$world" \
+  --wit "$wit" --world-name "$world-with-files" \
   -d http -d fetch-event -o "$out" > /dev/null
 echo "built $out ($(stat -c %s "$out") bytes) in $(( $(date +%s) - started )) s"

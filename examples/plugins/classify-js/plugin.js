@@ -19,6 +19,8 @@
 //   `{tag: 'err', val: {tag: 'invalid-input', val: message}}`;
 // * a tensor is `{name, dtype: 'fp32', shape: [..], data: Uint8Array}`.
 
+import { getDirectories } from "wasi:filesystem/preopens@0.2.12";
+
 // What `init` builds, for this instance (the host runs several instances
 // and may replace one at any time, calling `init` again).
 let plugin = null;
@@ -49,11 +51,49 @@ function configure(config) {
   if (labels !== null) {
     if (labels.length === 0) throw "`labels` is empty";
   } else if (labelsFile !== null) {
-    // StarlingMonkey gives JavaScript no file API (no `node:fs`, no
-    // wasi:filesystem binding): labels come inline.
-    throw "`labels_file` is not available to JavaScript plugins: list the labels in `labels`";
+    // One label per line, trimmed; trailing blank lines ignored.
+    labels = new TextDecoder().decode(readFile(labelsFile)).split("\n").map((l) => l.trim());
+    while (labels.length > 0 && labels[labels.length - 1] === "") labels.pop();
+    if (labels.length === 0) throw `\`labels_file\` ${labelsFile} holds no labels`;
   }
   return { input, softmax: config.softmax === true, topK, labels };
+}
+
+/** The largest file `readFile` reads (labels, vocabularies, scalers). */
+const MAX_FILE_BYTES = 16 << 20;
+
+/**
+ * The bytes of the file at `path`, a path inside a folder the configuration
+ * grants (`[plugins.NAME.grants] dirs`, e.g. "/model/labels.txt"), through
+ * WASI's filesystem (there is no `node:fs`). Throws a string naming the
+ * path when no granted folder holds it or it cannot be read.
+ */
+function readFile(path) {
+  const inside = (root) => path.startsWith(root.endsWith("/") ? root : `${root}/`);
+  const granted = getDirectories()
+    .filter(([, root]) => inside(root))
+    .sort((a, b) => b[1].length - a[1].length);
+  if (granted.length === 0) throw `cannot read ${path}: no granted folder holds it`;
+  const [dir, root] = granted[0];
+  const relative = path.slice(root.length).replace(/^\/+/, "");
+  try {
+    const file = dir.openAt({}, relative, {}, { read: true });
+    const chunks = [];
+    let size = 0;
+    for (;;) {
+      const [bytes, end] = file.read(65536n, BigInt(size));
+      chunks.push(bytes);
+      size += bytes.length;
+      if (size > MAX_FILE_BYTES) throw `larger than ${MAX_FILE_BYTES} bytes`;
+      if (end || bytes.length === 0) break;
+    }
+    const all = new Uint8Array(size);
+    chunks.reduce((at, chunk) => (all.set(chunk, at), at + chunk.length), 0);
+    return all;
+  } catch (e) {
+    // WASI errors arrive as objects whose `payload` is the error code.
+    throw `cannot read ${path}: ${e?.payload ?? e}`;
+  }
 }
 
 /** The score vector of the `input` tensor, as f32 values. */

@@ -24,12 +24,12 @@ fn build_example(name: &str) -> PathBuf {
     out
 }
 
-/// The digits example's 450 results with its postprocessor replaced by
-/// `plugin` (`None`: the bundled Rust one) and its config table edited.
-fn digits_results(
+/// The digits example with its postprocessor replaced by `plugin` (`None`:
+/// the bundled Rust one) and its config table edited, started.
+fn digits_runtime(
     plugin: Option<&Path>,
     edit: impl Fn(&mut toml::Table),
-) -> Vec<serde_json::Value> {
+) -> Result<sluice_agent::runtime::Runtime, String> {
     let path = repo_root().join("examples/digits/sluice.toml");
     let mut config = sluice_agent::config::Config::load(&path).unwrap();
     config.runtime.cache_dir = Some(shared_cache_dir());
@@ -38,7 +38,15 @@ fn digits_results(
         post.path = sluice_agent::config::PluginSource::File(plugin.to_owned());
     }
     edit(&mut post.config);
-    let runtime = sluice_agent::runtime::Runtime::start(config).unwrap();
+    sluice_agent::runtime::Runtime::start(config).map_err(|e| format!("{e:#}"))
+}
+
+/// The digits example's 450 results, as `digits_runtime` makes it.
+fn digits_results(
+    plugin: Option<&Path>,
+    edit: impl Fn(&mut toml::Table),
+) -> Vec<serde_json::Value> {
+    let runtime = digits_runtime(plugin, edit).unwrap();
     let items: Vec<_> = crate::common::digit_png_paths()
         .iter()
         .enumerate()
@@ -90,12 +98,19 @@ fn the_python_and_javascript_examples_give_the_rust_plugins_results() {
     }
     if toolchain_available("js") {
         let wasm = build_example("classify-js");
-        // JavaScript has no file API in the sandbox: the labels inline.
-        let labels: Vec<toml::Value> = (0..10).map(|d| d.to_string().into()).collect();
-        let js = digits_results(Some(&wasm), |config| {
-            config.remove("labels_file");
-            config.insert("labels".into(), labels.clone().into());
-        });
+        // The same configuration: JavaScript reads the labels from the
+        // granted model folder through wasi:filesystem too.
+        let js = digits_results(Some(&wasm), |_| {});
         assert_same_classes("js", &rust, &js);
+        // A path outside the granted folders is refused at init, named.
+        let Err(message) = digits_runtime(Some(&wasm), |config| {
+            config.insert("labels_file".into(), "/etc/passwd".into());
+        }) else {
+            panic!("a labels_file outside the granted folders was read");
+        };
+        assert!(
+            message.contains("cannot read /etc/passwd: no granted folder holds it"),
+            "{message}"
+        );
     }
 }

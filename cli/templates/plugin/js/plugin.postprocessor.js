@@ -8,6 +8,10 @@
 // object with `init` and `postprocess`; init's error is a thrown *string* (a
 // thrown Error object traps the instance); each item's result is
 // `{tag: "ok", val: document}` or `{tag: "err", val: {tag: "invalid-input", val: message}}`.
+//
+// Files (labels, vocabularies) come from the folders sluice.toml grants:
+// `import { getDirectories } from "wasi:filesystem/preopens@0.2.12"`
+// (docs/plugins.md, JavaScript, shows how).
 
 // What `init` builds, for this instance (the host runs several and may
 // replace one at any time, calling `init` again).
