@@ -1,16 +1,8 @@
 //! The `sluice` binary as a user runs it.
 
-use crate::common::sluice;
+use crate::common::{sluice, stderr, stdout};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use std::process::Command;
 
 #[test]
 fn help_lists_the_commands() {

@@ -1,17 +1,8 @@
 //! `sluice plugin inspect` and `plugin compile`: what a component is, its
 //! documented options, and the one compiled-plugin cache per machine.
 
-use crate::common::sluice;
+use crate::common::{sluice, stderr, stdout};
 use std::path::Path;
-use std::process::Output;
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// One compiled-plugin cache per machine (the user's cache folder): `plugin
 /// compile` fills it, and another data directory, `plugin inspect` without

@@ -132,6 +132,16 @@ pub fn sluice(args: &[&str]) -> std::process::Output {
         .expect("run sluice")
 }
 
+/// A command's standard output, as text.
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Every record in `agent`'s outbox, in `seq` order.
 pub fn outbox_records(agent: &sluice_agent::agent::Agent) -> Vec<serde_json::Value> {
     let conn = rusqlite::Connection::open(agent.outbox().path()).unwrap();

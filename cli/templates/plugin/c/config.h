@@ -121,4 +121,20 @@ static bool config_null(config_reader *r) {
   return false;
 }
 
+/* Read one JSON object: `field(r, key)` is called at each key's value,
+ * reads it and returns true, or sets `r->error` (an unknown key, a bad
+ * value) and returns false. */
+static bool config_object(config_reader *r, bool (*field)(config_reader *r, const char *key)) {
+  if (!config_take(r, '{')) return config_fail(r, "an object was expected");
+  if (config_take(r, '}')) return true;
+  do {
+    char *key = config_string(r);
+    if (!key) return false;
+    bool ok = config_take(r, ':') ? field(r, key) : config_fail(r, "`:` was expected");
+    free(key);
+    if (!ok) return false;
+  } while (config_take(r, ','));
+  return config_take(r, '}') || config_fail(r, "`}` was expected");
+}
+
 #endif

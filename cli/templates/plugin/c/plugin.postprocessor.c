@@ -37,36 +37,24 @@ static bool read_labels(config_reader *r) {
   return config_take(r, ']') || config_fail(r, "`]` was expected");
 }
 
-static bool read_config(config_reader *r) {
-  config.input = strdup("output");
-  config.labels = NULL;
-  config.label_count = 0;
-  if (!config_take(r, '{')) return config_fail(r, "an object was expected");
-  if (config_take(r, '}')) return true;
-  do {
-    char *key = config_string(r);
-    if (!key) return false;
-    bool ok = config_take(r, ':');
-    if (ok && strcmp(key, "input") == 0) {
-      free(config.input);
-      ok = (config.input = config_string(r)) != NULL;
-    } else if (ok && strcmp(key, "labels") == 0) {
-      ok = read_labels(r);
-    } else if (ok) {
-      snprintf(r->error, sizeof r->error, "unknown field `%s`, expected `input` or `labels`", key);
-      ok = false;
-    } else {
-      config_fail(r, "`:` was expected");
-    }
-    free(key);
-    if (!ok) return false;
-  } while (config_take(r, ','));
-  return config_take(r, '}') || config_fail(r, "`}` was expected");
+/* One key of the configuration object. */
+static bool read_field(config_reader *r, const char *key) {
+  if (strcmp(key, "input") == 0) {
+    free(config.input);
+    return (config.input = config_string(r)) != NULL;
+  }
+  if (strcmp(key, "labels") == 0) return read_labels(r);
+  snprintf(r->error, sizeof r->error, "unknown field `%s`, expected `input` or `labels`", key);
+  return false;
 }
 
 bool exports_sluice_plugin_postprocess_init(exports_sluice_plugin_postprocess_config_t *json, postprocessor_string_t *err) {
   config_reader r = {(const char *)json->ptr, (const char *)json->ptr + json->len, {0}};
-  bool ok = read_config(&r);
+  free(config.input);
+  config.input = strdup("output");
+  config.labels = NULL;
+  config.label_count = 0;
+  bool ok = config_object(&r, read_field);
   if (ok && config.labels && config.label_count == 0) {
     snprintf(r.error, sizeof r.error, "`labels` is empty");
     ok = false;

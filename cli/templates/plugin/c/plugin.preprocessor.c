@@ -28,35 +28,23 @@ static void set_message(preprocessor_string_t *to, const char *message) {
   preprocessor_string_dup(to, message);
 }
 
-static bool read_config(config_reader *r) {
-  config.output = strdup("input");
-  config.length = -1;
-  if (!config_take(r, '{')) return config_fail(r, "an object was expected");
-  if (config_take(r, '}')) return true;
-  do {
-    char *key = config_string(r);
-    if (!key) return false;
-    bool ok = config_take(r, ':');
-    if (ok && strcmp(key, "output") == 0) {
-      free(config.output);
-      ok = (config.output = config_string(r)) != NULL;
-    } else if (ok && strcmp(key, "length") == 0) {
-      ok = config_null(r) || config_integer(r, &config.length);
-    } else if (ok) {
-      snprintf(r->error, sizeof r->error, "unknown field `%s`, expected `output` or `length`", key);
-      ok = false;
-    } else {
-      config_fail(r, "`:` was expected");
-    }
-    free(key);
-    if (!ok) return false;
-  } while (config_take(r, ','));
-  return config_take(r, '}') || config_fail(r, "`}` was expected");
+/* One key of the configuration object. */
+static bool read_field(config_reader *r, const char *key) {
+  if (strcmp(key, "output") == 0) {
+    free(config.output);
+    return (config.output = config_string(r)) != NULL;
+  }
+  if (strcmp(key, "length") == 0) return config_null(r) || config_integer(r, &config.length);
+  snprintf(r->error, sizeof r->error, "unknown field `%s`, expected `output` or `length`", key);
+  return false;
 }
 
 bool exports_sluice_plugin_preprocess_init(exports_sluice_plugin_preprocess_config_t *json, preprocessor_string_t *err) {
   config_reader r = {(const char *)json->ptr, (const char *)json->ptr + json->len, {0}};
-  bool ok = read_config(&r);
+  free(config.output);
+  config.output = strdup("input");
+  config.length = -1;
+  bool ok = config_object(&r, read_field);
   if (ok && config.output[0] == 0) {
     snprintf(r.error, sizeof r.error, "`output` must not be empty");
     ok = false;
