@@ -175,7 +175,7 @@ fn power_cuts_under_load_at_start_up_and_during_installs_lose_nothing() {
     // cuts tear them; bundles from a drop folder, signed by a trusted key.
     let mut table: toml::Table =
         toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    table.remove("runtime");
+    cache_in_data_dir(&mut table);
     std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
     let drop_folder = dir.path().join("drop");
     let key = sluice_bundle::keys::SecretKey::generate();
@@ -325,13 +325,22 @@ fn power_cuts_under_load_at_start_up_and_during_installs_lose_nothing() {
     drop(disk);
 }
 
+/// Keep the compiled plugins at `<data_dir>/cache` (the `sluice` command
+/// would use the machine's cache): where the test tears them.
+fn cache_in_data_dir(table: &mut toml::Table) {
+    let data_dir = table["device"]["data_dir"].as_str().unwrap().to_owned();
+    let mut runtime = toml::Table::new();
+    runtime.insert("cache_dir".into(), format!("{data_dir}/cache").into());
+    table.insert("runtime".into(), runtime.into());
+}
+
 #[test]
 fn a_torn_compiled_plugin_in_the_cache_is_recompiled_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "http://127.0.0.1:9", None);
     let mut table: toml::Table =
         toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    table.remove("runtime");
+    cache_in_data_dir(&mut table);
     table.remove("sync");
     std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
     let sluice = |args: &[&str]| {
