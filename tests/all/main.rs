@@ -12,7 +12,7 @@ mod authoring;
 mod bundled_plugins;
 mod bundles;
 mod cli;
-mod cli_plugins;
+mod plugin_commands;
 mod drift;
 mod engines;
 mod fleet;
