@@ -106,6 +106,17 @@ pub(crate) struct Agent {
     pub(crate) memory: String,
 }
 
+/// An agent a test did not stop (a failed assertion, a forgotten
+/// `sigterm`) is killed with the test, never left running.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Agent {
     /// Start `sluice run` and wait (bounded) until it is ready.
     pub(crate) fn start(config: &Path) -> Agent {
