@@ -322,6 +322,27 @@ struct TractPlan {
 impl Plan for TractPlan {
     fn run(&self, inputs: Vec<Tensor>, intra_op: bool) -> Result<Vec<Tensor>, ModelError> {
         use tract_linalg::multithread::{Executor, multithread_tract_scope};
+        if !intra_op {
+            return self.run_here(inputs);
+        }
+        // Spread over the inference pool, the whole run inside it: tract
+        // hands each operator's work to the pool, and from a thread outside
+        // the pool every hand-off was a cold one (the job queued, the caller
+        // asleep on a lock until a worker woke, took it and woke the caller
+        // back: two context switches per operator, dozens per inference).
+        // From a worker of the pool the caller joins in instead.
+        let pool = super::pool();
+        pool.install(|| {
+            multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
+                self.run_here(inputs)
+            })
+        })
+    }
+}
+
+impl TractPlan {
+    /// Run the plan on the calling thread (with its tract executor).
+    fn run_here(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
         let error = |e: TractError| ModelError::Run {
             model: self.model.clone(),
             source: e.into(),
@@ -330,15 +351,7 @@ impl Plan for TractPlan {
             .iter()
             .map(|t| self.to_tract(t).map(TValue::from))
             .collect::<Result<TVec<_>, _>>()?;
-        let run = || self.runnable.run(values);
-        // tract's executor is chosen per thread and per run: the process's
-        // inference pool, never a pool of tract's own.
-        let outputs = if intra_op {
-            multithread_tract_scope(Executor::MultiThread(super::pool().clone()), run)
-        } else {
-            run()
-        }
-        .map_err(error)?;
+        let outputs = self.runnable.run(values).map_err(error)?;
         let names = self.runnable.model().output_outlets().map_err(error)?;
         outputs
             .into_iter()
