@@ -2,7 +2,6 @@
 //! paired and repeated timing, medians, loading a model and reading tensors.
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use serde_json::{Value, json};
 use sluice_agent::infer::{InputShapes, Model, onnx_engine};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 use crate::common::{load_model, read_f32, repo_root, time_per_run};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use sluice_agent::infer::{InputShapes, Model};
+use sluice_agent::infer::InputShapes;
 use sluice_agent::types::Tensor;
 use std::path::Path;
 use std::time::Duration;

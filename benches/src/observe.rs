@@ -16,7 +16,6 @@ use std::time::Duration;
 /// whole pipeline batches with and without the observer.
 pub(crate) fn observe_cost() -> Result<Value> {
     use sluice_agent::drift::{Drift, DriftConfig, Profile, observe_items};
-    use sluice_agent::pipeline::Observer;
     let runtime = start_job("digits", ExecutionMode::Auto)?;
     let pipeline = runtime.pipeline(None)?;
     let items = job_items("digits", None)?;

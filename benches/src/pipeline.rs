@@ -6,7 +6,6 @@ use crate::jobs::{execution_mode, job_config, job_items};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use sluice_agent::agent::Agent;
-use sluice_agent::infer::Model;
 use sluice_agent::outbox::NewInput;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
