@@ -139,6 +139,8 @@ for job, ours_name, peer_name in (("digits", "digits-sluice", "digits-peer"),
         "engine_choice": ours[0].get("engine_choice"),
         "peer_threads": theirs[0].get("threads"),
         "peer_batch": theirs[0].get("batch_size"),
+        "vs_parts": statistics.median(o["vs_parts"] for o in ours) if all(o.get("vs_parts") for o in ours) else None,
+        "parts": ours[0].get("parts_alone") or {},
     }
 
 overheads = load("overheads.json") or {}
@@ -196,6 +198,12 @@ if image_boundary:
         p = statistics.median(peer_pre)
         emit(f"| MobileNetV2 JPEG preprocessing in the wasm plugin: no slower than the peer's Pillow path | "
              f"{w / p:.2f}x ({w:.0f} vs {p:.0f} µs per item) | {verdict(w <= p)} |")
+for job, row in pipeline_rows.items():
+    if row["vs_parts"] is not None:
+        parts = row["parts"]
+        emit(f"| {job} end to end: time per item at most 1.5x its parts' (model as the scheduler measured it, "
+             f"plugins alone) | {row['vs_parts']:.2f}x ({1e6 / row['sluice_ips']:.0f} vs "
+             f"{parts.get('sum_us_per_item', float('nan')):.0f} µs) | {verdict(row['vs_parts'] <= 1.5)} |")
 warm = (startup.get("warm_cached") or {}).get("median_ms")
 if warm is not None:
     emit(f"| cold start to the first digits result, plugins cached: under 100 ms | {warm:.0f} ms | "
@@ -252,6 +260,33 @@ if pipeline_rows:
             intra = ", each chunk's operators on every core" if chosen.get("intra_op") else ""
             emit(f"- {job}: Sluice ran batches as chunks of up to {chosen.get('chunk')} item(s) on "
                  f"{chosen.get('threads')} thread(s){intra} (measured at first start).")
+    emit("")
+
+# ------------------------------------------------------------------ arrivals
+arrival_runs = [(f.split("pipeline-arrival-")[1][:-5], load(f)) for f in
+                sorted(os.path.basename(p) for p in glob.glob(os.path.join(OUT, "pipeline-arrival-*.json")))]
+if arrival_runs:
+    emit("## Arrival patterns")
+    emit("")
+    emit("The same pipelines on tract fed three ways (`sluice-bench pipeline --arrival`): a burst (everything "
+         "accepted at once, as above), a steady stream at half the burst's throughput, at most 200 per second (one input per "
+         "transaction, on a clock), and one input at a time (each accepted when the previous result is stored: "
+         "a lone input on an idle device). Latency is from acceptance to the committed result (ms, from the "
+         "records); a steady stream that the device keeps up with has items/s equal to its rate.")
+    emit("")
+    emit("| job | arrival | items/s | latency p50 | p99 | time per item / parts' |")
+    emit("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, r in arrival_runs:
+        if not r:
+            continue
+        lat = r.get("lone_latency_us") or {}
+        if lat:
+            p50, p99 = f"{lat['p50'] / 1000:.1f} ms", f"{lat['p99'] / 1000:.1f} ms"
+        else:
+            lat = r.get("latency_ms") or {}
+            p50, p99 = f"{lat.get('p50', float('nan')):.0f} ms", f"{lat.get('p99', float('nan')):.0f} ms"
+        vs = "—" if r["arrival"].startswith("steady") else f"{r.get('vs_parts', float('nan')):.2f}x"
+        emit(f"| {r['job']} | {r['arrival']} | {fmt(r['items_per_s'])} | {p50} | {p99} | {vs} |")
     emit("")
 
 # ------------------------------------------------------------------ engine

@@ -88,6 +88,20 @@ for job in digits anomaly mobilenet text-direction; do
   done
 done
 
+echo "== arrival patterns: a steady stream at half the burst's rate (at most 200 per second: one transaction per input), and one input at a time (tract)"
+for job in digits anomaly mobilenet text-direction; do
+  extra=()
+  case "$job" in
+    mobilenet) extra=(--model "$MOBILENET" --images-dir "$OUT/images") ;;
+    text-direction) extra=(--images-dir "$OUT/images") ;;
+  esac
+  rate="$("$PY" -c 'import json,sys; print(round(min(json.load(open(sys.argv[1]))["items_per_s"] / 2, 200), 1))' "$OUT/pipeline-$job-sluice-1.json")"
+  "$BENCH" pipeline --job "$job" --engine tract --repeat 2 --cache-dir "$CACHE" --arrival "steady:$rate" "${extra[@]}" \
+    > "$OUT/pipeline-arrival-$job-steady.json"
+  "$BENCH" pipeline --job "$job" --engine tract --repeat 1 --cache-dir "$CACHE" --arrival single "${extra[@]}" \
+    > "$OUT/pipeline-arrival-$job-single.json"
+done
+
 echo "== overheads: plugin boundary, scheduler, batching"
 "$BENCH" overheads --mobilenet "$MOBILENET" --images-dir "$OUT/images" > "$OUT/overheads.json"
 

@@ -69,6 +69,10 @@ enum Command {
         /// device (run once to fill, then measure).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// How inputs arrive: `burst` (all at once), `single` (one at a
+        /// time, each after the previous result) or `steady:N` (N per second).
+        #[arg(long, default_value = "burst")]
+        arrival: pipeline::Arrival,
     },
     /// Time to the first result of `sluice infer` on one digit, as a new
     /// process: with the plugin and execution caches empty (cold) and filled
@@ -119,6 +123,7 @@ fn main() -> Result<()> {
             model,
             images_dir,
             cache_dir,
+            arrival,
         } => pipeline(
             &job,
             repeat,
@@ -127,6 +132,7 @@ fn main() -> Result<()> {
             model.as_deref(),
             images_dir.as_deref(),
             cache_dir,
+            arrival,
         )?,
         Command::Startup {
             sluice,

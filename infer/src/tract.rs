@@ -367,9 +367,7 @@ impl TractPlan {
             })
             .collect()
     }
-}
 
-impl TractPlan {
     fn to_tract(&self, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, ModelError> {
         let dt = datum_of(t.dtype).ok_or_else(|| ModelError::UnsupportedType {
             model: self.model.clone(),

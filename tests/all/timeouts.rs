@@ -191,3 +191,30 @@ fn a_lone_request_waiting_for_its_batch_to_fill_is_never_timed_out() {
     }
     assert_eq!(scheduler.stats().timed_out, 0);
 }
+
+#[test]
+fn a_pipelines_lone_request_does_not_wait_for_company() {
+    // A pipeline's worker sends everything it has and waits for the answer:
+    // nothing else comes from it, so the queue delay would only be added
+    // to every lone input (it was, 5 ms per item by default). A `wasi:nn`
+    // call still waits for company.
+    let delay = std::time::Duration::from_millis(1500);
+    let config = BatchConfig {
+        max_batch_size: 100,
+        max_queue_delay_ms: delay.as_millis() as u64,
+        request_timeout_ms: 10_000,
+        ..batching(100)
+    };
+    let scheduler = Scheduler::start(digits_model(), config).unwrap();
+    let started = std::time::Instant::now();
+    let replies = scheduler.infer_many_in_turn(vec![vec![digit_tensor("0000.png")]]);
+    let pipeline = started.elapsed();
+    assert!(replies[0].is_ok(), "{:?}", replies[0]);
+    let started = std::time::Instant::now();
+    assert!(scheduler.infer(vec![digit_tensor("0001.png")]).is_ok());
+    let guest = started.elapsed();
+    assert!(
+        pipeline < delay && guest >= delay,
+        "pipeline request answered after {pipeline:?}, wasi:nn request after {guest:?} (queue delay {delay:?})"
+    );
+}

@@ -251,7 +251,7 @@ pub static LIMITS: &[Limit] = &[
     limit! { "models.NAME.batching.max_batch_size", Count, d(32), int(1), int(BatchConfig::MAX_BATCH_SIZE as i128), None,
         "items per inference batch", each |c| per_model(c, "max_batch_size", |b| b.max_batch_size as u64) },
     limit! { "models.NAME.batching.max_queue_delay_ms", Ms, d(5), int(0), int(MINUTE_MS), None,
-        "how long a batch waits to fill", each |c| per_model(c, "max_queue_delay_ms", |b| b.max_queue_delay_ms) },
+        "how long a wasi:nn call's batch waits to fill", each |c| per_model(c, "max_queue_delay_ms", |b| b.max_queue_delay_ms) },
     // Below the batch size a full batch could never be queued, and every
     // item past it would wait for capacity.
     limit! { "models.NAME.batching.queue_capacity", Count, d(1024), Bound::Key("max_batch_size", 0), int(1_000_000), None,

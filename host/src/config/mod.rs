@@ -142,6 +142,9 @@ impl Config {
         {
             resolve(file);
         }
+        if let Some(mqtt) = &mut sync.mqtt {
+            mqtt.files_mut().for_each(resolve);
+        }
         if let Some(file) = &mut self.ingest.token_file {
             resolve(file);
         }

@@ -95,6 +95,26 @@ fn relative_paths_resolve_against_the_config_folder() {
 }
 
 #[test]
+fn broker_files_resolve_against_the_config_folder() {
+    // `[sync.mqtt]`'s files were once taken from the working directory
+    // while `[ingest.mqtt]`'s were resolved against the configuration's.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("s")).unwrap();
+    std::fs::write(dir.path().join("s/pw"), "secret\n").unwrap();
+    let config = Config::parse(
+        "[sync]\nurl = \"mqtt://127.0.0.1:1883\"\nack_keys = [\"ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n\
+         [sync.mqtt]\nusername = \"d\"\npassword_file = \"s/pw\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let broker = config.sync.mqtt.as_ref().expect("[sync.mqtt]");
+    assert_eq!(
+        broker.password_file.as_deref(),
+        Some(dir.path().join("s/pw").as_path())
+    );
+}
+
+#[test]
 fn defaults_grant_nothing() {
     let config = Config::parse("[plugins.pre]\npath = \"a.wasm\"\n", Path::new("/")).unwrap();
     let plugin = &config.plugins["pre"];

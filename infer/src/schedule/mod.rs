@@ -2,9 +2,10 @@
 //!
 //! Every request for a model — from the host pipeline or from a guest's
 //! `wasi:nn` `compute` — goes into that model's bounded queue. One scheduler
-//! thread per model takes requests as they come, waits at most
-//! `max_queue_delay` after the first one for more, and runs up to
-//! `max_batch_size` of them together.
+//! thread per model takes requests as they come, with everything queued
+//! behind them, and runs up to `max_batch_size` of them together. A
+//! `wasi:nn` request waits at most `max_queue_delay` for more to come; a
+//! pipeline's does not (its worker sends all it has at once).
 //!
 //! How a batch runs is measured, not assumed, at start-up (see
 //! [`execution`]): chunk size and thread count are the fastest per item on
@@ -345,7 +346,15 @@ impl BatchRunner {
             // When each request was taken off the queue: its wait behind
             // other batches ends there (what a timeout counts).
             let taken = Instant::now();
-            let close_at = first.enqueued + max_delay;
+            // A pipeline's request is all its worker has (it took every
+            // journaled input it could) and nothing more comes from it until
+            // it is answered: waiting for company would only add the delay
+            // to every lone input. It still takes whatever else is queued
+            // now, as everything queued while the previous batch ran.
+            let close_at = match first.timeout {
+                None => taken,
+                Some(_) => first.enqueued + max_delay,
+            };
             let mut items = first.items.len();
             let mut batch = vec![(first, taken)];
             while items < self.config.max_batch_size {
