@@ -107,7 +107,13 @@ fn a_call_past_its_deadline_gets_its_id_and_the_result_is_read_later() {
     set(&config, "ingest", "infer_timeout_ms", 1);
     // Kept for local readers, to be read after the deadline.
     set(&config, "outbox", "local_max_bytes", 16 << 20);
-    let agent = Agent::start(&config);
+    // The worker dies once on the call's input and is started again after
+    // a backoff: the result comes, later than the deadline whatever the
+    // machine's speed (a digit alone can take under a millisecond).
+    let agent = Agent::start_with(
+        &config,
+        &[("SLUICE_FAULT_INJECT", "worker-panic-once:digits")],
+    );
     let response = reqwest::blocking::Client::new()
         .post(format!("{}/v1/infer/digits", agent.url))
         .header("content-type", "image/png")
