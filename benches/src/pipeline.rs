@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use sluice_agent::agent::Agent;
 use sluice_agent::outbox::NewInput;
+use sluice_agent::types::RawItem;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,12 @@ pub(crate) fn pipeline(
         .context("the job has no pipeline")?
         .clone();
     let agent = Agent::start(config)?;
-    let inputs: Vec<NewInput> = job_items(job, images_dir)?
+    let items = job_items(job, images_dir)?;
+    // What the parts cost alone, before the timed run: the end to end time
+    // per item is compared with it (a pipeline far slower than its parts
+    // is a defect, however it compares with the peer).
+    let parts = parts_alone(&agent, &items)?;
+    let inputs: Vec<NewInput> = items
         .into_iter()
         .map(|item| NewInput {
             pipeline: name.clone(),
@@ -46,10 +52,6 @@ pub(crate) fn pipeline(
         })
         .collect();
     let n = (inputs.len() * repeat) as u64;
-    // What the parts cost alone, before the timed run: the end to end time
-    // per item is compared with it (a pipeline far slower than its parts
-    // is a defect, however it compares with the peer).
-    let parts = parts_alone(&agent, job, images_dir)?;
     let started = Instant::now();
     let mut lone_us = Vec::new();
     match arrival {
@@ -202,14 +204,12 @@ fn percentiles(mut values: Vec<f64>) -> Value {
 
 /// What a pipeline's parts cost per item, each alone on an idle machine:
 /// its plugins (one thread, a batch of the job's inputs) and its model (the
-/// scheduler's own measurement of the way it chose, on every core).
-fn parts_alone(agent: &Agent, job: &str, images_dir: Option<&Path>) -> Result<Value> {
+/// scheduler's own measurement of the way it chose, on every core), on the
+/// first batch of `items`.
+fn parts_alone(agent: &Agent, items: &[RawItem]) -> Result<Value> {
     let pipeline = agent.runtime().pipeline(None)?;
     let batch = pipeline.scheduler().config().max_batch_size.max(1);
-    let items: Vec<_> = job_items(job, images_dir)?
-        .into_iter()
-        .take(batch)
-        .collect();
+    let items = &items[..batch.min(items.len())];
     let n = items.len() as f64;
     let mut pre_us = f64::INFINITY;
     let mut post_us = f64::INFINITY;
@@ -218,7 +218,7 @@ fn parts_alone(agent: &Agent, job: &str, images_dir: Option<&Path>) -> Result<Va
         let started = Instant::now();
         let tensors: Vec<_> = pipeline
             .preprocess()
-            .preprocess(&items)
+            .preprocess(items)
             .into_iter()
             .collect::<Result<_, _>>()?;
         pre_us = pre_us.min(started.elapsed().as_secs_f64() * 1e6 / n);
@@ -226,7 +226,7 @@ fn parts_alone(agent: &Agent, job: &str, images_dir: Option<&Path>) -> Result<Va
             .scheduler()
             .infer_many(tensors)
             .into_iter()
-            .zip(&items)
+            .zip(items)
             .map(|(tensors, item)| {
                 Ok(sluice_agent::types::Inferred {
                     meta: item.meta.clone(),
